@@ -1,0 +1,450 @@
+/* Written and read file contents (--capture write / read).
+ *
+ * sys_enter_* saves the arguments per thread; sys_exit_* keeps only successful calls and copies
+ * exactly the bytes transferred (the return value), walking iovecs for the vector calls. Each
+ * syscall gives one tc_file_event (who, which file, where) and then tc_file_data chunks with
+ * the bytes, so a lost chunk is a known hole rather than a silent one. */
+#ifndef TRACECAP_FILE_IO_BPF_H
+#define TRACECAP_FILE_IO_BPF_H
+
+#define TC_MAX_DEPTH 32          /* dentry levels walked to build a path */
+#define TC_MAX_STEPS 16384       /* chunks per syscall: 512 MiB at TC_CHUNK */
+#define TC_CHUNK_MASK (2 * TC_CHUNK - 1)
+#define TC_PATH_MASK (TC_PATH_BUF - 1)
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 32 << 20);   /* resized by the collector before load */
+} file_rb SEC(".maps");
+
+struct tc_io_args {
+    __u64 buf;                   /* user buffer, or the iovec array */
+    __u64 count;                 /* bytes asked, or the iovec count */
+    __s64 pos;                   /* explicit offset (p* calls), -1 for the file position */
+    __s32 fd;
+    __u16 syscall;
+    __u8 direction;
+    __u8 is_vec;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, struct tc_io_args);
+} io_pending SEC(".maps");
+
+struct tc_data_scratch {
+    struct tc_file_data hdr;
+    __u8 data[2 * TC_CHUNK];     /* twice the chunk so that `len & TC_CHUNK_MASK` is in bounds */
+};
+
+struct tc_event_scratch {
+    struct tc_file_event ev;
+    const unsigned char *names[TC_MAX_DEPTH];
+};
+
+/* One slot per CPU; sized to the number of possible CPUs by the collector. A plain array,
+ * not a per-CPU one, because per-CPU values are capped at 32 KiB. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tc_data_scratch);
+} data_scratch SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tc_event_scratch);
+} event_scratch SEC(".maps");
+
+struct tc_dev_ino { __u64 inode; __u32 dev; __u32 _pad; };
+
+/* Files whose content starts with an ELF header, for write:type=elf / read:type=elf. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct tc_dev_ino);
+    __type(value, __u8);
+} elf_files SEC(".maps");
+
+__u64 io_seq = 0;
+
+/* Mask in a way the compiler cannot fold away, so the verifier sees the bound. */
+static __always_inline __u64 tc_bound(__u64 v, const __u64 mask)
+{
+    asm volatile("%[v] &= %[m]" : [v] "+r"(v) : [m] "i"(mask));
+    return v;
+}
+
+static __always_inline int tc_io_enter(struct trace_event_raw_sys_enter *ctx, __u16 sc,
+                                       __u8 dir, __u8 is_vec, __s64 pos)
+{
+    if (!tc_in_scope())
+        return 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args a = {
+        .buf = ctx->args[1], .count = ctx->args[2], .pos = pos,
+        .fd = (__s32)ctx->args[0], .syscall = sc, .direction = dir, .is_vec = is_vec,
+    };
+    if (bpf_map_update_elem(&io_pending, &tid, &a, BPF_ANY))
+        tc_count(dir * TC_CNT_PER_DIR + TC_CNT_PENDING_FULL, 1);
+    return 0;
+}
+
+static __always_inline struct file *tc_fd_file(__s32 fd)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    struct fdtable *fdt = BPF_CORE_READ(t, files, fdt);
+    struct file **fds = BPF_CORE_READ(fdt, fd);
+    struct file *f = NULL;
+    if (fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+        return NULL;
+    bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xfffff]);
+    return f;
+}
+
+/* Is `f` installed as fd 0, 1 or 2 (per the `fds` bits) of the current task? */
+static __always_inline bool tc_is_std_fd(struct file *f, __u32 fds)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    struct file **arr = BPF_CORE_READ(t, files, fdt, fd);
+    for (int i = 0; i < 3; i++) {
+        struct file *g = NULL;
+        if (!(fds & (1u << i)))
+            continue;
+        bpf_probe_read_kernel(&g, sizeof(g), &arr[i]);
+        if (g == f)
+            return true;
+    }
+    return false;
+}
+
+struct tc_walk_ctx {
+    struct dentry *d;
+    struct mount *mnt;
+    __u32 n;
+};
+
+/* One step up the dentry tree; at a mount's root, continue from its mount point. */
+static long tc_walk_step(__u32 i, struct tc_walk_ctx *w)
+{
+    __u32 zero = 0;
+    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!s)
+        return 1;
+    struct mount *mnt = w->mnt;
+    struct dentry *d = w->d;
+    struct dentry *root = BPF_CORE_READ(mnt, mnt.mnt_root);
+    if (d == root) {
+        struct mount *parent = BPF_CORE_READ(mnt, mnt_parent);
+        if (parent == mnt)
+            return 1;
+        w->d = BPF_CORE_READ(mnt, mnt_mountpoint);
+        w->mnt = parent;
+        return 0;
+    }
+    struct dentry *up = BPF_CORE_READ(d, d_parent);
+    if (up == d)
+        return 1;
+    if (w->n >= TC_MAX_DEPTH) {
+        s->ev.flags |= TC_EV_PATH_TRUNCATED;
+        return 1;
+    }
+    s->names[tc_bound(w->n, TC_MAX_DEPTH - 1)] = BPF_CORE_READ(d, d_name.name);
+    w->n++;
+    w->d = up;
+    return 0;
+}
+
+struct tc_path_ctx {
+    __u32 n;
+    __u32 pos;
+};
+
+/* Append the i-th component from the top: "/" + name. */
+static long tc_path_step(__u32 i, struct tc_path_ctx *p)
+{
+    __u32 zero = 0;
+    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!s || i >= p->n)
+        return 1;
+    if (p->pos >= TC_PATH_BUF - 1) {
+        s->ev.flags |= TC_EV_PATH_TRUNCATED;
+        return 1;
+    }
+    s->ev.path[tc_bound(p->pos, TC_PATH_MASK)] = '/';
+    p->pos++;
+    const unsigned char *name = s->names[tc_bound(p->n - 1 - i, TC_MAX_DEPTH - 1)];
+    long r = bpf_probe_read_kernel_str(&s->ev.path[tc_bound(p->pos, TC_PATH_MASK)],
+                                       TC_NAME_SLACK, name);
+    if (r > 1)
+        p->pos += r - 1;
+    return 0;
+}
+
+/* Full path by walking dentries up to the root, crossing mount points (bpf_d_path is not
+ * available to tracepoints). Paths longer than TC_PATH_BUF are cut and flagged. */
+static __always_inline void tc_build_path(struct tc_event_scratch *s, struct file *f)
+{
+    struct tc_file_event *ev = &s->ev;
+    struct vfsmount *vm = BPF_CORE_READ(f, f_path.mnt);
+    struct tc_walk_ctx w = {
+        .d = BPF_CORE_READ(f, f_path.dentry),
+        .mnt = container_of(vm, struct mount, mnt),
+    };
+    bpf_loop(TC_MAX_DEPTH + 16, tc_walk_step, &w, 0);
+    if (w.n == 0) {
+        /* pseudo files (pipes, sockets) and the root itself: the dentry's own name */
+        long r = bpf_probe_read_kernel_str(ev->path, TC_NAME_SLACK,
+                                           BPF_CORE_READ(f, f_path.dentry, d_name.name));
+        ev->path_len = r > 0 ? r - 1 : 0;
+        return;
+    }
+    struct tc_path_ctx p = { .n = w.n };
+    bpf_loop(TC_MAX_DEPTH, tc_path_step, &p, 0);
+    if (p.pos > TC_PATH_BUF) {
+        p.pos = TC_PATH_BUF;
+        ev->flags |= TC_EV_PATH_TRUNCATED;
+    }
+    ev->path_len = p.pos;
+}
+
+static __always_inline bool tc_has_prefix(const struct tc_file_event *ev,
+                                          const volatile struct tc_file_filter *ff, int k)
+{
+    __u32 len = ff->path_len[k];
+    if (len == 0 || len > ev->path_len || len > TC_PREFIX_LEN)
+        return false;
+    for (int i = 0; i < TC_PREFIX_LEN; i++) {
+        if ((__u32)i >= len)
+            return true;
+        if (ev->path[i] != ff->paths[k][i])
+            return false;
+    }
+    return true;
+}
+
+static __always_inline bool tc_path_allowed(const struct tc_file_event *ev,
+                                            const volatile struct tc_file_filter *ff)
+{
+    if (ff->npaths == 0)
+        return true;
+    for (int k = 0; k < TC_MAX_PREFIXES; k++) {
+        if ((__u32)k < ff->npaths && tc_has_prefix(ev, ff, k))
+            return true;
+    }
+    return false;
+}
+
+/* The buffer that holds the first bytes of the transfer, for the ELF check. */
+static __always_inline __u64 tc_first_buf(const struct tc_io_args *a)
+{
+    if (!a->is_vec)
+        return a->buf;
+    struct iovec iov = {};
+    bpf_probe_read_user(&iov, sizeof(iov), (void *)a->buf);
+    return (__u64)iov.iov_base;
+}
+
+static __always_inline bool tc_type_allowed(const struct tc_io_args *a, struct tc_file_event *ev,
+                                            __u32 types)
+{
+    __u32 fmt = ev->mode & S_IFMT;
+    struct tc_dev_ino key = { .inode = ev->inode, .dev = ev->dev };
+    bool elf = false;
+
+    if (ev->pos == 0 && ev->io_len >= 4) {
+        __u8 magic[4] = {};
+        bpf_probe_read_user(magic, sizeof(magic), (void *)tc_first_buf(a));
+        if (magic[0] == 0x7f && magic[1] == 'E' && magic[2] == 'L' && magic[3] == 'F') {
+            __u8 one = 1;
+            bpf_map_update_elem(&elf_files, &key, &one, BPF_ANY);
+            elf = true;
+        } else {
+            bpf_map_delete_elem(&elf_files, &key);
+        }
+    } else if (bpf_map_lookup_elem(&elf_files, &key)) {
+        elf = true;
+    }
+    if (types == 0)
+        return true;
+    if ((types & TC_TYPE_REGULAR) && fmt == S_IFREG)
+        return true;
+    if ((types & TC_TYPE_PIPE) && fmt == S_IFIFO)
+        return true;
+    if ((types & TC_TYPE_SOCKET) && fmt == S_IFSOCK)
+        return true;
+    if ((types & TC_TYPE_ELF) && elf)
+        return true;
+    return false;
+}
+
+struct tc_emit_ctx {
+    __u64 io_id;
+    __u64 total;                 /* bytes the syscall transferred */
+    __u64 done;                  /* bytes handled so far */
+    __u64 buf;                   /* user buffer or iovec array */
+    __u64 iovcnt;
+    __u64 iov_done;              /* bytes consumed of the current iovec */
+    __u32 iov_idx;
+    __u32 is_vec;
+    __u32 dir;
+    __u32 slot;                  /* this CPU's data_scratch slot */
+};
+
+static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
+{
+    __u64 seg_ptr, seg_len;
+    if (c->done >= c->total)
+        return 1;
+    if (c->is_vec) {
+        struct iovec iov = {};
+        if (c->iov_idx >= c->iovcnt)
+            return 1;
+        if (bpf_probe_read_user(&iov, sizeof(iov),
+                                (void *)(c->buf + (__u64)c->iov_idx * sizeof(iov))))
+            return 1;
+        if (c->iov_done >= iov.iov_len) {
+            c->iov_idx++;
+            c->iov_done = 0;
+            return 0;
+        }
+        seg_ptr = (__u64)iov.iov_base + c->iov_done;
+        seg_len = iov.iov_len - c->iov_done;
+    } else {
+        seg_ptr = c->buf + c->done;
+        seg_len = c->total - c->done;
+    }
+    __u64 want = c->total - c->done;
+    if (want > seg_len)
+        want = seg_len;
+    if (want > TC_CHUNK)
+        want = TC_CHUNK;
+
+    struct tc_data_scratch *s = bpf_map_lookup_elem(&data_scratch, &c->slot);
+    if (!s)
+        return 1;
+    __u32 len = tc_bound(want, TC_CHUNK_MASK);
+    s->hdr.kind = TC_REC_FILE_DATA;
+    s->hdr.io_id = c->io_id;
+    s->hdr.io_off = c->done;
+    s->hdr.want = len;
+    s->hdr.flags = 0;
+    if (bpf_probe_read_user(s->data, len, (void *)seg_ptr)) {
+        s->hdr.flags = TC_DATA_UNREADABLE;
+        len = 0;
+    }
+    s->hdr.len = len;
+    __u32 base = c->dir * TC_CNT_PER_DIR;
+    if (bpf_ringbuf_output(&file_rb, s, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK), 0)) {
+        tc_count(base + TC_CNT_CHUNK_DROPS, 1);
+        tc_count(base + TC_CNT_DROPPED_BYTES, want);
+    } else {
+        tc_count(base + TC_CNT_CHUNKS, 1);
+        tc_count(base + TC_CNT_BYTES, len);
+        if (!len)
+            tc_count(base + TC_CNT_DROPPED_BYTES, want);
+    }
+    c->done += want;
+    c->iov_done += want;
+    return 0;
+}
+
+static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
+    if (!ap)
+        return 0;
+    struct tc_io_args a = *ap;
+    bpf_map_delete_elem(&io_pending, &tid);
+    long ret = ctx->ret;
+    if (ret <= 0)
+        return 0;
+
+    const volatile struct tc_file_filter *ff = &cfg.filters[a.direction & 1];
+    struct file *f = tc_fd_file(a.fd);
+    if (!f)
+        return 0;
+    if (ff->fds && !tc_is_std_fd(f, ff->fds))
+        return 0;
+
+    __u32 zero = 0;
+    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!s)
+        return 0;
+    struct tc_file_event *ev = &s->ev;
+    ev->flags = 0;
+    ev->path_len = 0;
+    ev->path[0] = 0;
+    ev->io_len = ret;
+    ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
+    ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+    ev->mode = BPF_CORE_READ(f, f_inode, i_mode);
+    __u32 fmt = ev->mode & S_IFMT;
+    if (fmt == S_IFIFO || fmt == S_IFSOCK || fmt == S_IFCHR) {
+        ev->flags |= TC_EV_APPEND;
+        ev->pos = 0;
+    } else if (a.pos >= 0) {
+        ev->pos = a.pos;
+    } else {
+        __s64 end = BPF_CORE_READ(f, f_pos);
+        ev->pos = end >= ret ? end - ret : 0;
+    }
+    if (!tc_type_allowed(&a, ev, ff->types))
+        return 0;
+    tc_build_path(s, f);
+    if (!tc_path_allowed(ev, ff))
+        return 0;
+
+    tc_fill_hdr(&ev->h, TC_REC_FILE_EVENT);
+    ev->io_id = __sync_fetch_and_add(&io_seq, 1);
+    ev->fd = a.fd;
+    ev->syscall = a.syscall;
+    ev->direction = a.direction;
+    __u32 base = a.direction * TC_CNT_PER_DIR;
+    if (bpf_ringbuf_output(&file_rb, ev, sizeof(*ev), 0)) {
+        /* without its event the data cannot be attributed: do not send it */
+        tc_count(base + TC_CNT_EVENT_DROPS, 1);
+        tc_count(base + TC_CNT_DROPPED_BYTES, ret);
+        return 0;
+    }
+    tc_count(base + TC_CNT_EVENTS, 1);
+
+    struct tc_emit_ctx c = {
+        .io_id = ev->io_id, .total = ret, .buf = a.buf, .iovcnt = a.count,
+        .is_vec = a.is_vec, .dir = a.direction, .slot = ev->h.cpu,
+    };
+    bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
+    if (c.done < c.total)
+        tc_count(base + TC_CNT_DROPPED_BYTES, c.total - c.done);
+    return 0;
+}
+
+#define TC_IO_PROBES(name, sc, dir, is_vec, posarg)                                   \
+    SEC("tp/syscalls/sys_enter_" #name)                                                \
+    int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
+    {                                                                                  \
+        return tc_io_enter(ctx, sc, dir, is_vec, posarg);                              \
+    }                                                                                  \
+    SEC("tp/syscalls/sys_exit_" #name)                                                 \
+    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
+    {                                                                                  \
+        return tc_io_exit(ctx);                                                        \
+    }
+
+TC_IO_PROBES(write, TC_SYS_WRITE, TC_DIR_WRITE, 0, -1)
+TC_IO_PROBES(pwrite64, TC_SYS_PWRITE64, TC_DIR_WRITE, 0, (__s64)ctx->args[3])
+TC_IO_PROBES(writev, TC_SYS_WRITEV, TC_DIR_WRITE, 1, -1)
+TC_IO_PROBES(pwritev, TC_SYS_PWRITEV, TC_DIR_WRITE, 1, (__s64)ctx->args[3])
+TC_IO_PROBES(pwritev2, TC_SYS_PWRITEV2, TC_DIR_WRITE, 1, (__s64)ctx->args[3])
+TC_IO_PROBES(read, TC_SYS_READ, TC_DIR_READ, 0, -1)
+TC_IO_PROBES(pread64, TC_SYS_PREAD64, TC_DIR_READ, 0, (__s64)ctx->args[3])
+TC_IO_PROBES(readv, TC_SYS_READV, TC_DIR_READ, 1, -1)
+TC_IO_PROBES(preadv, TC_SYS_PREADV, TC_DIR_READ, 1, (__s64)ctx->args[3])
+TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
+
+#endif

@@ -1,0 +1,118 @@
+/* The kernel/user ABI of tracecap: every record the BPF programs put in the ring buffer, and the
+ * configuration block user space writes into .rodata before load.
+ *
+ * bpf/records.py decodes these structs; tests/unit/test_records_abi.py checks that its sizes
+ * and offsets equal the ones in the compiled object's BTF. Change both sides together.
+ * All fields are naturally aligned so that the layout needs no packing pragmas.
+ */
+#ifndef TRACECAP_RECORDS_H
+#define TRACECAP_RECORDS_H
+
+#define TC_COMM_LEN 16
+#define TC_PATH_BUF 512      /* bytes of path kept; longer paths are cut and flagged */
+#define TC_NAME_SLACK 256    /* room for one dentry name past TC_PATH_BUF (verifier bound) */
+#define TC_CHUNK 32768       /* payload bytes per data record */
+#define TC_MAX_PREFIXES 3
+#define TC_PREFIX_LEN 64     /* a path filter is at most 50 characters; 64 keeps it aligned */
+
+enum tc_record_kind {
+    TC_REC_FILE_EVENT = 1,   /* one per captured read/write syscall: who, which file, how much */
+    TC_REC_FILE_DATA = 2,    /* the bytes of that syscall, in chunks of up to TC_CHUNK */
+};
+
+enum tc_syscall {
+    TC_SYS_WRITE = 0, TC_SYS_PWRITE64, TC_SYS_WRITEV, TC_SYS_PWRITEV, TC_SYS_PWRITEV2,
+    TC_SYS_READ, TC_SYS_PREAD64, TC_SYS_READV, TC_SYS_PREADV, TC_SYS_PREADV2,
+};
+
+enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };
+
+/* Counters in the per-CPU `counters` array, indexed by direction * TC_CNT_PER_DIR + counter. */
+enum tc_counter {
+    TC_CNT_EVENTS = 0,       /* file events emitted */
+    TC_CNT_EVENT_DROPS,      /* file events lost: ring buffer full */
+    TC_CNT_CHUNKS,           /* data records emitted */
+    TC_CNT_CHUNK_DROPS,      /* data records lost: ring buffer full */
+    TC_CNT_BYTES,            /* payload bytes emitted */
+    TC_CNT_DROPPED_BYTES,    /* payload bytes lost (ring full, unreadable user memory, loop cap) */
+    TC_CNT_PENDING_FULL,     /* syscalls missed because the enter->exit table was full */
+    TC_CNT_PER_DIR,
+};
+#define TC_NUM_COUNTERS (2 * TC_CNT_PER_DIR)
+
+/* File type filter bits, as Tracee numbers them. */
+#define TC_TYPE_REGULAR 1
+#define TC_TYPE_PIPE 2
+#define TC_TYPE_SOCKET 4
+#define TC_TYPE_ELF 8
+
+/* Scope flags. */
+#define TC_SCOPE_COMM 1          /* comm must be in scope_comm with value 1 */
+#define TC_SCOPE_COMM_NOT 2      /* comm must not be in scope_comm with value 2 */
+#define TC_SCOPE_PID 4
+#define TC_SCOPE_UID 8
+#define TC_SCOPE_FOLLOW 16
+
+/* file_event.flags */
+#define TC_EV_PATH_TRUNCATED 1
+#define TC_EV_APPEND 2           /* stream: bytes are appended, pos is meaningless */
+
+/* file_data.flags */
+#define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
+
+struct tc_hdr {
+    __u32 kind;
+    __u32 cpu;
+    __u64 ts;                /* CLOCK_BOOTTIME ns; user space converts to the Unix epoch */
+    __u32 pid;               /* host tgid */
+    __u32 tid;
+    __u32 ppid;
+    __u32 uid;
+    __u64 cgroup_id;
+    char comm[TC_COMM_LEN];
+};
+
+struct tc_file_event {
+    struct tc_hdr h;
+    __u64 io_id;             /* names this syscall; its data records carry the same id */
+    __u64 io_len;            /* bytes the syscall transferred (its return value) */
+    __u64 pos;               /* file offset of the first byte */
+    __u64 inode;
+    __u32 dev;               /* the kernel's s_dev: MAJOR << 20 | MINOR */
+    __u32 mode;              /* i_mode */
+    __s32 fd;
+    __u16 syscall;           /* enum tc_syscall */
+    __u8 direction;          /* enum tc_direction */
+    __u8 flags;              /* TC_EV_* */
+    __u32 path_len;
+    __u32 _pad;
+    char path[TC_PATH_BUF + TC_NAME_SLACK];
+};
+
+struct tc_file_data {
+    __u32 kind;
+    __u32 len;               /* payload bytes that follow this header */
+    __u64 io_id;
+    __u64 io_off;            /* offset of the payload inside the syscall's transfer */
+    __u32 want;              /* bytes this chunk should have held (len, or 0 when unreadable) */
+    __u32 flags;             /* TC_DATA_* */
+};
+
+struct tc_file_filter {
+    __u32 enabled;
+    __u32 types;             /* TC_TYPE_* bits, 0 = any */
+    __u32 fds;               /* bit n = fd n (0..2), 0 = any */
+    __u32 npaths;
+    __u32 path_len[TC_MAX_PREFIXES];
+    __u32 _pad;
+    char paths[TC_MAX_PREFIXES][TC_PREFIX_LEN];
+};
+
+/* The whole configuration, the only variable in .rodata (offset 0). */
+struct tc_config {
+    __u32 excluded_uid;      /* the tracecap user: writers, bridge, tap; (u32)-1 for none */
+    __u32 scope_flags;       /* TC_SCOPE_* */
+    struct tc_file_filter filters[2];  /* indexed by enum tc_direction */
+};
+
+#endif

@@ -1,0 +1,176 @@
+"""Python side of bpf/records.h: decoders for ring-buffer records and the .rodata config encoder.
+
+Pure functions over bytes. tests/unit/test_records_abi.py checks every size and offset here
+against the BTF of the compiled object, so the two sides cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+COMM_LEN = 16
+PATH_BUF = 512
+NAME_SLACK = 256
+CHUNK = 32768
+MAX_PREFIXES = 3
+PREFIX_LEN = 64
+
+REC_FILE_EVENT = 1
+REC_FILE_DATA = 2
+
+SYSCALLS = (
+    "write", "pwrite64", "writev", "pwritev", "pwritev2",
+    "read", "pread64", "readv", "preadv", "preadv2",
+)  # fmt: skip
+DIR_WRITE, DIR_READ = 0, 1
+
+COUNTERS = (
+    "events",
+    "event_drops",
+    "chunks",
+    "chunk_drops",
+    "bytes",
+    "dropped_bytes",
+    "pending_full",
+)
+NUM_COUNTERS = 2 * len(COUNTERS)
+
+TYPE_BITS = {"regular": 1, "pipe": 2, "socket": 4, "elf": 8}
+SCOPE_COMM, SCOPE_COMM_NOT, SCOPE_PID, SCOPE_UID, SCOPE_FOLLOW = 1, 2, 4, 8, 16
+
+EV_PATH_TRUNCATED = 1
+EV_APPEND = 2
+DATA_UNREADABLE = 1
+
+HDR = struct.Struct("<IIQIIIIQ16s")
+FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
+FILE_DATA = struct.Struct("<IIQQII")
+FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
+CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}s")
+
+#: Field offsets the ABI test compares with the object's BTF: {struct: {field: offset}}.
+LAYOUT: dict[str, dict[str, int]] = {
+    "tc_hdr": {"kind": 0, "cpu": 4, "ts": 8, "pid": 16, "tid": 20, "ppid": 24, "uid": 28,
+               "cgroup_id": 32, "comm": 40},
+    "tc_file_event": {"h": 0, "io_id": 56, "io_len": 64, "pos": 72, "inode": 80, "dev": 88,
+                      "mode": 92, "fd": 96, "syscall": 100, "direction": 102, "flags": 103,
+                      "path_len": 104, "path": 112},
+    "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
+    "tc_file_filter": {"enabled": 0, "types": 4, "fds": 8, "npaths": 12, "path_len": 16,
+                       "paths": 32},
+    "tc_config": {"excluded_uid": 0, "scope_flags": 4, "filters": 8},
+}  # fmt: skip
+SIZES = {
+    "tc_hdr": HDR.size,
+    "tc_file_event": FILE_EVENT.size,
+    "tc_file_data": FILE_DATA.size,
+    "tc_file_filter": FILE_FILTER.size,
+    "tc_config": CONFIG.size,
+}
+
+
+class RecordError(ValueError):
+    """A ring-buffer record that is too short or of an unknown kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: int
+    cpu: int
+    ts: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    cgroup_id: int
+    comm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    hdr: Header
+    io_id: int
+    io_len: int
+    pos: int
+    inode: int
+    dev: int
+    mode: int
+    fd: int
+    syscall: str
+    direction: int
+    flags: int
+    path: bytes
+
+    @property
+    def append(self) -> bool:
+        return bool(self.flags & EV_APPEND)
+
+
+@dataclass(frozen=True, slots=True)
+class FileData:
+    io_id: int
+    io_off: int
+    want: int
+    unreadable: bool
+    data: bytes
+
+
+def record_kind(raw: bytes) -> int:
+    if len(raw) < 4:
+        raise RecordError(f"record of {len(raw)} bytes has no kind")
+    return int.from_bytes(raw[:4], "little")
+
+
+def _cstr(raw: bytes) -> bytes:
+    return raw.split(b"\0", 1)[0]
+
+
+def decode_file_event(raw: bytes) -> FileEvent:
+    if len(raw) < FILE_EVENT.size:
+        raise RecordError(f"file event of {len(raw)} bytes, expected {FILE_EVENT.size}")
+    f = FILE_EVENT.unpack_from(raw)
+    hdr = Header(*f[:8], _cstr(f[8]))
+    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, _pad, path) = f[9:]
+    if sc >= len(SYSCALLS):
+        raise RecordError(f"file event with unknown syscall {sc}")
+    return FileEvent(
+        hdr, io_id, io_len, pos, inode, dev, mode, fd, SYSCALLS[sc], direction, flags,
+        _cstr(path[: min(path_len, PATH_BUF)]),
+    )  # fmt: skip
+
+
+def decode_file_data(raw: bytes) -> FileData:
+    if len(raw) < FILE_DATA.size:
+        raise RecordError(f"file data of {len(raw)} bytes, expected at least {FILE_DATA.size}")
+    _kind, length, io_id, io_off, want, flags = FILE_DATA.unpack_from(raw)
+    data = raw[FILE_DATA.size : FILE_DATA.size + length]
+    if len(data) != length:
+        raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
+    return FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
+
+
+def encode_file_filter(
+    enabled: bool, paths: tuple[bytes, ...], types: frozenset[str], fds: frozenset[int]
+) -> bytes:
+    if len(paths) > MAX_PREFIXES or any(len(p) >= PREFIX_LEN for p in paths):
+        raise ValueError(f"at most {MAX_PREFIXES} path prefixes of under {PREFIX_LEN} bytes")
+    lens = [len(p) for p in paths] + [0] * (MAX_PREFIXES - len(paths))
+    blob = b"".join(p.ljust(PREFIX_LEN, b"\0") for p in paths).ljust(PREFIX_LEN * MAX_PREFIXES, b"\0")
+    type_bits = sum(TYPE_BITS[t] for t in types)
+    fd_bits = sum(1 << fd for fd in fds)
+    return FILE_FILTER.pack(int(enabled), type_bits, fd_bits, len(paths), *lens, 0, blob)
+
+
+def encode_config(excluded_uid: int, scope_flags: int, write: bytes, read: bytes) -> bytes:
+    return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read)
+
+
+def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:
+    """Sum per-CPU counter slots into {"write.events": n, "read.chunk_drops": n, ...}."""
+    out: dict[str, int] = {}
+    for direction, prefix in ((DIR_WRITE, "write"), (DIR_READ, "read")):
+        for i, name in enumerate(COUNTERS):
+            idx = direction * len(COUNTERS) + i
+            out[f"{prefix}.{name}"] = sum(cpu[idx] for cpu in per_cpu_values)
+    return out

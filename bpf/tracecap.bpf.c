@@ -1,0 +1,23 @@
+/* tracecap's kernel side: one CO-RE object; the collector enables the programs each
+ * --capture option needs (autoload) and fills `cfg` in .rodata before load. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "records.h"
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define S_IFREG 0100000
+#define S_IFCHR 0020000
+#define S_IFIFO 0010000
+
+char LICENSE[] SEC("license") = "GPL";
+
+#include "scope.bpf.h"
+#include "file_io.bpf.h"
+
+/* Keep the record types in the object's BTF so that tests can check the Python decoders. */
+struct tc_hdr _tc_abi_hdr __attribute__((unused));
+struct tc_file_event _tc_abi_event __attribute__((unused));
+struct tc_file_data _tc_abi_data __attribute__((unused));

@@ -1,0 +1,145 @@
+"""The bus contract: topics, the envelope, and a defensive decoder.
+
+Everything a consumer needs to read the tracecap stream lives here, so that the collector,
+the writers and third-party subscribers agree by importing one module.
+
+A message is multipart ``[topic, envelope, payload?]``:
+
+* ``topic``: ASCII, always ending in ``.`` so that prefix subscriptions never collide.
+* ``envelope``: a msgpack map. Common keys are listed in ``COMMON_KEYS``; kinds add their own.
+  Kernel strings (``comm``, paths) travel as msgpack ``bin`` because they are not always UTF-8.
+* ``payload``: optional raw bytes (artifact data), kept out of msgpack to avoid copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+
+TOPIC_FILE_WRITE = b"file.write."
+TOPIC_FILE_READ = b"file.read."
+TOPIC_EXEC = b"exec."
+TOPIC_MEM = b"mem."
+TOPIC_MODULE = b"module."
+TOPIC_BPF = b"bpf."
+TOPIC_NET_PACKET = b"net.packet."
+TOPIC_PROC = b"proc."
+TOPIC_STATS = b"stats."
+
+TOPICS = (
+    TOPIC_FILE_WRITE,
+    TOPIC_FILE_READ,
+    TOPIC_EXEC,
+    TOPIC_MEM,
+    TOPIC_MODULE,
+    TOPIC_BPF,
+    TOPIC_NET_PACKET,
+    TOPIC_PROC,
+    TOPIC_STATS,
+)
+
+#: Keys present in every envelope, with the Python types a decoder accepts for them.
+COMMON_KEYS: dict[str, tuple[type, ...]] = {
+    "v": (int,),
+    "epoch": (int,),
+    "seq": (int,),
+    "ts": (int,),
+    "pid": (int,),
+    "tid": (int,),
+    "ppid": (int,),
+    "uid": (int,),
+    "comm": (bytes,),
+    "cgroup_id": (int,),
+    "container_id": (str,),
+}
+
+#: Keys every ``file.write.`` / ``file.read.`` envelope carries on top of COMMON_KEYS.
+#: ``off`` is the file offset of this message's payload; ``io_id`` names the syscall the bytes
+#: came from; ``io_off`` is the payload's position inside that syscall's transfer, whose total is
+#: ``io_len``; ``append`` says the target is a stream (pipe, socket, character device) whose bytes
+#: are appended rather than placed at ``off``; ``lost`` lists ``[start, end)`` file ranges the
+#: kernel could not deliver (then there is no payload).
+FILE_KEYS: dict[str, tuple[type, ...]] = {
+    "syscall": (str,),
+    "fd": (int,),
+    "path": (bytes,),
+    "dev": (int,),
+    "inode": (int,),
+    "mode": (int,),
+    "io_id": (int,),
+    "io_len": (int,),
+    "io_off": (int,),
+    "off": (int,),
+    "append": (bool,),
+}
+
+KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
+    TOPIC_FILE_WRITE: FILE_KEYS,
+    TOPIC_FILE_READ: FILE_KEYS,
+}
+
+#: The largest message a consumer accepts; bigger ones are dropped and counted.
+MAX_ENVELOPE_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = 4 * 1024 * 1024
+
+
+class BadMessage(ValueError):
+    """A bus message that does not follow this contract; the reason says which rule it broke."""
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: bytes
+    env: dict[str, Any]
+    payload: bytes
+
+
+def encode(topic: bytes, env: dict[str, Any], payload: bytes | memoryview | None = None) -> list:
+    """The frames to pass to ``send_multipart`` for one message."""
+    frames: list = [topic, msgpack.packb(env, use_bin_type=True)]
+    if payload is not None:
+        frames.append(payload)
+    return frames
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Validate and decode a multipart message; raise BadMessage on anything unexpected.
+
+    Unknown keys are kept (consumers ignore what they do not know); missing or mistyped known
+    keys, a foreign version, oversized frames and undecodable msgpack are all rejected.
+    """
+    if len(frames) not in (2, 3):
+        raise BadMessage(f"expected 2 or 3 frames, got {len(frames)}")
+    topic, raw_env = bytes(frames[0]), frames[1]
+    payload = bytes(frames[2]) if len(frames) == 3 else b""
+    if not topic.endswith(b"."):
+        raise BadMessage(f"topic {topic[:64]!r} does not end with '.'")
+    if len(raw_env) > MAX_ENVELOPE_BYTES:
+        raise BadMessage(f"envelope of {len(raw_env)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise BadMessage(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        env = msgpack.unpackb(
+            raw_env, raw=False, strict_map_key=True, max_buffer_size=MAX_ENVELOPE_BYTES
+        )
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise BadMessage(f"envelope is not msgpack: {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(env, dict):
+        raise BadMessage(f"envelope is a {type(env).__name__}, not a map")
+    if env.get("v") != VERSION:
+        raise BadMessage(f"envelope version {env.get('v')!r}, expected {VERSION}")
+    required = dict(COMMON_KEYS)
+    for prefix, keys in KIND_KEYS.items():
+        if topic.startswith(prefix):
+            required.update(keys)
+    for key, types in required.items():
+        if key not in env:
+            raise BadMessage(f"envelope lacks {key!r}")
+        value = env[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise BadMessage(f"envelope key {key!r} has type {type(value).__name__}")
+    return Message(topic, env, payload)

@@ -1,0 +1,203 @@
+"""A thin ctypes binding to the system's libbpf.so.1: just what the collector uses.
+
+Why ctypes and not bcc: bcc compiles C at every start against kernel headers that do not match
+this kernel, and reads structs at wrong offsets; CO-RE objects built once are relocated against
+the running kernel's BTF by libbpf at load time. Why not a PyPI binding: none has ring buffers.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import os
+from collections.abc import Callable
+
+_vp = ct.c_void_p
+_PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, _vp)
+_RB_CB = ct.CFUNCTYPE(ct.c_int, _vp, _vp, ct.c_size_t)
+
+_lib = ct.CDLL("libbpf.so.1", use_errno=True)
+_libc = ct.CDLL(None, use_errno=True)
+_libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, _vp]
+
+for _name, _res, _args in [
+    ("libbpf_set_print", _vp, [_PRINT_FN]),
+    ("libbpf_get_error", ct.c_long, [_vp]),
+    ("libbpf_num_possible_cpus", ct.c_int, []),
+    ("bpf_object__open_file", _vp, [ct.c_char_p, _vp]),
+    ("bpf_object__load", ct.c_int, [_vp]),
+    ("bpf_object__close", None, [_vp]),
+    ("bpf_object__next_program", _vp, [_vp, _vp]),
+    ("bpf_object__next_map", _vp, [_vp, _vp]),
+    ("bpf_object__find_map_by_name", _vp, [_vp, ct.c_char_p]),
+    ("bpf_program__name", ct.c_char_p, [_vp]),
+    ("bpf_program__set_autoload", ct.c_int, [_vp, ct.c_bool]),
+    ("bpf_program__autoload", ct.c_bool, [_vp]),
+    ("bpf_program__attach", _vp, [_vp]),
+    ("bpf_link__destroy", ct.c_int, [_vp]),
+    ("bpf_map__name", ct.c_char_p, [_vp]),
+    ("bpf_map__fd", ct.c_int, [_vp]),
+    ("bpf_map__set_max_entries", ct.c_int, [_vp, ct.c_uint32]),
+    ("bpf_map__initial_value", _vp, [_vp, ct.POINTER(ct.c_size_t)]),
+    ("bpf_map_update_elem", ct.c_int, [ct.c_int, _vp, _vp, ct.c_uint64]),
+    ("bpf_map_lookup_elem", ct.c_int, [ct.c_int, _vp, _vp]),
+    ("ring_buffer__new", _vp, [ct.c_int, _RB_CB, _vp, _vp]),
+    ("ring_buffer__poll", ct.c_int, [_vp, ct.c_int]),
+    ("ring_buffer__consume", ct.c_int, [_vp]),
+    ("ring_buffer__free", None, [_vp]),
+]:
+    _fn = getattr(_lib, _name)
+    _fn.restype = _res
+    _fn.argtypes = _args
+
+_log: list[str] = []
+
+
+@_PRINT_FN
+def _printer(level: int, fmt: bytes, va: int) -> int:
+    # Verifier logs run past 4 KiB per message; keep the tail for error reports.
+    buf = ct.create_string_buffer(1 << 22)
+    _libc.vsnprintf(buf, len(buf), fmt, va)
+    _log.append(buf.value.decode(errors="replace"))
+    del _log[:-400]
+    return 0
+
+
+_lib.libbpf_set_print(_printer)
+
+
+class BpfError(RuntimeError):
+    """A libbpf call failed; the message holds errno and the tail of libbpf's log."""
+
+
+def _error(what: str, err: int | None = None) -> BpfError:
+    err = ct.get_errno() if err is None else err
+    tail = "".join(_log[-30:]).rstrip()
+    detail = f"\n--- libbpf log ---\n{tail}" if tail else ""
+    return BpfError(f"{what}: {os.strerror(err)} (errno {err}){detail}")
+
+
+def possible_cpus() -> int:
+    return _lib.libbpf_num_possible_cpus()
+
+
+class RingBuffer:
+    """Drains one or more ring-buffer maps; callbacks get each record as bytes."""
+
+    def __init__(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
+        self.errors: list[BaseException] = []
+
+        def _cb(_ctx: int, data: int, size: int) -> int:
+            try:
+                callback(ct.string_at(data, size))
+            except BaseException as exc:  # a raise inside a ctypes callback is lost otherwise
+                self.errors.append(exc)
+            return 0
+
+        self._cb = _RB_CB(_cb)  # keep a reference: libbpf holds a raw pointer to it
+        self._rb = _lib.ring_buffer__new(map_fd, self._cb, None, None)
+        if not self._rb:
+            raise _error("ring_buffer__new")
+
+    def poll(self, timeout_ms: int) -> int:
+        n = _lib.ring_buffer__poll(self._rb, timeout_ms)
+        self._raise_callback_error()
+        if n < 0 and -n != 4:  # EINTR: a signal arrived, the caller checks its stop flag
+            raise _error("ring_buffer__poll", -n)
+        return max(n, 0)
+
+    def consume(self) -> int:
+        n = _lib.ring_buffer__consume(self._rb)
+        self._raise_callback_error()
+        return max(n, 0)
+
+    def _raise_callback_error(self) -> None:
+        if self.errors:
+            exc = self.errors.pop(0)
+            self.errors.clear()
+            raise exc
+
+    def close(self) -> None:
+        if self._rb:
+            _lib.ring_buffer__free(self._rb)
+            self._rb = None
+
+
+class BpfObject:
+    """One CO-RE object: open, configure (autoload, .rodata, map sizes), load, attach, close.
+
+    Every program is attached through a BPF link, so the kernel detaches it when the last fd
+    closes, even if the collector dies by SIGKILL.
+    """
+
+    def __init__(self, path: str) -> None:
+        _log.clear()
+        obj = _lib.bpf_object__open_file(path.encode(), None)
+        if not obj or _lib.libbpf_get_error(obj):
+            raise _error(f"cannot open BPF object {path}")
+        self._obj: int | None = obj
+        self._links: list[int] = []
+        self.programs: dict[str, int] = {}
+        prog = None
+        while prog := _lib.bpf_object__next_program(obj, prog):
+            self.programs[_lib.bpf_program__name(prog).decode()] = prog
+        self.maps: dict[str, int] = {}
+        m = None
+        while m := _lib.bpf_object__next_map(obj, m):
+            self.maps[_lib.bpf_map__name(m).decode()] = m
+
+    def enable_only(self, names: set[str]) -> None:
+        unknown = names - self.programs.keys()
+        if unknown:
+            raise BpfError(f"no such programs in object: {sorted(unknown)}")
+        for name, prog in self.programs.items():
+            _lib.bpf_program__set_autoload(prog, name in names)
+
+    def set_rodata(self, data: bytes) -> None:
+        """Overwrite the start of .rodata (where the object keeps its `cfg` block)."""
+        m = next((m for n, m in self.maps.items() if n.endswith(".rodata")), None)
+        if m is None:
+            raise BpfError("object has no .rodata map")
+        size = ct.c_size_t(0)
+        base = _lib.bpf_map__initial_value(m, ct.byref(size))
+        if not base or size.value < len(data):
+            raise BpfError(f".rodata holds {size.value} bytes, config needs {len(data)}")
+        ct.memmove(base, data, len(data))
+
+    def set_max_entries(self, map_name: str, entries: int) -> None:
+        if _lib.bpf_map__set_max_entries(self.maps[map_name], entries):
+            raise _error(f"cannot resize map {map_name}")
+
+    def load(self) -> None:
+        _log.clear()
+        if _lib.bpf_object__load(self._obj):
+            raise _error("cannot load BPF programs")
+
+    def attach(self, name: str) -> None:
+        _log.clear()
+        link = _lib.bpf_program__attach(self.programs[name])
+        if not link or _lib.libbpf_get_error(link):
+            raise _error(f"cannot attach {name}")
+        self._links.append(link)
+
+    def map_fd(self, name: str) -> int:
+        return _lib.bpf_map__fd(self.maps[name])
+
+    def update(self, map_name: str, key: bytes, value: bytes) -> None:
+        k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
+        if _lib.bpf_map_update_elem(self.map_fd(map_name), k, v, 0):
+            raise _error(f"cannot update map {map_name}")
+
+    def lookup(self, map_name: str, key: bytes, value_size: int) -> bytes | None:
+        k = ct.create_string_buffer(key, len(key))
+        v = ct.create_string_buffer(value_size)
+        if _lib.bpf_map_lookup_elem(self.map_fd(map_name), k, v):
+            return None
+        return v.raw
+
+    def close(self) -> None:
+        for link in self._links:
+            _lib.bpf_link__destroy(link)
+        self._links.clear()
+        if self._obj:
+            _lib.bpf_object__close(self._obj)
+            self._obj = None

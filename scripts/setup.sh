@@ -1,0 +1,57 @@
+#!/bin/sh
+# One-shot, idempotent machine set-up for tracecap (run as root).
+# Installs build and test tools from Debian, creates the unprivileged `tracecap` user,
+# mounts tracefs, builds the CO-RE objects and installs tracecap into /opt/tracecap/venv
+# with /usr/local/bin/tracecap on PATH. A second run changes nothing and takes seconds.
+set -eu
+cd "$(dirname "$0")/.."
+PREFIX=${TRACECAP_PREFIX:-/opt/tracecap}
+VENV="$PREFIX/venv"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup: must run as root (it installs packages and creates the tracecap user)" >&2
+    exit 1
+fi
+
+# Debian packages: compiler and headers for the CO-RE objects, pcap readers for tests,
+# ping for network tests, bpf binutils for disassembly tests, python venv support.
+DEBS="clang llvm libbpf-dev bpftool tshark tcpdump iputils-ping binutils-bpf python3-venv make iproute2 util-linux"
+missing=""
+for p in $DEBS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing Debian packages:$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# The unprivileged user that writers, the bridge and tap run as.
+if ! id tracecap >/dev/null 2>&1; then
+    echo "setup: creating system user tracecap"
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tracecap
+fi
+
+# tp/ programs need tracefs.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
+
+# Build the CO-RE objects (make only rebuilds what changed).
+make -s -C bpf
+
+# Virtual environment readable by the tracecap user (never under /root), built on Debian's
+# python3 so that the interpreter itself is reachable by that user.
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    mkdir -p "$PREFIX"
+    /usr/bin/python3 -m venv "$VENV"
+fi
+stamp="$VENV/.tracecap-installed"
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml collector writers bpf conf supervisord.conf -newer "$stamp" 2>/dev/null | head -n1)" ]; then
+    echo "setup: installing tracecap into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade ".[test]"
+    touch "$stamp"
+fi
+chmod -R go+rX "$PREFIX"
+ln -sf "$VENV/bin/tracecap" /usr/local/bin/tracecap
