@@ -20,9 +20,17 @@ REC_FILE_EVENT = 1
 REC_FILE_DATA = 2
 
 SYSCALLS = (
-    "write", "pwrite64", "writev", "pwritev", "pwritev2",
-    "read", "pread64", "readv", "preadv", "preadv2",
-)  # fmt: skip
+    "write",
+    "pwrite64",
+    "writev",
+    "pwritev",
+    "pwritev2",
+    "read",
+    "pread64",
+    "readv",
+    "preadv",
+    "preadv2",
+)
 DIR_WRITE, DIR_READ = 0, 1
 
 COUNTERS = (
@@ -51,16 +59,43 @@ CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}s")
 
 #: Field offsets the ABI test compares with the object's BTF: {struct: {field: offset}}.
 LAYOUT: dict[str, dict[str, int]] = {
-    "tc_hdr": {"kind": 0, "cpu": 4, "ts": 8, "pid": 16, "tid": 20, "ppid": 24, "uid": 28,
-               "cgroup_id": 32, "comm": 40},
-    "tc_file_event": {"h": 0, "io_id": 56, "io_len": 64, "pos": 72, "inode": 80, "dev": 88,
-                      "mode": 92, "fd": 96, "syscall": 100, "direction": 102, "flags": 103,
-                      "path_len": 104, "path": 112},
+    "tc_hdr": {
+        "kind": 0,
+        "cpu": 4,
+        "ts": 8,
+        "pid": 16,
+        "tid": 20,
+        "ppid": 24,
+        "uid": 28,
+        "cgroup_id": 32,
+        "comm": 40,
+    },
+    "tc_file_event": {
+        "h": 0,
+        "io_id": 56,
+        "io_len": 64,
+        "pos": 72,
+        "inode": 80,
+        "dev": 88,
+        "mode": 92,
+        "fd": 96,
+        "syscall": 100,
+        "direction": 102,
+        "flags": 103,
+        "path_len": 104,
+        "path": 112,
+    },
     "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
-    "tc_file_filter": {"enabled": 0, "types": 4, "fds": 8, "npaths": 12, "path_len": 16,
-                       "paths": 32},
+    "tc_file_filter": {
+        "enabled": 0,
+        "types": 4,
+        "fds": 8,
+        "npaths": 12,
+        "path_len": 16,
+        "paths": 32,
+    },
     "tc_config": {"excluded_uid": 0, "scope_flags": 4, "filters": 8},
-}  # fmt: skip
+}
 SIZES = {
     "tc_hdr": HDR.size,
     "tc_file_event": FILE_EVENT.size,
@@ -135,9 +170,19 @@ def decode_file_event(raw: bytes) -> FileEvent:
     if sc >= len(SYSCALLS):
         raise RecordError(f"file event with unknown syscall {sc}")
     return FileEvent(
-        hdr, io_id, io_len, pos, inode, dev, mode, fd, SYSCALLS[sc], direction, flags,
+        hdr,
+        io_id,
+        io_len,
+        pos,
+        inode,
+        dev,
+        mode,
+        fd,
+        SYSCALLS[sc],
+        direction,
+        flags,
         _cstr(path[: min(path_len, PATH_BUF)]),
-    )  # fmt: skip
+    )
 
 
 def decode_file_data(raw: bytes) -> FileData:
@@ -156,7 +201,9 @@ def encode_file_filter(
     if len(paths) > MAX_PREFIXES or any(len(p) >= PREFIX_LEN for p in paths):
         raise ValueError(f"at most {MAX_PREFIXES} path prefixes of under {PREFIX_LEN} bytes")
     lens = [len(p) for p in paths] + [0] * (MAX_PREFIXES - len(paths))
-    blob = b"".join(p.ljust(PREFIX_LEN, b"\0") for p in paths).ljust(PREFIX_LEN * MAX_PREFIXES, b"\0")
+    blob = b"".join(p.ljust(PREFIX_LEN, b"\0") for p in paths).ljust(
+        PREFIX_LEN * MAX_PREFIXES, b"\0"
+    )
     type_bits = sum(TYPE_BITS[t] for t in types)
     fd_bits = sum(1 << fd for fd in fds)
     return FILE_FILTER.pack(int(enabled), type_bits, fd_bits, len(paths), *lens, 0, blob)

@@ -123,9 +123,7 @@ def decode(frames: list[bytes]) -> Message:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise BadMessage(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
-        env = msgpack.unpackb(
-            raw_env, raw=False, strict_map_key=True, max_buffer_size=MAX_ENVELOPE_BYTES
-        )
+        env = msgpack.unpackb(raw_env, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated exception types
         raise BadMessage(f"envelope is not msgpack: {exc.__class__.__name__}: {exc}") from None
     if not isinstance(env, dict):

@@ -1,0 +1,166 @@
+"""The `tracecap` command: run | collector | writer KIND | tap | status.
+
+Each subcommand takes the capture options of `tracecap run` (so that supervisord can hand the
+same options to every process) plus a few of its own, which are split off here before the
+pure option parser sees the rest.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Sequence
+
+from collector import options
+
+USAGE = """\
+usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
+                    [--config FILE] [--run-dir DIR]
+       tracecap collector [same options] [--wait-for TOPIC[=N]]... [--ring-mb N]
+       tracecap writer KIND [same options] [--connect ENDPOINT]
+       tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
+       tracecap status [--run-dir DIR]
+
+capture options (repeatable):
+  write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...],
+  exec, mem, module, bpf, network|net|pcap, pcap:single,process,container,command,
+  pcap-options:filtered|none, pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>,
+  dir:/path, clear-dir, limit:<N>mb|gb
+scope (repeatable, all must hold): comm=a,b  comm!=x  pid=N,M  uid=N  follow  container  host
+older forms: --trace for --scope (--trace event=NAME for --events), --output format:json,
+  --output option:parse-arguments, --output option:detect-syscall
+"""
+
+DEFAULT_RUN_DIR = "/run/tracecap"
+
+
+class UsageError(ValueError):
+    pass
+
+
+def split_own(argv: Sequence[str], own: dict[str, bool]) -> tuple[dict[str, list[str]], list[str]]:
+    """Separate a subcommand's own flags (``--flag VALUE`` or ``--flag=VALUE``) from the rest.
+
+    ``own`` maps each flag to whether it is repeatable. Returns ({flag: [values]}, rest).
+    """
+    found: dict[str, list[str]] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg.partition("=")
+        if name in own:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                i += 1
+                value = argv[i]
+            if name in found and not own[name]:
+                raise UsageError(f"{name} given twice")
+            found.setdefault(name, []).append(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return found, rest
+
+
+def expand_config(found: dict[str, list[str]], rest: list[str]) -> list[str]:
+    """Options from --config FILE first, then the command line's (which add to them)."""
+    tokens: list[str] = []
+    for path in found.get("--config", []):
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise UsageError(f"--config {path}: {exc.strerror}") from None
+        tokens += options.expand_config_file(text)
+    return tokens + rest
+
+
+def parse_wait_for(values: list[str]) -> Counter[bytes]:
+    wanted: Counter[bytes] = Counter()
+    for value in values:
+        topic, eq, count = value.partition("=")
+        count = count if eq else "1"
+        if not topic.endswith(".") or not count.isdigit():
+            raise UsageError(
+                f"--wait-for {value!r}: expected TOPIC. or TOPIC.=N (topics end with '.')"
+            )
+        wanted[topic.encode()] += int(count)
+    return wanted
+
+
+def _config(argv: list[str]) -> options.Config:
+    config = options.parse_args(argv)
+    options.check_supported(config)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    cmd, rest = args[0], args[1:]
+    try:
+        return _dispatch(cmd, rest)
+    except (options.OptionError, UsageError) as exc:
+        print(f"tracecap {cmd}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(cmd: str, rest: list[str]) -> int:
+    if cmd == "run":
+        found, rest = split_own(rest, {"--config": True, "--run-dir": False})
+        argv = expand_config(found, rest)
+        config = _config(argv)
+        from collector.run import run
+
+        return run(config, argv, found.get("--run-dir", [DEFAULT_RUN_DIR])[0])
+    if cmd == "collector":
+        found, rest = split_own(
+            rest, {"--config": True, "--run-dir": False, "--wait-for": True, "--ring-mb": False}
+        )
+        config = _config(expand_config(found, rest))
+        wait = parse_wait_for(found.get("--wait-for", []))
+        ring_mb = found.get("--ring-mb", ["64"])[0]
+        if not ring_mb.isdigit() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
+            raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
+        from collector.main import run_collector
+
+        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        return run_collector(config, run_dir, wait, int(ring_mb) << 20)
+    if cmd == "writer":
+        if not rest or rest[0].startswith("-"):
+            raise UsageError("writer needs a KIND (file)")
+        kind, rest = rest[0], rest[1:]
+        found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--connect": False})
+        config = _config(expand_config(found, rest))
+        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+        from writers.runner import run_writer
+
+        return run_writer(kind, config.out_dir, endpoint, f"{run_dir}/stats")
+    if cmd == "tap":
+        found, rest = split_own(rest, {"--topic": True, "--run-dir": False, "--connect": False})
+        if rest:
+            raise UsageError(f"tap takes no option {rest[0]!r}")
+        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+        from collector.tap import tap
+
+        return tap(endpoint, [t.encode() for t in found.get("--topic", [""])])
+    if cmd == "status":
+        found, rest = split_own(rest, {"--run-dir": False})
+        if rest:
+            raise UsageError(f"status takes no option {rest[0]!r}")
+        from collector.status import status
+
+        return status(found.get("--run-dir", [DEFAULT_RUN_DIR])[0])
+    raise UsageError(f"unknown command {cmd!r}; commands: run, collector, writer, tap, status")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,647 @@
+"""Pure parser of tracecap's command-line options (SPEC §3).
+
+The grammar is Tracee's legacy ``--capture``/``--scope``/``--trace`` surface, so that existing
+command lines keep working, with Tracee's quirks fixed: option order never changes the result
+(single-valued settings given twice with different values are an error rather than
+last-wins), unknown ``pcap:``/``pcap-options:`` values are errors rather than ignored, the
+50-character limit applies to read filters too, and ``artifact:`` is accepted before every
+capture kind.  Every problem becomes an ``OptionError`` naming the bad token and the accepted
+forms, so that ``tracecap run`` can exit 2 before anything is attached.
+
+Nothing here touches the file system: the caller reads ``--config`` files and clears
+directories, which keeps the parser testable and safe to run as an unprivileged user.
+"""
+
+import os
+import re
+import shlex
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from collector.bus import (
+    TOPIC_BPF,
+    TOPIC_EXEC,
+    TOPIC_FILE_READ,
+    TOPIC_FILE_WRITE,
+    TOPIC_MEM,
+    TOPIC_MODULE,
+    TOPIC_NET_PACKET,
+)
+
+DEFAULT_DIR = "/tmp/tracecap"
+DEFAULT_SNAPLEN = 96
+#: Larger than any real frame (64 KiB IP + jumbo/GSO headroom); above it a number is a typo.
+MAX_SNAPLEN = 262144
+#: Tracee's ``file_*_path_filter`` maps hold three entries per direction.
+MAX_PATH_FILTERS = 3
+#: The kernel map value is 64 bytes; Tracee caps user filters at 50 to leave room.
+MAX_PATH_FILTER_LEN = 50
+#: ``TASK_COMM_LEN`` is 16 including the NUL, so a longer name can never match.
+MAX_COMM_LEN = 15
+#: ``PID_MAX_LIMIT`` on 64-bit kernels.
+MAX_PID = 4194304
+#: ``(uid_t)-1`` means "no user" to the kernel, so the largest real uid is one below.
+MAX_UID = 2**32 - 2
+
+FILE_TYPES = ("regular", "pipe", "socket", "elf")
+FILE_FDS = {"stdin": 0, "stdout": 1, "stderr": 2}
+PCAP_SPLITS = ("single", "process", "container", "command")
+#: Every event name tracecap emits now or will emit; accepting future names up front keeps
+#: command lines written for later versions from failing on this one with a misleading error.
+EVENT_NAMES = (
+    "vfs_write",
+    "vfs_writev",
+    "vfs_read",
+    "vfs_readv",
+    "sched_process_exec",
+    "mem_prot_alert",
+    "init_module",
+    "finit_module",
+    "security_bpf_prog",
+    "net_packet_ipv4",
+    "net_packet_ipv6",
+    "net_packet_tcp",
+    "net_packet_udp",
+    "net_packet_icmp",
+    "net_packet_icmpv6",
+    "net_packet_dns",
+    "net_packet_http",
+)
+
+#: Capture kinds in the order their topics are listed; the name is what users type.
+KINDS = ("write", "read", "exec", "mem", "module", "bpf", "network")
+#: Capture kinds implemented so far; ``check_supported`` rejects the rest.
+SUPPORTED: frozenset[str] = frozenset({"write", "read"})
+
+_FILE_FORMS = (
+    "{k}, {k}=/prefix*, {k}:path=/prefix*, {k}:type=regular|pipe|socket|elf, "
+    "{k}:fd=stdin|stdout|stderr"
+)
+CAPTURE_FORMS = (
+    "write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...], "
+    "exec, mem, module, bpf, network|net|pcap, pcap:single,process,container,command, "
+    "pcap-options:filtered|none, pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>, "
+    "dir:/path, clear-dir, limit:<N>mb|gb; [artifact:] may precede write, read, exec, mem, "
+    "module, bpf, network, net, pcap, pcap: and net="
+)
+SCOPE_FORMS = "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, host, follow"
+OUTPUT_FORMS = "json, none, format:json, option:parse-arguments, option:detect-syscall"
+ARG_FORMS = (
+    "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
+    "--output/-o VALUE (each also as --long=VALUE or -xVALUE)"
+)
+SNAPLEN_FORMS = (
+    f"default, headers, max, <N>b, <N>kb, <N>k (N a positive integer, at most {MAX_SNAPLEN} bytes)"
+)
+LIMIT_FORMS = "limit:<N>mb, limit:<N>gb (N a positive integer)"
+
+_UINT = re.compile(r"[0-9]{1,20}")
+_IFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
+_SNAPLEN = re.compile(r"([0-9]{1,20})(kb|k|b)")
+_LIMIT = re.compile(r"([0-9]{1,20})(mb|gb)")
+_LIMIT_UNITS = {"mb": 1024**2, "gb": 1024**3}
+
+T = TypeVar("T")
+
+
+class OptionError(ValueError):
+    """Message names the bad token and the accepted forms."""
+
+
+@dataclass(frozen=True)
+class FileCapture:
+    """What to capture of file writes or of file reads.
+
+    Kinds of filter AND together and values within one kind OR together, as in the kernel.
+    """
+
+    enabled: bool = False
+    paths: tuple[bytes, ...] = ()
+    types: frozenset[str] = frozenset()
+    fds: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class PcapCapture:
+    """Packet capture settings; ``snaplen`` -1 means whole packets, 0 headers only."""
+
+    enabled: bool = False
+    split: frozenset[str] = frozenset()
+    snaplen: int = DEFAULT_SNAPLEN
+    filtered: bool = False
+    iface: str | None = None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which processes are traced; every given condition must hold.
+
+    ``container`` is None when neither ``container`` nor ``host`` was asked for.
+    """
+
+    comm: tuple[bytes, ...] = ()
+    comm_not: tuple[bytes, ...] = ()
+    pid: tuple[int, ...] = ()
+    uid: tuple[int, ...] = ()
+    follow: bool = False
+    container: bool | None = None
+
+
+@dataclass(frozen=True)
+class Capture:
+    """The result of the ``--capture`` options alone, before they are merged into a Config."""
+
+    write: FileCapture = FileCapture()
+    read: FileCapture = FileCapture()
+    exec: bool = False
+    mem: bool = False
+    module: bool = False
+    bpf: bool = False
+    pcap: PcapCapture = PcapCapture()
+    dir: str = DEFAULT_DIR
+    out_dir: str = DEFAULT_DIR + "/out"
+    clear_dir: bool = False
+    limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything ``tracecap run`` (and the collector and writers) need from the command line."""
+
+    write: FileCapture
+    read: FileCapture
+    exec: bool
+    mem: bool
+    module: bool
+    bpf: bool
+    pcap: PcapCapture
+    dir: str
+    out_dir: str
+    clear_dir: bool
+    limit_bytes: int | None
+    scope: Scope
+    events: tuple[str, ...]
+    output: str
+
+    def kinds(self) -> tuple[str, ...]:
+        """Enabled capture kinds, in ``KINDS`` order, named as users type them."""
+        enabled = {
+            "write": self.write.enabled,
+            "read": self.read.enabled,
+            "exec": self.exec,
+            "mem": self.mem,
+            "module": self.module,
+            "bpf": self.bpf,
+            "network": self.pcap.enabled,
+        }
+        return tuple(kind for kind in KINDS if enabled[kind])
+
+    def topics(self) -> tuple[bytes, ...]:
+        """Bus topics the writers must subscribe to, so that nothing else is decoded."""
+        return tuple(_KIND_TOPICS[kind] for kind in self.kinds())
+
+
+_KIND_TOPICS = {
+    "write": TOPIC_FILE_WRITE,
+    "read": TOPIC_FILE_READ,
+    "exec": TOPIC_EXEC,
+    "mem": TOPIC_MEM,
+    "module": TOPIC_MODULE,
+    "bpf": TOPIC_BPF,
+    "network": TOPIC_NET_PACKET,
+}
+
+
+def _dedup(items: Iterable[T]) -> tuple[T, ...]:
+    """Repeating a value (say in a config file and on the command line) must not count twice."""
+    return tuple(dict.fromkeys(items))
+
+
+def _encode(text: str, token: str, accepted: str) -> bytes:
+    """Kernel strings are bytes; argv's undecodable bytes arrive as surrogate escapes."""
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:
+        raise OptionError(f"{token!r}: cannot be encoded to bytes (accepted: {accepted})") from None
+    if b"\0" in raw:
+        raise OptionError(f"{token!r}: contains a NUL byte (accepted: {accepted})")
+    return raw
+
+
+def _uint(text: str) -> int | None:
+    """int() also takes '+5', ' 5', '1_0' and non-ASCII digits; options must not."""
+    return int(text) if _UINT.fullmatch(text) else None
+
+
+class _SetOnce(Generic[T]):
+    """A single-valued setting; giving it again with another value is an error so that the
+    result cannot depend on the order of the options (Tracee kept the last one)."""
+
+    def __init__(self, what: str, default: T) -> None:
+        self.what = what
+        self.value = default
+        self.token: str | None = None
+
+    def set(self, value: T, token: str) -> None:
+        if self.token is not None and self.value != value:
+            raise OptionError(
+                f"conflicting {self.what}: {self.token!r} and {token!r} (give it once)"
+            )
+        self.value, self.token = value, token
+
+
+@dataclass
+class _FileAcc:
+    enabled: bool = False
+    paths: list[bytes] = field(default_factory=list)
+    types: set[str] = field(default_factory=set)
+    fds: set[int] = field(default_factory=set)
+
+    def freeze(self) -> FileCapture:
+        return FileCapture(
+            self.enabled, tuple(self.paths), frozenset(self.types), frozenset(self.fds)
+        )
+
+
+def _file_option(acc: _FileAcc, kind: str, token: str, body: str) -> None:
+    """Parse ``write``/``read`` and their filters; ``kind=X`` is shorthand for ``kind:path=X``."""
+    acc.enabled = True
+    if body == kind:
+        return
+    forms = _FILE_FORMS.format(k=kind)
+    rest = body[len(kind) + 1 :]
+    if body[len(kind)] == "=":
+        key, value = "path", rest
+    else:
+        key, sep, value = rest.partition("=")
+        if not sep:
+            raise OptionError(f"invalid capture option specified: {token!r} (accepted: {forms})")
+    if not value:
+        raise OptionError(f"invalid capture option specified: {token!r} (accepted: {forms})")
+    if key == "path":
+        if not value.endswith("*"):
+            raise OptionError(f"file path filter should end with *: {token!r} (accepted: {forms})")
+        prefix = _encode(value[:-1], token, forms)
+        if not prefix:
+            raise OptionError(
+                f"capture path filter cannot be empty: {token!r} (accepted: {kind}=/prefix*)"
+            )
+        if len(prefix) > MAX_PATH_FILTER_LEN:
+            raise OptionError(
+                f"the length of a path filter is limited to {MAX_PATH_FILTER_LEN} characters: "
+                f"{token!r} has {len(prefix)} bytes before the '*'"
+            )
+        if prefix not in acc.paths:
+            if len(acc.paths) == MAX_PATH_FILTERS:
+                raise OptionError(
+                    f"too many file-{kind} path filters given: {token!r} is one more than "
+                    f"the {MAX_PATH_FILTERS} allowed"
+                )
+            acc.paths.append(prefix)
+    elif key == "type":
+        if value not in FILE_TYPES:
+            raise OptionError(
+                f"unsupported file type filter value for capture - {value} "
+                f"(in {token!r}; accepted: {', '.join(FILE_TYPES)})"
+            )
+        acc.types.add(value)
+    elif key == "fd":
+        if value not in FILE_FDS:
+            raise OptionError(
+                f"unsupported file FD filter value for capture - {value} "
+                f"(in {token!r}; accepted: {', '.join(FILE_FDS)})"
+            )
+        acc.fds.add(FILE_FDS[value])
+    else:
+        raise OptionError(
+            f"unrecognized file capture option: {key} (in {token!r}; accepted: {forms})"
+        )
+
+
+def _snaplen(token: str, value: str) -> int:
+    named = {"default": DEFAULT_SNAPLEN, "headers": 0, "max": -1}
+    value = value.lower()
+    if value in named:
+        return named[value]
+    match = _SNAPLEN.fullmatch(value)
+    if match is None:
+        raise OptionError(f"could not parse pcap snaplen: {token!r} (accepted: {SNAPLEN_FORMS})")
+    size = int(match[1]) * (1 if match[2] == "b" else 1024)
+    if not 0 < size <= MAX_SNAPLEN:
+        raise OptionError(
+            f"could not parse pcap snaplen: {token!r} is {size} bytes (accepted: {SNAPLEN_FORMS})"
+        )
+    return size
+
+
+def _limit(token: str, value: str) -> int:
+    match = _LIMIT.fullmatch(value.lower())
+    if match is None or int(match[1]) == 0:
+        raise OptionError(f"could not parse capture limit: {token!r} (accepted: {LIMIT_FORMS})")
+    return int(match[1]) * _LIMIT_UNITS[match[2]]
+
+
+def _out_dir(token: str, value: str) -> str:
+    """Trailing slashes are dropped so that equal directories compare equal."""
+    if not value:
+        raise OptionError(f"capture output dir cannot be empty: {token!r} (accepted: dir:/path)")
+    if not value.startswith("/"):
+        raise OptionError(
+            f"capture output dir must be an absolute path: {token!r} (accepted: dir:/path)"
+        )
+    _encode(value, token, "dir:/path")
+    return value.rstrip("/") or "/"
+
+
+def _iface(token: str, value: str) -> str:
+    if not _IFACE.fullmatch(value) or value in (".", ".."):
+        raise OptionError(
+            f"invalid network interface name: {token!r} "
+            "(accepted: net=<iface>, 1-15 characters of A-Z a-z 0-9 _ . : -)"
+        )
+    return value
+
+
+def parse_capture(tokens: Sequence[str]) -> Capture:
+    """Parse every ``--capture`` value together; see the module docstring for the fixes."""
+    write, read = _FileAcc(), _FileAcc()
+    flags = {"exec": False, "mem": False, "module": False, "bpf": False}
+    network = False
+    splits: set[str] = set()
+    split_given = False
+    snaplen = _SetOnce("pcap-snaplen", DEFAULT_SNAPLEN)
+    filtered = _SetOnce("pcap-options", False)
+    iface: _SetOnce[str | None] = _SetOnce("net=<iface>", None)
+    out = _SetOnce("dir:", DEFAULT_DIR)
+    limit: _SetOnce[int | None] = _SetOnce("limit:", None)
+    clear_dir = False
+    for token in tokens:
+        body = token.removeprefix("artifact:")
+        if body in ("write", "read") or body.startswith(("write=", "write:", "read=", "read:")):
+            kind = "write" if body.startswith("write") else "read"
+            _file_option(write if kind == "write" else read, kind, token, body)
+        elif body in flags:
+            flags[body] = True
+        elif body in ("network", "net", "pcap"):
+            network = True
+        elif body.startswith("net="):
+            network = True
+            iface.set(_iface(token, body[4:]), token)
+        elif body.startswith("pcap:"):
+            split_given = True
+            for mode in body[5:].split(","):
+                if mode not in PCAP_SPLITS:
+                    raise OptionError(
+                        f"unknown pcap split {mode!r} in {token!r} "
+                        f"(accepted: pcap:{','.join(PCAP_SPLITS)}, any combination)"
+                    )
+                splits.add(mode)
+        elif body != token:
+            raise OptionError(
+                f"invalid capture option specified: {token!r} ('artifact:' may precede only "
+                f"a capture kind; accepted: {CAPTURE_FORMS})"
+            )
+        elif token.startswith("pcap-options:"):
+            value = token[13:].lower()
+            if value not in ("filtered", "none"):
+                raise OptionError(
+                    f"unknown pcap option in {token!r} "
+                    "(accepted: pcap-options:filtered, pcap-options:none)"
+                )
+            filtered.set(value == "filtered", token)
+        elif token.startswith("pcap-snaplen:"):
+            snaplen.set(_snaplen(token, token[13:]), token)
+        elif token.startswith("dir:"):
+            out.set(_out_dir(token, token[4:]), token)
+        elif token == "clear-dir":
+            clear_dir = True
+        elif token.startswith("limit:"):
+            limit.set(_limit(token, token[6:]), token)
+        else:
+            raise OptionError(
+                f"invalid capture option specified: {token!r} (accepted: {CAPTURE_FORMS})"
+            )
+    enabled = network or split_given
+    if not enabled:
+        for setting in (snaplen, filtered):
+            if setting.token is not None:
+                raise OptionError(
+                    f"{setting.what} needs --capture network (or net, pcap, pcap:..., "
+                    f"net=<iface>): {setting.token!r} alone captures nothing"
+                )
+    pcap = PcapCapture(
+        enabled=enabled,
+        split=frozenset(splits if split_given else {"single"} if enabled else ()),
+        snaplen=snaplen.value,
+        filtered=filtered.value,
+        iface=iface.value,
+    )
+    return Capture(
+        write=write.freeze(),
+        read=read.freeze(),
+        pcap=pcap,
+        dir=out.value,
+        out_dir=out.value.rstrip("/") + "/out",
+        clear_dir=clear_dir,
+        limit_bytes=limit.value,
+        **flags,
+    )
+
+
+def _names(
+    token: str, value: str, what: str, accepted: str, convert: Callable[[str], T | None]
+) -> list[T]:
+    """Split a comma list, rejecting empty items so that ``comm=a,,b`` is not silently ``a,b``."""
+    items: list[T] = []
+    for item in value.split(","):
+        converted = convert(item) if item else None
+        if converted is None:
+            raise OptionError(f"invalid {what} {item!r} in {token!r} (accepted: {accepted})")
+        items.append(converted)
+    return items
+
+
+def _pid(text: str) -> int | None:
+    number = _uint(text)
+    return number if number is not None and 0 < number <= MAX_PID else None
+
+
+def _uid(text: str) -> int | None:
+    number = _uint(text)
+    return number if number is not None and number <= MAX_UID else None
+
+
+def _comm(token: str) -> Callable[[str], bytes | None]:
+    def convert(text: str) -> bytes | None:
+        raw = _encode(text, token, SCOPE_FORMS)
+        if len(raw) > MAX_COMM_LEN:
+            raise OptionError(
+                f"process name {text!r} in {token!r} is {len(raw)} bytes; the kernel keeps "
+                f"at most {MAX_COMM_LEN} (accepted: comm=NAME with NAME of 1-{MAX_COMM_LEN} bytes)"
+            )
+        return raw
+
+    return convert
+
+
+def _event(text: str) -> str | None:
+    return text if text in EVENT_NAMES else None
+
+
+def parse_scope(tokens: Sequence[str]) -> Scope:
+    """Parse ``--scope`` (and ``--trace`` minus ``event=``) expressions; all must hold."""
+    comm: list[bytes] = []
+    comm_not: list[bytes] = []
+    pid: list[int] = []
+    uid: list[int] = []
+    follow = False
+    where: _SetOnce[bool | None] = _SetOnce("--scope container/host", None)
+    for token in tokens:
+        if token.startswith("comm!="):
+            comm_not += _names(token, token[6:], "process name", SCOPE_FORMS, _comm(token))
+        elif token.startswith("comm="):
+            comm += _names(token, token[5:], "process name", SCOPE_FORMS, _comm(token))
+        elif token.startswith("pid="):
+            pid += _names(token, token[4:], "pid", f"pid=N[,N] with 0 < N <= {MAX_PID}", _pid)
+        elif token.startswith("uid="):
+            uid += _names(token, token[4:], "uid", f"uid=N[,N] with 0 <= N <= {MAX_UID}", _uid)
+        elif token in ("container", "host"):
+            where.set(token == "container", token)
+        elif token == "follow":
+            follow = True
+        elif token.startswith("container="):
+            raise OptionError(
+                f"{token!r}: selecting one container is not supported yet (accepted: {SCOPE_FORMS})"
+            )
+        else:
+            raise OptionError(
+                f"invalid scope expression: {token!r} (accepted: {SCOPE_FORMS}; "
+                "--trace also takes event=NAME[,NAME])"
+            )
+    return Scope(_dedup(comm), _dedup(comm_not), _dedup(pid), _dedup(uid), follow, where.value)
+
+
+_ARG_DESTS = {
+    "--capture": "capture",
+    "-c": "capture",
+    "--scope": "scope",
+    "-s": "scope",
+    "--trace": "trace",
+    "-t": "trace",
+    "--events": "events",
+    "-e": "events",
+    "--output": "output",
+    "-o": "output",
+}
+
+
+def _group_argv(argv: Sequence[str]) -> dict[str, list[str]]:
+    """Own loop instead of argparse, which prints and exits on some errors even with
+    ``exit_on_error=False`` (unknown arguments) and accepts abbreviations we do not want."""
+    groups: dict[str, list[str]] = {dest: [] for dest in _ARG_DESTS.values()}
+    args = iter(argv)
+    for arg in args:
+        value: str | None = None
+        if arg.startswith("--") and "=" in arg:
+            name, _, value = arg.partition("=")
+        elif not arg.startswith("--") and arg[:2] in _ARG_DESTS and len(arg) > 2:
+            name, value = arg[:2], arg[2:]
+        else:
+            name = arg
+        dest = _ARG_DESTS.get(name)
+        if dest is None:
+            hint = " (config files cannot include others)" if name == "--config" else ""
+            raise OptionError(f"unknown option {arg!r}{hint} (accepted: {ARG_FORMS})")
+        if value is None:
+            value = next(args, None)
+            if value is None:
+                raise OptionError(f"option {arg!r} needs a value (accepted: {ARG_FORMS})")
+        groups[dest].append(value)
+    return groups
+
+
+def _output(values: Sequence[str]) -> str:
+    """``option:`` forms are accepted for Tracee compatibility; arguments are always parsed."""
+    formats = {"json": "json", "format:json": "json", "none": "none"}
+    chosen = _SetOnce("--output format", "none")
+    for value in values:
+        if value in formats:
+            chosen.set(formats[value], value)
+        elif value not in ("option:parse-arguments", "option:detect-syscall"):
+            raise OptionError(f"invalid --output value: {value!r} (accepted: {OUTPUT_FORMS})")
+    return chosen.value
+
+
+def parse_args(argv: Sequence[str]) -> Config:
+    """Parse the option list of ``tracecap run`` (no subcommand, ``--config`` already expanded)."""
+    groups = _group_argv(argv)
+    capture = parse_capture(groups["capture"])
+    events_accepted = f"--events NAME[,NAME] with NAME one of {', '.join(EVENT_NAMES)}"
+    events = [
+        name
+        for value in groups["events"]
+        for name in _names(value, value, "event name", events_accepted, _event)
+    ]
+    scope_tokens = list(groups["scope"])
+    for token in groups["trace"]:
+        if token.startswith("event="):
+            events += _names(token, token[6:], "event name", events_accepted, _event)
+        else:
+            scope_tokens.append(token)
+    return Config(
+        write=capture.write,
+        read=capture.read,
+        exec=capture.exec,
+        mem=capture.mem,
+        module=capture.module,
+        bpf=capture.bpf,
+        pcap=capture.pcap,
+        dir=capture.dir,
+        out_dir=capture.out_dir,
+        clear_dir=capture.clear_dir,
+        limit_bytes=capture.limit_bytes,
+        scope=parse_scope(scope_tokens),
+        events=_dedup(events),
+        output=_output(groups["output"]),
+    )
+
+
+class _ShellLexer(shlex.shlex):
+    """shlex ends a word at any '#', which would cut ``dir:/srv/a#b`` short; as in sh, '#' only
+    starts a comment at the start of a word (shlex reads ``commenters`` only in its states)."""
+
+    @property
+    def commenters(self) -> str:  # type: ignore[override]
+        return "#" if self.state == " " else ""
+
+    @commenters.setter
+    def commenters(self, _value: str) -> None:
+        """shlex.__init__ assigns its default; the property above decides instead."""
+
+
+def expand_config_file(text: str) -> list[str]:
+    """Split a ``--config`` file into argv tokens, so it takes exactly the command-line syntax.
+
+    The caller puts these before the command-line tokens, so the command line adds to the file.
+    """
+    lexer = _ShellLexer(text, posix=True)
+    lexer.whitespace_split = True
+    try:
+        return list(lexer)
+    except ValueError as exc:
+        raise OptionError(
+            f"config file: {exc} in the token starting {lexer.token[:40]!r} (accepted: options "
+            "as on the command line, shell-like quoting, '#' comments)"
+        ) from None
+
+
+def check_supported(config: Config) -> None:
+    """Refuse kinds that parse but are not built yet, rather than silently capturing nothing."""
+    missing = [kind for kind in config.kinds() if kind not in SUPPORTED]
+    if missing:
+        supported = ", ".join(kind for kind in KINDS if kind in SUPPORTED)
+        raise OptionError(
+            f"--capture {', '.join(missing)}: not supported yet in this version of tracecap "
+            f"(supported: {supported})"
+        )

@@ -1,0 +1,125 @@
+"""Load and attach the kernel side for a given configuration, and read its counters.
+
+The one CO-RE object holds every program; only those the configuration needs are loaded
+(autoload), the filters go into .rodata and the scope maps, and every program is attached
+through a BPF link so that the kernel detaches it when the collector exits, however it exits.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+from importlib import resources
+
+from bpf import records
+from collector.libbpf import BpfObject, RingBuffer, possible_cpus
+from collector.options import Config, FileCapture
+
+_FILE_SYSCALLS = {
+    records.DIR_WRITE: ("write", "pwrite64", "writev", "pwritev", "pwritev2"),
+    records.DIR_READ: ("read", "pread64", "readv", "preadv", "preadv2"),
+}
+_ALWAYS = {"tc_fork", "tc_proc_exit"}
+DEFAULT_RING_BYTES = 64 << 20
+
+
+def object_path() -> str:
+    path = str(resources.files("bpf") / "tracecap.bpf.o")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is missing: run `make setup` to build the BPF objects")
+    return path
+
+
+def programs_for(config: Config) -> set[str]:
+    names = set(_ALWAYS)
+    for direction, capture in ((records.DIR_WRITE, config.write), (records.DIR_READ, config.read)):
+        if capture.enabled:
+            for sc in _FILE_SYSCALLS[direction]:
+                names |= {f"tc_enter_{sc}", f"tc_exit_{sc}"}
+    return names
+
+
+def scope_flags(config: Config) -> int:
+    s = config.scope
+    flags = 0
+    flags |= records.SCOPE_COMM if s.comm else 0
+    flags |= records.SCOPE_COMM_NOT if s.comm_not else 0
+    flags |= records.SCOPE_PID if s.pid else 0
+    flags |= records.SCOPE_UID if s.uid else 0
+    flags |= records.SCOPE_FOLLOW if s.follow else 0
+    return flags
+
+
+def _filter(capture: FileCapture) -> bytes:
+    return records.encode_file_filter(capture.enabled, capture.paths, capture.types, capture.fds)
+
+
+def rodata_for(config: Config, excluded_uid: int) -> bytes:
+    return records.encode_config(
+        excluded_uid, scope_flags(config), _filter(config.write), _filter(config.read)
+    )
+
+
+def _comm_key(comm: bytes) -> bytes:
+    return comm[: records.COMM_LEN - 1].ljust(records.COMM_LEN, b"\0")
+
+
+class KernelProbes:
+    def __init__(
+        self,
+        config: Config,
+        excluded_tgids: Iterable[int],
+        excluded_uid: int,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+    ) -> None:
+        self._obj = BpfObject(object_path())
+        try:
+            self._programs = programs_for(config)
+            self._obj.enable_only(self._programs)
+            self._obj.set_rodata(rodata_for(config, excluded_uid))
+            self._obj.set_max_entries("file_rb", ring_bytes)
+            self._obj.set_max_entries("data_scratch", possible_cpus())
+            self._obj.load()
+            self._fill_maps(config, excluded_tgids)
+            for name in sorted(self._programs):
+                self._obj.attach(name)
+        except BaseException:
+            self._obj.close()
+            raise
+        self._ncpu = possible_cpus()
+
+    def _fill_maps(self, config: Config, excluded_tgids: Iterable[int]) -> None:
+        u32 = struct.Struct("<I")
+        for tgid in excluded_tgids:
+            self._obj.update("excluded", u32.pack(tgid), b"\x01")
+        for comm in config.scope.comm:
+            self._obj.update("scope_comm", _comm_key(comm), b"\x01")
+        for comm in config.scope.comm_not:
+            self._obj.update("scope_comm", _comm_key(comm), b"\x02")
+        for pid in config.scope.pid:
+            self._obj.update("scope_pid", u32.pack(pid), b"\x01")
+        for uid in config.scope.uid:
+            self._obj.update("scope_uid", u32.pack(uid), b"\x01")
+
+    def exclude(self, tgid: int) -> None:
+        self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
+
+    def file_ring(self, callback) -> RingBuffer:  # type: ignore[no-untyped-def]
+        return RingBuffer(self._obj.map_fd("file_rb"), callback)
+
+    def counters(self) -> dict[str, int]:
+        """Kernel counters summed over CPUs: events, drops and bytes per direction."""
+        per_key: list[int] = []
+        for idx in range(records.NUM_COUNTERS):
+            raw = self._obj.lookup("counters", struct.pack("<I", idx), 8 * self._ncpu)
+            values = struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,)
+            per_key.append(sum(values))
+        return records.decode_counters([per_key])
+
+    @property
+    def program_names(self) -> list[str]:
+        return sorted(self._programs)
+
+    def close(self) -> None:
+        self._obj.close()

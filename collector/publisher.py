@@ -1,0 +1,122 @@
+"""The collector's end of the bus: one XPUB socket on ipc, group-readable, never on the network.
+
+XPUB rather than PUB because it reports subscriptions: the collector waits until the writers it
+needs have subscribed before it attaches any probe, so nothing is published into the void.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import grp
+import os
+import secrets
+import time
+from collections import Counter
+from typing import Any
+
+import zmq
+
+from collector import bus
+
+#: Messages queued per subscriber before ZeroMQ drops (subscribers see the drop as a seq gap).
+SEND_HWM = 200_000
+
+
+class BusError(RuntimeError):
+    pass
+
+
+def prepare_run_dir(run_dir: str, group: str = "tracecap") -> None:
+    """Create the run directory: setgid, group ``tracecap``, no access for others.
+
+    The ipc socket inherits the group, so unprivileged writers in that group can connect and
+    nobody else can.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = -1
+    st = os.lstat(run_dir)
+    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
+        raise BusError(f"{run_dir} is not a directory")
+    if gid >= 0 and st.st_gid != gid:
+        os.chown(run_dir, -1, gid)
+    os.chmod(run_dir, 0o2750)
+
+
+class Publisher:
+    def __init__(self, run_dir: str, epoch: int | None = None) -> None:
+        prepare_run_dir(run_dir)
+        self.endpoint = f"ipc://{run_dir}/bus.sock"
+        # A second collector binding the same ipc path would silently steal the bus: lock first.
+        self._lock = os.open(os.path.join(run_dir, "collector.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise BusError(f"another collector is running on {run_dir}") from None
+            raise
+        self._ctx = zmq.Context.instance()
+        self._sock = self._ctx.socket(zmq.XPUB)
+        self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
+        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self._sock.setsockopt(zmq.LINGER, 2000)
+        old = os.umask(0o117)
+        try:
+            self._sock.bind(self.endpoint)
+        finally:
+            os.umask(old)
+        self.epoch = epoch if epoch is not None else secrets.randbits(63)
+        self._seq: Counter[bytes] = Counter()
+        self.subscriptions: Counter[bytes] = Counter()
+        self.sent_messages = 0
+        self.sent_bytes = 0
+
+    def poll_subscriptions(self) -> None:
+        """Read pending (un)subscription frames; they tell who is listening to what."""
+        while True:
+            try:
+                frame = self._sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if frame[:1] == b"\x01":
+                self.subscriptions[frame[1:]] += 1
+            elif frame[:1] == b"\x00" and self.subscriptions[frame[1:]] > 0:
+                self.subscriptions[frame[1:]] -= 1
+
+    def wait_for(self, wanted: Counter[bytes], timeout: float, stop: Any = None) -> None:
+        """Block until every topic in ``wanted`` has at least that many subscriptions."""
+        deadline = time.monotonic() + timeout
+        while any(self.subscriptions[t] < n for t, n in wanted.items()):
+            if stop is not None and stop():
+                raise BusError("stopped while waiting for subscribers")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = {
+                    t.decode(): n - self.subscriptions[t]
+                    for t, n in wanted.items()
+                    if self.subscriptions[t] < n
+                }
+                raise BusError(f"subscribers did not arrive within {timeout:.0f}s: {missing}")
+            if self._sock.poll(min(200, int(remaining * 1000) + 1), zmq.POLLIN):
+                self.poll_subscriptions()
+
+    def publish(self, topic: bytes, env: dict[str, Any], payload: bytes | None = None) -> None:
+        env["v"] = bus.VERSION
+        env["epoch"] = self.epoch
+        env["seq"] = self._seq[topic]
+        self._seq[topic] += 1
+        frames = bus.encode(topic, env, payload)
+        # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the
+        # subscriber sees as a gap in seq.
+        self._sock.send_multipart(
+            frames, flags=zmq.NOBLOCK, copy=payload is None or len(payload) < 65536
+        )
+        self.sent_messages += 1
+        self.sent_bytes += len(payload) if payload else 0
+
+    def close(self) -> None:
+        self._sock.close()
+        os.close(self._lock)

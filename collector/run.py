@@ -1,0 +1,318 @@
+"""`tracecap run`: the one-shot front end.
+
+It prepares the output and run directories, starts supervisord in the foreground with the
+collector and the writers the options need, prints ``tracecap: ready`` once the collector
+reports its probes attached, prints events with ``--output json``, and on SIGINT/SIGTERM stops
+everything through supervisord and prints a summary of what was captured and lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from collections import Counter
+from typing import Any, TextIO
+
+import zmq
+from supervisor.xmlrpc import SupervisorTransport
+
+from collector import bus, supervisor_conf, tracee_json
+from collector.options import Config
+from collector.publisher import prepare_run_dir
+from writers.outdir import clear_out_dir
+
+READY_TIMEOUT_S = 60.0
+
+
+def tracecap_exe() -> str:
+    """The console script, so that every child's command line names tracecap (see process_tree)."""
+    return os.path.join(os.path.dirname(sys.executable), "tracecap")
+
+
+def writer_kinds(config: Config) -> list[str]:
+    return ["file"] if (config.write.enabled or config.read.enabled) else []
+
+
+def wait_for_topics(config: Config) -> Counter[bytes]:
+    """Subscriptions the collector must see before attaching: writers' and our own."""
+    wanted: Counter[bytes] = Counter()
+    for topic in config.topics():
+        wanted[topic] += 1  # the writer of that topic
+        if config.output == "json":
+            wanted[topic] += 1  # this front end, printing events
+    wanted[bus.TOPIC_STATS] += 1
+    return wanted
+
+
+def programs(config: Config, argv: list[str], run_dir: str) -> list[supervisor_conf.Program]:
+    exe = tracecap_exe()
+    common = ["--run-dir", run_dir, *argv]
+    progs = [
+        supervisor_conf.Program(
+            f"writer-{kind}",
+            [exe, "writer", kind, *common],
+            "tracecap",
+            supervisor_conf.WRITER_PRIORITY,
+            "true",
+        )
+        for kind in writer_kinds(config)
+    ]
+    wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wait_for_topics(config).items())]
+    progs.append(
+        supervisor_conf.Program(
+            "collector",
+            [exe, "collector", *wait, *common],
+            "root",
+            supervisor_conf.COLLECTOR_PRIORITY,
+            "false",
+        )
+    )
+    return progs
+
+
+def prepare_out_dir(config: Config, user: str = "tracecap") -> None:
+    """Create ``<dir>/out`` for the unprivileged writers, emptied first with clear-dir."""
+    pw = pwd.getpwnam(user)
+    os.makedirs(config.dir, mode=0o755, exist_ok=True)
+    if os.path.islink(config.out_dir):
+        raise RuntimeError(f"{config.out_dir} is a symlink: refusing to write through it")
+    os.makedirs(config.out_dir, mode=0o750, exist_ok=True)
+    if config.clear_dir:
+        clear_out_dir(config.out_dir)
+    os.chown(config.out_dir, pw.pw_uid, pw.pw_gid)
+    os.chmod(config.out_dir, 0o750)
+
+
+def prepare_stats_dir(run_dir: str, user: str = "tracecap") -> str:
+    pw = pwd.getpwnam(user)
+    stats = os.path.join(run_dir, "stats")
+    os.makedirs(stats, exist_ok=True)
+    for name in os.listdir(stats):
+        os.unlink(os.path.join(stats, name))
+    os.chown(stats, pw.pw_uid, pw.pw_gid)
+    os.chmod(stats, 0o750)
+    return stats
+
+
+def count_artifacts(out_dir: str) -> int:
+    paths = set()
+    with contextlib.suppress(OSError), open(os.path.join(out_dir, "index.jsonl"), "rb") as f:
+        for line in f:
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("kind") != "gap" and "path" in rec:
+                    paths.add(rec["path"])
+    return len(paths)
+
+
+def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(stats_dir)):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
+                out[name.removesuffix(".json")] = json.load(f)
+    return out
+
+
+def summary_line(
+    collector: dict[str, Any], writers: dict[str, dict[str, Any]], artifacts: int
+) -> str:
+    kernel = collector.get("kernel", {})
+    coll = collector.get("collector", {})
+    k_events = sum(v for k, v in kernel.items() if k.endswith(".events"))
+    k_bytes = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
+    ring_drops = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
+    lost_bytes = sum(v for k, v in kernel.items() if k.endswith(".dropped_bytes"))
+    pending = sum(v for k, v in kernel.items() if k.endswith(".pending_full"))
+    gaps = sum(int(w.get("gap_messages", 0)) for w in writers.values())
+    malformed = sum(int(w.get("malformed", 0)) for w in writers.values())
+    werr = sum(
+        int(w.get("write_errors", 0)) + int(w.get("handler_errors", 0)) for w in writers.values()
+    )
+    return (
+        f"tracecap: summary: {k_events} events, {k_bytes} bytes captured, {artifacts} artifacts; "
+        f"losses: kernel ring buffer {ring_drops} records ({lost_bytes} bytes), "
+        f"syscall table full {pending}, collector decode errors {coll.get('decode_errors', 0)}, "
+        f"bus gaps {gaps} messages, malformed messages {malformed}, writer errors {werr}"
+    )
+
+
+class LogRelay:
+    """Copies new lines of the programs' log files to our stderr, so errors are seen at once.
+
+    supervisord could write to /dev/stderr itself, but it reopens that path with its own file
+    offset, which garbles a redirected stderr.
+    """
+
+    def __init__(self, paths: list[str], err: TextIO) -> None:
+        self._offsets = dict.fromkeys(paths, 0)
+        self._err = err
+
+    def pump(self) -> None:
+        for path, offset in self._offsets.items():
+            try:
+                with open(path, "rb") as f:
+                    if os.fstat(f.fileno()).st_size < offset:
+                        offset = 0  # rotated
+                    f.seek(offset)
+                    data = f.read()
+            except OSError:
+                continue
+            end = data.rfind(b"\n") + 1
+            if end:
+                self._err.write(data[:end].decode("utf-8", errors="backslashreplace"))
+                self._err.flush()
+                self._offsets[path] = offset + end
+
+
+class Frontend:
+    def __init__(self, config: Config, argv: list[str], run_dir: str, out: TextIO) -> None:
+        self.config = config
+        self.argv = argv
+        self.run_dir = run_dir
+        self.out = out
+        self.last_stats: dict[str, Any] = {}
+        self.ready = False
+        self.stopping = False
+
+    def _subscribe(self, ctx: zmq.Context) -> zmq.Socket:
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 200_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, bus.TOPIC_STATS)
+        if self.config.output == "json":
+            for topic in self.config.topics():
+                sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(f"ipc://{self.run_dir}/bus.sock")
+        return sock
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = bus.decode(frames)
+        except bus.BadMessage as exc:
+            print(f"tracecap: dropped a malformed bus message: {exc}", file=sys.stderr)
+            return
+        if msg.topic == bus.TOPIC_STATS:
+            self.last_stats = msg.env
+            if msg.env.get("state") == "ready" and not self.ready:
+                self.ready = True
+                print("tracecap: ready", file=sys.stderr, flush=True)
+            return
+        event = tracee_json.event_for(msg, self.config.events)
+        if event is not None:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+
+    def run(self) -> int:
+        prepare_run_dir(self.run_dir)
+        prepare_out_dir(self.config)
+        stats_dir = prepare_stats_dir(self.run_dir)
+        conf_path = os.path.join(self.run_dir, "supervisord.conf")
+        progs = programs(self.config, self.argv, self.run_dir)
+        with open(conf_path, "w") as f:
+            f.write(supervisor_conf.render(self.run_dir, progs))
+        logs = [os.path.join(self.run_dir, f"{p.name}.log") for p in progs]
+        for log in logs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
+        relay = LogRelay(logs, sys.stderr)
+        ctx = zmq.Context.instance()
+        sock = self._subscribe(ctx)
+        sup = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", conf_path],
+            stdout=sys.stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        rpc = xmlrpc.client.ServerProxy(
+            "http://127.0.0.1",
+            transport=SupervisorTransport(None, None, f"unix://{self.run_dir}/supervisor.sock"),
+        )
+
+        def on_signal(_signum: int, _frame: Any) -> None:
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        started = time.monotonic()
+        status = 0
+        next_check = started + 1.0
+        stop_sent = False
+        try:
+            while sup.poll() is None:
+                if self.stopping and not stop_sent:
+                    sup.send_signal(signal.SIGTERM)
+                    stop_sent = True
+                if sock.poll(200):
+                    while True:
+                        try:
+                            self._handle(sock.recv_multipart(zmq.NOBLOCK))
+                        except zmq.Again:
+                            break
+                relay.pump()
+                now = time.monotonic()
+                if not stop_sent and now >= next_check:
+                    next_check = now + 1.0
+                    problem = self._check_collector(rpc)
+                    if problem is None and not self.ready and now - started > READY_TIMEOUT_S:
+                        problem = f"capture not ready after {READY_TIMEOUT_S:.0f}s"
+                    if problem:
+                        print(f"tracecap: error: {problem}", file=sys.stderr)
+                        status = 1
+                        self.stopping = True
+            # Final stats published by the collector as it stopped.
+            while sock.poll(100):
+                self._handle(sock.recv_multipart())
+            relay.pump()
+        finally:
+            if sup.poll() is None:
+                sup.send_signal(signal.SIGTERM)
+                sup.wait(60)
+            sock.close()
+        if sup.returncode not in (0, None) and status == 0:
+            status = 1
+        print(
+            summary_line(
+                self.last_stats, read_writer_stats(stats_dir), count_artifacts(self.config.out_dir)
+            ),
+            file=sys.stderr,
+        )
+        return status
+
+    def _check_collector(self, rpc: xmlrpc.client.ServerProxy) -> str | None:
+        try:
+            info = rpc.supervisor.getProcessInfo("collector")
+        except (OSError, xmlrpc.client.Fault):
+            return None  # supervisord still starting
+        if info["statename"] in ("EXITED", "FATAL", "BACKOFF"):
+            return (
+                f"the collector stopped ({info['statename']}, exit status {info['exitstatus']});"
+                f" its messages are above and in {self.run_dir}/supervisord.log"
+            )
+        return None
+
+
+def run(config: Config, argv: list[str], run_dir: str) -> int:
+    if os.geteuid() != 0:
+        print(
+            "tracecap: error: `tracecap run` must be started as root (it loads eBPF programs)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pwd.getpwnam("tracecap")
+    except KeyError:
+        print(
+            "tracecap: error: the tracecap user does not exist; run `make setup`", file=sys.stderr
+        )
+        return 2
+    print(f"tracecap: starting: {shlex.join(['tracecap', 'run', *argv])}", file=sys.stderr)
+    return Frontend(config, argv, run_dir, sys.stdout).run()

@@ -1,0 +1,53 @@
+"""`tracecap tap`: print the bus as JSON lines, for people and for scripts.
+
+Kernel strings are bytes on the bus; here they become text with invalid bytes escaped
+(``\\xNN``), so every line is valid JSON whatever a process named itself.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import zmq
+
+from collector import bus
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def tap_line(msg: bus.Message) -> str:
+    record = {"topic": msg.topic.decode("ascii", errors="backslashreplace"), **jsonable(msg.env)}
+    record["payload_len"] = len(msg.payload)
+    return json.dumps(record, sort_keys=True)
+
+
+def tap(endpoint: str, topics: list[bytes]) -> int:
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 100_000)
+    sock.setsockopt(zmq.MAXMSGSIZE, bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+    sock.connect(endpoint)
+    try:
+        while True:
+            frames = sock.recv_multipart()
+            try:
+                line = tap_line(bus.decode(frames))
+            except bus.BadMessage as exc:
+                print(f"tracecap tap: dropped a malformed message: {exc}", file=sys.stderr)
+                continue
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        sock.close(linger=0)

@@ -1,0 +1,162 @@
+"""The output tree is only ever reached through fds that refuse planted symlinks."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from writers.outdir import Index, OutputDir, UnsafePath, clear_out_dir
+
+
+@pytest.fixture
+def out(tmp_path: Path):
+    od = OutputDir(str(tmp_path / "out"))
+    yield od
+    od.close()
+
+
+def test_creates_missing_out_dir_with_mode_0750(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b" / "out"
+    od = OutputDir(str(target))
+    od.close()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o750
+
+
+def test_refuses_a_symlinked_out_dir(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    with pytest.raises(UnsafePath):
+        OutputDir(str(tmp_path / "out"))
+
+
+def test_artifact_is_0640_and_not_executable(out: OutputDir, tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        fd = out.open_artifact("host", "write.dev-1.inode-2", append=False)
+    finally:
+        os.umask(old)
+    os.write(fd, b"data")
+    os.close(fd)
+    path = tmp_path / "out" / "host" / "write.dev-1.inode-2"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "out" / "host").stat().st_mode) & 0o007 == 0
+
+
+def test_existing_file_is_reopened_without_truncation(out: OutputDir, tmp_path: Path) -> None:
+    fd = out.open_artifact("host", "f", append=False)
+    os.pwrite(fd, b"hello", 0)
+    os.close(fd)
+    fd = out.open_artifact("host", "f", append=True)
+    os.write(fd, b"!")
+    os.close(fd)
+    assert (tmp_path / "out" / "host" / "f").read_bytes() == b"hello!"
+
+
+def test_planted_symlink_file_is_not_followed(out: OutputDir, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "out" / "host").mkdir()
+    (tmp_path / "out" / "host" / "write.dev-1.inode-2").symlink_to(victim)
+    with pytest.raises(OSError) as info:
+        out.open_artifact("host", "write.dev-1.inode-2", append=False)
+    assert info.value.errno == errno.ELOOP
+    assert victim.read_bytes() == b"precious"
+
+
+def test_planted_symlink_dir_is_not_followed(out: OutputDir, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out" / "host").symlink_to(elsewhere)
+    with pytest.raises(OSError):
+        out.open_artifact("host", "f", append=False)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_planted_fifo_does_not_block(out: OutputDir, tmp_path: Path) -> None:
+    (tmp_path / "out" / "host").mkdir()
+    os.mkfifo(tmp_path / "out" / "host" / "f")
+    with pytest.raises(OSError):
+        out.open_artifact("host", "f", append=True)
+
+
+def test_planted_hard_link_is_refused(out: OutputDir, tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "out" / "host").mkdir()
+    os.link(victim, tmp_path / "out" / "host" / "f")
+    with pytest.raises(UnsafePath):
+        out.open_artifact("host", "f", append=False)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\0b"])
+def test_components_are_validated(out: OutputDir, name: str) -> None:
+    with pytest.raises(ValueError):
+        out.dir_fd(name)
+    with pytest.raises(ValueError):
+        out.open_artifact("host", name, append=False)
+
+
+def test_index_lines_survive_hostile_strings(out: OutputDir, tmp_path: Path) -> None:
+    index = Index(out)
+    hostile = ["a\nb", '"}\n{"kind": "forged"', "\u2028\u2029", "\x00\x1b[31m", "caf\\xe9"]
+    for value in hostile:
+        index.append({"kind": "write", "comm": value})
+    index.close()
+    path = tmp_path / "out" / "index.jsonl"
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    assert [json.loads(line)["comm"] for line in lines[:-1]] == hostile
+    assert all(line.isascii() for line in lines)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_index_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "index.jsonl").symlink_to(tmp_path / "victim")
+    od = OutputDir(str(tmp_path / "out"))
+    try:
+        with pytest.raises(OSError):
+            Index(od)
+    finally:
+        od.close()
+    assert not (tmp_path / "victim").exists()
+
+
+def test_clear_out_dir_does_not_follow_symlinks(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "keep").write_bytes(b"keep")
+    (outside / "sub" / "keep2").write_bytes(b"keep")
+    out = tmp_path / "out"
+    (out / "host" / "deep").mkdir(parents=True)
+    (out / "host" / "deep" / "artifact").write_bytes(b"x")
+    (out / "index.jsonl").write_bytes(b"{}\n")
+    (out / "link-dir").symlink_to(outside)
+    (out / "host" / "link-file").symlink_to(outside / "keep")
+    (out / "host" / "dangling").symlink_to(tmp_path / "nowhere")
+
+    clear_out_dir(str(out))
+
+    assert out.is_dir() and list(out.iterdir()) == []
+    assert (outside / "keep").read_bytes() == b"keep"
+    assert (outside / "sub" / "keep2").read_bytes() == b"keep"
+
+
+def test_clear_out_dir_refuses_a_symlinked_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"keep")
+    (tmp_path / "out").symlink_to(outside)
+    with pytest.raises(UnsafePath):
+        clear_out_dir(str(tmp_path / "out"))
+    assert (outside / "keep").exists()
+
+
+def test_clear_out_dir_of_a_missing_dir_is_a_no_op(tmp_path: Path) -> None:
+    clear_out_dir(str(tmp_path / "missing"))
+    assert not (tmp_path / "missing").exists()

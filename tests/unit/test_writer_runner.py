@@ -1,0 +1,83 @@
+"""Starting a writer process: kinds, privileges, and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import pwd
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from collector import bus
+from writers import privileges
+from writers.privileges import PrivilegeError, drop_privileges
+from writers.runner import WRITER_KINDS, run_writer
+
+
+def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="file"):
+        run_writer("nope", str(tmp_path / "out"), "ipc:///x", None, drop_to=None)
+    assert "file" in WRITER_KINDS
+
+
+def test_not_root_means_nothing_to_drop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(privileges.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(privileges.os, "setuid", pytest.fail)
+    drop_privileges("tracecap")
+
+
+def test_a_missing_user_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> pwd.struct_passwd:
+        raise KeyError(name)
+
+    monkeypatch.setattr(privileges.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(privileges.pwd, "getpwnam", missing)
+    monkeypatch.setattr(privileges.os, "setuid", pytest.fail)
+    with pytest.raises(PrivilegeError, match="make setup"):
+        drop_privileges("tracecap")
+
+
+def test_run_writer_persists_and_stops_cleanly(tmp_path: Path) -> None:
+    sockdir = tempfile.mkdtemp(prefix="tcrun")
+    endpoint = f"ipc://{sockdir}/bus.sock"
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(endpoint)
+    stop = threading.Event()
+    result: list[int] = []
+    out, run = tmp_path / "out", tmp_path / "run"
+    thread = threading.Thread(
+        target=lambda: result.append(
+            run_writer("file", str(out), endpoint, str(run), stop=stop, drop_to=None)
+        )
+    )
+    thread.start()
+    try:
+        env = {
+            "v": 1, "epoch": 1, "seq": 0, "ts": 1, "pid": 1, "tid": 1, "ppid": 0, "uid": 0,
+            "comm": b"sh", "cgroup_id": 1, "container_id": "", "syscall": "write", "fd": 1,
+            "path": b"/tmp/f", "dev": 1, "inode": 9, "mode": 0o100644, "io_id": 1,
+            "io_len": 5, "io_off": 0, "off": 0, "append": False,
+        }  # fmt: skip
+        stats = run / "writer-file.json"
+        deadline = time.monotonic() + 10
+        while not (stats.exists() and json.loads(stats.read_text())["counters"]["messages"]):
+            assert time.monotonic() < deadline, "writer never received anything"
+            pub.send_multipart(bus.encode(bus.TOPIC_FILE_WRITE, env, b"hello"))
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        thread.join(5)
+        pub.close(0)
+        ctx.term()
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert result == [0]
+    assert (out / "host" / "write.dev-1.inode-9").read_bytes() == b"hello"
+    records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert records[-1]["kind"] == "write" and records[-1]["complete"] is True

@@ -1,0 +1,248 @@
+"""The subscriber loop over a real ZeroMQ socket: hostile input is counted, never fatal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from collector import bus
+from writers.base import Subscriber
+from writers.file import FileWriter
+from writers.gaps import Gap, GapTracker
+from writers.link import MAX_FRAME_BYTES
+from writers.outdir import Index, OutputDir
+
+TOPIC = bus.TOPIC_FILE_WRITE
+
+
+def make_env(**overrides: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "v": bus.VERSION,
+        "epoch": 1,
+        "seq": 0,
+        "ts": 1_000,
+        "pid": 100,
+        "tid": 100,
+        "ppid": 1,
+        "uid": 0,
+        "comm": b"sh",
+        "cgroup_id": 1,
+        "container_id": "",
+        "syscall": "write",
+        "fd": 1,
+        "path": b"/tmp/f",
+        "dev": 1,
+        "inode": 2,
+        "mode": 0o100644,
+        "io_id": 0,
+        "io_len": 0,
+        "io_off": 0,
+        "off": 0,
+        "append": False,
+    }
+    env.update(overrides)
+    return env
+
+
+def write_frames(data: bytes, off: int, seq: int, **kw: Any) -> list:
+    env = make_env(seq=seq, off=off, io_id=seq, io_len=len(data), **kw)
+    return bus.encode(kw.pop("topic", TOPIC), env, data)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+PROBE = [TOPIC, b"\xc1"]  # never valid msgpack: seen as one more malformed message
+
+
+class Bus:
+    """A PUB socket, and a Subscriber + FileWriter running in a thread."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.sockdir = tempfile.mkdtemp(prefix="tcbus")  # ipc paths must stay short
+        self.endpoint = f"ipc://{self.sockdir}/bus.sock"
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.setsockopt(zmq.SNDHWM, 100_000)
+        self.pub.bind(self.endpoint)
+        self.root = tmp_path / "out"
+        self.stats_dir = tmp_path / "run"
+        self.out = OutputDir(str(self.root))
+        self.index = Index(self.out)
+        self.writer = FileWriter(self.out, self.index)
+        self.sub = Subscriber(
+            self.writer, self.endpoint, index=self.index, stats_dir=str(self.stats_dir)
+        )
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.sub.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+        self.handshake()
+
+    def handshake(self) -> None:
+        """PUB drops everything until the subscription arrives: probe until one is seen."""
+        seen = self.sub.counters["malformed"]
+        deadline = time.monotonic() + 10
+        while self.sub.counters["malformed"] == seen:
+            assert time.monotonic() < deadline, "subscriber never connected"
+            self.pub.send_multipart(PROBE)
+            time.sleep(0.02)
+        wait_until(lambda: self.quiet_for(0.1))
+        self.baseline = dict(self.sub.counters)
+
+    def quiet_for(self, seconds: float) -> bool:
+        before = dict(self.sub.counters)
+        time.sleep(seconds)
+        return before == self.sub.counters
+
+    def delta(self, key: str) -> int:
+        return self.sub.counters[key] - self.baseline[key]
+
+    def send(self, frames: list) -> None:
+        self.pub.send_multipart(frames)
+
+    def records(self, kind: str) -> list[dict[str, Any]]:
+        lines = (self.root / "index.jsonl").read_text().splitlines()
+        return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.pub.close(0)
+        self.ctx.term()
+        self.index.close()
+        self.out.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+@pytest.fixture
+def zbus(tmp_path: Path) -> Iterator[Bus]:
+    b = Bus(tmp_path)
+    yield b
+    b.close()
+
+
+def malformed_messages() -> list[list]:
+    good = make_env()
+    missing = dict(good)
+    del missing["inode"]
+    return [
+        [TOPIC, b"\xc1\xc1 not msgpack"],
+        [TOPIC, msgpack.packb([1, 2, 3])],
+        [TOPIC, msgpack.packb(make_env(v=2))],
+        [TOPIC, msgpack.packb(missing)],
+        [TOPIC, msgpack.packb(make_env(dev="1"))],
+        [TOPIC, msgpack.packb(make_env(seq=True))],
+        [TOPIC, msgpack.packb(make_env(comm="not bytes"))],
+        [TOPIC, msgpack.packb({1: 2})],
+        [TOPIC, b"\xdd\xff\xff\xff\xff"],  # a 4-billion-element array header
+        [TOPIC],
+        [TOPIC, msgpack.packb(good), b"a", b"b"],
+        [TOPIC, msgpack.packb(good), b"x" * (bus.MAX_PAYLOAD_BYTES + 1)],
+        [TOPIC, b"\x00" * (bus.MAX_ENVELOPE_BYTES + 1)],
+    ]
+
+
+def test_malformed_messages_are_counted_and_dropped(zbus: Bus) -> None:
+    bad = malformed_messages()
+    chunks = [b"alpha-", b"bravo-", b"charlie"]
+    off = 0
+    for seq, chunk in enumerate(chunks):
+        zbus.send(bad[seq])
+        zbus.send(write_frames(chunk, off, seq))
+        off += len(chunk)
+    for frames in bad[len(chunks) :]:
+        zbus.send(frames)
+    wait_until(lambda: zbus.delta("messages") == 3 and zbus.delta("malformed") == len(bad))
+    assert zbus.thread.is_alive()
+    assert zbus.delta("handler_errors") == 0
+    assert zbus.delta("gap_messages") == 0
+    zbus.stop.set()
+    zbus.thread.join(5)
+    assert not zbus.thread.is_alive()
+    assert (zbus.root / "host/write.dev-1.inode-2").read_bytes() == b"alpha-bravo-charlie"
+    [record] = zbus.records("write")
+    assert record["complete"] is True and record["size"] == 19
+
+
+def test_a_frame_beyond_maxmsgsize_does_not_kill_the_writer(zbus: Bus) -> None:
+    zbus.send([TOPIC, msgpack.packb(make_env()), b"x" * (MAX_FRAME_BYTES + 1)])
+    zbus.handshake()  # libzmq drops the connection for good; the link must rebuild itself
+    assert zbus.sub.counters["reconnects"] == 1
+    zbus.send(write_frames(b"after", 0, 0, epoch=2))
+    wait_until(lambda: zbus.delta("messages") == 1)
+    assert zbus.thread.is_alive()
+
+
+def test_seq_gaps_are_counted_and_recorded(zbus: Bus) -> None:
+    for seq in (0, 1, 5):  # 2..4 lost
+        zbus.send(write_frames(b"x", seq, seq, epoch=10))
+    for seq in (0, 1):  # a new epoch starting at 0 is not a gap
+        zbus.send(write_frames(b"y", seq, seq, epoch=11))
+    zbus.send(write_frames(b"z", 0, 3, epoch=11, topic=bus.TOPIC_FILE_READ, inode=3))
+    wait_until(lambda: zbus.delta("messages") == 6)
+    assert zbus.delta("gap_messages") == 3 + 3
+    assert zbus.delta("gaps") == 2
+    gaps = sorted(
+        ((g["epoch"], g["topic"], g["from_seq"], g["to_seq"]) for g in zbus.records("gap")),
+    )
+    assert gaps == [(10, "file.write.", 2, 4), (11, "file.read.", 0, 2)]
+    assert all(isinstance(g["ts"], int) for g in zbus.records("gap"))
+
+
+def test_stats_file_is_published(zbus: Bus) -> None:
+    zbus.send(write_frames(b"x", 0, 0))
+    wait_until(lambda: zbus.delta("messages") == 1)
+    path = zbus.stats_dir / "writer-file.json"
+    wait_until(lambda: path.exists() and json.loads(path.read_text())["counters"]["messages"] > 0)
+    stats = json.loads(path.read_text())
+    assert stats["name"] == "file" and stats["topics"] == ["file.write.", "file.read."]
+    assert "write_errors" in stats["counters"]
+
+
+def test_a_handler_exception_is_counted(tmp_path: Path) -> None:
+    class Exploding(FileWriter):
+        def handle(self, msg: bus.Message) -> None:
+            raise RuntimeError("boom")
+
+    out = OutputDir(str(tmp_path / "out"))
+    index = Index(out)
+    sub = Subscriber(Exploding(out, index), "ipc:///nonexistent", index=index)
+    sub.process(write_frames(b"x", 0, 0))
+    sub.process(write_frames(b"x", 1, 1))
+    assert sub.counters["handler_errors"] == 2 and sub.counters["messages"] == 2
+    index.close()
+    out.close()
+
+
+def test_gap_tracker_rules() -> None:
+    t = GapTracker()
+    assert t.observe(1, TOPIC, 0) is None
+    assert t.observe(1, TOPIC, 1) is None
+    assert t.observe(1, TOPIC, 4) == Gap(1, TOPIC, 2, 3)
+    assert t.observe(2, TOPIC, 0) is None  # new epoch
+    assert t.observe(2, b"file.read.", 7) == Gap(2, b"file.read.", 0, 6)  # joined late
+    assert t.observe(1, TOPIC, 5) is None  # the old epoch's numbering is kept apart
+    assert t.observe(1, TOPIC, 5) is None and t.regressions == 1
+    assert Gap(1, TOPIC, 2, 3).count == 2
+
+
+def test_gap_tracker_is_bounded() -> None:
+    t = GapTracker(max_keys=4)
+    for epoch in range(100):
+        t.observe(epoch, TOPIC, 0)
+    assert len(t._last) == 4

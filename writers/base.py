@@ -1,0 +1,239 @@
+"""The subscriber loop every writer kind shares.
+
+A writer kind only says which topics it wants and what to do with one decoded message; this
+module owns everything that must be identical across kinds: socket options that bound memory,
+defensive decoding (no input may crash a writer), gap accounting from ``seq``, periodic
+housekeeping, and publishing counters for ``tracecap status``.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from collector import bus
+from writers.gaps import Gap, GapTracker
+from writers.link import BusLink
+from writers.outdir import Index
+from writers.ratelog import RateLimitedLog
+from writers.stats import StatsFile
+
+#: How long one poll waits; bounds both shutdown latency and the housekeeping period.
+POLL_MS = 200
+#: Messages handled between housekeeping passes when the bus is busy, so idle flushes and stats
+#: still happen under a flood.
+MAX_BATCH = 1000
+STATS_INTERVAL = 1.0
+
+StopFlag = threading.Event | Callable[[], bool]
+
+
+class Writer(abc.ABC):
+    """One artifact kind. Subclasses set ``name`` and ``topics`` and implement ``handle``.
+
+    ``counters`` holds kind-specific counters; they are published next to the subscriber's.
+    Methods are called from the subscriber's thread only, so no locking is needed.
+    """
+
+    name: str = "writer"
+    topics: tuple[bytes, ...] = ()
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+
+    @abc.abstractmethod
+    def handle(self, msg: bus.Message) -> None:
+        """Persist one valid message. Exceptions are counted by the subscriber, not fatal."""
+
+    def tick(self, now: float) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Housekeeping at least every ``POLL_MS`` (``now`` is ``time.monotonic``)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Flush everything; called once when the loop ends."""
+
+
+def _stop_predicate(stop: StopFlag) -> Callable[[], bool]:
+    if isinstance(stop, threading.Event):
+        return stop.is_set
+    return stop
+
+
+class Subscriber:
+    """Feeds one writer from a SUB socket until told to stop; survives any input."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        endpoint: str,
+        *,
+        index: Index | None = None,
+        stats_dir: str | None = None,
+        name: str | None = None,
+        context: zmq.Context | None = None,
+        log: RateLimitedLog | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.writer = writer
+        self.endpoint = endpoint
+        self.name = name or writer.name
+        self._index = index
+        self._stats = StatsFile(stats_dir, self.name) if stats_dir else None
+        self._context = context
+        self._log = log or RateLimitedLog(f"tracecap-writer[{self.name}]")
+        self._clock = clock
+        self._gaps = GapTracker()
+        self._next_stats = 0.0
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "messages",
+                "bytes",
+                "malformed",
+                "handler_errors",
+                "gap_messages",
+                "gaps",
+                "seq_regressions",
+                "index_errors",
+                "stats_errors",
+                "reconnects",
+            ),
+            0,
+        )
+        #: Set once the socket is connected and subscribed (the connection itself is async).
+        self.ready = threading.Event()
+
+    # -- one message -------------------------------------------------------------------------
+
+    def process(self, frames: list[bytes]) -> None:
+        """Decode, account and dispatch one multipart message. Never raises."""
+        self.counters["bytes"] += sum(len(f) for f in frames)
+        try:
+            msg = bus.decode(frames)
+        except bus.BadMessage as exc:
+            self._malformed(str(exc))
+            return
+        except Exception as exc:  # a decoder bug must not take the writer down either
+            self._malformed(f"decoder failed: {exc.__class__.__name__}: {exc}")
+            return
+        self.counters["messages"] += 1
+        gap = self._gaps.observe(msg.env["epoch"], msg.topic, msg.env["seq"])
+        self.counters["seq_regressions"] = self._gaps.regressions
+        if gap is not None:
+            self._record_gap(gap)
+        try:
+            self.writer.handle(msg)
+        except Exception as exc:
+            self.counters["handler_errors"] += 1
+            self._log("handler_error", f"{msg.topic!r}: {exc.__class__.__name__}: {exc}")
+
+    def _malformed(self, reason: str) -> None:
+        self.counters["malformed"] += 1
+        self._log("malformed", f"dropped a malformed message: {reason}")
+
+    def _record_gap(self, gap: Gap) -> None:
+        self.counters["gap_messages"] += gap.count
+        self.counters["gaps"] += 1
+        self._log(
+            "gap",
+            f"{gap.count} messages of {gap.topic!r} lost (epoch {gap.epoch}, "
+            f"seq {gap.from_seq}..{gap.to_seq})",
+        )
+        if self._index is None:
+            return
+        record = {
+            "kind": "gap",
+            "writer": self.name,
+            "topic": gap.topic.decode("ascii", "backslashreplace"),
+            "epoch": gap.epoch,
+            "from_seq": gap.from_seq,
+            "to_seq": gap.to_seq,
+            "ts": time.time_ns(),
+        }
+        try:
+            self._index.append(record)
+        except (OSError, ValueError) as exc:
+            self.counters["index_errors"] += 1
+            self._log("index_error", f"gap record not written: {exc}")
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def housekeeping(self, now: float) -> None:
+        """Let the writer flush idle artifacts, and publish counters once a second."""
+        try:
+            self.writer.tick(now)
+        except Exception as exc:
+            self.counters["handler_errors"] += 1
+            self._log("handler_error", f"tick: {exc.__class__.__name__}: {exc}")
+        if now >= self._next_stats:
+            self._next_stats = now + STATS_INTERVAL
+            self.write_stats()
+
+    def snapshot(self) -> dict[str, object]:
+        """Everything ``tracecap status`` shows for this writer."""
+        counters = dict(self.writer.counters)
+        counters.update(self.counters)
+        return {
+            "name": self.name,
+            "pid": os.getpid(),
+            "endpoint": self.endpoint,
+            "topics": [t.decode("ascii", "backslashreplace") for t in self.writer.topics],
+            "updated_ns": time.time_ns(),
+            "counters": counters,
+        }
+
+    def write_stats(self) -> None:
+        if self._stats is None:
+            return
+        try:
+            self._stats.write(self.snapshot())
+        except OSError as exc:
+            self.counters["stats_errors"] += 1
+            self._log("stats_error", f"stats not written: {exc}")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, stop: StopFlag) -> None:
+        """Receive until ``stop`` is set, then close the writer (flushing it) and the socket.
+
+        The socket is created here so it lives and dies in the thread that uses it (zmq sockets
+        are not thread-safe).
+        """
+        stopped = _stop_predicate(stop)
+        context = self._context or zmq.Context()
+        link = BusLink(context, self.endpoint, self.writer.topics)
+        self.ready.set()
+        try:
+            while not stopped():
+                try:
+                    if link.poll(POLL_MS):
+                        self._drain(link)
+                    now = self._clock()
+                    if link.check(now):
+                        self.counters["reconnects"] += 1
+                        self._log("reconnect", f"link to {self.endpoint} was dead; reconnected")
+                except zmq.ContextTerminated:
+                    break
+                self.housekeeping(now)
+        finally:
+            try:
+                self.writer.close()
+            except Exception as exc:
+                self.counters["handler_errors"] += 1
+                self._log("handler_error", f"close: {exc.__class__.__name__}: {exc}")
+            self.write_stats()
+            link.close()
+            if self._context is None:
+                context.term()
+            if self._stats is not None:
+                self._stats.close()
+
+    def _drain(self, link: BusLink) -> None:
+        for _ in range(MAX_BATCH):
+            frames = link.recv()
+            if frames is None:
+                return
+            self.process(frames)

@@ -1,0 +1,213 @@
+"""The file writer: written and read file contents, stored as Tracee's ``--capture write|read``.
+
+Each ``file.write.``/``file.read.`` message carries a chunk of one syscall's transfer; chunks land
+at their file offset (``pwrite``) or, for streams, at the end of the artifact. An artifact's index
+record is appended once it has been idle for ``idle_seconds`` and again at close; more data after
+a flush yields another record for the same path, and **the last record for a path is current**.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from collector import bus
+from writers.base import Writer
+from writers.fileartifact import BadFileMessage, FileArtifact, check_transfer, parse_lost
+from writers.naming import container_dir, file_artifact_name
+from writers.outdir import Index, OutputDir
+from writers.ratelog import RateLimitedLog
+
+DIRECTIONS = {"write": bus.TOPIC_FILE_WRITE, "read": bus.TOPIC_FILE_READ}
+_HASH_BLOCK = 1 << 20
+#: Writes to /dev/null are split per pid: they are what droppers use to hide output, and one
+#: artifact mixing every process's discarded bytes would say nothing about any of them.
+_DEV_NULL = b"/dev/null"
+
+_Key = tuple[str, str]  # (container directory, artifact name)
+
+
+class FileWriter(Writer):
+    """Persists file contents and keeps one ``FileArtifact`` per output file.
+
+    Open fds are an LRU of ``max_open``: artifacts are opened without truncation and written at
+    explicit offsets (or with ``O_APPEND``), so closing one and reopening it later is harmless.
+    Artifact bookkeeping is kept for the writer's lifetime so later records stay cumulative.
+    """
+
+    name = "file"
+
+    def __init__(
+        self,
+        out: OutputDir,
+        index: Index,
+        directions: Iterable[str] = ("write", "read"),
+        *,
+        max_open: int = 128,
+        idle_seconds: float = 1.0,
+        max_hash_bytes: int = 4 << 30,
+        clock: Callable[[], float] = time.monotonic,
+        log: RateLimitedLog | None = None,
+    ) -> None:
+        super().__init__()
+        self.directions = tuple(directions)
+        unknown = set(self.directions) - DIRECTIONS.keys()
+        if unknown or not self.directions:
+            raise ValueError(f"directions must be among {sorted(DIRECTIONS)}, got {directions!r}")
+        self.topics = tuple(DIRECTIONS[d] for d in self.directions)
+        self._out = out
+        self._index = index
+        self._max_open = max_open
+        self._idle = idle_seconds
+        self._max_hash_bytes = max_hash_bytes
+        self._clock = clock
+        self._log = log or RateLimitedLog("tracecap-writer[file]")
+        self._artifacts: dict[_Key, FileArtifact] = {}
+        self._dirty: OrderedDict[_Key, None] = OrderedDict()  # oldest activity first
+        self._fds: OrderedDict[_Key, int] = OrderedDict()  # least recently used first
+        self.counters.update(
+            dict.fromkeys(
+                (
+                    "artifacts",
+                    "records",
+                    "bytes_written",
+                    "write_errors",
+                    "rejected",
+                    "index_errors",
+                    "hash_skipped",
+                ),
+                0,
+            )
+        )
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _direction(self, topic: bytes) -> str | None:
+        for direction in self.directions:
+            if topic.startswith(DIRECTIONS[direction]):
+                return direction
+        return None
+
+    def handle(self, msg: bus.Message) -> None:
+        direction = self._direction(msg.topic)
+        if direction is None:
+            return
+        env, payload = msg.env, msg.payload
+        try:
+            lost = parse_lost(env.get("lost"))
+            check_transfer(env, len(payload))
+            subdir = container_dir(env["container_id"])
+            pid = env["pid"] if direction == "write" and env["path"] == _DEV_NULL else None
+            name = file_artifact_name(direction, env["dev"], env["inode"], pid)
+        except (BadFileMessage, ValueError) as exc:
+            self.counters["rejected"] += 1
+            self._log("rejected", f"file message refused: {exc}")
+            return
+        key = (subdir, name)
+        now = self._clock()
+        art = self._artifacts.get(key)
+        if art is None:
+            art = FileArtifact(f"{subdir}/{name}", direction, env["append"], env, now)
+            self._artifacts[key] = art
+            self.counters["artifacts"] += 1
+        art.observe(env, now)
+        self._dirty[key] = None
+        self._dirty.move_to_end(key)
+
+        if lost:
+            for start, end in lost:
+                art.add_missing(start, end)
+            accounted = sum(end - start for start, end in lost)
+        else:
+            accounted = len(payload)
+            if payload:
+                self._write(key, art, env["off"], payload)
+        art.account_io(env["io_id"], env["io_len"], env["io_off"], env["off"], accounted)
+
+    def _write(self, key: _Key, art: FileArtifact, off: int, payload: bytes) -> None:
+        """Put ``payload`` in place; whatever could not be written is recorded as missing."""
+        view = memoryview(payload)
+        done = 0
+        try:
+            fd = self._fd(key, art)
+            while done < len(view):
+                if art.append:
+                    n = os.write(fd, view[done:])
+                else:
+                    n = os.pwrite(fd, view[done:], off + done)
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no progress writing artifact")
+                done += n
+        except OSError as exc:
+            self.counters["write_errors"] += 1
+            self._log("write_error", f"{art.path}: {exc}")
+            art.add_missing(off + done, off + len(view))
+        finally:
+            if done:
+                art.wrote(off, done)
+                self.counters["bytes_written"] += done
+
+    def _fd(self, key: _Key, art: FileArtifact) -> int:
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        subdir, name = key
+        fd = self._out.open_artifact(subdir, name, append=art.append)
+        self._fds[key] = fd
+        while len(self._fds) > self._max_open:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    # -- flushing ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Flush artifacts idle for ``idle_seconds``; oldest first, so stop at a busy one."""
+        while self._dirty:
+            key = next(iter(self._dirty))
+            if now - self._artifacts[key].last_activity < self._idle:
+                return
+            self._flush(key)
+
+    def _digest(self, key: _Key, art: FileArtifact) -> tuple[int, str | None]:
+        """Size and sha256 of what is actually on disk, read back through the artifact's fd."""
+        try:
+            fd = self._fd(key, art)
+            size = os.fstat(fd).st_size
+            if size > self._max_hash_bytes:
+                self.counters["hash_skipped"] += 1
+                return size, None
+            digest = hashlib.sha256()
+            pos = 0
+            while chunk := os.pread(fd, _HASH_BLOCK, pos):
+                digest.update(chunk)
+                pos += len(chunk)
+            return pos, digest.hexdigest()
+        except OSError as exc:
+            self.counters["write_errors"] += 1
+            self._log("write_error", f"{art.path}: cannot hash: {exc}")
+            return art.extent, None
+
+    def _flush(self, key: _Key) -> None:
+        self._dirty.pop(key, None)
+        art = self._artifacts[key]
+        art.settle()
+        size, sha256 = self._digest(key, art)
+        art.dirty = False
+        try:
+            self._index.append(art.record(size, sha256))
+            self.counters["records"] += 1
+        except (OSError, ValueError) as exc:
+            self.counters["index_errors"] += 1
+            self._log("index_error", f"{art.path}: record not written: {exc}")
+
+    def close(self) -> None:
+        while self._dirty:
+            self._flush(next(iter(self._dirty)))
+        while self._fds:
+            os.close(self._fds.popitem()[1])

@@ -1,0 +1,186 @@
+"""What the index says about one captured file: the bookkeeping half of the file writer.
+
+Pure: it is told what arrived and what could not be written, and answers which byte ranges are
+missing and what the index record is. The I/O half lives in ``writers.file``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from writers.naming import is_utf8, text_field
+from writers.ranges import RangeSet
+
+#: Offsets beyond this are refused: Python ints are unbounded, ``off_t`` is not.
+MAX_OFFSET = 1 << 62
+#: Bounds on per-artifact sets fed by process behaviour, so one busy pipe cannot grow memory.
+MAX_PENDING_IOS = 1024
+MAX_PIDS = 4096
+MAX_SYSCALLS = 32
+_RECENT_IOS = 256
+
+
+class BadFileMessage(ValueError):
+    """A file message that decodes but cannot describe a real transfer (negative offset...)."""
+
+
+def parse_lost(value: object) -> list[tuple[int, int]]:
+    """Validate the optional ``lost`` key: a short list of ``[start, end)`` pairs."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or len(value) > 4096:
+        raise BadFileMessage("lost is not a list of at most 4096 ranges")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or any(type(v) is not int for v in item)
+            or not 0 <= item[0] < item[1] <= MAX_OFFSET
+        ):
+            raise BadFileMessage(f"bad lost range {item!r:.80}")
+        out.append((item[0], item[1]))
+    return out
+
+
+def check_transfer(env: dict[str, Any], length: int) -> None:
+    """Refuse offsets that no real syscall produces, before they reach ``pwrite``.
+
+    For a positional file a chunk cannot start before its syscall does (``off >= io_off``);
+    streams carry collector-defined offsets, so only the bounds are checked for them.
+    """
+    off, io_off, io_len = env["off"], env["io_off"], env["io_len"]
+    if off < 0 or off + length > MAX_OFFSET:
+        raise BadFileMessage(f"offset {off} (+{length}) out of range")
+    if not (0 <= io_off <= io_len <= MAX_OFFSET):
+        raise BadFileMessage(f"io_off {io_off} / io_len {io_len} out of range")
+    if io_off > off and not env["append"]:
+        raise BadFileMessage(f"io_off {io_off} beyond file offset {off}")
+
+
+@dataclass
+class _PendingIo:
+    base: int  # offset of the syscall's first byte, in the artifact's coordinates
+    length: int
+    got: RangeSet = field(default_factory=RangeSet)
+
+
+class FileArtifact:
+    """One ``write.*``/``read.*`` artifact: identity from its first message, history since.
+
+    Missing ranges are file offsets for positional artifacts. For append artifacts (pipes,
+    sockets, character devices) they are in the collector's stream coordinates (``off``), the
+    only coordinates in which a hole in a stream can be named.
+    """
+
+    def __init__(self, path: str, kind: str, append: bool, env: dict[str, Any], now: float):
+        self.path = path
+        self.kind = kind
+        self.append = append
+        self.first = {k: env[k] for k in ("pid", "tid", "ppid", "uid", "cgroup_id")}
+        self.comm: bytes = env["comm"]
+        self.container_id: str = env["container_id"]
+        self.source_path: bytes = env["path"]
+        self.dev: int = env["dev"]
+        self.inode: int = env["inode"]
+        self.first_ts: int = env["ts"]
+        self.last_ts: int = env["ts"]
+        self.pids: set[int] = set()
+        self.pids_truncated = False
+        self.syscalls: set[str] = set()
+        self.ios = 0
+        self.missing = RangeSet()
+        #: Bytes this writer put into the file: the fallback size when it cannot be read back.
+        self.extent = 0
+        self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
+        self._recent: OrderedDict[int, None] = OrderedDict()
+        self.last_activity = now
+        self.dirty = True
+
+    def observe(self, env: dict[str, Any], now: float) -> None:
+        """Note who touched the file and when, whatever the message carries."""
+        self.first_ts = min(self.first_ts, env["ts"])
+        self.last_ts = max(self.last_ts, env["ts"])
+        if len(self.pids) < MAX_PIDS:
+            self.pids.add(env["pid"])
+        elif env["pid"] not in self.pids:
+            self.pids_truncated = True
+        if len(self.syscalls) < MAX_SYSCALLS:
+            self.syscalls.add(env["syscall"][:64])
+        self.last_activity = now
+        self.dirty = True
+
+    def wrote(self, start: int, length: int) -> None:
+        """``length`` bytes reached the file at ``start`` (append: at its end)."""
+        if self.append:
+            self.extent += length
+        else:
+            self.extent = max(self.extent, start + length)
+
+    def add_missing(self, start: int, end: int) -> None:
+        self.missing.add(start, end)
+
+    def account_io(self, io_id: int, io_len: int, io_off: int, off: int, length: int) -> None:
+        """Record that ``[io_off, io_off+length)`` of syscall ``io_id`` arrived or was accounted
+        for (written, or reported lost). Completed syscalls are forgotten."""
+        io = self._pending.get(io_id)
+        if io is None:
+            if io_id in self._recent:
+                return  # a duplicate of a syscall already complete
+            self.ios += 1
+            io = _PendingIo(base=max(0, off - io_off), length=io_len)
+            self._pending[io_id] = io
+            if len(self._pending) > MAX_PENDING_IOS:
+                self._settle_io(*self._pending.popitem(last=False))
+        io.got.add(io_off, min(io_off + length, io.length))
+        if io.got.covers(0, io.length):
+            del self._pending[io_id]
+            self._remember(io_id)
+
+    def _remember(self, io_id: int) -> None:
+        self._recent[io_id] = None
+        if len(self._recent) > _RECENT_IOS:
+            self._recent.popitem(last=False)
+
+    def _settle_io(self, io_id: int, io: _PendingIo) -> None:
+        for start, end in io.got.holes(0, io.length):
+            self.missing.add(io.base + start, io.base + end)
+        self._remember(io_id)
+
+    def settle(self) -> None:
+        """Give up on syscalls still incomplete: their chunks arrive microseconds apart, so after
+        an idle period the rest was lost. Their unreceived ranges become missing."""
+        while self._pending:
+            self._settle_io(*self._pending.popitem(last=False))
+
+    def record(self, size: int, sha256: str | None) -> dict[str, Any]:
+        """The index line for the artifact as it is now."""
+        rec: dict[str, Any] = {
+            "path": self.path,
+            "kind": self.kind,
+            "append": self.append,
+            "size": size,
+            "sha256": sha256,
+            "complete": not self.missing,
+            "missing": [[s, e] for s, e in self.missing.ranges()],
+            **self.first,
+            "comm": text_field(self.comm),
+            "container_id": self.container_id,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            "source_path": text_field(self.source_path),
+            "dev": self.dev,
+            "inode": self.inode,
+            "pids": sorted(self.pids),
+            "syscalls": sorted(self.syscalls),
+            "ios": self.ios,
+        }
+        if not is_utf8(self.comm):
+            rec["comm_hex"] = self.comm.hex()
+        if not is_utf8(self.source_path):
+            rec["source_path_hex"] = self.source_path.hex()
+        if self.pids_truncated:
+            rec["pids_truncated"] = True
+        return rec

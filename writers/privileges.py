@@ -1,0 +1,38 @@
+"""Dropping root before touching untrusted data: writers parse what any process can shape."""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+
+class PrivilegeError(RuntimeError):
+    """The writer cannot become the unprivileged user it must run as."""
+
+
+def drop_privileges(user: str = "tracecap") -> None:
+    """Become ``user`` for good when started as root; a non-root start is already unprivileged.
+
+    Supplementary groups are cleared first (root's groups would otherwise survive setuid), the
+    gid before the uid (after setuid we could no longer change it), and the drop is verified:
+    regaining root must fail. HOME/USER follow, since supervisord does not set them (its #435).
+    """
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(f"{user} user missing: run `make setup`") from None
+    if entry.pw_uid == 0:
+        raise PrivilegeError(f"refusing to run writers as {user!r}: it is uid 0")
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise PrivilegeError("privileges were not dropped: setuid(0) still succeeds")
+    os.umask(0o027)
+    os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)

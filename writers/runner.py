@@ -1,0 +1,73 @@
+"""Running one writer process: build the writer, drop root, subscribe, stop on a signal."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+from writers.base import Subscriber, Writer
+from writers.file import FileWriter
+from writers.outdir import Index, OutputDir
+from writers.privileges import drop_privileges
+
+#: Writer kinds by name; each factory gets the open output directory and its index.
+WRITER_KINDS: dict[str, Callable[[OutputDir, Index], Writer]] = {
+    "file": lambda out, index: FileWriter(out, index),
+}
+
+
+def run_writer(
+    kind: str,
+    out_dir: str,
+    endpoint: str,
+    stats_dir: str | None,
+    stop: threading.Event | None = None,
+    drop_to: str | None = "tracecap",
+) -> int:
+    """Run the ``kind`` writer until SIGTERM/SIGINT (or ``stop``), flush it, return 0.
+
+    Privileges go first, before the output directory is opened, so every artifact is created by
+    (and owned by) the unprivileged user. Signal handlers only set ``stop``: the loop notices
+    within one poll period and the writer flushes on the normal path.
+    """
+    factory = WRITER_KINDS.get(kind)
+    if factory is None:
+        raise ValueError(f"unknown writer kind {kind!r}; known kinds: {', '.join(WRITER_KINDS)}")
+    if drop_to is not None:
+        drop_privileges(drop_to)
+    stop = stop or threading.Event()
+    out = OutputDir(out_dir)
+    try:
+        index = Index(out)
+        try:
+            writer = factory(out, index)
+            subscriber = Subscriber(writer, endpoint, index=index, stats_dir=stats_dir, name=kind)
+            previous = _install_signals(stop)
+            try:
+                subscriber.run(stop)
+            finally:
+                _restore_signals(previous)
+        finally:
+            index.close()
+    finally:
+        out.close()
+    return 0
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _install_signals(stop: threading.Event) -> dict[int, object]:
+    """Route SIGTERM/SIGINT to ``stop``; only possible (and only wanted) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous: dict[int, object] = {}
+    for signum in _SIGNALS:
+        previous[signum] = signal.signal(signum, lambda _signum, _frame: stop.set())
+    return previous
+
+
+def _restore_signals(previous: dict[int, object]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)  # type: ignore[arg-type]
