@@ -81,7 +81,13 @@ class Collector:
             self._pub.publish(msg.topic, msg.env, msg.payload)
 
     def stats_env(self) -> dict[str, Any]:
-        kernel = self._probes.counters() if self._probes else {}
+        per_cpu = self._probes.per_cpu_counters() if self._probes else []
+        kernel = records.decode_counters(per_cpu) if per_cpu else {}
+        drops_per_cpu = {
+            name: [records.decode_counters([row])[name] for row in per_cpu]
+            for name in kernel
+            if name.endswith("_drops")
+        }
         return {
             "ts": time.time_ns(),
             "pid": os.getpid(),
@@ -94,6 +100,7 @@ class Collector:
             "state": self.state,
             "uptime_s": round(time.monotonic() - self._started, 3),
             "kernel": kernel,
+            "kernel_drops_per_cpu": drops_per_cpu,
             "collector": {
                 "events": self.counters["events"],
                 "decode_errors": self.counters["decode_errors"],

@@ -108,14 +108,16 @@ class KernelProbes:
     def file_ring(self, callback) -> RingBuffer:  # type: ignore[no-untyped-def]
         return RingBuffer(self._obj.map_fd("file_rb"), callback)
 
-    def counters(self) -> dict[str, int]:
-        """Kernel counters summed over CPUs: events, drops and bytes per direction."""
-        per_key: list[int] = []
+    def per_cpu_counters(self) -> list[list[int]]:
+        """Kernel counters as [cpu][counter]: events, drops and bytes per direction."""
+        columns: list[tuple[int, ...]] = []
         for idx in range(records.NUM_COUNTERS):
             raw = self._obj.lookup("counters", struct.pack("<I", idx), 8 * self._ncpu)
-            values = struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,)
-            per_key.append(sum(values))
-        return records.decode_counters([per_key])
+            columns.append(struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,) * self._ncpu)
+        return [list(row) for row in zip(*columns, strict=True)]
+
+    def counters(self) -> dict[str, int]:
+        return records.decode_counters(self.per_cpu_counters())
 
     @property
     def program_names(self) -> list[str]:

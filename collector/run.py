@@ -102,17 +102,6 @@ def prepare_stats_dir(run_dir: str, user: str = "tracecap") -> str:
     return stats
 
 
-def count_artifacts(out_dir: str) -> int:
-    paths = set()
-    with contextlib.suppress(OSError), open(os.path.join(out_dir, "index.jsonl"), "rb") as f:
-        for line in f:
-            with contextlib.suppress(ValueError):
-                rec = json.loads(line)
-                if rec.get("kind") != "gap" and "path" in rec:
-                    paths.add(rec["path"])
-    return len(paths)
-
-
 def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with contextlib.suppress(OSError):
@@ -122,26 +111,26 @@ def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def summary_line(
-    collector: dict[str, Any], writers: dict[str, dict[str, Any]], artifacts: int
-) -> str:
+def summary_line(collector: dict[str, Any], writers: dict[str, dict[str, Any]]) -> str:
+    """One line that says what was captured and every place something was lost."""
     kernel = collector.get("kernel", {})
     coll = collector.get("collector", {})
-    k_events = sum(v for k, v in kernel.items() if k.endswith(".events"))
-    k_bytes = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
-    ring_drops = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
-    lost_bytes = sum(v for k, v in kernel.items() if k.endswith(".dropped_bytes"))
-    pending = sum(v for k, v in kernel.items() if k.endswith(".pending_full"))
-    gaps = sum(int(w.get("gap_messages", 0)) for w in writers.values())
-    malformed = sum(int(w.get("malformed", 0)) for w in writers.values())
-    werr = sum(
-        int(w.get("write_errors", 0)) + int(w.get("handler_errors", 0)) for w in writers.values()
-    )
+
+    def kernel_sum(*suffixes: str) -> int:
+        return sum(v for k, v in kernel.items() if k.endswith(suffixes))
+
+    def writer_sum(*names: str) -> int:
+        return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
+
     return (
-        f"tracecap: summary: {k_events} events, {k_bytes} bytes captured, {artifacts} artifacts; "
-        f"losses: kernel ring buffer {ring_drops} records ({lost_bytes} bytes), "
-        f"syscall table full {pending}, collector decode errors {coll.get('decode_errors', 0)}, "
-        f"bus gaps {gaps} messages, malformed messages {malformed}, writer errors {werr}"
+        f"tracecap: summary: {kernel_sum('.events')} events, {kernel_sum('.bytes')} bytes "
+        f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
+        f"{kernel_sum('.event_drops', '.chunk_drops')} records "
+        f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
+        f"{kernel_sum('.pending_full')}, collector decode errors "
+        f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages')} messages, "
+        f"malformed messages {writer_sum('malformed')}, writer errors "
+        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}"
     )
 
 
@@ -279,12 +268,7 @@ class Frontend:
             sock.close()
         if sup.returncode not in (0, None) and status == 0:
             status = 1
-        print(
-            summary_line(
-                self.last_stats, read_writer_stats(stats_dir), count_artifacts(self.config.out_dir)
-            ),
-            file=sys.stderr,
-        )
+        print(summary_line(self.last_stats, read_writer_stats(stats_dir)), file=sys.stderr)
         return status
 
     def _check_collector(self, rpc: xmlrpc.client.ServerProxy) -> str | None:

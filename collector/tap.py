@@ -7,12 +7,14 @@ Kernel strings are bytes on the bus; here they become text with invalid bytes es
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
 import zmq
 
 from collector import bus
+from writers.privileges import drop_privileges
 
 
 def jsonable(value: Any) -> Any:
@@ -32,6 +34,7 @@ def tap_line(msg: bus.Message) -> str:
 
 
 def tap(endpoint: str, topics: list[bytes]) -> int:
+    drop_privileges()
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.MAXMSGSIZE, bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096)
@@ -47,6 +50,10 @@ def tap(endpoint: str, topics: list[bytes]) -> int:
                 print(f"tracecap tap: dropped a malformed message: {exc}", file=sys.stderr)
                 continue
             print(line, flush=True)
+    except BrokenPipeError:
+        # the reader went away (`tracecap tap | head`): exit quietly, without a flush error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:

@@ -34,6 +34,9 @@ if ! id tracecap >/dev/null 2>&1; then
     useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin tracecap
 fi
 
+# The run directory of the static deployment (supervisord.conf); /run is emptied at boot.
+install -d -m 2750 -o root -g tracecap /run/tracecap
+
 # tp/ programs need tracefs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 

@@ -132,6 +132,8 @@ def test_five_megabyte_write_arrives_whole(tracecap, workdir: Path) -> None:
     (record,) = run.records("write")
     assert record["complete"] is True and record["size"] == len(payload)
     assert record["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert "1 artifacts; losses: kernel ring buffer 0 records (0 bytes)" in run.stderr
+    assert "bus gaps 0 messages, malformed messages 0, writer errors 0" in run.stderr
 
 
 def test_tracecap_never_captures_itself(tracecap, workdir: Path) -> None:
