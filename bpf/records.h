@@ -94,7 +94,7 @@ struct tc_file_data {
     __u32 len;               /* payload bytes that follow this header */
     __u64 io_id;
     __u64 io_off;            /* offset of the payload inside the syscall's transfer */
-    __u32 want;              /* bytes this chunk should have held (len, or 0 when unreadable) */
+    __u32 want;              /* bytes this chunk stands for; len is 0 when they were unreadable */
     __u32 flags;             /* TC_DATA_* */
 };
 

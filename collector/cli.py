@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from collector import options
+from collector import options, supervisor_conf
 
 USAGE = """\
 usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
@@ -82,12 +82,22 @@ def parse_wait_for(values: list[str]) -> Counter[bytes]:
     for value in values:
         topic, eq, count = value.partition("=")
         count = count if eq else "1"
-        if not topic.endswith(".") or not count.isdigit():
+        if not topic.endswith(".") or not count.isdecimal():
             raise UsageError(
                 f"--wait-for {value!r}: expected TOPIC. or TOPIC.=N (topics end with '.')"
             )
         wanted[topic.encode()] += int(count)
     return wanted
+
+
+def run_dir_of(found: dict[str, list[str]]) -> str:
+    run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+    if not run_dir.startswith("/") or len(run_dir) > 80:
+        raise UsageError(f"--run-dir {run_dir!r}: expected an absolute path of at most 80 bytes")
+    try:
+        return supervisor_conf.check_safe(run_dir, "--run-dir")
+    except supervisor_conf.UnsafeValue as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _config(argv: list[str]) -> options.Config:
@@ -118,7 +128,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         config = _config(argv)
         from collector.run import run
 
-        return run(config, argv, found.get("--run-dir", [DEFAULT_RUN_DIR])[0])
+        return run(config, argv, run_dir_of(found))
     if cmd == "collector":
         found, rest = split_own(
             rest, {"--config": True, "--run-dir": False, "--wait-for": True, "--ring-mb": False}
@@ -126,11 +136,11 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         config = _config(expand_config(found, rest))
         wait = parse_wait_for(found.get("--wait-for", []))
         ring_mb = found.get("--ring-mb", ["64"])[0]
-        if not ring_mb.isdigit() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
+        if not ring_mb.isdecimal() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
             raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
         from collector.main import run_collector
 
-        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        run_dir = run_dir_of(found)
         return run_collector(config, run_dir, wait, int(ring_mb) << 20)
     if cmd == "writer":
         if not rest or rest[0].startswith("-"):
@@ -138,7 +148,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         kind, rest = rest[0], rest[1:]
         found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--connect": False})
         config = _config(expand_config(found, rest))
-        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        run_dir = run_dir_of(found)
         endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
         from writers.runner import run_writer
 
@@ -147,7 +157,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         found, rest = split_own(rest, {"--topic": True, "--run-dir": False, "--connect": False})
         if rest:
             raise UsageError(f"tap takes no option {rest[0]!r}")
-        run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
+        run_dir = run_dir_of(found)
         endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
         from collector.tap import tap
 
@@ -158,7 +168,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             raise UsageError(f"status takes no option {rest[0]!r}")
         from collector.status import status
 
-        return status(found.get("--run-dir", [DEFAULT_RUN_DIR])[0])
+        return status(run_dir_of(found))
     raise UsageError(f"unknown command {cmd!r}; commands: run, collector, writer, tap, status")
 
 

@@ -9,6 +9,7 @@ everything through supervisord and prints a summary of what was captured and los
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -52,9 +53,27 @@ def wait_for_topics(config: Config) -> Counter[bytes]:
     return wanted
 
 
-def programs(config: Config, argv: list[str], run_dir: str) -> list[supervisor_conf.Program]:
+def options_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "options.conf")
+
+
+def write_options(run_dir: str, argv: list[str], group: str = "tracecap") -> None:
+    """The run's options, for every program, as a --config file (0640, group tracecap).
+
+    A file rather than the supervisord command lines, which cannot carry arbitrary text.
+    """
+    path = options_path(run_dir)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write("# written by `tracecap run` for the programs it starts\n")
+        f.write(shlex.join(argv) + "\n")
+    os.chown(path, 0, grp.getgrnam(group).gr_gid)
+    os.chmod(path, 0o640)
+
+
+def programs(config: Config, run_dir: str) -> list[supervisor_conf.Program]:
     exe = tracecap_exe()
-    common = ["--run-dir", run_dir, *argv]
+    common = ["--run-dir", run_dir, "--config", options_path(run_dir)]
     progs = [
         supervisor_conf.Program(
             f"writer-{kind}",
@@ -205,7 +224,8 @@ class Frontend:
         prepare_out_dir(self.config)
         stats_dir = prepare_stats_dir(self.run_dir)
         conf_path = os.path.join(self.run_dir, "supervisord.conf")
-        progs = programs(self.config, self.argv, self.run_dir)
+        write_options(self.run_dir, self.argv)
+        progs = programs(self.config, self.run_dir)
         with open(conf_path, "w") as f:
             f.write(supervisor_conf.render(self.run_dir, progs))
         logs = [os.path.join(self.run_dir, f"{p.name}.log") for p in progs]

@@ -45,8 +45,9 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
-    """The event for the first message of a syscall's transfer; None for its later chunks."""
-    if env.get("io_off") != 0 or env.get("lost"):
+    """The event for the first message of a syscall's transfer (even one whose bytes were lost);
+    None for its later messages."""
+    if env.get("io_off") != 0:
         return None
     name = _EVENT_NAMES.get(env["syscall"], env["syscall"])
     args = [

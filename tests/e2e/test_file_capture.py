@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -199,3 +201,23 @@ def test_hostile_file_and_command_names(tracecap, workdir: Path) -> None:
         assert (run.out_dir / record["path"]).read_bytes() == b"content %d" % i
         assert record["source_path"] == path.decode("utf-8", errors="backslashreplace")
         assert record["comm"] == (b'ev\n"\xff%d' % i).decode("utf-8", errors="backslashreplace")
+
+
+def _our_programs() -> list[str]:
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
+    return [
+        p.get("name", "") for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")
+    ]
+
+
+def test_sigterm_stops_cleanly_and_detaches_every_probe(tracecap, workdir: Path) -> None:
+    target = workdir / "t"
+    run = tracecap("--capture", f"write={workdir}/*")
+    assert _our_programs(), "the probes should be attached while running"
+    python(f"open({str(target)!r}, 'wb').write(b'before stop')")
+    run.proc.send_signal(signal.SIGTERM)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    assert _our_programs() == []
+    assert run.artifact(artifact_name("write", target)) == b"before stop"
+    assert "tracecap: summary:" in run.stderr

@@ -1,0 +1,171 @@
+"""The `tracecap` command line: own-flag splitting, --wait-for, and exit code 2 on bad options.
+
+main() is only called with options that must be refused, and the entry points that would start
+processes are replaced by tripwires, so a wrongly accepted option fails the test instead of
+starting a collector.
+"""
+
+from collections import Counter
+
+import pytest
+
+import collector.main
+import collector.run
+import collector.status
+import collector.tap
+import writers.runner
+from collector import cli
+from collector.cli import UsageError, main, parse_wait_for, split_own
+
+
+@pytest.fixture(autouse=True)
+def tripwires(monkeypatch):
+    def must_not_start(*args, **kwargs):
+        raise AssertionError(f"an entry point was reached with {args!r}")
+
+    monkeypatch.setattr(collector.run, "run", must_not_start)
+    monkeypatch.setattr(collector.main, "run_collector", must_not_start)
+    monkeypatch.setattr(writers.runner, "run_writer", must_not_start)
+    monkeypatch.setattr(collector.tap, "tap", must_not_start)
+    monkeypatch.setattr(collector.status, "status", must_not_start)
+
+
+# --- split_own ---
+
+
+def test_split_own_separates_both_spellings_and_keeps_order_of_the_rest():
+    found, rest = split_own(
+        ["--capture", "write", "--run-dir", "/r", "--config=a.conf", "-s", "comm=x",
+         "--config", "b.conf"],
+        {"--config": True, "--run-dir": False},
+    )  # fmt: skip
+    assert found == {"--run-dir": ["/r"], "--config": ["a.conf", "b.conf"]}
+    assert rest == ["--capture", "write", "-s", "comm=x"]
+
+
+def test_split_own_value_may_contain_equals_and_be_empty():
+    found, rest = split_own(["--wait-for=file.write.=2", "--run-dir="], {
+        "--wait-for": True, "--run-dir": False,
+    })  # fmt: skip
+    assert found == {"--wait-for": ["file.write.=2"], "--run-dir": [""]}
+    assert rest == []
+
+
+def test_split_own_leaves_similar_flags_alone():
+    found, rest = split_own(
+        ["--run-dirs", "x", "--run", "--capture=--run-dir"], {"--run-dir": False}
+    )
+    assert found == {}
+    assert rest == ["--run-dirs", "x", "--run", "--capture=--run-dir"]
+
+
+def test_split_own_rejects_repeated_single_flag():
+    with pytest.raises(UsageError, match="--run-dir given twice"):
+        split_own(["--run-dir", "a", "--run-dir=b"], {"--run-dir": False})
+
+
+def test_split_own_rejects_missing_value():
+    with pytest.raises(UsageError, match="--config needs a value"):
+        split_own(["--capture", "write", "--config"], {"--config": True})
+
+
+def test_split_own_empty():
+    assert split_own([], {"--x": True}) == ({}, [])
+
+
+# --- parse_wait_for ---
+
+
+def test_parse_wait_for_counts():
+    assert parse_wait_for(["file.write.", "file.write.=2", "stats.=1", "file.read.=0"]) == Counter(
+        {b"file.write.": 3, b"stats.": 1, b"file.read.": 0}
+    )
+    assert parse_wait_for([]) == Counter()
+
+
+@pytest.mark.parametrize("value", ["file.write", "file.write=2", "file.write.=", "file.write.=x",
+                                   "file.write.=-1", "=3", "", "file.write.=1.5"])  # fmt: skip
+def test_parse_wait_for_rejects(value):
+    with pytest.raises(UsageError, match="--wait-for"):
+        parse_wait_for([value])
+
+
+def test_parse_wait_for_rejects_superscript_digit_as_usage_error():
+    with pytest.raises(UsageError):
+        parse_wait_for(["file.write.=²"])
+
+
+# --- main ---
+
+
+def test_help_exits_0_with_usage_on_stdout(capsys):
+    for flag in ("--help", "-h", "help"):
+        assert main([flag]) == 0
+        out, err = capsys.readouterr()
+        assert out == cli.USAGE
+        assert err == ""
+
+
+def test_no_arguments_exit_2_with_usage(capsys):
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert "usage: tracecap run" in out + err
+
+
+def check_refused(capsys, argv: list[str], *fragments: str) -> str:
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"tracecap {argv[0]}: error: ")
+    assert err.endswith("\n")
+    for fragment in fragments:
+        assert fragment in err
+    return err
+
+
+def test_run_with_bogus_capture_exits_2_before_starting(capsys):
+    check_refused(capsys, ["run", "--capture", "bogus"], "'bogus'")
+
+
+def test_run_with_unsupported_capture_exits_2(capsys):
+    check_refused(capsys, ["run", "--capture", "exec"], "not supported yet", "exec")
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["run", "--run-dir", "/a", "--run-dir", "/b"], "--run-dir given twice"),
+        (["run", "--config"], "--config needs a value"),
+        (["run", "--bogus-flag"], "--bogus-flag"),
+        (["run", "--output", "xml"], "'xml'"),
+        (["run", "--events", "no_such_event"], "no_such_event"),
+        (["collector", "--capture", "bogus"], "'bogus'"),
+        (["collector", "--wait-for", "file.write"], "--wait-for"),
+        (["collector", "--ring-mb", "3"], "power of two"),
+        (["collector", "--ring-mb", "0"], "power of two"),
+        (["collector", "--ring-mb", "big"], "power of two"),
+        (["collector", "--ring-mb", "1", "--ring-mb", "2"], "given twice"),
+        (["writer"], "writer needs a KIND"),
+        (["writer", "--capture", "write"], "writer needs a KIND"),
+        (["writer", "file", "--capture", "mem"], "not supported yet"),
+        (["tap", "--capture", "write"], "tap takes no option '--capture'"),
+        (["tap", "--connect"], "--connect needs a value"),
+        (["status", "extra"], "status takes no option 'extra'"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_bad_options_exit_2_with_message(capsys, argv, fragment):
+    check_refused(capsys, argv, fragment)
+
+
+def test_missing_config_file_exits_2(capsys, tmp_path):
+    missing = tmp_path / "absent.conf"
+    check_refused(capsys, ["run", "--config", str(missing)], f"--config {missing}")
+
+
+def test_ring_mb_superscript_digit_exits_2(capsys):
+    check_refused(capsys, ["collector", "--ring-mb", "²"], "power of two")
+
+
+def test_wait_for_superscript_digit_exits_2(capsys):
+    check_refused(capsys, ["collector", "--wait-for=file.write.=²"], "--wait-for")

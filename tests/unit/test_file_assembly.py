@@ -1,0 +1,394 @@
+"""FileAssembler: kernel file events + data chunks -> bus messages with explicit lost ranges."""
+
+import stat
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bpf import records
+from bpf.records import CHUNK, DIR_READ, DIR_WRITE, EV_APPEND, EV_PATH_TRUNCATED
+from collector import bus
+from collector.file_assembly import (
+    IO_TIMEOUT_NS,
+    MAX_MESSAGE_PAYLOAD,
+    FileAssembler,
+    Outgoing,
+    display_path,
+)
+
+BOOT_TO_EPOCH = 1_700_000_000_000_000_000
+REGULAR = stat.S_IFREG | 0o644
+FIFO = stat.S_IFIFO | 0o600
+SOCK = stat.S_IFSOCK | 0o777
+
+#: A deterministic, non-repeating-looking byte pattern, large enough for every test io.
+PATTERN = bytes((i * 7 + i // 251) % 256 for i in range(2 * 1024 * 1024))
+
+
+def header(ts: int = 5_000, cgroup_id: int = 99, comm: bytes = b"dd") -> records.Header:
+    return records.Header(
+        kind=records.REC_FILE_EVENT, cpu=3, ts=ts, pid=100, tid=101, ppid=50, uid=1000,
+        cgroup_id=cgroup_id, comm=comm,
+    )  # fmt: skip
+
+
+def event(
+    io_len: int,
+    *,
+    io_id: int = 7,
+    pos: int = 4096,
+    direction: int = DIR_WRITE,
+    syscall: str = "write",
+    flags: int = 0,
+    mode: int = REGULAR,
+    path: bytes = b"/tmp/out.bin",
+    inode: int = 555,
+    ts: int = 5_000,
+) -> records.FileEvent:
+    return records.FileEvent(
+        hdr=header(ts=ts), io_id=io_id, io_len=io_len, pos=pos, inode=inode, dev=0x800001,
+        mode=mode, fd=3, syscall=syscall, direction=direction, flags=flags, path=path,
+    )  # fmt: skip
+
+
+def chunk(io_off: int, size: int, *, io_id: int = 7) -> records.FileData:
+    return records.FileData(io_id, io_off, size, False, PATTERN[io_off : io_off + size])
+
+
+def unreadable(io_off: int, size: int, *, io_id: int = 7) -> records.FileData:
+    """What the kernel sends when it cannot read user memory: want bytes, no data."""
+    return records.FileData(io_id, io_off, size, True, b"")
+
+
+def data_msgs(out: list[Outgoing]) -> list[Outgoing]:
+    return [m for m in out if m.payload is not None]
+
+
+def lost_msgs(out: list[Outgoing]) -> list[Outgoing]:
+    return [m for m in out if m.payload is None]
+
+
+def summary(out: list[Outgoing]) -> list[tuple]:
+    """(kind, io_off, off, size-or-range) per message, in order."""
+    rows = []
+    for m in out:
+        if m.payload is None:
+            rows.append(("lost", m.env["io_off"], m.env["off"], m.env["lost"]))
+        else:
+            assert "lost" not in m.env
+            rows.append(("data", m.env["io_off"], m.env["off"], len(m.payload)))
+    return rows
+
+
+# --- single and merged chunks ---
+
+
+def test_single_chunk_io_gives_one_message_with_full_envelope():
+    asm = FileAssembler(BOOT_TO_EPOCH, container_of=lambda cg: f"ctr-{cg}")
+    assert asm.on_event(event(10), now_ns=0) == []
+    out = asm.on_data(chunk(0, 10), now_ns=1)
+    assert len(out) == 1
+    msg = out[0]
+    assert msg.topic == bus.TOPIC_FILE_WRITE
+    assert msg.payload == PATTERN[:10]
+    assert msg.env == {
+        "ts": 5_000 + BOOT_TO_EPOCH,
+        "pid": 100,
+        "tid": 101,
+        "ppid": 50,
+        "uid": 1000,
+        "comm": b"dd",
+        "cgroup_id": 99,
+        "container_id": "ctr-99",
+        "syscall": "write",
+        "fd": 3,
+        "path": b"/tmp/out.bin",
+        "path_truncated": False,
+        "dev": 0x800001,
+        "inode": 555,
+        "mode": REGULAR,
+        "io_id": 7,
+        "io_len": 10,
+        "append": False,
+        "io_off": 0,
+        "off": 4096,
+    }
+    assert asm.lost_bytes == 0
+    assert asm.orphan_chunks == 0
+
+
+def test_message_envelope_passes_the_bus_decoder():
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    asm.on_event(event(10), 0)
+    (msg,) = asm.on_data(chunk(0, 10), 1)
+    frames = bus.encode(msg.topic, dict(msg.env, v=bus.VERSION, epoch=1, seq=1), msg.payload)
+    decoded = bus.decode(frames)
+    assert decoded.env["off"] == 4096
+    assert decoded.env["container_id"] == ""
+    assert decoded.payload == PATTERN[:10]
+
+
+def test_completed_io_is_forgotten_so_a_late_chunk_is_an_orphan():
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    asm.on_event(event(10), 0)
+    assert len(asm.on_data(chunk(0, 10), 1)) == 1
+    assert asm.on_data(chunk(0, 10), 2) == []
+    assert asm.orphan_chunks == 1
+    assert asm.expire(0, force=True) == []
+
+
+def test_multi_chunk_io_is_merged_into_one_message():
+    io_len = 2 * CHUNK + 123
+    asm = FileAssembler(0)
+    asm.on_event(event(io_len), 0)
+    assert asm.on_data(chunk(0, CHUNK), 1) == []
+    assert asm.on_data(chunk(CHUNK, CHUNK), 2) == []
+    out = asm.on_data(chunk(2 * CHUNK, 123), 3)
+    assert summary(out) == [("data", 0, 4096, io_len)]
+    assert out[0].payload == PATTERN[:io_len]
+
+
+def test_io_larger_than_max_payload_is_split_with_right_offsets():
+    assert MAX_MESSAGE_PAYLOAD % CHUNK == 0
+    per_msg = MAX_MESSAGE_PAYLOAD // CHUNK
+    io_len = 2 * MAX_MESSAGE_PAYLOAD + 3 * CHUNK + 17
+    pos = 1_000_000
+    asm = FileAssembler(0)
+    asm.on_event(event(io_len, pos=pos), 0)
+    out: list[Outgoing] = []
+    emitted_after: list[int] = []
+    for i, off in enumerate(range(0, io_len, CHUNK)):
+        got = asm.on_data(chunk(off, min(CHUNK, io_len - off)), i)
+        if got:
+            emitted_after.append(i)
+        out += got
+    # flushed as soon as 256 KiB are gathered, then the remainder at the end of the io
+    assert emitted_after == [per_msg - 1, 2 * per_msg - 1, 2 * per_msg + 3]
+    m = MAX_MESSAGE_PAYLOAD
+    assert summary(out) == [
+        ("data", 0, pos, m),
+        ("data", m, pos + m, m),
+        ("data", 2 * m, pos + 2 * m, 3 * CHUNK + 17),
+    ]
+    assert b"".join(msg.payload for msg in out) == PATTERN[:io_len]
+    assert all(msg.env["io_len"] == io_len for msg in out)
+
+
+# --- losses ---
+
+
+def test_missing_middle_chunk_gives_lost_range_in_file_offsets():
+    pos = 8192
+    asm = FileAssembler(0)
+    asm.on_event(event(3 * CHUNK, pos=pos), 0)
+    assert asm.on_data(chunk(0, CHUNK), 1) == []
+    # chunk 1 was dropped by the kernel (ring buffer full); chunk 2 arrives
+    out = asm.on_data(chunk(2 * CHUNK, CHUNK), 2)
+    assert summary(out) == [
+        ("data", 0, pos, CHUNK),
+        ("lost", CHUNK, pos + CHUNK, [[pos + CHUNK, pos + 2 * CHUNK]]),
+        ("data", 2 * CHUNK, pos + 2 * CHUNK, CHUNK),
+    ]
+    assert out[0].payload == PATTERN[:CHUNK]
+    assert out[2].payload == PATTERN[2 * CHUNK : 3 * CHUNK]
+    assert asm.lost_bytes == CHUNK
+    assert all(m.topic == bus.TOPIC_FILE_WRITE for m in out)
+
+
+def test_unreadable_chunk_gives_lost_range():
+    pos = 100
+    asm = FileAssembler(0)
+    asm.on_event(event(2 * CHUNK + 10, pos=pos), 0)
+    asm.on_data(chunk(0, CHUNK), 1)
+    out = asm.on_data(unreadable(CHUNK, CHUNK), 2)
+    assert summary(out) == [
+        ("data", 0, pos, CHUNK),
+        ("lost", CHUNK, pos + CHUNK, [[pos + CHUNK, pos + 2 * CHUNK]]),
+    ]
+    out = asm.on_data(chunk(2 * CHUNK, 10), 3)
+    assert summary(out) == [("data", 2 * CHUNK, pos + 2 * CHUNK, 10)]
+    assert asm.lost_bytes == CHUNK
+    assert asm.expire(0, force=True) == []  # the io is complete
+
+
+def test_unreadable_last_chunk_completes_the_io():
+    asm = FileAssembler(0)
+    asm.on_event(event(CHUNK + 5, pos=0), 0)
+    asm.on_data(chunk(0, CHUNK), 1)
+    out = asm.on_data(unreadable(CHUNK, 5), 2)
+    assert summary(out) == [("data", 0, 0, CHUNK), ("lost", CHUNK, CHUNK, [[CHUNK, CHUNK + 5]])]
+    assert asm.on_data(chunk(0, 1), 3) == []
+    assert asm.orphan_chunks == 1
+
+
+def test_io_times_out_and_the_rest_is_lost():
+    pos = 50
+    asm = FileAssembler(0)
+    asm.on_event(event(3 * CHUNK, pos=pos), now_ns=1_000)
+    asm.on_data(chunk(0, CHUNK), 2_000)
+    assert asm.expire(1_000 + IO_TIMEOUT_NS - 1) == []
+    out = asm.expire(1_000 + IO_TIMEOUT_NS)
+    assert summary(out) == [
+        ("data", 0, pos, CHUNK),
+        ("lost", CHUNK, pos + CHUNK, [[pos + CHUNK, pos + 3 * CHUNK]]),
+    ]
+    assert asm.lost_bytes == 2 * CHUNK
+    # a chunk arriving after the timeout no longer has an io to join
+    assert asm.on_data(chunk(CHUNK, CHUNK), 1_000 + IO_TIMEOUT_NS + 1) == []
+    assert asm.orphan_chunks == 1
+
+
+def test_expire_only_closes_ios_older_than_the_timeout():
+    asm = FileAssembler(0)
+    asm.on_event(event(10, io_id=1, pos=0), now_ns=0)
+    asm.on_event(event(20, io_id=2, pos=0), now_ns=IO_TIMEOUT_NS // 2)
+    out = asm.expire(IO_TIMEOUT_NS)
+    assert [(m.env["io_id"], m.env["lost"]) for m in out] == [(1, [[0, 10]])]
+    out = asm.on_data(chunk(0, 20, io_id=2), IO_TIMEOUT_NS + 1)
+    assert summary(out) == [("data", 0, 0, 20)]
+
+
+def test_force_expiry_closes_every_pending_io():
+    asm = FileAssembler(0)
+    asm.on_event(event(CHUNK + 40, io_id=1, pos=1000), now_ns=0)
+    asm.on_event(event(30, io_id=2, pos=0, direction=DIR_READ, syscall="read"), now_ns=0)
+    asm.on_data(chunk(0, CHUNK, io_id=1), 1)
+    assert asm.expire(2) == []
+    out = asm.expire(2, force=True)
+    assert [(m.env["io_id"], m.topic, m.payload is None) for m in out] == [
+        (1, bus.TOPIC_FILE_WRITE, False),
+        (1, bus.TOPIC_FILE_WRITE, True),
+        (2, bus.TOPIC_FILE_READ, True),
+    ]
+    assert out[0].payload == PATTERN[:CHUNK]
+    assert out[1].env["lost"] == [[1000 + CHUNK, 1000 + CHUNK + 40]]
+    assert out[2].env["lost"] == [[0, 30]]
+    assert out[2].env["io_off"] == 0
+    assert asm.lost_bytes == 70
+    assert asm.expire(3, force=True) == []
+
+
+def test_orphan_chunk_is_counted_and_dropped():
+    asm = FileAssembler(0)
+    assert asm.on_data(chunk(0, 10, io_id=42), 0) == []
+    assert asm.on_data(unreadable(10, 10, io_id=42), 0) == []
+    assert asm.orphan_chunks == 2
+    assert asm.lost_bytes == 0
+    assert asm.expire(0, force=True) == []
+
+
+# --- streams, topics, names, times ---
+
+
+def test_append_mode_pipe_uses_io_offsets_and_pipe_name():
+    asm = FileAssembler(0)
+    ev = event(3 * CHUNK, pos=987_654, flags=EV_APPEND, mode=FIFO, path=b"", inode=4242)
+    asm.on_event(ev, 0)
+    asm.on_data(chunk(0, CHUNK), 1)
+    out = asm.on_data(chunk(2 * CHUNK, CHUNK), 2)
+    assert summary(out) == [
+        ("data", 0, 0, CHUNK),
+        ("lost", CHUNK, CHUNK, [[CHUNK, 2 * CHUNK]]),
+        ("data", 2 * CHUNK, 2 * CHUNK, CHUNK),
+    ]
+    for m in out:
+        assert m.env["append"] is True
+        assert m.env["path"] == b"pipe:[4242]"
+
+
+def test_read_direction_uses_read_topic():
+    asm = FileAssembler(0)
+    asm.on_event(event(4, direction=DIR_READ, syscall="pread64"), 0)
+    (msg,) = asm.on_data(chunk(0, 4), 0)
+    assert msg.topic == bus.TOPIC_FILE_READ
+    assert msg.env["syscall"] == "pread64"
+
+
+def test_write_direction_uses_write_topic_also_for_lost_ranges():
+    asm = FileAssembler(0)
+    asm.on_event(event(4, direction=DIR_WRITE, syscall="pwritev2"), 0)
+    (msg,) = asm.on_data(unreadable(0, 4), 0)
+    assert msg.topic == bus.TOPIC_FILE_WRITE
+    assert msg.payload is None
+
+
+def test_timestamp_is_boot_time_plus_offset_and_path_truncated_flag():
+    asm = FileAssembler(boot_to_epoch_ns=1_000_000_000)
+    asm.on_event(event(1, ts=123_456, flags=EV_PATH_TRUNCATED), 0)
+    (msg,) = asm.on_data(chunk(0, 1), 0)
+    assert msg.env["ts"] == 1_000_123_456
+    assert msg.env["path_truncated"] is True
+    assert msg.env["append"] is False
+
+
+@pytest.mark.parametrize(
+    ("mode", "path", "expected"),
+    [
+        (FIFO, b"", b"pipe:[77]"),
+        (SOCK, b"", b"socket:[77]"),
+        (REGULAR, b"", b""),
+        (stat.S_IFCHR | 0o666, b"", b""),
+        (FIFO, b"/run/my.fifo", b"/run/my.fifo"),
+        (REGULAR, b"/etc/\xffpasswd", b"/etc/\xffpasswd"),
+    ],
+)
+def test_display_path(mode, path, expected):
+    assert display_path(event(1, mode=mode, path=path, inode=77)) == expected
+
+
+# --- property: payload + lost ranges tile the io exactly ---
+
+_FATES = st.sampled_from(["ok", "ok", "ok", "drop", "unreadable"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, CHUNK), min_size=1, max_size=24),
+    fates_seed=st.data(),
+    pos=st.integers(0, 2**40),
+    append=st.booleans(),
+    by_timeout=st.booleans(),
+)
+def test_payload_and_lost_ranges_tile_the_io(sizes, fates_seed, pos, append, by_timeout):
+    fates = fates_seed.draw(st.lists(_FATES, min_size=len(sizes), max_size=len(sizes)))
+    io_len = sum(sizes)
+    asm = FileAssembler(0)
+    ev = event(io_len, pos=pos, flags=EV_APPEND if append else 0)
+    asm.on_event(ev, now_ns=0)
+    out: list[Outgoing] = []
+    off = 0
+    for size, fate in zip(sizes, fates, strict=True):
+        if fate == "ok":
+            out += asm.on_data(chunk(off, size), now_ns=1)
+        elif fate == "unreadable":
+            out += asm.on_data(unreadable(off, size), now_ns=1)
+        off += size
+    out += asm.expire(IO_TIMEOUT_NS, force=not by_timeout)
+    assert asm.expire(2 * IO_TIMEOUT_NS, force=True) == []
+
+    base = 0 if append else pos
+    spans = []
+    for m in out:
+        assert m.env["io_len"] == io_len
+        assert m.env["off"] == base + m.env["io_off"]
+        if m.payload is None:
+            ((start, end),) = m.env["lost"]
+            assert start == m.env["off"]
+            assert end > start
+            spans.append((start, end, None))
+        else:
+            assert 0 < len(m.payload) < MAX_MESSAGE_PAYLOAD + CHUNK
+            spans.append((m.env["off"], m.env["off"] + len(m.payload), m.payload))
+    # messages come out in file order, and cover [base, base + io_len) without gap or overlap
+    cursor = base
+    for start, end, payload in spans:
+        assert start == cursor
+        if payload is not None:
+            io_off = start - base
+            assert payload == PATTERN[io_off : io_off + len(payload)]
+        cursor = end
+    assert cursor == base + io_len
+    lost_total = sum(end - start for start, end, payload in spans if payload is None)
+    expected_lost = sum(s for s, f in zip(sizes, fates, strict=True) if f != "ok")
+    assert lost_total == expected_lost == asm.lost_bytes

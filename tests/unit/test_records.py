@@ -1,0 +1,248 @@
+"""bpf/records.py: ring-buffer record decoders and the .rodata config encoder (pure bytes)."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bpf import records
+from bpf.records import (
+    CONFIG,
+    COUNTERS,
+    FILE_DATA,
+    FILE_EVENT,
+    FILE_FILTER,
+    HDR,
+    MAX_PREFIXES,
+    PATH_BUF,
+    PREFIX_LEN,
+    SYSCALLS,
+    RecordError,
+)
+
+U32 = st.integers(0, 2**32 - 1)
+U64 = st.integers(0, 2**64 - 1)
+
+
+def raw_event(
+    *,
+    ts=123, pid=10, tid=11, ppid=1, uid=0, cgroup_id=77, comm=b"bash", io_id=5, io_len=100,
+    pos=4096, inode=9, dev=0x800001, mode=0o100644, fd=3, syscall=0, direction=0, flags=0,
+    path=b"/etc/passwd", path_len=None, cpu=2,
+) -> bytes:  # fmt: skip
+    return FILE_EVENT.pack(
+        records.REC_FILE_EVENT, cpu, ts, pid, tid, ppid, uid, cgroup_id, comm, io_id, io_len,
+        pos, inode, dev, mode, fd, syscall, direction, flags,
+        len(path) if path_len is None else path_len, 0, path,
+    )  # fmt: skip
+
+
+def raw_data(io_id: int, io_off: int, data: bytes, want=None, flags=0, length=None) -> bytes:
+    head = FILE_DATA.pack(
+        records.REC_FILE_DATA, len(data) if length is None else length, io_id, io_off,
+        len(data) if want is None else want, flags,
+    )  # fmt: skip
+    return head + data
+
+
+def test_struct_sizes():
+    assert HDR.size == 56
+    assert FILE_EVENT.size == 56 + 56 + PATH_BUF + records.NAME_SLACK
+    assert FILE_DATA.size == 32
+    assert FILE_FILTER.size == 32 + MAX_PREFIXES * PREFIX_LEN
+    assert CONFIG.size == 8 + 2 * FILE_FILTER.size
+    assert records.SIZES["tc_file_event"] == FILE_EVENT.size
+
+
+def test_decode_file_event_fields():
+    ev = records.decode_file_event(
+        raw_event(syscall=SYSCALLS.index("pwritev2"), direction=1, flags=3, fd=-100)
+    )
+    assert ev.hdr == records.Header(records.REC_FILE_EVENT, 2, 123, 10, 11, 1, 0, 77, b"bash")
+    assert (ev.io_id, ev.io_len, ev.pos, ev.inode, ev.dev, ev.mode) == (
+        5, 100, 4096, 9, 0x800001, 0o100644,
+    )  # fmt: skip
+    assert ev.fd == -100
+    assert ev.syscall == "pwritev2"
+    assert ev.direction == 1
+    assert ev.flags == 3
+    assert ev.append is True
+    assert ev.path == b"/etc/passwd"
+
+
+@given(
+    ts=U64, pid=U32, tid=U32, ppid=U32, uid=U32, cgroup_id=U64,
+    comm=st.binary(max_size=16).map(lambda b: b.replace(b"\0", b"")),
+    io_id=U64, io_len=U64, pos=U64, inode=U64, dev=U32, mode=U32,
+    fd=st.integers(-(2**31), 2**31 - 1), syscall=st.integers(0, len(SYSCALLS) - 1),
+    direction=st.integers(0, 1), flags=st.integers(0, 255),
+    path=st.binary(max_size=PATH_BUF).map(lambda b: b.replace(b"\0", b"")),
+)  # fmt: skip
+def test_decode_file_event_round_trip(**fields):
+    ev = records.decode_file_event(raw_event(**fields))
+    assert ev.hdr.ts == fields["ts"]
+    assert ev.hdr.pid == fields["pid"]
+    assert ev.hdr.tid == fields["tid"]
+    assert ev.hdr.ppid == fields["ppid"]
+    assert ev.hdr.uid == fields["uid"]
+    assert ev.hdr.cgroup_id == fields["cgroup_id"]
+    assert ev.hdr.comm == fields["comm"]
+    assert ev.io_id == fields["io_id"]
+    assert ev.io_len == fields["io_len"]
+    assert ev.pos == fields["pos"]
+    assert ev.inode == fields["inode"]
+    assert ev.dev == fields["dev"]
+    assert ev.mode == fields["mode"]
+    assert ev.fd == fields["fd"]
+    assert ev.syscall == SYSCALLS[fields["syscall"]]
+    assert ev.direction == fields["direction"]
+    assert ev.flags == fields["flags"]
+    assert ev.append == bool(fields["flags"] & records.EV_APPEND)
+    assert ev.path == fields["path"]
+
+
+def test_path_is_cut_at_path_len_nul_and_path_buf():
+    assert records.decode_file_event(raw_event(path=b"/a/bcdef", path_len=4)).path == b"/a/b"
+    assert records.decode_file_event(raw_event(path=b"/ab\0cd", path_len=6)).path == b"/ab"
+    long = b"/" + b"x" * (PATH_BUF + 100)
+    assert (
+        records.decode_file_event(raw_event(path=long, path_len=len(long))).path == long[:PATH_BUF]
+    )
+    assert records.decode_file_event(raw_event(path=b"", path_len=0)).path == b""
+
+
+def test_comm_is_nul_terminated():
+    ev = records.decode_file_event(raw_event(comm=b"abc\0junk"))
+    assert ev.hdr.comm == b"abc"
+    ev = records.decode_file_event(raw_event(comm=b"0123456789abcdef"))
+    assert ev.hdr.comm == b"0123456789abcdef"
+
+
+def test_trailing_bytes_after_event_are_ignored():
+    assert records.decode_file_event(raw_event() + b"\xff" * 8).path == b"/etc/passwd"
+
+
+def test_unknown_syscall_raises():
+    with pytest.raises(RecordError, match="unknown syscall 10"):
+        records.decode_file_event(raw_event(syscall=len(SYSCALLS)))
+    with pytest.raises(RecordError):
+        records.decode_file_event(raw_event(syscall=0xFFFF))
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, FILE_EVENT.size - 1])
+def test_short_file_event_raises(size):
+    with pytest.raises(RecordError, match=f"file event of {size} bytes"):
+        records.decode_file_event(raw_event()[:size])
+
+
+@given(io_id=U64, io_off=U64, data=st.binary(max_size=200), flags=st.integers(0, 1))
+def test_decode_file_data_round_trip(io_id, io_off, data, flags):
+    chunk = records.decode_file_data(raw_data(io_id, io_off, data, want=len(data), flags=flags))
+    assert chunk == records.FileData(io_id, io_off, len(data), bool(flags), data)
+
+
+def test_decode_unreadable_chunk_keeps_want():
+    chunk = records.decode_file_data(raw_data(1, 32768, b"", want=32768, flags=1))
+    assert chunk.unreadable is True
+    assert chunk.want == 32768
+    assert chunk.data == b""
+
+
+def test_file_data_ignores_bytes_past_len():
+    chunk = records.decode_file_data(raw_data(1, 0, b"abcdef", length=3))
+    assert chunk.data == b"abc"
+
+
+@pytest.mark.parametrize("size", [0, 3, 4, FILE_DATA.size - 1])
+def test_short_file_data_header_raises(size):
+    with pytest.raises(RecordError, match="expected at least 32"):
+        records.decode_file_data(raw_data(1, 0, b"xyz")[:size])
+
+
+def test_file_data_shorter_than_its_len_raises():
+    with pytest.raises(RecordError, match="says 10 bytes, record holds 4"):
+        records.decode_file_data(raw_data(1, 0, b"abcd", length=10))
+
+
+def test_record_kind():
+    assert records.record_kind(raw_event()) == records.REC_FILE_EVENT
+    assert records.record_kind(raw_data(1, 0, b"")) == records.REC_FILE_DATA
+    assert records.record_kind(b"\x07\x00\x00\x00") == 7
+    with pytest.raises(RecordError):
+        records.record_kind(b"\x01\x00\x00")
+
+
+# --- config encoding ---
+
+
+def test_encode_file_filter_layout():
+    raw = records.encode_file_filter(
+        True, (b"/tmp/", b"/var/log/x"), frozenset({"pipe", "elf"}), frozenset({1, 2})
+    )
+    assert len(raw) == FILE_FILTER.size
+    enabled, types, fds, npaths, l0, l1, l2, pad, blob = FILE_FILTER.unpack(raw)
+    assert (enabled, types, fds, npaths) == (1, 2 | 8, 0b110, 2)
+    assert (l0, l1, l2, pad) == (5, 10, 0, 0)
+    assert blob[:PREFIX_LEN] == b"/tmp/".ljust(PREFIX_LEN, b"\0")
+    assert blob[PREFIX_LEN : 2 * PREFIX_LEN] == b"/var/log/x".ljust(PREFIX_LEN, b"\0")
+    assert blob[2 * PREFIX_LEN :] == bytes(PREFIX_LEN)
+
+
+def test_encode_empty_file_filter():
+    raw = records.encode_file_filter(False, (), frozenset(), frozenset())
+    assert raw == bytes(FILE_FILTER.size)
+
+
+def test_encode_file_filter_all_types():
+    raw = records.encode_file_filter(True, (), frozenset(records.TYPE_BITS), frozenset({0}))
+    assert FILE_FILTER.unpack(raw)[1:3] == (15, 1)
+
+
+def test_encode_file_filter_accepts_limits():
+    prefixes = (b"a" * (PREFIX_LEN - 1), b"b", b"c")
+    raw = records.encode_file_filter(True, prefixes, frozenset(), frozenset())
+    assert FILE_FILTER.unpack(raw)[3:7] == (3, PREFIX_LEN - 1, 1, 1)
+
+
+def test_encode_file_filter_rejects_too_many_prefixes():
+    with pytest.raises(ValueError, match="at most 3 path prefixes"):
+        records.encode_file_filter(True, (b"/a", b"/b", b"/c", b"/d"), frozenset(), frozenset())
+
+
+def test_encode_file_filter_rejects_long_prefix():
+    with pytest.raises(ValueError, match="under 64 bytes"):
+        records.encode_file_filter(True, (b"/" * PREFIX_LEN,), frozenset(), frozenset())
+
+
+def test_encode_config():
+    write = records.encode_file_filter(True, (b"/tmp/",), frozenset(), frozenset())
+    read = records.encode_file_filter(False, (), frozenset(), frozenset())
+    raw = records.encode_config(-1, records.SCOPE_PID | records.SCOPE_FOLLOW, write, read)
+    assert len(raw) == CONFIG.size
+    uid, scope, filters = CONFIG.unpack(raw)
+    assert uid == 0xFFFFFFFF
+    assert scope == 4 | 16
+    assert filters[: FILE_FILTER.size] == write
+    assert filters[FILE_FILTER.size :] == read
+    assert records.encode_config(1000, 0, write, read)[:4] == (1000).to_bytes(4, "little")
+
+
+# --- counters ---
+
+
+def test_decode_counters_names_and_sums():
+    n = len(COUNTERS)
+    cpu0 = list(range(2 * n))
+    cpu1 = [100 * (i + 1) for i in range(2 * n)]
+    out = records.decode_counters([cpu0, cpu1])
+    assert list(out) == [f"write.{c}" for c in COUNTERS] + [f"read.{c}" for c in COUNTERS]
+    assert out["write.events"] == 0 + 100
+    assert out["write.pending_full"] == (n - 1) + 100 * n
+    assert out["read.events"] == n + 100 * (n + 1)
+    assert out["read.dropped_bytes"] == (n + 5) + 100 * (n + 6)
+    assert records.NUM_COUNTERS == 2 * n == 14
+
+
+def test_decode_counters_no_cpus():
+    out = records.decode_counters([])
+    assert len(out) == records.NUM_COUNTERS
+    assert set(out.values()) == {0}

@@ -1,0 +1,211 @@
+"""bpf/records.py against the compiled object: sizes, offsets and constants must match the C side.
+
+The one unit test that touches the build: it runs ``make -C bpf`` when the object is missing or
+older than its sources, then reads the object's BTF with ``bpftool btf dump file ... -j``.
+Without the tools it skips locally and fails under CI.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpf import records
+
+ROOT = Path(__file__).resolve().parents[2]
+BPF_DIR = ROOT / "bpf"
+OBJECT = BPF_DIR / "tracecap.bpf.o"
+HEADER = BPF_DIR / "records.h"
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _stale() -> bool:
+    if not OBJECT.exists():
+        return True
+    sources = [*BPF_DIR.glob("*.bpf.c"), *BPF_DIR.glob("*.h")]
+    return any(src.stat().st_mtime > OBJECT.stat().st_mtime for src in sources)
+
+
+@pytest.fixture(scope="module")
+def btf() -> dict[str, Any]:
+    bpftool = _need("bpftool")
+    if _stale():
+        _need("make")
+        _need("clang")
+        subprocess.run(["make", "-C", str(BPF_DIR)], check=True, capture_output=True, timeout=600)
+    assert OBJECT.exists(), f"make -C bpf did not produce {OBJECT}"
+    out = subprocess.run(
+        [bpftool, "btf", "dump", "file", str(OBJECT), "-j"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    types = json.loads(out.stdout)["types"]
+    return {"by_id": {t["id"]: t for t in types}, "types": types}
+
+
+def _named(btf: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    found = [t for t in btf["types"] if t["kind"] == kind and t.get("name") == name]
+    assert len(found) == 1, f"{kind} {name}: {len(found)} definitions in the BTF"
+    return found[0]
+
+
+def _resolve(btf: dict[str, Any], type_id: int) -> dict[str, Any]:
+    t = btf["by_id"][type_id]
+    while t["kind"] in ("CONST", "VOLATILE", "TYPEDEF", "RESTRICT", "TYPE_TAG"):
+        t = btf["by_id"][t["type_id"]]
+    return t
+
+
+@pytest.mark.parametrize("struct", sorted(records.SIZES))
+def test_struct_size(btf, struct):
+    assert _named(btf, "STRUCT", struct)["size"] == records.SIZES[struct]
+
+
+@pytest.mark.parametrize("struct", sorted(records.LAYOUT))
+def test_field_offsets(btf, struct):
+    members = {m["name"]: m for m in _named(btf, "STRUCT", struct)["members"]}
+    offsets = {}
+    for name in records.LAYOUT[struct]:
+        assert name in members, f"{struct}.{name} is not in the object"
+        assert members[name]["bits_offset"] % 8 == 0, f"{struct}.{name} is a bitfield"
+        offsets[name] = members[name]["bits_offset"] // 8
+    assert offsets == records.LAYOUT[struct]
+    # every real field is described; only padding may be left out of LAYOUT
+    assert {n for n in members if not n.startswith("_pad")} == set(records.LAYOUT[struct])
+
+
+def test_layout_and_sizes_cover_the_same_structs():
+    assert set(records.LAYOUT) == set(records.SIZES)
+
+
+def test_cfg_is_the_only_rodata_variable_at_offset_0(btf):
+    rodata = _named(btf, "DATASEC", ".rodata")
+    variables = [(btf["by_id"][v["type_id"]], v) for v in rodata["vars"]]
+    assert [var["name"] for var, _ in variables] == ["cfg"]
+    var, entry = variables[0]
+    assert var["kind"] == "VAR"
+    assert entry["offset"] == 0
+    assert entry["size"] == records.CONFIG.size
+    target = _resolve(btf, var["type_id"])
+    assert (target["kind"], target["name"], target["size"]) == (
+        "STRUCT", "tc_config", records.CONFIG.size,
+    )  # fmt: skip
+
+
+def test_cfg_symbol_is_at_start_of_rodata():
+    """The .o's DATASEC offsets are fixed up by libbpf at open; the ELF symbol is definitive."""
+    readelf = _need("readelf")
+    if not OBJECT.exists():
+        pytest.fail(f"{OBJECT} missing (the btf fixture builds it)")
+    sections = subprocess.run(
+        [readelf, "-SW", str(OBJECT)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    m = re.search(r"\[\s*(\d+)\]\s+\.rodata\s", sections)
+    assert m, ".rodata section not found"
+    rodata_index = m.group(1)
+    symbols = subprocess.run(
+        [readelf, "-sW", str(OBJECT)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    rows = [line.split() for line in symbols.splitlines() if line.split()[-1:] == ["cfg"]]
+    assert len(rows) == 1, rows
+    _num, value, size, kind, _bind, _vis, ndx, _name = rows[0]
+    assert (int(value, 16), int(size), kind, ndx) == (0, records.CONFIG.size, "OBJECT",
+                                                     rodata_index)  # fmt: skip
+
+
+# --- constants and enums parsed from records.h ---
+
+
+def _header() -> str:
+    text = HEADER.read_text(encoding="utf-8")
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.DOTALL)
+    return re.sub(r"//[^\n]*", " ", text)
+
+
+def _defines() -> dict[str, int]:
+    return {
+        name: int(value, 0)
+        for name, value in re.findall(r"^#define\s+(TC_\w+)\s+(0x[0-9a-fA-F]+|\d+)\s*$",
+                                      _header(), flags=re.MULTILINE)
+    }  # fmt: skip
+
+
+def _enum(name: str) -> list[tuple[str, int]]:
+    m = re.search(rf"enum\s+{name}\s*\{{(.*?)\}}\s*;", _header(), flags=re.DOTALL)
+    assert m, f"enum {name} not found in {HEADER}"
+    members, value = [], 0
+    for item in (part.strip() for part in m.group(1).split(",")):
+        if not item:
+            continue
+        ident, _, explicit = (s.strip() for s in item.partition("="))
+        if explicit:
+            value = int(explicit, 0)
+        members.append((ident, value))
+        value += 1
+    return members
+
+
+@pytest.mark.parametrize(
+    ("c_name", "py_value"),
+    [
+        ("TC_COMM_LEN", records.COMM_LEN),
+        ("TC_PATH_BUF", records.PATH_BUF),
+        ("TC_NAME_SLACK", records.NAME_SLACK),
+        ("TC_CHUNK", records.CHUNK),
+        ("TC_MAX_PREFIXES", records.MAX_PREFIXES),
+        ("TC_PREFIX_LEN", records.PREFIX_LEN),
+        ("TC_TYPE_REGULAR", records.TYPE_BITS["regular"]),
+        ("TC_TYPE_PIPE", records.TYPE_BITS["pipe"]),
+        ("TC_TYPE_SOCKET", records.TYPE_BITS["socket"]),
+        ("TC_TYPE_ELF", records.TYPE_BITS["elf"]),
+        ("TC_SCOPE_COMM", records.SCOPE_COMM),
+        ("TC_SCOPE_COMM_NOT", records.SCOPE_COMM_NOT),
+        ("TC_SCOPE_PID", records.SCOPE_PID),
+        ("TC_SCOPE_UID", records.SCOPE_UID),
+        ("TC_SCOPE_FOLLOW", records.SCOPE_FOLLOW),
+        ("TC_EV_PATH_TRUNCATED", records.EV_PATH_TRUNCATED),
+        ("TC_EV_APPEND", records.EV_APPEND),
+        ("TC_DATA_UNREADABLE", records.DATA_UNREADABLE),
+    ],
+)
+def test_define_equals_python_constant(c_name, py_value):
+    assert _defines()[c_name] == py_value
+
+
+def test_counter_enum_order():
+    members = _enum("tc_counter")
+    assert members[-1][0] == "TC_CNT_PER_DIR"
+    assert [value for _, value in members] == list(range(len(members)))
+    names = [ident.removeprefix("TC_CNT_").lower() for ident, _ in members[:-1]]
+    assert tuple(names) == records.COUNTERS
+    assert 2 * members[-1][1] == records.NUM_COUNTERS
+
+
+def test_syscall_enum_order():
+    members = _enum("tc_syscall")
+    assert [value for _, value in members] == list(range(len(members)))
+    assert tuple(ident.removeprefix("TC_SYS_").lower() for ident, _ in members) == records.SYSCALLS
+
+
+def test_record_kind_and_direction_enums():
+    assert dict(_enum("tc_record_kind")) == {
+        "TC_REC_FILE_EVENT": records.REC_FILE_EVENT,
+        "TC_REC_FILE_DATA": records.REC_FILE_DATA,
+    }
+    assert dict(_enum("tc_direction")) == {
+        "TC_DIR_WRITE": records.DIR_WRITE,
+        "TC_DIR_READ": records.DIR_READ,
+    }

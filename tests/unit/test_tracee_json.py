@@ -1,0 +1,138 @@
+"""tracee_json: bus file messages as Tracee's `--output json` events."""
+
+import json
+
+import pytest
+
+from collector import bus, tracee_json
+from collector.tracee_json import event_for, file_event
+
+
+def file_env(**overrides) -> dict:
+    env = {
+        "v": 1, "epoch": 1, "seq": 9,
+        "ts": 1_700_000_000_123_456_789, "pid": 4321, "tid": 4322, "ppid": 1, "uid": 1000,
+        "comm": b"cp", "cgroup_id": 8888, "container_id": "abc123",
+        "syscall": "write", "fd": 3, "path": b"/tmp/dst", "path_truncated": False,
+        "dev": 0x800001, "inode": 131, "mode": 0o100644, "io_id": 5, "io_len": 4096,
+        "append": False, "io_off": 0, "off": 8192,
+    }  # fmt: skip
+    env.update(overrides)
+    return env
+
+
+def msg(topic: bytes = bus.TOPIC_FILE_WRITE, payload: bytes = b"x" * 10, **env) -> bus.Message:
+    return bus.Message(topic, file_env(**env), payload)
+
+
+def test_file_event_fields_are_tracees():
+    event = file_event(file_env())
+    assert event == {
+        "timestamp": 1_700_000_000_123_456_789,
+        "processId": 4321,
+        "threadId": 4322,
+        "parentProcessId": 1,
+        "hostProcessId": 4321,
+        "hostThreadId": 4322,
+        "hostParentProcessId": 1,
+        "userId": 1000,
+        "processName": "cp",
+        "hostName": tracee_json._HOSTNAME,
+        "cgroupId": 8888,
+        "containerId": "abc123",
+        "eventName": "vfs_write",
+        "syscall": "write",
+        "returnValue": 4096,
+        "argsNum": 5,
+        "args": [
+            {"name": "pathname", "type": "const char*", "value": "/tmp/dst"},
+            {"name": "dev", "type": "dev_t", "value": 0x800001},
+            {"name": "inode", "type": "unsigned long", "value": 131},
+            {"name": "count", "type": "size_t", "value": 4096},
+            {"name": "pos", "type": "off_t", "value": 8192},
+        ],
+    }
+    assert json.loads(json.dumps(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("syscall", "name"),
+    [
+        ("write", "vfs_write"),
+        ("pwrite64", "vfs_write"),
+        ("writev", "vfs_writev"),
+        ("pwritev", "vfs_writev"),
+        ("pwritev2", "vfs_writev"),
+        ("read", "vfs_read"),
+        ("pread64", "vfs_read"),
+        ("readv", "vfs_readv"),
+        ("preadv", "vfs_readv"),
+        ("preadv2", "vfs_readv"),
+    ],
+)
+def test_event_name_by_syscall(syscall, name):
+    event = file_event(file_env(syscall=syscall))
+    assert event["eventName"] == name
+    assert event["syscall"] == syscall
+
+
+def test_every_kernel_syscall_has_a_tracee_name():
+    from bpf.records import SYSCALLS
+
+    assert set(tracee_json._EVENT_NAMES) == set(SYSCALLS)
+
+
+def test_only_the_first_message_of_an_io_gives_an_event():
+    assert file_event(file_env(io_off=0)) is not None
+    assert file_event(file_env(io_off=262144, off=8192 + 262144)) is None
+    assert event_for(msg(io_off=262144), ()) is None
+
+
+def test_a_syscall_whose_first_bytes_were_lost_still_gives_its_event():
+    assert file_event(file_env(io_off=0, lost=[[0, 4096]])) is not None
+    assert event_for(msg(payload=b"", io_off=0, lost=[[0, 4096]]), ()) is not None
+    assert file_event(file_env(io_off=4096, lost=[[8192, 12288]])) is None
+
+
+def test_empty_lost_list_is_not_a_loss():
+    assert file_event(file_env(lost=[])) is not None
+
+
+def test_event_for_read_and_write_topics_only():
+    assert event_for(msg(bus.TOPIC_FILE_READ, syscall="readv"), ())["eventName"] == "vfs_readv"
+    assert event_for(msg(bus.TOPIC_FILE_WRITE), ())["eventName"] == "vfs_write"
+    assert event_for(bus.Message(bus.TOPIC_STATS, {"state": "ready"}, b""), ()) is None
+    assert event_for(msg(bus.TOPIC_EXEC), ()) is None
+
+
+def test_events_filter():
+    write = msg(syscall="pwrite64")
+    read = msg(bus.TOPIC_FILE_READ, syscall="read")
+    assert event_for(write, ("vfs_write",))["eventName"] == "vfs_write"
+    assert event_for(read, ("vfs_write",)) is None
+    assert event_for(read, ("vfs_write", "vfs_read"))["eventName"] == "vfs_read"
+    assert event_for(write, ("vfs_writev",)) is None
+    assert event_for(write, ("sched_process_exec",)) is None
+
+
+def test_invalid_utf8_comm_and_path_become_escaped_text():
+    event = file_event(file_env(comm=b"ev\xffil\x00", path=b"/tmp/\xc3(\xe2\x82/\xf0x"))
+    assert event["processName"] == "ev\\xffil\x00"
+    assert event["args"][0]["value"] == "/tmp/\\xc3(\\xe2\\x82/\\xf0x"
+    line = json.dumps(event)
+    assert "\n" not in line
+    assert json.loads(line)["processName"] == "ev\\xffil\x00"
+    line.encode("utf-8")  # no lone surrogates
+
+
+def test_valid_utf8_is_kept():
+    event = file_event(file_env(comm="café".encode(), path="/tmp/日本".encode()))
+    assert event["processName"] == "café"
+    assert event["args"][0]["value"] == "/tmp/日本"
+
+
+def test_append_stream_reports_its_io_offset_as_pos():
+    event = file_event(file_env(append=True, off=0, path=b"pipe:[99]", syscall="read"))
+    assert event["args"][0]["value"] == "pipe:[99]"
+    assert event["args"][4]["value"] == 0
+    assert event["eventName"] == "vfs_read"
