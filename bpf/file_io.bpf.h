@@ -8,14 +8,7 @@
 #define TRACECAP_FILE_IO_BPF_H
 
 #define TC_MAX_DEPTH 32          /* dentry levels walked to build a path */
-#define TC_MAX_STEPS 16384       /* chunks per syscall: 512 MiB at TC_CHUNK */
-#define TC_CHUNK_MASK (2 * TC_CHUNK - 1)
 #define TC_PATH_MASK (TC_PATH_BUF - 1)
-
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 32 << 20);   /* resized by the collector before load */
-} file_rb SEC(".maps");
 
 struct tc_io_args {
     __u64 buf;                   /* user buffer, or the iovec array */
@@ -34,24 +27,10 @@ struct {
     __type(value, struct tc_io_args);
 } io_pending SEC(".maps");
 
-struct tc_data_scratch {
-    struct tc_file_data hdr;
-    __u8 data[2 * TC_CHUNK];     /* twice the chunk so that `len & TC_CHUNK_MASK` is in bounds */
-};
-
 struct tc_event_scratch {
     struct tc_file_event ev;
     const unsigned char *names[TC_MAX_DEPTH];
 };
-
-/* One slot per CPU; sized to the number of possible CPUs by the collector. A plain array,
- * not a per-CPU one, because per-CPU values are capped at 32 KiB. */
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_data_scratch);
-} data_scratch SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -62,6 +41,41 @@ struct {
 
 struct tc_dev_ino { __u64 inode; __u32 dev; __u32 _pad; };
 
+/* Drained (read and deleted) by the collector every second. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct tc_drop_key);
+    __type(value, struct tc_drop_val);
+} file_drops SEC(".maps");
+
+/* Remember what a syscall whose event was dropped did to its file. */
+static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 ret)
+{
+    struct tc_drop_key key = {
+        .inode = ev->inode, .cgroup_id = ev->h.cgroup_id, .dev = ev->dev,
+        .direction = ev->direction,
+    };
+    struct tc_drop_val *v = bpf_map_lookup_elem(&file_drops, &key);
+    if (!v) {
+        struct tc_drop_val init = { .lo = ~0ull, .append = !!(ev->flags & TC_EV_APPEND) };
+        if (bpf_map_update_elem(&file_drops, &key, &init, BPF_NOEXIST) &&
+            bpf_map_update_elem(&file_drops, &key, &init, BPF_EXIST)) {
+            tc_count(ev->direction * TC_CNT_PER_KIND + TC_CNT_DROP_TABLE_FULL, 1);
+            return;
+        }
+        v = bpf_map_lookup_elem(&file_drops, &key);
+        if (!v)
+            return;
+    }
+    __sync_fetch_and_add(&v->bytes, ret);
+    __sync_fetch_and_add(&v->ios, 1);
+    if (ev->pos < v->lo)
+        v->lo = ev->pos;
+    if (ev->pos + ret > v->hi)
+        v->hi = ev->pos + ret;
+}
+
 /* Files whose content starts with an ELF header, for write:type=elf / read:type=elf. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -70,14 +84,6 @@ struct {
     __type(value, __u8);
 } elf_files SEC(".maps");
 
-__u64 io_seq = 0;
-
-/* Mask in a way the compiler cannot fold away, so the verifier sees the bound. */
-static __always_inline __u64 tc_bound(__u64 v, const __u64 mask)
-{
-    asm volatile("%[v] &= %[m]" : [v] "+r"(v) : [m] "i"(mask));
-    return v;
-}
 
 static __always_inline int tc_io_enter(struct trace_event_raw_sys_enter *ctx, __u16 sc,
                                        __u8 dir, __u8 is_vec, __s64 pos)
@@ -90,7 +96,7 @@ static __always_inline int tc_io_enter(struct trace_event_raw_sys_enter *ctx, __
         .fd = (__s32)ctx->args[0], .syscall = sc, .direction = dir, .is_vec = is_vec,
     };
     if (bpf_map_update_elem(&io_pending, &tid, &a, BPF_ANY))
-        tc_count(dir * TC_CNT_PER_DIR + TC_CNT_PENDING_FULL, 1);
+        tc_count(dir * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
     return 0;
 }
 
@@ -282,77 +288,6 @@ static __always_inline bool tc_type_allowed(const struct tc_io_args *a, struct t
     return false;
 }
 
-struct tc_emit_ctx {
-    __u64 io_id;
-    __u64 total;                 /* bytes the syscall transferred */
-    __u64 done;                  /* bytes handled so far */
-    __u64 buf;                   /* user buffer or iovec array */
-    __u64 iovcnt;
-    __u64 iov_done;              /* bytes consumed of the current iovec */
-    __u32 iov_idx;
-    __u32 is_vec;
-    __u32 dir;
-    __u32 slot;                  /* this CPU's data_scratch slot */
-};
-
-static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
-{
-    __u64 seg_ptr, seg_len;
-    if (c->done >= c->total)
-        return 1;
-    if (c->is_vec) {
-        struct iovec iov = {};
-        if (c->iov_idx >= c->iovcnt)
-            return 1;
-        if (bpf_probe_read_user(&iov, sizeof(iov),
-                                (void *)(c->buf + (__u64)c->iov_idx * sizeof(iov))))
-            return 1;
-        if (c->iov_done >= iov.iov_len) {
-            c->iov_idx++;
-            c->iov_done = 0;
-            return 0;
-        }
-        seg_ptr = (__u64)iov.iov_base + c->iov_done;
-        seg_len = iov.iov_len - c->iov_done;
-    } else {
-        seg_ptr = c->buf + c->done;
-        seg_len = c->total - c->done;
-    }
-    __u64 want = c->total - c->done;
-    if (want > seg_len)
-        want = seg_len;
-    if (want > TC_CHUNK)
-        want = TC_CHUNK;
-
-    struct tc_data_scratch *s = bpf_map_lookup_elem(&data_scratch, &c->slot);
-    if (!s)
-        return 1;
-    __u32 len = tc_bound(want, TC_CHUNK_MASK);
-    s->hdr.kind = TC_REC_FILE_DATA;
-    s->hdr.io_id = c->io_id;
-    s->hdr.io_off = c->done;
-    s->hdr.want = len;
-    s->hdr.flags = 0;
-    if (bpf_probe_read_user(s->data, len, (void *)seg_ptr)) {
-        s->hdr.flags = TC_DATA_UNREADABLE;
-        len = 0;
-    }
-    s->hdr.len = len;
-    __u32 base = c->dir * TC_CNT_PER_DIR;
-    if (bpf_ringbuf_output(&file_rb, s, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK), 0)) {
-        tc_count(base + TC_CNT_CHUNK_DROPS, 1);
-        tc_count(base + TC_CNT_DROPPED_BYTES, want);
-    } else {
-        tc_count(base + TC_CNT_CHUNKS, 1);
-        tc_count(base + TC_CNT_BYTES, len);
-        if (!len)
-            tc_count(base + TC_CNT_DROPPED_BYTES, want);
-    }
-    c->done += want;
-    c->iov_done += want;
-    return 0;
-}
-
 static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
 {
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -405,18 +340,20 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     ev->fd = a.fd;
     ev->syscall = a.syscall;
     ev->direction = a.direction;
-    __u32 base = a.direction * TC_CNT_PER_DIR;
+    __u32 base = a.direction * TC_CNT_PER_KIND;
     if (bpf_ringbuf_output(&file_rb, ev, sizeof(*ev), 0)) {
-        /* without its event the data cannot be attributed: do not send it */
+        /* without its event the data cannot be attributed: do not send it, but remember
+         * which file lost which bytes */
         tc_count(base + TC_CNT_EVENT_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, ret);
+        tc_note_dropped_io(ev, ret);
         return 0;
     }
     tc_count(base + TC_CNT_EVENTS, 1);
 
     struct tc_emit_ctx c = {
-        .io_id = ev->io_id, .total = ret, .buf = a.buf, .iovcnt = a.count,
-        .is_vec = a.is_vec, .dir = a.direction, .slot = ev->h.cpu,
+        .id = ev->io_id, .total = ret, .buf = a.buf, .iovcnt = a.count, .is_vec = a.is_vec,
+        .counter_kind = a.direction, .rec_kind = TC_REC_FILE_DATA, .ring = 0, .slot = ev->h.cpu,
     };
     bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
     if (c.done < c.total)

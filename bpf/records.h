@@ -14,10 +14,28 @@
 #define TC_CHUNK 32768       /* payload bytes per data record */
 #define TC_MAX_PREFIXES 3
 #define TC_PREFIX_LEN 64     /* a path filter is at most 50 characters; 64 keeps it aligned */
+#define TC_FILENAME_BUF 256  /* exec: the name a binary was executed by */
+#define TC_ARGV_BUF 4096     /* exec: argv, NUL-separated; longer is cut and flagged */
+#define TC_PARAMS_BUF 256    /* module: the parameter string */
+#define TC_PROG_NAME_LEN 16  /* bpf: BPF_OBJ_NAME_LEN */
 
 enum tc_record_kind {
     TC_REC_FILE_EVENT = 1,   /* one per captured read/write syscall: who, which file, how much */
     TC_REC_FILE_DATA = 2,    /* the bytes of that syscall, in chunks of up to TC_CHUNK */
+    TC_REC_OBJ_DATA = 3,     /* the bytes of a memory region, module image or BPF program */
+    TC_REC_EXEC_EVENT = 4,   /* a program was executed (user space copies the binary) */
+    TC_REC_MEM_EVENT = 5,    /* a writable region is being made executable */
+    TC_REC_MODULE_EVENT = 6, /* init_module / finit_module */
+    TC_REC_BPF_EVENT = 7,    /* BPF_PROG_LOAD */
+};
+
+enum tc_mem_syscall { TC_MEM_MPROTECT = 0, TC_MEM_PKEY_MPROTECT, TC_MEM_MMAP };
+enum tc_module_syscall { TC_MOD_INIT = 0, TC_MOD_FINIT };
+
+/* Which counters block: the file directions first, then one per object kind. */
+enum tc_counter_kind {
+    TC_KIND_WRITE = 0, TC_KIND_READ, TC_KIND_EXEC, TC_KIND_MEM, TC_KIND_MODULE, TC_KIND_BPF,
+    TC_NUM_KINDS,
 };
 
 enum tc_syscall {
@@ -27,18 +45,19 @@ enum tc_syscall {
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };
 
-/* Counters in the per-CPU `counters` array, indexed by direction * TC_CNT_PER_DIR + counter. */
+/* Counters in the per-CPU `counters` array, indexed by kind * TC_CNT_PER_KIND + counter. */
 enum tc_counter {
-    TC_CNT_EVENTS = 0,       /* file events emitted */
-    TC_CNT_EVENT_DROPS,      /* file events lost: ring buffer full */
+    TC_CNT_EVENTS = 0,       /* events emitted */
+    TC_CNT_EVENT_DROPS,      /* events lost: ring buffer full */
     TC_CNT_CHUNKS,           /* data records emitted */
     TC_CNT_CHUNK_DROPS,      /* data records lost: ring buffer full */
     TC_CNT_BYTES,            /* payload bytes emitted */
     TC_CNT_DROPPED_BYTES,    /* payload bytes lost (ring full, unreadable user memory, loop cap) */
     TC_CNT_PENDING_FULL,     /* syscalls missed because the enter->exit table was full */
-    TC_CNT_PER_DIR,
+    TC_CNT_DROP_TABLE_FULL,  /* dropped syscalls not even recorded in file_drops (table full) */
+    TC_CNT_PER_KIND,
 };
-#define TC_NUM_COUNTERS (2 * TC_CNT_PER_DIR)
+#define TC_NUM_COUNTERS (TC_NUM_KINDS * TC_CNT_PER_KIND)
 
 /* File type filter bits, as Tracee numbers them. */
 #define TC_TYPE_REGULAR 1
@@ -56,6 +75,10 @@ enum tc_counter {
 /* file_event.flags */
 #define TC_EV_PATH_TRUNCATED 1
 #define TC_EV_APPEND 2           /* stream: bytes are appended, pos is meaningless */
+
+/* exec_event.flags */
+#define TC_EXEC_ARGV_TRUNCATED 1
+#define TC_EXEC_FILENAME_TRUNCATED 2
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -89,13 +112,85 @@ struct tc_file_event {
     char path[TC_PATH_BUF + TC_NAME_SLACK];
 };
 
+/* Payload chunks of files (TC_REC_FILE_DATA) and of objects (TC_REC_OBJ_DATA). */
 struct tc_file_data {
     __u32 kind;
     __u32 len;               /* payload bytes that follow this header */
-    __u64 io_id;
-    __u64 io_off;            /* offset of the payload inside the syscall's transfer */
+    __u64 io_id;             /* the syscall's io_id, or the object's obj_id */
+    __u64 io_off;            /* offset of the payload inside the transfer or object */
     __u32 want;              /* bytes this chunk stands for; len is 0 when they were unreadable */
     __u32 flags;             /* TC_DATA_* */
+};
+
+struct tc_exec_event {
+    struct tc_hdr h;
+    __u64 inode;
+    __u64 ctime;             /* the binary's inode change time, ns */
+    __u32 dev;
+    __u32 mode;
+    __u32 filename_len;
+    __u32 argv_len;
+    __u32 flags;             /* TC_EXEC_* */
+    __u32 _pad;
+    char filename[TC_FILENAME_BUF];
+    char argv[TC_ARGV_BUF];
+};
+
+struct tc_mem_event {
+    struct tc_hdr h;
+    __u64 obj_id;
+    __u64 addr;
+    __u64 len;               /* the region's length as asked */
+    __u64 captured;          /* bytes sent as data records (len, capped) */
+    __u32 prot_before;       /* PROT_* bits from the VMA's vm_flags */
+    __u32 prot_after;
+    __u32 syscall;           /* enum tc_mem_syscall */
+    __u32 _pad;
+};
+
+struct tc_module_event {
+    struct tc_hdr h;
+    __u64 obj_id;
+    __s64 ret;               /* the syscall's return value */
+    __u64 len;               /* init_module: the image length */
+    __u64 captured;          /* bytes sent as data records */
+    __u64 inode;             /* finit_module: the file */
+    __u32 dev;
+    __s32 fd;
+    __u32 syscall;           /* enum tc_module_syscall */
+    __u32 params_len;
+    __u32 path_len;
+    __u32 flags;             /* TC_EV_PATH_TRUNCATED */
+    char params[TC_PARAMS_BUF];
+    char path[TC_PATH_BUF];
+};
+
+struct tc_bpf_event {
+    struct tc_hdr h;
+    __u64 obj_id;
+    __s64 ret;               /* the new program's fd, or a negative errno */
+    __u64 captured;          /* bytes sent as data records */
+    __u32 insn_cnt;
+    __u32 prog_type;
+    char prog_name[TC_PROG_NAME_LEN];
+};
+
+/* Key and value of the `file_drops` map: syscalls whose event could not be sent (ring buffer
+ * full), so that the collector can still tell which artifact lost which bytes. */
+struct tc_drop_key {
+    __u64 inode;
+    __u64 cgroup_id;
+    __u32 dev;
+    __u32 direction;
+};
+
+struct tc_drop_val {
+    __u64 bytes;             /* bytes of the syscalls lost */
+    __u64 lo;                /* lowest file offset lost */
+    __u64 hi;                /* end of the highest range lost */
+    __u64 ios;               /* syscalls lost */
+    __u32 append;            /* a stream: offsets are meaningless */
+    __u32 _pad;
 };
 
 struct tc_file_filter {

@@ -15,9 +15,23 @@ NAME_SLACK = 256
 CHUNK = 32768
 MAX_PREFIXES = 3
 PREFIX_LEN = 64
+FILENAME_BUF = 256
+ARGV_BUF = 4096
+PARAMS_BUF = 256
+PROG_NAME_LEN = 16
 
 REC_FILE_EVENT = 1
 REC_FILE_DATA = 2
+REC_OBJ_DATA = 3
+REC_EXEC_EVENT = 4
+REC_MEM_EVENT = 5
+REC_MODULE_EVENT = 6
+REC_BPF_EVENT = 7
+
+MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
+MODULE_SYSCALLS = ("init_module", "finit_module")
+EXEC_ARGV_TRUNCATED = 1
+EXEC_FILENAME_TRUNCATED = 2
 
 SYSCALLS = (
     "write",
@@ -41,8 +55,11 @@ COUNTERS = (
     "bytes",
     "dropped_bytes",
     "pending_full",
+    "drop_table_full",
 )
-NUM_COUNTERS = 2 * len(COUNTERS)
+#: Counter blocks, in enum tc_counter_kind order.
+COUNTER_KINDS = ("write", "read", "exec", "mem", "module", "bpf")
+NUM_COUNTERS = len(COUNTER_KINDS) * len(COUNTERS)
 
 TYPE_BITS = {"regular": 1, "pipe": 2, "socket": 4, "elf": 8}
 SCOPE_COMM, SCOPE_COMM_NOT, SCOPE_PID, SCOPE_UID, SCOPE_FOLLOW = 1, 2, 4, 8, 16
@@ -56,6 +73,12 @@ FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK
 FILE_DATA = struct.Struct("<IIQQII")
 FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
 CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}s")
+EXEC_EVENT = struct.Struct(f"<{HDR.format[1:]}QQIIIIII{FILENAME_BUF}s{ARGV_BUF}s")
+MEM_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIII")
+MODULE_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQQQIiIIII{PARAMS_BUF}s{PATH_BUF}s")
+BPF_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQII{PROG_NAME_LEN}s")
+DROP_KEY = struct.Struct("<QQII")
+DROP_VAL = struct.Struct("<QQQQII")
 
 #: Field offsets the ABI test compares with the object's BTF: {struct: {field: offset}}.
 LAYOUT: dict[str, dict[str, int]] = {
@@ -95,6 +118,55 @@ LAYOUT: dict[str, dict[str, int]] = {
         "paths": 32,
     },
     "tc_config": {"excluded_uid": 0, "scope_flags": 4, "filters": 8},
+    "tc_exec_event": {
+        "h": 0,
+        "inode": 56,
+        "ctime": 64,
+        "dev": 72,
+        "mode": 76,
+        "filename_len": 80,
+        "argv_len": 84,
+        "flags": 88,
+        "filename": 96,
+        "argv": 352,
+    },
+    "tc_mem_event": {
+        "h": 0,
+        "obj_id": 56,
+        "addr": 64,
+        "len": 72,
+        "captured": 80,
+        "prot_before": 88,
+        "prot_after": 92,
+        "syscall": 96,
+    },
+    "tc_module_event": {
+        "h": 0,
+        "obj_id": 56,
+        "ret": 64,
+        "len": 72,
+        "captured": 80,
+        "inode": 88,
+        "dev": 96,
+        "fd": 100,
+        "syscall": 104,
+        "params_len": 108,
+        "path_len": 112,
+        "flags": 116,
+        "params": 120,
+        "path": 376,
+    },
+    "tc_bpf_event": {
+        "h": 0,
+        "obj_id": 56,
+        "ret": 64,
+        "captured": 72,
+        "insn_cnt": 80,
+        "prog_type": 84,
+        "prog_name": 88,
+    },
+    "tc_drop_key": {"inode": 0, "cgroup_id": 8, "dev": 16, "direction": 20},
+    "tc_drop_val": {"bytes": 0, "lo": 8, "hi": 16, "ios": 24, "append": 32},
 }
 SIZES = {
     "tc_hdr": HDR.size,
@@ -102,6 +174,12 @@ SIZES = {
     "tc_file_data": FILE_DATA.size,
     "tc_file_filter": FILE_FILTER.size,
     "tc_config": CONFIG.size,
+    "tc_exec_event": EXEC_EVENT.size,
+    "tc_mem_event": MEM_EVENT.size,
+    "tc_module_event": MODULE_EVENT.size,
+    "tc_bpf_event": BPF_EVENT.size,
+    "tc_drop_key": DROP_KEY.size,
+    "tc_drop_val": DROP_VAL.size,
 }
 
 
@@ -151,6 +229,56 @@ class FileData:
     data: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    hdr: Header
+    inode: int
+    ctime: int
+    dev: int
+    mode: int
+    filename: bytes
+    argv: tuple[bytes, ...]
+    argv_truncated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemEvent:
+    hdr: Header
+    obj_id: int
+    addr: int
+    length: int
+    captured: int
+    prot_before: int
+    prot_after: int
+    syscall: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleEvent:
+    hdr: Header
+    obj_id: int
+    ret: int
+    length: int
+    captured: int
+    inode: int
+    dev: int
+    fd: int
+    syscall: str
+    params: bytes
+    path: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BpfEvent:
+    hdr: Header
+    obj_id: int
+    ret: int
+    captured: int
+    insn_cnt: int
+    prog_type: int
+    prog_name: bytes
+
+
 def record_kind(raw: bytes) -> int:
     if len(raw) < 4:
         raise RecordError(f"record of {len(raw)} bytes has no kind")
@@ -195,6 +323,89 @@ def decode_file_data(raw: bytes) -> FileData:
     return FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
 
 
+def _need(raw: bytes, layout: struct.Struct, what: str) -> tuple:
+    if len(raw) < layout.size:
+        raise RecordError(f"{what} of {len(raw)} bytes, expected {layout.size}")
+    return layout.unpack_from(raw)
+
+
+def _header(fields: tuple) -> Header:
+    return Header(*fields[:8], _cstr(fields[8]))
+
+
+def decode_exec_event(raw: bytes) -> ExecEvent:
+    f = _need(raw, EXEC_EVENT, "exec event")
+    inode, ctime, dev, mode, filename_len, argv_len, flags, _pad, filename, argv = f[9:]
+    args = argv[: min(argv_len, ARGV_BUF)]
+    argv_items = tuple(args.rstrip(b"\0").split(b"\0")) if args.strip(b"\0") else ()
+    return ExecEvent(
+        _header(f),
+        inode,
+        ctime,
+        dev,
+        mode,
+        filename[: min(filename_len, FILENAME_BUF)],
+        argv_items,
+        bool(flags & EXEC_ARGV_TRUNCATED),
+    )
+
+
+def decode_mem_event(raw: bytes) -> MemEvent:
+    f = _need(raw, MEM_EVENT, "mem event")
+    obj_id, addr, length, captured, before, after, sc, _pad = f[9:]
+    if sc >= len(MEM_SYSCALLS):
+        raise RecordError(f"mem event with unknown syscall {sc}")
+    return MemEvent(_header(f), obj_id, addr, length, captured, before, after, MEM_SYSCALLS[sc])
+
+
+def decode_module_event(raw: bytes) -> ModuleEvent:
+    f = _need(raw, MODULE_EVENT, "module event")
+    (obj_id, ret, length, captured, inode, dev, fd, sc, params_len, path_len, _flags, params,
+     path) = f[9:]  # fmt: skip
+    if sc >= len(MODULE_SYSCALLS):
+        raise RecordError(f"module event with unknown syscall {sc}")
+    return ModuleEvent(
+        _header(f),
+        obj_id,
+        ret,
+        length,
+        captured,
+        inode,
+        dev,
+        fd,
+        MODULE_SYSCALLS[sc],
+        params[: min(params_len, PARAMS_BUF)],
+        path[: min(path_len, PATH_BUF)],
+    )
+
+
+def decode_bpf_event(raw: bytes) -> BpfEvent:
+    f = _need(raw, BPF_EVENT, "bpf event")
+    obj_id, ret, captured, insn_cnt, prog_type, name = f[9:]
+    return BpfEvent(_header(f), obj_id, ret, captured, insn_cnt, prog_type, _cstr(name))
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedIo:
+    """What the syscalls whose events were dropped did to one file (the file_drops map)."""
+
+    inode: int
+    cgroup_id: int
+    dev: int
+    direction: int
+    bytes: int
+    lo: int
+    hi: int
+    ios: int
+    append: bool
+
+
+def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
+    inode, cgroup_id, dev, direction = DROP_KEY.unpack_from(key)
+    nbytes, lo, hi, ios, append, _pad = DROP_VAL.unpack_from(value)
+    return DroppedIo(inode, cgroup_id, dev, direction, nbytes, lo, hi, ios, bool(append))
+
+
 def encode_file_filter(
     enabled: bool, paths: tuple[bytes, ...], types: frozenset[str], fds: frozenset[int]
 ) -> bytes:
@@ -214,10 +425,10 @@ def encode_config(excluded_uid: int, scope_flags: int, write: bytes, read: bytes
 
 
 def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:
-    """Sum per-CPU counter slots into {"write.events": n, "read.chunk_drops": n, ...}."""
+    """Sum per-CPU counter slots into {"write.events": n, "exec.event_drops": n, ...}."""
     out: dict[str, int] = {}
-    for direction, prefix in ((DIR_WRITE, "write"), (DIR_READ, "read")):
+    for k, prefix in enumerate(COUNTER_KINDS):
         for i, name in enumerate(COUNTERS):
-            idx = direction * len(COUNTERS) + i
+            idx = k * len(COUNTERS) + i
             out[f"{prefix}.{name}"] = sum(cpu[idx] for cpu in per_cpu_values)
     return out

@@ -15,9 +15,17 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #include "scope.bpf.h"
+#include "chunks.bpf.h"
 #include "file_io.bpf.h"
+#include "objects.bpf.h"
 
 /* Keep the record types in the object's BTF so that tests can check the Python decoders. */
 struct tc_hdr _tc_abi_hdr __attribute__((unused));
 struct tc_file_event _tc_abi_event __attribute__((unused));
 struct tc_file_data _tc_abi_data __attribute__((unused));
+struct tc_exec_event _tc_abi_exec __attribute__((unused));
+struct tc_mem_event _tc_abi_mem __attribute__((unused));
+struct tc_module_event _tc_abi_module __attribute__((unused));
+struct tc_bpf_event _tc_abi_bpf __attribute__((unused));
+struct tc_drop_key _tc_abi_drop_key __attribute__((unused));
+struct tc_drop_val _tc_abi_drop_val __attribute__((unused));

@@ -77,9 +77,73 @@ FILE_KEYS: dict[str, tuple[type, ...]] = {
     "append": (bool,),
 }
 
+#: Keys of every whole-object artifact (exec., mem., module., bpf.). An object travels as one or
+#: more messages with the same ``obj_id`` (unique per epoch); ``obj_off`` is the payload's offset
+#: in the object, ``obj_len`` its size as known when the message was sent (a file read to its
+#: end may have grown: the largest ``obj_len`` is the size), and the message with ``last`` true
+#: ends it (it may carry no payload). Optional: ``lost`` lists ``[start, end)`` ranges that did
+#: not arrive; ``error`` says why (a read that failed part-way); ``ok`` false means the object
+#: could not be read at all (there is no artifact, only the index record of the failure).
+OBJECT_KEYS: dict[str, tuple[type, ...]] = {
+    "obj_id": (int,),
+    "obj_off": (int,),
+    "obj_len": (int,),
+    "last": (bool,),
+}
+
+#: exec.: the binary a process executed. ``path`` is the name it was executed by, ``argv`` its
+#: arguments (empty when unknown), ``ctime`` the inode's change time (ns) so that a modified
+#: binary is captured again; ``memfd`` for memfd_create'd binaries, whose name is ``path``.
+EXEC_KEYS = {
+    "path": (bytes,),
+    "argv": (list,),
+    "dev": (int,),
+    "inode": (int,),
+    "ctime": (int,),
+    "mode": (int,),
+    "memfd": (bool,),
+}
+
+#: mem.: a region made executable after being writable. ``prot_before``/``prot_after`` are
+#: PROT_* bits (before comes from the kernel's vm_flags, not guessed).
+MEM_KEYS = {
+    "syscall": (str,),
+    "addr": (int,),
+    "len": (int,),
+    "prot_before": (int,),
+    "prot_after": (int,),
+}
+
+#: module.: a kernel module image. ``syscall`` is init_module or finit_module, ``ret`` its return
+#: value (a negative errno when the load failed), ``params`` the parameter string, and for
+#: finit_module the file's ``dev``, ``inode`` and ``path`` (0, 0, b"" for init_module).
+MODULE_KEYS = {
+    "syscall": (str,),
+    "ret": (int,),
+    "params": (bytes,),
+    "dev": (int,),
+    "inode": (int,),
+    "path": (bytes,),
+}
+
+#: bpf.: the instructions of a BPF_PROG_LOAD (``insn_cnt`` * 8 bytes), with the program's name and
+#: type and the syscall's return value (the new program's fd, or a negative errno).
+BPF_KEYS = {
+    "prog_name": (bytes,),
+    "prog_type": (int,),
+    "insn_cnt": (int,),
+    "ret": (int,),
+}
+
 KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_FILE_WRITE: FILE_KEYS,
     TOPIC_FILE_READ: FILE_KEYS,
+    TOPIC_EXEC: {**OBJECT_KEYS, **EXEC_KEYS},
+    TOPIC_MEM: {**OBJECT_KEYS, **MEM_KEYS},
+    TOPIC_MODULE: {**OBJECT_KEYS, **MODULE_KEYS},
+    TOPIC_BPF: {**OBJECT_KEYS, **BPF_KEYS},
+    # proc.: process events; ``event`` names which ("exec": then the EXEC_KEYS too)
+    TOPIC_PROC: {"event": (str,)},
 }
 
 #: The largest message a consumer accepts; bigger ones are dropped and counted.

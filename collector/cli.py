@@ -15,7 +15,7 @@ from collector import options, supervisor_conf
 
 USAGE = """\
 usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
-                    [--config FILE] [--run-dir DIR]
+                    [--config FILE] [--run-dir DIR] [--ring-mb N]
        tracecap collector [same options] [--wait-for TOPIC[=N]]... [--ring-mb N]
        tracecap writer KIND [same options] [--connect ENDPOINT]
        tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
@@ -32,6 +32,7 @@ older forms: --trace for --scope (--trace event=NAME for --events), --output for
 """
 
 DEFAULT_RUN_DIR = "/run/tracecap"
+DEFAULT_RING_MB = 64
 
 
 class UsageError(ValueError):
@@ -100,6 +101,13 @@ def run_dir_of(found: dict[str, list[str]]) -> str:
         raise UsageError(str(exc)) from None
 
 
+def ring_mb_of(found: dict[str, list[str]]) -> int:
+    ring_mb = found.get("--ring-mb", [str(DEFAULT_RING_MB)])[0]
+    if not ring_mb.isdecimal() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
+        raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
+    return int(ring_mb)
+
+
 def _config(argv: list[str]) -> options.Config:
     config = options.parse_args(argv)
     options.check_supported(config)
@@ -123,25 +131,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(cmd: str, rest: list[str]) -> int:
     if cmd == "run":
-        found, rest = split_own(rest, {"--config": True, "--run-dir": False})
+        found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--ring-mb": False})
         argv = expand_config(found, rest)
         config = _config(argv)
         from collector.run import run
 
-        return run(config, argv, run_dir_of(found))
+        return run(config, argv, run_dir_of(found), ring_mb_of(found))
     if cmd == "collector":
         found, rest = split_own(
             rest, {"--config": True, "--run-dir": False, "--wait-for": True, "--ring-mb": False}
         )
         config = _config(expand_config(found, rest))
         wait = parse_wait_for(found.get("--wait-for", []))
-        ring_mb = found.get("--ring-mb", ["64"])[0]
-        if not ring_mb.isdecimal() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
-            raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
+        ring_mb = ring_mb_of(found)
         from collector.main import run_collector
 
         run_dir = run_dir_of(found)
-        return run_collector(config, run_dir, wait, int(ring_mb) << 20)
+        return run_collector(config, run_dir, wait, ring_mb << 20)
     if cmd == "writer":
         if not rest or rest[0].startswith("-"):
             raise UsageError("writer needs a KIND (file)")

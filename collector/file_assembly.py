@@ -51,6 +51,10 @@ def display_path(ev: records.FileEvent) -> bytes:
     return b""
 
 
+#: io_ids of loss notices, above the kernel's.
+NOTICE_IO_ID_BASE = 1 << 56
+
+
 class FileAssembler:
     def __init__(self, boot_to_epoch_ns: int, container_of: Any = None) -> None:
         self._boot_to_epoch = boot_to_epoch_ns
@@ -58,6 +62,43 @@ class FileAssembler:
         self._pending: dict[int, _PendingIo] = {}
         self.orphan_chunks = 0
         self.lost_bytes = 0
+        self._next_notice = NOTICE_IO_ID_BASE
+
+    def on_dropped(self, drop: records.DroppedIo, now_ns: int) -> Outgoing:
+        """A loss notice for syscalls the kernel could not even announce (ring buffer full).
+
+        Who did them is unknown; the file and the span of offsets they touched are known, so
+        the artifact is marked incomplete over that span rather than silently holding zeros.
+        """
+        self._next_notice += 1
+        self.lost_bytes += drop.bytes
+        lo, hi = (0, drop.bytes) if drop.append else (drop.lo, max(drop.hi, drop.lo + 1))
+        env = {
+            "ts": now_ns,
+            "pid": 0,
+            "tid": 0,
+            "ppid": 0,
+            "uid": 0,
+            "comm": b"",
+            "cgroup_id": drop.cgroup_id,
+            "container_id": self._container_of(drop.cgroup_id),
+            "syscall": "unknown",
+            "fd": -1,
+            "path": b"",
+            "dev": drop.dev,
+            "inode": drop.inode,
+            "mode": 0,
+            "io_id": self._next_notice,
+            "io_len": hi - lo,
+            "io_off": 0,
+            "off": lo,
+            "append": drop.append,
+            "lost": [[lo, hi]],
+            "lost_bytes": drop.bytes,
+            "lost_ios": drop.ios,
+        }
+        topic = bus.TOPIC_FILE_WRITE if drop.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
+        return Outgoing(topic, env, None)
 
     def on_event(self, ev: records.FileEvent, now_ns: int) -> list[Outgoing]:
         h = ev.hdr

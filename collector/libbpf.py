@@ -40,7 +40,10 @@ for _name, _res, _args in [
     ("bpf_map__initial_value", _vp, [_vp, ct.POINTER(ct.c_size_t)]),
     ("bpf_map_update_elem", ct.c_int, [ct.c_int, _vp, _vp, ct.c_uint64]),
     ("bpf_map_lookup_elem", ct.c_int, [ct.c_int, _vp, _vp]),
+    ("bpf_map_get_next_key", ct.c_int, [ct.c_int, _vp, _vp]),
+    ("bpf_map_delete_elem", ct.c_int, [ct.c_int, _vp]),
     ("ring_buffer__new", _vp, [ct.c_int, _RB_CB, _vp, _vp]),
+    ("ring_buffer__add", ct.c_int, [_vp, ct.c_int, _RB_CB, _vp]),
     ("ring_buffer__poll", ct.c_int, [_vp, ct.c_int]),
     ("ring_buffer__consume", ct.c_int, [_vp]),
     ("ring_buffer__free", None, [_vp]),
@@ -85,7 +88,12 @@ class RingBuffer:
 
     def __init__(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
         self.errors: list[BaseException] = []
+        self._cbs: list[object] = []  # keep references: libbpf holds raw pointers to them
+        self._rb = _lib.ring_buffer__new(map_fd, self._wrap(callback), None, None)
+        if not self._rb:
+            raise _error("ring_buffer__new")
 
+    def _wrap(self, callback: Callable[[bytes], None]) -> object:
         def _cb(_ctx: int, data: int, size: int) -> int:
             try:
                 callback(ct.string_at(data, size))
@@ -93,10 +101,15 @@ class RingBuffer:
                 self.errors.append(exc)
             return 0
 
-        self._cb = _RB_CB(_cb)  # keep a reference: libbpf holds a raw pointer to it
-        self._rb = _lib.ring_buffer__new(map_fd, self._cb, None, None)
-        if not self._rb:
-            raise _error("ring_buffer__new")
+        cb = _RB_CB(_cb)
+        self._cbs.append(cb)
+        return cb
+
+    def add(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
+        """Drain another ring-buffer map in the same poll."""
+        err = _lib.ring_buffer__add(self._rb, map_fd, self._wrap(callback), None)
+        if err:
+            raise _error("ring_buffer__add", -err)
 
     def poll(self, timeout_ms: int) -> int:
         n = _lib.ring_buffer__poll(self._rb, timeout_ms)
@@ -193,6 +206,22 @@ class BpfObject:
         if _lib.bpf_map_lookup_elem(self.map_fd(map_name), k, v):
             return None
         return v.raw
+
+    def drain(self, map_name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+        """Read and delete every entry of a hash map (entries added meanwhile stay for later)."""
+        fd = self.map_fd(map_name)
+        keys = []
+        cur, nxt = None, ct.create_string_buffer(key_size)
+        while _lib.bpf_map_get_next_key(fd, cur, nxt) == 0:
+            keys.append(nxt.raw)
+            cur = ct.create_string_buffer(nxt.raw, key_size)
+        out = []
+        for key in keys:
+            k, v = ct.create_string_buffer(key, key_size), ct.create_string_buffer(value_size)
+            if _lib.bpf_map_lookup_elem(fd, k, v) == 0:
+                _lib.bpf_map_delete_elem(fd, k)
+                out.append((key, v.raw))
+        return out
 
     def close(self) -> None:
         for link in self._links:

@@ -18,13 +18,36 @@ from typing import Any
 from bpf import records
 from collector import bus
 from collector.file_assembly import FileAssembler, Outgoing
+from collector.object_assembly import ObjectAssembler, context_env, object_env
+from collector.object_files import (
+    FileJob,
+    FileStreamer,
+    exe_link,
+    exec_candidates,
+    is_memfd,
+    open_verified,
+)
 from collector.options import Config
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes
 from collector.process_tree import read_proc_file, tracecap_ancestors
-from collector.publisher import Publisher
+from collector.publisher import BusError, Publisher
 
 STATS_INTERVAL_S = 1.0
 SUBSCRIBER_TIMEOUT_S = 60.0
+#: Bytes of executed binaries and module files read between two ring-buffer polls.
+FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
+#: Executed binaries remembered so that each is streamed once per collector run (the writer
+#: keeps the lasting, once-per-(container, dev, inode, ctime) record).
+EXEC_SEEN_MAX = 65536
+#: Object ids made in user space live above the kernel's, so the two never collide.
+USER_OBJ_ID_BASE = 1 << 48
+
+
+_OBJECT_DECODERS = {
+    records.REC_MEM_EVENT: records.decode_mem_event,
+    records.REC_MODULE_EVENT: records.decode_module_event,
+    records.REC_BPF_EVENT: records.decode_bpf_event,
+}
 
 
 def boot_to_epoch_ns() -> int:
@@ -44,7 +67,12 @@ class Collector:
         self._config = config
         self._pub = publisher
         self._ring_bytes = ring_bytes
-        self._assembler = FileAssembler(boot_to_epoch_ns())
+        self._boot_to_epoch = boot_to_epoch_ns()
+        self._assembler = FileAssembler(self._boot_to_epoch)
+        self._objects = ObjectAssembler()
+        self._files = FileStreamer()
+        self._exec_seen: dict[tuple[int, int, int, int], None] = {}
+        self._next_obj_id = USER_OBJ_ID_BASE
         self._probes: KernelProbes | None = None
         self.counters: Counter[str] = Counter()
         self.state = "starting"
@@ -68,6 +96,14 @@ class Collector:
             elif kind == records.REC_FILE_EVENT:
                 self.counters["events"] += 1
                 out = self._assembler.on_event(records.decode_file_event(raw), now)
+            elif kind == records.REC_OBJ_DATA:
+                out = self._objects.on_data(records.decode_file_data(raw), now)
+            elif kind == records.REC_EXEC_EVENT:
+                self.counters["events"] += 1
+                out = self._on_exec(records.decode_exec_event(raw))
+            elif kind in _OBJECT_DECODERS:
+                self.counters["events"] += 1
+                out = self._on_object(_OBJECT_DECODERS[kind](raw), now)
             else:
                 raise records.RecordError(f"unknown record kind {kind}")
         except records.RecordError as exc:
@@ -75,6 +111,70 @@ class Collector:
             print(f"tracecap collector: bad record: {exc}", file=sys.stderr)
             return
         self._send(out)
+
+    def _new_obj_id(self) -> int:
+        self._next_obj_id += 1
+        return self._next_obj_id
+
+    def _on_exec(self, ev: records.ExecEvent) -> list[Outgoing]:
+        """Publish the exec event; open the binary now (the process may be gone soon)."""
+        link = exe_link(ev.hdr.pid)
+        memfd = is_memfd(link)
+        env = context_env(ev.hdr, self._boot_to_epoch, "") | {
+            "path": link if memfd else ev.filename,
+            "argv": list(ev.argv),
+            "argv_truncated": ev.argv_truncated,
+            "dev": ev.dev,
+            "inode": ev.inode,
+            "ctime": ev.ctime,
+            "mode": ev.mode,
+            "memfd": memfd,
+        }
+        out = [Outgoing(bus.TOPIC_PROC, dict(env, event="exec"), None)]
+        if not self._config.exec:
+            return out
+        key = (ev.hdr.cgroup_id, ev.dev, ev.inode, ev.ctime)
+        if key in self._exec_seen:
+            return out
+        self._exec_seen[key] = None
+        if len(self._exec_seen) > EXEC_SEEN_MAX:
+            del self._exec_seen[next(iter(self._exec_seen))]
+        env |= {"obj_id": self._new_obj_id(), "obj_off": 0}
+        fd, why = open_verified(exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode)
+        if fd is None:
+            self.counters["exec_unreadable"] += 1
+            out.append(Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
+                                                       "error": why}, None))  # fmt: skip
+            return out
+        size = os.fstat(fd).st_size
+        self._files.add(FileJob(fd, bus.TOPIC_EXEC, env | {"obj_len": size}, size))
+        return out
+
+    def _on_object(
+        self, ev: records.MemEvent | records.ModuleEvent | records.BpfEvent, now: int
+    ) -> list[Outgoing]:
+        topic, env, length = object_env(ev, self._boot_to_epoch, "")
+        if isinstance(ev, records.ModuleEvent) and ev.syscall == "finit_module":
+            return self._on_finit_module(ev, env)
+        return self._objects.on_event(ev.obj_id, topic, env, length, ev.captured, now)
+
+    def _on_finit_module(self, ev: records.ModuleEvent, env: dict[str, Any]) -> list[Outgoing]:
+        candidates = [f"/proc/{ev.hdr.pid}/fd/{ev.fd}"]
+        if ev.path.startswith(b"/"):
+            candidates.append(os.fsdecode(ev.path))
+        env |= {"obj_id": ev.obj_id, "obj_off": 0}
+        fd, why = open_verified(candidates, ev.dev, ev.inode)
+        if fd is None:
+            return [Outgoing(bus.TOPIC_MODULE, env | {"obj_len": 0, "last": True, "ok": False,
+                                                      "error": why}, None)]  # fmt: skip
+        size = os.fstat(fd).st_size
+        self._files.add(FileJob(fd, bus.TOPIC_MODULE, env | {"obj_len": size}, size))
+        return []
+
+    def _send_dropped(self) -> None:
+        assert self._probes is not None
+        now = time.time_ns()
+        self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
 
     def _send(self, out: list[Outgoing]) -> None:
         for msg in out:
@@ -104,8 +204,10 @@ class Collector:
             "collector": {
                 "events": self.counters["events"],
                 "decode_errors": self.counters["decode_errors"],
-                "orphan_chunks": self._assembler.orphan_chunks,
-                "lost_bytes": self._assembler.lost_bytes,
+                "orphan_chunks": self._assembler.orphan_chunks + self._objects.orphan_chunks,
+                "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
+                "exec_unreadable": self.counters["exec_unreadable"],
+                "file_read_errors": self._files.read_errors,
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
             },
@@ -117,22 +219,30 @@ class Collector:
 
     def run(self, stop: threading.Event) -> None:
         assert self._probes is not None
-        ring = self._probes.file_ring(self._on_record)
+        ring = self._probes.rings(self._on_record)
         next_stats = 0.0
         try:
             while not stop.is_set():
-                ring.poll(100)
+                ring.poll(0 if self._files.pending else 100)
+                self._send(self._files.pump(FILE_BUDGET_PER_POLL))
                 now = time.monotonic()
                 if now >= next_stats:
+                    self._send_dropped()
                     self._send(self._assembler.expire(time.monotonic_ns()))
+                    self._send(self._objects.expire(time.monotonic_ns()))
                     self._pub.poll_subscriptions()
                     self._pub.publish(bus.TOPIC_STATS, self.stats_env())
                     next_stats = now + STATS_INTERVAL_S
-            # Drain what the kernel already holds before detaching.
+            # Drain what the kernel already holds, and the files already opened, before detaching.
             ring.consume()
+            self._send_dropped()
             self._send(self._assembler.expire(time.monotonic_ns(), force=True))
+            self._send(self._objects.expire(time.monotonic_ns(), force=True))
+            while self._files.pending:
+                self._send(self._files.pump(FILE_BUDGET_PER_POLL))
         finally:
             ring.close()
+            self._files.close()
 
     def close(self) -> None:
         self.state = "stopped"
@@ -159,14 +269,22 @@ def run_collector(
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
 
-    pub = Publisher(run_dir)
+    try:
+        pub = Publisher(run_dir)
+    except BusError as exc:
+        print(f"tracecap collector: error: {exc}", file=sys.stderr)
+        return 1
     collector: Collector | None = None
     try:
         print(
             f"tracecap collector: bus on {pub.endpoint}, waiting for {dict(wait_for)}",
             file=sys.stderr,
         )
-        pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
+        try:
+            pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
+        except BusError as exc:
+            print(f"tracecap collector: error: {exc}", file=sys.stderr)
+            return 1
         collector = Collector(config, pub, ring_bytes)
         collector.attach()
         print(

@@ -72,7 +72,7 @@ EVENT_NAMES = (
 #: Capture kinds in the order their topics are listed; the name is what users type.
 KINDS = ("write", "read", "exec", "mem", "module", "bpf", "network")
 #: Capture kinds implemented so far; ``check_supported`` rejects the rest.
-SUPPORTED: frozenset[str] = frozenset({"write", "read"})
+SUPPORTED: frozenset[str] = frozenset({"write", "read", "exec", "mem", "module", "bpf"})
 
 _FILE_FORMS = (
     "{k}, {k}=/prefix*, {k}:path=/prefix*, {k}:type=regular|pipe|socket|elf, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib import resources
 
 from bpf import records
@@ -21,7 +21,26 @@ _FILE_SYSCALLS = {
     records.DIR_READ: ("read", "pread64", "readv", "preadv", "preadv2"),
 }
 _ALWAYS = {"tc_fork", "tc_proc_exit"}
+_MEM = {"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"}
+_MODULE_TP = {
+    "tc_init_module_enter",
+    "tc_init_module_exit",
+    "tc_finit_module_enter",
+    "tc_finit_module_exit",
+}
+#: Without CONFIG_MODULES the module syscalls have no tracepoints; the raw syscall tracepoints
+#: still see the attempt, at a small cost on every syscall (only with --capture module).
+_MODULE_RAW = {"tc_module_raw_enter", "tc_module_raw_exit"}
+_BPF = {"tc_bpf_enter", "tc_bpf_exit"}
 DEFAULT_RING_BYTES = 64 << 20
+OBJECT_RING_BYTES = 16 << 20
+TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
+
+
+def module_programs(tracefs_syscalls: str = TRACEFS_SYSCALLS) -> set[str]:
+    if os.path.isdir(os.path.join(tracefs_syscalls, "sys_enter_init_module")):
+        return set(_MODULE_TP)
+    return set(_MODULE_RAW)
 
 
 def object_path() -> str:
@@ -31,12 +50,20 @@ def object_path() -> str:
     return path
 
 
-def programs_for(config: Config) -> set[str]:
+def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
     names = set(_ALWAYS)
     for direction, capture in ((records.DIR_WRITE, config.write), (records.DIR_READ, config.read)):
         if capture.enabled:
             for sc in _FILE_SYSCALLS[direction]:
                 names |= {f"tc_enter_{sc}", f"tc_exit_{sc}"}
+    if config.exec:
+        names.add("tc_exec")
+    if config.mem:
+        names |= _MEM
+    if config.module:
+        names |= modules if modules is not None else module_programs()
+    if config.bpf:
+        names |= _BPF
     return names
 
 
@@ -79,6 +106,7 @@ class KernelProbes:
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid))
             self._obj.set_max_entries("file_rb", ring_bytes)
+            self._obj.set_max_entries("obj_rb", OBJECT_RING_BYTES)
             self._obj.set_max_entries("data_scratch", possible_cpus())
             self._obj.load()
             self._fill_maps(config, excluded_tgids)
@@ -105,8 +133,11 @@ class KernelProbes:
     def exclude(self, tgid: int) -> None:
         self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
 
-    def file_ring(self, callback) -> RingBuffer:  # type: ignore[no-untyped-def]
-        return RingBuffer(self._obj.map_fd("file_rb"), callback)
+    def rings(self, callback: Callable[[bytes], None]) -> RingBuffer:
+        """Both ring buffers (file contents, objects), drained by one poll."""
+        ring = RingBuffer(self._obj.map_fd("file_rb"), callback)
+        ring.add(self._obj.map_fd("obj_rb"), callback)
+        return ring
 
     def per_cpu_counters(self) -> list[list[int]]:
         """Kernel counters as [cpu][counter]: events, drops and bytes per direction."""
@@ -118,6 +149,11 @@ class KernelProbes:
 
     def counters(self) -> dict[str, int]:
         return records.decode_counters(self.per_cpu_counters())
+
+    def dropped_ios(self) -> list[records.DroppedIo]:
+        """Files that lost syscalls with their events since the last call."""
+        entries = self._obj.drain("file_drops", records.DROP_KEY.size, records.DROP_VAL.size)
+        return [records.decode_dropped_io(k, v) for k, v in entries]
 
     @property
     def program_names(self) -> list[str]:

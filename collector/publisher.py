@@ -86,18 +86,22 @@ class Publisher:
             elif frame[:1] == b"\x00" and self.subscriptions[frame[1:]] > 0:
                 self.subscriptions[frame[1:]] -= 1
 
+    def subscribers(self, topic: bytes) -> int:
+        """Subscriptions that receive ``topic`` (a prefix subscription covers it too)."""
+        return sum(n for prefix, n in self.subscriptions.items() if topic.startswith(prefix))
+
     def wait_for(self, wanted: Counter[bytes], timeout: float, stop: Any = None) -> None:
         """Block until every topic in ``wanted`` has at least that many subscriptions."""
         deadline = time.monotonic() + timeout
-        while any(self.subscriptions[t] < n for t, n in wanted.items()):
+        while any(self.subscribers(t) < n for t, n in wanted.items()):
             if stop is not None and stop():
                 raise BusError("stopped while waiting for subscribers")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 missing = {
-                    t.decode(): n - self.subscriptions[t]
+                    t.decode(): n - self.subscribers(t)
                     for t, n in wanted.items()
-                    if self.subscriptions[t] < n
+                    if self.subscribers(t) < n
                 }
                 raise BusError(f"subscribers did not arrive within {timeout:.0f}s: {missing}")
             if self._sock.poll(min(200, int(remaining * 1000) + 1), zmq.POLLIN):

@@ -39,16 +39,22 @@ def tracecap_exe() -> str:
 
 
 def writer_kinds(config: Config) -> list[str]:
-    return ["file"] if (config.write.enabled or config.read.enabled) else []
+    kinds = ["file"] if (config.write.enabled or config.read.enabled) else []
+    return kinds + [k for k in ("exec", "mem", "module", "bpf") if getattr(config, k)]
+
+
+def printer_topics(config: Config) -> tuple[bytes, ...]:
+    """What the front end reads to print events: exec events come on proc., not with the
+    binaries on exec."""
+    if config.output != "json":
+        return ()
+    return tuple(bus.TOPIC_PROC if t == bus.TOPIC_EXEC else t for t in config.topics())
 
 
 def wait_for_topics(config: Config) -> Counter[bytes]:
     """Subscriptions the collector must see before attaching: writers' and our own."""
-    wanted: Counter[bytes] = Counter()
-    for topic in config.topics():
-        wanted[topic] += 1  # the writer of that topic
-        if config.output == "json":
-            wanted[topic] += 1  # this front end, printing events
+    wanted: Counter[bytes] = Counter(config.topics())  # one writer per topic
+    wanted.update(printer_topics(config))
     wanted[bus.TOPIC_STATS] += 1
     return wanted
 
@@ -71,7 +77,7 @@ def write_options(run_dir: str, argv: list[str], group: str = "tracecap") -> Non
     os.chmod(path, 0o640)
 
 
-def programs(config: Config, run_dir: str) -> list[supervisor_conf.Program]:
+def programs(config: Config, run_dir: str, ring_mb: int = 64) -> list[supervisor_conf.Program]:
     exe = tracecap_exe()
     common = ["--run-dir", run_dir, "--config", options_path(run_dir)]
     progs = [
@@ -88,7 +94,7 @@ def programs(config: Config, run_dir: str) -> list[supervisor_conf.Program]:
     progs.append(
         supervisor_conf.Program(
             "collector",
-            [exe, "collector", *wait, *common],
+            [exe, "collector", *wait, f"--ring-mb={ring_mb}", *common],
             "root",
             supervisor_conf.COLLECTOR_PRIORITY,
             "false",
@@ -182,12 +188,16 @@ class LogRelay:
 
 
 class Frontend:
-    def __init__(self, config: Config, argv: list[str], run_dir: str, out: TextIO) -> None:
+    def __init__(
+        self, config: Config, argv: list[str], run_dir: str, out: TextIO, ring_mb: int = 64
+    ) -> None:
+        self.ring_mb = ring_mb
         self.config = config
         self.argv = argv
         self.run_dir = run_dir
         self.out = out
         self.last_stats: dict[str, Any] = {}
+        self.printer = tracee_json.EventPrinter()
         self.ready = False
         self.stopping = False
 
@@ -196,9 +206,8 @@ class Frontend:
         sock.setsockopt(zmq.RCVHWM, 200_000)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SUBSCRIBE, bus.TOPIC_STATS)
-        if self.config.output == "json":
-            for topic in self.config.topics():
-                sock.setsockopt(zmq.SUBSCRIBE, topic)
+        for topic in printer_topics(self.config):
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
         sock.connect(f"ipc://{self.run_dir}/bus.sock")
         return sock
 
@@ -214,7 +223,7 @@ class Frontend:
                 self.ready = True
                 print("tracecap: ready", file=sys.stderr, flush=True)
             return
-        event = tracee_json.event_for(msg, self.config.events)
+        event = self.printer.event_for(msg, self.config.events)
         if event is not None:
             self.out.write(json.dumps(event) + "\n")
             self.out.flush()
@@ -225,7 +234,7 @@ class Frontend:
         stats_dir = prepare_stats_dir(self.run_dir)
         conf_path = os.path.join(self.run_dir, "supervisord.conf")
         write_options(self.run_dir, self.argv)
-        progs = programs(self.config, self.run_dir)
+        progs = programs(self.config, self.run_dir, self.ring_mb)
         with open(conf_path, "w") as f:
             f.write(supervisor_conf.render(self.run_dir, progs))
         logs = [os.path.join(self.run_dir, f"{p.name}.log") for p in progs]
@@ -304,7 +313,7 @@ class Frontend:
         return None
 
 
-def run(config: Config, argv: list[str], run_dir: str) -> int:
+def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 64) -> int:
     if os.geteuid() != 0:
         print(
             "tracecap: error: `tracecap run` must be started as root (it loads eBPF programs)",
@@ -319,4 +328,4 @@ def run(config: Config, argv: list[str], run_dir: str) -> int:
         )
         return 2
     print(f"tracecap: starting: {shlex.join(['tracecap', 'run', *argv])}", file=sys.stderr)
-    return Frontend(config, argv, run_dir, sys.stdout).run()
+    return Frontend(config, argv, run_dir, sys.stdout, ring_mb).run()

@@ -66,12 +66,104 @@ def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
     )
 
 
+def _arg(name: str, typ: str, value: Any) -> dict[str, Any]:
+    return {"name": name, "type": typ, "value": value}
+
+
+def _event(env: dict[str, Any], name: str, args: list[dict[str, Any]], **extra: Any) -> dict:
+    return dict(_context(env, name), **extra, argsNum=len(args), args=args)
+
+
+def exec_event(env: dict[str, Any]) -> dict[str, Any]:
+    return _event(env, "sched_process_exec", [
+        _arg("pathname", "const char*", text(env["path"])),
+        _arg("dev", "dev_t", env["dev"]),
+        _arg("inode", "unsigned long", env["inode"]),
+        _arg("ctime", "unsigned long", env["ctime"]),
+        _arg("inode_mode", "umode_t", env["mode"]),
+        _arg("argv", "const char**", [text(a) for a in env["argv"]]),
+    ])  # fmt: skip
+
+
+def _prot(prot: int) -> str:
+    return "".join(c if prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
+
+
+def mem_event(env: dict[str, Any]) -> dict[str, Any]:
+    alert = (
+        "Mapped writable and executable"
+        if env["syscall"] == "mmap"
+        else "Protection changed from writable to executable"
+    )
+    return _event(env, "mem_prot_alert", [
+        _arg("alert", "string", alert),
+        _arg("addr", "void*", hex(env["addr"])),
+        _arg("len", "size_t", env["len"]),
+        _arg("prot", "string", _prot(env["prot_after"])),
+        _arg("prev_prot", "string", _prot(env["prot_before"])),
+    ], syscall=env["syscall"])  # fmt: skip
+
+
+def module_event(env: dict[str, Any]) -> dict[str, Any]:
+    args = [_arg("param_values", "const char*", text(env["params"]))]
+    if env["syscall"] == "finit_module":
+        args += [
+            _arg("fd", "int", env.get("fd", -1)),
+            _arg("pathname", "const char*", text(env["path"])),
+            _arg("dev", "dev_t", env["dev"]),
+            _arg("inode", "unsigned long", env["inode"]),
+        ]
+    else:
+        args.append(_arg("len", "unsigned long", env["obj_len"]))
+    return _event(env, env["syscall"], args, syscall=env["syscall"], returnValue=env["ret"])
+
+
+def bpf_event(env: dict[str, Any]) -> dict[str, Any]:
+    return _event(env, "security_bpf_prog", [
+        _arg("prog_type", "int", env["prog_type"]),
+        _arg("prog_name", "const char*", text(env["prog_name"])),
+        _arg("insn_cnt", "u32", env["insn_cnt"]),
+        _arg("load", "bool", True),
+    ], syscall="bpf", returnValue=env["ret"])  # fmt: skip
+
+
+_OBJECT_EVENTS = {
+    bus.TOPIC_MEM: mem_event,
+    bus.TOPIC_MODULE: module_event,
+    bus.TOPIC_BPF: bpf_event,
+}
+
+
 def event_for(msg: bus.Message, wanted: tuple[str, ...]) -> dict[str, Any] | None:
-    """The Tracee-shaped event for a bus message, or None (not an event, or not selected)."""
+    """The Tracee-shaped event for a file or process message, or None (not an event, or not
+    selected). Object messages need EventPrinter, which remembers which objects it printed."""
     if msg.topic in (bus.TOPIC_FILE_WRITE, bus.TOPIC_FILE_READ):
         event = file_event(msg.env)
+    elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") == "exec":
+        event = exec_event(msg.env)
     else:
         return None
     if event is None or (wanted and event["eventName"] not in wanted):
         return None
     return event
+
+
+class EventPrinter:
+    """One event per object (a region, module or program travels as several messages)."""
+
+    def __init__(self, remember: int = 4096) -> None:
+        self._printed: dict[tuple[int, int], None] = {}
+        self._remember = remember
+
+    def event_for(self, msg: bus.Message, wanted: tuple[str, ...]) -> dict[str, Any] | None:
+        make = _OBJECT_EVENTS.get(msg.topic)
+        if make is None:
+            return event_for(msg, wanted)
+        key = (msg.env["epoch"], msg.env["obj_id"])
+        if key in self._printed:
+            return None
+        self._printed[key] = None
+        if len(self._printed) > self._remember:
+            del self._printed[next(iter(self._printed))]
+        event = make(msg.env)
+        return None if wanted and event["eventName"] not in wanted else event

@@ -130,7 +130,7 @@ LOSS_FIELDS = (
     "writer_errors",
 )
 
-PROBLEMS: list[str] = []
+PROBLEMS: dict[str, list[Any]] = {}  # kind -> [first evidence, occurrences]
 
 
 def log(msg: str) -> None:
@@ -138,10 +138,11 @@ def log(msg: str) -> None:
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
-def problem(msg: str) -> None:
-    """Something wrong with tracecap itself: reported at the end with its evidence."""
-    if msg not in PROBLEMS:
-        PROBLEMS.append(msg)
+def problem(msg: str, kind: str | None = None) -> None:
+    """Something wrong with tracecap itself: reported at the end with its first evidence and
+    how often it happened (``kind`` groups occurrences whose messages differ in numbers)."""
+    entry = PROBLEMS.setdefault(kind or msg, [msg, 0])
+    entry[1] += 1
     log(f"PROBLEM: {msg}")
 
 
@@ -175,12 +176,16 @@ def proc_children(ppid: int) -> list[int]:
 
 
 def proc_memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS and VmHWM (peak RSS) in KiB, {} once the process is gone."""
+    """VmRSS, VmHWM (peak RSS) and the Rss parts in KiB, {} once the process is gone.
+
+    The parts tell the collector's own heap (RssAnon) from mapped ring buffers (RssShmem or
+    RssFile), which count in VmRSS without being memory the collector allocated.
+    """
     out: dict[str, int] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
                 out[key] = int(value.split()[0])
     except (OSError, ValueError, IndexError):
         return {}
@@ -265,9 +270,12 @@ class MemPeak:
 
     rss_kib: int = 0
     hwm_kib: int = 0
+    parts: dict[str, int] = field(default_factory=dict)  # Rss* at the highest VmRSS
 
     def update(self, mem: dict[str, int]) -> None:
-        self.rss_kib = max(self.rss_kib, mem.get("VmRSS", 0))
+        if mem.get("VmRSS", 0) > self.rss_kib:
+            self.rss_kib = mem["VmRSS"]
+            self.parts = {k: v for k, v in mem.items() if k.startswith("Rss")}
         self.hwm_kib = max(self.hwm_kib, mem.get("VmHWM", 0))
 
 
@@ -300,12 +308,18 @@ class Tracecap:
         self.result: Stopped | None = None
 
     def __enter__(self) -> Tracecap:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # Ctrl-C while waiting for ready: __exit__ will not run
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def start(self) -> None:
         argv = [
@@ -339,7 +353,9 @@ class Tracecap:
             time.sleep(0.02)
         self.ready_s = time.monotonic() - t0
         if self.ready_s > SLOW_READY_S:
-            problem(f"slow start: `tracecap run` took {self.ready_s:.1f}s to print ready")
+            problem(
+                f"slow start: `tracecap run` took {self.ready_s:.1f}s to print ready", kind="slow"
+            )
         self._find_pids()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
@@ -376,22 +392,12 @@ class Tracecap:
         if self._sampler is not None:
             self._sampler.join()
         self.sample_memory()
-        returncode = None
         t0 = time.monotonic()
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-            try:
-                returncode = self.proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                problem(f"`tracecap run` did not stop within {STOP_TIMEOUT_S:.0f}s of SIGINT")
-                self.proc.terminate()
-                try:
-                    returncode = self.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    returncode = self.proc.wait()
+        returncode, interrupted = self._terminate()
         stop_s = time.monotonic() - t0
+        if interrupted:  # tracecap is down and nothing left behind: now give up
+            self.result = Stopped(returncode, "", {}, [], stop_s)
+            raise KeyboardInterrupt
         stderr = self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
         index_path = self.out_dir / "index.jsonl"
         index = []
@@ -403,16 +409,44 @@ class Tracecap:
         self._check(self.result)
         return self.result
 
+    def _terminate(self) -> tuple[int | None, bool]:
+        """SIGINT, as a user stops it, and wait for the flush; escalate only after a long
+        timeout. A Ctrl-C of the benchmark meanwhile does not cut the wait short (tracecap
+        would outlive us and keep its run directory), it is returned to be raised after."""
+        if self.proc is None:
+            return None, False
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        interrupted = False
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while True:
+            try:
+                return self.proc.wait(max(0.0, deadline - time.monotonic())), interrupted
+            except KeyboardInterrupt:
+                interrupted = True
+            except subprocess.TimeoutExpired:
+                break
+        problem(f"`tracecap run` did not stop within {STOP_TIMEOUT_S:.0f}s of SIGINT")
+        self.proc.terminate()
+        try:
+            return self.proc.wait(20), interrupted
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(), interrupted
+
     def _check(self, res: Stopped) -> None:
-        where = f"(stderr kept in {self.stderr_path})"
+        where = f"(stderr: {self.stderr_path}, kept with --keep-logs)"
         if res.returncode not in (0, None):
             problem(f"`tracecap run` exited with status {res.returncode} {where}")
         if not res.summary:
             problem(f"no `tracecap: summary:` line on stderr {where}")
         if "Traceback" in res.stderr:
-            problem(f"a Python traceback on stderr: {traceback_gist(res.stderr)} {where}")
+            problem(
+                f"a Python traceback on stderr: {traceback_gist(res.stderr)} {where}",
+                kind="traceback",
+            )
         if res.stop_s > SLOW_STOP_S:
-            problem(f"slow stop: {res.stop_s:.1f}s from SIGINT to exit")
+            problem(f"slow stop: {res.stop_s:.1f}s from SIGINT to exit", kind="slow-stop")
 
 
 def traceback_gist(stderr: str) -> str:
@@ -482,7 +516,8 @@ class Trial:
         notes = " " + "; ".join(self.notes) if self.notes else ""
         return (
             f"{self.chunk // 1024:>2} KiB {target}: {self.mbps:7.1f} MB/s {self.wps:8.0f} w/s "
-            f"{self.bytes / MIB:6.0f} MiB -> {verdict} (ring {s.get('ring_records', '?')} rec/"
+            f"{self.bytes / MIB:6.0f} MiB {self.elapsed:4.1f}s -> {verdict} "
+            f"(ring {s.get('ring_records', '?')} rec/"
             f"{s.get('ring_bytes', '?')} B, table {s.get('table_full', '?')}, gaps "
             f"{s.get('bus_gaps', '?')}, index missing {self.missing_bytes} B, lost "
             f"{self.lost_bytes} B, unlisted {self.unreported_bytes} B, complete={self.complete}, "
@@ -502,10 +537,12 @@ class Bench:
     heaviest_bytes: int = 0
     idle_collector_rss: list[int] = field(default_factory=list)
     counter: int = 0
+    peak_collector_kib: int = 0
+    peak_collector_run: str = ""
 
     @property
     def unpaced_s(self) -> float:
-        return 1.5 if self.quick else 3.0
+        return 1.5 if self.quick else 2.5
 
     @property
     def paced_s(self) -> float:
@@ -533,7 +570,10 @@ class Bench:
         return 1 if self.quick else 3
 
     def unpaced_total(self, chunk: int) -> int:
-        return (256 if chunk >= 65536 else 128) * MIB if self.quick else 512 * MIB
+        """Large enough that an unpaced run outlasts what the kernel ring buffer (64 MiB)
+        absorbs, so its loss counts show the steady state, not just a burst."""
+        big = chunk >= 65536
+        return (512 if big else 256) * MIB if self.quick else (1024 if big else 512) * MIB
 
     def fresh(self) -> tuple[Path, Path]:
         """A data directory (under the path filter) and an output root, new for each run."""
@@ -547,6 +587,9 @@ class Bench:
 
     def record_run(self, tc: Tracecap) -> None:
         self.ready_s.append(tc.ready_s)
+        if tc.collector.rss_kib > self.peak_collector_kib:
+            self.peak_collector_kib = tc.collector.rss_kib
+            self.peak_collector_run = " ".join(tc.args)
         if tc.result is not None:
             self.stop_s.append(tc.result.stop_s)
 
@@ -556,7 +599,8 @@ class Bench:
             total, rate, max_s = self.unpaced_total(chunk), 0.0, self.unpaced_s
         else:
             rate = target_mbps * MB
-            total, max_s = int(rate * self.paced_s), self.paced_s * 3
+            # A target the traced workload cannot reach must not turn into a long run.
+            total, max_s = int(rate * self.paced_s), self.paced_s * 1.5
         trial = Trial(chunk, target_mbps)
         tc = self.tracecap(["--capture", f"write={target.parent}/*"], out_root)
         try:
@@ -612,7 +656,8 @@ class Bench:
                     f"{'unpaced' if trial.target_mbps is None else 'paced'}; kernel ring buffer "
                     f"dropped {trial.summary.get('ring_bytes', '?')} bytes; the index lists "
                     f"{trial.missing_bytes} missing, artifact size {rec.get('size')} of "
-                    f"{trial.bytes}): the artifact holds zeros the index presents as captured"
+                    f"{trial.bytes}): the artifact holds zeros the index presents as captured",
+                    kind="under-reported",
                 )
         if trial.summary and trial.losses == 0 and not trial.complete:
             problem(
@@ -772,6 +817,14 @@ def fmt_wps(v: float) -> str:
     return f"{v:,.0f} w/s"
 
 
+def rss_parts(mem: MemPeak) -> str:
+    return ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in sorted(mem.parts.items()))
+
+
+def fmt_calls(v: float) -> str:
+    return f"{v:,.0f} calls/s"
+
+
 def fmt_s(v: float) -> str:
     return f"{v:.2f} s"
 
@@ -803,15 +856,32 @@ def report(
         else:
             runs = [best, *s["confirms"]]
             ok = [t for t in runs if t.zero_loss]
+            rows.append(("HIGHEST ZERO-LOSS RATE", *med_range([t.mbps for t in runs], fmt_mbps)))
+            rows.append(
+                ("  writes (events) per second", *med_range([t.wps for t in runs], fmt_wps))
+            )
             target = "unpaced" if best.target_mbps is None else f"{best.target_mbps:.1f} MB/s"
-            rows.append(("highest zero-loss target", target, f"zero-loss in {len(ok)}/{len(runs)}"))
-            rows.append(("  achieved throughput", *med_range([t.mbps for t in runs], fmt_mbps)))
-            rows.append(("  achieved writes (events)", *med_range([t.wps for t in runs], fmt_wps)))
+            sat = best.target_mbps is not None and best.mbps < 0.9 * best.target_mbps
+            rows.append(
+                (
+                    "  paced target",
+                    target,
+                    f"zero-loss in {len(ok)}/{len(runs)} runs"
+                    + ("; workload could not reach the target under tracecap" if sat else ""),
+                )
+            )
             rows.append(("  data per run", f"{best.bytes / MIB:.0f} MiB", ""))
-            lossy_above = [t for t in s["trials"] if not t.zero_loss and t is not un]
-            if lossy_above:
-                lowest_lossy = min(t.target_mbps or 0.0 for t in lossy_above)
-                rows.append(("  lowest lossy target tried", fmt_mbps(lowest_lossy), ""))
+        lossy = [t for t in s["trials"] if not t.zero_loss and t is not un]
+        if lossy:
+            slowest = min(lossy, key=lambda t: t.mbps)
+            rows.append(
+                (
+                    "  slowest lossy paced run",
+                    fmt_mbps(slowest.mbps),
+                    f"target {slowest.target_mbps:.1f} MB/s, "
+                    f"ring drops {slowest.summary.get('ring_records', '?')} records",
+                )
+            )
         rows.append(("unpaced under tracecap", fmt_mbps(un.mbps), f"{fmt_wps(un.wps)}, 1 run"))
         rows.append(
             ("  zero loss at unpaced", "yes" if un.zero_loss else "NO", f"{un.bytes / MIB:.0f} MiB")
@@ -836,7 +906,8 @@ def report(
             (
                 "  artifact",
                 "complete" if un.complete else "INCOMPLETE",
-                f"{un.missing_bytes} bytes missing of {un.bytes}; sha256 "
+                f"{un.lost_bytes} of {un.bytes} bytes lost; index lists {un.missing_bytes} "
+                f"missing, {un.unreported_bytes} lost bytes unlisted; sha256 "
                 + ("matches" if un.sha_ok else "differs"),
             )
         )
@@ -882,14 +953,24 @@ def report(
         ("traced time", *med_range(overhead["traced"], fmt_s)),
         (
             "untraced syscall rate",
-            *med_range([overhead["calls"] / t for t in overhead["plain"]], fmt_wps),
+            *med_range([overhead["calls"] / t for t in overhead["plain"]], fmt_calls),
+        ),
+        (
+            "added cost per syscall",
+            *med_range(
+                [
+                    (t - p) / overhead["calls"] * 1e9
+                    for p, t in zip(overhead["plain"], overhead["traced"], strict=True)
+                ],
+                lambda v: f"{v:.0f} ns",
+            ),
         ),
     ]
     table(
         f"Out-of-scope overhead ({overhead['calls']:,} syscalls: 64 B writes to /dev/null and "
         f"reads of /dev/zero; tracecap --scope comm=nomatch-xyz --capture write; "
         f"{len(overhead['ratios'])} interleaved pairs)",
-        [(a, b, c.replace("w/s", "calls/s")) for a, b, c in ov_rows],
+        ov_rows,
     )
 
     life = [
@@ -902,15 +983,23 @@ def report(
             (
                 "collector VmRSS, heaviest run (peak)",
                 f"{h.collector.rss_kib / 1024:.1f} MiB",
-                f"VmHWM {h.collector.hwm_kib / 1024:.1f} MiB; unpaced 64 KiB, "
-                f"{bench.heaviest_bytes / MIB:.0f} MiB written",
+                f"VmHWM {h.collector.hwm_kib / 1024:.1f} MiB; {rss_parts(h.collector)}; "
+                f"unpaced 64 KiB, {bench.heaviest_bytes / MIB:.0f} MiB written",
             )
         )
         life.append(
             (
                 "file writer VmRSS, heaviest run",
                 f"{h.writer.rss_kib / 1024:.1f} MiB",
-                f"VmHWM {h.writer.hwm_kib / 1024:.1f} MiB",
+                f"VmHWM {h.writer.hwm_kib / 1024:.1f} MiB; {rss_parts(h.writer)}",
+            )
+        )
+    if bench.peak_collector_kib:
+        life.append(
+            (
+                "collector VmRSS, highest of all runs",
+                f"{bench.peak_collector_kib / 1024:.1f} MiB",
+                f"tracecap run {bench.peak_collector_run}",
             )
         )
     if bench.idle_collector_rss:
@@ -924,8 +1013,8 @@ def report(
 
     print("\nProblems seen in tracecap")
     if PROBLEMS:
-        for p in PROBLEMS:
-            print(f"  - {p}")
+        for msg, count in PROBLEMS.values():
+            print(f"  - {msg}" + (f" [seen in {count} runs]" if count > 1 else ""))
     else:
         print("  none")
 
@@ -965,6 +1054,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt  # unwind through every finally: stop tracecap, clean up
 
     signal.signal(signal.SIGTERM, on_term)
+    # Also when started in the background of a script, where SIGINT arrives ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="tcb-", dir="/tmp"))
     workdir.chmod(0o755)  # the unprivileged writers must reach <workdir>/capN
@@ -976,6 +1067,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         straced: dict[int, list[Trial]] | None = {} if strace else None
         for chunk in (65536, 4096):
             log(f"untraced baseline, {chunk // 1024} KiB writes")
+            bench.untraced(chunk)  # warm-up, discarded: the first run pays for cold caches
             baselines[chunk] = [bench.untraced(chunk) for _ in range(bench.baseline_runs)]
             if straced is not None and strace:
                 log(f"under strace, {chunk // 1024} KiB writes")

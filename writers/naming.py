@@ -99,3 +99,111 @@ def is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+# -- whole-object artifacts (exec., mem., module., bpf.) ------------------------------------------
+
+#: Linux's limit on one path component.
+NAME_MAX = 255
+#: Room kept free in every object artifact name for the ``.<n>`` the writer appends when the name
+#: is already taken (it never replaces an existing file), so the suffixed name still fits.
+COLLISION_ROOM = 8
+#: ``safe_component`` may add ``~`` and 8 hex digits past its ``max_len``.
+_CUT_MARK = 9
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_MEMFD_PREFIX = b"memfd:"
+_DELETED_SUFFIX = b" (deleted)"
+#: Prefix of the basename of an executed memfd, so an analyst sees at a glance that the binary
+#: never existed on disk (Tracee does not capture those at all).
+MEMFD_BASENAME_PREFIX = b"memfd_"
+
+
+def _bounded_component(prefix: str, raw: bytes, suffix: str = "") -> str:
+    """``prefix + safe_component(raw) + suffix`` cut so the whole stays within NAME_MAX with
+    room for a collision suffix; the fixed parts are ASCII, so characters are bytes."""
+    room = NAME_MAX - COLLISION_ROOM - len(prefix) - len(suffix) - _CUT_MARK
+    if room < 1:
+        raise ValueError(f"no room for a name after {prefix!r}...{suffix!r}")
+    return f"{prefix}{safe_component(raw, max_len=room)}{suffix}"
+
+
+def _check_sha256(sha256: str) -> None:
+    if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+        raise ValueError(f"not a lowercase sha256 hex digest: {sha256!r:.80}")
+
+
+def exec_basename(path: bytes, memfd: bool) -> bytes:
+    """The name an executed binary is stored under, before sanitising.
+
+    The last component of ``path``, except for memfd binaries: the kernel names them
+    ``memfd:<name> (deleted)`` (``/memfd:...`` through d_path), and the memfd name may itself hold
+    ``/``, so everything after ``memfd:`` is kept, `` (deleted)`` (which every memfd carries) is
+    dropped, and ``memfd_`` is prepended. A binary flagged ``memfd`` whose path is not of that form
+    (``/dev/fd/3`` after fexecve) still gets ``memfd_`` before its last component, so the flag is
+    visible in the name either way.
+    """
+    bare = path[1:] if path.startswith(b"/") else path
+    if bare.startswith(_MEMFD_PREFIX):
+        name = bare[len(_MEMFD_PREFIX) :]
+        if name.endswith(_DELETED_SUFFIX):
+            name = name[: -len(_DELETED_SUFFIX)]
+        return MEMFD_BASENAME_PREFIX + name
+    base = path.rsplit(b"/", 1)[-1]
+    return MEMFD_BASENAME_PREFIX + base if memfd else base
+
+
+def exec_artifact_name(ts: int, path: bytes, memfd: bool) -> str:
+    """``exec.<ts>.<basename>``; an empty basename (path ending in ``/``) becomes ``_``."""
+    _check_number("ts", ts)
+    return _bounded_component(f"exec.{ts}.", exec_basename(path, memfd))
+
+
+def mem_artifact_name(pid: int, ts: int) -> str:
+    """``mem.pid-<P>.ts-<ts>``: one region per name, since ts is in nanoseconds."""
+    _check_number("pid", pid)
+    _check_number("ts", ts)
+    return f"mem.pid-{pid}.ts-{ts}"
+
+
+def module_artifact_name(dev: int, inode: int, pid: int, sha256: str) -> str:
+    """``module.dev-<D>.inode-<I>.pid-<P>.<sha256>`` for a module loaded from a file
+    (finit_module), ``module.pid-<P>.<sha256>`` when there is no file (init_module: dev and
+    inode both 0)."""
+    _check_number("dev", dev)
+    _check_number("inode", inode)
+    _check_number("pid", pid)
+    _check_sha256(sha256)
+    if dev or inode:
+        return f"module.dev-{dev}.inode-{inode}.pid-{pid}.{sha256}"
+    return f"module.pid-{pid}.{sha256}"
+
+
+def bpf_artifact_name(prog_name: bytes, pid: int, sha256: str) -> str:
+    """``bpf.name-<name>.pid-<P>.<sha256>``.
+
+    An unnamed program keeps Tracee's ``bpf.name-.pid-...`` rather than ``safe_component``'s
+    ``_``: the fixed prefix already makes the name one safe component, and an empty name then
+    stays distinguishable from a program literally named ``_``.
+    """
+    _check_number("pid", pid)
+    _check_sha256(sha256)
+    suffix = f".pid-{pid}.{sha256}"
+    if not prog_name:
+        return f"bpf.name-{suffix}"
+    return _bounded_component("bpf.name-", prog_name, suffix)
+
+
+def partial_name(epoch: int, obj_id: int) -> str:
+    """The hidden temporary name an object is assembled under before it gets its final name."""
+    if type(epoch) is not int or type(obj_id) is not int:
+        raise ValueError(f"epoch and obj_id must be ints, got {epoch!r}, {obj_id!r}")
+    return f".partial.{epoch}.{obj_id}"
+
+
+def text_fields(name: str, raw: bytes) -> dict[str, str]:
+    """``{name: text}`` plus ``{name_hex: hex}`` when the text is lossy, so the index always lets
+    an analyst recover the exact bytes a process used."""
+    fields = {name: text_field(raw)}
+    if not is_utf8(raw):
+        fields[f"{name}_hex"] = raw.hex()
+    return fields

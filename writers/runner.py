@@ -7,13 +7,21 @@ import threading
 from collections.abc import Callable
 
 from writers.base import Subscriber, Writer
+from writers.bpf import BpfWriter
+from writers.exec import ExecWriter
 from writers.file import FileWriter
+from writers.memory import MemoryWriter
+from writers.module import ModuleWriter
 from writers.outdir import Index, OutputDir
 from writers.privileges import drop_privileges
 
 #: Writer kinds by name; each factory gets the open output directory and its index.
 WRITER_KINDS: dict[str, Callable[[OutputDir, Index], Writer]] = {
     "file": lambda out, index: FileWriter(out, index),
+    "exec": lambda out, index: ExecWriter(out, index),
+    "mem": lambda out, index: MemoryWriter(out, index),
+    "module": lambda out, index: ModuleWriter(out, index),
+    "bpf": lambda out, index: BpfWriter(out, index),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -203,21 +204,60 @@ def test_hostile_file_and_command_names(tracecap, workdir: Path) -> None:
         assert record["comm"] == (b'ev\n"\xff%d' % i).decode("utf-8", errors="backslashreplace")
 
 
-def _our_programs() -> list[str]:
+def _tracecap_program_ids() -> set[int]:
     shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
-    return [
-        p.get("name", "") for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")
-    ]
+    return {p["id"] for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")}
 
 
 def test_sigterm_stops_cleanly_and_detaches_every_probe(tracecap, workdir: Path) -> None:
     target = workdir / "t"
+    before = _tracecap_program_ids()
     run = tracecap("--capture", f"write={workdir}/*")
-    assert _our_programs(), "the probes should be attached while running"
+    ours = _tracecap_program_ids() - before
+    assert ours, "the probes should be attached while running"
     python(f"open({str(target)!r}, 'wb').write(b'before stop')")
     run.proc.send_signal(signal.SIGTERM)
     run.stop()
     assert run.returncode == 0, run.stderr
-    assert _our_programs() == []
+    assert ours & _tracecap_program_ids() == set()
     assert run.artifact(artifact_name("write", target)) == b"before stop"
     assert "tracecap: summary:" in run.stderr
+
+
+def _kernel_losses(stderr: str) -> int:
+    match = re.search(r"kernel ring buffer (\d+) records", stderr)
+    assert match, stderr
+    return int(match.group(1))
+
+
+def test_a_flood_loses_nothing_without_a_record(tracecap, workdir: Path) -> None:
+    """Far more 4 KiB writes than the pipeline drains: every byte of the artifact outside its
+    `missing` ranges is the source's, and any kernel loss makes the artifact incomplete."""
+    target, source = workdir / "flood.bin", workdir / "flood.src"
+    source.write_bytes(os.urandom(96 << 20))
+    # a 1 MiB kernel ring buffer overflows for certain
+    run = tracecap("--ring-mb", "1", "--capture", f"write={target}*")
+    python(f"""
+        import os
+        src = os.open({str(source)!r}, os.O_RDONLY)
+        dst = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+        while chunk := os.read(src, 4096):
+            os.write(dst, chunk)
+    """)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    (record,) = run.records("write")
+    artifact = (run.out_dir / record["path"]).read_bytes()
+    expected = source.read_bytes()
+    covered = bytearray(len(expected))
+    for start, end in record["missing"]:
+        covered[start:end] = b"\1" * (min(end, len(expected)) - start)
+    wrong = [
+        off
+        for off in range(0, len(expected), 4096)
+        if 0 in covered[off : off + 4096]
+        and artifact[off : off + 4096] != expected[off : off + 4096]
+    ]
+    assert wrong == [], f"{len(wrong)} blocks differ outside the recorded missing ranges"
+    assert _kernel_losses(run.stderr) > 0, run.stderr
+    assert record["complete"] is False and record["missing"]

@@ -392,3 +392,27 @@ def test_payload_and_lost_ranges_tile_the_io(sizes, fates_seed, pos, append, by_
     lost_total = sum(end - start for start, end, payload in spans if payload is None)
     expected_lost = sum(s for s, f in zip(sizes, fates, strict=True) if f != "ok")
     assert lost_total == expected_lost == asm.lost_bytes
+
+
+def test_a_dropped_syscall_becomes_a_loss_notice_over_its_span():
+    asm = FileAssembler(boot_to_epoch_ns=0)
+    drop = records.DroppedIo(
+        inode=7, cgroup_id=1, dev=2049, direction=records.DIR_WRITE, bytes=8192, lo=4096,
+        hi=16384, ios=2, append=False,
+    )  # fmt: skip
+    out = asm.on_dropped(drop, now_ns=5)
+    assert out.topic == bus.TOPIC_FILE_WRITE and out.payload is None
+    assert out.env["lost"] == [[4096, 16384]] and out.env["lost_bytes"] == 8192
+    assert (out.env["dev"], out.env["inode"], out.env["off"]) == (2049, 7, 4096)
+    assert asm.lost_bytes == 8192
+    bus.decode(bus.encode(out.topic, {**out.env, "v": 1, "epoch": 1, "seq": 0}))
+
+
+def test_a_dropped_stream_write_is_a_loss_of_its_byte_count():
+    asm = FileAssembler(boot_to_epoch_ns=0)
+    drop = records.DroppedIo(
+        inode=7, cgroup_id=1, dev=12, direction=records.DIR_READ, bytes=100, lo=0, hi=0,
+        ios=1, append=True,
+    )  # fmt: skip
+    out = asm.on_dropped(drop, now_ns=5)
+    assert out.topic == bus.TOPIC_FILE_READ and out.env["lost"] == [[0, 100]]

@@ -230,16 +230,17 @@ def test_encode_config():
 
 
 def test_decode_counters_names_and_sums():
-    n = len(COUNTERS)
-    cpu0 = list(range(2 * n))
-    cpu1 = [100 * (i + 1) for i in range(2 * n)]
+    n, kinds = len(COUNTERS), len(records.COUNTER_KINDS)
+    cpu0 = list(range(kinds * n))
+    cpu1 = [100 * (i + 1) for i in range(kinds * n)]
     out = records.decode_counters([cpu0, cpu1])
-    assert list(out) == [f"write.{c}" for c in COUNTERS] + [f"read.{c}" for c in COUNTERS]
+    assert list(out) == [f"{k}.{c}" for k in records.COUNTER_KINDS for c in COUNTERS]
     assert out["write.events"] == 0 + 100
-    assert out["write.pending_full"] == (n - 1) + 100 * n
+    assert out["write.pending_full"] == 6 + 100 * 7
     assert out["read.events"] == n + 100 * (n + 1)
     assert out["read.dropped_bytes"] == (n + 5) + 100 * (n + 6)
-    assert records.NUM_COUNTERS == 2 * n == 14
+    assert out["bpf.chunk_drops"] == (5 * n + 3) + 100 * (5 * n + 4)
+    assert records.NUM_COUNTERS == kinds * n == 48
 
 
 def test_decode_counters_no_cpus():

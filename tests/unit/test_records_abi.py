@@ -167,6 +167,12 @@ def _enum(name: str) -> list[tuple[str, int]]:
         ("TC_CHUNK", records.CHUNK),
         ("TC_MAX_PREFIXES", records.MAX_PREFIXES),
         ("TC_PREFIX_LEN", records.PREFIX_LEN),
+        ("TC_FILENAME_BUF", records.FILENAME_BUF),
+        ("TC_ARGV_BUF", records.ARGV_BUF),
+        ("TC_PARAMS_BUF", records.PARAMS_BUF),
+        ("TC_PROG_NAME_LEN", records.PROG_NAME_LEN),
+        ("TC_EXEC_ARGV_TRUNCATED", records.EXEC_ARGV_TRUNCATED),
+        ("TC_EXEC_FILENAME_TRUNCATED", records.EXEC_FILENAME_TRUNCATED),
         ("TC_TYPE_REGULAR", records.TYPE_BITS["regular"]),
         ("TC_TYPE_PIPE", records.TYPE_BITS["pipe"]),
         ("TC_TYPE_SOCKET", records.TYPE_BITS["socket"]),
@@ -187,11 +193,24 @@ def test_define_equals_python_constant(c_name, py_value):
 
 def test_counter_enum_order():
     members = _enum("tc_counter")
-    assert members[-1][0] == "TC_CNT_PER_DIR"
+    assert members[-1][0] == "TC_CNT_PER_KIND"
     assert [value for _, value in members] == list(range(len(members)))
     names = [ident.removeprefix("TC_CNT_").lower() for ident, _ in members[:-1]]
     assert tuple(names) == records.COUNTERS
-    assert 2 * members[-1][1] == records.NUM_COUNTERS
+    kinds = _enum("tc_counter_kind")
+    assert kinds[-1][0] == "TC_NUM_KINDS"
+    assert tuple(i.removeprefix("TC_KIND_").lower() for i, _ in kinds[:-1]) == records.COUNTER_KINDS
+    assert kinds[-1][1] * members[-1][1] == records.NUM_COUNTERS
+
+
+@pytest.mark.parametrize(
+    ("enum", "names"),
+    [("tc_mem_syscall", records.MEM_SYSCALLS), ("tc_module_syscall", ("init", "finit"))],
+)
+def test_object_syscall_enums(enum, names):
+    members = _enum(enum)
+    assert [value for _, value in members] == list(range(len(members)))
+    assert tuple(i.split("_", 2)[-1].lower() for i, _ in members) == names
 
 
 def test_syscall_enum_order():
@@ -200,12 +219,21 @@ def test_syscall_enum_order():
     assert tuple(ident.removeprefix("TC_SYS_").lower() for ident, _ in members) == records.SYSCALLS
 
 
-def test_record_kind_and_direction_enums():
-    assert dict(_enum("tc_record_kind")) == {
-        "TC_REC_FILE_EVENT": records.REC_FILE_EVENT,
-        "TC_REC_FILE_DATA": records.REC_FILE_DATA,
-    }
+def test_direction_enum():
     assert dict(_enum("tc_direction")) == {
         "TC_DIR_WRITE": records.DIR_WRITE,
         "TC_DIR_READ": records.DIR_READ,
+    }
+
+
+def test_record_kind_enum():
+    kinds = dict(_enum("tc_record_kind"))
+    assert kinds == {
+        "TC_REC_FILE_EVENT": records.REC_FILE_EVENT,
+        "TC_REC_FILE_DATA": records.REC_FILE_DATA,
+        "TC_REC_OBJ_DATA": records.REC_OBJ_DATA,
+        "TC_REC_EXEC_EVENT": records.REC_EXEC_EVENT,
+        "TC_REC_MEM_EVENT": records.REC_MEM_EVENT,
+        "TC_REC_MODULE_EVENT": records.REC_MODULE_EVENT,
+        "TC_REC_BPF_EVENT": records.REC_BPF_EVENT,
     }

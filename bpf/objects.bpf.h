@@ -1,0 +1,379 @@
+/* Whole objects: executed binaries (--capture exec), memory made executable (mem), kernel
+ * module images (module) and BPF programs (bpf). Each gives one event on obj_rb; mem, module
+ * (init_module) and bpf follow it with their bytes as chunks. Executed binaries and
+ * finit_module files are read by the collector from the file itself. */
+#ifndef TRACECAP_OBJECTS_BPF_H
+#define TRACECAP_OBJECTS_BPF_H
+
+#define TC_OBJ_MAX (64ull << 20)   /* bytes of a region or image sent; the rest is counted lost */
+#define TC_ARGV_MASK (TC_ARGV_BUF - 1)
+#define TC_PARAMS_MASK (TC_PARAMS_BUF - 1)
+#define PROT_WRITE 0x2
+#define PROT_EXEC 0x4
+#define VM_WRITE 0x2
+#define NR_INIT_MODULE 175
+#define NR_FINIT_MODULE 313
+#define BPF_PROG_LOAD_CMD 5
+
+/* One scratch slot per CPU for the larger events, which do not fit the BPF stack. */
+union tc_obj_scratch {
+    struct tc_exec_event exec;
+    struct tc_module_event module;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, union tc_obj_scratch);
+} obj_scratch SEC(".maps");
+
+/* Arguments saved at syscall entry for the exit handlers (mmap, module, bpf). */
+struct tc_obj_args {
+    __u64 a0, a1, a2, a3;
+    __u32 nr;
+    __u32 _pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, struct tc_obj_args);
+} obj_pending SEC(".maps");
+
+static __always_inline void tc_obj_save(__u32 kind, __u32 nr, __u64 a0, __u64 a1, __u64 a2,
+                                        __u64 a3)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_obj_args a = { .a0 = a0, .a1 = a1, .a2 = a2, .a3 = a3, .nr = nr };
+    if (bpf_map_update_elem(&obj_pending, &tid, &a, BPF_ANY))
+        tc_count(kind * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
+}
+
+static __always_inline bool tc_obj_take(__u32 nr, struct tc_obj_args *out)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_obj_args *a = bpf_map_lookup_elem(&obj_pending, &tid);
+    if (!a || a->nr != nr)
+        return false;
+    *out = *a;
+    bpf_map_delete_elem(&obj_pending, &tid);
+    return true;
+}
+
+static __always_inline bool tc_emit_event(__u32 kind, void *ev, __u64 size)
+{
+    if (bpf_ringbuf_output(&obj_rb, ev, size, 0)) {
+        tc_count(kind * TC_CNT_PER_KIND + TC_CNT_EVENT_DROPS, 1);
+        return false;
+    }
+    tc_count(kind * TC_CNT_PER_KIND + TC_CNT_EVENTS, 1);
+    return true;
+}
+
+/* ---- exec ---------------------------------------------------------------------------- */
+
+struct inode___pre611 {
+    struct timespec64 __i_ctime;
+} __attribute__((preserve_access_index));
+
+/* Since 6.13 the top bits of i_ctime_nsec are flags (I_CTIME_QUERIED is set once someone has
+ * looked at the time): nanoseconds fit in the low 30 bits. */
+#define TC_CTIME_NSEC_MASK ((1u << 30) - 1)
+
+static __always_inline __u64 tc_inode_ctime(struct inode *inode)
+{
+    if (bpf_core_field_exists(inode->i_ctime_sec))
+        return BPF_CORE_READ(inode, i_ctime_sec) * 1000000000ull +
+               (BPF_CORE_READ(inode, i_ctime_nsec) & TC_CTIME_NSEC_MASK);
+    struct inode___pre611 *old = (void *)inode;
+    if (bpf_core_field_exists(old->__i_ctime))
+        return BPF_CORE_READ(old, __i_ctime.tv_sec) * 1000000000ull +
+               BPF_CORE_READ(old, __i_ctime.tv_nsec);
+    return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+    if (!tc_in_scope())
+        return 0;
+    __u32 zero = 0;
+    union tc_obj_scratch *s = bpf_map_lookup_elem(&obj_scratch, &zero);
+    if (!s)
+        return 0;
+    struct tc_exec_event *ev = &s->exec;
+    tc_fill_hdr(&ev->h, TC_REC_EXEC_EVENT);
+    struct inode *inode = bprm->file->f_inode;
+    ev->inode = inode->i_ino;
+    ev->dev = inode->i_sb->s_dev;
+    ev->mode = inode->i_mode;
+    ev->ctime = tc_inode_ctime(inode);
+    ev->flags = 0;
+    long r = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), bprm->filename);
+    ev->filename_len = r > 0 ? r - 1 : 0;
+    if (ev->filename_len == TC_FILENAME_BUF - 1)
+        ev->flags |= TC_EXEC_FILENAME_TRUNCATED;
+
+    /* argv lies on the new program's stack: mm->arg_start .. arg_end, NUL-separated */
+    struct mm_struct *mm = p->mm;
+    __u64 start = mm->arg_start, end = mm->arg_end;
+    __u64 len = end > start ? end - start : 0;
+    if (len > TC_ARGV_BUF - 1) {
+        len = TC_ARGV_BUF - 1;
+        ev->flags |= TC_EXEC_ARGV_TRUNCATED;
+    }
+    len = tc_bound(len, TC_ARGV_MASK);
+    ev->argv_len = 0;
+    if (len && !bpf_probe_read_user(ev->argv, len, (void *)start))
+        ev->argv_len = len;
+    tc_emit_event(TC_KIND_EXEC, ev, sizeof(*ev));
+    return 0;
+}
+
+/* ---- mem ------------------------------------------------------------------------------ */
+
+struct tc_vma_ctx { __u64 flags; };
+
+static long tc_vma_flags(struct task_struct *task, struct vm_area_struct *vma, struct tc_vma_ctx *c)
+{
+    c->flags = vma->vm_flags;
+    return 0;
+}
+
+static __always_inline void tc_mem_emit(__u32 syscall, __u64 addr, __u64 len, __u32 before,
+                                        __u32 after)
+{
+    struct tc_mem_event ev = {};
+    tc_fill_hdr(&ev.h, TC_REC_MEM_EVENT);
+    ev.obj_id = __sync_fetch_and_add(&io_seq, 1);
+    ev.addr = addr;
+    ev.len = len;
+    ev.captured = len > TC_OBJ_MAX ? TC_OBJ_MAX : len;
+    ev.prot_before = before;
+    ev.prot_after = after;
+    ev.syscall = syscall;
+    if (!tc_emit_event(TC_KIND_MEM, &ev, sizeof(ev)))
+        return;
+    tc_send_user(ev.obj_id, addr, ev.captured, TC_KIND_MEM, 1);
+}
+
+/* Tracee's rule: the region was writable, and becomes executable and not writable
+ * (RW->RX, RWX->RX). The previous protection comes from the VMA, not from a guess. */
+static __always_inline int tc_mprotect(struct trace_event_raw_sys_enter *ctx, __u32 syscall)
+{
+    __u64 addr = ctx->args[0], len = ctx->args[1], prot = ctx->args[2];
+    if (!(prot & PROT_EXEC) || (prot & PROT_WRITE))
+        return 0;
+    if (!tc_in_scope())
+        return 0;
+    struct tc_vma_ctx c = {};
+    if (bpf_find_vma(bpf_get_current_task_btf(), addr, tc_vma_flags, &c, 0))
+        return 0;
+    if (!(c.flags & VM_WRITE))
+        return 0;
+    tc_mem_emit(syscall, addr, len ?: 4096, c.flags & 7, prot & 7);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_enter_mprotect")
+int tc_mprotect_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_mprotect(ctx, TC_MEM_MPROTECT);
+}
+
+SEC("tp/syscalls/sys_enter_pkey_mprotect")
+int tc_pkey_mprotect_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_mprotect(ctx, TC_MEM_PKEY_MPROTECT);
+}
+
+/* A mapping that is writable and executable at once: its bytes as mapped. */
+SEC("tp/syscalls/sys_enter_mmap")
+int tc_mmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    __u64 prot = ctx->args[2];
+    if ((prot & (PROT_WRITE | PROT_EXEC)) != (PROT_WRITE | PROT_EXEC) || !tc_in_scope())
+        return 0;
+    tc_obj_save(TC_KIND_MEM, 9, ctx->args[0], ctx->args[1], prot, 0);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int tc_mmap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    struct tc_obj_args a;
+    if (!tc_obj_take(9, &a))
+        return 0;
+    if ((unsigned long)ctx->ret >= (unsigned long)-4095)
+        return 0;   /* failed */
+    tc_mem_emit(TC_MEM_MMAP, ctx->ret, a.a1, 0, a.a2 & 7);
+    return 0;
+}
+
+/* ---- module --------------------------------------------------------------------------- */
+
+static __always_inline void tc_module_exit(__u32 nr, long ret)
+{
+    struct tc_obj_args a;
+    if (!tc_obj_take(nr, &a))
+        return;
+    __u32 zero = 0;
+    union tc_obj_scratch *s = bpf_map_lookup_elem(&obj_scratch, &zero);
+    if (!s)
+        return;
+    struct tc_module_event *ev = &s->module;
+    tc_fill_hdr(&ev->h, TC_REC_MODULE_EVENT);
+    ev->obj_id = __sync_fetch_and_add(&io_seq, 1);
+    ev->ret = ret;
+    ev->len = 0;
+    ev->captured = 0;
+    ev->inode = 0;
+    ev->dev = 0;
+    ev->fd = -1;
+    ev->flags = 0;
+    ev->path_len = 0;
+    __u64 uargs;
+    if (nr == NR_INIT_MODULE) {
+        ev->syscall = TC_MOD_INIT;
+        ev->len = a.a1;
+        ev->captured = a.a1 > TC_OBJ_MAX ? TC_OBJ_MAX : a.a1;
+        uargs = a.a2;
+    } else {
+        ev->syscall = TC_MOD_FINIT;
+        ev->fd = (__s32)a.a0;
+        uargs = a.a1;
+        struct file *f = tc_fd_file(ev->fd);
+        if (f) {
+            ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
+            ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+            struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
+            if (ps) {
+                ps->ev.flags = 0;
+                tc_build_path(ps, f);
+                __u32 n = ps->ev.path_len;
+                if (n > TC_PATH_BUF - 1)
+                    n = TC_PATH_BUF - 1;
+                bpf_probe_read_kernel(ev->path, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
+                ev->path_len = n;
+                ev->flags = ps->ev.flags & TC_EV_PATH_TRUNCATED;
+            }
+        }
+    }
+    long r = bpf_probe_read_user_str(ev->params, sizeof(ev->params), (void *)uargs);
+    ev->params_len = r > 0 ? r - 1 : 0;
+    if (!tc_emit_event(TC_KIND_MODULE, ev, sizeof(*ev)))
+        return;
+    if (ev->captured)
+        tc_send_user(ev->obj_id, a.a0, ev->captured, TC_KIND_MODULE, 0);
+}
+
+/* Kernels without CONFIG_MODULES have no module syscall tracepoints: the raw syscall
+ * tracepoints see the attempt (and its ENOSYS). The collector uses these only then. */
+SEC("raw_tp/sys_enter")
+int tc_module_raw_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+    long nr = ctx->args[1];
+    if (nr != NR_INIT_MODULE && nr != NR_FINIT_MODULE)
+        return 0;
+    if (!tc_in_scope())
+        return 0;
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    tc_obj_save(TC_KIND_MODULE, nr, BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si),
+                BPF_CORE_READ(regs, dx), 0);
+    return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int tc_module_raw_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long nr = BPF_CORE_READ(regs, orig_ax);
+    if (nr != NR_INIT_MODULE && nr != NR_FINIT_MODULE)
+        return 0;
+    tc_module_exit(nr, ctx->args[1]);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_enter_init_module")
+int tc_init_module_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    if (tc_in_scope())
+        tc_obj_save(TC_KIND_MODULE, NR_INIT_MODULE, ctx->args[0], ctx->args[1], ctx->args[2], 0);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_exit_init_module")
+int tc_init_module_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    tc_module_exit(NR_INIT_MODULE, ctx->ret);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_enter_finit_module")
+int tc_finit_module_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    if (tc_in_scope())
+        tc_obj_save(TC_KIND_MODULE, NR_FINIT_MODULE, ctx->args[0], ctx->args[1], ctx->args[2], 0);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_exit_finit_module")
+int tc_finit_module_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    tc_module_exit(NR_FINIT_MODULE, ctx->ret);
+    return 0;
+}
+
+/* ---- bpf ------------------------------------------------------------------------------ */
+
+/* The BPF_PROG_LOAD part of union bpf_attr (UAPI, stable). */
+struct tc_prog_load_attr {
+    __u32 prog_type;
+    __u32 insn_cnt;
+    __u64 insns;
+    __u64 license;
+    __u32 log_level;
+    __u32 log_size;
+    __u64 log_buf;
+    __u32 kern_version;
+    __u32 prog_flags;
+    char prog_name[TC_PROG_NAME_LEN];
+};
+
+SEC("tp/syscalls/sys_enter_bpf")
+int tc_bpf_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    if (ctx->args[0] != BPF_PROG_LOAD_CMD || !tc_in_scope())
+        return 0;
+    tc_obj_save(TC_KIND_BPF, 321, ctx->args[1], ctx->args[2], 0, 0);
+    return 0;
+}
+
+SEC("tp/syscalls/sys_exit_bpf")
+int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    struct tc_obj_args a;
+    if (!tc_obj_take(321, &a))
+        return 0;
+    struct tc_prog_load_attr attr = {};
+    __u64 size = a.a1 < sizeof(attr) ? a.a1 : sizeof(attr);
+    if (bpf_probe_read_user(&attr, size & 0x7f, (void *)a.a0))
+        return 0;
+    struct tc_bpf_event ev = {};
+    tc_fill_hdr(&ev.h, TC_REC_BPF_EVENT);
+    ev.obj_id = __sync_fetch_and_add(&io_seq, 1);
+    ev.ret = ctx->ret;
+    ev.insn_cnt = attr.insn_cnt;
+    ev.prog_type = attr.prog_type;
+    __builtin_memcpy(ev.prog_name, attr.prog_name, TC_PROG_NAME_LEN);
+    __u64 bytes = (__u64)attr.insn_cnt * 8;
+    ev.captured = bytes > TC_OBJ_MAX ? TC_OBJ_MAX : bytes;
+    if (!tc_emit_event(TC_KIND_BPF, &ev, sizeof(ev)))
+        return 0;
+    tc_send_user(ev.obj_id, attr.insns, ev.captured, TC_KIND_BPF, 0);
+    return 0;
+}
+
+#endif

@@ -1,0 +1,168 @@
+"""Turn the kernel's object events and data chunks into bus messages (pure; clock passed in).
+
+An object (a memory region, a module image, a BPF program) is one event followed by its bytes
+in chunks. Messages carry ``obj_id``/``obj_off``/``obj_len``; the one with ``last`` ends the
+object, and every byte that did not arrive is an explicit ``lost`` range, as for files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bpf import records
+from collector import bus
+from collector.file_assembly import Outgoing
+
+#: Bytes gathered before an object's bytes are published as one message.
+MAX_MESSAGE_PAYLOAD = 1024 * 1024
+#: An object whose bytes have not all arrived after this long is closed, the rest lost.
+OBJECT_TIMEOUT_NS = 2_000_000_000
+
+
+def prot_text(prot: int) -> str:
+    return "".join(c if prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
+
+
+def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dict[str, Any]:
+    return {
+        "ts": h.ts + boot_to_epoch,
+        "pid": h.pid,
+        "tid": h.tid,
+        "ppid": h.ppid,
+        "uid": h.uid,
+        "comm": h.comm,
+        "cgroup_id": h.cgroup_id,
+        "container_id": container_id,
+    }
+
+
+def object_env(
+    ev: records.MemEvent | records.ModuleEvent | records.BpfEvent,
+    boot_to_epoch: int,
+    container_id: str,
+) -> tuple[bytes, dict[str, Any], int]:
+    """(topic, envelope, object length) for an object event."""
+    env = context_env(ev.hdr, boot_to_epoch, container_id)
+    if isinstance(ev, records.MemEvent):
+        env |= {
+            "syscall": ev.syscall,
+            "addr": ev.addr,
+            "len": ev.length,
+            "prot_before": ev.prot_before,
+            "prot_after": ev.prot_after,
+        }
+        return bus.TOPIC_MEM, env, ev.length
+    if isinstance(ev, records.ModuleEvent):
+        env |= {
+            "syscall": ev.syscall,
+            "ret": ev.ret,
+            "params": ev.params,
+            "dev": ev.dev,
+            "inode": ev.inode,
+            "path": ev.path,
+            "fd": ev.fd,
+        }
+        return bus.TOPIC_MODULE, env, ev.length
+    env |= {
+        "prog_name": ev.prog_name,
+        "prog_type": ev.prog_type,
+        "insn_cnt": ev.insn_cnt,
+        "ret": ev.ret,
+    }
+    return bus.TOPIC_BPF, env, ev.insn_cnt * 8
+
+
+@dataclass
+class _PendingObject:
+    topic: bytes
+    env: dict[str, Any]
+    obj_len: int
+    captured: int
+    started_ns: int
+    next_off: int = 0
+    buf: bytearray = field(default_factory=bytearray)
+    buf_off: int = 0
+    lost: list[list[int]] = field(default_factory=list)
+
+
+class ObjectAssembler:
+    def __init__(self) -> None:
+        self._pending: dict[int, _PendingObject] = {}
+        self.orphan_chunks = 0
+        self.lost_bytes = 0
+
+    def on_event(
+        self,
+        obj_id: int,
+        topic: bytes,
+        env: dict[str, Any],
+        obj_len: int,
+        captured: int,
+        now_ns: int,
+    ) -> list[Outgoing]:
+        """Start an object; ``captured`` of its ``obj_len`` bytes will follow as chunks."""
+        obj = _PendingObject(topic, dict(env, obj_id=obj_id, obj_len=obj_len), obj_len,
+                             captured, now_ns)  # fmt: skip
+        if captured < obj_len:
+            obj.lost.append([captured, obj_len])
+            self.lost_bytes += obj_len - captured
+        if captured == 0:
+            return [self._finish(obj)]
+        self._pending[obj_id] = obj
+        return []
+
+    def on_data(self, chunk: records.FileData, now_ns: int) -> list[Outgoing]:
+        obj = self._pending.get(chunk.io_id)
+        if obj is None:
+            self.orphan_chunks += 1
+            return []
+        out: list[Outgoing] = []
+        if chunk.io_off > obj.next_off:
+            self._lose(obj, obj.next_off, chunk.io_off)
+            out += self._flush(obj)
+            obj.next_off = chunk.io_off
+        if chunk.io_off == obj.next_off:
+            if chunk.unreadable or len(chunk.data) < chunk.want:
+                out += self._flush(obj)
+                self._lose(obj, chunk.io_off + len(chunk.data), chunk.io_off + chunk.want)
+                obj.next_off = chunk.io_off + chunk.want
+            else:
+                if not obj.buf:
+                    obj.buf_off = chunk.io_off
+                obj.buf += chunk.data
+                obj.next_off += len(chunk.data)
+        if obj.next_off >= obj.captured:
+            del self._pending[chunk.io_id]
+            return [*out, self._finish(obj)]
+        if len(obj.buf) >= MAX_MESSAGE_PAYLOAD:
+            out += self._flush(obj)
+        return out
+
+    def expire(self, now_ns: int, force: bool = False) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for obj_id, obj in list(self._pending.items()):
+            if force or now_ns - obj.started_ns >= OBJECT_TIMEOUT_NS:
+                self._lose(obj, obj.next_off, obj.captured)
+                del self._pending[obj_id]
+                out.append(self._finish(obj))
+        return out
+
+    def _lose(self, obj: _PendingObject, start: int, end: int) -> None:
+        if end > start:
+            obj.lost.append([start, end])
+            self.lost_bytes += end - start
+
+    def _message(self, obj: _PendingObject, last: bool) -> Outgoing:
+        env = dict(obj.env, obj_off=obj.buf_off if obj.buf else obj.next_off, last=last)
+        if last and obj.lost:
+            env["lost"] = sorted(obj.lost)
+        payload = bytes(obj.buf) if obj.buf else None
+        obj.buf.clear()
+        return Outgoing(obj.topic, env, payload)
+
+    def _flush(self, obj: _PendingObject) -> list[Outgoing]:
+        return [self._message(obj, last=False)] if obj.buf else []
+
+    def _finish(self, obj: _PendingObject) -> Outgoing:
+        return self._message(obj, last=True)

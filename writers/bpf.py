@@ -1,0 +1,43 @@
+"""The BPF writer: the instruction array of every distinct BPF program loaded, once per sha256.
+
+Stored as ``<cid>/bpf.name-<name>.pid-<P>.<sha256>``: raw ``struct bpf_insn`` records, which
+``bpf-objdump -D -b binary -m bpf`` disassembles as is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector import bus
+from writers.naming import bpf_artifact_name, text_fields
+from writers.objects import (
+    DedupKey,
+    Meta,
+    ObjectWriter,
+    content_key,
+    content_key_from_record,
+)
+
+
+class BpfWriter(ObjectWriter):
+    """BPF programs; see the module docstring."""
+
+    name = kind = "bpf"
+    topic = bus.TOPIC_BPF
+
+    def final_name(self, meta: Meta, sha256: str) -> str:
+        return bpf_artifact_name(meta["prog_name"], meta["pid"], sha256)
+
+    def dedup_key(self, meta: Meta, sha256: str | None) -> DedupKey | None:
+        return content_key(sha256)
+
+    def dedup_key_from_record(self, record: dict[str, Any]) -> DedupKey | None:
+        return content_key_from_record(record)
+
+    def index_fields(self, meta: Meta) -> dict[str, Any]:
+        return {
+            **text_fields("prog_name", meta["prog_name"]),
+            "prog_type": meta["prog_type"],
+            "insn_cnt": meta["insn_cnt"],
+            "ret": meta["ret"],
+        }

@@ -1,0 +1,52 @@
+"""The memory writer: regions an unpacker made executable, as ``<cid>/mem.pid-<P>.ts-<ts>``.
+
+Every event is its own artifact (no dedup): the same address made executable twice usually
+holds a different stage of the unpacker each time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector import bus
+from writers.naming import mem_artifact_name
+from writers.objects import DedupKey, Meta, ObjectWriter
+
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAX_SYSCALL_CHARS = 64
+
+
+def prot_string(prot: int) -> str:
+    """PROT_* bits as ``ls``-style ``rwx`` (``rw-``, ``r-x``), the form analysts read."""
+    return "".join(
+        letter if prot & bit else "-"
+        for bit, letter in ((PROT_READ, "r"), (PROT_WRITE, "w"), (PROT_EXEC, "x"))
+    )
+
+
+class MemoryWriter(ObjectWriter):
+    """Memory regions; see the module docstring."""
+
+    name = kind = "mem"
+    topic = bus.TOPIC_MEM
+    deduplicates = False
+
+    def final_name(self, meta: Meta, sha256: str) -> str:
+        return mem_artifact_name(meta["pid"], meta["ts"])
+
+    def dedup_key(self, meta: Meta, sha256: str | None) -> DedupKey | None:
+        return None
+
+    def dedup_key_from_record(self, record: dict[str, Any]) -> DedupKey | None:
+        return None
+
+    def index_fields(self, meta: Meta) -> dict[str, Any]:
+        return {
+            "syscall": meta["syscall"][:MAX_SYSCALL_CHARS],
+            "address": meta["addr"],
+            "length": meta["len"],
+            "prot_before": meta["prot_before"],
+            "prot_after": meta["prot_after"],
+            "prot_before_rwx": prot_string(meta["prot_before"]),
+            "prot_after_rwx": prot_string(meta["prot_after"]),
+        }
