@@ -36,6 +36,11 @@ fi
 
 # The run directory of the static deployment (supervisord.conf); /run is emptied at boot.
 install -d -m 2750 -o root -g tracecap /run/tracecap
+install -d -m 0750 -o tracecap -g tracecap /run/tracecap/stats
+
+# The configuration the static deployment (supervisord.conf) reads; a local edit is kept.
+install -d -m 0755 /etc/tracecap
+[ -f /etc/tracecap/tracecap.conf ] || install -m 0644 conf/tracecap.conf /etc/tracecap/tracecap.conf
 
 # tp/ programs need tracefs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing

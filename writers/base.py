@@ -82,9 +82,15 @@ class Subscriber:
         self.endpoint = endpoint
         self.name = name or writer.name
         self._index = index
-        self._stats = StatsFile(stats_dir, self.name) if stats_dir else None
         self._context = context
         self._log = log or RateLimitedLog(f"tracecap-writer[{self.name}]")
+        self._stats: StatsFile | None = None
+        if stats_dir:
+            try:
+                self._stats = StatsFile(stats_dir, self.name)
+            except OSError as exc:
+                # counters are for `tracecap status`; capture must go on without them
+                self._log("stats", f"no counters file in {stats_dir}: {exc}")
         self._clock = clock
         self._gaps = GapTracker()
         self._next_stats = 0.0
