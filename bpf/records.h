@@ -14,7 +14,7 @@
 #define TC_CHUNK 32768       /* payload bytes per data record */
 #define TC_MAX_PREFIXES 3
 #define TC_PREFIX_LEN 64     /* a path filter is at most 50 characters; 64 keeps it aligned */
-#define TC_FILENAME_BUF 256  /* exec: the name a binary was executed by */
+#define TC_FILENAME_BUF 4096 /* exec: the name a binary was executed by (PATH_MAX) */
 #define TC_ARGV_BUF 4096     /* exec: argv, NUL-separated; longer is cut and flagged */
 #define TC_PARAMS_BUF 256    /* module: the parameter string */
 #define TC_PROG_NAME_LEN 16  /* bpf: BPF_OBJ_NAME_LEN */
@@ -27,7 +27,11 @@ enum tc_record_kind {
     TC_REC_MEM_EVENT = 5,    /* a writable region is being made executable */
     TC_REC_MODULE_EVENT = 6, /* init_module / finit_module */
     TC_REC_BPF_EVENT = 7,    /* BPF_PROG_LOAD */
+    TC_REC_PACKET = 8,       /* a packet, with the owner of its socket when known */
+    TC_REC_SOCK_OWNER = 9,   /* a socket got (or changed) its owning thread */
 };
+
+enum tc_pkt_direction { TC_PKT_EGRESS = 0, TC_PKT_INGRESS = 1 };
 
 enum tc_mem_syscall { TC_MEM_MPROTECT = 0, TC_MEM_PKEY_MPROTECT, TC_MEM_MMAP };
 enum tc_module_syscall { TC_MOD_INIT = 0, TC_MOD_FINIT };
@@ -35,7 +39,7 @@ enum tc_module_syscall { TC_MOD_INIT = 0, TC_MOD_FINIT };
 /* Which counters block: the file directions first, then one per object kind. */
 enum tc_counter_kind {
     TC_KIND_WRITE = 0, TC_KIND_READ, TC_KIND_EXEC, TC_KIND_MEM, TC_KIND_MODULE, TC_KIND_BPF,
-    TC_NUM_KINDS,
+    TC_KIND_NET, TC_NUM_KINDS,
 };
 
 enum tc_syscall {
@@ -175,6 +179,34 @@ struct tc_bpf_event {
     char prog_name[TC_PROG_NAME_LEN];
 };
 
+/* A packet from the IP header on (cgroup_skb sees no link layer), cut to the snap length. */
+struct tc_packet {
+    __u32 kind;
+    __u32 len;               /* captured bytes that follow */
+    __u64 ts;                /* CLOCK_BOOTTIME ns */
+    __u64 cookie;            /* the socket's cookie, 0 for none */
+    __u64 cgroup_id;         /* the packet's cgroup (its socket's) */
+    __u64 owner_start;       /* the owning thread's start time, boot ns; 0 when unknown */
+    __u32 orig_len;          /* the packet's real length */
+    __u32 ifindex;
+    __u32 direction;         /* enum tc_pkt_direction */
+    __u32 owner_pid;         /* 0 when the owner is not known (yet) in the kernel */
+    __u32 owner_tid;
+    __u32 owner_ppid;
+    __u32 owner_uid;
+    __u32 _pad;
+    char owner_comm[TC_COMM_LEN];
+};
+
+/* Sent when a socket is created or first used by a thread, and when its user changes. */
+struct tc_sock_owner {
+    struct tc_hdr h;
+    __u64 cookie;
+    __u64 start_time;        /* the thread's start, boot ns */
+    __u32 in_scope;
+    __u32 _pad;
+};
+
 /* Key and value of the `file_drops` map: syscalls whose event could not be sent (ring buffer
  * full), so that the collector can still tell which artifact lost which bytes. */
 struct tc_drop_key {
@@ -208,6 +240,8 @@ struct tc_config {
     __u32 excluded_uid;      /* the tracecap user: writers, bridge, tap; (u32)-1 for none */
     __u32 scope_flags;       /* TC_SCOPE_* */
     struct tc_file_filter filters[2];  /* indexed by enum tc_direction */
+    __u32 net_ifindex;       /* net=<iface>: only packets crossing it; 0 = any */
+    __s32 snaplen;           /* payload bytes kept after the L4 header; -1 = all */
 };
 
 #endif

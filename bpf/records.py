@@ -15,7 +15,7 @@ NAME_SLACK = 256
 CHUNK = 32768
 MAX_PREFIXES = 3
 PREFIX_LEN = 64
-FILENAME_BUF = 256
+FILENAME_BUF = 4096
 ARGV_BUF = 4096
 PARAMS_BUF = 256
 PROG_NAME_LEN = 16
@@ -27,6 +27,9 @@ REC_EXEC_EVENT = 4
 REC_MEM_EVENT = 5
 REC_MODULE_EVENT = 6
 REC_BPF_EVENT = 7
+REC_PACKET = 8
+REC_SOCK_OWNER = 9
+PKT_DIRECTIONS = ("egress", "ingress")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
 MODULE_SYSCALLS = ("init_module", "finit_module")
@@ -58,7 +61,7 @@ COUNTERS = (
     "drop_table_full",
 )
 #: Counter blocks, in enum tc_counter_kind order.
-COUNTER_KINDS = ("write", "read", "exec", "mem", "module", "bpf")
+COUNTER_KINDS = ("write", "read", "exec", "mem", "module", "bpf", "net")
 NUM_COUNTERS = len(COUNTER_KINDS) * len(COUNTERS)
 
 TYPE_BITS = {"regular": 1, "pipe": 2, "socket": 4, "elf": 8}
@@ -72,11 +75,13 @@ HDR = struct.Struct("<IIQIIIIQ16s")
 FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
 FILE_DATA = struct.Struct("<IIQQII")
 FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
-CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}s")
+CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}sIi")
 EXEC_EVENT = struct.Struct(f"<{HDR.format[1:]}QQIIIIII{FILENAME_BUF}s{ARGV_BUF}s")
 MEM_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIII")
 MODULE_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQQQIiIIII{PARAMS_BUF}s{PATH_BUF}s")
 BPF_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQII{PROG_NAME_LEN}s")
+PACKET = struct.Struct(f"<IIQQQQIIIIIIII{COMM_LEN}s")
+SOCK_OWNER = struct.Struct(f"<{HDR.format[1:]}QQII")
 DROP_KEY = struct.Struct("<QQII")
 DROP_VAL = struct.Struct("<QQQQII")
 
@@ -117,7 +122,13 @@ LAYOUT: dict[str, dict[str, int]] = {
         "path_len": 16,
         "paths": 32,
     },
-    "tc_config": {"excluded_uid": 0, "scope_flags": 4, "filters": 8},
+    "tc_config": {
+        "excluded_uid": 0,
+        "scope_flags": 4,
+        "filters": 8,
+        "net_ifindex": 456,
+        "snaplen": 460,
+    },
     "tc_exec_event": {
         "h": 0,
         "inode": 56,
@@ -128,7 +139,7 @@ LAYOUT: dict[str, dict[str, int]] = {
         "argv_len": 84,
         "flags": 88,
         "filename": 96,
-        "argv": 352,
+        "argv": 4192,
     },
     "tc_mem_event": {
         "h": 0,
@@ -166,6 +177,23 @@ LAYOUT: dict[str, dict[str, int]] = {
         "prog_name": 88,
     },
     "tc_drop_key": {"inode": 0, "cgroup_id": 8, "dev": 16, "direction": 20},
+    "tc_packet": {
+        "kind": 0,
+        "len": 4,
+        "ts": 8,
+        "cookie": 16,
+        "cgroup_id": 24,
+        "owner_start": 32,
+        "orig_len": 40,
+        "ifindex": 44,
+        "direction": 48,
+        "owner_pid": 52,
+        "owner_tid": 56,
+        "owner_ppid": 60,
+        "owner_uid": 64,
+        "owner_comm": 72,
+    },
+    "tc_sock_owner": {"h": 0, "cookie": 56, "start_time": 64, "in_scope": 72},
     "tc_drop_val": {"bytes": 0, "lo": 8, "hi": 16, "ios": 24, "append": 32},
 }
 SIZES = {
@@ -179,6 +207,8 @@ SIZES = {
     "tc_module_event": MODULE_EVENT.size,
     "tc_bpf_event": BPF_EVENT.size,
     "tc_drop_key": DROP_KEY.size,
+    "tc_packet": PACKET.size,
+    "tc_sock_owner": SOCK_OWNER.size,
     "tc_drop_val": DROP_VAL.size,
 }
 
@@ -406,6 +436,52 @@ def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
     return DroppedIo(inode, cgroup_id, dev, direction, nbytes, lo, hi, ios, bool(append))
 
 
+@dataclass(frozen=True, slots=True)
+class Packet:
+    ts: int
+    cookie: int
+    cgroup_id: int
+    owner_start: int
+    orig_len: int
+    ifindex: int
+    direction: str
+    owner_pid: int
+    owner_tid: int
+    owner_ppid: int
+    owner_uid: int
+    owner_comm: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SockOwner:
+    hdr: Header
+    cookie: int
+    start_time: int
+    in_scope: bool
+
+
+def decode_packet(raw: bytes) -> Packet:
+    f = _need(raw, PACKET, "packet")
+    (_kind, length, ts, cookie, cgroup_id, start, orig_len, ifindex, direction, pid, tid, ppid,
+     uid, _pad, comm) = f  # fmt: skip
+    if direction >= len(PKT_DIRECTIONS):
+        raise RecordError(f"packet with unknown direction {direction}")
+    data = raw[PACKET.size : PACKET.size + length]
+    if len(data) != length:
+        raise RecordError(f"packet says {length} bytes, record holds {len(data)}")
+    return Packet(
+        ts, cookie, cgroup_id, start, orig_len, ifindex, PKT_DIRECTIONS[direction], pid, tid,
+        ppid, uid, _cstr(comm), data,
+    )  # fmt: skip
+
+
+def decode_sock_owner(raw: bytes) -> SockOwner:
+    f = _need(raw, SOCK_OWNER, "socket owner")
+    cookie, start_time, in_scope, _pad = f[9:]
+    return SockOwner(_header(f), cookie, start_time, bool(in_scope))
+
+
 def encode_file_filter(
     enabled: bool, paths: tuple[bytes, ...], types: frozenset[str], fds: frozenset[int]
 ) -> bytes:
@@ -420,8 +496,15 @@ def encode_file_filter(
     return FILE_FILTER.pack(int(enabled), type_bits, fd_bits, len(paths), *lens, 0, blob)
 
 
-def encode_config(excluded_uid: int, scope_flags: int, write: bytes, read: bytes) -> bytes:
-    return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read)
+def encode_config(
+    excluded_uid: int,
+    scope_flags: int,
+    write: bytes,
+    read: bytes,
+    net_ifindex: int = 0,
+    snaplen: int = -1,
+) -> bytes:
+    return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read, net_ifindex, snaplen)
 
 
 def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:

@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
 #include "objects.bpf.h"
+#include "net.bpf.h"
 
 /* Keep the record types in the object's BTF so that tests can check the Python decoders. */
 struct tc_hdr _tc_abi_hdr __attribute__((unused));
@@ -29,3 +30,5 @@ struct tc_module_event _tc_abi_module __attribute__((unused));
 struct tc_bpf_event _tc_abi_bpf __attribute__((unused));
 struct tc_drop_key _tc_abi_drop_key __attribute__((unused));
 struct tc_drop_val _tc_abi_drop_val __attribute__((unused));
+struct tc_packet _tc_abi_packet __attribute__((unused));
+struct tc_sock_owner _tc_abi_sock_owner __attribute__((unused));

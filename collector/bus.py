@@ -135,6 +135,22 @@ BPF_KEYS = {
     "ret": (int,),
 }
 
+#: net.packet.: one packet, the payload frame holding its bytes from the IP header on (link type
+#: RAW), cut to the snap length: ``orig_len`` is its real length. ``direction`` is "egress" or
+#: "ingress", ``ifindex`` the interface, ``cookie`` the socket's cookie. The common keys name the
+#: process that owns the socket (pid 0 and an empty comm when no process does, such as a
+#: kernel-generated reply), ``start_time`` that thread's start (ns since the epoch, 0 when
+#: unknown) and ``cgroup_id``/``container_id`` the packet's cgroup. ``protocols`` lists the
+#: net_packet_* event names the packet matches (ipv4, tcp, dns, ...).
+NET_KEYS = {
+    "direction": (str,),
+    "ifindex": (int,),
+    "orig_len": (int,),
+    "cookie": (int,),
+    "start_time": (int,),
+    "protocols": (list,),
+}
+
 KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_FILE_WRITE: FILE_KEYS,
     TOPIC_FILE_READ: FILE_KEYS,
@@ -142,6 +158,7 @@ KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_MEM: {**OBJECT_KEYS, **MEM_KEYS},
     TOPIC_MODULE: {**OBJECT_KEYS, **MODULE_KEYS},
     TOPIC_BPF: {**OBJECT_KEYS, **BPF_KEYS},
+    TOPIC_NET_PACKET: NET_KEYS,
     # proc.: process events; ``event`` names which ("exec": then the EXEC_KEYS too)
     TOPIC_PROC: {"event": (str,)},
 }

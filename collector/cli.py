@@ -109,9 +109,7 @@ def ring_mb_of(found: dict[str, list[str]]) -> int:
 
 
 def _config(argv: list[str]) -> options.Config:
-    config = options.parse_args(argv)
-    options.check_supported(config)
-    return config
+    return options.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,7 +148,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         return run_collector(config, run_dir, wait, ring_mb << 20)
     if cmd == "writer":
         if not rest or rest[0].startswith("-"):
-            raise UsageError("writer needs a KIND (file)")
+            raise UsageError("writer needs a KIND (file, exec, mem, module, bpf, pcap)")
         kind, rest = rest[0], rest[1:]
         found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--connect": False})
         config = _config(expand_config(found, rest))
@@ -158,7 +156,10 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
         from writers.runner import run_writer
 
-        return run_writer(kind, config.out_dir, endpoint, f"{run_dir}/stats")
+        writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
+        return run_writer(
+            kind, config.out_dir, endpoint, f"{run_dir}/stats", options=writer_options
+        )
     if cmd == "tap":
         found, rest = split_own(rest, {"--topic": True, "--run-dir": False, "--connect": False})
         if rest:

@@ -33,6 +33,7 @@ for _name, _res, _args in [
     ("bpf_program__set_autoload", ct.c_int, [_vp, ct.c_bool]),
     ("bpf_program__autoload", ct.c_bool, [_vp]),
     ("bpf_program__attach", _vp, [_vp]),
+    ("bpf_program__attach_cgroup", _vp, [_vp, ct.c_int]),
     ("bpf_link__destroy", ct.c_int, [_vp]),
     ("bpf_map__name", ct.c_char_p, [_vp]),
     ("bpf_map__fd", ct.c_int, [_vp]),
@@ -190,6 +191,14 @@ class BpfObject:
         link = _lib.bpf_program__attach(self.programs[name])
         if not link or _lib.libbpf_get_error(link):
             raise _error(f"cannot attach {name}")
+        self._links.append(link)
+
+    def attach_cgroup(self, name: str, cgroup_fd: int) -> None:
+        """Attach through a BPF link: never left behind, never exclusive (unlike bcc's)."""
+        _log.clear()
+        link = _lib.bpf_program__attach_cgroup(self.programs[name], cgroup_fd)
+        if not link or _lib.libbpf_get_error(link):
+            raise _error(f"cannot attach {name} to the cgroup")
         self._links.append(link)
 
     def map_fd(self, name: str) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from bpf import records
 from collector import bus
 from collector.file_assembly import FileAssembler, Outgoing
+from collector.libbpf import BpfError
 from collector.object_assembly import ObjectAssembler, context_env, object_env
 from collector.object_files import (
     FileJob,
@@ -28,7 +29,8 @@ from collector.object_files import (
     open_verified,
 )
 from collector.options import Config
-from collector.probes import DEFAULT_RING_BYTES, KernelProbes
+from collector.packets import PacketAssembler
+from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import read_proc_file, tracecap_ancestors
 from collector.publisher import BusError, Publisher
 
@@ -71,6 +73,14 @@ class Collector:
         self._assembler = FileAssembler(self._boot_to_epoch)
         self._objects = ObjectAssembler()
         self._files = FileStreamer()
+        filtered = None
+        if config.pcap.filtered:
+            filtered = frozenset(
+                e.removeprefix("net_packet_") for e in config.events if e.startswith("net_packet_")
+            )
+        self._packets = PacketAssembler(
+            self._boot_to_epoch, filtered_protocols=filtered, scoped=scope_flags(config) != 0
+        )
         self._exec_seen: dict[tuple[int, int, int, int], None] = {}
         self._next_obj_id = USER_OBJ_ID_BASE
         self._probes: KernelProbes | None = None
@@ -96,6 +106,10 @@ class Collector:
             elif kind == records.REC_FILE_EVENT:
                 self.counters["events"] += 1
                 out = self._assembler.on_event(records.decode_file_event(raw), now)
+            elif kind == records.REC_PACKET:
+                out = self._packets.on_packet(records.decode_packet(raw), now)
+            elif kind == records.REC_SOCK_OWNER:
+                out = self._packets.on_owner(records.decode_sock_owner(raw), now)
             elif kind == records.REC_OBJ_DATA:
                 out = self._objects.on_data(records.decode_file_data(raw), now)
             elif kind == records.REC_EXEC_EVENT:
@@ -208,6 +222,8 @@ class Collector:
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
                 "exec_unreadable": self.counters["exec_unreadable"],
                 "file_read_errors": self._files.read_errors,
+                "packets_filtered_out": self._packets.filtered_out,
+                "packets_owner_unknown": self._packets.waited_in_vain,
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
             },
@@ -225,6 +241,7 @@ class Collector:
             while not stop.is_set():
                 ring.poll(0 if self._files.pending else 100)
                 self._send(self._files.pump(FILE_BUDGET_PER_POLL))
+                self._send(self._packets.expire(time.monotonic_ns()))
                 now = time.monotonic()
                 if now >= next_stats:
                     self._send_dropped()
@@ -238,6 +255,7 @@ class Collector:
             self._send_dropped()
             self._send(self._assembler.expire(time.monotonic_ns(), force=True))
             self._send(self._objects.expire(time.monotonic_ns(), force=True))
+            self._send(self._packets.expire(time.monotonic_ns(), force=True))
             while self._files.pending:
                 self._send(self._files.pump(FILE_BUDGET_PER_POLL))
         finally:
@@ -286,7 +304,11 @@ def run_collector(
             print(f"tracecap collector: error: {exc}", file=sys.stderr)
             return 1
         collector = Collector(config, pub, ring_bytes)
-        collector.attach()
+        try:
+            collector.attach()
+        except (ProbeError, BpfError, OSError) as exc:
+            print(f"tracecap collector: error: {exc}", file=sys.stderr)
+            return 1
         print(
             f"tracecap collector: attached {len(collector.stats_env()['programs'])} programs",
             file=sys.stderr,

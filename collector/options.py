@@ -71,8 +71,6 @@ EVENT_NAMES = (
 
 #: Capture kinds in the order their topics are listed; the name is what users type.
 KINDS = ("write", "read", "exec", "mem", "module", "bpf", "network")
-#: Capture kinds implemented so far; ``check_supported`` rejects the rest.
-SUPPORTED: frozenset[str] = frozenset({"write", "read", "exec", "mem", "module", "bpf"})
 
 _FILE_FORMS = (
     "{k}, {k}=/prefix*, {k}:path=/prefix*, {k}:type=regular|pipe|socket|elf, "
@@ -634,14 +632,3 @@ def expand_config_file(text: str) -> list[str]:
             f"config file: {exc} in the token starting {lexer.token[:40]!r} (accepted: options "
             "as on the command line, shell-like quoting, '#' comments)"
         ) from None
-
-
-def check_supported(config: Config) -> None:
-    """Refuse kinds that parse but are not built yet, rather than silently capturing nothing."""
-    missing = [kind for kind in config.kinds() if kind not in SUPPORTED]
-    if missing:
-        supported = ", ".join(kind for kind in KINDS if kind in SUPPORTED)
-        raise OptionError(
-            f"--capture {', '.join(missing)}: not supported yet in this version of tracecap "
-            f"(supported: {supported})"
-        )

@@ -8,6 +8,7 @@ through a BPF link so that the kernel detaches it when the collector exits, howe
 from __future__ import annotations
 
 import os
+import socket
 import struct
 from collections.abc import Callable, Iterable
 from importlib import resources
@@ -32,6 +33,9 @@ _MODULE_TP = {
 #: still see the attempt, at a small cost on every syscall (only with --capture module).
 _MODULE_RAW = {"tc_module_raw_enter", "tc_module_raw_exit"}
 _BPF = {"tc_bpf_enter", "tc_bpf_exit"}
+_NET_TRACING = {"tc_sock_send", "tc_sock_recv"}
+_NET_CGROUP = {"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"}
+PACKET_RING_BYTES = 32 << 20
 DEFAULT_RING_BYTES = 64 << 20
 OBJECT_RING_BYTES = 16 << 20
 TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
@@ -64,7 +68,33 @@ def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
         names |= modules if modules is not None else module_programs()
     if config.bpf:
         names |= _BPF
+    if config.pcap.enabled:
+        names |= _NET_TRACING | _NET_CGROUP
     return names
+
+
+def cgroup2_root(mounts: str) -> str | None:
+    """Where the cgroup2 hierarchy is mounted (/sys/fs/cgroup, or .../unified when hybrid)."""
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return fields[1]
+    return None
+
+
+def net_settings(config: Config) -> tuple[int, int]:
+    """(ifindex for net=<iface> or 0, snap length for the kernel: payload bytes, -1 = all)."""
+    ifindex = 0
+    if config.pcap.iface:
+        try:
+            ifindex = socket.if_nametoindex(config.pcap.iface)
+        except OSError:
+            raise ProbeError(f"net={config.pcap.iface}: no such network interface") from None
+    return ifindex, config.pcap.snaplen
+
+
+class ProbeError(RuntimeError):
+    """The kernel side cannot be set up as asked (the message says why)."""
 
 
 def scope_flags(config: Config) -> int:
@@ -82,9 +112,14 @@ def _filter(capture: FileCapture) -> bytes:
     return records.encode_file_filter(capture.enabled, capture.paths, capture.types, capture.fds)
 
 
-def rodata_for(config: Config, excluded_uid: int) -> bytes:
+def rodata_for(config: Config, excluded_uid: int, ifindex: int = 0) -> bytes:
     return records.encode_config(
-        excluded_uid, scope_flags(config), _filter(config.write), _filter(config.read)
+        excluded_uid,
+        scope_flags(config),
+        _filter(config.write),
+        _filter(config.read),
+        net_ifindex=ifindex,
+        snaplen=config.pcap.snaplen,
     )
 
 
@@ -100,21 +135,37 @@ class KernelProbes:
         excluded_uid: int,
         ring_bytes: int = DEFAULT_RING_BYTES,
     ) -> None:
+        ifindex, _snaplen = net_settings(config)
+        cgroup_fd = -1
+        if config.pcap.enabled:
+            with open("/proc/mounts") as f:
+                root = cgroup2_root(f.read())
+            if root is None:
+                raise ProbeError("network capture needs cgroup2 mounted (none in /proc/mounts)")
+            cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._obj = BpfObject(object_path())
         try:
             self._programs = programs_for(config)
             self._obj.enable_only(self._programs)
-            self._obj.set_rodata(rodata_for(config, excluded_uid))
+            self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
             self._obj.set_max_entries("file_rb", ring_bytes)
             self._obj.set_max_entries("obj_rb", OBJECT_RING_BYTES)
+            self._obj.set_max_entries("pkt_rb", PACKET_RING_BYTES)
             self._obj.set_max_entries("data_scratch", possible_cpus())
+            self._obj.set_max_entries("pkt_scratch", possible_cpus())
             self._obj.load()
             self._fill_maps(config, excluded_tgids)
             for name in sorted(self._programs):
-                self._obj.attach(name)
+                if name in _NET_CGROUP:
+                    self._obj.attach_cgroup(name, cgroup_fd)
+                else:
+                    self._obj.attach(name)
         except BaseException:
             self._obj.close()
             raise
+        finally:
+            if cgroup_fd >= 0:
+                os.close(cgroup_fd)
         self._ncpu = possible_cpus()
 
     def _fill_maps(self, config: Config, excluded_tgids: Iterable[int]) -> None:
@@ -134,9 +185,10 @@ class KernelProbes:
         self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
 
     def rings(self, callback: Callable[[bytes], None]) -> RingBuffer:
-        """Both ring buffers (file contents, objects), drained by one poll."""
+        """Every ring buffer (file contents, objects, packets), drained by one poll."""
         ring = RingBuffer(self._obj.map_fd("file_rb"), callback)
         ring.add(self._obj.map_fd("obj_rb"), callback)
+        ring.add(self._obj.map_fd("pkt_rb"), callback)
         return ring
 
     def per_cpu_counters(self) -> list[list[int]]:

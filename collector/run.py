@@ -40,7 +40,8 @@ def tracecap_exe() -> str:
 
 def writer_kinds(config: Config) -> list[str]:
     kinds = ["file"] if (config.write.enabled or config.read.enabled) else []
-    return kinds + [k for k in ("exec", "mem", "module", "bpf") if getattr(config, k)]
+    kinds += [k for k in ("exec", "mem", "module", "bpf") if getattr(config, k)]
+    return kinds + (["pcap"] if config.pcap.enabled else [])
 
 
 def printer_topics(config: Config) -> tuple[bytes, ...]:
@@ -48,7 +49,12 @@ def printer_topics(config: Config) -> tuple[bytes, ...]:
     binaries on exec."""
     if config.output != "json":
         return ()
-    return tuple(bus.TOPIC_PROC if t == bus.TOPIC_EXEC else t for t in config.topics())
+    topics = [bus.TOPIC_PROC if t == bus.TOPIC_EXEC else t for t in config.topics()]
+    if bus.TOPIC_NET_PACKET in topics and not any(
+        e.startswith("net_packet_") for e in config.events
+    ):
+        topics.remove(bus.TOPIC_NET_PACKET)  # packets are events only when asked for by name
+    return tuple(topics)
 
 
 def wait_for_topics(config: Config) -> Counter[bytes]:
@@ -223,9 +229,10 @@ class Frontend:
                 self.ready = True
                 print("tracecap: ready", file=sys.stderr, flush=True)
             return
-        event = self.printer.event_for(msg, self.config.events)
-        if event is not None:
+        events = self.printer.events_for(msg, self.config.events)
+        for event in events:
             self.out.write(json.dumps(event) + "\n")
+        if events:
             self.out.flush()
 
     def run(self) -> int:

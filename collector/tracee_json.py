@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from typing import Any
 
-from collector import bus
+from collector import bus, packets
 
 _EVENT_NAMES = {
     "write": "vfs_write",
@@ -127,6 +128,36 @@ def bpf_event(env: dict[str, Any]) -> dict[str, Any]:
     ], syscall="bpf", returnValue=env["ret"])  # fmt: skip
 
 
+def _addresses(ip: Any) -> tuple[str, str]:
+    return str(ipaddress.ip_address(ip.src)), str(ipaddress.ip_address(ip.dst))
+
+
+def packet_events(env: dict[str, Any], payload: bytes, wanted: tuple[str, ...]) -> list[dict]:
+    """Tracee's net_packet_* events for one packet: one per selected protocol it matches."""
+    names = [f"net_packet_{p}" for p in env["protocols"] if f"net_packet_{p}" in wanted]
+    if not names:
+        return []
+    ip, l4 = packets.l4_of(payload)
+    meta: dict[str, Any] = {
+        "direction": env["direction"],
+        "packetLen": env["orig_len"],
+        "ifindex": env["ifindex"],
+    }
+    if ip is not None:
+        meta["src"], meta["dst"] = _addresses(ip)
+    if l4 is not None and hasattr(l4, "sport"):
+        meta["srcPort"], meta["dstPort"] = l4.sport, l4.dport
+    out = []
+    for name in names:
+        args = [_arg("metadata", "trace.PacketMetadata", meta)]
+        if name == "net_packet_dns" and l4 is not None:
+            args.append(_arg("proto_dns", "trace.ProtoDNS", packets.dns_summary(l4)))
+        if name == "net_packet_http" and l4 is not None:
+            args.append(_arg("proto_http", "trace.ProtoHTTP", packets.http_summary(l4)))
+        out.append(_event(env, name, args))
+    return out
+
+
 _OBJECT_EVENTS = {
     bus.TOPIC_MEM: mem_event,
     bus.TOPIC_MODULE: module_event,
@@ -154,6 +185,12 @@ class EventPrinter:
     def __init__(self, remember: int = 4096) -> None:
         self._printed: dict[tuple[int, int], None] = {}
         self._remember = remember
+
+    def events_for(self, msg: bus.Message, wanted: tuple[str, ...]) -> list[dict[str, Any]]:
+        if msg.topic == bus.TOPIC_NET_PACKET:
+            return packet_events(msg.env, msg.payload, wanted)
+        event = self.event_for(msg, wanted)
+        return [event] if event is not None else []
 
     def event_for(self, msg: bus.Message, wanted: tuple[str, ...]) -> dict[str, Any] | None:
         make = _OBJECT_EVENTS.get(msg.topic)

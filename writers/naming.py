@@ -207,3 +207,63 @@ def text_fields(name: str, raw: bytes) -> dict[str, str]:
     if not is_utf8(raw):
         fields[f"{name}_hex"] = raw.hex()
     return fields
+
+
+# -- pcap files (net.packet.) ---------------------------------------------------------------------
+
+PCAP_SUFFIX = ".pcap"
+#: SPEC §4 names pcap folders and files after the first 11 characters of the container id.
+CONTAINER_SHORT_LEN = 11
+
+
+def container_short(container_id: str) -> str:
+    """``<cid11>``: the first 11 characters of a valid container id, or ``host``."""
+    return container_dir(container_id)[:CONTAINER_SHORT_LEN]
+
+
+def pcap_process_name(comm: bytes, tid: int, start_time: int) -> str:
+    """``<comm>_<tid>_<start_time>.pcap``: one file per thread, as Tracee splits ``process``.
+
+    Unambiguous although comm may hold ``_``: tid and start time are digits, so the name is read
+    from the right; the start time keeps a reused tid from landing in a dead thread's file.
+    """
+    _check_number("tid", tid)
+    _check_number("start_time", start_time)
+    return f"{safe_component(comm)}_{tid}_{start_time}{PCAP_SUFFIX}"
+
+
+def pcap_command_name(comm: bytes) -> str:
+    """``<comm>.pcap``: every process of that command name in one container."""
+    return f"{safe_component(comm)}{PCAP_SUFFIX}"
+
+
+def pcap_container_name(container_id: str) -> str:
+    """``<cid11>.pcap``: everything one container (or the host) sent and received."""
+    return f"{container_short(container_id)}{PCAP_SUFFIX}"
+
+
+def comment_text(raw: bytes) -> str:
+    """Kernel bytes as one printable, space-free token for a ``key=value`` packet comment.
+
+    Valid UTF-8 letters stay readable (a comm in Cyrillic shows as such in Wireshark). Spaces,
+    controls and every other unprintable character are escaped, so a comm can neither break the
+    line nor forge ``key=value`` fields: ``\\xNN`` below 0x80, ``\\uNNNN``/``\\UNNNNNNNN`` above.
+    An undecodable byte is ``\\xNN`` with NN >= 0x80, which no character uses, and ``\\`` is
+    doubled, so the escaping can be undone exactly.
+    """
+    out = []
+    for ch in raw.decode("utf-8", "surrogateescape"):
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, smuggled by surrogateescape
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable() and not ch.isspace():
+            out.append(ch)
+        elif code < 0x80:
+            out.append(f"\\x{code:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from writers.base import Subscriber, Writer
 from writers.bpf import BpfWriter
@@ -13,15 +15,18 @@ from writers.file import FileWriter
 from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
 from writers.outdir import Index, OutputDir
+from writers.pcap import PcapWriter
 from writers.privileges import drop_privileges
 
-#: Writer kinds by name; each factory gets the open output directory and its index.
-WRITER_KINDS: dict[str, Callable[[OutputDir, Index], Writer]] = {
+#: Writer kinds by name; each factory gets the open output directory and its index, then the
+#: kind's options (``run_writer(options=...)``) as keyword arguments.
+WRITER_KINDS: dict[str, Callable[..., Writer]] = {
     "file": lambda out, index: FileWriter(out, index),
     "exec": lambda out, index: ExecWriter(out, index),
     "mem": lambda out, index: MemoryWriter(out, index),
     "module": lambda out, index: ModuleWriter(out, index),
     "bpf": lambda out, index: BpfWriter(out, index),
+    "pcap": lambda out, index, split=("single",): PcapWriter(out, index, split),
 }
 
 
@@ -32,16 +37,24 @@ def run_writer(
     stats_dir: str | None,
     stop: threading.Event | None = None,
     drop_to: str | None = "tracecap",
+    options: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the ``kind`` writer until SIGTERM/SIGINT (or ``stop``), flush it, return 0.
 
     Privileges go first, before the output directory is opened, so every artifact is created by
     (and owned by) the unprivileged user. Signal handlers only set ``stop``: the loop notices
-    within one poll period and the writer flushes on the normal path.
+    within one poll period and the writer flushes on the normal path. ``options`` are the kind's
+    own settings (pcap: ``split``, the set of ``--capture pcap:`` modes), checked against the
+    factory's parameters before anything happens, so a wrong one is an error, not a crash later.
     """
     factory = WRITER_KINDS.get(kind)
     if factory is None:
         raise ValueError(f"unknown writer kind {kind!r}; known kinds: {', '.join(WRITER_KINDS)}")
+    options = dict(options or {})
+    try:
+        inspect.signature(factory).bind(None, None, **options)
+    except TypeError:
+        raise ValueError(f"writer kind {kind!r} takes no option among {sorted(options)}") from None
     if drop_to is not None:
         drop_privileges(drop_to)
     stop = stop or threading.Event()
@@ -49,7 +62,7 @@ def run_writer(
     try:
         index = Index(out)
         try:
-            writer = factory(out, index)
+            writer = factory(out, index, **options)
             subscriber = Subscriber(writer, endpoint, index=index, stats_dir=stats_dir, name=kind)
             previous = _install_signals(stop)
             try:

@@ -57,7 +57,13 @@ class Run:
         return (self.out_dir / container / name).read_bytes()
 
     def records(self, kind: str) -> list[dict]:
-        return [r for r in self.index if r.get("kind") == kind]
+        """The current index line of each artifact of ``kind`` (an artifact that changes after
+        its line was written gets a later line: the last one is current)."""
+        current: dict[object, dict] = {}
+        for r in self.index:
+            if r.get("kind") == kind:
+                current[r.get("path") or id(r)] = r
+        return list(current.values())
 
 
 def _require_ebpf() -> None:

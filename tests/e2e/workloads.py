@@ -6,6 +6,9 @@ import subprocess
 import sys
 import textwrap
 
+#: A workload that hangs fails its test instead of stalling the suite.
+WORKLOAD_TIMEOUT_S = 120
+
 
 def python(code: str, comm: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter, optionally renamed to ``comm`` first."""
@@ -16,8 +19,11 @@ def python(code: str, comm: bytes | None = None, check: bool = True) -> subproce
         [sys.executable, "-c", prologue + textwrap.dedent(code)],
         check=check,
         capture_output=True,
+        timeout=WORKLOAD_TIMEOUT_S,
     )
 
 
 def sh(script: str, shell: str = "bash") -> subprocess.CompletedProcess:
-    return subprocess.run([shell, "-c", script], check=True, capture_output=True)
+    return subprocess.run(
+        [shell, "-c", script], check=True, capture_output=True, timeout=WORKLOAD_TIMEOUT_S
+    )

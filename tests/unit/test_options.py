@@ -9,12 +9,10 @@ from hypothesis import strategies as st
 
 from collector.options import (
     EVENT_NAMES,
-    SUPPORTED,
     FileCapture,
     OptionError,
     PcapCapture,
     Scope,
-    check_supported,
     expand_config_file,
     parse_args,
     parse_capture,
@@ -605,29 +603,6 @@ def test_config_file_quoting_errors():
 
 def test_empty_config_file():
     assert expand_config_file("# nothing\n\n") == []
-
-
-# --- check_supported ---
-
-
-def test_supported_kinds_pass():
-    assert {"write", "read", "exec", "mem", "module", "bpf"} == SUPPORTED
-    check_supported(cap("write", "read=/x*", "exec", "mem", "module", "bpf", "dir:/d", "limit:1gb"))
-    check_supported(parse_args([]))
-
-
-@pytest.mark.parametrize("token", ["network", "net", "pcap", "pcap:process", "net=eth0"])
-def test_unsupported_network(token: str):
-    with raises("--capture network: not supported yet in this version of tracecap"):
-        check_supported(cap(token))
-
-
-def test_unsupported_kinds_name_the_supported_ones():
-    with raises(
-        "--capture network: not supported yet in this version of tracecap "
-        "(supported: write, read, exec, mem, module, bpf)"
-    ):
-        check_supported(cap("network", "bpf", "exec", "write"))
 
 
 # --- properties ---

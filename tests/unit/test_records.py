@@ -49,7 +49,7 @@ def test_struct_sizes():
     assert FILE_EVENT.size == 56 + 56 + PATH_BUF + records.NAME_SLACK
     assert FILE_DATA.size == 32
     assert FILE_FILTER.size == 32 + MAX_PREFIXES * PREFIX_LEN
-    assert CONFIG.size == 8 + 2 * FILE_FILTER.size
+    assert CONFIG.size == 8 + 2 * FILE_FILTER.size + 8
     assert records.SIZES["tc_file_event"] == FILE_EVENT.size
 
 
@@ -216,9 +216,13 @@ def test_encode_file_filter_rejects_long_prefix():
 def test_encode_config():
     write = records.encode_file_filter(True, (b"/tmp/",), frozenset(), frozenset())
     read = records.encode_file_filter(False, (), frozenset(), frozenset())
-    raw = records.encode_config(-1, records.SCOPE_PID | records.SCOPE_FOLLOW, write, read)
+    raw = records.encode_config(
+        -1, records.SCOPE_PID | records.SCOPE_FOLLOW, write, read, net_ifindex=3, snaplen=96
+    )
     assert len(raw) == CONFIG.size
-    uid, scope, filters = CONFIG.unpack(raw)
+    uid, scope, filters, ifindex, snaplen = CONFIG.unpack(raw)
+    assert (ifindex, snaplen) == (3, 96)
+    assert CONFIG.unpack(records.encode_config(0, 0, write, read))[3:] == (0, -1)
     assert uid == 0xFFFFFFFF
     assert scope == 4 | 16
     assert filters[: FILE_FILTER.size] == write
@@ -240,7 +244,7 @@ def test_decode_counters_names_and_sums():
     assert out["read.events"] == n + 100 * (n + 1)
     assert out["read.dropped_bytes"] == (n + 5) + 100 * (n + 6)
     assert out["bpf.chunk_drops"] == (5 * n + 3) + 100 * (5 * n + 4)
-    assert records.NUM_COUNTERS == kinds * n == 48
+    assert records.NUM_COUNTERS == kinds * n == 56
 
 
 def test_decode_counters_no_cpus():

@@ -236,4 +236,6 @@ def test_record_kind_enum():
         "TC_REC_MEM_EVENT": records.REC_MEM_EVENT,
         "TC_REC_MODULE_EVENT": records.REC_MODULE_EVENT,
         "TC_REC_BPF_EVENT": records.REC_BPF_EVENT,
+        "TC_REC_PACKET": records.REC_PACKET,
+        "TC_REC_SOCK_OWNER": records.REC_SOCK_OWNER,
     }

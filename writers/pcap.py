@@ -1,0 +1,556 @@
+"""The pcap writer: ``net.packet.`` messages to pcapng files split as Tracee's ``--capture pcap:``.
+
+Each packet is appended, as one Enhanced Packet Block, to the file of every split chosen (SPEC §4):
+
+* ``single``: ``pcap/single.pcap``
+* ``process``: ``pcap/processes/<cid11>/<comm>_<tid>_<start_time>.pcap`` (one file per thread)
+* ``container``: ``pcap/containers/<cid11>.pcap``
+* ``command``: ``pcap/commands/<cid11>/<comm>.pcap``
+
+A packet no process owns (pid 0: a kernel-generated reply, a TCP RST) has no process or command,
+so it goes to the single and container files only, never into a file named after a fake process.
+
+Every file starts with one Section Header Block and one Interface Description Block whose
+description is the file's context as JSON (Tracee's "packet context", taken from the first packet
+as Tracee does); every packet carries its own process context in a comment, which Tracee cannot
+do. Blocks are written with one ``write`` each straight to the fd (Tracee flushes after every
+packet too): a crash loses nothing already handled, and the file is always readable up to the
+last whole block. A failed write is cut back off the file, so ENOSPC never leaves half a block.
+
+Open fds are an LRU of ``max_open`` per writer. An evicted file is reopened in append mode later
+and continues its section: no second header, because libpcap 1.10 (tcpdump) stops at a second
+section of a LINKTYPE_RAW file and dpkt's reader only understands one. A file that is not what the
+writer left (there before it started, truncated or removed behind its back) is continued the same
+way when it starts with our header and ends on a whole block; an empty one gets a fresh header;
+anything else gets a new section as a last resort (Wireshark and tshark read on, tcpdump stops
+there). Whenever the disk may hold more than the writer wrote, the index's sha256 is computed from
+the disk at close instead of from what was written.
+
+The index gets one record per file at close, when its counts are final.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector import bus
+from writers.base import Writer
+from writers.naming import (
+    comment_text,
+    container_short,
+    pcap_command_name,
+    pcap_container_name,
+    pcap_process_name,
+    text_fields,
+)
+from writers.outdir import DIR_MODE, Index, OutputDir, _check_component, _open_regular
+from writers.pcapng import (
+    HEAD_BYTES,
+    SNAPLEN,
+    file_header,
+    is_our_head,
+    last_block_start,
+    packet_block,
+)
+from writers.ratelog import RateLimitedLog
+
+SPLITS = ("single", "process", "container", "command")
+DIRECTIONS = ("egress", "ingress")
+TOP_DIR = "pcap"
+SINGLE_NAME = "single.pcap"
+SPLIT_DIRS = {"process": "processes", "container": "containers", "command": "commands"}
+#: Tracee keeps 100 open files per split; one bound per writer keeps the fd budget predictable.
+DEFAULT_MAX_OPEN = 64
+#: Bytes of comm used in comments and descriptions. The kernel's comm is at most 15 bytes; the
+#: bound only keeps a hostile envelope from bloating every block (the index keeps the whole comm).
+COMM_MAX = 255
+_HASH_BLOCK = 1 << 20
+_U64 = 1 << 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class BadPacket(ValueError):
+    """A ``net.packet.`` message whose values cannot describe a real packet."""
+
+
+@dataclass(frozen=True)
+class Packet:
+    """The facts of one packet the writer uses, checked once (see ``parse_packet``)."""
+
+    ts: int
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    comm: bytes
+    cgroup_id: int
+    container_id: str
+    direction: str
+    orig_len: int
+    start_time: int
+    data: bytes
+
+    @property
+    def kernel(self) -> bool:
+        """No process owns the socket: the kernel made this packet."""
+        return self.pid == 0
+
+
+def _uint(env: Mapping[str, Any], key: str, limit: int = _U64) -> int:
+    value = env.get(key)
+    if type(value) is not int or not 0 <= value < limit:
+        raise BadPacket(f"{key} is {value!r:.80}, not an integer in [0, {limit})")
+    return value
+
+
+def parse_packet(env: Mapping[str, Any], payload: bytes) -> Packet:
+    """Check an envelope and its payload; raise BadPacket on anything a pcap cannot hold.
+
+    ``bus.decode`` checks types only; here values are checked too (a negative ``orig_len``, one
+    shorter than the captured bytes, an unknown direction, a container id that could not name a
+    directory), because the file must never claim what the packet was not.
+    """
+    comm = env.get("comm")
+    if not isinstance(comm, bytes):
+        raise BadPacket(f"comm is {type(comm).__name__}, not bytes")
+    container_id = env.get("container_id")
+    if not isinstance(container_id, str):
+        raise BadPacket(f"container_id is {type(container_id).__name__}, not str")
+    try:
+        container_short(container_id)
+    except ValueError as exc:
+        raise BadPacket(str(exc)) from None
+    direction = env.get("direction")
+    if not isinstance(direction, str) or direction not in DIRECTIONS:
+        raise BadPacket(f"direction is {direction!r:.80}, not one of {DIRECTIONS}")
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise BadPacket(f"payload is {type(payload).__name__}, not bytes")
+    data = bytes(payload)
+    orig_len = _uint(env, "orig_len", 1 << 32)
+    if orig_len < len(data):
+        raise BadPacket(f"orig_len {orig_len} is less than the {len(data)} bytes captured")
+    return Packet(
+        ts=_uint(env, "ts"),
+        pid=_uint(env, "pid"),
+        tid=_uint(env, "tid"),
+        ppid=_uint(env, "ppid"),
+        uid=_uint(env, "uid"),
+        comm=comm,
+        cgroup_id=_uint(env, "cgroup_id"),
+        container_id=container_id,
+        direction=direction,
+        orig_len=orig_len,
+        start_time=_uint(env, "start_time"),
+        data=data,
+    )
+
+
+def _container_label(container_id: str) -> str:
+    return "host" if container_id in ("", "host") else container_id
+
+
+def packet_comment(pkt: Packet) -> str:
+    """The per-packet comment: who sent or received it, one printable line of key=value."""
+    return (
+        f"pid={pkt.pid} tid={pkt.tid} comm={comment_text(pkt.comm[:COMM_MAX])} "
+        f"container={_container_label(pkt.container_id)} direction={pkt.direction}"
+    )
+
+
+@dataclass(frozen=True)
+class Target:
+    """One pcap file: its split, the directories leading to it (from the out dir) and its name."""
+
+    split: str
+    dirs: tuple[str, ...]
+    name: str
+
+    @property
+    def path(self) -> str:
+        return "/".join((*self.dirs, self.name))
+
+
+def packet_targets(pkt: Packet, splits: Iterable[str]) -> list[Target]:
+    """The files ``pkt`` belongs in, for the chosen splits (kernel packets: no process/command)."""
+    cid11 = container_short(pkt.container_id)
+    targets = []
+    for split in splits:
+        if split == "single":
+            targets.append(Target(split, (TOP_DIR,), SINGLE_NAME))
+        elif split == "container":
+            dirs = (TOP_DIR, SPLIT_DIRS[split])
+            targets.append(Target(split, dirs, pcap_container_name(pkt.container_id)))
+        elif pkt.kernel:
+            continue
+        elif split == "process":
+            name = pcap_process_name(pkt.comm, pkt.tid, pkt.start_time)
+            targets.append(Target(split, (TOP_DIR, SPLIT_DIRS[split], cid11), name))
+        elif split == "command":
+            name = pcap_command_name(pkt.comm)
+            targets.append(Target(split, (TOP_DIR, SPLIT_DIRS[split], cid11), name))
+        else:
+            raise ValueError(f"unknown pcap split {split!r}")
+    return targets
+
+
+def _container_context(pkt: Packet) -> dict[str, Any]:
+    # hostName: Tracee's is the task's UTS name, which the envelope does not carry (yet)
+    cid = "" if pkt.container_id in ("", "host") else pkt.container_id
+    return {"container": {"id": cid}, "hostName": ""}
+
+
+def file_context(split: str, pkt: Packet) -> dict[str, Any]:
+    """The file's context as Tracee's packet context JSON (field names as Tracee writes them).
+
+    pid and tid are the host's: the envelope has no namespace ids, so ``processId`` and
+    ``hostProcessId`` are the same number.
+    """
+    if split == "single":
+        return {}
+    ctx = _container_context(pkt)
+    if split == "container":
+        return ctx
+    name = text_fields("processName", pkt.comm[:COMM_MAX])["processName"]
+    if split == "command":
+        return {"processName": name, **ctx}
+    return {
+        "processName": name,
+        "process": {
+            "processId": pkt.pid,
+            "threadId": pkt.tid,
+            "parentProcessId": pkt.ppid,
+            "hostProcessId": pkt.pid,
+            "hostThreadId": pkt.tid,
+            "hostParentProcessId": pkt.ppid,
+            "userId": pkt.uid,
+            "cgroupId": pkt.cgroup_id,
+            "threadStartTime": pkt.start_time,
+        },
+        **ctx,
+    }
+
+
+def index_context(split: str, pkt: Packet) -> dict[str, Any]:
+    """What the index record says about whose packets a file holds (nothing for ``single``)."""
+    if split == "single":
+        return {}
+    ctx: dict[str, Any] = {"container_id": pkt.container_id}
+    if split == "container":
+        return ctx
+    ctx.update(text_fields("comm", pkt.comm))
+    if split == "command":
+        return ctx
+    ctx.update(
+        pid=pkt.pid,
+        tid=pkt.tid,
+        ppid=pkt.ppid,
+        uid=pkt.uid,
+        cgroup_id=pkt.cgroup_id,
+        start_time=pkt.start_time,
+    )
+    return ctx
+
+
+@dataclass
+class PcapFile:
+    """Bookkeeping of one file for the writer's lifetime."""
+
+    target: Target
+    description: str
+    context: dict[str, Any]
+    packets: int = 0
+    bytes: int = 0
+    orig_bytes: int = 0
+    cut: int = 0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    #: bytes the file holds, as far as the writer knows
+    size: int = 0
+    #: sha256 of everything written, while the file holds exactly that; None: hash the disk
+    sha: Any = field(default_factory=hashlib.sha256)
+    opened: bool = False
+    header_done: bool = False
+    write_errors: int = 0
+    damaged: bool = False
+
+    def account(self, pkt: Packet, captured: int) -> None:
+        self.packets += 1
+        self.bytes += captured
+        self.orig_bytes += pkt.orig_len
+        self.cut += captured < len(pkt.data)
+        if self.first_ts is None:
+            self.first_ts = pkt.ts
+        self.last_ts = pkt.ts
+
+    def record(self, size: int | None, sha256: str | None) -> dict[str, Any]:
+        return {
+            "kind": "pcap",
+            "path": self.target.path,
+            "split": self.target.split,
+            "size": size,
+            "sha256": sha256,
+            "complete": not self.write_errors and not self.damaged,
+            "write_errors": self.write_errors,
+            "packets": self.packets,
+            "bytes": self.bytes,
+            "orig_bytes": self.orig_bytes,
+            "cut_at_snaplen": self.cut,
+            "first_ts": self.first_ts,
+            "last_ts": self.last_ts,
+            **self.context,
+        }
+
+
+def _open_nested(out: OutputDir, dirs: tuple[str, ...], name: str) -> int:
+    """Open (creating, never truncating) ``dirs/name`` for appending, one component at a time.
+
+    The first directory comes from ``OutputDir`` (held open); deeper ones are made and opened
+    relative to their parent's fd with ``O_NOFOLLOW``, and the file through ``_open_regular``,
+    so a symlink, FIFO or hard link planted anywhere on the way fails instead of redirecting.
+    """
+    for part in (*dirs, name):
+        _check_component(part)
+    fd = out.dir_fd(dirs[0])
+    owned: list[int] = []
+    try:
+        for part in dirs[1:]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, DIR_MODE, dir_fd=fd)
+            fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            owned.append(fd)
+        return _open_regular(name, os.O_RDWR | os.O_APPEND, fd)
+    finally:
+        for dir_fd in owned:
+            os.close(dir_fd)
+
+
+class PcapWriter(Writer):
+    """Writes every ``net.packet.`` message to the pcapng files of the chosen splits."""
+
+    name = "pcap"
+    topics = (bus.TOPIC_NET_PACKET,)
+
+    def __init__(
+        self,
+        out: OutputDir,
+        index: Index,
+        split: Iterable[str] = ("single",),
+        *,
+        max_open: int = DEFAULT_MAX_OPEN,
+        max_hash_bytes: int = 4 << 30,
+        log: RateLimitedLog | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(split, str):
+            split = (split,)
+        chosen = set(split)
+        unknown = chosen - set(SPLITS)
+        if unknown or not chosen:
+            raise ValueError(
+                f"pcap split must be a non-empty subset of {', '.join(SPLITS)}, got {split!r}"
+            )
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
+        self.split = tuple(s for s in SPLITS if s in chosen)
+        self._out = out
+        self._index = index
+        self._max_open = max_open
+        self._max_hash_bytes = max_hash_bytes
+        self._log = log or RateLimitedLog("tracecap-writer[pcap]")
+        self._files: dict[str, PcapFile] = {}
+        self._fds: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self.counters.update(
+            dict.fromkeys(
+                (
+                    "packets",
+                    "files",
+                    "write_errors",
+                    "rejected",
+                    "cut_at_snaplen",
+                    "reopens",
+                    "new_sections",
+                    "records",
+                    "index_errors",
+                    "hash_skipped",
+                ),
+                0,
+            )
+        )
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def handle(self, msg: bus.Message) -> None:
+        if not msg.topic.startswith(bus.TOPIC_NET_PACKET):
+            return
+        try:
+            pkt = parse_packet(msg.env, msg.payload)
+            targets = packet_targets(pkt, self.split)
+            data = pkt.data[:SNAPLEN]
+            block = packet_block(
+                pkt.ts, data, pkt.orig_len, packet_comment(pkt), inbound=pkt.direction == "ingress"
+            )
+        except ValueError as exc:
+            self.counters["rejected"] += 1
+            self._log("rejected", f"packet refused: {exc}")
+            return
+        self.counters["packets"] += 1
+        if len(data) < len(pkt.data):
+            self.counters["cut_at_snaplen"] += 1
+        for target in targets:
+            f = self._files.get(target.path)
+            if f is None:
+                f = self._new_file(target, pkt)
+            if self._append(f, block):
+                f.account(pkt, len(data))
+
+    def _new_file(self, target: Target, pkt: Packet) -> PcapFile:
+        description = json.dumps(file_context(target.split, pkt), ensure_ascii=False)
+        f = PcapFile(target, description, index_context(target.split, pkt))
+        self._files[target.path] = f
+        self.counters["files"] += 1
+        return f
+
+    # -- files -------------------------------------------------------------------------------
+
+    def _fd(self, f: PcapFile) -> int:
+        """The file's fd, opened if evicted; decides whether a (new) section header is due."""
+        key = f.target.path
+        fd = self._fds.get(key)
+        if fd is not None:
+            self._fds.move_to_end(key)
+            return fd
+        fd = _open_nested(self._out, f.target.dirs, f.target.name)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            os.close(fd)
+            raise
+        if f.opened:
+            self.counters["reopens"] += 1
+        if size != f.size:
+            try:
+                self._adopt(f, fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+        f.opened = True
+        self._fds[key] = fd
+        while len(self._fds) > self._max_open:
+            _, old = self._fds.popitem(last=False)
+            os.close(old)
+        return fd
+
+    def _adopt(self, f: PcapFile, fd: int, size: int) -> None:
+        """Take over a file that is not what we left: there before us (a restarted writer),
+        or changed behind our back. Decides whether our blocks need a header first."""
+        f.size = size
+        if size == 0:  # new or emptied: start it as if it were ours from the beginning
+            f.sha = hashlib.sha256()
+            f.header_done = False
+            return
+        f.sha = None  # our running hash no longer covers the file
+        start = last_block_start(size, os.pread(fd, 4, size - 4))
+        header = os.pread(fd, 8, start) if start is not None else b""
+        # the block the trailer points back to must start with the same length
+        whole = len(header) == 8 and struct.unpack_from("<I", header, 4)[0] == size - start
+        if whole and is_our_head(os.pread(fd, HEAD_BYTES, 0)):
+            f.header_done = True
+            return
+        self._log("new_section", f"{f.target.path}: {size} bytes on disk are not ours to continue")
+        self.counters["new_sections"] += 1
+        f.header_done = False
+
+    def _append(self, f: PcapFile, block: bytes) -> bool:
+        """Append ``block`` (after the file header when due); all or nothing on the disk."""
+        try:
+            fd = self._fd(f)
+        except OSError as exc:
+            self._write_error(f, f"cannot open: {exc}")
+            return False
+        data = block if f.header_done else file_header(f.description) + block
+        view = memoryview(data)
+        done = 0
+        try:
+            while done < len(view):
+                n = os.write(fd, view[done:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "no progress writing pcap")
+                done += n
+        except OSError as exc:
+            self._write_error(f, str(exc))
+            if done:
+                try:
+                    os.ftruncate(fd, f.size)
+                except OSError as trunc_exc:
+                    # half a block stays: readers stop there; say so in the index
+                    f.damaged = True
+                    f.sha = None
+                    f.size += done
+                    self._log("write_error", f"{f.target.path}: cannot cut back: {trunc_exc}")
+            return False
+        f.size += len(data)
+        if f.sha is not None:
+            f.sha.update(data)
+        f.header_done = True
+        return True
+
+    def _write_error(self, f: PcapFile, reason: str) -> None:
+        self.counters["write_errors"] += 1
+        f.write_errors += 1
+        self._log("write_error", f"{f.target.path}: {reason}")
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def _disk_digest(self, f: PcapFile) -> tuple[int | None, str | None]:
+        """Size and sha256 read back from the disk, for files the running hash cannot vouch for."""
+        try:
+            fd = self._fd(f) if f.opened else None
+        except OSError as exc:
+            self._log("write_error", f"{f.target.path}: cannot hash: {exc}")
+            return None, None
+        if fd is None:  # never opened: nothing of ours is there
+            return None, None
+        try:
+            size = os.fstat(fd).st_size
+            if size > self._max_hash_bytes:
+                self.counters["hash_skipped"] += 1
+                return size, None
+            digest = hashlib.sha256()
+            pos = 0
+            while chunk := os.pread(fd, _HASH_BLOCK, pos):
+                digest.update(chunk)
+                pos += len(chunk)
+            return pos, digest.hexdigest()
+        except OSError as exc:
+            self._log("write_error", f"{f.target.path}: cannot hash: {exc}")
+            return None, None
+
+    def _finish(self, f: PcapFile) -> None:
+        if f.sha is not None and f.opened:
+            size, sha256 = f.size, f.sha.hexdigest()
+        else:
+            size, sha256 = self._disk_digest(f)
+        try:
+            self._index.append(f.record(size, sha256))
+            self.counters["records"] += 1
+        except (OSError, ValueError) as exc:
+            self.counters["index_errors"] += 1
+            self._log("index_error", f"{f.target.path}: record not written: {exc}")
+
+    def close(self) -> None:
+        """Record every file in the index and close every fd; files are complete on disk already."""
+        try:
+            for key in sorted(self._files):
+                self._finish(self._files[key])
+        finally:
+            while self._fds:
+                os.close(self._fds.popitem()[1])
