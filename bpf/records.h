@@ -96,6 +96,10 @@ struct tc_hdr {
     __u32 ppid;
     __u32 uid;
     __u64 cgroup_id;
+    __u32 ns_pid;            /* the same, as the process's own pid namespace numbers them */
+    __u32 ns_tid;
+    __u32 ns_ppid;
+    __u32 _pad;
     char comm[TC_COMM_LEN];
 };
 

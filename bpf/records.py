@@ -71,7 +71,9 @@ EV_PATH_TRUNCATED = 1
 EV_APPEND = 2
 DATA_UNREADABLE = 1
 
-HDR = struct.Struct("<IIQIIIIQ16s")
+HDR = struct.Struct("<IIQIIIIQIIII16s")
+#: Fields of HDR when unpacked; a record's own fields follow.
+_HF = 13
 FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
 FILE_DATA = struct.Struct("<IIQQII")
 FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
@@ -96,22 +98,25 @@ LAYOUT: dict[str, dict[str, int]] = {
         "ppid": 24,
         "uid": 28,
         "cgroup_id": 32,
-        "comm": 40,
+        "ns_pid": 40,
+        "ns_tid": 44,
+        "ns_ppid": 48,
+        "comm": 56,
     },
     "tc_file_event": {
         "h": 0,
-        "io_id": 56,
-        "io_len": 64,
-        "pos": 72,
-        "inode": 80,
-        "dev": 88,
-        "mode": 92,
-        "fd": 96,
-        "syscall": 100,
-        "direction": 102,
-        "flags": 103,
-        "path_len": 104,
-        "path": 112,
+        "io_id": 72,
+        "io_len": 80,
+        "pos": 88,
+        "inode": 96,
+        "dev": 104,
+        "mode": 108,
+        "fd": 112,
+        "syscall": 116,
+        "direction": 118,
+        "flags": 119,
+        "path_len": 120,
+        "path": 128,
     },
     "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
     "tc_file_filter": {
@@ -131,50 +136,50 @@ LAYOUT: dict[str, dict[str, int]] = {
     },
     "tc_exec_event": {
         "h": 0,
-        "inode": 56,
-        "ctime": 64,
-        "dev": 72,
-        "mode": 76,
-        "filename_len": 80,
-        "argv_len": 84,
-        "flags": 88,
-        "filename": 96,
-        "argv": 4192,
+        "inode": 72,
+        "ctime": 80,
+        "dev": 88,
+        "mode": 92,
+        "filename_len": 96,
+        "argv_len": 100,
+        "flags": 104,
+        "filename": 112,
+        "argv": 4208,
     },
     "tc_mem_event": {
         "h": 0,
-        "obj_id": 56,
-        "addr": 64,
-        "len": 72,
-        "captured": 80,
-        "prot_before": 88,
-        "prot_after": 92,
-        "syscall": 96,
+        "obj_id": 72,
+        "addr": 80,
+        "len": 88,
+        "captured": 96,
+        "prot_before": 104,
+        "prot_after": 108,
+        "syscall": 112,
     },
     "tc_module_event": {
         "h": 0,
-        "obj_id": 56,
-        "ret": 64,
-        "len": 72,
-        "captured": 80,
-        "inode": 88,
-        "dev": 96,
-        "fd": 100,
-        "syscall": 104,
-        "params_len": 108,
-        "path_len": 112,
-        "flags": 116,
-        "params": 120,
-        "path": 376,
+        "obj_id": 72,
+        "ret": 80,
+        "len": 88,
+        "captured": 96,
+        "inode": 104,
+        "dev": 112,
+        "fd": 116,
+        "syscall": 120,
+        "params_len": 124,
+        "path_len": 128,
+        "flags": 132,
+        "params": 136,
+        "path": 392,
     },
     "tc_bpf_event": {
         "h": 0,
-        "obj_id": 56,
-        "ret": 64,
-        "captured": 72,
-        "insn_cnt": 80,
-        "prog_type": 84,
-        "prog_name": 88,
+        "obj_id": 72,
+        "ret": 80,
+        "captured": 88,
+        "insn_cnt": 96,
+        "prog_type": 100,
+        "prog_name": 104,
     },
     "tc_drop_key": {"inode": 0, "cgroup_id": 8, "dev": 16, "direction": 20},
     "tc_packet": {
@@ -193,7 +198,7 @@ LAYOUT: dict[str, dict[str, int]] = {
         "owner_uid": 64,
         "owner_comm": 72,
     },
-    "tc_sock_owner": {"h": 0, "cookie": 56, "start_time": 64, "in_scope": 72},
+    "tc_sock_owner": {"h": 0, "cookie": 72, "start_time": 80, "in_scope": 88},
     "tc_drop_val": {"bytes": 0, "lo": 8, "hi": 16, "ios": 24, "append": 32},
 }
 SIZES = {
@@ -228,6 +233,9 @@ class Header:
     uid: int
     cgroup_id: int
     comm: bytes
+    ns_pid: int = 0
+    ns_tid: int = 0
+    ns_ppid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,8 +331,8 @@ def decode_file_event(raw: bytes) -> FileEvent:
     if len(raw) < FILE_EVENT.size:
         raise RecordError(f"file event of {len(raw)} bytes, expected {FILE_EVENT.size}")
     f = FILE_EVENT.unpack_from(raw)
-    hdr = Header(*f[:8], _cstr(f[8]))
-    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, _pad, path) = f[9:]
+    hdr = _header(f)
+    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, _pad, path) = f[_HF:]
     if sc >= len(SYSCALLS):
         raise RecordError(f"file event with unknown syscall {sc}")
     return FileEvent(
@@ -360,12 +368,13 @@ def _need(raw: bytes, layout: struct.Struct, what: str) -> tuple:
 
 
 def _header(fields: tuple) -> Header:
-    return Header(*fields[:8], _cstr(fields[8]))
+    ns_pid, ns_tid, ns_ppid, _pad, comm = fields[8:_HF]
+    return Header(*fields[:8], _cstr(comm), ns_pid, ns_tid, ns_ppid)
 
 
 def decode_exec_event(raw: bytes) -> ExecEvent:
     f = _need(raw, EXEC_EVENT, "exec event")
-    inode, ctime, dev, mode, filename_len, argv_len, flags, _pad, filename, argv = f[9:]
+    inode, ctime, dev, mode, filename_len, argv_len, flags, _pad, filename, argv = f[_HF:]
     args = argv[: min(argv_len, ARGV_BUF)]
     argv_items = tuple(args.rstrip(b"\0").split(b"\0")) if args.strip(b"\0") else ()
     return ExecEvent(
@@ -382,7 +391,7 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
 
 def decode_mem_event(raw: bytes) -> MemEvent:
     f = _need(raw, MEM_EVENT, "mem event")
-    obj_id, addr, length, captured, before, after, sc, _pad = f[9:]
+    obj_id, addr, length, captured, before, after, sc, _pad = f[_HF:]
     if sc >= len(MEM_SYSCALLS):
         raise RecordError(f"mem event with unknown syscall {sc}")
     return MemEvent(_header(f), obj_id, addr, length, captured, before, after, MEM_SYSCALLS[sc])
@@ -391,7 +400,7 @@ def decode_mem_event(raw: bytes) -> MemEvent:
 def decode_module_event(raw: bytes) -> ModuleEvent:
     f = _need(raw, MODULE_EVENT, "module event")
     (obj_id, ret, length, captured, inode, dev, fd, sc, params_len, path_len, _flags, params,
-     path) = f[9:]  # fmt: skip
+     path) = f[_HF:]  # fmt: skip
     if sc >= len(MODULE_SYSCALLS):
         raise RecordError(f"module event with unknown syscall {sc}")
     return ModuleEvent(
@@ -411,7 +420,7 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
 
 def decode_bpf_event(raw: bytes) -> BpfEvent:
     f = _need(raw, BPF_EVENT, "bpf event")
-    obj_id, ret, captured, insn_cnt, prog_type, name = f[9:]
+    obj_id, ret, captured, insn_cnt, prog_type, name = f[_HF:]
     return BpfEvent(_header(f), obj_id, ret, captured, insn_cnt, prog_type, _cstr(name))
 
 
@@ -478,7 +487,7 @@ def decode_packet(raw: bytes) -> Packet:
 
 def decode_sock_owner(raw: bytes) -> SockOwner:
     f = _need(raw, SOCK_OWNER, "socket owner")
-    cookie, start_time, in_scope, _pad = f[9:]
+    cookie, start_time, in_scope, _pad = f[_HF:]
     return SockOwner(_header(f), cookie, start_time, bool(in_scope))
 
 

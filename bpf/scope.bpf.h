@@ -132,6 +132,15 @@ int BPF_PROG(tc_proc_exit, struct task_struct *p)
     return 0;
 }
 
+/* A task's id as its own pid namespace numbers it (what `ps` in a container shows). */
+static __always_inline __u32 tc_ns_id(struct pid *p)
+{
+    unsigned int level = BPF_CORE_READ(p, level);
+    struct upid up = {};
+    bpf_core_read(&up, sizeof(up), &p->numbers[level & 31]);
+    return up.nr;
+}
+
 static __always_inline void tc_fill_hdr(struct tc_hdr *h, __u32 kind)
 {
     __u64 pt = bpf_get_current_pid_tgid();
@@ -144,6 +153,10 @@ static __always_inline void tc_fill_hdr(struct tc_hdr *h, __u32 kind)
     h->ppid = BPF_CORE_READ(t, real_parent, tgid);
     h->uid = (__u32)bpf_get_current_uid_gid();
     h->cgroup_id = bpf_get_current_cgroup_id();
+    h->ns_tid = tc_ns_id(BPF_CORE_READ(t, thread_pid));
+    h->ns_pid = tc_ns_id(BPF_CORE_READ(t, group_leader, thread_pid));
+    h->ns_ppid = tc_ns_id(BPF_CORE_READ(t, real_parent, group_leader, thread_pid));
+    h->_pad = 0;
     bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 

@@ -57,6 +57,9 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
     "container_id": (str,),
 }
 
+#: Events from processes also carry ``ns_pid``, ``ns_tid`` and ``ns_ppid``: the same ids as the
+#: process's own pid namespace numbers them (equal to the host's outside containers).
+
 #: Keys every ``file.write.`` / ``file.read.`` envelope carries on top of COMMON_KEYS.
 #: ``off`` is the file offset of this message's payload; ``io_id`` names the syscall the bytes
 #: came from; ``io_off`` is the payload's position inside that syscall's transfer, whose total is

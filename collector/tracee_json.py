@@ -30,9 +30,10 @@ def text(raw: bytes) -> str:
 def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "timestamp": env["ts"],
-        "processId": env["pid"],
-        "threadId": env["tid"],
-        "parentProcessId": env["ppid"],
+        # as the process's own pid namespace numbers it; the host's numbers follow
+        "processId": env.get("ns_pid") or env["pid"],
+        "threadId": env.get("ns_tid") or env["tid"],
+        "parentProcessId": env.get("ns_ppid", env["ppid"]),
         "hostProcessId": env["pid"],
         "hostThreadId": env["tid"],
         "hostParentProcessId": env["ppid"],

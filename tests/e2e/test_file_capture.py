@@ -261,3 +261,17 @@ def test_a_flood_loses_nothing_without_a_record(tracecap, workdir: Path) -> None
     assert wrong == [], f"{len(wrong)} blocks differ outside the recorded missing ranges"
     assert _kernel_losses(run.stderr) > 0, run.stderr
     assert record["complete"] is False and record["missing"]
+
+
+def test_events_carry_namespace_and_host_pids(tracecap, workdir: Path) -> None:
+    target = workdir / "in-ns"
+    run = tracecap("--output", "json", "--capture", f"write={workdir}/*")
+    subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", f"echo inside > {target}"],
+        check=True, timeout=60,
+    )  # fmt: skip
+    run.stop()
+    (event,) = [json.loads(line) for line in run.stdout.splitlines()]
+    assert event["processId"] == 1  # the shell is pid 1 of its own namespace
+    assert event["hostProcessId"] > 1 and event["hostProcessId"] != event["processId"]
+    assert event["args"][0]["value"] == str(target)

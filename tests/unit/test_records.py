@@ -27,10 +27,11 @@ def raw_event(
     *,
     ts=123, pid=10, tid=11, ppid=1, uid=0, cgroup_id=77, comm=b"bash", io_id=5, io_len=100,
     pos=4096, inode=9, dev=0x800001, mode=0o100644, fd=3, syscall=0, direction=0, flags=0,
-    path=b"/etc/passwd", path_len=None, cpu=2,
+    path=b"/etc/passwd", path_len=None, cpu=2, ns_pid=0, ns_tid=0, ns_ppid=0,
 ) -> bytes:  # fmt: skip
     return FILE_EVENT.pack(
-        records.REC_FILE_EVENT, cpu, ts, pid, tid, ppid, uid, cgroup_id, comm, io_id, io_len,
+        records.REC_FILE_EVENT, cpu, ts, pid, tid, ppid, uid, cgroup_id, ns_pid, ns_tid, ns_ppid,
+        0, comm, io_id, io_len,
         pos, inode, dev, mode, fd, syscall, direction, flags,
         len(path) if path_len is None else path_len, 0, path,
     )  # fmt: skip
@@ -45,8 +46,8 @@ def raw_data(io_id: int, io_off: int, data: bytes, want=None, flags=0, length=No
 
 
 def test_struct_sizes():
-    assert HDR.size == 56
-    assert FILE_EVENT.size == 56 + 56 + PATH_BUF + records.NAME_SLACK
+    assert HDR.size == 72
+    assert FILE_EVENT.size == 72 + 56 + PATH_BUF + records.NAME_SLACK
     assert FILE_DATA.size == 32
     assert FILE_FILTER.size == 32 + MAX_PREFIXES * PREFIX_LEN
     assert CONFIG.size == 8 + 2 * FILE_FILTER.size + 8
@@ -58,6 +59,8 @@ def test_decode_file_event_fields():
         raw_event(syscall=SYSCALLS.index("pwritev2"), direction=1, flags=3, fd=-100)
     )
     assert ev.hdr == records.Header(records.REC_FILE_EVENT, 2, 123, 10, 11, 1, 0, 77, b"bash")
+    in_ns = records.decode_file_event(raw_event(ns_pid=1, ns_tid=2, ns_ppid=0)).hdr
+    assert (in_ns.ns_pid, in_ns.ns_tid, in_ns.ns_ppid) == (1, 2, 0)
     assert (ev.io_id, ev.io_len, ev.pos, ev.inode, ev.dev, ev.mode) == (
         5, 100, 4096, 9, 0x800001, 0o100644,
     )  # fmt: skip
@@ -128,7 +131,7 @@ def test_unknown_syscall_raises():
         records.decode_file_event(raw_event(syscall=0xFFFF))
 
 
-@pytest.mark.parametrize("size", [0, 1, 55, FILE_EVENT.size - 1])
+@pytest.mark.parametrize("size", [0, 1, 71, FILE_EVENT.size - 1])
 def test_short_file_event_raises(size):
     with pytest.raises(RecordError, match=f"file event of {size} bytes"):
         records.decode_file_event(raw_event()[:size])
