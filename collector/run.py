@@ -165,6 +165,20 @@ def summary_line(collector: dict[str, Any], writers: dict[str, dict[str, Any]]) 
     )
 
 
+def status_line(now: dict[str, Any], before: dict[str, Any], seconds: float, artifacts: int) -> str:
+    """One terminal line: event rate, bytes, artifacts and losses so far."""
+    kernel, prev = now.get("kernel", {}), before.get("kernel", {})
+    events = sum(v for k, v in kernel.items() if k.endswith(".events"))
+    events_before = sum(v for k, v in prev.items() if k.endswith(".events"))
+    rate = (events - events_before) / seconds if seconds > 0 else 0.0
+    captured = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
+    lost = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
+    return (
+        f"tracecap: {rate:,.0f} events/s, {captured / 1e6:,.1f} MB captured, "
+        f"{artifacts} artifacts, {lost} records lost"
+    )
+
+
 class LogRelay:
     """Copies new lines of the programs' log files to our stderr, so errors are seen at once.
 
@@ -188,6 +202,8 @@ class LogRelay:
                 continue
             end = data.rfind(b"\n") + 1
             if end:
+                if self._err.isatty():
+                    self._err.write("\r\x1b[K")  # over the live status line
                 self._err.write(data[:end].decode("utf-8", errors="backslashreplace"))
                 self._err.flush()
                 self._offsets[path] = offset + end
@@ -206,6 +222,7 @@ class Frontend:
         self.printer = tracee_json.EventPrinter()
         self.ready = False
         self.stopping = False
+        self.live = sys.stderr.isatty()
 
     def _subscribe(self, ctx: zmq.Context) -> zmq.Socket:
         sock = ctx.socket(zmq.SUB)
@@ -224,6 +241,7 @@ class Frontend:
             print(f"tracecap: dropped a malformed bus message: {exc}", file=sys.stderr)
             return
         if msg.topic == bus.TOPIC_STATS:
+            self._show_status(msg.env)
             self.last_stats = msg.env
             if msg.env.get("state") == "ready" and not self.ready:
                 self.ready = True
@@ -234,6 +252,16 @@ class Frontend:
             self.out.write(json.dumps(event) + "\n")
         if events:
             self.out.flush()
+
+    def _show_status(self, stats: dict[str, Any]) -> None:
+        """A live line on a terminal (never into a file or a pipe, where it would be noise)."""
+        if not self.live or stats.get("state") != "ready" or not self.last_stats:
+            return
+        seconds = (stats["ts"] - self.last_stats["ts"]) / 1e9
+        writers = read_writer_stats(os.path.join(self.run_dir, "stats"))
+        artifacts = sum(int(w.get("counters", {}).get("artifacts", 0)) for w in writers.values())
+        sys.stderr.write("\r\x1b[K" + status_line(stats, self.last_stats, seconds, artifacts))
+        sys.stderr.flush()
 
     def run(self) -> int:
         prepare_run_dir(self.run_dir)
@@ -304,6 +332,8 @@ class Frontend:
             sock.close()
         if sup.returncode not in (0, None) and status == 0:
             status = 1
+        if self.live:
+            sys.stderr.write("\r\x1b[K")
         print(summary_line(self.last_stats, read_writer_stats(stats_dir)), file=sys.stderr)
         return status
 

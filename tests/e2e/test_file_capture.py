@@ -6,8 +6,10 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -275,3 +277,22 @@ def test_events_carry_namespace_and_host_pids(tracecap, workdir: Path) -> None:
     assert event["processId"] == 1  # the shell is pid 1 of its own namespace
     assert event["hostProcessId"] > 1 and event["hostProcessId"] != event["processId"]
     assert event["args"][0]["value"] == str(target)
+
+
+def test_live_status_line_on_a_terminal_only(tracecap, workdir: Path) -> None:
+    run = tracecap("--capture", f"write={workdir}/*")
+    time.sleep(2.5)
+    run.stop()
+    assert "events/s" not in run.stderr  # stderr is a file here: no live line
+    log, run_dir = workdir / "tty.log", f"/run/tcr-tty-{os.getpid()}"
+    command = (
+        f"timeout -s INT 6 tracecap run --run-dir {run_dir} --capture dir:{workdir}/tty "
+        f"--capture write={workdir}/none*"
+    )
+    try:
+        subprocess.run(["script", "-qc", command, str(log)], timeout=90, capture_output=True)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    text = log.read_text(errors="replace")
+    assert "events/s" in text and "\x1b[K" in text
+    assert "tracecap: summary:" in text

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector import bus, options
-from collector.run import programs, summary_line, wait_for_topics
+from collector.run import programs, status_line, summary_line, wait_for_topics
 
 
 def config(*argv: str) -> options.Config:
@@ -75,4 +75,13 @@ def test_summary_counts_every_loss():
         "tracecap: summary: 4 events, 105 bytes captured, 2 artifacts; losses: kernel ring "
         "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
         "7 messages, malformed messages 8, writer errors 3"
+    )
+
+
+def test_status_line_rate_bytes_artifacts_losses():
+    before = {"kernel": {"write.events": 100, "write.bytes": 0}}
+    now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,
+                      "write.chunk_drops": 2, "net.event_drops": 1}}  # fmt: skip
+    assert status_line(now, before, 2.0, 7) == (
+        "tracecap: 150 events/s, 2.5 MB captured, 7 artifacts, 3 records lost"
     )
