@@ -75,6 +75,8 @@ enum tc_counter {
 #define TC_SCOPE_PID 4
 #define TC_SCOPE_UID 8
 #define TC_SCOPE_FOLLOW 16
+#define TC_SCOPE_CONTAINER 32    /* the task's cgroup must be in scope_cgroups */
+#define TC_SCOPE_HOST 64         /* the task's cgroup must not be in scope_cgroups */
 
 /* file_event.flags */
 #define TC_EV_PATH_TRUNCATED 1

@@ -47,6 +47,14 @@ struct {
     __type(value, __u8);
 } scope_uid SEC(".maps");
 
+/* Cgroups of containers (or of the selected containers), kept current by the collector. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, __u8);
+} scope_cgroups SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
     __uint(max_entries, TC_NUM_COUNTERS);
@@ -78,6 +86,14 @@ static __always_inline bool tc_matches_filters(__u32 tgid, __u32 uid)
         return false;
     if ((flags & TC_SCOPE_UID) && !bpf_map_lookup_elem(&scope_uid, &uid))
         return false;
+    if (flags & (TC_SCOPE_CONTAINER | TC_SCOPE_HOST)) {
+        __u64 cgid = bpf_get_current_cgroup_id();
+        bool contained = bpf_map_lookup_elem(&scope_cgroups, &cgid) != NULL;
+        if ((flags & TC_SCOPE_CONTAINER) && !contained)
+            return false;
+        if ((flags & TC_SCOPE_HOST) && contained)
+            return false;
+    }
     return true;
 }
 

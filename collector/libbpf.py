@@ -209,6 +209,10 @@ class BpfObject:
         if _lib.bpf_map_update_elem(self.map_fd(map_name), k, v, 0):
             raise _error(f"cannot update map {map_name}")
 
+    def delete(self, map_name: str, key: bytes) -> None:
+        k = ct.create_string_buffer(key, len(key))
+        _lib.bpf_map_delete_elem(self.map_fd(map_name), k)  # already gone is fine
+
     def lookup(self, map_name: str, key: bytes, value_size: int) -> bytes | None:
         k = ct.create_string_buffer(key, len(key))
         v = ct.create_string_buffer(value_size)

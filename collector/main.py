@@ -17,6 +17,7 @@ from typing import Any
 
 from bpf import records
 from collector import bus
+from collector.containers import CgroupResolver
 from collector.file_assembly import FileAssembler, Outgoing
 from collector.libbpf import BpfError
 from collector.object_assembly import ObjectAssembler, context_env, object_env
@@ -70,7 +71,9 @@ class Collector:
         self._pub = publisher
         self._ring_bytes = ring_bytes
         self._boot_to_epoch = boot_to_epoch_ns()
-        self._assembler = FileAssembler(self._boot_to_epoch)
+        self._containers = CgroupResolver()
+        container_of = self._containers.container_of
+        self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
         self._files = FileStreamer()
         filtered = None
@@ -79,7 +82,10 @@ class Collector:
                 e.removeprefix("net_packet_") for e in config.events if e.startswith("net_packet_")
             )
         self._packets = PacketAssembler(
-            self._boot_to_epoch, filtered_protocols=filtered, scoped=scope_flags(config) != 0
+            self._boot_to_epoch,
+            container_of,
+            filtered_protocols=filtered,
+            scoped=scope_flags(config) != 0,
         )
         self._exec_seen: dict[tuple[int, int, int, int], None] = {}
         self._next_obj_id = USER_OBJ_ID_BASE
@@ -88,13 +94,32 @@ class Collector:
         self.state = "starting"
         self._started = time.monotonic()
 
-    def attach(self) -> None:
+    def load(self) -> None:
         excluded = tracecap_ancestors(
             os.getpid(),
             lambda pid: read_proc_file(pid, "stat"),
             lambda pid: read_proc_file(pid, "cmdline"),
         )
         self._probes = KernelProbes(self._config, excluded, tracecap_uid(), self._ring_bytes)
+        self._sync_scope_cgroups()
+
+    def _sync_scope_cgroups(self) -> None:
+        """Keep the kernel's set of in-scope (or, with `host`, out-of-scope) container cgroups
+        current: containers start and stop while tracecap runs."""
+        scope = self._config.scope
+        if scope.container is None or self._probes is None:
+            return
+        cgroups = self._containers.container_cgroups()
+        wanted = {
+            cgroup_id
+            for cgroup_id, cid in cgroups.items()
+            if not scope.container_ids or any(cid.startswith(p) for p in scope.container_ids)
+        }
+        self._probes.set_scope_cgroups(wanted)
+
+    def attach(self) -> None:
+        assert self._probes is not None
+        self._probes.attach()
         self.state = "ready"
 
     def _on_record(self, raw: bytes) -> None:
@@ -134,7 +159,8 @@ class Collector:
         """Publish the exec event; open the binary now (the process may be gone soon)."""
         link = exe_link(ev.hdr.pid)
         memfd = is_memfd(link)
-        env = context_env(ev.hdr, self._boot_to_epoch, "") | {
+        container = self._containers.container_of(ev.hdr.cgroup_id)
+        env = context_env(ev.hdr, self._boot_to_epoch, container) | {
             "path": link if memfd else ev.filename,
             "argv": list(ev.argv),
             "argv_truncated": ev.argv_truncated,
@@ -167,7 +193,8 @@ class Collector:
     def _on_object(
         self, ev: records.MemEvent | records.ModuleEvent | records.BpfEvent, now: int
     ) -> list[Outgoing]:
-        topic, env, length = object_env(ev, self._boot_to_epoch, "")
+        container = self._containers.container_of(ev.hdr.cgroup_id)
+        topic, env, length = object_env(ev, self._boot_to_epoch, container)
         if isinstance(ev, records.ModuleEvent) and ev.syscall == "finit_module":
             return self._on_finit_module(ev, env)
         return self._objects.on_event(ev.obj_id, topic, env, length, ev.captured, now)
@@ -244,6 +271,7 @@ class Collector:
                 self._send(self._packets.expire(time.monotonic_ns()))
                 now = time.monotonic()
                 if now >= next_stats:
+                    self._sync_scope_cgroups()
                     self._send_dropped()
                     self._send(self._assembler.expire(time.monotonic_ns()))
                     self._send(self._objects.expire(time.monotonic_ns()))
@@ -298,15 +326,12 @@ def run_collector(
             f"tracecap collector: bus on {pub.endpoint}, waiting for {dict(wait_for)}",
             file=sys.stderr,
         )
-        try:
-            pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
-        except BusError as exc:
-            print(f"tracecap collector: error: {exc}", file=sys.stderr)
-            return 1
         collector = Collector(config, pub, ring_bytes)
         try:
+            collector.load()  # the verifier runs while the writers are still starting
+            pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
             collector.attach()
-        except (ProbeError, BpfError, OSError) as exc:
+        except (ProbeError, BpfError, BusError, OSError) as exc:
             print(f"tracecap collector: error: {exc}", file=sys.stderr)
             return 1
         print(

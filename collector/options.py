@@ -83,7 +83,10 @@ CAPTURE_FORMS = (
     "dir:/path, clear-dir, limit:<N>mb|gb; [artifact:] may precede write, read, exec, mem, "
     "module, bpf, network, net, pcap, pcap: and net="
 )
-SCOPE_FORMS = "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, host, follow"
+SCOPE_FORMS = (
+    "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, container=ID[,ID], "
+    "host, follow"
+)
 OUTPUT_FORMS = "json, none, format:json, option:parse-arguments, option:detect-syscall"
 ARG_FORMS = (
     "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
@@ -135,7 +138,9 @@ class PcapCapture:
 class Scope:
     """Which processes are traced; every given condition must hold.
 
-    ``container`` is None when neither ``container`` nor ``host`` was asked for.
+    ``container`` is None when neither ``container`` nor ``host`` was asked for;
+    ``container_ids`` (lower-case hex, 12 to 64 characters: prefixes of full ids) narrows
+    ``container`` to those containers.
     """
 
     comm: tuple[bytes, ...] = ()
@@ -144,6 +149,7 @@ class Scope:
     uid: tuple[int, ...] = ()
     follow: bool = False
     container: bool | None = None
+    container_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -494,6 +500,7 @@ def parse_scope(tokens: Sequence[str]) -> Scope:
     pid: list[int] = []
     uid: list[int] = []
     follow = False
+    ids: list[str] = []
     where: _SetOnce[bool | None] = _SetOnce("--scope container/host", None)
     for token in tokens:
         if token.startswith("comm!="):
@@ -509,15 +516,23 @@ def parse_scope(tokens: Sequence[str]) -> Scope:
         elif token == "follow":
             follow = True
         elif token.startswith("container="):
-            raise OptionError(
-                f"{token!r}: selecting one container is not supported yet (accepted: {SCOPE_FORMS})"
-            )
+            ids += _names(token, token[10:], "container id", _CONTAINER_FORMS, _container_id)
+            where.set(True, token)
         else:
             raise OptionError(
                 f"invalid scope expression: {token!r} (accepted: {SCOPE_FORMS}; "
                 "--trace also takes event=NAME[,NAME])"
             )
-    return Scope(_dedup(comm), _dedup(comm_not), _dedup(pid), _dedup(uid), follow, where.value)
+    return Scope(
+        _dedup(comm), _dedup(comm_not), _dedup(pid), _dedup(uid), follow, where.value, _dedup(ids)
+    )
+
+
+_CONTAINER_FORMS = "container=ID[,ID] with 12 to 64 lower-case hex characters (an id or prefix)"
+
+
+def _container_id(text: str) -> str | None:
+    return text if re.fullmatch(r"[0-9a-f]{12,64}", text) else None
 
 
 _ARG_DESTS = {

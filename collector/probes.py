@@ -105,6 +105,8 @@ def scope_flags(config: Config) -> int:
     flags |= records.SCOPE_PID if s.pid else 0
     flags |= records.SCOPE_UID if s.uid else 0
     flags |= records.SCOPE_FOLLOW if s.follow else 0
+    if s.container is not None:
+        flags |= records.SCOPE_CONTAINER if s.container else records.SCOPE_HOST
     return flags
 
 
@@ -143,6 +145,8 @@ class KernelProbes:
             if root is None:
                 raise ProbeError("network capture needs cgroup2 mounted (none in /proc/mounts)")
             cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._cgroup_fd = cgroup_fd
+        self._scope_cgroups: set[int] = set()
         self._obj = BpfObject(object_path())
         try:
             self._programs = programs_for(config)
@@ -155,18 +159,27 @@ class KernelProbes:
             self._obj.set_max_entries("pkt_scratch", possible_cpus())
             self._obj.load()
             self._fill_maps(config, excluded_tgids)
+        except BaseException:
+            self.close()
+            raise
+        self._ncpu = possible_cpus()
+
+    def attach(self) -> None:
+        """Attach every loaded program. Loading (the verifier's work, most of the start-up
+        time) happens in the constructor, so it can overlap the writers' start."""
+        try:
             for name in sorted(self._programs):
                 if name in _NET_CGROUP:
-                    self._obj.attach_cgroup(name, cgroup_fd)
+                    self._obj.attach_cgroup(name, self._cgroup_fd)
                 else:
                     self._obj.attach(name)
         except BaseException:
-            self._obj.close()
+            self.close()
             raise
         finally:
-            if cgroup_fd >= 0:
-                os.close(cgroup_fd)
-        self._ncpu = possible_cpus()
+            if self._cgroup_fd >= 0:
+                os.close(self._cgroup_fd)
+                self._cgroup_fd = -1
 
     def _fill_maps(self, config: Config, excluded_tgids: Iterable[int]) -> None:
         u32 = struct.Struct("<I")
@@ -180,6 +193,14 @@ class KernelProbes:
             self._obj.update("scope_pid", u32.pack(pid), b"\x01")
         for uid in config.scope.uid:
             self._obj.update("scope_uid", u32.pack(uid), b"\x01")
+
+    def set_scope_cgroups(self, wanted: set[int]) -> None:
+        """Make the kernel's container cgroup set equal ``wanted`` (added and removed)."""
+        for cgroup_id in wanted - self._scope_cgroups:
+            self._obj.update("scope_cgroups", struct.pack("<Q", cgroup_id), b"\x01")
+        for cgroup_id in self._scope_cgroups - wanted:
+            self._obj.delete("scope_cgroups", struct.pack("<Q", cgroup_id))
+        self._scope_cgroups = set(wanted)
 
     def exclude(self, tgid: int) -> None:
         self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
@@ -212,4 +233,7 @@ class KernelProbes:
         return sorted(self._programs)
 
     def close(self) -> None:
+        if self._cgroup_fd >= 0:
+            os.close(self._cgroup_fd)
+            self._cgroup_fd = -1
         self._obj.close()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
+
+_PR_SET_NO_NEW_PRIVS = 38
 
 
 class PrivilegeError(RuntimeError):
@@ -16,7 +19,10 @@ def drop_privileges(user: str = "tracecap") -> None:
     Supplementary groups are cleared first (root's groups would otherwise survive setuid), the
     gid before the uid (after setuid we could no longer change it), and the drop is verified:
     regaining root must fail. HOME/USER follow, since supervisord does not set them (its #435).
+    No-new-privileges is set in every case (supervisord may have made us the user already): a
+    setuid binary can then never hand capabilities back to a process that parses hostile data.
     """
+    set_no_new_privs()
     if os.geteuid() != 0:
         return
     try:
@@ -36,3 +42,10 @@ def drop_privileges(user: str = "tracecap") -> None:
         raise PrivilegeError("privileges were not dropped: setuid(0) still succeeds")
     os.umask(0o027)
     os.environ.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
+
+
+def set_no_new_privs() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"cannot set no_new_privs: {os.strerror(err)}")

@@ -468,7 +468,8 @@ def test_scope_container_and_host_exclude_each_other():
         ("pid=99999999999999999999999", "invalid pid '99999999999999999999999'"),
         ("uid=-1", "invalid uid '-1' in 'uid=-1' (accepted: uid=N[,N] with 0 <= N <= 4294967294)"),
         ("uid=4294967295", "invalid uid '4294967295'"),
-        ("container=abc", "'container=abc': selecting one container is not supported yet"),
+        ("container=abc", "invalid container id 'abc' in 'container=abc' (accepted: container=ID"),
+        ("container=" + "A" * 12, "invalid container id 'AAAAAAAAAAAA'"),
         ("bogus", "invalid scope expression: 'bogus' (accepted: comm=NAME[,NAME], comm!=NAME"),
         ("event=vfs_write", "invalid scope expression: 'event=vfs_write'"),
     ],
@@ -476,6 +477,15 @@ def test_scope_container_and_host_exclude_each_other():
 def test_scope_errors(token: str, message: str):
     with raises(message):
         parse_scope([token])
+
+
+def test_scope_container_ids():
+    full = "ab" * 32
+    scope = parse_scope([f"container={full},0123456789ab", "container"])
+    assert scope.container is True
+    assert scope.container_ids == (full, "0123456789ab")
+    with raises("conflicting --scope container/host"):
+        parse_scope(["host", f"container={full}"])
 
 
 def test_comm_of_fifteen_bytes_is_fine():

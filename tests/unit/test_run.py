@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from collector import bus, options
-from collector.run import programs, status_line, summary_line, wait_for_topics
+from collector.run import merge_epochs, programs, status_line, summary_line, wait_for_topics
 
 
 def config(*argv: str) -> options.Config:
@@ -85,3 +85,12 @@ def test_status_line_rate_bytes_artifacts_losses():
     assert status_line(now, before, 2.0, 7) == (
         "tracecap: 150 events/s, 2.5 MB captured, 7 artifacts, 3 records lost"
     )
+
+
+def test_a_restarted_collector_adds_to_the_totals():
+    first = {"kernel": {"write.events": 5, "write.chunk_drops": 1}, "collector": {"messages": 9}}
+    second = {"kernel": {"write.events": 2}, "collector": {"messages": 3, "note": "x"}}
+    assert merge_epochs({1: first, 2: second}) == {
+        "kernel": {"write.events": 7, "write.chunk_drops": 1},
+        "collector": {"messages": 12},
+    }

@@ -25,6 +25,12 @@ def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
     assert "file" in WRITER_KINDS
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_test_process_privileges(monkeypatch: pytest.MonkeyPatch) -> None:
+    """no_new_privs is for good: the test process must not set it on itself."""
+    monkeypatch.setattr(privileges, "set_no_new_privs", lambda: None)
+
+
 def test_not_root_means_nothing_to_drop(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(privileges.os, "geteuid", lambda: 1000)
     monkeypatch.setattr(privileges.os, "setuid", pytest.fail)
