@@ -319,6 +319,7 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
     ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
     ev->mode = BPF_CORE_READ(f, f_inode, i_mode);
+    ev->generation = BPF_CORE_READ(f, f_inode, i_generation);
     __u32 fmt = ev->mode & S_IFMT;
     if (fmt == S_IFIFO || fmt == S_IFSOCK || fmt == S_IFCHR) {
         ev->flags |= TC_EV_APPEND;

@@ -118,7 +118,8 @@ struct tc_file_event {
     __u8 direction;          /* enum tc_direction */
     __u8 flags;              /* TC_EV_* */
     __u32 path_len;
-    __u32 _pad;
+    __u32 generation;        /* i_generation: tells a new file from an old one whose inode
+                              * number it reuses */
     char path[TC_PATH_BUF + TC_NAME_SLACK];
 };
 

@@ -117,6 +117,7 @@ LAYOUT: dict[str, dict[str, int]] = {
         "direction": 118,
         "flags": 119,
         "path_len": 120,
+        "generation": 124,
         "path": 128,
     },
     "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
@@ -253,6 +254,7 @@ class FileEvent:
     direction: int
     flags: int
     path: bytes
+    generation: int = 0
 
     @property
     def append(self) -> bool:
@@ -333,7 +335,9 @@ def decode_file_event(raw: bytes) -> FileEvent:
         raise RecordError(f"file event of {len(raw)} bytes, expected {FILE_EVENT.size}")
     f = FILE_EVENT.unpack_from(raw)
     hdr = _header(f)
-    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, _pad, path) = f[_HF:]
+    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, generation, path) = (
+        f[_HF:]
+    )
     if sc >= len(SYSCALLS):
         raise RecordError(f"file event with unknown syscall {sc}")
     return FileEvent(
@@ -349,6 +353,7 @@ def decode_file_event(raw: bytes) -> FileEvent:
         direction,
         flags,
         _cstr(path[: min(path_len, PATH_BUF)]),
+        generation,
     )
 
 

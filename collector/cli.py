@@ -18,6 +18,10 @@ usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--
                     [--config FILE] [--run-dir DIR] [--ring-mb N]
        tracecap collector [same options] [--wait-for TOPIC[=N]]... [--ring-mb N]
        tracecap writer KIND [same options] [--connect ENDPOINT]
+                    [--server-key DIR/server.key --client-key DIR/NAME.key_secret]  (tcp://)
+       tracecap bridge --listen tcp://ADDR:PORT --server-key DIR/server.key_secret
+                    --allow DIR_OF_CLIENT_PUBLIC_KEYS [--run-dir DIR]
+       tracecap keys DIR [--name NAME]
        tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
        tracecap status [--run-dir DIR]
 
@@ -150,16 +154,84 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         if not rest or rest[0].startswith("-"):
             raise UsageError("writer needs a KIND (file, exec, mem, module, bpf, pcap)")
         kind, rest = rest[0], rest[1:]
-        found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--connect": False})
+        found, rest = split_own(
+            rest,
+            {
+                "--config": True,
+                "--run-dir": False,
+                "--connect": False,
+                "--server-key": False,
+                "--client-key": False,
+            },
+        )
         config = _config(expand_config(found, rest))
         run_dir = run_dir_of(found)
         endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+        # The bridge serves only CURVE clients: a plain tcp connection would wait in silence.
+        server_key = found.get("--server-key", [None])[0]
+        client_key = found.get("--client-key", [None])[0]
+        curve_keys: tuple[str, str] | None = None
+        if endpoint.startswith("tcp://"):
+            if server_key is None or client_key is None:
+                raise UsageError("tcp endpoints need --server-key and --client-key")
+            curve_keys = (server_key, client_key)
+        elif server_key is not None or client_key is not None:
+            raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
+        from collector.keys import KeyFileError
         from writers.runner import run_writer
 
         writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
-        return run_writer(
-            kind, config.out_dir, endpoint, f"{run_dir}/stats", options=writer_options
+        try:
+            return run_writer(
+                kind,
+                config.out_dir,
+                endpoint,
+                f"{run_dir}/stats",
+                options=writer_options,
+                curve_keys=curve_keys,
+            )
+        except KeyFileError as exc:
+            raise UsageError(str(exc)) from None
+    if cmd == "bridge":
+        found, rest = split_own(
+            rest,
+            {"--listen": False, "--server-key": False, "--allow": False, "--run-dir": False},
         )
+        if rest:
+            raise UsageError(f"bridge takes no option {rest[0]!r}")
+        for flag in ("--listen", "--server-key", "--allow"):
+            if flag not in found:
+                raise UsageError(f"bridge needs {flag}")
+        listen = found["--listen"][0]
+        if not listen.startswith("tcp://"):
+            raise UsageError(f"--listen {listen!r}: expected tcp://ADDR:PORT")
+        import zmq
+
+        from collector.bridge import BridgeConfig, run_bridge
+        from collector.keys import KeyFileError
+
+        bridge_config = BridgeConfig(
+            listen=listen,
+            server_key=found["--server-key"][0],
+            allow_dir=found["--allow"][0],
+            upstream=f"ipc://{run_dir_of(found)}/bus.sock",
+        )
+        try:
+            return run_bridge(bridge_config)
+        except KeyFileError as exc:
+            raise UsageError(str(exc)) from None
+        except zmq.ZMQError as exc:
+            raise UsageError(f"--listen {listen}: {exc}") from None
+    if cmd == "keys":
+        found, rest = split_own(rest, {"--name": False})
+        if len(rest) != 1 or rest[0].startswith("-"):
+            raise UsageError("keys needs one DIR (and optionally --name NAME)")
+        from collector.keys import KeyFileError, keys_command
+
+        try:
+            return keys_command(rest[0], found.get("--name", [None])[0])
+        except KeyFileError as exc:
+            raise UsageError(str(exc)) from None
     if cmd == "tap":
         found, rest = split_own(rest, {"--topic": True, "--run-dir": False, "--connect": False})
         if rest:

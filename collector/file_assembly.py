@@ -120,6 +120,7 @@ class FileAssembler:
             "path_truncated": bool(ev.flags & records.EV_PATH_TRUNCATED),
             "dev": ev.dev,
             "inode": ev.inode,
+            "generation": ev.generation,
             "mode": ev.mode,
             "io_id": ev.io_id,
             "io_len": ev.io_len,

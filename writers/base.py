@@ -17,6 +17,7 @@ from collections.abc import Callable
 import zmq
 
 from collector import bus
+from collector.keys import CurveClient
 from writers.gaps import Gap, GapTracker
 from writers.link import BusLink
 from writers.outdir import Index
@@ -77,8 +78,12 @@ class Subscriber:
         context: zmq.Context | None = None,
         log: RateLimitedLog | None = None,
         clock: Callable[[], float] = time.monotonic,
+        curve: CurveClient | None = None,
     ) -> None:
         self.writer = writer
+        #: CURVE client keys for a tcp endpoint (a remote writer fed by `tracecap bridge`).
+        self._curve = curve
+        self._handshake_failures = 0
         self.endpoint = endpoint
         self.name = name or writer.name
         self._index = index
@@ -210,7 +215,7 @@ class Subscriber:
         """
         stopped = _stop_predicate(stop)
         context = self._context or zmq.Context()
-        link = BusLink(context, self.endpoint, self.writer.topics)
+        link = BusLink(context, self.endpoint, self.writer.topics, curve=self._curve)
         self.ready.set()
         try:
             while not stopped():
@@ -221,6 +226,7 @@ class Subscriber:
                     if link.check(now):
                         self.counters["reconnects"] += 1
                         self._log("reconnect", f"link to {self.endpoint} was dead; reconnected")
+                    self._report_handshakes(link)
                 except zmq.ContextTerminated:
                     break
                 self.housekeeping(now)
@@ -236,6 +242,16 @@ class Subscriber:
                 context.term()
             if self._stats is not None:
                 self._stats.close()
+
+    def _report_handshakes(self, link: BusLink) -> None:
+        """Say why nothing arrives when the bridge refuses us (retried by libzmq or the link)."""
+        if link.handshake_failures != self._handshake_failures:
+            self._handshake_failures = link.handshake_failures
+            self._log(
+                "handshake",
+                f"{self.endpoint} refused our handshake ({link.handshake_failures} times): "
+                "is our public key in the bridge's --allow directory, and --server-key its key?",
+            )
 
     def _drain(self, link: BusLink) -> None:
         for _ in range(MAX_BATCH):

@@ -67,6 +67,8 @@ class FileWriter(Writer):
         self._clock = clock
         self._log = log or RateLimitedLog("tracecap-writer[file]")
         self._artifacts: dict[_Key, FileArtifact] = {}
+        #: The inode generation that owns each artifact name (Tracee #2888).
+        self._generations: dict[_Key, int] = {}
         self._dirty: OrderedDict[_Key, None] = OrderedDict()  # oldest activity first
         self._fds: OrderedDict[_Key, int] = OrderedDict()  # least recently used first
         self.counters.update(
@@ -92,6 +94,15 @@ class FileWriter(Writer):
                 return direction
         return None
 
+    def _generation_name(self, subdir: str, name: str, generation: object) -> str:
+        """A file that reuses a freed inode number is another file: it gets its own artifact
+        (``.gen-<G>`` added) instead of writing over, or inheriting the tail of, the old one.
+        Messages without a generation (loss notices) stay with the name's first owner."""
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation <= 0:
+            return name
+        owner = self._generations.setdefault((subdir, name), generation)
+        return name if owner == generation else f"{name}.gen-{generation}"
+
     def handle(self, msg: bus.Message) -> None:
         direction = self._direction(msg.topic)
         if direction is None:
@@ -107,6 +118,7 @@ class FileWriter(Writer):
             self.counters["rejected"] += 1
             self._log("rejected", f"file message refused: {exc}")
             return
+        name = self._generation_name(subdir, name, env.get("generation"))
         key = (subdir, name)
         now = self._clock()
         art = self._artifacts.get(key)

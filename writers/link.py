@@ -5,6 +5,11 @@ after a protocol error it does not reconnect (``session_base_t::engine_error``):
 frame would silently detach the writer for good. Ordinary disconnects (collector restart) are
 followed by ``EVENT_CONNECT_RETRIED``; a disconnect that is not is a dead link, so the socket is
 rebuilt. The monitor socket is how the two are told apart.
+
+Over tcp (a writer on another box, fed by `tracecap bridge`) the socket is a CURVE client: the
+bridge refuses anything else. Heartbeats and TCP keepalive are on there, because a peer that
+vanished from the network sends no FIN and the link would otherwise look alive for good. A
+refused handshake is counted (``handshake_failures``) so the writer can say why nothing comes.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from collector import bus
+from collector.keys import CurveClient
 
 #: Queue depth on our side of the pipe; large because a drop here is data lost for good.
 RCVHWM = 100_000
@@ -23,6 +29,16 @@ RCVHWM = 100_000
 MAX_FRAME_BYTES = bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096
 #: How long a disconnect may go without libzmq scheduling a reconnect before we rebuild.
 DEAD_LINK_SECONDS = 1.0
+#: tcp links only: a ping every HEARTBEAT_IVL_MS, and a peer silent for HEARTBEAT_TIMEOUT_MS is
+#: disconnected (then reconnected as usual).
+HEARTBEAT_IVL_MS = 2_000
+HEARTBEAT_TIMEOUT_MS = 10_000
+
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+)
 
 _ALIVE_EVENTS = (
     zmq.EVENT_CONNECTED,
@@ -35,10 +51,19 @@ _ALIVE_EVENTS = (
 class BusLink:
     """One SUB connection. Use from a single thread (zmq sockets are not thread-safe)."""
 
-    def __init__(self, context: zmq.Context, endpoint: str, topics: Sequence[bytes]) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        topics: Sequence[bytes],
+        curve: CurveClient | None = None,
+    ) -> None:
         self._context = context
         self._endpoint = endpoint
         self._topics = tuple(topics)
+        self._curve = curve
+        #: Handshakes the peer refused (CURVE: our key is not on its allow-list, or wrong keys).
+        self.handshake_failures = 0
         self._dead_since: float | None = None
         #: Times the socket was rebuilt after a disconnect libzmq would not repair.
         self.rebuilds = 0
@@ -51,12 +76,22 @@ class BusLink:
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         for topic in self._topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
+        if self._curve is not None:
+            sock.curve_serverkey = self._curve.server_public
+            sock.curve_publickey = self._curve.public
+            sock.curve_secretkey = self._curve.secret
+            sock.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         self._monitor = sock.get_monitor_socket(
             zmq.EVENT_DISCONNECTED
             | zmq.EVENT_CONNECTED
             | zmq.EVENT_CONNECT_DELAYED
             | zmq.EVENT_CONNECT_RETRIED
             | zmq.EVENT_HANDSHAKE_SUCCEEDED
+            | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         )
         sock.connect(self._endpoint)
         self._sock = sock
@@ -89,6 +124,8 @@ class BusLink:
                 self._dead_since = now
             elif event in _ALIVE_EVENTS:
                 self._dead_since = None
+            elif event in _HANDSHAKE_FAILED:
+                self.handshake_failures += 1
         if self._dead_since is not None and now - self._dead_since >= DEAD_LINK_SECONDS:
             self._dead_since = None
             self._close()

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from collector import keys
 from writers.base import Subscriber, Writer
 from writers.bpf import BpfWriter
 from writers.exec import ExecWriter
@@ -38,6 +39,7 @@ def run_writer(
     stop: threading.Event | None = None,
     drop_to: str | None = "tracecap",
     options: Mapping[str, Any] | None = None,
+    curve_keys: tuple[str, str] | None = None,
 ) -> int:
     """Run the ``kind`` writer until SIGTERM/SIGINT (or ``stop``), flush it, return 0.
 
@@ -46,6 +48,9 @@ def run_writer(
     within one poll period and the writer flushes on the normal path. ``options`` are the kind's
     own settings (pcap: ``split``, the set of ``--capture pcap:`` modes), checked against the
     factory's parameters before anything happens, so a wrong one is an error, not a crash later.
+    ``curve_keys`` (server public key file, client secret key file) make the SUB socket a CURVE
+    client, for a tcp endpoint served by `tracecap bridge`; they are read after the drop, as the
+    unprivileged user (keys.KeyFileError if that user cannot read them or they are unsafe).
     """
     factory = WRITER_KINDS.get(kind)
     if factory is None:
@@ -57,13 +62,16 @@ def run_writer(
         raise ValueError(f"writer kind {kind!r} takes no option among {sorted(options)}") from None
     if drop_to is not None:
         drop_privileges(drop_to)
+    curve = keys.load_client(*curve_keys) if curve_keys is not None else None
     stop = stop or threading.Event()
     out = OutputDir(out_dir)
     try:
         index = Index(out)
         try:
             writer = factory(out, index, **options)
-            subscriber = Subscriber(writer, endpoint, index=index, stats_dir=stats_dir, name=kind)
+            subscriber = Subscriber(
+                writer, endpoint, index=index, stats_dir=stats_dir, name=kind, curve=curve
+            )
             previous = _install_signals(stop)
             try:
                 subscriber.run(stop)

@@ -110,6 +110,7 @@ def test_single_chunk_io_gives_one_message_with_full_envelope():
         "path_truncated": False,
         "dev": 0x800001,
         "inode": 555,
+        "generation": 0,
         "mode": REGULAR,
         "io_id": 7,
         "io_len": 10,

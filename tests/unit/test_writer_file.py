@@ -311,3 +311,14 @@ def test_range_set_matches_a_plain_set_of_bytes(chunks: list[tuple[int, int]]) -
     holes = {b for s, e in ranges.holes(0, 300) for b in range(s, e)}
     assert holes == set(range(300)) - plain
     assert ranges.covers(0, 300) == (plain >= set(range(300)))
+
+
+def test_a_reused_inode_number_is_a_new_artifact(tmp_path):
+    """Tracee #2888: a new file with a freed inode's number must not inherit its bytes."""
+    h = Harness(tmp_path)
+    h.io(b"OLD-OLD-OL", off=0, io_id=1, generation=11)
+    h.io(b"new", off=0, io_id=2, generation=12)
+    h.writer.close()
+    base = h.root / "host" / "write.dev-2049.inode-77"
+    assert base.read_bytes() == b"OLD-OLD-OL"
+    assert (base.parent / (base.name + ".gen-12")).read_bytes() == b"new"
