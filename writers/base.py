@@ -98,6 +98,15 @@ class Subscriber:
                 self._log("stats", f"no counters file in {stats_dir}: {exc}")
         self._clock = clock
         self._gaps = GapTracker()
+        #: Counters of this writer's earlier processes (supervisord restarts a killed writer):
+        #: the counts shown and summed are for the whole run, not since the last restart.
+        self._earlier: dict[str, int] = {}
+        previous = self._stats.read() if self._stats is not None else None
+        if previous is not None:
+            counters = previous.get("counters")
+            if isinstance(counters, dict):
+                self._earlier = {k: v for k, v in counters.items() if type(v) is int}
+            self._gaps.restore(previous.get("last_seq"))
         self._next_stats = 0.0
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -187,6 +196,8 @@ class Subscriber:
         """Everything ``tracecap status`` shows for this writer."""
         counters = dict(self.writer.counters)
         counters.update(self.counters)
+        for key, value in self._earlier.items():
+            counters[key] = counters.get(key, 0) + value
         return {
             "name": self.name,
             "pid": os.getpid(),
@@ -194,6 +205,7 @@ class Subscriber:
             "topics": [t.decode("ascii", "backslashreplace") for t in self.writer.topics],
             "updated_ns": time.time_ns(),
             "counters": counters,
+            "last_seq": self._gaps.state(),
         }
 
     def write_stats(self) -> None:

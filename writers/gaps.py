@@ -39,6 +39,22 @@ class GapTracker:
         #: Messages whose seq did not move forward (duplicate or replay); not gaps, but odd.
         self.regressions = 0
 
+    def state(self) -> dict[str, int]:
+        """The last seq per (epoch, topic), as JSON-friendly ``"epoch:topic"`` keys."""
+        return {
+            f"{e}:{t.decode('ascii', 'backslashreplace')}": s for (e, t), s in self._last.items()
+        }
+
+    def restore(self, state: object) -> None:
+        """Continue from a previous process's state, so that a restarted writer counts as lost
+        only what arrived while it was down (at most a second more: the state is that old)."""
+        if not isinstance(state, dict):
+            return
+        for key, seq in list(state.items())[-self._max_keys :]:
+            epoch, sep, topic = str(key).partition(":")
+            if sep and epoch.isdecimal() and type(seq) is int and seq >= 0:
+                self._last[(int(epoch), topic.encode("ascii", "replace"))] = seq
+
     def observe(self, epoch: int, topic: bytes, seq: int) -> Gap | None:
         key = (epoch, topic)
         last = self._last.get(key)

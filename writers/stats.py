@@ -19,6 +19,19 @@ class StatsFile:
         self.name = f"writer-{component}.json"
         self._tmp = f".{self.name}.{os.getpid()}.tmp"
 
+    def read(self) -> dict[str, Any] | None:
+        """What a previous process of this writer left (a restart continues its counters)."""
+        try:
+            fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "rb") as f:
+                data = json.loads(f.read(1 << 20))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def write(self, data: dict[str, Any]) -> None:
         payload = (json.dumps(data, sort_keys=True, ensure_ascii=True) + "\n").encode("ascii")
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC

@@ -296,3 +296,28 @@ def test_live_status_line_on_a_terminal_only(tracecap, workdir: Path) -> None:
     text = log.read_text(errors="replace")
     assert "events/s" in text and "\x1b[K" in text
     assert "tracecap: summary:" in text
+
+
+def test_a_new_file_on_a_reused_inode_does_not_inherit_old_bytes(tracecap, workdir: Path) -> None:
+    """Tracee #2888: ext4 hands a freed inode number to the next new file."""
+    run = tracecap("--capture", f"write={workdir}/*")
+    done = python(f"""
+        import os
+        old = {str(workdir / "old")!r}
+        open(old, "wb").write(b"OLD" * 1000)
+        ino = os.stat(old).st_ino
+        os.unlink(old)
+        for i in range(200):
+            new = {str(workdir)!r} + f"/new{{i}}"
+            open(new, "wb").write(b"fresh")
+            if os.stat(new).st_ino == ino:
+                print(new)
+                break
+            os.unlink(new)
+    """)
+    run.stop()
+    reused = done.stdout.decode().strip()
+    assert reused, "the file system never reused the inode number"
+    (record,) = [r for r in run.records("write") if r["source_path"] == reused]
+    assert (run.out_dir / record["path"]).read_bytes() == b"fresh"
+    assert ".gen-" in record["path"]  # its own artifact, beside the old file's

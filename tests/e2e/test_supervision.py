@@ -378,11 +378,6 @@ def summary_artifacts(stderr: str) -> int:
     return int(match.group(1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writers' counters restart at 0 with the process and the new instance replaces "
-    "stats/writer-<kind>.json, so the summary forgets what a killed writer captured",
-)
 def test_summary_counts_what_a_killed_writer_captured(tracecap, workdir: Path) -> None:
     wdir = workdir / "w"
     wdir.mkdir(mode=0o755)

@@ -246,3 +246,17 @@ def test_gap_tracker_is_bounded() -> None:
     for epoch in range(100):
         t.observe(epoch, TOPIC, 0)
     assert len(t._last) == 4
+
+
+def test_gap_state_survives_a_restart():
+    from writers.gaps import GapTracker
+
+    before = GapTracker()
+    for seq in range(5):
+        before.observe(7, b"file.write.", seq)
+    after = GapTracker()
+    after.restore(before.state())
+    assert after.observe(7, b"file.write.", 5) is None  # nothing lost across the restart
+    gap = after.observe(7, b"file.write.", 9)
+    assert (gap.from_seq, gap.to_seq) == (6, 8)
+    after.restore({"x": 1, "3:a.": -1, "nope": "x"})  # junk is ignored
