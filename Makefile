@@ -15,6 +15,7 @@ unit:
 
 bench: setup
 	/opt/tracecap/venv/bin/python scripts/bench.py
+	/opt/tracecap/venv/bin/python scripts/bench_net_exec.py
 
 lint:
 	/opt/tracecap/venv/bin/ruff check . && /opt/tracecap/venv/bin/ruff format --check .

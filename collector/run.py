@@ -110,6 +110,28 @@ def programs(config: Config, run_dir: str, ring_mb: int = 64) -> list[supervisor
     return progs
 
 
+class OutDirError(RuntimeError):
+    pass
+
+
+def unreachable_parent(path: str, uid: int, gids: set[int]) -> str | None:
+    """The first directory above ``path`` that ``uid`` cannot pass through, if any."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while True:
+        st = os.stat(parent)
+        if st.st_uid == uid:
+            ok = st.st_mode & 0o100
+        elif st.st_gid in gids:
+            ok = st.st_mode & 0o010
+        else:
+            ok = st.st_mode & 0o001
+        if not ok:
+            return parent
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
 def prepare_out_dir(config: Config, user: str = "tracecap") -> None:
     """Create ``<dir>/out`` for the unprivileged writers, emptied first with clear-dir."""
     pw = pwd.getpwnam(user)
@@ -121,6 +143,13 @@ def prepare_out_dir(config: Config, user: str = "tracecap") -> None:
         clear_out_dir(config.out_dir)
     os.chown(config.out_dir, pw.pw_uid, pw.pw_gid)
     os.chmod(config.out_dir, 0o750)
+    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
+    blocked = unreachable_parent(config.out_dir, pw.pw_uid, gids)
+    if blocked:
+        raise OutDirError(
+            f"the {user} user, which the writers run as, cannot enter {blocked} to reach "
+            f"{config.out_dir}: choose another dir: or let others pass (chmod o+x {blocked})"
+        )
 
 
 def prepare_stats_dir(run_dir: str, user: str = "tracecap") -> str:
@@ -302,7 +331,6 @@ class Frontend:
 
     def run(self) -> int:
         prepare_run_dir(self.run_dir)
-        prepare_out_dir(self.config)
         stats_dir = prepare_stats_dir(self.run_dir)
         conf_path = os.path.join(self.run_dir, "supervisord.conf")
         write_options(self.run_dir, self.argv)
@@ -373,15 +401,20 @@ class Frontend:
         return status
 
     def _check_collector(self) -> str | None:
+        """A collector that stopped, or a writer that keeps dying, ends the run with its reason
+        instead of a wait for a readiness that will not come."""
         try:
-            info = supervisor_rpc(self.run_dir).supervisor.getProcessInfo("collector")
+            infos = supervisor_rpc(self.run_dir).supervisor.getAllProcessInfo()
         except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
             return None  # supervisord still starting, or busy
-        if info["statename"] in ("EXITED", "FATAL", "BACKOFF"):
-            return (
-                f"the collector stopped ({info['statename']}, exit status {info['exitstatus']});"
-                f" its messages are above and in {self.run_dir}/supervisord.log"
-            )
+        for info in infos:
+            dead = ("EXITED", "FATAL", "BACKOFF") if info["name"] == "collector" else ("FATAL",)
+            if info["statename"] in dead:
+                return (
+                    f"{info['name']} stopped ({info['statename']}, exit status "
+                    f"{info['exitstatus']}); its messages are above and in "
+                    f"{self.run_dir}/{info['name']}.log"
+                )
         return None
 
 
@@ -400,4 +433,9 @@ def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 64) -> int
         )
         return 2
     print(f"tracecap: starting: {shlex.join(['tracecap', 'run', *argv])}", file=sys.stderr)
+    try:
+        prepare_out_dir(config)
+    except (OutDirError, OSError) as exc:
+        print(f"tracecap: error: {exc}", file=sys.stderr)
+        return 2
     return Frontend(config, argv, run_dir, sys.stdout, ring_mb).run()
