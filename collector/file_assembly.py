@@ -14,6 +14,7 @@ from typing import Any
 
 from bpf import records
 from collector import bus
+from collector.envelopes import Outgoing, context_env
 
 #: Bytes gathered from one syscall before they are published as one message.
 MAX_MESSAGE_PAYLOAD = 256 * 1024
@@ -29,15 +30,6 @@ class _PendingIo:
     next_off: int = 0  # io-relative offset of the next expected byte
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0  # io-relative offset of buf[0]
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One bus message to publish; the publisher adds v, epoch and seq."""
-
-    topic: bytes
-    env: dict[str, Any]
-    payload: bytes | None
 
 
 def display_path(ev: records.FileEvent) -> bytes:
@@ -102,18 +94,7 @@ class FileAssembler:
 
     def on_event(self, ev: records.FileEvent, now_ns: int) -> list[Outgoing]:
         h = ev.hdr
-        env = {
-            "ts": h.ts + self._boot_to_epoch,
-            "pid": h.pid,
-            "tid": h.tid,
-            "ppid": h.ppid,
-            "uid": h.uid,
-            "ns_pid": h.ns_pid,
-            "ns_tid": h.ns_tid,
-            "ns_ppid": h.ns_ppid,
-            "comm": h.comm,
-            "cgroup_id": h.cgroup_id,
-            "container_id": self._container_of(h.cgroup_id),
+        env = context_env(h, self._boot_to_epoch, self._container_of(h.cgroup_id)) | {
             "syscall": ev.syscall,
             "fd": ev.fd,
             "path": display_path(ev),

@@ -18,9 +18,10 @@ from typing import Any
 from bpf import records
 from collector import bus
 from collector.containers import CgroupResolver
-from collector.file_assembly import FileAssembler, Outgoing
+from collector.envelopes import Outgoing, context_env
+from collector.file_assembly import FileAssembler
 from collector.libbpf import BpfError
-from collector.object_assembly import ObjectAssembler, context_env, object_env
+from collector.object_assembly import ObjectAssembler, object_env
 from collector.object_files import (
     FileJob,
     FileStreamer,

@@ -12,7 +12,7 @@ from typing import Any
 
 from bpf import records
 from collector import bus
-from collector.file_assembly import Outgoing
+from collector.envelopes import Outgoing, context_env
 
 #: Bytes gathered before an object's bytes are published as one message.
 MAX_MESSAGE_PAYLOAD = 1024 * 1024
@@ -22,22 +22,6 @@ OBJECT_TIMEOUT_NS = 2_000_000_000
 
 def prot_text(prot: int) -> str:
     return "".join(c if prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
-
-
-def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dict[str, Any]:
-    return {
-        "ts": h.ts + boot_to_epoch,
-        "pid": h.pid,
-        "tid": h.tid,
-        "ppid": h.ppid,
-        "uid": h.uid,
-        "ns_pid": h.ns_pid,
-        "ns_tid": h.ns_tid,
-        "ns_ppid": h.ns_ppid,
-        "comm": h.comm,
-        "cgroup_id": h.cgroup_id,
-        "container_id": container_id,
-    }
 
 
 def object_env(

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from collector.file_assembly import Outgoing
+from collector.envelopes import Outgoing
 
 MESSAGE_BYTES = 1024 * 1024
 

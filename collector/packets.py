@@ -15,7 +15,7 @@ import dpkt
 
 from bpf import records
 from collector import bus
-from collector.file_assembly import Outgoing
+from collector.envelopes import Outgoing
 
 #: How long a packet of an unknown socket waits for its owner.
 OWNER_WAIT_NS = 300_000_000

@@ -1,0 +1,35 @@
+"""What every assembler produces: a bus message to publish, and the part of its envelope that
+says which process did it (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bpf import records
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One bus message to publish; the publisher adds v, epoch and seq."""
+
+    topic: bytes
+    env: dict[str, Any]
+    payload: bytes | None
+
+
+def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dict[str, Any]:
+    """The common envelope keys for an event's process (host ids, namespace ids, cgroup)."""
+    return {
+        "ts": h.ts + boot_to_epoch,
+        "pid": h.pid,
+        "tid": h.tid,
+        "ppid": h.ppid,
+        "uid": h.uid,
+        "ns_pid": h.ns_pid,
+        "ns_tid": h.ns_tid,
+        "ns_ppid": h.ns_ppid,
+        "comm": h.comm,
+        "cgroup_id": h.cgroup_id,
+        "container_id": container_id,
+    }
