@@ -62,7 +62,9 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-        self._sock.setsockopt(zmq.LINGER, 2000)
+        # at a stop under load, a slow writer may still be taking what was sent; supervisord
+        # stops writers only after the collector has exited, and kills after 30 s
+        self._sock.setsockopt(zmq.LINGER, 25_000)
         old = os.umask(0o117)
         try:
             self._sock.bind(self.endpoint)

@@ -29,6 +29,10 @@ POLL_MS = 200
 #: Messages handled between housekeeping passes when the bus is busy, so idle flushes and stats
 #: still happen under a flood.
 MAX_BATCH = 1000
+#: On stop, what is already queued is still written: until the bus is quiet this long, or at
+#: most DRAIN_LIMIT_S (supervisord's stopwaitsecs is 30).
+DRAIN_QUIET_MS = 300
+DRAIN_LIMIT_S = 20.0
 STATS_INTERVAL = 1.0
 
 StopFlag = threading.Event | Callable[[], bool]
@@ -242,6 +246,7 @@ class Subscriber:
                 except zmq.ContextTerminated:
                     break
                 self.housekeeping(now)
+            self._drain_before_stop(link)
         finally:
             try:
                 self.writer.close()
@@ -254,6 +259,18 @@ class Subscriber:
                 context.term()
             if self._stats is not None:
                 self._stats.close()
+
+    def _drain_before_stop(self, link: BusLink) -> None:
+        """Write what the collector already sent: supervisord stops the collector first, so a
+        writer that is behind under load still has that data queued, and dropping it at the
+        stop would lose it with no record."""
+        deadline = time.monotonic() + DRAIN_LIMIT_S
+        try:
+            while time.monotonic() < deadline and link.poll(DRAIN_QUIET_MS):
+                self._drain(link)
+                self.housekeeping(self._clock())
+        except zmq.ContextTerminated:
+            return
 
     def _report_handshakes(self, link: BusLink) -> None:
         """Say why nothing arrives when the bridge refuses us (retried by libzmq or the link)."""

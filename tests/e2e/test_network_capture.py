@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -218,3 +219,32 @@ def test_a_60kb_tcp_send_is_captured_whole(tracecap, workdir: Path):
     (client,) = {t.sport for t, c in segments if t.flags == dpkt.tcp.TH_SYN and "egress" in c}
     sent = sum(len(t.data) for t, c in segments if t.sport == client and "egress" in c)
     assert sent == (60000 // 11) * 11
+
+
+FLOOD = """
+    import socket
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    srv.bind(("127.0.0.1", 0))
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range({n}):
+        cli.sendto(b"TC-FLOOD-" + b"x" * 91, srv.getsockname())
+"""
+
+
+def test_a_stop_right_after_a_flood_keeps_every_packet_or_counts_it(tracecap, workdir: Path):
+    n = 60_000
+    run = tracecap("--capture", "network", "--capture", "pcap-snaplen:headers",
+                   "--scope", "comm=tc-flood")  # fmt: skip
+    python(FLOOD.format(n=n), comm=b"tc-flood")
+    run.stop()  # at once: the writer is still behind
+    assert run.returncode == 0, run.stderr
+    shown = subprocess.run(
+        ["tcpdump", "-n", "-r", str(run.out_dir / "pcap" / "single.pcap"), "udp"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    captured = sum(1 for line in shown.stdout.splitlines() if "UDP, length 100" in line)
+    lost = int(re.search(r"kernel ring buffer (\d+) records", run.stderr).group(1))
+    gaps = int(re.search(r"bus gaps (\d+) messages", run.stderr).group(1))
+    assert captured + lost + gaps >= 2 * n, (captured, lost, gaps)
+    assert captured <= 2 * n
