@@ -189,6 +189,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
                 f"{run_dir}/stats",
                 options=writer_options,
                 curve_keys=curve_keys,
+                limit_bytes=config.limit_bytes,
             )
         except KeyFileError as exc:
             raise UsageError(str(exc)) from None

@@ -202,7 +202,8 @@ def summary_line(collector: dict[str, Any], writers: dict[str, dict[str, Any]]) 
         f"{kernel_sum('.pending_full')}, collector decode errors "
         f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages')} messages, "
         f"malformed messages {writer_sum('malformed')}, writer errors "
-        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}"
+        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
+        f"{writer_sum('budget_refused_bytes')} bytes refused"
     )
 
 

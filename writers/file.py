@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from collector import bus
 from writers.base import Writer
+from writers.budget import DiskBudget
 from writers.fileartifact import BadFileMessage, FileArtifact, check_transfer, parse_lost
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import Index, OutputDir
@@ -52,6 +53,7 @@ class FileWriter(Writer):
         max_hash_bytes: int = 4 << 30,
         clock: Callable[[], float] = time.monotonic,
         log: RateLimitedLog | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         super().__init__()
         self.directions = tuple(directions)
@@ -85,6 +87,9 @@ class FileWriter(Writer):
                 0,
             )
         )
+        self._budget = budget
+        if budget is not None:
+            budget.bind_counters(self.counters)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -141,7 +146,13 @@ class FileWriter(Writer):
         art.account_io(env["io_id"], env["io_len"], env["io_off"], env["off"], accounted)
 
     def _write(self, key: _Key, art: FileArtifact, off: int, payload: bytes) -> None:
-        """Put ``payload`` in place; whatever could not be written is recorded as missing."""
+        """Put ``payload`` in place; whatever could not be written is recorded as missing.
+
+        The disk budget is asked first: refused bytes are missing exactly like bytes the disk
+        would not take, so the index never presents them as captured."""
+        if self._budget is not None and not self._budget.allow(len(payload)):
+            art.add_missing(off, off + len(payload))
+            return
         view = memoryview(payload)
         done = 0
         try:

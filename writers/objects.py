@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from collector import bus
 from writers.base import Writer
+from writers.budget import DiskBudget
 from writers.fileartifact import parse_lost
 from writers.naming import container_dir, partial_name, text_fields
 from writers.outdir import FILE_MODE, INDEX_NAME, Index, OutputDir
@@ -232,6 +233,7 @@ class ObjectWriter(Writer):
         max_dedup_keys: int = MAX_DEDUP_KEYS,
         clock: Callable[[], float] = time.monotonic,
         log: RateLimitedLog | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         super().__init__()
         if max_in_flight < 1:
@@ -272,6 +274,9 @@ class ObjectWriter(Writer):
                 0,
             )
         )
+        self._budget = budget
+        if budget is not None:
+            budget.bind_counters(self.counters)
         if self.deduplicates:
             self._rebuild()
 
@@ -376,6 +381,10 @@ class ObjectWriter(Writer):
         if length < len(payload):
             self.counters["rejected_bytes"] += len(payload) - length
             self._log("rejected", f"object {obj.key}: bytes beyond obj_len {obj_len}")
+        if self._budget is not None and length and not self._budget.allow(length):
+            # refused by the disk budget: lost to the artifact, which is then not complete
+            asm.gone(off, off + length)
+            return
         view = memoryview(payload)[:length]
         done = 0
         try:

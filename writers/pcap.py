@@ -44,6 +44,7 @@ from typing import Any
 
 from collector import bus
 from writers.base import Writer
+from writers.budget import DiskBudget
 from writers.naming import (
     comment_text,
     container_short,
@@ -281,6 +282,8 @@ class PcapFile:
     header_done: bool = False
     write_errors: int = 0
     damaged: bool = False
+    #: packets the disk budget kept out of this file
+    budget_dropped: int = 0
 
     def account(self, pkt: Packet, captured: int) -> None:
         self.packets += 1
@@ -298,8 +301,9 @@ class PcapFile:
             "split": self.target.split,
             "size": size,
             "sha256": sha256,
-            "complete": not self.write_errors and not self.damaged,
+            "complete": not self.write_errors and not self.damaged and not self.budget_dropped,
             "write_errors": self.write_errors,
+            "budget_dropped": self.budget_dropped,
             "packets": self.packets,
             "bytes": self.bytes,
             "orig_bytes": self.orig_bytes,
@@ -348,6 +352,7 @@ class PcapWriter(Writer):
         max_open: int = DEFAULT_MAX_OPEN,
         max_hash_bytes: int = 4 << 30,
         log: RateLimitedLog | None = None,
+        budget: DiskBudget | None = None,
     ) -> None:
         super().__init__()
         if isinstance(split, str):
@@ -381,10 +386,14 @@ class PcapWriter(Writer):
                     "records",
                     "index_errors",
                     "hash_skipped",
+                    "budget_dropped",
                 ),
                 0,
             )
         )
+        self._budget = budget
+        if budget is not None:
+            budget.bind_counters(self.counters)
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -405,12 +414,16 @@ class PcapWriter(Writer):
         self.counters["packets"] += 1
         if len(data) < len(pkt.data):
             self.counters["cut_at_snaplen"] += 1
+        dropped = False
         for target in targets:
             f = self._files.get(target.path)
             if f is None:
                 f = self._new_file(target, pkt)
+            refused_before = f.budget_dropped
             if self._append(f, block):
                 f.account(pkt, len(data))
+            dropped = dropped or f.budget_dropped > refused_before
+        self.counters["budget_dropped"] += dropped
 
     def _new_file(self, target: Target, pkt: Packet) -> PcapFile:
         description = json.dumps(file_context(target.split, pkt), ensure_ascii=False)
@@ -477,6 +490,9 @@ class PcapWriter(Writer):
             self._write_error(f, f"cannot open: {exc}")
             return False
         data = block if f.header_done else file_header(f.description) + block
+        if self._budget is not None and not self._budget.allow(len(data)):
+            f.budget_dropped += 1  # the file stays whole; its record says what it lacks
+            return False
         view = memoryview(data)
         done = 0
         try:

@@ -11,6 +11,7 @@ from typing import Any
 from collector import keys
 from writers.base import Subscriber, Writer
 from writers.bpf import BpfWriter
+from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
 from writers.exec import ExecWriter
 from writers.file import FileWriter
 from writers.memory import MemoryWriter
@@ -20,14 +21,17 @@ from writers.pcap import PcapWriter
 from writers.privileges import drop_privileges
 
 #: Writer kinds by name; each factory gets the open output directory and its index, then the
-#: kind's options (``run_writer(options=...)``) as keyword arguments.
+#: kind's options (``run_writer(options=...)``) as keyword arguments, and the process's disk
+#: budget (None: unlimited, as in unit tests of a kind).
 WRITER_KINDS: dict[str, Callable[..., Writer]] = {
-    "file": lambda out, index: FileWriter(out, index),
-    "exec": lambda out, index: ExecWriter(out, index),
-    "mem": lambda out, index: MemoryWriter(out, index),
-    "module": lambda out, index: ModuleWriter(out, index),
-    "bpf": lambda out, index: BpfWriter(out, index),
-    "pcap": lambda out, index, split=("single",): PcapWriter(out, index, split),
+    "file": lambda out, index, budget=None: FileWriter(out, index, budget=budget),
+    "exec": lambda out, index, budget=None: ExecWriter(out, index, budget=budget),
+    "mem": lambda out, index, budget=None: MemoryWriter(out, index, budget=budget),
+    "module": lambda out, index, budget=None: ModuleWriter(out, index, budget=budget),
+    "bpf": lambda out, index, budget=None: BpfWriter(out, index, budget=budget),
+    "pcap": lambda out, index, split=("single",), budget=None: PcapWriter(
+        out, index, split, budget=budget
+    ),
 }
 
 
@@ -40,6 +44,8 @@ def run_writer(
     drop_to: str | None = "tracecap",
     options: Mapping[str, Any] | None = None,
     curve_keys: tuple[str, str] | None = None,
+    limit_bytes: int | None = None,
+    floor_bytes: int = DEFAULT_FLOOR_BYTES,
 ) -> int:
     """Run the ``kind`` writer until SIGTERM/SIGINT (or ``stop``), flush it, return 0.
 
@@ -51,13 +57,15 @@ def run_writer(
     ``curve_keys`` (server public key file, client secret key file) make the SUB socket a CURVE
     client, for a tcp endpoint served by `tracecap bridge`; they are read after the drop, as the
     unprivileged user (keys.KeyFileError if that user cannot read them or they are unsafe).
+    ``limit_bytes`` (``--capture limit:``) and ``floor_bytes`` make the disk budget every write of
+    artifact data asks first; each writer process measures the shared output tree itself.
     """
     factory = WRITER_KINDS.get(kind)
     if factory is None:
         raise ValueError(f"unknown writer kind {kind!r}; known kinds: {', '.join(WRITER_KINDS)}")
     options = dict(options or {})
     try:
-        inspect.signature(factory).bind(None, None, **options)
+        inspect.signature(factory).bind(None, None, budget=None, **options)
     except TypeError:
         raise ValueError(f"writer kind {kind!r} takes no option among {sorted(options)}") from None
     if drop_to is not None:
@@ -68,7 +76,8 @@ def run_writer(
     try:
         index = Index(out)
         try:
-            writer = factory(out, index, **options)
+            budget = DiskBudget(out.root_fd, limit_bytes, floor_bytes, index=index, name=kind)
+            writer = factory(out, index, budget=budget, **options)
             subscriber = Subscriber(
                 writer, endpoint, index=index, stats_dir=stats_dir, name=kind, curve=curve
             )
