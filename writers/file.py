@@ -9,7 +9,6 @@ a flush yields another record for the same path, and **the last record for a pat
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import time
 from collections import OrderedDict
@@ -18,13 +17,13 @@ from collections.abc import Callable, Iterable
 from collector import bus
 from writers.base import Writer
 from writers.budget import DiskBudget
+from writers.digest import sha256_of_fd
 from writers.fileartifact import BadFileMessage, FileArtifact, check_transfer, parse_lost
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import Index, OutputDir
 from writers.ratelog import RateLimitedLog
 
 DIRECTIONS = {"write": bus.TOPIC_FILE_WRITE, "read": bus.TOPIC_FILE_READ}
-_HASH_BLOCK = 1 << 20
 #: Writes to /dev/null are split per pid: they are what droppers use to hide output, and one
 #: artifact mixing every process's discarded bytes would say nothing about any of them.
 _DEV_NULL = b"/dev/null"
@@ -205,12 +204,7 @@ class FileWriter(Writer):
             if size > self._max_hash_bytes:
                 self.counters["hash_skipped"] += 1
                 return size, None
-            digest = hashlib.sha256()
-            pos = 0
-            while chunk := os.pread(fd, _HASH_BLOCK, pos):
-                digest.update(chunk)
-                pos += len(chunk)
-            return pos, digest.hexdigest()
+            return sha256_of_fd(fd)
         except OSError as exc:
             self.counters["write_errors"] += 1
             self._log("write_error", f"{art.path}: cannot hash: {exc}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import IO, Any
 from collector import bus
 from writers.base import Writer
 from writers.budget import DiskBudget
+from writers.digest import sha256_of_fd
 from writers.fileartifact import parse_lost
 from writers.naming import container_dir, partial_name, text_fields
 from writers.outdir import FILE_MODE, INDEX_NAME, Index, OutputDir
@@ -49,7 +49,6 @@ MAX_COLLISIONS = 1000
 MAX_ERROR_CHARS = 1024
 #: Longest index line considered when rebuilding dedup state; longer ones are counted bad.
 MAX_INDEX_LINE = 1 << 20
-_HASH_BLOCK = 1 << 20
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _ZERO_SHA256 = "0" * 64
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -480,12 +479,7 @@ class ObjectWriter(Writer):
         zero-filled up to ``obj_len`` so offsets in the artifact are offsets in the object."""
         if os.fstat(fd).st_size < obj_len:
             os.ftruncate(fd, obj_len)
-        digest = hashlib.sha256()
-        pos = 0
-        while chunk := os.pread(fd, _HASH_BLOCK, pos):
-            digest.update(chunk)
-            pos += len(chunk)
-        return pos, digest.hexdigest()
+        return sha256_of_fd(fd)
 
     def _place(self, obj: _Object, name: str) -> str:
         """Give the temporary file its final name without ever replacing anything there.

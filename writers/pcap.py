@@ -45,6 +45,7 @@ from typing import Any
 from collector import bus
 from writers.base import Writer
 from writers.budget import DiskBudget
+from writers.digest import sha256_of_fd
 from writers.naming import (
     comment_text,
     container_short,
@@ -74,7 +75,6 @@ DEFAULT_MAX_OPEN = 64
 #: Bytes of comm used in comments and descriptions. The kernel's comm is at most 15 bytes; the
 #: bound only keeps a hostile envelope from bloating every block (the index keeps the whole comm).
 COMM_MAX = 255
-_HASH_BLOCK = 1 << 20
 _U64 = 1 << 64
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -540,12 +540,7 @@ class PcapWriter(Writer):
             if size > self._max_hash_bytes:
                 self.counters["hash_skipped"] += 1
                 return size, None
-            digest = hashlib.sha256()
-            pos = 0
-            while chunk := os.pread(fd, _HASH_BLOCK, pos):
-                digest.update(chunk)
-                pos += len(chunk)
-            return pos, digest.hexdigest()
+            return sha256_of_fd(fd)
         except OSError as exc:
             self._log("write_error", f"{f.target.path}: cannot hash: {exc}")
             return None, None
