@@ -36,7 +36,7 @@ older forms: --trace for --scope (--trace event=NAME for --events), --output for
 """
 
 DEFAULT_RUN_DIR = "/run/tracecap"
-DEFAULT_RING_MB = 64
+DEFAULT_RING_MB = 8
 
 
 class UsageError(ValueError):

@@ -35,9 +35,13 @@ _MODULE_RAW = {"tc_module_raw_enter", "tc_module_raw_exit"}
 _BPF = {"tc_bpf_enter", "tc_bpf_exit"}
 _NET_TRACING = {"tc_sock_send", "tc_sock_recv"}
 _NET_CGROUP = {"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"}
-PACKET_RING_BYTES = 32 << 20
-DEFAULT_RING_BYTES = 64 << 20
-OBJECT_RING_BYTES = 16 << 20
+#: Ring sizes. Each ring's pages are resident in the collector (twice: libbpf maps the data
+#: area twice so records can wrap), so a ring costs its size x2 of resident memory; a kind
+#: that is not captured gets a one-page ring.
+DEFAULT_RING_BYTES = 8 << 20
+OBJECT_RING_BYTES = 8 << 20
+PACKET_RING_BYTES = 16 << 20
+UNUSED_RING_BYTES = 4096
 TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
 
 
@@ -152,9 +156,13 @@ class KernelProbes:
             self._programs = programs_for(config)
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
-            self._obj.set_max_entries("file_rb", ring_bytes)
-            self._obj.set_max_entries("obj_rb", OBJECT_RING_BYTES)
-            self._obj.set_max_entries("pkt_rb", PACKET_RING_BYTES)
+            files = config.write.enabled or config.read.enabled
+            objects = config.exec or config.mem or config.module or config.bpf
+            self._obj.set_max_entries("file_rb", ring_bytes if files else UNUSED_RING_BYTES)
+            self._obj.set_max_entries("obj_rb", OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES)
+            self._obj.set_max_entries(
+                "pkt_rb", PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES
+            )
             self._obj.set_max_entries("data_scratch", possible_cpus())
             self._obj.set_max_entries("pkt_scratch", possible_cpus())
             self._obj.load()

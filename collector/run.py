@@ -84,7 +84,7 @@ def write_options(run_dir: str, argv: list[str], group: str = "tracecap") -> Non
     os.chmod(path, 0o640)
 
 
-def programs(config: Config, run_dir: str, ring_mb: int = 64) -> list[supervisor_conf.Program]:
+def programs(config: Config, run_dir: str, ring_mb: int = 8) -> list[supervisor_conf.Program]:
     exe = tracecap_exe()
     common = ["--run-dir", run_dir, "--config", options_path(run_dir)]
     progs = [
@@ -276,7 +276,7 @@ class LogRelay:
 
 class Frontend:
     def __init__(
-        self, config: Config, argv: list[str], run_dir: str, out: TextIO, ring_mb: int = 64
+        self, config: Config, argv: list[str], run_dir: str, out: TextIO, ring_mb: int = 8
     ) -> None:
         self.ring_mb = ring_mb
         self.config = config
@@ -419,7 +419,7 @@ class Frontend:
         return None
 
 
-def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 64) -> int:
+def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 8) -> int:
     if os.geteuid() != 0:
         print(
             "tracecap: error: `tracecap run` must be started as root (it loads eBPF programs)",
