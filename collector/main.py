@@ -255,6 +255,7 @@ class Collector:
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
             },
+            "published": self._pub.published(),
             "programs": self._probes.program_names if self._probes else [],
             "subscriptions": {
                 t.decode(errors="replace"): n for t, n in self._pub.subscriptions.items()

@@ -19,8 +19,12 @@ import zmq
 
 from collector import bus
 
-#: Messages queued per subscriber before ZeroMQ drops (subscribers see the drop as a seq gap).
-SEND_HWM = 200_000
+#: Messages queued per subscriber before ZeroMQ drops for that subscriber alone (so a slow tap
+#: never costs a writer anything). A writer sees a drop as a seq gap, and `tracecap run`
+#: counts the drops at the very end, which no later message reveals, from ``published()``.
+#: It bounds the collector's memory when a subscriber falls behind: at most SEND_HWM messages
+#: of at most 128 KiB of file data (1 MiB for the rarer objects) each.
+SEND_HWM = 4_000
 
 
 class BusError(RuntimeError):
@@ -122,6 +126,10 @@ class Publisher:
         )
         self.sent_messages += 1
         self.sent_bytes += len(payload) if payload else 0
+
+    def published(self) -> dict[str, int]:
+        """Messages published so far per topic (the next seq of each)."""
+        return {t.decode("ascii", "backslashreplace"): n for t, n in self._seq.items()}
 
     def close(self) -> None:
         self._sock.close()

@@ -172,6 +172,23 @@ def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def unseen_tail(
+    last_by_epoch: dict[int, dict[str, Any]], writers: dict[str, dict[str, Any]]
+) -> int:
+    """Messages published at the end of an epoch that a writer never received: a subscriber
+    sees a drop only as a gap before a later message, so the last ones need the collector's
+    count (``published``) beside the writer's last seq of each epoch and topic."""
+    missing = 0
+    for writer in writers.values():
+        for key, last_seq in writer.get("last_seq", {}).items():
+            epoch, _, topic = str(key).partition(":")
+            stats = last_by_epoch.get(int(epoch)) if epoch.isdecimal() else None
+            if stats and isinstance(last_seq, int):
+                published = stats.get("published", {}).get(topic, 0)
+                missing += max(0, published - 1 - last_seq)
+    return missing
+
+
 def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Counters of every collector run (epoch) added up: a restarted collector starts from 0."""
     merged: dict[str, Any] = {"kernel": {}, "collector": {}}
@@ -183,7 +200,9 @@ def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def summary_line(collector: dict[str, Any], writers: dict[str, dict[str, Any]]) -> str:
+def summary_line(
+    collector: dict[str, Any], writers: dict[str, dict[str, Any]], tail: int = 0
+) -> str:
     """One line that says what was captured and every place something was lost."""
     kernel = collector.get("kernel", {})
     coll = collector.get("collector", {})
@@ -200,7 +219,8 @@ def summary_line(collector: dict[str, Any], writers: dict[str, dict[str, Any]]) 
         f"{kernel_sum('.event_drops', '.chunk_drops')} records "
         f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
         f"{kernel_sum('.pending_full')}, collector decode errors "
-        f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages')} messages, "
+        f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages') + tail} "
+        "messages, "
         f"malformed messages {writer_sum('malformed')}, writer errors "
         f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused"
@@ -398,7 +418,9 @@ class Frontend:
         if self.live:
             sys.stderr.write("\r\x1b[K")
         totals = merge_epochs(self.stats_by_epoch)
-        print(summary_line(totals, read_writer_stats(stats_dir)), file=sys.stderr)
+        writers = read_writer_stats(stats_dir)
+        tail = unseen_tail(self.stats_by_epoch, writers)
+        print(summary_line(totals, writers, tail), file=sys.stderr)
         return status
 
     def _check_collector(self) -> str | None:

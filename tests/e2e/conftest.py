@@ -24,6 +24,12 @@ def kernel_dev(st_dev: int) -> int:
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
+def tracecap_program_ids() -> set[int]:
+    """Ids of the BPF programs tracecap has loaded (their names start with tc_)."""
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
+    return {p["id"] for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")}
+
+
 def artifact_name(kind: str, path: str | Path) -> str:
     st = os.stat(path)
     return f"{kind}.dev-{kernel_dev(st.st_dev)}.inode-{st.st_ino}"

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import artifact_name
+from conftest import artifact_name, tracecap_program_ids
 from workloads import python, sh
 
 pytestmark = pytest.mark.ebpf
@@ -206,22 +206,17 @@ def test_hostile_file_and_command_names(tracecap, workdir: Path) -> None:
         assert record["comm"] == (b'ev\n"\xff%d' % i).decode("utf-8", errors="backslashreplace")
 
 
-def _tracecap_program_ids() -> set[int]:
-    shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
-    return {p["id"] for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")}
-
-
 def test_sigterm_stops_cleanly_and_detaches_every_probe(tracecap, workdir: Path) -> None:
     target = workdir / "t"
-    before = _tracecap_program_ids()
+    before = tracecap_program_ids()
     run = tracecap("--capture", f"write={workdir}/*")
-    ours = _tracecap_program_ids() - before
+    ours = tracecap_program_ids() - before
     assert ours, "the probes should be attached while running"
     python(f"open({str(target)!r}, 'wb').write(b'before stop')")
     run.proc.send_signal(signal.SIGTERM)
     run.stop()
     assert run.returncode == 0, run.stderr
-    assert ours & _tracecap_program_ids() == set()
+    assert ours & tracecap_program_ids() == set()
     assert run.artifact(artifact_name("write", target)) == b"before stop"
     assert "tracecap: summary:" in run.stderr
 

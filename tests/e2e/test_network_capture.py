@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import tracecap_program_ids
 from workloads import python
 
 pytestmark = pytest.mark.ebpf
@@ -234,11 +235,14 @@ FLOOD = """
 
 def test_a_stop_right_after_a_flood_keeps_every_packet_or_counts_it(tracecap, workdir: Path):
     n = 60_000
+    before = tracecap_program_ids()
     run = tracecap("--capture", "network", "--capture", "pcap-snaplen:headers",
                    "--scope", "comm=tc-flood")  # fmt: skip
+    ours = tracecap_program_ids() - before
     python(FLOOD.format(n=n), comm=b"tc-flood")
     run.stop()  # at once: the writer is still behind
     assert run.returncode == 0, run.stderr
+    assert ours and ours & tracecap_program_ids() == set()  # every probe detached
     shown = subprocess.run(
         ["tcpdump", "-n", "-r", str(run.out_dir / "pcap" / "single.pcap"), "udp"],
         capture_output=True, text=True, check=True,

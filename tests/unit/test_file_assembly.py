@@ -167,7 +167,7 @@ def test_io_larger_than_max_payload_is_split_with_right_offsets():
         if got:
             emitted_after.append(i)
         out += got
-    # flushed as soon as 256 KiB are gathered, then the remainder at the end of the io
+    # flushed as soon as MAX_MESSAGE_PAYLOAD are gathered, then the remainder at the end of the io
     assert emitted_after == [per_msg - 1, 2 * per_msg - 1, 2 * per_msg + 3]
     m = MAX_MESSAGE_PAYLOAD
     assert summary(out) == [

@@ -115,3 +115,11 @@ def test_unreachable_parent_names_the_directory_that_blocks():
         assert unreachable_parent(str(closed / "dir" / "out"), nobody, {nobody}) is None
     finally:
         shutil.rmtree(base)
+
+
+def test_messages_dropped_at_the_very_end_are_counted_from_the_collectors_tally():
+    from collector.run import unseen_tail
+
+    stats = {7: {"published": {"file.write.": 100, "stats.": 50}}, 8: {"published": {}}}
+    writers = {"writer-file": {"last_seq": {"7:file.write.": 89, "9:file.write.": 3}}}
+    assert unseen_tail(stats, writers) == 10  # seq 90..99 never arrived
