@@ -17,7 +17,7 @@ from collector import bus
 from collector.envelopes import Outgoing, context_env
 
 #: Bytes gathered from one syscall before they are published as one message.
-MAX_MESSAGE_PAYLOAD = 128 * 1024
+MAX_MESSAGE_PAYLOAD = 256 * 1024
 #: An io whose bytes have not all arrived after this long is closed with the rest marked lost.
 IO_TIMEOUT_NS = 1_000_000_000
 

@@ -22,9 +22,10 @@ from collector import bus
 #: Messages queued per subscriber before ZeroMQ drops for that subscriber alone (so a slow tap
 #: never costs a writer anything). A writer sees a drop as a seq gap, and `tracecap run`
 #: counts the drops at the very end, which no later message reveals, from ``published()``.
-#: It bounds the collector's memory when a subscriber falls behind: at most SEND_HWM messages
-#: of at most 128 KiB of file data (1 MiB for the rarer objects) each.
-SEND_HWM = 4_000
+#: It is large on purpose: a writer's gap can be recorded but not attributed to the artifacts
+#: it hit, so the queue absorbs bursts rather than drop (4000 made a flood test lose bytes the
+#: index could not list). The price is memory when a writer stays behind (NOTES.md).
+SEND_HWM = 200_000
 
 
 class BusError(RuntimeError):

@@ -23,7 +23,7 @@ from collector import bus
 from collector.keys import CurveClient
 
 #: Queue depth on our side of the pipe; large because a drop here is data lost for good.
-RCVHWM = 4_000  # with the collector's SEND_HWM, bounds what waits in memory
+RCVHWM = 100_000  # see SEND_HWM in collector/publisher.py
 #: Any single frame larger than this is refused by libzmq itself, so a hostile peer cannot make
 #: us allocate without limit. Legitimate frames are far smaller.
 MAX_FRAME_BYTES = bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096
