@@ -58,6 +58,9 @@ class Writer(abc.ABC):
     def tick(self, now: float) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Housekeeping at least every ``POLL_MS`` (``now`` is ``time.monotonic``)."""
 
+    def on_gap(self, gap: Gap) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Messages of ``gap.topic`` never arrived; a writer may mark what they could have hit."""
+
     def close(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Flush everything; called once when the loop ends."""
 
@@ -161,6 +164,11 @@ class Subscriber:
     def _record_gap(self, gap: Gap) -> None:
         self.counters["gap_messages"] += gap.count
         self.counters["gaps"] += 1
+        try:
+            self.writer.on_gap(gap)
+        except Exception as exc:
+            self.counters["handler_errors"] += 1
+            self._log("handler_error", f"gap: {exc.__class__.__name__}: {exc}")
         self._log(
             "gap",
             f"{gap.count} messages of {gap.topic!r} lost (epoch {gap.epoch}, "

@@ -19,6 +19,7 @@ from writers.base import Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
 from writers.fileartifact import BadFileMessage, FileArtifact, check_transfer, parse_lost
+from writers.gaps import Gap
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import Index, OutputDir
 from writers.ratelog import RateLimitedLog
@@ -26,6 +27,8 @@ from writers.ratelog import RateLimitedLog
 DIRECTIONS = {"write": bus.TOPIC_FILE_WRITE, "read": bus.TOPIC_FILE_READ}
 #: Writes to /dev/null are split per pid: they are what droppers use to hide output, and one
 #: artifact mixing every process's discarded bytes would say nothing about any of them.
+#: Bus gaps remembered per artifact (the index's gap records hold them all).
+MAX_BUS_GAPS = 16
 _DEV_NULL = b"/dev/null"
 
 _Key = tuple[str, str]  # (container directory, artifact name)
@@ -97,6 +100,15 @@ class FileWriter(Writer):
             if topic.startswith(DIRECTIONS[direction]):
                 return direction
         return None
+
+    def on_gap(self, gap: Gap) -> None:
+        """Messages of this direction were lost on the bus: every artifact still being written
+        may have lost bytes in them, so each says so (``bus_gaps``, ``complete: false``)."""
+        direction = self._direction(gap.topic)
+        for key in self._dirty:
+            art = self._artifacts.get(key)
+            if art is not None and art.kind == direction and len(art.bus_gaps) < MAX_BUS_GAPS:
+                art.bus_gaps.append([gap.epoch, gap.from_seq, gap.to_seq])
 
     def _generation_name(self, subdir: str, name: str, generation: object) -> str:
         """A file that reuses a freed inode number is another file: it gets its own artifact

@@ -92,6 +92,9 @@ class FileArtifact:
         self.syscalls: set[str] = set()
         self.ios = 0
         self.missing = RangeSet()
+        #: Bus gaps ([epoch, from_seq, to_seq]) while this artifact was being written: the lost
+        #: messages may have carried its bytes, at offsets no one can know any more.
+        self.bus_gaps: list[list[int]] = []
         #: Bytes this writer put into the file: the fallback size when it cannot be read back.
         self.extent = 0
         self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
@@ -163,7 +166,7 @@ class FileArtifact:
             "append": self.append,
             "size": size,
             "sha256": sha256,
-            "complete": not self.missing,
+            "complete": not self.missing and not self.bus_gaps,
             "missing": [[s, e] for s, e in self.missing.ranges()],
             **self.first,
             "comm": text_field(self.comm),
@@ -183,4 +186,6 @@ class FileArtifact:
             rec["source_path_hex"] = self.source_path.hex()
         if self.pids_truncated:
             rec["pids_truncated"] = True
+        if self.bus_gaps:
+            rec["bus_gaps"] = self.bus_gaps
         return rec

@@ -322,3 +322,16 @@ def test_a_reused_inode_number_is_a_new_artifact(tmp_path):
     base = h.root / "host" / "write.dev-2049.inode-77"
     assert base.read_bytes() == b"OLD-OLD-OL"
     assert (base.parent / (base.name + ".gen-12")).read_bytes() == b"new"
+
+
+def test_a_bus_gap_marks_the_artifacts_being_written(tmp_path):
+    from writers.gaps import Gap
+
+    h = Harness(tmp_path)
+    h.io(b"abc", off=0, io_id=1)
+    h.writer.on_gap(Gap(7, bus.TOPIC_FILE_WRITE, 5, 9))
+    h.writer.on_gap(Gap(7, bus.TOPIC_FILE_READ, 1, 2))  # another direction: not ours
+    h.writer.close()
+    (record,) = [r for r in h.records() if r.get("kind") == "write"]
+    assert record["complete"] is False and record["bus_gaps"] == [[7, 5, 9]]
+    assert record["missing"] == []  # which bytes, no one can know
