@@ -20,10 +20,6 @@ MAX_MESSAGE_PAYLOAD = 1024 * 1024
 OBJECT_TIMEOUT_NS = 2_000_000_000
 
 
-def prot_text(prot: int) -> str:
-    return "".join(c if prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
-
-
 def object_env(
     ev: records.MemEvent | records.ModuleEvent | records.BpfEvent,
     boot_to_epoch: int,

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from importlib import resources
 
 from bpf import records
+from collector.containers import cgroup2_root
 from collector.libbpf import BpfObject, RingBuffer, possible_cpus
 from collector.options import Config, FileCapture
 
@@ -75,15 +76,6 @@ def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
     if config.pcap.enabled:
         names |= _NET_TRACING | _NET_CGROUP
     return names
-
-
-def cgroup2_root(mounts: str) -> str | None:
-    """Where the cgroup2 hierarchy is mounted (/sys/fs/cgroup, or .../unified when hybrid)."""
-    for line in mounts.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2] == "cgroup2":
-            return fields[1]
-    return None
 
 
 def net_settings(config: Config) -> tuple[int, int]:

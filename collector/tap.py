@@ -14,12 +14,13 @@ from typing import Any
 import zmq
 
 from collector import bus
+from writers.naming import text_field
 from writers.privileges import drop_privileges
 
 
 def jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
+        return text_field(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -7,6 +7,8 @@ import socket
 from typing import Any
 
 from collector import bus, packets
+from writers.memory import prot_string
+from writers.naming import text_field
 
 _EVENT_NAMES = {
     "write": "vfs_write",
@@ -23,10 +25,6 @@ _EVENT_NAMES = {
 _HOSTNAME = socket.gethostname()
 
 
-def text(raw: bytes) -> str:
-    return raw.decode("utf-8", errors="backslashreplace")
-
-
 def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "timestamp": env["ts"],
@@ -38,7 +36,7 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
         "hostThreadId": env["tid"],
         "hostParentProcessId": env["ppid"],
         "userId": env["uid"],
-        "processName": text(env["comm"]),
+        "processName": text_field(env["comm"]),
         "hostName": _HOSTNAME,
         "cgroupId": env["cgroup_id"],
         "containerId": env["container_id"],
@@ -53,7 +51,7 @@ def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
         return None
     name = _EVENT_NAMES.get(env["syscall"], env["syscall"])
     args = [
-        {"name": "pathname", "type": "const char*", "value": text(env["path"])},
+        {"name": "pathname", "type": "const char*", "value": text_field(env["path"])},
         {"name": "dev", "type": "dev_t", "value": env["dev"]},
         {"name": "inode", "type": "unsigned long", "value": env["inode"]},
         {"name": "count", "type": "size_t", "value": env["io_len"]},
@@ -78,17 +76,13 @@ def _event(env: dict[str, Any], name: str, args: list[dict[str, Any]], **extra: 
 
 def exec_event(env: dict[str, Any]) -> dict[str, Any]:
     return _event(env, "sched_process_exec", [
-        _arg("pathname", "const char*", text(env["path"])),
+        _arg("pathname", "const char*", text_field(env["path"])),
         _arg("dev", "dev_t", env["dev"]),
         _arg("inode", "unsigned long", env["inode"]),
         _arg("ctime", "unsigned long", env["ctime"]),
         _arg("inode_mode", "umode_t", env["mode"]),
-        _arg("argv", "const char**", [text(a) for a in env["argv"]]),
+        _arg("argv", "const char**", [text_field(a) for a in env["argv"]]),
     ])  # fmt: skip
-
-
-def _prot(prot: int) -> str:
-    return "".join(c if prot & bit else "-" for c, bit in (("r", 1), ("w", 2), ("x", 4)))
 
 
 def mem_event(env: dict[str, Any]) -> dict[str, Any]:
@@ -101,17 +95,17 @@ def mem_event(env: dict[str, Any]) -> dict[str, Any]:
         _arg("alert", "string", alert),
         _arg("addr", "void*", hex(env["addr"])),
         _arg("len", "size_t", env["len"]),
-        _arg("prot", "string", _prot(env["prot_after"])),
-        _arg("prev_prot", "string", _prot(env["prot_before"])),
+        _arg("prot", "string", prot_string(env["prot_after"])),
+        _arg("prev_prot", "string", prot_string(env["prot_before"])),
     ], syscall=env["syscall"])  # fmt: skip
 
 
 def module_event(env: dict[str, Any]) -> dict[str, Any]:
-    args = [_arg("param_values", "const char*", text(env["params"]))]
+    args = [_arg("param_values", "const char*", text_field(env["params"]))]
     if env["syscall"] == "finit_module":
         args += [
             _arg("fd", "int", env.get("fd", -1)),
-            _arg("pathname", "const char*", text(env["path"])),
+            _arg("pathname", "const char*", text_field(env["path"])),
             _arg("dev", "dev_t", env["dev"]),
             _arg("inode", "unsigned long", env["inode"]),
         ]
@@ -123,7 +117,7 @@ def module_event(env: dict[str, Any]) -> dict[str, Any]:
 def bpf_event(env: dict[str, Any]) -> dict[str, Any]:
     return _event(env, "security_bpf_prog", [
         _arg("prog_type", "int", env["prog_type"]),
-        _arg("prog_name", "const char*", text(env["prog_name"])),
+        _arg("prog_name", "const char*", text_field(env["prog_name"])),
         _arg("insn_cnt", "u32", env["insn_cnt"]),
         _arg("load", "bool", True),
     ], syscall="bpf", returnValue=env["ret"])  # fmt: skip

@@ -18,6 +18,7 @@ import zmq
 
 from collector import bus
 from collector.keys import CurveClient
+from writers.budget import DiskBudget
 from writers.gaps import Gap, GapTracker
 from writers.link import BusLink
 from writers.outdir import Index
@@ -48,8 +49,11 @@ class Writer(abc.ABC):
     name: str = "writer"
     topics: tuple[bytes, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, budget: DiskBudget | None = None) -> None:
         self.counters: dict[str, int] = {}
+        self._budget = budget
+        if budget is not None:
+            budget.bind_counters(self.counters)
 
     @abc.abstractmethod
     def handle(self, msg: bus.Message) -> None:

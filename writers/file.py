@@ -57,7 +57,7 @@ class FileWriter(Writer):
         log: RateLimitedLog | None = None,
         budget: DiskBudget | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(budget)
         self.directions = tuple(directions)
         unknown = set(self.directions) - DIRECTIONS.keys()
         if unknown or not self.directions:
@@ -89,9 +89,6 @@ class FileWriter(Writer):
                 0,
             )
         )
-        self._budget = budget
-        if budget is not None:
-            budget.bind_counters(self.counters)
 
     # -- messages ----------------------------------------------------------------------------
 

@@ -234,7 +234,7 @@ class ObjectWriter(Writer):
         log: RateLimitedLog | None = None,
         budget: DiskBudget | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(budget)
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be positive, got {max_in_flight}")
         self.name = self.kind
@@ -273,9 +273,6 @@ class ObjectWriter(Writer):
                 0,
             )
         )
-        self._budget = budget
-        if budget is not None:
-            budget.bind_counters(self.counters)
         if self.deduplicates:
             self._rebuild()
 

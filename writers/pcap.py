@@ -354,7 +354,7 @@ class PcapWriter(Writer):
         log: RateLimitedLog | None = None,
         budget: DiskBudget | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(budget)
         if isinstance(split, str):
             split = (split,)
         chosen = set(split)
@@ -391,9 +391,6 @@ class PcapWriter(Writer):
                 0,
             )
         )
-        self._budget = budget
-        if budget is not None:
-            budget.bind_counters(self.counters)
 
     # -- messages ----------------------------------------------------------------------------
 
