@@ -1,7 +1,8 @@
 """Test-wide rules.
 
-With ``CI`` set, an eBPF test that skips (not root, no BPF object, no BTF) fails instead: the
-end-to-end tests are the point of CI, and a silent skip would let a broken machine pass.
+With ``CI`` set, a test that skips fails instead: an eBPF test that cannot run (not root, no
+BPF object, no BTF) or one whose tool is missing (tshark, bpftool) means a broken machine,
+and a silent skip would let it pass. Off CI, skips say why.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("CI") and item.get_closest_marker("ebpf"):
+    if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.longrepr = f"eBPF test skipped while CI is set (skips are failures in CI): {reason}"
+        what = "eBPF test" if item.get_closest_marker("ebpf") else "test"
+        report.longrepr = f"{what} skipped while CI is set (skips are failures in CI): {reason}"
