@@ -24,6 +24,8 @@ struct {
 } obj_rb SEC(".maps");
 
 struct tc_data_scratch {
+    struct tc_file_cont cont;    /* right before hdr: a continuation's first chunk is sent
+                                  * from here, as one record */
     struct tc_file_data hdr;
     __u8 data[2 * TC_CHUNK];     /* twice the chunk so that `len & TC_CHUNK_MASK` is in bounds */
 };
@@ -72,7 +74,11 @@ struct tc_emit_ctx {
     __u32 ring;                  /* 0: file_rb, 1: obj_rb */
     __u32 slot;                  /* this CPU's data_scratch slot */
     __u32 page_chunks;           /* 1: chunks never cross a page (see tc_send_user) */
-    __u32 _pad;
+    __u32 cont;                  /* 1: the first chunk goes out behind a tc_file_cont; stays 1
+                                  * if that record could not be sent */
+    __u64 cont_ts;
+    __u64 cont_prev;
+    __u64 cont_pos;
 };
 
 static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
@@ -124,7 +130,23 @@ static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
     }
     s->hdr.len = len;
     __u32 base = c->counter_kind * TC_CNT_PER_KIND;
-    if (tc_output(c->ring, s, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK))) {
+    if (c->cont) {
+        s->cont.kind = TC_REC_FILE_CONT;
+        s->cont.cpu = c->slot;
+        s->cont.ts = c->cont_ts;
+        s->cont.io_id = c->id;
+        s->cont.prev_io_id = c->cont_prev;
+        s->cont.io_len = c->total;
+        s->cont.pos = c->cont_pos;
+        if (tc_output(c->ring, &s->cont,
+                      sizeof(s->cont) + sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK)))
+            return 1;            /* the caller accounts for the whole syscall */
+        c->cont = 0;
+        tc_count(base + TC_CNT_CHUNKS, 1);
+        tc_count(base + TC_CNT_BYTES, len);
+        if (!len)
+            tc_count(base + TC_CNT_DROPPED_BYTES, want);
+    } else if (tc_output(c->ring, &s->hdr, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK))) {
         tc_count(base + TC_CNT_CHUNK_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, want);
     } else {

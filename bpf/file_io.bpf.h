@@ -41,6 +41,35 @@ struct {
 
 struct tc_dev_ino { __u64 inode; __u32 dev; __u32 _pad; };
 
+#define TC_CONT_REFRESH_NS 1000000000ULL  /* a full event at least this often per stream */
+
+/* Per thread: its last syscall whose record reached the ring buffer, so that the next one on
+ * the same open file can be sent as a short tc_file_cont. LRU: exited threads age out. */
+struct tc_io_stream {
+    __u64 file;              /* the struct file */
+    __u64 end;               /* file offset after the last syscall */
+    __u64 io_id;             /* the last syscall's */
+    __u64 full_ts;           /* when this stream's last full event was sent */
+    __u64 inode;
+    __u64 cgroup_id;
+    __u64 comm[2];
+    __u32 pid;
+    __u32 uid;
+    __u32 dev;
+    __u32 generation;
+    __s32 fd;
+    __u16 syscall;
+    __u8 direction;
+    __u8 _pad;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, struct tc_io_stream);
+} io_streams SEC(".maps");
+
 /* Drained (read and deleted) by the collector every second. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -288,6 +317,82 @@ static __always_inline bool tc_type_allowed(const struct tc_io_args *a, struct t
     return false;
 }
 
+/* Does this syscall continue `st` (same thread, open file and context, no gap)? */
+static __always_inline bool tc_continues(const struct tc_io_stream *st, struct file *f,
+                                         const struct tc_io_args *a,
+                                         const struct tc_file_event *ev, __u64 now)
+{
+    __u64 comm[2] = {};
+    if (st->file != (__u64)f || st->fd != a->fd || st->syscall != a->syscall ||
+        st->direction != a->direction || st->inode != ev->inode || st->dev != ev->dev ||
+        st->generation != ev->generation || now - st->full_ts >= TC_CONT_REFRESH_NS)
+        return false;
+    if (!(ev->flags & TC_EV_APPEND) && st->end != ev->pos)
+        return false;
+    if (st->pid != bpf_get_current_pid_tgid() >> 32 ||
+        st->uid != (__u32)bpf_get_current_uid_gid() ||
+        st->cgroup_id != bpf_get_current_cgroup_id())
+        return false;
+    bpf_get_current_comm(comm, sizeof(comm));
+    return st->comm[0] == comm[0] && st->comm[1] == comm[1];
+}
+
+/* Remember the full event just sent as its thread's stream. */
+static __always_inline void tc_start_stream(__u32 tid, struct file *f, const struct tc_io_args *a,
+                                            const struct tc_file_event *ev)
+{
+    struct tc_io_stream st = {
+        .file = (__u64)f, .end = ev->pos + ev->io_len, .io_id = ev->io_id, .full_ts = ev->h.ts,
+        .inode = ev->inode, .cgroup_id = ev->h.cgroup_id, .pid = ev->h.pid, .uid = ev->h.uid,
+        .dev = ev->dev, .generation = ev->generation, .fd = a->fd, .syscall = a->syscall,
+        .direction = a->direction,
+    };
+    __builtin_memcpy(st.comm, ev->h.comm, sizeof(st.comm));
+    bpf_map_update_elem(&io_streams, &tid, &st, BPF_ANY);
+}
+
+/* Send the syscall's bytes after its full event. */
+static __always_inline void tc_send_io(__u64 io_id, const struct tc_io_args *a, __u64 ret,
+                                       __u32 cpu)
+{
+    struct tc_emit_ctx c = {
+        .id = io_id, .total = ret, .done = tc_opaque_zero, .buf = a->buf, .iovcnt = a->count,
+        .is_vec = a->is_vec, .counter_kind = a->direction, .rec_kind = TC_REC_FILE_DATA, .ring = 0, .slot = cpu,
+    };
+    bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
+    if (c.done < c.total)
+        tc_count(a->direction * TC_CNT_PER_KIND + TC_CNT_DROPPED_BYTES, c.total - c.done);
+}
+
+/* The short form: a tc_file_cont (with the first chunk) instead of the event. False when it
+ * could not be sent; then none of the syscall's bytes were, and the loss is recorded. */
+static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct tc_file_event *ev,
+                                               const struct tc_io_args *a, __u64 ret, __u64 now)
+{
+    __u32 base = a->direction * TC_CNT_PER_KIND;
+    struct tc_emit_ctx c = {
+        .id = __sync_fetch_and_add(&io_seq, 1), .total = ret, .done = tc_opaque_zero,
+        .buf = a->buf, .iovcnt = a->count, .is_vec = a->is_vec, .counter_kind = a->direction, .rec_kind = TC_REC_FILE_DATA,
+        .ring = 0, .slot = bpf_get_smp_processor_id(), .cont = 1, .cont_ts = now,
+        .cont_prev = st->io_id, .cont_pos = ev->pos,
+    };
+    bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
+    if (c.cont) {
+        ev->h.cgroup_id = st->cgroup_id;
+        ev->direction = a->direction;
+        tc_count(base + TC_CNT_EVENT_DROPS, 1);
+        tc_count(base + TC_CNT_DROPPED_BYTES, ret);
+        tc_note_dropped_io(ev, ret);
+        return false;
+    }
+    tc_count(base + TC_CNT_EVENTS, 1);
+    if (c.done < c.total)
+        tc_count(base + TC_CNT_DROPPED_BYTES, c.total - c.done);
+    st->io_id = c.id;
+    st->end = ev->pos + ret;
+    return true;
+}
+
 static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
 {
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
@@ -332,6 +437,13 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     }
     if (!tc_type_allowed(&a, ev, ff->types))
         return 0;
+    __u64 now = bpf_ktime_get_boot_ns();
+    struct tc_io_stream *st = bpf_map_lookup_elem(&io_streams, &tid);
+    if (st && tc_continues(st, f, &a, ev, now)) {
+        if (!tc_continue_stream(st, ev, &a, ret, now))
+            bpf_map_delete_elem(&io_streams, &tid);  /* the next one needs a full event */
+        return 0;
+    }
     tc_build_path(s, f);
     if (!tc_path_allowed(ev, ff))
         return 0;
@@ -348,17 +460,13 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
         tc_count(base + TC_CNT_EVENT_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, ret);
         tc_note_dropped_io(ev, ret);
+        if (st)
+            bpf_map_delete_elem(&io_streams, &tid);
         return 0;
     }
     tc_count(base + TC_CNT_EVENTS, 1);
-
-    struct tc_emit_ctx c = {
-        .id = ev->io_id, .total = ret, .buf = a.buf, .iovcnt = a.count, .is_vec = a.is_vec,
-        .counter_kind = a.direction, .rec_kind = TC_REC_FILE_DATA, .ring = 0, .slot = ev->h.cpu,
-    };
-    bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
-    if (c.done < c.total)
-        tc_count(base + TC_CNT_DROPPED_BYTES, c.total - c.done);
+    tc_start_stream(tid, f, &a, ev);
+    tc_send_io(ev->io_id, &a, ret, ev->h.cpu);
     return 0;
 }
 

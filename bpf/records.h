@@ -29,6 +29,8 @@ enum tc_record_kind {
     TC_REC_BPF_EVENT = 7,    /* BPF_PROG_LOAD */
     TC_REC_PACKET = 8,       /* a packet, with the owner of its socket when known */
     TC_REC_SOCK_OWNER = 9,   /* a socket got (or changed) its owning thread */
+    TC_REC_FILE_CONT = 10,   /* a syscall continuing its thread's previous one on the same open
+                              * file: what a tc_file_event would repeat is left out */
 };
 
 enum tc_pkt_direction { TC_PKT_EGRESS = 0, TC_PKT_INGRESS = 1 };
@@ -121,6 +123,23 @@ struct tc_file_event {
     __u32 generation;        /* i_generation: tells a new file from an old one whose inode
                               * number it reuses */
     char path[TC_PATH_BUF + TC_NAME_SLACK];
+};
+
+/* Instead of a tc_file_event when the thread's previous syscall was on the same open file (same
+ * fd, syscall, inode, generation, cgroup, uid and comm) and this one starts where it ended (or
+ * the file is a stream): the collector takes who and which file from the syscall `prev_io_id`.
+ * The record goes on with the syscall's first tc_file_data and its payload, so that a small
+ * syscall is one record; further chunks follow as their own records. This saves the path walk
+ * in the kernel and most of the per-syscall work in user space; a full event is still sent at
+ * least every TC_CONT_REFRESH_NS per stream. */
+struct tc_file_cont {
+    __u32 kind;
+    __u32 cpu;
+    __u64 ts;                /* CLOCK_BOOTTIME ns */
+    __u64 io_id;
+    __u64 prev_io_id;        /* the syscall this one continues */
+    __u64 io_len;
+    __u64 pos;
 };
 
 /* Payload chunks of files (TC_REC_FILE_DATA) and of objects (TC_REC_OBJ_DATA). */

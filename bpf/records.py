@@ -29,6 +29,7 @@ REC_MODULE_EVENT = 6
 REC_BPF_EVENT = 7
 REC_PACKET = 8
 REC_SOCK_OWNER = 9
+REC_FILE_CONT = 10
 PKT_DIRECTIONS = ("egress", "ingress")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
@@ -77,6 +78,7 @@ HDR = struct.Struct("<IIQIIIIQIIII16s")
 _HF = 13
 FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
 FILE_DATA = struct.Struct("<IIQQII")
+FILE_CONT = struct.Struct("<IIQQQQQ")
 FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
 CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}sIi")
 EXEC_EVENT = struct.Struct(f"<{HDR.format[1:]}QQIIIIII{FILENAME_BUF}s{ARGV_BUF}s")
@@ -121,6 +123,15 @@ LAYOUT: dict[str, dict[str, int]] = {
         "path": 128,
     },
     "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
+    "tc_file_cont": {
+        "kind": 0,
+        "cpu": 4,
+        "ts": 8,
+        "io_id": 16,
+        "prev_io_id": 24,
+        "io_len": 32,
+        "pos": 40,
+    },
     "tc_file_filter": {
         "enabled": 0,
         "types": 4,
@@ -207,6 +218,7 @@ SIZES = {
     "tc_hdr": HDR.size,
     "tc_file_event": FILE_EVENT.size,
     "tc_file_data": FILE_DATA.size,
+    "tc_file_cont": FILE_CONT.size,
     "tc_file_filter": FILE_FILTER.size,
     "tc_config": CONFIG.size,
     "tc_exec_event": EXEC_EVENT.size,
@@ -268,6 +280,19 @@ class FileData:
     want: int
     unreadable: bool
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileCont:
+    """A syscall that continues ``prev_io_id``: same thread, open file and context. It carries
+    its first chunk; the others come as FileData records."""
+
+    ts: int
+    io_id: int
+    prev_io_id: int
+    io_len: int
+    pos: int
+    first: FileData
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,14 +382,29 @@ def decode_file_event(raw: bytes) -> FileEvent:
     )
 
 
-def decode_file_data(raw: bytes) -> FileData:
-    if len(raw) < FILE_DATA.size:
-        raise RecordError(f"file data of {len(raw)} bytes, expected at least {FILE_DATA.size}")
-    _kind, length, io_id, io_off, want, flags = FILE_DATA.unpack_from(raw)
-    data = raw[FILE_DATA.size : FILE_DATA.size + length]
+def decode_file_data(raw: bytes, at: int = 0) -> FileData:
+    """The tc_file_data at ``raw[at:]`` (a record of its own, or a continuation's tail)."""
+    if len(raw) < at + FILE_DATA.size:
+        raise RecordError(f"file data of {len(raw) - at} bytes, expected at least {FILE_DATA.size}")
+    _kind, length, io_id, io_off, want, flags = FILE_DATA.unpack_from(raw, at)
+    start = at + FILE_DATA.size
+    data = raw[start : start + length]
     if len(data) != length:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
     return FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
+
+
+def decode_file_cont(raw: bytes) -> FileCont:
+    if len(raw) < FILE_CONT.size + FILE_DATA.size:
+        raise RecordError(
+            f"file continuation of {len(raw)} bytes, expected at least "
+            f"{FILE_CONT.size + FILE_DATA.size}"
+        )
+    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos = FILE_CONT.unpack_from(raw)
+    first = decode_file_data(raw, FILE_CONT.size)
+    if first.io_id != io_id:
+        raise RecordError(f"file continuation {io_id} carries data of {first.io_id}")
+    return FileCont(ts, io_id, prev_io_id, io_len, pos, first)
 
 
 def _need(raw: bytes, layout: struct.Struct, what: str) -> tuple:

@@ -65,7 +65,10 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
 #: came from; ``io_off`` is the payload's position inside that syscall's transfer, whose total is
 #: ``io_len``; ``append`` says the target is a stream (pipe, socket, character device) whose bytes
 #: are appended rather than placed at ``off``; ``lost`` lists ``[start, end)`` file ranges the
-#: kernel could not deliver (then there is no payload).
+#: kernel could not deliver (then there is no payload). ``io_count`` (optional, 1 when absent)
+#: says how many consecutive syscalls of one thread on one open file the transfer ``io_id``
+#: stands for: the collector merges them, ``io_id`` and ``ts`` being the first's and
+#: ``ts_last`` the last's, ``io_len`` their total.
 FILE_KEYS: dict[str, tuple[type, ...]] = {
     "syscall": (str,),
     "fd": (int,),

@@ -1,9 +1,17 @@
 """Turn file-I/O ring-buffer records into bus messages (pure: no I/O, clock passed in).
 
-The kernel sends one event per syscall, then its bytes in chunks. This joins them, merges
-consecutive chunks into larger bus payloads, and turns every byte that did not arrive (ring
-buffer full, unreadable user memory, the per-syscall loop cap) into an explicit ``lost`` range,
-so that writers can say exactly which bytes of an artifact are missing.
+Per syscall the kernel sends either a full event (who, which file) or, when the syscall
+continues its thread's previous one on the same open file, a short continuation naming that
+one and carrying the first chunk; then the (other) bytes in chunks. This joins them and turns
+every byte that did not arrive (ring buffer full, unreadable user memory, the per-syscall loop
+cap) into an explicit ``lost`` range, so that writers can say exactly which bytes of an
+artifact are missing.
+
+Bus messages are few and large because a message costs far more than its bytes: the chunks of
+one syscall are merged, and whole syscalls that follow each other on one stream are gathered
+into a run (``io_count`` of them) until the payload reaches MAX_MESSAGE_PAYLOAD or the
+collector calls ``flush_runs`` after each ring-buffer poll. Every message for an artifact first
+flushes that artifact's run, so a stream's bytes are published in the order they were written.
 """
 
 from __future__ import annotations
@@ -16,20 +24,53 @@ from bpf import records
 from collector import bus
 from collector.envelopes import Outgoing, context_env
 
-#: Bytes gathered from one syscall before they are published as one message.
+#: Bytes gathered before they are published as one message.
 MAX_MESSAGE_PAYLOAD = 256 * 1024
 #: An io whose bytes have not all arrived after this long is closed with the rest marked lost.
 IO_TIMEOUT_NS = 1_000_000_000
+#: A stream not continued for this long is forgotten (the kernel sends a full event at least
+#: every second, so a continuation never names a syscall this old).
+STREAM_TIMEOUT_NS = 5_000_000_000
+#: Streams remembered for continuations at most (as many as the kernel's io_streams map).
+MAX_STREAMS = 16384
+
+_ArtifactKey = tuple[int, int, int]  # (direction, dev, inode)
+
+
+@dataclass
+class _Stream:
+    """Who does I/O on which open file: what a full event says and continuations repeat."""
+
+    env: dict[str, Any]  # the envelope keys its syscalls share
+    topic: bytes
+    append: bool
+    key: _ArtifactKey
+    seen_ns: int
 
 
 @dataclass
 class _PendingIo:
-    event: records.FileEvent
-    base_env: dict[str, Any]
+    stream: _Stream
+    ts: int  # ns since the epoch
+    io_id: int
+    io_len: int
+    pos: int
     started_ns: int
     next_off: int = 0  # io-relative offset of the next expected byte
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0  # io-relative offset of buf[0]
+    whole: bool = True  # nothing flushed or lost yet: it may join a run
+
+
+@dataclass
+class _Run:
+    """Whole syscalls of one stream, back to back, gathered into one message."""
+
+    first: _PendingIo
+    buf: bytearray
+    end: int  # file offset after the last syscall
+    ts_last: int
+    io_count: int = 1
 
 
 def display_path(ev: records.FileEvent) -> bytes:
@@ -52,7 +93,10 @@ class FileAssembler:
         self._boot_to_epoch = boot_to_epoch_ns
         self._container_of = container_of or (lambda cgroup_id: "")
         self._pending: dict[int, _PendingIo] = {}
+        self._streams: dict[int, _Stream] = {}  # by the io_id of the stream's last syscall
+        self._runs: dict[_ArtifactKey, _Run] = {}
         self.orphan_chunks = 0
+        self.orphan_ios = 0
         self.lost_bytes = 0
         self._next_notice = NOTICE_IO_ID_BASE
 
@@ -103,12 +147,37 @@ class FileAssembler:
             "inode": ev.inode,
             "generation": ev.generation,
             "mode": ev.mode,
-            "io_id": ev.io_id,
-            "io_len": ev.io_len,
             "append": ev.append,
         }
-        self._pending[ev.io_id] = _PendingIo(ev, env, now_ns)
+        del env["ts"]
+        topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
+        stream = _Stream(env, topic, ev.append, (ev.direction, ev.dev, ev.inode), now_ns)
+        self._remember(ev.io_id, stream)
+        ts = h.ts + self._boot_to_epoch
+        self._pending[ev.io_id] = _PendingIo(stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns)
         return []
+
+    def on_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
+        """A syscall continuing ``prev_io_id``'s stream. Unknown only when the stream was
+        forgotten (see MAX_STREAMS): its bytes cannot be attributed and count as lost."""
+        stream = self._streams.pop(cont.prev_io_id, None)
+        if stream is None:
+            self.orphan_ios += 1
+            self.lost_bytes += cont.io_len
+            self.orphan_chunks += 1  # the first chunk, carried by the continuation
+            return []
+        stream.seen_ns = now_ns
+        self._remember(cont.io_id, stream)
+        ts = cont.ts + self._boot_to_epoch
+        self._pending[cont.io_id] = _PendingIo(
+            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
+        )
+        return self.on_data(cont.first, now_ns)
+
+    def _remember(self, io_id: int, stream: _Stream) -> None:
+        self._streams[io_id] = stream
+        if len(self._streams) > MAX_STREAMS:
+            del self._streams[next(iter(self._streams))]
 
     def on_data(self, chunk: records.FileData, now_ns: int) -> list[Outgoing]:
         io = self._pending.get(chunk.io_id)
@@ -118,54 +187,119 @@ class FileAssembler:
         out: list[Outgoing] = []
         if chunk.io_off > io.next_off:  # the chunks in between were dropped by the kernel
             out += self._flush(io)
-            out.append(self._lost(io, io.next_off, chunk.io_off))
+            out += self._lost(io, io.next_off, chunk.io_off)
             io.next_off = chunk.io_off
         if chunk.unreadable or len(chunk.data) < chunk.want:
             out += self._flush(io)
             end = chunk.io_off + chunk.want
-            out.append(self._lost(io, chunk.io_off + len(chunk.data), end))
+            out += self._lost(io, chunk.io_off + len(chunk.data), end)
             io.next_off = end
         elif chunk.io_off == io.next_off:
             if not io.buf:
                 io.buf_off = chunk.io_off
             io.buf += chunk.data
             io.next_off += len(chunk.data)
-        if len(io.buf) >= MAX_MESSAGE_PAYLOAD:
-            out += self._flush(io)
-        if io.next_off >= io.event.io_len:
-            out += self._flush(io)
+        done = io.next_off >= io.io_len
+        if done and io.whole:
             del self._pending[chunk.io_id]
+            return out + self._gather(io)
+        if len(io.buf) >= MAX_MESSAGE_PAYLOAD or done:
+            out += self._flush(io)
+        if done:
+            del self._pending[chunk.io_id]
+        return out
+
+    def flush_runs(self) -> list[Outgoing]:
+        """Publish every gathered run (the collector calls this after each ring-buffer poll,
+        so a run never waits longer than one poll)."""
+        out = [self._run_message(run) for run in self._runs.values()]
+        self._runs.clear()
         return out
 
     def expire(self, now_ns: int, force: bool = False) -> list[Outgoing]:
         """Close ios whose remaining bytes will not come (timeout, or shutdown with force)."""
-        out: list[Outgoing] = []
+        out = self.flush_runs()
         for io_id, io in list(self._pending.items()):
             if force or now_ns - io.started_ns >= IO_TIMEOUT_NS:
                 out += self._flush(io)
-                if io.next_off < io.event.io_len:
-                    out.append(self._lost(io, io.next_off, io.event.io_len))
+                if io.next_off < io.io_len:
+                    out += self._lost(io, io.next_off, io.io_len)
                 del self._pending[io_id]
+        for io_id, stream in list(self._streams.items()):
+            if force or now_ns - stream.seen_ns >= STREAM_TIMEOUT_NS:
+                del self._streams[io_id]
         return out
 
-    def _topic(self, io: _PendingIo) -> bytes:
-        if io.event.direction == records.DIR_WRITE:
-            return bus.TOPIC_FILE_WRITE
-        return bus.TOPIC_FILE_READ
+    def _gather(self, io: _PendingIo) -> list[Outgoing]:
+        """A whole syscall joins its stream's run, or starts one (publishing the artifact's
+        previous run if it belongs to another stream, or is not followed by this one)."""
+        stream = io.stream
+        run = self._runs.get(stream.key)
+        if run is not None:
+            if (
+                run.first.stream is stream
+                and (stream.append or run.end == io.pos)
+                and len(run.buf) + io.io_len <= MAX_MESSAGE_PAYLOAD
+            ):
+                run.buf += io.buf
+                run.end += io.io_len
+                run.ts_last = io.ts
+                run.io_count += 1
+                return []
+            del self._runs[stream.key]
+            out = [self._run_message(run)]
+        else:
+            out = []
+        self._runs[stream.key] = _Run(io, io.buf, io.pos + io.io_len, io.ts)
+        return out
 
-    def _file_off(self, io: _PendingIo, io_off: int) -> int:
-        return io_off if io.event.append else io.event.pos + io_off
+    def _run_message(self, run: _Run) -> Outgoing:
+        first = run.first
+        env = dict(
+            first.stream.env,
+            ts=first.ts,
+            ts_last=run.ts_last,
+            io_id=first.io_id,
+            io_len=len(run.buf),
+            io_count=run.io_count,
+            io_off=0,
+            off=self._file_off(first, 0),
+        )
+        return Outgoing(first.stream.topic, env, bytes(run.buf))
+
+    def _take_run(self, io: _PendingIo) -> list[Outgoing]:
+        run = self._runs.pop(io.stream.key, None)
+        return [] if run is None else [self._run_message(run)]
+
+    def _io_env(self, io: _PendingIo, io_off: int) -> dict[str, Any]:
+        return dict(
+            io.stream.env,
+            ts=io.ts,
+            ts_last=io.ts,
+            io_id=io.io_id,
+            io_len=io.io_len,
+            io_count=1,
+            io_off=io_off,
+            off=self._file_off(io, io_off),
+        )
+
+    @staticmethod
+    def _file_off(io: _PendingIo, io_off: int) -> int:
+        return io_off if io.stream.append else io.pos + io_off
 
     def _flush(self, io: _PendingIo) -> list[Outgoing]:
         if not io.buf:
             return []
-        env = dict(io.base_env, io_off=io.buf_off, off=self._file_off(io, io.buf_off))
+        io.whole = False
+        out = self._take_run(io)
         payload = bytes(io.buf)
         io.buf.clear()
-        return [Outgoing(self._topic(io), env, payload)]
+        out.append(Outgoing(io.stream.topic, self._io_env(io, io.buf_off), payload))
+        return out
 
-    def _lost(self, io: _PendingIo, start: int, end: int) -> Outgoing:
+    def _lost(self, io: _PendingIo, start: int, end: int) -> list[Outgoing]:
+        io.whole = False
         self.lost_bytes += end - start
         base = self._file_off(io, 0)
-        env = dict(io.base_env, io_off=start, off=base + start, lost=[[base + start, base + end]])
-        return Outgoing(self._topic(io), env, None)
+        env = self._io_env(io, start) | {"lost": [[base + start, base + end]]}
+        return [*self._take_run(io), Outgoing(io.stream.topic, env, None)]

@@ -129,6 +129,9 @@ class Collector:
             kind = records.record_kind(raw)
             if kind == records.REC_FILE_DATA:
                 out = self._assembler.on_data(records.decode_file_data(raw), now)
+            elif kind == records.REC_FILE_CONT:
+                self.counters["events"] += 1
+                out = self._assembler.on_cont(records.decode_file_cont(raw), now)
             elif kind == records.REC_FILE_EVENT:
                 self.counters["events"] += 1
                 out = self._assembler.on_event(records.decode_file_event(raw), now)
@@ -247,6 +250,7 @@ class Collector:
                 "events": self.counters["events"],
                 "decode_errors": self.counters["decode_errors"],
                 "orphan_chunks": self._assembler.orphan_chunks + self._objects.orphan_chunks,
+                "orphan_ios": self._assembler.orphan_ios,
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
                 "exec_unreadable": self.counters["exec_unreadable"],
                 "file_read_errors": self._files.read_errors,
@@ -269,6 +273,7 @@ class Collector:
         try:
             while not stop.is_set():
                 ring.poll(0 if self._files.pending else 100)
+                self._send(self._assembler.flush_runs())
                 self._send(self._files.pump(FILE_BUDGET_PER_POLL))
                 self._send(self._packets.expire(time.monotonic_ns()))
                 now = time.monotonic()

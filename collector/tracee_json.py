@@ -45,8 +45,9 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
-    """The event for the first message of a syscall's transfer (even one whose bytes were lost);
-    None for its later messages."""
+    """The event for the first message of a transfer (even one whose bytes were lost); None for
+    its later messages. A transfer is one syscall or a run of consecutive ones (``syscalls``);
+    ``count`` is its byte total."""
     if env.get("io_off") != 0:
         return None
     name = _EVENT_NAMES.get(env["syscall"], env["syscall"])
@@ -56,6 +57,7 @@ def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
         {"name": "inode", "type": "unsigned long", "value": env["inode"]},
         {"name": "count", "type": "size_t", "value": env["io_len"]},
         {"name": "pos", "type": "off_t", "value": env["off"]},
+        {"name": "syscalls", "type": "unsigned int", "value": env.get("io_count", 1)},
     ]
     return dict(
         _context(env, name),

@@ -18,7 +18,13 @@ from collector import bus
 from writers.base import Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
-from writers.fileartifact import BadFileMessage, FileArtifact, check_transfer, parse_lost
+from writers.fileartifact import (
+    BadFileMessage,
+    FileArtifact,
+    check_transfer,
+    parse_lost,
+    syscalls,
+)
 from writers.gaps import Gap
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import Index, OutputDir
@@ -151,7 +157,9 @@ class FileWriter(Writer):
             accounted = len(payload)
             if payload:
                 self._write(key, art, env["off"], payload)
-        art.account_io(env["io_id"], env["io_len"], env["io_off"], env["off"], accounted)
+        art.account_io(
+            env["io_id"], env["io_len"], env["io_off"], env["off"], accounted, syscalls(env)
+        )
 
     def _write(self, key: _Key, art: FileArtifact, off: int, payload: bytes) -> None:
         """Put ``payload`` in place; whatever could not be written is recorded as missing.

@@ -58,6 +58,16 @@ def check_transfer(env: dict[str, Any], length: int) -> None:
         raise BadFileMessage(f"io_off {io_off} / io_len {io_len} out of range")
     if io_off > off and not env["append"]:
         raise BadFileMessage(f"io_off {io_off} beyond file offset {off}")
+    count = env.get("io_count", 1)
+    if type(count) is not int or not 0 <= count <= max(io_len, 1):
+        raise BadFileMessage(f"io_count {count!r:.40} out of range")
+
+
+def syscalls(env: dict[str, Any]) -> int:
+    """How many syscalls a message's transfer stands for (``io_count``, checked by
+    check_transfer; older collectors sent one message per syscall and no count)."""
+    count: int = env.get("io_count", 1)
+    return count
 
 
 @dataclass
@@ -125,14 +135,17 @@ class FileArtifact:
     def add_missing(self, start: int, end: int) -> None:
         self.missing.add(start, end)
 
-    def account_io(self, io_id: int, io_len: int, io_off: int, off: int, length: int) -> None:
-        """Record that ``[io_off, io_off+length)`` of syscall ``io_id`` arrived or was accounted
-        for (written, or reported lost). Completed syscalls are forgotten."""
+    def account_io(
+        self, io_id: int, io_len: int, io_off: int, off: int, length: int, syscalls: int = 1
+    ) -> None:
+        """Record that ``[io_off, io_off+length)`` of transfer ``io_id`` arrived or was
+        accounted for (written, or reported lost). A transfer is one syscall, or a run of
+        ``syscalls`` consecutive ones the collector merged. Completed transfers are forgotten."""
         io = self._pending.get(io_id)
         if io is None:
             if io_id in self._recent:
                 return  # a duplicate of a syscall already complete
-            self.ios += 1
+            self.ios += syscalls
             io = _PendingIo(base=max(0, off - io_off), length=io_len)
             self._pending[io_id] = io
             if len(self._pending) > MAX_PENDING_IOS:

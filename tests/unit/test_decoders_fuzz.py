@@ -18,6 +18,7 @@ from collector import bus
 DECODERS = [
     records.decode_file_event,
     records.decode_file_data,
+    records.decode_file_cont,
     records.decode_exec_event,
     records.decode_mem_event,
     records.decode_module_event,

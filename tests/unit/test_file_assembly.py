@@ -12,6 +12,7 @@ from collector import bus
 from collector.file_assembly import (
     IO_TIMEOUT_NS,
     MAX_MESSAGE_PAYLOAD,
+    STREAM_TIMEOUT_NS,
     FileAssembler,
     Outgoing,
     display_path,
@@ -61,6 +62,11 @@ def unreadable(io_off: int, size: int, *, io_id: int = 7) -> records.FileData:
     return records.FileData(io_id, io_off, size, True, b"")
 
 
+def polled(asm: FileAssembler, data: records.FileData, now_ns: int) -> list[Outgoing]:
+    """One chunk, then what the collector does after every ring-buffer poll: flush the runs."""
+    return asm.on_data(data, now_ns) + asm.flush_runs()
+
+
 def data_msgs(out: list[Outgoing]) -> list[Outgoing]:
     return [m for m in out if m.payload is not None]
 
@@ -87,7 +93,7 @@ def summary(out: list[Outgoing]) -> list[tuple]:
 def test_single_chunk_io_gives_one_message_with_full_envelope():
     asm = FileAssembler(BOOT_TO_EPOCH, container_of=lambda cg: f"ctr-{cg}")
     assert asm.on_event(event(10), now_ns=0) == []
-    out = asm.on_data(chunk(0, 10), now_ns=1)
+    out = polled(asm, chunk(0, 10), now_ns=1)
     assert len(out) == 1
     msg = out[0]
     assert msg.topic == bus.TOPIC_FILE_WRITE
@@ -114,6 +120,8 @@ def test_single_chunk_io_gives_one_message_with_full_envelope():
         "mode": REGULAR,
         "io_id": 7,
         "io_len": 10,
+        "io_count": 1,
+        "ts_last": 5_000 + BOOT_TO_EPOCH,
         "append": False,
         "io_off": 0,
         "off": 4096,
@@ -125,7 +133,7 @@ def test_single_chunk_io_gives_one_message_with_full_envelope():
 def test_message_envelope_passes_the_bus_decoder():
     asm = FileAssembler(BOOT_TO_EPOCH)
     asm.on_event(event(10), 0)
-    (msg,) = asm.on_data(chunk(0, 10), 1)
+    (msg,) = polled(asm, chunk(0, 10), 1)
     frames = bus.encode(msg.topic, dict(msg.env, v=bus.VERSION, epoch=1, seq=1), msg.payload)
     decoded = bus.decode(frames)
     assert decoded.env["off"] == 4096
@@ -136,8 +144,8 @@ def test_message_envelope_passes_the_bus_decoder():
 def test_completed_io_is_forgotten_so_a_late_chunk_is_an_orphan():
     asm = FileAssembler(BOOT_TO_EPOCH)
     asm.on_event(event(10), 0)
-    assert len(asm.on_data(chunk(0, 10), 1)) == 1
-    assert asm.on_data(chunk(0, 10), 2) == []
+    assert len(polled(asm, chunk(0, 10), 1)) == 1
+    assert polled(asm, chunk(0, 10), 2) == []
     assert asm.orphan_chunks == 1
     assert asm.expire(0, force=True) == []
 
@@ -146,9 +154,9 @@ def test_multi_chunk_io_is_merged_into_one_message():
     io_len = 2 * CHUNK + 123
     asm = FileAssembler(0)
     asm.on_event(event(io_len), 0)
-    assert asm.on_data(chunk(0, CHUNK), 1) == []
-    assert asm.on_data(chunk(CHUNK, CHUNK), 2) == []
-    out = asm.on_data(chunk(2 * CHUNK, 123), 3)
+    assert polled(asm, chunk(0, CHUNK), 1) == []
+    assert polled(asm, chunk(CHUNK, CHUNK), 2) == []
+    out = polled(asm, chunk(2 * CHUNK, 123), 3)
     assert summary(out) == [("data", 0, 4096, io_len)]
     assert out[0].payload == PATTERN[:io_len]
 
@@ -163,7 +171,7 @@ def test_io_larger_than_max_payload_is_split_with_right_offsets():
     out: list[Outgoing] = []
     emitted_after: list[int] = []
     for i, off in enumerate(range(0, io_len, CHUNK)):
-        got = asm.on_data(chunk(off, min(CHUNK, io_len - off)), i)
+        got = polled(asm, chunk(off, min(CHUNK, io_len - off)), i)
         if got:
             emitted_after.append(i)
         out += got
@@ -186,9 +194,9 @@ def test_missing_middle_chunk_gives_lost_range_in_file_offsets():
     pos = 8192
     asm = FileAssembler(0)
     asm.on_event(event(3 * CHUNK, pos=pos), 0)
-    assert asm.on_data(chunk(0, CHUNK), 1) == []
+    assert polled(asm, chunk(0, CHUNK), 1) == []
     # chunk 1 was dropped by the kernel (ring buffer full); chunk 2 arrives
-    out = asm.on_data(chunk(2 * CHUNK, CHUNK), 2)
+    out = polled(asm, chunk(2 * CHUNK, CHUNK), 2)
     assert summary(out) == [
         ("data", 0, pos, CHUNK),
         ("lost", CHUNK, pos + CHUNK, [[pos + CHUNK, pos + 2 * CHUNK]]),
@@ -204,13 +212,13 @@ def test_unreadable_chunk_gives_lost_range():
     pos = 100
     asm = FileAssembler(0)
     asm.on_event(event(2 * CHUNK + 10, pos=pos), 0)
-    asm.on_data(chunk(0, CHUNK), 1)
-    out = asm.on_data(unreadable(CHUNK, CHUNK), 2)
+    polled(asm, chunk(0, CHUNK), 1)
+    out = polled(asm, unreadable(CHUNK, CHUNK), 2)
     assert summary(out) == [
         ("data", 0, pos, CHUNK),
         ("lost", CHUNK, pos + CHUNK, [[pos + CHUNK, pos + 2 * CHUNK]]),
     ]
-    out = asm.on_data(chunk(2 * CHUNK, 10), 3)
+    out = polled(asm, chunk(2 * CHUNK, 10), 3)
     assert summary(out) == [("data", 2 * CHUNK, pos + 2 * CHUNK, 10)]
     assert asm.lost_bytes == CHUNK
     assert asm.expire(0, force=True) == []  # the io is complete
@@ -219,10 +227,10 @@ def test_unreadable_chunk_gives_lost_range():
 def test_unreadable_last_chunk_completes_the_io():
     asm = FileAssembler(0)
     asm.on_event(event(CHUNK + 5, pos=0), 0)
-    asm.on_data(chunk(0, CHUNK), 1)
-    out = asm.on_data(unreadable(CHUNK, 5), 2)
+    polled(asm, chunk(0, CHUNK), 1)
+    out = polled(asm, unreadable(CHUNK, 5), 2)
     assert summary(out) == [("data", 0, 0, CHUNK), ("lost", CHUNK, CHUNK, [[CHUNK, CHUNK + 5]])]
-    assert asm.on_data(chunk(0, 1), 3) == []
+    assert polled(asm, chunk(0, 1), 3) == []
     assert asm.orphan_chunks == 1
 
 
@@ -230,7 +238,7 @@ def test_io_times_out_and_the_rest_is_lost():
     pos = 50
     asm = FileAssembler(0)
     asm.on_event(event(3 * CHUNK, pos=pos), now_ns=1_000)
-    asm.on_data(chunk(0, CHUNK), 2_000)
+    polled(asm, chunk(0, CHUNK), 2_000)
     assert asm.expire(1_000 + IO_TIMEOUT_NS - 1) == []
     out = asm.expire(1_000 + IO_TIMEOUT_NS)
     assert summary(out) == [
@@ -239,7 +247,7 @@ def test_io_times_out_and_the_rest_is_lost():
     ]
     assert asm.lost_bytes == 2 * CHUNK
     # a chunk arriving after the timeout no longer has an io to join
-    assert asm.on_data(chunk(CHUNK, CHUNK), 1_000 + IO_TIMEOUT_NS + 1) == []
+    assert polled(asm, chunk(CHUNK, CHUNK), 1_000 + IO_TIMEOUT_NS + 1) == []
     assert asm.orphan_chunks == 1
 
 
@@ -249,7 +257,7 @@ def test_expire_only_closes_ios_older_than_the_timeout():
     asm.on_event(event(20, io_id=2, pos=0), now_ns=IO_TIMEOUT_NS // 2)
     out = asm.expire(IO_TIMEOUT_NS)
     assert [(m.env["io_id"], m.env["lost"]) for m in out] == [(1, [[0, 10]])]
-    out = asm.on_data(chunk(0, 20, io_id=2), IO_TIMEOUT_NS + 1)
+    out = polled(asm, chunk(0, 20, io_id=2), IO_TIMEOUT_NS + 1)
     assert summary(out) == [("data", 0, 0, 20)]
 
 
@@ -257,7 +265,7 @@ def test_force_expiry_closes_every_pending_io():
     asm = FileAssembler(0)
     asm.on_event(event(CHUNK + 40, io_id=1, pos=1000), now_ns=0)
     asm.on_event(event(30, io_id=2, pos=0, direction=DIR_READ, syscall="read"), now_ns=0)
-    asm.on_data(chunk(0, CHUNK, io_id=1), 1)
+    polled(asm, chunk(0, CHUNK, io_id=1), 1)
     assert asm.expire(2) == []
     out = asm.expire(2, force=True)
     assert [(m.env["io_id"], m.topic, m.payload is None) for m in out] == [
@@ -275,8 +283,8 @@ def test_force_expiry_closes_every_pending_io():
 
 def test_orphan_chunk_is_counted_and_dropped():
     asm = FileAssembler(0)
-    assert asm.on_data(chunk(0, 10, io_id=42), 0) == []
-    assert asm.on_data(unreadable(10, 10, io_id=42), 0) == []
+    assert polled(asm, chunk(0, 10, io_id=42), 0) == []
+    assert polled(asm, unreadable(10, 10, io_id=42), 0) == []
     assert asm.orphan_chunks == 2
     assert asm.lost_bytes == 0
     assert asm.expire(0, force=True) == []
@@ -289,8 +297,8 @@ def test_append_mode_pipe_uses_io_offsets_and_pipe_name():
     asm = FileAssembler(0)
     ev = event(3 * CHUNK, pos=987_654, flags=EV_APPEND, mode=FIFO, path=b"", inode=4242)
     asm.on_event(ev, 0)
-    asm.on_data(chunk(0, CHUNK), 1)
-    out = asm.on_data(chunk(2 * CHUNK, CHUNK), 2)
+    polled(asm, chunk(0, CHUNK), 1)
+    out = polled(asm, chunk(2 * CHUNK, CHUNK), 2)
     assert summary(out) == [
         ("data", 0, 0, CHUNK),
         ("lost", CHUNK, CHUNK, [[CHUNK, 2 * CHUNK]]),
@@ -304,7 +312,7 @@ def test_append_mode_pipe_uses_io_offsets_and_pipe_name():
 def test_read_direction_uses_read_topic():
     asm = FileAssembler(0)
     asm.on_event(event(4, direction=DIR_READ, syscall="pread64"), 0)
-    (msg,) = asm.on_data(chunk(0, 4), 0)
+    (msg,) = polled(asm, chunk(0, 4), 0)
     assert msg.topic == bus.TOPIC_FILE_READ
     assert msg.env["syscall"] == "pread64"
 
@@ -312,7 +320,7 @@ def test_read_direction_uses_read_topic():
 def test_write_direction_uses_write_topic_also_for_lost_ranges():
     asm = FileAssembler(0)
     asm.on_event(event(4, direction=DIR_WRITE, syscall="pwritev2"), 0)
-    (msg,) = asm.on_data(unreadable(0, 4), 0)
+    (msg,) = polled(asm, unreadable(0, 4), 0)
     assert msg.topic == bus.TOPIC_FILE_WRITE
     assert msg.payload is None
 
@@ -320,7 +328,7 @@ def test_write_direction_uses_write_topic_also_for_lost_ranges():
 def test_timestamp_is_boot_time_plus_offset_and_path_truncated_flag():
     asm = FileAssembler(boot_to_epoch_ns=1_000_000_000)
     asm.on_event(event(1, ts=123_456, flags=EV_PATH_TRUNCATED), 0)
-    (msg,) = asm.on_data(chunk(0, 1), 0)
+    (msg,) = polled(asm, chunk(0, 1), 0)
     assert msg.env["ts"] == 1_000_123_456
     assert msg.env["path_truncated"] is True
     assert msg.env["append"] is False
@@ -364,9 +372,9 @@ def test_payload_and_lost_ranges_tile_the_io(sizes, fates_seed, pos, append, by_
     off = 0
     for size, fate in zip(sizes, fates, strict=True):
         if fate == "ok":
-            out += asm.on_data(chunk(off, size), now_ns=1)
+            out += polled(asm, chunk(off, size), now_ns=1)
         elif fate == "unreadable":
-            out += asm.on_data(unreadable(off, size), now_ns=1)
+            out += polled(asm, unreadable(off, size), now_ns=1)
         off += size
     out += asm.expire(IO_TIMEOUT_NS, force=not by_timeout)
     assert asm.expire(2 * IO_TIMEOUT_NS, force=True) == []
@@ -420,3 +428,119 @@ def test_a_dropped_stream_write_is_a_loss_of_its_byte_count():
     )  # fmt: skip
     out = asm.on_dropped(drop, now_ns=5)
     assert out.topic == bus.TOPIC_FILE_READ and out.env["lost"] == [[0, 100]]
+
+
+# --- continuations and runs ---
+
+
+def cont(
+    io_id: int, prev: int, io_len: int, pos: int, data: bytes = b"", ts: int = 6_000
+) -> records.FileCont:
+    """A continuation, carrying its first chunk (`data`, at io offset 0)."""
+    first = records.FileData(io_id, 0, len(data), False, data)
+    return records.FileCont(ts, io_id, prev, io_len, pos, first)
+
+
+def stream_of(asm: FileAssembler, sizes: list[int], *, pos: int = 0, first_id: int = 7) -> list:
+    """A full event and continuations for `sizes`, each io's bytes in one chunk, all in one
+    poll: what the collector publishes after it."""
+    out: list[Outgoing] = []
+    off = pos
+    for i, size in enumerate(sizes):
+        io_id = first_id + i
+        data = PATTERN[off - pos : off - pos + size]
+        if i == 0:
+            asm.on_event(event(size, io_id=io_id, pos=off), 0)
+            out += asm.on_data(records.FileData(io_id, 0, size, False, data), 1)
+        else:
+            out += asm.on_cont(cont(io_id, io_id - 1, size, off, data, ts=6_000 + i), 1)
+        off += size
+    return out + asm.flush_runs()
+
+
+def test_consecutive_syscalls_of_a_stream_are_one_message():
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    (msg,) = stream_of(asm, [4096, 4096, 100], pos=8192)
+    assert msg.payload == PATTERN[: 4096 * 2 + 100]
+    env = msg.env
+    assert (env["io_id"], env["io_len"], env["io_off"], env["off"]) == (7, 8292, 0, 8192)
+    assert env["io_count"] == 3
+    assert env["ts"] == 5_000 + BOOT_TO_EPOCH and env["ts_last"] == 6_002 + BOOT_TO_EPOCH
+    assert env["path"] == b"/tmp/out.bin" and env["pid"] == 100
+    bus.decode(bus.encode(msg.topic, dict(env, v=bus.VERSION, epoch=1, seq=1), msg.payload))
+
+
+def test_a_run_is_cut_at_the_message_size_and_the_pieces_tile_the_file():
+    asm = FileAssembler(0)
+    sizes = [CHUNK] * 20
+    out = stream_of(asm, sizes, pos=0)
+    assert len(out) > 1
+    cursor = 0
+    for msg in out:
+        assert len(msg.payload) <= MAX_MESSAGE_PAYLOAD
+        assert msg.env["off"] == cursor and msg.env["io_len"] == len(msg.payload)
+        assert msg.payload == PATTERN[cursor : cursor + len(msg.payload)]
+        cursor += len(msg.payload)
+    assert cursor == sum(sizes)
+    assert sum(m.env["io_count"] for m in out) == len(sizes)
+
+
+def test_a_continuation_of_a_forgotten_stream_is_counted_lost():
+    asm = FileAssembler(0)
+    assert asm.on_cont(cont(9, 8, 1000, 0, PATTERN[:500]), 0) == []
+    assert polled(asm, chunk(500, 500, io_id=9), 1) == []
+    assert (asm.orphan_ios, asm.lost_bytes, asm.orphan_chunks) == (1, 1000, 2)
+
+
+def test_streams_are_forgotten_after_their_timeout():
+    asm = FileAssembler(0)
+    stream_of(asm, [10])
+    asm.expire(STREAM_TIMEOUT_NS - 1)
+    asm.on_cont(cont(8, 7, 10, 10), STREAM_TIMEOUT_NS - 1)
+    asm.expire(2 * STREAM_TIMEOUT_NS)
+    asm.on_cont(cont(9, 8, 10, 20), 2 * STREAM_TIMEOUT_NS)
+    assert asm.orphan_ios == 1
+
+
+def test_a_loss_in_a_run_publishes_the_run_first_then_the_loss_in_file_order():
+    asm = FileAssembler(0)
+    out = asm.on_event(event(100, io_id=1, pos=0), 0)
+    out += asm.on_data(chunk(0, 100, io_id=1), 0)
+    out += asm.on_cont(cont(2, 1, 300, 100, PATTERN[100:200]), 0)
+    out += asm.on_data(records.FileData(2, 200, 100, False, PATTERN[300:400]), 0)
+    out += asm.on_data(records.FileData(2, 100, 100, False, PATTERN[200:300]), 0)  # late
+    out += asm.flush_runs()
+    assert summary(out) == [
+        ("data", 0, 0, 100),
+        ("data", 0, 100, 100),
+        ("lost", 100, 200, [[200, 300]]),
+        ("data", 200, 300, 100),
+    ]
+    assert [m.env["io_id"] for m in out] == [1, 2, 2, 2]
+
+
+def test_two_writers_of_one_pipe_keep_their_order():
+    asm = FileAssembler(0)
+    pipe = {"mode": FIFO, "flags": EV_APPEND, "path": b"", "inode": 77, "pos": 0}
+    asm.on_event(event(3, io_id=1, **pipe), 0)
+    out = asm.on_data(records.FileData(1, 0, 3, False, b"a1."), 0)
+    asm.on_event(event(3, io_id=2, **pipe), 0)  # another thread, same pipe
+    out += asm.on_data(records.FileData(2, 0, 3, False, b"b1."), 0)
+    out += asm.on_cont(cont(3, 1, 3, 0, b"a2."), 0)
+    out += asm.on_cont(cont(4, 3, 3, 0, b"a3."), 0)
+    out += asm.flush_runs()
+    assert [m.payload for m in out] == [b"a1.", b"b1.", b"a2.a3."]
+    assert [m.env["io_count"] for m in out] == [1, 1, 2]
+
+
+def test_a_new_full_event_starts_a_new_message():
+    asm = FileAssembler(0)
+    asm.on_event(event(10, io_id=1, pos=0), 0)
+    out = asm.on_data(chunk(0, 10, io_id=1), 0)
+    asm.on_event(event(10, io_id=2, pos=10), 0)  # the kernel's once-a-second refresh
+    out += asm.on_data(records.FileData(2, 0, 10, False, PATTERN[10:20]), 0)
+    out += asm.flush_runs()
+    assert [(m.env["io_id"], m.env["off"], m.env["io_count"]) for m in out] == [
+        (1, 0, 1),
+        (2, 10, 1),
+    ]

@@ -166,6 +166,30 @@ def test_file_data_shorter_than_its_len_raises():
         records.decode_file_data(raw_data(1, 0, b"abcd", length=10))
 
 
+def raw_cont(io_id: int, prev: int, io_len: int, pos: int, data: bytes, ts=9) -> bytes:
+    head = records.FILE_CONT.pack(records.REC_FILE_CONT, 1, ts, io_id, prev, io_len, pos)
+    return head + raw_data(io_id, 0, data)
+
+
+@given(io_id=U64, prev=U64, io_len=U64, pos=U64, data=st.binary(max_size=200))
+def test_decode_file_cont_round_trip_with_its_first_chunk(io_id, prev, io_len, pos, data):
+    cont = records.decode_file_cont(raw_cont(io_id, prev, io_len, pos, data))
+    first = records.FileData(io_id, 0, len(data), False, data)
+    assert cont == records.FileCont(9, io_id, prev, io_len, pos, first)
+
+
+@pytest.mark.parametrize("size", [0, 4, records.FILE_CONT.size, records.FILE_CONT.size + 31])
+def test_short_file_cont_raises(size):
+    with pytest.raises(RecordError, match="expected at least 80"):
+        records.decode_file_cont(raw_cont(1, 0, 3, 0, b"xyz")[:size])
+
+
+def test_file_cont_with_another_syscalls_data_raises():
+    raw = records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 5, 4, 3, 0) + raw_data(6, 0, b"x")
+    with pytest.raises(RecordError, match="carries data of 6"):
+        records.decode_file_cont(raw)
+
+
 def test_record_kind():
     assert records.record_kind(raw_event()) == records.REC_FILE_EVENT
     assert records.record_kind(raw_data(1, 0, b"")) == records.REC_FILE_DATA

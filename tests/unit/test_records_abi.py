@@ -238,4 +238,5 @@ def test_record_kind_enum():
         "TC_REC_BPF_EVENT": records.REC_BPF_EVENT,
         "TC_REC_PACKET": records.REC_PACKET,
         "TC_REC_SOCK_OWNER": records.REC_SOCK_OWNER,
+        "TC_REC_FILE_CONT": records.REC_FILE_CONT,
     }

@@ -43,16 +43,24 @@ def test_file_event_fields_are_tracees():
         "eventName": "vfs_write",
         "syscall": "write",
         "returnValue": 4096,
-        "argsNum": 5,
+        "argsNum": 6,
         "args": [
             {"name": "pathname", "type": "const char*", "value": "/tmp/dst"},
             {"name": "dev", "type": "dev_t", "value": 0x800001},
             {"name": "inode", "type": "unsigned long", "value": 131},
             {"name": "count", "type": "size_t", "value": 4096},
             {"name": "pos", "type": "off_t", "value": 8192},
+            {"name": "syscalls", "type": "unsigned int", "value": 1},
         ],
     }
     assert json.loads(json.dumps(event)) == event
+
+
+def test_a_merged_run_of_syscalls_is_one_event_that_says_how_many():
+    event = file_event(file_env(io_count=3, io_len=12288))
+    assert event is not None
+    assert event["returnValue"] == 12288
+    assert event["args"][-1] == {"name": "syscalls", "type": "unsigned int", "value": 3}
 
 
 @pytest.mark.parametrize(

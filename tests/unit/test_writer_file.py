@@ -252,6 +252,15 @@ def test_fd_lru_eviction_does_not_corrupt(tmp_path: Path) -> None:
         h.out.close()
 
 
+def test_a_run_of_merged_syscalls_counts_each_of_them(h: Harness) -> None:
+    h.io(b"abcdef", off=0, io_id=1, io_count=3)
+    h.io(b"gh", off=6, io_id=4)
+    h.idle()
+    rec = h.latest(W)
+    assert (rec["ios"], rec["size"], rec["complete"]) == (4, 8, True)
+    assert (h.root / W).read_bytes() == b"abcdefgh"
+
+
 @pytest.mark.parametrize(
     "overrides",
     [
@@ -261,6 +270,9 @@ def test_fd_lru_eviction_does_not_corrupt(tmp_path: Path) -> None:
         {"lost": "everything"},
         {"lost": [[5, 1]]},
         {"dev": -1},
+        {"io_count": "3"},
+        {"io_count": -1},
+        {"io_count": 10**9, "io_len": 4},
     ],
 )
 def test_nonsense_is_rejected_and_counted(h: Harness, overrides: dict[str, Any]) -> None:
