@@ -185,7 +185,9 @@ class Message:
     payload: bytes
 
 
-def encode(topic: bytes, env: dict[str, Any], payload: bytes | memoryview | None = None) -> list:
+def encode(
+    topic: bytes, env: dict[str, Any], payload: bytes | bytearray | memoryview | None = None
+) -> list:
     """The frames to pass to ``send_multipart`` for one message."""
     frames: list = [topic, msgpack.packb(env, use_bin_type=True)]
     if payload is not None:

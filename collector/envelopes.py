@@ -11,11 +11,12 @@ from bpf import records
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One bus message to publish; the publisher adds v, epoch and seq."""
+    """One bus message to publish; the publisher adds v, epoch and seq. A bytearray payload is
+    handed over: nothing may change it afterwards (large frames are sent without a copy)."""
 
     topic: bytes
     env: dict[str, Any]
-    payload: bytes | None
+    payload: bytes | bytearray | None
 
 
 def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dict[str, Any]:

@@ -265,7 +265,7 @@ class FileAssembler:
             io_off=0,
             off=self._file_off(first, 0),
         )
-        return Outgoing(first.stream.topic, env, bytes(run.buf))
+        return Outgoing(first.stream.topic, env, run.buf)  # handed over, never changed again
 
     def _take_run(self, io: _PendingIo) -> list[Outgoing]:
         run = self._runs.pop(io.stream.key, None)
@@ -292,8 +292,7 @@ class FileAssembler:
             return []
         io.whole = False
         out = self._take_run(io)
-        payload = bytes(io.buf)
-        io.buf.clear()
+        payload, io.buf = io.buf, bytearray()  # handed over: the io goes on with a new buffer
         out.append(Outgoing(io.stream.topic, self._io_env(io, io.buf_off), payload))
         return out
 

@@ -12,7 +12,7 @@ import grp
 import os
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import zmq
@@ -26,6 +26,15 @@ from collector import bus
 #: it hit, so the queue absorbs bursts rather than drop (4000 made a flood test lose bytes the
 #: index could not list). The price is memory when a writer stays behind (NOTES.md).
 SEND_HWM = 200_000
+#: Payload bytes (of frames sent without a copy, 64 KiB and up) that ZeroMQ may still hold for
+#: subscribers that are behind. SEND_HWM counts messages, and file data travels in messages of
+#: up to 256 KiB, so it alone would let a stalled writer grow the collector by gigabytes. Past
+#: this, large payload messages are not sent at all: their seq is used, so every subscriber
+#: of the topic sees the gap, and the drop is counted (``bus_dropped_*`` in stats). Only
+#: subscribers of payload topics hold such frames, so a slow `proc.` tap costs nothing.
+BACKLOG_BYTES = 32 * 1024 * 1024
+#: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
+ZERO_COPY_MIN = 65536
 
 
 class BusError(RuntimeError):
@@ -80,6 +89,10 @@ class Publisher:
         self.subscriptions: Counter[bytes] = Counter()
         self.sent_messages = 0
         self.sent_bytes = 0
+        self.dropped_messages = 0
+        self.dropped_bytes = 0
+        self._backlog: deque[tuple[zmq.MessageTracker, int]] = deque()
+        self._backlog_bytes = 0
 
     def poll_subscriptions(self) -> None:
         """Read pending (un)subscription frames; they tell who is listening to what."""
@@ -114,19 +127,35 @@ class Publisher:
             if self._sock.poll(min(200, int(remaining * 1000) + 1), zmq.POLLIN):
                 self.poll_subscriptions()
 
-    def publish(self, topic: bytes, env: dict[str, Any], payload: bytes | None = None) -> None:
+    def publish(
+        self, topic: bytes, env: dict[str, Any], payload: bytes | bytearray | None = None
+    ) -> None:
         env["v"] = bus.VERSION
         env["epoch"] = self.epoch
         env["seq"] = self._seq[topic]
         self._seq[topic] += 1
+        size = len(payload) if payload is not None else 0
+        if size >= ZERO_COPY_MIN and self.backlog_bytes() + size > BACKLOG_BYTES:
+            self.dropped_messages += 1
+            self.dropped_bytes += size
+            return
         frames = bus.encode(topic, env, payload)
         # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the
         # subscriber sees as a gap in seq.
-        self._sock.send_multipart(
-            frames, flags=zmq.NOBLOCK, copy=payload is None or len(payload) < 65536
-        )
+        if size >= ZERO_COPY_MIN:
+            tracker = self._sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False, track=True)
+            self._backlog.append((tracker, size))
+            self._backlog_bytes += size
+        else:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
         self.sent_messages += 1
-        self.sent_bytes += len(payload) if payload else 0
+        self.sent_bytes += size
+
+    def backlog_bytes(self) -> int:
+        """Payload bytes ZeroMQ still holds (sent without a copy, not yet taken by everyone)."""
+        while self._backlog and self._backlog[0][0].done:
+            self._backlog_bytes -= self._backlog.popleft()[1]
+        return self._backlog_bytes
 
     def published(self) -> dict[str, int]:
         """Messages published so far per topic (the next seq of each)."""
