@@ -95,6 +95,7 @@ class FileAssembler:
         self._pending: dict[int, _PendingIo] = {}
         self._streams: dict[int, _Stream] = {}  # by the io_id of the stream's last syscall
         self._runs: dict[_ArtifactKey, _Run] = {}
+        self._last_io_of_tid: dict[int, int] = {}
         self.orphan_chunks = 0
         self.orphan_ios = 0
         self.lost_bytes = 0
@@ -153,9 +154,10 @@ class FileAssembler:
         topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
         stream = _Stream(env, topic, ev.append, (ev.direction, ev.dev, ev.inode), now_ns)
         self._remember(ev.io_id, stream)
+        out = self._settle_previous(h.tid, ev.io_id)
         ts = h.ts + self._boot_to_epoch
         self._pending[ev.io_id] = _PendingIo(stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns)
-        return []
+        return out
 
     def on_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
         """A syscall continuing ``prev_io_id``'s stream. Unknown only when the stream was
@@ -168,11 +170,51 @@ class FileAssembler:
             return []
         stream.seen_ns = now_ns
         self._remember(cont.io_id, stream)
+        out = self._settle_previous(stream.env["tid"], cont.io_id)
         ts = cont.ts + self._boot_to_epoch
+        if not out and self._extend_run(stream, cont, ts):
+            return out
         self._pending[cont.io_id] = _PendingIo(
             stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
         )
-        return self.on_data(cont.first, now_ns)
+        return out + self.on_data(cont.first, now_ns)
+
+    def _settle_previous(self, tid: int, io_id: int) -> list[Outgoing]:
+        """Close the thread's previous syscall if bytes of it are still missing: all of its
+        records precede this one's in the ring buffer, so what has not arrived never will.
+        This keeps the wait for lost chunks (and the buffers held meanwhile) to one syscall."""
+        prev = self._last_io_of_tid.pop(tid, None)
+        self._last_io_of_tid[tid] = io_id
+        if len(self._last_io_of_tid) > MAX_STREAMS:
+            del self._last_io_of_tid[next(iter(self._last_io_of_tid))]
+        io = self._pending.pop(prev, None) if prev is not None else None
+        return [] if io is None else self._close(io)
+
+    def _close(self, io: _PendingIo) -> list[Outgoing]:
+        out = self._flush(io)
+        if io.next_off < io.io_len:
+            out += self._lost(io, io.next_off, io.io_len)
+        return out
+
+    def _extend_run(self, stream: _Stream, cont: records.FileCont, ts: int) -> bool:
+        """The common case under load, taken without a pending io: a syscall whose bytes all
+        came with its continuation, following its stream's open run. What _gather would do."""
+        run = self._runs.get(stream.key)
+        data = cont.first.data
+        if (
+            run is None
+            or run.first.stream is not stream
+            or cont.first.io_off != 0
+            or len(data) != cont.io_len
+            or not (stream.append or run.end == cont.pos)
+            or len(run.buf) + len(data) > MAX_MESSAGE_PAYLOAD
+        ):
+            return False
+        run.buf += data
+        run.end += len(data)
+        run.ts_last = ts
+        run.io_count += 1
+        return True
 
     def _remember(self, io_id: int, stream: _Stream) -> None:
         self._streams[io_id] = stream
@@ -221,10 +263,8 @@ class FileAssembler:
         out = self.flush_runs()
         for io_id, io in list(self._pending.items()):
             if force or now_ns - io.started_ns >= IO_TIMEOUT_NS:
-                out += self._flush(io)
-                if io.next_off < io.io_len:
-                    out += self._lost(io, io.next_off, io.io_len)
                 del self._pending[io_id]
+                out += self._close(io)
         for io_id, stream in list(self._streams.items()):
             if force or now_ns - stream.seen_ns >= STREAM_TIMEOUT_NS:
                 del self._streams[io_id]

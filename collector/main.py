@@ -6,6 +6,8 @@ privilege (naming, storing, printing) happens in the writers or the front end.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import pwd
 import signal
@@ -52,6 +54,18 @@ _OBJECT_DECODERS = {
     records.REC_MODULE_EVENT: records.decode_module_event,
     records.REC_BPF_EVENT: records.decode_bpf_event,
 }
+
+
+#: glibc mallopt parameter: allocations at least this large are mmapped, freed to the OS.
+_M_MMAP_THRESHOLD = -3
+
+
+def return_large_buffers_to_the_os() -> None:
+    """Fix glibc's mmap threshold at 64 KiB for the drain loop. By default it rises after the
+    first large free, after which freed bus payloads (runs of up to 256 KiB) can stay in the
+    heap. (Set after the BPF load: libbpf's loader took 7.9 s instead of 0.64 s with it.)"""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
 
 
 def boot_to_epoch_ns() -> int:
@@ -127,11 +141,11 @@ class Collector:
         now = time.monotonic_ns()
         try:
             kind = records.record_kind(raw)
-            if kind == records.REC_FILE_DATA:
-                out = self._assembler.on_data(records.decode_file_data(raw), now)
-            elif kind == records.REC_FILE_CONT:
+            if kind == records.REC_FILE_CONT:  # the most frequent under load
                 self.counters["events"] += 1
                 out = self._assembler.on_cont(records.decode_file_cont(raw), now)
+            elif kind == records.REC_FILE_DATA:
+                out = self._assembler.on_data(records.decode_file_data(raw), now)
             elif kind == records.REC_FILE_EVENT:
                 self.counters["events"] += 1
                 out = self._assembler.on_event(records.decode_file_event(raw), now)
@@ -349,6 +363,7 @@ def run_collector(
             file=sys.stderr,
         )
         pub.publish(bus.TOPIC_STATS, collector.stats_env())
+        return_large_buffers_to_the_os()  # not before: libbpf's load is 10x slower with it
         collector.run(stop)
     finally:
         if collector is not None:

@@ -32,7 +32,7 @@ SEND_HWM = 200_000
 #: this, large payload messages are not sent at all: their seq is used, so every subscriber
 #: of the topic sees the gap, and the drop is counted (``bus_dropped_*`` in stats). Only
 #: subscribers of payload topics hold such frames, so a slow `proc.` tap costs nothing.
-BACKLOG_BYTES = 32 * 1024 * 1024
+BACKLOG_BYTES = 16 * 1024 * 1024
 #: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
 ZERO_COPY_MIN = 65536
 

@@ -27,9 +27,11 @@ SOCK = stat.S_IFSOCK | 0o777
 PATTERN = bytes((i * 7 + i // 251) % 256 for i in range(2 * 1024 * 1024))
 
 
-def header(ts: int = 5_000, cgroup_id: int = 99, comm: bytes = b"dd") -> records.Header:
+def header(
+    ts: int = 5_000, cgroup_id: int = 99, comm: bytes = b"dd", tid: int = 101
+) -> records.Header:
     return records.Header(
-        kind=records.REC_FILE_EVENT, cpu=3, ts=ts, pid=100, tid=101, ppid=50, uid=1000,
+        kind=records.REC_FILE_EVENT, cpu=3, ts=ts, pid=100, tid=tid, ppid=50, uid=1000,
         cgroup_id=cgroup_id, comm=comm,
     )  # fmt: skip
 
@@ -46,9 +48,10 @@ def event(
     path: bytes = b"/tmp/out.bin",
     inode: int = 555,
     ts: int = 5_000,
+    tid: int = 101,
 ) -> records.FileEvent:
     return records.FileEvent(
-        hdr=header(ts=ts), io_id=io_id, io_len=io_len, pos=pos, inode=inode, dev=0x800001,
+        hdr=header(ts=ts, tid=tid), io_id=io_id, io_len=io_len, pos=pos, inode=inode, dev=0x800001,
         mode=mode, fd=3, syscall=syscall, direction=direction, flags=flags, path=path,
     )  # fmt: skip
 
@@ -254,7 +257,7 @@ def test_io_times_out_and_the_rest_is_lost():
 def test_expire_only_closes_ios_older_than_the_timeout():
     asm = FileAssembler(0)
     asm.on_event(event(10, io_id=1, pos=0), now_ns=0)
-    asm.on_event(event(20, io_id=2, pos=0), now_ns=IO_TIMEOUT_NS // 2)
+    asm.on_event(event(20, io_id=2, pos=0, tid=102), now_ns=IO_TIMEOUT_NS // 2)
     out = asm.expire(IO_TIMEOUT_NS)
     assert [(m.env["io_id"], m.env["lost"]) for m in out] == [(1, [[0, 10]])]
     out = polled(asm, chunk(0, 20, io_id=2), IO_TIMEOUT_NS + 1)
@@ -264,7 +267,8 @@ def test_expire_only_closes_ios_older_than_the_timeout():
 def test_force_expiry_closes_every_pending_io():
     asm = FileAssembler(0)
     asm.on_event(event(CHUNK + 40, io_id=1, pos=1000), now_ns=0)
-    asm.on_event(event(30, io_id=2, pos=0, direction=DIR_READ, syscall="read"), now_ns=0)
+    read = event(30, io_id=2, pos=0, direction=DIR_READ, syscall="read", tid=102)
+    asm.on_event(read, now_ns=0)
     polled(asm, chunk(0, CHUNK, io_id=1), 1)
     assert asm.expire(2) == []
     out = asm.expire(2, force=True)
@@ -450,7 +454,7 @@ def stream_of(asm: FileAssembler, sizes: list[int], *, pos: int = 0, first_id: i
         io_id = first_id + i
         data = PATTERN[off - pos : off - pos + size]
         if i == 0:
-            asm.on_event(event(size, io_id=io_id, pos=off), 0)
+            out += asm.on_event(event(size, io_id=io_id, pos=off), 0)
             out += asm.on_data(records.FileData(io_id, 0, size, False, data), 1)
         else:
             out += asm.on_cont(cont(io_id, io_id - 1, size, off, data, ts=6_000 + i), 1)
@@ -524,7 +528,7 @@ def test_two_writers_of_one_pipe_keep_their_order():
     pipe = {"mode": FIFO, "flags": EV_APPEND, "path": b"", "inode": 77, "pos": 0}
     asm.on_event(event(3, io_id=1, **pipe), 0)
     out = asm.on_data(records.FileData(1, 0, 3, False, b"a1."), 0)
-    asm.on_event(event(3, io_id=2, **pipe), 0)  # another thread, same pipe
+    asm.on_event(event(3, io_id=2, tid=102, **pipe), 0)  # another thread, same pipe
     out += asm.on_data(records.FileData(2, 0, 3, False, b"b1."), 0)
     out += asm.on_cont(cont(3, 1, 3, 0, b"a2."), 0)
     out += asm.on_cont(cont(4, 3, 3, 0, b"a3."), 0)
@@ -533,14 +537,91 @@ def test_two_writers_of_one_pipe_keep_their_order():
     assert [m.env["io_count"] for m in out] == [1, 1, 2]
 
 
+def test_the_threads_next_syscall_settles_the_missing_tail_at_once():
+    """The kernel sends all of a syscall's records before the thread's next one: a chunk
+    missing then is lost, and neither the loss nor the buffered bytes wait for the timeout."""
+    asm = FileAssembler(0)
+    asm.on_event(event(CHUNK + 10, io_id=1, pos=0), 0)
+    assert asm.on_data(chunk(0, CHUNK, io_id=1), 0) == []  # the second chunk was dropped
+    out = asm.on_cont(cont(2, 1, 5, CHUNK + 10, PATTERN[:5]), 0)
+    assert summary(out) == [("data", 0, 0, CHUNK), ("lost", CHUNK, CHUNK, [[CHUNK, CHUNK + 10]])]
+    out = asm.on_event(event(7, io_id=3, pos=0, inode=9), 0)  # same thread, another file
+    assert summary(out) == [] and asm.flush_runs()[0].env["io_id"] == 2
+    assert summary(asm.expire(0, force=True)) == [("lost", 0, 0, [[0, 7]])]
+
+
 def test_a_new_full_event_starts_a_new_message():
     asm = FileAssembler(0)
     asm.on_event(event(10, io_id=1, pos=0), 0)
     out = asm.on_data(chunk(0, 10, io_id=1), 0)
-    asm.on_event(event(10, io_id=2, pos=10), 0)  # the kernel's once-a-second refresh
+    out += asm.on_event(event(10, io_id=2, pos=10), 0)  # the kernel's once-a-second refresh
     out += asm.on_data(records.FileData(2, 0, 10, False, PATTERN[10:20]), 0)
     out += asm.flush_runs()
     assert [(m.env["io_id"], m.env["off"], m.env["io_count"]) for m in out] == [
         (1, 0, 1),
         (2, 10, 1),
     ]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ios=st.lists(
+        st.tuples(
+            st.integers(1, 3 * CHUNK),
+            st.sampled_from(["whole", "lost_tail", "unreadable", "refresh"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    polls=st.sets(st.integers(0, 29)),
+)
+def test_a_stream_of_syscalls_tiles_its_file(ios, polls):
+    """Full events, continuations (whole, with their later chunks dropped, or unreadable) and
+    the kernel's refresh, with polls at random points: the messages tile the file, bytes
+    exact, every syscall counted once, every missing byte in a lost range."""
+    asm = FileAssembler(0)
+    out: list[Outgoing] = []
+    pos, prev, expected_lost = 0, None, 0
+    for i, (size, fate) in enumerate(ios):
+        io_id = 100 + i
+        data = PATTERN[pos : pos + size]
+        want = min(size, CHUNK)
+        if fate == "unreadable":
+            first = records.FileData(io_id, 0, want, True, b"")
+            expected_lost += want
+        else:
+            first = records.FileData(io_id, 0, want, False, data[:want])
+        if prev is None or fate == "refresh":
+            out += asm.on_event(event(size, io_id=io_id, pos=pos), 0)
+            out += asm.on_data(first, 0)
+        else:
+            out += asm.on_cont(records.FileCont(7, io_id, prev, size, pos, first), 0)
+        for off in range(CHUNK, size, CHUNK):
+            if fate == "lost_tail":
+                expected_lost += len(data[off : off + CHUNK])
+                continue
+            piece = data[off : off + CHUNK]
+            out += asm.on_data(records.FileData(io_id, off, len(piece), False, piece), 0)
+        if i in polls:
+            out += asm.flush_runs()
+        pos, prev = pos + size, io_id
+    out += asm.expire(IO_TIMEOUT_NS, force=True)
+
+    spans = []
+    for m in out:
+        if m.payload is None:
+            ((start, end),) = m.env["lost"]
+            spans.append((start, end, None))
+        else:
+            assert len(m.payload) <= MAX_MESSAGE_PAYLOAD
+            spans.append((m.env["off"], m.env["off"] + len(m.payload), m.payload))
+    cursor = 0
+    for start, end, payload in sorted(spans, key=lambda span: span[0]):
+        assert start == cursor
+        if payload is not None:
+            assert payload == PATTERN[start:end]
+        cursor = end
+    assert cursor == pos
+    lost = sum(end - start for start, end, payload in spans if payload is None)
+    assert lost == asm.lost_bytes == expected_lost
+    assert sum(m.env["io_count"] for m in out if m.env["io_off"] == 0) == len(ios)
