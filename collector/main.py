@@ -39,6 +39,9 @@ from collector.process_tree import read_proc_file, tracecap_ancestors
 from collector.publisher import BusError, Publisher
 
 STATS_INTERVAL_S = 1.0
+#: The kernel wakes the collector only once 256 KiB wait in a ring (TC_WAKEUP_BYTES): it looks
+#: on its own this often, which bounds how long a trickle of records waits.
+POLL_MS = 10
 SUBSCRIBER_TIMEOUT_S = 60.0
 #: Bytes of executed binaries and module files read between two ring-buffer polls.
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
@@ -289,7 +292,7 @@ class Collector:
         next_stats = 0.0
         try:
             while not stop.is_set():
-                ring.poll(0 if self._files.pending else 100)
+                ring.poll(0 if self._files.pending else POLL_MS)
                 self._send(self._assembler.flush_runs())
                 self._send(self._files.pump(FILE_BUDGET_PER_POLL))
                 self._send(self._packets.expire(time.monotonic_ns()))
