@@ -37,7 +37,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -713,17 +713,26 @@ class Bench:
         return trial
 
     def overhead(self) -> dict[str, Any]:
-        """Interleaved untraced/traced pairs of the out-of-scope syscall workload; the order
-        inside a pair alternates so that drift (page cache, CPU frequency) does not favour one."""
+        """Interleaved untraced/traced/empty-hook runs of the out-of-scope syscall workload; the
+        order rotates so that drift (page cache, CPU frequency) does not favour one. The
+        empty-hook runs (scripts/hook_floor.bpf.c) show what the tracepoints alone cost."""
         plain: list[float] = []
         traced: list[float] = []
+        empty: list[float] = []
         ratios: list[float] = []
+        floor_ratios: list[float] = []
         calls = 0
+        floor = hook_floor_object(self.workdir)
+        modes = ["plain", "traced"] + (["empty"] if floor else [])
         for i in range(self.pairs):
             times: dict[str, float] = {}
-            for mode in ("plain", "traced") if i % 2 == 0 else ("traced", "plain"):
+            for mode in modes[i % len(modes) :] + modes[: i % len(modes)]:
                 if mode == "plain":
                     res = run_child(syscall_argv(self.syscalls))
+                elif mode == "empty":
+                    assert floor is not None
+                    with empty_hooks(floor):
+                        res = run_child(syscall_argv(self.syscalls))
                 else:
                     _, out_root = self.fresh()
                     tc = self.tracecap(
@@ -747,11 +756,59 @@ class Bench:
             plain.append(times["plain"])
             traced.append(times["traced"])
             ratios.append(times["traced"] / times["plain"])
+            if "empty" in times:
+                empty.append(times["empty"])
+                floor_ratios.append(times["empty"] / times["plain"])
             log(
-                f"overhead pair {i + 1}: untraced {times['plain']:.3f}s traced "
+                f"overhead round {i + 1}: untraced {times['plain']:.3f}s traced "
                 f"{times['traced']:.3f}s ratio {ratios[-1]:.2f}"
+                + (f", empty hooks {floor_ratios[-1]:.2f}" if "empty" in times else "")
             )
-        return {"plain": plain, "traced": traced, "ratios": ratios, "calls": calls}
+        return {
+            "plain": plain,
+            "traced": traced,
+            "ratios": ratios,
+            "empty": empty,
+            "floor_ratios": floor_ratios,
+            "calls": calls,
+        }
+
+
+def hook_floor_object(workdir: Path) -> Path | None:
+    """Build scripts/hook_floor.bpf.c (needs clang and bpf/vmlinux.h, which `make setup`
+    provides); None, with a note, when it cannot be built."""
+    source = Path(__file__).with_name("hook_floor.bpf.c")
+    bpf_dir = Path(__file__).resolve().parent.parent / "bpf"
+    out = workdir / "hook_floor.bpf.o"
+    clang = shutil.which("clang")
+    try:
+        import collector.libbpf  # noqa: F401  (the tracecap venv's python runs the bench)
+    except ImportError:
+        clang = None
+    if clang is None or not (bpf_dir / "vmlinux.h").exists():
+        log("empty-hook floor skipped: needs clang, bpf/vmlinux.h and tracecap (make setup)")
+        return None
+    cmd = [clang, "-g", "-O2", "-target", "bpf", f"-I{bpf_dir}", "-c", str(source), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if res.returncode != 0:
+        log(f"empty-hook floor skipped: {res.stderr.strip()[:300]}")
+        return None
+    return out
+
+
+@contextlib.contextmanager
+def empty_hooks(obj_path: Path) -> Iterator[None]:
+    """The empty programs attached (through links: closing detaches them)."""
+    from collector.libbpf import BpfObject
+
+    obj = BpfObject(str(obj_path))
+    try:
+        obj.load()
+        for name in obj.programs:
+            obj.attach(name)
+        yield
+    finally:
+        obj.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -991,10 +1048,28 @@ def report(
             ),
         ),
     ]
+    if overhead["floor_ratios"]:
+        ov_rows += [
+            (
+                "empty hooks / untraced time",
+                *med_range(overhead["floor_ratios"], fmt_ratio),
+            ),
+            (
+                "  cost of the hook itself",
+                *med_range(
+                    [
+                        (e - p) / overhead["calls"] * 1e9
+                        for p, e in zip(overhead["plain"], overhead["empty"], strict=True)
+                    ],
+                    lambda v: f"{v:.0f} ns",
+                ),
+            ),
+        ]
     table(
         f"Out-of-scope overhead ({overhead['calls']:,} syscalls: 64 B writes to /dev/null and "
-        f"reads of /dev/zero; tracecap --scope comm=nomatch-xyz --capture write; "
-        f"{len(overhead['ratios'])} interleaved pairs)",
+        f"reads of /dev/zero; tracecap --scope comm=nomatch-xyz --capture write; the same "
+        f"tracepoints with empty programs (scripts/hook_floor.bpf.c); "
+        f"{len(overhead['ratios'])} interleaved rounds)",
         ov_rows,
     )
 
