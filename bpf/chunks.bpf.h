@@ -46,19 +46,24 @@ __u64 io_seq = 0;
  * simulating every iteration when the length happens to be a constant. */
 __u64 tc_opaque_zero = 0;
 
-/* High-volume records go out without waking the collector until TC_WAKEUP_BYTES wait in the
- * ring: a wakeup per record costs the traced process an interrupt and the collector a poll per
- * record. The collector also polls every 10 ms, so a trickle waits at most that long. */
+/* High-volume records wake the collector only when the data waiting in the ring crosses
+ * TC_WAKEUP_BYTES: a wakeup per record costs the traced process an interrupt (an IPI: it took
+ * 29% of a UDP flood's CPU when every record past the mark forced one) and the collector a
+ * poll per record. The collector also polls every 10 ms, so a trickle waits at most that. */
 #define TC_WAKEUP_BYTES (256 * 1024)
-#define tc_batch_flag(rb)                                                                     \
-    (bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) >= TC_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP       \
-                                                                  : BPF_RB_NO_WAKEUP)
+
+static __always_inline __u64 tc_wakeup_flag(void *rb, __u64 size)
+{
+    __u64 avail = bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA);
+    return avail < TC_WAKEUP_BYTES && avail + size >= TC_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+                                                                       : BPF_RB_NO_WAKEUP;
+}
 
 static __always_inline long tc_output(__u32 ring, void *data, __u64 size)
 {
     if (ring)
         return bpf_ringbuf_output(&obj_rb, data, size, 0);
-    return bpf_ringbuf_output(&file_rb, data, size, tc_batch_flag(&file_rb));
+    return bpf_ringbuf_output(&file_rb, data, size, tc_wakeup_flag(&file_rb, size));
 }
 
 /* Mask in a way the compiler cannot fold away, so the verifier sees the bound. */

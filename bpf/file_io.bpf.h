@@ -454,7 +454,8 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     ev->syscall = a.syscall;
     ev->direction = a.direction;
     __u32 base = a.direction * TC_CNT_PER_KIND;
-    if (bpf_ringbuf_output(&file_rb, ev, sizeof(*ev), tc_batch_flag(&file_rb))) {
+    __u64 flags = tc_wakeup_flag(&file_rb, sizeof(*ev));
+    if (bpf_ringbuf_output(&file_rb, ev, sizeof(*ev), flags)) {
         /* without its event the data cannot be attributed: do not send it, but remember
          * which file lost which bytes */
         tc_count(base + TC_CNT_EVENT_DROPS, 1);

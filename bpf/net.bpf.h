@@ -173,8 +173,8 @@ static __always_inline int tc_packet(struct __sk_buff *skb, __u32 direction)
         __builtin_memset(s->hdr.owner_comm, 0, TC_COMM_LEN);
     }
     __u32 base = TC_KIND_NET * TC_CNT_PER_KIND;
-    if (bpf_ringbuf_output(&pkt_rb, s, sizeof(s->hdr) + tc_bound(keep, TC_PKT_MAX),
-                           tc_batch_flag(&pkt_rb))) {
+    __u64 size = sizeof(s->hdr) + tc_bound(keep, TC_PKT_MAX);
+    if (bpf_ringbuf_output(&pkt_rb, s, size, tc_wakeup_flag(&pkt_rb, size))) {
         tc_count(base + TC_CNT_CHUNK_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, keep);
     } else {

@@ -25,6 +25,7 @@ from collector.file_assembly import FileAssembler
 from collector.libbpf import BpfError
 from collector.object_assembly import ObjectAssembler, object_env
 from collector.object_files import (
+    MESSAGE_BYTES,
     FileJob,
     FileStreamer,
     exe_link,
@@ -45,6 +46,9 @@ POLL_MS = 10
 SUBSCRIBER_TIMEOUT_S = 60.0
 #: Bytes of executed binaries and module files read between two ring-buffer polls.
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
+#: At a stop, how long files still being read may wait for room on the bus (supervisord kills
+#: the collector after 30 s); what is left then is closed unfinished, which the writer records.
+STOP_STREAMING_S = 20.0
 #: Executed binaries remembered so that each is streamed once per collector run (the writer
 #: keeps the lasting, once-per-(container, dev, inode, ctime) record).
 EXEC_SEEN_MAX = 65536
@@ -233,6 +237,17 @@ class Collector:
         self._files.add(FileJob(fd, bus.TOPIC_MODULE, env | {"obj_len": size}, size))
         return []
 
+    def _can_stream(self) -> bool:
+        return self._files.pending > 0 and self._pub.backlog_room() >= MESSAGE_BYTES
+
+    def _stream_files(self) -> bool:
+        """Read more of the queued binaries and module files, as much as the bus has room for:
+        unlike kernel records they can wait for a slow writer instead of being dropped."""
+        if not self._can_stream():
+            return False
+        self._send(self._files.pump(min(FILE_BUDGET_PER_POLL, self._pub.backlog_room())))
+        return True
+
     def _send_dropped(self) -> None:
         assert self._probes is not None
         now = time.time_ns()
@@ -292,9 +307,9 @@ class Collector:
         next_stats = 0.0
         try:
             while not stop.is_set():
-                ring.poll(0 if self._files.pending else POLL_MS)
+                ring.poll(0 if self._can_stream() else 1 if self._files.pending else POLL_MS)
                 self._send(self._assembler.flush_runs())
-                self._send(self._files.pump(FILE_BUDGET_PER_POLL))
+                self._stream_files()
                 self._send(self._packets.expire(time.monotonic_ns()))
                 now = time.monotonic()
                 if now >= next_stats:
@@ -311,8 +326,10 @@ class Collector:
             self._send(self._assembler.expire(time.monotonic_ns(), force=True))
             self._send(self._objects.expire(time.monotonic_ns(), force=True))
             self._send(self._packets.expire(time.monotonic_ns(), force=True))
-            while self._files.pending:
-                self._send(self._files.pump(FILE_BUDGET_PER_POLL))
+            deadline = time.monotonic() + STOP_STREAMING_S
+            while self._files.pending and time.monotonic() < deadline:
+                if not self._stream_files():
+                    time.sleep(0.001)  # the writers are still taking what was sent
         finally:
             ring.close()
             self._files.close()

@@ -151,6 +151,12 @@ class Publisher:
         self.sent_messages += 1
         self.sent_bytes += size
 
+    def backlog_room(self) -> int:
+        """Payload bytes that can still be sent without a copy before the budget drops them:
+        what the collector reads from files on its own (binaries, module files) waits for it,
+        since unlike kernel records it can wait."""
+        return max(0, BACKLOG_BYTES - self.backlog_bytes())
+
     def backlog_bytes(self) -> int:
         """Payload bytes ZeroMQ still holds (sent without a copy, not yet taken by everyone)."""
         while self._backlog and self._backlog[0][0].done:

@@ -260,3 +260,18 @@ def test_hostile_names_stay_inside_the_output_directory(tracecap, workdir: Path)
     hostile_bpf = [r for r in run.records("bpf") if r["prog_name"].startswith("../")]
     assert len(hostile_bpf) == 1
     assert (run.out_dir / hostile_bpf[0]["path"]).parent == run.out_dir / "host"
+
+
+def test_a_binary_larger_than_the_bus_budget_arrives_whole(tracecap, workdir: Path):
+    """The collector reads binaries itself and waits for room on the bus rather than drop
+    what a writer has not taken yet (the bus holds 16 MiB of large payloads at most)."""
+    binary = copy_binary("/bin/true", workdir / "big-true")
+    with open(binary, "ab") as f:
+        f.write(os.urandom(96 << 20))  # ELF loaders ignore trailing bytes
+    run = tracecap("--capture", "exec")
+    subprocess.run([binary], check=True, timeout=60)
+    run.stop()
+    (record,) = [r for r in run.records("exec") if r["inode"] == binary.stat().st_ino]
+    assert record["complete"] is True, record
+    assert record["sha256"] == sha(binary.read_bytes())
+    assert (run.out_dir / record["path"]).stat().st_size == binary.stat().st_size
