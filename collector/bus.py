@@ -185,6 +185,23 @@ class Message:
     payload: bytes
 
 
+_OBJECT_TOPICS = (TOPIC_EXEC, TOPIC_MEM, TOPIC_MODULE, TOPIC_BPF)
+
+
+def loss_notice(topic: bytes, env: dict[str, Any], size: int) -> dict[str, Any] | None:
+    """The envelope that replaces a payload message the collector could not send (its bus
+    backlog was full): the same keys, and the ``size`` bytes it carried as a ``lost`` range,
+    so that writers list exactly those bytes as missing. None for topics whose messages
+    cannot say so (packets); those are skipped and show as a seq gap."""
+    if topic in (TOPIC_FILE_WRITE, TOPIC_FILE_READ):
+        start = env["off"]
+    elif topic in _OBJECT_TOPICS:
+        start = env["obj_off"]
+    else:
+        return None
+    return dict(env, lost=[[start, start + size]])
+
+
 def encode(
     topic: bytes, env: dict[str, Any], payload: bytes | bytearray | memoryview | None = None
 ) -> list:

@@ -113,11 +113,14 @@ class RingBuffer:
             raise _error("ring_buffer__add", -err)
 
     def poll(self, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` for a wakeup, then drain every ring. libbpf's poll drains
+        only the rings that signalled, and records sent with BPF_RB_NO_WAKEUP signal nothing:
+        without the consume they would wait for the next wakeup, possibly for ever."""
         n = _lib.ring_buffer__poll(self._rb, timeout_ms)
         self._raise_callback_error()
         if n < 0 and -n != 4:  # EINTR: a signal arrived, the caller checks its stop flag
             raise _error("ring_buffer__poll", -n)
-        return max(n, 0)
+        return max(n, 0) + self.consume()
 
     def consume(self) -> int:
         n = _lib.ring_buffer__consume(self._rb)

@@ -29,9 +29,10 @@ SEND_HWM = 200_000
 #: Payload bytes (of frames sent without a copy, 64 KiB and up) that ZeroMQ may still hold for
 #: subscribers that are behind. SEND_HWM counts messages, and file data travels in messages of
 #: up to 256 KiB, so it alone would let a stalled writer grow the collector by gigabytes. Past
-#: this, large payload messages are not sent at all: their seq is used, so every subscriber
-#: of the topic sees the gap, and the drop is counted (``bus_dropped_*`` in stats). Only
-#: subscribers of payload topics hold such frames, so a slow `proc.` tap costs nothing.
+#: this, a large payload message is replaced by its loss notice (the same envelope with the
+#: bytes as a ``lost`` range, see bus.loss_notice; packets are skipped and show as a seq gap),
+#: and counted (``bus_dropped_*`` in stats). Only subscribers of payload topics hold such
+#: frames, so a slow `proc.` tap costs nothing.
 BACKLOG_BYTES = 16 * 1024 * 1024
 #: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
 ZERO_COPY_MIN = 65536
@@ -138,6 +139,9 @@ class Publisher:
         if size >= ZERO_COPY_MIN and self.backlog_bytes() + size > BACKLOG_BYTES:
             self.dropped_messages += 1
             self.dropped_bytes += size
+            notice = bus.loss_notice(topic, env, size)
+            if notice is not None:
+                self._sock.send_multipart(bus.encode(topic, notice), flags=zmq.NOBLOCK)
             return
         frames = bus.encode(topic, env, payload)
         # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the

@@ -223,7 +223,9 @@ def summary_line(
         "messages, "
         f"malformed messages {writer_sum('malformed')}, writer errors "
         f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
-        f"{writer_sum('budget_refused_bytes')} bytes refused"
+        f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
+        f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
+        "bytes)"
     )
 
 

@@ -119,6 +119,7 @@ SUMMARY_FIELDS: dict[str, str] = {
     "bus_gaps": r"bus gaps (\d+) messages",
     "malformed": r"malformed messages (\d+)",
     "writer_errors": r"writer errors (\d+)",
+    "bus_backlog": r"bus backlog full (\d+) messages",
 }
 LOSS_FIELDS = (
     "ring_records",
@@ -128,6 +129,7 @@ LOSS_FIELDS = (
     "bus_gaps",
     "malformed",
     "writer_errors",
+    "bus_backlog",
 )
 
 PROBLEMS: dict[str, list[Any]] = {}  # kind -> [first evidence, occurrences]
@@ -982,6 +984,7 @@ def report(
             ("bus_gaps", "bus gaps (messages)"),
             ("malformed", "malformed messages"),
             ("writer_errors", "writer errors"),
+            ("bus_backlog", "bus backlog full (messages)"),
         ):
             rows.append((f"  {label}", str(sm.get(key, "?")), ""))
         rows.append(

@@ -104,6 +104,11 @@ def kernel_losses(summary: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def bus_gaps(summary: str) -> int:
+    match = re.search(r"bus gaps (\d+) messages", summary)
+    return int(match.group(1)) if match else -1
+
+
 def count_bench_packets(pcap: Path) -> int:
     if not pcap.exists():
         return 0
@@ -127,7 +132,8 @@ def udp_trial(workdir: Path, n: int, rate: float) -> dict:
         summary = tc.stop()
     seen = count_bench_packets(tc.out / "pcap" / "single.pcap")
     return {"sent": n, "seconds": seconds, "pps": n / seconds, "expected": 2 * n,
-            "captured": seen, "losses": kernel_losses(summary)}  # fmt: skip
+            "captured": seen, "losses": kernel_losses(summary),
+            "gaps": bus_gaps(summary)}  # fmt: skip
 
 
 def tcpdump_trial(workdir: Path, n: int) -> dict:
@@ -210,11 +216,12 @@ def main() -> int:
         best = None
         for rate in (0, 100_000, 50_000, 20_000, 10_000):
             r = udp_trial(workdir, n, rate)
-            zero = r["losses"] == 0 and r["captured"] == r["expected"]
+            zero = r["losses"] == 0 and r["gaps"] == 0 and r["captured"] == r["expected"]
             label = "unpaced" if rate == 0 else f"paced {rate:,}/s"
             print(f"  tracecap {label:>14}: {r['pps']:,.0f} packets/s sent, "
                   f"{2 * r['pps']:,.0f} captured/s, {r['captured']}/{r['expected']} in pcap, "
-                  f"kernel losses {r['losses']}{'  ZERO-LOSS' if zero else ''}")  # fmt: skip
+                  f"kernel losses {r['losses']}, bus gaps {r['gaps']}"
+                  f"{'  ZERO-LOSS' if zero else ''}")  # fmt: skip
             if zero:
                 best = r
                 break

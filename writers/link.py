@@ -22,8 +22,11 @@ from zmq.utils.monitor import recv_monitor_message
 from collector import bus
 from collector.keys import CurveClient
 
-#: Queue depth on our side of the pipe; large because a drop here is data lost for good.
-RCVHWM = 100_000  # see SEND_HWM in collector/publisher.py
+#: Queue depth on our side of the pipe. A full queue does not drop: ZeroMQ stops reading and
+#: the messages wait on the collector's side, where large payloads are bounded in bytes
+#: (collector/publisher.py). Kept short because file data travels in messages of up to 256 KiB
+#: (100,000 let a writer that was behind hold 170 MB).
+RCVHWM = 64
 #: Any single frame larger than this is refused by libzmq itself, so a hostile peer cannot make
 #: us allocate without limit. Legitimate frames are far smaller.
 MAX_FRAME_BYTES = bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096

@@ -354,3 +354,81 @@ def test_interleaved_streams_are_exact_and_every_syscall_is_counted(
         assert (run.out_dir / rec["path"]).read_bytes() == source, name
         assert rec["complete"] is True and rec["missing"] == [], rec
         assert rec["ios"] == count, (name, rec["ios"])
+
+
+def _pid_of(pattern: str) -> int:
+    return int(subprocess.check_output(["pgrep", "-f", pattern], text=True).split()[0])
+
+
+def _rss_anon_kib(pid: int) -> int:
+    """Anonymous resident memory: the heap and ZeroMQ's queues, not the ring buffers (which
+    are mapped from the kernel, twice, and count in VmRSS)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1))
+
+
+def test_a_stalled_writer_costs_listed_bytes_not_collector_memory(tracecap, workdir: Path) -> None:
+    """With the file writer stopped, a flood of 64 KiB writes fills the collector's bus
+    budget: payloads that do not fit become loss notices, so the index lists every byte the
+    artifact lacks, and the collector's memory stays bounded (it held it all before)."""
+    target, source = workdir / "stalled.bin", workdir / "stalled.src"
+    source.write_bytes(os.urandom(128 << 20))
+    # paced, with a large ring: the kernel loses nothing, so every loss is the bus budget's
+    run = tracecap("--ring-mb", "64", "--capture", f"write={target}*")
+    writer = _pid_of(f"writer file --run-dir {run.run_dir}")
+    collector = _pid_of(f"collector .*--run-dir {run.run_dir}")
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        python(f"""
+            import os, time
+            src = os.open({str(source)!r}, os.O_RDONLY)
+            dst = os.open({str(target)!r}, os.O_WRONLY | os.O_CREAT, 0o644)
+            start, done = time.monotonic(), 0
+            while chunk := os.read(src, 65536):
+                done += os.write(dst, chunk)
+                ahead = start + done / 80e6 - time.monotonic()
+                if ahead > 0.001:
+                    time.sleep(ahead)
+        """)
+        time.sleep(1)
+        anon_kib = _rss_anon_kib(collector)  # the writer still stopped: all that waits
+    finally:
+        os.kill(writer, signal.SIGCONT)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    dropped = int(re.search(r"bus backlog full (\d+) messages", run.stderr).group(1))
+    assert dropped > 0, run.stderr
+    assert _kernel_losses(run.stderr) == 0, run.stderr
+    assert anon_kib < 100 * 1024, f"collector holds {anon_kib} KiB"  # 128 MiB were sent
+    (record,) = run.records("write")
+    artifact = (run.out_dir / record["path"]).read_bytes()
+    expected = source.read_bytes()
+    covered = bytearray(len(expected))
+    for start, end in record["missing"]:
+        covered[start:end] = b"\1" * (min(end, len(expected)) - start)
+    wrong = [
+        off
+        for off in range(0, len(expected), 4096)
+        if 0 in covered[off : off + 4096]
+        and artifact[off : off + 4096] != expected[off : off + 4096]
+    ]
+    assert wrong == [], f"{len(wrong)} blocks differ outside the recorded missing ranges"
+    assert record["complete"] is False
+
+
+def test_a_single_small_write_reaches_the_index_while_capture_runs(tracecap, workdir: Path) -> None:
+    """Small records do not wake the collector (only 256 KiB waiting does): its own polling
+    must still pick a lone 6-byte write up, not the final drain at stop."""
+    target = workdir / "lone"
+    run = tracecap("--capture", f"write={workdir}/*")
+    sh(f"printf lonely > {target}")
+    index = run.out_dir / "index.jsonl"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if index.exists() and str(target) in index.read_text(errors="replace"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the write was not in the index 20 s after it happened")
+    run.stop()
+    assert run.artifact(artifact_name("write", target)) == b"lonely"
