@@ -20,7 +20,7 @@ from collector import bus
 from collector.keys import CurveClient
 from writers.budget import DiskBudget
 from writers.gaps import Gap, GapTracker
-from writers.link import BusLink
+from writers.link import RCVHWM, BusLink
 from writers.outdir import Index
 from writers.ratelog import RateLimitedLog
 from writers.stats import StatsFile
@@ -39,6 +39,10 @@ STATS_INTERVAL = 1.0
 StopFlag = threading.Event | Callable[[], bool]
 
 
+#: Queue depth for writers of payload messages (files, objects): 64 messages of up to 256 KiB.
+PAYLOAD_QUEUE_MESSAGES = 64
+
+
 class Writer(abc.ABC):
     """One artifact kind. Subclasses set ``name`` and ``topics`` and implement ``handle``.
 
@@ -48,6 +52,10 @@ class Writer(abc.ABC):
 
     name: str = "writer"
     topics: tuple[bytes, ...] = ()
+    #: Messages this writer's bus connection queues (link.RCVHWM by default). Writers of
+    #: payloads set it low: their messages are up to 256 KiB, and what does not fit waits
+    #: on the collector's side, bounded in bytes there (100,000 let a file writer hold 170 MB).
+    queue_messages: int = RCVHWM
 
     def __init__(self, budget: DiskBudget | None = None) -> None:
         self.counters: dict[str, int] = {}
@@ -243,7 +251,13 @@ class Subscriber:
         """
         stopped = _stop_predicate(stop)
         context = self._context or zmq.Context()
-        link = BusLink(context, self.endpoint, self.writer.topics, curve=self._curve)
+        link = BusLink(
+            context,
+            self.endpoint,
+            self.writer.topics,
+            curve=self._curve,
+            rcvhwm=self.writer.queue_messages,
+        )
         self.ready.set()
         try:
             while not stopped():

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from collector import bus
-from writers.base import Writer
+from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
 from writers.fileartifact import (
@@ -47,6 +47,8 @@ class FileWriter(Writer):
     explicit offsets (or with ``O_APPEND``), so closing one and reopening it later is harmless.
     Artifact bookkeeping is kept for the writer's lifetime so later records stay cumulative.
     """
+
+    queue_messages = PAYLOAD_QUEUE_MESSAGES
 
     name = "file"
 

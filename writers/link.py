@@ -22,11 +22,10 @@ from zmq.utils.monitor import recv_monitor_message
 from collector import bus
 from collector.keys import CurveClient
 
-#: Queue depth on our side of the pipe. A full queue does not drop: ZeroMQ stops reading and
-#: the messages wait on the collector's side, where large payloads are bounded in bytes
-#: (collector/publisher.py). Kept short because file data travels in messages of up to 256 KiB
-#: (100,000 let a writer that was behind hold 170 MB).
-RCVHWM = 64
+#: Queue depth on our side of the pipe, in messages, unless the writer asks for another (see
+#: Writer.queue_messages). Our queue and the collector's (SEND_HWM) together absorb a burst
+#: the writer takes longer to write than it took to arrive.
+RCVHWM = 100_000
 #: Any single frame larger than this is refused by libzmq itself, so a hostile peer cannot make
 #: us allocate without limit. Legitimate frames are far smaller.
 MAX_FRAME_BYTES = bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096
@@ -60,11 +59,13 @@ class BusLink:
         endpoint: str,
         topics: Sequence[bytes],
         curve: CurveClient | None = None,
+        rcvhwm: int = RCVHWM,
     ) -> None:
         self._context = context
         self._endpoint = endpoint
         self._topics = tuple(topics)
         self._curve = curve
+        self._rcvhwm = rcvhwm
         #: Handshakes the peer refused (CURVE: our key is not on its allow-list, or wrong keys).
         self.handshake_failures = 0
         self._dead_since: float | None = None
@@ -75,7 +76,7 @@ class BusLink:
     def _open(self) -> None:
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         for topic in self._topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)

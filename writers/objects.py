@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from collector import bus
-from writers.base import Writer
+from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
 from writers.fileartifact import parse_lost
@@ -216,6 +216,8 @@ class ObjectWriter(Writer):
     is rebuilt from ``index.jsonl`` at start, so a restarted writer does not capture again what
     its predecessor did; only complete artifacts count, so a damaged capture is retried.
     """
+
+    queue_messages = PAYLOAD_QUEUE_MESSAGES
 
     kind: str = ""
     topic: bytes = b""

@@ -227,6 +227,21 @@ def _kernel_losses(stderr: str) -> int:
     return int(match.group(1))
 
 
+def blocks_wrong_outside_missing(artifact_path: Path, source: Path, record: dict) -> list[int]:
+    """Offsets of the 4 KiB blocks where the artifact differs from the source although the
+    index does not list them as missing: bytes presented as captured that are not."""
+    artifact, expected = artifact_path.read_bytes(), source.read_bytes()
+    covered = bytearray(len(expected))
+    for start, end in record["missing"]:
+        covered[start:end] = b"\1" * (min(end, len(expected)) - start)
+    return [
+        off
+        for off in range(0, len(expected), 4096)
+        if 0 in covered[off : off + 4096]
+        and artifact[off : off + 4096] != expected[off : off + 4096]
+    ]
+
+
 def test_a_flood_loses_nothing_without_a_record(tracecap, workdir: Path) -> None:
     """Far more 4 KiB writes than the pipeline drains: every byte of the artifact outside its
     `missing` ranges is the source's, and any kernel loss makes the artifact incomplete."""
@@ -244,17 +259,7 @@ def test_a_flood_loses_nothing_without_a_record(tracecap, workdir: Path) -> None
     run.stop()
     assert run.returncode == 0, run.stderr
     (record,) = run.records("write")
-    artifact = (run.out_dir / record["path"]).read_bytes()
-    expected = source.read_bytes()
-    covered = bytearray(len(expected))
-    for start, end in record["missing"]:
-        covered[start:end] = b"\1" * (min(end, len(expected)) - start)
-    wrong = [
-        off
-        for off in range(0, len(expected), 4096)
-        if 0 in covered[off : off + 4096]
-        and artifact[off : off + 4096] != expected[off : off + 4096]
-    ]
+    wrong = blocks_wrong_outside_missing(run.out_dir / record["path"], source, record)
     assert wrong == [], f"{len(wrong)} blocks differ outside the recorded missing ranges"
     assert _kernel_losses(run.stderr) > 0, run.stderr
     assert record["complete"] is False and record["missing"]
@@ -401,17 +406,7 @@ def test_a_stalled_writer_costs_listed_bytes_not_collector_memory(tracecap, work
     assert _kernel_losses(run.stderr) == 0, run.stderr
     assert anon_kib < 100 * 1024, f"collector holds {anon_kib} KiB"  # 128 MiB were sent
     (record,) = run.records("write")
-    artifact = (run.out_dir / record["path"]).read_bytes()
-    expected = source.read_bytes()
-    covered = bytearray(len(expected))
-    for start, end in record["missing"]:
-        covered[start:end] = b"\1" * (min(end, len(expected)) - start)
-    wrong = [
-        off
-        for off in range(0, len(expected), 4096)
-        if 0 in covered[off : off + 4096]
-        and artifact[off : off + 4096] != expected[off : off + 4096]
-    ]
+    wrong = blocks_wrong_outside_missing(run.out_dir / record["path"], source, record)
     assert wrong == [], f"{len(wrong)} blocks differ outside the recorded missing ranges"
     assert record["complete"] is False
 
