@@ -7,6 +7,9 @@ pure option parser sees the rest.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -122,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="")
         return 0 if args else 2
     cmd, rest = args[0], args[1:]
+    # `kill -USR1` makes any tracecap process print every thread's stack to its stderr (the
+    # supervisord logs under the run dir): how to see where a process is stuck.
+    with contextlib.suppress(OSError, ValueError):  # no stderr file (embedded, under a test)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         return _dispatch(cmd, rest)
     except (options.OptionError, UsageError) as exc:

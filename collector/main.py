@@ -48,7 +48,7 @@ SUBSCRIBER_TIMEOUT_S = 60.0
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
 #: At a stop, how long files still being read may wait for room on the bus (supervisord kills
 #: the collector after 30 s); what is left then is closed unfinished, which the writer records.
-STOP_STREAMING_S = 20.0
+STOP_STREAMING_S = 10.0
 #: Executed binaries remembered so that each is streamed once per collector run (the writer
 #: keeps the lasting, once-per-(container, dev, inode, ctime) record).
 EXEC_SEEN_MAX = 65536

@@ -3,6 +3,7 @@ run a workload in a child process, stop the pipeline, then compare the artifacts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,13 +52,32 @@ class Run:
     def stop(self, timeout: float = 90) -> Run:
         if self.returncode is None:
             self.proc.send_signal(signal.SIGINT)
-            self.returncode = self.proc.wait(timeout)
+            try:
+                self.returncode = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # every tracecap process of this run prints its threads' stacks to its log
+                subprocess.run(
+                    ["pkill", "-USR1", "-f", "--", f"--run-dir {self.run_dir}"], check=False
+                )
+                time.sleep(1)
+                logs = self.logs()
+                self.proc.kill()
+                self.returncode = self.proc.wait(30)
+                pytest.fail(f"tracecap run did not stop within {timeout:.0f} s\n{logs}")
             self.stdout = self.stdout_path.read_text(errors="replace")
             self.stderr = self.stderr_path.read_text(errors="replace")
             index = self.out_dir / "index.jsonl"
             lines = index.read_bytes().splitlines() if index.exists() else []
             self.index = [json.loads(line) for line in lines]
         return self
+
+    def logs(self, tail: int = 4000) -> str:
+        """The end of every log of the run and of tracecap's stderr, for a failure message."""
+        parts = []
+        for path in [self.stderr_path, *sorted(self.run_dir.glob("*.log"))]:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
+        return "\n".join(parts)
 
     def artifact(self, name: str, container: str = "host") -> bytes:
         return (self.out_dir / container / name).read_bytes()
