@@ -353,6 +353,14 @@ class Frontend:
         sys.stderr.flush()
 
     def run(self) -> int:
+        def on_signal(_signum: int, _frame: Any) -> None:
+            self.stopping = True
+
+        # Before supervisord exists: a stop asked for during start-up must stop it too, not
+        # raise KeyboardInterrupt past it (it runs in its own session and would be orphaned)
+        # or, where the parent ignores SIGINT, be lost.
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
         prepare_run_dir(self.run_dir)
         stats_dir = prepare_stats_dir(self.run_dir)
         conf_path = os.path.join(self.run_dir, "supervisord.conf")
@@ -374,12 +382,6 @@ class Frontend:
             start_new_session=True,
         )
         kick_start(self.run_dir, sup)
-
-        def on_signal(_signum: int, _frame: Any) -> None:
-            self.stopping = True
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
         started = time.monotonic()
         status = 0
         next_check = started + 1.0

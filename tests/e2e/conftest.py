@@ -74,6 +74,10 @@ class Run:
     def logs(self, tail: int = 4000) -> str:
         """The end of every log of the run and of tracecap's stderr, for a failure message."""
         parts = []
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            sig = [ln for ln in status.splitlines() if ln.startswith(("Sig", "ShdPnd", "State"))]
+            parts.append("--- tracecap run: " + ", ".join(sig))
         for path in [self.stderr_path, *sorted(self.run_dir.glob("*.log"))]:
             with contextlib.suppress(OSError):
                 parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
@@ -120,12 +124,14 @@ def tracecap(workdir: Path) -> Iterator:
         run_dir = Path(tempfile.mkdtemp(prefix="tcr-", dir="/run"))
         stdout_path, stderr_path = workdir / "run.stdout", workdir / "run.stderr"
         argv = ["tracecap", "run", "--run-dir", str(run_dir), "--capture", f"dir:{root}", *args]
+        # A test may start several runs: only what this one writes to stderr counts.
+        seen = stderr_path.stat().st_size if stderr_path.exists() else 0
         with open(stdout_path, "ab") as out, open(stderr_path, "ab") as err:
             proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
         run = Run(proc, workdir, root / "out", run_dir, stdout_path, stderr_path)
         runs.append(run)
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while b"tracecap: ready" not in stderr_path.read_bytes():
+        while b"tracecap: ready" not in stderr_path.read_bytes()[seen:]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 run.stop()
                 pytest.fail(f"tracecap did not get ready (exit {proc.returncode}):\n{run.stderr}")

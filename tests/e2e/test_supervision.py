@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -409,3 +410,34 @@ def test_summary_counts_what_a_killed_writer_captured(tracecap, workdir: Path) -
     in_index = {r["path"] for r in run.index if r.get("kind") == "write"}
     assert len(in_index) >= 6  # before, after and at least one probe
     assert summary_artifacts(run.stderr) >= len(in_index), (run.stderr, sorted(in_index))
+
+
+def test_a_stop_during_start_up_stops_everything(workdir: Path) -> None:
+    """SIGINT while `tracecap run` is still starting (here from a parent that ignores SIGINT,
+    as a shell's background job does, which children inherit): the run still stops, and
+    leaves no supervisord, collector or writer behind."""
+    run_dir = Path(f"/run/tcr-early-{os.getpid()}")
+    argv = ["tracecap", "run", "--run-dir", str(run_dir), "--capture", f"dir:{workdir}/early",
+            "--capture", "exec"]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        # as soon as it writes supervisord's configuration: nothing is running or ready yet
+        deadline = time.monotonic() + 30
+        while not (run_dir / "supervisord.conf").exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=90)
+        left = subprocess.run(
+            ["pgrep", "-f", "--", str(run_dir)], capture_output=True, text=True
+        ).stdout.split()
+        assert left == [], f"left running: {left}\n{err.decode(errors='replace')}"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run(["pkill", "-9", "-f", "--", str(run_dir)], check=False)
+        shutil.rmtree(run_dir, ignore_errors=True)
