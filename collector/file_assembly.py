@@ -72,6 +72,13 @@ class _Run:
     ts_last: int
     io_count: int = 1
 
+    def join(self, data: bytes | bytearray, ts: int) -> None:
+        """Append the next whole syscall of the stream."""
+        self.buf += data
+        self.end += len(data)
+        self.ts_last = ts
+        self.io_count += 1
+
 
 def display_path(ev: records.FileEvent) -> bytes:
     """Pipes and sockets have no name in the dentry tree; name them as /proc/PID/fd does."""
@@ -199,21 +206,13 @@ class FileAssembler:
     def _extend_run(self, stream: _Stream, cont: records.FileCont, ts: int) -> bool:
         """The common case under load, taken without a pending io: a syscall whose bytes all
         came with its continuation, following its stream's open run. What _gather would do."""
-        run = self._runs.get(stream.key)
         data = cont.first.data
-        if (
-            run is None
-            or run.first.stream is not stream
-            or cont.first.io_off != 0
-            or len(data) != cont.io_len
-            or not (stream.append or run.end == cont.pos)
-            or len(run.buf) + len(data) > MAX_MESSAGE_PAYLOAD
-        ):
+        if cont.first.io_off != 0 or len(data) != cont.io_len:
             return False
-        run.buf += data
-        run.end += len(data)
-        run.ts_last = ts
-        run.io_count += 1
+        run = self._joinable_run(stream, cont.pos, len(data))
+        if run is None:
+            return False
+        run.join(data, ts)
         return True
 
     def _remember(self, io_id: int, stream: _Stream) -> None:
@@ -273,25 +272,25 @@ class FileAssembler:
     def _gather(self, io: _PendingIo) -> list[Outgoing]:
         """A whole syscall joins its stream's run, or starts one (publishing the artifact's
         previous run if it belongs to another stream, or is not followed by this one)."""
-        stream = io.stream
-        run = self._runs.get(stream.key)
+        run = self._joinable_run(io.stream, io.pos, io.io_len)
         if run is not None:
-            if (
-                run.first.stream is stream
-                and (stream.append or run.end == io.pos)
-                and len(run.buf) + io.io_len <= MAX_MESSAGE_PAYLOAD
-            ):
-                run.buf += io.buf
-                run.end += io.io_len
-                run.ts_last = io.ts
-                run.io_count += 1
-                return []
-            del self._runs[stream.key]
-            out = [self._run_message(run)]
-        else:
-            out = []
-        self._runs[stream.key] = _Run(io, io.buf, io.pos + io.io_len, io.ts)
+            run.join(io.buf, io.ts)
+            return []
+        out = self._take_run(io)
+        self._runs[io.stream.key] = _Run(io, io.buf, io.pos + io.io_len, io.ts)
         return out
+
+    def _joinable_run(self, stream: _Stream, pos: int, size: int) -> _Run | None:
+        """The artifact's open run, if a whole syscall of ``stream`` at ``pos`` may join it."""
+        run = self._runs.get(stream.key)
+        if (
+            run is not None
+            and run.first.stream is stream
+            and (stream.append or run.end == pos)
+            and len(run.buf) + size <= MAX_MESSAGE_PAYLOAD
+        ):
+            return run
+        return None
 
     def _run_message(self, run: _Run) -> Outgoing:
         first = run.first
