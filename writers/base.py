@@ -197,11 +197,7 @@ class Subscriber:
             "to_seq": gap.to_seq,
             "ts": time.time_ns(),
         }
-        try:
-            self._index.append(record)
-        except (OSError, ValueError) as exc:
-            self.counters["index_errors"] += 1
-            self._log("index_error", f"gap record not written: {exc}")
+        self._index.append_or_count(record, self.counters, self._log, "gap record")
 
     # -- housekeeping ------------------------------------------------------------------------
 

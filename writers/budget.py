@@ -279,11 +279,7 @@ class DiskBudget:
             "ts": self._wall_clock(),
             **fields,
         }
-        try:
-            self._index.append(record)
-        except (OSError, ValueError) as exc:
-            self.counters["index_errors"] = self.counters.get("index_errors", 0) + 1
-            self._log("index_error", f"budget record not written: {exc}")
+        self._index.append_or_count(record, self.counters, self._log, "budget record")
 
     def close(self) -> None:
         if self._owned and self._fd >= 0:

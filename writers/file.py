@@ -235,12 +235,9 @@ class FileWriter(Writer):
         art.settle()
         size, sha256 = self._digest(key, art)
         art.dirty = False
-        try:
-            self._index.append(art.record(size, sha256))
+        record = art.record(size, sha256)
+        if self._index.append_or_count(record, self.counters, self._log, f"{art.path}: record"):
             self.counters["records"] += 1
-        except (OSError, ValueError) as exc:
-            self.counters["index_errors"] += 1
-            self._log("index_error", f"{art.path}: record not written: {exc}")
 
     def close(self) -> None:
         while self._dirty:

@@ -548,11 +548,9 @@ class ObjectWriter(Writer):
         return record
 
     def _append(self, record: dict[str, Any]) -> None:
-        try:
-            self._index.append(record)
-        except (OSError, ValueError) as exc:
-            self.counters["index_errors"] += 1
-            self._log("index_error", f"{record.get('path')}: record not written: {exc}")
+        self._index.append_or_count(
+            record, self.counters, self._log, f"{record.get('path')}: record"
+        )
 
     # -- dedup state ---------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import stat
+from collections.abc import Callable
 from typing import Any
 
 DIR_MODE = 0o750
@@ -125,6 +126,23 @@ class Index:
         written = os.write(self._fd, data)
         if written != len(data):
             raise OSError(errno.ENOSPC, f"short index write ({written} of {len(data)} bytes)")
+
+    def append_or_count(
+        self,
+        record: dict[str, Any],
+        counters: dict[str, int],
+        log: Callable[[str, str], None],
+        what: str,
+    ) -> bool:
+        """Append one line; a failure is counted (``index_errors``) and logged as ``what`` not
+        written, never raised: the writer goes on, and a later line may describe the same."""
+        try:
+            self.append(record)
+        except (OSError, ValueError) as exc:
+            counters["index_errors"] = counters.get("index_errors", 0) + 1
+            log("index_error", f"{what} not written: {exc}")
+            return False
+        return True
 
     def close(self) -> None:
         if self._fd >= 0:

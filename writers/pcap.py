@@ -547,12 +547,10 @@ class PcapWriter(Writer):
             size, sha256 = f.size, f.sha.hexdigest()
         else:
             size, sha256 = self._disk_digest(f)
-        try:
-            self._index.append(f.record(size, sha256))
+        record = f.record(size, sha256)
+        what = f"{f.target.path}: record"
+        if self._index.append_or_count(record, self.counters, self._log, what):
             self.counters["records"] += 1
-        except (OSError, ValueError) as exc:
-            self.counters["index_errors"] += 1
-            self._log("index_error", f"{f.target.path}: record not written: {exc}")
 
     def close(self) -> None:
         """Record every file in the index and close every fd; files are complete on disk already."""

@@ -160,3 +160,23 @@ def test_clear_out_dir_refuses_a_symlinked_root(tmp_path: Path) -> None:
 def test_clear_out_dir_of_a_missing_dir_is_a_no_op(tmp_path: Path) -> None:
     clear_out_dir(str(tmp_path / "missing"))
     assert not (tmp_path / "missing").exists()
+
+
+def test_an_index_line_that_cannot_be_written_is_counted_and_logged(
+    out: OutputDir, tmp_path: Path
+) -> None:
+    index = Index(out)
+    counters: dict[str, int] = {}
+    logged: list[tuple[str, str]] = []
+    assert index.append_or_count({"a": 1}, counters, lambda k, m: logged.append((k, m)), "x")
+    assert counters == {}
+    assert not index.append_or_count(
+        {"nan": float("nan")}, counters, lambda k, m: logged.append((k, m)), "path: record"
+    )
+    index.close()  # now every write fails with EBADF
+    assert not index.append_or_count({"b": 2}, counters, lambda k, m: logged.append((k, m)), "gap")
+    assert counters == {"index_errors": 2}
+    assert [k for k, _ in logged] == ["index_error", "index_error"]
+    assert logged[0][1].startswith("path: record not written: ")
+    assert logged[1][1].startswith("gap not written: ")
+    assert (tmp_path / "out" / "index.jsonl").read_text().splitlines() == ['{"a": 1}']
