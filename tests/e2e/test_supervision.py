@@ -107,6 +107,18 @@ def wait_captured(run: Run, paths: list[Path]) -> None:
     )
 
 
+def capture_three_files(tracecap: Callable[..., Run], workdir: Path) -> tuple[Run, Path]:
+    """A write capture of ``<workdir>/w`` whose file writer has already recorded three files
+    there: the writer is up, subscribed and writing its index."""
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    run = tracecap("--capture", f"write={wdir}/*")
+    before = [wdir / f"before-{i}" for i in range(3)]
+    write_files(before)
+    wait_captured(run, before)
+    return run, wdir
+
+
 def wait_subscribed(run: Run, wdir: Path, label: str) -> None:
     """Write probe files until one is captured: the writer is then connected and subscribed."""
     probes: list[Path] = []
@@ -152,12 +164,7 @@ def test_status_shows_collector_and_every_writer_running(tracecap, workdir: Path
 
 
 def test_killed_writer_is_restarted_and_its_loss_is_a_recorded_gap(tracecap, workdir: Path) -> None:
-    wdir = workdir / "w"
-    wdir.mkdir(mode=0o755)
-    run = tracecap("--capture", f"write={wdir}/*")
-    before = [wdir / f"before-{i}" for i in range(3)]
-    write_files(before)
-    wait_captured(run, before)
+    run, wdir = capture_three_files(tracecap, workdir)
 
     old_pid = pid_of(run, "writer-file")
     assert old_pid > 0
@@ -380,12 +387,7 @@ def summary_artifacts(stderr: str) -> int:
 
 
 def test_summary_counts_what_a_killed_writer_captured(tracecap, workdir: Path) -> None:
-    wdir = workdir / "w"
-    wdir.mkdir(mode=0o755)
-    run = tracecap("--capture", f"write={wdir}/*")
-    before = [wdir / f"before-{i}" for i in range(3)]
-    write_files(before)
-    wait_captured(run, before)
+    run, wdir = capture_three_files(tracecap, workdir)
     stats = run.run_dir / "stats" / "writer-file.json"
     wait_until(
         "the writer's counters to show its artifacts",
