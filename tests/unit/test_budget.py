@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelopes import file_env, mem_env
 
 from collector import bus
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget, tree_usage
@@ -326,30 +327,7 @@ def test_counters_are_shared_with_the_writer(tree: Tree) -> None:
 
 
 def file_message(payload: bytes, off: int, io_id: int) -> bus.Message:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": io_id,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 101,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"bash",
-        "cgroup_id": 5,
-        "container_id": "",
-        "syscall": "write",
-        "fd": 3,
-        "path": b"/tmp/target",
-        "dev": 2049,
-        "inode": 77,
-        "mode": 0o100644,
-        "io_id": io_id,
-        "io_len": len(payload),
-        "io_off": 0,
-        "off": off,
-        "append": False,
-    }
+    env = file_env(seq=io_id, io_id=io_id, io_len=len(payload), off=off)
     return bus.decode(bus.encode(bus.TOPIC_FILE_WRITE, env, payload))
 
 
@@ -374,28 +352,7 @@ def test_the_file_writer_records_refused_bytes_as_missing(tree: Tree) -> None:
 def test_the_object_writer_loses_refused_bytes_and_says_incomplete(tree: Tree) -> None:
     writer = MemoryWriter(tree.out, tree.index, clock=tree.clock, budget=tree.budget)
     size = 2 * MIB
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 101,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"unpacker",
-        "cgroup_id": 5,
-        "container_id": "",
-        "obj_id": 1,
-        "obj_off": 0,
-        "obj_len": size,
-        "last": False,
-        "syscall": "mprotect",
-        "addr": 0x7F0000000000,
-        "len": size,
-        "prot_before": 3,
-        "prot_after": 5,
-    }
+    env = mem_env(obj_len=size, last=False, len=size)
     half = size // 2
     writer.handle(bus.decode(bus.encode(MemoryWriter.topic, env, b"a" * (half - 8 * KIB))))
     env.update(seq=1, obj_off=half - 8 * KIB, last=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelopes import file_env
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -17,35 +18,6 @@ from collector import bus
 from writers.file import FileWriter
 from writers.outdir import Index, OutputDir
 from writers.ranges import RangeSet
-
-
-def make_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 101,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"bash",
-        "cgroup_id": 5,
-        "container_id": "",
-        "syscall": "write",
-        "fd": 3,
-        "path": b"/tmp/target",
-        "dev": 2049,
-        "inode": 77,
-        "mode": 0o100644,
-        "io_id": 1,
-        "io_len": 0,
-        "io_off": 0,
-        "off": 0,
-        "append": False,
-    }
-    env.update(overrides)
-    return env
 
 
 def message(env: dict[str, Any], payload: bytes | None, topic: bytes = bus.TOPIC_FILE_WRITE):
@@ -71,7 +43,7 @@ class Harness:
     def io(self, payload: bytes, *, off: int, io_id: int, topic=bus.TOPIC_FILE_WRITE, **kw):
         """One whole syscall in one chunk."""
         kw.setdefault("io_len", len(payload))
-        env = make_env(off=off, io_id=io_id, **kw)
+        env = file_env(off=off, io_id=io_id, **kw)
         self.writer.handle(message(env, payload, topic))
 
     def idle(self, seconds: float = 2.0) -> None:
@@ -127,7 +99,7 @@ def test_positional_writes_land_at_their_offsets(h: Harness) -> None:
 def test_one_syscall_in_several_chunks(h: Harness) -> None:
     payload = bytes(range(256)) * 4
     for io_off in (512, 0, 256, 768):  # out of order
-        env = make_env(off=4096 + io_off, io_id=9, io_len=1024, io_off=io_off)
+        env = file_env(off=4096 + io_off, io_id=9, io_len=1024, io_off=io_off)
         h.writer.handle(message(env, payload[io_off : io_off + 256]))
     h.idle()
     rec = h.latest(W)
@@ -158,7 +130,7 @@ def test_dev_null_writes_are_split_per_pid(h: Harness) -> None:
 
 def test_lost_ranges_make_the_artifact_incomplete(h: Harness) -> None:
     h.io(b"A" * 10, off=0, io_id=1)
-    env = make_env(off=10, io_id=2, io_len=4096, lost=[[10, 4106]])
+    env = file_env(off=10, io_id=2, io_len=4096, lost=[[10, 4106]])
     h.writer.handle(message(env, None))
     h.idle()
     rec = h.latest(W)
@@ -169,9 +141,9 @@ def test_lost_ranges_make_the_artifact_incomplete(h: Harness) -> None:
 
 
 def test_an_incomplete_io_is_recorded_as_missing(h: Harness) -> None:
-    env = make_env(off=1000, io_id=3, io_len=100, io_off=0)
+    env = file_env(off=1000, io_id=3, io_len=100, io_off=0)
     h.writer.handle(message(env, b"x" * 40))
-    env = make_env(off=1080, io_id=3, io_len=100, io_off=80)
+    env = file_env(off=1080, io_id=3, io_len=100, io_off=80)
     h.writer.handle(message(env, b"y" * 20))
     h.idle()
     rec = h.latest(W)
@@ -276,7 +248,7 @@ def test_a_run_of_merged_syscalls_counts_each_of_them(h: Harness) -> None:
     ],
 )
 def test_nonsense_is_rejected_and_counted(h: Harness, overrides: dict[str, Any]) -> None:
-    h.writer.handle(message(make_env(**overrides), b"data"))
+    h.writer.handle(message(file_env(**overrides), b"data"))
     assert h.writer.counters["rejected"] == 1
     h.writer.close()
     assert not (h.root / "index.jsonl").read_text()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelopes import mem_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,33 +30,6 @@ from writers.outdir import Index, OutputDir
 
 DATA = bytes(range(256)) * 16  # 4 KiB, every byte value
 CID = "0123456789abcdef" * 4
-
-
-def mem_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 101,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"unpacker",
-        "cgroup_id": 5,
-        "container_id": "",
-        "obj_id": 1,
-        "obj_off": 0,
-        "obj_len": len(DATA),
-        "last": True,
-        "syscall": "mprotect",
-        "addr": 0x7F0000000000,
-        "len": len(DATA),
-        "prot_before": 3,
-        "prot_after": 5,
-    }
-    env.update(overrides)
-    return env
 
 
 def module_env(**overrides: Any) -> dict[str, Any]:
