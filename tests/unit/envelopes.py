@@ -8,8 +8,10 @@ from typing import Any
 from collector import bus
 
 
-def file_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
+def process_keys() -> dict[str, Any]:
+    """What every envelope carries: version, epoch, seq and the process (comm and cgroup
+    differ per kind below)."""
+    return {
         "v": bus.VERSION,
         "epoch": 7,
         "seq": 0,
@@ -18,6 +20,12 @@ def file_env(**overrides: Any) -> dict[str, Any]:
         "tid": 101,
         "ppid": 1,
         "uid": 1000,
+    }
+
+
+def file_env(**overrides: Any) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        **process_keys(),
         "comm": b"bash",
         "cgroup_id": 5,
         "container_id": "",
@@ -39,14 +47,7 @@ def file_env(**overrides: Any) -> dict[str, Any]:
 
 def mem_env(**overrides: Any) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 101,
-        "ppid": 1,
-        "uid": 1000,
+        **process_keys(),
         "comm": b"unpacker",
         "cgroup_id": 5,
         "container_id": "",
