@@ -351,14 +351,23 @@ static __always_inline void tc_start_stream(__u32 tid, struct file *f, const str
     bpf_map_update_elem(&io_streams, &tid, &st, BPF_ANY);
 }
 
+/* How a syscall's bytes go out: chunk records tagged `io_id`, from this CPU's scratch. */
+static __always_inline struct tc_emit_ctx tc_io_chunks(__u64 io_id, const struct tc_io_args *a,
+                                                       __u64 ret, __u32 cpu)
+{
+    struct tc_emit_ctx c = {
+        .id = io_id, .total = ret, .done = tc_opaque_zero, .buf = a->buf, .iovcnt = a->count,
+        .is_vec = a->is_vec, .counter_kind = a->direction, .rec_kind = TC_REC_FILE_DATA,
+        .ring = 0, .slot = cpu,
+    };
+    return c;
+}
+
 /* Send the syscall's bytes after its full event. */
 static __always_inline void tc_send_io(__u64 io_id, const struct tc_io_args *a, __u64 ret,
                                        __u32 cpu)
 {
-    struct tc_emit_ctx c = {
-        .id = io_id, .total = ret, .done = tc_opaque_zero, .buf = a->buf, .iovcnt = a->count,
-        .is_vec = a->is_vec, .counter_kind = a->direction, .rec_kind = TC_REC_FILE_DATA, .ring = 0, .slot = cpu,
-    };
+    struct tc_emit_ctx c = tc_io_chunks(io_id, a, ret, cpu);
     bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
     if (c.done < c.total)
         tc_count(a->direction * TC_CNT_PER_KIND + TC_CNT_DROPPED_BYTES, c.total - c.done);
@@ -370,12 +379,12 @@ static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct t
                                                const struct tc_io_args *a, __u64 ret, __u64 now)
 {
     __u32 base = a->direction * TC_CNT_PER_KIND;
-    struct tc_emit_ctx c = {
-        .id = __sync_fetch_and_add(&io_seq, 1), .total = ret, .done = tc_opaque_zero,
-        .buf = a->buf, .iovcnt = a->count, .is_vec = a->is_vec, .counter_kind = a->direction, .rec_kind = TC_REC_FILE_DATA,
-        .ring = 0, .slot = bpf_get_smp_processor_id(), .cont = 1, .cont_ts = now,
-        .cont_prev = st->io_id, .cont_pos = ev->pos,
-    };
+    struct tc_emit_ctx c =
+        tc_io_chunks(__sync_fetch_and_add(&io_seq, 1), a, ret, bpf_get_smp_processor_id());
+    c.cont = 1;
+    c.cont_ts = now;
+    c.cont_prev = st->io_id;
+    c.cont_pos = ev->pos;
     bpf_loop(TC_MAX_STEPS, tc_emit_chunk, &c, 0);
     if (c.cont) {
         ev->h.cgroup_id = st->cgroup_id;
