@@ -7,7 +7,7 @@ against the BTF of the compiled object, so the two sides cannot drift apart sile
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 COMM_LEN = 16
 PATH_BUF = 512
@@ -236,8 +236,7 @@ class RecordError(ValueError):
     """A ring-buffer record that is too short or of an unknown kind."""
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     kind: int
     cpu: int
     ts: int
@@ -252,8 +251,7 @@ class Header:
     ns_ppid: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class FileEvent:
+class FileEvent(NamedTuple):
     hdr: Header
     io_id: int
     io_len: int
@@ -273,8 +271,7 @@ class FileEvent:
         return bool(self.flags & EV_APPEND)
 
 
-@dataclass(frozen=True, slots=True)
-class FileData:
+class FileData(NamedTuple):
     io_id: int
     io_off: int
     want: int
@@ -282,8 +279,7 @@ class FileData:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class FileCont:
+class FileCont(NamedTuple):
     """A syscall that continues ``prev_io_id``: same thread, open file and context. It carries
     its first chunk; the others come as FileData records."""
 
@@ -295,8 +291,7 @@ class FileCont:
     first: FileData
 
 
-@dataclass(frozen=True, slots=True)
-class ExecEvent:
+class ExecEvent(NamedTuple):
     hdr: Header
     inode: int
     ctime: int
@@ -307,8 +302,7 @@ class ExecEvent:
     argv_truncated: bool
 
 
-@dataclass(frozen=True, slots=True)
-class MemEvent:
+class MemEvent(NamedTuple):
     hdr: Header
     obj_id: int
     addr: int
@@ -319,8 +313,7 @@ class MemEvent:
     syscall: str
 
 
-@dataclass(frozen=True, slots=True)
-class ModuleEvent:
+class ModuleEvent(NamedTuple):
     hdr: Header
     obj_id: int
     ret: int
@@ -334,8 +327,7 @@ class ModuleEvent:
     path: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class BpfEvent:
+class BpfEvent(NamedTuple):
     hdr: Header
     obj_id: int
     ret: int
@@ -470,8 +462,7 @@ def decode_bpf_event(raw: bytes) -> BpfEvent:
     return BpfEvent(_header(f), obj_id, ret, captured, insn_cnt, prog_type, _cstr(name))
 
 
-@dataclass(frozen=True, slots=True)
-class DroppedIo:
+class DroppedIo(NamedTuple):
     """What the syscalls whose events were dropped did to one file (the file_drops map)."""
 
     inode: int
@@ -491,8 +482,7 @@ def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
     return DroppedIo(inode, cgroup_id, dev, direction, nbytes, lo, hi, ios, bool(append))
 
 
-@dataclass(frozen=True, slots=True)
-class Packet:
+class Packet(NamedTuple):
     ts: int
     cookie: int
     cgroup_id: int
@@ -508,8 +498,7 @@ class Packet:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class SockOwner:
+class SockOwner(NamedTuple):
     hdr: Header
     cookie: int
     start_time: int
