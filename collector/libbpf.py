@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import ctypes as ct
 import os
-from collections.abc import Callable
 
 _vp = ct.c_void_p
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, _vp)
-_RB_CB = ct.CFUNCTYPE(ct.c_int, _vp, _vp, ct.c_size_t)
 
 _lib = ct.CDLL("libbpf.so.1", use_errno=True)
 _libc = ct.CDLL(None, use_errno=True)
@@ -43,11 +41,6 @@ for _name, _res, _args in [
     ("bpf_map_lookup_elem", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_get_next_key", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_delete_elem", ct.c_int, [ct.c_int, _vp]),
-    ("ring_buffer__new", _vp, [ct.c_int, _RB_CB, _vp, _vp]),
-    ("ring_buffer__add", ct.c_int, [_vp, ct.c_int, _RB_CB, _vp]),
-    ("ring_buffer__poll", ct.c_int, [_vp, ct.c_int]),
-    ("ring_buffer__consume", ct.c_int, [_vp]),
-    ("ring_buffer__free", None, [_vp]),
 ]:
     _fn = getattr(_lib, _name)
     _fn.restype = _res
@@ -82,61 +75,6 @@ def _error(what: str, err: int | None = None) -> BpfError:
 
 def possible_cpus() -> int:
     return _lib.libbpf_num_possible_cpus()
-
-
-class RingBuffer:
-    """Drains one or more ring-buffer maps; callbacks get each record as bytes."""
-
-    def __init__(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
-        self.errors: list[BaseException] = []
-        self._cbs: list[object] = []  # keep references: libbpf holds raw pointers to them
-        self._rb = _lib.ring_buffer__new(map_fd, self._wrap(callback), None, None)
-        if not self._rb:
-            raise _error("ring_buffer__new")
-
-    def _wrap(self, callback: Callable[[bytes], None]) -> object:
-        def _cb(_ctx: int, data: int, size: int) -> int:
-            try:
-                callback(ct.string_at(data, size))
-            except BaseException as exc:  # a raise inside a ctypes callback is lost otherwise
-                self.errors.append(exc)
-            return 0
-
-        cb = _RB_CB(_cb)
-        self._cbs.append(cb)
-        return cb
-
-    def add(self, map_fd: int, callback: Callable[[bytes], None]) -> None:
-        """Drain another ring-buffer map in the same poll."""
-        err = _lib.ring_buffer__add(self._rb, map_fd, self._wrap(callback), None)
-        if err:
-            raise _error("ring_buffer__add", -err)
-
-    def poll(self, timeout_ms: int) -> int:
-        """Wait up to ``timeout_ms`` for a wakeup, then drain every ring. libbpf's poll drains
-        only the rings that signalled, and records sent with BPF_RB_NO_WAKEUP signal nothing:
-        without the consume they would wait for the next wakeup, possibly for ever."""
-        n = _lib.ring_buffer__poll(self._rb, timeout_ms)
-        self._raise_callback_error()
-        if n < 0 and -n != 4:  # EINTR: a signal arrived, the caller checks its stop flag
-            raise _error("ring_buffer__poll", -n)
-        return max(n, 0) + self.consume()
-
-    def consume(self) -> int:
-        n = _lib.ring_buffer__consume(self._rb)
-        self._raise_callback_error()
-        return max(n, 0)
-
-    def _raise_callback_error(self) -> None:
-        if self.errors:
-            exc = self.errors.pop(0)
-            self.errors.clear()
-            raise exc
-
-    def close(self) -> None:
-        if self._rb:
-            _lib.ring_buffer__free(self._rb)
-            self._rb = None
 
 
 class BpfObject:

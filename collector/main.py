@@ -38,6 +38,7 @@ from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import read_proc_file, tracecap_ancestors
 from collector.publisher import BusError, Publisher
+from collector.ring_reader import RingReader, RingReaderError
 
 STATS_INTERVAL_S = 1.0
 #: The kernel wakes the collector only once 256 KiB wait in a ring (TC_WAKEUP_BYTES): it looks
@@ -112,6 +113,7 @@ class Collector:
         self._exec_seen: dict[tuple[int, int, int, int], None] = {}
         self._next_obj_id = USER_OBJ_ID_BASE
         self._probes: KernelProbes | None = None
+        self._ring: RingReader | None = None
         self.counters: Counter[str] = Counter()
         self.state = "starting"
         self._started = time.monotonic()
@@ -141,6 +143,7 @@ class Collector:
 
     def attach(self) -> None:
         assert self._probes is not None
+        self._ring = self._probes.rings(self._on_record)  # mapped first: nothing waits unread
         self._probes.attach()
         self.state = "ready"
 
@@ -302,8 +305,8 @@ class Collector:
         }
 
     def run(self, stop: threading.Event) -> None:
-        assert self._probes is not None
-        ring = self._probes.rings(self._on_record)
+        assert self._probes is not None and self._ring is not None
+        ring = self._ring
         next_stats = 0.0
         try:
             while not stop.is_set():
@@ -331,7 +334,6 @@ class Collector:
                 if not self._stream_files():
                     time.sleep(0.001)  # the writers are still taking what was sent
         finally:
-            ring.close()
             self._files.close()
 
     def close(self) -> None:
@@ -339,6 +341,9 @@ class Collector:
         try:
             self._pub.publish(bus.TOPIC_STATS, self.stats_env())
         finally:
+            if self._ring:
+                self._ring.close()
+                self._ring = None
             if self._probes:
                 self._probes.close()
                 self._probes = None
@@ -375,7 +380,7 @@ def run_collector(
             collector.load()  # the verifier runs while the writers are still starting
             pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
             collector.attach()
-        except (ProbeError, BpfError, BusError, OSError) as exc:
+        except (ProbeError, BpfError, RingReaderError, BusError, OSError) as exc:
             print(f"tracecap collector: error: {exc}", file=sys.stderr)
             return 1
         print(

@@ -15,8 +15,9 @@ from importlib import resources
 
 from bpf import records
 from collector.containers import cgroup2_root
-from collector.libbpf import BpfObject, RingBuffer, possible_cpus
+from collector.libbpf import BpfObject, possible_cpus
 from collector.options import Config, FileCapture
+from collector.ring_reader import RingReader
 
 _FILE_SYSCALLS = {
     records.DIR_WRITE: ("write", "pwrite64", "writev", "pwritev", "pwritev2"),
@@ -150,11 +151,13 @@ class KernelProbes:
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
             files = config.write.enabled or config.read.enabled
             objects = config.exec or config.mem or config.module or config.bpf
-            self._obj.set_max_entries("file_rb", ring_bytes if files else UNUSED_RING_BYTES)
-            self._obj.set_max_entries("obj_rb", OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES)
-            self._obj.set_max_entries(
-                "pkt_rb", PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES
-            )
+            self._ring_sizes = {
+                "file_rb": ring_bytes if files else UNUSED_RING_BYTES,
+                "obj_rb": OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES,
+                "pkt_rb": PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES,
+            }
+            for ring, size in self._ring_sizes.items():
+                self._obj.set_max_entries(ring, size)
             self._obj.set_max_entries("data_scratch", possible_cpus())
             self._obj.set_max_entries("pkt_scratch", possible_cpus())
             self._obj.load()
@@ -205,12 +208,16 @@ class KernelProbes:
     def exclude(self, tgid: int) -> None:
         self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
 
-    def rings(self, callback: Callable[[bytes], None]) -> RingBuffer:
+    def rings(self, callback: Callable[[bytes], None]) -> RingReader:
         """Every ring buffer (file contents, objects, packets), drained by one poll."""
-        ring = RingBuffer(self._obj.map_fd("file_rb"), callback)
-        ring.add(self._obj.map_fd("obj_rb"), callback)
-        ring.add(self._obj.map_fd("pkt_rb"), callback)
-        return ring
+        reader = RingReader()
+        try:
+            for ring, size in self._ring_sizes.items():
+                reader.add(self._obj.map_fd(ring), size, callback)
+        except BaseException:
+            reader.close()
+            raise
+        return reader
 
     def per_cpu_counters(self) -> list[list[int]]:
         """Kernel counters as [cpu][counter]: events, drops and bytes per direction."""
