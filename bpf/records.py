@@ -79,6 +79,8 @@ _HF = 13
 FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
 FILE_DATA = struct.Struct("<IIQQII")
 FILE_CONT = struct.Struct("<IIQQQQQ")
+#: A continuation as the kernel sends it: the tc_file_cont, then its first chunk's tc_file_data.
+FILE_CONT_AND_DATA = struct.Struct(f"<{FILE_CONT.format[1:]}{FILE_DATA.format[1:]}")
 FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
 CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}sIi")
 EXEC_EVENT = struct.Struct(f"<{HDR.format[1:]}QQIIIIII{FILENAME_BUF}s{ARGV_BUF}s")
@@ -387,15 +389,20 @@ def decode_file_data(raw: bytes, at: int = 0) -> FileData:
 
 
 def decode_file_cont(raw: bytes) -> FileCont:
-    if len(raw) < FILE_CONT.size + FILE_DATA.size:
+    """A continuation and the first chunk behind it, in one unpack (the per-record path)."""
+    if len(raw) < FILE_CONT_AND_DATA.size:
         raise RecordError(
-            f"file continuation of {len(raw)} bytes, expected at least "
-            f"{FILE_CONT.size + FILE_DATA.size}"
+            f"file continuation of {len(raw)} bytes, expected at least {FILE_CONT_AND_DATA.size}"
         )
-    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos = FILE_CONT.unpack_from(raw)
-    first = decode_file_data(raw, FILE_CONT.size)
-    if first.io_id != io_id:
-        raise RecordError(f"file continuation {io_id} carries data of {first.io_id}")
+    fields = FILE_CONT_AND_DATA.unpack_from(raw)
+    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos = fields[:7]
+    _data_kind, length, data_io_id, io_off, want, flags = fields[7:]
+    if data_io_id != io_id:
+        raise RecordError(f"file continuation {io_id} carries data of {data_io_id}")
+    data = raw[FILE_CONT_AND_DATA.size : FILE_CONT_AND_DATA.size + length]
+    if len(data) != length:
+        raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
+    first = FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
     return FileCont(ts, io_id, prev_io_id, io_len, pos, first)
 
 

@@ -177,14 +177,20 @@ class FileAssembler:
             return []
         stream.seen_ns = now_ns
         self._remember(cont.io_id, stream)
-        out = self._settle_previous(stream.env["tid"], cont.io_id)
         ts = cont.ts + self._boot_to_epoch
-        if not out and self._extend_run(stream, cont, ts):
-            return out
+        first = cont.first
+        if not self._pending and first.io_off == 0 and len(first.data) == cont.io_len:
+            # The common case under load, taken without a pending io: the whole syscall came
+            # with its continuation and no syscall waits for bytes (so none is left to settle).
+            run = self._joinable_run(stream, cont.pos, cont.io_len)
+            if run is not None:
+                run.join(first.data, ts)
+                return []
+        out = self._settle_previous(stream.env["tid"], cont.io_id)
         self._pending[cont.io_id] = _PendingIo(
             stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
         )
-        return out + self.on_data(cont.first, now_ns)
+        return out + self.on_data(first, now_ns)
 
     def _settle_previous(self, tid: int, io_id: int) -> list[Outgoing]:
         """Close the thread's previous syscall if bytes of it are still missing: all of its
@@ -202,18 +208,6 @@ class FileAssembler:
         if io.next_off < io.io_len:
             out += self._lost(io, io.next_off, io.io_len)
         return out
-
-    def _extend_run(self, stream: _Stream, cont: records.FileCont, ts: int) -> bool:
-        """The common case under load, taken without a pending io: a syscall whose bytes all
-        came with its continuation, following its stream's open run. What _gather would do."""
-        data = cont.first.data
-        if cont.first.io_off != 0 or len(data) != cont.io_len:
-            return False
-        run = self._joinable_run(stream, cont.pos, len(data))
-        if run is None:
-            return False
-        run.join(data, ts)
-        return True
 
     def _remember(self, io_id: int, stream: _Stream) -> None:
         self._streams[io_id] = stream
