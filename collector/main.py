@@ -6,8 +6,6 @@ privilege (naming, storing, printing) happens in the writers or the front end.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import pwd
 import signal
@@ -64,16 +62,24 @@ _OBJECT_DECODERS = {
 }
 
 
-#: glibc mallopt parameter: allocations at least this large are mmapped, freed to the OS.
-_M_MMAP_THRESHOLD = -3
+#: The collector's scheduling niceness. It is the one process whose delay loses data: the
+#: kernel drops what does not fit its ring buffer, while writers have the bus's backlog. On a
+#: loaded machine it competes for the CPU with the very workload it drains (and with writers and
+#: writeback), so it is given the larger share whenever it is runnable; it sleeps when there is
+#: nothing to read, so this costs nothing when little is captured.
+COLLECTOR_NICE = -10
 
 
-def return_large_buffers_to_the_os() -> None:
-    """Fix glibc's mmap threshold at 64 KiB for the drain loop. By default it rises after the
-    first large free, after which freed bus payloads (runs of up to 256 KiB) can stay in the
-    heap. (Set after the BPF load: libbpf's loader took 7.9 s instead of 0.64 s with it.)"""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+def raise_priority() -> None:
+    """Before any thread starts (ZeroMQ's threads inherit the niceness of their creator)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, COLLECTOR_NICE)
+    except OSError as exc:
+        print(
+            f"tracecap collector: warning: cannot set niceness {COLLECTOR_NICE}: {exc}; "
+            "under load the kernel ring buffer may overflow sooner",
+            file=sys.stderr,
+        )
 
 
 def boot_to_epoch_ns() -> int:
@@ -363,6 +369,7 @@ def run_collector(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    raise_priority()
 
     try:
         pub = Publisher(run_dir)
@@ -388,7 +395,6 @@ def run_collector(
             file=sys.stderr,
         )
         pub.publish(bus.TOPIC_STATS, collector.stats_env())
-        return_large_buffers_to_the_os()  # not before: libbpf's load is 10x slower with it
         collector.run(stop)
     finally:
         if collector is not None:
