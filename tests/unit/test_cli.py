@@ -165,3 +165,9 @@ def test_ring_mb_superscript_digit_exits_2(capsys):
 
 def test_wait_for_superscript_digit_exits_2(capsys):
     check_refused(capsys, ["collector", "--wait-for=file.write.=²"], "--wait-for")
+
+
+def test_the_front_end_default_ring_is_the_collector_default():
+    from collector import probes
+
+    assert cli.DEFAULT_RING_MB << 20 == probes.DEFAULT_RING_BYTES
