@@ -278,7 +278,7 @@ class FileData(NamedTuple):
     io_off: int
     want: int
     unreadable: bool
-    data: bytes
+    data: bytes | memoryview  # a view into the (immutable) record for a continuation's chunk
 
 
 class FileCont(NamedTuple):
@@ -399,7 +399,8 @@ def decode_file_cont(raw: bytes) -> FileCont:
     _data_kind, length, data_io_id, io_off, want, flags = fields[7:]
     if data_io_id != io_id:
         raise RecordError(f"file continuation {io_id} carries data of {data_io_id}")
-    data = raw[FILE_CONT_AND_DATA.size : FILE_CONT_AND_DATA.size + length]
+    # A view, not a copy: the collector copies these bytes once, into the run they join.
+    data = memoryview(raw)[FILE_CONT_AND_DATA.size : FILE_CONT_AND_DATA.size + length]
     if len(data) != length:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
     first = FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)

@@ -39,7 +39,7 @@ older forms: --trace for --scope (--trace event=NAME for --events), --output for
 """
 
 DEFAULT_RUN_DIR = "/run/tracecap"
-DEFAULT_RING_MB = 16  # probes.DEFAULT_RING_BYTES, without loading libbpf in the front end
+DEFAULT_RING_MB = 8  # probes.DEFAULT_RING_BYTES, without loading libbpf in the front end
 
 
 class UsageError(ValueError):

@@ -72,7 +72,7 @@ class _Run:
     ts_last: int
     io_count: int = 1
 
-    def join(self, data: bytes | bytearray, ts: int) -> None:
+    def join(self, data: bytes | memoryview, ts: int) -> None:
         """Append the next whole syscall of the stream."""
         self.buf += data
         self.end += len(data)
