@@ -64,26 +64,6 @@ _OBJECT_DECODERS = {
 }
 
 
-#: The collector's scheduling niceness. It is the one process whose delay loses data: the
-#: kernel drops what does not fit its ring buffer, while writers have the bus's backlog. On a
-#: loaded machine it competes for the CPU with the very workload it drains (and with writers and
-#: writeback), so it is given the larger share whenever it is runnable; it sleeps when there is
-#: nothing to read, so this costs nothing when little is captured.
-COLLECTOR_NICE = -10
-
-
-def raise_priority() -> None:
-    """Before any thread starts (ZeroMQ's threads inherit the niceness of their creator)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, COLLECTOR_NICE)
-    except OSError as exc:
-        print(
-            f"tracecap collector: warning: cannot set niceness {COLLECTOR_NICE}: {exc}; "
-            "under load the kernel ring buffer may overflow sooner",
-            file=sys.stderr,
-        )
-
-
 def release_free_heap() -> None:
     """Hand the heap that libbpf's load freed (BTF, relocations: about 5 MB) back to the OS;
     glibc keeps it otherwise, and the collector's resident memory is part of its footprint."""
@@ -378,7 +358,6 @@ def run_collector(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
-    raise_priority()
 
     try:
         pub = Publisher(run_dir)

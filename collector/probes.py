@@ -40,8 +40,8 @@ _NET_CGROUP = {"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"}
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
 #: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the
-#: collector to be scheduled in (it runs at a higher priority, see main.COLLECTOR_NICE); 16 MiB
-#: lost no less in paced 4 KiB floods and would take the collector past 60 MB at its peak.
+#: collector to be scheduled in (the pipeline runs at a higher priority, see run.PIPELINE_NICE);
+#: 16 MiB lost no less in paced 4 KiB floods and would take the collector past 60 MB at its peak.
 DEFAULT_RING_BYTES = 8 << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20

@@ -250,6 +250,27 @@ def supervisor_rpc(run_dir: str) -> xmlrpc.client.ServerProxy:
     )
 
 
+#: Niceness of supervisord, and so of the collector and every writer it starts. The pipeline
+#: competes for the CPU with the very workload it captures; when it falls behind, data is lost
+#: (the kernel drops what does not fit the ring buffer, the bus what a writer cannot take), so it
+#: gets the larger share whenever it is runnable. It sleeps when there is nothing to capture, so
+#: this costs nothing at rest. All of it, not the collector alone: a collector that outran its
+#: writers only moved the loss to the bus (a 50k packets/s flood lost a quarter of its packets).
+PIPELINE_NICE = -10
+
+
+def raise_pipeline_priority() -> None:
+    """For the processes started from here on (nice is inherited across fork and setuid)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, PIPELINE_NICE)
+    except OSError as exc:
+        print(
+            f"tracecap: warning: cannot set niceness {PIPELINE_NICE}: {exc}; under load the "
+            "traced processes may starve the capture, which then loses more",
+            file=sys.stderr,
+        )
+
+
 def kick_start(run_dir: str, sup: subprocess.Popen, timeout: float = 5.0) -> None:
     """Start the programs now rather than at supervisord's first one-second tick.
 
@@ -375,6 +396,7 @@ class Frontend:
         relay = LogRelay(logs, sys.stderr)
         ctx = zmq.Context.instance()
         sock = self._subscribe(ctx)
+        raise_pipeline_priority()
         sup = subprocess.Popen(
             [os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", conf_path],
             stdout=sys.stderr,

@@ -210,6 +210,10 @@ def main() -> int:
     n = 20_000 if args.quick else 100_000
     workdir = Path(tempfile.mkdtemp(prefix="tcbench-"))
     workdir.chmod(0o755)  # the writers run as the tracecap user
+    # `make bench` runs this right after the write benchmark: without this, the kernel would
+    # still be writing its gigabytes back, on the CPUs this measures (half the packets were
+    # lost in that state; none standalone).
+    os.sync()
     try:
         print(f"machine: {os.cpu_count()} cpus, kernel {os.uname().release}")
         print("\nnetwork: UDP, 100-byte payloads on loopback (each packet seen out and in)")

@@ -117,6 +117,25 @@ def test_only_the_collector_runs_as_root(tracecap, workdir: Path, tracecap_user)
     assert run.returncode == 0, run.stderr
 
 
+def nice_of(tid: int) -> int:
+    with open(f"/proc/{tid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+def test_the_pipeline_outranks_the_traced_processes(tracecap, workdir: Path) -> None:
+    """Every thread of the collector and the writers runs at PIPELINE_NICE, inherited from
+    supervisord: the writers, unprivileged, could not raise their own priority."""
+    from collector.run import PIPELINE_NICE
+
+    run = tracecap("--capture", f"write={workdir}/*", "--capture", "exec")
+    for name in ("collector", "writer-file", "writer-exec"):
+        pid = pid_of(run, name)
+        threads = {int(tid): nice_of(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+        assert set(threads.values()) == {PIPELINE_NICE}, (name, threads)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+
+
 def test_writer_cannot_read_root_only_files(tracecap, workdir: Path, tracecap_user) -> None:
     secret = workdir / "root-only"
     secret.write_bytes(b"root's secret\n")
