@@ -250,12 +250,12 @@ def supervisor_rpc(run_dir: str) -> xmlrpc.client.ServerProxy:
     )
 
 
-#: Niceness of supervisord, and so of the collector and every writer it starts. The pipeline
-#: competes for the CPU with the very workload it captures; when it falls behind, data is lost
-#: (the kernel drops what does not fit the ring buffer, the bus what a writer cannot take), so it
-#: gets the larger share whenever it is runnable. It sleeps when there is nothing to capture, so
-#: this costs nothing at rest. All of it, not the collector alone: a collector that outran its
-#: writers only moved the loss to the bus (a 50k packets/s flood lost a quarter of its packets).
+#: Niceness of supervisord, and so of the programs it starts. The capture competes for the CPU
+#: with the very workload it captures; when it falls behind, data is lost (the kernel drops what
+#: does not fit the ring buffer, the bus what a writer cannot take), so it gets the larger share
+#: whenever it is runnable, and sleeps when there is nothing to capture. Every program, not the
+#: collector alone: with the collector alone raised, the pcap writer lost half of a 50k
+#: packets/s flood (its queue filled while it waited for the CPU).
 PIPELINE_NICE = -10
 
 
