@@ -196,3 +196,9 @@ def test_any_sequence_of_records_and_drains_delivers_each_kept_record_once_in_or
     ring.drain()
     assert k.seen == kept
     assert k.consumer_pos == k.prod
+
+
+def test_other_architectures_are_refused_before_anything_is_mapped(monkeypatch):
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    with pytest.raises(RingReaderError, match="x86-64"):
+        Ring.map(-1, 4096, lambda raw: None)
