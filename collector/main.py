@@ -138,7 +138,7 @@ class Collector:
 
     def attach(self) -> None:
         assert self._probes is not None
-        self._ring = self._probes.rings(self._on_record)  # mapped first: nothing waits unread
+        self._ring = self._probes.rings(self._on_record)  # fails before any probe is attached
         self._probes.attach()
         self.state = "ready"
 

@@ -96,8 +96,8 @@ class Ring:
         """Hand every complete record to the callback, in order; returns how many.
 
         A record's space is handed back only once its callback has returned. It counts as
-        consumed even if the callback raises: that one record is lost (the caller counts it)
-        rather than seen again for ever.
+        consumed even if the callback raises: that one record is lost rather than seen again
+        for ever.
         """
         consumer_pos, producer_pos, words = self._consumer_pos, self._producer_pos, self._words
         upper, base, size, mask = self._upper, self._data_at, self.size, self.size - 1
@@ -113,7 +113,7 @@ class Ring:
                         return count
                     length = header & ~(BUSY_BIT | DISCARD_BIT)
                     start = (at + HEADER_BYTES) & mask
-                    cons += (length + HEADER_BYTES + 7) & ~7
+                    cons += record_bytes(length)
                     if not header & DISCARD_BIT:
                         end = start + length
                         if end <= size:
@@ -142,6 +142,9 @@ class RingReader:
 
     Every ring is drained on each poll, not only those that signalled: the kernel side sends
     most records without a wakeup (see ``tc_wakeup_flag``), and those would otherwise wait.
+    The epoll is edge-triggered, so a poll waits for the next wakeup (256 KiB waiting) or the
+    timeout: level-triggered, it returned at once while any record waited, a few records a
+    poll, and the loop around it cost more than the records.
     """
 
     def __init__(self) -> None:

@@ -39,11 +39,10 @@ STATS_INTERVAL = 1.0
 StopFlag = threading.Event | Callable[[], bool]
 
 
-#: Queue depth for writers of payload messages (files, objects): 128 messages of up to 256 KiB
-#: (32 MiB at most). What does not fit waits in the collector's bus backlog (16 MiB, past which
-#: payloads become loss notices): the deeper queue lets a writer that the workload and the
-#: collector crowd off the CPU catch up without loss.
-PAYLOAD_QUEUE_MESSAGES = 128
+#: Queue depth for writers of payload messages (files, objects): 64 messages, of up to 256 KiB
+#: (files) or 1 MiB (objects). 128 was tried in session 3: no measurable gain, 22 MiB more
+#: writer memory in the bench.
+PAYLOAD_QUEUE_MESSAGES = 64
 
 
 class Writer(abc.ABC):
