@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envelopes import process_keys
 
 from collector import bus
 from writers.bpf import BpfWriter
@@ -25,13 +26,8 @@ INSNS = bytes.fromhex("b7000000000000009500000000000000")  # r0 = 0; exit
 
 def common(**overrides: Any) -> dict[str, Any]:
     env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
+        **process_keys(),
         "tid": 100,
-        "ppid": 1,
         "uid": 0,
         "comm": b"insmod",
         "cgroup_id": 5,

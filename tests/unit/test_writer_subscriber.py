@@ -14,6 +14,7 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
+from envelopes import file_env
 
 from collector import bus
 from writers.base import Subscriber
@@ -26,32 +27,10 @@ TOPIC = bus.TOPIC_FILE_WRITE
 
 
 def make_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 1,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 100,
-        "ppid": 1,
-        "uid": 0,
-        "comm": b"sh",
-        "cgroup_id": 1,
-        "container_id": "",
-        "syscall": "write",
-        "fd": 1,
-        "path": b"/tmp/f",
-        "dev": 1,
-        "inode": 2,
-        "mode": 0o100644,
-        "io_id": 0,
-        "io_len": 0,
-        "io_off": 0,
-        "off": 0,
-        "append": False,
-    }
-    env.update(overrides)
-    return env
+    """A file.write envelope with this module's values (its artifacts are dev 1, inode 2)."""
+    mine = {"epoch": 1, "tid": 100, "uid": 0, "comm": b"sh", "cgroup_id": 1, "fd": 1,
+            "path": b"/tmp/f", "dev": 1, "inode": 2, "io_id": 0}  # fmt: skip
+    return file_env(**{**mine, **overrides})
 
 
 def write_frames(data: bytes, off: int, seq: int, **kw: Any) -> list:
