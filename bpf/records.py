@@ -278,7 +278,7 @@ class FileData(NamedTuple):
     io_off: int
     want: int
     unreadable: bool
-    data: bytes | memoryview  # a view into the (immutable) record for a continuation's chunk
+    data: bytes | memoryview  # may view ring memory: valid only while the record is handled
 
 
 class FileCont(NamedTuple):
@@ -339,10 +339,13 @@ class BpfEvent(NamedTuple):
     prog_name: bytes
 
 
-def record_kind(raw: bytes) -> int:
+_KIND = struct.Struct("<I")
+
+
+def record_kind(raw: bytes | memoryview) -> int:
     if len(raw) < 4:
         raise RecordError(f"record of {len(raw)} bytes has no kind")
-    return int.from_bytes(raw[:4], "little")
+    return _KIND.unpack_from(raw)[0]
 
 
 def _cstr(raw: bytes) -> bytes:
@@ -376,8 +379,9 @@ def decode_file_event(raw: bytes) -> FileEvent:
     )
 
 
-def decode_file_data(raw: bytes, at: int = 0) -> FileData:
-    """The tc_file_data at ``raw[at:]`` (a record of its own, or a continuation's tail)."""
+def decode_file_data(raw: bytes | memoryview, at: int = 0) -> FileData:
+    """The tc_file_data at ``raw[at:]`` (a record of its own, or a continuation's tail). The
+    chunk's bytes are a slice of ``raw``: a view when ``raw`` is one."""
     if len(raw) < at + FILE_DATA.size:
         raise RecordError(f"file data of {len(raw) - at} bytes, expected at least {FILE_DATA.size}")
     _kind, length, io_id, io_off, want, flags = FILE_DATA.unpack_from(raw, at)
@@ -388,7 +392,7 @@ def decode_file_data(raw: bytes, at: int = 0) -> FileData:
     return FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
 
 
-def decode_file_cont(raw: bytes) -> FileCont:
+def decode_file_cont(raw: bytes | memoryview) -> FileCont:
     """A continuation and the first chunk behind it, in one unpack (the per-record path)."""
     if len(raw) < FILE_CONT_AND_DATA.size:
         raise RecordError(
@@ -405,6 +409,31 @@ def decode_file_cont(raw: bytes) -> FileCont:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
     first = FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
     return FileCont(ts, io_id, prev_io_id, io_len, pos, first)
+
+
+def whole_file_cont(
+    raw: bytes | memoryview,
+) -> tuple[int, int, int, int, bytes | memoryview] | None:
+    """(ts, io_id, prev_io_id, pos, data) of a continuation whose first chunk is its syscall's
+    every byte, all readable; None for any other (or malformed) one, which
+    ``decode_file_cont`` then handles. The collector's hot path: no record objects, and
+    ``data`` is a slice of ``raw`` (a view of the ring when ``raw`` is one)."""
+    if len(raw) < FILE_CONT_AND_DATA.size:
+        return None
+    (_k, _c, ts, io_id, prev_io_id, io_len, pos, _dk, length, data_io_id, io_off, want, flags) = (
+        FILE_CONT_AND_DATA.unpack_from(raw)
+    )
+    if (
+        length != io_len
+        or want != length
+        or io_off
+        or flags
+        or data_io_id != io_id
+        or len(raw) < FILE_CONT_AND_DATA.size + length
+    ):
+        return None
+    start = FILE_CONT_AND_DATA.size
+    return ts, io_id, prev_io_id, pos, raw[start : start + length]
 
 
 def _need(raw: bytes, layout: struct.Struct, what: str) -> tuple:

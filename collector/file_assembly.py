@@ -192,6 +192,34 @@ class FileAssembler:
         )
         return out + self.on_data(first, now_ns)
 
+    def on_cont_record(self, raw: bytes | memoryview, now_ns: int) -> list[Outgoing]:
+        """A continuation record as the ring holds it. Under load nearly every one carries its
+        whole syscall and joins the open run; that case skips building record objects (a
+        quarter of the collector's time per record), the rest go through ``on_cont``."""
+        whole = records.whole_file_cont(raw)
+        if whole is not None and self._join_whole(*whole, now_ns):
+            return []
+        return self.on_cont(records.decode_file_cont(raw), now_ns)
+
+    def _join_whole(
+        self, ts: int, io_id: int, prev_io_id: int, pos: int, data: bytes | memoryview, now_ns: int
+    ) -> bool:
+        """``on_cont``'s fast path, from the record's fields: False, with nothing changed, when
+        the syscall cannot simply join its stream's run."""
+        if self._pending:
+            return False
+        stream = self._streams.get(prev_io_id)
+        if stream is None:
+            return False
+        run = self._joinable_run(stream, pos, len(data))
+        if run is None:
+            return False
+        del self._streams[prev_io_id]
+        stream.seen_ns = now_ns
+        self._remember(io_id, stream)
+        run.join(data, ts + self._boot_to_epoch)
+        return True
+
     def _settle_previous(self, tid: int, io_id: int) -> list[Outgoing]:
         """Close the thread's previous syscall if bytes of it are still missing: all of its
         records precede this one's in the ring buffer, so what has not arrived never will.
@@ -215,6 +243,8 @@ class FileAssembler:
             del self._streams[next(iter(self._streams))]
 
     def on_data(self, chunk: records.FileData, now_ns: int) -> list[Outgoing]:
+        """Bytes of a pending syscall. ``chunk.data`` may view ring memory that the kernel reuses
+        after this call: whatever is kept is copied (into the io's buffer or its run)."""
         io = self._pending.get(chunk.io_id)
         if io is None:
             self.orphan_chunks += 1

@@ -142,37 +142,43 @@ class Collector:
         self._probes.attach()
         self.state = "ready"
 
-    def _on_record(self, raw: bytes) -> None:
+    def _on_record(self, raw: bytes | memoryview) -> None:
+        """One ring-buffer record. ``raw`` may be a view of ring memory, valid only during this
+        call: file contents, the bulk, are decoded in place (the assembler copies the bytes it
+        keeps); every other kind is copied first, because its decoder may keep slices."""
         now = time.monotonic_ns()
         try:
             kind = records.record_kind(raw)
             if kind == records.REC_FILE_CONT:  # the most frequent under load
                 self.counters["events"] += 1
-                out = self._assembler.on_cont(records.decode_file_cont(raw), now)
+                out = self._assembler.on_cont_record(raw, now)
             elif kind == records.REC_FILE_DATA:
                 out = self._assembler.on_data(records.decode_file_data(raw), now)
-            elif kind == records.REC_FILE_EVENT:
-                self.counters["events"] += 1
-                out = self._assembler.on_event(records.decode_file_event(raw), now)
-            elif kind == records.REC_PACKET:
-                out = self._packets.on_packet(records.decode_packet(raw), now)
-            elif kind == records.REC_SOCK_OWNER:
-                out = self._packets.on_owner(records.decode_sock_owner(raw), now)
-            elif kind == records.REC_OBJ_DATA:
-                out = self._objects.on_data(records.decode_file_data(raw), now)
-            elif kind == records.REC_EXEC_EVENT:
-                self.counters["events"] += 1
-                out = self._on_exec(records.decode_exec_event(raw))
-            elif kind in _OBJECT_DECODERS:
-                self.counters["events"] += 1
-                out = self._on_object(_OBJECT_DECODERS[kind](raw), now)
             else:
-                raise records.RecordError(f"unknown record kind {kind}")
+                out = self._on_other_record(kind, bytes(raw), now)
         except records.RecordError as exc:
             self.counters["decode_errors"] += 1
             print(f"tracecap collector: bad record: {exc}", file=sys.stderr)
             return
         self._send(out)
+
+    def _on_other_record(self, kind: int, raw: bytes, now: int) -> list[Outgoing]:
+        if kind == records.REC_FILE_EVENT:
+            self.counters["events"] += 1
+            return self._assembler.on_event(records.decode_file_event(raw), now)
+        if kind == records.REC_PACKET:
+            return self._packets.on_packet(records.decode_packet(raw), now)
+        if kind == records.REC_SOCK_OWNER:
+            return self._packets.on_owner(records.decode_sock_owner(raw), now)
+        if kind == records.REC_OBJ_DATA:
+            return self._objects.on_data(records.decode_file_data(raw), now)
+        if kind == records.REC_EXEC_EVENT:
+            self.counters["events"] += 1
+            return self._on_exec(records.decode_exec_event(raw))
+        if kind in _OBJECT_DECODERS:
+            self.counters["events"] += 1
+            return self._on_object(_OBJECT_DECODERS[kind](raw), now)
+        raise records.RecordError(f"unknown record kind {kind}")
 
     def _new_obj_id(self) -> int:
         self._next_obj_id += 1

@@ -62,7 +62,7 @@ class Ring:
         upper: mmap.mmap,
         data_at: int,
         size: int,
-        callback: Callable[[bytes], None],
+        callback: Callable[[bytes | memoryview], None],
     ) -> None:
         if size & (size - 1) or size < HEADER_BYTES or len(upper) < data_at + size:
             raise RingReaderError(f"ring data area of {size} bytes is not a power of two")
@@ -73,12 +73,13 @@ class Ring:
         self._consumer_pos = memoryview(consumer)[:8].cast("Q")
         self._producer_pos = memoryview(upper)[:8].cast("Q")
         self._words = memoryview(upper)[data_at : data_at + size].cast("I")
+        self._view = memoryview(upper).toreadonly()
         self._upper = upper
         self._data_at = data_at
         self._callback = callback
 
     @classmethod
-    def map(cls, map_fd: int, size: int, callback: Callable[[bytes], None]) -> Ring:
+    def map(cls, map_fd: int, size: int, callback: Callable[[bytes | memoryview], None]) -> Ring:
         if platform.machine() not in ("x86_64", "AMD64"):
             raise RingReaderError(
                 f"reading ring buffers from Python needs x86-64 memory ordering, not "
@@ -95,12 +96,19 @@ class Ring:
     def drain(self) -> int:
         """Hand every complete record to the callback, in order; returns how many.
 
+        A record that lies in one piece is handed over as a read-only view of the ring, not a
+        copy: at 100,000 records a second the copy was the collector's largest single cost.
+        The view is valid only during the call (the kernel reuses the space once the drain
+        hands it back), so the callback copies whatever it keeps. A record that wraps round the
+        end of the data area is joined into bytes.
+
         A record's space is handed back only once its callback has returned. It counts as
         consumed even if the callback raises: that one record is lost rather than seen again
         for ever.
         """
         consumer_pos, producer_pos, words = self._consumer_pos, self._producer_pos, self._words
-        upper, base, size, mask = self._upper, self._data_at, self.size, self.size - 1
+        upper, view = self._upper, self._view
+        base, size, mask = self._data_at, self.size, self.size - 1
         callback = self._callback
         cons = released = consumer_pos[0]
         count = 0
@@ -116,8 +124,9 @@ class Ring:
                     cons += record_bytes(length)
                     if not header & DISCARD_BIT:
                         end = start + length
+                        raw: bytes | memoryview
                         if end <= size:
-                            raw = upper[base + start : base + end]
+                            raw = view[base + start : base + end]
                         else:  # the record wraps round the end of the data area
                             raw = upper[base + start : base + size]
                             raw += upper[base : base + end - size]
@@ -131,7 +140,7 @@ class Ring:
                 consumer_pos[0] = cons
 
     def close(self) -> None:
-        for view in (self._consumer_pos, self._producer_pos, self._words):
+        for view in (self._consumer_pos, self._producer_pos, self._words, self._view):
             view.release()
         for m in self._maps:
             m.close()
@@ -151,7 +160,7 @@ class RingReader:
         self._epoll = select.epoll()
         self._rings: list[Ring] = []
 
-    def add(self, map_fd: int, size: int, callback: Callable[[bytes], None]) -> None:
+    def add(self, map_fd: int, size: int, callback: Callable[[bytes | memoryview], None]) -> None:
         ring = Ring.map(map_fd, size, callback)
         self._rings.append(ring)
         self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)

@@ -445,6 +445,34 @@ def cont(
     return records.FileCont(ts, io_id, prev, io_len, pos, first)
 
 
+def ring_view(c: records.FileCont) -> memoryview:
+    """The continuation as the kernel sends it, lent as a view the way the ring reader lends
+    records (the assembler must copy what it keeps: the test then overwrites the memory)."""
+    f = c.first
+    flags = records.DATA_UNREADABLE if f.unreadable else 0
+    raw = bytearray(
+        records.FILE_CONT.pack(
+            records.REC_FILE_CONT, 0, c.ts, c.io_id, c.prev_io_id, c.io_len, c.pos
+        )
+        + records.FILE_DATA.pack(
+            records.REC_FILE_DATA, len(f.data), f.io_id, f.io_off, f.want, flags
+        )
+        + f.data
+    )
+    RING_MEMORY.append(raw)
+    return memoryview(raw)
+
+
+#: Records lent by ring_view; clobber_ring_memory overwrites them as the kernel would.
+RING_MEMORY: list[bytearray] = []
+
+
+def clobber_ring_memory() -> None:
+    for raw in RING_MEMORY:
+        raw[:] = b"\xee" * len(raw)
+    RING_MEMORY.clear()
+
+
 def stream_of(asm: FileAssembler, sizes: list[int], *, pos: int = 0, first_id: int = 7) -> list:
     """A full event and continuations for `sizes`, each io's bytes in one chunk, all in one
     poll: what the collector publishes after it."""
@@ -574,11 +602,14 @@ def test_a_new_full_event_starts_a_new_message():
         max_size=30,
     ),
     polls=st.sets(st.integers(0, 29)),
+    as_records=st.booleans(),
 )
-def test_a_stream_of_syscalls_tiles_its_file(ios, polls):
+def test_a_stream_of_syscalls_tiles_its_file(ios, polls, as_records):
     """Full events, continuations (whole, with their later chunks dropped, or unreadable) and
     the kernel's refresh, with polls at random points: the messages tile the file, bytes
-    exact, every syscall counted once, every missing byte in a lost range."""
+    exact, every syscall counted once, every missing byte in a lost range. Continuations go
+    in as decoded objects or, as the collector hands them over, as records in ring memory
+    (which take the fast path when whole)."""
     asm = FileAssembler(0)
     out: list[Outgoing] = []
     pos, prev, expected_lost = 0, None, 0
@@ -595,7 +626,9 @@ def test_a_stream_of_syscalls_tiles_its_file(ios, polls):
             out += asm.on_event(event(size, io_id=io_id, pos=pos), 0)
             out += asm.on_data(first, 0)
         else:
-            out += asm.on_cont(records.FileCont(7, io_id, prev, size, pos, first), 0)
+            c = records.FileCont(7, io_id, prev, size, pos, first)
+            out += asm.on_cont_record(ring_view(c), 0) if as_records else asm.on_cont(c, 0)
+            clobber_ring_memory()  # the kernel reuses the space once the record is handled
         for off in range(CHUNK, size, CHUNK):
             if fate == "lost_tail":
                 expected_lost += len(data[off : off + CHUNK])

@@ -278,3 +278,27 @@ def test_decode_counters_no_cpus():
     out = records.decode_counters([])
     assert len(out) == records.NUM_COUNTERS
     assert set(out.values()) == {0}
+
+
+@given(io_id=U64, prev=U64, pos=U64, data=st.binary(min_size=1, max_size=200))
+def test_a_whole_continuation_gives_its_fields_and_its_bytes_in_place(io_id, prev, pos, data):
+    raw = memoryview(raw_cont(io_id, prev, len(data), pos, data))
+    ts, got_id, got_prev, got_pos, got = records.whole_file_cont(raw)
+    assert (ts, got_id, got_prev, got_pos, bytes(got)) == (9, io_id, prev, pos, data)
+    assert isinstance(got, memoryview) and got.obj is raw.obj  # not a copy
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        raw_cont(1, 0, 5, 0, b"abc"),  # more bytes to come in other chunks
+        records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 1, 0, 3, 0)
+        + raw_data(1, 0, b"", want=3, flags=records.DATA_UNREADABLE),
+        records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 5, 4, 1, 0) + raw_data(6, 0, b"x"),
+        raw_cont(1, 0, 3, 0, b"xyz")[:-1],  # truncated
+        raw_cont(1, 0, 3, 0, b"xyz")[:40],
+    ],
+    ids=["partial", "unreadable", "other-syscall", "short-data", "short-header"],
+)
+def test_any_other_continuation_is_left_to_the_full_decoder(raw):
+    assert records.whole_file_cont(raw) is None

@@ -31,8 +31,8 @@ class FakeKernel:
         self.consumer_at_callback: list[int] = []
 
     def ring(self, callback=None) -> Ring:
-        def record(raw: bytes) -> None:
-            self.seen.append(raw)
+        def record(raw: bytes | memoryview) -> None:
+            self.seen.append(bytes(raw))  # a view is valid only during the call
             self.consumer_at_callback.append(self.consumer_pos)
 
         return Ring(self.consumer, self.upper, PAGE, self.size, callback or record)
@@ -112,6 +112,29 @@ def test_a_record_that_wraps_round_the_end_is_joined():
     assert k.seen[-1] == wrapping
 
 
+def test_a_record_in_one_piece_is_lent_as_a_read_only_view_of_the_ring_not_copied():
+    k = FakeKernel(256)
+    lent: list[object] = []
+
+    def callback(raw: bytes | memoryview) -> None:
+        lent.append((type(raw), getattr(raw, "readonly", None), bytes(raw)))
+
+    ring = k.ring(callback)
+    at = k.put(b"in place")
+    ring.drain()
+    assert lent == [(memoryview, True, b"in place")]
+    # it is the ring's memory: what the kernel writes there next shows through such a view
+    view = ring._view[PAGE + at + 8 : PAGE + at + 16]
+    k._write(at + 8, b"reused!!")
+    assert bytes(view) == b"reused!!"
+    view.release()
+    k.put(payload(200))
+    ring.drain()
+    k.put(payload(100, 5))  # wraps: joined into bytes
+    ring.drain()
+    assert lent[-1] == (bytes, None, payload(100, 5))
+
+
 def test_a_header_in_the_last_eight_bytes_has_its_payload_at_the_start():
     k = FakeKernel(256)
     ring = k.ring()
@@ -158,8 +181,8 @@ def test_records_published_during_the_drain_are_taken_in_the_same_drain():
     k = FakeKernel(4096)
     k.put(b"one")
 
-    def callback(raw: bytes) -> None:
-        k.seen.append(raw)
+    def callback(raw: bytes | memoryview) -> None:
+        k.seen.append(bytes(raw))
         if raw == b"one":
             k.put(b"two")
 
