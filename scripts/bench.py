@@ -608,6 +608,10 @@ class Bench:
             # A target the traced workload cannot reach must not turn into a long run.
             total, max_s = int(rate * self.paced_s), self.paced_s * 1.5
         trial = Trial(chunk, target_mbps)
+        # Each trial starts with nothing left to write back: otherwise the previous (often
+        # unpaced, gigabyte) trial's writeback throttles this one's writer, and the figure
+        # measures the order of the trials.
+        os.sync()
         tc = self.tracecap(["--capture", f"write={target.parent}/*"], out_root)
         try:
             with tc:
