@@ -167,46 +167,31 @@ class FileAssembler:
         return out
 
     def on_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
-        """A syscall continuing ``prev_io_id``'s stream. Unknown only when the stream was
-        forgotten (see MAX_STREAMS): its bytes cannot be attributed and count as lost."""
-        stream = self._streams.pop(cont.prev_io_id, None)
-        if stream is None:
-            self.orphan_ios += 1
-            self.lost_bytes += cont.io_len
-            self.orphan_chunks += 1  # the first chunk, carried by the continuation
-            return []
-        stream.seen_ns = now_ns
-        self._remember(cont.io_id, stream)
-        ts = cont.ts + self._boot_to_epoch
+        """A syscall continuing ``prev_io_id``'s stream."""
         first = cont.first
-        if not self._pending and first.io_off == 0 and len(first.data) == cont.io_len:
-            # The common case under load, taken without a pending io: the whole syscall came
-            # with its continuation and no syscall waits for bytes (so none is left to settle).
-            run = self._joinable_run(stream, cont.pos, cont.io_len)
-            if run is not None:
-                run.join(first.data, ts)
-                return []
-        out = self._settle_previous(stream.env["tid"], cont.io_id)
-        self._pending[cont.io_id] = _PendingIo(
-            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
-        )
-        return out + self.on_data(first, now_ns)
+        if (
+            first.io_off == 0
+            and len(first.data) == cont.io_len
+            and self._join_whole(cont.ts, cont.io_id, cont.prev_io_id, cont.pos, first.data, now_ns)
+        ):
+            return []
+        return self._start_cont(cont, now_ns)
 
     def on_cont_record(self, raw: bytes | memoryview, now_ns: int) -> list[Outgoing]:
         """A continuation record as the ring holds it. Under load nearly every one carries its
         whole syscall and joins the open run; that case skips building record objects (with
-        the copy the ring reader no longer makes, 3.2 -> 2.45 us a record in a microbenchmark),
-        the rest go through ``on_cont``."""
+        the copy the ring reader no longer makes, 3.2 -> 2.45 us a record in a microbenchmark)."""
         whole = records.whole_file_cont(raw)
         if whole is not None and self._join_whole(*whole, now_ns):
             return []
-        return self.on_cont(records.decode_file_cont(raw), now_ns)
+        return self._start_cont(records.decode_file_cont(raw), now_ns)
 
     def _join_whole(
         self, ts: int, io_id: int, prev_io_id: int, pos: int, data: bytes | memoryview, now_ns: int
     ) -> bool:
-        """``on_cont``'s fast path, from the record's fields: False, with nothing changed, when
-        the syscall cannot simply join its stream's run."""
+        """The common case under load: a syscall whose bytes all came with its continuation
+        joins its stream's open run, when no syscall waits for bytes (so none is left to
+        settle). False, with nothing changed, when it cannot."""
         if self._pending:
             return False
         stream = self._streams.get(prev_io_id)
@@ -220,6 +205,25 @@ class FileAssembler:
         self._remember(io_id, stream)
         run.join(data, ts + self._boot_to_epoch)
         return True
+
+    def _start_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
+        """A continuation that does not simply join a run: it becomes a pending io. Its stream
+        is unknown only when forgotten (see MAX_STREAMS): its bytes cannot be attributed and
+        count as lost."""
+        stream = self._streams.pop(cont.prev_io_id, None)
+        if stream is None:
+            self.orphan_ios += 1
+            self.lost_bytes += cont.io_len
+            self.orphan_chunks += 1  # the first chunk, carried by the continuation
+            return []
+        stream.seen_ns = now_ns
+        self._remember(cont.io_id, stream)
+        out = self._settle_previous(stream.env["tid"], cont.io_id)
+        ts = cont.ts + self._boot_to_epoch
+        self._pending[cont.io_id] = _PendingIo(
+            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
+        )
+        return out + self.on_data(cont.first, now_ns)
 
     def _settle_previous(self, tid: int, io_id: int) -> list[Outgoing]:
         """Close the thread's previous syscall if bytes of it are still missing: all of its
