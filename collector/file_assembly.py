@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records
-from collector import bus
 from collector.envelopes import Outgoing, context_env
+from tracecap import bus
 
 #: Bytes gathered before they are published as one message.
 MAX_MESSAGE_PAYLOAD = 256 * 1024

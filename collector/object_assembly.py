@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records
-from collector import bus
 from collector.envelopes import Outgoing, context_env
+from tracecap import bus
 
 #: Bytes gathered before an object's bytes are published as one message.
 MAX_MESSAGE_PAYLOAD = 1024 * 1024

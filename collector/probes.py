@@ -16,8 +16,8 @@ from importlib import resources
 from bpf import records
 from collector.containers import cgroup2_root
 from collector.libbpf import BpfObject, possible_cpus
-from collector.options import Config, FileCapture
 from collector.ring_reader import RingReader
+from tracecap.options import Config, FileCapture
 
 _FILE_SYSCALLS = {
     records.DIR_WRITE: ("write", "pwrite64", "writev", "pwritev", "pwritev2"),

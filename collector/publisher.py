@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import grp
 import os
 import secrets
 import time
@@ -17,7 +16,8 @@ from typing import Any
 
 import zmq
 
-from collector import bus
+from tracecap import bus
+from tracecap.privileges import RunDirError, prepare_run_dir
 
 #: Messages queued per subscriber before ZeroMQ drops for that subscriber alone (so a slow tap
 #: never costs a writer anything). A writer sees a drop as a seq gap, and `tracecap run`
@@ -42,28 +42,12 @@ class BusError(RuntimeError):
     pass
 
 
-def prepare_run_dir(run_dir: str, group: str = "tracecap") -> None:
-    """Create the run directory: setgid, group ``tracecap``, no access for others.
-
-    The ipc socket inherits the group, so unprivileged writers in that group can connect and
-    nobody else can.
-    """
-    os.makedirs(run_dir, exist_ok=True)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        gid = -1
-    st = os.lstat(run_dir)
-    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
-        raise BusError(f"{run_dir} is not a directory")
-    if gid >= 0 and st.st_gid != gid:
-        os.chown(run_dir, -1, gid)
-    os.chmod(run_dir, 0o2750)
-
-
 class Publisher:
     def __init__(self, run_dir: str, epoch: int | None = None) -> None:
-        prepare_run_dir(run_dir)
+        try:
+            prepare_run_dir(run_dir)
+        except RunDirError as exc:
+            raise BusError(str(exc)) from None
         self.endpoint = f"ipc://{run_dir}/bus.sock"
         # A second collector binding the same ipc path would silently steal the bus: lock first.
         self._lock = os.open(os.path.join(run_dir, "collector.lock"), os.O_RDWR | os.O_CREAT, 0o600)

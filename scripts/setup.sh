@@ -56,7 +56,7 @@ if [ ! -x "$VENV/bin/python" ]; then
     /usr/bin/python3 -m venv "$VENV"
 fi
 stamp="$VENV/.tracecap-installed"
-if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml collector writers bpf conf supervisord.conf -newer "$stamp" 2>/dev/null | head -n1)" ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml collector writers tracecap bpf conf supervisord.conf -newer "$stamp" 2>/dev/null | head -n1)" ]; then
     echo "setup: installing tracecap into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade ".[test]"
     touch "$stamp"

@@ -16,14 +16,14 @@ from collections.abc import Callable
 
 import zmq
 
-from collector import bus
-from collector.keys import CurveClient
+from tracecap import bus
+from tracecap.keys import CurveClient
+from tracecap.link import RCVHWM, BusLink
+from tracecap.stats import StatsFile
 from writers.budget import DiskBudget
 from writers.gaps import Gap, GapTracker
-from writers.link import RCVHWM, BusLink
 from writers.outdir import Index
 from writers.ratelog import RateLimitedLog
-from writers.stats import StatsFile
 
 #: How long one poll waits; bounds both shutdown latency and the housekeeping period.
 POLL_MS = 200

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector import bus
-from writers.naming import bpf_artifact_name, text_fields
+from tracecap import bus
+from tracecap.text import text_fields
+from writers.naming import bpf_artifact_name
 from writers.objects import (
     DedupKey,
     Meta,

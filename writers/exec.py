@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector import bus
-from writers.naming import exec_artifact_name, is_utf8, text_field, text_fields
+from tracecap import bus
+from tracecap.text import is_utf8, text_field, text_fields
+from writers.naming import exec_artifact_name
 from writers.objects import DedupKey, Meta, ObjectWriter
 
 #: argv entries kept in the index; the envelope bound (64 KiB) keeps the list short anyway.

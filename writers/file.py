@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
-from collector import bus
+from tracecap import bus
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from writers.naming import is_utf8, text_field
+from tracecap.text import is_utf8, text_field
 from writers.ranges import RangeSet
 
 #: Offsets beyond this are refused: Python ints are unbounded, ``off_t`` is not.

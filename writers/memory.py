@@ -8,20 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector import bus
+from tracecap import bus
+from tracecap.text import prot_string
 from writers.naming import mem_artifact_name
 from writers.objects import DedupKey, Meta, ObjectWriter
 
-PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAX_SYSCALL_CHARS = 64
-
-
-def prot_string(prot: int) -> str:
-    """PROT_* bits as ``ls``-style ``rwx`` (``rw-``, ``r-x``), the form analysts read."""
-    return "".join(
-        letter if prot & bit else "-"
-        for bit, letter in ((PROT_READ, "r"), (PROT_WRITE, "w"), (PROT_EXEC, "x"))
-    )
 
 
 class MemoryWriter(ObjectWriter):

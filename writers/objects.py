@@ -22,12 +22,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from collector import bus
+from tracecap import bus
+from tracecap.text import text_fields
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
 from writers.fileartifact import parse_lost
-from writers.naming import container_dir, partial_name, text_fields
+from writers.naming import container_dir, partial_name
 from writers.outdir import FILE_MODE, INDEX_NAME, Index, OutputDir
 from writers.ranges import RangeSet
 from writers.ratelog import RateLimitedLog

@@ -42,7 +42,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector import bus
+from tracecap import bus
+from tracecap.text import text_fields
 from writers.base import Writer
 from writers.budget import DiskBudget
 from writers.digest import sha256_of_fd
@@ -52,7 +53,6 @@ from writers.naming import (
     pcap_command_name,
     pcap_container_name,
     pcap_process_name,
-    text_fields,
 )
 from writers.outdir import DIR_MODE, Index, OutputDir, _check_component, _open_regular
 from writers.pcapng import (

@@ -8,7 +8,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from collector import keys
+from tracecap import keys
+from tracecap.privileges import drop_privileges
 from writers.base import Subscriber, Writer
 from writers.bpf import BpfWriter
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
@@ -18,7 +19,6 @@ from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
 from writers.outdir import Index, OutputDir
 from writers.pcap import PcapWriter
-from writers.privileges import drop_privileges
 
 #: Writer kinds by name; each factory gets the open output directory and its index, then the
 #: kind's options (``run_writer(options=...)``) as keyword arguments, and the process's disk

@@ -126,7 +126,7 @@ def test_the_pipeline_outranks_the_traced_processes(tracecap, workdir: Path) -> 
     """The collector and every writer run at PIPELINE_NICE, inherited from supervisord (an
     unprivileged writer could not raise its own priority). Every thread counts: ZeroMQ's do
     the socket work."""
-    from collector.run import PIPELINE_NICE
+    from tracecap.frontend.supervise import PIPELINE_NICE
 
     run = tracecap("--capture", f"write={workdir}/*", "--capture", "network")
     for name in ("collector", "writer-pcap", "writer-file"):
@@ -171,7 +171,7 @@ def test_writer_cannot_read_root_only_files(tracecap, workdir: Path, tracecap_us
     assert as_writer.split("\n") == ["read denied", "control denied"]
     # ... and a root process that drops with the writers' own function can no longer read it.
     dropped = run_as(
-        "from writers.privileges import drop_privileges\n"
+        "from tracecap.privileges import drop_privileges\n"
         "drop_privileges('tracecap')\n"
         "import os\n"
         "st = dict(l.split(':\\t', 1) for l in open('/proc/self/status') if ':\\t' in l)\n"

@@ -23,7 +23,7 @@ import pytest
 from conftest import artifact_name
 from workloads import python
 
-from collector import keys
+from tracecap import keys
 
 pytestmark = pytest.mark.ebpf
 

@@ -26,7 +26,7 @@ import zmq
 from conftest import Run, artifact_name
 from workloads import WORKLOAD_TIMEOUT_S, python
 
-from collector import bus
+from tracecap import bus
 
 pytestmark = pytest.mark.ebpf
 

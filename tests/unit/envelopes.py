@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector import bus
+from tracecap import bus
 
 
 def process_keys() -> dict[str, Any]:

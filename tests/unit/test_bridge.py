@@ -16,8 +16,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from collector import bus, cli, keys
-from collector.bridge import Bridge, BridgeConfig
+from tracecap import bus, cli, keys
+from tracecap.tools.bridge import Bridge, BridgeConfig
 from writers.base import Subscriber, Writer
 
 TOPIC = bus.TOPIC_FILE_WRITE

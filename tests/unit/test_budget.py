@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from envelopes import file_env, mem_env
 
-from collector import bus
+from tracecap import bus
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget, tree_usage
 from writers.file import FileWriter
 from writers.memory import MemoryWriter

@@ -9,13 +9,13 @@ from collections import Counter
 
 import pytest
 
-import collector.main
-import collector.run
-import collector.status
-import collector.tap
+import collector.service
+import tracecap.frontend.supervise
+import tracecap.tools.status
+import tracecap.tools.tap
 import writers.runner
-from collector import cli
-from collector.cli import UsageError, main, parse_wait_for, split_own
+from tracecap import cli
+from tracecap.cli import UsageError, main, parse_wait_for, split_own
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +23,11 @@ def tripwires(monkeypatch):
     def must_not_start(*args, **kwargs):
         raise AssertionError(f"an entry point was reached with {args!r}")
 
-    monkeypatch.setattr(collector.run, "run", must_not_start)
-    monkeypatch.setattr(collector.main, "run_collector", must_not_start)
+    monkeypatch.setattr(tracecap.frontend.supervise, "run", must_not_start)
+    monkeypatch.setattr(collector.service, "run_collector", must_not_start)
     monkeypatch.setattr(writers.runner, "run_writer", must_not_start)
-    monkeypatch.setattr(collector.tap, "tap", must_not_start)
-    monkeypatch.setattr(collector.status, "status", must_not_start)
+    monkeypatch.setattr(tracecap.tools.tap, "tap", must_not_start)
+    monkeypatch.setattr(tracecap.tools.status, "status", must_not_start)
 
 
 # --- split_own ---

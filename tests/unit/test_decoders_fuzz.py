@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bpf import records
-from collector import bus
+from tracecap import bus
 
 DECODERS = [
     records.decode_file_event,

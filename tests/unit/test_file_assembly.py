@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from bpf import records
 from bpf.records import CHUNK, DIR_READ, DIR_WRITE, EV_APPEND, EV_PATH_TRUNCATED
-from collector import bus
 from collector.file_assembly import (
     IO_TIMEOUT_NS,
     MAX_MESSAGE_PAYLOAD,
@@ -17,6 +16,7 @@ from collector.file_assembly import (
     Outgoing,
     display_path,
 )
+from tracecap import bus
 
 BOOT_TO_EPOCH = 1_700_000_000_000_000_000
 REGULAR = stat.S_IFREG | 0o644

@@ -10,7 +10,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from collector import cli, keys
+from tracecap import cli, keys
 
 
 def mode(path: Path) -> int:

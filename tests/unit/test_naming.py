@@ -9,13 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from writers.naming import (
-    container_dir,
-    file_artifact_name,
-    is_utf8,
-    safe_component,
-    text_field,
-)
+from tracecap.text import is_utf8, safe_component, text_field
+from writers.naming import container_dir, file_artifact_name
 
 
 def _assert_safe(name: str, max_len: int) -> None:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracecap.text import text_fields
 from writers.naming import (
     COLLISION_ROOM,
     NAME_MAX,
@@ -17,7 +18,6 @@ from writers.naming import (
     mem_artifact_name,
     module_artifact_name,
     partial_name,
-    text_fields,
 )
 
 SHA = hashlib.sha256(b"image").hexdigest()

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector.options import (
+from tracecap.options import (
     EVENT_NAMES,
     FileCapture,
     OptionError,

@@ -8,8 +8,8 @@ import msgpack
 import pytest
 import zmq
 
-from collector import bus
 from collector.publisher import BACKLOG_BYTES, ZERO_COPY_MIN, Publisher
+from tracecap import bus
 
 
 @pytest.fixture

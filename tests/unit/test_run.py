@@ -6,8 +6,14 @@ import shlex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import bus, options
-from collector.run import merge_epochs, programs, status_line, summary_line, wait_for_topics
+from tracecap import bus, options
+from tracecap.frontend.supervise import (
+    merge_epochs,
+    programs,
+    status_line,
+    summary_line,
+    wait_for_topics,
+)
 
 
 def config(*argv: str) -> options.Config:
@@ -102,7 +108,7 @@ def test_unreachable_parent_names_the_directory_that_blocks():
     import tempfile
     from pathlib import Path
 
-    from collector.run import unreachable_parent
+    from tracecap.frontend.supervise import unreachable_parent
 
     base = Path(tempfile.mkdtemp(prefix="tc-reach-", dir="/tmp"))  # pytest's tmp is 0700
     try:
@@ -119,7 +125,7 @@ def test_unreachable_parent_names_the_directory_that_blocks():
 
 
 def test_messages_dropped_at_the_very_end_are_counted_from_the_collectors_tally():
-    from collector.run import unseen_tail
+    from tracecap.frontend.supervise import unseen_tail
 
     stats = {7: {"published": {"file.write.": 100, "stats.": 50}}, 8: {"published": {}}}
     writers = {"writer-file": {"last_seq": {"7:file.write.": 89, "9:file.write.": 3}}}

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from supervisor.options import UnhosedConfigParser, expand
 
-from collector.supervisor_conf import (
+from tracecap.frontend.supervisor_conf import (
     COLLECTOR_PRIORITY,
     WRITER_PRIORITY,
     Program,

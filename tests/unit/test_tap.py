@@ -5,8 +5,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector import bus
-from collector.tap import jsonable, tap_line
+from tracecap import bus
+from tracecap.tools.tap import jsonable, tap_line
 
 
 def test_tap_line_fields_and_payload_len():

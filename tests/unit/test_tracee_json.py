@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from collector import bus, tracee_json
-from collector.tracee_json import event_for, file_event
+from tracecap import bus
+from tracecap.frontend import tracee_json
+from tracecap.frontend.tracee_json import event_for, file_event
 
 
 def file_env(**overrides) -> dict:

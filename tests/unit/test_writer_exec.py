@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from collector import bus
+from tracecap import bus
 from writers.exec import ExecWriter, argv_fields
 from writers.naming import NAME_MAX
 from writers.outdir import Index, OutputDir

@@ -14,7 +14,7 @@ from envelopes import file_env
 from hypothesis import given
 from hypothesis import strategies as st
 
-from collector import bus
+from tracecap import bus
 from writers.file import FileWriter
 from writers.outdir import Index, OutputDir
 from writers.ranges import RangeSet

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from envelopes import process_keys
 
-from collector import bus
+from tracecap import bus
+from tracecap.text import prot_string
 from writers.bpf import BpfWriter
-from writers.memory import MemoryWriter, prot_string
+from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
 from writers.naming import NAME_MAX
 from writers.objects import ObjectWriter

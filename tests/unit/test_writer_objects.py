@@ -21,7 +21,7 @@ from envelopes import mem_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collector import bus
+from tracecap import bus
 from writers import objects
 from writers.memory import MemoryWriter
 from writers.module import ModuleWriter

@@ -24,7 +24,7 @@ from dpkt import pcapng as ng
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from collector import bus
+from tracecap import bus
 from writers import pcap as pcap_mod
 from writers.naming import (
     comment_text,

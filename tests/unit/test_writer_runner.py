@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from collector import bus
-from writers import privileges
-from writers.privileges import PrivilegeError, drop_privileges
+from tracecap import bus, privileges
+from tracecap.privileges import PrivilegeError, drop_privileges
 from writers.runner import WRITER_KINDS, run_writer
 
 

@@ -16,11 +16,11 @@ import pytest
 import zmq
 from envelopes import file_env
 
-from collector import bus
+from tracecap import bus
+from tracecap.link import MAX_FRAME_BYTES
 from writers.base import Subscriber
 from writers.file import FileWriter
 from writers.gaps import Gap, GapTracker
-from writers.link import MAX_FRAME_BYTES
 from writers.outdir import Index, OutputDir
 
 TOPIC = bus.TOPIC_FILE_WRITE

@@ -18,7 +18,6 @@ from collections import Counter
 from typing import Any
 
 from bpf import records
-from collector import bus
 from collector.containers import CgroupResolver
 from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler
@@ -33,12 +32,13 @@ from collector.object_files import (
     is_memfd,
     open_verified,
 )
-from collector.options import Config
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import read_proc_file, tracecap_ancestors
 from collector.publisher import BusError, Publisher
 from collector.ring_reader import RingReader, RingReaderError
+from tracecap import bus
+from tracecap.options import Config
 
 STATS_INTERVAL_S = 1.0
 #: The kernel wakes the collector only once 256 KiB wait in a ring (TC_WAKEUP_BYTES): it looks

@@ -26,9 +26,11 @@ from typing import Any, TextIO
 import zmq
 from supervisor.xmlrpc import SupervisorTransport
 
-from collector import bus, supervisor_conf, tracee_json
-from collector.options import Config
-from collector.publisher import prepare_run_dir
+from tracecap import bus
+from tracecap.frontend import supervisor_conf, tracee_json
+from tracecap.options import Config
+from tracecap.privileges import prepare_run_dir
+from tracecap.stats import read_writer_stats
 from writers.outdir import clear_out_dir
 
 READY_TIMEOUT_S = 60.0
@@ -161,15 +163,6 @@ def prepare_stats_dir(run_dir: str, user: str = "tracecap") -> str:
     os.chown(stats, pw.pw_uid, pw.pw_gid)
     os.chmod(stats, 0o750)
     return stats
-
-
-def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(stats_dir)):
-            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
-                out[name.removesuffix(".json")] = json.load(f)
-    return out
 
 
 def unseen_tail(

@@ -6,9 +6,8 @@ import ipaddress
 import socket
 from typing import Any
 
-from collector import bus, packets
-from writers.memory import prot_string
-from writers.naming import text_field
+from tracecap import bus, protocols
+from tracecap.text import prot_string, text_field
 
 _EVENT_NAMES = {
     "write": "vfs_write",
@@ -134,7 +133,7 @@ def packet_events(env: dict[str, Any], payload: bytes, wanted: tuple[str, ...]) 
     names = [f"net_packet_{p}" for p in env["protocols"] if f"net_packet_{p}" in wanted]
     if not names:
         return []
-    ip, l4 = packets.l4_of(payload)
+    ip, l4 = protocols.l4_of(payload)
     meta: dict[str, Any] = {
         "direction": env["direction"],
         "packetLen": env["orig_len"],
@@ -148,9 +147,9 @@ def packet_events(env: dict[str, Any], payload: bytes, wanted: tuple[str, ...]) 
     for name in names:
         args = [_arg("metadata", "trace.PacketMetadata", meta)]
         if name == "net_packet_dns" and l4 is not None:
-            args.append(_arg("proto_dns", "trace.ProtoDNS", packets.dns_summary(l4)))
+            args.append(_arg("proto_dns", "trace.ProtoDNS", protocols.dns_summary(l4)))
         if name == "net_packet_http" and l4 is not None:
-            args.append(_arg("proto_http", "trace.ProtoHTTP", packets.http_summary(l4)))
+            args.append(_arg("proto_http", "trace.ProtoHTTP", protocols.http_summary(l4)))
         out.append(_event(env, name, args))
     return out
 

@@ -14,7 +14,8 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from collector import options, supervisor_conf
+from tracecap import options
+from tracecap.frontend import supervisor_conf
 
 USAGE = """\
 usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
@@ -143,7 +144,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--ring-mb": False})
         argv = expand_config(found, rest)
         config = _config(argv)
-        from collector.run import run
+        from tracecap.frontend.supervise import run
 
         return run(config, argv, run_dir_of(found), ring_mb_of(found))
     if cmd == "collector":
@@ -153,7 +154,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         config = _config(expand_config(found, rest))
         wait = parse_wait_for(found.get("--wait-for", []))
         ring_mb = ring_mb_of(found)
-        from collector.main import run_collector
+        from collector.service import run_collector
 
         run_dir = run_dir_of(found)
         return run_collector(config, run_dir, wait, ring_mb << 20)
@@ -184,7 +185,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             curve_keys = (server_key, client_key)
         elif server_key is not None or client_key is not None:
             raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
-        from collector.keys import KeyFileError
+        from tracecap.keys import KeyFileError
         from writers.runner import run_writer
 
         writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
@@ -215,8 +216,8 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             raise UsageError(f"--listen {listen!r}: expected tcp://ADDR:PORT")
         import zmq
 
-        from collector.bridge import BridgeConfig, run_bridge
-        from collector.keys import KeyFileError
+        from tracecap.keys import KeyFileError
+        from tracecap.tools.bridge import BridgeConfig, run_bridge
 
         bridge_config = BridgeConfig(
             listen=listen,
@@ -234,7 +235,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         found, rest = split_own(rest, {"--name": False})
         if len(rest) != 1 or rest[0].startswith("-"):
             raise UsageError("keys needs one DIR (and optionally --name NAME)")
-        from collector.keys import KeyFileError, keys_command
+        from tracecap.keys import KeyFileError, keys_command
 
         try:
             return keys_command(rest[0], found.get("--name", [None])[0])
@@ -246,14 +247,14 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
             raise UsageError(f"tap takes no option {rest[0]!r}")
         run_dir = run_dir_of(found)
         endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
-        from collector.tap import tap
+        from tracecap.tools.tap import tap
 
         return tap(endpoint, [t.encode() for t in found.get("--topic", [""])])
     if cmd == "status":
         found, rest = split_own(rest, {"--run-dir": False})
         if rest:
             raise UsageError(f"status takes no option {rest[0]!r}")
-        from collector.status import status
+        from tracecap.tools.status import status
 
         return status(run_dir_of(found))
     raise UsageError(f"unknown command {cmd!r}; commands: run, collector, writer, tap, status")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
 
-from writers.naming import safe_component
+from tracecap.text import safe_component
 
 
 class StatsFile:
@@ -48,3 +49,12 @@ class StatsFile:
         if self._dir_fd >= 0:
             os.close(self._dir_fd)
             self._dir_fd = -1
+
+
+def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(stats_dir)):
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
+                out[name.removesuffix(".json")] = json.load(f)
+    return out

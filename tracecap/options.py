@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from collector.bus import (
+from tracecap.bus import (
     TOPIC_BPF,
     TOPIC_EXEC,
     TOPIC_FILE_READ,

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from collector import bus
-from collector.keys import CurveClient
+from tracecap import bus
+from tracecap.keys import CurveClient
 
 #: Queue depth on our side of the pipe, in messages, unless the writer asks for another (see
 #: Writer.queue_messages). Our queue and the collector's (SEND_HWM) together absorb a burst

@@ -36,9 +36,9 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 from zmq.utils.monitor import recv_monitor_message
 
-from collector import keys
-from writers.link import MAX_FRAME_BYTES
-from writers.privileges import drop_privileges
+from tracecap import keys
+from tracecap.link import MAX_FRAME_BYTES
+from tracecap.privileges import drop_privileges
 
 ZAP_DOMAIN = "tracecap"
 #: Per remote subscriber; like the collector's, so a writer over tcp sees the same drop point.

@@ -1,8 +1,10 @@
-"""Dropping root before touching untrusted data: writers parse what any process can shape."""
+"""Who may do what: dropping root before touching untrusted data (writers parse what any process
+can shape), and the run directory whose group decides who reaches the bus."""
 
 from __future__ import annotations
 
 import ctypes
+import grp
 import os
 import pwd
 
@@ -11,6 +13,10 @@ _PR_SET_NO_NEW_PRIVS = 38
 
 class PrivilegeError(RuntimeError):
     """The writer cannot become the unprivileged user it must run as."""
+
+
+class RunDirError(RuntimeError):
+    """The run directory is not a directory we made (a symlink or a file in its place)."""
 
 
 def drop_privileges(user: str = "tracecap") -> None:
@@ -49,3 +55,22 @@ def set_no_new_privs() -> None:
     if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"cannot set no_new_privs: {os.strerror(err)}")
+
+
+def prepare_run_dir(run_dir: str, group: str = "tracecap") -> None:
+    """Create the run directory: setgid, group ``tracecap``, no access for others.
+
+    The ipc socket inherits the group, so unprivileged writers in that group can connect and
+    nobody else can.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = -1
+    st = os.lstat(run_dir)
+    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
+        raise RunDirError(f"{run_dir} is not a directory")
+    if gid >= 0 and st.st_gid != gid:
+        os.chown(run_dir, -1, gid)
+    os.chmod(run_dir, 0o2750)

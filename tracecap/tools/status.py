@@ -11,9 +11,9 @@ import sys
 
 import zmq
 
-from collector import bus
-from collector.run import read_writer_stats
-from collector.tap import jsonable
+from tracecap import bus
+from tracecap.stats import read_writer_stats
+from tracecap.tools.tap import jsonable
 
 STATS_WAIT_MS = 3000
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import zmq
 
-from collector import bus
-from writers.naming import text_field
-from writers.privileges import drop_privileges
+from tracecap import bus
+from tracecap.privileges import drop_privileges
+from tracecap.text import text_field
 
 
 def jsonable(value: Any) -> Any:
