@@ -1,7 +1,7 @@
 /* The kernel/user ABI of tracecap: every record the BPF programs put in the ring buffer, and the
  * configuration block user space writes into .rodata before load.
  *
- * bpf/records.py decodes these structs; tests/unit/test_records_abi.py checks that its sizes
+ * bpf/records.py decodes these structs; tests/unit/bpf/test_records_abi.py checks that its sizes
  * and offsets equal the ones in the compiled object's BTF. Change both sides together.
  * All fields are naturally aligned so that the layout needs no packing pragmas.
  */

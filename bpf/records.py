@@ -1,6 +1,6 @@
 """Python side of bpf/records.h: decoders for ring-buffer records and the .rodata config encoder.
 
-Pure functions over bytes. tests/unit/test_records_abi.py checks every size and offset here
+Pure functions over bytes. tests/unit/bpf/test_records_abi.py checks every size and offset here
 against the BTF of the compiled object, so the two sides cannot drift apart silently.
 """
 

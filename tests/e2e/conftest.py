@@ -1,99 +1,21 @@
-"""End-to-end harness: start the real pipeline (`tracecap run`, supervisord, collector, writers),
-run a workload in a child process, stop the pipeline, then compare the artifacts."""
+"""End-to-end fixtures: start the real pipeline (`tracecap run`, supervisord, collector,
+writers) for a test and stop it after; the helpers live in tests/support/pipeline.py."""
 
 from __future__ import annotations
 
-import contextlib
-import json
+import errno
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-READY_TIMEOUT_S = 90
-
-
-def kernel_dev(st_dev: int) -> int:
-    """The kernel's s_dev (MAJOR << 20 | MINOR), as artifact names print it."""
-    return (os.major(st_dev) << 20) | os.minor(st_dev)
-
-
-def tracecap_program_ids() -> set[int]:
-    """Ids of the BPF programs tracecap has loaded (their names start with tc_)."""
-    shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
-    return {p["id"] for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")}
-
-
-def artifact_name(kind: str, path: str | Path) -> str:
-    st = os.stat(path)
-    return f"{kind}.dev-{kernel_dev(st.st_dev)}.inode-{st.st_ino}"
-
-
-@dataclass
-class Run:
-    proc: subprocess.Popen
-    workdir: Path
-    out_dir: Path
-    run_dir: Path
-    stdout_path: Path
-    stderr_path: Path
-    returncode: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    index: list[dict] = field(default_factory=list)
-
-    def stop(self, timeout: float = 90) -> Run:
-        if self.returncode is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.returncode = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                # every tracecap process of this run prints its threads' stacks to its log
-                subprocess.run(
-                    ["pkill", "-USR1", "-f", "--", f"--run-dir {self.run_dir}"], check=False
-                )
-                time.sleep(1)
-                logs = self.logs()
-                self.proc.kill()
-                self.returncode = self.proc.wait(30)
-                pytest.fail(f"tracecap run did not stop within {timeout:.0f} s\n{logs}")
-            self.stdout = self.stdout_path.read_text(errors="replace")
-            self.stderr = self.stderr_path.read_text(errors="replace")
-            index = self.out_dir / "index.jsonl"
-            lines = index.read_bytes().splitlines() if index.exists() else []
-            self.index = [json.loads(line) for line in lines]
-        return self
-
-    def logs(self, tail: int = 4000) -> str:
-        """The end of every log of the run and of tracecap's stderr, for a failure message."""
-        parts = []
-        with contextlib.suppress(OSError):
-            status = Path(f"/proc/{self.proc.pid}/status").read_text()
-            sig = [ln for ln in status.splitlines() if ln.startswith(("Sig", "ShdPnd", "State"))]
-            parts.append("--- tracecap run: " + ", ".join(sig))
-        for path in [self.stderr_path, *sorted(self.run_dir.glob("*.log"))]:
-            with contextlib.suppress(OSError):
-                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
-        return "\n".join(parts)
-
-    def artifact(self, name: str, container: str = "host") -> bytes:
-        return (self.out_dir / container / name).read_bytes()
-
-    def records(self, kind: str) -> list[dict]:
-        """The current index line of each artifact of ``kind`` (an artifact that changes after
-        its line was written gets a later line: the last one is current)."""
-        current: dict[object, dict] = {}
-        for r in self.index:
-            if r.get("kind") == kind:
-                current[r.get("path") or id(r)] = r
-        return list(current.values())
+from collector.containers import cgroup2_root
+from tests.support.pipeline import READY_TIMEOUT_S, Run
 
 
 def _require_ebpf() -> None:
@@ -143,3 +65,51 @@ def tracecap(workdir: Path) -> Iterator:
         if run.returncode is None:
             run.stop()
         shutil.rmtree(run.run_dir, ignore_errors=True)
+
+
+def _root() -> Path:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create cgroups")
+    with open("/proc/mounts") as f:
+        root = cgroup2_root(f.read())
+    if root is None:
+        pytest.skip("cgroup2 is not mounted")
+    return Path(root)
+
+
+@pytest.fixture
+def cgroup_root() -> Path:
+    return _root()
+
+
+@pytest.fixture
+def make_cgroup(cgroup_root: Path) -> Iterator[Callable[[str], Path]]:
+    """Create a cgroup (and the missing parents) at a path relative to the cgroup2 root; remove
+    exactly what was created, deepest first, once the test is over (its processes gone)."""
+    created: list[Path] = []
+
+    def make(rel: str) -> Path:
+        path = cgroup_root
+        for part in rel.strip("/").split("/"):
+            path = path / part
+            if not path.exists():
+                path.mkdir()
+                created.append(path)
+        return path
+
+    yield make
+    leftovers = []
+    for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                path.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:  # EBUSY while the last task's exit is still being accounted
+                if e.errno != errno.EBUSY or time.monotonic() > deadline:
+                    leftovers.append(f"{path}: {e}")
+                    break
+                time.sleep(0.05)
+    assert not leftovers, leftovers

@@ -7,79 +7,24 @@ only name them. Every directory this file creates is removed again, whatever hap
 
 from __future__ import annotations
 
-import errno
 import os
-import secrets
 import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from collector.containers import (
     CgroupResolver,
-    cgroup2_root,
     container_id_from_path,
     path_by_handle,
     unified_path_from_proc,
 )
+from tests.support.pipeline import hex64
 
 pytestmark = pytest.mark.ebpf
-
-
-def _root() -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create cgroups")
-    with open("/proc/mounts") as f:
-        root = cgroup2_root(f.read())
-    if root is None:
-        pytest.skip("cgroup2 is not mounted")
-    return Path(root)
-
-
-@pytest.fixture
-def cgroup_root() -> Path:
-    return _root()
-
-
-@pytest.fixture
-def make_cgroup(cgroup_root: Path) -> Iterator[Callable[[str], Path]]:
-    """Create a cgroup (and the missing parents) at a path relative to the cgroup2 root; remove
-    exactly what was created, deepest first, once the test is over (its processes gone)."""
-    created: list[Path] = []
-
-    def make(rel: str) -> Path:
-        path = cgroup_root
-        for part in rel.strip("/").split("/"):
-            path = path / part
-            if not path.exists():
-                path.mkdir()
-                created.append(path)
-        return path
-
-    yield make
-    leftovers = []
-    for path in sorted(created, key=lambda p: len(p.parts), reverse=True):
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                path.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError as e:  # EBUSY while the last task's exit is still being accounted
-                if e.errno != errno.EBUSY or time.monotonic() > deadline:
-                    leftovers.append(f"{path}: {e}")
-                    break
-                time.sleep(0.05)
-    assert not leftovers, leftovers
-
-
-def hex64() -> str:
-    return secrets.token_hex(32)
 
 
 def pod_uid() -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from conftest import artifact_name
-from test_container_cgroups import cgroup_root, hex64, make_cgroup  # noqa: F401 (fixtures)
+
+from tests.support.pipeline import artifact_name, hex64
 
 pytestmark = pytest.mark.ebpf
 
@@ -50,7 +50,7 @@ def run_in_container(cgroup: Path, workdir: Path) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def test_container_artifacts_are_attributed(tracecap, workdir: Path, make_cgroup) -> None:  # noqa: F811
+def test_container_artifacts_are_attributed(tracecap, workdir: Path, make_cgroup) -> None:
     cid = hex64()
     binary = workdir / "cbin"
     shutil.copy("/bin/echo", binary)
@@ -102,7 +102,7 @@ def test_container_artifacts_are_attributed(tracecap, workdir: Path, make_cgroup
 
 
 @pytest.mark.parametrize("scope", ["container", "container={cid12}", "host"])
-def test_scope_container_and_host(tracecap, workdir: Path, make_cgroup, scope: str) -> None:  # noqa: F811
+def test_scope_container_and_host(tracecap, workdir: Path, make_cgroup, scope: str) -> None:
     cid, other = hex64(), hex64()
     ours = make_cgroup(f"/system.slice/docker-{cid}.scope")
     theirs = make_cgroup(f"/system.slice/docker-{other}.scope")

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Run, artifact_name
-from workloads import python
+
+from tests.support.pipeline import Run, artifact_name
+from tests.support.workloads import python
 
 pytestmark = pytest.mark.ebpf
 

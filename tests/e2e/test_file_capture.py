@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import artifact_name, tracecap_program_ids
-from workloads import python, sh
+
+from tests.support.pipeline import artifact_name, tracecap_program_ids
+from tests.support.workloads import python, sh
 
 pytestmark = pytest.mark.ebpf
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from conftest import tracecap_program_ids
-from workloads import python
+
+from tests.support.pipeline import tracecap_program_ids
+from tests.support.workloads import python
 
 pytestmark = pytest.mark.ebpf
 

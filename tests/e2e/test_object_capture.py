@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from workloads import python
+
+from tests.support.workloads import python
 
 pytestmark = pytest.mark.ebpf
 

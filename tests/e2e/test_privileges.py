@@ -16,8 +16,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import Run, artifact_name
-from workloads import WORKLOAD_TIMEOUT_S, python
+
+from tests.support.pipeline import Run, artifact_name
+from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 
 pytestmark = pytest.mark.ebpf
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import artifact_name
-from workloads import python
 
+from tests.support.pipeline import artifact_name
+from tests.support.workloads import python
 from tracecap import keys
 
 pytestmark = pytest.mark.ebpf

@@ -23,9 +23,9 @@ from typing import TypeVar
 
 import pytest
 import zmq
-from conftest import Run, artifact_name
-from workloads import WORKLOAD_TIMEOUT_S, python
 
+from tests.support.pipeline import Run, artifact_name
+from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 from tracecap import bus
 
 pytestmark = pytest.mark.ebpf

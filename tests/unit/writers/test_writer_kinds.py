@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envelopes import process_keys
 
+from tests.support.envelopes import process_keys
 from tracecap import bus
 from tracecap.text import prot_string
 from writers.bpf import BpfWriter

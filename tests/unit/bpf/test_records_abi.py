@@ -17,7 +17,7 @@ import pytest
 
 from bpf import records
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 BPF_DIR = ROOT / "bpf"
 OBJECT = BPF_DIR / "tracecap.bpf.o"
 HEADER = BPF_DIR / "records.h"

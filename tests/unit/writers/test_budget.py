@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envelopes import file_env, mem_env
 
+from tests.support.envelopes import file_env, mem_env
 from tracecap import bus
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget, tree_usage
 from writers.file import FileWriter

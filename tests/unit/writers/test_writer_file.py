@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envelopes import file_env
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.envelopes import file_env
 from tracecap import bus
 from writers.file import FileWriter
 from writers.outdir import Index, OutputDir

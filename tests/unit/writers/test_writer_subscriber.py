@@ -14,8 +14,8 @@ from typing import Any
 import msgpack
 import pytest
 import zmq
-from envelopes import file_env
 
+from tests.support.envelopes import file_env
 from tracecap import bus
 from tracecap.link import MAX_FRAME_BYTES
 from writers.base import Subscriber

@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from envelopes import mem_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.envelopes import mem_env
 from tracecap import bus
 from writers import objects
 from writers.memory import MemoryWriter

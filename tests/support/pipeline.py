@@ -1,0 +1,98 @@
+"""The real pipeline as tests see it: a started `tracecap run`, its artifacts and index, and the
+names the kernel gives files (for end-to-end tests and the benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+READY_TIMEOUT_S = 90
+
+
+def kernel_dev(st_dev: int) -> int:
+    """The kernel's s_dev (MAJOR << 20 | MINOR), as artifact names print it."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def tracecap_program_ids() -> set[int]:
+    """Ids of the BPF programs tracecap has loaded (their names start with tc_)."""
+    shown = subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True)
+    return {p["id"] for p in json.loads(shown.stdout) if p.get("name", "").startswith("tc_")}
+
+
+def artifact_name(kind: str, path: str | Path) -> str:
+    st = os.stat(path)
+    return f"{kind}.dev-{kernel_dev(st.st_dev)}.inode-{st.st_ino}"
+
+
+@dataclass
+class Run:
+    proc: subprocess.Popen
+    workdir: Path
+    out_dir: Path
+    run_dir: Path
+    stdout_path: Path
+    stderr_path: Path
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    index: list[dict] = field(default_factory=list)
+
+    def stop(self, timeout: float = 90) -> Run:
+        if self.returncode is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.returncode = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                # every tracecap process of this run prints its threads' stacks to its log
+                subprocess.run(
+                    ["pkill", "-USR1", "-f", "--", f"--run-dir {self.run_dir}"], check=False
+                )
+                time.sleep(1)
+                logs = self.logs()
+                self.proc.kill()
+                self.returncode = self.proc.wait(30)
+                pytest.fail(f"tracecap run did not stop within {timeout:.0f} s\n{logs}")
+            self.stdout = self.stdout_path.read_text(errors="replace")
+            self.stderr = self.stderr_path.read_text(errors="replace")
+            index = self.out_dir / "index.jsonl"
+            lines = index.read_bytes().splitlines() if index.exists() else []
+            self.index = [json.loads(line) for line in lines]
+        return self
+
+    def logs(self, tail: int = 4000) -> str:
+        """The end of every log of the run and of tracecap's stderr, for a failure message."""
+        parts = []
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+            sig = [ln for ln in status.splitlines() if ln.startswith(("Sig", "ShdPnd", "State"))]
+            parts.append("--- tracecap run: " + ", ".join(sig))
+        for path in [self.stderr_path, *sorted(self.run_dir.glob("*.log"))]:
+            with contextlib.suppress(OSError):
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
+        return "\n".join(parts)
+
+    def artifact(self, name: str, container: str = "host") -> bytes:
+        return (self.out_dir / container / name).read_bytes()
+
+    def records(self, kind: str) -> list[dict]:
+        """The current index line of each artifact of ``kind`` (an artifact that changes after
+        its line was written gets a later line: the last one is current)."""
+        current: dict[object, dict] = {}
+        for r in self.index:
+            if r.get("kind") == kind:
+                current[r.get("path") or id(r)] = r
+        return list(current.values())
+
+
+def hex64() -> str:
+    return secrets.token_hex(32)
