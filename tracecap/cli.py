@@ -40,7 +40,6 @@ older forms: --trace for --scope (--trace event=NAME for --events), --output for
 """
 
 DEFAULT_RUN_DIR = "/run/tracecap"
-DEFAULT_RING_MB = 8  # probes.DEFAULT_RING_BYTES, without loading libbpf in the front end
 
 
 class UsageError(ValueError):
@@ -110,7 +109,7 @@ def run_dir_of(found: dict[str, list[str]]) -> str:
 
 
 def ring_mb_of(found: dict[str, list[str]]) -> int:
-    ring_mb = found.get("--ring-mb", [str(DEFAULT_RING_MB)])[0]
+    ring_mb = found.get("--ring-mb", [str(options.DEFAULT_RING_MB)])[0]
     if not ring_mb.isdecimal() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
         raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
     return int(ring_mb)

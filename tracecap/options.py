@@ -31,6 +31,9 @@ from tracecap.bus import (
 
 DEFAULT_DIR = "/tmp/tracecap"
 DEFAULT_SNAPLEN = 96
+#: The file-contents ring buffer (``--ring-mb``), a power of two. 16 MiB lost no less than 8 in
+#: a 4 KiB flood and took the collector past its 60 MB target (measured, NOTES.md).
+DEFAULT_RING_MB = 8
 #: Larger than any real frame (64 KiB IP + jumbo/GSO headroom); above it a number is a typo.
 MAX_SNAPLEN = 262144
 #: Tracee's ``file_*_path_filter`` maps hold three entries per direction.
