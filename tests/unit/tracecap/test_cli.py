@@ -14,7 +14,7 @@ import tracecap.frontend.supervise
 import tracecap.tools.status
 import tracecap.tools.tap
 import writers.runner
-from tracecap import cli
+from tracecap import cli, options
 from tracecap.cli import UsageError, main, parse_wait_for, split_own
 
 
@@ -170,4 +170,4 @@ def test_wait_for_superscript_digit_exits_2(capsys):
 def test_the_front_end_default_ring_is_the_collector_default():
     from collector import probes
 
-    assert cli.DEFAULT_RING_MB << 20 == probes.DEFAULT_RING_BYTES
+    assert options.DEFAULT_RING_MB << 20 == probes.DEFAULT_RING_BYTES
