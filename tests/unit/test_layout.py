@@ -1,4 +1,4 @@
-"""The tree is the architecture: which package may import which (SPEC §1).
+"""The tree is the architecture: which package may import which (README, Layout).
 
 Every ``import`` in the product, lazy ones inside functions included, is read with ``ast`` and
 sorted into layers. An arrow that runs the wrong way fails here, naming the file and the line.
