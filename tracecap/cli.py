@@ -1,4 +1,4 @@
-"""The `tracecap` command: run | collector | writer KIND | tap | status.
+"""The `tracecap` command: run | collector | writer KIND | bridge | keys | tap | status.
 
 Each subcommand takes the capture options of `tracecap run` (so that supervisord can hand the
 same options to every process) plus a few of its own, which are split off here before the
@@ -14,10 +14,13 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 
-from tracecap import options
+from tracecap import kinds, options
 from tracecap.frontend import supervisor_conf
 
-USAGE = """\
+COMMANDS = ("run", "collector", "writer", "bridge", "keys", "tap", "status")
+WRITER_KINDS = ", ".join(kinds.BY_NAME)
+
+USAGE = f"""\
 usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
                     [--config FILE] [--run-dir DIR] [--ring-mb N]
        tracecap collector [same options] [--wait-for TOPIC[=N]]... [--ring-mb N]
@@ -29,9 +32,10 @@ usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--
        tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
        tracecap status [--run-dir DIR]
 
+writer kinds: {WRITER_KINDS}
 capture options (repeatable):
   write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...],
-  exec, mem, module, bpf, network|net|pcap, pcap:single,process,container,command,
+  {options.WORD_KINDS}, pcap:single,process,container,command,
   pcap-options:filtered|none, pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>,
   dir:/path, clear-dir, limit:<N>mb|gb
 scope (repeatable, all must hold): comm=a,b  comm!=x  pid=N,M  uid=N  follow  container  host
@@ -159,7 +163,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         return run_collector(config, run_dir, wait, ring_mb << 20)
     if cmd == "writer":
         if not rest or rest[0].startswith("-"):
-            raise UsageError("writer needs a KIND (file, exec, mem, module, bpf, pcap)")
+            raise UsageError(f"writer needs a KIND ({WRITER_KINDS})")
         kind, rest = rest[0], rest[1:]
         found, rest = split_own(
             rest,
@@ -256,7 +260,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         from tracecap.tools.status import status
 
         return status(run_dir_of(found))
-    raise UsageError(f"unknown command {cmd!r}; commands: run, collector, writer, tap, status")
+    raise UsageError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
 
 
 if __name__ == "__main__":

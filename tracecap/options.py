@@ -19,15 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from tracecap.bus import (
-    TOPIC_BPF,
-    TOPIC_EXEC,
-    TOPIC_FILE_READ,
-    TOPIC_FILE_WRITE,
-    TOPIC_MEM,
-    TOPIC_MODULE,
-    TOPIC_NET_PACKET,
-)
+from tracecap.kinds import BY_TOKEN, CAPTURE_TOKENS, EVENT_NAMES, SOURCES
 
 DEFAULT_DIR = "/tmp/tracecap"
 DEFAULT_SNAPLEN = 96
@@ -50,30 +42,18 @@ MAX_UID = 2**32 - 2
 FILE_TYPES = ("regular", "pipe", "socket", "elf")
 FILE_FDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 PCAP_SPLITS = ("single", "process", "container", "command")
-#: Every event name tracecap emits now or will emit; accepting future names up front keeps
-#: command lines written for later versions from failing on this one with a misleading error.
-EVENT_NAMES = (
-    "vfs_write",
-    "vfs_writev",
-    "vfs_read",
-    "vfs_readv",
-    "sched_process_exec",
-    "mem_prot_alert",
-    "init_module",
-    "finit_module",
-    "security_bpf_prog",
-    "net_packet_ipv4",
-    "net_packet_ipv6",
-    "net_packet_tcp",
-    "net_packet_udp",
-    "net_packet_icmp",
-    "net_packet_icmpv6",
-    "net_packet_dns",
-    "net_packet_http",
-)
-
 #: Capture kinds in the order their topics are listed; the name is what users type.
-KINDS = ("write", "read", "exec", "mem", "module", "bpf", "network")
+KINDS = CAPTURE_TOKENS
+#: Capture kinds with filters of their own (``write=/p*``, ``read:type=pipe``).
+FILE_KINDS = ("write", "read")
+#: The words of packet capture, whose settings are the ``pcap*:`` and ``net=`` options.
+NETWORK_WORDS = BY_TOKEN["network"].words
+#: Capture kinds that are one word and no settings.
+PLAIN_KINDS = tuple(kind for kind in KINDS if kind not in (*FILE_KINDS, "network"))
+#: The capture kinds without filters, as the usage lists them.
+WORD_KINDS = f"{', '.join(PLAIN_KINDS)}, {'|'.join(NETWORK_WORDS)}"
+#: The Config field of each capture kind whose field is not named after it.
+_CONFIG_FIELDS = {"network": "pcap"}
 
 _FILE_FORMS = (
     "{k}, {k}=/prefix*, {k}:path=/prefix*, {k}:type=regular|pipe|socket|elf, "
@@ -81,10 +61,11 @@ _FILE_FORMS = (
 )
 CAPTURE_FORMS = (
     "write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...], "
-    "exec, mem, module, bpf, network|net|pcap, pcap:single,process,container,command, "
-    "pcap-options:filtered|none, pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>, "
-    "dir:/path, clear-dir, limit:<N>mb|gb; [artifact:] may precede write, read, exec, mem, "
-    "module, bpf, network, net, pcap, pcap: and net="
+    f"{WORD_KINDS}, "
+    "pcap:single,process,container,command, pcap-options:filtered|none, "
+    "pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>, dir:/path, clear-dir, "
+    "limit:<N>mb|gb; [artifact:] may precede "
+    f"{', '.join(word for source in SOURCES for word in source.words)}, pcap: and net="
 )
 SCOPE_FORMS = (
     "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, container=ID[,ID], "
@@ -193,31 +174,17 @@ class Config:
 
     def kinds(self) -> tuple[str, ...]:
         """Enabled capture kinds, in ``KINDS`` order, named as users type them."""
-        enabled = {
-            "write": self.write.enabled,
-            "read": self.read.enabled,
-            "exec": self.exec,
-            "mem": self.mem,
-            "module": self.module,
-            "bpf": self.bpf,
-            "network": self.pcap.enabled,
-        }
-        return tuple(kind for kind in KINDS if enabled[kind])
+        return tuple(
+            kind for kind in KINDS if _is_on(getattr(self, _CONFIG_FIELDS.get(kind, kind)))
+        )
 
     def topics(self) -> tuple[bytes, ...]:
         """Bus topics the writers must subscribe to, so that nothing else is decoded."""
-        return tuple(_KIND_TOPICS[kind] for kind in self.kinds())
+        return tuple(BY_TOKEN[kind].topic for kind in self.kinds())
 
 
-_KIND_TOPICS = {
-    "write": TOPIC_FILE_WRITE,
-    "read": TOPIC_FILE_READ,
-    "exec": TOPIC_EXEC,
-    "mem": TOPIC_MEM,
-    "module": TOPIC_MODULE,
-    "bpf": TOPIC_BPF,
-    "network": TOPIC_NET_PACKET,
-}
+def _is_on(setting: bool | FileCapture | PcapCapture) -> bool:
+    return setting if isinstance(setting, bool) else setting.enabled
 
 
 def _dedup(items: Iterable[T]) -> tuple[T, ...]:
@@ -373,7 +340,7 @@ def _iface(token: str, value: str) -> str:
 def parse_capture(tokens: Sequence[str]) -> Capture:
     """Parse every ``--capture`` value together; see the module docstring for the fixes."""
     write, read = _FileAcc(), _FileAcc()
-    flags = {"exec": False, "mem": False, "module": False, "bpf": False}
+    flags = dict.fromkeys(PLAIN_KINDS, False)
     network = False
     splits: set[str] = set()
     split_given = False
@@ -390,7 +357,7 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
             _file_option(write if kind == "write" else read, kind, token, body)
         elif body in flags:
             flags[body] = True
-        elif body in ("network", "net", "pcap"):
+        elif body in NETWORK_WORDS:
             network = True
         elif body.startswith("net="):
             network = True

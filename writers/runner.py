@@ -2,37 +2,62 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from inspect import Parameter, Signature
 from typing import Any
 
-from tracecap import keys
+from tracecap import keys, kinds
 from tracecap.privileges import drop_privileges
 from writers.base import Subscriber, Writer
-from writers.bpf import BpfWriter
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
-from writers.exec import ExecWriter
-from writers.file import FileWriter
-from writers.memory import MemoryWriter
-from writers.module import ModuleWriter
 from writers.outdir import Index, OutputDir
-from writers.pcap import PcapWriter
 
-#: Writer kinds by name; each factory gets the open output directory and its index, then the
-#: kind's options (``run_writer(options=...)``) as keyword arguments, and the process's disk
-#: budget (None: unlimited, as in unit tests of a kind).
-WRITER_KINDS: dict[str, Callable[..., Writer]] = {
-    "file": lambda out, index, budget=None: FileWriter(out, index, budget=budget),
-    "exec": lambda out, index, budget=None: ExecWriter(out, index, budget=budget),
-    "mem": lambda out, index, budget=None: MemoryWriter(out, index, budget=budget),
-    "module": lambda out, index, budget=None: ModuleWriter(out, index, budget=budget),
-    "bpf": lambda out, index, budget=None: BpfWriter(out, index, budget=budget),
-    "pcap": lambda out, index, split=("single",), budget=None: PcapWriter(
-        out, index, split, budget=budget
-    ),
-}
+
+def writer_class(path: str) -> type[Writer]:
+    """The class a registry entry names as ``module:Class``.
+
+    The registry names writers by string so that the contract never imports them.
+    """
+    module, _, name = path.partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    if not (isinstance(cls, type) and issubclass(cls, Writer)):
+        raise TypeError(f"{path} is not a Writer class")
+    return cls
+
+
+class WriterFactory:
+    """Builds one kind's writer from the open output directory and its index, the kind's options
+    (``Kind.writer_options``) as keyword arguments, and the process's disk budget (None:
+    unlimited, as in unit tests of a kind).
+
+    Its signature names exactly those, so a caller can check options before anything starts.
+    """
+
+    def __init__(self, kind: kinds.Kind) -> None:
+        self.cls = writer_class(kind.writer)
+        own = inspect.signature(self.cls).parameters
+        self.__signature__ = Signature(
+            [
+                Parameter("out", Parameter.POSITIONAL_OR_KEYWORD),
+                Parameter("index", Parameter.POSITIONAL_OR_KEYWORD),
+                *(own[name].replace(kind=Parameter.KEYWORD_ONLY) for name in kind.writer_options),
+                Parameter("budget", Parameter.KEYWORD_ONLY, default=None),
+            ]
+        )
+
+    def __call__(
+        self, out: OutputDir, index: Index, *, budget: DiskBudget | None = None, **options: Any
+    ) -> Writer:
+        self.__signature__.bind(out, index, budget=budget, **options)  # TypeError if not its own
+        return self.cls(out, index, budget=budget, **options)
+
+
+#: Writer kinds by name, from the registry.
+WRITER_KINDS: dict[str, WriterFactory] = {kind.name: WriterFactory(kind) for kind in kinds.KINDS}
 
 
 def run_writer(

@@ -171,3 +171,22 @@ def test_the_front_end_default_ring_is_the_collector_default():
     from collector import probes
 
     assert options.DEFAULT_RING_MB << 20 == probes.DEFAULT_RING_BYTES
+
+
+def test_the_usage_names_every_command_and_writer_kind(capsys):
+    from tracecap import kinds
+
+    for command in cli.COMMANDS:
+        assert f"tracecap {command}" in cli.USAGE
+    for kind in kinds.KINDS:
+        assert kind.name in cli.USAGE.split("writer kinds:")[1].splitlines()[0]
+    for word in options.KINDS:
+        assert word in cli.USAGE.split("capture options")[1]
+    err = check_refused(capsys, ["frobnicate"])
+    assert err.endswith(f"commands: {', '.join(cli.COMMANDS)}\n")
+
+
+@pytest.mark.parametrize("command", cli.COMMANDS)
+def test_every_command_is_known(capsys, command):
+    assert main([command, "--no-such-flag"]) == 2
+    assert "unknown command" not in capsys.readouterr().err

@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import zmq
 
-from tracecap import bus, privileges
+from tracecap import bus, kinds, privileges
 from tracecap.privileges import PrivilegeError, drop_privileges
-from writers.runner import WRITER_KINDS, run_writer
+from writers.base import Writer
+from writers.outdir import Index, OutputDir
+from writers.runner import WRITER_KINDS, run_writer, writer_class
 
 
 def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
@@ -86,3 +88,51 @@ def test_run_writer_persists_and_stops_cleanly(tmp_path: Path) -> None:
     assert (out / "host" / "write.dev-1.inode-9").read_bytes() == b"hello"
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "write" and records[-1]["complete"] is True
+
+
+@pytest.mark.parametrize("kind", kinds.KINDS, ids=lambda kind: kind.name)
+def test_every_kind_resolves_to_a_writer_of_its_topics(tmp_path: Path, kind: kinds.Kind) -> None:
+    """The registry's class path names a real Writer, whose name and subscriptions are the
+    kind's: the front end plans programs and waits for topics from the registry alone."""
+    assert issubclass(writer_class(kind.writer), Writer)
+    out = OutputDir(str(tmp_path / "out"))
+    index = Index(out)
+    try:
+        writer = WRITER_KINDS[kind.name](out, index)
+        assert type(writer) is writer_class(kind.writer)
+        assert writer.name == kind.name
+        assert writer.topics == kind.topics
+        writer.close()
+    finally:
+        index.close()
+        out.close()
+
+
+def test_the_writer_kinds_are_the_registrys() -> None:
+    assert list(WRITER_KINDS) == [kind.name for kind in kinds.KINDS]
+
+
+@pytest.mark.parametrize("path", ["writers.file:NoSuchWriter", "writers.outdir:Index"])
+def test_a_class_path_that_is_not_a_writer_is_refused(path: str) -> None:
+    with pytest.raises((AttributeError, TypeError)):
+        writer_class(path)
+
+
+def test_a_kind_takes_only_its_own_options(tmp_path: Path) -> None:
+    """pcap's split is its option; another kind's, or a writer parameter the registry does not
+    declare, is an error before anything starts."""
+    for kind, option in (("file", {"split": ("single",)}), ("pcap", {"max_open": 3})):
+        with pytest.raises(ValueError, match=f"writer kind '{kind}' takes no option"):
+            run_writer(kind, str(tmp_path / "out"), "ipc:///x", None, drop_to=None, options=option)
+    assert not (tmp_path / "out").exists()
+    out = OutputDir(str(tmp_path / "out"))
+    index = Index(out)
+    try:
+        with pytest.raises(TypeError):
+            WRITER_KINDS["pcap"](out, index, max_open=3)
+        writer = WRITER_KINDS["pcap"](out, index, split=("process",))
+        assert writer.split == ("process",)
+        writer.close()
+    finally:
+        index.close()
+        out.close()
