@@ -4,12 +4,16 @@ It prepares the output and run directories, starts supervisord in the foreground
 collector and the writers the options need, prints ``tracecap: ready`` once the collector
 reports its probes attached, prints events with ``--output json``, and on SIGINT/SIGTERM stops
 everything through supervisord and prints a summary of what was captured and lost.
+
+The loop reaches the system through objects it is given, so that its verdicts can be tested
+without root: a launcher (prepares the run directory, starts supervisord), an RPC client (how
+supervisord's programs are), a bus feed (stats and events) and a clock. The production ones are
+the defaults.
 """
 
 from __future__ import annotations
 
 import contextlib
-import grp
 import http.client
 import json
 import os
@@ -20,228 +24,29 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections import Counter
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TextIO
 
 import zmq
 from supervisor.xmlrpc import SupervisorTransport
 
 from tracecap import bus
-from tracecap.frontend import supervisor_conf, tracee_json
-from tracecap.options import Config
+from tracecap.frontend import tracee_json
+from tracecap.frontend.plan import Plan, make_plan
+from tracecap.frontend.rundir import (
+    OutDirError,
+    prepare_out_dir,
+    prepare_stats_dir,
+    write_options,
+)
+from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
+from tracecap.options import DEFAULT_RING_MB, Config
 from tracecap.privileges import prepare_run_dir
 from tracecap.stats import read_writer_stats
-from writers.outdir import clear_out_dir
 
 READY_TIMEOUT_S = 60.0
-
-
-def tracecap_exe() -> str:
-    """The console script, so that every child's command line names tracecap (see process_tree)."""
-    return os.path.join(os.path.dirname(sys.executable), "tracecap")
-
-
-def writer_kinds(config: Config) -> list[str]:
-    kinds = ["file"] if (config.write.enabled or config.read.enabled) else []
-    kinds += [k for k in ("exec", "mem", "module", "bpf") if getattr(config, k)]
-    return kinds + (["pcap"] if config.pcap.enabled else [])
-
-
-def printer_topics(config: Config) -> tuple[bytes, ...]:
-    """What the front end reads to print events: exec events come on proc., not with the
-    binaries on exec."""
-    if config.output != "json":
-        return ()
-    topics = [bus.TOPIC_PROC if t == bus.TOPIC_EXEC else t for t in config.topics()]
-    if bus.TOPIC_NET_PACKET in topics and not any(
-        e.startswith("net_packet_") for e in config.events
-    ):
-        topics.remove(bus.TOPIC_NET_PACKET)  # packets are events only when asked for by name
-    return tuple(topics)
-
-
-def wait_for_topics(config: Config) -> Counter[bytes]:
-    """Subscriptions the collector must see before attaching: writers' and our own."""
-    wanted: Counter[bytes] = Counter(config.topics())  # one writer per topic
-    wanted.update(printer_topics(config))
-    wanted[bus.TOPIC_STATS] += 1
-    return wanted
-
-
-def options_path(run_dir: str) -> str:
-    return os.path.join(run_dir, "options.conf")
-
-
-def write_options(run_dir: str, argv: list[str], group: str = "tracecap") -> None:
-    """The run's options, for every program, as a --config file (0640, group tracecap).
-
-    A file rather than the supervisord command lines, which cannot carry arbitrary text.
-    """
-    path = options_path(run_dir)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o640)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
-        f.write("# written by `tracecap run` for the programs it starts\n")
-        f.write(shlex.join(argv) + "\n")
-    os.chown(path, 0, grp.getgrnam(group).gr_gid)
-    os.chmod(path, 0o640)
-
-
-def programs(config: Config, run_dir: str, ring_mb: int = 8) -> list[supervisor_conf.Program]:
-    exe = tracecap_exe()
-    common = ["--run-dir", run_dir, "--config", options_path(run_dir)]
-    progs = [
-        supervisor_conf.Program(
-            f"writer-{kind}",
-            [exe, "writer", kind, *common],
-            "tracecap",
-            supervisor_conf.WRITER_PRIORITY,
-            "true",
-        )
-        for kind in writer_kinds(config)
-    ]
-    wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wait_for_topics(config).items())]
-    progs.append(
-        supervisor_conf.Program(
-            "collector",
-            [exe, "collector", *wait, f"--ring-mb={ring_mb}", *common],
-            "root",
-            supervisor_conf.COLLECTOR_PRIORITY,
-            "false",
-        )
-    )
-    return progs
-
-
-class OutDirError(RuntimeError):
-    pass
-
-
-def unreachable_parent(path: str, uid: int, gids: set[int]) -> str | None:
-    """The first directory above ``path`` that ``uid`` cannot pass through, if any."""
-    parent = os.path.dirname(os.path.abspath(path))
-    while True:
-        st = os.stat(parent)
-        if st.st_uid == uid:
-            ok = st.st_mode & 0o100
-        elif st.st_gid in gids:
-            ok = st.st_mode & 0o010
-        else:
-            ok = st.st_mode & 0o001
-        if not ok:
-            return parent
-        if parent == "/":
-            return None
-        parent = os.path.dirname(parent)
-
-
-def prepare_out_dir(config: Config, user: str = "tracecap") -> None:
-    """Create ``<dir>/out`` for the unprivileged writers, emptied first with clear-dir."""
-    pw = pwd.getpwnam(user)
-    os.makedirs(config.dir, mode=0o755, exist_ok=True)
-    if os.path.islink(config.out_dir):
-        raise RuntimeError(f"{config.out_dir} is a symlink: refusing to write through it")
-    os.makedirs(config.out_dir, mode=0o750, exist_ok=True)
-    if config.clear_dir:
-        clear_out_dir(config.out_dir)
-    os.chown(config.out_dir, pw.pw_uid, pw.pw_gid)
-    os.chmod(config.out_dir, 0o750)
-    gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
-    blocked = unreachable_parent(config.out_dir, pw.pw_uid, gids)
-    if blocked:
-        raise OutDirError(
-            f"the {user} user, which the writers run as, cannot enter {blocked} to reach "
-            f"{config.out_dir}: choose another dir: or let others pass (chmod o+x {blocked})"
-        )
-
-
-def prepare_stats_dir(run_dir: str, user: str = "tracecap") -> str:
-    pw = pwd.getpwnam(user)
-    stats = os.path.join(run_dir, "stats")
-    os.makedirs(stats, exist_ok=True)
-    for name in os.listdir(stats):
-        os.unlink(os.path.join(stats, name))
-    os.chown(stats, pw.pw_uid, pw.pw_gid)
-    os.chmod(stats, 0o750)
-    return stats
-
-
-def unseen_tail(
-    last_by_epoch: dict[int, dict[str, Any]], writers: dict[str, dict[str, Any]]
-) -> int:
-    """Messages published at the end of an epoch that a writer never received: a subscriber
-    sees a drop only as a gap before a later message, so the last ones need the collector's
-    count (``published``) beside the writer's last seq of each epoch and topic."""
-    missing = 0
-    for writer in writers.values():
-        for key, last_seq in writer.get("last_seq", {}).items():
-            epoch, _, topic = str(key).partition(":")
-            stats = last_by_epoch.get(int(epoch)) if epoch.isdecimal() else None
-            if stats and isinstance(last_seq, int):
-                published = stats.get("published", {}).get(topic, 0)
-                missing += max(0, published - 1 - last_seq)
-    return missing
-
-
-def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
-    """Counters of every collector run (epoch) added up: a restarted collector starts from 0."""
-    merged: dict[str, Any] = {"kernel": {}, "collector": {}}
-    for stats in last_by_epoch.values():
-        for part in ("kernel", "collector"):
-            for key, value in stats.get(part, {}).items():
-                if isinstance(value, int):
-                    merged[part][key] = merged[part].get(key, 0) + value
-    return merged
-
-
-def summary_line(
-    collector: dict[str, Any], writers: dict[str, dict[str, Any]], tail: int = 0
-) -> str:
-    """One line that says what was captured and every place something was lost."""
-    kernel = collector.get("kernel", {})
-    coll = collector.get("collector", {})
-
-    def kernel_sum(*suffixes: str) -> int:
-        return sum(v for k, v in kernel.items() if k.endswith(suffixes))
-
-    def writer_sum(*names: str) -> int:
-        return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
-
-    return (
-        f"tracecap: summary: {kernel_sum('.events')} events, {kernel_sum('.bytes')} bytes "
-        f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
-        f"{kernel_sum('.event_drops', '.chunk_drops')} records "
-        f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
-        f"{kernel_sum('.pending_full')}, collector decode errors "
-        f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages') + tail} "
-        "messages, "
-        f"malformed messages {writer_sum('malformed')}, writer errors "
-        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
-        f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
-        f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        "bytes)"
-    )
-
-
-def status_line(now: dict[str, Any], before: dict[str, Any], seconds: float, artifacts: int) -> str:
-    """One terminal line: event rate, bytes, artifacts and losses so far."""
-    kernel, prev = now.get("kernel", {}), before.get("kernel", {})
-    events = sum(v for k, v in kernel.items() if k.endswith(".events"))
-    events_before = sum(v for k, v in prev.items() if k.endswith(".events"))
-    rate = (events - events_before) / seconds if seconds > 0 else 0.0
-    captured = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
-    lost = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
-    return (
-        f"tracecap: {rate:,.0f} events/s, {captured / 1e6:,.1f} MB captured, "
-        f"{artifacts} artifacts, {lost} records lost"
-    )
-
-
-def supervisor_rpc(run_dir: str) -> xmlrpc.client.ServerProxy:
-    return xmlrpc.client.ServerProxy(
-        "http://127.0.0.1",
-        transport=SupervisorTransport(None, None, f"unix://{run_dir}/supervisor.sock"),
-    )
-
+#: How often supervisord is asked how its programs are.
+CHECK_INTERVAL_S = 1.0
 
 #: Niceness of supervisord, and so of the programs it starts. The capture competes for the CPU
 #: with the very workload it captures; when it falls behind, data is lost (the kernel drops what
@@ -250,6 +55,79 @@ def supervisor_rpc(run_dir: str) -> xmlrpc.client.ServerProxy:
 #: collector alone: with the collector alone raised, the pcap writer lost half of a 50k
 #: packets/s flood (its queue filled while it waited for the CPU).
 PIPELINE_NICE = -10
+
+
+class Supervisord(Protocol):
+    """The running supervisord, as subprocess.Popen offers it."""
+
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+class SupervisorRpc(Protocol):
+    """supervisord's RPC interface, reduced to what the front end asks."""
+
+    def process_infos(self) -> list[dict[str, Any]] | None:
+        """Every program's state (getAllProcessInfo); None while supervisord does not answer
+        (still starting, or busy)."""
+        ...
+
+    def start_all(self) -> bool:
+        """Start every program now; False if supervisord did not answer."""
+        ...
+
+
+class Launcher(Protocol):
+    """Starts the run's process tree."""
+
+    def prepare(self, plan: Plan) -> None:
+        """Write what the programs read into the run directory, before the bus is joined."""
+        ...
+
+    def start(self, plan: Plan) -> Supervisord:
+        """Start supervisord on the plan's configuration."""
+        ...
+
+
+class BusFeed(Protocol):
+    """The front end's subscription to the bus."""
+
+    def receive(self, timeout_ms: int) -> Iterable[list[bytes]]:
+        """The messages waiting, after waiting up to ``timeout_ms`` for the first."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class XmlRpcSupervisor:
+    """supervisord's XML-RPC interface on the run directory's unix socket."""
+
+    def __init__(self, run_dir: str) -> None:
+        self._socket = f"unix://{run_dir}/supervisor.sock"
+
+    def _proxy(self) -> xmlrpc.client.ServerProxy:
+        # a fresh connection each time: a failed request leaves the old one unusable
+        return xmlrpc.client.ServerProxy(
+            "http://127.0.0.1", transport=SupervisorTransport(None, None, self._socket)
+        )
+
+    def process_infos(self) -> list[dict[str, Any]] | None:
+        try:
+            return self._proxy().supervisor.getAllProcessInfo()
+        except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
+            return None
+
+    def start_all(self) -> bool:
+        try:
+            self._proxy().supervisor.startAllProcesses(False)
+        except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
+            return False
+        return True
 
 
 def raise_pipeline_priority() -> None:
@@ -264,20 +142,79 @@ def raise_pipeline_priority() -> None:
         )
 
 
-def kick_start(run_dir: str, sup: subprocess.Popen, timeout: float = 5.0) -> None:
+def kick_start(
+    rpc: SupervisorRpc,
+    sup: Supervisord,
+    timeout: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """Start the programs now rather than at supervisord's first one-second tick.
 
     Autostart would start them anyway; asking over its socket as soon as it listens saves
     most of a second of `tracecap run`'s start. Programs start in priority order (writers
     first) either way.
     """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and sup.poll() is None:
-        try:  # a fresh connection each time: a failed request leaves the old one unusable
-            supervisor_rpc(run_dir).supervisor.startAllProcesses(False)
+    deadline = clock() + timeout
+    while clock() < deadline and sup.poll() is None:
+        if rpc.start_all():
             return
-        except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
-            time.sleep(0.02)
+        sleep(0.02)
+
+
+class SupervisordLauncher:
+    """Prepares the run directory as root and starts supervisord in its own session, at
+    PIPELINE_NICE, with its output on our stderr."""
+
+    def __init__(self, rpc: SupervisorRpc) -> None:
+        self._rpc = rpc
+
+    def prepare(self, plan: Plan) -> None:
+        prepare_run_dir(plan.run_dir)
+        prepare_stats_dir(plan.stats_dir)
+        write_options(plan.options_path, plan.options)
+        with open(plan.conf_path, "w") as f:
+            f.write(plan.supervisord_conf)
+        for log in plan.log_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log)
+
+    def start(self, plan: Plan) -> Supervisord:
+        raise_pipeline_priority()
+        sup = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", plan.conf_path],
+            stdout=sys.stderr,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        kick_start(self._rpc, sup)
+        return sup
+
+
+class ZmqFeed:
+    """A SUB socket on the bus: stats, and the topics whose events are printed."""
+
+    def __init__(self, endpoint: str, topics: tuple[bytes, ...]) -> None:
+        sock = zmq.Context.instance().socket(zmq.SUB)
+        sock.setsockopt(zmq.RCVHWM, 200_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, bus.TOPIC_STATS)
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(endpoint)
+        self._sock = sock
+
+    def receive(self, timeout_ms: int) -> Iterator[list[bytes]]:
+        if not self._sock.poll(timeout_ms):
+            return
+        while True:
+            try:
+                yield self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 class LogRelay:
@@ -310,31 +247,54 @@ class LogRelay:
                 self._offsets[path] = offset + end
 
 
+def stopped_program(infos: list[dict[str, Any]], run_dir: str) -> str | None:
+    """Why the run cannot go on: a collector that stopped, or a writer supervisord gave up
+    restarting, ends it with its reason instead of a wait for a readiness that will not come."""
+    for info in infos:
+        dead = ("EXITED", "FATAL", "BACKOFF") if info["name"] == "collector" else ("FATAL",)
+        if info["statename"] in dead:
+            return (
+                f"{info['name']} stopped ({info['statename']}, exit status "
+                f"{info['exitstatus']}); its messages are above and in "
+                f"{run_dir}/{info['name']}.log"
+            )
+    return None
+
+
 class Frontend:
+    """The `tracecap run` loop: starts the plan's programs, relays their logs, prints events
+    and readiness, stops everything on a signal or a problem, and prints the summary.
+
+    A collector that stops, a writer in FATAL state, or no readiness within ``ready_timeout``
+    seconds end the run with status 1.
+    """
+
     def __init__(
-        self, config: Config, argv: list[str], run_dir: str, out: TextIO, ring_mb: int = 8
+        self,
+        config: Config,
+        plan: Plan,
+        out: TextIO,
+        *,
+        launcher: Launcher | None = None,
+        rpc: SupervisorRpc | None = None,
+        subscribe: Callable[[str, tuple[bytes, ...]], BusFeed] = ZmqFeed,
+        clock: Callable[[], float] = time.monotonic,
+        ready_timeout: float = READY_TIMEOUT_S,
     ) -> None:
-        self.ring_mb = ring_mb
         self.config = config
-        self.argv = argv
-        self.run_dir = run_dir
+        self.plan = plan
         self.out = out
+        self.rpc = rpc or XmlRpcSupervisor(plan.run_dir)
+        self.launcher = launcher or SupervisordLauncher(self.rpc)
+        self.subscribe = subscribe
+        self.clock = clock
+        self.ready_timeout = ready_timeout
         self.last_stats: dict[str, Any] = {}
         self.stats_by_epoch: dict[int, dict[str, Any]] = {}
         self.printer = tracee_json.EventPrinter()
         self.ready = False
         self.stopping = False
         self.live = sys.stderr.isatty()
-
-    def _subscribe(self, ctx: zmq.Context) -> zmq.Socket:
-        sock = ctx.socket(zmq.SUB)
-        sock.setsockopt(zmq.RCVHWM, 200_000)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, bus.TOPIC_STATS)
-        for topic in printer_topics(self.config):
-            sock.setsockopt(zmq.SUBSCRIBE, topic)
-        sock.connect(f"ipc://{self.run_dir}/bus.sock")
-        return sock
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -356,111 +316,92 @@ class Frontend:
         if events:
             self.out.flush()
 
+    def _pump_bus(self, feed: BusFeed, timeout_ms: int) -> int:
+        """Handle what arrives within ``timeout_ms``; how many messages that was."""
+        count = 0
+        for frames in feed.receive(timeout_ms):
+            self._handle(frames)
+            count += 1
+        return count
+
     def _show_status(self, stats: dict[str, Any]) -> None:
         """A live line on a terminal (never into a file or a pipe, where it would be noise)."""
         if not self.live or stats.get("state") != "ready" or not self.last_stats:
             return
         seconds = (stats["ts"] - self.last_stats["ts"]) / 1e9
-        writers = read_writer_stats(os.path.join(self.run_dir, "stats"))
+        writers = read_writer_stats(self.plan.stats_dir)
         artifacts = sum(int(w.get("counters", {}).get("artifacts", 0)) for w in writers.values())
         sys.stderr.write("\r\x1b[K" + status_line(stats, self.last_stats, seconds, artifacts))
         sys.stderr.flush()
 
-    def run(self) -> int:
-        def on_signal(_signum: int, _frame: Any) -> None:
-            self.stopping = True
+    def _on_signal(self, _signum: int, _frame: Any) -> None:
+        self.stopping = True
 
+    def run(self) -> int:
         # Before supervisord exists: a stop asked for during start-up must stop it too, not
         # raise KeyboardInterrupt past it (it runs in its own session and would be orphaned)
         # or, where the parent ignores SIGINT, be lost.
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        prepare_run_dir(self.run_dir)
-        stats_dir = prepare_stats_dir(self.run_dir)
-        conf_path = os.path.join(self.run_dir, "supervisord.conf")
-        write_options(self.run_dir, self.argv)
-        progs = programs(self.config, self.run_dir, self.ring_mb)
-        with open(conf_path, "w") as f:
-            f.write(supervisor_conf.render(self.run_dir, progs))
-        logs = [os.path.join(self.run_dir, f"{p.name}.log") for p in progs]
-        for log in logs:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(log)
-        relay = LogRelay(logs, sys.stderr)
-        ctx = zmq.Context.instance()
-        sock = self._subscribe(ctx)
-        raise_pipeline_priority()
-        sup = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "supervisord"), "-c", conf_path],
-            stdout=sys.stderr,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        kick_start(self.run_dir, sup)
-        started = time.monotonic()
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        self.launcher.prepare(self.plan)
+        relay = LogRelay(self.plan.log_paths, sys.stderr)
+        feed = self.subscribe(self.plan.bus_endpoint, self.plan.printer_topics)
+        sup = self.launcher.start(self.plan)
+        started = self.clock()
         status = 0
-        next_check = started + 1.0
+        next_check = started + CHECK_INTERVAL_S
         stop_sent = False
         try:
             while sup.poll() is None:
                 if self.stopping and not stop_sent:
                     sup.send_signal(signal.SIGTERM)
                     stop_sent = True
-                if sock.poll(200):
-                    while True:
-                        try:
-                            self._handle(sock.recv_multipart(zmq.NOBLOCK))
-                        except zmq.Again:
-                            break
+                self._pump_bus(feed, 200)
                 relay.pump()
-                now = time.monotonic()
+                now = self.clock()
                 if not stop_sent and now >= next_check:
-                    next_check = now + 1.0
-                    problem = self._check_collector()
-                    if problem is None and not self.ready and now - started > READY_TIMEOUT_S:
-                        problem = f"capture not ready after {READY_TIMEOUT_S:.0f}s"
+                    next_check = now + CHECK_INTERVAL_S
+                    problem = self._problem(now - started)
                     if problem:
                         print(f"tracecap: error: {problem}", file=sys.stderr)
                         status = 1
                         self.stopping = True
             # Final stats published by the collector as it stopped.
-            while sock.poll(100):
-                self._handle(sock.recv_multipart())
+            while self._pump_bus(feed, 100):
+                pass
             relay.pump()
         finally:
             if sup.poll() is None:
                 sup.send_signal(signal.SIGTERM)
                 sup.wait(60)
-            sock.close()
+            feed.close()
         if sup.returncode not in (0, None) and status == 0:
             status = 1
         if self.live:
             sys.stderr.write("\r\x1b[K")
         totals = merge_epochs(self.stats_by_epoch)
-        writers = read_writer_stats(stats_dir)
+        writers = read_writer_stats(self.plan.stats_dir)
         tail = unseen_tail(self.stats_by_epoch, writers)
         print(summary_line(totals, writers, tail), file=sys.stderr)
         return status
 
-    def _check_collector(self) -> str | None:
-        """A collector that stopped, or a writer that keeps dying, ends the run with its reason
-        instead of a wait for a readiness that will not come."""
-        try:
-            infos = supervisor_rpc(self.run_dir).supervisor.getAllProcessInfo()
-        except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
-            return None  # supervisord still starting, or busy
-        for info in infos:
-            dead = ("EXITED", "FATAL", "BACKOFF") if info["name"] == "collector" else ("FATAL",)
-            if info["statename"] in dead:
-                return (
-                    f"{info['name']} stopped ({info['statename']}, exit status "
-                    f"{info['exitstatus']}); its messages are above and in "
-                    f"{self.run_dir}/{info['name']}.log"
-                )
-        return None
+    def _problem(self, elapsed: float) -> str | None:
+        infos = self.rpc.process_infos()
+        problem = stopped_program(infos, self.plan.run_dir) if infos is not None else None
+        if problem is None and not self.ready and elapsed > self.ready_timeout:
+            problem = f"capture not ready after {self.ready_timeout:.0f}s"
+        return problem
 
 
-def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 8) -> int:
+def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = DEFAULT_RING_MB) -> int:
     if os.geteuid() != 0:
         print(
             "tracecap: error: `tracecap run` must be started as root (it loads eBPF programs)",
@@ -480,4 +421,5 @@ def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = 8) -> int:
     except (OutDirError, OSError) as exc:
         print(f"tracecap: error: {exc}", file=sys.stderr)
         return 2
-    return Frontend(config, argv, run_dir, sys.stdout, ring_mb).run()
+    plan = make_plan(config, argv, run_dir, ring_mb)
+    return Frontend(config, plan, sys.stdout).run()

@@ -1,132 +1,304 @@
-"""Pure parts of `tracecap run`: the programs it starts, what the collector waits for, the
-options file it hands them, and the summary line."""
+"""The `tracecap run` loop's verdicts, over a fake supervisord, its RPC, the bus and a clock.
 
-import shlex
+Each scenario runs the real loop: the fakes stand for the system only, so a wrong verdict (an
+error missed, a run stopped for nothing, supervisord left running) fails here without root.
+"""
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tracecap import bus, options
-from tracecap.frontend.supervise import (
-    merge_epochs,
-    programs,
-    status_line,
-    summary_line,
-    wait_for_topics,
-)
+from tracecap.frontend.plan import Plan, make_plan
+from tracecap.frontend.supervise import Frontend, stopped_program
+
+EXE = "/opt/tracecap/venv/bin/tracecap"
 
 
-def config(*argv: str) -> options.Config:
-    return options.parse_args(list(argv))
+def stats(state: str = "ready", epoch: int = 1, **kernel: int) -> list[bytes]:
+    """A collector's stats message, as its publisher sends it."""
+    env = {
+        "v": bus.VERSION, "epoch": epoch, "seq": 0, "ts": 1_000, "pid": 10, "tid": 10,
+        "ppid": 1, "uid": 0, "comm": b"tracecap", "cgroup_id": 0, "container_id": "",
+        "state": state, "kernel": kernel, "collector": {}, "published": {},
+    }  # fmt: skip
+    return bus.encode(bus.TOPIC_STATS, env)
 
 
-def test_writer_starts_before_the_collector_and_gets_only_safe_arguments():
-    progs = programs(config("--capture", "write=/tmp/a b #1;*"), "/run/tc")
-    assert [p.name for p in progs] == ["writer-file", "collector"]
-    assert progs[0].user == "tracecap" and progs[1].user == "root"
-    assert progs[0].priority < progs[1].priority
-    for p in progs:
-        assert "--config" in p.command and "/run/tc/options.conf" in p.command
-        assert not any("#" in arg or " " in arg for arg in p.command)
+class FakeClock:
+    """Time that moves ``step`` seconds every time it is read."""
+
+    def __init__(self, step: float) -> None:
+        self.now = 1_000.0
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
 
 
-def test_collector_waits_for_the_writer_the_printer_and_stats():
-    assert wait_for_topics(config("--capture", "write", "--output", "json")) == {
-        bus.TOPIC_FILE_WRITE: 2,
-        bus.TOPIC_STATS: 1,
-    }
-    assert wait_for_topics(config("--capture", "read")) == {
-        bus.TOPIC_FILE_READ: 1,
-        bus.TOPIC_STATS: 1,
-    }
+class FakeSupervisord:
+    """Exits when signalled (as supervisord does once its programs stopped), or by itself
+    after ``exits_after`` polls; ``on_poll`` runs at every poll."""
+
+    def __init__(self, clock: FakeClock, exits_after: int = 10_000) -> None:
+        self.returncode: int | None = None
+        self.signals: list[tuple[int, float]] = []
+        self.polls = 0
+        self.exits_after = exits_after
+        self.on_poll: Callable[[int], None] = lambda _polls: None
+        self._clock = clock
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        self.on_poll(self.polls)
+        if self.returncode is None and self.polls >= self.exits_after:
+            self.returncode = 0
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        self.signals.append((sig, self._clock.now))
+        self.returncode = 0
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.returncode is not None, "waited for a supervisord that was never stopped"
+        return self.returncode
 
 
-_TOKEN = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
+class FakeLauncher:
+    def __init__(self, sup: FakeSupervisord) -> None:
+        self.sup = sup
+        self.prepared: list[Plan] = []
+        self.on_prepare: Callable[[], None] = lambda: None
+
+    def prepare(self, plan: Plan) -> None:
+        self.prepared.append(plan)
+        self.on_prepare()
+
+    def start(self, plan: Plan) -> FakeSupervisord:
+        assert self.prepared == [plan], "started before the run directory was prepared"
+        return self.sup
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_TOKEN, max_size=8))
-def test_options_file_gives_back_the_exact_argv(argv):
-    """What write_options stores (shlex.join) is what the programs' --config reads back."""
-    assert options.expand_config_file(shlex.join(argv) + "\n") == argv
+class FakeRpc:
+    """supervisord's answers: each program's state, from ``states(clock time)``."""
+
+    def __init__(self, clock: FakeClock, states: Callable[[float], dict[str, str]]) -> None:
+        self._clock = clock
+        self._states = states
+
+    def process_infos(self) -> list[dict[str, Any]] | None:
+        return [
+            {"name": name, "statename": state, "exitstatus": 0 if state == "RUNNING" else 1}
+            for name, state in self._states(self._clock.now).items()
+        ]
+
+    def start_all(self) -> bool:
+        return True
 
 
-def test_summary_counts_every_loss():
-    collector = {
-        "kernel": {
-            "write.events": 3,
-            "write.bytes": 100,
-            "write.event_drops": 1,
-            "write.chunk_drops": 2,
-            "write.dropped_bytes": 50,
-            "write.pending_full": 4,
-            "read.events": 1,
-            "read.bytes": 5,
-        },
-        "collector": {"decode_errors": 6, "bus_dropped_messages": 2, "bus_dropped_bytes": 9},
-    }
-    writers = {
-        "writer-file": {
-            "counters": {
-                "artifacts": 2,
-                "gap_messages": 7,
-                "malformed": 8,
-                "write_errors": 1,
-                "handler_errors": 1,
-                "index_errors": 1,
-            }
-        }
-    }
-    assert summary_line(collector, writers) == (
-        "tracecap: summary: 4 events, 105 bytes captured, 2 artifacts; losses: kernel ring "
-        "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
-        "7 messages, malformed messages 8, writer errors 3, disk budget 0 bytes refused, bus "
-        "backlog full 2 messages (9 bytes)"
+class FakeFeed:
+    """The bus: ``batches[i]`` arrives at the i-th receive, then nothing."""
+
+    def __init__(self, batches: list[list[list[bytes]]]) -> None:
+        self.batches = list(batches)
+        self.subscribed: tuple[str, tuple[bytes, ...]] | None = None
+        self.closed = False
+
+    def __call__(self, endpoint: str, topics: tuple[bytes, ...]) -> FakeFeed:
+        self.subscribed = (endpoint, topics)
+        return self
+
+    def receive(self, timeout_ms: int) -> list[list[bytes]]:
+        return self.batches.pop(0) if self.batches else []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def all_running(_now: float) -> dict[str, str]:
+    return {"writer-file": "RUNNING", "collector": "RUNNING"}
+
+
+class Scenario:
+    """One `tracecap run --capture write` over the fakes; ``run()`` gives its exit status."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        states: Callable[[float], dict[str, str]] = all_running,
+        batches: list[list[list[bytes]]] | None = None,
+        step: float = 0.5,
+        exits_after: int = 10_000,
+    ) -> None:
+        self.config = options.parse_args(["--capture", "write"])
+        self.plan = make_plan(self.config, ["--capture", "write"], str(tmp_path), exe=EXE)
+        self.clock = FakeClock(step)
+        self.sup = FakeSupervisord(self.clock, exits_after)
+        self.launcher = FakeLauncher(self.sup)
+        self.feed = FakeFeed(batches or [])
+        self.rpc = FakeRpc(self.clock, states)
+        self.started_at = self.clock.now
+
+    def run(self) -> int:
+        frontend = Frontend(
+            self.config,
+            self.plan,
+            io.StringIO(),
+            launcher=self.launcher,
+            rpc=self.rpc,
+            subscribe=self.feed,
+            clock=self.clock,
+        )
+        return frontend.run()
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("tracecap: error:")]
+
+
+@pytest.mark.parametrize("state", ["EXITED", "FATAL", "BACKOFF"])
+def test_a_collector_that_stops_before_it_is_ready_ends_the_run(tmp_path, capsys, state):
+    run = Scenario(tmp_path, states=lambda _now: {"writer-file": "RUNNING", "collector": state})
+    assert run.run() == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == [
+        f"tracecap: error: collector stopped ({state}, exit status 1); its messages are above "
+        f"and in {tmp_path}/collector.log"
+    ]
+    assert "tracecap: ready" not in err
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
+    assert run.sup.signals[0][1] - run.started_at < 5, "the verdict waited for the deadline"
+    assert run.feed.closed
+
+
+def test_a_collector_that_dies_after_it_was_ready_ends_the_run(tmp_path, capsys):
+    def states(now: float) -> dict[str, str]:
+        alive = now - 1_000 < 10
+        return {"writer-file": "RUNNING", "collector": "RUNNING" if alive else "EXITED"}
+
+    run = Scenario(tmp_path, states=states, batches=[[stats("ready", **{"write.events": 3})]])
+    assert run.run() == 1
+    err = capsys.readouterr().err
+    assert err.index("tracecap: ready") < err.index("tracecap: error: collector stopped (EXITED")
+    assert len(error_lines(err)) == 1
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
+    assert "tracecap: summary: 3 events" in err
+
+
+def test_a_collector_not_ready_by_the_deadline_ends_the_run(tmp_path, capsys):
+    run = Scenario(tmp_path, batches=[[stats("starting")]], step=1.0)
+    assert run.run() == 1
+    err = capsys.readouterr().err
+    assert error_lines(err) == ["tracecap: error: capture not ready after 60s"]
+    [(sig, when)] = run.sup.signals
+    assert sig == signal.SIGTERM
+    assert 60 < when - run.started_at <= 63
+
+
+def test_a_collector_ready_in_time_is_left_alone(tmp_path, capsys):
+    """Ready at 30 s, so the 60 s deadline does not apply; supervisord exits by itself later."""
+    run = Scenario(tmp_path, batches=[[]] * 60 + [[stats("ready")]], step=0.5, exits_after=400)
+    assert run.run() == 0
+    err = capsys.readouterr().err
+    assert "tracecap: ready" in err
+    assert error_lines(err) == []
+    assert run.sup.signals == []
+    assert run.clock.now - run.started_at > 150
+
+
+def test_a_writer_supervisord_gave_up_on_ends_the_run(tmp_path, capsys):
+    run = Scenario(
+        tmp_path,
+        states=lambda _now: {"writer-file": "FATAL", "collector": "RUNNING"},
+        batches=[[stats("ready")]],
     )
+    assert run.run() == 1
+    assert error_lines(capsys.readouterr().err) == [
+        f"tracecap: error: writer-file stopped (FATAL, exit status 1); its messages are above "
+        f"and in {tmp_path}/writer-file.log"
+    ]
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
 
 
-def test_status_line_rate_bytes_artifacts_losses():
-    before = {"kernel": {"write.events": 100, "write.bytes": 0}}
-    now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,
-                      "write.chunk_drops": 2, "net.event_drops": 1}}  # fmt: skip
-    assert status_line(now, before, 2.0, 7) == (
-        "tracecap: 150 events/s, 2.5 MB captured, 7 artifacts, 3 records lost"
+@pytest.mark.parametrize("state", ["BACKOFF", "EXITED", "STARTING"])
+def test_a_writer_being_restarted_is_no_reason_to_stop(tmp_path, capsys, state):
+    """supervisord restarts a writer that died (autorestart); only FATAL means it gave up."""
+    run = Scenario(
+        tmp_path,
+        states=lambda _now: {"writer-file": state, "collector": "RUNNING"},
+        batches=[[stats("ready")]],
+        exits_after=50,
     )
+    assert run.run() == 0
+    assert error_lines(capsys.readouterr().err) == []
+    assert run.sup.signals == []
 
 
-def test_a_restarted_collector_adds_to_the_totals():
-    first = {"kernel": {"write.events": 5, "write.chunk_drops": 1}, "collector": {"messages": 9}}
-    second = {"kernel": {"write.events": 2}, "collector": {"messages": 3, "note": "x"}}
-    assert merge_epochs({1: first, 2: second}) == {
-        "kernel": {"write.events": 7, "write.chunk_drops": 1},
-        "collector": {"messages": 12},
-    }
+def test_supervisord_failing_is_a_failed_run(tmp_path, capsys):
+    run = Scenario(tmp_path, batches=[[stats("ready")]])
+    run.sup.on_poll = lambda polls: setattr(run.sup, "returncode", 2) if polls >= 5 else None
+    assert run.run() == 1
 
 
-def test_unreachable_parent_names_the_directory_that_blocks():
-    import shutil
-    import tempfile
-    from pathlib import Path
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("when", ["running", "starting"])
+def test_a_stop_signal_stops_supervisord(tmp_path, capsys, signum, when):
+    """Also one that comes while the run directory is being prepared, before supervisord
+    exists: it must be stopped as soon as it is. The stats it sends as it stops still count."""
+    reached_the_previous_handler: list[int] = []
 
-    from tracecap.frontend.supervise import unreachable_parent
+    def previous_handler(sig: int, _frame: Any) -> None:
+        reached_the_previous_handler.append(sig)
 
-    base = Path(tempfile.mkdtemp(prefix="tc-reach-", dir="/tmp"))  # pytest's tmp is 0700
+    def kill() -> None:
+        os.kill(os.getpid(), signum)
+
+    before = signal.signal(signum, previous_handler)
     try:
-        base.chmod(0o755)
-        closed = base / "closed"
-        (closed / "dir").mkdir(parents=True)
-        closed.chmod(0o700)
-        nobody = 65534
-        assert unreachable_parent(str(closed / "dir" / "out"), nobody, {nobody}) == str(closed)
-        closed.chmod(0o711)
-        assert unreachable_parent(str(closed / "dir" / "out"), nobody, {nobody}) is None
+        run = Scenario(
+            tmp_path, batches=[[stats("ready")], [stats("stopped", **{"write.events": 4})]]
+        )
+        if when == "running":
+            run.sup.on_poll = lambda polls: kill() if polls == 3 else None
+        else:
+            run.launcher.on_prepare = kill
+        assert run.run() == 0
+        handler_after = signal.getsignal(signum)
     finally:
-        shutil.rmtree(base)
+        signal.signal(signum, before)
+    assert reached_the_previous_handler == []
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
+    assert run.sup.polls <= 5, "supervisord was not stopped at once"
+    assert handler_after is previous_handler, "the previous handler was not restored"
+    err = capsys.readouterr().err
+    assert error_lines(err) == []
+    assert "tracecap: summary: 4 events" in err
 
 
-def test_messages_dropped_at_the_very_end_are_counted_from_the_collectors_tally():
-    from tracecap.frontend.supervise import unseen_tail
+def test_the_front_end_subscribes_to_stats_and_printed_events_on_the_runs_bus(tmp_path):
+    run = Scenario(tmp_path, exits_after=3)
+    run.config = options.parse_args(["--capture", "exec", "--output", "json"])
+    run.plan = make_plan(run.config, [], str(tmp_path), exe=EXE)
+    run.run()
+    assert run.feed.subscribed == (f"ipc://{tmp_path}/bus.sock", (bus.TOPIC_PROC,))
 
-    stats = {7: {"published": {"file.write.": 100, "stats.": 50}}, 8: {"published": {}}}
-    writers = {"writer-file": {"last_seq": {"7:file.write.": 89, "9:file.write.": 3}}}
-    assert unseen_tail(stats, writers) == 10  # seq 90..99 never arrived
+
+def test_stopped_program_names_the_first_dead_one():
+    infos = [
+        {"name": "writer-file", "statename": "BACKOFF", "exitstatus": 1},
+        {"name": "writer-exec", "statename": "FATAL", "exitstatus": 2},
+        {"name": "collector", "statename": "RUNNING", "exitstatus": 0},
+    ]
+    assert stopped_program(infos, "/run/tc") == (
+        "writer-exec stopped (FATAL, exit status 2); its messages are above and in "
+        "/run/tc/writer-exec.log"
+    )
+    assert stopped_program(infos[:1] + infos[2:], "/run/tc") is None

@@ -1,0 +1,93 @@
+"""The plan of `tracecap run`: the programs it starts, what the collector waits for, and the
+options file it hands them."""
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tracecap import bus, options
+from tracecap.frontend.plan import (
+    make_plan,
+    options_text,
+    printer_topics,
+    programs,
+    wait_for_topics,
+)
+
+
+def config(*argv: str) -> options.Config:
+    return options.parse_args(list(argv))
+
+
+def test_writer_starts_before_the_collector_and_gets_only_safe_arguments():
+    progs = programs(config("--capture", "write=/tmp/a b #1;*"), "/run/tc")
+    assert [p.name for p in progs] == ["writer-file", "collector"]
+    assert progs[0].user == "tracecap" and progs[1].user == "root"
+    assert progs[0].priority < progs[1].priority
+    for p in progs:
+        assert "--config" in p.command and "/run/tc/options.conf" in p.command
+        assert not any("#" in arg or " " in arg for arg in p.command)
+
+
+def test_collector_waits_for_the_writer_the_printer_and_stats():
+    assert wait_for_topics(config("--capture", "write", "--output", "json")) == {
+        bus.TOPIC_FILE_WRITE: 2,
+        bus.TOPIC_STATS: 1,
+    }
+    assert wait_for_topics(config("--capture", "read")) == {
+        bus.TOPIC_FILE_READ: 1,
+        bus.TOPIC_STATS: 1,
+    }
+
+
+_TOKEN = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TOKEN, max_size=8))
+def test_options_file_gives_back_the_exact_argv(argv):
+    """What the options file holds (shlex.join) is what the programs' --config reads back."""
+    assert options.expand_config_file(options_text(argv)) == argv
+
+
+def test_every_kind_runs_its_writer_in_the_registrys_order():
+    every = config(*[a for k in options.KINDS for a in ("--capture", k)])
+    assert [p.name for p in programs(every, "/run/tc")] == [
+        "writer-file", "writer-exec", "writer-mem", "writer-module", "writer-bpf", "writer-pcap",
+        "collector",
+    ]  # fmt: skip
+    assert [p.name for p in programs(config("--capture", "read"), "/run/tc")] == [
+        "writer-file",
+        "collector",
+    ]
+
+
+def test_the_collector_gets_the_default_ring_unless_told():
+    collector = programs(config("--capture", "exec"), "/run/tc")[-1].command
+    assert f"--ring-mb={options.DEFAULT_RING_MB}" in collector
+    assert "--ring-mb=64" in programs(config("--capture", "exec"), "/run/tc", 64)[-1].command
+
+
+def test_events_are_read_where_they_travel_and_packets_only_when_named():
+    assert printer_topics(config("--capture", "exec", "--capture", "network")) == ()
+    assert printer_topics(
+        config("--capture", "write", "--capture", "exec", "--capture", "net", "--output", "json")
+    ) == (bus.TOPIC_FILE_WRITE, bus.TOPIC_PROC)
+    assert printer_topics(
+        config("--capture", "net", "--output", "json", "--events", "net_packet_dns")
+    ) == (bus.TOPIC_NET_PACKET,)
+
+
+def test_a_plan_holds_the_files_its_programs_read():
+    argv = ["--capture", "write", "--capture", "dir:/srv/case #1"]
+    plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap")
+    assert [p.name for p in plan.programs] == ["writer-file", "collector"]
+    assert plan.conf_path == "/run/tc/supervisord.conf"
+    assert "[program:writer-file]" in plan.supervisord_conf
+    assert "command=/venv/bin/tracecap writer file --run-dir /run/tc --config " in (
+        plan.supervisord_conf
+    )
+    assert options.expand_config_file(plan.options) == argv
+    assert plan.options_path == "/run/tc/options.conf"
+    assert plan.stats_dir == "/run/tc/stats"
+    assert plan.bus_endpoint == "ipc:///run/tc/bus.sock"
+    assert plan.log_paths == ["/run/tc/writer-file.log", "/run/tc/collector.log"]

@@ -1,0 +1,62 @@
+"""What `tracecap run` reports: the summary line, the live status line, counters added up over
+collector restarts, and messages lost at the very end."""
+
+from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
+
+
+def test_summary_counts_every_loss():
+    collector = {
+        "kernel": {
+            "write.events": 3,
+            "write.bytes": 100,
+            "write.event_drops": 1,
+            "write.chunk_drops": 2,
+            "write.dropped_bytes": 50,
+            "write.pending_full": 4,
+            "read.events": 1,
+            "read.bytes": 5,
+        },
+        "collector": {"decode_errors": 6, "bus_dropped_messages": 2, "bus_dropped_bytes": 9},
+    }
+    writers = {
+        "writer-file": {
+            "counters": {
+                "artifacts": 2,
+                "gap_messages": 7,
+                "malformed": 8,
+                "write_errors": 1,
+                "handler_errors": 1,
+                "index_errors": 1,
+            }
+        }
+    }
+    assert summary_line(collector, writers) == (
+        "tracecap: summary: 4 events, 105 bytes captured, 2 artifacts; losses: kernel ring "
+        "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
+        "7 messages, malformed messages 8, writer errors 3, disk budget 0 bytes refused, bus "
+        "backlog full 2 messages (9 bytes)"
+    )
+
+
+def test_status_line_rate_bytes_artifacts_losses():
+    before = {"kernel": {"write.events": 100, "write.bytes": 0}}
+    now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,
+                      "write.chunk_drops": 2, "net.event_drops": 1}}  # fmt: skip
+    assert status_line(now, before, 2.0, 7) == (
+        "tracecap: 150 events/s, 2.5 MB captured, 7 artifacts, 3 records lost"
+    )
+
+
+def test_a_restarted_collector_adds_to_the_totals():
+    first = {"kernel": {"write.events": 5, "write.chunk_drops": 1}, "collector": {"messages": 9}}
+    second = {"kernel": {"write.events": 2}, "collector": {"messages": 3, "note": "x"}}
+    assert merge_epochs({1: first, 2: second}) == {
+        "kernel": {"write.events": 7, "write.chunk_drops": 1},
+        "collector": {"messages": 12},
+    }
+
+
+def test_messages_dropped_at_the_very_end_are_counted_from_the_collectors_tally():
+    stats = {7: {"published": {"file.write.": 100, "stats.": 50}}, 8: {"published": {}}}
+    writers = {"writer-file": {"last_seq": {"7:file.write.": 89, "9:file.write.": 3}}}
+    assert unseen_tail(stats, writers) == 10  # seq 90..99 never arrived

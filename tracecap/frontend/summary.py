@@ -1,0 +1,77 @@
+"""What `tracecap run` tells the user of a capture: the live status line and the final summary
+(pure: from the collector's ``stats.`` messages and the writers' stats files)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def unseen_tail(
+    last_by_epoch: dict[int, dict[str, Any]], writers: dict[str, dict[str, Any]]
+) -> int:
+    """Messages published at the end of an epoch that a writer never received: a subscriber
+    sees a drop only as a gap before a later message, so the last ones need the collector's
+    count (``published``) beside the writer's last seq of each epoch and topic."""
+    missing = 0
+    for writer in writers.values():
+        for key, last_seq in writer.get("last_seq", {}).items():
+            epoch, _, topic = str(key).partition(":")
+            stats = last_by_epoch.get(int(epoch)) if epoch.isdecimal() else None
+            if stats and isinstance(last_seq, int):
+                published = stats.get("published", {}).get(topic, 0)
+                missing += max(0, published - 1 - last_seq)
+    return missing
+
+
+def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Counters of every collector run (epoch) added up: a restarted collector starts from 0."""
+    merged: dict[str, Any] = {"kernel": {}, "collector": {}}
+    for stats in last_by_epoch.values():
+        for part in ("kernel", "collector"):
+            for key, value in stats.get(part, {}).items():
+                if isinstance(value, int):
+                    merged[part][key] = merged[part].get(key, 0) + value
+    return merged
+
+
+def summary_line(
+    collector: dict[str, Any], writers: dict[str, dict[str, Any]], tail: int = 0
+) -> str:
+    """One line that says what was captured and every place something was lost."""
+    kernel = collector.get("kernel", {})
+    coll = collector.get("collector", {})
+
+    def kernel_sum(*suffixes: str) -> int:
+        return sum(v for k, v in kernel.items() if k.endswith(suffixes))
+
+    def writer_sum(*names: str) -> int:
+        return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
+
+    return (
+        f"tracecap: summary: {kernel_sum('.events')} events, {kernel_sum('.bytes')} bytes "
+        f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
+        f"{kernel_sum('.event_drops', '.chunk_drops')} records "
+        f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
+        f"{kernel_sum('.pending_full')}, collector decode errors "
+        f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages') + tail} "
+        "messages, "
+        f"malformed messages {writer_sum('malformed')}, writer errors "
+        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
+        f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
+        f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
+        "bytes)"
+    )
+
+
+def status_line(now: dict[str, Any], before: dict[str, Any], seconds: float, artifacts: int) -> str:
+    """One terminal line: event rate, bytes, artifacts and losses so far."""
+    kernel, prev = now.get("kernel", {}), before.get("kernel", {})
+    events = sum(v for k, v in kernel.items() if k.endswith(".events"))
+    events_before = sum(v for k, v in prev.items() if k.endswith(".events"))
+    rate = (events - events_before) / seconds if seconds > 0 else 0.0
+    captured = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
+    lost = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
+    return (
+        f"tracecap: {rate:,.0f} events/s, {captured / 1e6:,.1f} MB captured, "
+        f"{artifacts} artifacts, {lost} records lost"
+    )
