@@ -8,16 +8,16 @@ the running kernel's BTF by libbpf at load time. Why not a PyPI binding: none ha
 from __future__ import annotations
 
 import ctypes as ct
+import functools
 import os
 
 _vp = ct.c_void_p
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, _vp)
 
-_lib = ct.CDLL("libbpf.so.1", use_errno=True)
 _libc = ct.CDLL(None, use_errno=True)
 _libc.vsnprintf.argtypes = [ct.c_char_p, ct.c_size_t, ct.c_char_p, _vp]
 
-for _name, _res, _args in [
+_PROTOTYPES = [
     ("libbpf_set_print", _vp, [_PRINT_FN]),
     ("libbpf_get_error", ct.c_long, [_vp]),
     ("libbpf_num_possible_cpus", ct.c_int, []),
@@ -41,10 +41,7 @@ for _name, _res, _args in [
     ("bpf_map_lookup_elem", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_get_next_key", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_delete_elem", ct.c_int, [ct.c_int, _vp]),
-]:
-    _fn = getattr(_lib, _name)
-    _fn.restype = _res
-    _fn.argtypes = _args
+]
 
 _log: list[str] = []
 
@@ -59,7 +56,18 @@ def _printer(level: int, fmt: bytes, va: int) -> int:
     return 0
 
 
-_lib.libbpf_set_print(_printer)
+@functools.cache
+def _library() -> ct.CDLL:
+    """libbpf.so.1 with its prototypes declared and its log routed to ``_log``, loaded at the
+    first object opened: the front end and the unit tests import the collector's modules, and
+    need not have libbpf installed."""
+    lib = ct.CDLL("libbpf.so.1", use_errno=True)
+    for name, res, args in _PROTOTYPES:
+        fn = getattr(lib, name)
+        fn.restype = res
+        fn.argtypes = args
+    lib.libbpf_set_print(_printer)
+    return lib
 
 
 class BpfError(RuntimeError):
@@ -74,7 +82,7 @@ def _error(what: str, err: int | None = None) -> BpfError:
 
 
 def possible_cpus() -> int:
-    return _lib.libbpf_num_possible_cpus()
+    return _library().libbpf_num_possible_cpus()
 
 
 class BpfObject:
@@ -85,27 +93,28 @@ class BpfObject:
     """
 
     def __init__(self, path: str) -> None:
+        self._lib = lib = _library()
         _log.clear()
-        obj = _lib.bpf_object__open_file(path.encode(), None)
-        if not obj or _lib.libbpf_get_error(obj):
+        obj = lib.bpf_object__open_file(path.encode(), None)
+        if not obj or lib.libbpf_get_error(obj):
             raise _error(f"cannot open BPF object {path}")
         self._obj: int | None = obj
         self._links: list[int] = []
         self.programs: dict[str, int] = {}
         prog = None
-        while prog := _lib.bpf_object__next_program(obj, prog):
-            self.programs[_lib.bpf_program__name(prog).decode()] = prog
+        while prog := lib.bpf_object__next_program(obj, prog):
+            self.programs[lib.bpf_program__name(prog).decode()] = prog
         self.maps: dict[str, int] = {}
         m = None
-        while m := _lib.bpf_object__next_map(obj, m):
-            self.maps[_lib.bpf_map__name(m).decode()] = m
+        while m := lib.bpf_object__next_map(obj, m):
+            self.maps[lib.bpf_map__name(m).decode()] = m
 
     def enable_only(self, names: set[str]) -> None:
         unknown = names - self.programs.keys()
         if unknown:
             raise BpfError(f"no such programs in object: {sorted(unknown)}")
         for name, prog in self.programs.items():
-            _lib.bpf_program__set_autoload(prog, name in names)
+            self._lib.bpf_program__set_autoload(prog, name in names)
 
     def set_rodata(self, data: bytes) -> None:
         """Overwrite the start of .rodata (where the object keeps its `cfg` block)."""
@@ -113,51 +122,51 @@ class BpfObject:
         if m is None:
             raise BpfError("object has no .rodata map")
         size = ct.c_size_t(0)
-        base = _lib.bpf_map__initial_value(m, ct.byref(size))
+        base = self._lib.bpf_map__initial_value(m, ct.byref(size))
         if not base or size.value < len(data):
             raise BpfError(f".rodata holds {size.value} bytes, config needs {len(data)}")
         ct.memmove(base, data, len(data))
 
     def set_max_entries(self, map_name: str, entries: int) -> None:
-        if _lib.bpf_map__set_max_entries(self.maps[map_name], entries):
+        if self._lib.bpf_map__set_max_entries(self.maps[map_name], entries):
             raise _error(f"cannot resize map {map_name}")
 
     def load(self) -> None:
         _log.clear()
-        if _lib.bpf_object__load(self._obj):
+        if self._lib.bpf_object__load(self._obj):
             raise _error("cannot load BPF programs")
 
     def attach(self, name: str) -> None:
         _log.clear()
-        link = _lib.bpf_program__attach(self.programs[name])
-        if not link or _lib.libbpf_get_error(link):
+        link = self._lib.bpf_program__attach(self.programs[name])
+        if not link or self._lib.libbpf_get_error(link):
             raise _error(f"cannot attach {name}")
         self._links.append(link)
 
     def attach_cgroup(self, name: str, cgroup_fd: int) -> None:
         """Attach through a BPF link: never left behind, never exclusive (unlike bcc's)."""
         _log.clear()
-        link = _lib.bpf_program__attach_cgroup(self.programs[name], cgroup_fd)
-        if not link or _lib.libbpf_get_error(link):
+        link = self._lib.bpf_program__attach_cgroup(self.programs[name], cgroup_fd)
+        if not link or self._lib.libbpf_get_error(link):
             raise _error(f"cannot attach {name} to the cgroup")
         self._links.append(link)
 
     def map_fd(self, name: str) -> int:
-        return _lib.bpf_map__fd(self.maps[name])
+        return self._lib.bpf_map__fd(self.maps[name])
 
     def update(self, map_name: str, key: bytes, value: bytes) -> None:
         k, v = ct.create_string_buffer(key, len(key)), ct.create_string_buffer(value, len(value))
-        if _lib.bpf_map_update_elem(self.map_fd(map_name), k, v, 0):
+        if self._lib.bpf_map_update_elem(self.map_fd(map_name), k, v, 0):
             raise _error(f"cannot update map {map_name}")
 
     def delete(self, map_name: str, key: bytes) -> None:
         k = ct.create_string_buffer(key, len(key))
-        _lib.bpf_map_delete_elem(self.map_fd(map_name), k)  # already gone is fine
+        self._lib.bpf_map_delete_elem(self.map_fd(map_name), k)  # already gone is fine
 
     def lookup(self, map_name: str, key: bytes, value_size: int) -> bytes | None:
         k = ct.create_string_buffer(key, len(key))
         v = ct.create_string_buffer(value_size)
-        if _lib.bpf_map_lookup_elem(self.map_fd(map_name), k, v):
+        if self._lib.bpf_map_lookup_elem(self.map_fd(map_name), k, v):
             return None
         return v.raw
 
@@ -166,21 +175,21 @@ class BpfObject:
         fd = self.map_fd(map_name)
         keys = []
         cur, nxt = None, ct.create_string_buffer(key_size)
-        while _lib.bpf_map_get_next_key(fd, cur, nxt) == 0:
+        while self._lib.bpf_map_get_next_key(fd, cur, nxt) == 0:
             keys.append(nxt.raw)
             cur = ct.create_string_buffer(nxt.raw, key_size)
         out = []
         for key in keys:
             k, v = ct.create_string_buffer(key, key_size), ct.create_string_buffer(value_size)
-            if _lib.bpf_map_lookup_elem(fd, k, v) == 0:
-                _lib.bpf_map_delete_elem(fd, k)
+            if self._lib.bpf_map_lookup_elem(fd, k, v) == 0:
+                self._lib.bpf_map_delete_elem(fd, k)
                 out.append((key, v.raw))
         return out
 
     def close(self) -> None:
         for link in self._links:
-            _lib.bpf_link__destroy(link)
+            self._lib.bpf_link__destroy(link)
         self._links.clear()
         if self._obj:
-            _lib.bpf_object__close(self._obj)
+            self._lib.bpf_object__close(self._obj)
             self._obj = None

@@ -11,38 +11,67 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from importlib import resources
 
 from bpf import records
 from collector.containers import cgroup2_root
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
-from tracecap.options import Config, FileCapture
+from tracecap.options import DEFAULT_RING_MB, Config, FileCapture
 
-_FILE_SYSCALLS = {
-    records.DIR_WRITE: ("write", "pwrite64", "writev", "pwritev", "pwritev2"),
-    records.DIR_READ: ("read", "pread64", "readv", "preadv", "preadv2"),
+
+class BpfMap(StrEnum):
+    """Every map of the object that Python opens by name. libbpf's generated skeleton would
+    check these names when the loader is compiled; tests/unit/collector/test_object_names.py
+    checks them against the built object instead."""
+
+    FILE_RB = "file_rb"
+    OBJ_RB = "obj_rb"
+    PKT_RB = "pkt_rb"
+    DATA_SCRATCH = "data_scratch"
+    PKT_SCRATCH = "pkt_scratch"
+    EXCLUDED = "excluded"
+    SCOPE_COMM = "scope_comm"
+    SCOPE_PID = "scope_pid"
+    SCOPE_UID = "scope_uid"
+    SCOPE_CGROUPS = "scope_cgroups"
+    COUNTERS = "counters"
+    FILE_DROPS = "file_drops"
+
+
+def _syscall_programs(syscalls: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(f"tc_{side}_{sc}" for sc in syscalls for side in ("enter", "exit"))
+
+
+#: The object's programs by what they capture; a configuration loads only those it needs.
+_FILE = {
+    records.DIR_WRITE: _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2")),
+    records.DIR_READ: _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")),
 }
-_ALWAYS = {"tc_fork", "tc_proc_exit"}
-_MEM = {"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"}
-_MODULE_TP = {
-    "tc_init_module_enter",
-    "tc_init_module_exit",
-    "tc_finit_module_enter",
-    "tc_finit_module_exit",
-}
+_ALWAYS = frozenset({"tc_fork", "tc_proc_exit"})
+_EXEC = frozenset({"tc_exec"})
+_MEM = frozenset({"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"})
+_MODULE_TP = frozenset(
+    {"tc_init_module_enter", "tc_init_module_exit", "tc_finit_module_enter", "tc_finit_module_exit"}
+)
 #: Without CONFIG_MODULES the module syscalls have no tracepoints; the raw syscall tracepoints
 #: still see the attempt, at a small cost on every syscall (only with --capture module).
-_MODULE_RAW = {"tc_module_raw_enter", "tc_module_raw_exit"}
-_BPF = {"tc_bpf_enter", "tc_bpf_exit"}
-_NET_TRACING = {"tc_sock_send", "tc_sock_recv"}
-_NET_CGROUP = {"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"}
+_MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
+_BPF = frozenset({"tc_bpf_enter", "tc_bpf_exit"})
+_NET_TRACING = frozenset({"tc_sock_send", "tc_sock_recv"})
+_NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
+#: Every program the collector may enable (checked against the built object like BpfMap).
+PROGRAM_NAMES = frozenset().union(
+    _ALWAYS, *_FILE.values(), _EXEC, _MEM, _MODULE_TP, _MODULE_RAW, _BPF, _NET_TRACING, _NET_CGROUP
+)
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
 #: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the
-#: collector to be scheduled in (the pipeline runs at a higher priority, see run.PIPELINE_NICE);
-#: 16 MiB lost no less in paced 4 KiB floods and would take the collector past 60 MB at its peak.
-DEFAULT_RING_BYTES = 8 << 20
+#: collector to be scheduled in (the pipeline runs at a higher priority, see
+#: supervise.PIPELINE_NICE); 16 MiB lost no less in paced 4 KiB floods and would take the
+#: collector past 60 MB at its peak.
+DEFAULT_RING_BYTES = DEFAULT_RING_MB << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
@@ -66,10 +95,9 @@ def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
     names = set(_ALWAYS)
     for direction, capture in ((records.DIR_WRITE, config.write), (records.DIR_READ, config.read)):
         if capture.enabled:
-            for sc in _FILE_SYSCALLS[direction]:
-                names |= {f"tc_enter_{sc}", f"tc_exit_{sc}"}
+            names |= _FILE[direction]
     if config.exec:
-        names.add("tc_exec")
+        names |= _EXEC
     if config.mem:
         names |= _MEM
     if config.module:
@@ -154,14 +182,14 @@ class KernelProbes:
             files = config.write.enabled or config.read.enabled
             objects = config.exec or config.mem or config.module or config.bpf
             self._ring_sizes = {
-                "file_rb": ring_bytes if files else UNUSED_RING_BYTES,
-                "obj_rb": OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES,
-                "pkt_rb": PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES,
+                BpfMap.FILE_RB: ring_bytes if files else UNUSED_RING_BYTES,
+                BpfMap.OBJ_RB: OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES,
+                BpfMap.PKT_RB: PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES,
             }
             for ring, size in self._ring_sizes.items():
                 self._obj.set_max_entries(ring, size)
-            self._obj.set_max_entries("data_scratch", possible_cpus())
-            self._obj.set_max_entries("pkt_scratch", possible_cpus())
+            self._obj.set_max_entries(BpfMap.DATA_SCRATCH, possible_cpus())
+            self._obj.set_max_entries(BpfMap.PKT_SCRATCH, possible_cpus())
             self._obj.load()
             self._fill_maps(config, excluded_tgids)
         except BaseException:
@@ -189,26 +217,26 @@ class KernelProbes:
     def _fill_maps(self, config: Config, excluded_tgids: Iterable[int]) -> None:
         u32 = struct.Struct("<I")
         for tgid in excluded_tgids:
-            self._obj.update("excluded", u32.pack(tgid), b"\x01")
+            self._obj.update(BpfMap.EXCLUDED, u32.pack(tgid), b"\x01")
         for comm in config.scope.comm:
-            self._obj.update("scope_comm", _comm_key(comm), b"\x01")
+            self._obj.update(BpfMap.SCOPE_COMM, _comm_key(comm), b"\x01")
         for comm in config.scope.comm_not:
-            self._obj.update("scope_comm", _comm_key(comm), b"\x02")
+            self._obj.update(BpfMap.SCOPE_COMM, _comm_key(comm), b"\x02")
         for pid in config.scope.pid:
-            self._obj.update("scope_pid", u32.pack(pid), b"\x01")
+            self._obj.update(BpfMap.SCOPE_PID, u32.pack(pid), b"\x01")
         for uid in config.scope.uid:
-            self._obj.update("scope_uid", u32.pack(uid), b"\x01")
+            self._obj.update(BpfMap.SCOPE_UID, u32.pack(uid), b"\x01")
 
     def set_scope_cgroups(self, wanted: set[int]) -> None:
         """Make the kernel's container cgroup set equal ``wanted`` (added and removed)."""
         for cgroup_id in wanted - self._scope_cgroups:
-            self._obj.update("scope_cgroups", struct.pack("<Q", cgroup_id), b"\x01")
+            self._obj.update(BpfMap.SCOPE_CGROUPS, struct.pack("<Q", cgroup_id), b"\x01")
         for cgroup_id in self._scope_cgroups - wanted:
-            self._obj.delete("scope_cgroups", struct.pack("<Q", cgroup_id))
+            self._obj.delete(BpfMap.SCOPE_CGROUPS, struct.pack("<Q", cgroup_id))
         self._scope_cgroups = set(wanted)
 
     def exclude(self, tgid: int) -> None:
-        self._obj.update("excluded", struct.pack("<I", tgid), b"\x01")
+        self._obj.update(BpfMap.EXCLUDED, struct.pack("<I", tgid), b"\x01")
 
     def rings(self, callback: Callable[[bytes], None]) -> RingReader:
         """Every ring buffer (file contents, objects, packets), drained by one poll."""
@@ -225,7 +253,7 @@ class KernelProbes:
         """Kernel counters as [cpu][counter]: events, drops and bytes per direction."""
         columns: list[tuple[int, ...]] = []
         for idx in range(records.NUM_COUNTERS):
-            raw = self._obj.lookup("counters", struct.pack("<I", idx), 8 * self._ncpu)
+            raw = self._obj.lookup(BpfMap.COUNTERS, struct.pack("<I", idx), 8 * self._ncpu)
             columns.append(struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,) * self._ncpu)
         return [list(row) for row in zip(*columns, strict=True)]
 
@@ -234,7 +262,7 @@ class KernelProbes:
 
     def dropped_ios(self) -> list[records.DroppedIo]:
         """Files that lost syscalls with their events since the last call."""
-        entries = self._obj.drain("file_drops", records.DROP_KEY.size, records.DROP_VAL.size)
+        entries = self._obj.drain(BpfMap.FILE_DROPS, records.DROP_KEY.size, records.DROP_VAL.size)
         return [records.decode_dropped_io(k, v) for k, v in entries]
 
     @property

@@ -1,0 +1,116 @@
+"""The Python stand-in for libbpf's generated skeleton: every map and program the collector
+names from Python exists in the built object.
+
+A skeleton would make a misspelt name fail to compile; through the ctypes binding it would fail
+only when the collector loads, as root. Here the names are read from the object's ELF symbol
+table (programs: global functions outside .text, as libbpf finds them; maps: the symbols of the
+.maps section). ``make -C bpf`` runs first and rebuilds the object only if a source changed.
+Without the tools the test skips locally and fails under CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from collector import probes
+from tracecap import options
+
+ROOT = Path(__file__).resolve().parents[3]
+BPF_DIR = ROOT / "bpf"
+OBJECT = BPF_DIR / "tracecap.bpf.o"
+#: BpfObject's methods that take a map or program name as their first argument.
+NAME_TAKING = {
+    "set_max_entries", "attach", "attach_cgroup", "map_fd", "update", "delete", "lookup", "drain",
+}  # fmt: skip
+
+
+def _need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} not found"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def _readelf(flag: str) -> str:
+    return subprocess.run(
+        [_need("readelf"), flag, str(OBJECT)],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout  # fmt: skip
+
+
+def symbols_by_kind(sections: str, symbols: str) -> dict[str, set[str]]:
+    """{"programs": ..., "maps": ...} from ``readelf -SW`` and ``readelf -sW`` output."""
+    section_of = {m[1]: m[2] for m in re.finditer(r"\[\s*(\d+)\]\s+(\S+)", sections)}
+    found: dict[str, set[str]] = {"programs": set(), "maps": set()}
+    for line in symbols.splitlines():
+        fields = line.split()
+        if len(fields) != 8 or fields[4] != "GLOBAL":
+            continue
+        kind, section, name = fields[3], section_of.get(fields[6]), fields[7]
+        if kind == "FUNC" and section != ".text":
+            found["programs"].add(name)
+        elif kind == "OBJECT" and section == ".maps":
+            found["maps"].add(name)
+    return found
+
+
+@pytest.fixture(scope="module")
+def in_object() -> dict[str, set[str]]:
+    subprocess.run(
+        [_need("make"), "-C", str(BPF_DIR)], check=True, capture_output=True, timeout=600
+    )
+    assert OBJECT.exists(), f"make -C bpf did not produce {OBJECT}"
+    return symbols_by_kind(_readelf("-SW"), _readelf("-sW"))
+
+
+def test_every_map_the_collector_opens_is_in_the_object(in_object):
+    assert {str(m) for m in probes.BpfMap} - in_object["maps"] == set()
+
+
+def test_every_program_the_collector_may_enable_is_in_the_object(in_object):
+    assert probes.PROGRAM_NAMES - in_object["programs"] == set()
+
+
+def test_the_symbol_reading_finds_both_kinds(in_object):
+    """A parse that found nothing would make the two checks above pass vacuously."""
+    assert "file_rb" in in_object["maps"]
+    assert "tc_fork" in in_object["programs"]
+    assert "cfg" not in in_object["maps"]  # a .rodata variable, not a map
+
+
+def test_programs_for_draws_only_on_the_table(tmp_path):
+    kinds = ("write", "read", "exec", "mem", "module", "bpf", "network")
+    everything = options.parse_args([arg for kind in kinds for arg in ("--capture", kind)])
+    raw = probes.module_programs(str(tmp_path))  # no module tracepoints here
+    (tmp_path / "sys_enter_init_module").mkdir()
+    tracepoints = probes.module_programs(str(tmp_path))
+    assert raw != tracepoints
+    for modules in (raw, tracepoints):
+        assert probes.programs_for(everything, modules) <= probes.PROGRAM_NAMES
+
+
+def test_names_reach_the_object_only_through_the_tables():
+    """A string literal handed to the object would escape the checks above."""
+    literal = []
+    for path in sorted((ROOT / "collector").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in NAME_TAKING
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                literal.append(f"{path.name}:{node.lineno}: {node.args[0].value!r}")
+    assert literal == []
