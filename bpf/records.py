@@ -1,12 +1,16 @@
 """Python side of bpf/records.h: decoders for ring-buffer records and the .rodata config encoder.
 
-Pure functions over bytes. tests/unit/bpf/test_records_abi.py checks every size and offset here
-against the BTF of the compiled object, so the two sides cannot drift apart silently.
+Each struct is declared once, as a CStruct (its members and their formats); the Structs the
+decoders unpack with and the offsets and sizes that tests/unit/bpf/test_records_abi.py checks
+against the BTF of the compiled object are all built from it, so the two sides cannot drift
+apart silently. The decoders are pure functions over bytes; those on the hot paths (file
+contents, packets) unpack positionally, the others by name.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from typing import NamedTuple
 
 COMM_LEN = 16
@@ -73,165 +77,144 @@ EV_PATH_TRUNCATED = 1
 EV_APPEND = 2
 DATA_UNREADABLE = 1
 
-HDR = struct.Struct("<IIQIIIIQIIII16s")
-#: Fields of HDR when unpacked; a record's own fields follow.
-_HF = 13
-FILE_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIiHBBII{PATH_BUF + NAME_SLACK}s")
-FILE_DATA = struct.Struct("<IIQQII")
-FILE_CONT = struct.Struct("<IIQQQQQ")
+
+class CStruct:
+    """One struct of records.h, declared once as its members in C order: ``(name, format)``,
+    the format being the ``struct`` code of the whole member (``"I"`` for __u32, ``"i"`` for
+    __s32, ``"16s"`` for char[16], ``"3I"`` for __u32[3]) or the CStruct of a nested struct.
+    Members named ``_pad...`` are the C side's explicit padding.
+
+    Everything Python knows of the struct's layout derives from that one list, so no two copies
+    can disagree: ``struct``, the little-endian Struct the decoders unpack with (no implicit
+    padding: the C structs are naturally aligned and every gap is a ``_pad`` member); ``offsets``
+    of the real members, which tests/unit/bpf/test_records_abi.py compares with the object's
+    BTF together with ``size`` and each member's type; and ``Raw``, the NamedTuple of the
+    unpacked values (a nested struct's values inline, an array's as ``name_0``, ``name_1``...).
+    """
+
+    __slots__ = ("Raw", "c_name", "members", "names", "offsets", "size", "struct")
+
+    def __init__(self, c_name: str, members: tuple[tuple[str, str | CStruct], ...]) -> None:
+        self.c_name = c_name
+        self.members = members
+        codes = [fmt.struct.format[1:] if isinstance(fmt, CStruct) else fmt for _, fmt in members]
+        self.struct = struct.Struct("<" + "".join(codes))
+        self.size = self.struct.size
+        #: {member: byte offset} of every member but the padding.
+        self.offsets: dict[str, int] = {}
+        #: The name of each value ``struct`` unpacks, in order.
+        self.names: tuple[str, ...] = ()
+        at = 0
+        for (name, fmt), code in zip(members, codes, strict=True):
+            if not _is_pad(name):
+                self.offsets[name] = at
+            member = struct.Struct("<" + code)
+            if isinstance(fmt, CStruct):
+                self.names += fmt.names
+            elif (count := len(member.unpack(bytes(member.size)))) == 1:
+                self.names += (name,)
+            else:
+                self.names += tuple(f"{name}_{i}" for i in range(count))
+            at += member.size
+        # rename=True turns the padding's names (and only theirs, checked below) into _<index>
+        self.Raw = namedtuple(c_name, self.names, rename=True)
+        lost = [n for n, f in zip(self.names, self.Raw._fields, strict=True) if n != f]
+        if any(not _is_pad(n) for n in lost):
+            raise ValueError(f"{c_name}: members {lost} cannot name unpacked values")
+
+    def unpack(self, raw: bytes) -> tuple:
+        """The ``Raw`` values of the struct at the start of ``raw`` (struct.error when short)."""
+        return self.Raw._make(self.struct.unpack_from(raw))
+
+
+def _is_pad(name: str) -> bool:
+    return name.startswith("_pad")
+
+
+TC_HDR = CStruct("tc_hdr", (
+    ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("pid", "I"), ("tid", "I"), ("ppid", "I"),
+    ("uid", "I"), ("cgroup_id", "Q"), ("ns_pid", "I"), ("ns_tid", "I"), ("ns_ppid", "I"),
+    ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
+))  # fmt: skip
+TC_FILE_EVENT = CStruct("tc_file_event", (
+    ("h", TC_HDR), ("io_id", "Q"), ("io_len", "Q"), ("pos", "Q"), ("inode", "Q"), ("dev", "I"),
+    ("mode", "I"), ("fd", "i"), ("syscall", "H"), ("direction", "B"), ("flags", "B"),
+    ("path_len", "I"), ("generation", "I"), ("path", f"{PATH_BUF + NAME_SLACK}s"),
+))  # fmt: skip
+TC_FILE_CONT = CStruct("tc_file_cont", (
+    ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("io_id", "Q"), ("prev_io_id", "Q"),
+    ("io_len", "Q"), ("pos", "Q"),
+))  # fmt: skip
+TC_FILE_DATA = CStruct("tc_file_data", (
+    ("kind", "I"), ("len", "I"), ("io_id", "Q"), ("io_off", "Q"), ("want", "I"), ("flags", "I"),
+))  # fmt: skip
+TC_EXEC_EVENT = CStruct("tc_exec_event", (
+    ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
+    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("_pad", "I"),
+    ("filename", f"{FILENAME_BUF}s"), ("argv", f"{ARGV_BUF}s"),
+))  # fmt: skip
+TC_MEM_EVENT = CStruct("tc_mem_event", (
+    ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("captured", "Q"),
+    ("prot_before", "I"), ("prot_after", "I"), ("syscall", "I"), ("_pad", "I"),
+))  # fmt: skip
+TC_MODULE_EVENT = CStruct("tc_module_event", (
+    ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),
+    ("inode", "Q"), ("dev", "I"), ("fd", "i"), ("syscall", "I"), ("params_len", "I"),
+    ("path_len", "I"), ("flags", "I"), ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
+))  # fmt: skip
+TC_BPF_EVENT = CStruct("tc_bpf_event", (
+    ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("captured", "Q"), ("insn_cnt", "I"),
+    ("prog_type", "I"), ("prog_name", f"{PROG_NAME_LEN}s"),
+))  # fmt: skip
+TC_PACKET = CStruct("tc_packet", (
+    ("kind", "I"), ("len", "I"), ("ts", "Q"), ("cookie", "Q"), ("cgroup_id", "Q"),
+    ("owner_start", "Q"), ("orig_len", "I"), ("ifindex", "I"), ("direction", "I"),
+    ("owner_pid", "I"), ("owner_tid", "I"), ("owner_ppid", "I"), ("owner_uid", "I"),
+    ("_pad", "I"), ("owner_comm", f"{COMM_LEN}s"),
+))  # fmt: skip
+TC_SOCK_OWNER = CStruct("tc_sock_owner", (
+    ("h", TC_HDR), ("cookie", "Q"), ("start_time", "Q"), ("in_scope", "I"), ("_pad", "I"),
+))  # fmt: skip
+TC_DROP_KEY = CStruct("tc_drop_key", (
+    ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "I"),
+))  # fmt: skip
+TC_DROP_VAL = CStruct("tc_drop_val", (
+    ("bytes", "Q"), ("lo", "Q"), ("hi", "Q"), ("ios", "Q"), ("append", "I"), ("_pad", "I"),
+))  # fmt: skip
+TC_FILE_FILTER = CStruct("tc_file_filter", (
+    ("enabled", "I"), ("types", "I"), ("fds", "I"), ("npaths", "I"),
+    ("path_len", f"{MAX_PREFIXES}I"), ("_pad", "I"), ("paths", f"{PREFIX_LEN * MAX_PREFIXES}s"),
+))  # fmt: skip
+#: ``filters`` (struct tc_file_filter[2]) is one blob: encode_config joins two encoded filters.
+TC_CONFIG = CStruct("tc_config", (
+    ("excluded_uid", "I"), ("scope_flags", "I"), ("filters", f"{TC_FILE_FILTER.size * 2}s"),
+    ("net_ifindex", "I"), ("snaplen", "i"),
+))  # fmt: skip
+
+#: Every struct of records.h.
+STRUCTS = (
+    TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_EXEC_EVENT, TC_MEM_EVENT,
+    TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_DROP_KEY, TC_DROP_VAL,
+    TC_FILE_FILTER, TC_CONFIG,
+)  # fmt: skip
+
+HDR = TC_HDR.struct
+#: Values of HDR when unpacked; a record's own values follow.
+_HF = len(TC_HDR.names)
+FILE_EVENT = TC_FILE_EVENT.struct
+FILE_DATA = TC_FILE_DATA.struct
+FILE_CONT = TC_FILE_CONT.struct
 #: A continuation as the kernel sends it: the tc_file_cont, then its first chunk's tc_file_data.
 FILE_CONT_AND_DATA = struct.Struct(f"<{FILE_CONT.format[1:]}{FILE_DATA.format[1:]}")
-FILE_FILTER = struct.Struct(f"<IIII{MAX_PREFIXES}II{PREFIX_LEN * MAX_PREFIXES}s")
-CONFIG = struct.Struct(f"<II{FILE_FILTER.size * 2}sIi")
-EXEC_EVENT = struct.Struct(f"<{HDR.format[1:]}QQIIIIII{FILENAME_BUF}s{ARGV_BUF}s")
-MEM_EVENT = struct.Struct(f"<{HDR.format[1:]}QQQQIIII")
-MODULE_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQQQIiIIII{PARAMS_BUF}s{PATH_BUF}s")
-BPF_EVENT = struct.Struct(f"<{HDR.format[1:]}QqQII{PROG_NAME_LEN}s")
-PACKET = struct.Struct(f"<IIQQQQIIIIIIII{COMM_LEN}s")
-SOCK_OWNER = struct.Struct(f"<{HDR.format[1:]}QQII")
-DROP_KEY = struct.Struct("<QQII")
-DROP_VAL = struct.Struct("<QQQQII")
+FILE_FILTER = TC_FILE_FILTER.struct
+CONFIG = TC_CONFIG.struct
+PACKET = TC_PACKET.struct
+DROP_KEY = TC_DROP_KEY.struct
+DROP_VAL = TC_DROP_VAL.struct
 
-#: Field offsets the ABI test compares with the object's BTF: {struct: {field: offset}}.
-LAYOUT: dict[str, dict[str, int]] = {
-    "tc_hdr": {
-        "kind": 0,
-        "cpu": 4,
-        "ts": 8,
-        "pid": 16,
-        "tid": 20,
-        "ppid": 24,
-        "uid": 28,
-        "cgroup_id": 32,
-        "ns_pid": 40,
-        "ns_tid": 44,
-        "ns_ppid": 48,
-        "comm": 56,
-    },
-    "tc_file_event": {
-        "h": 0,
-        "io_id": 72,
-        "io_len": 80,
-        "pos": 88,
-        "inode": 96,
-        "dev": 104,
-        "mode": 108,
-        "fd": 112,
-        "syscall": 116,
-        "direction": 118,
-        "flags": 119,
-        "path_len": 120,
-        "generation": 124,
-        "path": 128,
-    },
-    "tc_file_data": {"kind": 0, "len": 4, "io_id": 8, "io_off": 16, "want": 24, "flags": 28},
-    "tc_file_cont": {
-        "kind": 0,
-        "cpu": 4,
-        "ts": 8,
-        "io_id": 16,
-        "prev_io_id": 24,
-        "io_len": 32,
-        "pos": 40,
-    },
-    "tc_file_filter": {
-        "enabled": 0,
-        "types": 4,
-        "fds": 8,
-        "npaths": 12,
-        "path_len": 16,
-        "paths": 32,
-    },
-    "tc_config": {
-        "excluded_uid": 0,
-        "scope_flags": 4,
-        "filters": 8,
-        "net_ifindex": 456,
-        "snaplen": 460,
-    },
-    "tc_exec_event": {
-        "h": 0,
-        "inode": 72,
-        "ctime": 80,
-        "dev": 88,
-        "mode": 92,
-        "filename_len": 96,
-        "argv_len": 100,
-        "flags": 104,
-        "filename": 112,
-        "argv": 4208,
-    },
-    "tc_mem_event": {
-        "h": 0,
-        "obj_id": 72,
-        "addr": 80,
-        "len": 88,
-        "captured": 96,
-        "prot_before": 104,
-        "prot_after": 108,
-        "syscall": 112,
-    },
-    "tc_module_event": {
-        "h": 0,
-        "obj_id": 72,
-        "ret": 80,
-        "len": 88,
-        "captured": 96,
-        "inode": 104,
-        "dev": 112,
-        "fd": 116,
-        "syscall": 120,
-        "params_len": 124,
-        "path_len": 128,
-        "flags": 132,
-        "params": 136,
-        "path": 392,
-    },
-    "tc_bpf_event": {
-        "h": 0,
-        "obj_id": 72,
-        "ret": 80,
-        "captured": 88,
-        "insn_cnt": 96,
-        "prog_type": 100,
-        "prog_name": 104,
-    },
-    "tc_drop_key": {"inode": 0, "cgroup_id": 8, "dev": 16, "direction": 20},
-    "tc_packet": {
-        "kind": 0,
-        "len": 4,
-        "ts": 8,
-        "cookie": 16,
-        "cgroup_id": 24,
-        "owner_start": 32,
-        "orig_len": 40,
-        "ifindex": 44,
-        "direction": 48,
-        "owner_pid": 52,
-        "owner_tid": 56,
-        "owner_ppid": 60,
-        "owner_uid": 64,
-        "owner_comm": 72,
-    },
-    "tc_sock_owner": {"h": 0, "cookie": 72, "start_time": 80, "in_scope": 88},
-    "tc_drop_val": {"bytes": 0, "lo": 8, "hi": 16, "ios": 24, "append": 32},
-}
-SIZES = {
-    "tc_hdr": HDR.size,
-    "tc_file_event": FILE_EVENT.size,
-    "tc_file_data": FILE_DATA.size,
-    "tc_file_cont": FILE_CONT.size,
-    "tc_file_filter": FILE_FILTER.size,
-    "tc_config": CONFIG.size,
-    "tc_exec_event": EXEC_EVENT.size,
-    "tc_mem_event": MEM_EVENT.size,
-    "tc_module_event": MODULE_EVENT.size,
-    "tc_bpf_event": BPF_EVENT.size,
-    "tc_drop_key": DROP_KEY.size,
-    "tc_packet": PACKET.size,
-    "tc_sock_owner": SOCK_OWNER.size,
-    "tc_drop_val": DROP_VAL.size,
-}
+#: Member offsets the ABI test compares with the object's BTF: {struct: {member: offset}}.
+LAYOUT: dict[str, dict[str, int]] = {s.c_name: s.offsets for s in STRUCTS}
+SIZES = {s.c_name: s.size for s in STRUCTS}
 
 
 class RecordError(ValueError):
@@ -436,10 +419,9 @@ def whole_file_cont(
     return ts, io_id, prev_io_id, pos, raw[start : start + length]
 
 
-def _need(raw: bytes, layout: struct.Struct, what: str) -> tuple:
+def _need(raw: bytes, layout: CStruct, what: str) -> None:
     if len(raw) < layout.size:
         raise RecordError(f"{what} of {len(raw)} bytes, expected {layout.size}")
-    return layout.unpack_from(raw)
 
 
 def _header(fields: tuple) -> Header:
@@ -448,55 +430,59 @@ def _header(fields: tuple) -> Header:
 
 
 def decode_exec_event(raw: bytes) -> ExecEvent:
-    f = _need(raw, EXEC_EVENT, "exec event")
-    inode, ctime, dev, mode, filename_len, argv_len, flags, _pad, filename, argv = f[_HF:]
-    args = argv[: min(argv_len, ARGV_BUF)]
+    _need(raw, TC_EXEC_EVENT, "exec event")
+    f = TC_EXEC_EVENT.unpack(raw)
+    args = f.argv[: min(f.argv_len, ARGV_BUF)]
     argv_items = tuple(args.rstrip(b"\0").split(b"\0")) if args.strip(b"\0") else ()
     return ExecEvent(
         _header(f),
-        inode,
-        ctime,
-        dev,
-        mode,
-        filename[: min(filename_len, FILENAME_BUF)],
+        f.inode,
+        f.ctime,
+        f.dev,
+        f.mode,
+        f.filename[: min(f.filename_len, FILENAME_BUF)],
         argv_items,
-        bool(flags & EXEC_ARGV_TRUNCATED),
+        bool(f.flags & EXEC_ARGV_TRUNCATED),
     )
 
 
 def decode_mem_event(raw: bytes) -> MemEvent:
-    f = _need(raw, MEM_EVENT, "mem event")
-    obj_id, addr, length, captured, before, after, sc, _pad = f[_HF:]
-    if sc >= len(MEM_SYSCALLS):
-        raise RecordError(f"mem event with unknown syscall {sc}")
-    return MemEvent(_header(f), obj_id, addr, length, captured, before, after, MEM_SYSCALLS[sc])
+    _need(raw, TC_MEM_EVENT, "mem event")
+    f = TC_MEM_EVENT.unpack(raw)
+    if f.syscall >= len(MEM_SYSCALLS):
+        raise RecordError(f"mem event with unknown syscall {f.syscall}")
+    return MemEvent(
+        _header(f), f.obj_id, f.addr, f.len, f.captured, f.prot_before, f.prot_after,
+        MEM_SYSCALLS[f.syscall],
+    )  # fmt: skip
 
 
 def decode_module_event(raw: bytes) -> ModuleEvent:
-    f = _need(raw, MODULE_EVENT, "module event")
-    (obj_id, ret, length, captured, inode, dev, fd, sc, params_len, path_len, _flags, params,
-     path) = f[_HF:]  # fmt: skip
-    if sc >= len(MODULE_SYSCALLS):
-        raise RecordError(f"module event with unknown syscall {sc}")
+    _need(raw, TC_MODULE_EVENT, "module event")
+    f = TC_MODULE_EVENT.unpack(raw)
+    if f.syscall >= len(MODULE_SYSCALLS):
+        raise RecordError(f"module event with unknown syscall {f.syscall}")
     return ModuleEvent(
         _header(f),
-        obj_id,
-        ret,
-        length,
-        captured,
-        inode,
-        dev,
-        fd,
-        MODULE_SYSCALLS[sc],
-        params[: min(params_len, PARAMS_BUF)],
-        path[: min(path_len, PATH_BUF)],
+        f.obj_id,
+        f.ret,
+        f.len,
+        f.captured,
+        f.inode,
+        f.dev,
+        f.fd,
+        MODULE_SYSCALLS[f.syscall],
+        f.params[: min(f.params_len, PARAMS_BUF)],
+        f.path[: min(f.path_len, PATH_BUF)],
     )
 
 
 def decode_bpf_event(raw: bytes) -> BpfEvent:
-    f = _need(raw, BPF_EVENT, "bpf event")
-    obj_id, ret, captured, insn_cnt, prog_type, name = f[_HF:]
-    return BpfEvent(_header(f), obj_id, ret, captured, insn_cnt, prog_type, _cstr(name))
+    _need(raw, TC_BPF_EVENT, "bpf event")
+    f = TC_BPF_EVENT.unpack(raw)
+    return BpfEvent(
+        _header(f), f.obj_id, f.ret, f.captured, f.insn_cnt, f.prog_type, _cstr(f.prog_name)
+    )
 
 
 class DroppedIo(NamedTuple):
@@ -514,9 +500,9 @@ class DroppedIo(NamedTuple):
 
 
 def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
-    inode, cgroup_id, dev, direction = DROP_KEY.unpack_from(key)
-    nbytes, lo, hi, ios, append, _pad = DROP_VAL.unpack_from(value)
-    return DroppedIo(inode, cgroup_id, dev, direction, nbytes, lo, hi, ios, bool(append))
+    k, v = TC_DROP_KEY.unpack(key), TC_DROP_VAL.unpack(value)
+    return DroppedIo(k.inode, k.cgroup_id, k.dev, k.direction, v.bytes, v.lo, v.hi, v.ios,
+                     bool(v.append))  # fmt: skip
 
 
 class Packet(NamedTuple):
@@ -543,7 +529,8 @@ class SockOwner(NamedTuple):
 
 
 def decode_packet(raw: bytes) -> Packet:
-    f = _need(raw, PACKET, "packet")
+    _need(raw, TC_PACKET, "packet")
+    f = PACKET.unpack_from(raw)  # positional, not TC_PACKET.unpack: packets are a hot path
     (_kind, length, ts, cookie, cgroup_id, start, orig_len, ifindex, direction, pid, tid, ppid,
      uid, _pad, comm) = f  # fmt: skip
     if direction >= len(PKT_DIRECTIONS):
@@ -558,9 +545,9 @@ def decode_packet(raw: bytes) -> Packet:
 
 
 def decode_sock_owner(raw: bytes) -> SockOwner:
-    f = _need(raw, SOCK_OWNER, "socket owner")
-    cookie, start_time, in_scope, _pad = f[_HF:]
-    return SockOwner(_header(f), cookie, start_time, bool(in_scope))
+    _need(raw, TC_SOCK_OWNER, "socket owner")
+    f = TC_SOCK_OWNER.unpack(raw)
+    return SockOwner(_header(f), f.cookie, f.start_time, bool(f.in_scope))
 
 
 def encode_file_filter(

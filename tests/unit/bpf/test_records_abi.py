@@ -1,5 +1,9 @@
 """bpf/records.py against the compiled object: sizes, offsets and constants must match the C side.
 
+The sizes and offsets checked are those of the CStruct declarations, the same ones the decoders'
+Structs are built from; each declared member must also be the C member of that name, in order,
+with the format its BTF type unpacks as.
+
 The one unit test that touches the build: it runs ``make -C bpf`` when the object is missing or
 older than its sources, then reads the object's BTF with ``bpftool btf dump file ... -j``.
 Without the tools it skips locally and fails under CI.
@@ -67,6 +71,48 @@ def _resolve(btf: dict[str, Any], type_id: int) -> dict[str, Any]:
     while t["kind"] in ("CONST", "VOLATILE", "TYPEDEF", "RESTRICT", "TYPE_TAG"):
         t = btf["by_id"][t["type_id"]]
     return t
+
+
+#: struct codes of the integer types, by (size, signed)
+_INT_CODES = {
+    (1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h",
+    (4, False): "I", (4, True): "i", (8, False): "Q", (8, True): "q",
+}  # fmt: skip
+
+
+def _size(btf: dict[str, Any], type_id: int) -> int:
+    t = _resolve(btf, type_id)
+    return t["nr_elems"] * _size(btf, t["type_id"]) if t["kind"] == "ARRAY" else t["size"]
+
+
+def _code(btf: dict[str, Any], type_id: int) -> str:
+    """How a member of this type must be declared in records.py: an integer's struct code, the
+    name of a nested struct, ``"NI"`` for an array of N integers, ``"Ns"`` for N bytes read
+    whole (char arrays, arrays of them or of structs)."""
+    t = _resolve(btf, type_id)
+    if t["kind"] == "INT":
+        return _INT_CODES[t["size"], t["encoding"] == "SIGNED"]
+    if t["kind"] == "STRUCT":
+        return t["name"]
+    assert t["kind"] == "ARRAY", t
+    element = _code(btf, t["type_id"])
+    if element in _INT_CODES.values() and element != "b":  # "b" is char: text
+        return f"{t['nr_elems']}{element}"
+    return f"{_size(btf, type_id)}s"
+
+
+@pytest.mark.parametrize("layout", records.STRUCTS, ids=lambda s: s.c_name)
+def test_declared_members_are_the_c_members_with_their_formats(btf, layout):
+    members = _named(btf, "STRUCT", layout.c_name)["members"]
+    assert [m["name"] for m in members] == [name for name, _ in layout.members]
+    for member, (name, fmt) in zip(members, layout.members, strict=True):
+        declared = fmt.c_name if isinstance(fmt, records.CStruct) else fmt
+        assert _code(btf, member["type_id"]) == declared, f"{layout.c_name}.{name}"
+
+
+def test_every_struct_of_the_header_is_declared():
+    assert set(re.findall(r"\bstruct\s+(tc_\w+)\s*\{", _header())) == set(records.LAYOUT)
+    assert [s.c_name for s in records.STRUCTS] == list(records.LAYOUT)
 
 
 @pytest.mark.parametrize("struct", sorted(records.SIZES))
@@ -158,37 +204,44 @@ def _enum(name: str) -> list[tuple[str, int]]:
     return members
 
 
-@pytest.mark.parametrize(
-    ("c_name", "py_value"),
-    [
-        ("TC_COMM_LEN", records.COMM_LEN),
-        ("TC_PATH_BUF", records.PATH_BUF),
-        ("TC_NAME_SLACK", records.NAME_SLACK),
-        ("TC_CHUNK", records.CHUNK),
-        ("TC_MAX_PREFIXES", records.MAX_PREFIXES),
-        ("TC_PREFIX_LEN", records.PREFIX_LEN),
-        ("TC_FILENAME_BUF", records.FILENAME_BUF),
-        ("TC_ARGV_BUF", records.ARGV_BUF),
-        ("TC_PARAMS_BUF", records.PARAMS_BUF),
-        ("TC_PROG_NAME_LEN", records.PROG_NAME_LEN),
-        ("TC_EXEC_ARGV_TRUNCATED", records.EXEC_ARGV_TRUNCATED),
-        ("TC_EXEC_FILENAME_TRUNCATED", records.EXEC_FILENAME_TRUNCATED),
-        ("TC_TYPE_REGULAR", records.TYPE_BITS["regular"]),
-        ("TC_TYPE_PIPE", records.TYPE_BITS["pipe"]),
-        ("TC_TYPE_SOCKET", records.TYPE_BITS["socket"]),
-        ("TC_TYPE_ELF", records.TYPE_BITS["elf"]),
-        ("TC_SCOPE_COMM", records.SCOPE_COMM),
-        ("TC_SCOPE_COMM_NOT", records.SCOPE_COMM_NOT),
-        ("TC_SCOPE_PID", records.SCOPE_PID),
-        ("TC_SCOPE_UID", records.SCOPE_UID),
-        ("TC_SCOPE_FOLLOW", records.SCOPE_FOLLOW),
-        ("TC_EV_PATH_TRUNCATED", records.EV_PATH_TRUNCATED),
-        ("TC_EV_APPEND", records.EV_APPEND),
-        ("TC_DATA_UNREADABLE", records.DATA_UNREADABLE),
-    ],
-)
+#: Every numeric #define of records.h and the Python constant that mirrors it.
+DEFINES = [
+    ("TC_COMM_LEN", records.COMM_LEN),
+    ("TC_PATH_BUF", records.PATH_BUF),
+    ("TC_NAME_SLACK", records.NAME_SLACK),
+    ("TC_CHUNK", records.CHUNK),
+    ("TC_MAX_PREFIXES", records.MAX_PREFIXES),
+    ("TC_PREFIX_LEN", records.PREFIX_LEN),
+    ("TC_FILENAME_BUF", records.FILENAME_BUF),
+    ("TC_ARGV_BUF", records.ARGV_BUF),
+    ("TC_PARAMS_BUF", records.PARAMS_BUF),
+    ("TC_PROG_NAME_LEN", records.PROG_NAME_LEN),
+    ("TC_EXEC_ARGV_TRUNCATED", records.EXEC_ARGV_TRUNCATED),
+    ("TC_EXEC_FILENAME_TRUNCATED", records.EXEC_FILENAME_TRUNCATED),
+    ("TC_TYPE_REGULAR", records.TYPE_BITS["regular"]),
+    ("TC_TYPE_PIPE", records.TYPE_BITS["pipe"]),
+    ("TC_TYPE_SOCKET", records.TYPE_BITS["socket"]),
+    ("TC_TYPE_ELF", records.TYPE_BITS["elf"]),
+    ("TC_SCOPE_COMM", records.SCOPE_COMM),
+    ("TC_SCOPE_COMM_NOT", records.SCOPE_COMM_NOT),
+    ("TC_SCOPE_PID", records.SCOPE_PID),
+    ("TC_SCOPE_UID", records.SCOPE_UID),
+    ("TC_SCOPE_FOLLOW", records.SCOPE_FOLLOW),
+    ("TC_SCOPE_CONTAINER", records.SCOPE_CONTAINER),
+    ("TC_SCOPE_HOST", records.SCOPE_HOST),
+    ("TC_EV_PATH_TRUNCATED", records.EV_PATH_TRUNCATED),
+    ("TC_EV_APPEND", records.EV_APPEND),
+    ("TC_DATA_UNREADABLE", records.DATA_UNREADABLE),
+]
+
+
+@pytest.mark.parametrize(("c_name", "py_value"), DEFINES)
 def test_define_equals_python_constant(c_name, py_value):
     assert _defines()[c_name] == py_value
+
+
+def test_every_define_is_checked():
+    assert set(_defines()) == {c_name for c_name, _ in DEFINES}
 
 
 def test_counter_enum_order():
@@ -240,3 +293,33 @@ def test_record_kind_enum():
         "TC_REC_SOCK_OWNER": records.REC_SOCK_OWNER,
         "TC_REC_FILE_CONT": records.REC_FILE_CONT,
     }
+
+
+def test_pkt_direction_enum():
+    members = _enum("tc_pkt_direction")
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_PKT_").lower() for ident, _ in members)
+    assert names == records.PKT_DIRECTIONS
+
+
+def test_module_syscall_enum_names_the_python_syscalls():
+    members = _enum("tc_module_syscall")
+    names = tuple(f"{ident.removeprefix('TC_MOD_').lower()}_module" for ident, _ in members)
+    assert names == records.MODULE_SYSCALLS
+
+
+#: Every enum of records.h and the test that checks it against bpf/records.py.
+CHECKED_ENUMS = {
+    "tc_record_kind": test_record_kind_enum,
+    "tc_pkt_direction": test_pkt_direction_enum,
+    "tc_mem_syscall": test_object_syscall_enums,
+    "tc_module_syscall": test_module_syscall_enum_names_the_python_syscalls,
+    "tc_counter_kind": test_counter_enum_order,
+    "tc_syscall": test_syscall_enum_order,
+    "tc_direction": test_direction_enum,
+    "tc_counter": test_counter_enum_order,
+}
+
+
+def test_every_enum_is_checked():
+    assert set(re.findall(r"\benum\s+(\w+)\s*\{", _header())) == set(CHECKED_ENUMS)
