@@ -18,31 +18,22 @@ from bpf.records import (
     SYSCALLS,
     RecordError,
 )
+from tests.support.records import file_cont, file_data, file_event
 
 U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)
 
 
-def raw_event(
-    *,
-    ts=123, pid=10, tid=11, ppid=1, uid=0, cgroup_id=77, comm=b"bash", io_id=5, io_len=100,
-    pos=4096, inode=9, dev=0x800001, mode=0o100644, fd=3, syscall=0, direction=0, flags=0,
-    path=b"/etc/passwd", path_len=None, cpu=2, ns_pid=0, ns_tid=0, ns_ppid=0,
-) -> bytes:  # fmt: skip
-    return FILE_EVENT.pack(
-        records.REC_FILE_EVENT, cpu, ts, pid, tid, ppid, uid, cgroup_id, ns_pid, ns_tid, ns_ppid,
-        0, comm, io_id, io_len,
-        pos, inode, dev, mode, fd, syscall, direction, flags,
-        len(path) if path_len is None else path_len, 0, path,
-    )  # fmt: skip
+#: The file event the tests below decode, unless they override some of it.
+EVENT = {
+    "ts": 123, "pid": 10, "tid": 11, "ppid": 1, "uid": 0, "cgroup_id": 77, "comm": b"bash",
+    "io_id": 5, "io_len": 100, "pos": 4096, "inode": 9, "dev": 0x800001, "mode": 0o100644,
+    "fd": 3, "path": b"/etc/passwd", "cpu": 2,
+}  # fmt: skip
 
 
-def raw_data(io_id: int, io_off: int, data: bytes, want=None, flags=0, length=None) -> bytes:
-    head = FILE_DATA.pack(
-        records.REC_FILE_DATA, len(data) if length is None else length, io_id, io_off,
-        len(data) if want is None else want, flags,
-    )  # fmt: skip
-    return head + data
+def raw_event(**values) -> bytes:
+    return file_event(**{**EVENT, **values})
 
 
 def test_struct_sizes():
@@ -139,36 +130,40 @@ def test_short_file_event_raises(size):
 
 @given(io_id=U64, io_off=U64, data=st.binary(max_size=200), flags=st.integers(0, 1))
 def test_decode_file_data_round_trip(io_id, io_off, data, flags):
-    chunk = records.decode_file_data(raw_data(io_id, io_off, data, want=len(data), flags=flags))
+    chunk = records.decode_file_data(file_data(io_id, io_off, data, want=len(data), flags=flags))
     assert chunk == records.FileData(io_id, io_off, len(data), bool(flags), data)
 
 
 def test_decode_unreadable_chunk_keeps_want():
-    chunk = records.decode_file_data(raw_data(1, 32768, b"", want=32768, flags=1))
+    chunk = records.decode_file_data(file_data(1, 32768, b"", want=32768, flags=1))
     assert chunk.unreadable is True
     assert chunk.want == 32768
     assert chunk.data == b""
 
 
 def test_file_data_ignores_bytes_past_len():
-    chunk = records.decode_file_data(raw_data(1, 0, b"abcdef", length=3))
+    chunk = records.decode_file_data(file_data(1, 0, b"abcdef", length=3))
     assert chunk.data == b"abc"
 
 
 @pytest.mark.parametrize("size", [0, 3, 4, FILE_DATA.size - 1])
 def test_short_file_data_header_raises(size):
     with pytest.raises(RecordError, match="expected at least 32"):
-        records.decode_file_data(raw_data(1, 0, b"xyz")[:size])
+        records.decode_file_data(file_data(1, 0, b"xyz")[:size])
 
 
 def test_file_data_shorter_than_its_len_raises():
     with pytest.raises(RecordError, match="says 10 bytes, record holds 4"):
-        records.decode_file_data(raw_data(1, 0, b"abcd", length=10))
+        records.decode_file_data(file_data(1, 0, b"abcd", length=10))
+
+
+def cont_head(io_id: int, prev: int, io_len: int, pos: int, ts=9) -> bytes:
+    return file_cont(cpu=1, ts=ts, io_id=io_id, prev_io_id=prev, io_len=io_len, pos=pos)
 
 
 def raw_cont(io_id: int, prev: int, io_len: int, pos: int, data: bytes, ts=9) -> bytes:
-    head = records.FILE_CONT.pack(records.REC_FILE_CONT, 1, ts, io_id, prev, io_len, pos)
-    return head + raw_data(io_id, 0, data)
+    """A continuation and its first chunk, ``data``, as the kernel sends them."""
+    return cont_head(io_id, prev, io_len, pos, ts) + file_data(io_id, 0, data)
 
 
 @given(io_id=U64, prev=U64, io_len=U64, pos=U64, data=st.binary(max_size=200))
@@ -185,14 +180,14 @@ def test_short_file_cont_raises(size):
 
 
 def test_file_cont_with_another_syscalls_data_raises():
-    raw = records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 5, 4, 3, 0) + raw_data(6, 0, b"x")
+    raw = cont_head(5, 4, 3, 0) + file_data(6, 0, b"x")
     with pytest.raises(RecordError, match="carries data of 6"):
         records.decode_file_cont(raw)
 
 
 def test_record_kind():
     assert records.record_kind(raw_event()) == records.REC_FILE_EVENT
-    assert records.record_kind(raw_data(1, 0, b"")) == records.REC_FILE_DATA
+    assert records.record_kind(file_data(1, 0, b"")) == records.REC_FILE_DATA
     assert records.record_kind(b"\x07\x00\x00\x00") == 7
     with pytest.raises(RecordError):
         records.record_kind(b"\x01\x00\x00")
@@ -292,9 +287,8 @@ def test_a_whole_continuation_gives_its_fields_and_its_bytes_in_place(io_id, pre
     "raw",
     [
         raw_cont(1, 0, 5, 0, b"abc"),  # more bytes to come in other chunks
-        records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 1, 0, 3, 0)
-        + raw_data(1, 0, b"", want=3, flags=records.DATA_UNREADABLE),
-        records.FILE_CONT.pack(records.REC_FILE_CONT, 1, 9, 5, 4, 1, 0) + raw_data(6, 0, b"x"),
+        cont_head(1, 0, 3, 0) + file_data(1, 0, b"", want=3, flags=records.DATA_UNREADABLE),
+        cont_head(5, 4, 1, 0) + file_data(6, 0, b"x"),
         raw_cont(1, 0, 3, 0, b"xyz")[:-1],  # truncated
         raw_cont(1, 0, 3, 0, b"xyz")[:40],
     ],

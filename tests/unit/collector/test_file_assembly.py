@@ -16,6 +16,7 @@ from collector.file_assembly import (
     Outgoing,
     display_path,
 )
+from tests.support.records import file_cont, file_data
 from tracecap import bus
 
 BOOT_TO_EPOCH = 1_700_000_000_000_000_000
@@ -451,13 +452,8 @@ def ring_view(c: records.FileCont) -> memoryview:
     f = c.first
     flags = records.DATA_UNREADABLE if f.unreadable else 0
     raw = bytearray(
-        records.FILE_CONT.pack(
-            records.REC_FILE_CONT, 0, c.ts, c.io_id, c.prev_io_id, c.io_len, c.pos
-        )
-        + records.FILE_DATA.pack(
-            records.REC_FILE_DATA, len(f.data), f.io_id, f.io_off, f.want, flags
-        )
-        + f.data
+        file_cont(ts=c.ts, io_id=c.io_id, prev_io_id=c.prev_io_id, io_len=c.io_len, pos=c.pos)
+        + file_data(f.io_id, f.io_off, f.data, want=f.want, flags=flags)
     )
     RING_MEMORY.append(raw)
     return memoryview(raw)

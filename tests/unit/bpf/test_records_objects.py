@@ -1,0 +1,139 @@
+"""bpf/records.py: the exec, memory, module, BPF, packet and socket-owner records and the
+file_drops entries, built by member name (tests/support/records.py) with a distinct value in
+every member, so that a decoder reading one member for another fails here."""
+
+import pytest
+
+from bpf import records
+from bpf.records import RecordError
+from tests.support import records as build
+
+#: A header whose every member differs from the others and from the record's own members.
+HDR = {
+    "cpu": 3, "ts": 1_000_001, "pid": 4001, "tid": 4002, "ppid": 4003, "uid": 4004,
+    "cgroup_id": 1_000_005, "ns_pid": 4006, "ns_tid": 4007, "ns_ppid": 4008,
+    "comm": b"sshd\0junk",
+}  # fmt: skip
+
+
+def header(kind: int) -> records.Header:
+    return records.Header(
+        kind, 3, 1_000_001, 4001, 4002, 4003, 4004, 1_000_005, b"sshd", 4006, 4007, 4008
+    )
+
+
+def test_exec_event():
+    raw = build.exec_event(
+        **HDR, inode=11, ctime=12, dev=13, mode=0o100755, flags=records.EXEC_ARGV_TRUNCATED,
+        filename=b"/usr/bin/env", argv=b"env\0-i\0",
+    )  # fmt: skip
+    assert records.decode_exec_event(raw) == records.ExecEvent(
+        header(records.REC_EXEC_EVENT), 11, 12, 13, 0o100755, b"/usr/bin/env", (b"env", b"-i"),
+        True,
+    )  # fmt: skip
+
+
+def test_exec_event_is_cut_at_its_lengths():
+    assert records.decode_exec_event(build.exec_event(argv=b"true\0")).argv == (b"true",)
+    raw = build.pack(
+        records.TC_EXEC_EVENT, kind=records.REC_EXEC_EVENT, filename=b"/bin/true",
+        filename_len=4, argv=b"true\0", argv_len=0,
+    )  # fmt: skip
+    ev = records.decode_exec_event(raw)
+    assert (ev.filename, ev.argv, ev.argv_truncated) == (b"/bin", (), False)
+
+
+def test_mem_event():
+    raw = build.mem_event(
+        **HDR, obj_id=21, addr=0x7F00_0000_1000, len=8192, captured=4096, prot_before=3,
+        prot_after=5, syscall=records.MEM_SYSCALLS.index("mmap"),
+    )  # fmt: skip
+    assert records.decode_mem_event(raw) == records.MemEvent(
+        header(records.REC_MEM_EVENT), 21, 0x7F00_0000_1000, 8192, 4096, 3, 5, "mmap"
+    )
+
+
+def test_module_event_keeps_signs_and_cuts_at_lengths():
+    raw = build.module_event(
+        **HDR, obj_id=31, ret=-17, len=32, captured=33, inode=34, dev=35, fd=-100,
+        syscall=records.MODULE_SYSCALLS.index("finit_module"), params=b"debug=1",
+        path=b"/lib/modules/x.ko",
+    )  # fmt: skip
+    assert records.decode_module_event(raw) == records.ModuleEvent(
+        header(records.REC_MODULE_EVENT), 31, -17, 32, 33, 34, 35, -100, "finit_module",
+        b"debug=1", b"/lib/modules/x.ko",
+    )  # fmt: skip
+
+
+def test_bpf_event():
+    raw = build.bpf_event(
+        **HDR, obj_id=41, ret=-1, captured=43, insn_cnt=44, prog_type=45, prog_name=b"probe\0x"
+    )
+    assert records.decode_bpf_event(raw) == records.BpfEvent(
+        header(records.REC_BPF_EVENT), 41, -1, 43, 44, 45, b"probe"
+    )
+
+
+def test_packet_and_its_bytes():
+    raw = build.packet(
+        b"\x45\x00payload", ts=51, cookie=52, cgroup_id=53, owner_start=54, orig_len=1500,
+        ifindex=56, direction=records.PKT_DIRECTIONS.index("ingress"), owner_pid=57,
+        owner_tid=58, owner_ppid=59, owner_uid=60, owner_comm=b"curl",
+    )  # fmt: skip
+    assert records.decode_packet(raw) == records.Packet(
+        51, 52, 53, 54, 1500, 56, "ingress", 57, 58, 59, 60, b"curl", b"\x45\x00payload"
+    )
+
+
+def test_packet_errors():
+    with pytest.raises(RecordError, match="unknown direction 2"):
+        records.decode_packet(build.packet(b"x", direction=2))
+    with pytest.raises(RecordError, match="says 4 bytes, record holds 3"):
+        records.decode_packet(build.packet(b"abcd")[:-1])
+
+
+def test_sock_owner():
+    raw = build.sock_owner(**HDR, cookie=61, start_time=62, in_scope=1)
+    assert records.decode_sock_owner(raw) == records.SockOwner(
+        header(records.REC_SOCK_OWNER), 61, 62, True
+    )
+
+
+def test_dropped_io():
+    key, value = build.dropped_io(
+        inode=71, cgroup_id=72, dev=73, direction=records.DIR_READ, bytes=74, lo=75, hi=76,
+        ios=77, append=1,
+    )  # fmt: skip
+    assert records.decode_dropped_io(key, value) == records.DroppedIo(
+        71, 72, 73, records.DIR_READ, 74, 75, 76, 77, True
+    )
+
+
+@pytest.mark.parametrize(
+    ("decode", "raw", "message"),
+    [
+        (records.decode_mem_event, build.mem_event(syscall=3), "unknown syscall 3"),
+        (records.decode_module_event, build.module_event(syscall=2), "unknown syscall 2"),
+    ],
+    ids=["mem", "module"],
+)
+def test_unknown_syscall(decode, raw, message):
+    with pytest.raises(RecordError, match=message):
+        decode(raw)
+
+
+@pytest.mark.parametrize(
+    ("decode", "raw", "what"),
+    [
+        (records.decode_exec_event, build.exec_event(), "exec event"),
+        (records.decode_mem_event, build.mem_event(), "mem event"),
+        (records.decode_module_event, build.module_event(), "module event"),
+        (records.decode_bpf_event, build.bpf_event(), "bpf event"),
+        (records.decode_packet, build.packet(), "packet"),
+        (records.decode_sock_owner, build.sock_owner(), "socket owner"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_short_record_raises(decode, raw, what):
+    with pytest.raises(RecordError, match=f"{what} of {len(raw) - 1} bytes, expected {len(raw)}"):
+        decode(raw[:-1])
