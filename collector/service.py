@@ -9,38 +9,30 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import pwd
 import signal
 import sys
 import threading
-import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from bpf import records
 from collector.containers import CgroupResolver
 from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler
+from collector.host import Clock, Host
 from collector.libbpf import BpfError
 from collector.object_assembly import ObjectAssembler, object_env
-from collector.object_files import (
-    MESSAGE_BYTES,
-    FileJob,
-    FileStreamer,
-    exe_link,
-    exec_candidates,
-    is_memfd,
-    open_verified,
-)
+from collector.object_files import MESSAGE_BYTES, FileJob, FileStreamer, exec_candidates, is_memfd
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
-from collector.process_tree import read_proc_file, tracecap_ancestors
+from collector.process_tree import tracecap_ancestors
 from collector.publisher import BusError, Publisher
 from collector.ring_reader import RingReader, RingReaderError
 from tracecap import bus
 from tracecap.options import Config
 
-STATS_INTERVAL_S = 1.0
+STATS_INTERVAL_NS = 1_000_000_000
 #: The kernel wakes the collector only once 256 KiB wait in a ring (TC_WAKEUP_BYTES): it looks
 #: on its own this often, which bounds how long a trickle of records waits.
 POLL_MS = 10
@@ -49,12 +41,21 @@ SUBSCRIBER_TIMEOUT_S = 60.0
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
 #: At a stop, how long files still being read may wait for room on the bus (supervisord kills
 #: the collector after 30 s); what is left then is closed unfinished, which the writer records.
-STOP_STREAMING_S = 10.0
+STOP_STREAMING_NS = 10_000_000_000
 #: Executed binaries remembered so that each is streamed once per collector run (the writer
 #: keeps the lasting, once-per-(container, dev, inode, ctime) record).
 EXEC_SEEN_MAX = 65536
 #: Object ids made in user space live above the kernel's, so the two never collide.
 USER_OBJ_ID_BASE = 1 << 48
+#: The user the writers, the bridge and tap run as: the kernel side ignores its processes.
+#: Without that user, NO_UID (-1 as a u32, which no process has) excludes nobody.
+TRACECAP_USER = "tracecap"
+NO_UID = 0xFFFFFFFF
+
+#: What builds the kernel side: (config, tgids to exclude, uid to exclude, file ring bytes).
+ProbesFactory = Callable[[Config, Iterable[int], int, int], KernelProbes]
+_HOST = Host()
+_CLOCK = Clock()
 
 
 _OBJECT_DECODERS = {
@@ -71,25 +72,38 @@ def release_free_heap() -> None:
         ctypes.CDLL(None).malloc_trim(0)
 
 
-def boot_to_epoch_ns() -> int:
-    """Offset from CLOCK_BOOTTIME (what BPF stamps) to the Unix epoch."""
-    return time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-
-
-def tracecap_uid() -> int:
-    try:
-        return pwd.getpwnam("tracecap").pw_uid
-    except KeyError:
-        return 0xFFFFFFFF
-
-
 class Collector:
-    def __init__(self, config: Config, publisher: Publisher, ring_bytes: int) -> None:
+    """The privileged loop: load and attach the kernel side, dispatch every ring-buffer record
+    to its assembler, stream the binaries and module files it opens, publish it all and the
+    stats; at a stop, drain what is left before detaching.
+
+    Everything it asks of the machine comes in through the constructor, the real thing by
+    default: ``probes`` builds the kernel side, ``containers`` names cgroups, ``host`` reads
+    /proc and opens files, ``clock`` tells the time, ``publisher`` is the bus. Unit tests pass
+    fakes of each, as supervisor's tests pass DummyOptions to its process code.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        publisher: Publisher,
+        ring_bytes: int = DEFAULT_RING_BYTES,
+        *,
+        probes: ProbesFactory = KernelProbes,
+        containers: CgroupResolver | None = None,
+        host: Host = _HOST,
+        clock: Clock = _CLOCK,
+    ) -> None:
         self._config = config
         self._pub = publisher
         self._ring_bytes = ring_bytes
-        self._boot_to_epoch = boot_to_epoch_ns()
-        self._containers = CgroupResolver()
+        self._make_probes = probes
+        self._host = host
+        self._clock = clock
+        # bound once: the per-record path reads it for every record
+        self._monotonic_ns = clock.monotonic_ns
+        self._boot_to_epoch = clock.boot_to_epoch_ns()
+        self._containers = containers if containers is not None else CgroupResolver()
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
@@ -111,15 +125,19 @@ class Collector:
         self._ring: RingReader | None = None
         self.counters: Counter[str] = Counter()
         self.state = "starting"
-        self._started = time.monotonic()
+        self._started = self._monotonic_ns()
 
     def load(self) -> None:
+        """Load the kernel side, excluding this process, the tracecap processes above it and
+        the tracecap user's."""
+        read = self._host.read_proc
         excluded = tracecap_ancestors(
-            os.getpid(),
-            lambda pid: read_proc_file(pid, "stat"),
-            lambda pid: read_proc_file(pid, "cmdline"),
+            os.getpid(), lambda pid: read(pid, "stat"), lambda pid: read(pid, "cmdline")
         )
-        self._probes = KernelProbes(self._config, excluded, tracecap_uid(), self._ring_bytes)
+        uid = self._host.user_id(TRACECAP_USER)
+        self._probes = self._make_probes(
+            self._config, excluded, NO_UID if uid is None else uid, self._ring_bytes
+        )
         self._sync_scope_cgroups()
 
     def _sync_scope_cgroups(self) -> None:
@@ -146,7 +164,7 @@ class Collector:
         """One ring-buffer record. ``raw`` may be a view of ring memory, valid only during this
         call: file contents, the bulk, are decoded in place (the assembler copies the bytes it
         keeps); every other kind is copied first, because its decoder may keep slices."""
-        now = time.monotonic_ns()
+        now = self._monotonic_ns()
         try:
             kind = records.record_kind(raw)
             if kind == records.REC_FILE_CONT:  # the most frequent under load
@@ -186,7 +204,7 @@ class Collector:
 
     def _on_exec(self, ev: records.ExecEvent) -> list[Outgoing]:
         """Publish the exec event; open the binary now (the process may be gone soon)."""
-        link = exe_link(ev.hdr.pid)
+        link = self._host.exe_link(ev.hdr.pid)
         memfd = is_memfd(link)
         container = self._containers.container_of(ev.hdr.cgroup_id)
         env = context_env(ev.hdr, self._boot_to_epoch, container) | {
@@ -209,13 +227,15 @@ class Collector:
         if len(self._exec_seen) > EXEC_SEEN_MAX:
             del self._exec_seen[next(iter(self._exec_seen))]
         env |= {"obj_id": self._new_obj_id(), "obj_off": 0}
-        fd, why = open_verified(exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode)
+        fd, why = self._host.open_verified(
+            exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode
+        )
         if fd is None:
             self.counters["exec_unreadable"] += 1
             out.append(Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
                                                        "error": why}, None))  # fmt: skip
             return out
-        size = os.fstat(fd).st_size
+        size = self._host.file_size(fd)
         self._files.add(FileJob(fd, bus.TOPIC_EXEC, env | {"obj_len": size}, size))
         return out
 
@@ -229,15 +249,17 @@ class Collector:
         return self._objects.on_event(ev.obj_id, topic, env, length, ev.captured, now)
 
     def _on_finit_module(self, ev: records.ModuleEvent, env: dict[str, Any]) -> list[Outgoing]:
+        """finit_module loads from an fd, so the kernel sends no bytes: the collector opens the
+        file itself, by the loader's fd or else by its path, if it is still the same file."""
         candidates = [f"/proc/{ev.hdr.pid}/fd/{ev.fd}"]
         if ev.path.startswith(b"/"):
             candidates.append(os.fsdecode(ev.path))
         env |= {"obj_id": ev.obj_id, "obj_off": 0}
-        fd, why = open_verified(candidates, ev.dev, ev.inode)
+        fd, why = self._host.open_verified(candidates, ev.dev, ev.inode)
         if fd is None:
             return [Outgoing(bus.TOPIC_MODULE, env | {"obj_len": 0, "last": True, "ok": False,
                                                       "error": why}, None)]  # fmt: skip
-        size = os.fstat(fd).st_size
+        size = self._host.file_size(fd)
         self._files.add(FileJob(fd, bus.TOPIC_MODULE, env | {"obj_len": size}, size))
         return []
 
@@ -254,7 +276,7 @@ class Collector:
 
     def _send_dropped(self) -> None:
         assert self._probes is not None
-        now = time.time_ns()
+        now = self._clock.time_ns()
         self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
 
     def _send(self, out: list[Outgoing]) -> None:
@@ -262,6 +284,8 @@ class Collector:
             self._pub.publish(msg.topic, msg.env, msg.payload)
 
     def stats_env(self) -> dict[str, Any]:
+        """The stats message: the kernel's counters (summed, and drops per CPU), the
+        collector's and the bus's."""
         per_cpu = self._probes.per_cpu_counters() if self._probes else []
         kernel = records.decode_counters(per_cpu) if per_cpu else {}
         drops_per_cpu = {
@@ -270,7 +294,7 @@ class Collector:
             if name.endswith("_drops")
         }
         return {
-            "ts": time.time_ns(),
+            "ts": self._clock.time_ns(),
             "pid": os.getpid(),
             "tid": threading.get_native_id(),
             "ppid": os.getppid(),
@@ -279,7 +303,7 @@ class Collector:
             "cgroup_id": 0,
             "container_id": "",
             "state": self.state,
-            "uptime_s": round(time.monotonic() - self._started, 3),
+            "uptime_s": round((self._monotonic_ns() - self._started) / 1e9, 3),
             "kernel": kernel,
             "kernel_drops_per_cpu": drops_per_cpu,
             "collector": {
@@ -306,38 +330,41 @@ class Collector:
         }
 
     def run(self, stop: threading.Event) -> None:
+        """Poll and publish until ``stop`` is set."""
         assert self._probes is not None and self._ring is not None
         ring = self._ring
-        next_stats = 0.0
+        monotonic_ns = self._monotonic_ns
+        next_stats = 0
         try:
             while not stop.is_set():
                 ring.poll(0 if self._can_stream() else 1 if self._files.pending else POLL_MS)
                 self._send(self._assembler.flush_runs())
                 self._stream_files()
-                self._send(self._packets.expire(time.monotonic_ns()))
-                now = time.monotonic()
+                self._send(self._packets.expire(monotonic_ns()))
+                now = monotonic_ns()
                 if now >= next_stats:
                     self._sync_scope_cgroups()
                     self._send_dropped()
-                    self._send(self._assembler.expire(time.monotonic_ns()))
-                    self._send(self._objects.expire(time.monotonic_ns()))
+                    self._send(self._assembler.expire(monotonic_ns()))
+                    self._send(self._objects.expire(monotonic_ns()))
                     self._pub.poll_subscriptions()
                     self._pub.publish(bus.TOPIC_STATS, self.stats_env())
-                    next_stats = now + STATS_INTERVAL_S
+                    next_stats = now + STATS_INTERVAL_NS
             # Drain what the kernel already holds, and the files already opened, before detaching.
             ring.consume()
             self._send_dropped()
-            self._send(self._assembler.expire(time.monotonic_ns(), force=True))
-            self._send(self._objects.expire(time.monotonic_ns(), force=True))
-            self._send(self._packets.expire(time.monotonic_ns(), force=True))
-            deadline = time.monotonic() + STOP_STREAMING_S
-            while self._files.pending and time.monotonic() < deadline:
+            self._send(self._assembler.expire(monotonic_ns(), force=True))
+            self._send(self._objects.expire(monotonic_ns(), force=True))
+            self._send(self._packets.expire(monotonic_ns(), force=True))
+            deadline = monotonic_ns() + STOP_STREAMING_NS
+            while self._files.pending and monotonic_ns() < deadline:
                 if not self._stream_files():
-                    time.sleep(0.001)  # the writers are still taking what was sent
+                    self._clock.sleep(0.001)  # the writers are still taking what was sent
         finally:
             self._files.close()
 
     def close(self) -> None:
+        """Publish the last stats (state "stopped"), then detach: rings first, then programs."""
         self.state = "stopped"
         try:
             self._pub.publish(bus.TOPIC_STATS, self.stats_env())
@@ -350,49 +377,61 @@ class Collector:
                 self._probes = None
 
 
-def run_collector(
-    config: Config,
-    run_dir: str,
-    wait_for: Counter[bytes],
-    ring_bytes: int = DEFAULT_RING_BYTES,
-) -> int:
+def stop_on_signals() -> threading.Event:
+    """An event that SIGTERM (supervisord's stop), SIGINT and SIGHUP set."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    return stop
 
+
+def run_collector(
+    config: Config,
+    run_dir: str,
+    wait_for: Counter[bytes],
+    ring_bytes: int = DEFAULT_RING_BYTES,
+    *,
+    publisher: Callable[[str], Publisher] = Publisher,
+    collector: Callable[[Config, Publisher, int], Collector] = Collector,
+    stop: threading.Event | None = None,
+) -> int:
+    """The collector process: bind the bus, load, wait for the subscribers ``wait_for`` names,
+    attach, run until stopped (by a signal unless ``stop`` is given), close. Returns the exit
+    status; tests pass a fake ``publisher`` and a ``collector`` built over fakes."""
+    if stop is None:
+        stop = stop_on_signals()
     try:
-        pub = Publisher(run_dir)
+        pub = publisher(run_dir)
     except BusError as exc:
         print(f"tracecap collector: error: {exc}", file=sys.stderr)
         return 1
-    collector: Collector | None = None
+    service: Collector | None = None
     try:
         print(
             f"tracecap collector: bus on {pub.endpoint}, waiting for {dict(wait_for)}",
             file=sys.stderr,
         )
-        collector = Collector(config, pub, ring_bytes)
+        service = collector(config, pub, ring_bytes)
         try:
-            collector.load()  # the verifier runs while the writers are still starting
+            service.load()  # the verifier runs while the writers are still starting
             pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
-            collector.attach()
+            service.attach()
         except (ProbeError, BpfError, RingReaderError, BusError, OSError) as exc:
             print(f"tracecap collector: error: {exc}", file=sys.stderr)
             return 1
         print(
-            f"tracecap collector: attached {len(collector.stats_env()['programs'])} programs",
+            f"tracecap collector: attached {len(service.stats_env()['programs'])} programs",
             file=sys.stderr,
         )
-        pub.publish(bus.TOPIC_STATS, collector.stats_env())
+        pub.publish(bus.TOPIC_STATS, service.stats_env())
         release_free_heap()
-        collector.run(stop)
+        service.run(stop)
     finally:
-        if collector is not None:
-            collector.close()
+        if service is not None:
+            service.close()
         pub.close()
     return 0

@@ -1,0 +1,811 @@
+"""The collector service over fakes of everything it asks of the machine: the kernel side
+(probes and their rings), the cgroup resolver, /proc and the files it opens, the clocks and the
+bus. Records go in as the ring reader lends them (views of memory reused once the callback
+returns); what comes out is what the fake publisher was handed, in order.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bpf import records
+from collector import service
+from collector.host import Clock
+from collector.object_files import MESSAGE_BYTES
+from collector.probes import ProbeError
+from collector.service import Collector, run_collector
+from tests.support import records as build
+from tracecap import bus, options
+
+ROOT = Path(__file__).resolve().parents[3]
+PID, CGROUP = 4242, 77
+EPOCH_NS = 1_700_000_000_000_000_000
+BOOTTIME_NS = 5_000_000_000
+BOOT_TO_EPOCH = EPOCH_NS - BOOTTIME_NS
+TS = 1_000
+DEV, INODE, CTIME = 0x800001, 9, 1234
+
+
+# --- records, as the kernel sends them ---------------------------------------------------------
+
+#: The header of every record made here but packets (which carry their owner instead).
+HEADER = {
+    "ts": TS, "pid": PID, "tid": PID + 1, "ppid": 1, "uid": 1000, "cgroup_id": CGROUP,
+    "comm": b"app",
+}  # fmt: skip
+
+
+def file_event(io_id: int, io_len: int, pos: int) -> bytes:
+    return build.file_event(
+        **HEADER, io_id=io_id, io_len=io_len, pos=pos, inode=INODE, dev=DEV, mode=0o100644,
+        fd=3, direction=records.DIR_WRITE, path=b"/tmp/f",
+    )  # fmt: skip
+
+
+def file_cont(io_id: int, prev_io_id: int, pos: int, data: bytes) -> bytes:
+    """A continuation with its first chunk, which here is its every byte."""
+    head = build.file_cont(ts=TS, io_id=io_id, prev_io_id=prev_io_id, io_len=len(data), pos=pos)
+    return head + build.file_data(io_id, 0, data)
+
+
+def obj_data(obj_id: int, data: bytes) -> bytes:
+    return build.file_data(obj_id, 0, data, kind=records.REC_OBJ_DATA)
+
+
+def exec_event(
+    *, pid: int = PID, cgroup_id: int = CGROUP, inode: int = INODE, ctime: int = CTIME,
+    filename: bytes = b"/usr/bin/app",
+) -> bytes:  # fmt: skip
+    return build.exec_event(
+        **(HEADER | {"pid": pid, "cgroup_id": cgroup_id}), inode=inode, ctime=ctime, dev=DEV,
+        mode=0o100755, filename=filename, argv=b"app\0-v\0",
+    )  # fmt: skip
+
+
+def mem_event(obj_id: int, length: int, captured: int) -> bytes:
+    return build.mem_event(
+        **HEADER, obj_id=obj_id, addr=0x7F0000, len=length, captured=captured,
+        prot_before=3, prot_after=5, syscall=records.MEM_SYSCALLS.index("mprotect"),
+    )  # fmt: skip
+
+
+def module_event(
+    obj_id: int, syscall: str, *, length: int = 0, fd: int = -1, path: bytes = b""
+) -> bytes:
+    return build.module_event(
+        **HEADER, obj_id=obj_id, len=length, inode=INODE, dev=DEV, fd=fd,
+        syscall=records.MODULE_SYSCALLS.index(syscall), params=b"debug=1", path=path,
+    )  # fmt: skip
+
+
+def bpf_event(obj_id: int, insn_cnt: int, captured: int) -> bytes:
+    return build.bpf_event(
+        **HEADER, obj_id=obj_id, ret=4, captured=captured, insn_cnt=insn_cnt, prog_type=1,
+        prog_name=b"probe",
+    )  # fmt: skip
+
+
+def packet(data: bytes, *, cookie: int = 0, owner_pid: int = 0) -> bytes:
+    """A packet; ``owner_pid`` 0 means the kernel did not know its socket's owner."""
+    return build.packet(
+        data, ts=TS, cookie=cookie, cgroup_id=CGROUP, orig_len=len(data), ifindex=2,
+        owner_pid=owner_pid, owner_tid=owner_pid, owner_comm=b"srv" if owner_pid else b"",
+    )  # fmt: skip
+
+
+def sock_owner(cookie: int, pid: int) -> bytes:
+    return build.sock_owner(**(HEADER | {"pid": pid}), cookie=cookie, in_scope=1)
+
+
+# --- fakes ------------------------------------------------------------------------------------
+
+
+def lend(callback: Any, raw: bytes) -> None:
+    """Hand ``raw`` over as the ring reader does: a view of memory that is reused (here,
+    overwritten) as soon as the callback returns."""
+    memory = bytearray(raw)
+    callback(memoryview(memory))
+    memory[:] = b"\xee" * len(memory)
+
+
+class FakeRing:
+    def __init__(self, log: list, callback: Any) -> None:
+        self.log = log
+        self.callback = callback
+        self.held: list[bytes] = []  # records the kernel wrote and nobody read yet
+
+    def _deliver(self) -> None:
+        while self.held:
+            lend(self.callback, self.held.pop(0))
+
+    def poll(self, timeout_ms: int) -> None:
+        self.log.append(f"poll {timeout_ms}")
+        self._deliver()
+
+    def consume(self) -> None:
+        self.log.append("consume")
+        self._deliver()
+
+    def close(self) -> None:
+        self.log.append("ring.close")
+
+
+class FakeProbes:
+    def __init__(self, log: list, config: Any, excluded: Any, uid: int, ring_bytes: int) -> None:
+        self.log = log
+        self.args = (list(excluded), uid, ring_bytes)
+        self.ring: FakeRing | None = None
+        self.drops: list[records.DroppedIo] = []
+        self.per_cpu: list[list[int]] = []
+        self.program_names = ["tc_fork", "tc_proc_exit"]
+        self.scope_cgroups: set[int] | None = None
+        log.append("probes.new")
+
+    def rings(self, callback: Any) -> FakeRing:
+        self.log.append("rings")
+        self.ring = FakeRing(self.log, callback)
+        return self.ring
+
+    def attach(self) -> None:
+        self.log.append("attach")
+
+    def set_scope_cgroups(self, wanted: set[int]) -> None:
+        self.scope_cgroups = set(wanted)
+
+    def dropped_ios(self) -> list[records.DroppedIo]:
+        drops, self.drops = self.drops, []
+        return drops
+
+    def per_cpu_counters(self) -> list[list[int]]:
+        return self.per_cpu
+
+    def close(self) -> None:
+        self.log.append("probes.close")
+
+
+@dataclass
+class Sent:
+    topic: bytes
+    env: dict[str, Any]
+    payload: Any
+
+
+class FakePublisher:
+    endpoint = "ipc:///fake/bus.sock"
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+        self.sent: list[Sent] = []
+        self.room = 16 << 20
+        self.subscriptions: Counter[bytes] = Counter({b"file.write.": 1})
+        self.sent_messages = self.sent_bytes = 0
+        self.dropped_messages = self.dropped_bytes = 0
+
+    def publish(self, topic: bytes, env: dict[str, Any], payload: Any = None) -> None:
+        self.sent.append(Sent(topic, env, payload))
+        self.log.append(self.sent[-1])
+        self.sent_messages += 1
+        self.sent_bytes += len(payload) if payload is not None else 0
+
+    def backlog_room(self) -> int:
+        return self.room
+
+    def backlog_bytes(self) -> int:
+        return 123
+
+    def poll_subscriptions(self) -> None:
+        pass
+
+    def published(self) -> dict[str, int]:
+        return dict(Counter(m.topic.decode() for m in self.sent))
+
+    def wait_for(self, wanted: Counter[bytes], timeout: float, stop: Any) -> None:
+        self.log.append("wait_for")
+
+    def close(self) -> None:
+        self.log.append("pub.close")
+
+
+class FakeHost:
+    """/proc as a dict, and files that exist only at the paths ``files`` gives them."""
+
+    def __init__(self) -> None:
+        self.proc: dict[tuple[int, str], bytes] = {}
+        self.links: dict[int, bytes] = {}
+        self.files: dict[str, Path] = {}
+        self.users: dict[str, int] = {}
+        self.opened: list[list[str]] = []
+
+    def read_proc(self, pid: int, name: str) -> bytes:
+        try:
+            return self.proc[pid, name]
+        except KeyError:
+            raise FileNotFoundError(f"/proc/{pid}/{name}") from None
+
+    def exe_link(self, pid: int) -> bytes:
+        return self.links.get(pid, b"")
+
+    def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
+        self.opened.append(list(candidates))
+        for path in candidates:
+            if path in self.files:
+                return os.open(self.files[path], os.O_RDONLY), ""
+        return None, "gone"
+
+    def file_size(self, fd: int) -> int:
+        return os.fstat(fd).st_size
+
+    def user_id(self, name: str) -> int | None:
+        return self.users.get(name)
+
+
+class FakeContainers:
+    def __init__(self, containers: dict[int, str] | None = None) -> None:
+        self.containers = containers or {}
+
+    def container_of(self, cgroup_id: int) -> str:
+        return self.containers.get(cgroup_id, "")
+
+    def container_cgroups(self) -> dict[int, str]:
+        return dict(self.containers)
+
+
+class FakeTime:
+    """Monotonic time that moves only when the service sleeps or a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 3_000_000_000
+        self.slept = 0.0
+
+    def monotonic_ns(self) -> int:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += int(seconds * 1e9)
+
+    def clock(self) -> Clock:
+        return Clock(
+            monotonic_ns=self.monotonic_ns,
+            time_ns=lambda: EPOCH_NS,
+            boottime_ns=lambda: BOOTTIME_NS,
+            sleep=self.sleep,
+        )
+
+
+@dataclass
+class Rig:
+    config: options.Config
+    log: list = field(default_factory=list)
+    host: FakeHost = field(default_factory=FakeHost)
+    containers: FakeContainers = field(default_factory=FakeContainers)
+    time: FakeTime = field(default_factory=FakeTime)
+    probes: FakeProbes | None = None
+
+    def __post_init__(self) -> None:
+        self.pub = FakePublisher(self.log)
+
+    def make_probes(self, *args: Any) -> FakeProbes:
+        self.probes = FakeProbes(self.log, *args)
+        return self.probes
+
+    def collector(self, ring_bytes: int = 1 << 20) -> Collector:
+        return Collector(
+            self.config, self.pub, ring_bytes, probes=self.make_probes,
+            containers=self.containers, host=self.host, clock=self.time.clock(),
+        )  # fmt: skip
+
+    def started(self) -> Collector:
+        collector = self.collector()
+        collector.load()
+        collector.attach()
+        return collector
+
+    def feed(self, *raws: bytes) -> None:
+        assert self.probes is not None and self.probes.ring is not None
+        for raw in raws:
+            lend(self.probes.ring.callback, raw)
+
+    def sent(self, *topics: bytes) -> list[Sent]:
+        """What was published, stats left out unless asked for."""
+        if topics:
+            return [m for m in self.pub.sent if m.topic in topics]
+        return [m for m in self.pub.sent if m.topic != bus.TOPIC_STATS]
+
+
+def config(*kinds: str, scope: tuple[str, ...] = ()) -> options.Config:
+    argv = [arg for kind in kinds for arg in ("--capture", kind)]
+    return options.parse_args(argv + [arg for s in scope for arg in ("--scope", s)])
+
+
+def steps(log: list) -> list[str]:
+    """The log of calls to the fakes, messages named by topic and what tells them apart."""
+    named = []
+    for entry in log:
+        if isinstance(entry, Sent):
+            name = entry.topic.decode().rstrip(".")
+            if entry.topic == bus.TOPIC_STATS:
+                name += f" {entry.env['state']}"
+            elif entry.topic == bus.TOPIC_NET_PACKET:
+                name += f" of {entry.env['pid']}"
+            elif "lost_ios" in entry.env:
+                name += " drop notice"
+            entry = name
+        named.append(entry)
+    return named
+
+
+def stop(collector: Collector) -> None:
+    """What a signal leads to: ``run`` sees the stop, drains, and ``close`` follows."""
+    done = threading.Event()
+    done.set()
+    collector.run(done)
+    collector.close()
+
+
+# --- importing ----------------------------------------------------------------------------------
+
+
+def test_importing_the_service_loads_no_libbpf():
+    code = (
+        "import collector.service, collector.probes\n"
+        "print(sum('libbpf' in line for line in open('/proc/self/maps')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "0"
+
+
+# --- record dispatch: every kind --------------------------------------------------------------
+
+
+def _one(sent: list[Sent]) -> Sent:
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+def _check_file_event(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)  # its bytes never came: the stop closes it, all lost
+    assert (msg.topic, msg.env["lost"], msg.payload) == (bus.TOPIC_FILE_WRITE, [[100, 105]], None)
+    assert (msg.env["ts"], msg.env["path"]) == (TS + BOOT_TO_EPOCH, b"/tmp/f")
+
+
+def _check_file_data(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, bytes(msg.payload), msg.env["off"]) == (bus.TOPIC_FILE_WRITE, b"hello", 100)
+    assert "lost" not in msg.env
+
+
+def _check_file_cont(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (bytes(msg.payload), msg.env["io_count"], msg.env["io_len"]) == (b"helloabc", 2, 8)
+
+
+def _check_obj_data(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, msg.payload, msg.env["obj_id"]) == (bus.TOPIC_MEM, b"\x90\x90\xc3\x00", 500)
+    assert (msg.env["last"], "lost" in msg.env) == (True, False)
+
+
+def _check_mem_event(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, msg.env["syscall"], msg.env["lost"]) == (bus.TOPIC_MEM, "mprotect", [[0, 8]])
+
+
+def _check_module_event(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, msg.env["syscall"], msg.env["lost"]) == (
+        bus.TOPIC_MODULE, "init_module", [[0, 10]],
+    )  # fmt: skip
+    assert rig.host.opened == []  # init_module's bytes come from the kernel
+
+
+def _check_bpf_event(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, msg.payload, msg.env["prog_name"]) == (bus.TOPIC_BPF, INSNS, b"probe")
+
+
+def _check_exec_event(sent: list[Sent], rig: Rig) -> None:
+    proc, exe = sent
+    assert (proc.topic, proc.env["event"], proc.env["argv"]) == (
+        bus.TOPIC_PROC, "exec", [b"app", b"-v"],
+    )  # fmt: skip
+    assert (proc.env["path"], proc.env["pid"], proc.env["ctime"]) == (b"/usr/bin/app", PID, CTIME)
+    assert (exe.topic, exe.env["ok"], exe.env["error"]) == (bus.TOPIC_EXEC, False, "gone")
+
+
+def _check_packet(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    assert (msg.topic, msg.payload, msg.env["pid"]) == (bus.TOPIC_NET_PACKET, b"\x01\x02\x03", 900)
+
+
+def _check_sock_owner(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)  # the packet waited for its socket's owner, which came
+    assert (msg.topic, msg.payload, msg.env["pid"]) == (bus.TOPIC_NET_PACKET, b"\x05\x06", 901)
+
+
+INSNS = bytes(range(16))
+#: kind -> (capture, the records that show it, the check of what is published once the
+#: collector stops, events counted).
+DISPATCH = {
+    records.REC_FILE_EVENT: ("write", [file_event(11, 5, 100)], _check_file_event, 1),
+    records.REC_FILE_DATA: (
+        "write", [file_event(11, 5, 100), build.file_data(11, 0, b"hello")], _check_file_data, 1,
+    ),
+    records.REC_FILE_CONT: (
+        "write",
+        [file_event(11, 5, 100), build.file_data(11, 0, b"hello"), file_cont(12, 11, 105, b"abc")],
+        _check_file_cont,
+        2,
+    ),
+    records.REC_OBJ_DATA: (
+        "mem",
+        [mem_event(500, 4, 4), obj_data(500, b"\x90\x90\xc3\x00")],
+        _check_obj_data,
+        1,
+    ),
+    records.REC_MEM_EVENT: ("mem", [mem_event(501, 8, 0)], _check_mem_event, 1),
+    records.REC_MODULE_EVENT: (
+        "module", [module_event(600, "init_module", length=10)], _check_module_event, 1,
+    ),
+    records.REC_BPF_EVENT: (
+        "bpf",
+        [bpf_event(700, 2, 16), obj_data(700, INSNS)],
+        _check_bpf_event,
+        1,
+    ),
+    records.REC_EXEC_EVENT: ("exec", [exec_event()], _check_exec_event, 1),
+    records.REC_PACKET: ("network", [packet(b"\x01\x02\x03", owner_pid=900)], _check_packet, 0),
+    records.REC_SOCK_OWNER: (
+        "network", [packet(b"\x05\x06", cookie=55), sock_owner(55, pid=901)], _check_sock_owner, 0,
+    ),
+}  # fmt: skip
+
+
+def test_every_record_kind_has_a_dispatch_case():
+    kinds = {value for name, value in vars(records).items() if name.startswith("REC_")}
+    assert set(DISPATCH) == kinds
+
+
+@pytest.mark.parametrize("kind", sorted(DISPATCH))
+def test_dispatch(kind):
+    """Each record goes to its decoder and assembler; they are lent views of memory that is
+    overwritten after each call, so a message that kept a view would show the garbage."""
+    capture, raws, check, events = DISPATCH[kind]
+    rig = Rig(config(capture))
+    collector = rig.started()
+    rig.feed(*raws)
+    stop(collector)
+    check(rig.sent(), rig)
+    assert collector.counters["events"] == events
+    assert collector.counters["decode_errors"] == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        (b"\x01\x00", "record of 2 bytes has no kind"),
+        (build.pack(records.TC_HDR, kind=99), "unknown record kind 99"),
+        (file_event(1, 1, 0)[:100], "file event of 100 bytes"),
+    ],
+)  # fmt: skip
+def test_a_bad_record_is_counted_and_skipped(raw, why, capsys):
+    rig = Rig(config("write"))
+    collector = rig.started()
+    rig.feed(raw, file_event(11, 5, 100), build.file_data(11, 0, b"hello"))
+    stop(collector)
+    assert collector.counters["decode_errors"] == 1
+    assert "tracecap collector: bad record: " + why in capsys.readouterr().err
+    assert [bytes(m.payload) for m in rig.sent()] == [b"hello"]
+
+
+# --- executed binaries: opened once per (cgroup, dev, inode, ctime) ------------------------------
+
+
+def exec_rig(tmp_path: Path, *kinds: str) -> tuple[Rig, Collector]:
+    binary = tmp_path / "app"
+    binary.write_bytes(b"\x7fELF" + bytes(range(256)) * 10)
+    rig = Rig(config(*kinds))
+    rig.host.files["/usr/bin/app"] = binary
+    return rig, rig.started()
+
+
+def test_an_executed_binary_is_streamed_once_per_cgroup_dev_inode_ctime(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.feed(
+        exec_event(),
+        exec_event(pid=PID + 10),  # the same binary again
+        exec_event(cgroup_id=CGROUP + 1),  # in another container
+        exec_event(ctime=CTIME + 1),  # changed since
+        exec_event(inode=INODE + 1),  # another file
+    )
+    stop(collector)
+    assert len(rig.sent(bus.TOPIC_PROC)) == 5
+    assert rig.host.opened == [["/proc/4242/exe", "/usr/bin/app"]] * 4
+    content = (tmp_path / "app").read_bytes()
+    by_obj: dict[int, list[Sent]] = {}
+    for msg in rig.sent(bus.TOPIC_EXEC):
+        by_obj.setdefault(msg.env["obj_id"], []).append(msg)
+    assert sorted(by_obj) == [service.USER_OBJ_ID_BASE + n for n in (1, 2, 3, 4)]
+    for messages in by_obj.values():
+        assert b"".join(m.payload for m in messages if m.payload) == content
+        assert [m.env["last"] for m in messages] == [False, True]
+        assert messages[0].env["obj_len"] == len(content)
+    assert collector.counters["events"] == 5
+
+
+def test_without_exec_capture_nothing_is_opened(tmp_path):
+    rig, collector = exec_rig(tmp_path, "write")
+    rig.feed(exec_event())
+    stop(collector)
+    assert [m.topic for m in rig.sent()] == [bus.TOPIC_PROC]
+    assert rig.host.opened == []
+
+
+def test_an_unreadable_binary_is_reported_and_not_retried(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.host.files.clear()
+    rig.feed(exec_event(), exec_event(pid=PID + 1))
+    stop(collector)
+    [failed] = rig.sent(bus.TOPIC_EXEC)
+    assert (failed.env["ok"], failed.env["last"], failed.env["obj_len"]) == (False, True, 0)
+    assert failed.env["error"] == "gone"
+    assert collector.counters["exec_unreadable"] == 1
+    assert len(rig.host.opened) == 1
+
+
+def test_a_memfd_binary_is_named_by_its_link_and_opened_only_through_proc(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.host.links[PID] = b"/memfd:payload (deleted)"
+    rig.feed(exec_event(filename=b"/dev/fd/3"))
+    stop(collector)
+    [proc] = rig.sent(bus.TOPIC_PROC)
+    assert (proc.env["path"], proc.env["memfd"]) == (b"/memfd:payload (deleted)", True)
+    assert rig.host.opened == [["/proc/4242/exe"]]
+
+
+def test_exec_dedup_forgets_the_oldest_past_its_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(service, "EXEC_SEEN_MAX", 3)
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.host.files.clear()  # nothing opens: only the attempts are counted
+    a, b, c, d = (exec_event(inode=n) for n in (1, 2, 3, 4))
+    rig.feed(a, b, c, a)
+    assert len(rig.host.opened) == 3  # a is still remembered at the bound
+    rig.feed(d)
+    assert len(rig.host.opened) == 4  # one past the bound: a, the oldest, is forgotten
+    rig.feed(c, a)
+    assert len(rig.host.opened) == 5
+    stop(collector)
+
+
+# --- finit_module: the collector reads the module file itself ----------------------------------
+
+
+def finit(tmp_path: Path, path: bytes, files: dict[str, bytes]) -> tuple[Rig, Collector]:
+    rig = Rig(config("module"))
+    for name, content in files.items():
+        rig.host.files[name] = tmp_path / str(len(rig.host.files))
+        rig.host.files[name].write_bytes(content)
+    collector = rig.started()
+    rig.feed(module_event(800, "finit_module", length=0, fd=7, path=path))
+    return rig, collector
+
+
+def test_finit_module_reads_the_loaders_fd_first(tmp_path):
+    rig, collector = finit(
+        tmp_path, b"/lib/m.ko", {"/proc/4242/fd/7": b"ko" * 9, "/lib/m.ko": b"x"}
+    )
+    stop(collector)
+    assert rig.host.opened == [["/proc/4242/fd/7", "/lib/m.ko"]]
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert b"".join(m.payload for m in messages if m.payload) == b"ko" * 9
+    assert [(m.env["obj_id"], m.env["last"]) for m in messages] == [(800, False), (800, True)]
+    assert messages[0].env["syscall"] == "finit_module"
+
+
+def test_finit_module_falls_back_to_the_path(tmp_path):
+    rig, collector = finit(tmp_path, b"/lib/m.ko", {"/lib/m.ko": b"module bytes"})
+    stop(collector)
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert b"".join(m.payload for m in messages if m.payload) == b"module bytes"
+    assert messages[-1].env["last"] is True and "lost" not in messages[-1].env
+
+
+def test_finit_module_tries_no_relative_path(tmp_path):
+    rig, collector = finit(tmp_path, b"m.ko", {"m.ko": b"not this"})
+    stop(collector)
+    assert rig.host.opened == [["/proc/4242/fd/7"]]
+    [failed] = rig.sent(bus.TOPIC_MODULE)
+    assert (failed.env["ok"], failed.env["last"], failed.env["obj_len"]) == (False, True, 0)
+    assert (failed.env["error"], failed.env["obj_id"]) == ("gone", 800)
+
+
+# --- stopping -----------------------------------------------------------------------------------
+
+
+def test_a_stop_drains_in_order_then_detaches(tmp_path):
+    """The records the kernel still holds are read first; then the drop notices, every
+    assembler's unfinished work, the binaries being read; the last stats; then the rings and
+    the programs are let go."""
+    rig, collector = exec_rig(tmp_path, "write", "exec", "mem", "network")
+    rig.feed(
+        exec_event(),  # its binary is read at the stop
+        file_event(11, 5, 100),  # waits for bytes that never come
+        mem_event(500, 4, 4),  # likewise
+        packet(b"\x05", cookie=55),  # waits for its owner
+    )
+    assert rig.probes is not None and rig.probes.ring is not None
+    rig.probes.ring.held.append(packet(b"\x01", owner_pid=900))
+    drop = build.dropped_io(
+        inode=INODE, cgroup_id=CGROUP, dev=DEV, direction=records.DIR_WRITE, bytes=7, hi=7, ios=1
+    )
+    rig.probes.drops.append(records.decode_dropped_io(*drop))
+    rig.log.clear()
+    stop(collector)
+    assert steps(rig.log) == [
+        "consume", "net.packet of 900", "file.write drop notice", "file.write", "mem",
+        "net.packet of 0", "exec", "exec", "stats stopped", "ring.close", "probes.close",
+    ]  # fmt: skip
+
+
+def test_a_stop_waits_a_bounded_time_for_room_on_the_bus(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.feed(exec_event())
+    rig.pub.room = MESSAGE_BYTES - 1  # the writers take nothing more
+    stop(collector)
+    assert rig.sent(bus.TOPIC_EXEC) == []
+    assert rig.time.slept == pytest.approx(service.STOP_STREAMING_NS / 1e9, abs=0.002)
+
+
+def test_binaries_are_read_no_faster_than_the_bus_has_room(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    (tmp_path / "app").write_bytes(b"\x7f" * (MESSAGE_BYTES * 5 // 2))
+    rig.feed(exec_event())
+    rig.pub.room = MESSAGE_BYTES  # room for one message a poll
+    assert rig.probes is not None and rig.probes.ring is not None
+    halt = threading.Event()
+    rig.probes.ring.poll = lambda timeout_ms: halt.set()  # type: ignore[method-assign]
+    rig.log.clear()
+    collector.run(halt)
+    assert steps(rig.log)[:3] == ["exec", "stats ready", "consume"]
+    assert [len(m.payload or b"") for m in rig.sent(bus.TOPIC_EXEC)] == [
+        MESSAGE_BYTES, MESSAGE_BYTES, MESSAGE_BYTES // 2, 0,
+    ]  # fmt: skip
+
+
+# --- stats --------------------------------------------------------------------------------------
+
+
+def test_stats_env(tmp_path):
+    rig = Rig(config("write"))
+    collector = rig.collector()
+    before = collector.stats_env()
+    assert (before["state"], before["kernel"], before["programs"]) == ("starting", {}, [])
+    collector.load()
+    collector.attach()
+    assert rig.probes is not None
+    width = len(records.COUNTERS)
+    cpu0 = [0] * records.NUM_COUNTERS
+    cpu1 = [0] * records.NUM_COUNTERS
+    cpu0[0], cpu1[0] = 5, 6  # write.events
+    cpu0[1], cpu1[1] = 1, 2  # write.event_drops
+    cpu1[width + 3] = 9  # read.chunk_drops
+    rig.probes.per_cpu = [cpu0, cpu1]
+    rig.feed(file_event(11, 5, 100), b"\x01")
+    rig.time.now += 1_500_000_000
+    env = collector.stats_env()
+    assert env["kernel"]["write.events"] == 11
+    assert env["kernel"]["write.event_drops"] == 3
+    assert env["kernel_drops_per_cpu"]["write.event_drops"] == [1, 2]
+    assert env["kernel_drops_per_cpu"]["read.chunk_drops"] == [0, 9]
+    assert all(name.endswith("_drops") for name in env["kernel_drops_per_cpu"])
+    assert (env["state"], env["uptime_s"], env["ts"]) == ("ready", 1.5, EPOCH_NS)
+    assert (env["pid"], env["uid"], env["comm"]) == (os.getpid(), os.getuid(), b"tracecap")
+    assert env["collector"]["events"] == 1
+    assert env["collector"]["decode_errors"] == 1
+    assert env["collector"]["bus_backlog_bytes"] == 123
+    assert env["programs"] == ["tc_fork", "tc_proc_exit"]
+    assert env["subscriptions"] == {"file.write.": 1}
+    stop(collector)
+    assert rig.pub.sent[-1].topic == bus.TOPIC_STATS
+    assert rig.pub.sent[-1].env["state"] == "stopped"
+
+
+def test_the_loop_publishes_stats_once_a_second():
+    rig = Rig(config("write"))
+    collector = rig.started()
+    assert rig.probes is not None and rig.probes.ring is not None
+    halt = threading.Event()
+    polls = 0
+
+    def poll(timeout_ms: int) -> None:
+        nonlocal polls
+        polls += 1
+        rig.time.now += timeout_ms * 1_000_000
+        if polls == 250:
+            halt.set()
+
+    rig.probes.ring.poll = poll  # type: ignore[method-assign]
+    collector.run(halt)
+    stats = rig.sent(bus.TOPIC_STATS)
+    assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
+
+
+# --- start-up -----------------------------------------------------------------------------------
+
+
+def test_load_excludes_the_tracecap_processes_above_it_and_the_tracecap_user():
+    rig = Rig(config("write"))
+    me = os.getpid()
+    rig.host.proc[me, "stat"] = f"{me} (python 3) S 500 1 1".encode()
+    rig.host.proc[500, "cmdline"] = b"/usr/bin/python3\0/usr/local/bin/tracecap\0run\0"
+    rig.host.proc[500, "stat"] = b"500 (tracecap) S 400 1 1"
+    rig.host.proc[400, "cmdline"] = b"-bash\0"
+    rig.host.users["tracecap"] = 998
+    rig.collector(ring_bytes=4 << 20).load()
+    assert rig.probes is not None
+    assert rig.probes.args == ([me, 500], 998, 4 << 20)
+
+
+def test_without_a_tracecap_user_no_uid_is_excluded():
+    rig = Rig(config("write"))
+    rig.collector().load()
+    assert rig.probes is not None
+    assert rig.probes.args[:2] == ([os.getpid()], 0xFFFFFFFF)
+
+
+def test_load_sets_the_scope_containers():
+    rig = Rig(config("write", scope=("container=0123456789ab",)))
+    rig.containers = FakeContainers({10: "0123456789ab" * 5 + "cdef", 11: "cd" * 32})
+    rig.collector().load()
+    assert rig.probes is not None and rig.probes.scope_cgroups == {10}
+
+
+def test_run_collector_loads_waits_attaches_runs_and_closes():
+    rig = Rig(config("write"))
+    halt = threading.Event()
+    halt.set()
+    status = run_collector(
+        rig.config, "/run/fake", Counter({b"file.write.": 1}), 1 << 20,
+        publisher=lambda run_dir: rig.pub, collector=_collector_of(rig), stop=halt,
+    )  # fmt: skip
+    assert status == 0
+    assert steps(rig.log) == [
+        "probes.new", "wait_for", "rings", "attach", "stats ready", "consume", "stats stopped",
+        "ring.close", "probes.close", "pub.close",
+    ]  # fmt: skip
+    assert [m.env["state"] for m in rig.sent(bus.TOPIC_STATS)] == ["ready", "stopped"]
+
+
+def test_run_collector_reports_a_failed_load_and_still_closes(capsys):
+    rig = Rig(config("write"))
+
+    def refuse(*args: Any) -> FakeProbes:
+        raise ProbeError("network capture needs cgroup2")
+
+    rig.make_probes = refuse  # type: ignore[method-assign]
+    status = run_collector(
+        rig.config, "/run/fake", Counter(), publisher=lambda run_dir: rig.pub,
+        collector=_collector_of(rig), stop=threading.Event(),
+    )  # fmt: skip
+    assert status == 1
+    assert "tracecap collector: error: network capture needs cgroup2" in capsys.readouterr().err
+    assert steps(rig.log) == ["stats stopped", "pub.close"]
+
+
+def _collector_of(rig: Rig) -> Any:
+    return functools.partial(
+        Collector, probes=rig.make_probes, containers=rig.containers, host=rig.host,
+        clock=rig.time.clock(),
+    )  # fmt: skip
