@@ -45,26 +45,40 @@ def _syscall_programs(syscalls: tuple[str, ...]) -> frozenset[str]:
 
 
 #: The object's programs by what they capture; a configuration loads only those it needs.
-_FILE = {
-    records.DIR_WRITE: _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2")),
-    records.DIR_READ: _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")),
-}
 _ALWAYS = frozenset({"tc_fork", "tc_proc_exit"})
-_EXEC = frozenset({"tc_exec"})
-_MEM = frozenset({"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"})
 _MODULE_TP = frozenset(
     {"tc_init_module_enter", "tc_init_module_exit", "tc_finit_module_enter", "tc_finit_module_exit"}
 )
 #: Without CONFIG_MODULES the module syscalls have no tracepoints; the raw syscall tracepoints
 #: still see the attempt, at a small cost on every syscall (only with --capture module).
 _MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
-_BPF = frozenset({"tc_bpf_enter", "tc_bpf_exit"})
-_NET_TRACING = frozenset({"tc_sock_send", "tc_sock_recv"})
+#: Attached to the cgroup2 root rather than to a tracepoint.
 _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
+#: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
+#: ``--capture`` word): the programs to load (module's depend on the kernel, see
+#: ``module_programs``) and the ring its records arrive on.
+CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
+    "write": _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2")),
+    "read": _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")),
+    "exec": frozenset({"tc_exec"}),
+    "mem": frozenset(
+        {"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"}
+    ),
+    "module": _MODULE_TP | _MODULE_RAW,
+    "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
+    "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP,
+}
+CAPTURE_RING: dict[str, BpfMap] = {
+    "write": BpfMap.FILE_RB,
+    "read": BpfMap.FILE_RB,
+    "exec": BpfMap.OBJ_RB,
+    "mem": BpfMap.OBJ_RB,
+    "module": BpfMap.OBJ_RB,
+    "bpf": BpfMap.OBJ_RB,
+    "network": BpfMap.PKT_RB,
+}
 #: Every program the collector may enable (checked against the built object like BpfMap).
-PROGRAM_NAMES = frozenset().union(
-    _ALWAYS, *_FILE.values(), _EXEC, _MEM, _MODULE_TP, _MODULE_RAW, _BPF, _NET_TRACING, _NET_CGROUP
-)
+PROGRAM_NAMES = frozenset().union(_ALWAYS, *CAPTURE_PROGRAMS.values())
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
 #: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the
@@ -93,20 +107,24 @@ def object_path() -> str:
 
 def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
     names = set(_ALWAYS)
-    for direction, capture in ((records.DIR_WRITE, config.write), (records.DIR_READ, config.read)):
-        if capture.enabled:
-            names |= _FILE[direction]
-    if config.exec:
-        names |= _EXEC
-    if config.mem:
-        names |= _MEM
-    if config.module:
-        names |= modules if modules is not None else module_programs()
-    if config.bpf:
-        names |= _BPF
-    if config.pcap.enabled:
-        names |= _NET_TRACING | _NET_CGROUP
+    for kind in config.kinds():
+        if kind == "module":
+            names |= modules if modules is not None else module_programs()
+        else:
+            names |= CAPTURE_PROGRAMS[kind]
     return names
+
+
+def ring_sizes(config: Config, file_ring_bytes: int) -> dict[BpfMap, int]:
+    """Each ring's size: the capture kinds on decide which rings carry records; the others
+    get one page."""
+    used = {CAPTURE_RING[kind] for kind in config.kinds()}
+    sizes = {
+        BpfMap.FILE_RB: file_ring_bytes,
+        BpfMap.OBJ_RB: OBJECT_RING_BYTES,
+        BpfMap.PKT_RB: PACKET_RING_BYTES,
+    }
+    return {ring: size if ring in used else UNUSED_RING_BYTES for ring, size in sizes.items()}
 
 
 def net_settings(config: Config) -> tuple[int, int]:
@@ -179,13 +197,7 @@ class KernelProbes:
             self._programs = programs_for(config)
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
-            files = config.write.enabled or config.read.enabled
-            objects = config.exec or config.mem or config.module or config.bpf
-            self._ring_sizes = {
-                BpfMap.FILE_RB: ring_bytes if files else UNUSED_RING_BYTES,
-                BpfMap.OBJ_RB: OBJECT_RING_BYTES if objects else UNUSED_RING_BYTES,
-                BpfMap.PKT_RB: PACKET_RING_BYTES if config.pcap.enabled else UNUSED_RING_BYTES,
-            }
+            self._ring_sizes = ring_sizes(config, ring_bytes)
             for ring, size in self._ring_sizes.items():
                 self._obj.set_max_entries(ring, size)
             self._obj.set_max_entries(BpfMap.DATA_SCRATCH, possible_cpus())

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from collector import probes
-from tracecap import options
+from tracecap import kinds, options
 
 ROOT = Path(__file__).resolve().parents[3]
 BPF_DIR = ROOT / "bpf"
@@ -114,3 +114,20 @@ def test_names_reach_the_object_only_through_the_tables():
             ):
                 literal.append(f"{path.name}:{node.lineno}: {node.args[0].value!r}")
     assert literal == []
+
+
+def test_every_capture_kind_has_its_collector_facts():
+    """A kind added to tracecap/kinds.py without programs or a ring would load nothing."""
+    assert set(probes.CAPTURE_PROGRAMS) == set(kinds.CAPTURE_TOKENS)
+    assert set(probes.CAPTURE_RING) == set(kinds.CAPTURE_TOKENS)
+    assert all(probes.CAPTURE_PROGRAMS.values())
+
+
+def test_ring_sizes_follow_the_kinds_on():
+    only_exec = options.parse_args(["--capture", "exec"])
+    sizes = probes.ring_sizes(only_exec, 8 << 20)
+    assert sizes[probes.BpfMap.OBJ_RB] == probes.OBJECT_RING_BYTES
+    assert sizes[probes.BpfMap.FILE_RB] == sizes[probes.BpfMap.PKT_RB] == probes.UNUSED_RING_BYTES
+    writes = probes.ring_sizes(options.parse_args(["--capture", "write"]), 1 << 20)
+    assert writes[probes.BpfMap.FILE_RB] == 1 << 20
+    assert writes[probes.BpfMap.OBJ_RB] == probes.UNUSED_RING_BYTES
