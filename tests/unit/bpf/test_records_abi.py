@@ -10,48 +10,22 @@ Without the tools it skips locally and fails under CI.
 """
 
 import json
-import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bpf import records
+from tests.support.bpf_object import BPF_DIR, OBJECT, built_object, need
 
-ROOT = Path(__file__).resolve().parents[3]
-BPF_DIR = ROOT / "bpf"
-OBJECT = BPF_DIR / "tracecap.bpf.o"
 HEADER = BPF_DIR / "records.h"
-
-
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not found"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-def _stale() -> bool:
-    if not OBJECT.exists():
-        return True
-    sources = [*BPF_DIR.glob("*.bpf.c"), *BPF_DIR.glob("*.h")]
-    return any(src.stat().st_mtime > OBJECT.stat().st_mtime for src in sources)
 
 
 @pytest.fixture(scope="module")
 def btf() -> dict[str, Any]:
-    bpftool = _need("bpftool")
-    if _stale():
-        _need("make")
-        _need("clang")
-        subprocess.run(["make", "-C", str(BPF_DIR)], check=True, capture_output=True, timeout=600)
-    assert OBJECT.exists(), f"make -C bpf did not produce {OBJECT}"
+    bpftool = need("bpftool")
+    built_object()
     out = subprocess.run(
         [bpftool, "btf", "dump", "file", str(OBJECT), "-j"],
         check=True, capture_output=True, timeout=60,
@@ -153,7 +127,7 @@ def test_cfg_is_the_only_rodata_variable_at_offset_0(btf):
 
 def test_cfg_symbol_is_at_start_of_rodata():
     """The .o's DATASEC offsets are fixed up by libbpf at open; the ELF symbol is definitive."""
-    readelf = _need("readelf")
+    readelf = need("readelf")
     if not OBJECT.exists():
         pytest.fail(f"{OBJECT} missing (the btf fixture builds it)")
     sections = subprocess.run(

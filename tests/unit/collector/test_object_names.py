@@ -11,39 +11,24 @@ Without the tools the test skips locally and fails under CI.
 from __future__ import annotations
 
 import ast
-import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from collector import probes
+from tests.support.bpf_object import OBJECT, ROOT, built_object, need
 from tracecap import kinds, options
 
-ROOT = Path(__file__).resolve().parents[3]
-BPF_DIR = ROOT / "bpf"
-OBJECT = BPF_DIR / "tracecap.bpf.o"
 #: BpfObject's methods that take a map or program name as their first argument.
 NAME_TAKING = {
     "set_max_entries", "attach", "attach_cgroup", "map_fd", "update", "delete", "lookup", "drain",
 }  # fmt: skip
 
 
-def _need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} not found"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
 def _readelf(flag: str) -> str:
     return subprocess.run(
-        [_need("readelf"), flag, str(OBJECT)],
+        [need("readelf"), flag, str(OBJECT)],
         check=True, capture_output=True, text=True, timeout=60,
     ).stdout  # fmt: skip
 
@@ -66,10 +51,7 @@ def symbols_by_kind(sections: str, symbols: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def in_object() -> dict[str, set[str]]:
-    subprocess.run(
-        [_need("make"), "-C", str(BPF_DIR)], check=True, capture_output=True, timeout=600
-    )
-    assert OBJECT.exists(), f"make -C bpf did not produce {OBJECT}"
+    built_object()
     return symbols_by_kind(_readelf("-SW"), _readelf("-sW"))
 
 
