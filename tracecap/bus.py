@@ -247,3 +247,76 @@ def decode(frames: list[bytes]) -> Message:
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise BadMessage(f"envelope key {key!r} has type {type(value).__name__}")
     return Message(topic, env, payload)
+
+
+# -- value checks ------------------------------------------------------------------------------
+#
+# ``decode`` checks that the keys are there with the right types; these check that the values
+# can describe a real transfer or object, before any consumer hands them to ``pwrite``. They are
+# part of the contract so that a third-party consumer refuses exactly what tracecap's writers do.
+
+#: Offsets beyond this are refused: Python ints are unbounded, ``off_t`` is not.
+MAX_OFFSET = 1 << 62
+#: The largest object accepted. Bigger than any binary, module or region we expect, and small
+#: enough that hashing the (possibly sparse) result cannot stall a writer for minutes.
+MAX_OBJECT_BYTES = 4 << 30
+
+
+class BadFileMessage(ValueError):
+    """A file message that decodes but cannot describe a real transfer (negative offset...)."""
+
+
+class BadObjectMessage(ValueError):
+    """An object message that decodes but cannot describe a real object."""
+
+
+def parse_lost(value: object) -> list[tuple[int, int]]:
+    """Validate the optional ``lost`` key: a short list of ``[start, end)`` pairs."""
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or len(value) > 4096:
+        raise BadFileMessage("lost is not a list of at most 4096 ranges")
+    out = []
+    for item in value:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or any(type(v) is not int for v in item)
+            or not 0 <= item[0] < item[1] <= MAX_OFFSET
+        ):
+            raise BadFileMessage(f"bad lost range {item!r:.80}")
+        out.append((item[0], item[1]))
+    return out
+
+
+def check_transfer(env: dict[str, Any], length: int) -> None:
+    """Refuse offsets that no real syscall produces, before they reach ``pwrite``.
+
+    For a positional file a chunk cannot start before its syscall does (``off >= io_off``);
+    streams carry collector-defined offsets, so only the bounds are checked for them.
+    """
+    off, io_off, io_len = env["off"], env["io_off"], env["io_len"]
+    if off < 0 or off + length > MAX_OFFSET:
+        raise BadFileMessage(f"offset {off} (+{length}) out of range")
+    if not (0 <= io_off <= io_len <= MAX_OFFSET):
+        raise BadFileMessage(f"io_off {io_off} / io_len {io_len} out of range")
+    if io_off > off and not env["append"]:
+        raise BadFileMessage(f"io_off {io_off} beyond file offset {off}")
+    count = env.get("io_count", 1)
+    if type(count) is not int or not 0 <= count <= max(io_len, 1):
+        raise BadFileMessage(f"io_count {count!r:.40} out of range")
+
+
+def check_object(env: dict[str, Any]) -> list[tuple[int, int]]:
+    """Refuse sizes and offsets no real object has, before they reach ``pwrite``; return the
+    message's ``lost`` ranges. ``ts`` and ``pid`` name artifacts, so they must be non-negative."""
+    obj_off, obj_len = env["obj_off"], env["obj_len"]
+    if not 0 <= obj_len <= MAX_OBJECT_BYTES:
+        raise BadObjectMessage(f"obj_len {obj_len} outside [0, {MAX_OBJECT_BYTES}]")
+    if not 0 <= obj_off <= MAX_OBJECT_BYTES:
+        raise BadObjectMessage(f"obj_off {obj_off} outside [0, {MAX_OBJECT_BYTES}]")
+    if env["ts"] < 0 or env["pid"] < 0:
+        raise BadObjectMessage(f"negative ts {env['ts']} or pid {env['pid']}")
+    if not isinstance(env.get("ok", True), bool):
+        raise BadObjectMessage(f"ok is a {type(env['ok']).__name__}, not a bool")
+    return parse_lost(env.get("lost"))

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from writers.outdir import Index
+from writers.outdir import DIR_FLAGS, Index
 from writers.ratelog import RateLimitedLog
 
 #: Default free space kept on the output file system, whatever the limit: the traced system (and
@@ -44,7 +44,6 @@ MAX_WALK_DEPTH = 16
 #: Resuming needs this share of the limit (or floor) as room beyond the refused size.
 RESUME_MARGIN_DIVISOR = 16
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _COUNTERS = (
     "budget_refused_bytes",
     "budget_refused_writes",
@@ -75,7 +74,7 @@ def tree_usage(
     entries = 0
     truncated = False
     # a fresh open file description: scandir on a dup of root_fd would share its read position
-    stack: list[tuple[int, int]] = [(os.open(".", _DIR_FLAGS, dir_fd=root_fd), 0)]
+    stack: list[tuple[int, int]] = [(os.open(".", DIR_FLAGS, dir_fd=root_fd), 0)]
     try:
         while stack:
             fd, depth = stack.pop()
@@ -97,7 +96,7 @@ def tree_usage(
                             truncated = True
                             continue
                         try:
-                            sub = os.open(entry.name, _DIR_FLAGS, dir_fd=fd)
+                            sub = os.open(entry.name, DIR_FLAGS, dir_fd=fd)
                         except OSError as exc:
                             # gone, or replaced by a symlink since the stat: not ours to measure
                             if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
@@ -139,7 +138,7 @@ class DiskBudget:
         if floor_bytes < 0:
             raise ValueError(f"floor_bytes must not be negative, got {floor_bytes}")
         if isinstance(root, str):
-            self._fd = os.open(root, _DIR_FLAGS)
+            self._fd = os.open(root, DIR_FLAGS)
             self._owned = True
         else:
             self._fd = root

@@ -13,7 +13,8 @@ from typing import Any
 from tracecap import bus
 from tracecap.text import is_utf8, text_field, text_fields
 from writers.naming import exec_artifact_name
-from writers.objects import DedupKey, Meta, ObjectWriter
+from writers.objectartifact import DedupKey, Meta
+from writers.objects import ObjectWriter
 
 #: argv entries kept in the index; the envelope bound (64 KiB) keeps the list short anyway.
 MAX_ARGS = 4096

@@ -8,8 +8,6 @@ a flush yields another record for the same path, and **the last record for a pat
 
 from __future__ import annotations
 
-import errno
-import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -17,14 +15,8 @@ from collections.abc import Callable, Iterable
 from tracecap import bus
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
-from writers.digest import sha256_of_fd
-from writers.fileartifact import (
-    BadFileMessage,
-    FileArtifact,
-    check_transfer,
-    parse_lost,
-    syscalls,
-)
+from writers.fileartifact import FileArtifact, syscalls
+from writers.fileio import FdCache, digest_fd, write_all
 from writers.gaps import Gap
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import Index, OutputDir
@@ -73,7 +65,6 @@ class FileWriter(Writer):
         self.topics = tuple(DIRECTIONS[d] for d in self.directions)
         self._out = out
         self._index = index
-        self._max_open = max_open
         self._idle = idle_seconds
         self._max_hash_bytes = max_hash_bytes
         self._clock = clock
@@ -82,7 +73,7 @@ class FileWriter(Writer):
         #: The inode generation that owns each artifact name (Tracee #2888).
         self._generations: dict[_Key, int] = {}
         self._dirty: OrderedDict[_Key, None] = OrderedDict()  # oldest activity first
-        self._fds: OrderedDict[_Key, int] = OrderedDict()  # least recently used first
+        self._fds: FdCache[_Key] = FdCache(max_open)
         self.counters.update(
             dict.fromkeys(
                 (
@@ -130,12 +121,12 @@ class FileWriter(Writer):
             return
         env, payload = msg.env, msg.payload
         try:
-            lost = parse_lost(env.get("lost"))
-            check_transfer(env, len(payload))
+            lost = bus.parse_lost(env.get("lost"))
+            bus.check_transfer(env, len(payload))
             subdir = container_dir(env["container_id"])
             pid = env["pid"] if direction == "write" and env["path"] == _DEV_NULL else None
             name = file_artifact_name(direction, env["dev"], env["inode"], pid)
-        except (BadFileMessage, ValueError) as exc:
+        except ValueError as exc:  # bus.BadFileMessage, or values that cannot name a file
             self.counters["rejected"] += 1
             self._log("rejected", f"file message refused: {exc}")
             return
@@ -171,38 +162,26 @@ class FileWriter(Writer):
         if self._budget is not None and not self._budget.allow(len(payload)):
             art.add_missing(off, off + len(payload))
             return
-        view = memoryview(payload)
-        done = 0
         try:
             fd = self._fd(key, art)
-            while done < len(view):
-                if art.append:
-                    n = os.write(fd, view[done:])
-                else:
-                    n = os.pwrite(fd, view[done:], off + done)
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "no progress writing artifact")
-                done += n
         except OSError as exc:
+            done, error = 0, exc
+        else:
+            done, error = write_all(fd, payload, off, art.append)
+        if error is not None:
             self.counters["write_errors"] += 1
-            self._log("write_error", f"{art.path}: {exc}")
-            art.add_missing(off + done, off + len(view))
-        finally:
-            if done:
-                art.wrote(off, done)
-                self.counters["bytes_written"] += done
+            self._log("write_error", f"{art.path}: {error}")
+            art.add_missing(off + done, off + len(payload))
+        if done:
+            art.wrote(off, done)
+            self.counters["bytes_written"] += done
 
     def _fd(self, key: _Key, art: FileArtifact) -> int:
         fd = self._fds.get(key)
-        if fd is not None:
-            self._fds.move_to_end(key)
-            return fd
-        subdir, name = key
-        fd = self._out.open_artifact(subdir, name, append=art.append)
-        self._fds[key] = fd
-        while len(self._fds) > self._max_open:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
+        if fd is None:
+            subdir, name = key
+            fd = self._out.open_artifact(subdir, name, append=art.append)
+            self._fds.add(key, fd)
         return fd
 
     # -- flushing ----------------------------------------------------------------------------
@@ -218,16 +197,14 @@ class FileWriter(Writer):
     def _digest(self, key: _Key, art: FileArtifact) -> tuple[int, str | None]:
         """Size and sha256 of what is actually on disk, read back through the artifact's fd."""
         try:
-            fd = self._fd(key, art)
-            size = os.fstat(fd).st_size
-            if size > self._max_hash_bytes:
-                self.counters["hash_skipped"] += 1
-                return size, None
-            return sha256_of_fd(fd)
+            size, sha256 = digest_fd(self._fd(key, art), self._max_hash_bytes)
         except OSError as exc:
             self.counters["write_errors"] += 1
             self._log("write_error", f"{art.path}: cannot hash: {exc}")
             return art.extent, None
+        if sha256 is None:
+            self.counters["hash_skipped"] += 1
+        return size, sha256
 
     def _flush(self, key: _Key) -> None:
         self._dirty.pop(key, None)
@@ -242,5 +219,4 @@ class FileWriter(Writer):
     def close(self) -> None:
         while self._dirty:
             self._flush(next(iter(self._dirty)))
-        while self._fds:
-            os.close(self._fds.popitem()[1])
+        self._fds.close_all()

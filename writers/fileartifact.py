@@ -12,9 +12,8 @@ from typing import Any
 
 from tracecap.text import is_utf8, text_field
 from writers.ranges import RangeSet
+from writers.recent import RecentKeys
 
-#: Offsets beyond this are refused: Python ints are unbounded, ``off_t`` is not.
-MAX_OFFSET = 1 << 62
 #: Bounds on per-artifact sets fed by process behaviour, so one busy pipe cannot grow memory.
 MAX_PENDING_IOS = 1024
 MAX_PIDS = 4096
@@ -22,50 +21,9 @@ MAX_SYSCALLS = 32
 _RECENT_IOS = 256
 
 
-class BadFileMessage(ValueError):
-    """A file message that decodes but cannot describe a real transfer (negative offset...)."""
-
-
-def parse_lost(value: object) -> list[tuple[int, int]]:
-    """Validate the optional ``lost`` key: a short list of ``[start, end)`` pairs."""
-    if value is None:
-        return []
-    if not isinstance(value, list | tuple) or len(value) > 4096:
-        raise BadFileMessage("lost is not a list of at most 4096 ranges")
-    out = []
-    for item in value:
-        if (
-            not isinstance(item, list | tuple)
-            or len(item) != 2
-            or any(type(v) is not int for v in item)
-            or not 0 <= item[0] < item[1] <= MAX_OFFSET
-        ):
-            raise BadFileMessage(f"bad lost range {item!r:.80}")
-        out.append((item[0], item[1]))
-    return out
-
-
-def check_transfer(env: dict[str, Any], length: int) -> None:
-    """Refuse offsets that no real syscall produces, before they reach ``pwrite``.
-
-    For a positional file a chunk cannot start before its syscall does (``off >= io_off``);
-    streams carry collector-defined offsets, so only the bounds are checked for them.
-    """
-    off, io_off, io_len = env["off"], env["io_off"], env["io_len"]
-    if off < 0 or off + length > MAX_OFFSET:
-        raise BadFileMessage(f"offset {off} (+{length}) out of range")
-    if not (0 <= io_off <= io_len <= MAX_OFFSET):
-        raise BadFileMessage(f"io_off {io_off} / io_len {io_len} out of range")
-    if io_off > off and not env["append"]:
-        raise BadFileMessage(f"io_off {io_off} beyond file offset {off}")
-    count = env.get("io_count", 1)
-    if type(count) is not int or not 0 <= count <= max(io_len, 1):
-        raise BadFileMessage(f"io_count {count!r:.40} out of range")
-
-
 def syscalls(env: dict[str, Any]) -> int:
     """How many syscalls a message's transfer stands for (``io_count``, checked by
-    check_transfer; older collectors sent one message per syscall and no count)."""
+    ``bus.check_transfer``; older collectors sent one message per syscall and no count)."""
     count: int = env.get("io_count", 1)
     return count
 
@@ -108,7 +66,7 @@ class FileArtifact:
         #: Bytes this writer put into the file: the fallback size when it cannot be read back.
         self.extent = 0
         self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
-        self._recent: OrderedDict[int, None] = OrderedDict()
+        self._recent: RecentKeys[int] = RecentKeys(_RECENT_IOS)
         self.last_activity = now
         self.dirty = True
 
@@ -153,17 +111,12 @@ class FileArtifact:
         io.got.add(io_off, min(io_off + length, io.length))
         if io.got.covers(0, io.length):
             del self._pending[io_id]
-            self._remember(io_id)
-
-    def _remember(self, io_id: int) -> None:
-        self._recent[io_id] = None
-        if len(self._recent) > _RECENT_IOS:
-            self._recent.popitem(last=False)
+            self._recent.add(io_id)
 
     def _settle_io(self, io_id: int, io: _PendingIo) -> None:
         for start, end in io.got.holes(0, io.length):
             self.missing.add(io.base + start, io.base + end)
-        self._remember(io_id)
+        self._recent.add(io_id)
 
     def settle(self) -> None:
         """Give up on syscalls still incomplete: their chunks arrive microseconds apart, so after

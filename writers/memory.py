@@ -11,7 +11,8 @@ from typing import Any
 from tracecap import bus
 from tracecap.text import prot_string
 from writers.naming import mem_artifact_name
-from writers.objects import DedupKey, Meta, ObjectWriter
+from writers.objectartifact import DedupKey, Meta
+from writers.objects import ObjectWriter
 
 MAX_SYSCALL_CHARS = 64
 

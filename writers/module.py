@@ -13,13 +13,8 @@ from typing import Any
 from tracecap import bus
 from tracecap.text import text_fields
 from writers.naming import module_artifact_name
-from writers.objects import (
-    DedupKey,
-    Meta,
-    ObjectWriter,
-    content_key,
-    content_key_from_record,
-)
+from writers.objectartifact import DedupKey, Meta, content_key, content_key_from_record
+from writers.objects import ObjectWriter
 
 MAX_SYSCALL_CHARS = 64
 

@@ -13,14 +13,15 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 INDEX_NAME = "index.jsonl"
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening a directory of the tree: a symlink in its place fails (ELOOP) instead of being followed.
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK so that a FIFO planted under an artifact name fails (ENXIO) instead of blocking.
 _FILE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -63,7 +64,7 @@ class OutputDir:
         created = not os.path.lexists(out_dir)
         os.makedirs(out_dir, mode=DIR_MODE, exist_ok=True)
         try:
-            self._fd = os.open(out_dir, _DIR_FLAGS)
+            self._fd = os.open(out_dir, DIR_FLAGS)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise UnsafePath(exc.errno, f"output directory {out_dir!r} is a symlink") from None
@@ -84,20 +85,42 @@ class OutputDir:
         _check_component(name)
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, DIR_MODE, dir_fd=self._fd)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=self._fd)
+        fd = os.open(name, DIR_FLAGS, dir_fd=self._fd)
         self._subdirs[name] = fd
         return fd
 
-    def open_artifact(self, subdir: str, name: str, append: bool) -> int:
-        """Open (creating, never truncating) an artifact for writing.
+    def open_file(self, dirs: Sequence[str], name: str, append: bool) -> int:
+        """Open (creating, never truncating) ``dirs[0]/.../name`` for writing (``O_APPEND`` when
+        ``append``), each directory created if missing.
 
         Read-write rather than write-only so the writer can hash what actually reached the disk
-        through the same fd. Existing content is kept: a reopened artifact continues where the
-        evicted fd left off.
+        through the same fd. Existing content is kept: a reopened file continues where the
+        evicted fd left off. The first directory is held open (``dir_fd``); deeper ones are made
+        and opened relative to their parent's fd, and the file is opened as a regular file of
+        ours, so a symlink, FIFO or hard link planted anywhere on the way fails instead of
+        redirecting the write.
         """
-        _check_component(name)
-        flags = os.O_RDWR | (os.O_APPEND if append else 0)
-        return _open_regular(name, flags, self.dir_fd(subdir))
+        if not dirs:
+            raise ValueError(f"{name!r} needs a directory under the output root")
+        for part in (*dirs, name):
+            _check_component(part)
+        fd = self.dir_fd(dirs[0])
+        owned: list[int] = []
+        try:
+            for part in dirs[1:]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, DIR_MODE, dir_fd=fd)
+                fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+                owned.append(fd)
+            flags = os.O_RDWR | (os.O_APPEND if append else 0)
+            return _open_regular(name, flags, fd)
+        finally:
+            for dir_fd in owned:
+                os.close(dir_fd)
+
+    def open_artifact(self, subdir: str, name: str, append: bool) -> int:
+        """Open an artifact of a container directory (``open_file`` one level down)."""
+        return self.open_file((subdir,), name, append)
 
     def close(self) -> None:
         for fd in self._subdirs.values():
@@ -157,7 +180,7 @@ def clear_out_dir(out_dir: str) -> None:
     A missing ``out_dir`` is already empty; a symlinked ``out_dir`` is refused.
     """
     try:
-        root = os.open(out_dir, _DIR_FLAGS)
+        root = os.open(out_dir, DIR_FLAGS)
     except FileNotFoundError:
         return
     except OSError as exc:

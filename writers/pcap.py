@@ -31,13 +31,10 @@ The index gets one record per file at close, when its counts are final.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import hashlib
 import json
 import os
 import struct
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +43,7 @@ from tracecap import bus
 from tracecap.text import text_fields
 from writers.base import Writer
 from writers.budget import DiskBudget
-from writers.digest import sha256_of_fd
+from writers.fileio import FdCache, digest_fd, write_all
 from writers.naming import (
     comment_text,
     container_short,
@@ -54,7 +51,7 @@ from writers.naming import (
     pcap_container_name,
     pcap_process_name,
 )
-from writers.outdir import DIR_MODE, Index, OutputDir, _check_component, _open_regular
+from writers.outdir import Index, OutputDir
 from writers.pcapng import (
     HEAD_BYTES,
     SNAPLEN,
@@ -76,7 +73,6 @@ DEFAULT_MAX_OPEN = 64
 #: bound only keeps a hostile envelope from bloating every block (the index keeps the whole comm).
 COMM_MAX = 255
 _U64 = 1 << 64
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class BadPacket(ValueError):
@@ -314,29 +310,6 @@ class PcapFile:
         }
 
 
-def _open_nested(out: OutputDir, dirs: tuple[str, ...], name: str) -> int:
-    """Open (creating, never truncating) ``dirs/name`` for appending, one component at a time.
-
-    The first directory comes from ``OutputDir`` (held open); deeper ones are made and opened
-    relative to their parent's fd with ``O_NOFOLLOW``, and the file through ``_open_regular``,
-    so a symlink, FIFO or hard link planted anywhere on the way fails instead of redirecting.
-    """
-    for part in (*dirs, name):
-        _check_component(part)
-    fd = out.dir_fd(dirs[0])
-    owned: list[int] = []
-    try:
-        for part in dirs[1:]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, DIR_MODE, dir_fd=fd)
-            fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            owned.append(fd)
-        return _open_regular(name, os.O_RDWR | os.O_APPEND, fd)
-    finally:
-        for dir_fd in owned:
-            os.close(dir_fd)
-
-
 class PcapWriter(Writer):
     """Writes every ``net.packet.`` message to the pcapng files of the chosen splits."""
 
@@ -363,16 +336,13 @@ class PcapWriter(Writer):
             raise ValueError(
                 f"pcap split must be a non-empty subset of {', '.join(SPLITS)}, got {split!r}"
             )
-        if max_open < 1:
-            raise ValueError(f"max_open must be at least 1, got {max_open}")
         self.split = tuple(s for s in SPLITS if s in chosen)
         self._out = out
         self._index = index
-        self._max_open = max_open
         self._max_hash_bytes = max_hash_bytes
         self._log = log or RateLimitedLog("tracecap-writer[pcap]")
         self._files: dict[str, PcapFile] = {}
-        self._fds: OrderedDict[str, int] = OrderedDict()  # least recently used first
+        self._fds: FdCache[str] = FdCache(max_open)
         self.counters.update(
             dict.fromkeys(
                 (
@@ -436,9 +406,8 @@ class PcapWriter(Writer):
         key = f.target.path
         fd = self._fds.get(key)
         if fd is not None:
-            self._fds.move_to_end(key)
             return fd
-        fd = _open_nested(self._out, f.target.dirs, f.target.name)
+        fd = self._out.open_file(f.target.dirs, f.target.name, append=True)
         try:
             size = os.fstat(fd).st_size
         except OSError:
@@ -453,10 +422,7 @@ class PcapWriter(Writer):
                 os.close(fd)
                 raise
         f.opened = True
-        self._fds[key] = fd
-        while len(self._fds) > self._max_open:
-            _, old = self._fds.popitem(last=False)
-            os.close(old)
+        self._fds.add(key, fd)
         return fd
 
     def _adopt(self, f: PcapFile, fd: int, size: int) -> None:
@@ -490,16 +456,9 @@ class PcapWriter(Writer):
         if self._budget is not None and not self._budget.allow(len(data)):
             f.budget_dropped += 1  # the file stays whole; its record says what it lacks
             return False
-        view = memoryview(data)
-        done = 0
-        try:
-            while done < len(view):
-                n = os.write(fd, view[done:])
-                if n <= 0:
-                    raise OSError(errno.ENOSPC, "no progress writing pcap")
-                done += n
-        except OSError as exc:
-            self._write_error(f, str(exc))
+        done, error = write_all(fd, data, f.size, append=True)
+        if error is not None:
+            self._write_error(f, str(error))
             if done:
                 try:
                     os.ftruncate(fd, f.size)
@@ -533,14 +492,13 @@ class PcapWriter(Writer):
         if fd is None:  # never opened: nothing of ours is there
             return None, None
         try:
-            size = os.fstat(fd).st_size
-            if size > self._max_hash_bytes:
-                self.counters["hash_skipped"] += 1
-                return size, None
-            return sha256_of_fd(fd)
+            size, sha256 = digest_fd(fd, self._max_hash_bytes)
         except OSError as exc:
             self._log("write_error", f"{f.target.path}: cannot hash: {exc}")
             return None, None
+        if sha256 is None:
+            self.counters["hash_skipped"] += 1
+        return size, sha256
 
     def _finish(self, f: PcapFile) -> None:
         if f.sha is not None and f.opened:
@@ -558,5 +516,4 @@ class PcapWriter(Writer):
             for key in sorted(self._files):
                 self._finish(self._files[key])
         finally:
-            while self._fds:
-                os.close(self._fds.popitem()[1])
+            self._fds.close_all()

@@ -22,10 +22,11 @@ from hypothesis import strategies as st
 
 from tests.support.envelopes import mem_env
 from tracecap import bus
-from writers import objects
+from writers import fileio, objects
 from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
-from writers.objects import ObjectAssembly, ObjectWriter, parse_index_line, read_lines
+from writers.objectartifact import ObjectAssembly, parse_index_line, read_lines
+from writers.objects import ObjectWriter
 from writers.outdir import Index, OutputDir
 
 DATA = bytes(range(256)) * 16  # 4 KiB, every byte value
@@ -298,8 +299,8 @@ def test_a_chunk_wholly_beyond_obj_len_is_rejected(h: Harness) -> None:
     [
         {"obj_off": -1},
         {"obj_len": -1},
-        {"obj_len": objects.MAX_OBJECT_BYTES + 1},
-        {"obj_off": objects.MAX_OBJECT_BYTES + 1},
+        {"obj_len": bus.MAX_OBJECT_BYTES + 1},
+        {"obj_off": bus.MAX_OBJECT_BYTES + 1},
         {"ts": -5},
         {"pid": -1},
         {"lost": [[5, 1]]},
@@ -345,7 +346,7 @@ def test_a_write_error_becomes_missing_bytes(h: Harness, monkeypatch: pytest.Mon
             raise OSError(errno.ENOSPC, "full")
         return real(fd, data, off)
 
-    monkeypatch.setattr(objects.os, "pwrite", failing)
+    monkeypatch.setattr(fileio.os, "pwrite", failing)
     h.send(DATA[:2048], mem_env(last=False))
     h.send(DATA[2048:], mem_env(obj_off=2048, last=True))
     (rec,) = h.records()

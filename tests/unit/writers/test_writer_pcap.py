@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tracecap import bus
-from writers import pcap as pcap_mod
+from writers import fileio
 from writers.naming import (
     comment_text,
     container_short,
@@ -760,9 +760,9 @@ def test_enospc_never_leaves_half_a_block(tmp_path: Path, monkeypatch: pytest.Mo
             return real_write(fd, bytes(data)[:10])  # part of the block lands
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pcap_mod.os, "write", short_then_full)
+    monkeypatch.setattr(fileio.os, "write", short_then_full)
     h.feed(udp(b"two"))
-    monkeypatch.setattr(pcap_mod.os, "write", real_write)
+    monkeypatch.setattr(fileio.os, "write", real_write)
     h.feed(udp(b"three"))
     path = h.root / "pcap/single.pcap"
     assert [d for _, d, _, _ in packets(path)] == [udp(b"one"), udp(b"three")]
@@ -781,7 +781,7 @@ def test_a_failed_first_write_retries_the_header(
     def full(fd: int, data: Any) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pcap_mod.os, "write", full)
+    monkeypatch.setattr(fileio.os, "write", full)
     h.feed(udp(b"lost"))
     monkeypatch.undo()
     h.feed(udp(b"kept"))

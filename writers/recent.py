@@ -1,0 +1,33 @@
+"""A bounded memory of keys seen recently: duplicates are recognised, memory stays flat."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
+
+class RecentKeys(Generic[K]):
+    """The last ``limit`` keys added; past that the oldest is forgotten.
+
+    Used where a forgotten key only costs a repeat (a duplicate chunk accepted again, an object
+    captured twice), never a loss, so a stream of distinct keys cannot grow memory.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._keys: OrderedDict[K, None] = OrderedDict()
+
+    def add(self, key: K) -> None:
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self._limit:
+            self._keys.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
