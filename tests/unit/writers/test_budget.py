@@ -7,7 +7,6 @@ rather than with exact byte counts: file systems round allocations differently.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,26 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.support.envelopes import file_env, mem_env
+from tests.support.envelopes import file_env, mem_env, message, packet_env
+from tests.support.writer_harness import FakeClock, OutputTree
 from tracecap import bus
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget, tree_usage
 from writers.file import FileWriter
 from writers.memory import MemoryWriter
-from writers.outdir import Index, OutputDir
 from writers.pcap import PcapWriter
 from writers.ratelog import RateLimitedLog
 from writers.runner import WRITER_KINDS
 
 KIB, MIB = 1 << 10, 1 << 20
 PLENTY = 1 << 40  # free bytes that never trip the floor
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -57,14 +48,12 @@ class FakeStatvfs:
         return self
 
 
-class Tree:
+class Tree(OutputTree):
     """An output directory with its index, a budget over it, and a log captured in memory."""
 
     def __init__(self, root: Path, limit: int | None, floor: int = 0, **kwargs: Any) -> None:
-        self.root = root / "out"
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.clock = Clock()
+        super().__init__(root)
+        self.clock = FakeClock()
         self.statvfs = FakeStatvfs()
         self.stream = io.StringIO()
         log = RateLimitedLog("test", stream=self.stream, clock=self.clock)
@@ -93,10 +82,6 @@ class Tree:
     def later(self, seconds: float = 1.5) -> None:
         self.clock.now += seconds
 
-    def records(self) -> list[dict[str, Any]]:
-        text = (self.root / "index.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines()]
-
     def budget_records(self) -> list[dict[str, Any]]:
         return [r for r in self.records() if r["kind"] == "budget"]
 
@@ -105,8 +90,7 @@ class Tree:
 
     def close(self) -> None:
         self.budget.close()
-        self.index.close()
-        self.out.close()
+        super().close()
 
 
 @pytest.fixture
@@ -328,7 +312,7 @@ def test_counters_are_shared_with_the_writer(tree: Tree) -> None:
 
 def file_message(payload: bytes, off: int, io_id: int) -> bus.Message:
     env = file_env(seq=io_id, io_id=io_id, io_len=len(payload), off=off)
-    return bus.decode(bus.encode(bus.TOPIC_FILE_WRITE, env, payload))
+    return message(bus.TOPIC_FILE_WRITE, env, payload)
 
 
 def test_the_file_writer_records_refused_bytes_as_missing(tree: Tree) -> None:
@@ -354,9 +338,9 @@ def test_the_object_writer_loses_refused_bytes_and_says_incomplete(tree: Tree) -
     size = 2 * MIB
     env = mem_env(obj_len=size, last=False, len=size)
     half = size // 2
-    writer.handle(bus.decode(bus.encode(MemoryWriter.topic, env, b"a" * (half - 8 * KIB))))
+    writer.handle(message(MemoryWriter.topic, env, b"a" * (half - 8 * KIB)))
     env.update(seq=1, obj_off=half - 8 * KIB, last=True)
-    writer.handle(bus.decode(bus.encode(MemoryWriter.topic, env, b"b" * (half + 8 * KIB))))
+    writer.handle(message(MemoryWriter.topic, env, b"b" * (half + 8 * KIB)))
     writer.close()
     [record] = [r for r in tree.records() if r["kind"] == "mem"]
     assert record["complete"] is False
@@ -371,26 +355,8 @@ def test_the_pcap_writer_drops_whole_packets_and_says_so(tmp_path: Path) -> None
         writer = PcapWriter(t.out, t.index, ("single",), budget=t.budget)
         payload = bytes(1400)
         for seq in range(80):  # ~118 KiB of blocks into a 64 KiB budget
-            env = {
-                "v": bus.VERSION,
-                "epoch": 7,
-                "seq": seq,
-                "ts": 1_700_000_000_000_000_000 + seq,
-                "pid": 100,
-                "tid": 100,
-                "ppid": 1,
-                "uid": 0,
-                "comm": b"ping",
-                "cgroup_id": 42,
-                "container_id": "",
-                "direction": "egress",
-                "ifindex": 1,
-                "orig_len": len(payload),
-                "cookie": 9,
-                "start_time": 1,
-                "protocols": [],
-            }
-            writer.handle(bus.decode(bus.encode(bus.TOPIC_NET_PACKET, env, payload)))
+            env = packet_env(seq=seq, ts=1_700_000_000_000_000_000 + seq, orig_len=len(payload))
+            writer.handle(message(bus.TOPIC_NET_PACKET, env, payload))
         writer.close()
         [record] = [r for r in t.records() if r["kind"] == "pcap"]
         assert record["budget_dropped"] > 0 and record["complete"] is False

@@ -99,6 +99,46 @@ def test_components_are_validated(out: OutputDir, name: str) -> None:
         out.dir_fd(name)
     with pytest.raises(ValueError):
         out.open_artifact("host", name, append=False)
+    with pytest.raises(ValueError):
+        out.open_file(("pcap", name), "f", append=True)
+
+
+def test_a_file_needs_a_directory(out: OutputDir) -> None:
+    with pytest.raises(ValueError):
+        out.open_file((), "index.jsonl", append=True)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_nested_directories_are_made_and_their_fds_closed(out: OutputDir, tmp_path: Path) -> None:
+    out.dir_fd("pcap")  # held open by the output dir, like every first-level directory
+    before = open_fds()
+    fd = out.open_file(("pcap", "processes", "host"), "a.pcap", append=True)
+    os.write(fd, b"one")
+    os.close(fd)
+    assert open_fds() == before
+    fd = out.open_file(("pcap", "processes", "host"), "a.pcap", append=True)
+    os.write(fd, b"two")  # appended: existing content is kept
+    os.close(fd)
+    path = tmp_path / "out" / "pcap" / "processes" / "host" / "a.pcap"
+    assert path.read_bytes() == b"onetwo"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert stat.S_IMODE(path.parent.stat().st_mode) & 0o007 == 0
+
+
+def test_a_planted_symlink_deep_in_the_path_is_not_followed(out: OutputDir, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out" / "pcap").mkdir()
+    (tmp_path / "out" / "pcap" / "processes").symlink_to(elsewhere)
+    before = open_fds()
+    with pytest.raises(OSError) as info:
+        out.open_file(("pcap", "processes", "host"), "a.pcap", append=True)
+    assert info.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert list(elsewhere.iterdir()) == []
+    assert open_fds() == before + 1  # only the output dir's own fd of pcap/
 
 
 def test_index_lines_survive_hostile_strings(out: OutputDir, tmp_path: Path) -> None:

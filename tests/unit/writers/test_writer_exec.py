@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import os
 import stat
 from pathlib import Path
@@ -11,53 +11,20 @@ from typing import Any
 
 import pytest
 
-from tracecap import bus
+from tests.support import envelopes
+from tests.support.writer_harness import WriterHarness
 from writers.exec import ExecWriter, argv_fields
 from writers.naming import NAME_MAX
-from writers.outdir import Index, OutputDir
 
 BINARY = b"\x7fELF" + bytes(range(256)) * 64
 CID = "abcdef0123456789" * 4
 
-
-def exec_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_000,
-        "pid": 100,
-        "tid": 100,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"dropper",
-        "cgroup_id": 5,
-        "container_id": "",
-        "obj_id": 1,
-        "obj_off": 0,
-        "obj_len": len(BINARY),
-        "last": True,
-        "path": b"/tmp/payload",
-        "argv": [b"/tmp/payload", b"-x"],
-        "dev": 2049,
-        "inode": 77,
-        "ctime": 1_700_000_000_000_000_000,
-        "mode": 0o100755,
-        "memfd": False,
-    }
-    env.update(overrides)
-    return env
+exec_env = functools.partial(envelopes.exec_env, obj_len=len(BINARY))
 
 
-class Harness:
+class Harness(WriterHarness[ExecWriter]):
     def __init__(self, root: Path) -> None:
-        self.root = root / "out"
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.writer = ExecWriter(self.out, self.index)
-
-    def send(self, payload: bytes | None, env: dict[str, Any]) -> None:
-        self.writer.handle(bus.decode(bus.encode(bus.TOPIC_EXEC, env, payload)))
+        super().__init__(root, ExecWriter)
 
     def run(self, binary: bytes = BINARY, chunk: int = 1000, **overrides: Any) -> None:
         """One execution: the binary streamed in ``chunk``-byte messages."""
@@ -65,19 +32,6 @@ class Harness:
         for off in offs:
             env = exec_env(obj_off=off, obj_len=len(binary), last=off == offs[-1], **overrides)
             self.send(binary[off : off + chunk] or None, env)
-
-    def records(self) -> list[dict[str, Any]]:
-        text = (self.root / "index.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines()]
-
-    def restart(self) -> None:
-        self.writer.close()
-        self.writer = ExecWriter(self.out, self.index)
-
-    def close(self) -> None:
-        self.writer.close()
-        self.index.close()
-        self.out.close()
 
 
 @pytest.fixture

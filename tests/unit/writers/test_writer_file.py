@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,53 +13,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.envelopes import file_env
+from tests.support.writer_harness import FakeClock, OutputTree, WriterHarness
 from tracecap import bus
 from writers.file import FileWriter
-from writers.outdir import Index, OutputDir
 from writers.ranges import RangeSet
 
 
-def message(env: dict[str, Any], payload: bytes | None, topic: bytes = bus.TOPIC_FILE_WRITE):
-    return bus.decode(bus.encode(topic, env, payload))
+class Harness(WriterHarness[FileWriter]):
+    """A file writer on a fake clock; ``send`` is a ``file.write.`` message."""
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Harness:
     def __init__(self, root: Path, **kwargs: Any) -> None:
-        self.root = root / "out"
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.clock = Clock()
-        self.writer = FileWriter(self.out, self.index, clock=self.clock, **kwargs)
+        clock = self.clock = FakeClock()
+        super().__init__(root, lambda out, index: FileWriter(out, index, clock=clock, **kwargs))
 
     def io(self, payload: bytes, *, off: int, io_id: int, topic=bus.TOPIC_FILE_WRITE, **kw):
         """One whole syscall in one chunk."""
         kw.setdefault("io_len", len(payload))
-        env = file_env(off=off, io_id=io_id, **kw)
-        self.writer.handle(message(env, payload, topic))
+        self.send(payload, file_env(off=off, io_id=io_id, **kw), topic)
 
     def idle(self, seconds: float = 2.0) -> None:
         self.clock.now += seconds
         self.writer.tick(self.clock.now)
 
-    def records(self) -> list[dict[str, Any]]:
-        text = (self.root / "index.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines()]
-
     def latest(self, path: str) -> dict[str, Any]:
         return [r for r in self.records() if r["path"] == path][-1]
-
-    def close(self) -> None:
-        self.writer.close()
-        self.index.close()
-        self.out.close()
 
 
 @pytest.fixture
@@ -100,7 +76,7 @@ def test_one_syscall_in_several_chunks(h: Harness) -> None:
     payload = bytes(range(256)) * 4
     for io_off in (512, 0, 256, 768):  # out of order
         env = file_env(off=4096 + io_off, io_id=9, io_len=1024, io_off=io_off)
-        h.writer.handle(message(env, payload[io_off : io_off + 256]))
+        h.send(payload[io_off : io_off + 256], env)
     h.idle()
     rec = h.latest(W)
     assert rec["complete"] is True and rec["ios"] == 1
@@ -131,7 +107,7 @@ def test_dev_null_writes_are_split_per_pid(h: Harness) -> None:
 def test_lost_ranges_make_the_artifact_incomplete(h: Harness) -> None:
     h.io(b"A" * 10, off=0, io_id=1)
     env = file_env(off=10, io_id=2, io_len=4096, lost=[[10, 4106]])
-    h.writer.handle(message(env, None))
+    h.send(None, env)
     h.idle()
     rec = h.latest(W)
     assert rec["complete"] is False
@@ -142,9 +118,9 @@ def test_lost_ranges_make_the_artifact_incomplete(h: Harness) -> None:
 
 def test_an_incomplete_io_is_recorded_as_missing(h: Harness) -> None:
     env = file_env(off=1000, io_id=3, io_len=100, io_off=0)
-    h.writer.handle(message(env, b"x" * 40))
+    h.send(b"x" * 40, env)
     env = file_env(off=1080, io_id=3, io_len=100, io_off=80)
-    h.writer.handle(message(env, b"y" * 20))
+    h.send(b"y" * 20, env)
     h.idle()
     rec = h.latest(W)
     assert rec["complete"] is False
@@ -248,7 +224,7 @@ def test_a_run_of_merged_syscalls_counts_each_of_them(h: Harness) -> None:
     ],
 )
 def test_nonsense_is_rejected_and_counted(h: Harness, overrides: dict[str, Any]) -> None:
-    h.writer.handle(message(file_env(**overrides), b"data"))
+    h.send(b"data", file_env(**overrides))
     assert h.writer.counters["rejected"] == 1
     h.writer.close()
     assert not (h.root / "index.jsonl").read_text()
@@ -267,14 +243,8 @@ def test_only_enabled_directions(tmp_path: Path) -> None:
 
 
 def test_unknown_direction_is_refused(tmp_path: Path) -> None:
-    out = OutputDir(str(tmp_path / "out"))
-    index = Index(out)
-    try:
-        with pytest.raises(ValueError):
-            FileWriter(out, index, directions=("exec",))
-    finally:
-        index.close()
-        out.close()
+    with OutputTree(tmp_path) as tree, pytest.raises(ValueError):
+        FileWriter(tree.out, tree.index, directions=("exec",))
 
 
 def test_artifacts_are_0640(h: Harness) -> None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.envelopes import process_keys
+from tests.support.envelopes import bpf_env, mem_env, module_env
+from tests.support.writer_harness import OutputTree, WriterHarness
 from tracecap import bus
 from tracecap.text import prot_string
 from writers.bpf import BpfWriter
@@ -18,68 +18,17 @@ from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
 from writers.naming import NAME_MAX
 from writers.objects import ObjectWriter
-from writers.outdir import Index, OutputDir
 from writers.runner import WRITER_KINDS
 
 IMAGE = b"\x7fELF\x02\x01\x01" + bytes(range(256)) * 8
 INSNS = bytes.fromhex("b7000000000000009500000000000000")  # r0 = 0; exit
 
 
-def common(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        **process_keys(),
-        "tid": 100,
-        "uid": 0,
-        "comm": b"insmod",
-        "cgroup_id": 5,
-        "container_id": "",
-        "obj_id": 1,
-        "obj_off": 0,
-        "last": True,
-    }
-    env.update(overrides)
-    return env
+class Harness(WriterHarness[ObjectWriter]):
+    """Each object is sent whole, in one message: its ``obj_len`` is the payload's."""
 
-
-def module_env(**overrides: Any) -> dict[str, Any]:
-    kind = {"syscall": "init_module", "ret": -38, "params": b"", "dev": 0, "inode": 0}
-    return common(**{**kind, "path": b"", **overrides})
-
-
-def bpf_env(**overrides: Any) -> dict[str, Any]:
-    kind = {"prog_name": b"probe", "prog_type": 1, "insn_cnt": 2, "ret": 5}
-    return common(**{**kind, **overrides})
-
-
-def mem_env(**overrides: Any) -> dict[str, Any]:
-    kind = {"syscall": "mprotect", "addr": 0x1000, "len": 4096, "prot_before": 3, "prot_after": 5}
-    return common(**{**kind, **overrides})
-
-
-class Harness:
-    def __init__(self, root: Path, cls: type[ObjectWriter]) -> None:
-        self.root = root / "out"
-        self.cls = cls
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.writer = cls(self.out, self.index)
-
-    def send(self, payload: bytes, env: dict[str, Any]) -> None:
-        env = {"obj_len": len(payload), **env}
-        self.writer.handle(bus.decode(bus.encode(self.cls.topic, env, payload)))
-
-    def records(self) -> list[dict[str, Any]]:
-        text = (self.root / "index.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines()]
-
-    def restart(self) -> None:
-        self.writer.close()
-        self.writer = self.cls(self.out, self.index)
-
-    def close(self) -> None:
-        self.writer.close()
-        self.index.close()
-        self.out.close()
+    def send(self, payload: bytes | None, env: dict[str, Any], topic: bytes | None = None) -> None:
+        super().send(payload, {**env, "obj_len": len(payload or b"")}, topic)
 
 
 @pytest.fixture
@@ -228,13 +177,8 @@ def test_memory_regions_are_never_deduplicated(mem: Harness) -> None:
     ],
 )
 def test_object_kinds_are_registered(tmp_path: Path, kind: str, cls: str, topic: bytes) -> None:
-    out = OutputDir(str(tmp_path / "out"))
-    index = Index(out)
-    try:
-        writer = WRITER_KINDS[kind](out, index)
+    with OutputTree(tmp_path) as tree:
+        writer = WRITER_KINDS[kind](tree.out, tree.index)
         assert type(writer).__name__ == cls
         assert writer.topics == (topic,) and writer.name == kind
         writer.close()
-    finally:
-        index.close()
-        out.close()

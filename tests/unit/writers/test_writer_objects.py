@@ -1,13 +1,13 @@
 """The whole-object base: assembly, finishing, naming on disk and dedup state from the index.
 
 The memory writer (no dedup) and the module writer (dedup by content) stand in for any kind.
+The bookkeeping alone, without a file system, is tested in test_objectartifact.py.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import itertools
 import json
 import os
@@ -20,69 +20,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.envelopes import mem_env
+from tests.support.envelopes import mem_env, module_env
+from tests.support.writer_harness import FakeClock, OutputTree, WriterHarness
 from tracecap import bus
 from writers import fileio, objects
 from writers.memory import MemoryWriter
 from writers.module import ModuleWriter
-from writers.objectartifact import ObjectAssembly, parse_index_line, read_lines
 from writers.objects import ObjectWriter
-from writers.outdir import Index, OutputDir
 
 DATA = bytes(range(256)) * 16  # 4 KiB, every byte value
 CID = "0123456789abcdef" * 4
 
 
-def module_env(**overrides: Any) -> dict[str, Any]:
-    env = mem_env(syscall="init_module", ret=-38, params=b"", dev=0, inode=0, path=b"")
-    for key in ("addr", "len", "prot_before", "prot_after"):
-        del env[key]
-    env.update(overrides)
-    return env
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Harness:
-    """A writer over a fresh output directory, fed decoded bus messages."""
+class Harness(WriterHarness[ObjectWriter]):
+    """An object writer of ``cls`` on a fake clock."""
 
     def __init__(self, root: Path, cls: type[ObjectWriter] = MemoryWriter, **kwargs: Any) -> None:
-        self.root = root / "out"
-        self.cls = cls
-        self.kwargs = kwargs
-        self.clock = Clock()
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.writer = cls(self.out, self.index, clock=self.clock, **kwargs)
-
-    @property
-    def topic(self) -> bytes:
-        return self.cls.topic
-
-    def send(self, payload: bytes | None, env: dict[str, Any]) -> None:
-        self.writer.handle(bus.decode(bus.encode(self.topic, env, payload)))
-
-    def records(self) -> list[dict[str, Any]]:
-        text = (self.root / "index.jsonl").read_text()
-        return [json.loads(line) for line in text.splitlines()]
-
-    def listing(self, subdir: str = "host") -> list[str]:
-        return sorted(os.listdir(self.root / subdir))
-
-    def restart(self) -> None:
-        self.writer.close()
-        self.writer = self.cls(self.out, self.index, clock=self.clock, **self.kwargs)
-
-    def close(self) -> None:
-        self.writer.close()
-        self.index.close()
-        self.out.close()
+        clock = self.clock = FakeClock()
+        super().__init__(root, lambda out, index: cls(out, index, clock=clock, **kwargs))
 
 
 @pytest.fixture
@@ -94,55 +49,6 @@ def h(tmp_path: Path):
 
 def no_partials(root: Path) -> bool:
     return not [p for p in root.rglob("*") if p.name.startswith(".partial")]
-
-
-# -- pure bookkeeping ------------------------------------------------------------------------
-
-
-def test_assembly_is_done_only_when_last_seen_and_every_byte_accounted() -> None:
-    asm = ObjectAssembly(mem_env(obj_len=10, last=False), now=0.0)
-    asm.wrote(0, 4)
-    assert not asm.done()
-    asm.observe(mem_env(obj_len=10, last=True), now=1.0)
-    assert not asm.done()  # bytes 4..10 may still be on their way
-    asm.gone(4, 6)  # reported lost
-    asm.wrote(6, 10)
-    assert asm.done()
-    assert asm.missing() == [(4, 6)]
-
-
-def test_assembly_clips_at_obj_len_and_keeps_the_earliest_ts() -> None:
-    asm = ObjectAssembly(mem_env(obj_len=10, ts=50), now=0.0)
-    assert asm.clip(8, 5, 10) == 2
-    assert asm.clip(12, 5, 10) == 0
-    assert not asm.observe(mem_env(obj_len=10, ts=40), now=1.0)
-    assert not asm.observe(mem_env(obj_len=10, ts=60), now=1.0)
-    assert (asm.first_ts, asm.last_ts) == (40, 60)
-    assert asm.naming_meta()["ts"] == 40
-
-
-def test_assembly_size_is_the_largest_obj_len_in_any_order() -> None:
-    asm = ObjectAssembly(mem_env(obj_len=10), now=0.0)
-    assert asm.observe(mem_env(obj_len=30), now=0.0)
-    assert not asm.observe(mem_env(obj_len=20), now=0.0)  # an earlier message, late
-    assert asm.obj_len == 30
-
-
-def test_read_lines_skips_overlong_lines_without_holding_them() -> None:
-    stream = io.BytesIO(b"short\n" + b"x" * 100 + b"\nnext\nlast-no-newline")
-    assert list(read_lines(stream, max_line=20)) == [
-        b"short\n",
-        None,
-        b"next\n",
-        b"last-no-newline",
-    ]
-
-
-@pytest.mark.parametrize(
-    "line", [b"not json\n", b"[1, 2]\n", b'{"a": \n', b"\xff\n", b"[" * 100000]
-)
-def test_parse_index_line_refuses_what_is_not_a_record(line: bytes) -> None:
-    assert parse_index_line(line) is None
 
 
 # -- assembly --------------------------------------------------------------------------------
@@ -481,27 +387,17 @@ def test_a_planted_index_symlink_is_not_read(tmp_path: Path) -> None:
     root = tmp_path / "out"
     root.mkdir()
     (root / "index.jsonl").symlink_to(secret)
-    out = OutputDir(str(root))
-    index = Index(out, name="other.jsonl")
-    try:
-        writer = ModuleWriter(out, index)
+    with OutputTree(tmp_path, index_name="other.jsonl") as tree:
+        writer = ModuleWriter(tree.out, tree.index)
         assert writer.counters["index_errors"] == 1 and writer.counters["index_bad_lines"] == 0
-    finally:
-        index.close()
-        out.close()
 
 
 def test_a_fifo_planted_as_the_index_does_not_block(tmp_path: Path) -> None:
     root = tmp_path / "out"
     root.mkdir()
     os.mkfifo(root / "index.jsonl")
-    out = OutputDir(str(root))
-    index = Index(out, name="other.jsonl")
-    try:
-        assert ModuleWriter(out, index).counters["index_errors"] == 1
-    finally:
-        index.close()
-        out.close()
+    with OutputTree(tmp_path, index_name="other.jsonl") as tree:
+        assert ModuleWriter(tree.out, tree.index).counters["index_errors"] == 1
 
 
 def test_dedup_keys_are_bounded(tmp_path: Path) -> None:

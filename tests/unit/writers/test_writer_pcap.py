@@ -24,6 +24,9 @@ from dpkt import pcapng as ng
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support import envelopes
+from tests.support.envelopes import packet_env
+from tests.support.writer_harness import OutputTree, WriterHarness
 from tracecap import bus
 from writers import fileio
 from writers.naming import (
@@ -33,7 +36,6 @@ from writers.naming import (
     pcap_container_name,
     pcap_process_name,
 )
-from writers.outdir import Index, OutputDir
 from writers.pcap import PcapWriter
 from writers.pcapng import SNAPLEN
 from writers.runner import WRITER_KINDS, run_writer
@@ -73,56 +75,25 @@ def tcp(payload: bytes = b"tcp-marker") -> bytes:
     return ip4(dpkt.ip.IP_PROTO_TCP, seg)
 
 
-def make_env(**overrides: Any) -> dict[str, Any]:
-    env: dict[str, Any] = {
-        "v": bus.VERSION,
-        "epoch": 7,
-        "seq": 0,
-        "ts": 1_700_000_000_123_456_789,
-        "pid": 100,
-        "tid": 100,
-        "ppid": 1,
-        "uid": 1000,
-        "comm": b"ping",
-        "cgroup_id": 42,
-        "container_id": "",
-        "direction": "egress",
-        "ifindex": 1,
-        "orig_len": None,  # filled with len(payload) unless given
-        "cookie": 9,
-        "start_time": 1_699_999_999_000_000_000,
-        "protocols": ["net_packet_ipv4"],
-    }
-    env.update(overrides)
-    return env
-
-
 def message(payload: bytes, **overrides: Any) -> bus.Message:
-    """A message as a writer receives it: encoded, then decoded (and checked) by the contract."""
-    env = make_env(**overrides)
-    if env["orig_len"] is None:
-        env["orig_len"] = len(payload)
-    return bus.decode(bus.encode(bus.TOPIC_NET_PACKET, env, payload))
+    """A packet message whose ``orig_len`` is the payload's unless given."""
+    return envelopes.message(
+        bus.TOPIC_NET_PACKET, packet_env(**{"orig_len": len(payload), **overrides}), payload
+    )
 
 
-class Harness:
+class Harness(WriterHarness[PcapWriter]):
+    """A pcap writer of the given splits; ``close`` returns the index records."""
+
     def __init__(self, root: Path, split: tuple[str, ...] = ALL, **kwargs: Any) -> None:
-        self.root = root / "out"
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.writer = PcapWriter(self.out, self.index, split, **kwargs)
-        self.closed = False
+        super().__init__(root, lambda out, index: PcapWriter(out, index, split, **kwargs))
 
     def feed(self, payload: bytes, **overrides: Any) -> None:
         self.writer.handle(message(payload, **overrides))
 
-    def close(self) -> list[dict[str, Any]]:
-        if not self.closed:
-            self.writer.close()
-            self.index.close()
-            self.out.close()
-            self.closed = True
-        return records(self.root)
+    def close(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        super().close()
+        return self.records()
 
     def files(self) -> set[str]:
         return pcap_files(self.root)
@@ -131,11 +102,6 @@ class Harness:
 def pcap_files(root: Path) -> set[str]:
     found = (p for p in root.rglob("*") if p.is_file() and p.name != "index.jsonl")
     return {str(p.relative_to(root)) for p in found}
-
-
-def records(root: Path) -> list[dict[str, Any]]:
-    lines = (root / "index.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
 
 
 # -- reading files back --------------------------------------------------------------------------
@@ -382,12 +348,8 @@ def test_only_the_chosen_splits_are_written(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("split", [(), ("single", "bogus"), ("files",)])
 def test_bad_splits_are_refused(tmp_path: Path, split: tuple[str, ...]) -> None:
-    out = OutputDir(str(tmp_path / "out"))
-    index = Index(out)
-    with pytest.raises(ValueError, match="pcap split"):
-        PcapWriter(out, index, split)
-    index.close()
-    out.close()
+    with OutputTree(tmp_path) as tree, pytest.raises(ValueError, match="pcap split"):
+        PcapWriter(tree.out, tree.index, split)
 
 
 def test_one_process_file_per_thread(tmp_path: Path) -> None:
@@ -640,9 +602,7 @@ def test_hostile_comms_stay_inside_pcap(tmp_path: Path) -> None:
 
 def raw_message(payload: bytes = b"", **overrides: Any) -> bus.Message:
     """A message that skipped the bus decoder: the writer must check values itself."""
-    env = make_env(**overrides)
-    if env["orig_len"] is None:
-        env["orig_len"] = len(payload)
+    env = packet_env(**{"orig_len": len(payload), **overrides})
     return bus.Message(bus.TOPIC_NET_PACKET, env, payload)
 
 
@@ -678,13 +638,13 @@ def test_malformed_values_are_rejected(tmp_path: Path, overrides: dict[str, Any]
 
 def test_missing_keys_and_bad_payloads_are_rejected(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    env = make_env(orig_len=10)
+    env = packet_env(orig_len=10)
     del env["direction"]
     h.writer.handle(bus.Message(bus.TOPIC_NET_PACKET, env, b"x"))
-    h.writer.handle(bus.Message(bus.TOPIC_NET_PACKET, make_env(orig_len=1), None))  # type: ignore[arg-type]
+    h.writer.handle(bus.Message(bus.TOPIC_NET_PACKET, packet_env(orig_len=1), None))  # type: ignore[arg-type]
     h.writer.handle(bus.Message(bus.TOPIC_NET_PACKET, {}, b""))
     assert h.writer.counters["rejected"] == 3
-    h.writer.handle(bus.Message(b"file.write.", make_env(orig_len=0), b""))  # not ours: ignored
+    h.writer.handle(bus.Message(b"file.write.", packet_env(orig_len=0), b""))  # not ours: ignored
     assert h.writer.counters["rejected"] == 3 and h.files() == set()
     h.close()
 
@@ -716,7 +676,7 @@ def test_any_envelope_values_never_crash(
     tmp_path: Path, env: dict[str, Any], payload: bytes
 ) -> None:
     h = Harness(tmp_path / os.urandom(6).hex())
-    full = make_env(orig_len=len(payload))
+    full = packet_env(orig_len=len(payload))
     full.update(env)
     h.writer.handle(bus.Message(bus.TOPIC_NET_PACKET, full, payload))
     c = h.writer.counters
@@ -795,17 +755,12 @@ def test_a_failed_first_write_retries_the_header(
 
 
 def test_registered_with_its_split(tmp_path: Path) -> None:
-    out = OutputDir(str(tmp_path / "out"))
-    index = Index(out)
-    try:
-        writer = WRITER_KINDS["pcap"](out, index, split=frozenset({"process", "single"}))
+    with OutputTree(tmp_path) as tree:
+        writer = WRITER_KINDS["pcap"](tree.out, tree.index, split=frozenset({"process", "single"}))
         assert isinstance(writer, PcapWriter)
         assert writer.name == "pcap" and writer.topics == (bus.TOPIC_NET_PACKET,)
         assert writer.split == ("single", "process")
-        assert WRITER_KINDS["pcap"](out, index).split == ("single",)
-    finally:
-        index.close()
-        out.close()
+        assert WRITER_KINDS["pcap"](tree.out, tree.index).split == ("single",)
 
 
 def test_run_writer_refuses_options_a_kind_does_not_take(tmp_path: Path) -> None:

@@ -16,12 +16,12 @@ import pytest
 import zmq
 
 from tests.support.envelopes import file_env
+from tests.support.writer_harness import OutputTree
 from tracecap import bus
 from tracecap.link import MAX_FRAME_BYTES
 from writers.base import Subscriber
 from writers.file import FileWriter
 from writers.gaps import Gap, GapTracker
-from writers.outdir import Index, OutputDir
 
 TOPIC = bus.TOPIC_FILE_WRITE
 
@@ -59,13 +59,12 @@ class Bus:
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
         self.pub.bind(self.endpoint)
-        self.root = tmp_path / "out"
+        self.tree = OutputTree(tmp_path)
+        self.root = self.tree.root
         self.stats_dir = tmp_path / "run"
-        self.out = OutputDir(str(self.root))
-        self.index = Index(self.out)
-        self.writer = FileWriter(self.out, self.index)
+        self.writer = FileWriter(self.tree.out, self.tree.index)
         self.sub = Subscriber(
-            self.writer, self.endpoint, index=self.index, stats_dir=str(self.stats_dir)
+            self.writer, self.endpoint, index=self.tree.index, stats_dir=str(self.stats_dir)
         )
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.sub.run, args=(self.stop,), daemon=True)
@@ -95,16 +94,14 @@ class Bus:
         self.pub.send_multipart(frames)
 
     def records(self, kind: str) -> list[dict[str, Any]]:
-        lines = (self.root / "index.jsonl").read_text().splitlines()
-        return [r for r in map(json.loads, lines) if r["kind"] == kind]
+        return [r for r in self.tree.records() if r["kind"] == kind]
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
         self.pub.close(0)
         self.ctx.term()
-        self.index.close()
-        self.out.close()
+        self.tree.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
@@ -198,14 +195,11 @@ def test_a_handler_exception_is_counted(tmp_path: Path) -> None:
         def handle(self, msg: bus.Message) -> None:
             raise RuntimeError("boom")
 
-    out = OutputDir(str(tmp_path / "out"))
-    index = Index(out)
-    sub = Subscriber(Exploding(out, index), "ipc:///nonexistent", index=index)
-    sub.process(write_frames(b"x", 0, 0))
-    sub.process(write_frames(b"x", 1, 1))
-    assert sub.counters["handler_errors"] == 2 and sub.counters["messages"] == 2
-    index.close()
-    out.close()
+    with OutputTree(tmp_path) as tree:
+        sub = Subscriber(Exploding(tree.out, tree.index), "ipc:///nonexistent", index=tree.index)
+        sub.process(write_frames(b"x", 0, 0))
+        sub.process(write_frames(b"x", 1, 1))
+        assert sub.counters["handler_errors"] == 2 and sub.counters["messages"] == 2
 
 
 def test_gap_tracker_rules() -> None:

@@ -1,0 +1,94 @@
+"""The writer side of a unit test: a fresh output tree with its index, a writer over it fed
+decoded bus messages (no socket), a clock that moves when the test says, and the index read
+back. A test file subclasses ``WriterHarness`` only for what its kind adds (how a message is
+built from the test's arguments)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from tests.support.envelopes import message
+from writers.base import Writer
+from writers.outdir import INDEX_NAME, Index, OutputDir
+
+W = TypeVar("W", bound=Writer)
+
+
+class FakeClock:
+    """A monotonic clock that only moves when the test moves ``now``."""
+
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def read_index(root: Path, name: str = INDEX_NAME) -> list[dict[str, Any]]:
+    """Every line of the index under ``root``, parsed."""
+    return [json.loads(line) for line in (root / name).read_text().splitlines()]
+
+
+class OutputTree:
+    """``<tmp>/out`` opened as a writer process opens it, with its index (``index_name``:
+    another file, for tests that plant something at the real index's name)."""
+
+    def __init__(self, tmp: Path, index_name: str = INDEX_NAME) -> None:
+        self.root = tmp / "out"
+        self.out = OutputDir(str(self.root))
+        self.index = Index(self.out, name=index_name)
+        self._index_name = index_name
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_index(self.root, self._index_name)
+
+    def listing(self, subdir: str = "host") -> list[str]:
+        return sorted(os.listdir(self.root / subdir))
+
+    def close(self) -> None:
+        self.index.close()
+        self.out.close()
+
+    def __enter__(self) -> OutputTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WriterHarness(OutputTree, Generic[W]):
+    """A writer built by ``make(out, index)`` over a fresh output tree.
+
+    ``send`` hands it one message of its first topic (or ``topic``) as the bus would deliver
+    it; ``restart`` closes it and builds another over the same tree, as supervisord restarts a
+    writer process; ``close`` closes the writer, then the tree, once.
+    """
+
+    def __init__(
+        self, tmp: Path, make: Callable[[OutputDir, Index], W], index_name: str = INDEX_NAME
+    ) -> None:
+        super().__init__(tmp, index_name)
+        self._make = make
+        self.writer = make(self.out, self.index)
+        self.closed = False
+
+    @property
+    def topic(self) -> bytes:
+        return self.writer.topics[0]
+
+    def send(self, payload: bytes | None, env: dict[str, Any], topic: bytes | None = None) -> None:
+        self.writer.handle(message(topic or self.topic, env, payload))
+
+    def restart(self) -> None:
+        self.writer.close()
+        self.writer = self._make(self.out, self.index)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.writer.close()
+            super().close()
