@@ -18,16 +18,11 @@ from typing import Generic, TypeVar
 #: Bytes read per ``pread`` when hashing.
 BLOCK = 1 << 20
 
-#: ``write(fd, data, off, append)``: one OS write of ``data``, returning how many bytes it took.
+#: ``write(fd, data, off, append)``: one write of ``data`` at ``off`` (at the end of an
+#: ``O_APPEND`` fd when ``append``), returning how many bytes it took; tests script one.
 WriteAt = Callable[[int, memoryview, int, bool], int]
 
 K = TypeVar("K", bound=Hashable)
-
-
-def os_write_at(fd: int, data: memoryview, off: int, append: bool) -> int:
-    """One ``pwrite`` at ``off``, or for an ``O_APPEND`` fd one ``write`` (the kernel puts the
-    bytes at the end, whatever ``off`` says)."""
-    return os.write(fd, data) if append else os.pwrite(fd, data, off)
 
 
 def write_all(
@@ -35,21 +30,28 @@ def write_all(
     data: bytes | memoryview,
     off: int,
     append: bool = False,
-    write: WriteAt = os_write_at,
+    write: WriteAt | None = None,
 ) -> tuple[int, OSError | None]:
     """Write all of ``data`` at ``off``, continuing after short writes; return how many bytes
     reached the file and the error that stopped the rest (None when every byte did).
 
     ``[off, off + done)`` is then in the file and ``[off + done, off + len(data))`` is not,
-    which is what the caller records as written and as missing. A write that takes nothing
-    is ENOSPC, so a full disk cannot make the loop spin.
+    which is what the caller records as written and as missing. Without ``write`` each step is
+    a ``pwrite`` at its offset, or for an ``O_APPEND`` fd a ``write`` (the kernel puts the
+    bytes at the end), called directly: this is every payload's path. A write that takes
+    nothing is ENOSPC, so a full disk cannot make the loop spin.
     """
     view = memoryview(data)
     size = len(view)
     done = 0
     try:
         while done < size:
-            n = write(fd, view[done:], off + done, append)
+            if write is not None:
+                n = write(fd, view[done:], off + done, append)
+            elif append:
+                n = os.write(fd, view[done:])
+            else:
+                n = os.pwrite(fd, view[done:], off + done)
             if n <= 0:
                 raise OSError(errno.ENOSPC, "no progress writing")
             done += n

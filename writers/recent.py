@@ -21,10 +21,14 @@ class RecentKeys(Generic[K]):
         self._keys: OrderedDict[K, None] = OrderedDict()
 
     def add(self, key: K) -> None:
-        self._keys[key] = None
-        self._keys.move_to_end(key)
-        if len(self._keys) > self._limit:
-            self._keys.popitem(last=False)
+        """Remember ``key`` as the newest (again, if it was known)."""
+        keys = self._keys
+        if key in keys:
+            keys.move_to_end(key)
+            return
+        keys[key] = None
+        if len(keys) > self._limit:
+            keys.popitem(last=False)
 
     def __contains__(self, key: object) -> bool:
         return key in self._keys

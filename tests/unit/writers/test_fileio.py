@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from writers import fileio
-from writers.fileio import FdCache, digest_fd, os_write_at, sha256_of_fd, write_all
+from writers.fileio import FdCache, digest_fd, sha256_of_fd, write_all
 
 
 class ScriptedWrite:
@@ -73,7 +73,7 @@ def test_the_os_write_places_or_appends(tmp_path: Path) -> None:
         os.close(fd)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
-        assert os_write_at(fd, memoryview(b"!"), 0, True) == 1  # the offset is the end's
+        assert write_all(fd, b"!", 0, append=True) == (1, None)  # at the end, not at 0
     finally:
         os.close(fd)
     assert path.read_bytes() == b"helloworld!"
