@@ -222,6 +222,10 @@ class RecordError(ValueError):
 
 
 class Header(NamedTuple):
+    """Who did it: the tc_hdr every event starts with. ``ts`` is CLOCK_BOOTTIME ns (the
+    collector adds the boot-to-epoch offset), pid/tid/ppid are host numbers and the ``ns_``
+    ones the process's own pid namespace's; ``comm`` is cut at its NUL."""
+
     kind: int
     cpu: int
     ts: int
@@ -237,6 +241,10 @@ class Header(NamedTuple):
 
 
 class FileEvent(NamedTuple):
+    """One read or write syscall with who and which file: ``io_id`` names it, and its bytes
+    follow as FileData records carrying that id. ``syscall`` is the name, ``dev`` the
+    kernel's s_dev, ``path`` cut at PATH_BUF (EV_PATH_TRUNCATED in ``flags`` says so)."""
+
     hdr: Header
     io_id: int
     io_len: int
@@ -257,6 +265,10 @@ class FileEvent(NamedTuple):
 
 
 class FileData(NamedTuple):
+    """One payload chunk of a syscall (``io_id``) or of an object (its obj_id), at ``io_off``
+    in it. It stands for ``want`` bytes: fewer in ``data``, or ``unreadable``, means the rest
+    of them is lost."""
+
     io_id: int
     io_off: int
     want: int
@@ -277,6 +289,11 @@ class FileCont(NamedTuple):
 
 
 class ExecEvent(NamedTuple):
+    """A program executed (sched_process_exec): the binary (dev, inode and ``ctime``, which
+    together tell one version of it from another), the name it was run as and its argv, cut
+    at ARGV_BUF when ``argv_truncated``. The binary's bytes are not in the record: the
+    collector reads the file itself."""
+
     hdr: Header
     inode: int
     ctime: int
@@ -288,6 +305,9 @@ class ExecEvent(NamedTuple):
 
 
 class MemEvent(NamedTuple):
+    """A region made executable (mprotect, pkey_mprotect, mmap): ``length`` is the region as
+    asked, of which the first ``captured`` bytes follow as FileData records for ``obj_id``."""
+
     hdr: Header
     obj_id: int
     addr: int
@@ -299,6 +319,10 @@ class MemEvent(NamedTuple):
 
 
 class ModuleEvent(NamedTuple):
+    """An init_module or finit_module call and its result. For init_module the image's
+    ``captured`` bytes follow as FileData records for ``obj_id``; for finit_module the file
+    (dev, inode, fd, path) is named and the collector reads it itself."""
+
     hdr: Header
     obj_id: int
     ret: int
@@ -313,6 +337,10 @@ class ModuleEvent(NamedTuple):
 
 
 class BpfEvent(NamedTuple):
+    """A BPF_PROG_LOAD and its result (``ret``: the new program's fd or a negative errno).
+    The bytecode (``insn_cnt`` instructions of 8 bytes), ``captured`` bytes of it, follows
+    as FileData records for ``obj_id``."""
+
     hdr: Header
     obj_id: int
     ret: int
@@ -506,6 +534,10 @@ def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
 
 
 class Packet(NamedTuple):
+    """One packet from the IP header on, cut to the snap length (``orig_len`` is its real
+    length), with its socket's ``cookie``. ``owner_pid`` is 0 when the kernel did not yet
+    know the socket's owner; the collector then looks for a SockOwner of that cookie."""
+
     ts: int
     cookie: int
     cgroup_id: int
@@ -522,6 +554,10 @@ class Packet(NamedTuple):
 
 
 class SockOwner(NamedTuple):
+    """The thread that created or used a socket (``cookie``), sent when it does so first
+    and when the socket's user changes, so that packets can be attributed to it;
+    ``in_scope`` says whether its packets belong to the capture."""
+
     hdr: Header
     cookie: int
     start_time: int

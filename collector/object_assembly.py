@@ -58,6 +58,10 @@ def object_env(
 
 @dataclass
 class _PendingObject:
+    """An object whose bytes are still arriving: ``captured`` is how many of its ``obj_len``
+    bytes the kernel sends, ``buf`` (at most MAX_MESSAGE_PAYLOAD) the bytes since the last
+    message, and ``lost`` every missing range, all sent with the object's last message."""
+
     topic: bytes
     env: dict[str, Any]
     obj_len: int
@@ -70,6 +74,11 @@ class _PendingObject:
 
 
 class ObjectAssembler:
+    """Joins the memory, module and BPF objects' events and chunks (matched by ``obj_id``, the
+    chunks' ``io_id``) into bus messages, one instance per collector. Each object ends in
+    exactly one ``last`` message; one still incomplete after OBJECT_TIMEOUT_NS is ended there,
+    the rest of its bytes lost."""
+
     def __init__(self) -> None:
         self._pending: dict[int, _PendingObject] = {}
         self.orphan_chunks = 0

@@ -65,6 +65,9 @@ def is_memfd(link: bytes) -> bool:
 
 @dataclass
 class FileJob:
+    """A file opened and verified for one exec or finit_module event, waiting to be streamed:
+    the streamer owns ``fd`` from ``add`` on and closes it when the file ends or fails."""
+
     fd: int
     topic: bytes
     env: dict[str, Any]
@@ -73,6 +76,11 @@ class FileJob:
 
 
 class FileStreamer:
+    """The queue of files being streamed, oldest first. Each ``pump`` reads at most its budget
+    (in messages of at most MESSAGE_BYTES), so a large binary never holds up the ring buffers;
+    every file ends in one ``last`` message, with an ``error`` and its unread range if reading
+    failed."""
+
     def __init__(self) -> None:
         self._jobs: deque[FileJob] = deque()
         self.read_errors = 0

@@ -25,6 +25,10 @@ MAX_OWNERS = 65_536
 
 @dataclass(frozen=True)
 class Owner:
+    """The process that owns a socket, as a packet's envelope names it: from the packet record
+    itself when the kernel knew it, else from the socket's SockOwner record. ``in_scope`` is
+    False for an owner outside the capture's scope, whose packets are dropped."""
+
     pid: int
     tid: int
     ppid: int
@@ -35,6 +39,11 @@ class Owner:
 
 
 class PacketAssembler:
+    """Turns packet records into bus messages, one instance per collector: names each packet's
+    owner and protocols and applies the scope and protocol filters. Memory stays bounded: at
+    most MAX_OWNERS sockets remembered (least recently told first out) and MAX_WAITING packets
+    waiting, each at most OWNER_WAIT_NS."""
+
     def __init__(
         self,
         boot_to_epoch: int,

@@ -175,6 +175,11 @@ def _comm_key(comm: bytes) -> bytes:
 
 
 class KernelProbes:
+    """The loaded BPF object of one run: only the configured kinds' programs, the scope and
+    filters in its read-only data, its rings sized. Constructing it loads (the verifier's work)
+    and ``attach`` starts capture, so loading can overlap the writers' start; it owns the
+    object and the cgroup fd, and ``close`` releases both."""
+
     def __init__(
         self,
         config: Config,

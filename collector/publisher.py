@@ -39,10 +39,18 @@ ZERO_COPY_MIN = 65536
 
 
 class BusError(RuntimeError):
-    pass
+    """The bus cannot be served: the run directory is unsafe, another collector holds its lock,
+    or the writers did not subscribe in time (or the collector was stopped while waiting for
+    them). The collector reports it and exits with 1."""
 
 
 class Publisher:
+    """The one XPUB socket of a run and the only thing that sends on the bus. It stamps every
+    envelope with the bus version, the run's epoch and a per-topic seq (so a subscriber sees any
+    drop as a gap), never blocks on a send, and keeps the payload bytes ZeroMQ holds under
+    BACKLOG_BYTES.
+    It holds ``collector.lock`` in the run directory until ``close``."""
+
     def __init__(self, run_dir: str, epoch: int | None = None) -> None:
         try:
             prepare_run_dir(run_dir)

@@ -180,6 +180,9 @@ class BadMessage(ValueError):
 
 @dataclass(frozen=True)
 class Message:
+    """One bus message as ``decode`` returns it: the envelope has passed the version, key and
+    type checks of its topic; ``payload`` is empty when the message carries none."""
+
     topic: bytes
     env: dict[str, Any]
     payload: bytes

@@ -47,7 +47,8 @@ DEFAULT_RUN_DIR = "/run/tracecap"
 
 
 class UsageError(ValueError):
-    pass
+    """A command line the console script refuses (a missing or repeated flag, an unreadable
+    --config, a bad --run-dir or --ring-mb); ``main`` prints it and exits with 2."""
 
 
 def split_own(argv: Sequence[str], own: dict[str, bool]) -> tuple[dict[str, list[str]], list[str]]:

@@ -1,4 +1,4 @@
-"""Pure parser of tracecap's command-line options (SPEC §3).
+"""Pure parser of tracecap's command-line options (README "Command line").
 
 The grammar is Tracee's legacy ``--capture``/``--scope``/``--trace`` surface, so that existing
 command lines keep working, with Tracee's quirks fixed: option order never changes the result
@@ -227,6 +227,9 @@ class _SetOnce(Generic[T]):
 
 @dataclass
 class _FileAcc:
+    """The ``write`` or ``read`` filters gathered while parsing, in order of appearance and
+    without duplicates; ``freeze`` makes the FileCapture the parser returns."""
+
     enabled: bool = False
     paths: list[bytes] = field(default_factory=list)
     types: set[str] = field(default_factory=set)

@@ -40,8 +40,8 @@ StopFlag = threading.Event | Callable[[], bool]
 
 
 #: Queue depth for writers of payload messages (files, objects): 64 messages, of up to 256 KiB
-#: (files) or 1 MiB (objects). 128 was tried in session 3: no measurable gain, 22 MiB more
-#: writer memory in the bench.
+#: (files) or 1 MiB (objects). At 128 the bench measures no gain and 22 MiB more writer
+#: memory.
 PAYLOAD_QUEUE_MESSAGES = 64
 
 

@@ -23,13 +23,17 @@ _RECENT_IOS = 256
 
 def syscalls(env: dict[str, Any]) -> int:
     """How many syscalls a message's transfer stands for (``io_count``, checked by
-    ``bus.check_transfer``; older collectors sent one message per syscall and no count)."""
+    ``bus.check_transfer``; a message without a count stands for one)."""
     count: int = env.get("io_count", 1)
     return count
 
 
 @dataclass
 class _PendingIo:
+    """A transfer of the artifact with bytes still unaccounted for: ``got`` is which of its
+    ``length`` bytes arrived or were reported lost. When it is settled incomplete, the rest
+    becomes the artifact's missing ranges (at ``base``). At most MAX_PENDING_IOS per artifact."""
+
     base: int  # offset of the syscall's first byte, in the artifact's coordinates
     length: int
     got: RangeSet = field(default_factory=RangeSet)

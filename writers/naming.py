@@ -147,7 +147,8 @@ def partial_name(epoch: int, obj_id: int) -> str:
 # -- pcap files (net.packet.) ---------------------------------------------------------------------
 
 PCAP_SUFFIX = ".pcap"
-#: SPEC §4 names pcap folders and files after the first 11 characters of the container id.
+#: Pcap folders and files are named after the first 11 characters of the container id
+#: (``<cid11>`` in README "Output layout").
 CONTAINER_SHORT_LEN = 11
 
 

@@ -1,6 +1,7 @@
 """The pcap writer: ``net.packet.`` messages to pcapng files split as Tracee's ``--capture pcap:``.
 
-Each packet is appended, as one Enhanced Packet Block, to the file of every split chosen (SPEC §4):
+Each packet is appended, as one Enhanced Packet Block, to the file of every split chosen (README
+"Output layout"):
 
 * ``single``: ``pcap/single.pcap``
 * ``process``: ``pcap/processes/<cid11>/<comm>_<tid>_<start_time>.pcap`` (one file per thread)

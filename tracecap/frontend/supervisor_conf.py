@@ -16,6 +16,9 @@ COLLECTOR_PRIORITY = 20
 
 @dataclass(frozen=True)
 class Program:
+    """One ``[program:NAME]`` section: the collector or a writer. Every field is rendered into
+    the file, so each must pass ``check_safe``."""
+
     name: str
     command: Sequence[str]
     user: str
@@ -30,7 +33,9 @@ _SAFE = re.compile(r"[A-Za-z0-9_./:=@+,-]+")
 
 
 class UnsafeValue(ValueError):
-    pass
+    """A value that cannot go into the generated file without a risk of supervisord reading it
+    as a comment, an expansion or another line (see _SAFE); the front end reports it as a
+    usage error."""
 
 
 def check_safe(value: str, what: str) -> str:

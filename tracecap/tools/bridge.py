@@ -1,16 +1,17 @@
 """`tracecap bridge`: the local bus, relayed to remote writers over tcp, CURVE and an allow-list.
 
-The collector never listens on the network (SPEC §5); this unprivileged process does, so that a
-flaw in the network-facing code runs as the ``tracecap`` user, not root.
+The collector never listens on the network (README "Remote writers"); this unprivileged process
+does, so that a flaw in the network-facing code runs as the ``tracecap`` user, not root.
 
 * Upstream, an XSUB connects to the collector's ipc XPUB; downstream, an XPUB binds on tcp. The
   XPUB is verbose for subscribes *and* unsubscribes (XPUB_VERBOSER), so every remote
   subscription change reaches the collector and XSUB's reference counts stay balanced.
-* CURVE alone encrypts and authenticates the *server*; it accepts any client key (research A.6).
-  Clients are authorised by a ZAP handler (pyzmq's ThreadAuthenticator) started on the same
-  context *before* the bind, reading the ``*.key`` files of the ``--allow`` directory. The socket
-  sets a ZAP domain and ZAP_ENFORCE_DOMAIN, so if the handler ever went away libzmq would refuse
-  everyone instead of falling back to "accept any key"; the loop also stops if it dies.
+* CURVE alone encrypts and authenticates the *server*; without a ZAP handler libzmq accepts any
+  client key. Clients are authorised by a ZAP handler (pyzmq's ThreadAuthenticator) started on
+  the same context *before* the bind, reading the ``*.key`` files of the ``--allow`` directory.
+  The socket sets a ZAP domain and ZAP_ENFORCE_DOMAIN, so if the handler ever went away libzmq
+  would refuse everyone instead of falling back to "accept any key"; the loop also stops if it
+  dies.
 * The relay is a poll loop rather than ``zmq.proxy`` so that it can count, log subscription
   changes, filter what remote peers send upstream (only subscribe/unsubscribe frames), watch the
   authenticator, and reload the allow-list on SIGHUP (pyzmq re-reads it only when asked).
@@ -73,6 +74,10 @@ def _stderr(line: str) -> None:
 
 @dataclass
 class BridgeConfig:
+    """What the console script passes from ``tracecap bridge``'s flags: the tcp endpoint to bind
+    (``--listen``), the server's secret key file, the allow-list directory of client public keys,
+    and the local bus to relay (``ipc://<run-dir>/bus.sock``)."""
+
     listen: str
     server_key: str
     allow_dir: str
@@ -81,6 +86,9 @@ class BridgeConfig:
 
 @dataclass
 class BridgeCounters:
+    """What the bridge relayed and refused, logged as one summary line at exit. The refusal
+    counters are also updated from the authenticator's thread, so they change under ``lock``."""
+
     messages: int = 0
     bytes: int = 0
     subscriptions: int = 0

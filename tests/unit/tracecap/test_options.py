@@ -29,7 +29,7 @@ def raises(message: str):
     return pytest.raises(OptionError, match=re.escape(message))
 
 
-# --- Tracee's capture_test.go / artifacts_test.go (tracee-capture.md §4.1) ---
+# --- cases from Tracee's capture_test.go and artifacts_test.go ---
 
 
 def test_defaults():
@@ -233,7 +233,7 @@ def test_path_filter_length_limit(kind: str):
         cap(f"{kind}={fifty}b*")
 
 
-# --- help-text examples (tracee-capture.md §1.4) ---
+# --- the examples of Tracee's --capture help text ---
 
 
 def test_help_exec():
