@@ -22,7 +22,7 @@ from tracecap.link import RCVHWM, BusLink
 from tracecap.stats import StatsFile
 from writers.budget import DiskBudget
 from writers.gaps import Gap, GapTracker
-from writers.outdir import Index
+from writers.index import Index
 from writers.ratelog import RateLimitedLog
 
 #: How long one poll waits; bounds both shutdown latency and the housekeeping period.

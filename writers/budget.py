@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from writers.outdir import DIR_FLAGS, Index
+from writers.index import Index
+from writers.outdir import DIR_FLAGS
 from writers.ratelog import RateLimitedLog
 
 #: Default free space kept on the output file system, whatever the limit: the traced system (and

@@ -18,8 +18,9 @@ from writers.budget import DiskBudget
 from writers.fileartifact import FileArtifact, syscalls
 from writers.fileio import FdCache, digest_fd, write_all
 from writers.gaps import Gap
+from writers.index import Index
 from writers.naming import container_dir, file_artifact_name
-from writers.outdir import Index, OutputDir
+from writers.outdir import OutputDir
 from writers.ratelog import RateLimitedLog
 
 DIRECTIONS = {"write": bus.TOPIC_FILE_WRITE, "read": bus.TOPIC_FILE_READ}

@@ -24,6 +24,7 @@ from tracecap import bus
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.fileio import sha256_of_fd, write_all
+from writers.index import INDEX_NAME, Index
 from writers.naming import container_dir, partial_name
 from writers.objectartifact import (
     MAX_COLLISIONS,
@@ -37,7 +38,7 @@ from writers.objectartifact import (
     final_names,
     read_lines,
 )
-from writers.outdir import FILE_MODE, INDEX_NAME, Index, OutputDir
+from writers.outdir import FILE_MODE, OutputDir
 from writers.ratelog import RateLimitedLog
 from writers.recent import RecentKeys
 

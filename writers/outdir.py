@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
-INDEX_NAME = "index.jsonl"
 
 #: Opening a directory of the tree: a symlink in its place fails (ELOOP) instead of being followed.
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -30,12 +27,12 @@ class UnsafePath(OSError):
     """Something in the output tree is not what tracecap would have created there."""
 
 
-def _check_component(name: str) -> None:
+def check_component(name: str) -> None:
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise ValueError(f"not a single path component: {name!r}")
 
 
-def _open_regular(name: str, flags: int, dir_fd: int) -> int:
+def open_regular(name: str, flags: int, dir_fd: int) -> int:
     """Open or create a regular file we own: refuses symlinks (ELOOP), FIFOs, devices, and
     hard links (a link to a file elsewhere would let us overwrite it), and forces 0640."""
     fd = os.open(name, flags | _FILE_FLAGS, FILE_MODE, dir_fd=dir_fd)
@@ -82,7 +79,7 @@ class OutputDir:
         fd = self._subdirs.get(name)
         if fd is not None:
             return fd
-        _check_component(name)
+        check_component(name)
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, DIR_MODE, dir_fd=self._fd)
         fd = os.open(name, DIR_FLAGS, dir_fd=self._fd)
@@ -103,7 +100,7 @@ class OutputDir:
         if not dirs:
             raise ValueError(f"{name!r} needs a directory under the output root")
         for part in (*dirs, name):
-            _check_component(part)
+            check_component(part)
         fd = self.dir_fd(dirs[0])
         owned: list[int] = []
         try:
@@ -113,7 +110,7 @@ class OutputDir:
                 fd = os.open(part, DIR_FLAGS, dir_fd=fd)
                 owned.append(fd)
             flags = os.O_RDWR | (os.O_APPEND if append else 0)
-            return _open_regular(name, flags, fd)
+            return open_regular(name, flags, fd)
         finally:
             for dir_fd in owned:
                 os.close(dir_fd)
@@ -126,48 +123,6 @@ class OutputDir:
         for fd in self._subdirs.values():
             os.close(fd)
         self._subdirs.clear()
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class Index:
-    """``index.jsonl``: one JSON object per line, the record of what was captured.
-
-    Each line goes out in a single ``write`` on an ``O_APPEND`` fd, so several writer processes can
-    share the file without interleaving inside a line. ``ensure_ascii`` escapes every control and
-    non-ASCII character, so no field, however hostile, can split or forge a line.
-    """
-
-    def __init__(self, out: OutputDir, name: str = INDEX_NAME) -> None:
-        _check_component(name)
-        self._fd = _open_regular(name, os.O_WRONLY | os.O_APPEND, out.root_fd)
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=True, sort_keys=True, allow_nan=False) + "\n"
-        data = line.encode("ascii")
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, f"short index write ({written} of {len(data)} bytes)")
-
-    def append_or_count(
-        self,
-        record: dict[str, Any],
-        counters: dict[str, int],
-        log: Callable[[str, str], None],
-        what: str,
-    ) -> bool:
-        """Append one line; a failure is counted (``index_errors``) and logged as ``what`` not
-        written, never raised: the writer goes on, and a later line may describe the same."""
-        try:
-            self.append(record)
-        except (OSError, ValueError) as exc:
-            counters["index_errors"] = counters.get("index_errors", 0) + 1
-            log("index_error", f"{what} not written: {exc}")
-            return False
-        return True
-
-    def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

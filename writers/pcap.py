@@ -45,6 +45,7 @@ from tracecap.text import text_fields
 from writers.base import Writer
 from writers.budget import DiskBudget
 from writers.fileio import FdCache, digest_fd, write_all
+from writers.index import Index
 from writers.naming import (
     comment_text,
     container_short,
@@ -52,7 +53,7 @@ from writers.naming import (
     pcap_container_name,
     pcap_process_name,
 )
-from writers.outdir import Index, OutputDir
+from writers.outdir import OutputDir
 from writers.pcapng import (
     HEAD_BYTES,
     SNAPLEN,

@@ -14,7 +14,8 @@ from tracecap import keys, kinds
 from tracecap.privileges import drop_privileges
 from writers.base import Subscriber, Writer
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
-from writers.outdir import Index, OutputDir
+from writers.index import Index
+from writers.outdir import OutputDir
 
 
 def writer_class(path: str) -> type[Writer]:

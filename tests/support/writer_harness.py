@@ -13,7 +13,8 @@ from typing import Any, Generic, TypeVar
 
 from tests.support.envelopes import message
 from writers.base import Writer
-from writers.outdir import INDEX_NAME, Index, OutputDir
+from writers.index import INDEX_NAME, Index
+from writers.outdir import OutputDir
 
 W = TypeVar("W", bound=Writer)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from writers.outdir import Index, OutputDir, UnsafePath, clear_out_dir
+from writers.index import Index
+from writers.outdir import OutputDir, UnsafePath, clear_out_dir
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ import zmq
 from tracecap import bus, kinds, privileges
 from tracecap.privileges import PrivilegeError, drop_privileges
 from writers.base import Writer
-from writers.outdir import Index, OutputDir
+from writers.index import Index
+from writers.outdir import OutputDir
 from writers.runner import WRITER_KINDS, run_writer, writer_class
 
 
@@ -112,7 +113,7 @@ def test_the_writer_kinds_are_the_registrys() -> None:
     assert list(WRITER_KINDS) == [kind.name for kind in kinds.KINDS]
 
 
-@pytest.mark.parametrize("path", ["writers.file:NoSuchWriter", "writers.outdir:Index"])
+@pytest.mark.parametrize("path", ["writers.file:NoSuchWriter", "writers.index:Index"])
 def test_a_class_path_that_is_not_a_writer_is_refused(path: str) -> None:
     with pytest.raises((AttributeError, TypeError)):
         writer_class(path)
