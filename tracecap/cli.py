@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import signal
+import socket
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from tracecap import kinds, options
 from tracecap.frontend import supervisor_conf
@@ -44,11 +45,20 @@ older forms: --trace for --scope (--trace event=NAME for --events), --output for
 """
 
 DEFAULT_RUN_DIR = "/run/tracecap"
+#: ``sun_path`` of ``struct sockaddr_un`` is 108 bytes; libzmq's ipc transport refuses a path
+#: that does not fit with its NUL (ENAMETOOLONG, ipc_address.cpp), as supervisord's bind would.
+SUN_PATH_MAX = 108
+#: The longest name of a socket in the run dir: ``supervisor.sock`` (supervisor_conf.render;
+#: the bus is ``bus.sock``). tests/unit/tracecap/test_cli.py checks the plan against it.
+LONGEST_SOCKET_NAME = len("supervisor.sock")
+#: The longest --run-dir whose sockets fit ``sun_path``: 91 bytes.
+MAX_RUN_DIR_BYTES = SUN_PATH_MAX - 1 - len("/") - LONGEST_SOCKET_NAME
 
 
 class UsageError(ValueError):
     """A command line the console script refuses (a missing or repeated flag, an unreadable
-    --config, a bad --run-dir or --ring-mb); ``main`` prints it and exits with 2."""
+    --config, a bad --run-dir or --ring-mb, a net=IFACE this host does not have); ``main``
+    prints it and exits with 2."""
 
 
 def split_own(argv: Sequence[str], own: dict[str, bool]) -> tuple[dict[str, list[str]], list[str]]:
@@ -82,7 +92,9 @@ def expand_config(found: dict[str, list[str]], rest: list[str]) -> list[str]:
     tokens: list[str] = []
     for path in found.get("--config", []):
         try:
-            with open(path, encoding="utf-8") as f:
+            # Undecodable bytes become surrogate escapes, as in argv: `tracecap run` writes a
+            # non-UTF-8 comm= or path filter into the options file its programs read this way.
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
                 text = f.read()
         except OSError as exc:
             raise UsageError(f"--config {path}: {exc.strerror}") from None
@@ -104,20 +116,44 @@ def parse_wait_for(values: list[str]) -> Counter[bytes]:
 
 
 def run_dir_of(found: dict[str, list[str]]) -> str:
+    """The --run-dir: absolute, short enough for its sockets (MAX_RUN_DIR_BYTES), and made of
+    characters supervisord's configuration file can carry (check_safe: ASCII, so characters are
+    bytes)."""
     run_dir = found.get("--run-dir", [DEFAULT_RUN_DIR])[0]
-    if not run_dir.startswith("/") or len(run_dir) > 80:
-        raise UsageError(f"--run-dir {run_dir!r}: expected an absolute path of at most 80 bytes")
     try:
-        return supervisor_conf.check_safe(run_dir, "--run-dir")
+        supervisor_conf.check_safe(run_dir, "--run-dir")
     except supervisor_conf.UnsafeValue as exc:
         raise UsageError(str(exc)) from None
+    if not run_dir.startswith("/"):
+        raise UsageError(f"--run-dir {run_dir!r}: expected an absolute path")
+    if len(run_dir) > MAX_RUN_DIR_BYTES:
+        raise UsageError(
+            f"--run-dir {run_dir!r} is {len(run_dir)} bytes: at most {MAX_RUN_DIR_BYTES}, so that "
+            f"its sockets ({run_dir}/supervisor.sock) fit a unix socket address "
+            f"({SUN_PATH_MAX} bytes with the NUL)"
+        )
+    return run_dir
 
 
 def ring_mb_of(found: dict[str, list[str]]) -> int:
-    ring_mb = found.get("--ring-mb", [str(options.DEFAULT_RING_MB)])[0]
-    if not ring_mb.isdecimal() or int(ring_mb) < 1 or int(ring_mb) & (int(ring_mb) - 1):
-        raise UsageError(f"--ring-mb {ring_mb!r}: expected a power of two (MiB)")
-    return int(ring_mb)
+    return options.parse_ring_mb(found.get("--ring-mb", [str(options.DEFAULT_RING_MB)])[0])
+
+
+def check_interfaces(
+    config: options.Config, index_of: Callable[[str], int] = socket.if_nametoindex
+) -> None:
+    """Refuse a net=IFACE this host does not have before anything starts (the collector would
+    find out only once supervisord had started it). ``index_of`` raises OSError for an unknown
+    name, as ``socket.if_nametoindex`` does."""
+    iface = config.pcap.iface
+    if iface is None:
+        return
+    try:
+        index_of(iface)
+    except OSError:
+        raise UsageError(
+            f"'net={iface}': no such network interface on this host (`ip link` lists them)"
+        ) from None
 
 
 def _config(argv: list[str]) -> options.Config:
@@ -148,9 +184,11 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--ring-mb": False})
         argv = expand_config(found, rest)
         config = _config(argv)
+        run_dir, ring_mb = run_dir_of(found), ring_mb_of(found)
+        check_interfaces(config)
         from tracecap.frontend.supervise import run
 
-        return run(config, argv, run_dir_of(found), ring_mb_of(found))
+        return run(config, argv, run_dir, ring_mb)
     if cmd == "collector":
         found, rest = split_own(
             rest, {"--config": True, "--run-dir": False, "--wait-for": True, "--ring-mb": False}

@@ -21,11 +21,34 @@ from typing import Generic, TypeVar
 
 from tracecap.kinds import BY_TOKEN, CAPTURE_TOKENS, EVENT_NAMES, SOURCES
 
-DEFAULT_DIR = "/tmp/tracecap"
+#: Root's, not world-writable /tmp: any local user could plant a symlink or a directory of their
+#: own at a predictable /tmp path before the first run (README "Where artifacts go").
+DEFAULT_DIR = "/var/lib/tracecap"
 DEFAULT_SNAPLEN = 96
 #: The file-contents ring buffer (``--ring-mb``), a power of two. 16 MiB lost no less than 8 in
 #: a 4 KiB flood and took the collector past its 60 MB target (measured, NOTES.md).
 DEFAULT_RING_MB = 8
+#: The largest ``--ring-mb``: the kernel takes a BPF ring buffer's size as ``max_entries``, a
+#: u32 that must be a power of two and a multiple of the page size (``ringbuf_map_alloc`` in
+#: kernel/bpf/ringbuf.c), so 2**31 bytes is the largest it can be; the kernel's own cap
+#: (``RINGBUF_MAX_DATA_SZ``, just under 64 GiB with 4 KiB pages) is above that. 4096 MiB would be
+#: 2**32, which a u32 cannot hold. Measured with BPF_MAP_CREATE on Linux 6.18 (x86_64): 2048 MiB
+#: is created, 2**31 + 4096 bytes and 3 MiB are refused (EINVAL). The kernel allocates the whole
+#: ring at once: the host must have that much free memory, or the collector's map creation
+#: fails with ENOMEM.
+MAX_RING_MB = 2048
+#: Linux's PATH_MAX counts the terminating NUL: a path given to a system call has at most
+#: PATH_MAX - 1 bytes.
+PATH_MAX = 4096
+#: Linux's longest file name (one path component).
+NAME_MAX = 255
+#: The longest path a writer builds under ``<dir>/out``: a container's directory (a 64-hex-digit
+#: id) and an artifact name, which writers/naming.py keeps within NAME_MAX. Pcap files
+#: (``pcap/processes/<cid11>/<name>``) are shorter.
+MAX_ARTIFACT_RELPATH = 64 + 1 + NAME_MAX
+#: The longest ``dir:`` (in bytes) whose every artifact path ``<dir>/out/<relpath>`` fits
+#: PATH_MAX, so that an analyst (or a tool given the full path) can open each of them.
+MAX_DIR_BYTES = PATH_MAX - 1 - len("/out/") - MAX_ARTIFACT_RELPATH
 #: Larger than any real frame (64 KiB IP + jumbo/GSO headroom); above it a number is a typo.
 MAX_SNAPLEN = 262144
 #: Tracee's ``file_*_path_filter`` maps hold three entries per direction.
@@ -80,6 +103,11 @@ SNAPLEN_FORMS = (
     f"default, headers, max, <N>b, <N>kb, <N>k (N a positive integer, at most {MAX_SNAPLEN} bytes)"
 )
 LIMIT_FORMS = "limit:<N>mb, limit:<N>gb (N a positive integer)"
+RING_MB_FORMS = f"a power of two from 1 to {MAX_RING_MB} (MiB)"
+DIR_FORMS = (
+    f"dir:/path, absolute, valid UTF-8, at most {MAX_DIR_BYTES} bytes with no name longer "
+    f"than {NAME_MAX} bytes"
+)
 
 _UINT = re.compile(r"[0-9]{1,20}")
 _IFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
@@ -320,15 +348,51 @@ def _limit(token: str, value: str) -> int:
 
 
 def _out_dir(token: str, value: str) -> str:
-    """Trailing slashes are dropped so that equal directories compare equal."""
+    """Trailing slashes are dropped so that equal directories compare equal.
+
+    The name must be UTF-8: tracecap names the directory in its messages, its logs and the
+    options file its programs read, all UTF-8 text, where other bytes show as ``\\xNN`` escapes
+    that cannot be typed back or matched against the real name. Its length is checked here
+    rather than by the first ``mkdir`` (ENAMETOOLONG, after supervisord started): no name over
+    NAME_MAX, and room under PATH_MAX for the longest artifact path (MAX_DIR_BYTES).
+    """
     if not value:
-        raise OptionError(f"capture output dir cannot be empty: {token!r} (accepted: dir:/path)")
+        raise OptionError(f"capture output dir cannot be empty: {token!r} (accepted: {DIR_FORMS})")
     if not value.startswith("/"):
         raise OptionError(
-            f"capture output dir must be an absolute path: {token!r} (accepted: dir:/path)"
+            f"capture output dir must be an absolute path: {token!r} (accepted: {DIR_FORMS})"
         )
-    _encode(value, token, "dir:/path")
-    return value.rstrip("/") or "/"
+    raw = _encode(value, token, DIR_FORMS).rstrip(b"/") or b"/"
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        shown = raw.decode("utf-8", "backslashreplace")
+        raise OptionError(
+            f"capture output dir is not valid UTF-8: 'dir:{shown}' has byte "
+            f"{raw[exc.start]:#04x} at offset {exc.start}; tracecap names the directory in its "
+            f"messages, logs and options file, which are UTF-8 text (accepted: {DIR_FORMS})"
+        ) from None
+    longest = max(raw.split(b"/"), key=len)
+    if len(longest) > NAME_MAX:
+        raise OptionError(
+            f"capture output dir has a name of {len(longest)} bytes, over the {NAME_MAX} the "
+            f"kernel allows: 'dir:{text[:60]}...' (accepted: {DIR_FORMS})"
+        )
+    if len(raw) > MAX_DIR_BYTES:
+        raise OptionError(
+            f"capture output dir is {len(raw)} bytes: with its artifact paths (up to "
+            f"{len('/out/') + MAX_ARTIFACT_RELPATH} bytes more) it would pass PATH_MAX "
+            f"({PATH_MAX}): 'dir:{text[:60]}...' (accepted: {DIR_FORMS})"
+        )
+    return text
+
+
+def parse_ring_mb(value: str) -> int:
+    """The ``--ring-mb`` value: a power of two from 1 to MAX_RING_MB (see there for why)."""
+    size = _uint(value)
+    if size is None or not 1 <= size <= MAX_RING_MB or size & (size - 1):
+        raise OptionError(f"--ring-mb {value!r}: expected {RING_MB_FORMS}")
+    return size
 
 
 def _iface(token: str, value: str) -> str:

@@ -190,3 +190,102 @@ def test_the_usage_names_every_command_and_writer_kind(capsys):
 def test_every_command_is_known(capsys, command):
     assert main([command, "--no-such-flag"]) == 2
     assert "unknown command" not in capsys.readouterr().err
+
+
+# --- limits checked before anything starts ---
+
+
+@pytest.mark.parametrize("command", ["run", "collector"])
+def test_ring_mb_above_what_a_bpf_ring_can_be_exits_2(capsys, command):
+    check_refused(capsys, [command, "--ring-mb", "4096"], "--ring-mb '4096'", "from 1 to 2048")
+
+
+def test_run_with_non_utf8_dir_exits_2(capsys):
+    check_refused(capsys, ["run", "--capture", "dir:/srv/\udcff"], "not valid UTF-8", "0xff")
+
+
+def test_run_with_dir_past_path_max_exits_2(capsys):
+    too_long = "/" + "/".join(["d" * 200] * 19)
+    check_refused(capsys, ["run", "--capture", f"dir:{too_long}"], "PATH_MAX (4096)")
+
+
+def test_run_dir_length_is_bounded_by_sun_path(capsys):
+    longest = "/run/" + "r" * (cli.MAX_RUN_DIR_BYTES - len("/run/"))
+    assert cli.run_dir_of({"--run-dir": [longest]}) == longest
+    err = check_refused(capsys, ["status", "--run-dir", longest + "r"], f"{cli.MAX_RUN_DIR_BYTES}")
+    assert "unix socket address (108 bytes" in err
+
+
+def test_the_longest_run_dir_has_sockets_that_fit_sun_path():
+    """MAX_RUN_DIR_BYTES assumes supervisor.sock is the longest socket name: check the plan."""
+    import re
+
+    from tracecap.frontend.plan import make_plan
+
+    run_dir = "/" + "r" * (cli.MAX_RUN_DIR_BYTES - 1)
+    plan = make_plan(options.parse_args(["--capture", "write"]), [], run_dir, exe="/x/tracecap")
+    sockets = re.findall(r"(?:unix://)?(/[^\s;]*\.sock)\b", plan.supervisord_conf)
+    sockets.append(plan.bus_endpoint.removeprefix("ipc://"))
+    assert {s.rsplit("/", 1)[1] for s in sockets} == {"supervisor.sock", "bus.sock"}
+    for path in sockets:
+        assert len(path.encode()) <= cli.SUN_PATH_MAX - 1, path
+    assert max(len(path) for path in sockets) == cli.SUN_PATH_MAX - 1
+
+
+@pytest.mark.parametrize(
+    "run_dir", ["run/tracecap", "/run/trace cap", "/run/tracecap\n", "/run/é", ""]
+)
+def test_run_dir_must_be_absolute_and_safe(capsys, run_dir):
+    check_refused(capsys, ["status", "--run-dir", run_dir], "--run-dir")
+
+
+def test_check_interfaces_asks_only_for_net_iface():
+    asked: list[str] = []
+
+    def index_of(name: str) -> int:
+        asked.append(name)
+        return 7
+
+    cli.check_interfaces(options.parse_args(["--capture", "network"]), index_of)
+    assert asked == []
+    cli.check_interfaces(options.parse_args(["--capture", "net=eth0"]), index_of)
+    assert asked == ["eth0"]
+
+
+def test_check_interfaces_refuses_an_unknown_interface():
+    def index_of(name: str) -> int:
+        raise OSError("no interface with this name")
+
+    with pytest.raises(UsageError, match="'net=eth9': no such network interface on this host"):
+        cli.check_interfaces(options.parse_args(["--capture", "net=eth9"]), index_of)
+
+
+def test_run_with_absent_interface_exits_2(capsys):
+    import socket
+
+    name = "tcnoif0"
+    with pytest.raises(OSError):
+        socket.if_nametoindex(name)
+    check_refused(capsys, ["run", "--capture", f"net={name}"], f"'net={name}': no such network")
+
+
+def test_run_with_loopback_interface_reaches_the_front_end(monkeypatch):
+    started: list[tuple] = []
+    monkeypatch.setattr(tracecap.frontend.supervise, "run", lambda *args: started.append(args))
+    main(["run", "--capture", "net=lo", "--ring-mb", "2048"])
+    [(config, _argv, run_dir, ring_mb)] = started
+    assert (config.pcap.iface, run_dir, ring_mb) == ("lo", cli.DEFAULT_RUN_DIR, 2048)
+
+
+def test_config_file_keeps_non_utf8_bytes_as_argv_does(tmp_path):
+    """`tracecap run` writes its options (argv, surrogate escapes and all) into a file its
+    programs read with --config: a non-UTF-8 comm= or path filter must survive the trip."""
+    from tracecap.frontend.plan import options_text
+
+    argv = ["--scope", "comm=\udcff\udcfe", "--capture", "write=/tmp/\udce9*"]
+    path = tmp_path / "options.conf"
+    path.write_text(options_text(argv), encoding="utf-8", errors="surrogateescape")
+    assert cli.expand_config({"--config": [str(path)]}, []) == argv
+    config = options.parse_args(argv)
+    assert config.scope.comm == (b"\xff\xfe",)
+    assert config.write.paths == (b"/tmp/\xe9",)

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tracecap import options
 from tracecap.options import (
     EVENT_NAMES,
     FileCapture,
@@ -36,8 +37,8 @@ def test_defaults():
     config = parse_args([])
     assert config.kinds() == ()
     assert config.topics() == ()
-    assert config.dir == "/tmp/tracecap"
-    assert config.out_dir == "/tmp/tracecap/out"
+    assert config.dir == "/var/lib/tracecap"
+    assert config.out_dir == "/var/lib/tracecap/out"
     assert not config.clear_dir
     assert config.limit_bytes is None
     assert config.pcap == PcapCapture()
@@ -93,7 +94,7 @@ def test_single_flag(kind: str):
     config = cap(kind)
     assert getattr(config, kind) is True
     assert config.kinds() == (kind,)
-    assert config.out_dir == "/tmp/tracecap/out"
+    assert config.out_dir == "/var/lib/tracecap/out"
 
 
 @pytest.mark.parametrize("kind", ["write", "read"])
@@ -101,7 +102,7 @@ def test_file_flag(kind: str):
     config = cap(kind)
     assert getattr(config, kind) == FileCapture(enabled=True)
     assert config.kinds() == (kind,)
-    assert config.out_dir == "/tmp/tracecap/out"
+    assert config.out_dir == "/var/lib/tracecap/out"
 
 
 def test_network():
@@ -697,3 +698,110 @@ def test_expand_config_file_only_raises_option_error(text: str):
     except OptionError:
         return
     assert all(isinstance(token, str) for token in tokens)
+
+
+# --- limits checked before anything starts: dir: encoding and lengths, --ring-mb ---
+
+
+def test_dir_not_utf8_is_refused_naming_the_byte():
+    # argv's undecodable bytes arrive as surrogate escapes (b"\xff" is "\udcff")
+    with raises(
+        "capture output dir is not valid UTF-8: 'dir:/srv/a\\xff' has byte 0xff at offset 6"
+    ):
+        cap("dir:/srv/a\udcff")
+
+
+def test_dir_utf8_beyond_ascii_is_kept():
+    assert cap("dir:/srv/café/").dir == "/srv/café"
+    assert cap("dir:/srv/café").out_dir == "/srv/café/out"
+
+
+def test_dir_escaped_bytes_that_form_utf8_are_that_text():
+    # b"\xc3\xa9" typed in a non-UTF-8 locale: the bytes on disk are UTF-8 "é"
+    assert cap("dir:/srv/caf\udcc3\udca9").dir == "/srv/café"
+
+
+def test_dir_name_longer_than_name_max_is_refused():
+    assert cap("dir:/srv/" + "n" * options.NAME_MAX).dir == "/srv/" + "n" * options.NAME_MAX
+    with raises(f"capture output dir has a name of {options.NAME_MAX + 1} bytes, over the 255"):
+        cap("dir:/srv/" + "n" * (options.NAME_MAX + 1))
+
+
+def test_dir_name_max_counts_bytes_not_characters():
+    with raises("capture output dir has a name of 256 bytes"):
+        cap("dir:/srv/" + "é" * 128)
+
+
+def _path_of_length(size: int) -> str:
+    """An absolute path of exactly ``size`` bytes made of 200-byte names."""
+    parts, left = [], size
+    while left > 201:
+        parts.append("d" * 200)
+        left -= 201
+    parts.append("e" * (left - 1))
+    return "/" + "/".join(parts)
+
+
+def test_dir_and_its_longest_artifact_path_fit_path_max():
+    longest = _path_of_length(options.MAX_DIR_BYTES)
+    assert len(longest) == options.MAX_DIR_BYTES
+    assert cap(f"dir:{longest}").dir == longest
+    artifact = f"{longest}/out/{'c' * 64}/{'a' * options.NAME_MAX}"
+    assert len(artifact.encode()) == options.PATH_MAX - 1
+    too_long = _path_of_length(options.MAX_DIR_BYTES + 1)
+    with raises(f"capture output dir is {options.MAX_DIR_BYTES + 1} bytes: with its artifact"):
+        cap(f"dir:{too_long}")
+    with raises(f"PATH_MAX ({options.PATH_MAX})"):
+        cap(f"dir:{too_long}")
+
+
+def test_max_artifact_relpath_covers_what_the_writers_name():
+    """MAX_DIR_BYTES rests on writers/naming.py: check the longest names it makes."""
+    from writers import naming
+
+    assert naming.NAME_MAX == options.NAME_MAX
+    cid = "f" * 64
+    assert naming.container_dir(cid) == cid
+    hostile = b"\xff" * 4000
+    longest_names = [
+        naming.exec_artifact_name(2**64 - 1, b"/" + hostile, memfd=True),
+        naming.exec_artifact_name(2**64 - 1, b"/memfd:" + hostile, memfd=True),
+        naming.bpf_artifact_name(hostile, 2**32, "0" * 64),
+        naming.module_artifact_name(2**64 - 1, 2**64 - 1, 2**32, "0" * 64),
+        naming.mem_artifact_name(2**32, 2**64 - 1),
+        naming.file_artifact_name("write", 2**64 - 1, 2**64 - 1, 2**32),
+    ]
+    for name in longest_names:
+        # the writer may add ".<n>" on a collision, within COLLISION_ROOM
+        assert len(name.encode()) + naming.COLLISION_ROOM <= options.NAME_MAX, name
+        assert len(f"{cid}/{name}".encode()) <= options.MAX_ARTIFACT_RELPATH
+    pcap = "/".join(
+        (
+            "pcap",
+            "processes",
+            naming.container_short(cid),
+            naming.pcap_process_name(b"\xff" * 16, 2**32, 2**64 - 1),
+        )
+    )
+    assert len(pcap.encode()) <= options.MAX_ARTIFACT_RELPATH
+
+
+@pytest.mark.parametrize(("value", "size"), [("1", 1), ("8", 8), ("08", 8), ("2048", 2048)])
+def test_ring_mb(value: str, size: int):
+    assert options.parse_ring_mb(value) == size
+
+
+@pytest.mark.parametrize(
+    "value", ["0", "3", "4096", "8192", "2**31", "", "+8", " 8", "8 ", "²", "٨", "1_024", "99" * 20]
+)
+def test_ring_mb_invalid(value: str):
+    with raises(f"--ring-mb {value!r}: expected a power of two from 1 to 2048 (MiB)"):
+        options.parse_ring_mb(value)
+
+
+def test_ring_mb_max_is_the_largest_power_of_two_a_u32_holds():
+    """max_entries of BPF_MAP_CREATE is a u32: the next power of two would not fit."""
+    size = options.MAX_RING_MB << 20
+    assert size == 2**31
+    assert size < 2**32 <= size * 2
+    assert size & (size - 1) == 0
