@@ -1,7 +1,9 @@
 """`tracecap tap`: print the bus as JSON lines, for people and for scripts.
 
 Kernel strings are bytes on the bus; here they become text with invalid bytes escaped
-(``\\xNN``), so every line is valid JSON whatever a process named itself.
+(``\\xNN``), so every line is valid JSON whatever a process named itself. An ipc endpoint this
+user may not open is reported at once (exit 77) rather than waited on in silence, and a missing
+one as "no collector" (exit 1): see tracecap/tools/reach.py.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -16,6 +19,7 @@ import zmq
 from tracecap import bus
 from tracecap.privileges import drop_privileges
 from tracecap.text import text_field
+from tracecap.tools.reach import Unreachable, diagnose
 
 
 def jsonable(value: Any) -> Any:
@@ -34,8 +38,17 @@ def tap_line(msg: bus.Message) -> str:
     return json.dumps(record, sort_keys=True)
 
 
-def tap(endpoint: str, topics: list[bytes]) -> int:
+def tap(
+    endpoint: str,
+    topics: list[bytes],
+    reach: Callable[[str], Unreachable | None] = diagnose,
+) -> int:
     drop_privileges()
+    # After the drop: the question is whether the user tap runs as can open the socket.
+    problem = reach(endpoint)
+    if problem is not None:
+        print(f"tracecap tap: {problem.message}", file=sys.stderr)
+        return problem.status
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.setsockopt(zmq.MAXMSGSIZE, bus.MAX_PAYLOAD_BYTES + bus.MAX_ENVELOPE_BYTES + 4096)
