@@ -38,6 +38,12 @@ fi
 install -d -m 2750 -o root -g tracecap /run/tracecap
 install -d -m 0750 -o tracecap -g tracecap /run/tracecap/stats
 
+# The default output root (tracecap/options.py DEFAULT_DIR): root's, so that no other user can
+# prepare or redirect it; group tracecap may pass through to out/, which the writers own (the
+# static deployment starts them without `tracecap run`, which would otherwise create out/).
+install -d -m 0750 -o root -g tracecap /var/lib/tracecap
+install -d -m 0750 -o tracecap -g tracecap /var/lib/tracecap/out
+
 # The configuration the static deployment (supervisord.conf) reads; a local edit is kept.
 install -d -m 0755 /etc/tracecap
 [ -f /etc/tracecap/tracecap.conf ] || install -m 0644 conf/tracecap.conf /etc/tracecap/tracecap.conf

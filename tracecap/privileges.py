@@ -8,6 +8,8 @@ import grp
 import os
 import pwd
 
+from tracecap.fsutil import ancestor_problem, walk
+
 _PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -16,7 +18,8 @@ class PrivilegeError(RuntimeError):
 
 
 class RunDirError(RuntimeError):
-    """The run directory is not a directory we made (a symlink or a file in its place)."""
+    """The run directory is not one root alone controls (a symlink, a file, or another user's
+    directory on the way)."""
 
 
 def drop_privileges(user: str = "tracecap") -> None:
@@ -58,19 +61,28 @@ def set_no_new_privs() -> None:
 
 
 def prepare_run_dir(run_dir: str, group: str = "tracecap") -> None:
-    """Create the run directory: setgid, group ``tracecap``, no access for others.
+    """Create the run directory: root's, setgid, group ``tracecap``, no access for others.
 
     The ipc socket inherits the group, so unprivileged writers in that group can connect and
-    nobody else can.
+    nobody else can. Every directory on the way is opened without following a symlink and must
+    be root's and writable by root alone (``/run`` is); the run directory itself is changed with
+    ``fchown``/``fchmod`` on the descriptor that was checked.
     """
-    os.makedirs(run_dir, exist_ok=True)
     try:
         gid = grp.getgrnam(group).gr_gid
     except KeyError:
         gid = -1
-    st = os.lstat(run_dir)
-    if not os.path.isdir(run_dir) or os.path.islink(run_dir):
-        raise RunDirError(f"{run_dir} is not a directory")
-    if gid >= 0 and st.st_gid != gid:
-        os.chown(run_dir, -1, gid)
-    os.chmod(run_dir, 0o2750)
+    try:
+        directory, steps = walk(run_dir, create_mode=0o755, last_mode=0o2750)
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"run directory {run_dir}: {exc}") from None
+    with directory:
+        for step in steps:
+            problem = None if step.created else ancestor_problem(step.st)
+            if step is steps[-1] and problem and step.st.st_uid == 0:
+                problem = None  # its own group and mode are set just below
+            if problem:
+                raise RunDirError(f"run directory {run_dir}: {step.path} {problem}")
+        if gid >= 0 and steps[-1].st.st_gid != gid:
+            directory.chown(-1, gid)
+        directory.chmod(0o2750)

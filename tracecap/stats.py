@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import os
 from typing import Any
 
+from tracecap.fsutil import UnsafePath, read_bounded, walk
 from tracecap.text import safe_component
+
+#: A stats file is a few hundred bytes; anything larger is not one.
+MAX_STATS_BYTES = 1 << 20
 
 
 class StatsFile:
@@ -21,14 +25,10 @@ class StatsFile:
         self._tmp = f".{self.name}.{os.getpid()}.tmp"
 
     def read(self) -> dict[str, Any] | None:
-        """What a previous process of this writer left (a restart continues its counters)."""
+        """What a previous process of this writer left (a restart continues its counters);
+        None if there is nothing usable (missing, planted link or FIFO, too large, not JSON)."""
         try:
-            fd = os.open(self.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dir_fd)
-        except OSError:
-            return None
-        try:
-            with os.fdopen(fd, "rb") as f:
-                data = json.loads(f.read(1 << 20))
+            data = json.loads(read_bounded(self._dir_fd, self.name, MAX_STATS_BYTES))
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
@@ -51,10 +51,49 @@ class StatsFile:
             self._dir_fd = -1
 
 
+def stats_file_name(name: str) -> bool:
+    """Whether ``name`` in the stats directory is a writer's stats file (not a temporary)."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
 def read_writer_stats(stats_dir: str) -> dict[str, dict[str, Any]]:
+    """Every writer's counters, keyed ``writer-<name>``; one that cannot be read gets
+    ``{"unreadable": why}`` instead, so that a planted file shows rather than vanishes.
+
+    Root runs this on a directory the writers' user owns: the directory is reached without
+    following a symlink, and each file is opened ``O_NOFOLLOW | O_NONBLOCK`` and read only if
+    it is a regular file of at most ``MAX_STATS_BYTES`` (a FIFO would hang ``tracecap status``
+    and ``tracecap run``'s summary; a symlink would make root read what it points to).
+    """
     out: dict[str, dict[str, Any]] = {}
-    with contextlib.suppress(OSError):
-        for name in sorted(os.listdir(stats_dir)):
-            with contextlib.suppress(OSError, ValueError), open(os.path.join(stats_dir, name)) as f:
-                out[name.removesuffix(".json")] = json.load(f)
+    try:
+        parent, _ = walk(stats_dir)
+    except (OSError, ValueError):
+        return out
+    with parent:
+        try:
+            names = parent.names()
+        except OSError:
+            return out
+        for name in filter(stats_file_name, names):
+            key = name.removesuffix(".json")
+            try:
+                data = json.loads(read_bounded(parent.fd, name, MAX_STATS_BYTES))
+            except FileNotFoundError:
+                continue  # replaced between the listing and the open
+            except (OSError, ValueError) as exc:
+                out[key] = {"unreadable": unreadable_reason(exc)}
+                continue
+            out[key] = data if isinstance(data, dict) else {"unreadable": "not a JSON object"}
     return out
+
+
+def unreadable_reason(exc: Exception) -> str:
+    """The text ``tracecap status`` shows for a stats file it did not read."""
+    if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
+        return "a symlink (not followed)"
+    if isinstance(exc, UnsafePath):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return f"not JSON: {exc}"

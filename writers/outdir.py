@@ -2,8 +2,10 @@
 
 The output tree is writable by the writer's user and may be shared with whoever else can write
 there; a symlink or FIFO planted under a predictable artifact name must not redirect or stall a
-writer. Opening the root once and creating everything relative to it, one component at a time
-with ``O_NOFOLLOW``, is the portable stand-in for ``openat2(RESOLVE_BENEATH)`` that Python lacks.
+writer. The root is opened once and everything is created relative to it, one component at a
+time through ``tracecap.fsutil`` (``openat2(RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH)``, or
+``O_NOFOLLOW`` where the kernel lacks it), and a directory is used only if it is ours and
+nobody else can write into it.
 """
 
 from __future__ import annotations
@@ -14,22 +16,55 @@ import os
 import stat
 from collections.abc import Sequence
 
+from tracecap.fsutil import (
+    DIR_FLAGS,
+    UnsafePath,
+    check_component,
+    default_opener,
+    owned_dir_problem,
+    walk,
+)
+
+__all__ = [
+    "DIR_FLAGS",
+    "DIR_MODE",
+    "FILE_MODE",
+    "OutputDir",
+    "UnsafePath",
+    "check_component",
+    "clear_out_dir",
+    "open_regular",
+]
+
 DIR_MODE = 0o750
 FILE_MODE = 0o640
 
-#: Opening a directory of the tree: a symlink in its place fails (ELOOP) instead of being followed.
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK so that a FIFO planted under an artifact name fails (ENXIO) instead of blocking.
 _FILE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
-class UnsafePath(OSError):
-    """Something in the output tree is not what tracecap would have created there."""
-
-
-def check_component(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise ValueError(f"not a single path component: {name!r}")
+def open_tree_dir(parent_fd: int, name: str, path: str) -> int:
+    """Open (creating if missing) the directory ``name`` of the tree, refusing one we would
+    not have made: a symlink in its place (ELOOP), another user's, or one that others can write
+    into or that is setgid (its files would be readable by its group). Such a directory is never
+    reused: whoever prepared it could read or replace what we write there."""
+    check_component(name)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, DIR_MODE, dir_fd=parent_fd)
+    try:
+        fd = default_opener().open(parent_fd, name, DIR_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePath(exc.errno, f"{path} is a symlink or not a directory") from None
+        raise
+    try:
+        problem = owned_dir_problem(os.fstat(fd), (os.geteuid(),))
+        if problem:
+            raise UnsafePath(errno.EPERM, f"{path} {problem}: not reused")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_regular(name: str, flags: int, dir_fd: int) -> int:
@@ -58,16 +93,15 @@ class OutputDir:
 
     def __init__(self, out_dir: str) -> None:
         self.path = out_dir
-        created = not os.path.lexists(out_dir)
-        os.makedirs(out_dir, mode=DIR_MODE, exist_ok=True)
+        parent, name = os.path.split(os.path.abspath(out_dir))
+        os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
+        self._fd = -1
+        parent_fd = os.open(parent, DIR_FLAGS)
         try:
-            self._fd = os.open(out_dir, DIR_FLAGS)
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                raise UnsafePath(exc.errno, f"output directory {out_dir!r} is a symlink") from None
-            raise
-        if created:
-            os.fchmod(self._fd, DIR_MODE)
+            self._fd = open_tree_dir(parent_fd, name, out_dir)
+        finally:
+            os.close(parent_fd)
+        os.fchmod(self._fd, DIR_MODE)
         self._subdirs: dict[str, int] = {}
 
     @property
@@ -75,14 +109,12 @@ class OutputDir:
         return self._fd
 
     def dir_fd(self, name: str) -> int:
-        """The fd of a direct subdirectory, created if missing; a planted symlink raises ELOOP."""
+        """The fd of a direct subdirectory, created if missing; a planted symlink or a
+        directory another user prepared raises ``UnsafePath`` (see ``open_tree_dir``)."""
         fd = self._subdirs.get(name)
         if fd is not None:
             return fd
-        check_component(name)
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, DIR_MODE, dir_fd=self._fd)
-        fd = os.open(name, DIR_FLAGS, dir_fd=self._fd)
+        fd = open_tree_dir(self._fd, name, os.path.join(self.path, name))
         self._subdirs[name] = fd
         return fd
 
@@ -104,10 +136,8 @@ class OutputDir:
         fd = self.dir_fd(dirs[0])
         owned: list[int] = []
         try:
-            for part in dirs[1:]:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, DIR_MODE, dir_fd=fd)
-                fd = os.open(part, DIR_FLAGS, dir_fd=fd)
+            for depth, part in enumerate(dirs[1:], start=2):
+                fd = open_tree_dir(fd, part, os.path.join(self.path, *dirs[:depth]))
                 owned.append(fd)
             flags = os.O_RDWR | (os.O_APPEND if append else 0)
             return open_regular(name, flags, fd)
@@ -131,34 +161,14 @@ class OutputDir:
 def clear_out_dir(out_dir: str) -> None:
     """Empty ``out_dir`` for ``--capture clear-dir`` without ever following a symlink.
 
-    A symlink inside the tree is unlinked itself; its target, wherever it points, is untouched.
-    A missing ``out_dir`` is already empty; a symlinked ``out_dir`` is refused.
+    Every entry is removed through its directory's fd (``tracecap.fsutil.Dir.clear``): a
+    symlink inside the tree is unlinked itself and its target, wherever it points, is untouched;
+    a mount point inside is refused. A missing ``out_dir`` is already empty; a symlink anywhere
+    on its path is refused.
     """
     try:
-        root = os.open(out_dir, DIR_FLAGS)
+        root, _ = walk(os.path.abspath(out_dir))
     except FileNotFoundError:
         return
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(exc.errno, f"output directory {out_dir!r} is a symlink") from None
-        raise
-
-    def _raise(exc: OSError) -> None:
-        raise exc
-
-    try:
-        # Bottom-up, so each directory is empty by the time its parent removes it. fwalk never
-        # descends through a symlink when follow_symlinks is False, but it lists symlinks to
-        # directories among dirnames: rmdir refuses those (ENOTDIR) and unlink removes the link.
-        for _, dirnames, filenames, dirfd in os.fwalk(
-            ".", topdown=False, onerror=_raise, follow_symlinks=False, dir_fd=root
-        ):
-            for name in filenames:
-                os.unlink(name, dir_fd=dirfd)
-            for name in dirnames:
-                try:
-                    os.rmdir(name, dir_fd=dirfd)
-                except NotADirectoryError:
-                    os.unlink(name, dir_fd=dirfd)
-    finally:
-        os.close(root)
+    with root:
+        root.clear()

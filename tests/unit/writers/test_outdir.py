@@ -221,3 +221,33 @@ def test_an_index_line_that_cannot_be_written_is_counted_and_logged(
     assert logged[0][1].startswith("path: record not written: ")
     assert logged[1][1].startswith("gap not written: ")
     assert (tmp_path / "out" / "index.jsonl").read_text().splitlines() == ['{"a": 1}']
+
+
+@pytest.mark.parametrize("mode", [0o2750, 0o770, 0o757])
+def test_an_unsafe_container_directory_is_not_reused(
+    out: OutputDir, tmp_path: Path, mode: int
+) -> None:
+    host = tmp_path / "out" / "host"
+    host.mkdir()
+    host.chmod(mode)
+    with pytest.raises(UnsafePath, match="not reused"):
+        out.open_artifact("host", "f", append=False)
+    assert list(host.iterdir()) == []
+
+
+def test_a_directory_of_another_user_is_not_reused(out: OutputDir, tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a directory to another user needs root")
+    nested = tmp_path / "out" / "pcap" / "processes"
+    nested.mkdir(parents=True, mode=0o750)
+    os.chown(nested, 65534, 65534)
+    with pytest.raises(UnsafePath, match="is owned by uid 65534"):
+        out.open_file(("pcap", "processes", "host"), "a.pcap", append=True)
+    assert list(nested.iterdir()) == []
+
+
+def test_an_unsafe_output_root_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out").chmod(0o2770)
+    with pytest.raises(UnsafePath, match="not reused"):
+        OutputDir(str(tmp_path / "out"))
