@@ -1,7 +1,9 @@
 """The collector's end of the bus: one XPUB socket on ipc, group-readable, never on the network.
 
 XPUB rather than PUB because it reports subscriptions: the collector waits until the writers it
-needs have subscribed before it attaches any probe, so nothing is published into the void.
+needs have subscribed before it attaches any probe, so nothing is published into the void. Each
+report names its connection, which is how a subscriber that floods subscriptions or stops
+reading is found and disconnected (collector/subscribers.py).
 """
 
 from __future__ import annotations
@@ -9,13 +11,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import pwd
 import secrets
 import time
 from collections import Counter, deque
+from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
+from collector.subscribers import MAX_PREFIX_BYTES, KernelSocketOps, SocketOps, Subscribers
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
 
@@ -36,6 +41,15 @@ SEND_HWM = 200_000
 BACKLOG_BYTES = 16 * 1024 * 1024
 #: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
 ZERO_COPY_MIN = 65536
+#: Past this much of BACKLOG_BYTES, a subscriber whose socket takes nothing more is what holds
+#: the payloads: it is disconnected after subscribers.STALL_NS rather than make every
+#: subscriber of the topic lose the next payloads (writers' uid excepted, see subscribers.py).
+PRESSURE_BYTES = BACKLOG_BYTES // 4
+#: The largest frame a peer may send (a subscription is one byte and its prefix; a SUB's
+#: handshake frame is 25 bytes). libzmq drops a connection that sends a longer one.
+MAX_INBOUND_BYTES = MAX_PREFIX_BYTES + 16
+#: (Un)subscriptions read from the socket in one call, so that a flood cannot hold the loop.
+MAX_FRAMES_PER_POLL = 4096
 
 
 class BusError(RuntimeError):
@@ -48,10 +62,20 @@ class Publisher:
     """The one XPUB socket of a run and the only thing that sends on the bus. It stamps every
     envelope with the bus version, the run's epoch and a per-topic seq (so a subscriber sees any
     drop as a gap), never blocks on a send, and keeps the payload bytes ZeroMQ holds under
-    BACKLOG_BYTES.
-    It holds ``collector.lock`` in the run directory until ``close``."""
+    BACKLOG_BYTES. ``maintain`` keeps each subscriber within its bounds (Subscribers).
+    It holds ``collector.lock`` in the run directory until ``close``.
 
-    def __init__(self, run_dir: str, epoch: int | None = None) -> None:
+    ``exempt_uids`` are never disconnected for being slow (default: the ``tracecap`` user's, the
+    writers'); ``socket_ops`` is the kernel access on the peers' sockets (faked in tests)."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        epoch: int | None = None,
+        *,
+        exempt_uids: Iterable[int] | None = None,
+        socket_ops: SocketOps | None = None,
+    ) -> None:
         try:
             prepare_run_dir(run_dir)
         except RunDirError as exc:
@@ -68,7 +92,10 @@ class Publisher:
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
-        self._sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        # VERBOSER: every subscription and unsubscription of every connection is passed up,
+        # each with its connection's metadata (collector/subscribers.py)
+        self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         # at a stop under load, a slow writer may still be taking what was sent; supervisord
         # stops writers only after the collector has exited, and kills after 30 s
         self._sock.setsockopt(zmq.LINGER, 25_000)
@@ -79,7 +106,9 @@ class Publisher:
             os.umask(old)
         self.epoch = epoch if epoch is not None else secrets.randbits(63)
         self._seq: Counter[bytes] = Counter()
-        self.subscriptions: Counter[bytes] = Counter()
+        if exempt_uids is None:
+            exempt_uids = _writers_uid()
+        self.peers = Subscribers(socket_ops or KernelSocketOps(), exempt_uids)
         self.sent_messages = 0
         self.sent_bytes = 0
         self.dropped_messages = 0
@@ -87,17 +116,29 @@ class Publisher:
         self._backlog: deque[tuple[zmq.MessageTracker, int]] = deque()
         self._backlog_bytes = 0
 
+    @property
+    def subscriptions(self) -> Counter[bytes]:
+        """Live subscriptions per prefix that can match a topic (the others match nothing)."""
+        return self.peers.counts
+
     def poll_subscriptions(self) -> None:
         """Read pending (un)subscription frames; they tell who is listening to what."""
-        while True:
+        now = time.monotonic_ns()
+        for _ in range(MAX_FRAMES_PER_POLL):
             try:
-                frame = self._sock.recv(zmq.NOBLOCK)
+                frame = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if frame[:1] == b"\x01":
-                self.subscriptions[frame[1:]] += 1
-            elif frame[:1] == b"\x00" and self.subscriptions[frame[1:]] > 0:
-                self.subscriptions[frame[1:]] -= 1
+            fd, pid = _origin(frame)
+            self.peers.on_frame(frame.bytes, fd, pid, now)
+
+    def maintain(self) -> None:
+        """Take pending (un)subscriptions and check the subscribers' sockets: cheap enough for
+        every turn of the collector's loop (one getsockopt; a sample at most every
+        subscribers.SAMPLE_NS)."""
+        if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            self.poll_subscriptions()
+        self.peers.sample(time.monotonic_ns(), self.backlog_bytes() >= PRESSURE_BYTES)
 
     def subscribers(self, topic: bytes) -> int:
         """Subscriptions that receive ``topic`` (a prefix subscription covers it too)."""
@@ -168,6 +209,32 @@ class Publisher:
         """Messages published so far per topic (the next seq of each)."""
         return {t.decode("ascii", "backslashreplace"): n for t, n in self._seq.items()}
 
+    def peer_stats(self) -> dict[str, Any]:
+        """The subscribers' part of the ``stats.`` message (bounded, see Subscribers.stats)."""
+        return self.peers.stats()
+
     def close(self) -> None:
         self._sock.close()
         os.close(self._lock)
+
+
+def _origin(frame: zmq.Frame) -> tuple[int | None, int | None]:
+    """The connection a frame came from: its socket's fd in this process and the peer's pid
+    (``Peer-Address`` is ``host:uid:gid:pid`` on ipc), or None where libzmq gives no metadata."""
+    try:
+        fd = int(frame.get("__fd"))
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None, None
+    try:
+        pid: int | None = int(frame.get("Peer-Address").rsplit(":", 1)[1])
+    except (zmq.ZMQError, ValueError, TypeError, IndexError):
+        pid = None
+    return fd, pid
+
+
+def _writers_uid() -> list[int]:
+    """The uid the writers run as (``tracecap``), if the user exists."""
+    try:
+        return [pwd.getpwnam("tracecap").pw_uid]
+    except KeyError:
+        return []

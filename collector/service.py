@@ -285,7 +285,10 @@ class Collector:
 
     def stats_env(self) -> dict[str, Any]:
         """The stats message: the kernel's counters (summed, and drops per CPU), the
-        collector's and the bus's."""
+        collector's and the bus's. Its size is bounded (see fit_stats)."""
+        return fit_stats(self._stats_env())
+
+    def _stats_env(self) -> dict[str, Any]:
         per_cpu = self._probes.per_cpu_counters() if self._probes else []
         kernel = records.decode_counters(per_cpu) if per_cpu else {}
         drops_per_cpu = {
@@ -321,6 +324,7 @@ class Collector:
                 "bus_dropped_messages": self._pub.dropped_messages,
                 "bus_dropped_bytes": self._pub.dropped_bytes,
                 "bus_backlog_bytes": self._pub.backlog_bytes(),
+                **self._pub.peer_stats(),
             },
             "published": self._pub.published(),
             "programs": self._probes.program_names if self._probes else [],
@@ -341,13 +345,13 @@ class Collector:
                 self._send(self._assembler.flush_runs())
                 self._stream_files()
                 self._send(self._packets.expire(monotonic_ns()))
+                self._pub.maintain()
                 now = monotonic_ns()
                 if now >= next_stats:
                     self._sync_scope_cgroups()
                     self._send_dropped()
                     self._send(self._assembler.expire(monotonic_ns()))
                     self._send(self._objects.expire(monotonic_ns()))
-                    self._pub.poll_subscriptions()
                     self._pub.publish(bus.TOPIC_STATS, self.stats_env())
                     next_stats = now + STATS_INTERVAL_NS
             # Drain what the kernel already holds, and the files already opened, before detaching.
@@ -358,6 +362,7 @@ class Collector:
             self._send(self._packets.expire(monotonic_ns(), force=True))
             deadline = monotonic_ns() + STOP_STREAMING_NS
             while self._files.pending and monotonic_ns() < deadline:
+                self._pub.maintain()  # a stalled subscriber must not hold the last files
                 if not self._stream_files():
                     self._clock.sleep(0.001)  # the writers are still taking what was sent
         finally:
@@ -375,6 +380,29 @@ class Collector:
             if self._probes:
                 self._probes.close()
                 self._probes = None
+
+
+#: The packed ``stats.`` envelope stays this far under the bus's limit (the publisher adds
+#: ``v``, ``epoch`` and ``seq``, a few bytes).
+STATS_MAX_BYTES = bus.MAX_ENVELOPE_BYTES - 1024
+
+
+def fit_stats(env: dict[str, Any]) -> dict[str, Any]:
+    """``env`` if it packs under STATS_MAX_BYTES; else without its one part that grows with
+    the host: the drops per CPU (14 lists of one number per CPU) become ``{"cpu": n}`` of the
+    CPUs that dropped, then, if even that is too large, are left out and
+    ``kernel_drops_per_cpu_omitted`` is set. Every other part is bounded by construction
+    (topics, programs, counters; subscriptions per prefix that can match a topic)."""
+    if len(bus.encode(bus.TOPIC_STATS, env)[1]) <= STATS_MAX_BYTES:
+        return env
+    sparse = {
+        name: {str(cpu): n for cpu, n in enumerate(values) if n}
+        for name, values in env["kernel_drops_per_cpu"].items()
+    }
+    env = dict(env, kernel_drops_per_cpu=sparse)
+    if len(bus.encode(bus.TOPIC_STATS, env)[1]) <= STATS_MAX_BYTES:
+        return env
+    return dict(env, kernel_drops_per_cpu={}, kernel_drops_per_cpu_omitted=True)
 
 
 def stop_on_signals() -> threading.Event:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import threading
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 import zmq
 
+from collector import subscribers as subs
 from collector.publisher import BACKLOG_BYTES, ZERO_COPY_MIN, Publisher
 from tracecap import bus
 
@@ -112,3 +117,119 @@ def test_a_loss_notice_keeps_the_envelope_and_names_the_bytes(topic, env, lost) 
 
 def test_packets_have_no_loss_notice() -> None:
     assert bus.loss_notice(bus.TOPIC_NET_PACKET, {"ts": 1}, 70000) is None
+
+
+# -- hostile subscribers ------------------------------------------------------------------------
+
+
+def maintain_until(pub: Publisher, done, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        pub.maintain()
+        time.sleep(0.002)
+
+
+def test_subscriptions_name_their_connection(pub: Publisher) -> None:
+    sock = subscriber(pub, b"proc.")
+    assert len(pub.peers) == 1
+    (peer,) = pub.peers._peers.values()
+    assert (peer.sock.pid, peer.sock.uid) == (os.getpid(), os.getuid())
+    assert pub.subscriptions == {b"proc.": 1}
+    sock.close()
+    maintain_until(pub, lambda: len(pub.peers) == 0 and not pub.subscriptions)
+
+
+def test_a_subscription_flood_disconnects_the_flooder_only(tmp_path: Path) -> None:
+    pub = Publisher(str(tmp_path / "run"), epoch=5, exempt_uids=())
+    good = subscriber(pub, b"proc.")
+    flood = zmq.Context.instance().socket(zmq.SUB)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.connect(pub.endpoint)
+    for i in range(20_000):
+        flood.setsockopt(zmq.SUBSCRIBE, b"flood.%d." % i)
+    maintain_until(pub, lambda: pub.peers.dropped["subscriptions"] >= 1)
+    flood.close()
+    maintain_until(pub, lambda: len(pub.peers) == 1)
+    assert pub.subscriptions == {b"proc.": 1}
+    assert pub.peer_stats()["bus_subscriptions_ignored"] >= subs.MAX_PEER_SUBSCRIPTIONS
+    pub.publish(b"proc.", {"ts": 1}, None)
+    assert good.poll(5000)
+    assert msgpack.unpackb(good.recv_multipart()[1])["ts"] == 1
+    good.close()
+    pub._sock.setsockopt(zmq.LINGER, 0)
+    pub.close()
+
+
+def test_a_peer_sending_messages_up_is_disconnected(pub: Publisher) -> None:
+    xsub = zmq.Context.instance().socket(zmq.XSUB)
+    xsub.setsockopt(zmq.LINGER, 0)
+    xsub.connect(pub.endpoint)
+    xsub.send(b"\x01proc.")
+    maintain_until(pub, lambda: pub.subscriptions == {b"proc.": 1})
+    xsub.send(b"not a subscription")
+    maintain_until(pub, lambda: pub.peers.dropped["messages"] == 1)
+    xsub.close()
+
+
+def test_a_subscription_longer_than_any_topic_ends_the_connection(pub: Publisher) -> None:
+    sock = subscriber(pub, b"proc.")
+    sock.setsockopt(zmq.SUBSCRIBE, b"x" * 1000)  # libzmq itself refuses the frame
+    maintain_until(pub, lambda: len(pub.peers) == 0 and not pub.subscriptions)
+    sock.close()
+
+
+class SecondIsAWriter(subs.KernelSocketOps):
+    """The real sockets, but the second connection seen is said to be a writer's: a test's
+    subscribers all have the test's uid, and a reader starved of CPU on a busy host must not
+    be taken for the stalled one."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def identify(self, fd: int) -> subs.PeerSocket | None:
+        sock = super().identify(fd)
+        if sock is not None and sock.ino not in self.seen:
+            self.seen.append(sock.ino)
+        if sock is not None and self.seen.index(sock.ino) == 1:
+            return dataclasses.replace(sock, uid=WRITER_UID)
+        return sock
+
+
+WRITER_UID = 2**31 - 2
+
+
+def test_a_stalled_subscriber_costs_the_others_nothing(tmp_path: Path) -> None:
+    """A subscriber that never reads is disconnected before the payloads it holds fill the
+    budget: the one that reads gets every byte, none goes out as a loss notice."""
+    pub = Publisher(
+        str(tmp_path / "run"), epoch=5, exempt_uids=[WRITER_UID], socket_ops=SecondIsAWriter()
+    )
+    stalled = subscriber(pub, b"", rcvhwm=1)
+    reader = subscriber(pub, b"file.write.", rcvhwm=100_000)
+    size, sent = 1 << 20, 6 * BACKLOG_BYTES // (1 << 20)
+    got: list[int] = []
+
+    def read() -> None:
+        while len(got) < sent and reader.poll(10_000):
+            frames = reader.recv_multipart()
+            got.append(len(frames[2]) if len(frames) == 3 else -1)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for i in range(sent):
+        pub.publish(bus.TOPIC_FILE_WRITE, {"off": i * size}, bytearray(size))
+        deadline = time.monotonic() + 0.005  # 200 MB/s
+        while time.monotonic() < deadline:
+            pub.maintain()
+            time.sleep(0.0005)
+    thread.join(30)
+    assert pub.peers.dropped["stalled"] >= 1
+    assert pub.subscriptions[b"file.write."] == 1  # the reader was never disconnected
+    assert pub.dropped_messages == 0
+    assert got == [size] * sent
+    maintain_until(pub, lambda: pub.backlog_bytes() == 0)
+    stalled.close()
+    reader.close()
+    pub._sock.setsockopt(zmq.LINGER, 0)
+    pub.close()

@@ -25,6 +25,7 @@ from collector.object_files import MESSAGE_BYTES
 from collector.probes import ProbeError
 from collector.service import Collector, run_collector
 from tests.support import records as build
+from tests.support.envelopes import stats_env as stats_envelope
 from tracecap import bus, options
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -190,6 +191,7 @@ class FakePublisher:
         self.subscriptions: Counter[bytes] = Counter({b"file.write.": 1})
         self.sent_messages = self.sent_bytes = 0
         self.dropped_messages = self.dropped_bytes = 0
+        self.maintained = 0
 
     def publish(self, topic: bytes, env: dict[str, Any], payload: Any = None) -> None:
         self.sent.append(Sent(topic, env, payload))
@@ -205,6 +207,12 @@ class FakePublisher:
 
     def poll_subscriptions(self) -> None:
         pass
+
+    def maintain(self) -> None:
+        self.maintained += 1
+
+    def peer_stats(self) -> dict[str, Any]:
+        return {"bus_peers": 2, "bus_peers_dropped": {"stalled": 1}}
 
     def published(self) -> dict[str, int]:
         return dict(Counter(m.topic.decode() for m in self.sent))
@@ -715,6 +723,7 @@ def test_stats_env(tmp_path):
     assert env["collector"]["events"] == 1
     assert env["collector"]["decode_errors"] == 1
     assert env["collector"]["bus_backlog_bytes"] == 123
+    assert env["collector"]["bus_peers_dropped"] == {"stalled": 1}
     assert env["programs"] == ["tc_fork", "tc_proc_exit"]
     assert env["subscriptions"] == {"file.write.": 1}
     stop(collector)
@@ -740,6 +749,28 @@ def test_the_loop_publishes_stats_once_a_second():
     collector.run(halt)
     stats = rig.sent(bus.TOPIC_STATS)
     assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
+    # the subscribers are kept within their bounds at every turn, not once a second
+    assert rig.pub.maintained >= polls
+
+
+def test_stats_fit_the_envelope_limit_on_a_host_with_many_cpus():
+    drops = {f"{k}.{c}": [7_000_000_000] * 4096 for k in records.COUNTER_KINDS
+             for c in ("event_drops", "chunk_drops")}  # fmt: skip
+    env = {"kernel_drops_per_cpu": drops, "kernel": {"write.events": 1}}
+    fitted = service.fit_stats(env)
+    assert len(bus.encode(bus.TOPIC_STATS, fitted)[1]) <= service.STATS_MAX_BYTES
+    assert fitted["kernel_drops_per_cpu"] == {} and fitted["kernel_drops_per_cpu_omitted"]
+    # few CPUs that dropped: kept, as {"cpu": n}, readable by the bus's own decoder
+    sparse = {name: [0] * 8192 for name in drops}  # 14 lists of 8192 zeros: 115 KB
+    sparse["write.event_drops"][4000] = 3
+    fitted = service.fit_stats(dict(env, kernel_drops_per_cpu=sparse))
+    assert fitted["kernel_drops_per_cpu"]["write.event_drops"] == {"4000": 3}
+    assert fitted["kernel_drops_per_cpu"]["read.chunk_drops"] == {}
+    frames = bus.encode(bus.TOPIC_STATS, stats_envelope(**fitted))
+    assert bus.decode(frames).env["kernel_drops_per_cpu"]["write.event_drops"] == {"4000": 3}
+    # a usual host: untouched
+    usual = dict(env, kernel_drops_per_cpu={"x": [0, 1]})
+    assert service.fit_stats(usual) is usual
 
 
 # --- start-up -----------------------------------------------------------------------------------
