@@ -216,8 +216,11 @@ class Subscriber:
 
     def snapshot(self) -> dict[str, object]:
         """Everything ``tracecap status`` shows for this writer."""
+        # A name both count (``index_errors``: the writer's lost artifact records, the
+        # subscriber's lost gap records) is the sum: one must not overwrite the other.
         counters = dict(self.writer.counters)
-        counters.update(self.counters)
+        for key, value in self.counters.items():
+            counters[key] = counters.get(key, 0) + value
         for key, value in self._earlier.items():
             counters[key] = counters.get(key, 0) + value
         return {

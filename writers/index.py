@@ -3,34 +3,179 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
 from writers.outdir import OutputDir, check_component, open_regular
 
 INDEX_NAME = "index.jsonl"
+#: Longest wait for the index's lock (``flock``, which serialises append-and-maybe-cut between
+#: the writer processes sharing the file). Past it the record is appended unlocked (counted),
+#: and a short write is then only cut back when nothing else was appended after it. Any reader
+#: of the index (the group may read it) can take the lock, so a holder costs at most this once
+#: per LOCK_BACKOFF_S, never a stalled writer.
+LOCK_TIMEOUT_S = 0.5
+LOCK_BACKOFF_S = 30.0
+_LOCK_POLL_S = 0.002
+#: How far back from the end ``find_last`` reads before giving up (about 25,000 records).
+MAX_SCAN_BYTES = 16 << 20
+_SCAN_BLOCK = 1 << 20
+#: Longest index line ``find_last`` will parse.
+MAX_LINE = 1 << 20
+
+#: ``write(fd, data)`` returning the bytes taken, ``truncate(fd, length)``: injectable for tests.
+WriteFn = Callable[[int, bytes], int]
+TruncateFn = Callable[[int, int], None]
+
+
+def encode_record(record: dict[str, Any]) -> bytes:
+    """One index line. ``ensure_ascii`` escapes every control and non-ASCII character, so no
+    field, however hostile, can split or forge a line; NaN is refused (not JSON)."""
+    line = json.dumps(record, ensure_ascii=True, sort_keys=True, allow_nan=False) + "\n"
+    return line.encode("ascii")
+
+
+def last_line_matching(
+    read_at: Callable[[int, int], bytes],
+    size: int,
+    needle: bytes,
+    accept: Callable[[dict[str, Any]], bool],
+    max_bytes: int = MAX_SCAN_BYTES,
+) -> dict[str, Any] | None:
+    """The last line of a file of ``size`` bytes (read with ``read_at(length, offset)``) that
+    contains ``needle``, parses as a JSON object and is ``accept``-ed; None when there is none
+    in the last ``max_bytes``. Pure apart from ``read_at``: lines are split on b"\\n" reading
+    backwards one block at a time, so memory is one block plus one line."""
+    end = size
+    floor = max(0, size - max_bytes)
+    tail = b""  # the start of a line whose end lies in an already-read block
+    while end > floor:
+        start = max(floor, end - _SCAN_BLOCK)
+        block = read_at(end - start, start) + tail
+        end = start
+        lines = block.split(b"\n")
+        # the first piece may begin in the block before, unless this one starts the file; a
+        # line that begins before ``floor`` is never read whole and never matched
+        tail = lines.pop(0) if end > 0 else b""
+        if len(tail) > MAX_LINE:
+            tail = b""  # an overlong line is never a record of ours: stop carrying it
+        for line in reversed(lines):
+            record = _matching(line, needle, accept)
+            if record is not None:
+                return record
+    return None
+
+
+def _matching(
+    line: bytes, needle: bytes, accept: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any] | None:
+    if needle not in line or len(line) > MAX_LINE:
+        return None
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(record, dict) and accept(record):
+        return record
+    return None
 
 
 class Index:
     """``index.jsonl``: one JSON object per line, the record of what was captured.
 
-    Each line goes out in a single ``write`` on an ``O_APPEND`` fd, so several writer processes can
-    share the file without interleaving inside a line. ``ensure_ascii`` escapes every control and
-    non-ASCII character, so no field, however hostile, can split or forge a line.
+    A record is appended whole or not at all: it goes out in one ``write`` on an ``O_APPEND``
+    fd, under an exclusive lock shared by every writer process, and a short or failed write is
+    cut back (``ftruncate``) to the length the file had before it, so a full disk never leaves a
+    torn line for the next record to be glued onto. A cut that itself fails is retried before
+    the next append. ``write`` and ``truncate`` are injectable for tests.
     """
 
-    def __init__(self, out: OutputDir, name: str = INDEX_NAME) -> None:
+    def __init__(
+        self,
+        out: OutputDir,
+        name: str = INDEX_NAME,
+        *,
+        write: WriteFn = os.write,
+        truncate: TruncateFn = os.ftruncate,
+        lock_timeout: float = LOCK_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         check_component(name)
-        self._fd = open_regular(name, os.O_WRONLY | os.O_APPEND, out.root_fd)
+        # read-write: find_last reads back through the same fd (pread ignores O_APPEND)
+        self._fd = open_regular(name, os.O_RDWR | os.O_APPEND, out.root_fd)
+        self._write = write
+        self._truncate = truncate
+        self._lock_timeout = lock_timeout
+        self._clock = clock
+        #: Until when appends go unlocked after the lock was held past ``lock_timeout``.
+        self._unlocked_until = float("-inf")
+        #: A length the file must be cut back to before anything else is appended (a torn tail
+        #: whose first cut failed), with the length it had then; None when the tail is whole.
+        self._torn: tuple[int, int] | None = None
+        #: Appends made without the lock (it was held past ``lock_timeout``).
+        self.unlocked_appends = 0
+
+    def _lock(self) -> bool:
+        """Take the index's lock, waiting at most ``lock_timeout``; False when appending
+        unlocked (counted in ``unlocked_appends``)."""
+        now = self._clock()
+        if now < self._unlocked_until:
+            self.unlocked_appends += 1
+            return False
+        deadline = now + self._lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                now = self._clock()
+                if now >= deadline:
+                    self._unlocked_until = now + LOCK_BACKOFF_S
+                    self.unlocked_appends += 1
+                    return False
+                time.sleep(_LOCK_POLL_S)
+
+    def _cut(self, length: int, expected: int, locked: bool) -> None:
+        """Cut the file back to ``length`` after a torn append that left it ``expected`` long.
+        Without the lock, only if nothing was appended since (another record would be lost)."""
+        size = os.fstat(self._fd).st_size
+        if size <= length:
+            self._torn = None
+            return
+        if not locked and size != expected:
+            self._torn = None  # someone appended after the torn bytes: cutting would lose theirs
+            return
+        try:
+            self._truncate(self._fd, length)
+        except OSError:
+            self._torn = (length, expected)
+            raise
+        self._torn = None
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, ensure_ascii=True, sort_keys=True, allow_nan=False) + "\n"
-        data = line.encode("ascii")
-        written = os.write(self._fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, f"short index write ({written} of {len(data)} bytes)")
+        """Append ``record`` as one line, whole or not at all; OSError (or ValueError for a
+        record that is not JSON) when it was not appended."""
+        data = encode_record(record)
+        locked = self._lock()
+        try:
+            if self._torn is not None:
+                self._cut(*self._torn, locked)
+            start = os.fstat(self._fd).st_size
+            try:
+                written = self._write(self._fd, data)
+            except OSError:
+                self._cut(start, start, locked)  # a failed write took nothing; checked anyway
+                raise
+            if written != len(data):
+                self._cut(start, start + written, locked)
+                raise OSError(errno.ENOSPC, f"short index write ({written} of {len(data)} bytes)")
+        finally:
+            if locked:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def append_or_count(
         self,
@@ -48,6 +193,16 @@ class Index:
             log("index_error", f"{what} not written: {exc}")
             return False
         return True
+
+    def find_last(
+        self, needle: bytes, accept: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any] | None:
+        """The last record containing ``needle`` that ``accept`` takes, from the last
+        MAX_SCAN_BYTES of the index (any process's lines); None if there is none."""
+        size = os.fstat(self._fd).st_size
+        return last_line_matching(
+            lambda length, off: os.pread(self._fd, length, off), size, needle, accept
+        )
 
     def close(self) -> None:
         if self._fd >= 0:

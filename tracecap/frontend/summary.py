@@ -37,7 +37,9 @@ def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
 def summary_line(
     collector: dict[str, Any], writers: dict[str, dict[str, Any]], tail: int = 0
 ) -> str:
-    """One line that says what was captured and every place something was lost."""
+    """One line that says what was captured and every place something was lost. Index records
+    lost (``index_errors``: a full disk, an I/O error) are among the writer errors and also
+    shown alone, because they are artifacts an analyst will not find in ``index.jsonl``."""
     kernel = collector.get("kernel", {})
     coll = collector.get("collector", {})
 
@@ -56,7 +58,8 @@ def summary_line(
         f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages') + tail} "
         "messages, "
         f"malformed messages {writer_sum('malformed')}, writer errors "
-        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')}, disk budget "
+        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')} (index records lost "
+        f"{writer_sum('index_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
         "bytes)"

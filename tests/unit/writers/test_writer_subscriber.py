@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -233,3 +234,21 @@ def test_gap_state_survives_a_restart():
     gap = after.observe(7, b"file.write.", 9)
     assert (gap.from_seq, gap.to_seq) == (6, 8)
     after.restore({"x": 1, "3:a.": -1, "nope": "x"})  # junk is ignored
+
+
+def test_index_errors_of_the_writer_and_the_subscriber_add_up(tmp_path: Path) -> None:
+    """A full disk loses a gap record (the subscriber's) and an artifact record (the
+    writer's): the stats show both, not the subscriber's count over the writer's."""
+    with OutputTree(tmp_path) as tree:
+        clock = [100.0]
+        writer = FileWriter(tree.out, tree.index, clock=lambda: clock[0])
+        sub = Subscriber(writer, "ipc:///nonexistent", index=tree.index)
+        tree.index._write = lambda fd, data: os.write(fd, data[:3])  # the disk is full
+        sub.process(write_frames(b"x", 0, 0))
+        sub.process(write_frames(b"y", 1, 5))  # seq 1..4 lost: a gap record
+        clock[0] += 5
+        writer.tick(clock[0])  # the artifact's line
+        assert sub.counters["index_errors"] == 1 and writer.counters["index_errors"] == 1
+        assert sub.snapshot()["counters"]["index_errors"] == 2
+        assert (tree.root / "index.jsonl").read_bytes() == b""
+        writer.close()

@@ -33,7 +33,8 @@ def test_summary_counts_every_loss():
     assert summary_line(collector, writers) == (
         "tracecap: summary: 4 events, 105 bytes captured, 2 artifacts; losses: kernel ring "
         "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
-        "7 messages, malformed messages 8, writer errors 3, disk budget 0 bytes refused, bus "
+        "7 messages, malformed messages 8, writer errors 3 (index records lost 1), disk budget 0 "
+        "bytes refused, bus "
         "backlog full 2 messages (9 bytes)"
     )
 
