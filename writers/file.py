@@ -4,13 +4,22 @@ Each ``file.write.``/``file.read.`` message carries a chunk of one syscall's tra
 at their file offset (``pwrite``) or, for streams, at the end of the artifact. An artifact's index
 record is appended once it has been idle for ``idle_seconds`` and again at close; more data after
 a flush yields another record for the same path, and **the last record for a path is current**.
+
+Memory stays flat over any number of files: once an artifact's index line is written its state
+is released, and rebuilt from that line (``Index.find_last``) if the file is written again. A
+journal (``writers.journal``) names the artifacts open at any moment, so that a writer killed
+mid-file is followed by one that reports them with what is not known written as missing.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from tracecap import bus
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
@@ -19,16 +28,23 @@ from writers.fileartifact import FileArtifact, syscalls
 from writers.fileio import FdCache, digest_fd, write_all
 from writers.gaps import Gap
 from writers.index import Index
+from writers.journal import Journal
 from writers.naming import container_dir, file_artifact_name
-from writers.outdir import OutputDir
+from writers.outdir import OutputDir, check_component
 from writers.ratelog import RateLimitedLog
 
 DIRECTIONS = {"write": bus.TOPIC_FILE_WRITE, "read": bus.TOPIC_FILE_READ}
 #: Writes to /dev/null are split per pid: they are what droppers use to hide output, and one
 #: artifact mixing every process's discarded bytes would say nothing about any of them.
-#: Bus gaps remembered per artifact (the index's gap records hold them all).
-MAX_BUS_GAPS = 16
 _DEV_NULL = b"/dev/null"
+#: An artifact's state goes to the journal again after this many bytes were written to it (and
+#: at the next tick after any write): what a killed writer wrote since is reported missing.
+CHECKPOINT_BYTES = 4 << 20
+#: Least time between two rounds of journal states written by ``tick``.
+CHECKPOINT_SECONDS = 1.0
+#: An artifact first seen this soon after a bus gap of its direction may have lost its first
+#: bytes in the gap: everything before its first byte that arrived is then missing.
+GAP_WINDOW_SECONDS = 2.0
 
 _Key = tuple[str, str]  # (container directory, artifact name)
 
@@ -38,7 +54,9 @@ class FileWriter(Writer):
 
     Open fds are an LRU of ``max_open``: artifacts are opened without truncation and written at
     explicit offsets (or with ``O_APPEND``), so closing one and reopening it later is harmless.
-    Artifact bookkeeping is kept for the writer's lifetime so later records stay cumulative.
+    Artifact bookkeeping is kept while the artifact is active; after its index line it is
+    released and rebuilt from that line when the file is written again, so records stay
+    cumulative and memory does not grow with the number of files.
     """
 
     queue_messages = PAYLOAD_QUEUE_MESSAGES
@@ -70,11 +88,17 @@ class FileWriter(Writer):
         self._max_hash_bytes = max_hash_bytes
         self._clock = clock
         self._log = log or RateLimitedLog("tracecap-writer[file]")
+        #: Artifacts held in memory: active ones, and those whose index line is not written.
         self._artifacts: dict[_Key, FileArtifact] = {}
-        #: The inode generation that owns each artifact name (Tracee #2888).
-        self._generations: dict[_Key, int] = {}
         self._dirty: OrderedDict[_Key, None] = OrderedDict()  # oldest activity first
         self._fds: FdCache[_Key] = FdCache(max_open)
+        #: Artifacts the journal says are open, with the bytes written since their last state.
+        self._unsynced: dict[_Key, int] = {}
+        self._next_checkpoint = 0.0
+        #: The last bus gap per direction and when it was seen (GAP_WINDOW_SECONDS).
+        self._last_gap: dict[str, tuple[list[int], float]] = {}
+        #: Existing files met without a usable index line, by key, until their first message.
+        self._unknown_sizes: dict[_Key, int] = {}
         self.counters.update(
             dict.fromkeys(
                 (
@@ -85,10 +109,24 @@ class FileWriter(Writer):
                     "rejected",
                     "index_errors",
                     "hash_skipped",
+                    "released",
+                    "rebuilt",
+                    "rebuild_misses",
+                    "reconciled",
+                    "journal_errors",
+                    "journal_bad_lines",
                 ),
                 0,
             )
         )
+        self._journal: Journal | None = None
+        try:
+            self._journal = Journal(out, self.name)
+        except (OSError, ValueError) as exc:
+            # a planted link or FIFO at the journal's name: capture goes on, without recovery
+            self.counters["journal_errors"] += 1
+            self._log("journal_error", f"no journal, a killed writer's files go unreported: {exc}")
+        self._reconcile()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -100,21 +138,168 @@ class FileWriter(Writer):
 
     def on_gap(self, gap: Gap) -> None:
         """Messages of this direction were lost on the bus: every artifact still being written
-        may have lost bytes in them, so each says so (``bus_gaps``, ``complete: false``)."""
+        may have lost bytes in them, so each says so (``bus_gaps``, ``complete: false``) and
+        lists as missing every byte it does not know written; artifacts first seen in the next
+        GAP_WINDOW_SECONDS may have lost their beginning (see ``_new``)."""
         direction = self._direction(gap.topic)
+        if direction is None:
+            return
+        mark = [gap.epoch, gap.from_seq, gap.to_seq]
+        self._last_gap[direction] = (mark, self._clock())
         for key in self._dirty:
             art = self._artifacts.get(key)
-            if art is not None and art.kind == direction and len(art.bus_gaps) < MAX_BUS_GAPS:
-                art.bus_gaps.append([gap.epoch, gap.from_seq, gap.to_seq])
+            if art is not None and art.kind == direction:
+                art.mark_uncertain(mark)
 
-    def _generation_name(self, subdir: str, name: str, generation: object) -> str:
-        """A file that reuses a freed inode number is another file: it gets its own artifact
-        (``.gen-<G>`` added) instead of writing over, or inheriting the tail of, the old one.
-        Messages without a generation (loss notices) stay with the name's first owner."""
-        if not isinstance(generation, int) or isinstance(generation, bool) or generation <= 0:
-            return name
-        owner = self._generations.setdefault((subdir, name), generation)
-        return name if owner == generation else f"{name}.gen-{generation}"
+    # -- artifacts in and out of memory -------------------------------------------------------
+
+    def _lookup(self, key: _Key, now: float) -> FileArtifact | None:
+        """The artifact ``key`` as known: in memory, or rebuilt from its last index line when
+        its file exists (it was released, or is from an earlier run); None for a new one.
+
+        An existing file with no usable index line (beyond the scan, never written) is noted
+        in ``_unknown_sizes``: the new artifact made for it never presents those bytes as
+        captured."""
+        art = self._artifacts.get(key)
+        if art is not None:
+            return art
+        subdir, name = key
+        try:
+            st = os.stat(name, dir_fd=self._out.dir_fd(subdir), follow_symlinks=False)
+        except (OSError, ValueError):
+            return None  # nothing there (or unusable: opening it will fail and be counted)
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a planted link or FIFO is no earlier capture; opening it fails
+        path = f"{subdir}/{name}"
+        needle = b'"path": ' + json.dumps(path).encode()
+        try:
+            rec = self._index.find_last(
+                needle, lambda r: r.get("path") == path and r.get("kind") in DIRECTIONS
+            )
+            art = None if rec is None else FileArtifact.from_record(rec, now)
+        except (OSError, ValueError) as exc:
+            self._log("rebuild", f"{path}: index line not usable: {exc}")
+            art = None
+        if art is None:
+            self.counters["rebuild_misses"] += 1
+            if st.st_size:
+                self._unknown_sizes[key] = st.st_size
+            return None
+        self.counters["rebuilt"] += 1
+        self._artifacts[key] = art
+        return art
+
+    def _new(self, key: _Key, direction: str, env: dict[str, Any], now: float) -> FileArtifact:
+        """A new artifact; uncertain (see ``FileArtifact.mark_uncertain``) when its file held
+        bytes no index line describes, or when a bus gap of its direction was just seen."""
+        subdir, name = key
+        art = FileArtifact(f"{subdir}/{name}", direction, bool(env["append"]), env, now)
+        size = self._unknown_sizes.pop(key, 0)
+        if size:
+            art.mark_uncertain()
+            if not art.append:
+                art.reach(size)
+        recent = self._last_gap.get(direction)
+        if recent is not None and now - recent[1] <= GAP_WINDOW_SECONDS:
+            art.mark_uncertain()
+        self._artifacts[key] = art
+        self.counters["artifacts"] += 1
+        return art
+
+    def _release(self, key: _Key) -> None:
+        """Forget an artifact whose index line is written (its fd stays in the LRU)."""
+        self._artifacts.pop(key, None)
+        self._unsynced.pop(key, None)
+        self.counters["released"] += 1
+
+    def _artifact(
+        self, subdir: str, name: str, direction: str, env: dict[str, Any], now: float
+    ) -> tuple[_Key, FileArtifact]:
+        """The artifact a message belongs to. A file that reuses a freed inode number is
+        another file (Tracee #2888): it gets its own artifact (``.gen-<G>`` added) instead of
+        writing over, or inheriting the tail of, the old one. Messages without a generation
+        (loss notices) stay with the name's first owner."""
+        key = (subdir, name)
+        art = self._lookup(key, now)
+        generation = env.get("generation")
+        if type(generation) is int and generation > 0 and art is not None:
+            if art.generation is None:
+                art.generation = generation
+            elif art.generation != generation:
+                if key not in self._dirty and key not in self._unsynced:
+                    self._artifacts.pop(key, None)  # only looked at: not kept
+                key = (subdir, f"{name}.gen-{generation}")
+                art = self._lookup(key, now)
+        if art is None:
+            art = self._new(key, direction, env, now)
+        return key, art
+
+    # -- the journal ---------------------------------------------------------------------------
+
+    def _reconcile(self) -> None:
+        """Take over the artifacts a killed predecessor left open: each is flushed after an
+        idle period with what is not known written as missing, unless more of it arrives."""
+        if self._journal is None:
+            return
+        try:
+            states = self._journal.load()
+        except OSError as exc:
+            self.counters["journal_errors"] += 1
+            self._log("journal_error", f"journal not read: {exc}")
+            return
+        now = self._clock()
+        for path, state in states.items():
+            subdir, _, name = path.partition("/")
+            try:
+                check_component(subdir)
+                check_component(name)
+                art = FileArtifact.from_state(state, now)
+                if art.path != path:
+                    raise ValueError(f"state of {art.path!r} under {path!r}")
+            except ValueError as exc:
+                self.counters["journal_bad_lines"] += 1
+                self._log("journal_error", f"{path!r}: state not usable: {exc}")
+                continue
+            key = (subdir, name)
+            if not art.append:
+                # bytes may be on disk past the last state: not known written, so missing
+                try:
+                    art.reach(os.fstat(self._fd(key, art)).st_size)
+                except OSError as exc:
+                    self._log("journal_error", f"{path}: size unknown: {exc}")
+            self._artifacts[key] = art
+            self._dirty[key] = None
+            self._unsynced[key] = 0
+            self.counters["reconciled"] += 1
+            self._log("reconciled", f"{path}: left open by a killed writer; reported incomplete")
+        self.counters["journal_bad_lines"] += self._journal.bad_lines
+        self._compact()
+
+    def _journal_state(self, key: _Key, art: FileArtifact) -> None:
+        """Write ``art``'s state to the journal; called before bytes it does not cover land."""
+        self._unsynced[key] = 0
+        if self._journal is not None and not self._journal.opened(art.path, art.state()):
+            self.counters["journal_errors"] += 1
+
+    def _compact(self) -> None:
+        """Rewrite the journal with only the open artifacts' states."""
+        if self._journal is None:
+            return
+        states = {self._artifacts[k].path: self._artifacts[k].state() for k in self._unsynced}
+        if not self._journal.compact(states):
+            self.counters["journal_errors"] += 1
+
+    def _checkpoint(self, now: float) -> None:
+        """New states for artifacts written since their last one, at most every
+        CHECKPOINT_SECONDS; and a smaller journal once it has grown."""
+        if now < self._next_checkpoint:
+            return
+        self._next_checkpoint = now + CHECKPOINT_SECONDS
+        for key, pending in list(self._unsynced.items()):
+            if pending:
+                self._journal_state(key, self._artifacts[key])
+        if self._journal is not None and self._journal.wants_compaction():
+            self._compact()
 
     def handle(self, msg: bus.Message) -> None:
         direction = self._direction(msg.topic)
@@ -131,14 +316,10 @@ class FileWriter(Writer):
             self.counters["rejected"] += 1
             self._log("rejected", f"file message refused: {exc}")
             return
-        name = self._generation_name(subdir, name, env.get("generation"))
-        key = (subdir, name)
         now = self._clock()
-        art = self._artifacts.get(key)
-        if art is None:
-            art = FileArtifact(f"{subdir}/{name}", direction, env["append"], env, now)
-            self._artifacts[key] = art
-            self.counters["artifacts"] += 1
+        key, art = self._artifact(subdir, name, direction, env, now)
+        if key not in self._unsynced:
+            self._journal_state(key, art)  # open from now on: said before any byte lands
         art.observe(env, now)
         self._dirty[key] = None
         self._dirty.move_to_end(key)
@@ -176,6 +357,9 @@ class FileWriter(Writer):
         if done:
             art.wrote(off, done)
             self.counters["bytes_written"] += done
+            self._unsynced[key] = pending = self._unsynced.get(key, 0) + done
+            if pending >= CHECKPOINT_BYTES:
+                self._journal_state(key, art)
 
     def _fd(self, key: _Key, art: FileArtifact) -> int:
         fd = self._fds.get(key)
@@ -188,12 +372,14 @@ class FileWriter(Writer):
     # -- flushing ----------------------------------------------------------------------------
 
     def tick(self, now: float) -> None:
-        """Flush artifacts idle for ``idle_seconds``; oldest first, so stop at a busy one."""
+        """Flush artifacts idle for ``idle_seconds`` (oldest first, so stop at a busy one),
+        then bring the journal up to date."""
         while self._dirty:
             key = next(iter(self._dirty))
             if now - self._artifacts[key].last_activity < self._idle:
-                return
-            self._flush(key)
+                break
+            self._flush(key, retry=True)
+        self._checkpoint(now)
 
     def _digest(self, key: _Key, art: FileArtifact) -> tuple[int, str | None]:
         """Size and sha256 of what is actually on disk, read back through the artifact's fd."""
@@ -207,17 +393,29 @@ class FileWriter(Writer):
             self.counters["hash_skipped"] += 1
         return size, sha256
 
-    def _flush(self, key: _Key) -> None:
+    def _flush(self, key: _Key, retry: bool = False) -> None:
+        """Write the artifact's index line; once it is written the artifact is closed in the
+        journal and released. A line that could not be written keeps the artifact in memory
+        and open in the journal, and (``retry``) is tried again after another idle period."""
         self._dirty.pop(key, None)
         art = self._artifacts[key]
         art.settle()
         size, sha256 = self._digest(key, art)
         art.dirty = False
         record = art.record(size, sha256)
-        if self._index.append_or_count(record, self.counters, self._log, f"{art.path}: record"):
-            self.counters["records"] += 1
+        if not self._index.append_or_count(record, self.counters, self._log, f"{art.path}: record"):
+            if retry:
+                art.last_activity = self._clock()
+                self._dirty[key] = None
+            return
+        self.counters["records"] += 1
+        if self._journal is not None and not self._journal.closed(art.path):
+            self.counters["journal_errors"] += 1
+        self._release(key)
 
     def close(self) -> None:
         while self._dirty:
             self._flush(next(iter(self._dirty)))
         self._fds.close_all()
+        if self._journal is not None:
+            self._journal.close()

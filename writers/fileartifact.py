@@ -18,6 +18,8 @@ from writers.recent import RecentKeys
 MAX_PENDING_IOS = 1024
 MAX_PIDS = 4096
 MAX_SYSCALLS = 32
+#: Bus gaps remembered per artifact (the index's gap records hold them all).
+MAX_BUS_GAPS = 16
 _RECENT_IOS = 256
 
 
@@ -49,6 +51,12 @@ class FileArtifact:
 
     def __init__(self, path: str, kind: str, append: bool, env: dict[str, Any], now: float):
         self.path = path
+        #: The inode generation of the file this artifact is (None: not known), so that a file
+        #: reusing the inode number gets its own artifact (Tracee #2888).
+        generation = env.get("generation")
+        self.generation: int | None = (
+            generation if type(generation) is int and generation > 0 else None
+        )
         self.kind = kind
         self.append = append
         self.first = {k: env[k] for k in ("pid", "tid", "ppid", "uid", "cgroup_id")}
@@ -69,6 +77,18 @@ class FileArtifact:
         self.bus_gaps: list[list[int]] = []
         #: Bytes this writer put into the file: the fallback size when it cannot be read back.
         self.extent = 0
+        #: Ranges known to be in the file, in the same coordinates as ``missing``.
+        self.written = RangeSet()
+        #: How far the artifact's coordinates reach: every byte below is written, missing, or
+        #: (unless ``uncertain``) a hole the workload never wrote.
+        self.end = 0
+        #: Set when bytes may have been lost where no message says (a bus gap while it was
+        #: written, a writer that died with it open): then every byte below ``end`` not known
+        #: written is missing, not only the ranges losses named.
+        self.uncertain = False
+        #: A writer died with this artifact open: bytes sent while no writer was there may be
+        #: lost beyond anything named, so it is never complete again.
+        self.interrupted = False
         self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
         self._recent: RecentKeys[int] = RecentKeys(_RECENT_IOS)
         self.last_activity = now
@@ -88,14 +108,39 @@ class FileArtifact:
         self.dirty = True
 
     def wrote(self, start: int, length: int) -> None:
-        """``length`` bytes reached the file at ``start`` (append: at its end)."""
+        """``length`` bytes reached the file at ``start`` (append: at its end; ``start`` is
+        then the stream offset)."""
         if self.append:
             self.extent += length
         else:
             self.extent = max(self.extent, start + length)
+        self.written.add(start, start + length)
+        self.end = max(self.end, start + length)
 
     def add_missing(self, start: int, end: int) -> None:
         self.missing.add(start, end)
+        self.end = max(self.end, end)
+
+    def reach(self, end: int) -> None:
+        """A message named bytes up to ``end`` (arrived, lost or refused)."""
+        self.end = max(self.end, end)
+
+    def mark_uncertain(self, gap: list[int] | None = None) -> None:
+        """Bytes may have been lost unseen: a bus gap (``[epoch, from_seq, to_seq]``, kept up to
+        MAX_BUS_GAPS) or a predecessor's death (None)."""
+        self.uncertain = True
+        if gap is not None and len(self.bus_gaps) < MAX_BUS_GAPS:
+            self.bus_gaps.append(gap)
+
+    def missing_ranges(self) -> RangeSet:
+        """What the index lists as missing: the ranges losses named, and when ``uncertain``
+        every byte below ``end`` not known written."""
+        if not self.uncertain:
+            return self.missing
+        unknown = RangeSet()
+        for start, end in self.written.holes(0, self.end):
+            unknown.add(start, end)
+        return self.missing.union(unknown)
 
     def account_io(
         self, io_id: int, io_len: int, io_off: int, off: int, length: int, syscalls: int = 1
@@ -129,15 +174,18 @@ class FileArtifact:
             self._settle_io(*self._pending.popitem(last=False))
 
     def record(self, size: int, sha256: str | None) -> dict[str, Any]:
-        """The index line for the artifact as it is now."""
+        """The index line for the artifact as it is now. ``end`` lets a later process rebuild
+        the artifact from this line (``from_record``)."""
+        missing = self.missing_ranges()
         rec: dict[str, Any] = {
             "path": self.path,
             "kind": self.kind,
             "append": self.append,
             "size": size,
             "sha256": sha256,
-            "complete": not self.missing and not self.bus_gaps,
-            "missing": [[s, e] for s, e in self.missing.ranges()],
+            "complete": not missing and not self.bus_gaps and not self.interrupted,
+            "missing": [[s, e] for s, e in missing.ranges()],
+            "end": self.end,
             **self.first,
             "comm": text_field(self.comm),
             "container_id": self.container_id,
@@ -158,4 +206,94 @@ class FileArtifact:
             rec["pids_truncated"] = True
         if self.bus_gaps:
             rec["bus_gaps"] = self.bus_gaps
+        if self.generation is not None:
+            rec["generation"] = self.generation
+        if self.interrupted:
+            rec["interrupted"] = True
         return rec
+
+    # -- leaving memory and coming back --------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """What the journal keeps of an open artifact: its record so far and the ranges known
+        to be in the file (``from_state`` reads it back)."""
+        return {
+            "record": self.record(self.extent, None),
+            "written": [[s, e] for s, e in self.written.ranges()],
+            "extent": self.extent,
+        }
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any], now: float) -> FileArtifact:
+        """The artifact an index line describes, to continue it when the file is written
+        again after its state was released. Everything below its ``end`` that the line does
+        not list as missing counts as written (that is what the line claimed). ValueError when
+        the line is not a file record of ours."""
+        try:
+            env = {k: rec[k] for k in ("pid", "tid", "ppid", "uid", "cgroup_id", "dev", "inode")}
+            if not all(type(v) is int for v in env.values()):
+                raise ValueError("a numeric field is not an integer")
+            env["comm"] = _bytes_field(rec, "comm")
+            env["path"] = _bytes_field(rec, "source_path")
+            env["container_id"] = rec["container_id"]
+            env["ts"] = rec["first_ts"]
+            env["generation"] = rec.get("generation")
+            kind, append, path = rec["kind"], rec["append"], rec["path"]
+            if kind not in ("write", "read") or type(append) is not bool:
+                raise ValueError(f"not a file record: kind {kind!r}")
+            if not isinstance(path, str) or not isinstance(env["container_id"], str):
+                raise ValueError("path and container_id must be strings")
+            art = cls(path, kind, append, env, now)
+            art.last_ts = int(rec["last_ts"])
+            art.missing = RangeSet.of(rec["missing"])
+            size = rec["size"]
+            end = rec.get("end", size)
+            if type(size) is not int or type(end) is not int or size < 0 or end < 0:
+                raise ValueError("size and end must be non-negative integers")
+            art.extent = size
+            art.end = max(end, art.missing.end())
+            for start, stop in art.missing.holes(0, art.end):
+                art.written.add(start, stop)
+            pids, syscalls_ = rec["pids"], rec["syscalls"]
+            if not isinstance(pids, list) or not isinstance(syscalls_, list):
+                raise ValueError("pids and syscalls must be lists")
+            art.pids = {p for p in pids[:MAX_PIDS] if type(p) is int}
+            art.pids_truncated = bool(rec.get("pids_truncated")) or len(pids) > MAX_PIDS
+            art.syscalls = {str(c)[:64] for c in syscalls_[:MAX_SYSCALLS]}
+            art.ios = int(rec["ios"])
+            gaps = rec.get("bus_gaps", [])
+            if not isinstance(gaps, list):
+                raise ValueError("bus_gaps must be a list")
+            art.bus_gaps = [list(g) for g in gaps[:MAX_BUS_GAPS] if isinstance(g, list)]
+            # an incomplete line may have lost bytes it could not name: holes stay missing
+            art.uncertain = rec.get("complete") is not True
+            art.interrupted = rec.get("interrupted") is True
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a file record: {exc.__class__.__name__}: {exc}") from None
+        return art
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], now: float) -> FileArtifact:
+        """An artifact a dead writer left open, from its journal state: only the ranges the
+        journal says were written count as written, so everything else below ``end`` is
+        missing (``uncertain``). ValueError when the state is damaged."""
+        if not isinstance(state, dict) or not isinstance(state.get("record"), dict):
+            raise ValueError("journal state without a record")
+        art = cls.from_record(state["record"], now)
+        art.written = RangeSet.of(state.get("written"))
+        extent = state.get("extent", 0)
+        art.extent = extent if type(extent) is int and extent >= 0 else 0
+        art.end = max(art.end, art.written.end())
+        art.uncertain = art.interrupted = True
+        return art
+
+
+def _bytes_field(rec: dict[str, Any], name: str) -> bytes:
+    """A text field of a record as the bytes it stood for (``<name>_hex`` when not UTF-8)."""
+    hexed = rec.get(f"{name}_hex")
+    if isinstance(hexed, str):
+        return bytes.fromhex(hexed)
+    value = rec[name]
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    return value.encode()

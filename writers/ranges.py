@@ -16,6 +16,23 @@ class RangeSet:
         self._starts: list[int] = []
         self._ends: list[int] = []
 
+    @classmethod
+    def of(cls, pairs: object) -> RangeSet:
+        """A set from ``[[start, end], ...]`` as JSON holds it; ValueError for anything else
+        (these come back from files a crash or another process may have damaged)."""
+        out = cls()
+        if not isinstance(pairs, list):
+            raise ValueError(f"ranges must be a list, got {type(pairs).__name__}")
+        for pair in pairs:
+            if (
+                not isinstance(pair, list | tuple)
+                or len(pair) != 2
+                or not all(type(v) is int and v >= 0 for v in pair)
+            ):
+                raise ValueError(f"not a [start, end] range of offsets: {pair!r}")
+            out.add(pair[0], pair[1])
+        return out
+
     def add(self, start: int, end: int) -> None:
         if end <= start:
             return
@@ -53,6 +70,16 @@ class RangeSet:
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
+
+    def union(self, other: RangeSet) -> RangeSet:
+        out = RangeSet()
+        for s, e in (*self.ranges(), *other.ranges()):
+            out.add(s, e)
+        return out
+
+    def end(self) -> int:
+        """Where the last range ends (0 when empty)."""
+        return self._ends[-1] if self._ends else 0
 
     def total(self) -> int:
         return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))

@@ -1,7 +1,8 @@
 """The writer side of a unit test: a fresh output tree with its index, a writer over it fed
 decoded bus messages (no socket), a clock that moves when the test says, and the index read
 back. A test file subclasses ``WriterHarness`` only for what its kind adds (how a message is
-built from the test's arguments)."""
+built from the test's arguments). ``byte_equation`` checks an artifact against what was written
+(unit and end-to-end reconciliation tests)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from tests.support.envelopes import message
 from writers.base import Writer
 from writers.index import INDEX_NAME, Index
 from writers.outdir import OutputDir
+from writers.ranges import RangeSet
 
 W = TypeVar("W", bound=Writer)
 
@@ -88,8 +90,38 @@ class WriterHarness(OutputTree, Generic[W]):
         self.writer.close()
         self.writer = self._make(self.out, self.index)
 
+    def kill(self) -> None:
+        """Build another writer over the same tree without closing this one, as supervisord
+        restarts a writer killed with SIGKILL (nothing flushed, its fds simply gone)."""
+        self.writer = self._make(self.out, self.index)
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             self.writer.close()
             super().close()
+
+
+def byte_equation(
+    wrote: bytes, artifact: bytes, missing: list[list[int]], block: int = 4096
+) -> dict[str, int]:
+    """Check the index's claim about one artifact against what the workload ``wrote`` (at
+    offsets 0..len), block by block: every byte not listed in ``missing`` is in the artifact
+    and equal to what was written (so a byte listed present is never a hole). Returns the
+    figures: ``wrote`` = ``present`` (correct, not listed missing) + ``listed`` (missing,
+    within what was written); AssertionError names the first block that breaks the claim."""
+    listed = RangeSet()
+    for start, end in missing:
+        listed.add(start, min(end, len(wrote)))
+    present = 0
+    for start in range(0, len(wrote), block):
+        end = min(start + block, len(wrote))
+        for s, e in listed.holes(start, end):  # the bytes this block claims are present
+            assert artifact[s:e] == wrote[s:e], (
+                f"bytes {s}..{e} are not listed missing but differ from what was written "
+                f"(artifact is {len(artifact)} bytes)"
+            )
+            present += e - s
+    figures = {"wrote": len(wrote), "present": present, "listed": listed.total()}
+    assert figures["present"] + figures["listed"] == figures["wrote"], figures
+    return figures

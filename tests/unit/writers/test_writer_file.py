@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.envelopes import file_env
-from tests.support.writer_harness import FakeClock, OutputTree, WriterHarness
+from tests.support.writer_harness import FakeClock, OutputTree, WriterHarness, byte_equation
 from tracecap import bus
 from writers.file import FileWriter
 from writers.ranges import RangeSet
@@ -289,3 +289,236 @@ def test_a_bus_gap_marks_the_artifacts_being_written(tmp_path):
     (record,) = [r for r in h.records() if r.get("kind") == "write"]
     assert record["complete"] is False and record["bus_gaps"] == [[7, 5, 9]]
     assert record["missing"] == []  # which bytes, no one can know
+
+
+# -- completeness across a writer's death, bus gaps and full disks --------------------------
+
+
+def _stream(h: Harness, data: bytes, start: int, end: int, chunk: int, io_base: int = 1) -> None:
+    """``data[start:end]`` written as positional syscalls of ``chunk`` bytes."""
+    for off in range(start, end, chunk):
+        piece = data[off : min(off + chunk, end)]
+        h.io(piece, off=off, io_id=io_base + off // chunk)
+
+
+def test_a_killed_writer_leaves_its_open_artifact_to_its_successor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file writer dies (SIGKILL) in the middle of a file; the messages sent while it was
+    down are lost. Its successor reports the file with the gap and every byte it does not know
+    written as missing, so the byte equation holds."""
+    from writers import file as file_mod
+    from writers.gaps import Gap
+
+    monkeypatch.setattr(file_mod, "CHECKPOINT_BYTES", 8192)
+    data = os.urandom(64 * 1024)
+    h = Harness(tmp_path)
+    try:
+        _stream(h, data, 0, 20_000, 1000)  # journal states after 9000 and 18000 bytes
+        h.kill()
+        assert h.writer.counters["reconciled"] == 1
+        # [20000, 30000) went to no one; the successor sees the loss as a gap first
+        h.writer.on_gap(Gap(7, bus.TOPIC_FILE_WRITE, 20, 29))
+        _stream(h, data, 30_000, len(data), 1000, io_base=100)
+        h.idle()
+        rec = h.latest(W)
+        assert rec["complete"] is False and rec["bus_gaps"] == [[7, 20, 29]]
+        figures = byte_equation(data, (h.root / W).read_bytes(), rec["missing"])
+        # what the journal knew (18000 bytes) is present; the rest up to 30000 is listed
+        assert rec["missing"] == [[18000, 30000]], rec["missing"]
+        assert figures == {"wrote": 65536, "present": 65536 - 12000, "listed": 12000}
+    finally:
+        h.close()
+
+
+def test_a_killed_writer_with_nothing_more_to_come_still_reports_it(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    try:
+        h.io(b"A" * 100, off=0, io_id=1)
+        h.clock.now += 0.1
+        h.writer.tick(h.clock.now)  # the state after the write reaches the journal
+        h.io(b"B" * 100, off=100, io_id=2)  # written, but the writer dies before saying so
+        h.kill()
+        assert h.records() == []
+        h.idle()
+        (rec,) = h.records()
+        assert rec["complete"] is False and rec["missing"] == [[100, 200]], rec
+        assert rec["size"] == 200 and rec["interrupted"] is True
+        byte_equation(b"A" * 100 + b"B" * 100, (h.root / W).read_bytes(), rec["missing"])
+        h.kill()  # its line is written: nothing is left open for a third process
+        assert h.writer.counters["reconciled"] == 0
+    finally:
+        h.close()
+
+
+def test_an_interrupted_artifact_is_never_called_complete(h: Harness) -> None:
+    """Even when the journal knew every byte: what was sent while no writer listened is
+    unknown, so the file stays incomplete, also after more of it arrives and is released."""
+    h.io(b"A" * 100, off=0, io_id=1)
+    h.clock.now += 0.1
+    h.writer.tick(h.clock.now)
+    h.kill()
+    h.idle()
+    assert h.latest(W)["complete"] is False and h.latest(W)["missing"] == []
+    h.io(b"B" * 100, off=100, io_id=2)
+    h.idle()
+    rec = h.latest(W)
+    assert rec["complete"] is False and rec["interrupted"] is True and rec["missing"] == []
+
+
+def test_a_cleanly_closed_writer_leaves_nothing_open(h: Harness) -> None:
+    h.io(b"whole", off=0, io_id=1)
+    h.restart()
+    assert h.writer.counters["reconciled"] == 0
+    h.idle()
+    assert len(h.records()) == 1 and h.records()[0]["complete"] is True
+
+
+def test_state_is_released_after_the_index_line_and_rebuilt_from_it(h: Harness) -> None:
+    h.io(b"A" * 10, off=0, io_id=1)
+    h.send(None, file_env(off=10, io_id=2, io_len=5, lost=[[10, 15]]))
+    h.idle()
+    assert h.writer._artifacts == {} and h.writer.counters["released"] == 1
+    h.io(b"C" * 5, off=15, io_id=3, ts=5_000, pid=300)
+    h.idle()
+    rec = h.latest(W)
+    assert h.writer.counters["rebuilt"] == 1
+    assert rec["missing"] == [[10, 15]] and rec["complete"] is False  # not forgotten
+    assert (rec["ios"], rec["first_ts"], rec["last_ts"]) == (3, 1_000, 5_000)
+    assert rec["pids"] == [100, 300]
+    byte_equation(b"A" * 10 + b"B" * 5 + b"C" * 5, (h.root / W).read_bytes(), rec["missing"])
+
+
+def test_many_files_leave_no_state_behind(tmp_path: Path) -> None:
+    h = Harness(tmp_path, max_open=8)
+    try:
+        for inode in range(1, 2001):
+            h.io(b"x" * 20, off=0, io_id=inode, inode=inode)
+            if inode % 100 == 0:
+                h.idle()
+        h.idle()
+        w = h.writer
+        assert (len(w._artifacts), len(w._dirty), len(w._unsynced), len(w._fds)) == (0, 0, 0, 8)
+        assert w.counters["artifacts"] == 2000 and w.counters["records"] == 2000
+        journal = (h.root / ".journal.file").stat().st_size
+        assert journal < 4 << 20
+    finally:
+        h.close()
+
+
+def test_a_reused_inode_number_is_recognised_after_release(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    try:
+        h.io(b"OLD", off=0, io_id=1, generation=11)
+        h.idle()
+        assert h.writer._artifacts == {}
+        h.io(b"new", off=0, io_id=2, generation=12)
+        h.io(b"OLD+", off=0, io_id=3, generation=11)
+        h.idle()
+        base = h.root / W
+        assert base.read_bytes() == b"OLD+"
+        assert (base.parent / (base.name + ".gen-12")).read_bytes() == b"new"
+        assert h.latest(W)["generation"] == 11
+    finally:
+        h.close()
+
+
+def test_a_file_first_seen_just_after_a_gap_lists_what_came_before_it(h: Harness) -> None:
+    from writers.gaps import Gap
+
+    h.writer.on_gap(Gap(7, bus.TOPIC_FILE_WRITE, 0, 4))
+    h.io(b"tail", off=4096, io_id=9)
+    h.idle()
+    rec = h.latest(W)
+    assert rec["complete"] is False and rec["missing"] == [[0, 4096]]
+
+
+def test_an_existing_file_without_an_index_line_is_never_called_whole(h: Harness) -> None:
+    (h.root / "host").mkdir()
+    (h.root / W).write_bytes(b"?" * 100)
+    h.io(b"new", off=100, io_id=1)
+    h.idle()
+    rec = h.latest(W)
+    assert h.writer.counters["rebuild_misses"] == 1
+    assert rec["complete"] is False and rec["missing"] == [[0, 100]]
+
+
+def test_an_index_line_that_cannot_be_written_keeps_the_artifact_and_is_retried(
+    tmp_path: Path,
+) -> None:
+    h = Harness(tmp_path)
+    try:
+        real = h.index._write
+        h.index._write = lambda fd, data: os.write(fd, data[:7])  # the disk is full
+        h.io(b"data", off=0, io_id=1)
+        h.idle()
+        assert h.writer.counters["index_errors"] == 1 and h.records() == []
+        assert W.split("/", 1)[1] in {k[1] for k in h.writer._artifacts}
+        h.index._write = real  # room again
+        h.idle()
+        assert h.latest(W)["complete"] is True and h.writer._artifacts == {}
+    finally:
+        h.close()
+
+
+def test_a_planted_journal_link_is_counted_and_capture_goes_on(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".journal.file").symlink_to(victim)
+    h = Harness(tmp_path)
+    try:
+        assert h.writer.counters["journal_errors"] == 1
+        h.io(b"data", off=0, io_id=1)
+        h.idle()
+        assert h.latest(W)["complete"] is True
+        assert victim.read_bytes() == b"precious"
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("error", ["budget", "enospc", "eio"])
+def test_refused_and_failed_writes_keep_the_equation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: str
+) -> None:
+    """Disk budget, ENOSPC and EIO: the bytes that did not land are listed, the rest match."""
+    import errno as errno_mod
+
+    from writers import file as file_mod
+
+    data = os.urandom(10_000)
+
+    class Budget:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def bind_counters(self, counters: dict[str, int]) -> None:
+            pass
+
+        def allow(self, nbytes: int) -> bool:
+            self.calls += 1
+            return self.calls % 3 != 0
+
+    def failing(fd: int, view: memoryview, off: int, append: bool) -> int:
+        if off % 3000 == 0 and off:
+            return os.pwrite(fd, view[:100], off)  # a short write...
+        if off % 3000 == 100:
+            raise OSError(errno_mod.ENOSPC if error == "enospc" else errno_mod.EIO, error)
+        return os.pwrite(fd, view, off)
+
+    budget = Budget() if error == "budget" else None
+    clock = FakeClock()
+    h = WriterHarness(tmp_path, lambda o, i: FileWriter(o, i, clock=clock, budget=budget))
+    if error != "budget":
+        real = file_mod.write_all
+        monkeypatch.setattr(
+            file_mod, "write_all", lambda fd, buf, off, append: real(fd, buf, off, append, failing)
+        )
+    for n, off in enumerate(range(0, len(data), 1000)):
+        h.send(data[off : off + 1000], file_env(off=off, io_id=n + 1, io_len=1000))
+    h.writer.close()
+    rec = [r for r in h.records() if r["path"] == W][-1]
+    assert rec["complete"] is False
+    figures = byte_equation(data, (h.root / W).read_bytes(), rec["missing"])
+    assert 0 < figures["listed"] < figures["wrote"]
+    h.close()
