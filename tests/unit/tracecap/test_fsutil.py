@@ -101,8 +101,8 @@ def opener(request: pytest.FixtureRequest) -> Opener:
 def test_the_kernel_has_openat2() -> None:
     """Linux 5.6 added it; the fallback is for older kernels, not this one."""
     opener = Opener()
-    fd = opener.open(os.open("/", os.O_RDONLY), "tmp", fsutil.DIR_FLAGS)
-    os.close(fd)
+    with Dir.root(opener) as root:
+        os.close(opener.open(root.fd, "tmp", fsutil.DIR_FLAGS))
     assert opener.has_openat2 is True
 
 
