@@ -20,7 +20,13 @@ from typing import Any
 
 import zmq
 
-from collector.subscribers import MAX_PREFIX_BYTES, KernelSocketOps, SocketOps, Subscribers
+from collector.subscribers import (
+    MAX_PREFIX_BYTES,
+    SAMPLE_NS,
+    KernelSocketOps,
+    SocketOps,
+    Subscribers,
+)
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
 
@@ -109,6 +115,7 @@ class Publisher:
         if exempt_uids is None:
             exempt_uids = _writers_uid()
         self.peers = Subscribers(socket_ops or KernelSocketOps(), exempt_uids)
+        self._next_maintain = 0
         self.sent_messages = 0
         self.sent_bytes = 0
         self.dropped_messages = 0
@@ -133,12 +140,15 @@ class Publisher:
             self.peers.on_frame(frame.bytes, fd, pid, now)
 
     def maintain(self) -> None:
-        """Take pending (un)subscriptions and check the subscribers' sockets: cheap enough for
-        every turn of the collector's loop (one getsockopt; a sample at most every
-        subscribers.SAMPLE_NS)."""
+        """Take pending (un)subscriptions and check the subscribers' sockets, at most every
+        SAMPLE_NS: cheap enough for every turn of the collector's loop."""
+        now = time.monotonic_ns()
+        if now < self._next_maintain:
+            return
+        self._next_maintain = now + SAMPLE_NS
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.poll_subscriptions()
-        self.peers.sample(time.monotonic_ns(), self.backlog_bytes() >= PRESSURE_BYTES)
+        self.peers.sample(now, self.backlog_bytes() >= PRESSURE_BYTES)
 
     def subscribers(self, topic: bytes) -> int:
         """Subscriptions that receive ``topic`` (a prefix subscription covers it too)."""
