@@ -41,7 +41,7 @@ from tracecap.frontend.rundir import (
 )
 from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
 from tracecap.options import DEFAULT_RING_MB, Config
-from tracecap.privileges import prepare_run_dir
+from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.stats import read_writer_stats
 
 READY_TIMEOUT_S = 60.0
@@ -173,7 +173,9 @@ class SupervisordLauncher:
         prepare_run_dir(plan.run_dir)
         prepare_stats_dir(plan.stats_dir)
         write_options(plan.options_path, plan.options)
-        with open(plan.conf_path, "w") as f:
+        # the run directory is root's all the way down (prepare_run_dir); O_NOFOLLOW anyway
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        with os.fdopen(os.open(plan.conf_path, flags, 0o640), "w") as f:
             f.write(plan.supervisord_conf)
         for log in plan.log_paths:
             with contextlib.suppress(FileNotFoundError):
@@ -351,7 +353,11 @@ class Frontend:
                 signal.signal(sig, handler)
 
     def _run(self) -> int:
-        self.launcher.prepare(self.plan)
+        try:
+            self.launcher.prepare(self.plan)
+        except (RunDirError, OutDirError, OSError) as exc:
+            print(f"tracecap: error: {exc}", file=sys.stderr)
+            return 2
         relay = LogRelay(self.plan.log_paths, sys.stderr)
         feed = self.subscribe(self.plan.bus_endpoint, self.plan.printer_topics)
         sup = self.launcher.start(self.plan)

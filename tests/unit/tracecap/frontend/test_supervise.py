@@ -18,6 +18,7 @@ import pytest
 from tracecap import bus, options
 from tracecap.frontend.plan import Plan, make_plan
 from tracecap.frontend.supervise import Frontend, stopped_program
+from tracecap.privileges import RunDirError
 
 EXE = "/opt/tracecap/venv/bin/tracecap"
 
@@ -77,6 +78,7 @@ class FakeLauncher:
         self.sup = sup
         self.prepared: list[Plan] = []
         self.on_prepare: Callable[[], None] = lambda: None
+        self.started = False
 
     def prepare(self, plan: Plan) -> None:
         self.prepared.append(plan)
@@ -84,6 +86,7 @@ class FakeLauncher:
 
     def start(self, plan: Plan) -> FakeSupervisord:
         assert self.prepared == [plan], "started before the run directory was prepared"
+        self.started = True
         return self.sup
 
 
@@ -240,6 +243,18 @@ def test_a_writer_being_restarted_is_no_reason_to_stop(tmp_path, capsys, state):
     assert run.run() == 0
     assert error_lines(capsys.readouterr().err) == []
     assert run.sup.signals == []
+
+
+def test_an_unsafe_run_directory_is_a_usage_error_and_starts_nothing(tmp_path, capsys):
+    run = Scenario(tmp_path)
+
+    def refuse() -> None:
+        raise RunDirError(f"{tmp_path} is a symlink")
+
+    run.launcher.on_prepare = refuse
+    assert run.run() == 2
+    assert not run.launcher.started
+    assert error_lines(capsys.readouterr().err) == [f"tracecap: error: {tmp_path} is a symlink"]
 
 
 def test_supervisord_failing_is_a_failed_run(tmp_path, capsys):
