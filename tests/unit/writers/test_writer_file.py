@@ -406,6 +406,24 @@ def test_many_files_leave_no_state_behind(tmp_path: Path) -> None:
         h.close()
 
 
+def test_a_burst_of_files_is_bounded_in_memory(tmp_path: Path) -> None:
+    """Files arriving faster than they go idle: past ``max_resident`` the oldest is flushed
+    early, so no more than that many are ever held."""
+    h = Harness(tmp_path, max_resident=100)
+    try:
+        peak = 0
+        for inode in range(1, 3001):
+            h.io(b"y" * 30, off=0, io_id=inode, inode=inode)
+            peak = max(peak, len(h.writer._artifacts))
+        h.idle()
+        assert peak == 100 and h.writer._artifacts == {}
+        assert h.writer.counters["early_flushes"] == 2900
+        records = h.records()
+        assert len(records) == 3000 and all(r["complete"] for r in records)
+    finally:
+        h.close()
+
+
 def test_a_reused_inode_number_is_recognised_after_release(tmp_path: Path) -> None:
     h = Harness(tmp_path)
     try:
