@@ -16,6 +16,7 @@ unit:
 bench: setup
 	/opt/tracecap/venv/bin/python scripts/bench.py
 	/opt/tracecap/venv/bin/python scripts/bench_net_exec.py
+	/opt/tracecap/venv/bin/python scripts/bench_state.py
 
 lint:
 	/opt/tracecap/venv/bin/ruff check . && /opt/tracecap/venv/bin/ruff format --check .
