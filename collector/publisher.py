@@ -179,6 +179,10 @@ class Publisher:
         env["seq"] = self._seq[topic]
         self._seq[topic] += 1
         size = len(payload) if payload is not None else 0
+        if size >= ZERO_COPY_MIN:
+            # one turn of the collector's loop may publish more than BACKLOG_BYTES: a subscriber
+            # that holds them must be found while they are sent, not after
+            self.maintain()
         if size >= ZERO_COPY_MIN and self.backlog_bytes() + size > BACKLOG_BYTES:
             self.dropped_messages += 1
             self.dropped_bytes += size
