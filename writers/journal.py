@@ -20,6 +20,8 @@ Encoding and replay are pure; ``Journal`` is the I/O.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -92,7 +94,9 @@ class Journal:
     """``.journal.<writer>`` in the output root, appended one whole line per ``write``.
 
     ``write`` is injectable for tests. A line that cannot be written is reported False, for
-    the caller to count; it goes on (the data still matters more than the journal).
+    the caller to count; it goes on (the data still matters more than the journal). The file
+    is held under an exclusive ``flock``: a second live writer of the same kind on the same
+    output tree gets OSError (EBUSY) instead of taking over the first one's open artifacts.
     """
 
     def __init__(
@@ -108,9 +112,19 @@ class Journal:
         self._tmp = f"{self.name}.tmp"
         self._write = write
         self._compact_bytes = compact_bytes
-        self._fd = open_regular(self.name, os.O_RDWR | os.O_APPEND, out.root_fd)
+        self._fd = self._locked(open_regular(self.name, os.O_RDWR | os.O_APPEND, out.root_fd))
         #: Lines of the journal found at start that could not be read (torn, tampered).
         self.bad_lines = 0
+
+    def _locked(self, fd: int) -> int:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if isinstance(exc, BlockingIOError):
+                raise OSError(errno.EBUSY, f"{self.name} is held by another process") from None
+            raise
+        return fd
 
     def load(self) -> dict[str, State]:
         """What the previous process of this writer left open (read once, at start)."""
@@ -153,7 +167,7 @@ class Journal:
         and is still right."""
         root = self._out.root_fd
         try:
-            fd = open_regular(self._tmp, os.O_RDWR | os.O_APPEND | os.O_TRUNC, root)
+            fd = self._locked(open_regular(self._tmp, os.O_RDWR | os.O_APPEND | os.O_TRUNC, root))
         except OSError:
             return False
         try:

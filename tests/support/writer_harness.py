@@ -92,7 +92,11 @@ class WriterHarness(OutputTree, Generic[W]):
 
     def kill(self) -> None:
         """Build another writer over the same tree without closing this one, as supervisord
-        restarts a writer killed with SIGKILL (nothing flushed, its fds simply gone)."""
+        restarts a writer killed with SIGKILL (nothing flushed). The kernel would drop a dead
+        process's locks: the old writer's journal, if it has one, is closed without a word."""
+        journal = getattr(self.writer, "_journal", None)
+        if journal is not None:
+            journal.close()
         self.writer = self._make(self.out, self.index)
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_the_journal_survives_its_writer(out, tmp_path: Path) -> None:
     j = Journal(out, "file")
     assert j.opened("host/a", {"v": 1}) and j.opened("host/b", {"v": 1})
     assert j.closed("host/a")
-    # no close: the process died; its successor reads what it left
+    j.close()  # the process died (the kernel closes its fds); its successor reads what it left
     again = Journal(out, "file")
     assert again.load() == {"host/b": {"v": 1}} and again.bad_lines == 0
     assert (tmp_path / "out" / journal_name("file")).exists()
@@ -73,6 +74,7 @@ def test_a_short_journal_write_is_reported_and_does_not_tear_the_next(out) -> No
     j = Journal(out, "file", write=write)
     assert not j.opened("host/a", {"v": 1})
     assert j.opened("host/b", {"v": 2})
+    j.close()
     again = Journal(out, "file")
     assert again.load() == {"host/b": {"v": 2}} and again.bad_lines == 1
 
@@ -87,6 +89,7 @@ def test_compaction_keeps_only_the_open_states(out, tmp_path: Path) -> None:
     assert j.compact({"host/open": {"v": 1}})
     assert not j.wants_compaction()
     j.opened("host/later", {"v": 3})  # appends go to the new file
+    j.close()
     assert Journal(out, "file").load() == {"host/open": {"v": 1}, "host/later": {"v": 3}}
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if "journal" in p.name) == [
         ".journal.file"
@@ -110,4 +113,17 @@ def test_a_planted_symlink_at_the_temporary_name_fails_compaction_safely(out, tm
     (tmp_path / "out" / ".journal.file.tmp").symlink_to(victim)
     assert not j.compact({"host/a": {"v": 1}})
     assert victim.read_bytes() == b"precious"
+    j.close()
+    assert Journal(out, "file").load() == {"host/a": {"v": 1}}
+
+
+def test_a_second_live_writer_of_the_kind_gets_no_journal(out) -> None:
+    first = Journal(out, "file")
+    with pytest.raises(OSError) as info:
+        Journal(out, "file")
+    assert info.value.errno == errno.EBUSY
+    first.compact({"host/a": {"v": 1}})  # the replacement is held too
+    with pytest.raises(OSError):
+        Journal(out, "file")
+    first.close()
     assert Journal(out, "file").load() == {"host/a": {"v": 1}}
