@@ -331,6 +331,8 @@ class Subscribers:
         self._forget(peer)
         if len(self._gone) < MAX_PEERS:
             self._gone[peer.fd] = peer.sock.ino
+        if reason == "penalty":
+            return  # not extended by the refusals: a SUB that reconnects on its own gets back
         if len(self._penalty) >= MAX_PEERS:
             self._penalty = {u: t for u, t in self._penalty.items() if t > now_ns}
         if len(self._penalty) < MAX_PEERS:

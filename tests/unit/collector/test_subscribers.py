@@ -259,3 +259,25 @@ def test_the_table_and_its_stats_are_bounded_whatever_peers_send(
 
 def test_topic_prefixes() -> None:
     assert topic_prefixes([b"ab.", b"ac."]) == {b"", b"a", b"ab", b"ab.", b"ac", b"ac."}
+
+
+def test_a_uid_just_disconnected_is_refused_for_a_while_then_let_back(
+    table: Subscribers, kernel
+) -> None:
+    kernel.connect(3)
+    table.on_frame(b"junk", 3, kernel.socks[3].pid, 0)
+    assert table.dropped == {"messages": 1}
+    # the same uid reconnects by itself every 100 ms: refused, without extending the penalty
+    now = 0
+    for fd in range(4, 4 + subs.PENALTY_NS // (100 * MS)):
+        now += 100 * MS
+        kernel.close(fd - 1)
+        kernel.connect(fd)
+        sub(table, kernel, fd, b"proc.", now)
+        if now < subs.PENALTY_NS:
+            assert table.counts == {}, now
+    assert table.counts == {b"proc.": 1}
+    assert table.dropped["penalty"] == subs.PENALTY_NS // (100 * MS) - 1
+    kernel.connect(50, uid=2000)  # another uid was never refused
+    sub(table, kernel, 50, b"proc.", 1)
+    assert table.counts == {b"proc.": 2}
