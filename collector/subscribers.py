@@ -20,7 +20,12 @@ The bounds, per connection (a group member can open many; each costs at most thi
   any case (its ZeroMQ queue holds copies of everything it subscribed to meanwhile). Peers of an
   exempt uid (the writers' own, ``tracecap``) are never disconnected for being slow: a writer
   that is behind loses only what the payload budget drops, with its bytes named; a process with
-  the writers' uid could kill them anyway.
+  the writers' uid could kill them anyway;
+* MAX_PEERS_PER_UID connections per uid (the exempt one excepted), and for PENALTY_NS after one
+  of a uid's connections was disconnected, its new connections are refused at their first frame.
+
+A disconnected SUB socket notices when its owner reads again, reconnects by itself and sees the
+messages it missed as a seq gap: a stalled or flooding subscriber costs only itself.
 
 Only prefixes that can match a bus topic (``b""``, ``b"f"``... ``b"file.write."``) are counted
 per prefix, so the table and the ``stats.`` message stay small whatever peers send; the others
