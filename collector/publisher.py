@@ -71,8 +71,9 @@ class Publisher:
     BACKLOG_BYTES. ``maintain`` keeps each subscriber within its bounds (Subscribers).
     It holds ``collector.lock`` in the run directory until ``close``.
 
-    ``exempt_uids`` are never disconnected for being slow (default: the ``tracecap`` user's, the
-    writers'); ``socket_ops`` is the kernel access on the peers' sockets (faked in tests)."""
+    ``exempt_uids`` are never disconnected for being slow (default: the ``tracecap`` user's
+    processes started by our parent, the supervisord that runs the writers); ``socket_ops`` is
+    the kernel access on the peers' sockets (faked in tests)."""
 
     def __init__(
         self,
@@ -112,9 +113,13 @@ class Publisher:
             os.umask(old)
         self.epoch = epoch if epoch is not None else secrets.randbits(63)
         self._seq: Counter[bytes] = Counter()
+        exempt_parent = None
         if exempt_uids is None:
-            exempt_uids = _writers_uid()
-        self.peers = Subscribers(socket_ops or KernelSocketOps(), exempt_uids)
+            # the writers: the tracecap user's processes that our supervisord started
+            exempt_uids, exempt_parent = _writers_uid(), os.getppid()
+        self.peers = Subscribers(
+            socket_ops or KernelSocketOps(), exempt_uids, exempt_parent=exempt_parent
+        )
         self._next_maintain = 0
         self.sent_messages = 0
         self.sent_bytes = 0

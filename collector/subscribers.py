@@ -18,7 +18,8 @@ The bounds, per connection (a group member can open many; each costs at most thi
   and counted: after STALL_NS while zero-copy payloads pile up (it is what holds them: ZeroMQ
   releases a frame only once every matching connection has taken it) and after STALL_MAX_NS in
   any case (its ZeroMQ queue holds copies of everything it subscribed to meanwhile). Peers of an
-  exempt uid (the writers' own, ``tracecap``) are never disconnected for being slow: a writer
+  exempt uid (the writers' own, ``tracecap``) that the collector's supervisord started (the
+  writers, not a `tracecap tap` of the same user) are never disconnected for being slow: a writer
   that is behind loses only what the payload budget drops, with its bytes named; a process with
   the writers' uid could kill them anyway;
 * MAX_PEERS_PER_UID connections per uid (the exempt one excepted), and for PENALTY_NS after one
@@ -89,6 +90,9 @@ class PeerSocket:
     uid: int
     pid: int
     sndbuf: int
+    #: The peer process's parent (0 when unknown): writers are children of the collector's
+    #: supervisord, a `tracecap tap` of the same uid is not.
+    ppid: int = 0
 
 
 class SocketOps(Protocol):
@@ -100,6 +104,18 @@ class SocketOps(Protocol):
     def unread(self, fd: int, ino: int) -> int | None: ...
 
     def disconnect(self, fd: int, ino: int) -> bool: ...
+
+
+def parent_of(pid: int) -> int:
+    """``pid``'s parent from /proc (0 if it is gone). The comm field may hold spaces and
+    parentheses, so the fields are read after its last ``)``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read(4096)
+    except OSError:
+        return 0
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
 
 
 class KernelSocketOps:
@@ -122,6 +138,7 @@ class KernelSocketOps:
                 uid,
                 pid,
                 dup.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                parent_of(pid),
             )
         except OSError:
             return None
@@ -184,9 +201,14 @@ class Subscribers:
         ops: SocketOps,
         exempt_uids: Iterable[int] = (),
         topics: Iterable[bytes] = bus.TOPICS,
+        exempt_parent: int | None = None,
     ) -> None:
         self._ops = ops
         self._exempt = frozenset(exempt_uids)
+        #: With it, only peers of an exempt uid that are children of this process (the
+        #: collector's supervisord: the writers) are exempt; a paused `tracecap tap`, which
+        #: runs as the same user, is then disconnected like any stalled subscriber.
+        self._exempt_parent = exempt_parent
         self._matching = topic_prefixes(topics)
         self._peers: dict[int, Peer] = {}
         #: fd -> socket inode of connections already disconnected: what they had queued is
@@ -269,7 +291,7 @@ class Subscribers:
         if sock is None or (pid is not None and sock.pid != pid):
             return None  # closed, or reused by a connection whose metadata comes later
         self._gone.pop(fd, None)
-        exempt = sock.uid in self._exempt
+        exempt = sock.uid in self._exempt and self._exempt_parent in (None, sock.ppid)
         peer = Peer(fd, sock, exempt, float(SUBSCRIBE_BURST), now_ns)
         if self._penalty.get(sock.uid, 0) > now_ns:
             self._drop(peer, "penalty", now_ns)

@@ -184,8 +184,10 @@ STALLED = """
 """
 
 
-def test_a_stalled_subscriber_costs_the_writers_nothing(tracecap, workdir: Path) -> None:
-    """A group member subscribes to everything and never reads while 256 MiB are written:
+@pytest.mark.parametrize("user", ["nobody", "tracecap"])
+def test_a_stalled_subscriber_costs_the_writers_nothing(tracecap, workdir: Path, user: str) -> None:
+    """A group member, or a paused `tracecap tap` (the writers' user, but not started by the
+    writers' supervisord), subscribes to everything and never reads while 256 MiB are written:
     the file writer's artifact is complete and byte-exact, no payload went out as a loss
     notice, and the collector did not hold what the stalled subscriber did not take."""
     target, source = workdir / "w-big", workdir / "big.src"
@@ -194,7 +196,7 @@ def test_a_stalled_subscriber_costs_the_writers_nothing(tracecap, workdir: Path)
     collector = collector_pid(run)
     feed = StatsFeed(run)
     before = rss_kib(collector)
-    stalled = as_group_member(STALLED, run, "nobody")
+    stalled = as_group_member(STALLED, run, user)
     peak = before
     try:
         deadline = time.monotonic() + 10

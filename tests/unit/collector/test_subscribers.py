@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import msgpack
@@ -24,8 +25,10 @@ class FakeSockets:
     unread_bytes: dict[int, int] = field(default_factory=dict)
     shut: list[int] = field(default_factory=list)
 
-    def connect(self, fd: int, uid: int = 1000, pid: int | None = None, ino: int = 0) -> None:
-        self.socks[fd] = PeerSocket(ino or 10_000 + fd, uid, pid or 500 + fd, SNDBUF)
+    def connect(
+        self, fd: int, uid: int = 1000, pid: int | None = None, ino: int = 0, ppid: int = 0
+    ) -> None:
+        self.socks[fd] = PeerSocket(ino or 10_000 + fd, uid, pid or 500 + fd, SNDBUF, ppid)
         self.unread_bytes[fd] = 0
 
     def close(self, fd: int) -> None:
@@ -200,6 +203,26 @@ def test_a_stalled_peer_is_disconnected_once_payloads_pile_up(table: Subscribers
     assert kernel.shut == [3]  # the writer is not: what it lacks is dropped with its bytes named
     assert table.dropped == {"stalled": 1}
     assert table.counts == {b"file.write.": 1}
+
+
+def test_only_the_writers_supervisord_started_are_exempt(kernel) -> None:
+    """A paused `tracecap tap` runs as the writers' user but is not their sibling."""
+    supervisord = 4242
+    table = Subscribers(kernel, exempt_uids=[WRITER_UID], exempt_parent=supervisord)
+    kernel.connect(3, uid=WRITER_UID, ppid=1)  # tap, started from a shell
+    kernel.connect(4, uid=WRITER_UID, ppid=supervisord)  # the file writer
+    sub(table, kernel, 3, b"")
+    sub(table, kernel, 4, b"file.write.")
+    stuck(kernel, 3)
+    stuck(kernel, 4)
+    run_samples(table, 0, 2 * subs.STALL_NS, piling=True)
+    assert kernel.shut == [3]
+    assert table.dropped == {"stalled": 1}
+
+
+def test_parent_of_reads_past_a_comm_with_parentheses(tmp_path) -> None:
+    assert subs.parent_of(os.getpid()) == os.getppid()
+    assert subs.parent_of(2**22 + 1) == 0  # above PID_MAX_LIMIT: no such process
 
 
 def test_a_stalled_peer_is_disconnected_after_a_while_whatever_the_load(
