@@ -31,7 +31,10 @@ IO_TIMEOUT_NS = 1_000_000_000
 #: A stream not continued for this long is forgotten (the kernel sends a full event at least
 #: every second, so a continuation never names a syscall this old).
 STREAM_TIMEOUT_NS = 5_000_000_000
-#: Streams remembered for continuations at most (as many as the kernel's io_streams map).
+#: Streams (threads) remembered for continuations at most: as many as the kernel's io_streams
+#: map, which holds one per thread, so the collector needs no more. Past it the least recently
+#: started is forgotten and counted (``streams_evicted``); a continuation of it is then an
+#: orphan, counted lost.
 MAX_STREAMS = 16384
 
 _ArtifactKey = tuple[int, int, int]  # (direction, dev, inode)
@@ -46,6 +49,7 @@ class _Stream:
     append: bool
     key: _ArtifactKey
     seen_ns: int
+    io_id: int = 0  # its last syscall's, under which _streams holds it
 
 
 @dataclass
@@ -102,8 +106,15 @@ NOTICE_IO_ID_BASE = 1 << 56
 class FileAssembler:
     """Joins one run's file-I/O records (events, continuations, chunks, drop notices) into bus
     messages, one instance per collector. Every table it keeps is bounded: pending syscalls by
-    the one-per-thread rule and IO_TIMEOUT_NS, streams and threads by MAX_STREAMS, runs by one
-    per artifact until the next ``flush_runs``."""
+    the one-per-thread rule and IO_TIMEOUT_NS, runs by one per artifact until the next
+    ``flush_runs``, streams by one per thread (MAX_STREAMS, STREAM_TIMEOUT_NS).
+
+    One stream per thread, not per file: the kernel's io_streams map holds each thread's last
+    syscall only, and a full event replaces it, so a continuation can only ever name the
+    thread's latest stream (the thread's records reach the one file ring in the order it made
+    them). The stream a full event replaces is forgotten at once; keeping every file's stream
+    until STREAM_TIMEOUT_NS held about 1 KB per file written in the last 5 s, 16 MB at the
+    bound, and the collector's heap kept that high-water mark."""
 
     def __init__(self, boot_to_epoch_ns: int, container_of: Any = None) -> None:
         self._boot_to_epoch = boot_to_epoch_ns
@@ -111,10 +122,11 @@ class FileAssembler:
         self._pending: dict[int, _PendingIo] = {}
         self._streams: dict[int, _Stream] = {}  # by the io_id of the stream's last syscall
         self._runs: dict[_ArtifactKey, _Run] = {}
-        self._last_io_of_tid: dict[int, int] = {}
+        self._stream_of_tid: dict[int, _Stream] = {}
         self.orphan_chunks = 0
         self.orphan_ios = 0
         self.lost_bytes = 0
+        self.streams_evicted = 0
         self._next_notice = NOTICE_IO_ID_BASE
 
     def on_dropped(self, drop: records.DroppedIo, now_ns: int) -> Outgoing:
@@ -169,8 +181,8 @@ class FileAssembler:
         del env["ts"]
         topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
         stream = _Stream(env, topic, ev.append, (ev.direction, ev.dev, ev.inode), now_ns)
+        out = self._replace_stream(h.tid, stream)
         self._remember(ev.io_id, stream)
-        out = self._settle_previous(h.tid, ev.io_id)
         ts = h.ts + self._boot_to_epoch
         self._pending[ev.io_id] = _PendingIo(stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns)
         return out
@@ -228,22 +240,29 @@ class FileAssembler:
             return []
         stream.seen_ns = now_ns
         self._remember(cont.io_id, stream)
-        out = self._settle_previous(stream.env["tid"], cont.io_id)
+        prev = self._pending.pop(cont.prev_io_id, None)
+        out = [] if prev is None else self._close(prev)  # see _replace_stream
         ts = cont.ts + self._boot_to_epoch
         self._pending[cont.io_id] = _PendingIo(
             stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
         )
         return out + self.on_data(cont.first, now_ns)
 
-    def _settle_previous(self, tid: int, io_id: int) -> list[Outgoing]:
-        """Close the thread's previous syscall if bytes of it are still missing: all of its
-        records precede this one's in the ring buffer, so what has not arrived never will.
-        This keeps the wait for lost chunks (and the buffers held meanwhile) to one syscall."""
-        prev = self._last_io_of_tid.pop(tid, None)
-        self._last_io_of_tid[tid] = io_id
-        if len(self._last_io_of_tid) > MAX_STREAMS:
-            del self._last_io_of_tid[next(iter(self._last_io_of_tid))]
-        io = self._pending.pop(prev, None) if prev is not None else None
+    def _replace_stream(self, tid: int, stream: _Stream) -> list[Outgoing]:
+        """Make ``stream`` the thread's, forgetting the one it replaces (no continuation can
+        name that any more), and close the thread's previous syscall if bytes of it are still
+        missing: all of its records precede this one's in the ring buffer, so what has not
+        arrived never will. This keeps the wait for lost chunks (and the buffers held
+        meanwhile) to one syscall."""
+        old = self._stream_of_tid.pop(tid, None)
+        self._stream_of_tid[tid] = stream
+        if len(self._stream_of_tid) > MAX_STREAMS:
+            del self._stream_of_tid[next(iter(self._stream_of_tid))]
+        if old is None:
+            return []
+        if self._streams.get(old.io_id) is old:
+            del self._streams[old.io_id]
+        io = self._pending.pop(old.io_id, None)
         return [] if io is None else self._close(io)
 
     def _close(self, io: _PendingIo) -> list[Outgoing]:
@@ -253,9 +272,12 @@ class FileAssembler:
         return out
 
     def _remember(self, io_id: int, stream: _Stream) -> None:
+        """``stream`` as the one a continuation of syscall ``io_id`` names."""
+        stream.io_id = io_id
         self._streams[io_id] = stream
         if len(self._streams) > MAX_STREAMS:
             del self._streams[next(iter(self._streams))]
+            self.streams_evicted += 1
 
     def on_data(self, chunk: records.FileData, now_ns: int) -> list[Outgoing]:
         """Bytes of a pending syscall. ``chunk.data`` may view ring memory that the kernel reuses
@@ -306,7 +328,15 @@ class FileAssembler:
         for io_id, stream in list(self._streams.items()):
             if force or now_ns - stream.seen_ns >= STREAM_TIMEOUT_NS:
                 del self._streams[io_id]
+        for tid, stream in list(self._stream_of_tid.items()):
+            if force or now_ns - stream.seen_ns >= STREAM_TIMEOUT_NS:
+                del self._stream_of_tid[tid]
         return out
+
+    @property
+    def streams(self) -> int:
+        """Streams remembered for continuations now (at most one per thread)."""
+        return len(self._streams)
 
     def _gather(self, io: _PendingIo) -> list[Outgoing]:
         """A whole syscall joins its stream's run, or starts one (publishing the artifact's
