@@ -86,6 +86,10 @@ def test_more_threads_than_the_bound_evict_the_oldest_counted(monkeypatch):
     assert asm.streams_evicted == 1000 - 64
     asm.on_cont(whole_cont(2000, 1, 20, b"q"), 0)  # the first thread's stream was evicted
     assert asm.orphan_ios == 1
+    # the tables were copied afresh on the way (every 256 evictions): the newest 64 remain
+    for io_id in range(937, 1001):
+        assert asm.on_cont(whole_cont(3000 + io_id, io_id, 20, b"r"), 0) == []
+    assert asm.orphan_ios == 1 and len(asm.flush_runs()) == 64
 
 
 def test_force_expiry_forgets_every_stream_and_thread():
