@@ -722,6 +722,7 @@ def test_stats_env(tmp_path):
     assert (env["pid"], env["uid"], env["comm"]) == (os.getpid(), os.getuid(), b"tracecap")
     assert env["collector"]["events"] == 1
     assert env["collector"]["decode_errors"] == 1
+    assert env["collector"]["streams_evicted"] == 0
     assert env["collector"]["bus_backlog_bytes"] == 123
     assert env["collector"]["bus_peers_dropped"] == {"stalled": 1}
     assert env["programs"] == ["tc_fork", "tc_proc_exit"]
@@ -751,6 +752,25 @@ def test_the_loop_publishes_stats_once_a_second():
     assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
     # the subscribers are kept within their bounds at every turn, not once a second
     assert rig.pub.maintained >= polls
+
+
+def test_the_loop_returns_freed_heap_every_ten_seconds(monkeypatch):
+    rig = Rig(config("write"))
+    collector = rig.started()
+    assert rig.probes is not None and rig.probes.ring is not None
+    trims: list[int] = []
+    monkeypatch.setattr(service, "release_free_heap", lambda: trims.append(rig.time.now))
+    halt = threading.Event()
+
+    def poll(timeout_ms: int) -> None:
+        rig.time.now += timeout_ms * 1_000_000
+        if rig.time.now - start >= 25 * 1_000_000_000:
+            halt.set()
+
+    start = rig.time.now
+    rig.probes.ring.poll = poll  # type: ignore[method-assign]
+    collector.run(halt)
+    assert [round((t - start) / 1e9) for t in trims] == [10, 20]
 
 
 def test_stats_fit_the_envelope_limit_on_a_host_with_many_cpus():
