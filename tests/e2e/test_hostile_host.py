@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pipeline import artifact_name
-from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
+from tests.support.workloads import WORKLOAD_TIMEOUT_S, python, python_as
 
 pytestmark = pytest.mark.ebpf
 
@@ -57,19 +57,7 @@ def attacker() -> Iterator[pwd.struct_passwd]:
 
 def as_user(user: pwd.struct_passwd, code: str, timeout: float = WORKLOAD_TIMEOUT_S) -> str:
     """Run ``code`` as ``user`` (no supplementary groups); its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        cwd="/",
-        user=user.pw_uid,
-        group=user.pw_gid,
-        extra_groups=[],
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return python_as(code, timeout, user=user.pw_uid, group=user.pw_gid, extra_groups=[])
 
 
 def tracecap_user() -> pwd.struct_passwd:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.pipeline import Run, artifact_name
-from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
+from tests.support.workloads import python, python_as
 
 pytestmark = pytest.mark.ebpf
 
@@ -65,21 +65,6 @@ def children_of(ppid: int) -> set[int]:
 
 def ids(line: str) -> list[int]:
     return [int(v) for v in line.split()]
-
-
-def run_as(code: str, **creds: object) -> str:
-    """Run ``code`` in a fresh interpreter with the given subprocess credentials; its stdout."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=WORKLOAD_TIMEOUT_S,
-        check=False,
-        cwd="/",
-        **creds,  # type: ignore[arg-type]
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.fixture
@@ -166,12 +151,12 @@ def test_writer_cannot_read_root_only_files(tracecap, workdir: Path, tracecap_us
         )
     """
     # As root the file is readable and the control socket reachable (the probe itself works) ...
-    assert run_as(probe).split("\n") == ["read allowed", "control allowed"]
+    assert python_as(probe).split("\n") == ["read allowed", "control allowed"]
     # ... with the running writer's exact credentials, neither is.
-    as_writer = run_as(probe, user=uid, group=gid, extra_groups=groups)
+    as_writer = python_as(probe, user=uid, group=gid, extra_groups=groups)
     assert as_writer.split("\n") == ["read denied", "control denied"]
     # ... and a root process that drops with the writers' own function can no longer read it.
-    dropped = run_as(
+    dropped = python_as(
         "from tracecap.privileges import drop_privileges\n"
         "drop_privileges('tracecap')\n"
         "import os\n"
@@ -217,9 +202,9 @@ def test_bus_socket_is_for_group_tracecap_only(tracecap, workdir: Path, tracecap
             s.close()
     """
     nobody = pwd.getpwnam("nobody")
-    as_nobody = run_as(probe, user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
+    as_nobody = python_as(probe, user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[])
     assert as_nobody == "False denied"
-    as_tracecap = run_as(
+    as_tracecap = python_as(
         probe, user=tracecap_user.pw_uid, group=tracecap_user.pw_gid, extra_groups=[]
     )
     assert as_tracecap == "True connected"

@@ -27,3 +27,19 @@ def sh(script: str, shell: str = "bash") -> subprocess.CompletedProcess:
     return subprocess.run(
         [shell, "-c", script], check=True, capture_output=True, timeout=WORKLOAD_TIMEOUT_S
     )
+
+
+def python_as(code: str, timeout: float = WORKLOAD_TIMEOUT_S, **creds: object) -> str:
+    """Run ``code`` in a fresh interpreter with subprocess credentials (``user``, ``group``,
+    ``extra_groups``), from ``/``; its stdout. A non-zero exit fails the test with its stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd="/",
+        **creds,  # type: ignore[arg-type]
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
