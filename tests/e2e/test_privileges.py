@@ -10,32 +10,23 @@ import grp
 import os
 import pwd
 import stat
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import Run, artifact_name
+from tests.support.pipeline import Run, artifact_name, pid_of
 from tests.support.workloads import python, python_as
 
 pytestmark = pytest.mark.ebpf
 
-SUPERVISORCTL = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
 CAPABILITY_SETS = ("CapInh", "CapPrm", "CapEff", "CapAmb")
 
 
-def pid_of(run: Run, program: str) -> int:
-    out = subprocess.run(
-        [SUPERVISORCTL, "-c", str(run.run_dir / "supervisord.conf"), "pid", program],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    ).stdout.strip()
-    assert out.isdigit() and int(out) > 0, f"no pid for {program}: {out!r}"
-    return int(out)
+def running_pid(run: Run, program: str) -> int:
+    pid = pid_of(run, program)
+    assert pid > 0, f"no pid for {program}"
+    return pid
 
 
 def proc_status(path: str) -> dict[str, str]:
@@ -74,7 +65,9 @@ def tracecap_user() -> pwd.struct_passwd:
 
 def test_only_the_collector_runs_as_root(tracecap, workdir: Path, tracecap_user) -> None:
     run = tracecap("--capture", f"write={workdir}/*", "--capture", "exec")
-    programs = {name: pid_of(run, name) for name in ("collector", "writer-file", "writer-exec")}
+    programs = {
+        name: running_pid(run, name) for name in ("collector", "writer-file", "writer-exec")
+    }
     supervisord = int((run.run_dir / "supervisord.pid").read_text())
     # Nothing else runs under supervisord than the programs it reports.
     assert children_of(supervisord) == set(programs.values()), programs
@@ -116,7 +109,7 @@ def test_the_pipeline_outranks_the_traced_processes(tracecap, workdir: Path) -> 
 
     run = tracecap("--capture", f"write={workdir}/*", "--capture", "network")
     for name in ("collector", "writer-pcap", "writer-file"):
-        pid = pid_of(run, name)
+        pid = running_pid(run, name)
         threads = {int(tid): nice_of(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
         assert set(threads.values()) == {PIPELINE_NICE}, (name, threads)
     run.stop()
@@ -129,7 +122,7 @@ def test_writer_cannot_read_root_only_files(tracecap, workdir: Path, tracecap_us
     os.chown(secret, 0, 0)
     secret.chmod(0o600)
     run = tracecap("--capture", f"write={workdir}/cap-*")
-    writer = proc_status(f"/proc/{pid_of(run, 'writer-file')}/status")
+    writer = proc_status(f"/proc/{running_pid(run, 'writer-file')}/status")
     uid, gid = ids(writer["Uid"])[0], ids(writer["Gid"])[0]
     groups = ids(writer["Groups"])
     assert uid == tracecap_user.pw_uid

@@ -16,14 +16,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.test_supervision import RESTART_TIMEOUT_S, pid_of
-from tests.support.pipeline import Run, artifact_name
+from tests.support.pipeline import RESTART_TIMEOUT_S, Run, artifact_name, pid_of, wait_until
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 from tests.support.writer_harness import byte_equation
 
@@ -58,15 +56,6 @@ def live_index(run: Run) -> list[dict[str, Any]]:
         return []
     data = path.read_bytes()
     return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-    return value
 
 
 def settle(run: Run, quiet: float = 3.0) -> None:

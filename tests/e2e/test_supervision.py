@@ -19,34 +19,25 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import zmq
 
-from tests.support.pipeline import Run, artifact_name
+from tests.support.pipeline import (
+    RESTART_TIMEOUT_S,
+    Run,
+    artifact_name,
+    ctl,
+    pid_of,
+    wait_until,
+)
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 from tracecap import bus
 
 pytestmark = pytest.mark.ebpf
 
-SUPERVISORCTL = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
-#: How long supervisord may take to bring a killed writer back (it restarts at once).
-RESTART_TIMEOUT_S = 15
 #: How long a write may take to reach the index (writers flush after 1 s idle).
 CAPTURE_TIMEOUT_S = 30
-
-T = TypeVar("T")
-
-
-def ctl(run: Run, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [SUPERVISORCTL, "-c", str(run.run_dir / "supervisord.conf"), *args],
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
 
 
 def status(run: Run) -> dict[str, str]:
@@ -58,22 +49,6 @@ def status(run: Run) -> dict[str, str]:
         if len(fields) >= 2:
             states[fields[0]] = fields[1]
     return states
-
-
-def pid_of(run: Run, program: str) -> int:
-    out = ctl(run, "pid", program).stdout.strip()
-    return int(out) if out.isdigit() else 0
-
-
-def wait_until(what: str, check: Callable[[], T], timeout: float) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def live_index(run: Run) -> list[dict]:

@@ -9,9 +9,12 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -96,3 +99,39 @@ class Run:
 
 def hex64() -> str:
     return secrets.token_hex(32)
+
+
+SUPERVISORCTL = os.path.join(os.path.dirname(sys.executable), "supervisorctl")
+#: How long supervisord may take to bring a killed writer back (it restarts at once).
+RESTART_TIMEOUT_S = 15
+
+T = TypeVar("T")
+
+
+def ctl(run: Run, *args: str) -> subprocess.CompletedProcess:
+    """`supervisorctl` against the run's own supervisord."""
+    return subprocess.run(
+        [SUPERVISORCTL, "-c", str(run.run_dir / "supervisord.conf"), *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def pid_of(run: Run, program: str) -> int:
+    """The program's pid as supervisord reports it (0 when it is not running)."""
+    out = ctl(run, "pid", program).stdout.strip()
+    return int(out) if out.isdigit() else 0
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float) -> T:
+    """``check()``'s first true value, polled; the test fails after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
