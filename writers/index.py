@@ -70,18 +70,23 @@ def last_line_matching(
     return None
 
 
+def parse_line(line: bytes) -> dict[str, Any] | None:
+    """One line of the index (or of a writer's journal) as a JSON object, or None when it is
+    not one (torn by a crash, or tampered with)."""
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def _matching(
     line: bytes, needle: bytes, accept: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any] | None:
     if needle not in line or len(line) > MAX_LINE:
         return None
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(record, dict) and accept(record):
-        return record
-    return None
+    record = parse_line(line)
+    return record if record is not None and accept(record) else None
 
 
 class Index:

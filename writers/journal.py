@@ -22,11 +22,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from writers.index import encode_record, parse_line
 from writers.outdir import OutputDir, check_component, open_regular
 
 #: Rewrite the journal once it is this large (it then holds only the open artifacts' states).
@@ -48,13 +48,12 @@ def journal_name(writer: str) -> str:
 
 def encode_state(path: str, state: State) -> bytes:
     """The line saying ``path`` is open with ``state`` (a JSON object)."""
-    entry = {"op": "open", "path": path, "state": state}
-    return (json.dumps(entry, ensure_ascii=True, sort_keys=True, allow_nan=False) + "\n").encode()
+    return encode_record({"op": "open", "path": path, "state": state})
 
 
 def encode_closed(path: str) -> bytes:
     """The line saying ``path``'s index line is written: nothing of it is open any more."""
-    return (json.dumps({"op": "closed", "path": path}, ensure_ascii=True) + "\n").encode()
+    return encode_record({"op": "closed", "path": path})
 
 
 def replay(lines: Iterable[bytes]) -> tuple[dict[str, State], int]:
@@ -66,12 +65,8 @@ def replay(lines: Iterable[bytes]) -> tuple[dict[str, State], int]:
     for line in lines:
         if not line.strip():
             continue
-        try:
-            entry = json.loads(line)
-        except (ValueError, RecursionError):
-            bad += 1
-            continue
-        path = entry.get("path") if isinstance(entry, dict) else None
+        entry = parse_line(line)
+        path = entry.get("path") if entry is not None else None
         if not isinstance(path, str):
             bad += 1
             continue

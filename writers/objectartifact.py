@@ -8,17 +8,15 @@ keys. The I/O half (temporary files, fds, renames, reading the index) is ``write
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from tracecap.text import text_fields
+from writers.index import MAX_LINE, parse_line
 from writers.ranges import RangeSet
 
 MAX_ERROR_CHARS = 1024
-#: Longest index line considered when rebuilding dedup state; longer ones are counted bad.
-MAX_INDEX_LINE = 1 << 20
 #: ``.1`` ... ``.<n>`` tried when a final name is taken (fits naming.COLLISION_ROOM).
 MAX_COLLISIONS = 1000
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -170,16 +168,7 @@ def content_key_from_record(record: dict[str, Any]) -> DedupKey | None:
     return None
 
 
-def parse_index_line(line: bytes) -> dict[str, Any] | None:
-    """One index line as a record, or None when it is not a JSON object (torn or tampered)."""
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def read_lines(stream: IO[bytes], max_line: int = MAX_INDEX_LINE) -> Iterator[bytes | None]:
+def read_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[bytes | None]:
     """Lines of ``stream``, each at most ``max_line`` bytes; None stands for a longer line,
     skipped without ever holding it in memory."""
     while True:
@@ -202,7 +191,7 @@ def dedup_key_of_line(
     """The dedup key one index line (None: an overlong one) gives ``kind``, or None when it
     gives none: a blank line, another kind's record, or an incomplete capture (which is to be
     retried, so it must not count). Raises BadIndexLine for a line that should and cannot."""
-    record = None if line is None else parse_index_line(line)
+    record = None if line is None else parse_line(line)
     if record is None:
         if line is None or line.strip():
             raise BadIndexLine("not a JSON object")

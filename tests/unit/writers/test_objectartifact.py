@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.support.envelopes import mem_env
+from writers.index import parse_line
 from writers.objectartifact import (
     MAX_COLLISIONS,
     MAX_ERROR_CHARS,
@@ -20,7 +21,6 @@ from writers.objectartifact import (
     dedup_key_of_line,
     error_text,
     final_names,
-    parse_index_line,
     read_lines,
 )
 
@@ -71,8 +71,8 @@ def test_read_lines_skips_overlong_lines_without_holding_them() -> None:
 @pytest.mark.parametrize(
     "line", [b"not json\n", b"[1, 2]\n", b'{"a": \n', b"\xff\n", b"[" * 100000]
 )
-def test_parse_index_line_refuses_what_is_not_a_record(line: bytes) -> None:
-    assert parse_index_line(line) is None
+def test_parse_line_refuses_what_is_not_a_record(line: bytes) -> None:
+    assert parse_line(line) is None
 
 
 # -- the index record ------------------------------------------------------------------------
