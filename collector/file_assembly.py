@@ -22,6 +22,7 @@ from typing import Any
 
 from bpf import records
 from collector.envelopes import Outgoing, context_env
+from collector.file_extents import FileExtents
 from tracecap import bus
 
 #: Bytes gathered before they are published as one message.
@@ -140,6 +141,7 @@ class FileAssembler:
         self.streams_evicted = 0
         self._threads_evicted = 0
         self._next_notice = NOTICE_IO_ID_BASE
+        self._extents = FileExtents()
 
     def on_dropped(self, drop: records.DroppedIo, now_ns: int) -> Outgoing:
         """A loss notice for syscalls the kernel could not even announce (ring buffer full).
@@ -175,6 +177,7 @@ class FileAssembler:
             "lost_ios": drop.ios,
         }
         topic = bus.TOPIC_FILE_WRITE if drop.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
+        self._extents.note(topic, env, hi, now_ns)
         return Outgoing(topic, env, None)
 
     def on_event(self, ev: records.FileEvent, now_ns: int) -> list[Outgoing]:
@@ -346,6 +349,13 @@ class FileAssembler:
                 del self._stream_of_tid[tid]
         return out
 
+    def announce_extents(self) -> list[Outgoing]:
+        """At stop, after ``expire(force=True)``: the end of each file artifact written recently
+        (see ``collector.file_extents``), so that writers can list a lost tail as missing."""
+        out = self._extents.announce(self._next_notice + 1)
+        self._next_notice += len(out)
+        return out
+
     @property
     def streams(self) -> int:
         """Streams remembered for continuations now (at most one per thread)."""
@@ -386,6 +396,7 @@ class FileAssembler:
             io_off=0,
             off=self._file_off(first, 0),
         )
+        self._extents.note(first.stream.topic, first.stream.env, run.end, run.ts_last)
         return Outgoing(first.stream.topic, env, run.buf)  # handed over, never changed again
 
     def _take_run(self, io: _PendingIo) -> list[Outgoing]:
@@ -414,7 +425,9 @@ class FileAssembler:
         io.whole = False
         out = self._take_run(io)
         payload, io.buf = io.buf, bytearray()  # handed over: the io goes on with a new buffer
-        out.append(Outgoing(io.stream.topic, self._io_env(io, io.buf_off), payload))
+        env = self._io_env(io, io.buf_off)
+        self._extents.note(io.stream.topic, io.stream.env, env["off"] + len(payload), io.ts)
+        out.append(Outgoing(io.stream.topic, env, payload))
         return out
 
     def _lost(self, io: _PendingIo, start: int, end: int) -> list[Outgoing]:
@@ -422,4 +435,5 @@ class FileAssembler:
         self.lost_bytes += end - start
         base = self._file_off(io, 0)
         env = self._io_env(io, start) | {"lost": [[base + start, base + end]]}
+        self._extents.note(io.stream.topic, io.stream.env, base + end, io.ts)
         return [*self._take_run(io), Outgoing(io.stream.topic, env, None)]

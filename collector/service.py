@@ -366,6 +366,7 @@ class Collector:
             ring.consume()
             self._send_dropped()
             self._send(self._assembler.expire(monotonic_ns(), force=True))
+            self._send(self._assembler.announce_extents())
             self._send(self._objects.expire(monotonic_ns(), force=True))
             self._send(self._packets.expire(monotonic_ns(), force=True))
             deadline = monotonic_ns() + STOP_STREAMING_NS

@@ -310,6 +310,20 @@ def check_transfer(env: dict[str, Any], length: int) -> None:
         raise BadFileMessage(f"io_count {count!r:.40} out of range")
 
 
+def parse_extent(env: dict[str, Any]) -> int | None:
+    """A file message's ``extent``: None for a transfer; for the collector's announcement at
+    stop, the file offset after the last byte of the artifact it published or reported lost
+    (such a message has no payload and an empty transfer)."""
+    extent = env.get("extent")
+    if extent is None:
+        return None
+    if type(extent) is not int or not 0 <= extent <= MAX_OFFSET:
+        raise BadFileMessage(f"extent {extent!r:.40} out of range")
+    if env["io_len"] != 0:
+        raise BadFileMessage(f"an extent announcement with io_len {env['io_len']}")
+    return extent
+
+
 def check_object(env: dict[str, Any]) -> list[tuple[int, int]]:
     """Refuse sizes and offsets no real object has, before they reach ``pwrite``; return the
     message's ``lost`` ranges. ``ts`` and ``pid`` name artifacts, so they must be non-negative."""

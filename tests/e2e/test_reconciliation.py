@@ -124,6 +124,42 @@ def test_a_writer_killed_mid_file_leaves_no_false_claim(tracecap, workdir: Path)
     assert opened, "the successor reported the file its predecessor left open"
 
 
+def test_a_tail_sent_while_no_writer_listened_is_listed_at_stop(tracecap, workdir: Path) -> None:
+    """The file's last bytes go by while the writer is stopped, then it is killed: nothing its
+    successor receives names them, until the collector announces at stop how far the file
+    reaches. The line then lists them missing and the equation holds."""
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    run = tracecap("--capture", f"write={wdir}/*")
+    target, size, half = wdir / "tail", 16 * MIB, 8 * MIB
+    data = random.Random(16).randbytes(size)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for off in range(0, half, MIB):
+            os.write(fd, data[off : off + MIB])
+        time.sleep(3.5)  # received, idle, its line written
+        old = pid_of(run, "writer-file")
+        os.kill(old, signal.SIGSTOP)
+        for off in range(half, size, MIB):
+            os.write(fd, data[off : off + MIB])
+    finally:
+        os.close(fd)
+    time.sleep(1.0)
+    os.kill(old, signal.SIGKILL)  # what was queued for it dies with it
+    wait_until(
+        "writer-file to come back",
+        lambda: pid_of(run, "writer-file") not in (0, old),
+        RESTART_TIMEOUT_S,
+    )
+    settle(run)
+    run.stop()
+    record, figures = check_equation(run, target, data)
+    assert record["complete"] is False and record["end"] == size, record
+    # the stopped writer received none of the tail: all of it is listed
+    assert any(s <= half and e == size for s, e in record["missing"]), record["missing"]
+    assert figures["present"] > 0, figures
+
+
 def test_a_stalled_writer_loses_bytes_the_index_lists(tracecap, workdir: Path) -> None:
     """SIGSTOP the file writer while 96 MiB are written: the collector's backlog overflows and
     replaces payloads by loss notices; after SIGCONT the line lists exactly what was lost."""

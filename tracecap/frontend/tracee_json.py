@@ -45,9 +45,10 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
 
 def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
     """The event for the first message of a transfer (even one whose bytes were lost); None for
-    its later messages. A transfer is one syscall or a run of consecutive ones (``syscalls``);
-    ``count`` is its byte total."""
-    if env.get("io_off") != 0:
+    its later messages and for the collector's ``extent`` announcements, which are no
+    transfer. A transfer is one syscall or a run of consecutive ones (``syscalls``); ``count``
+    is its byte total."""
+    if env.get("io_off") != 0 or "extent" in env:
         return None
     name = _EVENT_NAMES.get(env["syscall"], env["syscall"])
     args = [

@@ -348,6 +348,8 @@ def steps(log: list) -> list[str]:
                 name += f" of {entry.env['pid']}"
             elif "lost_ios" in entry.env:
                 name += " drop notice"
+            elif "extent" in entry.env:
+                name += f" extent {entry.env['extent']}"
             entry = name
         named.append(entry)
     return named
@@ -379,6 +381,8 @@ def test_importing_the_service_loads_no_libbpf():
 
 
 def _one(sent: list[Sent]) -> Sent:
+    """The one message a record led to, besides the file extents announced at stop."""
+    sent = [m for m in sent if "extent" not in m.env]
     assert len(sent) == 1, sent
     return sent[0]
 
@@ -387,6 +391,8 @@ def _check_file_event(sent: list[Sent], rig: Rig) -> None:
     msg = _one(sent)  # its bytes never came: the stop closes it, all lost
     assert (msg.topic, msg.env["lost"], msg.payload) == (bus.TOPIC_FILE_WRITE, [[100, 105]], None)
     assert (msg.env["ts"], msg.env["path"]) == (TS + BOOT_TO_EPOCH, b"/tmp/f")
+    # then, at stop, how far the file reaches: after every message about it
+    assert sent[-1].env["extent"] == 105 and sent[-1].env["path"] == b"/tmp/f"
 
 
 def _check_file_data(sent: list[Sent], rig: Rig) -> None:
@@ -515,7 +521,7 @@ def test_a_bad_record_is_counted_and_skipped(raw, why, capsys):
     stop(collector)
     assert collector.counters["decode_errors"] == 1
     assert "tracecap collector: bad record: " + why in capsys.readouterr().err
-    assert [bytes(m.payload) for m in rig.sent()] == [b"hello"]
+    assert [bytes(m.payload) for m in rig.sent() if "extent" not in m.env] == [b"hello"]
 
 
 # --- executed binaries: opened once per (cgroup, dev, inode, ctime) ------------------------------
@@ -644,8 +650,8 @@ def test_finit_module_tries_no_relative_path(tmp_path):
 
 def test_a_stop_drains_in_order_then_detaches(tmp_path):
     """The records the kernel still holds are read first; then the drop notices, every
-    assembler's unfinished work, the binaries being read; the last stats; then the rings and
-    the programs are let go."""
+    assembler's unfinished work (and the file extents), the binaries being read; the last
+    stats; then the rings and the programs are let go."""
     rig, collector = exec_rig(tmp_path, "write", "exec", "mem", "network")
     rig.feed(
         exec_event(),  # its binary is read at the stop
@@ -662,8 +668,10 @@ def test_a_stop_drains_in_order_then_detaches(tmp_path):
     rig.log.clear()
     stop(collector)
     assert steps(rig.log) == [
-        "consume", "net.packet of 900", "file.write drop notice", "file.write", "mem",
-        "net.packet of 0", "exec", "exec", "stats stopped", "ring.close", "probes.close",
+        "consume", "net.packet of 900", "file.write drop notice", "file.write",
+        # how far each file artifact reaches (the notice, without a generation, is its own)
+        "file.write extent 7", "file.write extent 105",
+        "mem", "net.packet of 0", "exec", "exec", "stats stopped", "ring.close", "probes.close",
     ]  # fmt: skip
 
 

@@ -540,3 +540,84 @@ def test_refused_and_failed_writes_keep_the_equation(
     figures = byte_equation(data, (h.root / W).read_bytes(), rec["missing"])
     assert 0 < figures["listed"] < figures["wrote"]
     h.close()
+
+
+# -- the collector's extent announcements at stop ----------------------------------------------
+
+
+def _extent(h: Harness, end: int, **kw: Any) -> None:
+    """The collector's announcement that the artifact reaches ``end``."""
+    h.send(None, file_env(off=end, io_id=1 << 56, io_len=0, io_count=0, extent=end, **kw))
+
+
+def test_a_tail_lost_unseen_is_listed_once_the_extent_is_announced(tmp_path: Path) -> None:
+    """The writer was killed while the last 300 bytes went by: its successor knows the first
+    100 (journal) and nothing more; the announcement at stop names the rest missing."""
+    data = os.urandom(400)
+    h = Harness(tmp_path)
+    try:
+        h.io(data[:100], off=0, io_id=1)
+        h.clock.now += 0.1
+        h.writer.tick(h.clock.now)
+        h.kill()  # [100, 400) went by while no writer listened
+        _extent(h, 400)
+        h.idle()
+        rec = h.latest(W)
+        assert rec["missing"] == [[100, 400]] and rec["complete"] is False, rec
+        assert rec["ios"] == 1  # an announcement is no transfer
+        assert h.writer.counters["tails_missing"] == 1
+        figures = byte_equation(data, (h.root / W).read_bytes(), rec["missing"])
+        assert figures == {"wrote": 400, "present": 100, "listed": 300}
+    finally:
+        h.close()
+
+
+def test_an_extent_the_writer_already_reaches_changes_nothing(h: Harness) -> None:
+    h.io(b"A" * 100, off=0, io_id=1)
+    _extent(h, 100)  # in memory
+    h.idle()
+    _extent(h, 100)  # released: answered from memory, the index is not read back
+    h.idle()
+    (rec,) = h.records()
+    assert rec["complete"] is True and rec["missing"] == []
+    assert (h.writer.counters["rebuilt"], h.writer.counters["rebuild_misses"]) == (0, 0)
+    assert h.writer.counters["tails_missing"] == 0
+
+
+def test_a_released_artifact_is_continued_by_its_extent(h: Harness) -> None:
+    h.io(b"A" * 100, off=0, io_id=1)
+    h.idle()
+    _extent(h, 250)
+    h.idle()
+    rec = h.latest(W)
+    assert rec["missing"] == [[100, 250]] and rec["complete"] is False
+    assert h.writer.counters["rebuilt"] == 1
+    byte_equation(b"A" * 100 + b"?" * 150, (h.root / W).read_bytes(), rec["missing"])
+
+
+def test_a_file_whose_every_message_was_lost_is_still_reported(h: Harness) -> None:
+    _extent(h, 4096, inode=78)
+    h.idle()
+    rec = h.latest("host/write.dev-2049.inode-78")
+    assert rec["missing"] == [[0, 4096]] and rec["complete"] is False and rec["size"] == 0
+
+
+def test_an_extent_names_only_the_artifact_of_its_generation(h: Harness) -> None:
+    """Another file on a reused inode number reaches further: the old one is not extended."""
+    h.io(b"OLD", off=0, io_id=1, generation=11)
+    h.idle()
+    _extent(h, 500, generation=12)
+    h.idle()
+    assert h.latest(W)["complete"] is True and h.latest(W)["missing"] == []
+    assert h.latest(W + ".gen-12")["missing"] == [[0, 500]]
+
+
+@pytest.mark.parametrize("extent", [-1, "400", 1 << 63])
+def test_a_bad_extent_is_rejected_and_counted(h: Harness, extent: Any) -> None:
+    h.send(None, file_env(off=0, io_id=1, io_len=0, extent=extent))
+    assert h.writer.counters["rejected"] == 1 and h.records() == []
+
+
+def test_an_extent_with_a_transfer_is_rejected(h: Harness) -> None:
+    h.send(b"xyz", file_env(off=0, io_id=1, io_len=3, extent=3))
+    assert h.writer.counters["rejected"] == 1

@@ -145,3 +145,7 @@ def test_append_stream_reports_its_io_offset_as_pos():
     assert event["args"][0]["value"] == "pipe:[99]"
     assert event["args"][4]["value"] == 0
     assert event["eventName"] == "vfs_read"
+
+
+def test_the_collectors_extent_announcement_is_no_event():
+    assert file_event(file_env(io_off=0, io_len=0, io_count=0, off=500, extent=500)) is None
