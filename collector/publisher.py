@@ -3,7 +3,7 @@
 XPUB rather than PUB because it reports subscriptions: the collector waits until the writers it
 needs have subscribed before it attaches any probe, so nothing is published into the void. Each
 report names its connection, which is how a subscriber that floods subscriptions or stops
-reading is found and disconnected (collector/subscribers.py).
+reading is found and disconnected (tracecap/subscribers.py).
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from typing import Any
 
 import zmq
 
-from collector.subscribers import (
+from tracecap import bus
+from tracecap.privileges import RunDirError, prepare_run_dir
+from tracecap.subscribers import (
     MAX_PREFIX_BYTES,
     SAMPLE_NS,
     KernelSocketOps,
     SocketOps,
     Subscribers,
+    frame_origin,
 )
-from tracecap import bus
-from tracecap.privileges import RunDirError, prepare_run_dir
 
 #: Messages queued per subscriber before ZeroMQ drops for that subscriber alone (so a slow tap
 #: never costs a writer anything). A writer sees a drop as a seq gap, and `tracecap run`
@@ -100,7 +101,7 @@ class Publisher:
         self._sock = self._ctx.socket(zmq.XPUB)
         self._sock.setsockopt(zmq.SNDHWM, SEND_HWM)
         # VERBOSER: every subscription and unsubscription of every connection is passed up,
-        # each with its connection's metadata (collector/subscribers.py)
+        # each with its connection's metadata (tracecap/subscribers.py)
         self._sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
         # at a stop under load, a slow writer may still be taking what was sent; supervisord
@@ -141,8 +142,8 @@ class Publisher:
                 frame = self._sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            fd, pid = _origin(frame)
-            self.peers.on_frame(frame.bytes, fd, pid, now)
+            fd, claim = frame_origin(frame)
+            self.peers.on_frame(frame.bytes, fd, claim, now)
 
     def maintain(self) -> None:
         """Take pending (un)subscriptions and check the subscribers' sockets, at most every
@@ -235,20 +236,6 @@ class Publisher:
     def close(self) -> None:
         self._sock.close()
         os.close(self._lock)
-
-
-def _origin(frame: zmq.Frame) -> tuple[int | None, int | None]:
-    """The connection a frame came from: its socket's fd in this process and the peer's pid
-    (``Peer-Address`` is ``host:uid:gid:pid`` on ipc), or None where libzmq gives no metadata."""
-    try:
-        fd = int(frame.get("__fd"))
-    except (zmq.ZMQError, ValueError, TypeError):
-        return None, None
-    try:
-        pid: int | None = int(frame.get("Peer-Address").rsplit(":", 1)[1])
-    except (zmq.ZMQError, ValueError, TypeError, IndexError):
-        pid = None
-    return fd, pid
 
 
 def _writers_uid() -> list[int]:

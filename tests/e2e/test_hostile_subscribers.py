@@ -1,6 +1,6 @@
 """Hostile subscribers, as root over the real pipeline: a member of group ``tracecap`` who floods
 the bus with subscriptions, or subscribes to everything and never reads, costs the collector
-bounded memory and the writers nothing (collector/subscribers.py)."""
+bounded memory and the writers nothing (tracecap/subscribers.py)."""
 
 from __future__ import annotations
 

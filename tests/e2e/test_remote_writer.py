@@ -1,6 +1,7 @@
 """A writer on "another box": a network namespace with its own address on a veth pair, fed by
-`tracecap bridge` over tcp with CURVE. Its artifacts must be identical to the local writer's, and
-a client whose key is not on the allow-list (or that does not speak CURVE) must get nothing."""
+`tracecap bridge` over tcp with CURVE. Its artifacts must be identical to the local writer's, a
+client whose key is not on the allow-list (or that does not speak CURVE) must get nothing, and
+an allowed client that floods prefixes and never reads must cost the remote writer nothing."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import json
 import os
 import pwd
 import random
+import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +29,22 @@ from tests.support.workloads import python
 from tracecap import keys
 
 pytestmark = pytest.mark.ebpf
+
+#: An allowed remote peer gone bad: thousands of prefixes, then everything, and no reading.
+FLOODER = """
+import sys, time, zmq
+from tracecap import keys
+endpoint, server_key, secret = sys.argv[1:4]
+sock = zmq.Context().socket(zmq.XSUB)
+sock.curve_serverkey = keys.load_public(server_key)
+sock.curve_publickey, sock.curve_secretkey = keys.load_secret(secret)
+sock.connect(endpoint)
+sock.send(b"\\x01")
+for i in range(5000):
+    sock.send(b"\\x01zz%d" % i)
+print("flooded", file=sys.stderr, flush=True)
+time.sleep(600)
+"""
 
 READY_TIMEOUT_S = 30
 
@@ -138,7 +157,7 @@ def test_remote_writer_matches_the_local_one(
     tracecap, workdir: Path, side: Path, netns: NetNs
 ) -> None:
     keydir = side / "keys"
-    for name in ("server", "remote", "stranger"):
+    for name in ("server", "remote", "stranger", "flooder"):
         made = subprocess.run(
             ["tracecap", "keys", str(keydir), "--name", name], capture_output=True, text=True
         )
@@ -150,6 +169,7 @@ def test_remote_writer_matches_the_local_one(
     allow = side / "allow"
     allow.mkdir()
     shutil.copy(keydir / "remote.key", allow / "remote.key")
+    shutil.copy(keydir / "flooder.key", allow / "flooder.key")
     stranger_public = keys.load_public(str(keydir / "stranger.key")).decode()
 
     run = tracecap("--capture", f"write={workdir}/*")
@@ -189,6 +209,15 @@ def test_remote_writer_matches_the_local_one(
         plain = Proc(netns.exec("tracecap", "tap", "--connect", endpoint), side, "plain")
         procs.append(plain)
 
+        flooder = Proc(
+            netns.exec(
+                sys.executable, "-c", FLOODER, endpoint, str(keydir / "server.key"),
+                str(keydir / "flooder.key_secret"),
+            ),
+            side, "flooder",
+        )  # fmt: skip
+        procs.append(flooder)
+        flooder.wait_for("flooded")
         bridge.wait_for("remote subscription +'file.write.'")
         bridge.wait_for(f"refused client key {stranger_public} from {netns.addr}")
         bridge.wait_for("refused a handshake")
@@ -205,6 +234,12 @@ def test_remote_writer_matches_the_local_one(
             "f.close()"
         )
         time.sleep(2.0)  # idle flush on both sides
+        status = subprocess.run(
+            ["tracecap", "status", "--run-dir", str(run.run_dir)], capture_output=True, text=True
+        )
+        assert status.returncode == 0, status.stderr
+        collector = json.loads(status.stdout)["collector"]
+        flooder.stop(signal.SIGKILL)
         run.stop()
         assert run.returncode == 0, run.stderr
         time.sleep(1.0)
@@ -236,3 +271,8 @@ def test_remote_writer_matches_the_local_one(
     # the bridge counted and logged, and stopped cleanly on SIGTERM
     log = bridge.stderr()
     assert "refused keys" in log and "relayed 0 messages" not in log
+    # the flooder was cut off by the bridge; the bridge itself never by the collector
+    assert re.search(r"remote peers disconnected: .*\d+ subscriptions", log), log[-2000:]
+    assert collector["collector"]["bus_peers_dropped"] == {}, collector
+    # what the flooder subscribed left with it (b"" would take every topic over the link)
+    assert not [p for p in collector["subscriptions"] if p == "" or p.startswith("zz")], collector

@@ -13,8 +13,15 @@ does, so that a flaw in the network-facing code runs as the ``tracecap`` user, n
   would refuse everyone instead of falling back to "accept any key"; the loop also stops if it
   dies.
 * The relay is a poll loop rather than ``zmq.proxy`` so that it can count, log subscription
-  changes, filter what remote peers send upstream (only subscribe/unsubscribe frames), watch the
-  authenticator, and reload the allow-list on SIGHUP (pyzmq re-reads it only when asked).
+  changes, bound what each remote peer may cost, watch the authenticator, and reload the
+  allow-list on SIGHUP (pyzmq re-reads it only when asked).
+* Each remote connection is bounded as the collector bounds its local subscribers
+  (``tracecap.subscribers``, per CURVE key where the collector counts per uid): its prefixes,
+  their size and rate, its connections per key, and a peer that reads nothing for
+  REMOTE_STALL_MAX_NS is disconnected (it reconnects by itself and sees a seq gap). Upstream
+  the bridge holds one subscription per prefix that can match a topic while any remote peer
+  holds it, and nothing else: the collector sees one well-behaved subscriber whatever the
+  remote peers send, so one of them cannot get the bridge disconnected and starve the others.
 * Refusals are logged with the peer's address: for a CURVE client with an unknown key that comes
   from the ZAP request. A client that does not speak CURVE never reaches ZAP; libzmq reports that
   on the monitor socket with the *listening* endpoint only (the peer's address is in the draft
@@ -40,6 +47,7 @@ from zmq.utils.monitor import recv_monitor_message
 from tracecap import keys
 from tracecap.link import MAX_FRAME_BYTES
 from tracecap.privileges import drop_privileges
+from tracecap.subscribers import Subscribers, TcpSocketOps, frame_origin
 
 ZAP_DOMAIN = "tracecap"
 #: Per remote subscriber; like the collector's, so a writer over tcp sees the same drop point.
@@ -55,6 +63,10 @@ POLL_MS = 200
 LOG_INTERVAL_S = 1.0
 #: Messages relayed between checks of the stop flag, the monitor and the authenticator.
 MAX_BATCH = 1000
+#: A remote peer whose connection stays unwritable this long is disconnected: what libzmq
+#: queues for it meanwhile (up to SEND_HWM messages) is the bridge's memory. Longer than a
+#: local subscriber's second: a wide-area link may stall for a few seconds and recover.
+REMOTE_STALL_MAX_NS = 5_000_000_000
 
 _MONITOR_EVENTS = (
     zmq.EVENT_ACCEPTED
@@ -99,15 +111,19 @@ class BridgeCounters:
     #: Handshakes that failed below ZAP: no CURVE, wrong server key, garbage.
     refused_handshakes: int = 0
     handshakes: int = 0
+    #: Remote peers disconnected for going past a bound, by reason (Subscribers.dropped).
+    peers_dropped: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> str:
+        dropped = ", ".join(f"{n} {why}" for why, n in sorted(self.peers_dropped.items()))
         return (
             f"relayed {self.messages} messages ({self.bytes} bytes), "
             f"{self.subscriptions} subscriptions, {self.unsubscriptions} unsubscriptions, "
             f"{self.handshakes} accepted handshakes, {self.refused_keys} refused keys, "
             f"{self.refused_handshakes} refused handshakes, "
-            f"{self.dropped_inbound} dropped inbound messages"
+            f"{self.dropped_inbound} dropped inbound messages, "
+            f"remote peers disconnected: {dropped or 'none'}"
         )
 
 
@@ -153,6 +169,9 @@ class Bridge:
             log(f"no *.key files in {config.allow_dir}: every client will be refused")
         self._ctx = zmq.Context()
         self._auth: AllowListAuthenticator | None = None
+        self._peers = Subscribers(TcpSocketOps(), stall_max_ns=REMOTE_STALL_MAX_NS)
+        #: What the bridge subscribes to upstream: the prefixes some remote peer holds.
+        self._upstream: set[bytes] = set()
         try:
             self._auth = AllowListAuthenticator(self._ctx, self._refused_key)
             self._auth.start()
@@ -247,7 +266,9 @@ class Bridge:
                 if self._xsub in ready:
                     self._relay_down()
                 if self._xpub in ready:
-                    self._relay_up()
+                    self._take_subscriptions()
+                self._peers.sample(time.monotonic_ns(), payloads_piling_up=False)
+                self._sync_upstream()
                 if self._monitor in ready:
                     while self._monitor.poll(0):
                         self._monitor_event(recv_monitor_message(self._monitor))
@@ -275,24 +296,41 @@ class Bridge:
             self.counters.messages += 1
             self.counters.bytes += sum(len(f) for f in frames)
 
-    def _relay_up(self) -> None:
-        """Pass remote subscription changes upstream; drop anything else a peer sends."""
+    def _take_subscriptions(self) -> None:
+        """Remote (un)subscriptions, each with its connection's metadata, into the table that
+        bounds them; anything else a peer sends is dropped, and the peer with it."""
+        now = time.monotonic_ns()
         for _ in range(MAX_BATCH):
             try:
-                frames = self._xpub.recv_multipart(zmq.NOBLOCK)
+                frame = self._xpub.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            if len(frames) != 1 or not frames[0] or frames[0][0] not in (0, 1):
+            data = frame.bytes
+            if frame.more:  # a message, not a subscription: drop all of it
                 self.counters.dropped_inbound += 1
-                continue
-            frame = frames[0]
-            topic = frame[1:].decode("ascii", "backslashreplace")
-            if frame[0] == 1:
+                while self._xpub.getsockopt(zmq.RCVMORE):
+                    self._xpub.recv(zmq.NOBLOCK)
+            elif data[:1] == b"\x01":
                 self.counters.subscriptions += 1
+                topic = data[1:].decode("ascii", "backslashreplace")
                 self._say(f"sub:{topic}", f"remote subscription +{topic!r}")
-            else:
+            elif data[:1] == b"\x00":
                 self.counters.unsubscriptions += 1
-            self._xsub.send(frame)
+            else:
+                self.counters.dropped_inbound += 1
+            fd, claim = frame_origin(frame)
+            self._peers.on_frame(data, fd, claim, now)
+
+    def _sync_upstream(self) -> None:
+        """Subscribe upstream to each prefix some remote peer holds, once, and unsubscribe when
+        the last one lets it go (a peer that left or was disconnected lets go of all)."""
+        wanted = set(self._peers.counts)
+        for prefix in sorted(wanted - self._upstream):
+            self._xsub.send(b"\x01" + prefix)
+        for prefix in sorted(self._upstream - wanted):
+            self._xsub.send(b"\x00" + prefix)
+        self._upstream = wanted
+        self.counters.peers_dropped = dict(self._peers.dropped)
 
     def _reload_allow_list(self) -> None:
         try:

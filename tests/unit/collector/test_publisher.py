@@ -12,9 +12,9 @@ import msgpack
 import pytest
 import zmq
 
-from collector import subscribers as subs
 from collector.publisher import BACKLOG_BYTES, ZERO_COPY_MIN, Publisher
 from tracecap import bus
+from tracecap import subscribers as subs
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_subscriptions_name_their_connection(pub: Publisher) -> None:
     sock = subscriber(pub, b"proc.")
     assert len(pub.peers) == 1
     (peer,) = pub.peers._peers.values()
-    assert (peer.sock.pid, peer.sock.uid) == (os.getpid(), os.getuid())
+    assert (peer.sock.pid, peer.sock.owner) == (os.getpid(), os.getuid())
     assert pub.subscriptions == {b"proc.": 1}
     sock.close()
     maintain_until(pub, lambda: len(pub.peers) == 0 and not pub.subscriptions)
@@ -189,12 +189,12 @@ class SecondIsAWriter(subs.KernelSocketOps):
     def __init__(self) -> None:
         self.seen: list[int] = []
 
-    def identify(self, fd: int) -> subs.PeerSocket | None:
-        sock = super().identify(fd)
+    def identify(self, fd: int, claim: str | None) -> subs.PeerSocket | None:
+        sock = super().identify(fd, claim)
         if sock is not None and sock.ino not in self.seen:
             self.seen.append(sock.ino)
         if sock is not None and self.seen.index(sock.ino) == 1:
-            return dataclasses.replace(sock, uid=WRITER_UID)
+            return dataclasses.replace(sock, owner=WRITER_UID)
         return sock
 
 

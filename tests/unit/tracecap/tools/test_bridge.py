@@ -216,20 +216,96 @@ def test_subscriptions_are_forwarded_and_filter_upstream(setup: Setup) -> None:
     assert any("remote subscription +'exec.'" in line for line in setup.lines)
 
 
-def test_a_remote_cannot_send_data_upstream(setup: Setup) -> None:
+def xsub_client(setup: Setup, name: str = "good") -> zmq.Socket:
+    """A raw XSUB with ``name``'s key: it sends whatever frames a test wants."""
     sock = setup.socket(zmq.XSUB)
-    public, secret = keys.load_secret(str(setup.keydir / "good.key_secret"))
+    public, secret = keys.load_secret(str(setup.keydir / f"{name}.key_secret"))
     sock.curve_serverkey = setup.server_public
     sock.curve_publickey, sock.curve_secretkey = public, secret
     sock.connect(setup.endpoint)
+    return sock
+
+
+def dropped(setup: Setup, why: str) -> int:
+    assert setup.bridge is not None
+    return setup.bridge.counters.peers_dropped.get(why, 0)
+
+
+def test_a_remote_that_sends_data_upstream_is_disconnected(setup: Setup) -> None:
+    sock = xsub_client(setup)
     sock.send(b"\x01" + TOPIC)
     setup.wait_subscribed(b"\x01" + TOPIC)
     sock.send_multipart([b"\x02not a subscription", b"more"])
-    sock.send(b"\x07junk")
-    wait_until(lambda: setup.bridge is not None and setup.bridge.counters.dropped_inbound >= 2)
+    wait_until(lambda: dropped(setup, "messages") == 1)
+    assert setup.bridge is not None and setup.bridge.counters.dropped_inbound >= 1
+    # its subscription went with it; the data never went upstream
+    setup.wait_subscribed(b"\x00" + TOPIC)
+    assert setup.upstream_subscriptions == [b"\x01" + TOPIC, b"\x00" + TOPIC]
+
+
+def test_upstream_holds_one_subscription_per_prefix_while_any_remote_does(setup: Setup) -> None:
+    first, second = setup.client("good"), setup.client("good")
+    setup.wait_subscribed(b"\x01" + TOPIC)
+    wait_until(lambda: setup.bridge is not None and setup.bridge.counters.subscriptions == 2)
+    first.close(linger=0)
+    setup.publish(3)
+    assert len(receive_all(second, 5000)) == 3
+    setup.pump_upstream()
+    assert setup.upstream_subscriptions == [b"\x01" + TOPIC]  # the second still holds it
+    second.close(linger=0)
+    setup.wait_subscribed(b"\x00" + TOPIC)
+
+
+def test_a_remote_flooding_prefixes_is_cut_off_and_the_others_keep_their_data(
+    setup: Setup,
+) -> None:
+    """Thousands of prefixes from one allowed key: that connection is disconnected past the
+    bound, the collector never sees a prefix that cannot match a topic, and another remote
+    writer goes on receiving everything."""
+    reader = setup.client("good")
+    setup.wait_subscribed(b"\x01" + TOPIC)
+    flood = xsub_client(setup)
+    for i in range(5000):
+        flood.send(b"\x01zz%d" % i)
+    wait_until(lambda: dropped(setup, "subscriptions") + dropped(setup, "penalty") >= 1)
+    setup.publish(50)
+    got = receive_all(reader, 5000)
+    assert [bus.decode(m).env["seq"] for m in got] == list(range(50))
     setup.pump_upstream()
     assert setup.upstream_subscriptions == [b"\x01" + TOPIC]
-    sock.close(linger=0)
+
+
+def test_a_remote_that_stops_reading_is_disconnected_and_costs_the_others_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tracecap.tools import bridge as bridge_mod
+
+    monkeypatch.setattr(bridge_mod, "REMOTE_STALL_MAX_NS", 300_000_000)
+    setup = Setup(tmp_path)
+    try:
+        stalled = setup.client("good")
+        stalled.setsockopt(zmq.RCVHWM, 1)
+        reader = setup.client("good")
+        setup.wait_subscribed(b"\x01" + TOPIC)
+        wait_until(lambda: setup.bridge is not None and setup.bridge.counters.subscriptions == 2)
+        big = os.urandom(256 << 10)
+        got = 0
+        for seq in range(400):  # 100 MiB: far more than the stalled peer's socket buffers
+            setup.pub.send_multipart(bus.encode(TOPIC, env(seq), big))
+            while reader.poll(0):
+                reader.recv_multipart()
+                got += 1
+            if seq % 50 == 0:
+                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while got < 400 and time.monotonic() < deadline:
+            if reader.poll(100):
+                reader.recv_multipart()
+                got += 1
+        assert got == 400
+        wait_until(lambda: dropped(setup, "stalled") >= 1)
+    finally:
+        setup.close()
 
 
 def test_revoking_a_key_and_reloading_refuses_it(setup: Setup) -> None:

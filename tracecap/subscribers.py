@@ -1,15 +1,24 @@
-"""Who is on the bus, and what each subscriber may cost the collector.
+"""Who subscribes to a publisher of the bus, and what each subscriber may cost it.
+
+The bus's bounds on subscribers (README "The bus"), applied by both of its publishers: the
+collector on its ipc socket, where a peer is a process and its owner a uid; and
+``tracecap bridge`` on tcp, where a peer is a remote connection and its owner the CURVE key it
+authenticated with. Without them one remote peer could flood the bridge's single connection to
+the collector with prefixes and get it disconnected, taking the data from every other remote
+writer.
 
 ZeroMQ's XPUB keeps, per connection, a queue of messages (SNDHWM counts messages, not bytes)
 and a trie of every prefix the peer subscribed to, and reports neither per peer. But every
 (un)subscription it passes up (XPUB_VERBOSER) carries the connection's metadata: ``__fd``, the
-connection's socket in this process, and ``Peer-Address`` (``host:uid:gid:pid``, from
-SO_PEERCRED). That names the peer; the kernel then says how much of what was sent to it the
-peer has not read (SIOCOUTQ on that socket), and ``shutdown()`` of that socket makes libzmq drop
-the connection with everything it queued for it. A pipe's (un)subscriptions that ZeroMQ reports
-when the connection ends carry no metadata; gone peers are found by checking their sockets.
+connection's socket in this process, ``Peer-Address`` (on ipc ``host:uid:gid:pid``, from
+SO_PEERCRED) and, over CURVE, ``User-Id`` (the client's key). That names the peer; the kernel
+then says how much of what was sent to it the peer has not read (SIOCOUTQ on that socket), and
+``shutdown()`` of that socket makes libzmq drop the connection with everything it queued for
+it. A pipe's (un)subscriptions that ZeroMQ reports when the connection ends carry no metadata;
+gone peers are found by checking their sockets.
 
-The bounds, per connection (a group member can open many; each costs at most this):
+The bounds, per connection (a group member, or an allowed remote key, can open many; each
+costs at most this):
 
 * at most MAX_PEER_SUBSCRIPTIONS live prefixes, each at most MAX_PREFIX_BYTES (longer frames
   are refused by libzmq itself, see Publisher), and (un)subscriptions at a rate of SUBSCRIBE_RATE
@@ -17,13 +26,15 @@ The bounds, per connection (a group member can open many; each costs at most thi
 * a peer whose socket stays unwritable (the peer reads nothing, or too little) is disconnected
   and counted: after STALL_NS while zero-copy payloads pile up (it is what holds them: ZeroMQ
   releases a frame only once every matching connection has taken it) and after STALL_MAX_NS in
-  any case (its ZeroMQ queue holds copies of everything it subscribed to meanwhile). Peers of an
+  any case (its ZeroMQ queue holds copies of everything it subscribed to meanwhile; the bridge
+  gives a remote peer longer, see ``stall_max_ns``). Peers of an
   exempt uid (the writers' own, ``tracecap``) that the collector's supervisord started (the
   writers, not a `tracecap tap` of the same user) are never disconnected for being slow: a writer
   that is behind loses only what the payload budget drops, with its bytes named; a process with
   the writers' uid could kill them anyway;
-* MAX_PEERS_PER_UID connections per uid (the exempt one excepted), and for PENALTY_NS after one
-  of a uid's connections was disconnected, its new connections are refused at their first frame.
+* MAX_PEERS_PER_OWNER connections per owner (the exempt uid excepted), and for PENALTY_NS
+  after one of an owner's connections was disconnected, its new connections are refused at
+  their first frame.
 
 A disconnected SUB socket notices when its owner reads again, reconnects by itself and sees the
 messages it missed as a seq gap: a stalled or flooding subscriber costs only itself.
@@ -42,9 +53,11 @@ import socket
 import struct
 import termios
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import zmq
 
 from tracecap import bus
 
@@ -63,10 +76,10 @@ SAMPLE_NS = 5_000_000
 STALL_NS = 20_000_000
 #: A peer that stays unwritable this long is disconnected whatever the load.
 STALL_MAX_NS = 1_000_000_000
-#: Connections one uid may hold (the exempt uid excepted): each costs libzmq a queue and a
+#: Connections one owner may hold (the exempt uid excepted): each costs libzmq a queue and a
 #: trie, and every message is matched against every connection.
-MAX_PEERS_PER_UID = 64
-#: After one of its connections was disconnected, a uid's new connections are disconnected at
+MAX_PEERS_PER_OWNER = 64
+#: After one of its connections was disconnected, an owner's new connections are disconnected at
 #: their first frame for this long: a SUB reconnects by itself (every 100 ms by default) and
 #: sends all its subscriptions again, which would otherwise be processed again and again.
 PENALTY_NS = 1_000_000_000
@@ -87,7 +100,9 @@ class PeerSocket:
     a later socket that got the same fd number."""
 
     ino: int
-    uid: int
+    #: Whose connection it is, for the per-owner bounds: the peer process's uid on ipc, the
+    #: client's CURVE key over tcp.
+    owner: Hashable
     pid: int
     sndbuf: int
     #: The peer process's parent (0 when unknown): writers are children of the collector's
@@ -99,7 +114,10 @@ class SocketOps(Protocol):
     """The kernel calls the subscriber table makes on the connections' sockets (faked in
     tests)."""
 
-    def identify(self, fd: int) -> PeerSocket | None: ...
+    def identify(self, fd: int, claim: str | None) -> PeerSocket | None:
+        """The connection on ``fd``; ``claim`` is what the frame's metadata said of its peer
+        (see ``frame_origin``). None when it is gone or is not the one the claim names."""
+        ...
 
     def unread(self, fd: int, ino: int) -> int | None: ...
 
@@ -118,13 +136,42 @@ def parent_of(pid: int) -> int:
     return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
 
 
-class KernelSocketOps:
-    """SocketOps on the real sockets that libzmq holds in this process. It never closes one of
-    libzmq's fds: the calls that need a socket object get a duplicate and close that."""
-
-    def identify(self, fd: int) -> PeerSocket | None:
+def frame_origin(frame: zmq.Frame) -> tuple[int | None, str | None]:
+    """The connection a frame came from: its socket's fd in this process and what the metadata
+    says of the peer (``User-Id``, the client's key, over CURVE; else ``Peer-Address``), or
+    None where libzmq gives no metadata (a connection that ended)."""
+    try:
+        fd = int(frame.get("__fd"))
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None, None
+    for key in ("User-Id", "Peer-Address"):
         try:
-            dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+            return fd, frame.get(key)
+        except zmq.ZMQError:
+            continue
+    return fd, None
+
+
+def _dup(fd: int) -> socket.socket:
+    """A socket object on a duplicate of libzmq's ``fd`` (its family read from the fd)."""
+    dup = os.dup(fd)
+    try:
+        return socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        raise
+
+
+class KernelSocketOps:
+    """SocketOps on the real unix sockets that libzmq holds in this process (the collector's
+    ipc bus). It never closes one of libzmq's fds: the calls that need a socket object get a
+    duplicate and close that."""
+
+    def identify(self, fd: int, claim: str | None) -> PeerSocket | None:
+        """The peer's process from SO_PEERCRED; ``claim`` (``host:uid:gid:pid``) must name the
+        same pid, or the fd was reused by a connection whose own frames come later."""
+        try:
+            dup = _dup(fd)
         except OSError:
             return None
         try:
@@ -133,6 +180,8 @@ class KernelSocketOps:
             pid, uid, _gid = _UCRED.unpack(
                 dup.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
             )
+            if claim is not None and claim.rpartition(":")[2] != str(pid):
+                return None
             return PeerSocket(
                 os.fstat(dup.fileno()).st_ino,
                 uid,
@@ -157,7 +206,7 @@ class KernelSocketOps:
     def disconnect(self, fd: int, ino: int) -> bool:
         """Shut the connection down; libzmq then sees it end and drops its queue."""
         try:
-            dup = socket.fromfd(fd, socket.AF_UNIX, socket.SOCK_STREAM)
+            dup = _dup(fd)
         except OSError:
             return False
         try:
@@ -167,6 +216,28 @@ class KernelSocketOps:
             return True
         except OSError as exc:
             return exc.errno == errno.ENOTCONN
+        finally:
+            dup.close()
+
+
+class TcpSocketOps(KernelSocketOps):
+    """SocketOps on the tcp connections of ``tracecap bridge``: a peer is owned by the CURVE
+    key ZAP authenticated it with (the ``claim``), the only identity a remote peer has."""
+
+    def identify(self, fd: int, claim: str | None) -> PeerSocket | None:
+        if claim is None:
+            return None
+        try:
+            dup = _dup(fd)
+        except OSError:
+            return None
+        try:
+            if dup.family not in (socket.AF_INET, socket.AF_INET6):
+                return None
+            sndbuf = dup.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            return PeerSocket(os.fstat(dup.fileno()).st_ino, claim, 0, sndbuf)
+        except OSError:
+            return None
         finally:
             dup.close()
 
@@ -202,8 +273,10 @@ class Subscribers:
         exempt_uids: Iterable[int] = (),
         topics: Iterable[bytes] = bus.TOPICS,
         exempt_parent: int | None = None,
+        stall_max_ns: int = STALL_MAX_NS,
     ) -> None:
         self._ops = ops
+        self._stall_max = stall_max_ns
         self._exempt = frozenset(exempt_uids)
         #: With it, only peers of an exempt uid that are children of this process (the
         #: collector's supervisord: the writers) are exempt; a paused `tracecap tap`, which
@@ -219,8 +292,8 @@ class Subscribers:
         self._anonymous: Counter[bytes] = Counter()
         self.ignored = 0
         self.dropped: Counter[str] = Counter()
-        self._per_uid: Counter[int] = Counter()
-        self._penalty: dict[int, int] = {}  # uid -> until (monotonic ns)
+        self._per_owner: Counter[Hashable] = Counter()
+        self._penalty: dict[Hashable, int] = {}  # owner -> until (monotonic ns)
         self._next_sample = 0
         self._next_sweep = 0
 
@@ -229,13 +302,14 @@ class Subscribers:
 
     # -- what ZeroMQ passes up ------------------------------------------------------------------
 
-    def on_frame(self, data: bytes, fd: int | None, pid: int | None, now_ns: int) -> None:
+    def on_frame(self, data: bytes, fd: int | None, claim: str | None, now_ns: int) -> None:
         """One frame read from the XPUB: an (un)subscription (``\\x01``/``\\x00`` + prefix) or
-        anything else a peer sent; ``fd`` and ``pid`` from its metadata, None without."""
+        anything else a peer sent; ``fd`` and ``claim`` from its metadata (``frame_origin``),
+        None without."""
         if fd is None:
             self._on_anonymous(data)
             return
-        peer = self._peer(fd, pid, now_ns)
+        peer = self._peer(fd, claim, now_ns)
         if peer is None:
             return
         if not self._spend(peer, now_ns):
@@ -278,7 +352,7 @@ class Subscribers:
         else:
             self._next_sweep = 0  # a connection ended: find which at the next sample
 
-    def _peer(self, fd: int, pid: int | None, now_ns: int) -> Peer | None:
+    def _peer(self, fd: int, claim: str | None, now_ns: int) -> Peer | None:
         peer = self._peers.get(fd)
         if peer is not None and self._ops.unread(fd, peer.sock.ino) is not None:
             return peer
@@ -287,22 +361,22 @@ class Subscribers:
             return None  # what a disconnected connection had queued: one fstat each
         if peer is not None:  # the fd now names another socket
             self._forget(peer)
-        sock = self._ops.identify(fd)
-        if sock is None or (pid is not None and sock.pid != pid):
+        sock = self._ops.identify(fd, claim)
+        if sock is None:
             return None  # closed, or reused by a connection whose metadata comes later
         self._gone.pop(fd, None)
-        exempt = sock.uid in self._exempt and self._exempt_parent in (None, sock.ppid)
+        exempt = sock.owner in self._exempt and self._exempt_parent in (None, sock.ppid)
         peer = Peer(fd, sock, exempt, float(SUBSCRIBE_BURST), now_ns)
-        if self._penalty.get(sock.uid, 0) > now_ns:
+        if self._penalty.get(sock.owner, 0) > now_ns:
             self._drop(peer, "penalty", now_ns)
             return None
         if len(self._peers) >= MAX_PEERS or (
-            not exempt and self._per_uid[sock.uid] >= MAX_PEERS_PER_UID
+            not exempt and self._per_owner[sock.owner] >= MAX_PEERS_PER_OWNER
         ):
             self._drop(peer, "peers", now_ns)
             return None
         self._peers[fd] = peer
-        self._per_uid[sock.uid] += 1
+        self._per_owner[sock.owner] += 1
         return peer
 
     @staticmethod
@@ -339,7 +413,7 @@ class Subscribers:
                 peer.stuck_since = now_ns
             stuck = now_ns - peer.stuck_since
             if not peer.exempt and (
-                stuck >= STALL_MAX_NS or (payloads_piling_up and stuck >= STALL_NS)
+                stuck >= self._stall_max or (payloads_piling_up and stuck >= STALL_NS)
             ):
                 self._drop(peer, "stalled", now_ns)
 
@@ -363,12 +437,12 @@ class Subscribers:
         if len(self._penalty) >= MAX_PEERS:
             self._penalty = {u: t for u, t in self._penalty.items() if t > now_ns}
         if len(self._penalty) < MAX_PEERS:
-            self._penalty[peer.sock.uid] = now_ns + PENALTY_NS
+            self._penalty[peer.sock.owner] = now_ns + PENALTY_NS
 
     def _forget(self, peer: Peer) -> None:
         if self._peers.get(peer.fd) is peer:
             del self._peers[peer.fd]
-            self._uncount(self._per_uid, peer.sock.uid)
+            self._uncount(self._per_owner, peer.sock.owner)
         for prefix in peer.prefixes:
             if prefix in self._matching:
                 self._uncount(self.counts, prefix)

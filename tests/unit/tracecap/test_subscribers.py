@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import msgpack
 import pytest
 
-from collector import subscribers as subs
-from collector.subscribers import PeerSocket, Subscribers, topic_prefixes
 from tracecap import bus
+from tracecap import subscribers as subs
+from tracecap.subscribers import PeerSocket, Subscribers, topic_prefixes
 
 MS = 1_000_000
 SNDBUF = 212_992
@@ -34,8 +34,12 @@ class FakeSockets:
     def close(self, fd: int) -> None:
         del self.socks[fd]
 
-    def identify(self, fd: int) -> PeerSocket | None:
-        return self.socks.get(fd)
+    def identify(self, fd: int, claim: object) -> PeerSocket | None:
+        """As on ipc: the claim (a pid here) must name the socket's peer."""
+        sock = self.socks.get(fd)
+        if sock is None or (claim is not None and claim != sock.pid):
+            return None
+        return sock
 
     def unread(self, fd: int, ino: int) -> int | None:
         sock = self.socks.get(fd)
@@ -166,16 +170,16 @@ def test_a_peer_sending_messages_upstream_is_disconnected(table: Subscribers, ke
 
 
 def test_connections_per_uid_are_bounded_but_not_the_writers(table: Subscribers, kernel) -> None:
-    for fd in range(3, 3 + subs.MAX_PEERS_PER_UID + 1):
+    for fd in range(3, 3 + subs.MAX_PEERS_PER_OWNER + 1):
         kernel.connect(fd, uid=1000)
         sub(table, kernel, fd, b"proc.")
-    assert kernel.shut == [3 + subs.MAX_PEERS_PER_UID]
+    assert kernel.shut == [3 + subs.MAX_PEERS_PER_OWNER]
     assert table.dropped == {"peers": 1}
-    for fd in range(200, 200 + subs.MAX_PEERS_PER_UID + 1):
+    for fd in range(200, 200 + subs.MAX_PEERS_PER_OWNER + 1):
         kernel.connect(fd, uid=WRITER_UID)
         sub(table, kernel, fd, b"proc.")
     assert table.dropped == {"peers": 1}
-    assert table.counts[b"proc."] == 2 * subs.MAX_PEERS_PER_UID + 1
+    assert table.counts[b"proc."] == 2 * subs.MAX_PEERS_PER_OWNER + 1
 
 
 def stuck(kernel: FakeSockets, fd: int) -> None:
@@ -268,7 +272,7 @@ def test_subscriptions_without_metadata_are_counted(table: Subscribers) -> None:
 def test_the_table_and_its_stats_are_bounded_whatever_peers_send(
     table: Subscribers, kernel
 ) -> None:
-    for fd in range(3, 3 + 2 * subs.MAX_PEERS_PER_UID):
+    for fd in range(3, 3 + 2 * subs.MAX_PEERS_PER_OWNER):
         kernel.connect(fd, uid=fd)
         for i in range(200):
             sub(table, kernel, fd, bytes([i]) + b"file.write."[: i % 12])
