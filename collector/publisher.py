@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
@@ -107,6 +108,8 @@ class Publisher:
         # at a stop under load, a slow writer may still be taking what was sent; supervisord
         # stops writers only after the collector has exited, and kills after 30 s
         self._sock.setsockopt(zmq.LINGER, 25_000)
+        # accepted connections by fd, so that one that never subscribes is bounded too
+        self._monitor = self._sock.get_monitor_socket(zmq.EVENT_ACCEPTED)
         old = os.umask(0o117)
         try:
             self._sock.bind(self.endpoint)
@@ -152,6 +155,10 @@ class Publisher:
         if now < self._next_maintain:
             return
         self._next_maintain = now + SAMPLE_NS
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.peers.on_accept(event["value"], now)
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.poll_subscriptions()
         self.peers.sample(now, self.backlog_bytes() >= PRESSURE_BYTES)
@@ -234,6 +241,8 @@ class Publisher:
         return self.peers.stats()
 
     def close(self) -> None:
+        self._sock.disable_monitor()
+        self._monitor.close(linger=0)
         self._sock.close()
         os.close(self._lock)
 

@@ -337,6 +337,12 @@ class Subscribers:
         else:  # an XSUB peer sending messages upstream: nothing on this bus does that
             self._drop(peer, "messages", now_ns)
 
+    def on_accept(self, fd: int, now_ns: int) -> None:
+        """A connection was accepted on ``fd`` (the XPUB's monitor says so): it counts against
+        its owner's bounds from now on, even if it never subscribes (each costs the publisher an
+        fd and a pipe; enough of them would leave none for a restarted writer)."""
+        self._peer(fd, None, now_ns)
+
     def _on_anonymous(self, data: bytes) -> None:
         kind, prefix = data[:1], data[1:]
         if kind == b"\x01" and prefix in self._matching:

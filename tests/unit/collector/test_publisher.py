@@ -265,3 +265,25 @@ def test_a_disconnected_subscriber_that_reads_again_is_served_again(tmp_path: Pa
     tap.close()
     pub._sock.setsockopt(zmq.LINGER, 0)
     pub.close()
+
+
+def test_connections_that_never_subscribe_are_bounded_too(tmp_path: Path) -> None:
+    """Each costs the collector an fd: past MAX_PEERS_PER_OWNER of one uid they are cut off,
+    though not one of them ever sent a frame."""
+    pub = Publisher(str(tmp_path / "run"), epoch=5, exempt_uids=())
+    extra = 5
+    socks = []
+    try:
+        for _ in range(subs.MAX_PEERS_PER_OWNER + extra):
+            sock = zmq.Context.instance().socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(pub.endpoint)
+            socks.append(sock)
+        maintain_until(pub, lambda: sum(pub.peers.dropped.values()) >= extra)
+        assert len(pub.peers) == subs.MAX_PEERS_PER_OWNER
+        assert pub.subscriptions == {}
+    finally:
+        for sock in socks:
+            sock.close()
+        pub._sock.setsockopt(zmq.LINGER, 0)
+        pub.close()

@@ -308,3 +308,13 @@ def test_a_uid_just_disconnected_is_refused_for_a_while_then_let_back(
     kernel.connect(50, uid=2000)  # another uid was never refused
     sub(table, kernel, 50, b"proc.", 1)
     assert table.counts == {b"proc.": 2}
+
+
+def test_an_accepted_connection_counts_before_its_first_frame(table: Subscribers, kernel) -> None:
+    for fd in range(3, 3 + subs.MAX_PEERS_PER_OWNER + 1):
+        kernel.connect(fd, uid=1000)
+        table.on_accept(fd, 0)
+    assert len(table) == subs.MAX_PEERS_PER_OWNER
+    assert kernel.shut == [3 + subs.MAX_PEERS_PER_OWNER] and table.dropped["peers"] == 1
+    table.on_frame(b"\x01proc.", 3, kernel.socks[3].pid, 0)  # the same connection, now known
+    assert len(table) == subs.MAX_PEERS_PER_OWNER and table.counts[b"proc."] == 1
