@@ -1,19 +1,23 @@
 # tracecap: the two commands that matter are `make run` and `make test` (both set up first).
-.PHONY: setup run test unit bench lint clean
+.PHONY: setup setup-test run test unit bench lint clean
 
 setup:
 	@sh scripts/setup.sh
 
+# what only the tests and the benchmarks need (real programs to capture, pcap readers)
+setup-test: setup
+	@sh scripts/setup-test.sh
+
 run: setup
 	tracecap run --config conf/tracecap.conf
 
-test: setup
+test: setup-test
 	/opt/tracecap/venv/bin/python -m pytest -ra tests
 
 unit:
 	/opt/tracecap/venv/bin/python -m pytest -q tests/unit
 
-bench: setup
+bench: setup-test
 	/opt/tracecap/venv/bin/python scripts/bench.py
 	/opt/tracecap/venv/bin/python scripts/bench_net_exec.py
 	/opt/tracecap/venv/bin/python scripts/bench_state.py

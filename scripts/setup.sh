@@ -13,9 +13,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages: compiler and headers for the CO-RE objects, pcap readers for tests,
-# ping for network tests, bpf binutils for disassembly tests, python venv support.
-DEBS="clang llvm libbpf-dev bpftool tshark tcpdump iputils-ping binutils-bpf python3-venv make iproute2 util-linux"
+# Debian packages the product needs: compiler, headers and bpftool (vmlinux.h) for the CO-RE
+# objects, libbpf, python venv support, iproute2 and util-linux. What only the tests need is
+# in scripts/setup-test.sh.
+DEBS="clang llvm libbpf-dev bpftool python3-venv make iproute2 util-linux"
 missing=""
 for p in $DEBS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
