@@ -1,6 +1,6 @@
 #!/bin/sh
 # One-shot, idempotent machine set-up for tracecap (run as root).
-# Installs build and test tools from Debian, creates the unprivileged `tracecap` user,
+# Installs the build tools from Debian (scripts/debs.sh), creates the unprivileged `tracecap` user,
 # mounts tracefs, builds the CO-RE objects and installs tracecap into /opt/tracecap/venv
 # with /usr/local/bin/tracecap on PATH. A second run changes nothing and takes seconds.
 set -eu
@@ -16,18 +16,8 @@ fi
 # Debian packages the product needs: compiler, headers and bpftool (vmlinux.h) for the CO-RE
 # objects, libbpf, python venv support, iproute2 and util-linux. What only the tests need is
 # in scripts/setup-test.sh.
-DEBS="clang llvm libbpf-dev bpftool python3-venv make iproute2 util-linux"
-missing=""
-for p in $DEBS; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-done
-if [ -n "$missing" ]; then
-    echo "setup: installing Debian packages:$missing"
-    export DEBIAN_FRONTEND=noninteractive
-    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $missing >/dev/null
-fi
+. scripts/debs.sh
+install_debs setup clang llvm libbpf-dev bpftool python3-venv make iproute2 util-linux
 
 # The unprivileged user that writers, the bridge and tap run as.
 if ! id tracecap >/dev/null 2>&1; then
