@@ -214,6 +214,75 @@ int tc_mmap_exit(struct trace_event_raw_sys_exit *ctx)
 
 /* ---- module --------------------------------------------------------------------------- */
 
+#define VM_SHARED 0x8
+
+struct inode___pre607 {
+    struct timespec64 i_mtime;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 tc_inode_mtime(struct inode *inode)
+{
+    if (bpf_core_field_exists(inode->i_mtime_sec))
+        return BPF_CORE_READ(inode, i_mtime_sec) * 1000000000ull +
+               BPF_CORE_READ(inode, i_mtime_nsec);
+    struct inode___pre607 *old = (void *)inode;
+    if (bpf_core_field_exists(old->i_mtime))
+        return BPF_CORE_READ(old, i_mtime.tv_sec) * 1000000000ull +
+               BPF_CORE_READ(old, i_mtime.tv_nsec);
+    return 0;
+}
+
+/* The file an image comes from: its identity as it is at the syscall, and its path. */
+static __always_inline void tc_module_file(struct tc_module_event *ev, struct file *f)
+{
+    struct inode *inode = BPF_CORE_READ(f, f_inode);
+    ev->inode = BPF_CORE_READ(inode, i_ino);
+    ev->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+    ev->ctime = tc_inode_ctime(inode);
+    ev->mtime = tc_inode_mtime(inode);
+    ev->size = BPF_CORE_READ(inode, i_size);
+    __u32 zero = 0;
+    struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!ps)
+        return;
+    ps->ev.flags = 0;
+    tc_build_path(ps, f);
+    __u32 n = ps->ev.path_len;
+    if (n > TC_PATH_BUF - 1)
+        n = TC_PATH_BUF - 1;
+    bpf_probe_read_kernel(ev->path, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
+    ev->path_len = n;
+    ev->flags |= ps->ev.flags & TC_EV_PATH_TRUNCATED;
+}
+
+/* The mapping that holds an init_module image. kmod maps the .ko file and passes the mapping
+ * without touching it, so its pages are not resident and bpf_probe_read_user, which cannot
+ * fault them in, fails on them: the collector reads those bytes from the file. */
+struct tc_module_vma {
+    __u64 start;
+    __u64 end;
+    __u64 pgoff;
+    __u64 file;
+    __u32 flags;
+    __u32 _pad;
+};
+
+static long tc_module_vma(struct task_struct *task, struct vm_area_struct *vma,
+                          struct tc_module_vma *c)
+{
+    c->start = vma->vm_start;
+    c->end = vma->vm_end;
+    c->pgoff = vma->vm_pgoff;
+    c->file = (__u64)vma->vm_file;
+    /* A private mapping's copied-on-write pages hang off its anon_vma; without one, every
+     * page of it is the file's. */
+    if (vma->vm_flags & VM_SHARED)
+        c->flags = TC_MOD_MAP_SHARED;
+    else if (vma->anon_vma)
+        c->flags = TC_MOD_MAP_WRITTEN;
+    return 0;
+}
+
 static __always_inline void tc_module_exit(__u32 nr, long ret)
 {
     struct tc_obj_args a;
@@ -234,39 +303,43 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     ev->fd = -1;
     ev->flags = 0;
     ev->path_len = 0;
+    ev->addr = 0;
+    ev->map_start = 0;
+    ev->map_end = 0;
+    ev->map_pgoff = 0;
+    ev->ctime = 0;
+    ev->mtime = 0;
+    ev->size = 0;
     __u64 uargs;
     if (nr == NR_INIT_MODULE) {
         ev->syscall = TC_MOD_INIT;
+        ev->addr = a.a0;
         ev->len = a.a1;
         ev->captured = a.a1 > TC_OBJ_MAX ? TC_OBJ_MAX : a.a1;
         uargs = a.a2;
+        struct tc_module_vma m = {};
+        if (!bpf_find_vma(bpf_get_current_task_btf(), a.a0, tc_module_vma, &m, 0) && m.file) {
+            ev->flags = TC_MOD_MAPPED | m.flags;
+            ev->map_start = m.start;
+            ev->map_end = m.end;
+            ev->map_pgoff = m.pgoff;
+            tc_module_file(ev, (struct file *)m.file);
+        }
     } else {
         ev->syscall = TC_MOD_FINIT;
         ev->fd = (__s32)a.a0;
         uargs = a.a1;
         struct file *f = tc_fd_file(ev->fd);
-        if (f) {
-            ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
-            ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
-            struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
-            if (ps) {
-                ps->ev.flags = 0;
-                tc_build_path(ps, f);
-                __u32 n = ps->ev.path_len;
-                if (n > TC_PATH_BUF - 1)
-                    n = TC_PATH_BUF - 1;
-                bpf_probe_read_kernel(ev->path, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
-                ev->path_len = n;
-                ev->flags = ps->ev.flags & TC_EV_PATH_TRUNCATED;
-            }
-        }
+        if (f)
+            tc_module_file(ev, f);
     }
     long r = bpf_probe_read_user_str(ev->params, sizeof(ev->params), (void *)uargs);
     ev->params_len = r > 0 ? r - 1 : 0;
     if (!tc_emit_event(TC_KIND_MODULE, ev, sizeof(*ev)))
         return;
+    /* page by page: a page that cannot be read loses only itself */
     if (ev->captured)
-        tc_send_user(ev->obj_id, a.a0, ev->captured, TC_KIND_MODULE, 0);
+        tc_send_user(ev->obj_id, a.a0, ev->captured, TC_KIND_MODULE, 1);
 }
 
 /* Kernels without CONFIG_MODULES have no module syscall tracepoints: the raw syscall

@@ -178,19 +178,35 @@ struct tc_mem_event {
     __u32 _pad;
 };
 
+/* module_event.flags (TC_EV_PATH_TRUNCATED is 1) */
+#define TC_MOD_MAPPED 2          /* init_module: the image lies in a mapping of the file named */
+#define TC_MOD_MAP_SHARED 4      /* that mapping is MAP_SHARED */
+#define TC_MOD_MAP_WRITTEN 8     /* it is private and has anonymous (copied-on-write) pages */
+
+/* The file (dev, inode, ctime, mtime, size, path) is finit_module's fd, or for init_module the
+ * file mapped where the image lies (TC_MOD_MAPPED; map_* name the mapping). Its times and size
+ * are those at the syscall's exit, so that the collector can tell whether the file it reads is
+ * still the one the kernel saw. */
 struct tc_module_event {
     struct tc_hdr h;
     __u64 obj_id;
     __s64 ret;               /* the syscall's return value */
     __u64 len;               /* init_module: the image length */
     __u64 captured;          /* bytes sent as data records */
-    __u64 inode;             /* finit_module: the file */
+    __u64 inode;
     __u32 dev;
     __s32 fd;
     __u32 syscall;           /* enum tc_module_syscall */
     __u32 params_len;
     __u32 path_len;
-    __u32 flags;             /* TC_EV_PATH_TRUNCATED */
+    __u32 flags;             /* TC_EV_PATH_TRUNCATED, TC_MOD_* */
+    __u64 addr;              /* init_module: the image's address */
+    __u64 map_start;         /* the mapping holding addr, [map_start, map_end) */
+    __u64 map_end;
+    __u64 map_pgoff;         /* its offset in the file, in pages */
+    __u64 ctime;             /* the file's inode change time, ns */
+    __u64 mtime;             /* its modification time, ns */
+    __u64 size;              /* its size */
     char params[TC_PARAMS_BUF];
     char path[TC_PATH_BUF];
 };

@@ -38,6 +38,9 @@ PKT_DIRECTIONS = ("egress", "ingress")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
 MODULE_SYSCALLS = ("init_module", "finit_module")
+MOD_MAPPED = 2
+MOD_MAP_SHARED = 4
+MOD_MAP_WRITTEN = 8
 EXEC_ARGV_TRUNCATED = 1
 EXEC_FILENAME_TRUNCATED = 2
 
@@ -160,7 +163,9 @@ TC_MEM_EVENT = CStruct("tc_mem_event", (
 TC_MODULE_EVENT = CStruct("tc_module_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),
     ("inode", "Q"), ("dev", "I"), ("fd", "i"), ("syscall", "I"), ("params_len", "I"),
-    ("path_len", "I"), ("flags", "I"), ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
+    ("path_len", "I"), ("flags", "I"), ("addr", "Q"), ("map_start", "Q"), ("map_end", "Q"),
+    ("map_pgoff", "Q"), ("ctime", "Q"), ("mtime", "Q"), ("size", "Q"),
+    ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_BPF_EVENT = CStruct("tc_bpf_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("captured", "Q"), ("insn_cnt", "I"),
@@ -318,10 +323,24 @@ class MemEvent(NamedTuple):
     syscall: str
 
 
+class ModuleMapping(NamedTuple):
+    """Where an init_module image lies when a file is mapped there: the mapping
+    ``[start, end)``, its file offset ``pgoff`` in pages, whether it is ``shared``, and whether
+    it is private and ``written`` (has copied-on-write pages, which may differ from the file)."""
+
+    start: int
+    end: int
+    pgoff: int
+    shared: bool
+    written: bool
+
+
 class ModuleEvent(NamedTuple):
     """An init_module or finit_module call and its result. For init_module the image's
-    ``captured`` bytes follow as FileData records for ``obj_id``; for finit_module the file
-    (dev, inode, fd, path) is named and the collector reads it itself."""
+    ``captured`` bytes at ``addr`` follow as FileData records for ``obj_id``, and ``mapping``
+    says which file mapping holds them, if any; for finit_module the collector reads the file
+    (fd) itself. The file, finit_module's or the mapped one, is named by dev, inode and path,
+    with its ctime, mtime (ns) and size as they were at the syscall."""
 
     hdr: Header
     obj_id: int
@@ -334,6 +353,11 @@ class ModuleEvent(NamedTuple):
     syscall: str
     params: bytes
     path: bytes
+    addr: int = 0
+    ctime: int = 0
+    mtime: int = 0
+    size: int = 0
+    mapping: ModuleMapping | None = None
 
 
 class BpfEvent(NamedTuple):
@@ -490,6 +514,12 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
     f = TC_MODULE_EVENT.unpack(raw)
     if f.syscall >= len(MODULE_SYSCALLS):
         raise RecordError(f"module event with unknown syscall {f.syscall}")
+    mapping = None
+    if f.flags & MOD_MAPPED:
+        mapping = ModuleMapping(
+            f.map_start, f.map_end, f.map_pgoff, bool(f.flags & MOD_MAP_SHARED),
+            bool(f.flags & MOD_MAP_WRITTEN),
+        )  # fmt: skip
     return ModuleEvent(
         _header(f),
         f.obj_id,
@@ -502,6 +532,11 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
         MODULE_SYSCALLS[f.syscall],
         f.params[: min(f.params_len, PARAMS_BUF)],
         f.path[: min(f.path_len, PATH_BUF)],
+        f.addr,
+        f.ctime,
+        f.mtime,
+        f.size,
+        mapping,
     )
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collector.object_files import exe_link, open_verified
+from collector.object_files import FileIdentity, exe_link, open_unchanged, open_verified
 from collector.process_tree import read_proc_file
 
 
@@ -32,6 +32,13 @@ class Host:
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""
         return open_verified(candidates, dev, inode)
+
+    def open_unchanged(
+        self, candidates: list[str], identity: FileIdentity
+    ) -> tuple[int | None, str]:
+        """An fd of the first candidate that is the file ``identity`` names, unchanged since
+        the kernel saw it (module files); no path is followed through a symbolic link."""
+        return open_unchanged(candidates, identity)
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size

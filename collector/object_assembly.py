@@ -7,12 +7,18 @@ object, and every byte that did not arrive is an explicit ``lost`` range, as for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bpf import records
 from collector.envelopes import Outgoing, context_env
+from collector.module_images import mapping_env
 from tracecap import bus
+
+#: What ends an object instead of its plain last message: given that message's envelope and
+#: the object's lost ranges, it returns the messages to send now (it may send more later).
+Finisher = Callable[[dict[str, Any], list[list[int]]], list[Outgoing]]
 
 #: Bytes gathered before an object's bytes are published as one message.
 MAX_MESSAGE_PAYLOAD = 1024 * 1024
@@ -37,15 +43,18 @@ def object_env(
         }
         return bus.TOPIC_MEM, env, ev.length
     if isinstance(ev, records.ModuleEvent):
+        finit = ev.syscall == "finit_module"
         env |= {
             "syscall": ev.syscall,
             "ret": ev.ret,
             "params": ev.params,
-            "dev": ev.dev,
-            "inode": ev.inode,
-            "path": ev.path,
-            "fd": ev.fd,
+            "dev": ev.dev if finit else 0,
+            "inode": ev.inode if finit else 0,
+            "path": ev.path if finit else b"",
         }
+        env |= {"fd": ev.fd} if finit else {"addr": ev.addr}
+        if ev.mapping is not None:
+            env["mapping"] = mapping_env(ev)
         return bus.TOPIC_MODULE, env, ev.length
     env |= {
         "prog_name": ev.prog_name,
@@ -67,6 +76,7 @@ class _PendingObject:
     obj_len: int
     captured: int
     started_ns: int
+    finish: Finisher | None = None
     next_off: int = 0
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0
@@ -92,15 +102,17 @@ class ObjectAssembler:
         obj_len: int,
         captured: int,
         now_ns: int,
+        finish: Finisher | None = None,
     ) -> list[Outgoing]:
-        """Start an object; ``captured`` of its ``obj_len`` bytes will follow as chunks."""
+        """Start an object; ``captured`` of its ``obj_len`` bytes will follow as chunks.
+        ``finish``, if given, ends the object in place of its plain last message."""
         obj = _PendingObject(topic, dict(env, obj_id=obj_id, obj_len=obj_len), obj_len,
-                             captured, now_ns)  # fmt: skip
+                             captured, now_ns, finish)  # fmt: skip
         if captured < obj_len:
             obj.lost.append([captured, obj_len])
             self.lost_bytes += obj_len - captured
         if captured == 0:
-            return [self._finish(obj)]
+            return self._finish(obj)
         self._pending[obj_id] = obj
         return []
 
@@ -126,7 +138,7 @@ class ObjectAssembler:
                 obj.next_off += len(chunk.data)
         if obj.next_off >= obj.captured:
             del self._pending[chunk.io_id]
-            return [*out, self._finish(obj)]
+            return out + self._finish(obj)
         if len(obj.buf) >= MAX_MESSAGE_PAYLOAD:
             out += self._flush(obj)
         return out
@@ -137,7 +149,7 @@ class ObjectAssembler:
             if force or now_ns - obj.started_ns >= OBJECT_TIMEOUT_NS:
                 self._lose(obj, obj.next_off, obj.captured)
                 del self._pending[obj_id]
-                out.append(self._finish(obj))
+                out += self._finish(obj)
         return out
 
     def _lose(self, obj: _PendingObject, start: int, end: int) -> None:
@@ -156,5 +168,8 @@ class ObjectAssembler:
     def _flush(self, obj: _PendingObject) -> list[Outgoing]:
         return [self._message(obj, last=False)] if obj.buf else []
 
-    def _finish(self, obj: _PendingObject) -> Outgoing:
-        return self._message(obj, last=True)
+    def _finish(self, obj: _PendingObject) -> list[Outgoing]:
+        if obj.finish is None:
+            return [self._message(obj, last=True)]
+        out = self._flush(obj)
+        return out + obj.finish(dict(obj.env, obj_off=obj.next_off, last=True), sorted(obj.lost))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -22,8 +23,17 @@ from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
+from collector.module_images import file_candidates, fill_plan, why_not_from_file
 from collector.object_assembly import ObjectAssembler, object_env
-from collector.object_files import MESSAGE_BYTES, FileJob, FileStreamer, exec_candidates, is_memfd
+from collector.object_files import (
+    MESSAGE_BYTES,
+    FileIdentity,
+    FileJob,
+    FileStreamer,
+    FillJob,
+    exec_candidates,
+    is_memfd,
+)
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import tracecap_ancestors
@@ -247,18 +257,62 @@ class Collector:
     ) -> list[Outgoing]:
         container = self._containers.container_of(ev.hdr.cgroup_id)
         topic, env, length = object_env(ev, self._boot_to_epoch, container)
-        if isinstance(ev, records.ModuleEvent) and ev.syscall == "finit_module":
-            return self._on_finit_module(ev, env)
+        if isinstance(ev, records.ModuleEvent):
+            return self._on_module(ev, env, length, now)
         return self._objects.on_event(ev.obj_id, topic, env, length, ev.captured, now)
 
-    def _on_finit_module(self, ev: records.ModuleEvent, env: dict[str, Any]) -> list[Outgoing]:
+    def _on_module(
+        self, ev: records.ModuleEvent, env: dict[str, Any], length: int, now: int
+    ) -> list[Outgoing]:
         """finit_module loads from an fd, so the kernel sends no bytes: the collector opens the
-        file itself, by the loader's fd or else by its path, if it is still the same file."""
+        file itself, by the loader's fd or else by its path, if it is still the same file,
+        unchanged. init_module's image comes from the kernel; when it lies in a file mapping,
+        the file is opened now, while the mapping may still exist, for the bytes the kernel
+        could not read (see collector/module_images.py)."""
+        identity = FileIdentity(ev.dev, ev.inode, ev.ctime, ev.mtime, ev.size)
+        if ev.syscall == "finit_module":
+            return self._on_finit_module(ev, env, identity)
+        finish = None
+        if ev.mapping is not None:
+            fd, why = None, why_not_from_file(ev.mapping)
+            if not why:
+                candidates = file_candidates(ev.hdr.pid, ev.mapping, ev.path)
+                fd, why = self._host.open_unchanged(candidates, identity)
+            finish = functools.partial(self._finish_module, ev, identity, fd, why)
+        return self._objects.on_event(
+            ev.obj_id, bus.TOPIC_MODULE, env, length, ev.captured, now, finish
+        )
+
+    def _finish_module(
+        self,
+        ev: records.ModuleEvent,
+        identity: FileIdentity,
+        fd: int | None,
+        why: str,
+        env: dict[str, Any],
+        lost: list[list[int]],
+    ) -> list[Outgoing]:
+        """End an init_module image from a file mapping: what the kernel could not read is
+        read from the file (``fd``, opened at the event), or stays lost for reason ``why``."""
+        assert ev.mapping is not None
+        plan, rest = fill_plan(lost, ev.addr, ev.mapping)
+        if fd is not None:
+            self._files.add(FillJob(fd, bus.TOPIC_MODULE, env, plan, rest, identity))
+            return []
+        if lost:
+            env["lost"] = lost
+        if plan:
+            env["fill_error"] = why
+        return [Outgoing(bus.TOPIC_MODULE, env, None)]
+
+    def _on_finit_module(
+        self, ev: records.ModuleEvent, env: dict[str, Any], identity: FileIdentity
+    ) -> list[Outgoing]:
         candidates = [f"/proc/{ev.hdr.pid}/fd/{ev.fd}"]
         if ev.path.startswith(b"/"):
             candidates.append(os.fsdecode(ev.path))
         env |= {"obj_id": ev.obj_id, "obj_off": 0}
-        fd, why = self._host.open_verified(candidates, ev.dev, ev.inode)
+        fd, why = self._host.open_unchanged(candidates, identity)
         if fd is None:
             return [Outgoing(bus.TOPIC_MODULE, env | {"obj_len": 0, "last": True, "ok": False,
                                                       "error": why}, None)]  # fmt: skip

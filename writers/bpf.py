@@ -1,7 +1,11 @@
 """The BPF writer: the instruction array of every distinct BPF program loaded, once per sha256.
 
 Stored as ``<cid>/bpf.name-<name>.pid-<P>.<sha256>``: raw ``struct bpf_insn`` records, which
-``bpf-objdump -D -b binary -m bpf`` disassembles as is.
+``bpf-objdump -D -b binary -m bpf`` disassembles as is. A program whose instructions did not all
+arrive is ``...pid-<P>.ts-<ts>.partial``: the hash of what arrived names no program. Every load
+gets an index record, a duplicate's with ``path`` null and ``duplicate_of`` the artifact holding
+its bytes: loaders' feature probes (libbpf's ``r0 = 0; exit``) share their bytes with real
+programs, and dedup must not hide which process loaded which program.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from typing import Any
 
 from tracecap import bus
 from tracecap.text import text_fields
-from writers.naming import bpf_artifact_name
+from writers.naming import bpf_artifact_name, bpf_partial_name
 from writers.objectartifact import DedupKey, Meta, content_key, content_key_from_record
 from writers.objects import ObjectWriter
 
@@ -20,9 +24,13 @@ class BpfWriter(ObjectWriter):
 
     name = kind = "bpf"
     topic = bus.TOPIC_BPF
+    records_duplicates = True
 
     def final_name(self, meta: Meta, sha256: str) -> str:
         return bpf_artifact_name(meta["prog_name"], meta["pid"], sha256)
+
+    def incomplete_name(self, meta: Meta) -> str:
+        return bpf_partial_name(meta["prog_name"], meta["pid"], meta["ts"])
 
     def dedup_key(self, meta: Meta, sha256: str | None) -> DedupKey | None:
         return content_key(sha256)

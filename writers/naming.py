@@ -55,6 +55,10 @@ COLLISION_ROOM = 8
 #: ``safe_component`` may add ``~`` and 8 hex digits past its ``max_len``.
 _CUT_MARK = 9
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+#: A stand-in hash, to build a whole name and cut its hash off again.
+_NO_SHA256 = "0" * 64
+#: What ends the name of an artifact that is not the whole object, in place of its sha256.
+PARTIAL_SUFFIX = ".partial"
 _MEMFD_PREFIX = b"memfd:"
 _DELETED_SUFFIX = b" (deleted)"
 #: Prefix of the basename of an executed memfd, so an analyst sees at a glance that the binary
@@ -122,6 +126,16 @@ def module_artifact_name(dev: int, inode: int, pid: int, sha256: str) -> str:
     return f"module.pid-{pid}.{sha256}"
 
 
+def module_partial_name(dev: int, inode: int, pid: int, ts: int) -> str:
+    """``module.dev-<D>.inode-<I>.pid-<P>.ts-<ts>.partial`` (without ``dev``/``inode`` for
+    init_module): an image not captured whole. The sha256 of what was captured names no
+    image, so it is not in the name (Tracee too leaves the hash off an image whose last
+    chunk never came); ``ts`` keeps the names of two such attempts apart."""
+    _check_number("ts", ts)
+    whole = module_artifact_name(dev, inode, pid, _NO_SHA256)
+    return f"{whole.removesuffix(_NO_SHA256)}ts-{ts}{PARTIAL_SUFFIX}"
+
+
 def bpf_artifact_name(prog_name: bytes, pid: int, sha256: str) -> str:
     """``bpf.name-<name>.pid-<P>.<sha256>``.
 
@@ -135,6 +149,15 @@ def bpf_artifact_name(prog_name: bytes, pid: int, sha256: str) -> str:
     if not prog_name:
         return f"bpf.name-{suffix}"
     return _bounded_component("bpf.name-", prog_name, suffix)
+
+
+def bpf_partial_name(prog_name: bytes, pid: int, ts: int) -> str:
+    """``bpf.name-<name>.pid-<P>.ts-<ts>.partial``: a program whose instructions did not all
+    arrive, named like ``module_partial_name``."""
+    _check_number("ts", ts)
+    whole = bpf_artifact_name(prog_name, pid, _NO_SHA256)
+    # ``.ts-<ts>.partial`` (at most 32 characters) is shorter than the ``.<sha256>`` it replaces
+    return f"{whole.removesuffix(_NO_SHA256)}ts-{ts}{PARTIAL_SUFFIX}"
 
 
 def partial_name(epoch: int, obj_id: int) -> str:

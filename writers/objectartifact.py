@@ -51,6 +51,9 @@ class ObjectAssembly:
 
     def __init__(self, env: Meta, now: float) -> None:
         self.meta: Meta = dict(env)
+        #: Keys that only the object's last message carries (what the collector learnt at the
+        #: end: ``lost``, a module image's ``from_file``...).
+        self.late: Meta = {}
         self.key: ObjectKey = (env["epoch"], env["obj_id"])
         self.obj_len: int = env["obj_len"]
         self.first_ts: int = env["ts"]
@@ -77,6 +80,7 @@ class ObjectAssembly:
         self.last_activity = now
         if env["last"]:
             self.saw_last = True
+            self.late = {k: v for k, v in env.items() if k not in self.meta}
         if isinstance(env.get("error"), str) and self.read_error is None:
             self.read_error = error_text(env["error"])
         grown = env["obj_len"] > self.obj_len
@@ -108,9 +112,10 @@ class ObjectAssembly:
         return self.received.holes(0, self.obj_len)
 
     def naming_meta(self) -> Meta:
-        """The metadata names and index fields are built from: the first message's envelope,
-        with ``ts`` the earliest timestamp of any of the object's messages."""
-        return {**self.meta, "ts": self.first_ts}
+        """The metadata names and index fields are built from: the first message's envelope
+        and the keys only the last one carries, with ``ts`` the earliest timestamp of any of
+        the object's messages."""
+        return {**self.late, **self.meta, "ts": self.first_ts}
 
     def record(
         self,
@@ -183,14 +188,15 @@ def read_lines(stream: IO[bytes], max_line: int = MAX_LINE) -> Iterator[bytes | 
             yield line
 
 
-def dedup_key_of_line(
+def dedup_entry_of_line(
     line: bytes | None,
     kind: str,
     key_from_record: Callable[[dict[str, Any]], DedupKey | None],
-) -> DedupKey | None:
-    """The dedup key one index line (None: an overlong one) gives ``kind``, or None when it
-    gives none: a blank line, another kind's record, or an incomplete capture (which is to be
-    retried, so it must not count). Raises BadIndexLine for a line that should and cannot."""
+) -> tuple[DedupKey, str] | None:
+    """The dedup key one index line (None: an overlong one) gives ``kind`` and the path of the
+    artifact it records, or None when it gives none: a blank line, another kind's record, an
+    incomplete capture (which is to be retried, so it must not count) or a duplicate's record
+    (no artifact of its own). Raises BadIndexLine for a line that should and cannot."""
     record = None if line is None else parse_line(line)
     if record is None:
         if line is None or line.strip():
@@ -208,4 +214,4 @@ def dedup_key_of_line(
         key = None
     if key is None:
         raise BadIndexLine(f"a complete {kind} record without its dedup key")
-    return key
+    return key, record["path"]

@@ -33,7 +33,7 @@ from writers.objectartifact import (
     Meta,
     ObjectAssembly,
     ObjectKey,
-    dedup_key_of_line,
+    dedup_entry_of_line,
     error_text,
     final_names,
     read_lines,
@@ -85,6 +85,9 @@ class ObjectWriter(Writer):
     topic: bytes = b""
     #: Whether the kind deduplicates at all (if not, the index is not read at start).
     deduplicates: bool = True
+    #: Whether a duplicate still gets its index record (path null, ``duplicate_of`` naming the
+    #: artifact that holds its bytes), so that dedup never hides who did what.
+    records_duplicates: bool = False
 
     def __init__(
         self,
@@ -146,6 +149,12 @@ class ObjectWriter(Writer):
     def final_name(self, meta: Meta, sha256: str) -> str:
         """The artifact's name inside its container directory; raises ValueError if ``meta``
         cannot name one (checked when the object starts, before any byte is written)."""
+
+    def incomplete_name(self, meta: Meta) -> str | None:
+        """The name of an artifact not captured whole, for kinds whose names carry the
+        content's sha256: the hash of what was captured is not the object's, so such an
+        artifact must not be named (nor deduplicated) by it. None: named as a whole one."""
+        return None
 
     @abc.abstractmethod
     def dedup_key(self, meta: Meta, sha256: str | None) -> DedupKey | None:
@@ -316,17 +325,21 @@ class ObjectWriter(Writer):
         fd = self._open_temp(obj)
         size, sha256 = self._digest(fd, asm.obj_len)
         meta = asm.naming_meta()
-        key = self.dedup_key(meta, sha256)
+        partial = self.incomplete_name(meta) if asm.missing() else None
+        key = None if partial is not None else self.dedup_key(meta, sha256)
         if key is not None and key in self._seen:
             self.counters["duplicates"] += 1
+            if self.records_duplicates:
+                record = self._record(asm, None, size, sha256)
+                self._append(record | {"duplicate_of": self._seen.get(key)})
             return
-        name = self._place(obj, self.final_name(meta, sha256))
+        name = self._place(obj, partial or self.final_name(meta, sha256))
         record = self._record(asm, f"{obj.subdir}/{name}", size, sha256)
         self.counters["artifacts"] += 1
         if not record["complete"]:
             self.counters["incomplete"] += 1
         elif key is not None:
-            self._seen.add(key)
+            self._seen.add(key, record["path"])
         self._append(record)
 
     def _digest(self, fd: int, obj_len: int) -> tuple[int, str]:
@@ -407,10 +420,10 @@ class ObjectWriter(Writer):
 
     def _rebuild_line(self, line: bytes | None) -> None:
         try:
-            key = dedup_key_of_line(line, self.kind, self.dedup_key_from_record)
+            entry = dedup_entry_of_line(line, self.kind, self.dedup_key_from_record)
         except BadIndexLine:
             self.counters["index_bad_lines"] += 1
             return
-        if key is not None:
-            self._seen.add(key)
+        if entry is not None:
+            self._seen.add(*entry)
             self.counters["dedup_rebuilt"] += 1

@@ -65,6 +65,29 @@ def test_module_event_keeps_signs_and_cuts_at_lengths():
     )  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("flags", "mapping"),
+    [
+        (0, None),
+        (records.MOD_MAPPED, records.ModuleMapping(0x7000, 0x9000, 3, False, False)),
+        (records.MOD_MAPPED | records.MOD_MAP_SHARED, records.ModuleMapping(0x7000, 0x9000, 3,
+                                                                            True, False)),
+        (records.MOD_MAPPED | records.MOD_MAP_WRITTEN, records.ModuleMapping(0x7000, 0x9000, 3,
+                                                                             False, True)),
+        (records.MOD_MAP_SHARED, None),  # no file mapped: the other bits mean nothing
+    ],
+)  # fmt: skip
+def test_init_module_event_names_the_mapping_that_holds_the_image(flags, mapping):
+    raw = build.module_event(
+        **HDR, obj_id=31, ret=-38, len=100, captured=100, inode=34, dev=35, flags=flags,
+        addr=0x7010, map_start=0x7000, map_end=0x9000, map_pgoff=3, ctime=5, mtime=6, size=7,
+        syscall=records.MODULE_SYSCALLS.index("init_module"), path=b"/tmp/x.ko",
+    )  # fmt: skip
+    ev = records.decode_module_event(raw)
+    assert (ev.addr, ev.ctime, ev.mtime, ev.size, ev.path) == (0x7010, 5, 6, 7, b"/tmp/x.ko")
+    assert ev.mapping == mapping
+
+
 def test_bpf_event():
     raw = build.bpf_event(
         **HDR, obj_id=41, ret=-1, captured=43, insn_cnt=44, prog_type=45, prog_name=b"probe\0x"

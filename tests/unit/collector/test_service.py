@@ -7,6 +7,7 @@ returns); what comes out is what the fake publisher was handed, in order.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -21,7 +22,8 @@ import pytest
 from bpf import records
 from collector import service
 from collector.host import Clock
-from collector.object_files import MESSAGE_BYTES
+from collector.module_images import PAGE_SIZE, WRITTEN_PRIVATE
+from collector.object_files import MESSAGE_BYTES, FileIdentity
 from collector.probes import ProbeError
 from collector.service import Collector, run_collector
 from tests.support import records as build
@@ -233,6 +235,8 @@ class FakeHost:
         self.files: dict[str, Path] = {}
         self.users: dict[str, int] = {}
         self.opened: list[list[str]] = []
+        self.identities: list[FileIdentity] = []
+        self.changed = ""
 
     def read_proc(self, pid: int, name: str) -> bytes:
         try:
@@ -249,6 +253,17 @@ class FakeHost:
             if path in self.files:
                 return os.open(self.files[path], os.O_RDONLY), ""
         return None, "gone"
+
+    def open_unchanged(
+        self, candidates: list[str], identity: FileIdentity
+    ) -> tuple[int | None, str]:
+        """As the real one, but a file is unchanged unless ``changed`` says how it is not."""
+        self.identities.append(identity)
+        fd, why = self.open_verified(candidates, identity.dev, identity.inode)
+        if fd is not None and self.changed:
+            os.close(fd)
+            return None, self.changed
+        return fd, why
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
@@ -643,6 +658,111 @@ def test_finit_module_tries_no_relative_path(tmp_path):
     [failed] = rig.sent(bus.TOPIC_MODULE)
     assert (failed.env["ok"], failed.env["last"], failed.env["obj_len"]) == (False, True, 0)
     assert (failed.env["error"], failed.env["obj_id"]) == ("gone", 800)
+
+
+def test_finit_module_checks_the_file_is_as_the_kernel_saw_it(tmp_path):
+    rig = Rig(config("module"))
+    rig.host.files["/proc/4242/fd/7"] = tmp_path / "m.ko"
+    (tmp_path / "m.ko").write_bytes(b"ko")
+    rig.host.changed = "the file changed since the syscall: size 9 -> 2"
+    collector = rig.started()
+    rig.feed(build.module_event(
+        **HEADER, obj_id=800, inode=INODE, dev=DEV, fd=7, ctime=1, mtime=2, size=9,
+        syscall=records.MODULE_SYSCALLS.index("finit_module"),
+    ))  # fmt: skip
+    stop(collector)
+    assert rig.host.identities == [FileIdentity(DEV, INODE, 1, 2, 9)]
+    [failed] = rig.sent(bus.TOPIC_MODULE)
+    assert (failed.env["ok"], failed.env["error"]) == (False, rig.host.changed)
+
+
+# --- init_module: an image in a file mapping -----------------------------------------------------
+
+#: The image lies at MAP_START + 0x10 in a mapping of the file from its second page on; of its
+#: three pages the kernel could read the first and the last, not the middle one.
+MAP_START, IMAGE_LEN = 0x7F00_0000_0000, 2 * PAGE_SIZE + 100
+IMAGE = bytes(i % 251 for i in range(IMAGE_LEN))
+FILE = b"\x01" * PAGE_SIZE + b"\x02" * 0x10 + IMAGE + b"tail"
+
+
+def init_from_mapping(tmp_path: Path, *, flags: int = records.MOD_MAPPED, file: bytes = FILE,
+                      readable: tuple[bool, ...] = (True, False, True),
+                      changed: str = "") -> tuple[Rig, Collector]:  # fmt: skip
+    rig = Rig(config("module"))
+    rig.host.changed = changed
+    rig.host.files[f"/proc/{PID}/map_files/{MAP_START:x}-{MAP_START + 4 * PAGE_SIZE:x}"] = (
+        tmp_path / "m.ko"
+    )
+    (tmp_path / "m.ko").write_bytes(file)
+    st = (tmp_path / "m.ko").stat()  # as the kernel saw it (the fill checks it again)
+    collector = rig.started()
+    addr = MAP_START + 0x10
+    rig.feed(build.module_event(
+        **HEADER, obj_id=600, len=IMAGE_LEN, captured=IMAGE_LEN, inode=INODE, dev=DEV,
+        syscall=records.MODULE_SYSCALLS.index("init_module"), flags=flags, addr=addr,
+        map_start=MAP_START, map_end=MAP_START + 4 * PAGE_SIZE, map_pgoff=1,
+        ctime=st.st_ctime_ns, mtime=st.st_mtime_ns, size=st.st_size, path=b"/tmp/m.ko",
+    ))  # fmt: skip
+    # page by page, as the kernel sends them: the first chunk ends where the first page does
+    offs = [0, PAGE_SIZE - 0x10, 2 * PAGE_SIZE - 0x10, IMAGE_LEN]
+    for (start, end), ok in zip(itertools.pairwise(offs), readable, strict=True):
+        chunk = IMAGE[start:end] if ok else b""
+        rig.feed(build.file_data(600, start, chunk, want=end - start, kind=records.REC_OBJ_DATA,
+                                 flags=0 if ok else records.DATA_UNREADABLE))  # fmt: skip
+    return rig, collector
+
+
+def image_of(messages: list[Sent]) -> bytearray:
+    image = bytearray(IMAGE_LEN)
+    for m in messages:
+        if m.payload:
+            image[m.env["obj_off"] : m.env["obj_off"] + len(m.payload)] = m.payload
+    return image
+
+
+def test_what_the_kernel_could_not_read_of_a_mapped_image_is_read_from_the_file(tmp_path):
+    rig, collector = init_from_mapping(tmp_path)
+    stop(collector)
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert image_of(messages) == IMAGE
+    last = messages[-1].env
+    assert (last["last"], "lost" in last, "fill_error" in last) == (True, False, False)
+    assert last["from_file"] == [[PAGE_SIZE - 0x10, 2 * PAGE_SIZE - 0x10]]
+    map_files = f"/proc/{PID}/map_files/{MAP_START:x}-{MAP_START + 4 * PAGE_SIZE:x}"
+    assert rig.host.opened == [[map_files, "/tmp/m.ko"]]
+    st = (tmp_path / "m.ko").stat()
+    assert rig.host.identities == [
+        FileIdentity(DEV, INODE, st.st_ctime_ns, st.st_mtime_ns, len(FILE))
+    ]
+    mapping = messages[0].env["mapping"]
+    assert (mapping["start"], mapping["pgoff"], mapping["path"]) == (MAP_START, 1, b"/tmp/m.ko")
+    assert (messages[0].env["dev"], messages[0].env["path"]) == (0, b"")  # finit's keys
+
+
+def test_a_mapped_image_read_whole_by_the_kernel_needs_nothing_from_the_file(tmp_path):
+    rig, collector = init_from_mapping(tmp_path, readable=(True, True, True))
+    stop(collector)
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert image_of(messages) == IMAGE
+    assert not {"lost", "from_file", "fill_error"} & set(messages[-1].env)
+
+
+def test_a_written_private_mapping_is_not_read_from_the_file(tmp_path):
+    rig, collector = init_from_mapping(tmp_path, flags=records.MOD_MAPPED | records.MOD_MAP_WRITTEN)
+    stop(collector)
+    assert rig.host.opened == []
+    last = rig.sent(bus.TOPIC_MODULE)[-1].env
+    assert last["lost"] == [[PAGE_SIZE - 0x10, 2 * PAGE_SIZE - 0x10]]
+    assert last["fill_error"] == WRITTEN_PRIVATE and last["mapping"]["written"] is True
+
+
+def test_a_changed_file_leaves_the_unread_bytes_missing_and_says_why(tmp_path):
+    changed = "the file changed since the syscall: mtime 2 -> 3"
+    rig, collector = init_from_mapping(tmp_path, changed=changed)
+    stop(collector)
+    last = rig.sent(bus.TOPIC_MODULE)[-1].env
+    assert last["lost"] == [[PAGE_SIZE - 0x10, 2 * PAGE_SIZE - 0x10]]
+    assert (last["fill_error"], "from_file" in last) == (changed, False)
 
 
 # --- stopping -----------------------------------------------------------------------------------

@@ -12,11 +12,14 @@ from tracecap.text import text_fields
 from writers.naming import (
     COLLISION_ROOM,
     NAME_MAX,
+    PARTIAL_SUFFIX,
     bpf_artifact_name,
+    bpf_partial_name,
     exec_artifact_name,
     exec_basename,
     mem_artifact_name,
     module_artifact_name,
+    module_partial_name,
     partial_name,
 )
 
@@ -96,6 +99,26 @@ def test_module_names() -> None:
     assert module_artifact_name(2049, 12, 42, SHA) == f"module.dev-2049.inode-12.pid-42.{SHA}"
     assert module_artifact_name(0, 0, 42, SHA) == f"module.pid-42.{SHA}"  # init_module
     assert module_artifact_name(0, 5, 42, SHA).startswith("module.dev-0.inode-5.")
+
+
+def test_a_partial_module_is_named_without_a_hash() -> None:
+    assert module_partial_name(2049, 12, 42, 7) == "module.dev-2049.inode-12.pid-42.ts-7.partial"
+    assert module_partial_name(0, 0, 42, 7) == "module.pid-42.ts-7.partial"  # init_module
+    with pytest.raises(ValueError):
+        module_partial_name(0, 0, 42, -1)
+
+
+def test_a_partial_bpf_program_is_named_without_a_hash() -> None:
+    assert bpf_partial_name(b"xdp_prog", 9, 7) == "bpf.name-xdp_prog.pid-9.ts-7.partial"
+    assert bpf_partial_name(b"", 9, 7) == "bpf.name-.pid-9.ts-7.partial"
+
+
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=BIG),
+       st.integers(min_value=0, max_value=BIG))  # fmt: skip
+def test_any_partial_name_gives_one_bounded_component(prog_name: bytes, pid: int, ts: int):
+    for name in (bpf_partial_name(prog_name, pid, ts), module_partial_name(BIG, BIG, pid, ts)):
+        _assert_one_component(name)
+        assert name.endswith(PARTIAL_SUFFIX)
 
 
 def test_bpf_names() -> None:

@@ -18,7 +18,7 @@ from writers.objectartifact import (
     ObjectAssembly,
     content_key,
     content_key_from_record,
-    dedup_key_of_line,
+    dedup_entry_of_line,
     error_text,
     final_names,
     read_lines,
@@ -145,23 +145,24 @@ def _line(**record: Any) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("line", "key"),
+    ("line", "entry"),
     [
-        (_line(sha256=SHA) + b"\n", ("sha256", SHA)),
+        (_line(sha256=SHA) + b"\n", (("sha256", SHA), "host/m")),
         (b"\n", None),  # blank
         (_line(sha256=SHA, kind="exec"), None),  # another kind's
         (_line(sha256=SHA, complete=False), None),  # to be captured again
         (_line(sha256=SHA, path=None), None),  # a failure record: no artifact
+        (_line(sha256=SHA, path=None, duplicate_of="host/m"), None),  # a later attempt's
     ],
 )
-def test_index_lines_give_a_dedup_key_or_none(line: bytes, key: object) -> None:
-    assert dedup_key_of_line(line, "module", content_key_from_record) == key
+def test_index_lines_give_a_dedup_key_and_artifact_or_none(line: bytes, entry: object) -> None:
+    assert dedup_entry_of_line(line, "module", content_key_from_record) == entry
 
 
 @pytest.mark.parametrize("line", [None, b"garbage\n", b"[1]\n", _line(sha256=5)])
 def test_index_lines_that_should_give_a_key_and_cannot_are_bad(line: bytes | None) -> None:
     with pytest.raises(BadIndexLine):
-        dedup_key_of_line(line, "module", content_key_from_record)
+        dedup_entry_of_line(line, "module", content_key_from_record)
 
 
 def test_a_key_function_that_fails_makes_the_line_bad() -> None:
@@ -169,4 +170,4 @@ def test_a_key_function_that_fails_makes_the_line_bad() -> None:
         return (record["missing_field"],)
 
     with pytest.raises(BadIndexLine):
-        dedup_key_of_line(_line(), "module", key_of)
+        dedup_entry_of_line(_line(), "module", key_of)

@@ -77,26 +77,109 @@ def test_finit_module_is_named_by_its_file(module: Harness) -> None:
     assert rec["source_path"] == "/tmp/m.ko" and rec["params_hex"] == "ff"
 
 
-def test_a_module_image_is_captured_once(module: Harness) -> None:
+def test_a_module_image_is_stored_once_and_every_attempt_indexed(module: Harness) -> None:
     module.send(IMAGE, module_env(obj_id=1))
-    module.send(IMAGE, module_env(obj_id=2, pid=200, syscall="finit_module", dev=1, inode=2))
+    module.send(IMAGE, module_env(obj_id=2, pid=200, syscall="finit_module", dev=1, inode=2,
+                                  params=b"x=1", fd=3))  # fmt: skip
     module.send(IMAGE + b"x", module_env(obj_id=3))
-    assert len(module.records()) == 2
+    first, again, other = module.records()
     assert module.writer.counters["duplicates"] == 1
+    assert module.listing() == sorted([first["path"].removeprefix("host/"),
+                                       other["path"].removeprefix("host/")])  # fmt: skip
+    assert (again["path"], again["duplicate_of"], again["sha256"]) == (
+        None, first["path"], first["sha256"],
+    )  # fmt: skip
+    assert (again["pid"], again["syscall"], again["params"], again["fd"], again["ret"]) == (
+        200, "finit_module", "x=1", 3, -38,
+    )  # fmt: skip
+    assert again["complete"] is True and "duplicate_of" not in first
 
 
 def test_a_module_image_is_captured_once_across_restarts(module: Harness) -> None:
     module.send(IMAGE, module_env(obj_id=1))
     module.restart()
     module.send(IMAGE, module_env(obj_id=1, epoch=8))
-    assert len(module.records()) == 1
+    first, again = module.records()
     assert module.writer.counters["duplicates"] == 1
     assert os.listdir(module.root / "host") == [
         f"module.pid-100.{hashlib.sha256(IMAGE).hexdigest()}"
     ]
+    assert again["duplicate_of"] == first["path"] and again["epoch"] == 8
+
+
+def send_partial(module: Harness, obj_id: int, **overrides: Any) -> None:
+    """IMAGE with its second 1000 bytes lost, as the collector sends it."""
+    env = module_env(obj_id=obj_id, obj_len=len(IMAGE), **overrides)
+    WriterHarness.send(module, IMAGE[:1000], env | {"last": False})
+    WriterHarness.send(module, IMAGE[2000:], env | {"obj_off": 2000, "lost": [[1000, 2000]]})
+
+
+def test_a_partial_image_is_never_named_after_a_hash(module: Harness) -> None:
+    send_partial(module, 1, ts=7)
+    send_partial(module, 2, ts=8, syscall="finit_module", dev=1, inode=2)
+    partial, from_file = module.records()
+    assert partial["path"] == "host/module.pid-100.ts-7.partial"
+    assert from_file["path"] == "host/module.dev-1.inode-2.pid-100.ts-8.partial"
+    assert (partial["complete"], partial["missing"]) == (False, [[1000, 2000]])
+    # neither is a duplicate of the other: what is missing is not known to be alike
+    assert module.writer.counters["duplicates"] == 0
+
+
+def test_a_partial_image_does_not_stand_for_the_whole_one(module: Harness) -> None:
+    send_partial(module, 1)
+    module.send(IMAGE, module_env(obj_id=2))
+    module.restart()
+    module.send(IMAGE, module_env(obj_id=3, epoch=8))
+    partial, whole, again = module.records()
+    assert (partial["complete"], whole["complete"]) == (False, True)
+    assert again["duplicate_of"] == whole["path"]
+
+
+MAPPING = {
+    "start": 0x7F00_0000_0000, "end": 0x7F00_0000_2000, "pgoff": 0, "shared": False,
+    "written": False, "dev": 2049, "inode": 12, "ctime": 5, "mtime": 6, "size": 8000,
+    "path": b"/tmp/m\xff.ko",
+}  # fmt: skip
+
+
+def test_the_index_says_where_a_mapped_image_came_from(module: Harness) -> None:
+    module.send(IMAGE, module_env(obj_id=1, addr=MAPPING["start"], mapping=MAPPING,
+                                  from_file=[[0, 2048]]))  # fmt: skip
+    (rec,) = module.records()
+    assert rec["addr"] == MAPPING["start"] and rec["from_file"] == [[0, 2048]]
+    assert rec["mapping"] == {
+        **MAPPING,
+        "path": "/tmp/m\\xff.ko",
+        "path_hex": "2f746d702f6dff2e6b6f",
+    }
+
+
+def test_why_the_file_could_not_give_the_missing_bytes_is_indexed(module: Harness) -> None:
+    send_partial(module, 1, mapping=MAPPING, fill_error="the file changed since the syscall")
+    (rec,) = module.records()
+    assert (rec["complete"], rec["fill_error"]) == (False, "the file changed since the syscall")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("mapping", {**MAPPING, "start": -1}), ("mapping", [1]), ("from_file", [[5, 1]]),
+     ("fill_error", 3), ("addr", "0x10")],
+)  # fmt: skip
+def test_a_malformed_optional_key_is_left_out_and_counted(module: Harness, key, value) -> None:
+    module.send(IMAGE, module_env(obj_id=1, **{key: value}))
+    (rec,) = module.records()
+    assert key not in rec and rec["complete"] is True
+    assert module.writer.counters["bad_fields"] == 1
 
 
 # -- bpf --------------------------------------------------------------------------------------
+
+
+def test_a_partial_bpf_program_is_never_named_after_a_hash(bpf: Harness) -> None:
+    WriterHarness.send(bpf, INSNS[:8], bpf_env(ts=7, obj_len=len(INSNS), lost=[[8, 16]]))
+    (rec,) = bpf.records()
+    assert rec["path"] == "host/bpf.name-probe.pid-100.ts-7.partial"
+    assert rec["complete"] is False
 
 
 def test_bpf_program_name_format(bpf: Harness) -> None:
@@ -114,12 +197,18 @@ def test_an_unnamed_program(bpf: Harness) -> None:
     assert rec["path"].startswith("host/bpf.name-.pid-100.")
 
 
-def test_a_bpf_program_is_captured_once_across_restarts(bpf: Harness) -> None:
+def test_a_bpf_program_is_stored_once_across_restarts_and_every_load_indexed(
+    bpf: Harness,
+) -> None:
     bpf.send(INSNS, bpf_env(obj_id=1))
     bpf.send(INSNS, bpf_env(obj_id=2, prog_name=b"renamed", pid=7))
     bpf.restart()
     bpf.send(INSNS, bpf_env(obj_id=3))
-    assert len(bpf.records()) == 1 and bpf.writer.counters["duplicates"] == 1
+    first, renamed, again = bpf.records()
+    assert bpf.listing() == [first["path"].removeprefix("host/")]
+    assert bpf.writer.counters["duplicates"] == 1
+    assert (renamed["prog_name"], renamed["pid"], renamed["path"]) == ("renamed", 7, None)
+    assert renamed["duplicate_of"] == again["duplicate_of"] == first["path"]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,163 @@
+"""collector/object_files.py on real files: what the collector opens as root, and the reads
+that fill an init_module image from the file it was mapped from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from collector.object_files import (
+    MESSAGE_BYTES,
+    FileIdentity,
+    FileStreamer,
+    FillJob,
+    open_unchanged,
+    open_verified,
+)
+from tracecap import bus
+
+
+def kernel_dev(path: Path) -> int:
+    """The file's st_dev as the kernel's s_dev (MAJOR << 20 | MINOR)."""
+    st = path.stat()
+    return os.major(st.st_dev) << 20 | os.minor(st.st_dev)
+
+
+def identity(path: Path) -> FileIdentity:
+    st = path.stat()
+    return FileIdentity(kernel_dev(path), st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
+
+
+def read_fd(fd: int | None) -> bytes:
+    assert fd is not None
+    try:
+        return os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def ko(tmp_path: Path) -> Path:
+    path = tmp_path / "m.ko"
+    path.write_bytes(b"\x7fELF module")
+    return path
+
+
+# --- opening ------------------------------------------------------------------------------------
+
+
+def test_the_named_file_is_opened_for_reading(ko: Path) -> None:
+    fd, why = open_verified([str(ko)], kernel_dev(ko), ko.stat().st_ino)
+    assert (read_fd(fd), why) == (b"\x7fELF module", "")
+
+
+def test_another_file_at_the_path_is_refused(ko: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.write_bytes(b"x")
+    fd, why = open_verified([str(other)], kernel_dev(ko), ko.stat().st_ino)
+    assert fd is None and why.startswith(f"{other}: another file now")
+
+
+def test_a_symlink_is_followed_only_when_asked(ko: Path, tmp_path: Path) -> None:
+    (tmp_path / "dir").symlink_to(tmp_path)
+    via_link = str(tmp_path / "dir" / "m.ko")
+    dev, inode = kernel_dev(ko), ko.stat().st_ino
+    assert read_fd(open_verified([via_link], dev, inode, follow=True)[0]) == b"\x7fELF module"
+    fd, why = open_verified([via_link], dev, inode, follow=False)
+    assert fd is None and "Too many levels of symbolic links" in why
+
+
+def test_our_proc_links_are_followed_even_so(ko: Path) -> None:
+    with open(ko, "rb") as f:
+        link = f"/proc/{os.getpid()}/fd/{f.fileno()}"
+        fd, _ = open_verified([link], kernel_dev(ko), ko.stat().st_ino, follow=False)
+        assert read_fd(fd) == b"\x7fELF module"
+
+
+def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
+    """O_PATH opens nothing: a FIFO with no writer would block a real open forever."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd, why = open_verified([str(fifo)], kernel_dev(fifo), fifo.stat().st_ino)
+    assert fd is None and why == f"{fifo}: not a regular file"
+
+
+def test_the_next_candidate_is_tried(ko: Path, tmp_path: Path) -> None:
+    fd, _ = open_verified([str(tmp_path / "gone"), str(ko)], kernel_dev(ko), ko.stat().st_ino)
+    assert read_fd(fd) == b"\x7fELF module"
+
+
+def test_a_file_changed_since_the_syscall_is_refused(ko: Path) -> None:
+    seen = identity(ko)
+    assert read_fd(open_unchanged([str(ko)], seen)[0]) == b"\x7fELF module"
+    ko.write_bytes(b"\x7fELF module, patched")
+    fd, why = open_unchanged([str(ko)], seen)
+    assert fd is None
+    assert why.startswith("the file changed since the syscall: ") and "size 11 -> 20" in why
+
+
+# --- filling an image from its file ---------------------------------------------------------------
+
+
+ENV = {"obj_id": 5, "obj_len": 40, "obj_off": 0, "last": True}
+
+
+def fill(path: Path, ranges: list[tuple[int, int, int]], lost: list[list[int]] | None = None,
+         seen: FileIdentity | None = None) -> FillJob:  # fmt: skip
+    fd = os.open(path, os.O_RDONLY)
+    return FillJob(fd, bus.TOPIC_MODULE, dict(ENV), ranges, lost or [], seen or identity(path))
+
+
+def drain(job: FillJob, budget: int = MESSAGE_BYTES) -> list:
+    streamer = FileStreamer()
+    streamer.add(job)
+    out = []
+    while streamer.pending:
+        out += streamer.pump(budget)
+    return out
+
+
+def test_the_ranges_are_read_at_their_file_offsets(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(100)))
+    out = drain(fill(path, [(0, 4, 10), (20, 30, 50)], lost=[[30, 40]]), budget=6)
+    pieces = [(m.env["obj_off"], m.payload) for m in out[:-1]]
+    assert pieces == [  # at most 6 bytes a pump
+        (0, bytes(range(10, 14))), (20, bytes(range(50, 52))), (22, bytes(range(52, 58))),
+        (28, bytes(range(58, 60))),
+    ]  # fmt: skip
+    last = out[-1].env
+    assert (last["last"], last["lost"], last["from_file"]) == (True, [[30, 40]], [[0, 4], [20, 30]])
+    assert "fill_error" not in last and all(not m.env["last"] for m in out[:-1])
+
+
+def test_a_file_shorter_than_the_mapping_gives_what_it_has(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abcdef")
+    last = drain(fill(path, [(0, 10, 2), (20, 30, 0)]))[-1].env
+    assert last["from_file"] == [[0, 4]] and last["lost"] == [[4, 10], [20, 30]]
+    assert last["fill_error"] == "the file ends before the mapping"
+
+
+def test_a_file_that_changes_while_read_gives_nothing_more(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(100))
+    job = fill(path, [(0, 10, 0), (10, 20, 10)])
+    first, _, _ = job.step(10)
+    assert first[0].payload == bytes(10)
+    with open(path, "r+b") as f:
+        f.write(b"patched")
+    out = drain(job)
+    assert [m.payload for m in out] == [None]
+    last = out[0].env
+    assert last["from_file"] == [[0, 10]] and last["lost"] == [[10, 20]]
+    assert last["fill_error"].startswith("the file changed while it was read: ")
+
+
+def test_nothing_to_fill_ends_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"x")
+    out = drain(fill(path, [], lost=[[0, 40]]))
+    assert len(out) == 1 and out[0].env == ENV | {"lost": [[0, 40]]}
