@@ -345,13 +345,15 @@ def decode(buf: bytes, length: int | None = None) -> Decoded:
             proto.setdefault("error", f"malformed: {length - off} bytes after the last record")
         out.whole = "error" not in proto
     except _Short:
-        out.short = len(buf) < length
-        if out.short:
-            proto["error"] = f"message cut in {where}: {len(buf)} of {length} bytes captured"
+        # a record read before with malformed RDATA has already set the error: not merely short
+        out.short = len(buf) < length and "error" not in proto
+        if len(buf) < length:
+            error = f"message cut in {where}: {len(buf)} of {length} bytes captured"
         else:
-            proto["error"] = f"malformed: the message ends inside {where}"
+            error = f"malformed: the message ends inside {where}"
+        proto.setdefault("error", error)
     except _Bad as exc:
-        proto["error"] = f"malformed: {where}: {exc}"
+        proto.setdefault("error", f"malformed: {where}: {exc}")
     proto["responseCode"] = RCODE_NAMES.get(rcode, "unknown")
     if "error" in proto:  # keep it last, after the sections, where readers look for it
         proto["error"] = proto.pop("error")
@@ -435,9 +437,10 @@ def _reads_as_dns(msg: bytes, length: int) -> bool:
     return got.whole or got.short
 
 
-def is_dns_udp(payload: bytes, missing: int = 0) -> bool:
-    """A UDP payload (``missing`` bytes of it not captured) that is a DNS message."""
-    length = len(payload) + missing
+def is_dns_udp(payload: bytes, length: int | None = None) -> bool:
+    """A UDP payload that is a DNS message; ``length`` is the datagram's real payload length
+    (its UDP length field less 8) when only ``payload`` was captured."""
+    length = len(payload) if length is None else length
     return _plausible_header(payload, 0, length) and _reads_as_dns(payload, length)
 
 

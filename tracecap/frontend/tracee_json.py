@@ -162,8 +162,10 @@ def packet_events(
                 continue
             side = (env["direction"], env["ifindex"], ip.src, ip.dst)
             missing = max(0, env["orig_len"] - len(payload))
-            for proto in dns.messages(side, l4, missing, tagged=not follow):
-                out.append(_event(env, name, [*args, _arg("proto_dns", "trace.ProtoDNS", proto)]))
+            found = dns.messages(side, l4, missing, tagged=not follow, context=(env, args))
+            for (its_env, its_args), proto in found:
+                dns_arg = _arg("proto_dns", "trace.ProtoDNS", proto)
+                out.append(_event(its_env, name, [*its_args, dns_arg]))
             continue
         if name == "net_packet_http" and l4 is not None:
             args.append(_arg("proto_http", "trace.ProtoHTTP", protocols.http_summary(l4)))

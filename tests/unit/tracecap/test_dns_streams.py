@@ -22,15 +22,19 @@ def message(i: int = 1, texts: int = 1) -> bytes:
     return bytes(msg)
 
 
-def ids(found: list[dict]) -> list[int]:
-    return [p["ID"] for p in found]
+def ids(found: list[tuple]) -> list[int]:
+    return [p["ID"] for _, p in found]
+
+
+def protos(found: list[tuple]) -> list[dict]:
+    return [p for _, p in found]
 
 
 def test_one_message_in_one_segment():
     streams = TcpDnsStreams()
-    got = streams.feed(KEY, 1000, framed(message(7)))
-    assert ids(got) == [7] and "error" not in got[0]
-    assert got[0]["answers"][0]["TXTs"] == ["t" * 200]
+    ((context, got),) = streams.feed(KEY, 1000, framed(message(7)), context="segment 1")
+    assert context == "segment 1" and got["ID"] == 7 and "error" not in got
+    assert got["answers"][0]["TXTs"] == ["t" * 200]
 
 
 def test_a_message_split_across_segments_comes_out_with_the_last_one():
@@ -42,7 +46,8 @@ def test_a_message_split_across_segments_comes_out_with_the_last_one():
     for start, end in itertools.pairwise(cuts):
         got.append(streams.feed(KEY, 5000 + start, stream[start:end]))
     assert [ids(g) for g in got] == [[], [], [], [], [3]]
-    assert len(got[-1][0]["answers"]) == 30 and "error" not in got[-1][0]
+    (last,) = protos(got[-1])
+    assert len(last["answers"]) == 30 and "error" not in last
     assert streams.buffered == 0
 
 
@@ -75,8 +80,8 @@ def test_a_lost_segment_is_reported_and_the_next_message_read():
     first, second = framed(message(1, texts=4)), framed(message(2))
     streams = TcpDnsStreams()
     assert streams.feed(KEY, 0, first[:300]) == []
-    got = streams.feed(KEY, 600, first[600:] + second)  # 300..600 never seen
-    assert ids(got) == [1, 2]
+    got = protos(streams.feed(KEY, 600, first[600:] + second))  # 300..600 never seen
+    assert [p["ID"] for p in got] == [1, 2]
     assert got[0]["error"].startswith("message cut in answer 2: 298 of ")
     assert len(got[0]["answers"]) == 1 and "error" not in got[1]
     assert streams.lost_bytes == 300
@@ -85,8 +90,8 @@ def test_a_lost_segment_is_reported_and_the_next_message_read():
 def test_bytes_cut_at_the_snap_length_are_lost_but_the_stream_stays_in_step():
     first, second = framed(message(1, texts=2)), framed(message(2))
     streams = TcpDnsStreams()
-    got = streams.feed(KEY, 0, first[:96], missing=len(first) - 96)
-    assert ids(got) == [1] and got[0]["error"].endswith(f"94 of {len(first) - 2} bytes captured")
+    (got,) = protos(streams.feed(KEY, 0, first[:96], missing=len(first) - 96))
+    assert got["ID"] == 1 and got["error"].endswith(f"94 of {len(first) - 2} bytes captured")
     assert ids(streams.feed(KEY, len(first), second)) == [2]
 
 
@@ -102,36 +107,42 @@ def test_the_connection_ending_inside_a_message_is_reported():
     stream = framed(message(9, texts=3))
     streams = TcpDnsStreams()
     assert streams.feed(KEY, 0, stream[:400]) == []
-    (got,) = streams.feed(KEY, 400, b"", ends=True)
+    (got,) = protos(streams.feed(KEY, 400, b"", ends=True))
     assert got["ID"] == 9
-    assert (
-        got["error"] == f"connection ended inside a message: 398 of {len(stream) - 2} bytes arrived"
-    )
+    expected = f"the connection ended inside a message: 398 of {len(stream) - 2} bytes arrived"
+    assert got["error"] == expected
     assert not streams.tracks(KEY) and streams.buffered == 0
 
 
 def test_a_flow_first_seen_mid_message_waits_for_a_message_start():
     stream = framed(message(1, texts=3)) + framed(message(2))
     streams = TcpDnsStreams()
-    middle = streams.feed(KEY, 100, stream[100 : len(stream) - len(framed(message(2)))])
+    middle = protos(streams.feed(KEY, 100, stream[100 : len(stream) - len(framed(message(2)))]))
     assert middle[0]["error"].startswith("not a DNS message: ")
     assert middle[0]["ID"] == 0
     assert ids(streams.feed(KEY, len(stream) - len(framed(message(2))), framed(message(2)))) == [2]
     assert streams.resyncs == 1
 
 
-def test_flows_and_buffered_bytes_are_bounded():
-    streams = TcpDnsStreams(max_flows=4, max_buffered=1000)
+def test_flows_and_buffered_bytes_are_bounded_and_what_is_dropped_is_reported():
     part = framed(message(1, texts=3))[:600]
+    streams = TcpDnsStreams(max_flows=4, max_buffered=1000)
+    reported = []
     for port in range(6):
-        streams.feed((*KEY[:-1], port), 0, part)
+        reported += streams.feed((*KEY[:-1], port), 0, part, context=port)
     assert sum(streams.tracks((*KEY[:-1], port)) for port in range(6)) == 1
     assert streams.buffered <= 1000
     assert streams.evicted == 5
+    assert [context for context, _ in reported] == [0, 1, 2, 3, 4]  # each with its own
+    why = "dropped to bound memory (4 connections, 1000 bytes of unfinished messages)"
+    assert all(p["error"].startswith(f"{why} inside a message: 598 of ") for _, p in reported)
     streams = TcpDnsStreams(max_flows=4, max_buffered=1 << 20)
     for port in range(6):
         streams.feed((*KEY[:-1], port), 0, part)
     assert [streams.tracks((*KEY[:-1], port)) for port in range(6)] == [False] * 2 + [True] * 4
+    assert streams.feed((*KEY[:-1], 5), 0, b"", starts=True)[0][1]["error"].startswith(
+        "a new connection on the same ports began inside a message"
+    )
 
 
 def tcp(payload: bytes, seq: int, flags: int = dpkt.tcp.TH_ACK, sport: int = 40000,
@@ -166,7 +177,7 @@ def test_the_reader_counts_a_syn_and_reads_data_it_carries():
 def test_the_reader_decodes_a_udp_datagram_whole_or_cut(missing):
     raw = message(2)
     udp = dpkt.udp.UDP(sport=53, dport=40000, data=raw[: len(raw) - missing])
-    (got,) = DnsReader().messages(KEY[:4], udp, missing, tagged=True)
-    assert got["ID"] == 2
+    ((context, got),) = DnsReader().messages(KEY[:4], udp, missing, tagged=True, context=5)
+    assert context == 5 and got["ID"] == 2
     assert ("error" in got) == bool(missing)
     assert DnsReader().messages(KEY[:4], udp, missing, tagged=False) == []

@@ -6,7 +6,7 @@ import dpkt
 import pytest
 
 from tests.support.dnsmsg import NON_DNS, big_response, framed, query, response, tcp, udp
-from tracecap.protocols import classify, missing_bytes
+from tracecap.protocols import classify
 
 
 @pytest.mark.parametrize("v6", [False, True])
@@ -38,7 +38,7 @@ def test_on_another_port_only_segments_that_start_a_message_are_dns():
 def test_a_datagram_cut_at_the_snap_length_is_still_dns_by_content():
     whole = udp(big_response(), sport=5300, dport=40000)
     cut = whole[: 28 + 96]
-    assert missing_bytes(cut, dpkt.ip.IP(cut)) == len(whole) - len(cut)
+    assert dpkt.ip.IP(cut).data.ulen == len(big_response()) + 8  # the real length is known
     assert classify(cut) == ["ipv4", "udp", "dns"]
     assert classify(whole[: 28 + 20]) == ["ipv4", "udp"]  # the question is not all there
 

@@ -7,16 +7,19 @@ import dpkt
 from tests.support.dnsmsg import big_response, framed, query, response, tcp, udp
 from tests.support.envelopes import message, packet_env
 from tracecap import bus
+from tracecap.dns_streams import DnsReader, TcpDnsStreams
 from tracecap.frontend.tracee_json import EventPrinter
 from tracecap.protocols import classify
 
 DNS_ONLY = ("net_packet_dns",)
 
 
-def packet(data: bytes, direction: str = "egress", orig_len: int | None = None) -> bus.Message:
-    env = packet_env(protocols=classify(data), direction=direction,
-                     orig_len=len(data) if orig_len is None else orig_len)  # fmt: skip
-    return message(bus.TOPIC_NET_PACKET, env, data)
+def packet(
+    data: bytes, direction: str = "egress", orig_len: int | None = None, **env: object
+) -> bus.Message:
+    length = len(data) if orig_len is None else orig_len
+    envelope = packet_env(protocols=classify(data), direction=direction, orig_len=length, **env)
+    return message(bus.TOPIC_NET_PACKET, envelope, data)
 
 
 def proto_dns(event: dict) -> dict:
@@ -81,3 +84,16 @@ def test_a_datagram_cut_at_the_snap_length_is_decoded_as_far_as_it_goes():
     got = proto_dns(event)
     assert got["questions"][0]["name"] == "big.tc.test"
     assert got["error"] == f"message cut in answer 1: 96 of {len(whole) - 28} bytes captured"
+
+
+def test_a_message_dropped_to_bound_memory_is_printed_with_its_own_packet():
+    printer = EventPrinter()
+    printer.dns = DnsReader(TcpDnsStreams(max_flows=1))
+    stream = framed(big_response())
+    first = packet(tcp(stream[:700], sport=53, dport=40001, seq=1), ts=1_700_000_000_000_000_001)
+    assert printer.events_for(first, DNS_ONLY) == []
+    other = packet(tcp(stream[:700], sport=53, dport=40002, seq=1))
+    (event,) = printer.events_for(other, DNS_ONLY)
+    assert event["args"][0]["value"]["dstPort"] == 40001
+    assert event["timestamp"] == 1_700_000_000_000_000_001 != other.env["ts"]
+    assert proto_dns(event)["error"].startswith("dropped to bound memory (1 connections")
