@@ -70,7 +70,7 @@ OPTION_NAMES = {
 }  # fmt: skip
 
 HEADER_LEN = 12
-#: A name pointer is two bytes; a label-form name at most 255 (RFC 1035 3.1).
+#: The longest name, in wire form (RFC 1035 3.1).
 MAX_NAME = 255
 _OPT = 41
 _RR_FIXED = struct.Struct(">HHIH")
@@ -97,7 +97,7 @@ class _Bad(Exception):
 
 class _Header(dpkt.dns.DNS):
     """dpkt's DNS header (id, op and the four counts) with its flag accessors (qr, opcode, aa,
-    tc, rd, ra, rcode): only the 12 fixed bytes; the sections are read by ``_read``."""
+    tc, rd, ra, rcode): only the 12 fixed bytes; ``decode`` reads the sections."""
 
     def unpack(self, buf: bytes) -> None:
         dpkt.Packet.unpack(self, buf)
@@ -172,7 +172,11 @@ def _done(after: int, end: int) -> None:
         raise _Bad(f"{end - after} bytes of RDATA after its fields")
 
 
-def _fixed(size: int) -> Callable[[dict, bytes, int, int], None]:
+#: An RDATA reader: fills a record's fields from (message, RDATA start, RDATA end).
+_Reader = Callable[[dict[str, Any], bytes, int, int], None]
+
+
+def _fixed(size: int) -> _Reader:
     """A type whose RDATA is an address of ``size`` bytes."""
     family = socket.AF_INET if size == 4 else socket.AF_INET6
 
@@ -184,7 +188,7 @@ def _fixed(size: int) -> Callable[[dict, bytes, int, int], None]:
     return decode
 
 
-def _one_name(key: str) -> Callable[[dict, bytes, int, int], None]:
+def _one_name(key: str) -> _Reader:
     def decode(rr: dict, buf: bytes, off: int, end: int) -> None:
         rr[key], after = _exact_name(buf, off, end)
         _done(after, end)
@@ -256,8 +260,8 @@ def _uri(rr: dict, buf: bytes, off: int, end: int) -> None:
     rr["URI"]["target"] = text_field(buf[off + 4 : end])
 
 
-#: RDATA readers: (record, message, RDATA start, RDATA end). Other types keep ``rdata`` in hex.
-RDATA: dict[int, Callable[[dict, bytes, int, int], None]] = {
+#: The types whose RDATA tracecap decodes; others keep it in hex (``rdata``).
+RDATA: dict[int, _Reader] = {
     1: _fixed(4),
     28: _fixed(16),
     2: _one_name("NS"),
@@ -277,8 +281,8 @@ RDATA: dict[int, Callable[[dict, bytes, int, int], None]] = {
 class Decoded:
     """One message read: ``proto_dns`` (Tracee's shape, with ``error`` when not whole), whether
     it was ``whole`` (every record read, nothing after the last), whether reading stopped only
-    because bytes were ``short`` (cut or still to come), and the first question's type and class
-    (the content rule's evidence)."""
+    because bytes were ``short`` (cut or still to come, nothing malformed before), and each
+    question's type and class (the content rule's evidence)."""
 
     proto_dns: dict[str, Any]
     whole: bool = False
@@ -405,8 +409,8 @@ def empty_proto_dns(error: str) -> dict[str, Any]:
 # (TCP: where its 2-byte length prefix says) -- or, when the bytes end early (cut at the snap
 # length, or a TCP message continued in a later segment), everything present reads and the
 # question is complete. Random bytes pass (1) and (2) about once in 10^10; HTTP, TLS and SSH
-# fail (1) on their first bytes. Checks (1) read 12 bytes, so a non-DNS packet costs about a
-# microsecond.
+# fail (1) on their first bytes. Check (1) reads 12 bytes: a packet that is not DNS costs under
+# a microsecond more (scripts/bench_protocols.py).
 
 _QUERY_OPCODES = frozenset({0, 2, 4, 5})
 _QUESTION_CLASSES = frozenset({1, 3, 4, 254, 255})

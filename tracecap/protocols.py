@@ -59,7 +59,7 @@ def classify(data: bytes) -> list[str]:
             out.append("http")
     elif isinstance(l4, dpkt.udp.UDP):
         out.append("udp")
-        if 53 in (l4.sport, l4.dport) or dns.is_dns_udp(l4.data, l4.ulen - 8):
+        if 53 in (l4.sport, l4.dport) or dns.is_dns_udp(bytes(l4.data), l4.ulen - 8):
             out.append("dns")
     elif isinstance(l4, dpkt.icmp.ICMP) and version == 4:
         out.append("icmp")
