@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 from tracecap import bus, protocols
+from tracecap.dns_streams import DnsReader
 from tracecap.text import prot_string, text_field
 
 _EVENT_NAMES = {
@@ -129,10 +130,17 @@ def _addresses(ip: Any) -> tuple[str, str]:
     return str(ipaddress.ip_address(ip.src)), str(ipaddress.ip_address(ip.dst))
 
 
-def packet_events(env: dict[str, Any], payload: bytes, wanted: tuple[str, ...]) -> list[dict]:
-    """Tracee's net_packet_* events for one packet: one per selected protocol it matches."""
-    names = [f"net_packet_{p}" for p in env["protocols"] if f"net_packet_{p}" in wanted]
-    if not names:
+def packet_events(
+    env: dict[str, Any], payload: bytes, wanted: tuple[str, ...], dns: DnsReader
+) -> list[dict]:
+    """Tracee's net_packet_* events for one packet: one per selected protocol it matches, and
+    for DNS one per message the packet carries or completes (none for a TCP segment without
+    one). ``dns`` follows TCP flows: a segment of a followed flow counts even when the collector
+    did not classify it as DNS (the middle of a split message on a port other than 53)."""
+    protocols_ = env["protocols"]
+    names = [f"net_packet_{p}" for p in protocols_ if f"net_packet_{p}" in wanted]
+    follow = "net_packet_dns" in wanted and "dns" not in protocols_ and "tcp" in protocols_
+    if not names and not follow:
         return []
     ip, l4 = protocols.l4_of(payload)
     meta: dict[str, Any] = {
@@ -144,11 +152,21 @@ def packet_events(env: dict[str, Any], payload: bytes, wanted: tuple[str, ...]) 
         meta["src"], meta["dst"] = _addresses(ip)
     if l4 is not None and hasattr(l4, "sport"):
         meta["srcPort"], meta["dstPort"] = l4.sport, l4.dport
+    if follow:
+        names.append("net_packet_dns")
     out = []
     for name in names:
         args = [_arg("metadata", "trace.PacketMetadata", meta)]
-        if name == "net_packet_dns" and l4 is not None:
-            args.append(_arg("proto_dns", "trace.ProtoDNS", protocols.dns_summary(l4)))
+        if name == "net_packet_dns":
+            if ip is None or not hasattr(l4, "sport"):
+                continue
+            side = (env["direction"], env["ifindex"], ip.src, ip.dst)
+            missing = max(0, env["orig_len"] - len(payload))
+            found = dns.messages(side, l4, missing, tagged=not follow, context=(env, args))
+            for (its_env, its_args), proto in found:
+                dns_arg = _arg("proto_dns", "trace.ProtoDNS", proto)
+                out.append(_event(its_env, name, [*its_args, dns_arg]))
+            continue
         if name == "net_packet_http" and l4 is not None:
             args.append(_arg("proto_http", "trace.ProtoHTTP", protocols.http_summary(l4)))
         out.append(_event(env, name, args))
@@ -182,10 +200,11 @@ class EventPrinter:
     def __init__(self, remember: int = 4096) -> None:
         self._printed: dict[tuple[int, int], None] = {}
         self._remember = remember
+        self.dns = DnsReader()
 
     def events_for(self, msg: bus.Message, wanted: tuple[str, ...]) -> list[dict[str, Any]]:
         if msg.topic == bus.TOPIC_NET_PACKET:
-            return packet_events(msg.env, msg.payload, wanted)
+            return packet_events(msg.env, msg.payload, wanted, self.dns)
         event = self.event_for(msg, wanted)
         return [event] if event is not None else []
 
