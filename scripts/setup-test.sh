@@ -3,7 +3,7 @@
 # capture and tools to check the captures with. Idempotent; a second run takes seconds.
 #   tshark, tcpdump, iputils-ping: packet workloads and pcap readers; binutils-bpf: disassembly;
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
-#   dnsmasq, dnsutils (dig), curl: real servers and clients (no service is started).
+#   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -14,4 +14,4 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl
+    dnsmasq dnsutils curl nginx
