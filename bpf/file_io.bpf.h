@@ -553,8 +553,10 @@ static __always_inline int tc_xfer_enter(__u16 sc, __s32 in_fd, __u64 in_ptr, __
         .in_pos = tc_start_pos(in_fd, in_ptr), .out_pos = tc_start_pos(out_fd, out_ptr),
         .in_fd = in_fd, .out_fd = out_fd, .syscall = sc,
     };
-    if (bpf_map_update_elem(&xfer_pending, &tid, &a, BPF_ANY))
-        tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
+    if (bpf_map_update_elem(&xfer_pending, &tid, &a, BPF_ANY)) {
+        __u32 dir = cfg.filters[TC_DIR_WRITE].enabled ? TC_DIR_WRITE : TC_DIR_READ;
+        tc_count(dir * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
+    }
     return 0;
 }
 

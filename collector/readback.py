@@ -191,6 +191,14 @@ class Readback:
         job = self._jobs.popleft()
         os.close(job.fd)
 
+    def abandon(self, why: str) -> list[Outgoing]:
+        """Give up on every queued transfer (capture stops): the rest of each is lost."""
+        out = []
+        while self._jobs:
+            out.append(self._lost(self._jobs[0], why))
+            self._finish()
+        return out
+
     def close(self) -> None:
         while self._jobs:
             self._finish()

@@ -399,6 +399,7 @@ class Collector:
                 self._pub.maintain()  # a stalled subscriber must not hold the last files
                 if not self._stream_files():
                     self._clock.sleep(0.001)  # the writers are still taking what was sent
+            self._send(self._readback.abandon("capture stopped before it was read back"))
         finally:
             self._files.close()
             self._readback.close()

@@ -252,3 +252,15 @@ def test_close_releases_every_fd(tmp_path: Path) -> None:
     assert rb.pending == 0
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_abandoned_transfers_are_lost_from_where_they_stood(tmp_path: Path) -> None:
+    data = os.urandom(MESSAGE_BYTES + 5)
+    (tmp_path / "src").write_bytes(data)
+    src = end_of(tmp_path / "src", fd=3)
+    rb = Readback(Opener({f"/proc/{PID}/fd/3": tmp_path / "src"}))
+    rb.add(xfer(src, src._replace(fd=4), io_len=len(data)), bus.TOPIC_FILE_WRITE, ENV, 1)
+    rb.pump(MESSAGE_BYTES)
+    [lost] = rb.abandon("stopped")
+    assert lost.env["lost"] == [[MESSAGE_BYTES, MESSAGE_BYTES + 5]]
+    assert (lost.env["readback_error"], rb.pending) == ("stopped", 0)

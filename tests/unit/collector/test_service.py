@@ -714,6 +714,20 @@ def test_a_stop_waits_a_bounded_time_for_room_on_the_bus(tmp_path):
     assert rig.time.slept == pytest.approx(service.STOP_STREAMING_NS / 1e9, abs=0.002)
 
 
+def test_a_transfer_not_read_back_by_the_stop_is_published_lost(tmp_path):
+    rig = Rig(config("write"))
+    (tmp_path / "src").write_bytes(b"abcdefgh")
+    rig.host.files[f"/proc/{PID}/fd/5"] = tmp_path / "src"
+    collector = rig.started()
+    rig.feed(file_xfer(11, 4, 100, 2))
+    rig.pub.room = MESSAGE_BYTES - 1  # the writers take nothing more
+    stop(collector)
+    [lost] = [m for m in rig.sent(bus.TOPIC_FILE_WRITE) if "extent" not in m.env]
+    assert (lost.payload, lost.env["lost"]) == (None, [[100, 104]])
+    assert lost.env["readback_error"] == "capture stopped before it was read back"
+    assert collector.stats_env()["collector"]["readback_lost_bytes"] == 4
+
+
 def test_binaries_are_read_no_faster_than_the_bus_has_room(tmp_path):
     rig, collector = exec_rig(tmp_path, "exec")
     (tmp_path / "app").write_bytes(b"\x7f" * (MESSAGE_BYTES * 5 // 2))
