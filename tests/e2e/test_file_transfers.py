@@ -153,3 +153,34 @@ def test_nginx_serves_a_file_with_sendfile(tracecap, workdir: Path) -> None:
     assert art == got, (len(art), len(got), art[:200], got[:200])
     assert rec["complete"] is True, rec
     assert sum(end - start for start, end in rec["readback"]) == SIZE, rec
+
+
+def test_splice_into_a_file_and_out_of_one(tracecap, workdir: Path) -> None:
+    """splice(2) from a file into a pipe (read back from the file) and from the pipe into
+    another file (the pipe's bytes are gone: read back from the destination, which nothing
+    writes afterwards)."""
+    src, dst = workdir / "spliced-src", workdir / "spliced-dst"
+    data = os.urandom(200_000)
+    src.write_bytes(data)
+    run = tracecap("--capture", f"write={workdir}/spliced*", "--capture", f"read={workdir}/*")
+    python(f"""
+        import fcntl, os
+        r, w = os.pipe()
+        fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 1 << 20)
+        src = os.open({str(src)!r}, os.O_RDONLY)
+        dst = os.open({str(dst)!r}, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        assert os.splice(src, w, {len(data)}) == {len(data)}  # file -> pipe
+        assert os.splice(r, dst, {len(data)}) == {len(data)}  # pipe -> file
+    """)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    assert dst.read_bytes() == data
+    _check_spliced(run, "write", dst, data)
+    _check_spliced(run, "read", src, data)
+
+
+def _check_spliced(run, kind: str, path: Path, data: bytes) -> None:
+    rec = _record(run, kind, path)
+    assert run.artifact(artifact_name(kind, path)) == data
+    assert rec["complete"] is True and rec["syscalls"] == ["splice"], rec
+    assert rec["readback"] == [[0, len(data)]], rec
