@@ -406,22 +406,12 @@ static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct t
     return true;
 }
 
-static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
+/* A transfer through a user buffer that has completed: `ret` bytes of `f` at `a`. */
+static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *f, long ret,
+                                      __u32 tid)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
-    if (!ap)
-        return 0;
     struct tc_io_args a = *ap;
-    bpf_map_delete_elem(&io_pending, &tid);
-    long ret = ctx->ret;
-    if (ret <= 0)
-        return 0;
-
     const volatile struct tc_file_filter *ff = &cfg.filters[a.direction & 1];
-    struct file *f = tc_fd_file(a.fd);
-    if (!f)
-        return 0;
     if (ff->fds && !tc_is_std_fd(f, ff->fds))
         return 0;
 
@@ -484,6 +474,23 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
+static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
+    if (!ap)
+        return 0;
+    struct tc_io_args a = *ap;
+    bpf_map_delete_elem(&io_pending, &tid);
+    long ret = ctx->ret;
+    if (ret <= 0)
+        return 0;
+    struct file *f = tc_fd_file(a.fd);
+    if (!f)
+        return 0;
+    return tc_io_done(&a, f, ret, tid);
+}
+
 #define TC_IO_PROBES(name, sc, dir, is_vec, posarg)                                   \
     SEC("tp/syscalls/sys_enter_" #name)                                                \
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
@@ -506,6 +513,70 @@ TC_IO_PROBES(pread64, TC_SYS_PREAD64, TC_DIR_READ, 0, (__s64)ctx->args[3])
 TC_IO_PROBES(readv, TC_SYS_READV, TC_DIR_READ, 1, -1)
 TC_IO_PROBES(preadv, TC_SYS_PREADV, TC_DIR_READ, 1, (__s64)ctx->args[3])
 TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
+
+/* ---- io_uring: read and write requests, at the posting of their completion ----------------
+ *
+ * A request's data passes a user buffer as a syscall's does, but no syscall of the process
+ * carries it: the request is seen when its completion is posted (io_uring_complete), from the
+ * submitting task, an io-wq worker or the SQPOLL thread, all of which share the process's
+ * memory, so the buffer (or iovec array) the request named is still there to copy. The file
+ * offset is where the kiocb ended less the bytes moved. The fd is -1: a request names its
+ * file by an fd of the submitter or an index in the ring's fixed files. */
+
+/* IORING_OP_* (UAPI: stable numbers) -> what it does, for the requests captured. */
+struct tc_uring_op {
+    __u16 syscall;
+    __u8 direction;
+    __u8 is_vec;
+};
+
+static __always_inline bool tc_uring_op(__u8 opcode, struct tc_uring_op *op)
+{
+    switch (opcode) {
+    case 23: /* IORING_OP_WRITE */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITE, TC_DIR_WRITE, 0 };
+        return true;
+    case 2: /* IORING_OP_WRITEV */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITEV, TC_DIR_WRITE, 1 };
+        return true;
+    case 5: /* IORING_OP_WRITE_FIXED: inside a registered buffer, still mapped */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITE_FIXED, TC_DIR_WRITE, 0 };
+        return true;
+    case 22: /* IORING_OP_READ */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READ, TC_DIR_READ, 0 };
+        return true;
+    case 1: /* IORING_OP_READV */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READV, TC_DIR_READ, 1 };
+        return true;
+    case 4: /* IORING_OP_READ_FIXED */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READ_FIXED, TC_DIR_READ, 0 };
+        return true;
+    }
+    return false;
+}
+
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(tc_uring_complete, struct io_ring_ctx *ring, void *reqp, struct io_uring_cqe *cqe)
+{
+    struct io_kiocb *req = reqp;
+    struct tc_uring_op op;
+    long res = BPF_CORE_READ(cqe, res);
+    if (res <= 0 || !tc_uring_op(BPF_CORE_READ(req, opcode), &op))
+        return 0;
+    if (!cfg.filters[op.direction & 1].enabled || !tc_in_scope())
+        return 0;
+    struct io_rw *rw = (void *)&req->cmd;
+    struct file *f = BPF_CORE_READ(rw, kiocb.ki_filp);
+    __s64 end = BPF_CORE_READ(rw, kiocb.ki_pos);
+    if (!f)
+        return 0;
+    struct tc_io_args a = {
+        .buf = BPF_CORE_READ(rw, addr), .count = BPF_CORE_READ(rw, len),
+        .pos = end >= res ? end - res : 0, .fd = -1, .syscall = op.syscall,
+        .direction = op.direction, .is_vec = op.is_vec,
+    };
+    return tc_io_done(&a, f, res, (__u32)bpf_get_current_pid_tgid());
+}
 
 /* ---- copy_file_range, sendfile, splice: transfers that pass no user buffer ---------------
  *

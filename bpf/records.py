@@ -56,6 +56,12 @@ SYSCALLS = (
     "copy_file_range",
     "sendfile",
     "splice",
+    "io_uring_write",
+    "io_uring_writev",
+    "io_uring_write_fixed",
+    "io_uring_read",
+    "io_uring_readv",
+    "io_uring_read_fixed",
 )
 DIR_WRITE, DIR_READ = 0, 1
 

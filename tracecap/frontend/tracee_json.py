@@ -25,6 +25,12 @@ _EVENT_NAMES = {
     "copy_file_range": "vfs_write",
     "sendfile": "vfs_write",
     "splice": "vfs_write",
+    "io_uring_write": "vfs_write",
+    "io_uring_writev": "vfs_writev",
+    "io_uring_write_fixed": "vfs_write",
+    "io_uring_read": "vfs_read",
+    "io_uring_readv": "vfs_readv",
+    "io_uring_read_fixed": "vfs_read",
 }
 _TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 _HOSTNAME = socket.gethostname()
