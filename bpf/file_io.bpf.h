@@ -29,8 +29,12 @@ struct {
 
 struct tc_event_scratch {
     struct tc_file_event ev;
+    struct tc_xfer x;            /* right after ev: a transfer's record is ev and x, sent as one */
     const unsigned char *names[TC_MAX_DEPTH];
 };
+_Static_assert(__builtin_offsetof(struct tc_event_scratch, x) ==
+                   __builtin_offsetof(struct tc_file_xfer, x),
+               "a transfer is sent from the event scratch as one tc_file_xfer");
 
 struct {
     __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -402,22 +406,12 @@ static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct t
     return true;
 }
 
-static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
+/* A transfer through a user buffer that has completed: `ret` bytes of `f` at `a`. */
+static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *f, long ret,
+                                      __u32 tid)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
-    if (!ap)
-        return 0;
     struct tc_io_args a = *ap;
-    bpf_map_delete_elem(&io_pending, &tid);
-    long ret = ctx->ret;
-    if (ret <= 0)
-        return 0;
-
     const volatile struct tc_file_filter *ff = &cfg.filters[a.direction & 1];
-    struct file *f = tc_fd_file(a.fd);
-    if (!f)
-        return 0;
     if (ff->fds && !tc_is_std_fd(f, ff->fds))
         return 0;
 
@@ -480,6 +474,23 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
+static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
+    if (!ap)
+        return 0;
+    struct tc_io_args a = *ap;
+    bpf_map_delete_elem(&io_pending, &tid);
+    long ret = ctx->ret;
+    if (ret <= 0)
+        return 0;
+    struct file *f = tc_fd_file(a.fd);
+    if (!f)
+        return 0;
+    return tc_io_done(&a, f, ret, tid);
+}
+
 #define TC_IO_PROBES(name, sc, dir, is_vec, posarg)                                   \
     SEC("tp/syscalls/sys_enter_" #name)                                                \
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
@@ -502,5 +513,281 @@ TC_IO_PROBES(pread64, TC_SYS_PREAD64, TC_DIR_READ, 0, (__s64)ctx->args[3])
 TC_IO_PROBES(readv, TC_SYS_READV, TC_DIR_READ, 1, -1)
 TC_IO_PROBES(preadv, TC_SYS_PREADV, TC_DIR_READ, 1, (__s64)ctx->args[3])
 TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
+
+/* ---- io_uring: read and write requests, at the posting of their completion ----------------
+ *
+ * A request's data passes a user buffer as a syscall's does, but no syscall of the process
+ * carries it: the request is seen when its completion is posted (io_uring_complete), from the
+ * submitting task, an io-wq worker or the SQPOLL thread, all of which share the process's
+ * memory, so the buffer (or iovec array) the request named is still there to copy. The file
+ * offset is where the kiocb ended less the bytes moved. The fd is -1: a request names its
+ * file by an fd of the submitter or an index in the ring's fixed files. */
+
+/* IORING_OP_* (UAPI: stable numbers) -> what it does, for the requests captured. */
+struct tc_uring_op {
+    __u16 syscall;
+    __u8 direction;
+    __u8 is_vec;
+};
+
+static __always_inline bool tc_uring_op(__u8 opcode, struct tc_uring_op *op)
+{
+    switch (opcode) {
+    case 23: /* IORING_OP_WRITE */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITE, TC_DIR_WRITE, 0 };
+        return true;
+    case 2: /* IORING_OP_WRITEV */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITEV, TC_DIR_WRITE, 1 };
+        return true;
+    case 5: /* IORING_OP_WRITE_FIXED: inside a registered buffer, still mapped */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_WRITE_FIXED, TC_DIR_WRITE, 0 };
+        return true;
+    case 22: /* IORING_OP_READ */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READ, TC_DIR_READ, 0 };
+        return true;
+    case 1: /* IORING_OP_READV */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READV, TC_DIR_READ, 1 };
+        return true;
+    case 4: /* IORING_OP_READ_FIXED */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_READ_FIXED, TC_DIR_READ, 0 };
+        return true;
+    }
+    return false;
+}
+
+SEC("tp_btf/io_uring_complete")
+int BPF_PROG(tc_uring_complete, struct io_ring_ctx *ring, void *reqp, struct io_uring_cqe *cqe)
+{
+    struct io_kiocb *req = reqp;
+    struct tc_uring_op op;
+    long res = BPF_CORE_READ(cqe, res);
+    if (res <= 0 || !tc_uring_op(BPF_CORE_READ(req, opcode), &op))
+        return 0;
+    if (!cfg.filters[op.direction & 1].enabled || !tc_in_scope())
+        return 0;
+    struct io_rw *rw = (void *)&req->cmd;
+    struct file *f = BPF_CORE_READ(rw, kiocb.ki_filp);
+    __s64 end = BPF_CORE_READ(rw, kiocb.ki_pos);
+    if (!f)
+        return 0;
+    struct tc_io_args a = {
+        .buf = BPF_CORE_READ(rw, addr), .count = BPF_CORE_READ(rw, len),
+        .pos = end >= res ? end - res : 0, .fd = -1, .syscall = op.syscall,
+        .direction = op.direction, .is_vec = op.is_vec,
+    };
+    return tc_io_done(&a, f, res, (__u32)bpf_get_current_pid_tgid());
+}
+
+/* ---- copy_file_range, sendfile, splice: transfers that pass no user buffer ---------------
+ *
+ * The bytes go from one file to another inside the kernel, so there is nothing to copy here:
+ * at exit one tc_file_xfer per captured direction names both ends (identity, offset, and
+ * size/mtime/ctime as they are now) and the collector reads the bytes back from the source
+ * while they are still the same. The offset of each end is taken at enter, from the user's
+ * offset pointer or, when it is NULL, from the file position; the syscall moves it. */
+
+struct tc_xfer_args {
+    __s64 in_pos;                /* -1: unknown */
+    __s64 out_pos;
+    __s32 in_fd;
+    __s32 out_fd;
+    __u16 syscall;
+    __u16 _pad[3];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, struct tc_xfer_args);
+} xfer_pending SEC(".maps");
+
+static __always_inline __s64 tc_start_pos(__s32 fd, __u64 uptr)
+{
+    __s64 pos = -1;
+    if (uptr) {
+        if (bpf_probe_read_user(&pos, sizeof(pos), (void *)uptr))
+            return -1;
+        return pos;
+    }
+    struct file *f = tc_fd_file(fd);
+    return f ? BPF_CORE_READ(f, f_pos) : -1;
+}
+
+static __always_inline int tc_xfer_enter(__u16 sc, __s32 in_fd, __u64 in_ptr, __s32 out_fd,
+                                         __u64 out_ptr)
+{
+    if (!tc_in_scope())
+        return 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_xfer_args a = {
+        .in_pos = tc_start_pos(in_fd, in_ptr), .out_pos = tc_start_pos(out_fd, out_ptr),
+        .in_fd = in_fd, .out_fd = out_fd, .syscall = sc,
+    };
+    if (bpf_map_update_elem(&xfer_pending, &tid, &a, BPF_ANY)) {
+        __u32 dir = cfg.filters[TC_DIR_WRITE].enabled ? TC_DIR_WRITE : TC_DIR_READ;
+        tc_count(dir * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
+    }
+    return 0;
+}
+
+static __always_inline bool tc_is_stream(__u32 mode)
+{
+    __u32 fmt = mode & S_IFMT;
+    return fmt == S_IFIFO || fmt == S_IFSOCK || fmt == S_IFCHR;
+}
+
+/* Modification and change times in ns (6.11+ inode layout; 0 elsewhere, which the collector
+ * takes as "cannot tell whether the file changed" and reads nothing back). */
+static __always_inline void tc_xfer_times(struct tc_xfer_file *end, struct inode *inode)
+{
+    end->mtime = 0;
+    end->ctime = 0;
+    if (!bpf_core_field_exists(inode->i_mtime_sec))
+        return;
+    end->mtime = BPF_CORE_READ(inode, i_mtime_sec) * 1000000000ull +
+                 BPF_CORE_READ(inode, i_mtime_nsec);
+    /* since 6.13 the top bits of i_ctime_nsec are flags; nanoseconds fit in 30 bits */
+    end->ctime = BPF_CORE_READ(inode, i_ctime_sec) * 1000000000ull +
+                 (BPF_CORE_READ(inode, i_ctime_nsec) & ((1u << 30) - 1));
+}
+
+static __always_inline void tc_xfer_end(struct tc_xfer_file *end, struct file *f, __s32 fd,
+                                        __s64 pos)
+{
+    struct inode *inode = BPF_CORE_READ(f, f_inode);
+    end->inode = BPF_CORE_READ(inode, i_ino);
+    end->dev = BPF_CORE_READ(inode, i_sb, s_dev);
+    end->mode = BPF_CORE_READ(inode, i_mode);
+    end->generation = BPF_CORE_READ(inode, i_generation);
+    end->size = BPF_CORE_READ(inode, i_size);
+    end->fd = fd;
+    end->pos = tc_is_stream(end->mode) || pos < 0 ? 0 : pos;
+    tc_xfer_times(end, inode);
+}
+
+/* write:type= / read:type= for a transfer: by the file's type, and ELF only when the file is
+ * already known as one (there is no user buffer to look at the first bytes in). */
+static __always_inline bool tc_xfer_type_allowed(const struct tc_xfer_file *end, __u32 types)
+{
+    __u32 fmt = end->mode & S_IFMT;
+    struct tc_dev_ino key = { .inode = end->inode, .dev = end->dev };
+    if (types == 0)
+        return true;
+    if ((types & TC_TYPE_REGULAR) && fmt == S_IFREG)
+        return true;
+    if ((types & TC_TYPE_PIPE) && fmt == S_IFIFO)
+        return true;
+    if ((types & TC_TYPE_SOCKET) && fmt == S_IFSOCK)
+        return true;
+    return (types & TC_TYPE_ELF) && bpf_map_lookup_elem(&elf_files, &key);
+}
+
+/* The record of one direction: `f` is the artifact's file (the destination for write, the
+ * source for read), `other` the other end. */
+static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struct tc_xfer_args *a,
+                                         __u8 dir, struct file *f, struct file *other, __u64 ret)
+{
+    const volatile struct tc_file_filter *ff = &cfg.filters[dir & 1];
+    if (!ff->enabled)
+        return;
+    if (ff->fds && !tc_is_std_fd(f, ff->fds))
+        return;
+    struct tc_xfer_file *end = dir == TC_DIR_WRITE ? &s->x.dst : &s->x.src;
+    if (!tc_xfer_type_allowed(end, ff->types))
+        return;
+    struct tc_file_event *ev = &s->ev;
+    ev->flags = 0;
+    ev->path_len = 0;
+    ev->path[0] = 0;
+    tc_build_path(s, other);
+    s->x.other_path_len = ev->path_len;
+    s->x.other_flags = ev->flags;
+    bpf_probe_read_kernel(s->x.other_path, sizeof(s->x.other_path), ev->path);
+    ev->flags = 0;
+    ev->path_len = 0;
+    ev->path[0] = 0;
+    tc_build_path(s, f);
+    if (!tc_path_allowed(ev, ff))
+        return;
+    tc_fill_hdr(&ev->h, TC_REC_FILE_XFER);
+    ev->io_id = __sync_fetch_and_add(&io_seq, 1);
+    ev->io_len = ret;
+    ev->pos = end->pos;
+    ev->inode = end->inode;
+    ev->dev = end->dev;
+    ev->mode = end->mode;
+    ev->generation = end->generation;
+    ev->fd = end->fd;
+    ev->syscall = a->syscall;
+    ev->direction = dir;
+    if (tc_is_stream(end->mode))
+        ev->flags |= TC_EV_APPEND;
+    __u32 base = dir * TC_CNT_PER_KIND;
+    __u64 size = sizeof(struct tc_file_xfer);
+    if (bpf_ringbuf_output(&file_rb, ev, size, tc_wakeup_flag(&file_rb, size))) {
+        tc_count(base + TC_CNT_EVENT_DROPS, 1);
+        tc_count(base + TC_CNT_DROPPED_BYTES, ret);
+        tc_note_dropped_io(ev, ret);
+        return;
+    }
+    tc_count(base + TC_CNT_EVENTS, 1);
+}
+
+static __always_inline int tc_xfer_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_xfer_args *ap = bpf_map_lookup_elem(&xfer_pending, &tid);
+    if (!ap)
+        return 0;
+    struct tc_xfer_args a = *ap;
+    bpf_map_delete_elem(&xfer_pending, &tid);
+    long ret = ctx->ret;
+    if (ret <= 0)
+        return 0;
+    struct file *fin = tc_fd_file(a.in_fd);
+    struct file *fout = tc_fd_file(a.out_fd);
+    __u32 zero = 0;
+    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!fin || !fout || !s)
+        return 0;
+    tc_xfer_end(&s->x.src, fin, a.in_fd, a.in_pos);
+    tc_xfer_end(&s->x.dst, fout, a.out_fd, a.out_pos);
+    tc_xfer_emit(s, &a, TC_DIR_WRITE, fout, fin, ret);
+    tc_xfer_emit(s, &a, TC_DIR_READ, fin, fout, ret);
+    return 0;
+}
+
+/* copy_file_range(fd_in, off_in *, fd_out, off_out *, len, flags) */
+SEC("tp/syscalls/sys_enter_copy_file_range")
+int tc_enter_copy_file_range(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_xfer_enter(TC_SYS_COPY_FILE_RANGE, ctx->args[0], ctx->args[1], ctx->args[2],
+                         ctx->args[3]);
+}
+
+/* sendfile(out_fd, in_fd, offset *, count): the output always at its file position */
+SEC("tp/syscalls/sys_enter_sendfile64")
+int tc_enter_sendfile64(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_xfer_enter(TC_SYS_SENDFILE, ctx->args[1], ctx->args[2], ctx->args[0], 0);
+}
+
+/* splice(fd_in, off_in *, fd_out, off_out *, len, flags) */
+SEC("tp/syscalls/sys_enter_splice")
+int tc_enter_splice(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_xfer_enter(TC_SYS_SPLICE, ctx->args[0], ctx->args[1], ctx->args[2],
+                         ctx->args[3]);
+}
+
+SEC("tp/syscalls/sys_exit_copy_file_range")
+int tc_exit_copy_file_range(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
+
+SEC("tp/syscalls/sys_exit_sendfile64")
+int tc_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
+
+SEC("tp/syscalls/sys_exit_splice")
+int tc_exit_splice(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
 
 #endif

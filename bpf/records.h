@@ -31,6 +31,8 @@ enum tc_record_kind {
     TC_REC_SOCK_OWNER = 9,   /* a socket got (or changed) its owning thread */
     TC_REC_FILE_CONT = 10,   /* a syscall continuing its thread's previous one on the same open
                               * file: what a tc_file_event would repeat is left out */
+    TC_REC_FILE_XFER = 11,   /* a transfer between two files that passes no user buffer
+                              * (copy_file_range, sendfile, splice): a tc_file_xfer */
 };
 
 enum tc_pkt_direction { TC_PKT_EGRESS = 0, TC_PKT_INGRESS = 1 };
@@ -47,6 +49,10 @@ enum tc_counter_kind {
 enum tc_syscall {
     TC_SYS_WRITE = 0, TC_SYS_PWRITE64, TC_SYS_WRITEV, TC_SYS_PWRITEV, TC_SYS_PWRITEV2,
     TC_SYS_READ, TC_SYS_PREAD64, TC_SYS_READV, TC_SYS_PREADV, TC_SYS_PREADV2,
+    TC_SYS_COPY_FILE_RANGE, TC_SYS_SENDFILE, TC_SYS_SPLICE,
+    /* io_uring requests (IORING_OP_*), captured at their completion */
+    TC_SYS_IO_URING_WRITE, TC_SYS_IO_URING_WRITEV, TC_SYS_IO_URING_WRITE_FIXED,
+    TC_SYS_IO_URING_READ, TC_SYS_IO_URING_READV, TC_SYS_IO_URING_READ_FIXED,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };
@@ -140,6 +146,38 @@ struct tc_file_cont {
     __u64 prev_io_id;        /* the syscall this one continues */
     __u64 io_len;
     __u64 pos;
+};
+
+/* ---- transfers without a user buffer (copy_file_range, sendfile, splice) ---- */
+
+/* One end of a transfer, as the kernel saw it when the syscall returned. */
+struct tc_xfer_file {
+    __u64 inode;
+    __u64 pos;               /* offset of the first byte moved (streams: 0) */
+    __u64 size;              /* i_size at exit */
+    __u64 mtime;             /* ns; 0 when the kernel's inode layout is not known */
+    __u64 ctime;             /* ns, the same */
+    __u32 dev;
+    __u32 mode;
+    __u32 generation;
+    __s32 fd;
+};
+
+/* The bytes never pass a user buffer, so the record carries no data: it names both ends, and
+ * the collector reads the bytes back from the source (or the destination) while they are
+ * unchanged. `ev` is the artifact's file as for a write or read (the destination for
+ * direction write, the source for read); `other_path` is the other end's path. */
+struct tc_xfer {
+    struct tc_xfer_file src;
+    struct tc_xfer_file dst;
+    __u32 other_path_len;
+    __u32 other_flags;       /* TC_EV_PATH_TRUNCATED */
+    char other_path[TC_PATH_BUF + TC_NAME_SLACK];
+};
+
+struct tc_file_xfer {
+    struct tc_file_event ev; /* h.kind is TC_REC_FILE_XFER; io_len the syscall's result */
+    struct tc_xfer x;
 };
 
 /* Payload chunks of files (TC_REC_FILE_DATA) and of objects (TC_REC_OBJ_DATA). */

@@ -34,6 +34,7 @@ REC_BPF_EVENT = 7
 REC_PACKET = 8
 REC_SOCK_OWNER = 9
 REC_FILE_CONT = 10
+REC_FILE_XFER = 11
 PKT_DIRECTIONS = ("egress", "ingress")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
@@ -55,6 +56,15 @@ SYSCALLS = (
     "readv",
     "preadv",
     "preadv2",
+    "copy_file_range",
+    "sendfile",
+    "splice",
+    "io_uring_write",
+    "io_uring_writev",
+    "io_uring_write_fixed",
+    "io_uring_read",
+    "io_uring_readv",
+    "io_uring_read_fixed",
 )
 DIR_WRITE, DIR_READ = 0, 1
 
@@ -85,7 +95,9 @@ class CStruct:
     """One struct of records.h, declared once as its members in C order: ``(name, format)``,
     the format being the ``struct`` code of the whole member (``"I"`` for __u32, ``"i"`` for
     __s32, ``"16s"`` for char[16], ``"3I"`` for __u32[3]) or the CStruct of a nested struct.
-    Members named ``_pad...`` are the C side's explicit padding.
+    Members named ``_pad...`` are the C side's explicit padding. With ``prefix_nested`` a
+    nested struct's values are named ``<member>_<name>`` (for structs that nest one struct
+    twice, or two that share member names).
 
     Everything Python knows of the struct's layout derives from that one list, so no two copies
     can disagree: ``struct``, the little-endian Struct the decoders unpack with (no implicit
@@ -97,7 +109,12 @@ class CStruct:
 
     __slots__ = ("Raw", "c_name", "members", "names", "offsets", "size", "struct")
 
-    def __init__(self, c_name: str, members: tuple[tuple[str, str | CStruct], ...]) -> None:
+    def __init__(
+        self,
+        c_name: str,
+        members: tuple[tuple[str, str | CStruct], ...],
+        prefix_nested: bool = False,
+    ) -> None:
         self.c_name = c_name
         self.members = members
         codes = [fmt.struct.format[1:] if isinstance(fmt, CStruct) else fmt for _, fmt in members]
@@ -113,7 +130,8 @@ class CStruct:
                 self.offsets[name] = at
             member = struct.Struct("<" + code)
             if isinstance(fmt, CStruct):
-                self.names += fmt.names
+                pre = f"{name}_" if prefix_nested else ""
+                self.names += tuple(pre + n for n in fmt.names)
             elif (count := len(member.unpack(bytes(member.size)))) == 1:
                 self.names += (name,)
             else:
@@ -151,6 +169,15 @@ TC_FILE_CONT = CStruct("tc_file_cont", (
 TC_FILE_DATA = CStruct("tc_file_data", (
     ("kind", "I"), ("len", "I"), ("io_id", "Q"), ("io_off", "Q"), ("want", "I"), ("flags", "I"),
 ))  # fmt: skip
+TC_XFER_FILE = CStruct("tc_xfer_file", (
+    ("inode", "Q"), ("pos", "Q"), ("size", "Q"), ("mtime", "Q"), ("ctime", "Q"), ("dev", "I"),
+    ("mode", "I"), ("generation", "I"), ("fd", "i"),
+))  # fmt: skip
+TC_XFER = CStruct("tc_xfer", (
+    ("src", TC_XFER_FILE), ("dst", TC_XFER_FILE), ("other_path_len", "I"), ("other_flags", "I"),
+    ("other_path", f"{PATH_BUF + NAME_SLACK}s"),
+), prefix_nested=True)  # fmt: skip
+TC_FILE_XFER = CStruct("tc_file_xfer", (("ev", TC_FILE_EVENT), ("x", TC_XFER)), prefix_nested=True)
 TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
     ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("_pad", "I"),
@@ -198,7 +225,8 @@ TC_CONFIG = CStruct("tc_config", (
 
 #: Every struct of records.h.
 STRUCTS = (
-    TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_EXEC_EVENT, TC_MEM_EVENT,
+    TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_XFER_FILE, TC_XFER, TC_FILE_XFER,
+    TC_EXEC_EVENT, TC_MEM_EVENT,
     TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_DROP_KEY, TC_DROP_VAL,
     TC_FILE_FILTER, TC_CONFIG,
 )  # fmt: skip
@@ -291,6 +319,33 @@ class FileCont(NamedTuple):
     io_len: int
     pos: int
     first: FileData
+
+
+class XferEnd(NamedTuple):
+    """One end of a transfer as the kernel saw it at the syscall's exit: which file, where the
+    bytes started in it (0 for streams), and its size, mtime and ctime then (ns; 0 when the
+    kernel could not tell), by which the collector knows whether it changed since."""
+
+    inode: int
+    pos: int
+    size: int
+    mtime: int
+    ctime: int
+    dev: int
+    mode: int
+    generation: int
+    fd: int
+
+
+class FileXfer(NamedTuple):
+    """A copy_file_range, sendfile or splice: ``event`` is the artifact's file as for a write
+    (the destination) or a read (the source), ``io_len`` the bytes moved; no data records
+    follow. ``other_path`` is the path of the other end."""
+
+    event: FileEvent
+    src: XferEnd
+    dst: XferEnd
+    other_path: bytes
 
 
 class ExecEvent(NamedTuple):
@@ -412,6 +467,20 @@ def decode_file_event(raw: bytes) -> FileEvent:
         _cstr(path[: min(path_len, PATH_BUF)]),
         generation,
     )
+
+
+_XFER_AT = TC_FILE_XFER.offsets["x"]
+_XFER_END_VALUES = len(TC_XFER_FILE.names)
+
+
+def decode_file_xfer(raw: bytes) -> FileXfer:
+    _need(raw, TC_FILE_XFER, "file transfer")
+    event = decode_file_event(raw)
+    f = TC_XFER.struct.unpack_from(raw, _XFER_AT)
+    n = _XFER_END_VALUES
+    src, dst = XferEnd._make(f[:n]), XferEnd._make(f[n : 2 * n])
+    other_len, _flags, other_path = f[2 * n :]
+    return FileXfer(event, src, dst, _cstr(other_path[: min(other_len, PATH_BUF)]))
 
 
 def decode_file_data(raw: bytes | memoryview, at: int = 0) -> FileData:

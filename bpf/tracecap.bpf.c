@@ -25,6 +25,7 @@ struct tc_hdr _tc_abi_hdr __attribute__((unused));
 struct tc_file_event _tc_abi_event __attribute__((unused));
 struct tc_file_data _tc_abi_data __attribute__((unused));
 struct tc_file_cont _tc_abi_cont __attribute__((unused));
+struct tc_file_xfer _tc_abi_xfer __attribute__((unused));
 struct tc_exec_event _tc_abi_exec __attribute__((unused));
 struct tc_mem_event _tc_abi_mem __attribute__((unused));
 struct tc_module_event _tc_abi_module __attribute__((unused));

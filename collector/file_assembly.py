@@ -105,6 +105,25 @@ def display_path(ev: records.FileEvent) -> bytes:
     return b""
 
 
+def file_env(
+    ev: records.FileEvent, boot_to_epoch: int, container_id: str
+) -> tuple[bytes, dict[str, Any]]:
+    """The topic of a file event and the envelope keys all its messages share (with ``ts``)."""
+    env = context_env(ev.hdr, boot_to_epoch, container_id) | {
+        "syscall": ev.syscall,
+        "fd": ev.fd,
+        "path": display_path(ev),
+        "path_truncated": bool(ev.flags & records.EV_PATH_TRUNCATED),
+        "dev": ev.dev,
+        "inode": ev.inode,
+        "generation": ev.generation,
+        "mode": ev.mode,
+        "append": ev.append,
+    }
+    topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
+    return topic, env
+
+
 def _forget_oldest(table: dict[int, _Stream], evicted: int) -> dict[int, _Stream]:
     """``table`` without its oldest entry, copied afresh every _COMPACT_EVERY ``evicted``."""
     del table[next(iter(table))]
@@ -182,19 +201,8 @@ class FileAssembler:
 
     def on_event(self, ev: records.FileEvent, now_ns: int) -> list[Outgoing]:
         h = ev.hdr
-        env = context_env(h, self._boot_to_epoch, self._container_of(h.cgroup_id)) | {
-            "syscall": ev.syscall,
-            "fd": ev.fd,
-            "path": display_path(ev),
-            "path_truncated": bool(ev.flags & records.EV_PATH_TRUNCATED),
-            "dev": ev.dev,
-            "inode": ev.inode,
-            "generation": ev.generation,
-            "mode": ev.mode,
-            "append": ev.append,
-        }
+        topic, env = file_env(ev, self._boot_to_epoch, self._container_of(h.cgroup_id))
         del env["ts"]
-        topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
         stream = _Stream(env, topic, ev.append, (ev.direction, ev.dev, ev.inode), now_ns)
         out = self._replace_stream(h.tid, stream)
         self._remember(ev.io_id, stream)

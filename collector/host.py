@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bpf import records
 from collector.object_files import FileIdentity, exe_link, open_unchanged, open_verified
 from collector.process_tree import read_proc_file
+from collector.readback import open_end
 
 
 class Host:
@@ -42,6 +44,13 @@ class Host:
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
+
+    def open_transfer_end(
+        self, candidates: list[str], end: records.XferEnd
+    ) -> tuple[int | None, str]:
+        """A read-only fd of the first candidate that is the transfer's end ``end`` as the
+        kernel saw it, unchanged since (collector/readback.py), or (None, why not)."""
+        return open_end(candidates, end)
 
     def user_id(self, name: str) -> int | None:
         """The uid of user ``name``, or None when there is no such user."""

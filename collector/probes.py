@@ -54,12 +54,18 @@ _MODULE_TP = frozenset(
 _MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
 #: Attached to the cgroup2 root rather than to a tracepoint.
 _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
+#: Transfers that pass no user buffer (file_io.bpf.h): one pair serves write and read.
+_XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice"))
+#: io_uring read and write requests, at their completion: one program for both directions.
+_URING = frozenset({"tc_uring_complete"})
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
 #: ``--capture`` word): the programs to load (module's depend on the kernel, see
 #: ``module_programs``) and the ring its records arrive on.
 CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
-    "write": _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2")),
-    "read": _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")),
+    "write": _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2"))
+    | _XFER
+    | _URING,
+    "read": _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")) | _XFER | _URING,
     "exec": frozenset({"tc_exec"}),
     "mem": frozenset(
         {"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"}

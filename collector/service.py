@@ -20,7 +20,7 @@ from typing import Any
 from bpf import records
 from collector.containers import CgroupResolver
 from collector.envelopes import Outgoing, context_env
-from collector.file_assembly import FileAssembler
+from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
 from collector.module_images import file_candidates, fill_plan, why_not_from_file
@@ -38,6 +38,7 @@ from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import tracecap_ancestors
 from collector.publisher import BusError, Publisher
+from collector.readback import Readback
 from collector.ring_reader import RingReader, RingReaderError
 from tracecap import bus
 from tracecap.options import Config
@@ -121,6 +122,7 @@ class Collector:
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
         self._files = FileStreamer()
+        self._readback = Readback(host.open_transfer_end)
         filtered = None
         if config.pcap.filtered:
             filtered = frozenset(
@@ -197,6 +199,9 @@ class Collector:
         if kind == records.REC_FILE_EVENT:
             self.counters["events"] += 1
             return self._assembler.on_event(records.decode_file_event(raw), now)
+        if kind == records.REC_FILE_XFER:
+            self.counters["events"] += 1
+            return self._on_xfer(records.decode_file_xfer(raw))
         if kind == records.REC_PACKET:
             return self._packets.on_packet(records.decode_packet(raw), now)
         if kind == records.REC_SOCK_OWNER:
@@ -320,15 +325,34 @@ class Collector:
         self._files.add(FileJob(fd, bus.TOPIC_MODULE, env | {"obj_len": size}, size))
         return []
 
+    def _on_xfer(self, xfer: records.FileXfer) -> list[Outgoing]:
+        """A transfer that passed no user buffer: its bytes are read back from a file that
+        still holds them (collector/readback.py), opened now while the process has it open."""
+        ev = xfer.event
+        topic, env = file_env(
+            ev, self._boot_to_epoch, self._containers.container_of(ev.hdr.cgroup_id)
+        )
+        return self._readback.add(xfer, topic, env, env["ts"])
+
+    @property
+    def _streams_pending(self) -> int:
+        """Files (binaries, module files, transfers to read back) waiting to be streamed."""
+        return self._files.pending + self._readback.pending
+
     def _can_stream(self) -> bool:
-        return self._files.pending > 0 and self._pub.backlog_room() >= MESSAGE_BYTES
+        return self._streams_pending > 0 and self._pub.backlog_room() >= MESSAGE_BYTES
 
     def _stream_files(self) -> bool:
-        """Read more of the queued binaries and module files, as much as the bus has room for:
-        unlike kernel records they can wait for a slow writer instead of being dropped."""
+        """Read more of the queued binaries, module files and transfers, as much as the bus has
+        room for: unlike kernel records they can wait for a slow writer instead of being
+        dropped."""
         if not self._can_stream():
             return False
-        self._send(self._files.pump(min(FILE_BUDGET_PER_POLL, self._pub.backlog_room())))
+        budget = min(FILE_BUDGET_PER_POLL, self._pub.backlog_room())
+        out = self._files.pump(budget)
+        self._send(out)
+        used = sum(len(m.payload) for m in out if m.payload)
+        self._send(self._readback.pump(max(budget - used, 0)))
         return True
 
     def _send_dropped(self) -> None:
@@ -375,6 +399,7 @@ class Collector:
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
                 "exec_unreadable": self.counters["exec_unreadable"],
                 "file_read_errors": self._files.read_errors,
+                **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,
                 "packets_owner_unknown": self._packets.waited_in_vain,
                 "messages": self._pub.sent_messages,
@@ -400,7 +425,7 @@ class Collector:
         next_trim = monotonic_ns() + TRIM_INTERVAL_NS
         try:
             while not stop.is_set():
-                ring.poll(0 if self._can_stream() else 1 if self._files.pending else POLL_MS)
+                ring.poll(0 if self._can_stream() else 1 if self._streams_pending else POLL_MS)
                 self._send(self._assembler.flush_runs())
                 self._stream_files()
                 self._send(self._packets.expire(monotonic_ns()))
@@ -424,12 +449,14 @@ class Collector:
             self._send(self._objects.expire(monotonic_ns(), force=True))
             self._send(self._packets.expire(monotonic_ns(), force=True))
             deadline = monotonic_ns() + STOP_STREAMING_NS
-            while self._files.pending and monotonic_ns() < deadline:
+            while self._streams_pending and monotonic_ns() < deadline:
                 self._pub.maintain()  # a stalled subscriber must not hold the last files
                 if not self._stream_files():
                     self._clock.sleep(0.001)  # the writers are still taking what was sent
+            self._send(self._readback.abandon("capture stopped before it was read back"))
         finally:
             self._files.close()
+            self._readback.close()
 
     def close(self) -> None:
         """Publish the last stats (state "stopped"), then detach: rings first, then programs."""

@@ -68,7 +68,10 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
 #: kernel could not deliver (then there is no payload). ``io_count`` (optional, 1 when absent)
 #: says how many consecutive syscalls of one thread on one open file the transfer ``io_id``
 #: stands for: the collector merges them, ``io_id`` and ``ts`` being the first's and
-#: ``ts_last`` the last's, ``io_len`` their total.
+#: ``ts_last`` the last's, ``io_len`` their total. ``source`` (optional) says how the bytes were
+#: obtained when not from the syscall's user buffer: ``"readback"``, read by the collector from
+#: the file that held them (copy_file_range, sendfile, splice); then ``readback_error`` says why
+#: a ``lost`` range could not be read back.
 FILE_KEYS: dict[str, tuple[type, ...]] = {
     "syscall": (str,),
     "fd": (int,),
@@ -314,6 +317,19 @@ def check_transfer(env: dict[str, Any], length: int) -> None:
     count = env.get("io_count", 1)
     if type(count) is not int or not 0 <= count <= max(io_len, 1):
         raise BadFileMessage(f"io_count {count!r:.40} out of range")
+
+
+#: The values of a file message's ``source``.
+SOURCE_READBACK = "readback"
+FILE_SOURCES = (SOURCE_READBACK,)
+
+
+def parse_source(env: dict[str, Any]) -> str | None:
+    """A file message's optional ``source``: None for bytes from the syscall itself."""
+    source = env.get("source")
+    if source is not None and source not in FILE_SOURCES:
+        raise BadFileMessage(f"unknown source {source!r:.40}")
+    return source
 
 
 def parse_extent(env: dict[str, Any]) -> int | None:

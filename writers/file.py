@@ -331,6 +331,7 @@ class FileWriter(Writer):
         try:
             lost = bus.parse_lost(env.get("lost"))
             extent = bus.parse_extent(env)
+            source = bus.parse_source(env)
             bus.check_transfer(env, len(payload))
             subdir = container_dir(env["container_id"])
             pid = env["pid"] if direction == "write" and env["path"] == _DEV_NULL else None
@@ -352,7 +353,10 @@ class FileWriter(Writer):
         else:
             accounted = len(payload)
             if payload:
-                self._write(key, art, env["off"], payload)
+                at = art.extent if art.append else env["off"]  # where it lands in the artifact
+                done = self._write(key, art, env["off"], payload)
+                if source == bus.SOURCE_READBACK and done:
+                    art.read_back(at, done)
         art.account_io(
             env["io_id"], env["io_len"], env["io_off"], env["off"], accounted, syscalls(env)
         )
@@ -401,14 +405,15 @@ class FileWriter(Writer):
         art.mark_uncertain()
         self.counters["tails_missing"] += 1
 
-    def _write(self, key: _Key, art: FileArtifact, off: int, payload: bytes) -> None:
+    def _write(self, key: _Key, art: FileArtifact, off: int, payload: bytes) -> int:
         """Put ``payload`` in place; whatever could not be written is recorded as missing.
+        Returns the bytes written (from the payload's start).
 
         The disk budget is asked first: refused bytes are missing exactly like bytes the disk
         would not take, so the index never presents them as captured."""
         if self._budget is not None and not self._budget.allow(len(payload)):
             art.add_missing(off, off + len(payload))
-            return
+            return 0
         try:
             fd = self._fd(key, art)
         except OSError as exc:
@@ -425,6 +430,7 @@ class FileWriter(Writer):
             self._unsynced[key] = pending = self._unsynced.get(key, 0) + done
             if pending >= CHECKPOINT_BYTES:
                 self._journal_state(key, art)
+        return done
 
     def _fd(self, key: _Key, art: FileArtifact) -> int:
         fd = self._fds.get(key)

@@ -79,6 +79,10 @@ class FileArtifact:
         self.extent = 0
         #: Ranges known to be in the file, in the same coordinates as ``missing``.
         self.written = RangeSet()
+        #: Where in the artifact the bytes are that the collector read back from a file
+        #: (copy_file_range, sendfile, splice: they passed no user buffer). Artifact offsets,
+        #: also for append artifacts (where ``written`` and ``missing`` are stream offsets).
+        self.readback = RangeSet()
         #: How far the artifact's coordinates reach: every byte below is written, missing, or
         #: (unless ``uncertain``) a hole the workload never wrote.
         self.end = 0
@@ -116,6 +120,10 @@ class FileArtifact:
             self.extent = max(self.extent, start + length)
         self.written.add(start, start + length)
         self.end = max(self.end, start + length)
+
+    def read_back(self, start: int, length: int) -> None:
+        """``length`` bytes at ``start`` were obtained by read-back (see ``readback``)."""
+        self.readback.add(start, start + length)
 
     def add_missing(self, start: int, end: int) -> None:
         self.missing.add(start, end)
@@ -210,6 +218,8 @@ class FileArtifact:
             rec["generation"] = self.generation
         if self.interrupted:
             rec["interrupted"] = True
+        if self.readback:
+            rec["readback"] = [[s, e] for s, e in self.readback.ranges()]
         return rec
 
     # -- leaving memory and coming back --------------------------------------------------------
@@ -268,6 +278,7 @@ class FileArtifact:
             # an incomplete line may have lost bytes it could not name: holes stay missing
             art.uncertain = rec.get("complete") is not True
             art.interrupted = rec.get("interrupted") is True
+            art.readback = RangeSet.of(rec.get("readback", []))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a file record: {exc.__class__.__name__}: {exc}") from None
         return art

@@ -57,6 +57,25 @@ def file_cont(**values: Any) -> bytes:
     return pack(records.TC_FILE_CONT, kind=records.REC_FILE_CONT, **values)
 
 
+def file_xfer(
+    *,
+    path: bytes = b"",
+    other_path: bytes = b"",
+    src: dict[str, Any] | None = None,
+    dst: dict[str, Any] | None = None,
+    **event: Any,
+) -> bytes:
+    """A tc_file_xfer: its tc_file_event from ``path`` and ``event`` (named as in
+    TC_FILE_EVENT), then both ends (``src``, ``dst``: named as in TC_XFER_FILE)."""
+    head = pack(
+        records.TC_FILE_EVENT, kind=records.REC_FILE_XFER, path=path, path_len=len(path), **event
+    )
+    ends = {f"src_{k}": v for k, v in (src or {}).items()}
+    ends |= {f"dst_{k}": v for k, v in (dst or {}).items()}
+    tail = pack(records.TC_XFER, other_path=other_path, other_path_len=len(other_path), **ends)
+    return head + tail
+
+
 def exec_event(*, filename: bytes = b"", argv: bytes = b"", **values: Any) -> bytes:
     """A tc_exec_event; ``argv`` is NUL-separated, as the kernel copies it."""
     return pack(

@@ -49,8 +49,10 @@ def summary_line(
     def writer_sum(*names: str) -> int:
         return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
 
+    # bytes of copy_file_range/sendfile/splice are read back by the collector, not the kernel
+    captured = kernel_sum(".bytes") + coll.get("readback_bytes", 0)
     return (
-        f"tracecap: summary: {kernel_sum('.events')} events, {kernel_sum('.bytes')} bytes "
+        f"tracecap: summary: {kernel_sum('.events')} events, {captured} bytes "
         f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
         f"{kernel_sum('.event_drops', '.chunk_drops')} records "
         f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
@@ -62,7 +64,7 @@ def summary_line(
         f"{writer_sum('index_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        "bytes)"
+        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes"
     )
 
 

@@ -21,7 +21,19 @@ _EVENT_NAMES = {
     "readv": "vfs_readv",
     "preadv": "vfs_readv",
     "preadv2": "vfs_readv",
+    # transfers between files: a write of the destination (file.write.) and a read of the
+    # source (file.read., see _TRANSFERS), as Tracee's vfs_write and vfs_read would have it
+    "copy_file_range": "vfs_write",
+    "sendfile": "vfs_write",
+    "splice": "vfs_write",
+    "io_uring_write": "vfs_write",
+    "io_uring_writev": "vfs_writev",
+    "io_uring_write_fixed": "vfs_write",
+    "io_uring_read": "vfs_read",
+    "io_uring_readv": "vfs_readv",
+    "io_uring_read_fixed": "vfs_read",
 }
+_TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 _HOSTNAME = socket.gethostname()
 
 
@@ -44,7 +56,7 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
     }
 
 
-def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
+def file_event(env: dict[str, Any], topic: bytes = bus.TOPIC_FILE_WRITE) -> dict[str, Any] | None:
     """The event for the first message of a transfer (even one whose bytes were lost); None for
     its later messages and for the collector's ``extent`` announcements, which are no
     transfer. A transfer is one syscall or a run of consecutive ones (``syscalls``); ``count``
@@ -52,6 +64,8 @@ def file_event(env: dict[str, Any]) -> dict[str, Any] | None:
     if env.get("io_off") != 0 or "extent" in env:
         return None
     name = _EVENT_NAMES.get(env["syscall"], env["syscall"])
+    if topic == bus.TOPIC_FILE_READ and env["syscall"] in _TRANSFERS:
+        name = "vfs_read"
     args = [
         {"name": "pathname", "type": "const char*", "value": text_field(env["path"])},
         {"name": "dev", "type": "dev_t", "value": env["dev"]},
@@ -184,7 +198,7 @@ def event_for(msg: bus.Message, wanted: tuple[str, ...]) -> dict[str, Any] | Non
     """The Tracee-shaped event for a file or process message, or None (not an event, or not
     selected). Object messages need EventPrinter, which remembers which objects it printed."""
     if msg.topic in (bus.TOPIC_FILE_WRITE, bus.TOPIC_FILE_READ):
-        event = file_event(msg.env)
+        event = file_event(msg.env, msg.topic)
     elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") == "exec":
         event = exec_event(msg.env)
     else:

@@ -19,6 +19,7 @@ DECODERS = [
     records.decode_file_event,
     records.decode_file_data,
     records.decode_file_cont,
+    records.decode_file_xfer,
     records.decode_exec_event,
     records.decode_mem_event,
     records.decode_module_event,

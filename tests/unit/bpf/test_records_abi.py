@@ -269,6 +269,7 @@ def test_record_kind_enum():
         "TC_REC_PACKET": records.REC_PACKET,
         "TC_REC_SOCK_OWNER": records.REC_SOCK_OWNER,
         "TC_REC_FILE_CONT": records.REC_FILE_CONT,
+        "TC_REC_FILE_XFER": records.REC_FILE_XFER,
     }
 
 

@@ -61,6 +61,17 @@ def file_cont(io_id: int, prev_io_id: int, pos: int, data: bytes) -> bytes:
     return head + build.file_data(io_id, 0, data)
 
 
+def file_xfer(io_id: int, io_len: int, pos: int, src_pos: int) -> bytes:
+    """A copy_file_range of ``io_len`` bytes from fd 5 at ``src_pos`` to /tmp/f at ``pos``."""
+    return build.file_xfer(
+        **HEADER, io_id=io_id, io_len=io_len, pos=pos, inode=INODE, dev=DEV, mode=0o100644,
+        fd=3, direction=records.DIR_WRITE, path=b"/tmp/f",
+        syscall=records.SYSCALLS.index("copy_file_range"), other_path=b"/tmp/src",
+        src={"inode": 8, "dev": DEV, "mode": 0o100644, "fd": 5, "pos": src_pos},
+        dst={"inode": INODE, "dev": DEV, "mode": 0o100644, "fd": 3, "pos": pos},
+    )  # fmt: skip
+
+
 def obj_data(obj_id: int, data: bytes) -> bytes:
     return build.file_data(obj_id, 0, data, kind=records.REC_OBJ_DATA)
 
@@ -268,6 +279,13 @@ class FakeHost:
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
 
+    def open_transfer_end(self, candidates: list[str], end: Any) -> tuple[int | None, str]:
+        self.opened.append(list(candidates))
+        for path in candidates:
+            if path in self.files:
+                return os.open(self.files[path], os.O_RDONLY), ""
+        return None, "gone"
+
     def user_id(self, name: str) -> int | None:
         return self.users.get(name)
 
@@ -421,6 +439,15 @@ def _check_file_cont(sent: list[Sent], rig: Rig) -> None:
     assert (bytes(msg.payload), msg.env["io_count"], msg.env["io_len"]) == (b"helloabc", 2, 8)
 
 
+def _check_file_xfer(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)  # read back from the source, through the process's fd
+    assert (msg.topic, bytes(msg.payload), msg.env["off"]) == (bus.TOPIC_FILE_WRITE, b"cdef", 100)
+    assert (msg.env["source"], msg.env["syscall"], msg.env["io_len"]) == (
+        "readback", "copy_file_range", 4,
+    )  # fmt: skip
+    assert rig.host.opened == [[f"/proc/{PID}/fd/5", "/tmp/src"]]
+
+
 def _check_obj_data(sent: list[Sent], rig: Rig) -> None:
     msg = _one(sent)
     assert (msg.topic, msg.payload, msg.env["obj_id"]) == (bus.TOPIC_MEM, b"\x90\x90\xc3\x00", 500)
@@ -478,6 +505,7 @@ DISPATCH = {
         _check_file_cont,
         2,
     ),
+    records.REC_FILE_XFER: ("write", [file_xfer(11, 4, 100, 2)], _check_file_xfer, 1),
     records.REC_OBJ_DATA: (
         "mem",
         [mem_event(500, 4, 4), obj_data(500, b"\x90\x90\xc3\x00")],
@@ -508,11 +536,13 @@ def test_every_record_kind_has_a_dispatch_case():
 
 
 @pytest.mark.parametrize("kind", sorted(DISPATCH))
-def test_dispatch(kind):
+def test_dispatch(kind, tmp_path):
     """Each record goes to its decoder and assembler; they are lent views of memory that is
     overwritten after each call, so a message that kept a view would show the garbage."""
     capture, raws, check, events = DISPATCH[kind]
     rig = Rig(config(capture))
+    (tmp_path / "src").write_bytes(b"abcdefgh")
+    rig.host.files[f"/proc/{PID}/fd/5"] = tmp_path / "src"
     collector = rig.started()
     rig.feed(*raws)
     stop(collector)
@@ -802,6 +832,20 @@ def test_a_stop_waits_a_bounded_time_for_room_on_the_bus(tmp_path):
     stop(collector)
     assert rig.sent(bus.TOPIC_EXEC) == []
     assert rig.time.slept == pytest.approx(service.STOP_STREAMING_NS / 1e9, abs=0.002)
+
+
+def test_a_transfer_not_read_back_by_the_stop_is_published_lost(tmp_path):
+    rig = Rig(config("write"))
+    (tmp_path / "src").write_bytes(b"abcdefgh")
+    rig.host.files[f"/proc/{PID}/fd/5"] = tmp_path / "src"
+    collector = rig.started()
+    rig.feed(file_xfer(11, 4, 100, 2))
+    rig.pub.room = MESSAGE_BYTES - 1  # the writers take nothing more
+    stop(collector)
+    [lost] = [m for m in rig.sent(bus.TOPIC_FILE_WRITE) if "extent" not in m.env]
+    assert (lost.payload, lost.env["lost"]) == (None, [[100, 104]])
+    assert lost.env["readback_error"] == "capture stopped before it was read back"
+    assert collector.stats_env()["collector"]["readback_lost_bytes"] == 4
 
 
 def test_binaries_are_read_no_faster_than_the_bus_has_room(tmp_path):

@@ -221,6 +221,7 @@ def test_a_run_of_merged_syscalls_counts_each_of_them(h: Harness) -> None:
         {"io_count": "3"},
         {"io_count": -1},
         {"io_count": 10**9, "io_len": 4},
+        {"source": "guess"},
     ],
 )
 def test_nonsense_is_rejected_and_counted(h: Harness, overrides: dict[str, Any]) -> None:
@@ -621,3 +622,69 @@ def test_a_bad_extent_is_rejected_and_counted(h: Harness, extent: Any) -> None:
 def test_an_extent_with_a_transfer_is_rejected(h: Harness) -> None:
     h.send(b"xyz", file_env(off=0, io_id=1, io_len=3, extent=3))
     assert h.writer.counters["rejected"] == 1
+
+
+# --- bytes the collector read back (copy_file_range, sendfile, splice) --------------------------
+
+
+def test_read_back_bytes_are_listed_where_they_are_in_the_artifact(h: Harness) -> None:
+    h.io(b"head", off=0, io_id=1)
+    for io_off in (0, 6):
+        env = file_env(off=4 + io_off, io_id=2, io_len=10, io_off=io_off, source="readback",
+                       syscall="copy_file_range")  # fmt: skip
+        h.send(b"0123456789"[io_off : io_off + 6 if io_off == 0 else 10], env)
+    h.idle()
+    rec = h.latest(W)
+    assert (h.root / W).read_bytes() == b"head0123456789"
+    assert rec["readback"] == [[4, 14]] and rec["complete"] is True
+    assert rec["syscalls"] == ["copy_file_range", "write"]
+
+
+def test_read_back_bytes_of_a_stream_are_listed_at_their_place_in_it(h: Harness) -> None:
+    """Streams carry no file offsets: the ranges name where the bytes landed."""
+    sock = {"append": True, "path": b"TCP", "inode": 1234}
+    h.io(b"HTTP/1.0 200 OK\r\n\r\n", off=0, io_id=1, **sock)
+    for io_id in (2, 3):  # two sendfile calls: each's offsets start at 0
+        h.io(b"body" * 4, off=0, io_id=io_id, source="readback", syscall="sendfile", **sock)
+    h.idle()
+    rec = h.latest("host/write.dev-2049.inode-1234")
+    assert rec["readback"] == [[19, 51]] and rec["size"] == 51
+
+
+def test_a_range_that_could_not_be_read_back_is_missing(h: Harness) -> None:
+    h.io(b"ab", off=0, io_id=1, io_len=6, source="readback")
+    h.send(None, file_env(off=2, io_id=1, io_len=6, io_off=2, lost=[[2, 6]], source="readback",
+                          readback_error="changed since the transfer"))  # fmt: skip
+    h.idle()
+    rec = h.latest(W)
+    assert rec["complete"] is False and rec["missing"] == [[2, 6]] and rec["readback"] == [[0, 2]]
+    byte_equation(b"ab????", (h.root / W).read_bytes(), rec["missing"])
+
+
+def test_read_back_ranges_survive_the_release_of_the_artifact(h: Harness) -> None:
+    h.io(b"xyz", off=0, io_id=1, source="readback")
+    h.idle()
+    h.io(b"w", off=3, io_id=2)
+    h.idle()
+    assert h.writer.counters["rebuilt"] == 1
+    assert h.latest(W)["readback"] == [[0, 3]]
+
+
+def test_the_budget_refusing_read_back_bytes_lists_them_missing_not_read_back(
+    tmp_path: Path,
+) -> None:
+    class Refusing:  # a disk budget that is spent
+        def bind_counters(self, counters: Any) -> None:
+            pass
+
+        def allow(self, length: int) -> bool:
+            return False
+
+    h = Harness(tmp_path, budget=Refusing())
+    try:
+        h.io(b"xyz", off=0, io_id=1, source="readback")
+        h.idle()
+        rec = h.latest(W)
+        assert rec["missing"] == [[0, 3]] and "readback" not in rec
+    finally:
+        h.close()

@@ -16,7 +16,13 @@ def test_summary_counts_every_loss():
             "read.events": 1,
             "read.bytes": 5,
         },
-        "collector": {"decode_errors": 6, "bus_dropped_messages": 2, "bus_dropped_bytes": 9},
+        "collector": {
+            "decode_errors": 6,
+            "bus_dropped_messages": 2,
+            "bus_dropped_bytes": 9,
+            "readback_bytes": 1000,
+            "readback_lost_bytes": 10,
+        },
     }
     writers = {
         "writer-file": {
@@ -31,11 +37,11 @@ def test_summary_counts_every_loss():
         }
     }
     assert summary_line(collector, writers) == (
-        "tracecap: summary: 4 events, 105 bytes captured, 2 artifacts; losses: kernel ring "
+        "tracecap: summary: 4 events, 1105 bytes captured, 2 artifacts; losses: kernel ring "
         "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
         "7 messages, malformed messages 8, writer errors 3 (index records lost 1), disk budget 0 "
         "bytes refused, bus "
-        "backlog full 2 messages (9 bytes)"
+        "backlog full 2 messages (9 bytes), not read back 10 bytes"
     )
 
 

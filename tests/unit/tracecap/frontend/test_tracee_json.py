@@ -91,6 +91,13 @@ def test_every_kernel_syscall_has_a_tracee_name():
     assert set(tracee_json._EVENT_NAMES) == set(SYSCALLS)
 
 
+def test_a_transfer_is_a_write_of_its_destination_and_a_read_of_its_source():
+    env = file_env(syscall="copy_file_range")
+    assert file_event(env)["eventName"] == "vfs_write"
+    read = file_event(env, bus.TOPIC_FILE_READ)
+    assert (read["eventName"], read["syscall"]) == ("vfs_read", "copy_file_range")
+
+
 def test_only_the_first_message_of_an_io_gives_an_event():
     assert file_event(file_env(io_off=0)) is not None
     assert file_event(file_env(io_off=262144, off=8192 + 262144)) is None
