@@ -3,7 +3,8 @@
 # capture and tools to check the captures with. Idempotent; a second run takes seconds.
 #   tshark, tcpdump, iputils-ping: packet workloads and pcap readers; binutils-bpf: disassembly;
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
-#   dnsmasq, dnsutils (dig), curl: real servers and clients (no service is started).
+#   dnsmasq, dnsutils (dig), curl: real servers and clients (no service is started);
+#   prometheus: the real server that scrapes `tracecap exporter` (started by its test only).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,4 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl
+    dnsmasq dnsutils curl prometheus

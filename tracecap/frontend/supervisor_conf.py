@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 WRITER_PRIORITY = 10
 COLLECTOR_PRIORITY = 20
+#: The exporter (``--server``) starts with the writers and stops after the collector, so that
+#: /healthz answers for the whole life of the capture.
+EXPORTER_PRIORITY = WRITER_PRIORITY
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,10 @@ class Program:
     user: str
     priority: int
     autorestart: str  # "true" for writers (a killed writer comes back), "false" for the collector
+    #: Seconds a program must run to count as started. 0 for the collector and writers; the
+    #: exporter's 1 makes one that exits at once (its address taken) FATAL after
+    #: ``startretries``, which ends `tracecap run` with its log, instead of restarting it forever.
+    startsecs: int = 0
 
 
 #: What may appear in a value of the generated file. supervisord's parser treats " ;" and " #"
@@ -83,7 +90,7 @@ def render(run_dir: str, programs: Sequence[Program]) -> str:
             f"priority={p.priority}",
             "autostart=true",
             f"autorestart={p.autorestart}",
-            "startsecs=0",
+            f"startsecs={p.startsecs}",
             "startretries=3",
             "stopsignal=TERM",
             "stopwaitsecs=30",
