@@ -86,7 +86,7 @@ def programs(
                 "tracecap",
                 supervisor_conf.EXPORTER_PRIORITY,
                 "true",
-                startsecs=1,
+                startsecs=supervisor_conf.EXPORTER_STARTSECS,
             )
         )
     wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wait_for_topics(config).items())]

@@ -15,6 +15,13 @@ COLLECTOR_PRIORITY = 20
 #: The exporter (``--server``) starts with the writers and stops after the collector, so that
 #: /healthz answers for the whole life of the capture.
 EXPORTER_PRIORITY = WRITER_PRIORITY
+#: An exporter that cannot listen (its address taken) exits at once; one that exits within
+#: this many seconds is retried ``startretries`` times and then FATAL, which ends `tracecap
+#: run` with its message. supervisord compares a program's age with ``startsecs`` once a
+#: second, before it reaps exits, so the margin must be seconds: with 1, an exporter that
+#: fails in 0.25 s when started alone was often counted as a running program that crashed
+#: (beside a loading collector, at nice -10) and restarted: 30 exits in 50 s before FATAL.
+EXPORTER_STARTSECS = 5
 
 
 @dataclass(frozen=True)
@@ -27,9 +34,8 @@ class Program:
     user: str
     priority: int
     autorestart: str  # "true" for writers (a killed writer comes back), "false" for the collector
-    #: Seconds a program must run to count as started. 0 for the collector and writers; the
-    #: exporter's 1 makes one that exits at once (its address taken) FATAL after
-    #: ``startretries``, which ends `tracecap run` with its log, instead of restarting it forever.
+    #: Seconds a program must run to count as started: 0 for the collector and writers, which
+    #: are restarted whatever their exit; EXPORTER_STARTSECS for the exporter.
     startsecs: int = 0
 
 

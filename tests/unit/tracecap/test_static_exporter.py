@@ -6,7 +6,11 @@ import shlex
 from pathlib import Path
 
 from tracecap import options
-from tracecap.frontend.supervisor_conf import COLLECTOR_PRIORITY, EXPORTER_PRIORITY
+from tracecap.frontend.supervisor_conf import (
+    COLLECTOR_PRIORITY,
+    EXPORTER_PRIORITY,
+    EXPORTER_STARTSECS,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -24,7 +28,7 @@ def test_the_static_exporter_runs_unprivileged_and_serves_both_endpoints():
     assert exporter["user"] == "tracecap"
     assert int(exporter["priority"]) == EXPORTER_PRIORITY < COLLECTOR_PRIORITY
     assert exporter["autorestart"] == "true"
-    assert exporter["startsecs"] == "1"
+    assert exporter["startsecs"] == str(EXPORTER_STARTSECS)
     assert exporter["stdout_logfile"] == "/run/tracecap/exporter.log"
     # the capture options come from the same file as the writers'; the endpoints are added
     assert argv[2:4] == ["--config", "/etc/tracecap/tracecap.conf"]

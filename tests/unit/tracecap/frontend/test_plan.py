@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracecap import bus, options
+from tracecap.frontend import supervisor_conf
 from tracecap.frontend.plan import (
     make_plan,
     options_text,
@@ -102,7 +103,8 @@ def test_server_adds_an_unprivileged_exporter_that_the_collector_does_not_wait_f
     assert exporter.user == "tracecap"
     assert exporter.autorestart == "true"
     assert exporter.priority < by_name["collector"].priority  # up first, stopped last
-    assert exporter.startsecs == 1  # an address in use ends in FATAL, not a restart loop
+    # an address in use ends in FATAL, not a restart loop
+    assert exporter.startsecs == supervisor_conf.EXPORTER_STARTSECS > 1
     # the address travels in the options file, which every program reads
     assert exporter.command == [
         "/venv/bin/tracecap", "exporter", "--run-dir", "/run/tc", "--config",

@@ -126,8 +126,8 @@ def test_any_safe_argv_round_trips(args):
 
 
 def test_startsecs_is_the_programs():
-    progs = [*programs(), Program("exporter", [EXE, "exporter"], "tracecap", 10, "true", 1)]
+    progs = [*programs(), Program("exporter", [EXE, "exporter"], "tracecap", 10, "true", 5)]
     parser = parse(render(RUN_DIR, progs))
     assert parser.get("program:collector", "startsecs") == "0"
-    assert parser.get("program:exporter", "startsecs") == "1"
+    assert parser.get("program:exporter", "startsecs") == "5"
     assert parser.get("program:exporter", "startretries") == "3"
