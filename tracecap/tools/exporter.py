@@ -11,6 +11,7 @@ observation, with ages counted to the moment of the request.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -135,7 +136,7 @@ class Exporter:
         with self._lock:
             current = self._observation
         now = self._clock()
-        return Observation(**{**current.__dict__, "now_ns": max(now, current.now_ns)})
+        return dataclasses.replace(current, now_ns=max(now, current.now_ns))
 
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The WSGI application: /metrics (prometheus-client's, which negotiates the format
