@@ -269,13 +269,8 @@ def _kernel_key(key: object) -> tuple[str, dict[str, str]]:
 
 
 def collector_attached(obs: Observation) -> bool:
-    env, seen = obs.collector, obs.collector_seen_ns
-    return (
-        env is not None
-        and seen is not None
-        and env.get("state") == "ready"
-        and (obs.now_ns - seen) / 1e9 <= COLLECTOR_STALE_S
-    )
+    """``tracecap_up``: the health rule of the collector holds."""
+    return _collector_problem(obs) is None
 
 
 def served_writers(obs: Observation) -> list[str]:
