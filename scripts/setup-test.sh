@@ -4,6 +4,7 @@
 #   tshark, tcpdump, iputils-ping: packet workloads and pcap readers; binutils-bpf: disassembly;
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
 #   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started);
+#   prometheus: the real server that scrapes `tracecap exporter` (started by its test only);
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx
+    dnsmasq dnsutils curl nginx prometheus
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the
 # current bookworm kernel package (Debian 12 ships them as plain .ko), kept across runs in

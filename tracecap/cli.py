@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from tracecap import kinds, options
 from tracecap.frontend import supervisor_conf
 
-COMMANDS = ("run", "collector", "writer", "bridge", "keys", "tap", "status")
+COMMANDS = ("run", "collector", "writer", "bridge", "keys", "tap", "status", "exporter")
 WRITER_KINDS = ", ".join(kinds.BY_NAME)
 
 USAGE = f"""\
@@ -32,6 +32,7 @@ usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--
        tracecap keys DIR [--name NAME]
        tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
        tracecap status [--run-dir DIR]
+       tracecap exporter [same options] --server metrics|healthz|http-address=HOST:PORT...
 
 writer kinds: {WRITER_KINDS}
 capture options (repeatable):
@@ -299,6 +300,14 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
         from tracecap.tools.status import status
 
         return status(run_dir_of(found))
+    if cmd == "exporter":
+        found, rest = split_own(rest, {"--config": True, "--run-dir": False})
+        config = _config(expand_config(found, rest))
+        if not config.server.enabled:
+            raise UsageError("exporter needs --server metrics or --server healthz")
+        from tracecap.tools.exporter import run_exporter
+
+        return run_exporter(config, run_dir_of(found))
     raise UsageError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
 
 

@@ -12,6 +12,7 @@ Nothing here touches the file system: the caller reads ``--config`` files and cl
 directories, which keeps the parser testable and safe to run as an unprivileged user.
 """
 
+import ipaddress
 import os
 import re
 import shlex
@@ -97,7 +98,15 @@ SCOPE_FORMS = (
 OUTPUT_FORMS = "json, none, format:json, option:parse-arguments, option:detect-syscall"
 ARG_FORMS = (
     "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
-    "--output/-o VALUE (each also as --long=VALUE or -xVALUE)"
+    "--output/-o VALUE, --server VALUE (each also as --long=VALUE or -xVALUE)"
+)
+#: Tracee's default (``--server http-address``), on loopback only: the counters say what is
+#: captured and lost, which is not for every host on the network unless asked for.
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 3366
+SERVER_FORMS = (
+    "metrics, healthz, http-address=HOST:PORT (HOST an IPv4 address, [IPv6] or a host name; "
+    f"empty for every interface; default {DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT})"
 )
 SNAPLEN_FORMS = (
     f"default, headers, max, <N>b, <N>kb, <N>k (N a positive integer, at most {MAX_SNAPLEN} bytes)"
@@ -110,6 +119,8 @@ DIR_FORMS = (
 )
 
 _UINT = re.compile(r"[0-9]{1,20}")
+#: ``HOST:PORT``, ``[V6]:PORT`` or ``:PORT``; a host name is letters, digits, '-' and '.'.
+_HTTP_ADDRESS = re.compile(r"(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9.-]*)):([0-9]{1,5})")
 _IFACE = re.compile(r"[A-Za-z0-9_.:-]{1,15}")
 _SNAPLEN = re.compile(r"([0-9]{1,20})(kb|k|b)")
 _LIMIT = re.compile(r"([0-9]{1,20})(mb|gb)")
@@ -165,6 +176,24 @@ class Scope:
 
 
 @dataclass(frozen=True)
+class Server:
+    """``--server``: what the exporter serves over HTTP, and where (Tracee's flag and words).
+
+    ``host`` "" listens on every interface, as Tracee's ``http-address=:PORT`` does.
+    """
+
+    metrics: bool = False
+    healthz: bool = False
+    host: str = DEFAULT_HTTP_HOST
+    port: int = DEFAULT_HTTP_PORT
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an exporter runs at all."""
+        return self.metrics or self.healthz
+
+
+@dataclass(frozen=True)
 class Capture:
     """The result of the ``--capture`` options alone, before they are merged into a Config."""
 
@@ -199,6 +228,7 @@ class Config:
     scope: Scope
     events: tuple[str, ...]
     output: str
+    server: Server = Server()
 
     def kinds(self) -> tuple[str, ...]:
         """Enabled capture kinds, in ``KINDS`` order, named as users type them."""
@@ -583,6 +613,7 @@ _ARG_DESTS = {
     "-e": "events",
     "--output": "output",
     "-o": "output",
+    "--server": "server",
 }
 
 
@@ -623,6 +654,49 @@ def _output(values: Sequence[str]) -> str:
     return chosen.value
 
 
+def _http_address(token: str) -> tuple[str, int]:
+    """``HOST:PORT`` of ``http-address=``; a host name is kept as typed (resolved when bound),
+    an address must be one (``999.1.1.1`` is a typo, not a name)."""
+    match = _HTTP_ADDRESS.fullmatch(token.removeprefix("http-address="))
+    if match is not None and 0 < int(match[3]) <= 65535:
+        v6, host, port = match[1], match[2], int(match[3])
+        try:
+            if v6 is not None:
+                return str(ipaddress.IPv6Address(v6)), port
+            if re.fullmatch(r"[0-9.]+", host):
+                return str(ipaddress.IPv4Address(host)), port
+        except ValueError:
+            pass
+        else:
+            if not host.startswith(("-", ".")):
+                return host, port
+    raise OptionError(f"invalid --server value: {token!r} (accepted: {SERVER_FORMS})")
+
+
+def parse_server(values: Sequence[str]) -> Server:
+    """``--server`` (repeatable): ``metrics`` and ``healthz`` turn the endpoints on,
+    ``http-address=`` moves them. An address with nothing to serve would be ignored, so it is an
+    error; Tracee's other endpoints (grpc, pprof, pyroscope) do not exist here."""
+    words = {"metrics": False, "healthz": False}
+    address: _SetOnce[tuple[str, int]] = _SetOnce(
+        "--server http-address", (DEFAULT_HTTP_HOST, DEFAULT_HTTP_PORT)
+    )
+    for value in values:
+        if value in words:
+            words[value] = True
+        elif value.startswith("http-address="):
+            address.set(_http_address(value), value)
+        else:
+            raise OptionError(f"invalid --server value: {value!r} (accepted: {SERVER_FORMS})")
+    server = Server(words["metrics"], words["healthz"], *address.value)
+    if address.token is not None and not server.enabled:
+        raise OptionError(
+            f"--server {address.token!r} serves nothing without --server metrics or "
+            "--server healthz"
+        )
+    return server
+
+
 def parse_args(argv: Sequence[str]) -> Config:
     """Parse the option list of ``tracecap run`` (no subcommand, ``--config`` already expanded)."""
     groups = _group_argv(argv)
@@ -654,6 +728,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         scope=parse_scope(scope_tokens),
         events=_dedup(events),
         output=_output(groups["output"]),
+        server=parse_server(groups["server"]),
     )
 
 

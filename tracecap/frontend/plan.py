@@ -1,8 +1,9 @@
 """What `tracecap run` starts, decided from the options and the kind registry alone (pure).
 
-Which writers run, the supervisord programs with their argv, the topics the collector waits
-for before it attaches anything, and the text of the files the programs read. Nothing here
-touches the system, so a plan can be checked before anything starts.
+Which writers run (and the exporter, with ``--server``), the supervisord programs with their
+argv, the topics the collector waits for before it attaches anything, and the text of the files
+the programs read. Nothing here touches the system, so a plan can be checked before anything
+starts.
 """
 
 from __future__ import annotations
@@ -77,6 +78,17 @@ def programs(
         )
         for kind in writer_kinds(config)
     ]
+    if config.server.enabled:
+        progs.append(
+            supervisor_conf.Program(
+                "exporter",
+                [exe, "exporter", *common],
+                "tracecap",
+                supervisor_conf.EXPORTER_PRIORITY,
+                "true",
+                startsecs=supervisor_conf.EXPORTER_STARTSECS,
+            )
+        )
     wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wait_for_topics(config).items())]
     progs.append(
         supervisor_conf.Program(

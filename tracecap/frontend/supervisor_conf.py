@@ -12,6 +12,16 @@ from dataclasses import dataclass
 
 WRITER_PRIORITY = 10
 COLLECTOR_PRIORITY = 20
+#: The exporter (``--server``) starts with the writers and stops after the collector, so that
+#: /healthz answers for the whole life of the capture.
+EXPORTER_PRIORITY = WRITER_PRIORITY
+#: An exporter that cannot listen (its address taken) exits at once; one that exits within
+#: this many seconds is retried ``startretries`` times and then FATAL, which ends `tracecap
+#: run` with its message. supervisord compares a program's age with ``startsecs`` once a
+#: second, before it reaps exits, so the margin must be seconds: with 1, an exporter that
+#: fails in 0.25 s when started alone was often counted as a running program that crashed
+#: (beside a loading collector, at nice -10) and restarted: 30 exits in 50 s before FATAL.
+EXPORTER_STARTSECS = 5
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,9 @@ class Program:
     user: str
     priority: int
     autorestart: str  # "true" for writers (a killed writer comes back), "false" for the collector
+    #: Seconds a program must run to count as started: 0 for the collector and writers, which
+    #: are restarted whatever their exit; EXPORTER_STARTSECS for the exporter.
+    startsecs: int = 0
 
 
 #: What may appear in a value of the generated file. supervisord's parser treats " ;" and " #"
@@ -83,7 +96,7 @@ def render(run_dir: str, programs: Sequence[Program]) -> str:
             f"priority={p.priority}",
             "autostart=true",
             f"autorestart={p.autorestart}",
-            "startsecs=0",
+            f"startsecs={p.startsecs}",
             "startretries=3",
             "stopsignal=TERM",
             "stopwaitsecs=30",

@@ -82,7 +82,8 @@ def test_the_static_deployment_has_a_writer_program_for_every_kind():
         assert argv[1:3] == ["writer", kind.name]
         assert program["user"] == "tracecap"
         assert int(program["priority"]) < collector_priority  # started first, stopped last
-    assert set(programs) == {"collector", *(kind.program for kind in kinds.KINDS)}
+    # and the exporter (/metrics, /healthz), which is no writer
+    assert set(programs) == {"collector", "exporter", *(kind.program for kind in kinds.KINDS)}
 
 
 def test_the_static_collector_waits_for_exactly_the_writers_started_with_it():

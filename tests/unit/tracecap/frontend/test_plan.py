@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracecap import bus, options
+from tracecap.frontend import supervisor_conf
 from tracecap.frontend.plan import (
     make_plan,
     options_text,
@@ -91,3 +92,29 @@ def test_a_plan_holds_the_files_its_programs_read():
     assert plan.stats_dir == "/run/tc/stats"
     assert plan.bus_endpoint == "ipc:///run/tc/bus.sock"
     assert plan.log_paths == ["/run/tc/writer-file.log", "/run/tc/collector.log"]
+
+
+def test_server_adds_an_unprivileged_exporter_that_the_collector_does_not_wait_for():
+    argv = ["--capture", "write", "--server", "metrics", "--server", "http-address=:9000"]
+    plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap")
+    by_name = {p.name: p for p in plan.programs}
+    assert list(by_name) == ["writer-file", "exporter", "collector"]
+    exporter = by_name["exporter"]
+    assert exporter.user == "tracecap"
+    assert exporter.autorestart == "true"
+    assert exporter.priority < by_name["collector"].priority  # up first, stopped last
+    # an address in use ends in FATAL, not a restart loop
+    assert exporter.startsecs == supervisor_conf.EXPORTER_STARTSECS > 1
+    # the address travels in the options file, which every program reads
+    assert exporter.command == [
+        "/venv/bin/tracecap", "exporter", "--run-dir", "/run/tc", "--config",
+        "/run/tc/options.conf",
+    ]  # fmt: skip
+    assert options.parse_args(options.expand_config_file(plan.options)).server.port == 9000
+    assert "exporter" not in " ".join(by_name["collector"].command)
+    assert "/run/tc/exporter.log" in plan.log_paths
+
+
+def test_no_exporter_without_server():
+    names = [p.name for p in programs(config("--capture", "write"), "/run/tc")]
+    assert "exporter" not in names

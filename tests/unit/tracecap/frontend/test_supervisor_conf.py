@@ -123,3 +123,11 @@ def test_any_safe_argv_round_trips(args):
     parser.read_string(render(RUN_DIR, programs(*args)))
     raw = parser.get("program:collector", "command")
     assert shlex.split(expand(raw, {}, "command"))[7:] == args
+
+
+def test_startsecs_is_the_programs():
+    progs = [*programs(), Program("exporter", [EXE, "exporter"], "tracecap", 10, "true", 5)]
+    parser = parse(render(RUN_DIR, progs))
+    assert parser.get("program:collector", "startsecs") == "0"
+    assert parser.get("program:exporter", "startsecs") == "5"
+    assert parser.get("program:exporter", "startretries") == "3"
