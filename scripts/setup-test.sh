@@ -3,7 +3,8 @@
 # capture and tools to check the captures with. Idempotent; a second run takes seconds.
 #   tshark, tcpdump, iputils-ping: packet workloads and pcap readers; binutils-bpf: disassembly;
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
-#   dnsmasq, dnsutils (dig), curl: real servers and clients (no service is started).
+#   dnsmasq, dnsutils (dig), curl: real servers and clients (no service is started);
+#   man-db, bash-completion: the man page and the completion script are read as users get them.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -14,4 +15,4 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl
+    dnsmasq dnsutils curl man-db bash-completion
