@@ -1,8 +1,15 @@
-"""The `tracecap` command: run | collector | writer KIND | bridge | keys | tap | status.
+"""The `tracecap` command: run | collector | writer KIND | bridge | keys | tap | status, with
+`tracecap help [COMMAND]`, `--help`/`-h` on every command and `--version`.
 
-Each subcommand takes the capture options of `tracecap run` (so that supervisord can hand the
-same options to every process) plus a few of its own, which are split off here before the
-pure option parser sees the rest.
+Each subcommand is one ``Command`` in COMMANDS (at the end): its summary, its description, its
+own flags and the function that runs it. That entry is the only description of the command:
+``split_own`` separates its flags by it, and tracecap/usage.py renders its ``--help``, its part
+of tracecap(8) and its bash completion from it (scripts/render_docs.py, run by `make setup`).
+Adding a subcommand is one function and one entry.
+
+Each subcommand that captures takes the capture options of `tracecap run` (so that supervisord
+can hand the same options to every process) plus a few of its own, which are split off here
+before the pure option parser sees the rest.
 """
 
 from __future__ import annotations
@@ -15,36 +22,11 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 
-from tracecap import kinds, options
+from tracecap import __version__, bus, kinds, options, usage
 from tracecap.frontend import supervisor_conf
+from tracecap.usage import Command, Flag
 
-COMMANDS = ("run", "collector", "writer", "bridge", "keys", "tap", "status", "exporter")
 WRITER_KINDS = ", ".join(kinds.BY_NAME)
-
-USAGE = f"""\
-usage: tracecap run [--capture OPT]... [--scope EXPR]... [--events NAME,...] [--output json|none]
-                    [--config FILE] [--run-dir DIR] [--ring-mb N]
-       tracecap collector [same options] [--wait-for TOPIC[=N]]... [--ring-mb N]
-       tracecap writer KIND [same options] [--connect ENDPOINT]
-                    [--server-key DIR/server.key --client-key DIR/NAME.key_secret]  (tcp://)
-       tracecap bridge --listen tcp://ADDR:PORT --server-key DIR/server.key_secret
-                    --allow DIR_OF_CLIENT_PUBLIC_KEYS [--run-dir DIR]
-       tracecap keys DIR [--name NAME]
-       tracecap tap [--topic PREFIX]... [--run-dir DIR | --connect ENDPOINT]
-       tracecap status [--run-dir DIR]
-       tracecap exporter [same options] --server metrics|healthz|http-address=HOST:PORT...
-
-writer kinds: {WRITER_KINDS}
-capture options (repeatable):
-  write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...],
-  {options.WORD_KINDS}, pcap:single,process,container,command,
-  pcap-options:filtered|none, pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>,
-  dir:/path, clear-dir, limit:<N>mb|gb
-scope (repeatable, all must hold): comm=a,b  comm!=x  pid=N,M  uid=N  follow  container  host
-older forms: --trace for --scope (--trace event=NAME for --events), --output format:json,
-  --output option:parse-arguments, --output option:detect-syscall
-"""
-
 DEFAULT_RUN_DIR = "/run/tracecap"
 #: ``sun_path`` of ``struct sockaddr_un`` is 108 bytes; libzmq's ipc transport refuses a path
 #: that does not fit with its NUL (ENAMETOOLONG, ipc_address.cpp), as supervisord's bind would.
@@ -161,12 +143,395 @@ def _config(argv: list[str]) -> options.Config:
     return options.parse_args(argv)
 
 
+# --- the subcommands ---------------------------------------------------------------------------
+# Each runs with its own flags split off (``found``) and the rest of its arguments (``rest``);
+# main() has already answered --help and checked the required flags.
+
+
+def _run(found: dict[str, list[str]], rest: list[str]) -> int:
+    argv = expand_config(found, rest)
+    config = _config(argv)
+    run_dir, ring_mb = run_dir_of(found), ring_mb_of(found)
+    check_interfaces(config)
+    from tracecap.frontend.supervise import run
+
+    return run(config, argv, run_dir, ring_mb)
+
+
+def _collector(found: dict[str, list[str]], rest: list[str]) -> int:
+    config = _config(expand_config(found, rest))
+    wait = parse_wait_for(found.get("--wait-for", []))
+    ring_mb = ring_mb_of(found)
+    from collector.service import run_collector
+
+    run_dir = run_dir_of(found)
+    return run_collector(config, run_dir, wait, ring_mb << 20)
+
+
+def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
+    if not rest or rest[0].startswith("-"):
+        raise UsageError(f"writer needs a KIND ({WRITER_KINDS})")
+    kind, rest = rest[0], rest[1:]
+    config = _config(expand_config(found, rest))
+    run_dir = run_dir_of(found)
+    endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+    # The bridge serves only CURVE clients: a plain tcp connection would wait in silence.
+    server_key = found.get("--server-key", [None])[0]
+    client_key = found.get("--client-key", [None])[0]
+    curve_keys: tuple[str, str] | None = None
+    if endpoint.startswith("tcp://"):
+        if server_key is None or client_key is None:
+            raise UsageError("tcp endpoints need --server-key and --client-key")
+        curve_keys = (server_key, client_key)
+    elif server_key is not None or client_key is not None:
+        raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
+    from tracecap.keys import KeyFileError
+    from writers.runner import run_writer
+
+    writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
+    try:
+        return run_writer(
+            kind,
+            config.out_dir,
+            endpoint,
+            f"{run_dir}/stats",
+            options=writer_options,
+            curve_keys=curve_keys,
+            limit_bytes=config.limit_bytes,
+            floor_bytes=config.floor_bytes,
+        )
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _bridge(found: dict[str, list[str]], rest: list[str]) -> int:
+    listen = found["--listen"][0]
+    if not listen.startswith("tcp://"):
+        raise UsageError(f"--listen {listen!r}: expected tcp://ADDR:PORT")
+    import zmq
+
+    from tracecap.keys import KeyFileError
+    from tracecap.tools.bridge import BridgeConfig, run_bridge
+
+    bridge_config = BridgeConfig(
+        listen=listen,
+        server_key=found["--server-key"][0],
+        allow_dir=found["--allow"][0],
+        upstream=f"ipc://{run_dir_of(found)}/bus.sock",
+    )
+    try:
+        return run_bridge(bridge_config)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    except zmq.ZMQError as exc:
+        raise UsageError(f"--listen {listen}: {exc}") from None
+
+
+def _keys(found: dict[str, list[str]], rest: list[str]) -> int:
+    if len(rest) != 1 or rest[0].startswith("-"):
+        raise UsageError("keys needs one DIR (and optionally --name NAME)")
+    from tracecap.keys import KeyFileError, keys_command
+
+    try:
+        return keys_command(rest[0], found.get("--name", [None])[0])
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _tap(found: dict[str, list[str]], rest: list[str]) -> int:
+    run_dir = run_dir_of(found)
+    endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+    from tracecap.tools.tap import tap
+
+    return tap(endpoint, [t.encode() for t in found.get("--topic", [""])])
+
+
+def _status(found: dict[str, list[str]], rest: list[str]) -> int:
+    from tracecap.tools.status import status
+
+    return status(run_dir_of(found))
+
+
+def _exporter(found: dict[str, list[str]], rest: list[str]) -> int:
+    config = _config(expand_config(found, rest))
+    if not config.server.enabled:
+        raise UsageError("exporter needs --server metrics or --server healthz")
+    from tracecap.tools.exporter import run_exporter
+
+    return run_exporter(config, run_dir_of(found))
+
+
+# --- the usage table ---------------------------------------------------------------------------
+
+_TOPICS = tuple(topic.decode() for topic in bus.TOPICS)
+
+CONFIG = Flag(
+    ("--config",),
+    "FILE",
+    "Options read from FILE first, in the command line's syntax (several per line, shell "
+    "quoting, # comments); the command line adds to them.",
+    repeatable=True,
+    complete="file",
+)
+RUN_DIR = Flag(
+    ("--run-dir",),
+    "DIR",
+    "Where the bus socket, supervisord's files, the program logs and the writers' counters "
+    f"live (default {DEFAULT_RUN_DIR}): absolute, at most {MAX_RUN_DIR_BYTES} bytes, letters, "
+    "digits and _./:=@+,- only.",
+    complete="dir",
+)
+RING_MB = Flag(
+    ("--ring-mb",),
+    "N",
+    f"The file-contents ring buffer, {options.RING_MB_FORMS}; default "
+    f"{options.DEFAULT_RING_MB}. A larger ring absorbs longer write bursts without loss, and "
+    "costs its size in resident memory.",
+)
+WAIT_FOR = Flag(
+    ("--wait-for",),
+    "TOPIC[=N]",
+    "Attach the probes only once TOPIC (ending in .) has N subscribers (default 1).",
+    repeatable=True,
+    words=_TOPICS,
+)
+CONNECT = Flag(
+    ("--connect",),
+    "ENDPOINT",
+    "The bus to subscribe to (default ipc://<run-dir>/bus.sock); a tcp:// endpoint (a "
+    "tracecap bridge) needs --server-key and --client-key.",
+    words=("ipc://", "tcp://"),
+)
+WRITER_SERVER_KEY = Flag(
+    ("--server-key",),
+    "FILE",
+    "The bridge's public key (server.key), for a tcp:// endpoint.",
+    complete="file",
+)
+CLIENT_KEY = Flag(
+    ("--client-key",),
+    "FILE",
+    "This writer's secret key (NAME.key_secret), for a tcp:// endpoint; read after the "
+    "writer drops to the tracecap user.",
+    complete="file",
+)
+LISTEN = Flag(
+    ("--listen",),
+    "tcp://ADDR:PORT",
+    "Where remote writers connect (CURVE-encrypted).",
+    required=True,
+    words=("tcp://",),
+)
+BRIDGE_SERVER_KEY = Flag(
+    ("--server-key",),
+    "FILE",
+    "The bridge's secret key (server.key_secret, made by tracecap keys).",
+    required=True,
+    complete="file",
+)
+ALLOW = Flag(
+    ("--allow",),
+    "DIR",
+    "The directory of the client public keys (NAME.key) that get data; any other key gets "
+    "nothing. SIGHUP re-reads it.",
+    required=True,
+    complete="dir",
+)
+KIND = Flag(
+    (), "KIND", f"The artifact kind: {WRITER_KINDS}.", required=True, words=tuple(kinds.BY_NAME)
+)
+KEYS_DIR = Flag((), "DIR", "Where the pair is written.", required=True, complete="dir")
+NAME = Flag(("--name",), "NAME", "The key pair's name (default: the short host name).")
+TOPIC = Flag(
+    ("--topic",),
+    "PREFIX",
+    "Print only the messages whose topic starts with PREFIX (default: every message).",
+    repeatable=True,
+    words=_TOPICS,
+)
+
+COMMANDS: dict[str, Command] = {
+    command.name: command
+    for command in (
+        Command(
+            "run",
+            "capture: the collector and the writers under supervisord, until Ctrl-C",
+            "Start the collector and the writer of every enabled capture kind under "
+            "supervisord, in the foreground at nice -10; print tracecap: ready on stderr once "
+            "every probe is attached and every writer subscribed, events on stdout with "
+            "--output json, and on Ctrl-C or SIGTERM stop everything, flush and print a "
+            "summary of what was captured and lost. Runs as root.",
+            (CONFIG, RUN_DIR, RING_MB),
+            options=True,
+            handler=_run,
+        ),
+        Command(
+            "collector",
+            "the privileged process alone: load, attach, publish on the bus",
+            "Load and attach the eBPF programs of the enabled capture kinds and publish what "
+            "they see on the bus (ipc://<run-dir>/bus.sock). Runs as root; supervisord starts "
+            "it (tracecap run, supervisord.conf).",
+            (CONFIG, RUN_DIR, RING_MB, WAIT_FOR),
+            options=True,
+            handler=_collector,
+        ),
+        Command(
+            "writer",
+            "one unprivileged writer: persist one artifact kind",
+            "Subscribe to one artifact kind on the bus and persist it under <dir>/out, with "
+            "index.jsonl. Runs as the tracecap user (started as root, it drops to it before "
+            "opening anything).",
+            (CONFIG, RUN_DIR, CONNECT, WRITER_SERVER_KEY, CLIENT_KEY),
+            options=True,
+            operand=KIND,
+            handler=_writer,
+        ),
+        Command(
+            "bridge",
+            "relay the bus to remote writers over CURVE-encrypted tcp",
+            "Relay the bus to tcp:// with CURVE encryption; only the client keys in --allow "
+            "get data. Started as root, it drops to the tracecap user before anything else.",
+            (LISTEN, BRIDGE_SERVER_KEY, ALLOW, RUN_DIR),
+            handler=_bridge,
+        ),
+        Command(
+            "keys",
+            "make a CURVE key pair for the bridge or a remote writer",
+            "Write NAME.key (public, 0644) and NAME.key_secret (0600) into DIR, in pyzmq's "
+            "certificate format; never overwrites.",
+            (NAME,),
+            operand=KEYS_DIR,
+            handler=_keys,
+        ),
+        Command(
+            "tap",
+            "print bus messages as JSON lines",
+            "Print the bus's messages as JSON lines (kernel strings with invalid UTF-8 escaped "
+            "as \\xNN), for people and scripts. Run as root or a member of group tracecap.",
+            (RUN_DIR, CONNECT, TOPIC),
+            handler=_tap,
+        ),
+        Command(
+            "status",
+            "the collector's and the writers' live counters, as JSON",
+            "Print the collector's next message on the stats. topic and the writers' counters "
+            "as JSON. Run as root or a member of group tracecap.",
+            (RUN_DIR,),
+            handler=_status,
+        ),
+        Command(
+            "exporter",
+            "serve /metrics and /healthz for Prometheus from the bus and the writers' stats",
+            "Serve Prometheus metrics (/metrics) and a health check (/healthz) on the "
+            "--server http-address (default 127.0.0.1:3366), from the stats. topic and the "
+            "writers' stats files. Runs as the tracecap user; supervisord starts it when "
+            "--server metrics or --server healthz is given.",
+            (CONFIG, RUN_DIR),
+            options=True,
+            handler=_exporter,
+        ),
+    )
+}
+
+SHARED = usage.Shared(
+    options.OPTIONS,
+    (("capture forms (--capture)", options.CAPTURE_HELP),
+     ("scope expressions (--scope)", options.SCOPE_HELP)),
+)  # fmt: skip
+
+USAGE = usage.overview(
+    tuple(COMMANDS.values()),
+    SHARED,
+    (
+        f"writer kinds: {WRITER_KINDS}",
+        "capture options (run, collector, writer): tracecap help run lists the capture forms "
+        "and scope expressions; man 8 tracecap tells it all.",
+    ),
+)
+
+PAGE = usage.Page(
+    __version__,
+    "tracecap - capture the artifacts of running Linux programs with eBPF",
+    (
+        "tracecap captures what running programs write and read, the binaries they execute, "
+        "memory they make executable, kernel modules, BPF programs and network packets, with "
+        "eBPF, the way Aqua Tracee's --capture does. A small privileged collector attaches "
+        "CO-RE eBPF programs and publishes msgpack events on a ZeroMQ bus; unprivileged "
+        "writers, running as the tracecap user, persist the artifacts under <dir>/out with an "
+        "index (index.jsonl); supervisord runs them together.",
+        "Every loss is counted and every incomplete artifact says which bytes it lacks. Options "
+        "are never silently ignored: anything not understood exits with status 2, naming the "
+        "token and what it accepts, before anything is attached.",
+    ),
+    (
+        (
+            "files",
+            (
+                ("/etc/tracecap/tracecap.conf", "The capture options of the static deployment "
+                 "and of tracecap.service (installed from conf/tracecap.conf by make setup)."),
+                ("/etc/tracecap/supervisord.conf", "The supervisord configuration "
+                 "tracecap.service runs."),
+                ("/etc/systemd/system/tracecap.service", "The systemd unit (make setup "
+                 "installs it where systemd is)."),
+                (f"{options.DEFAULT_DIR}/out", "Artifacts and index.jsonl (the default dir:)."),
+                (DEFAULT_RUN_DIR, "The bus socket, supervisord's socket and logs, the writers' "
+                 "counters (the default --run-dir)."),
+            ),
+        ),
+        (
+            "exit status",
+            (
+                ("0", "Success (run: stopped by Ctrl-C or SIGTERM, every program well)."),
+                ("1", "run: a program of the capture stopped or never got ready (the message "
+                 "says which); tap, status: no collector publishing on the bus."),
+                ("2", "Refused before anything was attached: a bad command line (the message "
+                 "names the token and what it accepts), or for run, not root or an output or "
+                 "run directory it may not use."),
+                ("77", "tap, status: permission denied on the run directory or the bus (run "
+                 "as root or a member of group tracecap)."),
+            ),
+        ),
+        (
+            "signals",
+            (
+                ("SIGINT, SIGTERM", "Stop: the collector first, then the writers, which flush "
+                 "and index what they hold."),
+                ("SIGUSR1", "Print every thread's stack to the process's stderr (the logs "
+                 "under the run directory)."),
+            ),
+        ),
+        ("see also", (("", "supervisord(1), systemd.exec(5), tcpdump(8), tshark(1)."),)),
+    ),
+)  # fmt: skip
+
+
+def command_help(name: str) -> str:
+    return usage.command_help(COMMANDS[name], SHARED)
+
+
+def man_page() -> str:
+    return usage.man_page(tuple(COMMANDS.values()), SHARED, PAGE)
+
+
+def bash_completion() -> str:
+    return usage.bash_completion(tuple(COMMANDS.values()), SHARED)
+
+
+# --- the console script ------------------------------------------------------------------------
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE, end="")
-        return 0 if args else 2
+    if not args:
+        print(USAGE, end="", file=sys.stderr)
+        return 2
     cmd, rest = args[0], args[1:]
+    if cmd in ("-h", "--help") or (cmd == "help" and not rest):
+        print(USAGE, end="")
+        return 0
+    if cmd == "--version":
+        print(f"tracecap {__version__}")
+        return 0
     # `kill -USR1` makes any tracecap process print every thread's stack to its stderr (the
     # supervisord logs under the run dir): how to see where a process is stuck.
     with contextlib.suppress(OSError, ValueError):  # no stderr file (embedded, under a test)
@@ -181,134 +546,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(cmd: str, rest: list[str]) -> int:
-    if cmd == "run":
-        found, rest = split_own(rest, {"--config": True, "--run-dir": False, "--ring-mb": False})
-        argv = expand_config(found, rest)
-        config = _config(argv)
-        run_dir, ring_mb = run_dir_of(found), ring_mb_of(found)
-        check_interfaces(config)
-        from tracecap.frontend.supervise import run
-
-        return run(config, argv, run_dir, ring_mb)
-    if cmd == "collector":
-        found, rest = split_own(
-            rest, {"--config": True, "--run-dir": False, "--wait-for": True, "--ring-mb": False}
-        )
-        config = _config(expand_config(found, rest))
-        wait = parse_wait_for(found.get("--wait-for", []))
-        ring_mb = ring_mb_of(found)
-        from collector.service import run_collector
-
-        run_dir = run_dir_of(found)
-        return run_collector(config, run_dir, wait, ring_mb << 20)
-    if cmd == "writer":
-        if not rest or rest[0].startswith("-"):
-            raise UsageError(f"writer needs a KIND ({WRITER_KINDS})")
-        kind, rest = rest[0], rest[1:]
-        found, rest = split_own(
-            rest,
-            {
-                "--config": True,
-                "--run-dir": False,
-                "--connect": False,
-                "--server-key": False,
-                "--client-key": False,
-            },
-        )
-        config = _config(expand_config(found, rest))
-        run_dir = run_dir_of(found)
-        endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
-        # The bridge serves only CURVE clients: a plain tcp connection would wait in silence.
-        server_key = found.get("--server-key", [None])[0]
-        client_key = found.get("--client-key", [None])[0]
-        curve_keys: tuple[str, str] | None = None
-        if endpoint.startswith("tcp://"):
-            if server_key is None or client_key is None:
-                raise UsageError("tcp endpoints need --server-key and --client-key")
-            curve_keys = (server_key, client_key)
-        elif server_key is not None or client_key is not None:
-            raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
-        from tracecap.keys import KeyFileError
-        from writers.runner import run_writer
-
-        writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
-        try:
-            return run_writer(
-                kind,
-                config.out_dir,
-                endpoint,
-                f"{run_dir}/stats",
-                options=writer_options,
-                curve_keys=curve_keys,
-                limit_bytes=config.limit_bytes,
-            )
-        except KeyFileError as exc:
-            raise UsageError(str(exc)) from None
-    if cmd == "bridge":
-        found, rest = split_own(
-            rest,
-            {"--listen": False, "--server-key": False, "--allow": False, "--run-dir": False},
-        )
-        if rest:
-            raise UsageError(f"bridge takes no option {rest[0]!r}")
-        for flag in ("--listen", "--server-key", "--allow"):
-            if flag not in found:
-                raise UsageError(f"bridge needs {flag}")
-        listen = found["--listen"][0]
-        if not listen.startswith("tcp://"):
-            raise UsageError(f"--listen {listen!r}: expected tcp://ADDR:PORT")
-        import zmq
-
-        from tracecap.keys import KeyFileError
-        from tracecap.tools.bridge import BridgeConfig, run_bridge
-
-        bridge_config = BridgeConfig(
-            listen=listen,
-            server_key=found["--server-key"][0],
-            allow_dir=found["--allow"][0],
-            upstream=f"ipc://{run_dir_of(found)}/bus.sock",
-        )
-        try:
-            return run_bridge(bridge_config)
-        except KeyFileError as exc:
-            raise UsageError(str(exc)) from None
-        except zmq.ZMQError as exc:
-            raise UsageError(f"--listen {listen}: {exc}") from None
-    if cmd == "keys":
-        found, rest = split_own(rest, {"--name": False})
-        if len(rest) != 1 or rest[0].startswith("-"):
-            raise UsageError("keys needs one DIR (and optionally --name NAME)")
-        from tracecap.keys import KeyFileError, keys_command
-
-        try:
-            return keys_command(rest[0], found.get("--name", [None])[0])
-        except KeyFileError as exc:
-            raise UsageError(str(exc)) from None
-    if cmd == "tap":
-        found, rest = split_own(rest, {"--topic": True, "--run-dir": False, "--connect": False})
-        if rest:
-            raise UsageError(f"tap takes no option {rest[0]!r}")
-        run_dir = run_dir_of(found)
-        endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
-        from tracecap.tools.tap import tap
-
-        return tap(endpoint, [t.encode() for t in found.get("--topic", [""])])
-    if cmd == "status":
-        found, rest = split_own(rest, {"--run-dir": False})
-        if rest:
-            raise UsageError(f"status takes no option {rest[0]!r}")
-        from tracecap.tools.status import status
-
-        return status(run_dir_of(found))
-    if cmd == "exporter":
-        found, rest = split_own(rest, {"--config": True, "--run-dir": False})
-        config = _config(expand_config(found, rest))
-        if not config.server.enabled:
-            raise UsageError("exporter needs --server metrics or --server healthz")
-        from tracecap.tools.exporter import run_exporter
-
-        return run_exporter(config, run_dir_of(found))
-    raise UsageError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
+    if cmd == "help":
+        if len(rest) != 1 or rest[0] not in COMMANDS:
+            raise UsageError(f"help takes one command of: {', '.join(COMMANDS)}")
+        print(command_help(rest[0]), end="")
+        return 0
+    command = COMMANDS.get(cmd)
+    if command is None or command.handler is None:
+        raise UsageError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}")
+    if "--help" in rest or "-h" in rest:
+        print(command_help(cmd), end="")
+        return 0
+    found, rest = split_own(rest, command.own_flags())
+    if rest and not command.options and command.operand is None:
+        raise UsageError(f"{cmd} takes no option {rest[0]!r}")
+    for flag in command.flags:
+        if flag.required and flag.names[0] not in found:
+            raise UsageError(f"{cmd} needs {flag.names[0]}")
+    return command.handler(found, rest)
 
 
 if __name__ == "__main__":

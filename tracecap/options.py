@@ -21,11 +21,16 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from tracecap.kinds import BY_TOKEN, CAPTURE_TOKENS, EVENT_NAMES, SOURCES
+from tracecap.usage import Flag
 
 #: Root's, not world-writable /tmp: any local user could plant a symlink or a directory of their
 #: own at a predictable /tmp path before the first run (README "Where artifacts go").
 DEFAULT_DIR = "/var/lib/tracecap"
 DEFAULT_SNAPLEN = 96
+#: Free space every writer leaves on the output's file system (``floor:``) when not told
+#: otherwise, whatever the limit: the traced system (and the index lines, which are never
+#: refused) must not hit ENOSPC because of the capture. conf/tracecap.conf sets a larger one.
+DEFAULT_FLOOR_BYTES = 64 << 20
 #: The file-contents ring buffer (``--ring-mb``), a power of two. 16 MiB lost no less than 8 in
 #: a 4 KiB flood and took the collector past its 60 MB target (measured, NOTES.md).
 DEFAULT_RING_MB = 8
@@ -66,6 +71,12 @@ MAX_UID = 2**32 - 2
 FILE_TYPES = ("regular", "pipe", "socket", "elf")
 FILE_FDS = {"stdin": 0, "stdout": 1, "stderr": 2}
 PCAP_SPLITS = ("single", "process", "container", "command")
+PCAP_OPTIONS = ("filtered", "none")
+#: ``pcap-snaplen:`` words: bytes kept after the L4 header (-1 whole packets, 0 headers only).
+SNAPLEN_NAMES = {"default": DEFAULT_SNAPLEN, "headers": 0, "max": -1}
+#: ``--output`` values that choose the format, and Tracee's that change nothing here.
+OUTPUT_FORMATS = {"json": "json", "none": "none", "format:json": "json"}
+OUTPUT_NOOPS = ("option:parse-arguments", "option:detect-syscall")
 #: Capture kinds in the order their topics are listed; the name is what users type.
 KINDS = CAPTURE_TOKENS
 #: Capture kinds with filters of their own (``write=/p*``, ``read:type=pipe``).
@@ -88,14 +99,14 @@ CAPTURE_FORMS = (
     f"{WORD_KINDS}, "
     "pcap:single,process,container,command, pcap-options:filtered|none, "
     "pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>, dir:/path, clear-dir, "
-    "limit:<N>mb|gb; [artifact:] may precede "
+    "limit:<N>mb|gb, floor:<N>mb|gb; [artifact:] may precede "
     f"{', '.join(word for source in SOURCES for word in source.words)}, pcap: and net="
 )
 SCOPE_FORMS = (
     "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, container=ID[,ID], "
     "host, follow"
 )
-OUTPUT_FORMS = "json, none, format:json, option:parse-arguments, option:detect-syscall"
+OUTPUT_FORMS = ", ".join((*OUTPUT_FORMATS, *OUTPUT_NOOPS))
 ARG_FORMS = (
     "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
     "--output/-o VALUE, --server VALUE (each also as --long=VALUE or -xVALUE)"
@@ -112,6 +123,7 @@ SNAPLEN_FORMS = (
     f"default, headers, max, <N>b, <N>kb, <N>k (N a positive integer, at most {MAX_SNAPLEN} bytes)"
 )
 LIMIT_FORMS = "limit:<N>mb, limit:<N>gb (N a positive integer)"
+FLOOR_FORMS = "floor:<N>mb, floor:<N>gb (N a positive integer)"
 RING_MB_FORMS = f"a power of two from 1 to {MAX_RING_MB} (MiB)"
 DIR_FORMS = (
     f"dir:/path, absolute, valid UTF-8, at most {MAX_DIR_BYTES} bytes with no name longer "
@@ -208,6 +220,7 @@ class Capture:
     out_dir: str = DEFAULT_DIR + "/out"
     clear_dir: bool = False
     limit_bytes: int | None = None
+    floor_bytes: int = DEFAULT_FLOOR_BYTES
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,7 @@ class Config:
     out_dir: str
     clear_dir: bool
     limit_bytes: int | None
+    floor_bytes: int
     scope: Scope
     events: tuple[str, ...]
     output: str
@@ -355,10 +369,9 @@ def _file_option(acc: _FileAcc, kind: str, token: str, body: str) -> None:
 
 
 def _snaplen(token: str, value: str) -> int:
-    named = {"default": DEFAULT_SNAPLEN, "headers": 0, "max": -1}
     value = value.lower()
-    if value in named:
-        return named[value]
+    if value in SNAPLEN_NAMES:
+        return SNAPLEN_NAMES[value]
     match = _SNAPLEN.fullmatch(value)
     if match is None:
         raise OptionError(f"could not parse pcap snaplen: {token!r} (accepted: {SNAPLEN_FORMS})")
@@ -370,10 +383,11 @@ def _snaplen(token: str, value: str) -> int:
     return size
 
 
-def _limit(token: str, value: str) -> int:
+def _size(token: str, value: str, what: str, accepted: str) -> int:
+    """``limit:`` and ``floor:`` sizes: a positive number of MiB or GiB."""
     match = _LIMIT.fullmatch(value.lower())
     if match is None or int(match[1]) == 0:
-        raise OptionError(f"could not parse capture limit: {token!r} (accepted: {LIMIT_FORMS})")
+        raise OptionError(f"could not parse {what}: {token!r} (accepted: {accepted})")
     return int(match[1]) * _LIMIT_UNITS[match[2]]
 
 
@@ -446,6 +460,7 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
     iface: _SetOnce[str | None] = _SetOnce("net=<iface>", None)
     out = _SetOnce("dir:", DEFAULT_DIR)
     limit: _SetOnce[int | None] = _SetOnce("limit:", None)
+    floor = _SetOnce("floor:", DEFAULT_FLOOR_BYTES)
     clear_dir = False
     for token in tokens:
         body = token.removeprefix("artifact:")
@@ -475,7 +490,7 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
             )
         elif token.startswith("pcap-options:"):
             value = token[13:].lower()
-            if value not in ("filtered", "none"):
+            if value not in PCAP_OPTIONS:
                 raise OptionError(
                     f"unknown pcap option in {token!r} "
                     "(accepted: pcap-options:filtered, pcap-options:none)"
@@ -488,7 +503,9 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
         elif token == "clear-dir":
             clear_dir = True
         elif token.startswith("limit:"):
-            limit.set(_limit(token, token[6:]), token)
+            limit.set(_size(token, token[6:], "capture limit", LIMIT_FORMS), token)
+        elif token.startswith("floor:"):
+            floor.set(_size(token, token[6:], "free-space floor", FLOOR_FORMS), token)
         else:
             raise OptionError(
                 f"invalid capture option specified: {token!r} (accepted: {CAPTURE_FORMS})"
@@ -516,6 +533,7 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
         out_dir=out.value.rstrip("/") + "/out",
         clear_dir=clear_dir,
         limit_bytes=limit.value,
+        floor_bytes=floor.value,
         **flags,
     )
 
@@ -644,12 +662,11 @@ def _group_argv(argv: Sequence[str]) -> dict[str, list[str]]:
 
 def _output(values: Sequence[str]) -> str:
     """``option:`` forms are accepted for Tracee compatibility; arguments are always parsed."""
-    formats = {"json": "json", "format:json": "json", "none": "none"}
     chosen = _SetOnce("--output format", "none")
     for value in values:
-        if value in formats:
-            chosen.set(formats[value], value)
-        elif value not in ("option:parse-arguments", "option:detect-syscall"):
+        if value in OUTPUT_FORMATS:
+            chosen.set(OUTPUT_FORMATS[value], value)
+        elif value not in OUTPUT_NOOPS:
             raise OptionError(f"invalid --output value: {value!r} (accepted: {OUTPUT_FORMS})")
     return chosen.value
 
@@ -725,6 +742,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         out_dir=capture.out_dir,
         clear_dir=capture.clear_dir,
         limit_bytes=capture.limit_bytes,
+        floor_bytes=capture.floor_bytes,
         scope=parse_scope(scope_tokens),
         events=_dedup(events),
         output=_output(groups["output"]),
@@ -759,3 +777,151 @@ def expand_config_file(text: str) -> list[str]:
             f"config file: {exc} in the token starting {lexer.token[:40]!r} (accepted: options "
             "as on the command line, shell-like quoting, '#' comments)"
         ) from None
+
+
+# --- what `--help`, tracecap(8) and the bash completion say about these options ---------------
+# (rendered by tracecap/usage.py; tests/unit/tracecap/test_usage.py checks every option above
+# has its entry and every completed word parses)
+
+
+def _capture_words() -> tuple[str, ...]:
+    """Every ``--capture`` word bash offers; one ending in ``=`` or ``:`` waits for its value."""
+    words: list[str] = []
+    for kind in FILE_KINDS:
+        words += [kind, f"{kind}=", f"{kind}:path="]
+        words += [f"{kind}:type={t}" for t in FILE_TYPES]
+        words += [f"{kind}:fd={fd}" for fd in FILE_FDS]
+    words += [*PLAIN_KINDS, *NETWORK_WORDS, *(f"pcap:{split}" for split in PCAP_SPLITS)]
+    words += [f"pcap-options:{o}" for o in PCAP_OPTIONS]
+    words += [f"pcap-snaplen:{name}" for name in SNAPLEN_NAMES]
+    words += ["net=", "dir:", "clear-dir", "limit:", "floor:"]
+    return tuple(words)
+
+
+#: Each ``--capture`` form and what it does.
+CAPTURE_HELP: tuple[tuple[str, str], ...] = (
+    ("write", "Contents of every written file."),
+    (
+        "write=/p*, write:path=/p*",
+        f"Only files whose full path starts with /p (the * is required; at most "
+        f"{MAX_PATH_FILTERS} prefixes of at most {MAX_PATH_FILTER_LEN} bytes).",
+    ),
+    (
+        f"write:type={'|'.join(FILE_TYPES)}",
+        "Only files of that type (elf: files whose content starts with \\x7fELF).",
+    ),
+    (f"write:fd={'|'.join(FILE_FDS)}", "Only files open as fd 0, 1 or 2 of the writing process."),
+    ("read...", "The same forms for the contents of read files."),
+    ("exec", "Executed binaries, once per (container, dev, inode, ctime)."),
+    ("mem", "Memory regions made executable after being writable (unpackers)."),
+    ("module", "Kernel module images (init_module, finit_module), once per image."),
+    ("bpf", "BPF program bytecode at BPF_PROG_LOAD, once per sha256."),
+    (", ".join(NETWORK_WORDS), "Packets, into pcapng files (pcap/single.pcap by default)."),
+    (f"pcap:{','.join(PCAP_SPLITS)}", "How pcap files are split; any combination."),
+    (
+        "pcap-snaplen:" + "|".join((*SNAPLEN_NAMES, "<N>b", "<N>kb")),
+        f"Payload kept after the L4 header: {DEFAULT_SNAPLEN} bytes (default), none, all, "
+        f"N bytes, N KiB (at most {MAX_SNAPLEN} bytes).",
+    ),
+    (
+        f"pcap-options:{'|'.join(PCAP_OPTIONS)}",
+        "filtered: only packets of the protocols named by --events net_packet_*.",
+    ),
+    ("net=<iface>", "Packets crossing that interface only (turns packet capture on)."),
+    (
+        "dir:/path",
+        f"Output root: artifacts go under /path/out (default {DEFAULT_DIR}/out). Absolute, "
+        f"UTF-8, at most {MAX_DIR_BYTES} bytes.",
+    ),
+    ("clear-dir", "Empty <dir>/out before starting, without following symlinks."),
+    (
+        "limit:<N>mb|gb",
+        "Disk budget for the whole output tree (allocated size, measured by each writer at "
+        "most once a second): past it, new artifact data is refused and recorded as missing, "
+        "with a budget record in the index. Default: none.",
+    ),
+    (
+        "floor:<N>mb|gb",
+        "Free space kept on the output's file system, with or without a limit: below it, new "
+        f"artifact data is refused the same way. Default: {DEFAULT_FLOOR_BYTES >> 20} MiB.",
+    ),
+    ("artifact:KIND", "Accepted before every kind (artifact:write, artifact:exec, ...)."),
+)
+
+#: Each ``--scope`` expression and what it selects.
+SCOPE_HELP: tuple[tuple[str, str], ...] = (
+    ("comm=NAME[,NAME]", f"The process name is one of these (at most {MAX_COMM_LEN} bytes)."),
+    ("comm!=NAME[,NAME]", "The process name is none of these."),
+    ("pid=N[,N]", "The process is one of these."),
+    ("uid=N[,N]", "The process runs as one of these users."),
+    ("follow", "Also the descendants of matching processes, from the moment tracecap starts."),
+    ("container", "Processes in any container."),
+    ("container=ID[,ID]", "Processes in these containers (ids or prefixes of 12+ hex digits)."),
+    ("host", "Processes in no container."),
+)
+
+_SCOPE_WORDS = ("comm=", "comm!=", "pid=", "uid=", "follow", "container", "container=", "host")
+
+
+def _arg_names(dest: str) -> tuple[str, ...]:
+    return tuple(name for name, d in _ARG_DESTS.items() if d == dest)
+
+
+#: The options of ``tracecap run`` that the collector and writers take too, one per
+#: ``_ARG_DESTS`` destination, in its order.
+OPTIONS: tuple[Flag, ...] = (
+    Flag(
+        _arg_names("capture"),
+        "OPT",
+        "What to capture and where it goes: one of the capture forms below.",
+        repeatable=True,
+        words=_capture_words(),
+        after=(
+            ("dir:", "dir"),
+            ("net=", "iface"),
+            *((f"{kind}{sep}", "file") for kind in FILE_KINDS for sep in ("=", ":path=")),
+        ),
+    ),
+    Flag(
+        _arg_names("scope"),
+        "EXPR",
+        "Which processes are traced: one of the scope expressions below; all given must hold. "
+        "Evaluated in the kernel, for every capture kind alike.",
+        repeatable=True,
+        words=_SCOPE_WORDS,
+    ),
+    Flag(
+        _arg_names("trace"),
+        "EXPR",
+        "Tracee's older form of --scope; --trace event=NAME[,NAME] is --events.",
+        repeatable=True,
+        words=(*_SCOPE_WORDS, "event="),
+    ),
+    Flag(
+        _arg_names("events"),
+        "NAME[,NAME]",
+        "With --output json, print only these events; net_packet_* names also select the "
+        f"packets of pcap-options:filtered. Names: {', '.join(EVENT_NAMES)}.",
+        repeatable=True,
+        words=EVENT_NAMES,
+        comma_list=True,
+    ),
+    Flag(
+        _arg_names("output"),
+        "FORMAT",
+        "json: one JSON object per event on stdout, with Tracee's field names; none (the "
+        "default): no events. Tracee's format:json, option:parse-arguments and "
+        "option:detect-syscall are accepted.",
+        repeatable=True,
+        words=(*OUTPUT_FORMATS, *OUTPUT_NOOPS),
+    ),
+    Flag(
+        _arg_names("server"),
+        "WHAT",
+        "Tracee's --server: metrics serves Prometheus metrics on /metrics, healthz a health "
+        "check on /healthz (tracecap exporter, started with the writers), at http-address="
+        f"HOST:PORT (default {DEFAULT_HTTP_HOST}:{DEFAULT_HTTP_PORT}).",
+        repeatable=True,
+        words=("metrics", "healthz", "http-address="),
+    ),
+)

@@ -1,4 +1,5 @@
-"""The disk budget: ``--capture limit:<N>mb|gb`` for the whole output tree, and a free-space floor.
+"""The disk budget: ``--capture limit:<N>mb|gb`` for the whole output tree, and a free-space floor
+(``--capture floor:<N>mb|gb``, default ``tracecap.options.DEFAULT_FLOOR_BYTES``).
 
 Every writer process decides for itself, before each artifact write, whether the bytes may go to
 disk. There is no coordinator to ask (and none to crash or stall): each process measures the
@@ -28,13 +29,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from tracecap.options import DEFAULT_FLOOR_BYTES
 from writers.index import Index
 from writers.outdir import DIR_FLAGS
 from writers.ratelog import RateLimitedLog
 
-#: Default free space kept on the output file system, whatever the limit: the traced system (and
-#: our own index lines) must not hit ENOSPC because of the capture.
-DEFAULT_FLOOR_BYTES = 64 << 20
 #: Shortest time between two measurements (walk of the tree and statvfs).
 REFRESH_SECONDS = 1.0
 #: A walk may take at most this share of the time: a huge tree is measured less often, not longer.

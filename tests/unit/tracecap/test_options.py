@@ -41,6 +41,7 @@ def test_defaults():
     assert config.out_dir == "/var/lib/tracecap/out"
     assert not config.clear_dir
     assert config.limit_bytes is None
+    assert config.floor_bytes == options.DEFAULT_FLOOR_BYTES == 64 << 20
     assert config.pcap == PcapCapture()
     assert config.scope == Scope()
     assert config.events == ()
@@ -368,6 +369,7 @@ def test_pcap_settings_need_network(token: str):
     [
         ("dir:/a", "dir:/b"),
         ("limit:1gb", "limit:2gb"),
+        ("floor:1gb", "floor:2gb"),
         ("net", "pcap-snaplen:max", "pcap-snaplen:headers"),
         ("net", "pcap-options:filtered", "pcap-options:none"),
         ("net=eth0", "net=eth1"),
@@ -413,6 +415,18 @@ def test_limit(value: str, size: int):
 def test_limit_invalid(value: str):
     with raises(f"could not parse capture limit: 'limit:{value}' (accepted: limit:<N>mb"):
         cap(f"limit:{value}")
+
+
+@pytest.mark.parametrize(("value", "size"), [("1mb", 1 << 20), ("2gb", 2 << 30), ("9MB", 9 << 20)])
+def test_floor(value: str, size: int):
+    assert cap(f"floor:{value}").floor_bytes == size
+    assert cap(f"floor:{value}", "limit:1gb").limit_bytes == 1 << 30
+
+
+@pytest.mark.parametrize("value", ["", "0gb", "10", "10kb", "-1mb", "1.5gb", "5%"])
+def test_floor_invalid(value: str):
+    with raises(f"could not parse free-space floor: 'floor:{value}' (accepted: floor:<N>mb"):
+        cap(f"floor:{value}")
 
 
 def test_parse_capture_alone():
