@@ -72,6 +72,13 @@ class Writer(abc.ABC):
     def tick(self, now: float) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Housekeeping at least every ``POLL_MS`` (``now`` is ``time.monotonic``)."""
 
+    def unwritten(self) -> dict[str, int]:
+        """The lowest ``seq`` per ``"epoch:topic"`` (GapTracker's keys) of messages this writer
+        received but holds only in memory (none by default). The stats file's ``last_seq``
+        stops short of them, so that if this process dies they count in the restarted
+        writer's gap instead of vanishing."""
+        return {}
+
     def on_gap(self, gap: Gap) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Messages of ``gap.topic`` never arrived; a writer may mark what they could have hit."""
 
@@ -230,8 +237,17 @@ class Subscriber:
             "topics": [t.decode("ascii", "backslashreplace") for t in self.writer.topics],
             "updated_ns": time.time_ns(),
             "counters": counters,
-            "last_seq": self._gaps.state(),
+            "last_seq": self._durable_seqs(),
         }
+
+    def _durable_seqs(self) -> dict[str, int]:
+        """The gap tracker's last seq per stream, held back before what the writer has not
+        persisted yet."""
+        state = self._gaps.state()
+        for key, seq in self.writer.unwritten().items():
+            if key in state:
+                state[key] = min(state[key], seq - 1)
+        return state
 
     def write_stats(self) -> None:
         if self._stats is None:

@@ -185,6 +185,15 @@ def is_our_head(head: bytes) -> bool:
     return idb.linktype == LINKTYPE_RAW and tsresol == [bytes([TSRESOL_NS])]
 
 
+def packet_block_ts(head: bytes) -> int | None:
+    """The nanosecond timestamp of the Enhanced Packet Block whose first 20 bytes are ``head``
+    (as ``packet_block`` writes it), or None when they are not such a block's."""
+    if len(head) < 20:
+        return None
+    btype, _, _, high, low = struct.unpack_from("<IIIII", head)
+    return high << 32 | low if btype == pcapng.PCAPNG_BT_EPB else None
+
+
 def last_block_start(size: int, trailer: bytes) -> int | None:
     """Where the file's last block starts, from its final 4 bytes (every block ends with its
     total length), or None when they cannot be a block length; the caller checks that a block

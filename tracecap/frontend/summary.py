@@ -5,6 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+#: The kernel counts each packet it hands to the collector as a ``net`` chunk (bpf/net.bpf.h):
+#: packets are events too, though not syscall ``.events``.
+PACKETS = "net.chunks"
+
+
+def events_and_packets(kernel: dict[str, Any]) -> tuple[int, int]:
+    """(events, packets) the kernel captured; events include the packets."""
+    packets = int(kernel.get(PACKETS, 0))
+    return sum(v for k, v in kernel.items() if k.endswith(".events")) + packets, packets
+
 
 def unseen_tail(
     last_by_epoch: dict[int, dict[str, Any]], writers: dict[str, dict[str, Any]]
@@ -49,10 +59,11 @@ def summary_line(
     def writer_sum(*names: str) -> int:
         return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
 
+    events, packets = events_and_packets(kernel)
     # bytes of copy_file_range/sendfile/splice are read back by the collector, not the kernel
     captured = kernel_sum(".bytes") + coll.get("readback_bytes", 0)
     return (
-        f"tracecap: summary: {kernel_sum('.events')} events, {captured} bytes "
+        f"tracecap: summary: {events} events ({packets} packets), {captured} bytes "
         f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
         f"{kernel_sum('.event_drops', '.chunk_drops')} records "
         f"({kernel_sum('.dropped_bytes')} bytes), syscall table full "
@@ -69,10 +80,10 @@ def summary_line(
 
 
 def status_line(now: dict[str, Any], before: dict[str, Any], seconds: float, artifacts: int) -> str:
-    """One terminal line: event rate, bytes, artifacts and losses so far."""
+    """One terminal line: event rate (packets included), bytes, artifacts and losses so far."""
     kernel, prev = now.get("kernel", {}), before.get("kernel", {})
-    events = sum(v for k, v in kernel.items() if k.endswith(".events"))
-    events_before = sum(v for k, v in prev.items() if k.endswith(".events"))
+    events, _ = events_and_packets(kernel)
+    events_before, _ = events_and_packets(prev)
     rate = (events - events_before) / seconds if seconds > 0 else 0.0
     captured = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
     lost = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))

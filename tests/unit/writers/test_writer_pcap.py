@@ -24,11 +24,14 @@ from dpkt import pcapng as ng
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bpf import records
+from collector.packets import OWNER_WAIT_NS, PacketAssembler
 from tests.support import envelopes
 from tests.support.envelopes import packet_env
 from tests.support.writer_harness import OutputTree, WriterHarness
 from tracecap import bus
 from writers import fileio
+from writers.base import Subscriber
 from writers.naming import (
     comment_text,
     container_short,
@@ -36,16 +39,17 @@ from writers.naming import (
     pcap_container_name,
     pcap_process_name,
 )
-from writers.pcap import PcapWriter
+from writers.pcap import HELD_OVERHEAD, REORDER_WINDOW_NS, PcapWriter
 from writers.pcapng import SNAPLEN
+from writers.reorder import GRAIN_NS
 from writers.runner import WRITER_KINDS, run_writer
 
 CID = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8"
 CID11 = CID[:11]
 LO = b"\x7f\x00\x00\x01"
 ALL = ("single", "process", "container", "command")
-HAVE_TOOLS = shutil.which("tshark") is not None and shutil.which("tcpdump") is not None
-needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="tshark/tcpdump not installed")
+HAVE_TOOLS = all(shutil.which(tool) for tool in ("tshark", "tcpdump", "capinfos"))
+needs_tools = pytest.mark.skipif(not HAVE_TOOLS, reason="tshark/tcpdump/capinfos not installed")
 
 
 # -- packets and messages ------------------------------------------------------------------------
@@ -83,9 +87,12 @@ def message(payload: bytes, **overrides: Any) -> bus.Message:
 
 
 class Harness(WriterHarness[PcapWriter]):
-    """A pcap writer of the given splits; ``close`` returns the index records."""
+    """A pcap writer of the given splits; ``close`` returns the index records. Unless a test
+    gives ``reorder_window_ns``, packets are written as they come (a zero window), so that the
+    tests of files, names and errors can look at the disk after each ``feed``."""
 
     def __init__(self, root: Path, split: tuple[str, ...] = ALL, **kwargs: Any) -> None:
+        kwargs.setdefault("reorder_window_ns", 0)
         super().__init__(root, lambda out, index: PcapWriter(out, index, split, **kwargs))
 
     def feed(self, payload: bytes, **overrides: Any) -> None:
@@ -780,3 +787,262 @@ def test_dpkt_reader_sees_ns_timestamps(tmp_path: Path) -> None:
         ((ts, _),) = list(ng.Reader(io.BufferedReader(f)))
     assert ts == pytest.approx(1_700_000_000.0000005, abs=1e-6)
     h.close()
+
+
+# -- time order --------------------------------------------------------------------------------
+
+MS = 1_000_000
+T0 = 1_700_000_000_000_000_000
+KERNEL = {"pid": 0, "tid": 0, "ppid": 0, "uid": 0, "comm": b"", "start_time": 0}
+
+
+class Clock:
+    """The writer's monotonic clock (ns), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 0
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def ordered(root: Path, clock: Clock, split: tuple[str, ...] = ALL, **kwargs: Any) -> Harness:
+    """A writer with the real reorder window on ``clock``."""
+    kwargs.setdefault("reorder_window_ns", REORDER_WINDOW_NS)
+    return Harness(root, split, clock=clock, **kwargs)
+
+
+def strict_time_order(path: Path) -> bool:
+    """What ``capinfos -o`` says of the file (tshark's package has it)."""
+    shown = subprocess.run(["capinfos", "-o", "-T", "-r", str(path)], capture_output=True,
+                           text=True, check=True, timeout=60)  # fmt: skip
+    verdict = shown.stdout.strip().split("\t")[-1]
+    assert verdict in ("True", "False"), shown.stdout
+    return verdict == "True"
+
+
+def timestamps(path: Path) -> list[int]:
+    return [ts for ts, *_ in packets(path)]
+
+
+@needs_tools
+def test_an_unowned_packet_published_late_goes_in_its_place(tmp_path: Path) -> None:
+    """The collector sends a packet of an unknown socket up to 300 ms after later ones (it waits
+    for the owner): the files still come out in time order, the packet where it belongs."""
+    clock = Clock()
+    h = ordered(tmp_path, clock)
+    h.feed(udp(b"a"), ts=T0)
+    clock.now = 5 * MS
+    h.feed(udp(b"c"), ts=T0 + 5 * MS)
+    clock.now = 200 * MS
+    h.feed(udp(b"d"), ts=T0 + 200 * MS, direction="ingress")
+    clock.now = 305 * MS  # published 300 ms after it was sent, with no owner
+    h.feed(tcp(b""), ts=T0 + 2 * MS, **KERNEL)
+    clock.now = 310 * MS
+    h.feed(udp(b"e"), ts=T0 + 310 * MS)
+    for ms in range(320, 1400, 100):  # the subscriber's housekeeping
+        clock.now = ms * MS
+        h.writer.tick(0)
+    assert h.writer.counters["late_packets"] == 0
+    single = h.root / "pcap/single.pcap"
+    got = packets(single)
+    assert [d for _, d, _, _ in got] == [udp(b"a"), tcp(b""), udp(b"c"), udp(b"d"), udp(b"e")]
+    assert got[1][3] == "pid=0 tid=0 comm= container=host direction=egress"
+    assert timestamps(single) == sorted(timestamps(single))
+    assert [d for _, d, _, _ in packets(h.root / "pcap/containers/host.pcap")] == [
+        d for _, d, _, _ in got
+    ]
+    assert len(packets(h.root / "pcap/commands/host/ping.pcap")) == 4  # not the kernel's
+    for rel in h.files():
+        assert strict_time_order(h.root / rel), rel
+        check_tools(h.root / rel, len(packets(h.root / rel)))
+    recs = h.close()
+    assert all(r["out_of_order"] == 0 and r["complete"] for r in recs)
+    single_rec = next(r for r in recs if r["path"] == "pcap/single.pcap")
+    assert (single_rec["first_ts"], single_rec["last_ts"]) == (T0, T0 + 310 * MS)
+
+
+def test_a_packet_waits_one_window_after_its_arrival_at_most(tmp_path: Path) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single",))
+    clock.now = 50 * MS
+    h.feed(udp(b"x"), ts=T0)
+    path = h.root / "pcap/single.pcap"
+    clock.now = 50 * MS + REORDER_WINDOW_NS - 1
+    h.writer.tick(0)
+    assert not path.exists()  # held: an earlier packet may still come
+    clock.now = 50 * MS + REORDER_WINDOW_NS + GRAIN_NS
+    h.writer.tick(0)
+    assert [d for _, d, _, _ in packets(path)] == [udp(b"x")]
+    h.close()
+
+
+@needs_tools
+def test_a_packet_later_than_the_window_is_written_and_counted(tmp_path: Path) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single", "process"))
+    h.feed(udp(b"new"), ts=T0 + 10 * MS)
+    clock.now = 2 * REORDER_WINDOW_NS
+    h.writer.tick(0)
+    h.feed(udp(b"old"), ts=T0, tid=555, start_time=5)  # 2 s late: its place is already written
+    single = h.root / "pcap/single.pcap"
+    assert [d for _, d, _, _ in packets(single)] == [udp(b"new"), udp(b"old")]  # not dropped
+    assert h.writer.counters["late_packets"] == 1
+    assert not strict_time_order(single)  # and the index says so
+    recs = {r["path"]: r for r in h.close()}
+    assert recs["pcap/single.pcap"]["out_of_order"] == 1
+    assert recs["pcap/single.pcap"]["complete"] is True  # every packet is there
+    assert (recs["pcap/single.pcap"]["first_ts"], recs["pcap/single.pcap"]["last_ts"]) == (
+        T0,
+        T0 + 10 * MS,
+    )
+    own = recs["pcap/processes/host/ping_555_5.pcap"]  # its own file is in order
+    assert own["out_of_order"] == 0 and own["packets"] == 1
+
+
+def test_close_writes_everything_held_in_time_order(tmp_path: Path) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock)
+    order = [5, 1, 4, 2, 3]
+    for i in order:
+        h.feed(udp(bytes([i])), ts=T0 + i, tid=100 + i % 2, start_time=i % 2)
+    assert h.files() == set()  # nothing is due yet: the clock never moved
+    recs = h.close()
+    for rel in pcap_files(h.root):
+        ts = timestamps(h.root / rel)
+        assert ts == sorted(ts) and ts, rel
+    assert [d for _, d, _, _ in packets(h.root / "pcap/single.pcap")] == [
+        udp(bytes([i])) for i in sorted(order)
+    ]
+    assert sum(r["packets"] for r in recs if r["split"] == "process") == 5
+    assert h.writer.counters["late_packets"] == h.writer.counters["reorder_forced"] == 0
+
+
+def test_the_memory_bound_writes_early_and_counts_it(tmp_path: Path) -> None:
+    clock = Clock()
+    block = len(udp(b"p0")) + 100  # about what one block of it takes
+    h = ordered(tmp_path, clock, split=("single",),
+                reorder_max_bytes=3 * (block + HELD_OVERHEAD))  # fmt: skip
+    for i in range(6):
+        h.feed(udp(f"p{i}".encode()), ts=T0 + 10 + i)
+    c = h.writer.counters
+    assert c["reorder_forced"] >= 3
+    assert len(packets(h.root / "pcap/single.pcap")) == c["reorder_forced"]
+    assert len(h.writer._window) == 6 - c["reorder_forced"]
+    h.feed(udp(b"early"), ts=T0)  # earlier than what was forced out: late, still written
+    assert c["late_packets"] == 1
+    (rec,) = h.close()
+    assert rec["packets"] == 7 and rec["out_of_order"] == 1
+
+
+def test_held_packets_stay_out_of_the_stats_last_seq(tmp_path: Path) -> None:
+    """What the writer holds is only in memory: a restarted writer must count it lost if this
+    process dies, so the stats' last_seq (where a restarted writer resumes) stops before it."""
+    clock = Clock()
+    with OutputTree(tmp_path) as tree:
+        writer = PcapWriter(tree.out, tree.index, ("single",), clock=clock)
+        sub = Subscriber(writer, "ipc:///nonexistent", index=tree.index)
+        for seq in range(3):
+            env = packet_env(orig_len=len(udp()), ts=T0 + seq, epoch=9, seq=seq)
+            sub.process(bus.encode(bus.TOPIC_NET_PACKET, env, udp()))
+        assert sub.snapshot()["last_seq"] == {"9:net.packet.": -1}
+        clock.now = REORDER_WINDOW_NS + GRAIN_NS
+        writer.tick(0)
+        env = packet_env(orig_len=len(udp()), ts=T0 + 3, epoch=9, seq=3)
+        sub.process(bus.encode(bus.TOPIC_NET_PACKET, env, udp()))
+        assert writer.unwritten() == {"9:net.packet.": 3}
+        assert sub.snapshot()["last_seq"] == {"9:net.packet.": 2}
+        writer.close()
+        assert sub.snapshot()["last_seq"] == {"9:net.packet.": 3}
+        assert [r["packets"] for r in tree.records()] == [4]
+
+
+def test_a_continued_file_counts_a_packet_earlier_than_its_last(tmp_path: Path) -> None:
+    h = Harness(tmp_path, split=("single",))
+    h.feed(udp(b"first"), ts=T0 + 100)
+    h.close()
+    h2 = Harness(tmp_path, split=("single",))
+    h2.feed(udp(b"earlier"), ts=T0 + 50)  # the file on disk ends at T0 + 100
+    h2.feed(udp(b"later"), ts=T0 + 200)
+    (rec,) = h2.close()[-1:]
+    assert rec["out_of_order"] == 1 and rec["packets"] == 2
+
+
+def test_a_full_disk_while_flushing_the_window_cuts_back_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single",))
+    for i in (3, 1, 2):
+        h.feed(udp(bytes([i])), ts=T0 + i)
+    real_write = os.write
+    calls = {"n": 0}
+
+    def second_fails(fd: int, data: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            return real_write(fd, bytes(data)[:10])  # part of the second block lands
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fileio.os, "write", second_fails)
+    (rec,) = h.close()
+    path = h.root / "pcap/single.pcap"
+    assert [d for _, d, _, _ in packets(path)] == [udp(b"\x01"), udp(b"\x03")]
+    check_tools(path, 2)
+    assert rec["packets"] == 2 and rec["write_errors"] == 1 and rec["complete"] is False
+    assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_lru_reopens_while_the_window_releases(tmp_path: Path) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("process",), max_open=1)
+    for rnd in range(3):
+        for t in (2, 0, 1):  # threads interleaved, each thread's packets in order
+            clock.now += 400 * MS
+            h.feed(udp(f"{rnd}{t}".encode()), tid=700 + t, start_time=t, ts=T0 + rnd * 10 + t)
+            h.writer.tick(0)
+    h.close()
+    for t in range(3):
+        path = h.root / f"pcap/processes/host/ping_{700 + t}_{t}.pcap"
+        kinds = [k for k, _ in read_blocks(path)]
+        assert kinds.count(ng.PCAPNG_BT_SHB) == 1
+        assert [d for _, d, _, _ in packets(path)] == [udp(f"{r}{t}".encode()) for r in range(3)]
+    assert h.writer.counters["reopens"] >= 3
+
+
+def test_the_collectors_owner_wait_fits_in_the_window(tmp_path: Path) -> None:
+    """The collector's PacketAssembler and this writer on one clock: packets of an unknown
+    socket, which the assembler holds OWNER_WAIT_NS and then sends ownerless after later ones,
+    still land in their place."""
+    assert REORDER_WINDOW_NS >= 3 * OWNER_WAIT_NS  # the margin the writer's docstring argues
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single", "process"))
+    assembler = PacketAssembler(boot_to_epoch=T0)
+    seq = 0
+
+    def deliver(out: list) -> None:
+        nonlocal seq
+        for o in out:
+            env = {**o.env, "v": bus.VERSION, "epoch": 3, "seq": seq}
+            h.writer.handle(bus.Message(o.topic, env, o.payload))
+            seq += 1
+
+    def record(ts: int, owned: bool, data: bytes) -> records.Packet:
+        who = (100, 100, 1, 0, b"curl") if owned else (0, 0, 0, 0, b"")
+        return records.Packet(ts, 77 if owned else 78, 1, 5, len(data), 1, "egress",
+                              *who, data)  # fmt: skip
+
+    for ms in range(1500):  # a packet a millisecond; every 40th one no process owns
+        clock.now = ms * MS
+        deliver(assembler.on_packet(record(ms * MS, ms % 40 != 3, udp(b"%d" % ms)), clock.now))
+        if ms % 10 == 0:  # the collector's poll loop
+            deliver(assembler.expire(clock.now))
+            h.writer.tick(0)
+    deliver(assembler.expire(clock.now, force=True))  # the collector stops first
+    assert assembler.waited_in_vain > 30  # they did wait, and went out late
+    (single,) = [r for r in h.close() if r["split"] == "single"]
+    got = timestamps(h.root / "pcap/single.pcap")
+    assert got == [T0 + ms * MS for ms in range(1500)]
+    assert single["out_of_order"] == 0 and h.writer.counters["late_packets"] == 0

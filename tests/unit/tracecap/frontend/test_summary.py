@@ -37,12 +37,26 @@ def test_summary_counts_every_loss():
         }
     }
     assert summary_line(collector, writers) == (
-        "tracecap: summary: 4 events, 1105 bytes captured, 2 artifacts; losses: kernel ring "
-        "buffer 3 records (50 bytes), syscall table full 4, collector decode errors 6, bus gaps "
-        "7 messages, malformed messages 8, writer errors 3 (index records lost 1), disk budget 0 "
-        "bytes refused, bus "
-        "backlog full 2 messages (9 bytes), not read back 10 bytes"
+        "tracecap: summary: 4 events (0 packets), 1105 bytes captured, 2 artifacts; losses: "
+        "kernel ring buffer 3 records (50 bytes), syscall table full 4, collector decode errors "
+        "6, bus gaps 7 messages, malformed messages 8, writer errors 3 (index records lost 1), "
+        "disk budget 0 bytes refused, bus backlog full 2 messages (9 bytes), not read back 10 "
+        "bytes"
     )
+
+
+def test_packets_are_events_in_the_summary_and_the_status_line():
+    # the kernel counts packets as net chunks, not as .events
+    collector = {
+        "kernel": {"net.chunks": 5, "net.bytes": 420, "net.chunk_drops": 1, "exec.events": 2},
+        "collector": {},
+    }
+    line = summary_line(collector, {})
+    assert line.startswith("tracecap: summary: 7 events (5 packets), 420 bytes captured, ")
+    assert "kernel ring buffer 1 records" in line
+    before = {"kernel": {"net.chunks": 1}}
+    now = {"kernel": {"net.chunks": 201, "exec.events": 100}}
+    assert status_line(now, before, 2.0, 0).startswith("tracecap: 150 events/s, ")
 
 
 def test_status_line_rate_bytes_artifacts_losses():
