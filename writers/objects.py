@@ -317,17 +317,27 @@ class ObjectWriter(Writer):
         size, sha256 = self._digest(fd, asm.obj_len)
         meta = asm.naming_meta()
         key = self.dedup_key(meta, sha256)
-        if key is not None and key in self._seen:
-            self.counters["duplicates"] += 1
+        if key is not None and self._is_duplicate(asm, key):
             return
         name = self._place(obj, self.final_name(meta, sha256))
         record = self._record(asm, f"{obj.subdir}/{name}", size, sha256)
         self.counters["artifacts"] += 1
         if not record["complete"]:
             self.counters["incomplete"] += 1
-        elif key is not None:
-            self._seen.add(key)
         self._append(record)
+        self._placed(record, key)
+
+    def _is_duplicate(self, asm: ObjectAssembly, key: DedupKey) -> bool:
+        """Whether a finished object is a known artifact (then it is only counted)."""
+        if key in self._seen:
+            self.counters["duplicates"] += 1
+            return True
+        return False
+
+    def _placed(self, record: dict[str, Any], key: DedupKey | None) -> None:
+        """An artifact got its name and record; a complete one now makes its key known."""
+        if record["complete"] and key is not None:
+            self._seen.add(key)
 
     def _digest(self, fd: int, obj_len: int) -> tuple[int, str]:
         """Size and sha256 of what is on disk, read back through the fd. A missing tail is

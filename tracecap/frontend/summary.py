@@ -49,6 +49,14 @@ def summary_line(
     def writer_sum(*names: str) -> int:
         return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
 
+    # memory capture's allowances: skipped by design, and counted (only when it ran)
+    mem = ""
+    if "mem.skipped_events" in kernel:
+        mem = (
+            f", mem budget skipped {kernel['mem.skipped_events']} events "
+            f"({kernel.get('mem.skipped_dumps', 0)} dumps, "
+            f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
+        )
     return (
         f"tracecap: summary: {kernel_sum('.events')} events, {kernel_sum('.bytes')} bytes "
         f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
@@ -62,7 +70,7 @@ def summary_line(
         f"{writer_sum('index_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        "bytes)"
+        f"bytes){mem}"
     )
 
 
