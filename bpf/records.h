@@ -37,7 +37,39 @@ enum tc_record_kind {
 
 enum tc_pkt_direction { TC_PKT_EGRESS = 0, TC_PKT_INGRESS = 1 };
 
-enum tc_mem_syscall { TC_MEM_MPROTECT = 0, TC_MEM_PKEY_MPROTECT, TC_MEM_MMAP };
+/* What a mem event reacts to: the syscall, or the exit of the process's last thread. */
+enum tc_mem_syscall {
+    TC_MEM_MPROTECT = 0, TC_MEM_PKEY_MPROTECT, TC_MEM_MMAP, TC_MEM_MUNMAP, TC_MEM_EXIT,
+};
+/* Tracee's mem_prot_alert values (types/trace MemProtAlert): the rules of its
+ * security_file_mprotect hook, the later one winning when several hold. */
+enum tc_mem_alert {
+    TC_ALERT_NONE = 0,
+    TC_ALERT_MMAP_W_X,       /* mmap with PROT_WRITE|PROT_EXEC */
+    TC_ALERT_MPROT_X_ADD,    /* not executable before, executable now */
+    TC_ALERT_MPROT_W_ADD,    /* executable and not writable before, writable and executable now */
+    TC_ALERT_MPROT_W_REM,    /* writable before, executable and not writable now: dumped */
+};
+/* What became of the region's bytes. */
+enum tc_mem_dump {
+    TC_DUMP_NONE = 0,        /* no dump due: a writable-and-executable region waits for content */
+    TC_DUMP_SENT,            /* `captured` bytes follow as TC_REC_OBJ_DATA records */
+    TC_DUMP_REPEAT,          /* the same content as the earlier dump `same_as` of this region */
+    TC_DUMP_BUDGET,          /* due, skipped: the process spent its byte allowance */
+};
+/* Counters of the mem capture beyond the per-kind block, in the per-CPU `mem_counters`. */
+enum tc_mem_counter {
+    TC_MEMC_ALERTS = 0,      /* protection changes Tracee alerts on, sent or not */
+    TC_MEMC_REPEATS,         /* dumps found equal to the region's previous one: no bytes sent */
+    TC_MEMC_SKIPPED_EVENTS,  /* events not sent: the process's event allowance was spent */
+    TC_MEMC_SKIPPED_DUMPS,   /* dumps not made for the same reason or its byte allowance */
+    TC_MEMC_SKIPPED_BYTES,   /* bytes of those regions */
+    TC_MEMC_ZERO_BYTES,      /* bytes sent as never-touched anonymous pages (zeros) */
+    TC_MEMC_RWX_TRACKED,     /* writable-and-executable regions noted, to dump once written */
+    TC_MEMC_RWX_EMPTY,       /* such regions found without content when due: nothing to dump */
+    TC_MEMC_TABLE_FULL,      /* regions or processes not noted: their table was full */
+    TC_MEM_NUM_COUNTERS,
+};
 enum tc_module_syscall { TC_MOD_INIT = 0, TC_MOD_FINIT };
 
 /* Which counters block: the file directions first, then one per object kind. */
@@ -96,6 +128,8 @@ enum tc_counter {
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
+#define TC_DATA_ZERO 2           /* mem: `want` bytes of an anonymous page never touched (no page
+                                  * table entry): the process reads them as zeros */
 
 struct tc_hdr {
     __u32 kind;
@@ -204,16 +238,42 @@ struct tc_exec_event {
     char argv[TC_ARGV_BUF];
 };
 
+/* A protection change Tracee alerts on, or the dump of a writable-and-executable region when
+ * it is unmapped, changed again or its process exits. One per occurrence, within the process's
+ * event allowance (tc_config.mem_events_per_s); what the allowances skipped since the
+ * process's previous event rides on the next one (or on an exit event). */
 struct tc_mem_event {
     struct tc_hdr h;
     __u64 obj_id;
     __u64 addr;
-    __u64 len;               /* the region's length as asked */
-    __u64 captured;          /* bytes sent as data records (len, capped) */
+    __u64 len;               /* the region's length as asked (Tracee's `len`) */
+    __u64 size;              /* the region's bytes: len rounded up to pages */
+    __u64 captured;          /* bytes sent as data records (size, capped); 0 unless dump is SENT */
+    __u64 same_as;           /* dump REPEAT: obj_id of the earlier dump with the same content */
+    __u64 skipped_events;    /* budget: events this process did not send since its last one */
+    __u64 skipped_dumps;     /* ... dumps those events were due (a sent event's own skipped
+                              * dump is its dump BUDGET) */
+    __u64 skipped_bytes;     /* ... bytes of those regions */
     __u32 prot_before;       /* PROT_* bits from the VMA's vm_flags */
     __u32 prot_after;
     __u32 syscall;           /* enum tc_mem_syscall */
+    __u32 alert;             /* enum tc_mem_alert */
+    __u32 dump;              /* enum tc_mem_dump */
     __u32 _pad;
+};
+
+/* Value of `mem_procs`, per tgid: its allowances (refilled each second, see mem.bpf.h) and what
+ * they skipped that no event reported yet; the collector reports what is left at a stop. */
+struct tc_mem_proc {
+    __u64 refill_ns;         /* CLOCK_BOOTTIME of the last refill */
+    __s64 events;            /* event allowance, in event-nanoseconds: an event costs 1e9 */
+    __s64 bytes;             /* byte allowance: a dump may start while it is positive */
+    __u64 skipped_events;
+    __u64 skipped_dumps;
+    __u64 skipped_bytes;
+    __u64 cgroup_id;         /* who, for the collector's report at a stop */
+    __u32 uid;
+    __u32 rwx_regions;       /* this process's entries in `mem_rwx` */
 };
 
 /* module_event.flags (TC_EV_PATH_TRUNCATED is 1) */
@@ -322,6 +382,10 @@ struct tc_config {
     struct tc_file_filter filters[2];  /* indexed by enum tc_direction */
     __u32 net_ifindex;       /* net=<iface>: only packets crossing it; 0 = any */
     __s32 snaplen;           /* payload bytes kept after the L4 header; -1 = all */
+    __u32 mem_events_per_s;  /* mem: events a process may send per second */
+    __u32 mem_bytes_per_s;   /* mem: bytes of its memory a process may have hashed or dumped per
+                              * second */
+    __u64 mem_hash_seed;     /* mem: random per run, so that no program can aim at a content hash */
 };
 
 #endif

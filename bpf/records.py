@@ -37,7 +37,30 @@ REC_FILE_CONT = 10
 REC_FILE_XFER = 11
 PKT_DIRECTIONS = ("egress", "ingress")
 
-MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap")
+MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap", "munmap", "exit")
+#: enum tc_mem_alert in value order: (name, the alert text Tracee prints for it; types/trace
+#: MemProtAlert of Tracee v0.17).
+MEM_ALERTS = (
+    ("none", ""),
+    ("mmap_w_x", "Mmaped region with W+E permissions!"),
+    ("mprot_x_add", "Protection changed to Executable!"),
+    ("mprot_w_add", "Protection changed from E to W+E!"),
+    ("mprot_w_rem", "Protection changed from W to E!"),
+)
+#: enum tc_mem_dump in value order: what became of a mem event's region bytes.
+MEM_DUMPS = ("none", "sent", "repeat", "budget")
+#: enum tc_mem_counter: the per-CPU ``mem_counters`` map, reported as ``mem.<name>``.
+MEM_COUNTERS = (
+    "alerts",
+    "repeats",
+    "skipped_events",
+    "skipped_dumps",
+    "skipped_bytes",
+    "zero_bytes",
+    "rwx_tracked",
+    "rwx_empty",
+    "table_full",
+)
 MODULE_SYSCALLS = ("init_module", "finit_module")
 MOD_MAPPED = 2
 MOD_MAP_SHARED = 4
@@ -89,6 +112,7 @@ SCOPE_CONTAINER, SCOPE_HOST = 32, 64
 EV_PATH_TRUNCATED = 1
 EV_APPEND = 2
 DATA_UNREADABLE = 1
+DATA_ZERO = 2
 
 
 class CStruct:
@@ -184,8 +208,15 @@ TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("filename", f"{FILENAME_BUF}s"), ("argv", f"{ARGV_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
-    ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("captured", "Q"),
-    ("prot_before", "I"), ("prot_after", "I"), ("syscall", "I"), ("_pad", "I"),
+    ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
+    ("captured", "Q"), ("same_as", "Q"), ("skipped_events", "Q"), ("skipped_dumps", "Q"),
+    ("skipped_bytes", "Q"), ("prot_before", "I"), ("prot_after", "I"), ("syscall", "I"),
+    ("alert", "I"), ("dump", "I"), ("_pad", "I"),
+))  # fmt: skip
+TC_MEM_PROC = CStruct("tc_mem_proc", (
+    ("refill_ns", "Q"), ("events", "q"), ("bytes", "q"), ("skipped_events", "Q"),
+    ("skipped_dumps", "Q"), ("skipped_bytes", "Q"), ("cgroup_id", "Q"), ("uid", "I"),
+    ("rwx_regions", "I"),
 ))  # fmt: skip
 TC_MODULE_EVENT = CStruct("tc_module_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),
@@ -220,13 +251,14 @@ TC_FILE_FILTER = CStruct("tc_file_filter", (
 #: ``filters`` (struct tc_file_filter[2]) is one blob: encode_config joins two encoded filters.
 TC_CONFIG = CStruct("tc_config", (
     ("excluded_uid", "I"), ("scope_flags", "I"), ("filters", f"{TC_FILE_FILTER.size * 2}s"),
-    ("net_ifindex", "I"), ("snaplen", "i"),
+    ("net_ifindex", "I"), ("snaplen", "i"), ("mem_events_per_s", "I"), ("mem_bytes_per_s", "I"),
+    ("mem_hash_seed", "Q"),
 ))  # fmt: skip
 
 #: Every struct of records.h.
 STRUCTS = (
     TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_XFER_FILE, TC_XFER, TC_FILE_XFER,
-    TC_EXEC_EVENT, TC_MEM_EVENT,
+    TC_EXEC_EVENT, TC_MEM_EVENT, TC_MEM_PROC,
     TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_DROP_KEY, TC_DROP_VAL,
     TC_FILE_FILTER, TC_CONFIG,
 )  # fmt: skip
@@ -300,13 +332,14 @@ class FileEvent(NamedTuple):
 class FileData(NamedTuple):
     """One payload chunk of a syscall (``io_id``) or of an object (its obj_id), at ``io_off``
     in it. It stands for ``want`` bytes: fewer in ``data``, or ``unreadable``, means the rest
-    of them is lost."""
+    of them is lost; ``zero`` (memory regions) means they are zeros, a page never touched."""
 
     io_id: int
     io_off: int
     want: int
     unreadable: bool
     data: bytes | memoryview  # may view ring memory: valid only while the record is handled
+    zero: bool = False
 
 
 class FileCont(NamedTuple):
@@ -365,17 +398,39 @@ class ExecEvent(NamedTuple):
 
 
 class MemEvent(NamedTuple):
-    """A region made executable (mprotect, pkey_mprotect, mmap): ``length`` is the region as
-    asked, of which the first ``captured`` bytes follow as FileData records for ``obj_id``."""
+    """A protection change Tracee alerts on (``alert``, its text; "" for none), the dump of a
+    region (``dump``: "sent", then ``captured`` of its ``size`` bytes follow as FileData records
+    for ``obj_id``; "repeat" of the earlier dump ``same_as``; "budget": skipped), or both.
+    ``syscall`` is mprotect, pkey_mprotect, mmap, munmap or exit (the process's last thread);
+    ``length`` is the region's length as asked, ``size`` that rounded up to pages. The
+    ``skipped_*`` counts are what the process's allowances skipped since its previous event."""
 
     hdr: Header
     obj_id: int
     addr: int
     length: int
+    size: int
     captured: int
+    same_as: int
+    skipped_events: int
+    skipped_dumps: int
+    skipped_bytes: int
     prot_before: int
     prot_after: int
     syscall: str
+    alert: str
+    dump: str
+
+
+class MemSkipped(NamedTuple):
+    """What a process's mem allowances skipped that no event of it reported yet (``mem_procs``)."""
+
+    tgid: int
+    uid: int
+    cgroup_id: int
+    skipped_events: int
+    skipped_dumps: int
+    skipped_bytes: int
 
 
 class ModuleMapping(NamedTuple):
@@ -493,7 +548,9 @@ def decode_file_data(raw: bytes | memoryview, at: int = 0) -> FileData:
     data = raw[start : start + length]
     if len(data) != length:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
-    return FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
+    return FileData(
+        io_id, io_off, want, bool(flags & DATA_UNREADABLE), data, bool(flags & DATA_ZERO)
+    )
 
 
 def decode_file_cont(raw: bytes | memoryview) -> FileCont:
@@ -572,10 +629,23 @@ def decode_mem_event(raw: bytes) -> MemEvent:
     f = TC_MEM_EVENT.unpack(raw)
     if f.syscall >= len(MEM_SYSCALLS):
         raise RecordError(f"mem event with unknown syscall {f.syscall}")
+    if f.alert >= len(MEM_ALERTS):
+        raise RecordError(f"mem event with unknown alert {f.alert}")
+    if f.dump >= len(MEM_DUMPS):
+        raise RecordError(f"mem event with unknown dump status {f.dump}")
     return MemEvent(
-        _header(f), f.obj_id, f.addr, f.len, f.captured, f.prot_before, f.prot_after,
-        MEM_SYSCALLS[f.syscall],
+        _header(f), f.obj_id, f.addr, f.len, f.size, f.captured, f.same_as, f.skipped_events,
+        f.skipped_dumps, f.skipped_bytes, f.prot_before, f.prot_after, MEM_SYSCALLS[f.syscall],
+        MEM_ALERTS[f.alert][1], MEM_DUMPS[f.dump],
     )  # fmt: skip
+
+
+def decode_mem_skipped(key: bytes, value: bytes) -> MemSkipped:
+    """One ``mem_procs`` entry (key: the tgid)."""
+    (tgid,) = struct.unpack_from("<I", key)
+    v = TC_MEM_PROC.unpack(value)
+    return MemSkipped(tgid, v.uid, v.cgroup_id, v.skipped_events, v.skipped_dumps,
+                      v.skipped_bytes)  # fmt: skip
 
 
 def decode_module_event(raw: bytes) -> ModuleEvent:
@@ -711,8 +781,12 @@ def encode_config(
     read: bytes,
     net_ifindex: int = 0,
     snaplen: int = -1,
+    mem_budget: tuple[int, int] = (0, 0),
+    mem_hash_seed: int = 0,
 ) -> bytes:
-    return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read, net_ifindex, snaplen)
+    """The .rodata block; ``mem_budget`` is (events, bytes) a process may spend per second."""
+    return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read, net_ifindex, snaplen,
+                       *mem_budget, mem_hash_seed)  # fmt: skip
 
 
 def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:
@@ -723,3 +797,9 @@ def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:
             idx = k * len(COUNTERS) + i
             out[f"{prefix}.{name}"] = sum(cpu[idx] for cpu in per_cpu_values)
     return out
+
+
+def decode_mem_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:
+    """Sum the per-CPU ``mem_counters`` into {"mem.alerts": n, "mem.skipped_events": n, ...}."""
+    return {f"mem.{name}": sum(cpu[i] for cpu in per_cpu_values)
+            for i, name in enumerate(MEM_COUNTERS)}  # fmt: skip

@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
 #include "objects.bpf.h"
+#include "mem.bpf.h"
 #include "net.bpf.h"
 
 /* Keep the record types in the object's BTF so that tests can check the Python decoders. */
@@ -28,6 +29,7 @@ struct tc_file_cont _tc_abi_cont __attribute__((unused));
 struct tc_file_xfer _tc_abi_xfer __attribute__((unused));
 struct tc_exec_event _tc_abi_exec __attribute__((unused));
 struct tc_mem_event _tc_abi_mem __attribute__((unused));
+struct tc_mem_proc _tc_abi_mem_proc __attribute__((unused));
 struct tc_module_event _tc_abi_module __attribute__((unused));
 struct tc_bpf_event _tc_abi_bpf __attribute__((unused));
 struct tc_drop_key _tc_abi_drop_key __attribute__((unused));

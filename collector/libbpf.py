@@ -172,6 +172,15 @@ class BpfObject:
 
     def drain(self, map_name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
         """Read and delete every entry of a hash map (entries added meanwhile stay for later)."""
+        return self._entries(map_name, key_size, value_size, delete=True)
+
+    def entries(self, map_name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+        """Read every entry of a hash map."""
+        return self._entries(map_name, key_size, value_size, delete=False)
+
+    def _entries(
+        self, map_name: str, key_size: int, value_size: int, delete: bool
+    ) -> list[tuple[bytes, bytes]]:
         fd = self.map_fd(map_name)
         keys = []
         cur, nxt = None, ct.create_string_buffer(key_size)
@@ -182,7 +191,8 @@ class BpfObject:
         for key in keys:
             k, v = ct.create_string_buffer(key, key_size), ct.create_string_buffer(value_size)
             if self._lib.bpf_map_lookup_elem(fd, k, v) == 0:
-                self._lib.bpf_map_delete_elem(fd, k)
+                if delete:
+                    self._lib.bpf_map_delete_elem(fd, k)
                 out.append((key, v.raw))
         return out
 

@@ -2,7 +2,10 @@
 
 An object (a memory region, a module image, a BPF program) is one event followed by its bytes
 in chunks. Messages carry ``obj_id``/``obj_off``/``obj_len``; the one with ``last`` ends the
-object, and every byte that did not arrive is an explicit ``lost`` range, as for files.
+object, and every byte that did not arrive is an explicit ``lost`` range, as for files. Memory
+pages the kernel reports as never touched arrive as zeros, listed in the last message's
+``zero`` ranges. A mem event without a dump (an alert, a repeat, a skipped dump) is an object
+of no bytes: one message.
 """
 
 from __future__ import annotations
@@ -34,14 +37,8 @@ def object_env(
     """(topic, envelope, object length) for an object event."""
     env = context_env(ev.hdr, boot_to_epoch, container_id)
     if isinstance(ev, records.MemEvent):
-        env |= {
-            "syscall": ev.syscall,
-            "addr": ev.addr,
-            "len": ev.length,
-            "prot_before": ev.prot_before,
-            "prot_after": ev.prot_after,
-        }
-        return bus.TOPIC_MEM, env, ev.length
+        env |= mem_fields(ev)
+        return bus.TOPIC_MEM, env, ev.size if ev.dump == "sent" else 0
     if isinstance(ev, records.ModuleEvent):
         finit = ev.syscall == "finit_module"
         env |= {
@@ -65,6 +62,53 @@ def object_env(
     return bus.TOPIC_BPF, env, ev.insn_cnt * 8
 
 
+def mem_fields(ev: records.MemEvent) -> dict[str, Any]:
+    """The mem-specific keys of a mem event's messages (bus.MEM_KEYS)."""
+    return {
+        "syscall": ev.syscall,
+        "addr": ev.addr,
+        "len": ev.length,
+        "size": ev.size,
+        "prot_before": ev.prot_before,
+        "prot_after": ev.prot_after,
+        "alert": ev.alert,
+        "dump": ev.dump,
+        "same_as": ev.same_as,
+        "skipped_events": ev.skipped_events,
+        "skipped_dumps": ev.skipped_dumps,
+        "skipped_bytes": ev.skipped_bytes,
+    }
+
+
+def mem_skipped_env(
+    skipped: records.MemSkipped, comm: bytes, now_epoch_ns: int, container_id: str
+) -> dict[str, Any]:
+    """The envelope that reports, at a stop, what a running process's mem allowances skipped
+    that none of its events reported (``syscall`` "stop"; an object of no bytes)."""
+    return {
+        "ts": now_epoch_ns,
+        "pid": skipped.tgid,
+        "tid": skipped.tgid,
+        "ppid": 0,
+        "uid": skipped.uid,
+        "comm": comm,
+        "cgroup_id": skipped.cgroup_id,
+        "container_id": container_id,
+        "syscall": "stop",
+        "addr": 0,
+        "len": 0,
+        "size": 0,
+        "prot_before": 0,
+        "prot_after": 0,
+        "alert": "",
+        "dump": "none",
+        "same_as": 0,
+        "skipped_events": skipped.skipped_events,
+        "skipped_dumps": skipped.skipped_dumps,
+        "skipped_bytes": skipped.skipped_bytes,
+    }
+
+
 @dataclass
 class _PendingObject:
     """An object whose bytes are still arriving: ``captured`` is how many of its ``obj_len``
@@ -81,6 +125,7 @@ class _PendingObject:
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0
     lost: list[list[int]] = field(default_factory=list)
+    zero: list[list[int]] = field(default_factory=list)
 
 
 class ObjectAssembler:
@@ -127,7 +172,13 @@ class ObjectAssembler:
             out += self._flush(obj)
             obj.next_off = chunk.io_off
         if chunk.io_off == obj.next_off:
-            if chunk.unreadable or len(chunk.data) < chunk.want:
+            if chunk.zero:
+                self._zero(obj, chunk.io_off, chunk.want)
+                if not obj.buf:
+                    obj.buf_off = chunk.io_off
+                obj.buf += bytes(chunk.want)
+                obj.next_off += chunk.want
+            elif chunk.unreadable or len(chunk.data) < chunk.want:
                 out += self._flush(obj)
                 self._lose(obj, chunk.io_off + len(chunk.data), chunk.io_off + chunk.want)
                 obj.next_off = chunk.io_off + chunk.want
@@ -152,6 +203,13 @@ class ObjectAssembler:
                 out += self._finish(obj)
         return out
 
+    @staticmethod
+    def _zero(obj: _PendingObject, start: int, length: int) -> None:
+        if obj.zero and obj.zero[-1][1] == start:
+            obj.zero[-1][1] = start + length
+        else:
+            obj.zero.append([start, start + length])
+
     def _lose(self, obj: _PendingObject, start: int, end: int) -> None:
         if end > start:
             obj.lost.append([start, end])
@@ -161,6 +219,8 @@ class ObjectAssembler:
         env = dict(obj.env, obj_off=obj.buf_off if obj.buf else obj.next_off, last=last)
         if last and obj.lost:
             env["lost"] = sorted(obj.lost)
+        if last and obj.zero:
+            env["zero"] = obj.zero
         payload = bytes(obj.buf) if obj.buf else None
         obj.buf.clear()
         return Outgoing(obj.topic, env, payload)

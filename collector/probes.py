@@ -38,6 +38,8 @@ class BpfMap(StrEnum):
     SCOPE_CGROUPS = "scope_cgroups"
     COUNTERS = "counters"
     FILE_DROPS = "file_drops"
+    MEM_PROCS = "mem_procs"
+    MEM_COUNTERS = "mem_counters"
 
 
 def _syscall_programs(syscalls: tuple[str, ...]) -> frozenset[str]:
@@ -68,7 +70,14 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "read": _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")) | _XFER | _URING,
     "exec": frozenset({"tc_exec"}),
     "mem": frozenset(
-        {"tc_mprotect_enter", "tc_pkey_mprotect_enter", "tc_mmap_enter", "tc_mmap_exit"}
+        {
+            "tc_mprotect_enter",
+            "tc_pkey_mprotect_enter",
+            "tc_mmap_enter",
+            "tc_mmap_exit",
+            "tc_munmap_enter",
+            "tc_mem_exit",
+        }
     ),
     "module": _MODULE_TP | _MODULE_RAW,
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
@@ -95,6 +104,13 @@ DEFAULT_RING_BYTES = DEFAULT_RING_MB << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
+#: What one process's memory captures may cost per second (bpf/mem.bpf.h): events (alerts and
+#: dumps), and bytes of its memory hashed or dumped. LuaJIT changes protections 50,000 times a
+#: second when it compiles many small functions; within these it runs within a few percent of
+#: its untraced speed (scripts/bench_mem.py), and a dump of 4 MiB/s is about 32 of its 64 KiB
+#: machine-code areas hashed and sent.
+MEM_EVENTS_PER_S = 64
+MEM_BYTES_PER_S = 4 << 20
 TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
 
 
@@ -173,6 +189,9 @@ def rodata_for(config: Config, excluded_uid: int, ifindex: int = 0) -> bytes:
         _filter(config.read),
         net_ifindex=ifindex,
         snaplen=config.pcap.snaplen,
+        mem_budget=(MEM_EVENTS_PER_S, MEM_BYTES_PER_S),
+        # a secret per run: no program can shape a second stage to hash like its first
+        mem_hash_seed=int.from_bytes(os.urandom(8), "little"),
     )
 
 
@@ -282,6 +301,20 @@ class KernelProbes:
 
     def counters(self) -> dict[str, int]:
         return records.decode_counters(self.per_cpu_counters())
+
+    def mem_counters(self) -> dict[str, int]:
+        """The mem capture's own counters (alerts, repeats, what the allowances skipped)."""
+        rows = []
+        for idx in range(len(records.MEM_COUNTERS)):
+            raw = self._obj.lookup(BpfMap.MEM_COUNTERS, struct.pack("<I", idx), 8 * self._ncpu)
+            rows.append(struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,) * self._ncpu)
+        return records.decode_mem_counters([list(cpu) for cpu in zip(*rows, strict=True)])
+
+    def mem_skipped(self) -> list[records.MemSkipped]:
+        """Processes whose mem allowances skipped something no event reported yet."""
+        entries = self._obj.entries(BpfMap.MEM_PROCS, 4, records.TC_MEM_PROC.size)
+        found = (records.decode_mem_skipped(k, v) for k, v in entries)
+        return [s for s in found if s.skipped_events or s.skipped_dumps]
 
     def dropped_ios(self) -> list[records.DroppedIo]:
         """Files that lost syscalls with their events since the last call."""

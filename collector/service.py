@@ -24,7 +24,7 @@ from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
 from collector.module_images import file_candidates, fill_plan, why_not_from_file
-from collector.object_assembly import ObjectAssembler, object_env
+from collector.object_assembly import ObjectAssembler, mem_skipped_env, object_env
 from collector.object_files import (
     MESSAGE_BYTES,
     FileIdentity,
@@ -339,6 +339,25 @@ class Collector:
         """Files (binaries, module files, transfers to read back) waiting to be streamed."""
         return self._files.pending + self._readback.pending
 
+    def _mem_skipped(self) -> list[Outgoing]:
+        """At a stop: what the mem allowances of processes still running skipped that none of
+        their events reported (an exit reports it from the kernel)."""
+        if self._probes is None or not self._config.mem:
+            return []
+        now = self._clock.time_ns()
+        out = []
+        for skipped in self._probes.mem_skipped():
+            try:
+                comm = self._host.read_proc(skipped.tgid, "comm").rstrip(b"\n")
+            except OSError:
+                comm = b""
+            container = self._containers.container_of(skipped.cgroup_id)
+            env = mem_skipped_env(skipped, comm, now, container) | {
+                "obj_id": self._new_obj_id(), "obj_off": 0, "obj_len": 0, "last": True,
+            }  # fmt: skip
+            out.append(Outgoing(bus.TOPIC_MEM, env, None))
+        return out
+
     def _can_stream(self) -> bool:
         return self._streams_pending > 0 and self._pub.backlog_room() >= MESSAGE_BYTES
 
@@ -372,6 +391,8 @@ class Collector:
     def _stats_env(self) -> dict[str, Any]:
         per_cpu = self._probes.per_cpu_counters() if self._probes else []
         kernel = records.decode_counters(per_cpu) if per_cpu else {}
+        if self._probes and self._config.mem:
+            kernel |= self._probes.mem_counters()
         drops_per_cpu = {
             name: [records.decode_counters([row])[name] for row in per_cpu]
             for name in kernel
@@ -444,6 +465,7 @@ class Collector:
             # Drain what the kernel already holds, and the files already opened, before detaching.
             ring.consume()
             self._send_dropped()
+            self._send(self._mem_skipped())
             self._send(self._assembler.expire(monotonic_ns(), force=True))
             self._send(self._assembler.announce_extents())
             self._send(self._objects.expire(monotonic_ns(), force=True))

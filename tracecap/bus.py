@@ -113,14 +113,28 @@ EXEC_KEYS = {
     "memfd": (bool,),
 }
 
-#: mem.: a region made executable after being writable. ``prot_before``/``prot_after`` are
-#: PROT_* bits (before comes from the kernel's vm_flags, not guessed).
+#: mem.: a protection change Tracee alerts on, the bytes of a region, or both. ``syscall`` is
+#: mprotect, pkey_mprotect, mmap, munmap, exit (the process's last thread) or stop (the
+#: collector's report at a stop); ``alert`` Tracee's text ("" for none); ``prot_before`` /
+#: ``prot_after`` PROT_* bits (before from the kernel's vm_flags, not guessed); ``len`` the
+#: length as asked, ``size`` the region's bytes (whole pages). ``dump``: "sent" (the object's
+#: bytes are the region's; optional ``zero`` lists ranges of pages never touched, zeros),
+#: "repeat" (the same content as the earlier object ``same_as`` of this epoch; no bytes),
+#: "budget" (skipped: the process spent its byte allowance) or "none". ``skipped_*``: what the
+#: process's allowances skipped since its previous message (events, dumps, their bytes).
 MEM_KEYS = {
     "syscall": (str,),
     "addr": (int,),
     "len": (int,),
+    "size": (int,),
     "prot_before": (int,),
     "prot_after": (int,),
+    "alert": (str,),
+    "dump": (str,),
+    "same_as": (int,),
+    "skipped_events": (int,),
+    "skipped_dumps": (int,),
+    "skipped_bytes": (int,),
 }
 
 #: module.: a kernel module image. ``syscall`` is init_module or finit_module, ``ret`` its return

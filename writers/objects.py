@@ -327,8 +327,7 @@ class ObjectWriter(Writer):
         meta = asm.naming_meta()
         partial = self.incomplete_name(meta) if asm.missing() else None
         key = None if partial is not None else self.dedup_key(meta, sha256)
-        if key is not None and key in self._seen:
-            self.counters["duplicates"] += 1
+        if key is not None and self._is_duplicate(asm, key):
             if self.records_duplicates:
                 record = self._record(asm, None, size, sha256)
                 self._append(record | {"duplicate_of": self._seen.get(key)})
@@ -338,9 +337,20 @@ class ObjectWriter(Writer):
         self.counters["artifacts"] += 1
         if not record["complete"]:
             self.counters["incomplete"] += 1
-        elif key is not None:
-            self._seen.add(key, record["path"])
         self._append(record)
+        self._placed(record, key)
+
+    def _is_duplicate(self, asm: ObjectAssembly, key: DedupKey) -> bool:
+        """Whether a finished object is a known artifact (then it is only counted)."""
+        if key in self._seen:
+            self.counters["duplicates"] += 1
+            return True
+        return False
+
+    def _placed(self, record: dict[str, Any], key: DedupKey | None) -> None:
+        """An artifact got its name and record; a complete one now makes its key known."""
+        if record["complete"] and key is not None:
+            self._seen.add(key, record["path"])
 
     def _digest(self, fd: int, obj_len: int) -> tuple[int, str]:
         """Size and sha256 of what is on disk, read back through the fd. A missing tail is

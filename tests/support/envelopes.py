@@ -99,9 +99,11 @@ def exec_env(**overrides: Any) -> Env:
 
 
 def mem_env(**overrides: Any) -> Env:
-    """``mem.``: a page made executable after being writable (rw- to r-x)."""
-    kind = {"syscall": "mprotect", "addr": 0x7F0000000000, "len": 4096,
-            "prot_before": 3, "prot_after": 5}  # fmt: skip
+    """``mem.``: a page made executable after being writable (rw- to r-x), its bytes sent."""
+    kind = {"syscall": "mprotect", "addr": 0x7F0000000000, "len": 4096, "size": 4096,
+            "prot_before": 3, "prot_after": 5, "alert": "Protection changed from W to E!",
+            "dump": "sent", "same_as": 0, "skipped_events": 0, "skipped_dumps": 0,
+            "skipped_bytes": 0}  # fmt: skip
     return _object(b"unpacker", kind, overrides)
 
 

@@ -62,6 +62,14 @@ def summary_line(
     events, packets = events_and_packets(kernel)
     # bytes of copy_file_range/sendfile/splice are read back by the collector, not the kernel
     captured = kernel_sum(".bytes") + coll.get("readback_bytes", 0)
+    # memory capture's allowances: skipped by design, and counted (only when it ran)
+    mem = ""
+    if "mem.skipped_events" in kernel:
+        mem = (
+            f", mem budget skipped {kernel['mem.skipped_events']} events "
+            f"({kernel.get('mem.skipped_dumps', 0)} dumps, "
+            f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
+        )
     return (
         f"tracecap: summary: {events} events ({packets} packets), {captured} bytes "
         f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
@@ -75,7 +83,7 @@ def summary_line(
         f"{writer_sum('index_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes"
+        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{mem}"
     )
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tracecap import bus, protocols
 from tracecap.dns_streams import DnsReader
-from tracecap.text import prot_string, text_field
+from tracecap.text import text_field
 
 _EVENT_NAMES = {
     "write": "vfs_write",
@@ -102,18 +103,26 @@ def exec_event(env: dict[str, Any]) -> dict[str, Any]:
     ])  # fmt: skip
 
 
-def mem_event(env: dict[str, Any]) -> dict[str, Any]:
-    alert = (
-        "Mapped writable and executable"
-        if env["syscall"] == "mmap"
-        else "Protection changed from writable to executable"
-    )
+#: Tracee's names of PROT_* bits, in the order its ParseMmapProt joins them.
+_PROT_NAMES = ((1, "PROT_READ"), (2, "PROT_WRITE"), (4, "PROT_EXEC"))
+
+
+def tracee_prot(prot: int) -> str:
+    """PROT_* bits as Tracee prints them: ``PROT_READ|PROT_EXEC``, ``PROT_NONE`` for none."""
+    return "|".join(name for bit, name in _PROT_NAMES if prot & bit) or "PROT_NONE"
+
+
+def mem_event(env: dict[str, Any]) -> dict[str, Any] | None:
+    """Tracee's mem_prot_alert; None for a mem message that is no alert (a region dumped when
+    it was unmapped or its process exited, a report of what the budget skipped)."""
+    if not env["alert"]:
+        return None
     return _event(env, "mem_prot_alert", [
-        _arg("alert", "string", alert),
+        _arg("alert", "string", env["alert"]),
         _arg("addr", "void*", hex(env["addr"])),
         _arg("len", "size_t", env["len"]),
-        _arg("prot", "string", prot_string(env["prot_after"])),
-        _arg("prev_prot", "string", prot_string(env["prot_before"])),
+        _arg("prot", "string", tracee_prot(env["prot_after"])),
+        _arg("prev_prot", "string", tracee_prot(env["prot_before"])),
     ], syscall=env["syscall"])  # fmt: skip
 
 
@@ -187,7 +196,7 @@ def packet_events(
     return out
 
 
-_OBJECT_EVENTS = {
+_OBJECT_EVENTS: dict[bytes, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
     bus.TOPIC_MEM: mem_event,
     bus.TOPIC_MODULE: module_event,
     bus.TOPIC_BPF: bpf_event,
@@ -233,4 +242,6 @@ class EventPrinter:
         if len(self._printed) > self._remember:
             del self._printed[next(iter(self._printed))]
         event = make(msg.env)
-        return None if wanted and event["eventName"] not in wanted else event
+        if event is None or (wanted and event["eventName"] not in wanted):
+            return None
+        return event

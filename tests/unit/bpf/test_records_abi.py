@@ -209,6 +209,7 @@ DEFINES = [
     ("TC_EV_PATH_TRUNCATED", records.EV_PATH_TRUNCATED),
     ("TC_EV_APPEND", records.EV_APPEND),
     ("TC_DATA_UNREADABLE", records.DATA_UNREADABLE),
+    ("TC_DATA_ZERO", records.DATA_ZERO),
 ]
 
 
@@ -241,6 +242,28 @@ def test_object_syscall_enums(enum, names):
     members = _enum(enum)
     assert [value for _, value in members] == list(range(len(members)))
     assert tuple(i.split("_", 2)[-1].lower() for i, _ in members) == names
+
+
+def test_mem_alert_enum_is_tracees_numbering():
+    members = _enum("tc_mem_alert")
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_ALERT_").lower() for ident, _ in members)
+    assert names == tuple(name for name, _text in records.MEM_ALERTS)
+
+
+def test_mem_dump_enum():
+    members = _enum("tc_mem_dump")
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_DUMP_").lower() for ident, _ in members)
+    assert names == records.MEM_DUMPS
+
+
+def test_mem_counter_enum():
+    members = _enum("tc_mem_counter")
+    assert members[-1][0] == "TC_MEM_NUM_COUNTERS"
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_MEMC_").lower() for ident, _ in members[:-1])
+    assert names == records.MEM_COUNTERS
 
 
 def test_syscall_enum_order():
@@ -291,6 +314,9 @@ CHECKED_ENUMS = {
     "tc_record_kind": test_record_kind_enum,
     "tc_pkt_direction": test_pkt_direction_enum,
     "tc_mem_syscall": test_object_syscall_enums,
+    "tc_mem_alert": test_mem_alert_enum_is_tracees_numbering,
+    "tc_mem_dump": test_mem_dump_enum,
+    "tc_mem_counter": test_mem_counter_enum,
     "tc_module_syscall": test_module_syscall_enum_names_the_python_syscalls,
     "tc_counter_kind": test_counter_enum_order,
     "tc_syscall": test_syscall_enum_order,

@@ -45,12 +45,52 @@ def test_exec_event_is_cut_at_its_lengths():
 
 def test_mem_event():
     raw = build.mem_event(
-        **HDR, obj_id=21, addr=0x7F00_0000_1000, len=8192, captured=4096, prot_before=3,
-        prot_after=5, syscall=records.MEM_SYSCALLS.index("mmap"),
+        **HDR, obj_id=21, addr=0x7F00_0000_1000, len=8000, size=8192, captured=4096,
+        same_as=22, skipped_events=23, skipped_dumps=24, skipped_bytes=25, prot_before=3,
+        prot_after=5, syscall=records.MEM_SYSCALLS.index("pkey_mprotect"), alert=4, dump=2,
     )  # fmt: skip
     assert records.decode_mem_event(raw) == records.MemEvent(
-        header(records.REC_MEM_EVENT), 21, 0x7F00_0000_1000, 8192, 4096, 3, 5, "mmap"
-    )
+        header(records.REC_MEM_EVENT), 21, 0x7F00_0000_1000, 8000, 8192, 4096, 22, 23, 24, 25,
+        3, 5, "pkey_mprotect", "Protection changed from W to E!", "repeat",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("alert", "text"),
+    [
+        (0, ""),
+        (1, "Mmaped region with W+E permissions!"),
+        (2, "Protection changed to Executable!"),
+        (3, "Protection changed from E to W+E!"),
+        (4, "Protection changed from W to E!"),
+    ],
+)
+def test_mem_alerts_are_tracees_texts(alert, text):
+    """Tracee v0.17's types/trace MemProtAlert: the same numbers, the same strings."""
+    assert records.decode_mem_event(build.mem_event(alert=alert)).alert == text
+
+
+@pytest.mark.parametrize("dump", range(len(records.MEM_DUMPS)))
+def test_mem_dump_status(dump):
+    ev = records.decode_mem_event(build.mem_event(dump=dump))
+    assert ev.dump == ("none", "sent", "repeat", "budget")[dump]
+
+
+def test_mem_skipped_entry():
+    key = (4242).to_bytes(4, "little")
+    value = build.pack(
+        records.TC_MEM_PROC, refill_ns=1, events=-2, bytes=-3, skipped_events=91,
+        skipped_dumps=92, skipped_bytes=93, cgroup_id=94, uid=95, rwx_regions=96,
+    )  # fmt: skip
+    assert records.decode_mem_skipped(key, value) == records.MemSkipped(4242, 95, 94, 91, 92, 93)
+
+
+def test_mem_counters_sum_the_cpus():
+    n = len(records.MEM_COUNTERS)
+    cpu0, cpu1 = list(range(n)), [100] * n
+    out = records.decode_mem_counters([cpu0, cpu1])
+    assert list(out) == [f"mem.{name}" for name in records.MEM_COUNTERS]
+    assert out["mem.alerts"] == 100 and out["mem.table_full"] == n - 1 + 100
 
 
 def test_module_event_keeps_signs_and_cuts_at_lengths():
@@ -135,10 +175,12 @@ def test_dropped_io():
 @pytest.mark.parametrize(
     ("decode", "raw", "message"),
     [
-        (records.decode_mem_event, build.mem_event(syscall=3), "unknown syscall 3"),
+        (records.decode_mem_event, build.mem_event(syscall=5), "unknown syscall 5"),
+        (records.decode_mem_event, build.mem_event(alert=5), "unknown alert 5"),
+        (records.decode_mem_event, build.mem_event(dump=4), "unknown dump status 4"),
         (records.decode_module_event, build.module_event(syscall=2), "unknown syscall 2"),
     ],
-    ids=["mem", "module"],
+    ids=["mem", "mem-alert", "mem-dump", "module"],
 )
 def test_unknown_syscall(decode, raw, message):
     with pytest.raises(RecordError, match=message):

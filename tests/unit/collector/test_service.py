@@ -86,10 +86,11 @@ def exec_event(
     )  # fmt: skip
 
 
-def mem_event(obj_id: int, length: int, captured: int) -> bytes:
+def mem_event(obj_id: int, length: int, captured: int, *, dump: str = "sent") -> bytes:
     return build.mem_event(
-        **HEADER, obj_id=obj_id, addr=0x7F0000, len=length, captured=captured,
+        **HEADER, obj_id=obj_id, addr=0x7F0000, len=length, size=length, captured=captured,
         prot_before=3, prot_after=5, syscall=records.MEM_SYSCALLS.index("mprotect"),
+        alert=4, dump=records.MEM_DUMPS.index(dump),
     )  # fmt: skip
 
 
@@ -161,6 +162,8 @@ class FakeProbes:
         self.ring: FakeRing | None = None
         self.drops: list[records.DroppedIo] = []
         self.per_cpu: list[list[int]] = []
+        self.mem: dict[str, int] = {}
+        self.skipped: list[records.MemSkipped] = []
         self.program_names = ["tc_fork", "tc_proc_exit"]
         self.scope_cgroups: set[int] | None = None
         log.append("probes.new")
@@ -182,6 +185,12 @@ class FakeProbes:
 
     def per_cpu_counters(self) -> list[list[int]]:
         return self.per_cpu
+
+    def mem_counters(self) -> dict[str, int]:
+        return self.mem
+
+    def mem_skipped(self) -> list[records.MemSkipped]:
+        return self.skipped
 
     def close(self) -> None:
         self.log.append("probes.close")
@@ -457,6 +466,7 @@ def _check_obj_data(sent: list[Sent], rig: Rig) -> None:
 def _check_mem_event(sent: list[Sent], rig: Rig) -> None:
     msg = _one(sent)
     assert (msg.topic, msg.env["syscall"], msg.env["lost"]) == (bus.TOPIC_MEM, "mprotect", [[0, 8]])
+    assert (msg.env["alert"], msg.env["dump"]) == ("Protection changed from W to E!", "sent")
 
 
 def _check_module_event(sent: list[Sent], rig: Rig) -> None:
@@ -1032,3 +1042,50 @@ def _collector_of(rig: Rig) -> Any:
         Collector, probes=rig.make_probes, containers=rig.containers, host=rig.host,
         clock=rig.time.clock(),
     )  # fmt: skip
+
+
+# --- mem ------------------------------------------------------------------------------------
+
+
+def test_a_mem_event_without_bytes_is_one_message_of_no_object_bytes():
+    rig = Rig(config("mem"))
+    rig.started()
+    rig.feed(mem_event(510, 65536, 0, dump="repeat"))
+    [msg] = rig.sent(bus.TOPIC_MEM)
+    assert (msg.env["dump"], msg.env["obj_len"], msg.env["last"], msg.payload) == (
+        "repeat", 0, True, None,
+    )  # fmt: skip
+    assert "lost" not in msg.env and msg.env["size"] == 65536
+    bus.check_object(msg.env)
+
+
+def test_pages_never_touched_arrive_as_zeros_and_are_listed():
+    rig = Rig(config("mem"))
+    rig.started()
+    zero = build.file_data(520, 4096, b"", kind=records.REC_OBJ_DATA, want=4096,
+                           flags=records.DATA_ZERO)  # fmt: skip
+    rig.feed(mem_event(520, 12288, 12288), obj_data(520, b"A" * 4096), zero,
+             build.file_data(520, 8192, b"B" * 4096, kind=records.REC_OBJ_DATA))  # fmt: skip
+    [msg] = rig.sent(bus.TOPIC_MEM)
+    assert bytes(msg.payload) == b"A" * 4096 + bytes(4096) + b"B" * 4096
+    assert msg.env["zero"] == [[4096, 8192]] and "lost" not in msg.env
+
+
+def test_mem_counters_are_in_the_stats_and_skips_left_are_reported_at_a_stop():
+    rig = Rig(config("mem"))
+    collector = rig.started()
+    assert rig.probes is not None
+    rig.probes.mem = {"mem.alerts": 7, "mem.skipped_events": 5}
+    rig.probes.skipped = [records.MemSkipped(4300, 1000, CGROUP, 5, 6, 7 << 16)]
+    rig.host.proc[4300, "comm"] = b"luajit\n"
+    rig.containers.containers[CGROUP] = "c0ffee"
+    assert collector.stats_env()["kernel"]["mem.skipped_events"] == 5
+    stop(collector)
+    [msg] = rig.sent(bus.TOPIC_MEM)
+    env = msg.env
+    assert (env["syscall"], env["pid"], env["comm"], env["container_id"]) == (
+        "stop", 4300, b"luajit", "c0ffee",
+    )  # fmt: skip
+    assert (env["skipped_events"], env["skipped_dumps"], env["skipped_bytes"]) == (5, 6, 7 << 16)
+    assert (env["obj_len"], env["last"], env["dump"], env["alert"]) == (0, True, "none", "")
+    bus.decode(bus.encode(bus.TOPIC_MEM, dict(env, v=bus.VERSION, epoch=1, seq=0)))

@@ -61,7 +61,8 @@ def test_chunks_are_assembled_byte_exact_in_any_order(h: Harness) -> None:
             off, data = chunks[i]
             # `last` rides on whichever chunk comes last on the wire, or on the highest offset.
             last = (pos == len(order) - 1) if n % 2 else (i == len(chunks) - 1)
-            h.send(data, mem_env(obj_id=n, ts=n, obj_off=off, last=last))
+            # one address per object: the same bytes at the same address would be one artifact
+            h.send(data, mem_env(obj_id=n, ts=n, addr=n << 12, obj_off=off, last=last))
     h.writer.close()
     records = h.records()
     assert len(records) == 24

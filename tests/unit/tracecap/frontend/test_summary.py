@@ -59,6 +59,14 @@ def test_packets_are_events_in_the_summary_and_the_status_line():
     assert status_line(now, before, 2.0, 0).startswith("tracecap: 150 events/s, ")
 
 
+def test_summary_says_what_the_mem_allowances_skipped():
+    kernel = {"mem.events": 70, "mem.skipped_events": 900, "mem.skipped_dumps": 910,
+              "mem.skipped_bytes": 910 << 16}  # fmt: skip
+    line = summary_line({"kernel": kernel, "collector": {}}, {})
+    assert line.endswith(", mem budget skipped 900 events (910 dumps, 59637760 bytes)")
+    assert "mem budget" not in summary_line({"kernel": {"write.events": 1}, "collector": {}}, {})
+
+
 def test_status_line_rate_bytes_artifacts_losses():
     before = {"kernel": {"write.events": 100, "write.bytes": 0}}
     now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tests.support.envelopes import mem_env
 from tracecap import bus
 from tracecap.frontend import tracee_json
 from tracecap.frontend.tracee_json import event_for, file_event
@@ -156,3 +157,31 @@ def test_append_stream_reports_its_io_offset_as_pos():
 
 def test_the_collectors_extent_announcement_is_no_event():
     assert file_event(file_env(io_off=0, io_len=0, io_count=0, off=500, extent=500)) is None
+
+
+def mem_msg(**env) -> bus.Message:
+    return bus.Message(bus.TOPIC_MEM, dict(mem_env(), epoch=1, seq=0, v=1, **env), b"")
+
+
+def test_mem_prot_alert_is_tracees():
+    event = tracee_json.EventPrinter().event_for(mem_msg(), ())
+    assert event is not None and event["eventName"] == "mem_prot_alert"
+    assert event["args"] == [
+        {"name": "alert", "type": "string", "value": "Protection changed from W to E!"},
+        {"name": "addr", "type": "void*", "value": "0x7f0000000000"},
+        {"name": "len", "type": "size_t", "value": 4096},
+        {"name": "prot", "type": "string", "value": "PROT_READ|PROT_EXEC"},
+        {"name": "prev_prot", "type": "string", "value": "PROT_READ|PROT_WRITE"},
+    ]
+    assert event["syscall"] == "mprotect"
+
+
+def test_a_mem_message_without_alert_prints_nothing():
+    printer = tracee_json.EventPrinter()
+    assert printer.event_for(mem_msg(alert="", syscall="exit", obj_id=2), ()) is None
+
+
+@pytest.mark.parametrize(("prot", "text"), [(0, "PROT_NONE"), (7, "PROT_READ|PROT_WRITE|PROT_EXEC"),
+                                            (4, "PROT_EXEC")])  # fmt: skip
+def test_tracee_prot(prot, text):
+    assert tracee_json.tracee_prot(prot) == text
