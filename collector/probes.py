@@ -298,11 +298,12 @@ class KernelProbes:
 
     def mem_counters(self) -> dict[str, int]:
         """The mem capture's own counters (alerts, repeats, what the allowances skipped)."""
-        rows = []
-        for idx in range(len(records.MEM_COUNTERS)):
-            raw = self._obj.lookup(BpfMap.MEM_COUNTERS, struct.pack("<I", idx), 8 * self._ncpu)
-            rows.append(struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,) * self._ncpu)
-        return records.decode_mem_counters([list(cpu) for cpu in zip(*rows, strict=True)])
+        n = len(records.MEM_COUNTERS)
+        raw = self._obj.lookup(BpfMap.MEM_COUNTERS, struct.pack("<I", 0), 8 * n * self._ncpu)
+        values = struct.unpack(f"<{n * self._ncpu}Q", raw) if raw else (0,) * (n * self._ncpu)
+        return records.decode_mem_counters(
+            [list(values[i : i + n]) for i in range(0, len(values), n)]
+        )
 
     def mem_skipped(self) -> list[records.MemSkipped]:
         """Processes whose mem allowances skipped something no event reported yet."""
