@@ -204,7 +204,8 @@ static __always_inline void tc_mem_refill(struct tc_mem_proc *p)
     if (elapsed > TC_NS)
         elapsed = TC_NS;   /* at most one second's worth is banked */
     p->refill_ns = now;
-    __s64 ev_cap = (__s64)cfg.mem_events_per_s * TC_NS, byte_cap = (__s64)cfg.mem_bytes_per_s * TC_NS;
+    __s64 ev_cap = (__s64)cfg.mem_events_per_s * TC_NS;
+    __s64 byte_cap = (__s64)cfg.mem_bytes_per_s * TC_NS;
     __s64 events = p->events + (__s64)elapsed * cfg.mem_events_per_s;
     __s64 bytes = p->bytes + (__s64)elapsed * cfg.mem_bytes_per_s;
     p->events = events > ev_cap ? ev_cap : events;
@@ -260,11 +261,14 @@ static __always_inline bool tc_mem_take_bytes(struct tc_mem_proc *p, __u64 bytes
     return true;
 }
 
+/* Count what the allowances skipped: globally, and on the process for its next event.
+ * `unexamined`: a change not even looked at (past the event allowance). */
 static __always_inline void tc_mem_skip(struct tc_mem_proc *p, __u64 events, __u64 dumps,
-                                        __u64 bytes)
+                                        __u64 bytes, __u64 unexamined)
 {
     struct tc_mem_counters *c = tc_mem_counters();
     if (c) {
+        c->n[TC_MEMC_UNEXAMINED] += unexamined;
         c->n[TC_MEMC_SKIPPED_EVENTS] += events;
         c->n[TC_MEMC_SKIPPED_DUMPS] += dumps;
         c->n[TC_MEMC_SKIPPED_BYTES] += bytes;
@@ -484,7 +488,7 @@ __noinline int tc_mem_report(struct tc_mem_req *r)
     if (r->alert)
         tc_mem_count(TC_MEMC_ALERTS, 1);
     if (r->metered && !tc_mem_take_event(p)) {
-        tc_mem_skip(p, 1, want ? 1 : 0, want ? size : 0);
+        tc_mem_skip(p, 1, want ? 1 : 0, want ? size : 0, 0);
         return 0;
     }
     struct tc_mem_event ev = {};
@@ -507,7 +511,7 @@ __noinline int tc_mem_report(struct tc_mem_req *r)
             return 0;
         }
         if (dump == TC_DUMP_BUDGET)   /* the event itself says so: counted globally only */
-            tc_mem_skip(NULL, 0, 1, size);
+            tc_mem_skip(NULL, 0, 1, size, 0);
         if (dump == TC_DUMP_REPEAT)
             tc_mem_count(TC_MEMC_REPEATS, 1);
     }
@@ -603,7 +607,6 @@ static __always_inline void tc_mem_note(struct tc_mem_region_key *key, __u64 len
     }
 }
 
-
 /* Tracee's rules, in its order (the later one wins). Only W_REM asks for a dump. */
 static __always_inline __u32 tc_mem_alert(__u32 before, __u32 after)
 {
@@ -643,8 +646,7 @@ static __always_inline int tc_mem_mprotect(struct trace_event_raw_sys_enter *ctx
          * traces), and LuaJIT makes 50,000 of these changes a second. */
         tc_mem_refill(q);
         if (q->events < TC_NS) {
-            tc_mem_skip(q, 1, 0, tc_page_up(len ?: TC_PAGE_SIZE));
-            tc_mem_count(TC_MEMC_UNEXAMINED, 1);
+            tc_mem_skip(q, 1, 0, tc_page_up(len ?: TC_PAGE_SIZE), 1);
             return 0;
         }
     }
@@ -773,7 +775,7 @@ static long tc_mem_exit_region(struct bpf_map *map, struct tc_mem_region_key *ke
     if (!current)
         return 0;
     if (c->n >= TC_EXIT_REGIONS) {
-        tc_mem_skip(bpf_map_lookup_elem(&mem_procs, &c->tgid), 0, 1, tc_page_up(len));
+        tc_mem_skip(bpf_map_lookup_elem(&mem_procs, &c->tgid), 0, 1, tc_page_up(len), 0);
         return 0;
     }
     c->n++;
@@ -800,7 +802,9 @@ int BPF_PROG(tc_mem_exit, struct task_struct *task)
     if (!p)
         return 0;
     if (p->rwx_regions && task->mm) {
-        struct tc_mem_exit c = { .tgid = tgid, .mm = (__u64)task->mm, .exec_id = task->self_exec_id };
+        struct tc_mem_exit c = {
+            .tgid = tgid, .mm = (__u64)task->mm, .exec_id = task->self_exec_id,
+        };
         bpf_for_each_map_elem(&mem_rwx, tc_mem_exit_region, &c, 0);
         p = bpf_map_lookup_elem(&mem_procs, &tgid);
         if (!p)
