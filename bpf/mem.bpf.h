@@ -116,66 +116,58 @@ static __always_inline void tc_mem_count(__u32 idx, __u64 n)
 /* ---- the kernel's direct map, for the page walk ------------------------------------------ */
 
 /* page_offset_base (randomized with KASLR) is in neither kallsyms (no CONFIG_KALLSYMS_ALL) nor
- * BTF. The PGD page is in the direct map: with the right 1 GiB-aligned base B, walking the
- * kernel's own page tables for the PGD's address gives physical address pgd - B. One candidate
- * does; a wrong one reads elsewhere and, in practice, never lands on that exact address.
- * 0: not looked for yet; 1: not found (4-level x86-64 paging only), pages stay unreadable. */
+ * BTF. The PGD page is in the direct map: with the right 1 GiB-aligned base B and the right
+ * number of paging levels (4, or 5 with LA57), walking the kernel's own page tables for the
+ * PGD's address gives physical address pgd - B. One candidate does; a wrong one reads
+ * elsewhere and, in practice, never lands on that exact address: a wrong layout (memory
+ * encryption bits in the entries, another architecture's tables) finds none, and pages that
+ * cannot be read then stay unreadable rather than being called zeros.
+ * tc_dmap_base 0: not looked for yet; 1: not found. */
 __u64 tc_dmap_base = 0;
+__u32 tc_dmap_levels = 0;
 
 enum { TC_WALK_NONE = 0, TC_WALK_PRESENT, TC_WALK_UNKNOWN };
 
-/* Follow `va` from `pgd` (4-level paging, tables read through the direct map at `base`):
- * NONE when an entry on the way is empty (nothing was ever mapped there), PRESENT with the
- * physical address, UNKNOWN for anything else (swapped out, a marker, an unreadable table). */
-static __always_inline int tc_walk(__u64 base, __u64 pgd, __u64 va, __u64 *phys)
+/* Follow `va` from `pgd` through `levels` levels of tables (read through the direct map at
+ * `base`): NONE when an entry on the way is empty (nothing was ever mapped there), PRESENT with
+ * the physical address, UNKNOWN for anything else (swapped out, a marker, an unreadable
+ * table). Level 0 holds the PTEs; levels 1 and 2 may map 2 MiB and 1 GiB pages. */
+static __always_inline int tc_walk(__u64 base, __u64 pgd, __u64 va, __u32 levels, __u64 *phys)
 {
-    __u64 e = 0;
-    if (bpf_probe_read_kernel(&e, 8, (void *)(pgd + ((va >> 39) & 511) * 8)))
-        return TC_WALK_UNKNOWN;
-    if (!e)
-        return TC_WALK_NONE;
-    if (!(e & TC_PTE_PRESENT))
-        return TC_WALK_UNKNOWN;
-    if (bpf_probe_read_kernel(&e, 8, (void *)(base + (e & TC_PFN_MASK) + ((va >> 30) & 511) * 8)))
-        return TC_WALK_UNKNOWN;
-    if (!e)
-        return TC_WALK_NONE;
-    if (!(e & TC_PTE_PRESENT))
-        return TC_WALK_UNKNOWN;
-    if (e & TC_PTE_HUGE) {
-        *phys = (e & TC_PFN_MASK & ~(TC_GIB - 1)) + (va & (TC_GIB - 1));
-        return TC_WALK_PRESENT;
+    __u64 table = pgd;
+    for (int level = 4; level >= 0; level--) {
+        if (level >= levels)
+            continue;
+        __u32 shift = 12 + 9 * level;
+        __u64 e = 0;
+        if (bpf_probe_read_kernel(&e, 8, (void *)(table + ((va >> shift) & 511) * 8)))
+            return TC_WALK_UNKNOWN;
+        if (!e)
+            return TC_WALK_NONE;
+        if (!(e & TC_PTE_PRESENT))
+            return TC_WALK_UNKNOWN;
+        if (level == 0 || ((level == 1 || level == 2) && (e & TC_PTE_HUGE))) {
+            __u64 span = (1ull << shift) - 1;
+            *phys = (e & TC_PFN_MASK & ~span) + (va & span);
+            return TC_WALK_PRESENT;
+        }
+        table = base + (e & TC_PFN_MASK);
     }
-    if (bpf_probe_read_kernel(&e, 8, (void *)(base + (e & TC_PFN_MASK) + ((va >> 21) & 511) * 8)))
-        return TC_WALK_UNKNOWN;
-    if (!e)
-        return TC_WALK_NONE;
-    if (!(e & TC_PTE_PRESENT))
-        return TC_WALK_UNKNOWN;
-    if (e & TC_PTE_HUGE) {
-        *phys = (e & TC_PFN_MASK & ~((1ull << 21) - 1)) + (va & ((1ull << 21) - 1));
-        return TC_WALK_PRESENT;
-    }
-    if (bpf_probe_read_kernel(&e, 8, (void *)(base + (e & TC_PFN_MASK) + ((va >> 12) & 511) * 8)))
-        return TC_WALK_UNKNOWN;
-    if (!e)
-        return TC_WALK_NONE;
-    if (!(e & TC_PTE_PRESENT))
-        return TC_WALK_UNKNOWN;
-    *phys = (e & TC_PFN_MASK) + (va & (TC_PAGE_SIZE - 1));
-    return TC_WALK_PRESENT;
+    return TC_WALK_UNKNOWN;
 }
 
 struct tc_dmap_search {
     __u64 pgd;
     __u64 found;
+    __u32 levels;
 };
 
 static long tc_dmap_try(__u32 k, struct tc_dmap_search *s)
 {
     __u64 base = (s->pgd & ~(TC_GIB - 1)) - ((__u64)k << 30);
     __u64 phys = 0;
-    if (tc_walk(base, s->pgd, s->pgd, &phys) == TC_WALK_PRESENT && phys == s->pgd - base) {
+    if (tc_walk(base, s->pgd, s->pgd, s->levels, &phys) == TC_WALK_PRESENT &&
+        phys == s->pgd - base) {
         s->found = base;
         return 1;
     }
@@ -187,8 +179,13 @@ static __always_inline __u64 tc_dmap(__u64 pgd)
     __u64 base = tc_dmap_base;
     if (base)
         return base == 1 ? 0 : base;
-    struct tc_dmap_search s = { .pgd = pgd };
+    struct tc_dmap_search s = { .pgd = pgd, .levels = 4 };
     bpf_loop(TC_DMAP_TRIES, tc_dmap_try, &s, 0);
+    if (!s.found) {
+        s.levels = 5;
+        bpf_loop(TC_DMAP_TRIES, tc_dmap_try, &s, 0);
+    }
+    tc_dmap_levels = s.levels;
     tc_dmap_base = s.found ?: 1;
     return s.found;
 }
@@ -344,7 +341,8 @@ struct tc_mem_pass {
 static __always_inline bool tc_mem_zero_page(struct tc_mem_pass *c, __u64 va)
 {
     __u64 phys = 0;
-    return c->dmap && va < c->anon_end && tc_walk(c->dmap, c->pgd, va, &phys) == TC_WALK_NONE;
+    return c->dmap && va < c->anon_end &&
+           tc_walk(c->dmap, c->pgd, va, tc_dmap_levels, &phys) == TC_WALK_NONE;
 }
 
 struct tc_page {
