@@ -99,9 +99,9 @@ OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
 #: What one process's memory captures may cost per second (bpf/mem.bpf.h): events (alerts and
-#: dumps), and bytes of its memory hashed or dumped. LuaJIT changes protections 50,000 times a
-#: second when it compiles many small functions; within these it runs within a few percent of
-#: its untraced speed (scripts/bench_mem.py), and a dump of 4 MiB/s is about 32 of its 64 KiB
+#: dumps), and bytes of its memory hashed or dumped. LuaJIT compiling many small functions
+#: makes 44,000-51,000 changes to executable a second; with these it runs at 1.06x its
+#: untraced time (scripts/bench_mem.py, median), and 4 MiB/s is about 32 of its 64 KiB
 #: machine-code areas hashed and sent.
 MEM_EVENTS_PER_S = 64
 MEM_BYTES_PER_S = 4 << 20
