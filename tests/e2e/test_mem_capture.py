@@ -153,6 +153,51 @@ def test_an_unpacker_is_dumped_exactly_alerted_as_tracee_and_repeats_counted(tra
     assert "mem budget skipped 0 events" in run.stderr
 
 
+TOGGLER = """
+import ctypes, sys, time
+open("/proc/self/comm", "w").write("tc-toggler")
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+p = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+ctypes.memmove(p, b"\\xc3" * 16, 16)
+for _ in range(int(sys.argv[1])):
+    assert libc.mprotect(p, 4096, 5) == 0 and libc.mprotect(p, 4096, 3) == 0
+print(p, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_toggler_still_running_at_the_stop_has_every_change_in_the_index(tracecap, workdir):
+    """Past its event allowance a process's changes are counted; what no event of it carried
+    is reported by the collector when capture stops."""
+    run = tracecap_mem(tracecap, "--scope", "comm=tc-toggler")
+    script = workdir / "toggler.py"
+    script.write_text(textwrap.dedent(TOGGLER))
+    proc = subprocess.Popen([sys.executable, str(script), "300"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        addr = int(proc.stdout.readline())
+        run.stop()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    pid = proc.pid
+    (region,) = ours(run.records("mem"), pid)  # the same bytes each time: one artifact
+    assert (region["address"], region["alert"], region["complete"]) == (addr, W_TO_E, True)
+    assert run.artifact(region["path"].split("/")[1]) == b"\xc3" * 16 + bytes(PAGE - 16)
+    budget = ours(run.records("mem_budget"), pid)
+    assert [r["reported_by"] for r in budget] == ["stop"]
+    alerts = ours(run.records("mem_alert"), pid)
+    assert (
+        region["occurrences"] + sum(r["occurrences"] for r in alerts) + budget[0]["skipped_events"]
+        == 300
+    )
+    assert budget[0]["skipped_events"] > 0 and budget[0]["skipped_bytes"] >= PAGE
+
+
 LUA_MANY_TRACES = """
 -- Compiles many small functions (each loop becomes a trace: two mprotects), then, once the
 -- allowance is back, one more, and waits with its machine code as it was last dumped.
