@@ -22,6 +22,7 @@ bench: setup-test
 	/opt/tracecap/venv/bin/python scripts/bench_net_exec.py
 	/opt/tracecap/venv/bin/python scripts/bench_state.py
 	/opt/tracecap/venv/bin/python scripts/bench_protocols.py
+	/opt/tracecap/venv/bin/python scripts/bench_mem.py
 
 lint:
 	/opt/tracecap/venv/bin/ruff check . && /opt/tracecap/venv/bin/ruff format --check .

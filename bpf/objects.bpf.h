@@ -10,7 +10,6 @@
 #define TC_PARAMS_MASK (TC_PARAMS_BUF - 1)
 #define PROT_WRITE 0x2
 #define PROT_EXEC 0x4
-#define VM_WRITE 0x2
 #define NR_INIT_MODULE 175
 #define NR_FINIT_MODULE 313
 #define BPF_PROG_LOAD_CMD 5

@@ -57,11 +57,14 @@ enum tc_mem_dump {
     TC_DUMP_REPEAT,          /* the same content as the earlier dump `same_as` of this region */
     TC_DUMP_BUDGET,          /* due, skipped: the process spent its byte allowance */
 };
-/* Counters of the mem capture beyond the per-kind block, in the per-CPU `mem_counters`. */
+/* Counters of the mem capture beyond the per-kind block: the per-CPU `mem_counters` holds
+ * them all in one slot. */
 enum tc_mem_counter {
-    TC_MEMC_ALERTS = 0,      /* protection changes Tracee alerts on, sent or not */
+    TC_MEMC_ALERTS = 0,      /* protection changes examined that Tracee alerts on, sent or not */
+    TC_MEMC_UNEXAMINED,      /* changes to an executable protection not examined: the process's
+                              * event allowance was spent */
     TC_MEMC_REPEATS,         /* dumps found equal to the region's previous one: no bytes sent */
-    TC_MEMC_SKIPPED_EVENTS,  /* events not sent: the process's event allowance was spent */
+    TC_MEMC_SKIPPED_EVENTS,  /* unexamined changes and events not sent, for the same reason */
     TC_MEMC_SKIPPED_DUMPS,   /* dumps not made for the same reason or its byte allowance */
     TC_MEMC_SKIPPED_BYTES,   /* bytes of those regions */
     TC_MEMC_ZERO_BYTES,      /* bytes sent as never-touched anonymous pages (zeros) */
@@ -250,10 +253,12 @@ struct tc_mem_event {
     __u64 size;              /* the region's bytes: len rounded up to pages */
     __u64 captured;          /* bytes sent as data records (size, capped); 0 unless dump is SENT */
     __u64 same_as;           /* dump REPEAT: obj_id of the earlier dump with the same content */
-    __u64 skipped_events;    /* budget: events this process did not send since its last one */
-    __u64 skipped_dumps;     /* ... dumps those events were due (a sent event's own skipped
+    __u64 skipped_events;    /* budget: since the process's previous event, its changes to an
+                              * executable protection that were not examined (past its event
+                              * allowance), and events not sent */
+    __u64 skipped_dumps;     /* ... dumps known due and not made (a sent event's own skipped
                               * dump is its dump BUDGET) */
-    __u64 skipped_bytes;     /* ... bytes of those regions */
+    __u64 skipped_bytes;     /* ... bytes of the regions of both */
     __u32 prot_before;       /* PROT_* bits from the VMA's vm_flags */
     __u32 prot_after;
     __u32 syscall;           /* enum tc_mem_syscall */
@@ -265,13 +270,14 @@ struct tc_mem_event {
 /* Value of `mem_procs`, per tgid: its allowances (refilled each second, see mem.bpf.h) and what
  * they skipped that no event reported yet; the collector reports what is left at a stop. */
 struct tc_mem_proc {
-    __u64 refill_ns;         /* CLOCK_BOOTTIME of the last refill */
+    __u64 refill_ns;         /* CLOCK_MONOTONIC of the last refill */
     __s64 events;            /* event allowance, in event-nanoseconds: an event costs 1e9 */
     __s64 bytes;             /* byte allowance: a dump may start while it is positive */
     __u64 skipped_events;
     __u64 skipped_dumps;
     __u64 skipped_bytes;
     __u64 cgroup_id;         /* who, for the collector's report at a stop */
+    __u64 exec_id;           /* the program (task->self_exec_id) the entry was made for */
     __u32 uid;
     __u32 rwx_regions;       /* this process's entries in `mem_rwx` */
 };

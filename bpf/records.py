@@ -52,6 +52,7 @@ MEM_DUMPS = ("none", "sent", "repeat", "budget")
 #: enum tc_mem_counter: the per-CPU ``mem_counters`` map, reported as ``mem.<name>``.
 MEM_COUNTERS = (
     "alerts",
+    "unexamined",
     "repeats",
     "skipped_events",
     "skipped_dumps",
@@ -215,8 +216,8 @@ TC_MEM_EVENT = CStruct("tc_mem_event", (
 ))  # fmt: skip
 TC_MEM_PROC = CStruct("tc_mem_proc", (
     ("refill_ns", "Q"), ("events", "q"), ("bytes", "q"), ("skipped_events", "Q"),
-    ("skipped_dumps", "Q"), ("skipped_bytes", "Q"), ("cgroup_id", "Q"), ("uid", "I"),
-    ("rwx_regions", "I"),
+    ("skipped_dumps", "Q"), ("skipped_bytes", "Q"), ("cgroup_id", "Q"), ("exec_id", "Q"),
+    ("uid", "I"), ("rwx_regions", "I"),
 ))  # fmt: skip
 TC_MODULE_EVENT = CStruct("tc_module_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),

@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
 #include "objects.bpf.h"
+#include "pagewalk.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"
 

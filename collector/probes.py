@@ -105,9 +105,9 @@ OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
 #: What one process's memory captures may cost per second (bpf/mem.bpf.h): events (alerts and
-#: dumps), and bytes of its memory hashed or dumped. LuaJIT changes protections 50,000 times a
-#: second when it compiles many small functions; within these it runs within a few percent of
-#: its untraced speed (scripts/bench_mem.py), and a dump of 4 MiB/s is about 32 of its 64 KiB
+#: dumps), and bytes of its memory hashed or dumped. LuaJIT compiling many small functions
+#: makes 44,000-51,000 changes to executable a second; with these it runs at 1.06x its
+#: untraced time (scripts/bench_mem.py, median), and 4 MiB/s is about 32 of its 64 KiB
 #: machine-code areas hashed and sent.
 MEM_EVENTS_PER_S = 64
 MEM_BYTES_PER_S = 4 << 20
@@ -304,11 +304,12 @@ class KernelProbes:
 
     def mem_counters(self) -> dict[str, int]:
         """The mem capture's own counters (alerts, repeats, what the allowances skipped)."""
-        rows = []
-        for idx in range(len(records.MEM_COUNTERS)):
-            raw = self._obj.lookup(BpfMap.MEM_COUNTERS, struct.pack("<I", idx), 8 * self._ncpu)
-            rows.append(struct.unpack(f"<{self._ncpu}Q", raw) if raw else (0,) * self._ncpu)
-        return records.decode_mem_counters([list(cpu) for cpu in zip(*rows, strict=True)])
+        n = len(records.MEM_COUNTERS)
+        raw = self._obj.lookup(BpfMap.MEM_COUNTERS, struct.pack("<I", 0), 8 * n * self._ncpu)
+        values = struct.unpack(f"<{n * self._ncpu}Q", raw) if raw else (0,) * (n * self._ncpu)
+        return records.decode_mem_counters(
+            [list(values[i : i + n]) for i in range(0, len(values), n)]
+        )
 
     def mem_skipped(self) -> list[records.MemSkipped]:
         """Processes whose mem allowances skipped something no event reported yet."""

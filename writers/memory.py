@@ -94,6 +94,7 @@ class MemoryWriter(ObjectWriter):
         region = self._by_content.get(key)
         if region is None:
             return False
+        self._zero.pop(asm.key, None)  # no record of its own to carry them
         self._occurred(region, asm.first_ts)
         self._remember(asm.key, region)  # the kernel's later repeats name this object
         return True

@@ -153,6 +153,51 @@ def test_an_unpacker_is_dumped_exactly_alerted_as_tracee_and_repeats_counted(tra
     assert "mem budget skipped 0 events" in run.stderr
 
 
+TOGGLER = """
+import ctypes, sys, time
+open("/proc/self/comm", "w").write("tc-toggler")
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+p = libc.mmap(None, 4096, 3, 0x22, -1, 0)
+ctypes.memmove(p, b"\\xc3" * 16, 16)
+for _ in range(int(sys.argv[1])):
+    assert libc.mprotect(p, 4096, 5) == 0 and libc.mprotect(p, 4096, 3) == 0
+print(p, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_toggler_still_running_at_the_stop_has_every_change_in_the_index(tracecap, workdir):
+    """Past its event allowance a process's changes are counted; what no event of it carried
+    is reported by the collector when capture stops."""
+    run = tracecap_mem(tracecap, "--scope", "comm=tc-toggler")
+    script = workdir / "toggler.py"
+    script.write_text(textwrap.dedent(TOGGLER))
+    proc = subprocess.Popen([sys.executable, str(script), "300"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        addr = int(proc.stdout.readline())
+        run.stop()
+    finally:
+        proc.kill()
+        proc.wait(30)
+    pid = proc.pid
+    (region,) = ours(run.records("mem"), pid)  # the same bytes each time: one artifact
+    assert (region["address"], region["alert"], region["complete"]) == (addr, W_TO_E, True)
+    assert run.artifact(region["path"].split("/")[1]) == b"\xc3" * 16 + bytes(PAGE - 16)
+    budget = ours(run.records("mem_budget"), pid)
+    assert [r["reported_by"] for r in budget] == ["stop"]
+    alerts = ours(run.records("mem_alert"), pid)
+    assert (
+        region["occurrences"] + sum(r["occurrences"] for r in alerts) + budget[0]["skipped_events"]
+        == 300
+    )
+    assert budget[0]["skipped_events"] > 0 and budget[0]["skipped_bytes"] >= PAGE
+
+
 LUA_MANY_TRACES = """
 -- Compiles many small functions (each loop becomes a trace: two mprotects), then, once the
 -- allowance is back, one more, and waits with its machine code as it was last dumped.
@@ -228,8 +273,11 @@ def test_luajit_is_bounded_complete_exact_and_nothing_is_lost_uncounted(tracecap
         + sum(r["skipped_events"] for r in budget)
     )
     assert counted == strace_count(log, pid), "every RW->RX change dumped, alerted or counted"
-    skipped_dumps = sum(r["skipped_dumps"] for r in budget)
-    assert skipped_dumps > 0 and sum(r["skipped_bytes"] for r in budget) >= skipped_dumps * PAGE
+    # past its byte allowance a change is alerted with its dump skipped; past its event
+    # allowance it is counted unexamined, with the bytes of its region
+    assert any(r["dump"] == "budget" for r in ours(run.records("mem_alert"), pid))
+    unexamined = sum(r["skipped_events"] for r in budget)
+    assert sum(r["skipped_bytes"] for r in budget) >= unexamined * PAGE > 0
 
 
 def _is_luajit(pid: str, strace_pid: int) -> bool:

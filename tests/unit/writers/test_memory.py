@@ -152,6 +152,8 @@ def test_zero_ranges_are_in_the_record(h: Harness) -> None:
     (rec,) = h.of("mem")
     assert rec["zero_ranges"] == [[4096, 12288]] and rec["complete"] is True
     assert (h.root / rec["path"]).read_bytes() == region
+    h.dump(region, obj_id=2, ts=2, zero=[[4096, 12288]])  # an occurrence: nothing kept of it
+    assert h.writer.counters["repeats"] == 1 and h.writer._zero == {}
 
 
 @pytest.mark.parametrize("zero", [[[5, 1]], [[0]], "no", [[-1, 4]], [[0, 1]] * 20000])
