@@ -88,6 +88,10 @@ enum tc_syscall {
     /* io_uring requests (IORING_OP_*), captured at their completion */
     TC_SYS_IO_URING_WRITE, TC_SYS_IO_URING_WRITEV, TC_SYS_IO_URING_WRITE_FIXED,
     TC_SYS_IO_URING_READ, TC_SYS_IO_URING_READV, TC_SYS_IO_URING_READ_FIXED,
+    /* socket calls with a user buffer (sendto/recvfrom) or a msghdr's iovec array */
+    TC_SYS_SENDTO, TC_SYS_SENDMSG, TC_SYS_RECVFROM, TC_SYS_RECVMSG,
+    TC_SYS_IO_URING_SEND, TC_SYS_IO_URING_SENDMSG, TC_SYS_IO_URING_RECV,
+    TC_SYS_IO_URING_RECVMSG,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };

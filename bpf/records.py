@@ -89,6 +89,14 @@ SYSCALLS = (
     "io_uring_read",
     "io_uring_readv",
     "io_uring_read_fixed",
+    "sendto",
+    "sendmsg",
+    "recvfrom",
+    "recvmsg",
+    "io_uring_send",
+    "io_uring_sendmsg",
+    "io_uring_recv",
+    "io_uring_recvmsg",
 )
 DIR_WRITE, DIR_READ = 0, 1
 

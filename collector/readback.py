@@ -79,7 +79,7 @@ class ReadbackJob:
     env: dict[str, Any]  # the artifact's keys, with ts, io_id, io_len, io_count
     base: int  # the artifact offset of the transfer's first byte (0 for streams)
     length: int
-    identity: FileIdentity  # the file as the kernel saw it; any change since loses the rest
+    identity: FileIdentity  # the file as opened; any change since loses the rest
     done: int = 0
 
 
@@ -113,7 +113,11 @@ class Readback:
         for tries, end in candidates(xfer):
             fd, why = self._open(tries, end)
             if fd is not None:
-                identity = identity_of(end)
+                # as opened, which the opener checked is the kernel's view of it
+                st = os.fstat(fd)
+                identity = identity_of(end)._replace(
+                    ctime=st.st_ctime_ns, mtime=st.st_mtime_ns, size=st.st_size
+                )
                 self._jobs.append(ReadbackJob(fd, end.pos, topic, env, base, ev.io_len, identity))
                 return []
             reasons.append(why)

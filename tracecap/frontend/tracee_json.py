@@ -33,6 +33,16 @@ _EVENT_NAMES = {
     "io_uring_read": "vfs_read",
     "io_uring_readv": "vfs_readv",
     "io_uring_read_fixed": "vfs_read",
+    # socket calls never reach Tracee's vfs_* hooks; these are the events that carry the
+    # same thing (bytes of one buffer, or of an iovec array) for a tracecap capture
+    "sendto": "vfs_write",
+    "sendmsg": "vfs_writev",
+    "recvfrom": "vfs_read",
+    "recvmsg": "vfs_readv",
+    "io_uring_send": "vfs_write",
+    "io_uring_sendmsg": "vfs_writev",
+    "io_uring_recv": "vfs_read",
+    "io_uring_recvmsg": "vfs_readv",
 }
 _TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 _HOSTNAME = socket.gethostname()
