@@ -23,6 +23,7 @@ def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dic
     """The common envelope keys for an event's process (host ids, namespace ids, cgroup)."""
     return {
         "ts": h.ts + boot_to_epoch,
+        "cpu": h.cpu,
         "pid": h.pid,
         "tid": h.tid,
         "ppid": h.ppid,

@@ -85,9 +85,15 @@ class _Run:
     end: int  # file offset after the last syscall
     ts_last: int
     io_count: int = 1
+    #: [ts, bytes] of each syscall once a second joins, so that consumers can tell them apart
+    #: (Tracee prints one event per syscall)
+    ios: list[list[int]] | None = None
 
     def join(self, data: bytes | memoryview, ts: int) -> None:
         """Append the next whole syscall of the stream."""
+        if self.ios is None:
+            self.ios = [[self.first.ts, len(self.buf)]]
+        self.ios.append([ts, len(data)])
         self.buf += data
         self.end += len(data)
         self.ts_last = ts
@@ -404,6 +410,8 @@ class FileAssembler:
             io_off=0,
             off=self._file_off(first, 0),
         )
+        if run.ios is not None:
+            env["ios"] = run.ios
         self._extents.note(first.stream.topic, first.stream.env, run.end, run.ts_last)
         return Outgoing(first.stream.topic, env, run.buf)  # handed over, never changed again
 

@@ -227,6 +227,7 @@ class Collector:
         container = self._containers.container_of(ev.hdr.cgroup_id)
         env = context_env(ev.hdr, self._boot_to_epoch, container) | {
             "path": link if memfd else ev.filename,
+            "exe_path": link,
             "argv": list(ev.argv),
             "argv_truncated": ev.argv_truncated,
             "dev": ev.dev,

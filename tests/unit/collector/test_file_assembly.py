@@ -104,6 +104,7 @@ def test_single_chunk_io_gives_one_message_with_full_envelope():
     assert msg.payload == PATTERN[:10]
     assert msg.env == {
         "ts": 5_000 + BOOT_TO_EPOCH,
+        "cpu": 3,
         "pid": 100,
         "tid": 101,
         "ppid": 50,
