@@ -146,6 +146,9 @@ struct tc_hdr {
     __u32 ns_pid;            /* the same, as the process's own pid namespace numbers them */
     __u32 ns_tid;
     __u32 ns_ppid;
+    __u32 mnt_ns;            /* mount namespace inode number (Tracee's mountNamespace) */
+    __u64 thread_start;      /* the thread's start, CLOCK_BOOTTIME ns (threadStartTime) */
+    __u32 pid_ns;            /* pid namespace inode number, the thread's own (pidNamespace) */
     __u32 _pad;
     char comm[TC_COMM_LEN];
 };
@@ -165,6 +168,8 @@ struct tc_file_event {
     __u32 path_len;
     __u32 generation;        /* i_generation: tells a new file from an old one whose inode
                               * number it reuses */
+    __u64 req;               /* what the syscall asked for: bytes (read, write), iovecs (readv,
+                              * writev: Tracee's vlen); transfers without a buffer: io_len */
     char path[TC_PATH_BUF + TC_NAME_SLACK];
 };
 
@@ -183,6 +188,7 @@ struct tc_file_cont {
     __u64 prev_io_id;        /* the syscall this one continues */
     __u64 io_len;
     __u64 pos;
+    __u64 req;               /* as tc_file_event's */
 };
 
 /* ---- transfers without a user buffer (copy_file_range, sendfile, splice) ---- */

@@ -180,16 +180,17 @@ def _is_pad(name: str) -> bool:
 TC_HDR = CStruct("tc_hdr", (
     ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("pid", "I"), ("tid", "I"), ("ppid", "I"),
     ("uid", "I"), ("cgroup_id", "Q"), ("ns_pid", "I"), ("ns_tid", "I"), ("ns_ppid", "I"),
-    ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
+    ("mnt_ns", "I"), ("thread_start", "Q"), ("pid_ns", "I"), ("_pad", "I"),
+    ("comm", f"{COMM_LEN}s"),
 ))  # fmt: skip
 TC_FILE_EVENT = CStruct("tc_file_event", (
     ("h", TC_HDR), ("io_id", "Q"), ("io_len", "Q"), ("pos", "Q"), ("inode", "Q"), ("dev", "I"),
     ("mode", "I"), ("fd", "i"), ("syscall", "H"), ("direction", "B"), ("flags", "B"),
-    ("path_len", "I"), ("generation", "I"), ("path", f"{PATH_BUF + NAME_SLACK}s"),
+    ("path_len", "I"), ("generation", "I"), ("req", "Q"), ("path", f"{PATH_BUF + NAME_SLACK}s"),
 ))  # fmt: skip
 TC_FILE_CONT = CStruct("tc_file_cont", (
     ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("io_id", "Q"), ("prev_io_id", "Q"),
-    ("io_len", "Q"), ("pos", "Q"),
+    ("io_len", "Q"), ("pos", "Q"), ("req", "Q"),
 ))  # fmt: skip
 TC_FILE_DATA = CStruct("tc_file_data", (
     ("kind", "I"), ("len", "I"), ("io_id", "Q"), ("io_off", "Q"), ("want", "I"), ("flags", "I"),
@@ -304,6 +305,10 @@ class Header(NamedTuple):
     ns_pid: int = 0
     ns_tid: int = 0
     ns_ppid: int = 0
+    #: mount and pid namespace inode numbers, the thread's start (CLOCK_BOOTTIME ns)
+    mnt_ns: int = 0
+    pid_ns: int = 0
+    thread_start: int = 0
 
 
 class FileEvent(NamedTuple):
@@ -324,6 +329,8 @@ class FileEvent(NamedTuple):
     flags: int
     path: bytes
     generation: int = 0
+    #: what the syscall asked for: bytes, or iovecs for the vectored calls
+    req: int = 0
 
     @property
     def append(self) -> bool:
@@ -353,6 +360,7 @@ class FileCont(NamedTuple):
     io_len: int
     pos: int
     first: FileData
+    req: int = 0
 
 
 class XferEnd(NamedTuple):
@@ -503,9 +511,8 @@ def decode_file_event(raw: bytes) -> FileEvent:
         raise RecordError(f"file event of {len(raw)} bytes, expected {FILE_EVENT.size}")
     f = FILE_EVENT.unpack_from(raw)
     hdr = _header(f)
-    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, generation, path) = (
-        f[_HF:]
-    )
+    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, generation, req,
+     path) = f[_HF:]  # fmt: skip
     if sc >= len(SYSCALLS):
         raise RecordError(f"file event with unknown syscall {sc}")
     return FileEvent(
@@ -522,6 +529,7 @@ def decode_file_event(raw: bytes) -> FileEvent:
         flags,
         _cstr(path[: min(path_len, PATH_BUF)]),
         generation,
+        req,
     )
 
 
@@ -561,8 +569,8 @@ def decode_file_cont(raw: bytes | memoryview) -> FileCont:
             f"file continuation of {len(raw)} bytes, expected at least {FILE_CONT_AND_DATA.size}"
         )
     fields = FILE_CONT_AND_DATA.unpack_from(raw)
-    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos = fields[:7]
-    _data_kind, length, data_io_id, io_off, want, flags = fields[7:]
+    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos, req = fields[:8]
+    _data_kind, length, data_io_id, io_off, want, flags = fields[8:]
     if data_io_id != io_id:
         raise RecordError(f"file continuation {io_id} carries data of {data_io_id}")
     # A view, not a copy: the collector copies these bytes once, into the run they join.
@@ -570,21 +578,20 @@ def decode_file_cont(raw: bytes | memoryview) -> FileCont:
     if len(data) != length:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
     first = FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
-    return FileCont(ts, io_id, prev_io_id, io_len, pos, first)
+    return FileCont(ts, io_id, prev_io_id, io_len, pos, first, req)
 
 
 def whole_file_cont(
     raw: bytes | memoryview,
-) -> tuple[int, int, int, int, bytes | memoryview] | None:
-    """(ts, io_id, prev_io_id, pos, data) of a continuation whose first chunk is its syscall's
+) -> tuple[int, int, int, int, int, bytes | memoryview] | None:
+    """(ts, io_id, prev_io_id, pos, req, data) of a continuation whose first chunk is its syscall's
     every byte, all readable; None for any other (or malformed) one, which
     ``decode_file_cont`` then handles. The collector's hot path: no record objects, and
     ``data`` is a slice of ``raw`` (a view of the ring when ``raw`` is one)."""
     if len(raw) < FILE_CONT_AND_DATA.size:
         return None
-    (_k, _c, ts, io_id, prev_io_id, io_len, pos, _dk, length, data_io_id, io_off, want, flags) = (
-        FILE_CONT_AND_DATA.unpack_from(raw)
-    )
+    (_k, _c, ts, io_id, prev_io_id, io_len, pos, req, _dk, length, data_io_id, io_off, want,
+     flags) = FILE_CONT_AND_DATA.unpack_from(raw)  # fmt: skip
     if (
         length != io_len
         or want != length
@@ -595,7 +602,7 @@ def whole_file_cont(
     ):
         return None
     start = FILE_CONT_AND_DATA.size
-    return ts, io_id, prev_io_id, pos, raw[start : start + length]
+    return ts, io_id, prev_io_id, pos, req, raw[start : start + length]
 
 
 def _need(raw: bytes, layout: CStruct, what: str) -> None:
@@ -604,8 +611,8 @@ def _need(raw: bytes, layout: CStruct, what: str) -> None:
 
 
 def _header(fields: tuple) -> Header:
-    ns_pid, ns_tid, ns_ppid, _pad, comm = fields[8:_HF]
-    return Header(*fields[:8], _cstr(comm), ns_pid, ns_tid, ns_ppid)
+    ns_pid, ns_tid, ns_ppid, mnt_ns, thread_start, pid_ns, _pad, comm = fields[8:_HF]
+    return Header(*fields[:8], _cstr(comm), ns_pid, ns_tid, ns_ppid, mnt_ns, pid_ns, thread_start)
 
 
 def decode_exec_event(raw: bytes) -> ExecEvent:

@@ -74,6 +74,7 @@ class _PendingIo:
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0  # io-relative offset of buf[0]
     whole: bool = True  # nothing flushed or lost yet: it may join a run
+    req: int = 0  # what the syscall asked for (bytes, or iovecs)
 
 
 @dataclass
@@ -85,15 +86,15 @@ class _Run:
     end: int  # file offset after the last syscall
     ts_last: int
     io_count: int = 1
-    #: [ts, bytes] of each syscall once a second joins, so that consumers can tell them apart
-    #: (Tracee prints one event per syscall)
+    #: [ts, bytes, asked] of each syscall once a second joins, so that consumers can tell
+    #: them apart (Tracee prints one event per syscall)
     ios: list[list[int]] | None = None
 
-    def join(self, data: bytes | memoryview, ts: int) -> None:
+    def join(self, data: bytes | memoryview, ts: int, req: int) -> None:
         """Append the next whole syscall of the stream."""
         if self.ios is None:
-            self.ios = [[self.first.ts, len(self.buf)]]
-        self.ios.append([ts, len(data)])
+            self.ios = [[self.first.ts, len(self.buf), self.first.req]]
+        self.ios.append([ts, len(data), req])
         self.buf += data
         self.end += len(data)
         self.ts_last = ts
@@ -213,7 +214,9 @@ class FileAssembler:
         out = self._replace_stream(h.tid, stream)
         self._remember(ev.io_id, stream)
         ts = h.ts + self._boot_to_epoch
-        self._pending[ev.io_id] = _PendingIo(stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns)
+        self._pending[ev.io_id] = _PendingIo(
+            stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns, req=ev.req
+        )
         return out
 
     def on_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
@@ -222,7 +225,9 @@ class FileAssembler:
         if (
             first.io_off == 0
             and len(first.data) == cont.io_len
-            and self._join_whole(cont.ts, cont.io_id, cont.prev_io_id, cont.pos, first.data, now_ns)
+            and self._join_whole(
+                cont.ts, cont.io_id, cont.prev_io_id, cont.pos, cont.req, first.data, now_ns
+            )
         ):
             return []
         return self._start_cont(cont, now_ns)
@@ -238,7 +243,14 @@ class FileAssembler:
         return self._start_cont(records.decode_file_cont(raw), now_ns)
 
     def _join_whole(
-        self, ts: int, io_id: int, prev_io_id: int, pos: int, data: bytes | memoryview, now_ns: int
+        self,
+        ts: int,
+        io_id: int,
+        prev_io_id: int,
+        pos: int,
+        req: int,
+        data: bytes | memoryview,
+        now_ns: int,
     ) -> bool:
         """The common case under load: a syscall whose bytes all came with its continuation
         joins its stream's open run, when no syscall waits for bytes (so none is left to
@@ -254,7 +266,7 @@ class FileAssembler:
         del self._streams[prev_io_id]
         stream.seen_ns = now_ns
         self._remember(io_id, stream)
-        run.join(data, ts + self._boot_to_epoch)
+        run.join(data, ts + self._boot_to_epoch, req)
         return True
 
     def _start_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
@@ -273,7 +285,7 @@ class FileAssembler:
         out = [] if prev is None else self._close(prev)  # see _replace_stream
         ts = cont.ts + self._boot_to_epoch
         self._pending[cont.io_id] = _PendingIo(
-            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
+            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns, req=cont.req
         )
         return out + self.on_data(cont.first, now_ns)
 
@@ -380,7 +392,7 @@ class FileAssembler:
         previous run if it belongs to another stream, or is not followed by this one)."""
         run = self._joinable_run(io.stream, io.pos, io.io_len)
         if run is not None:
-            run.join(io.buf, io.ts)
+            run.join(io.buf, io.ts, io.req)
             return []
         out = self._take_run(io)
         self._runs[io.stream.key] = _Run(io, io.buf, io.pos + io.io_len, io.ts)
@@ -412,6 +424,8 @@ class FileAssembler:
         )
         if run.ios is not None:
             env["ios"] = run.ios
+        else:
+            env["io_req"] = first.req
         self._extents.note(first.stream.topic, first.stream.env, run.end, run.ts_last)
         return Outgoing(first.stream.topic, env, run.buf)  # handed over, never changed again
 
@@ -429,6 +443,7 @@ class FileAssembler:
             io_count=1,
             io_off=io_off,
             off=self._file_off(io, io_off),
+            io_req=io.req,
         )
 
     @staticmethod

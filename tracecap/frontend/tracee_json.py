@@ -157,7 +157,7 @@ def file_events(
     pathname = file_pathname(env)
     ios = env.get("ios") if not merged else None
     if not ios:
-        ios = [[env["ts"], env["io_len"]]]
+        ios = [[env["ts"], env["io_len"], env.get("io_req", env["io_len"])]]
     syscall_name = _SYSCALL_OF.get(syscall, syscall)
     out = []
     pos = env["off"]
