@@ -231,6 +231,8 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     ev->ctime = 0;
     ev->mtime = 0;
     ev->size = 0;
+    ev->load_flags = 0;
+    ev->_pad = 0;
     __u64 uargs;
     if (nr == NR_INIT_MODULE) {
         ev->syscall = TC_MOD_INIT;
@@ -249,6 +251,7 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     } else {
         ev->syscall = TC_MOD_FINIT;
         ev->fd = (__s32)a.a0;
+        ev->load_flags = (__u32)a.a2;
         uargs = a.a1;
         struct file *f = tc_fd_file(ev->fd);
         if (f)
@@ -362,6 +365,14 @@ int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
     ev.insn_cnt = attr.insn_cnt;
     ev.prog_type = attr.prog_type;
     __builtin_memcpy(ev.prog_name, attr.prog_name, TC_PROG_NAME_LEN);
+    if (ctx->ret >= 0) {
+        /* the new fd's file holds the program (its private_data) */
+        struct file *f = tc_fd_file((__s32)ctx->ret);
+        if (f) {
+            struct bpf_prog *prog = (struct bpf_prog *)BPF_CORE_READ(f, private_data);
+            ev.prog_id = BPF_CORE_READ(prog, aux, id);
+        }
+    }
     __u64 bytes = (__u64)attr.insn_cnt * 8;
     ev.captured = bytes > TC_OBJ_MAX ? TC_OBJ_MAX : bytes;
     if (!tc_emit_event(TC_KIND_BPF, &ev, sizeof(ev)))

@@ -317,6 +317,8 @@ struct tc_module_event {
     __u64 ctime;             /* the file's inode change time, ns */
     __u64 mtime;             /* its modification time, ns */
     __u64 size;              /* its size */
+    __u32 load_flags;        /* finit_module's flags argument (0 for init_module) */
+    __u32 _pad;
     char params[TC_PARAMS_BUF];
     char path[TC_PATH_BUF];
 };
@@ -329,6 +331,8 @@ struct tc_bpf_event {
     __u32 insn_cnt;
     __u32 prog_type;
     char prog_name[TC_PROG_NAME_LEN];
+    __u32 prog_id;           /* the loaded program's id (bpftool's), 0 when the load failed */
+    __u32 _pad;
 };
 
 /* A packet from the IP header on (cgroup_skb sees no link layer), cut to the snap length. */

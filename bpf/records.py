@@ -224,12 +224,12 @@ TC_MODULE_EVENT = CStruct("tc_module_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),
     ("inode", "Q"), ("dev", "I"), ("fd", "i"), ("syscall", "I"), ("params_len", "I"),
     ("path_len", "I"), ("flags", "I"), ("addr", "Q"), ("map_start", "Q"), ("map_end", "Q"),
-    ("map_pgoff", "Q"), ("ctime", "Q"), ("mtime", "Q"), ("size", "Q"),
-    ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
+    ("map_pgoff", "Q"), ("ctime", "Q"), ("mtime", "Q"), ("size", "Q"), ("load_flags", "I"),
+    ("_pad", "I"), ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_BPF_EVENT = CStruct("tc_bpf_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("captured", "Q"), ("insn_cnt", "I"),
-    ("prog_type", "I"), ("prog_name", f"{PROG_NAME_LEN}s"),
+    ("prog_type", "I"), ("prog_name", f"{PROG_NAME_LEN}s"), ("prog_id", "I"), ("_pad", "I"),
 ))  # fmt: skip
 TC_PACKET = CStruct("tc_packet", (
     ("kind", "I"), ("len", "I"), ("ts", "Q"), ("cookie", "Q"), ("cgroup_id", "Q"),
@@ -477,6 +477,8 @@ class ModuleEvent(NamedTuple):
     mtime: int = 0
     size: int = 0
     mapping: ModuleMapping | None = None
+    #: finit_module's flags argument
+    load_flags: int = 0
 
 
 class BpfEvent(NamedTuple):
@@ -491,6 +493,8 @@ class BpfEvent(NamedTuple):
     insn_cnt: int
     prog_type: int
     prog_name: bytes
+    #: the loaded program's id, 0 when the load failed
+    prog_id: int = 0
 
 
 _KIND = struct.Struct("<I")
@@ -684,6 +688,7 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
         f.mtime,
         f.size,
         mapping,
+        f.load_flags,
     )
 
 
@@ -691,7 +696,14 @@ def decode_bpf_event(raw: bytes) -> BpfEvent:
     _need(raw, TC_BPF_EVENT, "bpf event")
     f = TC_BPF_EVENT.unpack(raw)
     return BpfEvent(
-        _header(f), f.obj_id, f.ret, f.captured, f.insn_cnt, f.prog_type, _cstr(f.prog_name)
+        _header(f),
+        f.obj_id,
+        f.ret,
+        f.captured,
+        f.insn_cnt,
+        f.prog_type,
+        _cstr(f.prog_name),
+        f.prog_id,
     )
 
 

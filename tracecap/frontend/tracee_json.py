@@ -19,6 +19,7 @@ from typing import Any
 import dpkt
 
 from tracecap import bus, protocols
+from tracecap.bpf_helpers import helpers_used
 from tracecap.dns_streams import DnsReader
 from tracecap.schemas import SCHEMAS
 from tracecap.text import text_field
@@ -206,7 +207,7 @@ def tracee_prot(prot: int) -> str:
     return "|".join(name for bit, name in _PROT_NAMES if prot & bit) or "PROT_NONE"
 
 
-def mem_event(env: dict[str, Any]) -> dict[str, Any] | None:
+def mem_event(env: dict[str, Any], _payload: bytes = b"") -> dict[str, Any] | None:
     """Tracee's mem_prot_alert; None for a mem message that is no alert (a region dumped when
     it was unmapped or its process exited, a report of what the budget skipped)."""
     if not env["alert"]:
@@ -226,10 +227,10 @@ def mem_event(env: dict[str, Any]) -> dict[str, Any] | None:
     return _envelope(env, "mem_prot_alert", args, 0, env["syscall"])
 
 
-def module_event(env: dict[str, Any]) -> dict[str, Any]:
+def module_event(env: dict[str, Any], _payload: bytes = b"") -> dict[str, Any]:
     params = text_field(env["params"])
     if env["syscall"] == "finit_module":
-        args = _args("finit_module", env.get("fd", -1), params, env.get("flags", 0))
+        args = _args("finit_module", env.get("fd", -1), params, env.get("load_flags", 0))
     else:
         args = _args("init_module", _pointer(env.get("addr", 0)), env["obj_len"], params)
     return _envelope(env, env["syscall"], args, env["ret"], env["syscall"])
@@ -257,12 +258,14 @@ def bpf_prog_type(value: int) -> str:
     return BPF_PROG_TYPES[value] if 0 <= value < len(BPF_PROG_TYPES) else ""
 
 
-def bpf_event(env: dict[str, Any]) -> dict[str, Any]:
+def bpf_event(env: dict[str, Any], insns: bytes = b"") -> dict[str, Any]:
+    """security_bpf_prog; ``helpers`` from the instructions of the program's first message
+    (all of a program up to 1 MiB of bytecode, unless bytes of it were lost)."""
     args = _args(
         "security_bpf_prog",
         bpf_prog_type(env["prog_type"]),
         text_field(env["prog_name"]),
-        list(env.get("helpers", [])),
+        helpers_used(insns),
         env.get("prog_id", 0),
         True,
     )
@@ -420,7 +423,8 @@ def packet_events(
     return out
 
 
-_OBJECT_EVENTS: dict[bytes, Callable[[dict[str, Any]], dict[str, Any] | None]] = {
+#: Object events by topic, made from the object's first message (envelope and payload).
+_OBJECT_EVENTS: dict[bytes, Callable[[dict[str, Any], bytes], dict[str, Any] | None]] = {
     bus.TOPIC_MEM: mem_event,
     bus.TOPIC_MODULE: module_event,
     bus.TOPIC_BPF: bpf_event,
@@ -462,7 +466,7 @@ class EventPrinter:
         self._printed[key] = None
         if len(self._printed) > self._remember:
             del self._printed[next(iter(self._printed))]
-        event = make(msg.env)
+        event = make(msg.env, msg.payload if msg.env.get("obj_off") == 0 else b"")
         if event is None or (wanted and event["eventName"] not in wanted):
             return []
         return [event]

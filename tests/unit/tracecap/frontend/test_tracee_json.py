@@ -222,6 +222,17 @@ def test_module_events():
     assert [a["value"] for a in checked(finit)["args"]] == [3, "x=1", 0]
 
 
+def test_bpf_event_names_the_helpers_its_instructions_call():
+    call = bytes([0x85, 0, 0, 0]) + (14).to_bytes(4, "little")  # get_current_pid_tgid
+    lookup = bytes([0x85, 0, 0, 0]) + (1).to_bytes(4, "little")
+    local = bytes([0x85, 0x10, 0, 0]) + (5).to_bytes(4, "little")  # a BPF-to-BPF call
+    exit_ = bytes([0x95]) + bytes(7)
+    payload = call + lookup + call + local + exit_
+    env = bpf_env(insn_cnt=5, obj_len=40)
+    (event,) = tracee_json.EventPrinter().events_for(bus.Message(bus.TOPIC_BPF, env, payload), ())
+    assert checked(event)["args"][2]["value"] == ["map_lookup_elem", "get_current_pid_tgid"]
+
+
 def test_bpf_event():
     (event,) = tracee_json.EventPrinter().events_for(bus.Message(bus.TOPIC_BPF, bpf_env(), b""), ())
     event = checked(event)
