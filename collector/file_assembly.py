@@ -27,6 +27,10 @@ from tracecap import bus
 
 #: Bytes gathered before they are published as one message.
 MAX_MESSAGE_PAYLOAD = 256 * 1024
+#: Syscalls gathered into one message at most: a run lists each in ``ios`` (about 20 bytes of
+#: envelope each), so that tiny writes keep the envelope under bus.MAX_ENVELOPE_BYTES
+#: (1024 of them: about 20 KiB, beside a path of up to 4 KiB).
+MAX_RUN_IOS = 1024
 #: An io whose bytes have not all arrived after this long is closed with the rest marked lost.
 IO_TIMEOUT_NS = 1_000_000_000
 #: A stream not continued for this long is forgotten (the kernel sends a full event at least
@@ -406,6 +410,7 @@ class FileAssembler:
             and run.first.stream is stream
             and (stream.append or run.end == pos)
             and len(run.buf) + size <= MAX_MESSAGE_PAYLOAD
+            and run.io_count < MAX_RUN_IOS
         ):
             return run
         return None

@@ -532,6 +532,17 @@ def test_a_run_lists_each_syscalls_time_size_and_request(from_ring):
     assert (single.env["io_req"], "ios" in single.env) == (4, False)
 
 
+def test_a_run_of_tiny_writes_is_cut_at_max_run_ios_so_its_envelope_stays_small():
+    from collector.file_assembly import MAX_RUN_IOS
+
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    out = stream_of(asm, [1] * (MAX_RUN_IOS + 10))
+    assert [m.env["io_count"] for m in out] == [MAX_RUN_IOS, 10]
+    for m in out:
+        env = dict(m.env, v=bus.VERSION, epoch=1, seq=1, path=b"/" * 4096)
+        assert len(bus.encode(m.topic, env, m.payload)[1]) < bus.MAX_ENVELOPE_BYTES
+
+
 def test_a_run_is_cut_at_the_message_size_and_the_pieces_tile_the_file():
     asm = FileAssembler(0)
     sizes = [CHUNK] * 20
