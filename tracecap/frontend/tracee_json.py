@@ -86,7 +86,8 @@ def _envelope(
     container = env.get("container_id", "")
     return {
         "timestamp": env["ts"],
-        "threadStartTime": env.get("thread_start", 0),
+        # a packet's envelope names its owner's start as start_time
+        "threadStartTime": env.get("thread_start") or env.get("start_time", 0),
         "processorId": env.get("cpu", 0),
         # as the process's own pid namespace numbers it; the host's numbers follow
         "processId": env.get("ns_pid") or env["pid"],
@@ -313,7 +314,7 @@ def icmp_type_code(icmp_type: int, code: int, names: dict[int, str], codes: dict
 def proto_ipv4(ip: dpkt.ip.IP) -> dict[str, Any]:
     return {
         "version": ip.v, "IHL": ip.hl, "TOS": ip.tos, "length": ip.len, "id": ip.id,
-        "flags": ip.off >> 13, "fragOffset": ip.off & 0x1FFF, "TTL": ip.ttl,
+        "flags": ip._flags_offset >> 13, "fragOffset": ip._flags_offset & 0x1FFF, "TTL": ip.ttl,
         "protocol": _IP_PROTOCOLS.get(ip.p, f"UnknownIPProtocol({ip.p})"), "checksum": ip.sum,
         "srcIP": str(ipaddress.ip_address(ip.src)), "dstIP": str(ipaddress.ip_address(ip.dst)),
     }  # fmt: skip

@@ -9,14 +9,16 @@ import copy
 import json
 from pathlib import Path
 
+import dpkt
 import pytest
 
-from tests.support import tracee_decode
-from tests.support.envelopes import bpf_env, mem_env, module_env, proc_env
+from tests.support import dnsmsg, tracee_decode
+from tests.support.envelopes import bpf_env, mem_env, module_env, packet_env, proc_env
 from tests.support.tracee_decode import DecodeError
 from tracecap import bus, schemas
 from tracecap.frontend import tracee_json
 from tracecap.kinds import EVENT_NAMES
+from tracecap.protocols import classify
 
 _GOLDEN_FILE = Path(__file__).parents[2] / "support" / "tracee_golden.jsonl"
 GOLDEN = [json.loads(line) for line in _GOLDEN_FILE.read_text().split("\n") if line]
@@ -76,16 +78,30 @@ def _printed() -> list[dict]:
         out += printer.events_for(bus.Message(topic, env, b"x" * 10), ())
     out += printer.events_for(bus.Message(bus.TOPIC_PROC, proc_env(), b""), ())
     out += printer.events_for(bus.Message(bus.TOPIC_MEM, mem_env(), b""), ())
-    out += printer.events_for(bus.Message(bus.TOPIC_MODULE, module_env(), b""), ())
-    env = module_env(syscall="finit_module", fd=3, obj_id=2)
+    # obj_id is unique per epoch across object kinds
+    out += printer.events_for(bus.Message(bus.TOPIC_MODULE, module_env(obj_id=3), b""), ())
+    env = module_env(syscall="finit_module", fd=3, obj_id=4)
     out += printer.events_for(bus.Message(bus.TOPIC_MODULE, env, b""), ())
-    out += printer.events_for(bus.Message(bus.TOPIC_BPF, bpf_env(), b""), ())
+    out += printer.events_for(bus.Message(bus.TOPIC_BPF, bpf_env(obj_id=5), b""), ())
+    http = dnsmsg.tcp(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", dport=80)
+    echo = dpkt.icmp.ICMP(type=8, data=dpkt.icmp.ICMP.Echo(id=7, seq=1, data=b"x"))
+    echo6 = dpkt.icmp6.ICMP6(type=128, data=dpkt.icmp6.ICMP6.Echo(id=7, seq=1, data=b"x"))
+    for data in (dnsmsg.udp(dnsmsg.query()), dnsmsg.udp(b"x", dport=9, v6=True), http,
+                 dnsmsg.ipv4(echo, 1), dnsmsg.ipv6(echo6, 58)):  # fmt: skip
+        env = packet_env(protocols=classify(data), orig_len=len(data), start_time=5)
+        out += printer.events_for(bus.Message(bus.TOPIC_NET_PACKET, env, data), EVENT_NAMES)
     return out
 
 
-def test_built_events_follow_their_schema():
-    for event in _printed():
+def test_built_events_of_every_kind_follow_their_schema():
+    events = _printed()
+    assert {e["eventName"] for e in events} == set(EVENT_NAMES)
+    for event in events:
         tracee_decode.decode(json.dumps(event))
+    packets = [e for e in events if e["eventName"].startswith("net_packet_")]
+    assert {e["threadStartTime"] for e in packets} == {5}
+    icmp = next(e for e in events if e["eventName"] == "net_packet_icmp")["args"][2]["value"]
+    assert (icmp["typeCode"], icmp["id"], icmp["seq"]) == ("EchoRequest", 7, 1)
 
 
 @pytest.mark.parametrize(
