@@ -110,6 +110,10 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
     ev->mode = inode->i_mode;
     ev->ctime = tc_inode_ctime(inode);
     ev->flags = 0;
+    struct file *in = tc_fd_file(0);
+    ev->stdin_mode = in ? BPF_CORE_READ(in, f_inode, i_mode) & S_IFMT : 0;
+    if (BPF_CORE_READ(p, real_parent, flags) & 0x00200000 /* PF_KTHREAD */)
+        ev->flags |= TC_EXEC_FROM_KERNEL;
     long r = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), bprm->filename);
     ev->filename_len = r > 0 ? r - 1 : 0;
     if (ev->filename_len == TC_FILENAME_BUF - 1)

@@ -128,6 +128,7 @@ enum tc_counter {
 /* exec_event.flags */
 #define TC_EXEC_ARGV_TRUNCATED 1
 #define TC_EXEC_FILENAME_TRUNCATED 2
+#define TC_EXEC_FROM_KERNEL 4        /* the parent is a kernel thread (Tracee's invoked_from_kernel) */
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -242,7 +243,7 @@ struct tc_exec_event {
     __u32 filename_len;
     __u32 argv_len;
     __u32 flags;             /* TC_EXEC_* */
-    __u32 _pad;
+    __u32 stdin_mode;        /* i_mode & S_IFMT of the new program's fd 0; 0 when it has none */
     char filename[TC_FILENAME_BUF];
     char argv[TC_ARGV_BUF];
 };

@@ -68,6 +68,7 @@ MOD_MAP_SHARED = 4
 MOD_MAP_WRITTEN = 8
 EXEC_ARGV_TRUNCATED = 1
 EXEC_FILENAME_TRUNCATED = 2
+EXEC_FROM_KERNEL = 4
 
 SYSCALLS = (
     "write",
@@ -206,7 +207,7 @@ TC_XFER = CStruct("tc_xfer", (
 TC_FILE_XFER = CStruct("tc_file_xfer", (("ev", TC_FILE_EVENT), ("x", TC_XFER)), prefix_nested=True)
 TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
-    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("_pad", "I"),
+    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("stdin_mode", "I"),
     ("filename", f"{FILENAME_BUF}s"), ("argv", f"{ARGV_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
@@ -404,6 +405,10 @@ class ExecEvent(NamedTuple):
     filename: bytes
     argv: tuple[bytes, ...]
     argv_truncated: bool
+    #: the file type bits (S_IFMT) of the program's fd 0 at exec, 0 when it has none
+    stdin_mode: int = 0
+    #: its parent is a kernel thread (a usermode helper)
+    from_kernel: bool = False
 
 
 class MemEvent(NamedTuple):
@@ -633,6 +638,8 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
         f.filename[: min(f.filename_len, FILENAME_BUF)],
         argv_items,
         bool(f.flags & EXEC_ARGV_TRUNCATED),
+        f.stdin_mode,
+        bool(f.flags & EXEC_FROM_KERNEL),
     )
 
 

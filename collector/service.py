@@ -33,6 +33,7 @@ from collector.object_files import (
     FillJob,
     exec_candidates,
     is_memfd,
+    stdin_path,
 )
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
@@ -228,6 +229,9 @@ class Collector:
         env = context_env(ev.hdr, self._boot_to_epoch, container) | {
             "path": link if memfd else ev.filename,
             "exe_path": link,
+            "stdin_mode": ev.stdin_mode,
+            "stdin_path": stdin_path(ev.stdin_mode, self._host.stdin_link(ev.hdr.pid)),
+            "from_kernel": ev.from_kernel,
             "argv": list(ev.argv),
             "argv_truncated": ev.argv_truncated,
             "dev": ev.dev,

@@ -33,7 +33,8 @@ os.close(fd)
 
 def run_ok(*argv: str | Path, ok: bool | None = True) -> subprocess.CompletedProcess:
     """Run a real program; ``ok`` says whether it must succeed (None: either)."""
-    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
     assert ok is None or (done.returncode == 0) == ok, done
     return done
 
@@ -76,6 +77,8 @@ def test_every_event_kind_from_real_programs_follows_its_schema(tracecap, workdi
     )  # fmt: skip
     run_ok("dd", "if=/dev/zero", f"of={workdir}/out", "bs=4096", "count=3", "status=none")
     run_ok("cat", source)
+    piped = subprocess.run(["cat"], input=b"read testing 123\n", capture_output=True, check=True)
+    assert piped.stdout == b"read testing 123\n"
     run_ok("python3", "-c", PY_VECTORED, workdir)
     run_ok("luajit", "-e", LUA_HOT_LOOP)
     run_ok("insmod", ko, ok=False)  # ENOSYS here: no module support, the attempt is the event
@@ -109,6 +112,10 @@ def test_every_event_kind_from_real_programs_follows_its_schema(tracecap, workdi
     assert dd["mountNamespace"] == os.stat("/proc/self/ns/mnt").st_ino
     assert dd["pidNamespace"] == os.stat("/proc/self/ns/pid").st_ino
     assert 0 <= dd["processorId"] < os.cpu_count()
+    assert (args(dd)["stdin_type"], args(dd)["stdin_path"]) == ("S_IFCHR", "/dev/null")
+    assert args(dd)["invoked_from_kernel"] == 0
+    (cat,) = [e for e in events["sched_process_exec"] if args(e)["argv"] == ["cat"]]
+    assert (args(cat)["stdin_type"], args(cat)["stdin_path"]) == ("S_IFIFO", "")  # a pipe
     assert dd["threadStartTime"] <= dd["timestamp"]
     assert dd["threadStartTime"] > dd["timestamp"] - 60 * 10**9
 

@@ -191,12 +191,25 @@ def exec_event(env: dict[str, Any]) -> dict[str, Any]:
         0,
         [text_field(a) for a in env["argv"]],
         cmdpath,  # interp: bprm->interp, the given path unless a script's interpreter ran
-        "",  # stdin_type, stdin_path: not collected (README)
-        "",
-        0,
+        inode_type(env.get("stdin_mode", 0)),
+        text_field(env.get("stdin_path", b"")),
+        int(env.get("from_kernel", False)),
         [],  # env: Tracee prints it only with option:exec-env
     )
     return _envelope(env, "sched_process_exec", args, 0, env.get("exec_syscall", "execve"))
+
+
+#: libbpfgo's ParseInodeMode names of file types (S_IFMT), which Tracee parses stdin_type with.
+_INODE_TYPES = {
+    stat.S_IFSOCK: "S_IFSOCK", stat.S_IFLNK: "S_IFLNK", stat.S_IFREG: "S_IFREG",
+    stat.S_IFBLK: "S_IFBLK", stat.S_IFDIR: "S_IFDIR", stat.S_IFCHR: "S_IFCHR",
+    stat.S_IFIFO: "S_IFIFO",
+}  # fmt: skip
+
+
+def inode_type(mode: int) -> str:
+    """A file type as Tracee prints stdin_type; "" for none (no fd 0)."""
+    return _INODE_TYPES.get(stat.S_IFMT(mode), "")
 
 
 #: Tracee's names of PROT_* bits, in the order its ParseMmapProt joins them.

@@ -34,6 +34,12 @@ def test_exec_event():
     )  # fmt: skip
 
 
+def test_exec_event_says_stdins_type_and_a_kernel_parent():
+    raw = build.exec_event(**HDR, stdin_mode=0o020000, flags=records.EXEC_FROM_KERNEL)
+    ev = records.decode_exec_event(raw)
+    assert (ev.stdin_mode, ev.from_kernel, ev.argv_truncated) == (0o020000, True, False)
+
+
 def test_exec_event_is_cut_at_its_lengths():
     assert records.decode_exec_event(build.exec_event(argv=b"true\0")).argv == (b"true",)
     raw = build.pack(

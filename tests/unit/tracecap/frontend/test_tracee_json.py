@@ -200,13 +200,17 @@ def test_the_collectors_extent_announcement_is_no_event():
 
 
 def test_exec_event_has_tracees_sixteen_arguments():
-    env = dict(proc_env(), exe_path=b"/usr/bin/payload", cpu=0)
+    env = dict(proc_env(), exe_path=b"/usr/bin/payload", cpu=0, stdin_mode=0o020644,
+               stdin_path=b"/dev/pts/3", from_kernel=True)  # fmt: skip
     (event,) = events_for(bus.Message(bus.TOPIC_PROC, env, b""), ())
     event = checked(event)
     args = {a["name"]: a["value"] for a in event["args"]}
     assert event["eventId"] == "713" and event["argsNum"] == 16
     assert (args["cmdpath"], args["pathname"]) == ("/tmp/payload", "/usr/bin/payload")
     assert args["argv"] == ["/tmp/payload", "-x"]
+    assert (args["stdin_type"], args["stdin_path"], args["invoked_from_kernel"]) == (
+        "S_IFCHR", "/dev/pts/3", 1
+    )  # fmt: skip
     assert (event["syscall"], event["returnValue"]) == ("execve", 0)
 
 
