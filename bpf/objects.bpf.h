@@ -93,6 +93,24 @@ static __always_inline __u64 tc_inode_ctime(struct inode *inode)
     return 0;
 }
 
+/* `f`'s path into `dst` (TC_PATH_BUF bytes, NUL-terminated), walked in the file events'
+ * scratch as module files are; its length. */
+static __always_inline __u32 tc_exec_path(struct file *f, char *dst)
+{
+    __u32 zero = 0;
+    struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
+    if (!ps || !f)
+        return 0;
+    ps->ev.flags = 0;
+    tc_build_path(ps, f);
+    __u32 n = ps->ev.path_len;
+    if (n > TC_PATH_BUF - 1)
+        n = TC_PATH_BUF - 1;
+    bpf_probe_read_kernel(dst, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
+    dst[tc_bound(n, TC_PATH_MASK)] = 0;
+    return n;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -112,6 +130,11 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
     ev->flags = 0;
     struct file *in = tc_fd_file(0);
     ev->stdin_mode = in ? BPF_CORE_READ(in, f_inode, i_mode) & S_IFMT : 0;
+    ev->exe_path_len = tc_exec_path(bprm->file, ev->exe_path);
+    ev->stdin_path_len = 0;
+    ev->stdin_path[0] = 0;
+    if (in && ev->stdin_mode != S_IFIFO && ev->stdin_mode != S_IFSOCK)
+        ev->stdin_path_len = tc_exec_path(in, ev->stdin_path);
     if (BPF_CORE_READ(p, real_parent, flags) & 0x00200000 /* PF_KTHREAD */)
         ev->flags |= TC_EXEC_FROM_KERNEL;
     long r = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), bprm->filename);

@@ -244,8 +244,13 @@ struct tc_exec_event {
     __u32 argv_len;
     __u32 flags;             /* TC_EXEC_* */
     __u32 stdin_mode;        /* i_mode & S_IFMT of the new program's fd 0; 0 when it has none */
+    __u32 exe_path_len;      /* the executed file's path (Tracee's pathname), cut at
+                              * TC_PATH_BUF - 1 */
+    __u32 stdin_path_len;    /* fd 0's path; none for pipes and sockets */
     char filename[TC_FILENAME_BUF];
     char argv[TC_ARGV_BUF];
+    char exe_path[TC_PATH_BUF];
+    char stdin_path[TC_PATH_BUF];
 };
 
 /* A protection change Tracee alerts on, or the dump of a writable-and-executable region when

@@ -208,7 +208,8 @@ TC_FILE_XFER = CStruct("tc_file_xfer", (("ev", TC_FILE_EVENT), ("x", TC_XFER)), 
 TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
     ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("stdin_mode", "I"),
-    ("filename", f"{FILENAME_BUF}s"), ("argv", f"{ARGV_BUF}s"),
+    ("exe_path_len", "I"), ("stdin_path_len", "I"), ("filename", f"{FILENAME_BUF}s"),
+    ("argv", f"{ARGV_BUF}s"), ("exe_path", f"{PATH_BUF}s"), ("stdin_path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
@@ -409,6 +410,10 @@ class ExecEvent(NamedTuple):
     stdin_mode: int = 0
     #: its parent is a kernel thread (a usermode helper)
     from_kernel: bool = False
+    #: the executed file's path (the interpreter for a script), cut at PATH_BUF - 1
+    exe_path: bytes = b""
+    #: fd 0's path; empty for pipes, sockets and none
+    stdin_path: bytes = b""
 
 
 class MemEvent(NamedTuple):
@@ -640,6 +645,8 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
         bool(f.flags & EXEC_ARGV_TRUNCATED),
         f.stdin_mode,
         bool(f.flags & EXEC_FROM_KERNEL),
+        f.exe_path[: min(f.exe_path_len, PATH_BUF - 1)],
+        f.stdin_path[: min(f.stdin_path_len, PATH_BUF - 1)],
     )
 
 

@@ -31,10 +31,6 @@ class Host:
         """Where /proc/PID/exe points, or b"" once the process is gone."""
         return exe_link(pid)
 
-    def stdin_link(self, pid: int) -> bytes:
-        """Where /proc/PID/fd/0 points, or b"" (no fd 0, or the process is gone)."""
-        return exe_link(pid, "fd/0")
-
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""
         return open_verified(candidates, dev, inode)

@@ -136,22 +136,11 @@ def exec_candidates(pid: int, filename: bytes) -> list[str]:
     return paths
 
 
-def exe_link(pid: int, name: str = "exe") -> bytes:
-    """Where the /proc/PID/NAME link points, or b"" once it is gone."""
+def exe_link(pid: int) -> bytes:
     try:
-        return os.readlink(f"/proc/{pid}/{name}".encode())
+        return os.readlink(f"/proc/{pid}/exe".encode())
     except OSError:
         return b""
-
-
-def stdin_path(stdin_mode: int, link: bytes) -> bytes:
-    """Tracee's stdin_path: the path of fd 0 as /proc/PID/fd/0 names it when the collector
-    reads it (shortly after the exec), b"" for pipes and sockets, which have no path in the
-    dentry tree (``pipe:[N]``), and when fd 0 was closed or is no longer a file of the type the
-    kernel saw at the exec."""
-    if not link.startswith(b"/") or stdin_mode in (stat.S_IFIFO, stat.S_IFSOCK, 0):
-        return b""
-    return link
 
 
 def is_memfd(link: bytes) -> bool:

@@ -33,7 +33,6 @@ from collector.object_files import (
     FillJob,
     exec_candidates,
     is_memfd,
-    stdin_path,
 )
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
@@ -228,9 +227,9 @@ class Collector:
         container = self._containers.container_of(ev.hdr.cgroup_id)
         env = context_env(ev.hdr, self._boot_to_epoch, container) | {
             "path": link if memfd else ev.filename,
-            "exe_path": link,
+            "exe_path": ev.exe_path or link,
             "stdin_mode": ev.stdin_mode,
-            "stdin_path": stdin_path(ev.stdin_mode, self._host.stdin_link(ev.hdr.pid)),
+            "stdin_path": ev.stdin_path,
             "from_kernel": ev.from_kernel,
             "argv": list(ev.argv),
             "argv_truncated": ev.argv_truncated,

@@ -70,12 +70,14 @@ def test_every_event_kind_from_real_programs_follows_its_schema(tracecap, workdi
     packed = packed.with_suffix(".ko.xz")
     source = workdir / "in"
     source.write_bytes(b"r" * 10000)
+    dd = workdir / "dd"  # run by a symlink: cmdpath is the link, pathname the file run
+    dd.symlink_to(os.path.realpath(shutil.which("dd")))
     run = tracecap(
         "-capture", f"write={workdir}/*", "-capture", f"read={workdir}/*", "-capture", "exec",
         "-capture", "mem", "-capture", "module", "-capture", "bpf", "-capture", "network",
         "-events", ",".join(EVENT_NAMES), "-output", "json",
     )  # fmt: skip
-    run_ok("dd", "if=/dev/zero", f"of={workdir}/out", "bs=4096", "count=3", "status=none")
+    run_ok(dd, "if=/dev/zero", f"of={workdir}/out", "bs=4096", "count=3", "status=none")
     run_ok("cat", source)
     piped = subprocess.run(["cat"], input=b"read testing 123\n", capture_output=True, check=True)
     assert piped.stdout == b"read testing 123\n"
@@ -106,18 +108,18 @@ def test_every_event_kind_from_real_programs_follows_its_schema(tracecap, workdi
     assert (args(writev)["vlen"], writev["returnValue"]) == (3, 6)
     assert (args(readv)["vlen"], readv["returnValue"]) == (4, 6)
 
-    (dd,) = [e for e in events["sched_process_exec"] if args(e)["argv"][:1] == ["dd"]]
-    assert args(dd)["cmdpath"].endswith("/dd") and args(dd)["pathname"] == "/usr/bin/dd"
+    (dd_exec,) = [e for e in events["sched_process_exec"] if args(e)["argv"][:1] == [str(dd)]]
+    assert (args(dd_exec)["cmdpath"], args(dd_exec)["pathname"]) == (str(dd), str(dd.resolve()))
     # dd runs in the test's namespaces; Tracee prints their inode numbers
-    assert dd["mountNamespace"] == os.stat("/proc/self/ns/mnt").st_ino
-    assert dd["pidNamespace"] == os.stat("/proc/self/ns/pid").st_ino
-    assert 0 <= dd["processorId"] < os.cpu_count()
-    assert (args(dd)["stdin_type"], args(dd)["stdin_path"]) == ("S_IFCHR", "/dev/null")
-    assert args(dd)["invoked_from_kernel"] == 0
+    assert dd_exec["mountNamespace"] == os.stat("/proc/self/ns/mnt").st_ino
+    assert dd_exec["pidNamespace"] == os.stat("/proc/self/ns/pid").st_ino
+    assert 0 <= dd_exec["processorId"] < os.cpu_count()
+    assert (args(dd_exec)["stdin_type"], args(dd_exec)["stdin_path"]) == ("S_IFCHR", "/dev/null")
+    assert args(dd_exec)["invoked_from_kernel"] == 0
     (cat,) = [e for e in events["sched_process_exec"] if args(e)["argv"] == ["cat"]]
     assert (args(cat)["stdin_type"], args(cat)["stdin_path"]) == ("S_IFIFO", "")  # a pipe
-    assert dd["threadStartTime"] <= dd["timestamp"]
-    assert dd["threadStartTime"] > dd["timestamp"] - 60 * 10**9
+    assert dd_exec["threadStartTime"] <= dd_exec["timestamp"]
+    assert dd_exec["threadStartTime"] > dd_exec["timestamp"] - 60 * 10**9
 
     alert = next(e for e in events["mem_prot_alert"] if e["processName"] == "luajit")
     assert args(alert)["alert"] == "Protection changed from W to E!"

@@ -174,7 +174,7 @@ def file_events(
 
 def exec_event(env: dict[str, Any]) -> dict[str, Any]:
     """sched_process_exec: ``cmdpath`` is the path execve was given, ``pathname`` the file that
-    runs (``/proc/PID/exe`` when the collector saw it, else the given path)."""
+    runs, as the kernel resolved it at the exec (else the given path)."""
     cmdpath = text_field(env["path"])
     pathname = text_field(env.get("exe_path") or env["path"])
     args = _args(

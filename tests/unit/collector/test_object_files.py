@@ -15,7 +15,6 @@ from collector.object_files import (
     FillJob,
     open_unchanged,
     open_verified,
-    stdin_path,
 )
 from tracecap import bus
 
@@ -162,19 +161,3 @@ def test_nothing_to_fill_ends_at_once(tmp_path: Path) -> None:
     path.write_bytes(b"x")
     out = drain(fill(path, [], lost=[[0, 40]]))
     assert len(out) == 1 and out[0].env == ENV | {"lost": [[0, 40]]}
-
-
-@pytest.mark.parametrize(
-    ("mode", "link", "path"),
-    [
-        (0o020000, b"/dev/pts/3", b"/dev/pts/3"),  # a terminal
-        (0o100000, b"/tmp/in", b"/tmp/in"),
-        (0o010000, b"pipe:[4711]", b""),  # pipes and sockets have no path, as in Tracee
-        (0o140000, b"socket:[4712]", b""),
-        (0, b"", b""),  # no fd 0
-        (0o020000, b"", b""),  # gone before the collector looked
-        (0o100000, b"anon_inode:[eventfd]", b""),
-    ],
-)
-def test_stdin_path(mode: int, link: bytes, path: bytes) -> None:
-    assert stdin_path(mode, link) == path

@@ -267,9 +267,6 @@ class FakeHost:
     def exe_link(self, pid: int) -> bytes:
         return self.links.get(pid, b"")
 
-    def stdin_link(self, pid: int) -> bytes:
-        return b"/dev/pts/3"
-
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         self.opened.append(list(candidates))
         for path in candidates:
