@@ -424,6 +424,7 @@ static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *
     ev->path_len = 0;
     ev->path[0] = 0;
     ev->io_len = ret;
+    ev->req = a.count;
     ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
     ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
     ev->mode = BPF_CORE_READ(f, f_inode, i_mode);
@@ -807,6 +808,7 @@ static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struc
     tc_fill_hdr(&ev->h, TC_REC_FILE_XFER);
     ev->io_id = __sync_fetch_and_add(&io_seq, 1);
     ev->io_len = ret;
+    ev->req = ret;
     ev->pos = end->pos;
     ev->inode = end->inode;
     ev->dev = end->dev;

@@ -132,6 +132,7 @@ enum tc_counter {
 /* exec_event.flags */
 #define TC_EXEC_ARGV_TRUNCATED 1
 #define TC_EXEC_FILENAME_TRUNCATED 2
+#define TC_EXEC_FROM_KERNEL 4        /* the parent is a kernel thread (Tracee's invoked_from_kernel) */
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -150,6 +151,9 @@ struct tc_hdr {
     __u32 ns_pid;            /* the same, as the process's own pid namespace numbers them */
     __u32 ns_tid;
     __u32 ns_ppid;
+    __u32 mnt_ns;            /* mount namespace inode number (Tracee's mountNamespace) */
+    __u64 thread_start;      /* the thread's start, CLOCK_BOOTTIME ns (threadStartTime) */
+    __u32 pid_ns;            /* pid namespace inode number, the thread's own (pidNamespace) */
     __u32 _pad;
     char comm[TC_COMM_LEN];
 };
@@ -169,6 +173,8 @@ struct tc_file_event {
     __u32 path_len;
     __u32 generation;        /* i_generation: tells a new file from an old one whose inode
                               * number it reuses */
+    __u64 req;               /* what the syscall asked for: bytes (read, write), iovecs (readv,
+                              * writev: Tracee's vlen); transfers without a buffer: io_len */
     char path[TC_PATH_BUF + TC_NAME_SLACK];
 };
 
@@ -187,6 +193,7 @@ struct tc_file_cont {
     __u64 prev_io_id;        /* the syscall this one continues */
     __u64 io_len;
     __u64 pos;
+    __u64 req;               /* as tc_file_event's */
 };
 
 /* ---- transfers without a user buffer (copy_file_range, sendfile, splice) ---- */
@@ -240,9 +247,14 @@ struct tc_exec_event {
     __u32 filename_len;
     __u32 argv_len;
     __u32 flags;             /* TC_EXEC_* */
-    __u32 _pad;
+    __u32 stdin_mode;        /* i_mode & S_IFMT of the new program's fd 0; 0 when it has none */
+    __u32 exe_path_len;      /* the executed file's path (Tracee's pathname), cut at
+                              * TC_PATH_BUF - 1 */
+    __u32 stdin_path_len;    /* fd 0's path; none for pipes and sockets */
     char filename[TC_FILENAME_BUF];
     char argv[TC_ARGV_BUF];
+    char exe_path[TC_PATH_BUF];
+    char stdin_path[TC_PATH_BUF];
 };
 
 /* A protection change Tracee alerts on, or the dump of a writable-and-executable region when
@@ -315,6 +327,8 @@ struct tc_module_event {
     __u64 ctime;             /* the file's inode change time, ns */
     __u64 mtime;             /* its modification time, ns */
     __u64 size;              /* its size */
+    __u32 load_flags;        /* finit_module's flags argument (0 for init_module) */
+    __u32 _pad;
     char params[TC_PARAMS_BUF];
     char path[TC_PATH_BUF];
 };
@@ -327,6 +341,8 @@ struct tc_bpf_event {
     __u32 insn_cnt;
     __u32 prog_type;
     char prog_name[TC_PROG_NAME_LEN];
+    __u32 prog_id;           /* the loaded program's id (bpftool's), 0 when the load failed */
+    __u32 _pad;
 };
 
 /* A packet from the IP header on (cgroup_skb sees no link layer), cut to the snap length. */

@@ -227,6 +227,10 @@ class Collector:
         container = self._containers.container_of(ev.hdr.cgroup_id)
         env = context_env(ev.hdr, self._boot_to_epoch, container) | {
             "path": link if memfd else ev.filename,
+            "exe_path": ev.exe_path or link,
+            "stdin_mode": ev.stdin_mode,
+            "stdin_path": ev.stdin_path,
+            "from_kernel": ev.from_kernel,
             "argv": list(ev.argv),
             "argv_truncated": ev.argv_truncated,
             "dev": ev.dev,
