@@ -167,7 +167,8 @@ class SegmentedFile:
     """An append-only file of one process, rotated by size (the events file).
 
     Writes go to the live file through a directory fd held for the file's whole life; a line is
-    never split across segments. ``on_rotate`` hears of every rotation (the front end logs it).
+    never split across segments. ``on_rotate`` hears of every rotation (the front end logs it),
+    ``on_problem`` of a rotation that failed (the write then goes to the file as it is).
     """
 
     def __init__(
@@ -177,8 +178,10 @@ class SegmentedFile:
         how: Rotation | None,
         open_live: Callable[[int, str], int],
         on_rotate: Callable[[Rotated], None] | None = None,
+        on_problem: Callable[[str], None] | None = None,
     ) -> None:
         self._dir_fd = dir_fd
+        self._on_problem = on_problem
         self._base = base
         self._how = how
         self._open_live = open_live
@@ -186,11 +189,18 @@ class SegmentedFile:
         self._fd = open_live(dir_fd, base)
         self._size = os.fstat(self._fd).st_size
         self.rotations = 0
+        self.failed_rotations = 0
 
     def write(self, data: bytes) -> None:
         """Append ``data`` (whole lines), rotating first when it would pass the size."""
         if self._how is not None and rotation.due(self._size, len(data), self._how.size):
-            self._rotate()
+            try:
+                self._rotate()
+            except OSError as exc:  # the data goes to the file as it is, never lost for this
+                self.failed_rotations += 1
+                failed = self.failed_rotations
+                if self._on_problem is not None and not failed & (failed - 1):  # 1, 2, 4, ...
+                    self._on_problem(f"{self._base}: not rotated ({failed} times): {exc}")
         view = memoryview(data)
         while view:
             done = os.write(self._fd, view)

@@ -219,7 +219,10 @@ class Index:
             start = os.fstat(self._fd).st_size
             how = self._rotation
             if locked and how is not None and rotation.due(start, len(data), how.size):
-                self._rotate(how)
+                try:
+                    self._rotate(how)
+                except OSError as exc:  # the record goes to the file as it is
+                    self.rotation_problems.append(f"{self._name}: not rotated: {exc}")
                 start = os.fstat(self._fd).st_size
             try:
                 written = self._write(self._fd, data)

@@ -586,11 +586,15 @@ class PcapWriter(Writer):
         if how is not None and f.header_done and rotation.due(f.size, len(data), how.size):
             try:
                 self._rotate(f, how)
+            except OSError as exc:  # the packet goes to the file as it is
+                self.counters["rotation_errors"] += 1
+                self._log("rotation_error", f"{f.target.path}: not rotated: {exc}")
+            try:
                 fd = self._fd(f)
             except OSError as exc:
-                self._write_error(f, f"cannot rotate: {exc}")
+                self._write_error(f, f"cannot open: {exc}")
                 return False
-            data = file_header(f.description) + block
+            data = block if f.header_done else file_header(f.description) + block
         if self._budget is not None and not self._budget.allow(len(data)):
             f.budget_dropped += 1  # the file stays whole; its record says what it lacks
             return False

@@ -55,7 +55,10 @@ def open_live(dir_fd: int, name: str) -> int:
 
 
 def open_events_file(
-    path: str, how: Rotation | None, on_rotate: Callable[[Rotated], None] | None = None
+    path: str,
+    how: Rotation | None,
+    on_rotate: Callable[[Rotated], None] | None = None,
+    on_problem: Callable[[str], None] | None = None,
 ) -> SegmentedFile:
     """The events file at ``path`` (absolute, checked by the option parser), ready to append;
     EventsFileError says why it cannot be."""
@@ -74,7 +77,7 @@ def open_events_file(
                 "others (or sticky, as /tmp)",
             )
         try:
-            live = SegmentedFile(directory.fd, name, how, open_live, on_rotate)
+            live = SegmentedFile(directory.fd, name, how, open_live, on_rotate, on_problem)
         except OSError as exc:
             raise EventsFileError(exc.errno or errno.EIO, f"--output json:{path}: {exc}") from None
     except BaseException:

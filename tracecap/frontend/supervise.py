@@ -458,7 +458,9 @@ def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = DEFAULT_RI
     events_file = None
     if config.output_file is not None:
         try:
-            events_file = open_events_file(config.output_file, config.output_rotation, _rotated)
+            events_file = open_events_file(
+                config.output_file, config.output_rotation, _rotated, _rotation_failed
+            )
         except EventsFileError as exc:
             print(f"tracecap: error: {exc}", file=sys.stderr)
             return 2
@@ -475,3 +477,7 @@ def _rotated(done: Rotated) -> None:
     print(f"tracecap: events file: closed segment {done.previous}{removed}", file=sys.stderr)
     for problem in done.problems:
         print(f"tracecap: warning: events file: {problem}", file=sys.stderr)
+
+
+def _rotation_failed(problem: str) -> None:
+    print(f"tracecap: warning: events file: {problem}", file=sys.stderr)

@@ -3,6 +3,7 @@ which are removed; and the option forms that ask for it."""
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 from pathlib import Path
@@ -212,3 +213,20 @@ def test_reading_refuses_a_planted_fifo(tmp_path: Path):
             list(segments.iter_lines(fd, "i.jsonl"))
     finally:
         os.close(fd)
+
+
+def test_a_failed_rotation_keeps_writing_to_the_live_file(tmp_path: Path, monkeypatch):
+    def no_rename(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.EROFS, "read-only file system")
+
+    monkeypatch.setattr(os, "rename", no_rename)
+    problems: list[str] = []
+    f = segments.SegmentedFile(_dir(tmp_path), "e.json", Rotation(1024), _open_live,
+                               on_problem=problems.append)  # fmt: skip
+    lines = [b"%03d%s\n" % (n, b"r" * 60) for n in range(100)]
+    for line in lines:
+        f.write(line)
+    f.close()
+    assert (tmp_path / "e.json").read_bytes() == b"".join(lines)
+    assert f.rotations == 0 and f.failed_rotations > 50
+    assert len(problems) == f.failed_rotations.bit_length()  # 1, 2, 4, ...: not every write

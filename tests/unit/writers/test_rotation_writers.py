@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -150,3 +151,34 @@ def test_pcap_segments_compressed_and_counted(tmp_path: Path):
     # every packet is in a kept file or in a segment the index says was removed
     removed_packets = sum(r["packets"] for r in segs if r["path"] in removed)
     assert removed_packets + len(kept) == len(sent)
+
+
+def _no_rename(*_args: object, **_kwargs: object) -> None:
+    raise OSError(errno.EROFS, "read-only file system")
+
+
+def test_a_failed_index_rotation_loses_no_record(tmp_path: Path, monkeypatch):
+    out = OutputDir(str(tmp_path / "out"))
+    monkeypatch.setattr(os, "rename", _no_rename)
+    index = Index(out, rotation=Rotation(1024))
+    counters: dict[str, int] = {}
+    logged: list[str] = []
+    for n in range(50):
+        index.append_or_count({"n": n, "pad": "q" * 40}, counters, lambda _k, m: logged.append(m),
+                              "record")  # fmt: skip
+    index.close()
+    out.close()
+    assert [r["n"] for r in read_index(tmp_path / "out") if "n" in r] == list(range(50))
+    assert counters["rotation_errors"] > 0 and "index_errors" not in counters
+    assert "not rotated" in logged[0]
+
+
+def test_a_failed_pcap_rotation_loses_no_packet(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(os, "rename", _no_rename)
+    h = Harness(tmp_path, ("single",), rotation=Rotation(1024))
+    sent = [udp(b"%05d" % n + b"w" * 60) for n in range(40)]
+    for n, payload in enumerate(sent):
+        h.feed(payload, ts=3_000_000_000 + n)
+    h.close()
+    assert _packets(tmp_path / "out" / "pcap" / "single.pcap") == sent
+    assert h.writer.counters["rotation_errors"] > 0 and h.writer.counters["write_errors"] == 0
