@@ -14,6 +14,7 @@ import re
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -46,6 +47,12 @@ def start_tcpdump(dump: Path, addr: str) -> subprocess.Popen:
     line = proc.stderr.readline()
     assert "listening on lo" in line, line
     return proc
+
+
+def _dd_files(directory: Path, n: int) -> None:
+    for i in range(n):
+        subprocess.run(["dd", "if=/dev/urandom", f"of={directory}/f{i:03d}", "bs=4k", "count=2",
+                        "status=none"], check=True, timeout=30)  # fmt: skip
 
 
 def _check_index_segments(out: Path, index: list[dict]) -> list[str]:
@@ -127,18 +134,25 @@ def test_pcaps_and_index_rotate_under_a_ping_flood(tracecap, workdir: Path):
     a, b, c = secrets.randbelow(180) + 64, secrets.randbelow(254) + 1, secrets.randbelow(252) + 2
     addr = f"127.{a}.{b}.{c}"
     addr_bytes = socket.inet_aton(addr)
+    files = workdir / "files"
+    files.mkdir()
     run = tracecap(
         "--capture", "network", "--capture", "pcap-snaplen:max",
         "--capture", "pcap-rotate:64kb,compress", "--capture", "index-rotate:8kb",
+        "--capture", f"write={files}/*",
     )  # fmt: skip
     dump = workdir / "tcpdump.pcap"
     tcpdump = start_tcpdump(dump, addr)
+    # the file writer appends to the index at the same time as the pcap writer rotates it
+    writes = threading.Thread(target=_dd_files, args=(files, 150))
+    writes.start()
     try:
         flood = subprocess.run(["ping", "-f", "-q", "-c", "3000", "-s", "200", addr],
                                capture_output=True, text=True, timeout=120)  # fmt: skip
         assert flood.returncode == 0, flood.stdout + flood.stderr
         assert " 3000 received" in flood.stdout, flood.stdout
     finally:
+        writes.join(120)
         time.sleep(0.5)
         tcpdump.terminate()
         tail = tcpdump.communicate(timeout=10)[1]
@@ -185,4 +199,8 @@ def test_pcaps_and_index_rotate_under_a_ping_flood(tracecap, workdir: Path):
     reference = [data for _, data in tcpdump_packets(dump)]
     assert len(set(reference)) == len(reference) >= 5900, tail
     assert set(reference) <= mine
-    _check_index_segments(run.out_dir, run.index)
+    names = _check_index_segments(run.out_dir, run.index)
+    assert len(names) >= 10
+    written = {r["source_path"]: r for r in run.records("write")}
+    assert set(written) == {str(p) for p in files.iterdir()} and len(written) == 150
+    assert all(r["complete"] and r["size"] == 8192 for r in written.values())
