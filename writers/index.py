@@ -179,8 +179,12 @@ class Index:
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if self._current():
-                    return True
+                try:
+                    if self._current():
+                        return True
+                except OSError:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    raise
                 continue  # rotated away while we waited: lock the new file
             except BlockingIOError:
                 now = self._clock()
