@@ -188,7 +188,11 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
     from tracecap.keys import KeyFileError
     from writers.runner import run_writer
 
-    writer_options = {"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None
+    writer_options = (
+        {"split": tuple(sorted(config.pcap.split)), "rotation": config.pcap.rotation}
+        if kind == "pcap"
+        else None
+    )
     try:
         return run_writer(
             kind,
@@ -199,6 +203,7 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
             curve_keys=curve_keys,
             limit_bytes=config.limit_bytes,
             floor_bytes=config.floor_bytes,
+            index_rotation=config.index_rotation,
         )
     except KeyFileError as exc:
         raise UsageError(str(exc)) from None

@@ -150,7 +150,7 @@ KINDS: tuple[Kind, ...] = (
                 events_when_named=True,
             ),
         ),
-        writer_options=("split",),
+        writer_options=("split", "rotation"),
     ),
 )
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from tracecap.kinds import BY_TOKEN, CAPTURE_TOKENS, EVENT_NAMES, SOURCES
+from tracecap.rotation import SIZE_FORMS, Rotation, parse_count, parse_size
 from tracecap.usage import Flag
 
 #: Root's, not world-writable /tmp: any local user could plant a symlink or a directory of their
@@ -81,6 +82,10 @@ OUTPUT_NOOPS = ("option:parse-arguments", "option:detect-syscall")
 #: ``--output`` options of tracecap's own: file I/O printed as the bus carries it, one event per
 #: run of consecutive syscalls on one open file (count and returnValue its byte total).
 OUTPUT_MERGED_IO = "option:merged-io"
+#: ``--output json:/path``: Tracee's form for events written to a file instead of stdout.
+OUTPUT_FILE_PREFIX = "json:"
+#: ``--output option:`` words of the events file's rotation (README "Rotation").
+OUTPUT_ROTATE_WORDS = ("rotate-size=", "rotate-count=", "rotate-compress")
 #: Capture kinds in the order their topics are listed; the name is what users type.
 KINDS = CAPTURE_TOKENS
 #: Capture kinds with filters of their own (``write=/p*``, ``read:type=pipe``).
@@ -102,15 +107,29 @@ CAPTURE_FORMS = (
     "write[=/p*|:path=/p*|:type=regular|pipe|socket|elf|:fd=stdin|stdout|stderr], read[...], "
     f"{WORD_KINDS}, "
     "pcap:single,process,container,command, pcap-options:filtered|none, "
-    "pcap-snaplen:default|headers|max|<N>b|<N>kb, net=<iface>, dir:/path, clear-dir, "
-    "limit:<N>mb|gb, floor:<N>mb|gb; [artifact:] may precede "
+    "pcap-snaplen:default|headers|max|<N>b|<N>kb, pcap-rotate:SIZE[,COUNT][,compress], "
+    "net=<iface>, dir:/path, clear-dir, limit:<N>mb|gb, floor:<N>mb|gb, "
+    "index-rotate:SIZE[,COUNT][,compress]; [artifact:] may precede "
     f"{', '.join(word for source in SOURCES for word in source.words)}, pcap: and net="
 )
 SCOPE_FORMS = (
     "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, container=ID[,ID], "
     "host, follow"
 )
-OUTPUT_FORMS = ", ".join((*OUTPUT_FORMATS, *OUTPUT_NOOPS, OUTPUT_MERGED_IO))
+OUTPUT_FORMS = ", ".join(
+    (
+        *OUTPUT_FORMATS,
+        "json:/path/file",
+        *OUTPUT_NOOPS,
+        OUTPUT_MERGED_IO,
+        "option:rotate-size=SIZE,rotate-count=N,rotate-compress",
+    )
+)
+ROTATE_FORMS = f"SIZE[,COUNT][,compress] with SIZE {SIZE_FORMS} and COUNT a positive integer"
+OUTPUT_FILE_FORMS = (
+    f"json:/path/file, absolute, valid UTF-8, at most {PATH_MAX - 1} bytes, without '.' or "
+    f"'..' components, naming a file (no trailing '/') of at most {NAME_MAX} bytes"
+)
 ARG_FORMS = (
     "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
     "--output/-o VALUE, --server VALUE (each also as --long=VALUE or -xVALUE, and the long "
@@ -172,6 +191,8 @@ class PcapCapture:
     snaplen: int = DEFAULT_SNAPLEN
     filtered: bool = False
     iface: str | None = None
+    #: ``pcap-rotate:``: every pcap file rotated by size (None: never).
+    rotation: Rotation | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +247,18 @@ class Capture:
     clear_dir: bool = False
     limit_bytes: int | None = None
     floor_bytes: int = DEFAULT_FLOOR_BYTES
+    index_rotation: Rotation | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """``--output``: the events' format, the file they go to (None: stdout) and its rotation."""
+
+    format: str = "none"
+    file: str | None = None
+    rotation: Rotation | None = None
+    #: ``option:merged-io``: one event per merged run of file I/O, not per syscall.
+    merged_io: bool = False
 
 
 @dataclass(frozen=True)
@@ -250,6 +283,11 @@ class Config:
     server: Server = Server()
     #: ``--output option:merged-io``: one event per merged run of file I/O, not per syscall.
     merged_io: bool = False
+    #: ``--output json:/path``: where events go instead of stdout, and how that file rotates.
+    output_file: str | None = None
+    output_rotation: Rotation | None = None
+    #: ``--capture index-rotate:``: how index.jsonl rotates (None: never).
+    index_rotation: Rotation | None = None
 
     def kinds(self) -> tuple[str, ...]:
         """Enabled capture kinds, in ``KINDS`` order, named as users type them."""
@@ -468,6 +506,8 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
     out = _SetOnce("dir:", DEFAULT_DIR)
     limit: _SetOnce[int | None] = _SetOnce("limit:", None)
     floor = _SetOnce("floor:", DEFAULT_FLOOR_BYTES)
+    pcap_rotate: _SetOnce[Rotation | None] = _SetOnce("pcap-rotate:", None)
+    index_rotate: _SetOnce[Rotation | None] = _SetOnce("index-rotate:", None)
     clear_dir = False
     for token in tokens:
         body = token.removeprefix("artifact:")
@@ -513,13 +553,17 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
             limit.set(_size(token, token[6:], "capture limit", LIMIT_FORMS), token)
         elif token.startswith("floor:"):
             floor.set(_size(token, token[6:], "free-space floor", FLOOR_FORMS), token)
+        elif token.startswith("pcap-rotate:"):
+            pcap_rotate.set(parse_rotation(token, token[12:]), token)
+        elif token.startswith("index-rotate:"):
+            index_rotate.set(parse_rotation(token, token[13:]), token)
         else:
             raise OptionError(
                 f"invalid capture option specified: {token!r} (accepted: {CAPTURE_FORMS})"
             )
     enabled = network or split_given
     if not enabled:
-        for setting in (snaplen, filtered):
+        for setting in (snaplen, filtered, pcap_rotate):
             if setting.token is not None:
                 raise OptionError(
                     f"{setting.what} needs --capture network (or net, pcap, pcap:..., "
@@ -531,6 +575,7 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
         snaplen=snaplen.value,
         filtered=filtered.value,
         iface=iface.value,
+        rotation=pcap_rotate.value,
     )
     return Capture(
         write=write.freeze(),
@@ -541,8 +586,28 @@ def parse_capture(tokens: Sequence[str]) -> Capture:
         clear_dir=clear_dir,
         limit_bytes=limit.value,
         floor_bytes=floor.value,
+        index_rotation=index_rotate.value,
         **flags,
     )
+
+
+def parse_rotation(token: str, value: str) -> Rotation:
+    """``SIZE[,COUNT][,compress]`` of ``pcap-rotate:`` and ``index-rotate:``."""
+    size_text, *rest = value.split(",")
+    size = parse_size(size_text)
+    count: int | None = None
+    compress = False
+    for word in rest:
+        number = parse_count(word)
+        if number is not None and count is None:
+            count = number
+        elif word == "compress" and not compress:
+            compress = True
+        else:
+            size = None
+    if size is None:
+        raise OptionError(f"invalid rotation: {token!r} (accepted: {ROTATE_FORMS})")
+    return Rotation(size, count, compress)
 
 
 def _names(
@@ -697,15 +762,90 @@ def _group_argv(argv: Sequence[str]) -> dict[str, list[str]]:
     return groups
 
 
-def _output(values: Sequence[str]) -> str:
-    """``option:`` forms are accepted for Tracee compatibility; arguments are always parsed."""
+def _output_file(value: str) -> str:
+    """The path of ``json:/path``, checked as ``dir:`` is, so that a typo fails here rather than
+    after supervisord started (the front end opens it, as root, through checked fds)."""
+    path = value[len(OUTPUT_FILE_PREFIX) :]
+    raw = _encode(path, value, OUTPUT_FILE_FORMS)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raw = b"\0"
+    parts = raw.split(b"/")
+    if (
+        not path.startswith("/")
+        or path.endswith("/")
+        or len(raw) >= PATH_MAX
+        or b"\0" in raw
+        or any(part in (b".", b"..") or len(part) > NAME_MAX for part in parts)
+    ):
+        raise OptionError(
+            f"invalid --output events file: {value!r} (accepted: {OUTPUT_FILE_FORMS})"
+        )
+    return "/" + "/".join(p.decode() for p in parts if p)
+
+
+def _output_options(
+    value: str, rotation: dict[str, _SetOnce[int | None]], flags: set[str], merged: set[str]
+) -> None:
+    """``option:A,B=V,...``: Tracee's output options, ``merged-io`` and the events file's
+    rotation (rotation words go into ``flags``, merged-io into ``merged``)."""
+    for word in value.removeprefix("option:").split(","):
+        key, sep, text = word.partition("=")
+        if f"option:{word}" in OUTPUT_NOOPS:
+            continue
+        if f"option:{word}" == OUTPUT_MERGED_IO:
+            merged.add(word)
+            continue
+        if sep and key in ("rotate-size", "rotate-count"):
+            parse = parse_size if key == "rotate-size" else parse_count
+            number = parse(text)
+            if number is not None:
+                rotation[key].set(number, f"option:{word}")
+                continue
+        elif word == "rotate-compress":
+            flags.add(word)
+            continue
+        raise OptionError(
+            f"invalid --output option {word!r} in {value!r} (accepted: {OUTPUT_FORMS}; "
+            f"rotate-size={SIZE_FORMS}, rotate-count a positive integer)"
+        )
+
+
+def parse_output(values: Sequence[str]) -> Output:
+    """``--output`` (repeatable): the format, ``json:/path`` for a file, and ``option:`` words;
+    Tracee's ``option:parse-arguments`` and ``option:detect-syscall`` change nothing here
+    (arguments are always parsed)."""
     chosen = _SetOnce("--output format", "none")
+    file: _SetOnce[str | None] = _SetOnce("--output events file", None)
+    rotation: dict[str, _SetOnce[int | None]] = {
+        "rotate-size": _SetOnce("--output option:rotate-size", None),
+        "rotate-count": _SetOnce("--output option:rotate-count", None),
+    }
+    flags: set[str] = set()
+    merged: set[str] = set()
     for value in values:
         if value in OUTPUT_FORMATS:
             chosen.set(OUTPUT_FORMATS[value], value)
-        elif value not in (*OUTPUT_NOOPS, OUTPUT_MERGED_IO):
+        elif value.startswith(OUTPUT_FILE_PREFIX):
+            chosen.set("json", value)
+            file.set(_output_file(value), value)
+        elif value.startswith("option:"):
+            _output_options(value, rotation, flags, merged)
+        else:
             raise OptionError(f"invalid --output value: {value!r} (accepted: {OUTPUT_FORMS})")
-    return chosen.value
+    size, count = rotation["rotate-size"].value, rotation["rotate-count"].value
+    given = [s.token for s in rotation.values() if s.token] + sorted(flags)
+    if given and file.value is None:
+        raise OptionError(
+            f"--output {given[0]!r} rotates the events file: it needs --output json:/path/file"
+        )
+    if given and size is None:
+        raise OptionError(
+            f"--output {given[0]!r} needs option:rotate-size=SIZE (the size that closes a segment)"
+        )
+    how = None if size is None else Rotation(size, count, "rotate-compress" in flags)
+    return Output(chosen.value, file.value, how, bool(merged))
 
 
 def _http_address(token: str) -> tuple[str, int]:
@@ -755,6 +895,7 @@ def parse_args(argv: Sequence[str]) -> Config:
     """Parse the option list of ``tracecap run`` (no subcommand, ``--config`` already expanded)."""
     groups = _group_argv(argv)
     capture = parse_capture(groups["capture"])
+    output = parse_output(groups["output"])
     events_accepted = f"--events NAME[,NAME] with NAME one of {', '.join(EVENT_NAMES)}"
     events = [
         name
@@ -782,9 +923,12 @@ def parse_args(argv: Sequence[str]) -> Config:
         floor_bytes=capture.floor_bytes,
         scope=parse_scope(scope_tokens),
         events=_dedup(events),
-        output=_output(groups["output"]),
+        output=output.format,
         server=parse_server(groups["server"]),
-        merged_io=OUTPUT_MERGED_IO in groups["output"],
+        merged_io=output.merged_io,
+        output_file=output.file,
+        output_rotation=output.rotation,
+        index_rotation=capture.index_rotation,
     )
 
 
@@ -832,7 +976,7 @@ def _capture_words() -> tuple[str, ...]:
     words += [*PLAIN_KINDS, *NETWORK_WORDS, *(f"pcap:{split}" for split in PCAP_SPLITS)]
     words += [f"pcap-options:{o}" for o in PCAP_OPTIONS]
     words += [f"pcap-snaplen:{name}" for name in SNAPLEN_NAMES]
-    words += ["net=", "dir:", "clear-dir", "limit:", "floor:"]
+    words += ["pcap-rotate:", "net=", "dir:", "clear-dir", "limit:", "floor:", "index-rotate:"]
     return tuple(words)
 
 
@@ -865,6 +1009,12 @@ CAPTURE_HELP: tuple[tuple[str, str], ...] = (
         f"pcap-options:{'|'.join(PCAP_OPTIONS)}",
         "filtered: only packets of the protocols named by --events net_packet_*.",
     ),
+    (
+        "pcap-rotate:SIZE[,COUNT][,compress]",
+        "Rotate every pcap file by size, as tcpdump -C: a file that would pass SIZE (<N>kb|mb|gb) "
+        "is closed as <name>.<NNNNNN>.pcap (a whole pcapng of its own) and recorded in the index; "
+        "COUNT closed files are kept (default: all), gzip-compressed with compress.",
+    ),
     ("net=<iface>", "Packets crossing that interface only (turns packet capture on)."),
     (
         "dir:/path",
@@ -882,6 +1032,11 @@ CAPTURE_HELP: tuple[tuple[str, str], ...] = (
         "floor:<N>mb|gb",
         "Free space kept on the output's file system, with or without a limit: below it, new "
         f"artifact data is refused the same way. Default: {DEFAULT_FLOOR_BYTES >> 20} MiB.",
+    ),
+    (
+        "index-rotate:SIZE[,COUNT][,compress]",
+        "Rotate index.jsonl by size: it is closed as index.<NNNNNN>.jsonl, and the new one starts "
+        "with a rotation record naming it; COUNT closed segments are kept (default: all).",
     ),
     ("artifact:KIND", "Accepted before every kind (artifact:write, artifact:exec, ...)."),
 )
@@ -948,12 +1103,21 @@ OPTIONS: tuple[Flag, ...] = (
         _arg_names("output"),
         "FORMAT",
         "json: one JSON object per event on stdout, as Tracee v0.17 prints it (its fields, "
-        "event ids and arguments; file I/O one event per syscall); none (the default): no "
-        "events. Tracee's format:json, option:parse-arguments and option:detect-syscall are "
-        f"accepted. {OUTPUT_MERGED_IO}: one file I/O event per run of consecutive syscalls on "
-        "one open file, as the bus carries it (count and returnValue its byte total).",
+        "event ids and arguments; file I/O one event per syscall); json:/path/file: the same "
+        "into that file (written by root through checked directories, 0640); none (the "
+        "default): no events. option:rotate-size=SIZE,rotate-count=N,rotate-compress rotates "
+        "the file (closed as <stem>.<NNNNNN><suffix>[.gz], COUNT kept; default all). "
+        f"{OUTPUT_MERGED_IO}: one file I/O event per run of consecutive syscalls on one open "
+        "file, as the bus carries it (count and returnValue its byte total). Tracee's "
+        "format:json, option:parse-arguments and option:detect-syscall are accepted.",
         repeatable=True,
-        words=(*OUTPUT_FORMATS, *OUTPUT_NOOPS, OUTPUT_MERGED_IO),
+        words=(
+            *OUTPUT_FORMATS,
+            OUTPUT_FILE_PREFIX,
+            *OUTPUT_NOOPS,
+            OUTPUT_MERGED_IO,
+            *(f"option:{word}" for word in OUTPUT_ROTATE_WORDS),
+        ),
     ),
     Flag(
         _arg_names("server"),

@@ -88,6 +88,12 @@ class FdCache(Generic[K]):
         while len(self._fds) > self._max_open:
             self._close(self._fds.popitem(last=False)[1])
 
+    def discard(self, key: K) -> None:
+        """Close and forget the fd held for ``key``, if any (its file was renamed away)."""
+        fd = self._fds.pop(key, None)
+        if fd is not None:
+            self._close(fd)
+
     def close_all(self) -> None:
         while self._fds:
             self._close(self._fds.popitem()[1])

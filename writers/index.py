@@ -1,7 +1,17 @@
-"""``index.jsonl``: the record of what was captured, shared by every writer process."""
+"""``index.jsonl``: the record of what was captured, shared by every writer process.
+
+With ``--capture index-rotate:`` the index is rotated by size (tracecap.rotation): the writer
+whose append would take it past the size, holding the lock, closes it as ``index.<NNNNNN>.jsonl``
+and puts in its place a new file whose first line is a ``rotation`` record naming the closed
+segment. The new file is complete (record written, lock taken) before it gets the name, so no
+record can come before its rotation record; every other process notices after taking the lock
+that the name is another file than its fd's and follows it. Readers take the segments in order
+(``tracecap.segments.iter_lines``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -10,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tracecap import rotation, segments
+from tracecap.rotation import Rotation
 from writers.outdir import OutputDir, check_component, open_regular
 
 INDEX_NAME = "index.jsonl"
@@ -108,10 +120,15 @@ class Index:
         truncate: TruncateFn = os.ftruncate,
         lock_timeout: float = LOCK_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        rotation: Rotation | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         check_component(name)
-        # read-write: find_last reads back through the same fd (pread ignores O_APPEND)
-        self._fd = open_regular(name, os.O_RDWR | os.O_APPEND, out.root_fd)
+        self._root_fd = out.root_fd
+        self._name = name
+        self._rotation = rotation
+        self._wall_clock = wall_clock
+        self._fd = self._open()
         self._write = write
         self._truncate = truncate
         self._lock_timeout = lock_timeout
@@ -123,24 +140,58 @@ class Index:
         self._torn: tuple[int, int] | None = None
         #: Appends made without the lock (it was held past ``lock_timeout``).
         self.unlocked_appends = 0
+        #: Rotations this process made, and closed segments whose compression or removal of
+        #: old segments it still owes (done after the lock is released).
+        self.rotations = 0
+        self._closed: list[tuple[str, tuple[str, ...]]] = []
+        #: What went wrong compressing or removing segments (the writer logs and counts them).
+        self.rotation_problems: list[str] = []
+
+    def _open(self) -> int:
+        # read-write: find_last reads back through the same fd (pread ignores O_APPEND)
+        return open_regular(self._name, os.O_RDWR | os.O_APPEND, self._root_fd)
+
+    def _current(self) -> bool:
+        """Whether our fd is still the file that has the index's name (another process may
+        have rotated it away); if not, it is replaced by the one that has."""
+        try:
+            st = os.stat(self._name, dir_fd=self._root_fd, follow_symlinks=False)
+            mine = os.fstat(self._fd)
+        except FileNotFoundError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            return True
+        fd = self._open()
+        os.close(self._fd)
+        self._fd, self._torn = fd, None
+        return False
 
     def _lock(self) -> bool:
         """Take the index's lock, waiting at most ``lock_timeout``; False when appending
-        unlocked (counted in ``unlocked_appends``)."""
+        unlocked (counted in ``unlocked_appends``). Either way the fd is then the file that has
+        the index's name."""
         now = self._clock()
         if now < self._unlocked_until:
             self.unlocked_appends += 1
+            self._current()
             return False
         deadline = now + self._lock_timeout
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
+                try:
+                    if self._current():
+                        return True
+                except OSError:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    raise
+                continue  # rotated away while we waited: lock the new file
             except BlockingIOError:
                 now = self._clock()
                 if now >= deadline:
                     self._unlocked_until = now + LOCK_BACKOFF_S
                     self.unlocked_appends += 1
+                    self._current()
                     return False
                 time.sleep(_LOCK_POLL_S)
 
@@ -170,6 +221,13 @@ class Index:
             if self._torn is not None:
                 self._cut(*self._torn, locked)
             start = os.fstat(self._fd).st_size
+            how = self._rotation
+            if locked and how is not None and rotation.due(start, len(data), how.size):
+                try:
+                    self._rotate(how)
+                except OSError as exc:  # the record goes to the file as it is
+                    self.rotation_problems.append(f"{self._name}: not rotated: {exc}")
+                start = os.fstat(self._fd).st_size
             try:
                 written = self._write(self._fd, data)
             except OSError:
@@ -181,6 +239,59 @@ class Index:
         finally:
             if locked:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._tidy()
+
+    def _rotate(self, how: Rotation) -> None:
+        """Close the index as its next segment, holding the lock: a new file with the rotation
+        record as its first line, locked, takes the name (see the module docstring)."""
+        names = os.listdir(self._root_fd)
+        number = rotation.next_number(self._name, names)
+        closed = rotation.segment_name(self._name, number)
+        removed = rotation.expired(self._name, [*names, closed], how.count)
+        staging = f".{self._name}.rotating"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging, dir_fd=self._root_fd)  # left by a crash mid-rotation
+        fd = open_regular(staging, os.O_RDWR | os.O_APPEND | os.O_EXCL, self._root_fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # nobody else has it yet: at once
+            record = rotation.rotation_record(
+                self._name, closed, number, removed, self._wall_clock()
+            )
+            record["compressed"] = how.compress
+            data = encode_record(record)
+            if self._write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write of the rotation record")
+            os.rename(self._name, closed, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+            os.rename(staging, self._name, src_dir_fd=self._root_fd, dst_dir_fd=self._root_fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(staging, dir_fd=self._root_fd)
+            raise
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd, self._torn = fd, None
+        self.rotations += 1
+        self._closed.append((closed, tuple(removed)))
+
+    def _tidy(self) -> None:
+        """Compress the segments this process closed and remove those past the count, after
+        the lock is released: other writers need not wait for gzip."""
+        how = self._rotation
+        while self._closed and how is not None:
+            closed, removed = self._closed.pop(0)
+            if how.compress:
+                try:
+                    segments.compress(self._root_fd, closed)
+                except OSError as exc:
+                    self.rotation_problems.append(f"{closed}: not compressed: {exc}")
+            for name in removed:
+                try:
+                    os.unlink(name, dir_fd=self._root_fd)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    self.rotation_problems.append(f"{name}: not removed: {exc}")
 
     def append_or_count(
         self,
@@ -197,17 +308,51 @@ class Index:
             counters["index_errors"] = counters.get("index_errors", 0) + 1
             log("index_error", f"{what} not written: {exc}")
             return False
+        finally:
+            while self.rotation_problems:
+                counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
+                log("rotation_error", f"index rotation: {self.rotation_problems.pop(0)}")
         return True
 
     def find_last(
         self, needle: bytes, accept: Callable[[dict[str, Any]], bool]
     ) -> dict[str, Any] | None:
         """The last record containing ``needle`` that ``accept`` takes, from the last
-        MAX_SCAN_BYTES of the index (any process's lines); None if there is none."""
+        MAX_SCAN_BYTES of the index (any process's lines), across rotated segments newest
+        first (compressed ones are not searched: they cannot be read backwards); None if there
+        is none."""
+        self._current()
         size = os.fstat(self._fd).st_size
-        return last_line_matching(
+        found = last_line_matching(
             lambda length, off: os.pread(self._fd, length, off), size, needle, accept
         )
+        budget = MAX_SCAN_BYTES - size
+        if found is not None or self._rotation is None:
+            return found
+        closed = rotation.closed_segments(self._name, os.listdir(self._root_fd))
+        for number in sorted(closed, reverse=True):
+            name = closed[number]
+            if budget <= 0 or name.endswith(rotation.GZIP_SUFFIX):
+                return None
+            try:
+                fd = segments.open_segment_fd(self._root_fd, name)
+            except FileNotFoundError:
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                found = last_line_matching(
+                    lambda length, off, fd=fd: os.pread(fd, length, off),
+                    size,
+                    needle,
+                    accept,
+                    max_bytes=budget,
+                )
+            finally:
+                os.close(fd)
+            if found is not None:
+                return found
+            budget -= size
+        return None
 
     def close(self) -> None:
         if self._fd >= 0:

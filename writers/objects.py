@@ -14,13 +14,12 @@ import abc
 import contextlib
 import errno
 import os
-import stat
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from tracecap import bus
+from tracecap import bus, segments
 from writers.base import PAYLOAD_QUEUE_MESSAGES, Writer
 from writers.budget import DiskBudget
 from writers.fileio import sha256_of_fd, write_all
@@ -55,7 +54,6 @@ MAX_RECENT_DONE = 4096
 MAX_DEDUP_KEYS = 1 << 16
 _ZERO_SHA256 = "0" * 64
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_INDEX_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 class _Object:
@@ -407,26 +405,32 @@ class ObjectWriter(Writer):
     # -- dedup state ---------------------------------------------------------------------------
 
     def _rebuild(self) -> None:
-        """Refill the dedup set from this kind's complete records in ``index.jsonl``, read
-        through the output root fd (a planted symlink or FIFO there is refused, not followed)."""
+        """Refill the dedup set from this kind's complete records in ``index.jsonl`` and its
+        rotated segments, in order, read through the output root fd (a planted symlink or FIFO
+        there is refused, not followed)."""
+        root = self._out.root_fd
         try:
-            fd = os.open(INDEX_NAME, _INDEX_FLAGS, dir_fd=self._out.root_fd)
-        except FileNotFoundError:
-            return
+            names = segments.segments(root, INDEX_NAME)
         except OSError as exc:
             self.counters["index_errors"] += 1
             self._log("index_error", f"index not read, dedup starts empty: {exc}")
             return
-        try:
-            with os.fdopen(fd, "rb") as stream:
-                if not stat.S_ISREG(os.fstat(stream.fileno()).st_mode):
-                    raise OSError(errno.EINVAL, f"{INDEX_NAME} is not a regular file")
-                os.set_blocking(stream.fileno(), True)
-                for line in read_lines(stream):
-                    self._rebuild_line(line)
-        except OSError as exc:
-            self.counters["index_errors"] += 1
-            self._log("index_error", f"index not fully read: {exc}")
+        for name in names:
+            try:
+                stream = segments.open_segment(root, name)
+            except FileNotFoundError:
+                continue  # compressed or removed since the listing; a live index not yet made
+            except OSError as exc:
+                self.counters["index_errors"] += 1
+                self._log("index_error", f"{name} not read: {exc}")
+                continue
+            try:
+                with stream:
+                    for line in read_lines(stream):
+                        self._rebuild_line(line)
+            except (OSError, EOFError) as exc:
+                self.counters["index_errors"] += 1
+                self._log("index_error", f"{name} not fully read: {exc}")
 
     def _rebuild_line(self, line: bytes | None) -> None:
         try:

@@ -145,6 +145,24 @@ class OutputDir:
             for dir_fd in owned:
                 os.close(dir_fd)
 
+    def open_dirs(self, dirs: Sequence[str]) -> int:
+        """A new fd of the directory ``dirs[0]/...`` (created if missing, checked as
+        ``open_file`` does), for renames within it; the caller closes it."""
+        if not dirs:
+            return os.dup(self._fd)
+        for part in dirs:
+            check_component(part)
+        fd = os.dup(self.dir_fd(dirs[0]))
+        try:
+            for depth, part in enumerate(dirs[1:], start=2):
+                child = open_tree_dir(fd, part, os.path.join(self.path, *dirs[:depth]))
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def open_artifact(self, subdir: str, name: str, append: bool) -> int:
         """Open an artifact of a container directory (``open_file`` one level down)."""
         return self.open_file((subdir,), name, append)

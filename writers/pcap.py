@@ -66,6 +66,14 @@ there). Whenever the disk may hold more than the writer wrote, the index's sha25
 the disk at close instead of from what was written.
 
 The index gets one record per file at close, when its counts are final.
+
+Rotation (``--capture pcap-rotate:SIZE[,COUNT][,compress]``, as ``tcpdump -C -W``): before a
+block that would take a file past SIZE, the file is closed as ``<name>.<NNNNNN>.pcap``
+(tracecap.rotation) and gets its index record then, with ``segment`` and ``rotated_from``, and a
+``rotation`` record follows; the next block starts a new file with its own Section Header and
+Interface Description Blocks, so every segment is a whole pcapng that any reader opens alone.
+A segment's counts are its own; the live file's final record says how many segments came
+before it (``segments``).
 """
 
 from __future__ import annotations
@@ -79,7 +87,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracecap import bus
+from tracecap import bus, rotation, segments
+from tracecap.rotation import Rotation
 from tracecap.text import text_fields
 from writers.base import Writer
 from writers.budget import DiskBudget
@@ -335,6 +344,17 @@ class PcapFile:
     damaged: bool = False
     #: packets the disk budget kept out of this file
     budget_dropped: int = 0
+    #: segments closed before this one (pcap-rotate)
+    segments: int = 0
+
+    def restart(self) -> None:
+        """Start a new segment: the counts, hash and header of a fresh file (the object stays:
+        packets waiting in the reorder window point to it)."""
+        fresh = PcapFile(self.target, self.description, self.context)
+        for name in self.__dataclass_fields__:
+            if name not in ("target", "description", "context", "segments"):
+                setattr(self, name, getattr(fresh, name))
+        self.segments += 1
 
     def account(self, ts: int, orig_len: int, captured: int, cut: bool) -> None:
         self.packets += 1
@@ -363,6 +383,7 @@ class PcapFile:
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
             "out_of_order": self.out_of_order,
+            **({"segments": self.segments} if self.segments else {}),
             **self.context,
         }
 
@@ -393,8 +414,12 @@ class PcapWriter(Writer):
         reorder_window_ns: int = REORDER_WINDOW_NS,
         reorder_max_bytes: int = REORDER_MAX_BYTES,
         clock: Callable[[], int] = time.monotonic_ns,
+        rotation: Rotation | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
     ) -> None:
         super().__init__(budget)
+        self._rotation = rotation
+        self._wall_clock = wall_clock
         if isinstance(split, str):
             split = (split,)
         chosen = set(split)
@@ -428,6 +453,8 @@ class PcapWriter(Writer):
                     "budget_dropped",
                     "late_packets",
                     "reorder_forced",
+                    "rotations",
+                    "rotation_errors",
                 ),
                 0,
             )
@@ -555,6 +582,19 @@ class PcapWriter(Writer):
             self._write_error(f, f"cannot open: {exc}")
             return False
         data = block if f.header_done else file_header(f.description) + block
+        how = self._rotation
+        if how is not None and f.header_done and rotation.due(f.size, len(data), how.size):
+            try:
+                self._rotate(f, how)
+            except OSError as exc:  # the packet goes to the file as it is
+                self.counters["rotation_errors"] += 1
+                self._log("rotation_error", f"{f.target.path}: not rotated: {exc}")
+            try:
+                fd = self._fd(f)
+            except OSError as exc:
+                self._write_error(f, f"cannot open: {exc}")
+                return False
+            data = block if f.header_done else file_header(f.description) + block
         if self._budget is not None and not self._budget.allow(len(data)):
             f.budget_dropped += 1  # the file stays whole; its record says what it lacks
             return False
@@ -576,6 +616,37 @@ class PcapWriter(Writer):
             f.sha.update(data)
         f.header_done = True
         return True
+
+    def _rotate(self, f: PcapFile, how: Rotation) -> None:
+        """Close ``f`` as its next segment: its record (final counts, hash) and a rotation
+        record in the index; ``f`` then starts a fresh file under the same name."""
+        if f.sha is not None:
+            size, sha256 = f.size, f.sha.hexdigest()
+        else:
+            size, sha256 = self._disk_digest(f)
+        dir_fd = self._out.open_dirs(f.target.dirs)
+        try:
+            self._fds.discard(f.target.path)
+            done = segments.close_segment(dir_fd, f.target.name, how)
+        finally:
+            os.close(dir_fd)
+        closed = "/".join((*f.target.dirs, done.previous))
+        record = f.record(size, sha256)
+        record.update(path=closed, segment=done.number, rotated_from=f.target.path)
+        if how.compress:
+            record["compressed"] = done.previous.endswith(rotation.GZIP_SUFFIX)
+        if self._index.append_or_count(record, self.counters, self._log, f"{closed}: record"):
+            self.counters["records"] += 1
+        removed = ["/".join((*f.target.dirs, name)) for name in done.removed]
+        note = rotation.rotation_record(
+            f.target.path, closed, done.number, removed, self._wall_clock()
+        )
+        self._index.append_or_count(note, self.counters, self._log, f"{closed}: rotation")
+        for problem in done.problems:
+            self.counters["rotation_errors"] += 1
+            self._log("rotation_error", f"{f.target.path}: {problem}")
+        self.counters["rotations"] += 1
+        f.restart()
 
     def _write_error(self, f: PcapFile, reason: str) -> None:
         self.counters["write_errors"] += 1

@@ -12,6 +12,7 @@ from typing import Any
 
 from tracecap import keys, kinds
 from tracecap.privileges import drop_privileges
+from tracecap.rotation import Rotation
 from writers.base import Subscriber, Writer
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
 from writers.index import Index
@@ -72,6 +73,7 @@ def run_writer(
     curve_keys: tuple[str, str] | None = None,
     limit_bytes: int | None = None,
     floor_bytes: int = DEFAULT_FLOOR_BYTES,
+    index_rotation: Rotation | None = None,
 ) -> int:
     """Run the ``kind`` writer until SIGTERM/SIGINT (or ``stop``), flush it, return 0.
 
@@ -85,6 +87,8 @@ def run_writer(
     unprivileged user (keys.KeyFileError if that user cannot read them or they are unsafe).
     ``limit_bytes`` (``--capture limit:``) and ``floor_bytes`` make the disk budget every write of
     artifact data asks first; each writer process measures the shared output tree itself.
+    ``index_rotation`` (``--capture index-rotate:``) rotates ``index.jsonl``; every writer of a
+    run is given the same, since whichever appends past the size rotates it.
     """
     factory = WRITER_KINDS.get(kind)
     if factory is None:
@@ -100,7 +104,7 @@ def run_writer(
     stop = stop or threading.Event()
     out = OutputDir(out_dir)
     try:
-        index = Index(out)
+        index = Index(out, rotation=index_rotation)
         try:
             budget = DiskBudget(out.root_fd, limit_bytes, floor_bytes, index=index, name=kind)
             writer = factory(out, index, budget=budget, **options)

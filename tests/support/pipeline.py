@@ -18,6 +18,8 @@ from typing import TypeVar
 
 import pytest
 
+from tests.support.writer_harness import read_index
+
 READY_TIMEOUT_S = 90
 
 
@@ -67,9 +69,7 @@ class Run:
                 pytest.fail(f"tracecap run did not stop within {timeout:.0f} s\n{logs}")
             self.stdout = self.stdout_path.read_text(errors="replace")
             self.stderr = self.stderr_path.read_text(errors="replace")
-            index = self.out_dir / "index.jsonl"
-            lines = index.read_bytes().splitlines() if index.exists() else []
-            self.index = [json.loads(line) for line in lines]
+            self.index = read_index(self.out_dir) if self.out_dir.is_dir() else []
         return self
 
     def logs(self, tail: int = 4000) -> str:

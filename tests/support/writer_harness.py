@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from tests.support.envelopes import message
+from tracecap import segments
 from writers.base import Writer
 from writers.index import INDEX_NAME, Index
 from writers.outdir import OutputDir
@@ -32,8 +33,13 @@ class FakeClock:
 
 
 def read_index(root: Path, name: str = INDEX_NAME) -> list[dict[str, Any]]:
-    """Every line of the index under ``root``, parsed."""
-    return [json.loads(line) for line in (root / name).read_text().splitlines()]
+    """Every line of the index under ``root``, parsed: its rotated segments in order, then the
+    live file (tracecap.segments, as the product reads it)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return [json.loads(line) for _, line in segments.iter_lines(fd, name)]
+    finally:
+        os.close(fd)
 
 
 class OutputTree:

@@ -32,6 +32,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from tracecap import bus
 from tracecap.frontend import tracee_json
+from tracecap.frontend.events_file import EventsFileError, open_events_file
 from tracecap.frontend.plan import Plan, make_plan
 from tracecap.frontend.rundir import (
     OutDirError,
@@ -42,6 +43,7 @@ from tracecap.frontend.rundir import (
 from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
 from tracecap.options import DEFAULT_RING_MB, Config
 from tracecap.privileges import RunDirError, prepare_run_dir
+from tracecap.segments import Rotated, SegmentedFile
 from tracecap.stats import read_writer_stats
 
 READY_TIMEOUT_S = 60.0
@@ -282,8 +284,13 @@ class Frontend:
         subscribe: Callable[[str, tuple[bytes, ...]], BusFeed] = ZmqFeed,
         clock: Callable[[], float] = time.monotonic,
         ready_timeout: float = READY_TIMEOUT_S,
+        events_file: SegmentedFile | None = None,
     ) -> None:
         self.config = config
+        #: ``--output json:/path``: events go there instead of ``out``.
+        self.events_file = events_file
+        self.events_written = 0
+        self.events_lost = 0
         self.plan = plan
         self.out = out
         self.rpc = rpc or XmlRpcSupervisor(plan.run_dir)
@@ -313,10 +320,21 @@ class Frontend:
                 print("tracecap: ready", file=sys.stderr, flush=True)
             return
         events = self.printer.events_for(msg, self.config.events)
-        for event in events:
-            self.out.write(json.dumps(event) + "\n")
-        if events:
+        if not events:
+            return
+        text = "".join(json.dumps(event) + "\n" for event in events)
+        if self.events_file is None:
+            self.out.write(text)
             self.out.flush()
+            return
+        try:
+            self.events_file.write(text.encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            if not self.events_lost:
+                print(f"tracecap: error: events file: {exc}; counting lost events", file=sys.stderr)
+            self.events_lost += len(events)
+            return
+        self.events_written += len(events)
 
     def _pump_bus(self, feed: BusFeed, timeout_ms: int) -> int:
         """Handle what arrives within ``timeout_ms``; how many messages that was."""
@@ -397,6 +415,15 @@ class Frontend:
         writers = read_writer_stats(self.plan.stats_dir)
         tail = unseen_tail(self.stats_by_epoch, writers)
         print(summary_line(totals, writers, tail), file=sys.stderr)
+        if self.events_file is not None:
+            print(
+                f"tracecap: events file: {self.events_written} events written, "
+                f"{self.events_file.rotations} rotations, {self.events_lost} events lost to "
+                "write errors",
+                file=sys.stderr,
+            )
+            if self.events_lost:
+                status = status or 1
         return status
 
     def _problem(self, elapsed: float) -> str | None:
@@ -428,4 +455,29 @@ def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = DEFAULT_RI
         print(f"tracecap: error: {exc}", file=sys.stderr)
         return 2
     plan = make_plan(config, argv, run_dir, ring_mb)
-    return Frontend(config, plan, sys.stdout).run()
+    events_file = None
+    if config.output_file is not None:
+        try:
+            events_file = open_events_file(
+                config.output_file, config.output_rotation, _rotated, _rotation_failed
+            )
+        except EventsFileError as exc:
+            print(f"tracecap: error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return Frontend(config, plan, sys.stdout, events_file=events_file).run()
+    finally:
+        if events_file is not None:
+            events_file.close()
+
+
+def _rotated(done: Rotated) -> None:
+    """Say on stderr what a rotation of the events file did (the file holds events only)."""
+    removed = f", removed {', '.join(done.removed)}" if done.removed else ""
+    print(f"tracecap: events file: closed segment {done.previous}{removed}", file=sys.stderr)
+    for problem in done.problems:
+        print(f"tracecap: warning: events file: {problem}", file=sys.stderr)
+
+
+def _rotation_failed(problem: str) -> None:
+    print(f"tracecap: warning: events file: {problem}", file=sys.stderr)

@@ -175,7 +175,9 @@ VALUES = {
     "write=": "/tmp/*", "write:path=": "/tmp/*", "read=": "/tmp/*", "read:path=": "/tmp/*",
     "net=": "lo", "dir:": "/var/lib/x", "limit:": "2gb", "floor:": "1gb",
     "comm=": "bash", "comm!=": "bash", "pid=": "1", "uid=": "0", "container=": "0" * 12,
-    "event=": "vfs_write",
+    "event=": "vfs_write", "pcap-rotate:": "10mb,3", "index-rotate:": "1mb,2,compress",
+    "json:": "/var/log/tracecap/events.json", "option:rotate-size=": "1mb",
+    "option:rotate-count=": "5",
 }  # fmt: skip
 
 
@@ -191,6 +193,9 @@ def test_every_completed_word_is_accepted(dest: str):
         token = word + VALUES[word] if word.endswith(("=", ":")) else word
         # packet settings need packet capture on, as the error says
         extra = ["--capture", "network"] if token.startswith("pcap-") else []
+        # rotation words rotate the events file, which needs a name and a size
+        if token.startswith("option:rotate-"):
+            extra = ["--output", "json:/var/log/e.json", "--output", "option:rotate-size=1mb"]
         options.parse_args([*extra, flag.names[0], token])
 
 
@@ -268,7 +273,7 @@ def test_completion_of_commands_flags_and_values(script: Path, tmp_path: Path):
         "tracecap run --scope comm": "comm= comm!=",
         "tracecap run --events vfs_write,net_packet_d": "vfs_write,net_packet_dns",
         "tracecap tap --topic file.": "file.write. file.read.",
-        "tracecap run --output js": "json",
+        "tracecap run --output js": "json json:",
     }
     assert dict(zip(cases, complete(script, *cases), strict=True)) == cases
 

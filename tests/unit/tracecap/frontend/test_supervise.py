@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tracecap import bus, options
+from tests.support.envelopes import file_env
+from tracecap import bus, options, segments
+from tracecap.frontend.events_file import open_events_file
 from tracecap.frontend.plan import Plan, make_plan
 from tracecap.frontend.supervise import Frontend, stopped_program
 from tracecap.privileges import RunDirError
@@ -317,3 +319,35 @@ def test_stopped_program_names_the_first_dead_one():
         "/run/tc/writer-exec.log"
     )
     assert stopped_program(infos[:1] + infos[2:], "/run/tc") is None
+
+
+def test_events_go_to_the_events_file_not_stdout(tmp_path, capsys):
+    """--output json:/path: the loop writes each event line to the events file (rotating it),
+    stdout stays empty, and the summary says how many were written."""
+    argv = ["--capture", "write", "--output", f"json:{tmp_path}/ev/e.json",
+            "--output", "option:rotate-size=1kb"]  # fmt: skip
+    config = options.parse_args(argv)
+    plan = make_plan(config, argv, str(tmp_path), exe=EXE)
+    writes = [bus.encode(bus.TOPIC_FILE_WRITE, file_env(seq=n, io_len=10, io_id=n), b"x" * 10)
+              for n in range(20)]  # fmt: skip
+    clock = FakeClock(0.5)
+    sup = FakeSupervisord(clock, 10)
+    out = io.StringIO()
+    events = open_events_file(config.output_file, config.output_rotation)
+    frontend = Frontend(config, plan, out, launcher=FakeLauncher(sup), rpc=FakeRpc(clock,
+                        all_running), subscribe=FakeFeed([[stats("ready"), *writes]]),
+                        clock=clock, events_file=events)  # fmt: skip
+    assert frontend.run() == 0
+    events.close()
+    assert out.getvalue() == ""
+    lines = [line for _, line in _segment_lines(tmp_path / "ev", "e.json")]
+    assert len(lines) == 20 and events.rotations >= 5
+    assert "tracecap: events file: 20 events written" in capsys.readouterr().err
+
+
+def _segment_lines(directory: Path, base: str) -> list[tuple[str, bytes]]:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return list(segments.iter_lines(fd, base))
+    finally:
+        os.close(fd)
