@@ -25,6 +25,11 @@ class StoreError(RuntimeError):
     """The store did not take (or give) an object: down, refusing, or misconfigured."""
 
 
+class ObjectRefused(StoreError):
+    """The store refused this one object as malformed (HTTP 400: a key or metadata it does not
+    accept): trying again cannot help, and must not hold up the others."""
+
+
 class Store(Protocol):
     """What the shipper needs of a store (a dict-backed fake in unit tests)."""
 
@@ -67,6 +72,13 @@ class S3Store:
             max_concurrency=4,
         )
 
+    @staticmethod
+    def _error(key: str, exc: BaseException) -> StoreError:
+        response = getattr(exc, "response", None) or {}
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        cls = ObjectRefused if status == 400 else StoreError
+        return cls(f"{key}: {exc}")
+
     def _errors(self) -> tuple[type[BaseException], ...]:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
@@ -83,16 +95,16 @@ class S3Store:
                 Config=self._transfer,
             )
         except self._errors() as exc:
-            raise StoreError(f"{key}: {exc}") from exc
+            raise self._error(key, exc) from exc
 
     def put_bytes(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata)
         except self._errors() as exc:
-            raise StoreError(f"{key}: {exc}") from exc
+            raise self._error(key, exc) from exc
 
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except self._errors() as exc:
-            raise StoreError(f"{key}: {exc}") from exc
+            raise self._error(key, exc) from exc

@@ -34,7 +34,7 @@ from typing import Any
 
 from tracecap.fsutil import DIR_FLAGS, default_opener
 from writers.index import INDEX_NAME, parse_line
-from writers.s3store import Store, StoreError
+from writers.s3store import ObjectRefused, Store, StoreError
 from writers.shipkeys import BadRecord, artifact_path, index_chunk_key, metadata, object_key
 from writers.shipstate import StateJournal
 
@@ -60,6 +60,7 @@ COUNTERS = (
     "ship_changed",
     "ship_gone",
     "ship_bad_records",
+    "ship_refused",
     "ship_store_errors",
     "ship_deleted",
     "ship_delete_errors",
@@ -320,6 +321,10 @@ class Shipper:
                 if record.get("sha256") not in (None, expected):
                     self.counters["ship_changed"] += 1
                     return False  # written again since its line: the next line describes it
+            if item.path in self.journal.state.deleted:
+                # written again after its copy was deleted: the writer started a new artifact
+                # (the earlier bytes are gone from disk); the first object is never overwritten
+                key = f"{key}.{expected}"
             st = os.fstat(fd)
             reader = HashingReader(fd)
             self._store.put_file(key, reader, metadata(record, expected))  # type: ignore[arg-type]
@@ -342,7 +347,13 @@ class Shipper:
 
     def _ship_waiting(self) -> None:
         for item in list(self.waiting.values()):
-            if self._ship_one(item):
+            try:
+                shipped = self._ship_one(item)
+            except ObjectRefused as exc:
+                self.counters["ship_refused"] += 1
+                self._log("refused", f"{item.path} not shipped: {exc}")
+                shipped = True
+            if shipped:
                 del self.waiting[item.path]
 
     def _delete_stored(self) -> None:
@@ -361,6 +372,7 @@ class Shipper:
             del self._to_delete[path]
             try:
                 unlink_beneath(self._root_fd, path)
+                self.journal.record({"deleted": path})
                 self.counters["ship_deleted"] += 1
             except OSError as exc:
                 self.counters["ship_delete_errors"] += 1

@@ -6,6 +6,8 @@ An append-only journal of JSON lines, replayed at start:
   (``clear-dir`` replaced it), keeping what was shipped.
 - ``{"shipped": PATH, "sha256": S}``: that content of that artifact is in the store; shipping
   it again would be a duplicate.
+- ``{"deleted": PATH}``: its local copy was removed once stored (``--delete-after-upload``);
+  a later version of it is a new artifact and goes up under another key.
 - ``{"resolved": N}``: every index line before byte N is dealt with (shipped, superseded,
   gone or refused), so a restart reads the index from N.
 - ``{"chunk": [A, B]}`` then ``{"chunk_done": B}``: the index lines in bytes ``[A, B)`` are
@@ -44,6 +46,7 @@ class ShipState:
     #: A chunk begun and not known to be stored: (start, end).
     chunk_open: tuple[int, int] | None = None
     shipped: dict[str, str] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
     #: Lines that were not JSON objects (a torn tail), skipped.
     bad_lines: int = 0
 
@@ -60,6 +63,8 @@ class ShipState:
                 self.shipped.pop(str(entry["shipped"]), None)
             else:
                 self.shipped[str(entry["shipped"])] = str(sha)
+        elif "deleted" in entry:
+            self.deleted.add(str(entry["deleted"]))
         elif "resolved" in entry:
             self.resolved = max(self.resolved, int(entry["resolved"]))
         elif "chunk" in entry:
@@ -78,6 +83,7 @@ class ShipState:
         if self.index_id is not None:
             out.append({"index": self.index_id})
         out += [{"shipped": path, "sha256": sha} for path, sha in sorted(self.shipped.items())]
+        out += [{"deleted": path} for path in sorted(self.deleted)]
         out += [{"resolved": self.resolved}, {"chunk_done": self.chunk_done}]
         if self.chunk_open is not None:
             out.append({"chunk": list(self.chunk_open)})

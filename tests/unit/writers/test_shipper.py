@@ -11,7 +11,7 @@ from typing import Any, BinaryIO
 
 import pytest
 
-from writers.s3store import StoreError
+from writers.s3store import ObjectRefused, StoreError
 from writers.shipper import BACKOFF_FIRST_S, HashingReader, Shipper
 from writers.shipstate import STATE_NAME, StateJournal, replay
 
@@ -217,6 +217,40 @@ def test_delete_after_upload_removes_final_copies_only(tree: Tree) -> None:
     assert not (tree.root / "host/write.dev-1.inode-2").exists()
     assert (tree.root / "index.jsonl").exists() and (tree.root / STATE_NAME).exists()
     assert shipper.counters["ship_deleted"] == 2
+
+
+def test_a_file_written_again_after_its_copy_was_deleted_never_overwrites_the_first(
+    tree: Tree,
+) -> None:
+    store = FakeStore()
+    tree.artifact("host/exec.1.a", b"first")
+    shipper = tree.shipper(store, delete_after_upload=True)
+    shipper.step()
+    assert not (tree.root / "host/exec.1.a").exists()
+    rec = tree.artifact("host/exec.1.a", b"second")
+    shipper.close()
+    again = tree.shipper(store, delete_after_upload=True)  # the deletion is remembered
+    again.step()
+    assert store.objects["p/box1/host/exec.1.a"][0] == b"first"
+    assert store.objects[f"p/box1/host/exec.1.a.{rec['sha256']}"][0] == b"second"
+
+
+def test_an_object_the_store_refuses_is_counted_and_does_not_hold_up_others(tree: Tree) -> None:
+    store = FakeStore()
+    refuse = store.put_file
+
+    def put_file(key: str, fileobj: BinaryIO, metadata: dict[str, str]) -> None:
+        if key.endswith("exec.1.a"):
+            raise ObjectRefused(f"{key}: KeyTooLong")
+        refuse(key, fileobj, metadata)
+
+    store.put_file = put_file  # type: ignore[method-assign]
+    tree.artifact("host/exec.1.a", b"a")
+    tree.artifact("host/exec.2.b", b"b")
+    shipper = tree.shipper(store)
+    shipper.step()
+    assert shipper.counters["ship_refused"] == 1 and shipper.counters["ship_pending"] == 0
+    assert store.objects["p/box1/host/exec.2.b"][0] == b"b"
 
 
 def test_a_symlink_or_fifo_in_place_of_an_artifact_is_never_followed(tree: Tree) -> None:
