@@ -121,6 +121,10 @@ class HashingReader:
     def hexdigest(self) -> str:
         return self._sha.hexdigest()
 
+    def close(self) -> None:
+        """s3transfer closes what it read; the fd stays open for its owner (closefd=False)."""
+        self._file.close()
+
 
 def open_beneath(root_fd: int, path: str) -> int:
     """Open ``path`` (relative, checked by shipkeys) read-only under ``root_fd``, one component

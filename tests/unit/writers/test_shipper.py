@@ -33,6 +33,7 @@ class FakeStore:
         data = b""
         while block := fileobj.read(3):  # small reads: the hasher must follow them
             data += block
+        fileobj.close()  # as s3transfer does
         self.objects[key] = (data, dict(metadata))
         self.puts[key] = self.puts.get(key, 0) + 1
 
