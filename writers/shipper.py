@@ -87,6 +87,9 @@ class Stored:
     size: int
     mtime_ns: int
     mutable: bool
+    #: Its index line's offset: the journal's ``resolved`` stays before it until it is gone,
+    #: so that a restart sees the line again and deletes what a killed predecessor did not.
+    offset: int
 
 
 class HashingReader:
@@ -275,6 +278,8 @@ class Shipper:
         sha = record.get("sha256")
         if sha is not None and self.journal.state.shipped.get(path) == sha:
             self.counters["ship_already_shipped"] += 1
+            if self._delete:
+                self._redelete(offset, path, record, sha)
             return
         if self.waiting.pop(path, None) is not None:
             self.counters["ship_superseded"] += 1
@@ -346,8 +351,26 @@ class Shipper:
         if record.get("complete") is False:
             self.counters["shipped_incomplete"] += 1
         if self._delete:
-            self._to_delete[item.path] = Stored(item.path, st.st_size, st.st_mtime_ns, mutable)
+            self._to_delete[item.path] = Stored(
+                item.path, st.st_size, st.st_mtime_ns, mutable, item.offset
+            )
         return True
+
+    def _redelete(self, offset: int, path: str, record: dict[str, Any], sha: str) -> None:
+        """After a restart: delete a local copy a predecessor stored and did not get to delete,
+        once its bytes are checked to be what went up."""
+        try:
+            fd = open_beneath(self._root_fd, path)
+        except OSError:
+            return  # deleted already, or not ours to touch
+        try:
+            if file_sha256(fd)[0] != sha:
+                return  # written again since: its next line ships it
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        mutable = record.get("kind") in MUTABLE_KINDS
+        self._to_delete[path] = Stored(path, st.st_size, st.st_mtime_ns, mutable, offset)
 
     def _ship_waiting(self) -> None:
         for item in list(self.waiting.values()):
@@ -386,7 +409,8 @@ class Shipper:
 
     def _resolved(self) -> int:
         pending = [item.offset for item in self.waiting.values()]
-        return min(pending) if pending else self.read_offset
+        pending += [stored.offset for stored in self._to_delete.values()]
+        return min(pending, default=self.read_offset)
 
     def _gauges(self) -> None:
         self.counters["ship_pending"] = len(self.waiting)
@@ -419,11 +443,11 @@ class Shipper:
                     self._log("store", "store reachable again")
                 self.store_down = False
                 self._failures = 0
+        if self._delete:
+            self._delete_stored()
         resolved = self._resolved()
         if resolved > self.journal.state.resolved:
             self.journal.record({"resolved": resolved})
-        if self._delete:
-            self._delete_stored()
         self._gauges()
 
     def run(self, stop: threading.Event, on_round: Callable[[], None] = lambda: None) -> None:

@@ -216,12 +216,17 @@ def test_a_killed_shipper_resumes_without_duplicates_or_gaps(tracecap, workdir: 
         ["bash", "-c", "for i in $(seq 150); do head -c 200000 /dev/urandom > w$i; done"],
         cwd=workdir, check=True,
     )  # fmt: skip
-    for _ in range(20):
-        binary = workdir / "tc-ship-bin"
-        shutil.copy("/bin/true", binary)
+    for i in range(20):  # 20 distinct binaries (inodes) of one name
+        (workdir / f"b{i}").mkdir()
+        binary = Path(shutil.copy("/bin/true", workdir / f"b{i}" / "tc-ship-bin"))
         subprocess.run([str(binary)], check=True)
-        binary.unlink()
-    wait_until("170 artifacts indexed", lambda: len(current(run)) >= 170, 30)
+
+    def indexed() -> bool:
+        kinds = [r["kind"] for r in current(run).values()]
+        execs = [p for p in current(run) if p.endswith(".tc-ship-bin")]
+        return kinds.count("write") == 150 and len(execs) == 20
+
+    wait_until("150 written files and 20 binaries indexed", indexed, 30)
     client = swift.client()
     first = Shipper(run, swift, "--delete-after-upload")
 

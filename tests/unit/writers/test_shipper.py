@@ -220,6 +220,21 @@ def test_delete_after_upload_removes_final_copies_only(tree: Tree) -> None:
     assert shipper.counters["ship_deleted"] == 2
 
 
+def test_a_copy_stored_but_not_deleted_before_a_kill_is_deleted_after_the_restart(
+    tree: Tree,
+) -> None:
+    store = FakeStore()
+    tree.artifact("host/exec.1.a", b"a")
+    first = tree.shipper(store, delete_after_upload=True)
+    first._delete_stored = lambda: None  # type: ignore[method-assign]  # killed before it
+    first.step()
+    first.close()
+    second = tree.shipper(store, delete_after_upload=True)
+    second.step()
+    assert not (tree.root / "host/exec.1.a").exists()
+    assert store.puts["p/box1/host/exec.1.a"] == 1
+
+
 def test_a_file_written_again_after_its_copy_was_deleted_never_overwrites_the_first(
     tree: Tree,
 ) -> None:
