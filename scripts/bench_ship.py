@@ -75,13 +75,11 @@ def main() -> int:
     if os.geteuid() != 0 or not shutil.which("swift-proxy-server"):
         print("bench: run as root after `make setup-test` (swift)", file=sys.stderr)
         return 2
-    for name, value in Swift(Path("/")).env().items():
-        if name.startswith("AWS_") and name != "AWS_ENDPOINT_URL":
-            os.environ[name] = value
     work = Path(tempfile.mkdtemp(prefix="tcb-ship-", dir="/var/tmp"))
     swift = Swift(work / "swift")
     try:
         swift.configure()
+        os.environ.update(swift.env())  # boto3's standard variables, as a user sets them
         swift.start()
         swift.client().create_bucket(Bucket=BUCKET)
         print(f"machine: {os.cpu_count()} cpus, kernel {os.uname().release}")
