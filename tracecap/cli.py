@@ -27,6 +27,9 @@ from tracecap.frontend import supervisor_conf
 from tracecap.usage import Command, Flag
 
 WRITER_KINDS = ", ".join(kinds.BY_NAME)
+#: ``tracecap writer ship``: not a bus writer, the shipper of what the writers stored.
+SHIP = "ship"
+SHIP_FLAGS = ("--bucket", "--prefix", "--endpoint-url", "--delete-after-upload")
 DEFAULT_RUN_DIR = "/run/tracecap"
 #: ``sun_path`` of ``struct sockaddr_un`` is 108 bytes; libzmq's ipc transport refuses a path
 #: that does not fit with its NUL (ENAMETOOLONG, ipc_address.cpp), as supervisord's bind would.
@@ -44,10 +47,13 @@ class UsageError(ValueError):
     prints it and exits with 2."""
 
 
-def split_own(argv: Sequence[str], own: dict[str, bool]) -> tuple[dict[str, list[str]], list[str]]:
+def split_own(
+    argv: Sequence[str], own: dict[str, bool], switches: frozenset[str] = frozenset()
+) -> tuple[dict[str, list[str]], list[str]]:
     """Separate a subcommand's own flags (``--flag VALUE`` or ``--flag=VALUE``) from the rest.
 
-    ``own`` maps each flag to whether it is repeatable. Returns ({flag: [values]}, rest).
+    ``own`` maps each flag to whether it is repeatable; ``switches`` are those of them that
+    take no value (found as ``[""]``). Returns ({flag: [values]}, rest).
     """
     found: dict[str, list[str]] = {}
     rest: list[str] = []
@@ -55,7 +61,11 @@ def split_own(argv: Sequence[str], own: dict[str, bool]) -> tuple[dict[str, list
     while i < len(argv):
         arg = argv[i]
         name, eq, value = arg.partition("=")
-        if name in own:
+        if name in switches:
+            if eq or name in found:
+                raise UsageError(f"{name} takes no value" if eq else f"{name} given twice")
+            found[name] = [""]
+        elif name in own:
             if not eq:
                 if i + 1 >= len(argv):
                     raise UsageError(f"{name} needs a value")
@@ -174,6 +184,11 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
     kind, rest = rest[0], rest[1:]
     config = _config(expand_config(found, rest))
     run_dir = run_dir_of(found)
+    ship_flags = [flag for flag in SHIP_FLAGS if flag in found]
+    if kind == SHIP:
+        return _ship(found, config, run_dir)
+    if ship_flags:
+        raise UsageError(f"{ship_flags[0]} is for writer {SHIP} only")
     endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
     # The bridge serves only CURVE clients: a plain tcp connection would wait in silence.
     server_key = found.get("--server-key", [None])[0]
@@ -206,6 +221,28 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
             index_rotation=config.index_rotation,
         )
     except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _ship(found: dict[str, list[str]], config: options.Config, run_dir: str) -> int:
+    if "--bucket" not in found:
+        raise UsageError(f"writer {SHIP} needs --bucket")
+    for flag in ("--connect", "--server-key", "--client-key"):
+        if flag in found:
+            raise UsageError(f"{flag} is not for writer {SHIP}: it reads <dir>/out")
+    from tracecap.privileges import PrivilegeError
+    from writers.shipper import run_shipper
+
+    try:
+        return run_shipper(
+            config.out_dir,
+            found["--bucket"][0],
+            prefix=found.get("--prefix", [""])[0],
+            endpoint_url=found.get("--endpoint-url", [None])[0],
+            delete_after_upload="--delete-after-upload" in found,
+            stats_dir=f"{run_dir}/stats",
+        )
+    except PrivilegeError as exc:
         raise UsageError(str(exc)) from None
 
 
@@ -343,7 +380,31 @@ ALLOW = Flag(
     complete="dir",
 )
 KIND = Flag(
-    (), "KIND", f"The artifact kind: {WRITER_KINDS}.", required=True, words=tuple(kinds.BY_NAME)
+    (),
+    "KIND",
+    f"The artifact kind: {WRITER_KINDS}; or {SHIP}: put what the writers stored into an "
+    "S3-compatible bucket.",
+    required=True,
+    words=(*kinds.BY_NAME, SHIP),
+)
+BUCKET = Flag(
+    ("--bucket",),
+    "BUCKET",
+    f"writer {SHIP}: the bucket; objects are <prefix>/<host>/<path in out/>, the index lines "
+    "<prefix>/<host>/index/*.jsonl.",
+)
+PREFIX = Flag(("--prefix",), "PREFIX", f"writer {SHIP}: the keys' first part (default none).")
+ENDPOINT_URL = Flag(
+    ("--endpoint-url",),
+    "URL",
+    f"writer {SHIP}: the store's URL (default: AWS_ENDPOINT_URL, ~/.aws/config, else AWS S3); "
+    "credentials and region come from boto3's chain (AWS_ACCESS_KEY_ID, ...).",
+    words=("http://", "https://"),
+)
+DELETE_AFTER_UPLOAD = Flag(
+    ("--delete-after-upload",),
+    "",
+    f"writer {SHIP}: remove each local copy once stored and final.",
 )
 KEYS_DIR = Flag((), "DIR", "Where the pair is written.", required=True, complete="dir")
 NAME = Flag(("--name",), "NAME", "The key pair's name (default: the short host name).")
@@ -384,9 +445,21 @@ COMMANDS: dict[str, Command] = {
             "writer",
             "one unprivileged writer: persist one artifact kind",
             "Subscribe to one artifact kind on the bus and persist it under <dir>/out, with "
-            "index.jsonl. Runs as the tracecap user (started as root, it drops to it before "
-            "opening anything).",
-            (CONFIG, RUN_DIR, CONNECT, WRITER_SERVER_KEY, CLIENT_KEY),
+            "index.jsonl; or, as writer ship, follow index.jsonl and put each stored artifact "
+            "and the index lines into an S3-compatible bucket once, resuming after a restart. "
+            "Runs as the tracecap user (started as root, it drops to it before opening "
+            "anything).",
+            (
+                CONFIG,
+                RUN_DIR,
+                CONNECT,
+                WRITER_SERVER_KEY,
+                CLIENT_KEY,
+                BUCKET,
+                PREFIX,
+                ENDPOINT_URL,
+                DELETE_AFTER_UPLOAD,
+            ),
             options=True,
             operand=KIND,
             handler=_writer,
@@ -562,7 +635,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
     if "--help" in rest or "-h" in rest:
         print(command_help(cmd), end="")
         return 0
-    found, rest = split_own(rest, command.own_flags())
+    found, rest = split_own(rest, command.own_flags(), command.switches())
     if rest and not command.options and command.operand is None:
         raise UsageError(f"{cmd} takes no option {rest[0]!r}")
     for flag in command.flags:

@@ -84,6 +84,10 @@ class Command:
         """The flags ``cli.split_own`` separates, each with whether it may repeat."""
         return {name: flag.repeatable for flag in self.flags for name in flag.names}
 
+    def switches(self) -> frozenset[str]:
+        """The flags that take no value (an empty ``metavar``)."""
+        return frozenset(name for flag in self.flags if not flag.metavar for name in flag.names)
+
 
 @dataclass(frozen=True)
 class Shared:

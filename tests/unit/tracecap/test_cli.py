@@ -73,6 +73,28 @@ def test_split_own_empty():
     assert split_own([], {"--x": True}) == ({}, [])
 
 
+def test_split_own_takes_a_switch_without_a_value():
+    found, rest = split_own(
+        ["--delete-after-upload", "--bucket", "b", "-c", "x"],
+        {"--delete-after-upload": False, "--bucket": False},
+        frozenset({"--delete-after-upload"}),
+    )
+    assert found == {"--delete-after-upload": [""], "--bucket": ["b"]}
+    assert rest == ["-c", "x"]
+    with pytest.raises(UsageError, match="takes no value"):
+        split_own(["--delete-after-upload=yes"], {"--delete-after-upload": False},
+                  frozenset({"--delete-after-upload"}))  # fmt: skip
+
+
+def test_ship_flags_belong_to_writer_ship_and_it_needs_a_bucket(capsys):
+    err = check_refused(capsys, ["writer", "file", "--bucket", "b"])
+    assert "--bucket is for writer ship only" in err
+    err = check_refused(capsys, ["writer", "ship", "--prefix", "p"])
+    assert "writer ship needs --bucket" in err
+    err = check_refused(capsys, ["writer", "ship", "--bucket", "b", "--connect", "tcp://x:1"])
+    assert "--connect is not for writer ship" in err
+
+
 # --- parse_wait_for ---
 
 

@@ -258,7 +258,7 @@ def test_completion_of_commands_flags_and_values(script: Path, tmp_path: Path):
         "tracecap help wr": "writer",
         "tracecap run --ring": "--ring-mb",
         "tracecap status -": "--run-dir --help -h",
-        "tracecap writer ": " ".join(cli.kinds.BY_NAME),
+        "tracecap writer ": " ".join((*cli.kinds.BY_NAME, cli.SHIP)),
         "tracecap writer file --conn": "--connect",
         "tracecap run --capture exe": "exec",
         "tracecap run -c write:ty": "type=regular type=pipe type=socket type=elf",
