@@ -5,6 +5,7 @@
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
 #   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started);
 #   prometheus: the real server that scrapes `tracecap exporter` (started by its test only);
+#   nats-server: JetStream for the fleet tests and bench (started by them only, never by run);
 #   man-db, bash-completion: the man page and the completion script are read as users get them;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
@@ -17,7 +18,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx prometheus man-db bash-completion
+    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the
 # current bookworm kernel package (Debian 12 ships them as plain .ko), kept across runs in
