@@ -222,6 +222,11 @@ class Subscriber:
         }
         self._index.append_or_count(record, self.counters, self._log, "gap record")
 
+    def expected(self, epoch: int, topic: bytes) -> int | None:
+        """The next seq of ``(epoch, topic)`` that would be no gap; None before its first."""
+        last = self._gaps.last(epoch, topic)
+        return None if last is None else last + 1
+
     def resume(self, last_seq: dict[str, int]) -> None:
         """Count gaps from ``last_seq`` (GapTracker's state): a remote writer's acknowledged
         position, which is where the stream delivers again after a restart."""

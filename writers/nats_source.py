@@ -38,6 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from tracecap import fleet, kinds
 from tracecap.natsconn import NatsOptions, connect
 from tracecap.privileges import drop_privileges
@@ -47,6 +49,7 @@ from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
 from writers.index import Index
 from writers.outdir import FILE_MODE, OutputDir, open_regular
 from writers.runner import WRITER_KINDS
+from writers.seqorder import SeqOrder
 
 FETCH_BATCH = 256
 FETCH_TIMEOUT_S = 0.5
@@ -175,6 +178,7 @@ class NatsSource:
         self._psub: Any = None
         self._resync = True
         self._next_consumer_seq = 1
+        self._order: SeqOrder[tuple[str, list[bytes]]] = SeqOrder(self._expected)
 
     def _topics(self) -> tuple[bytes, ...]:
         return kinds.BY_NAME[self.config.kind].topics
@@ -189,8 +193,9 @@ class NatsSource:
             self._log(f"host {host}: writing into {sink.out.path}")
         return sink
 
-    def handle(self, msg: Any) -> None:
-        """One delivery: skip it if already handled, else write it and note it in the ledger."""
+    def handle(self, msg: Any, now: float) -> None:
+        """One delivery: skip it if already handled, else note it in the ledger and write it
+        (once those before it in its stream's seq order came, see ``writers.seqorder``)."""
         meta = msg.metadata
         stream_seq, consumer_seq = meta.sequence.stream, meta.sequence.consumer
         if consumer_seq != self._next_consumer_seq:
@@ -216,16 +221,31 @@ class NatsSource:
             self.ledger.delivered(Delivery(stream_seq, host, None, 0, msg.reply))
             return
         sink = self._sink(host)
-        key, seq = None, 0
         try:
             frames = fleet.frames(topic, msg.headers, msg.data)
-        except fleet.BadSubject as exc:
-            sink.subscriber.malformed(str(exc))
-        else:
-            decoded = sink.subscriber.process(frames)
-            if decoded is not None:
-                key, seq = f"{decoded.env['epoch']}:{topic.decode()}", decoded.env["seq"]
-        self.ledger.delivered(Delivery(stream_seq, host, key, seq, msg.reply))
+            env = msgpack.unpackb(frames[1])
+            epoch, seq = env["epoch"], env["seq"]
+            if type(epoch) is not int or type(seq) is not int:
+                raise ValueError("epoch and seq must be integers")
+        except Exception as exc:  # anything the bus decoder would refuse: counted there
+            self.ledger.delivered(Delivery(stream_seq, host, None, 0, msg.reply))
+            sink.subscriber.malformed(f"{msg.subject}: {exc.__class__.__name__}: {exc}")
+            return
+        self.ledger.delivered(
+            Delivery(stream_seq, host, f"{epoch}:{topic.decode()}", seq, msg.reply)
+        )
+        for host_, frames_ in self._order.offer((host, epoch, topic), seq, (host, frames), now):
+            self.sinks[host_].subscriber.process(frames_)
+
+    def _expected(self, key: tuple[str, int, bytes]) -> int | None:
+        sink = self.sinks.get(key[0])
+        return None if sink is None else sink.subscriber.expected(key[1], key[2])
+
+    def _held(self, host: str) -> dict[str, int]:
+        floors = self.sinks[host].writer.unindexed()
+        for stream, seq in self._order.floors(host).items():
+            floors[stream] = min(seq, floors.get(stream, seq))
+        return floors
 
     async def _ack(self) -> None:
         """Acknowledge the durable front (its position saved first, per host)."""
@@ -233,7 +253,7 @@ class NatsSource:
             for sink in self.sinks.values():
                 sink.writer.make_durable()
         before = {h: dict(k) for h, k in self.ledger.acked.items()}
-        last = self.ledger.advance(lambda host: self.sinks[host].writer.unindexed())
+        last = self.ledger.advance(self._held)
         if last is None:
             return
         for host, keys in self.ledger.acked.items():
@@ -323,11 +343,13 @@ class NatsSource:
                     self._log(f"fetch failed ({exc.__class__.__name__}: {exc})")
                     await _sleep(stop, 0.5)
                     msgs = []
+                now = time.monotonic()
                 for msg in msgs:
                     if self._resync:
                         break
-                    self.handle(msg)
-                now = time.monotonic()
+                    self.handle(msg, now)
+                for host, frames in self._order.release(now):
+                    self.sinks[host].subscriber.process(frames)
                 if now >= next_house or not msgs:
                     next_house = now + HOUSEKEEPING_S
                     for sink in self.sinks.values():
@@ -339,6 +361,8 @@ class NatsSource:
 
     async def _finish(self) -> None:
         """Flush every host's writer, acknowledge what their index lines now cover, close."""
+        for host, frames in self._order.release(0.0, force=True):
+            self.sinks[host].subscriber.process(frames)
         for sink in self.sinks.values():
             try:
                 sink.finish()
