@@ -5,6 +5,7 @@
 #   kmod (insmod, modprobe), bpftrace: real loaders; luajit, nodejs: real JITs;
 #   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started);
 #   prometheus: the real server that scrapes `tracecap exporter` (started by its test only);
+#   nats-server: JetStream for the fleet tests and bench (started by them only, never by run);
 #   man-db, bash-completion: the man page and the completion script are read as users get them;
 #   swift-*: OpenStack Swift with its s3api, the real S3-compatible store `tracecap writer ship`
 #     is tested and benchmarked against (tests/support/swift.py starts it; never a service);
@@ -19,7 +20,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx prometheus man-db bash-completion
+    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server
 install_debs setup-test swift swift-proxy swift-object swift-container swift-account
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 
 from tracecap import __version__, bus, kinds, options, usage
 from tracecap.frontend import supervisor_conf
+from tracecap.natsconn import NatsOptions
 from tracecap.usage import Command, Flag
 
 WRITER_KINDS = ", ".join(kinds.BY_NAME)
@@ -190,6 +191,10 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
     if ship_flags:
         raise UsageError(f"{ship_flags[0]} is for writer {SHIP} only")
     endpoint = found.get("--connect", [f"ipc://{run_dir}/bus.sock"])[0]
+    if endpoint.startswith(("nats://", "tls://")):
+        return _nats_writer(kind, config, found, endpoint, run_dir)
+    if any(flag in found for flag in (*_NATS_ONLY, "--stream", "--host")):
+        raise UsageError("--creds, --nkey, --tls*, --stream and --host are for nats:// only")
     # The bridge serves only CURVE clients: a plain tcp connection would wait in silence.
     server_key = found.get("--server-key", [None])[0]
     client_key = found.get("--client-key", [None])[0]
@@ -246,7 +251,68 @@ def _ship(found: dict[str, list[str]], config: options.Config, run_dir: str) -> 
         raise UsageError(str(exc)) from None
 
 
+#: The NATS connection's flags besides the servers (tracecap.natsconn).
+_NATS_ONLY = ("--creds", "--nkey", "--tlscert", "--tlskey", "--tlsca")
+
+
+def _nats_options(found: dict[str, list[str]], servers: str) -> NatsOptions:
+    from tracecap.natsconn import options_from
+
+    try:
+        return options_from({**found, "--nats": [servers]})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _stream_of(found: dict[str, list[str]]) -> str:
+    from tracecap import fleet
+
+    stream = found.get("--stream", [fleet.DEFAULT_STREAM])[0]
+    if not stream or any(c in stream for c in " .*>\t/\\"):
+        raise UsageError(f"--stream {stream!r}: a JetStream stream name (no spaces, . * > / \\)")
+    return stream
+
+
+def _nats_writer(
+    kind: str, config: options.Config, found: dict[str, list[str]], servers: str, run_dir: str
+) -> int:
+    from tracecap import fleet
+    from writers.nats_source import NatsWriterConfig, run_nats_writer
+
+    if kind not in kinds.BY_NAME:
+        raise UsageError(f"unknown writer kind {kind!r} ({WRITER_KINDS})")
+    if "--server-key" in found or "--client-key" in found:
+        raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
+    hosts = found.get("--host", ["*"])[0]
+    if hosts != "*":
+        try:
+            fleet.check_host(hosts)
+        except ValueError as exc:
+            raise UsageError(f"--host: {exc}") from None
+    writer_config = NatsWriterConfig(
+        kind=kind,
+        out_dir=config.out_dir,
+        nats=_nats_options(found, servers),
+        stats_dir=f"{run_dir}/stats",
+        stream=_stream_of(found),
+        hosts=hosts,
+        options={"split": tuple(sorted(config.pcap.split))} if kind == "pcap" else None,
+        limit_bytes=config.limit_bytes,
+        floor_bytes=config.floor_bytes,
+    )
+    return run_nats_writer(writer_config)
+
+
 def _bridge(found: dict[str, list[str]], rest: list[str]) -> int:
+    if ("--nats" in found) == ("--listen" in found):
+        raise UsageError("bridge needs one of --listen tcp://ADDR:PORT and --nats nats://HOST:PORT")
+    if "--nats" in found:
+        return _nats_bridge(found)
+    if any(flag in found for flag in (*_NATS_ONLY, "--stream", "--host", "--replicas")):
+        raise UsageError("--creds, --nkey, --tls*, --stream, --host and --replicas go with --nats")
+    for flag in ("--server-key", "--allow"):
+        if flag not in found:
+            raise UsageError(f"bridge needs {flag} with --listen")
     listen = found["--listen"][0]
     if not listen.startswith("tcp://"):
         raise UsageError(f"--listen {listen!r}: expected tcp://ADDR:PORT")
@@ -269,6 +335,28 @@ def _bridge(found: dict[str, list[str]], rest: list[str]) -> int:
         raise UsageError(f"--listen {listen}: {exc}") from None
 
 
+def _nats_bridge(found: dict[str, list[str]]) -> int:
+    from tracecap.tools.nats_bridge import NatsBridgeConfig, host_name, run_nats_bridge
+
+    if "--server-key" in found or "--allow" in found:
+        raise UsageError("--server-key and --allow are for --listen")
+    replicas = found.get("--replicas", ["1"])[0]
+    if not replicas.isdecimal() or not 1 <= int(replicas) <= 5:
+        raise UsageError(f"--replicas {replicas!r}: 1 to 5 (JetStream's limit)")
+    try:
+        host = host_name(found.get("--host", [None])[0])
+    except ValueError as exc:
+        raise UsageError(f"--host: {exc}") from None
+    bridge_config = NatsBridgeConfig(
+        nats=_nats_options(found, found["--nats"][0]),
+        upstream=f"ipc://{run_dir_of(found)}/bus.sock",
+        host=host,
+        stream=_stream_of(found),
+        replicas=int(replicas),
+    )
+    return run_nats_bridge(bridge_config)
+
+
 def _keys(found: dict[str, list[str]], rest: list[str]) -> int:
     if len(rest) != 1 or rest[0].startswith("-"):
         raise UsageError("keys needs one DIR (and optionally --name NAME)")
@@ -289,6 +377,12 @@ def _tap(found: dict[str, list[str]], rest: list[str]) -> int:
 
 
 def _status(found: dict[str, list[str]], rest: list[str]) -> int:
+    if "--nats" in found:
+        from tracecap.tools.fleet_status import fleet_status
+
+        return fleet_status(_nats_options(found, found["--nats"][0]), _stream_of(found))
+    if any(flag in found for flag in (*_NATS_ONLY, "--stream")):
+        raise UsageError("--creds, --nkey, --tls* and --stream go with --nats")
     from tracecap.tools.status import status
 
     return status(run_dir_of(found))
@@ -341,8 +435,9 @@ CONNECT = Flag(
     ("--connect",),
     "ENDPOINT",
     "The bus to subscribe to (default ipc://<run-dir>/bus.sock); a tcp:// endpoint (a "
-    "tracecap bridge) needs --server-key and --client-key.",
-    words=("ipc://", "tcp://"),
+    "tracecap bridge) needs --server-key and --client-key; nats://HOST:PORT[,...] consumes "
+    "the JetStream stream (tracecap bridge --nats), artifacts under <dir>/out/<host>.",
+    words=("ipc://", "tcp://", "nats://"),
 )
 WRITER_SERVER_KEY = Flag(
     ("--server-key",),
@@ -361,23 +456,58 @@ LISTEN = Flag(
     ("--listen",),
     "tcp://ADDR:PORT",
     "Where remote writers connect (CURVE-encrypted).",
-    required=True,
     words=("tcp://",),
 )
 BRIDGE_SERVER_KEY = Flag(
     ("--server-key",),
     "FILE",
-    "The bridge's secret key (server.key_secret, made by tracecap keys).",
-    required=True,
+    "The bridge's secret key (server.key_secret, made by tracecap keys); with --listen.",
     complete="file",
 )
 ALLOW = Flag(
     ("--allow",),
     "DIR",
     "The directory of the client public keys (NAME.key) that get data; any other key gets "
-    "nothing. SIGHUP re-reads it.",
-    required=True,
+    "nothing. SIGHUP re-reads it. With --listen.",
     complete="dir",
+)
+NATS = Flag(
+    ("--nats",),
+    "nats://HOST:PORT[,...]",
+    "NATS servers (tls:// for TLS); with it the bridge publishes into JetStream instead of "
+    "listening on tcp (README Fleet).",
+    words=("nats://", "tls://"),
+)
+STATUS_NATS = Flag(
+    ("--nats",),
+    "nats://HOST:PORT[,...]",
+    "Show the hosts seen in the JetStream stream with their last stats instead (README Fleet).",
+    words=("nats://", "tls://"),
+)
+CREDS = Flag(
+    ("--creds",), "FILE", "NATS user credentials file (JWT and nkey seed).", complete="file"
+)
+NKEY = Flag(("--nkey",), "FILE", "NATS nkey seed file.", complete="file")
+TLSCERT = Flag(("--tlscert",), "FILE", "TLS client certificate for NATS.", complete="file")
+TLSKEY = Flag(("--tlskey",), "FILE", "Its private key.", complete="file")
+TLSCA = Flag(
+    ("--tlsca",), "FILE", "CA certificate the NATS servers' are checked with.", complete="file"
+)
+STREAM = Flag(("--stream",), "NAME", "The JetStream stream (default TRACECAP).")
+BRIDGE_HOST = Flag(
+    ("--host",),
+    "NAME",
+    "This capture host's name in subjects (default: the short host name; letters, digits, _ -).",
+)
+WRITER_HOST = Flag(
+    ("--host",),
+    "NAME",
+    "With nats://, persist only this capture host's messages (default: every host).",
+)
+REPLICAS = Flag(
+    ("--replicas",),
+    "N",
+    "Replicas of the stream when the bridge creates it (default 1; 3 on a three-node cluster).",
 )
 KIND = Flag(
     (),
@@ -459,6 +589,13 @@ COMMANDS: dict[str, Command] = {
                 PREFIX,
                 ENDPOINT_URL,
                 DELETE_AFTER_UPLOAD,
+                CREDS,
+                NKEY,
+                TLSCERT,
+                TLSKEY,
+                TLSCA,
+                STREAM,
+                WRITER_HOST,
             ),
             options=True,
             operand=KIND,
@@ -466,10 +603,26 @@ COMMANDS: dict[str, Command] = {
         ),
         Command(
             "bridge",
-            "relay the bus to remote writers over CURVE-encrypted tcp",
-            "Relay the bus to tcp:// with CURVE encryption; only the client keys in --allow "
-            "get data. Started as root, it drops to the tracecap user before anything else.",
-            (LISTEN, BRIDGE_SERVER_KEY, ALLOW, RUN_DIR),
+            "relay the bus to remote writers over CURVE-encrypted tcp, or into JetStream",
+            "Relay the bus to tcp:// with CURVE encryption (--listen; only the client keys in "
+            "--allow get data), or republish it into a NATS JetStream stream (--nats), spooling "
+            "while NATS is away. Started as root, it drops to the tracecap user before anything "
+            "else.",
+            (
+                LISTEN,
+                BRIDGE_SERVER_KEY,
+                ALLOW,
+                RUN_DIR,
+                NATS,
+                CREDS,
+                NKEY,
+                TLSCERT,
+                TLSKEY,
+                TLSCA,
+                STREAM,
+                BRIDGE_HOST,
+                REPLICAS,
+            ),
             handler=_bridge,
         ),
         Command(
@@ -494,7 +647,7 @@ COMMANDS: dict[str, Command] = {
             "the collector's and the writers' live counters, as JSON",
             "Print the collector's next message on the stats. topic and the writers' counters "
             "as JSON. Run as root or a member of group tracecap.",
-            (RUN_DIR,),
+            (RUN_DIR, STATUS_NATS, CREDS, NKEY, TLSCERT, TLSKEY, TLSCA, STREAM),
             handler=_status,
         ),
         Command(

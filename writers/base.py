@@ -79,6 +79,17 @@ class Writer(abc.ABC):
         writer's gap instead of vanishing."""
         return {}
 
+    def unindexed(self) -> dict[str, int]:
+        """Like ``unwritten``, for the messages whose artifact has no index line yet: a remote
+        writer acknowledges a JetStream delivery only below these (``writers.acks``), so that
+        a restart gets again everything an index line does not describe. By default what
+        ``unwritten`` says (the writer's index lines follow its data at once)."""
+        return self.unwritten()
+
+    def make_durable(self) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """Write the index lines of everything held (``unindexed`` empties): a remote writer
+        asks when its unacknowledged deliveries approach the consumer's bound."""
+
     def on_gap(self, gap: Gap) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Messages of ``gap.topic`` never arrived; a writer may mark what they could have hit."""
 
@@ -156,17 +167,18 @@ class Subscriber:
 
     # -- one message -------------------------------------------------------------------------
 
-    def process(self, frames: list[bytes]) -> None:
-        """Decode, account and dispatch one multipart message. Never raises."""
+    def process(self, frames: list[bytes]) -> bus.Message | None:
+        """Decode, account and dispatch one multipart message; the message, None when it was
+        malformed. Never raises."""
         self.counters["bytes"] += sum(len(f) for f in frames)
         try:
             msg = bus.decode(frames)
         except bus.BadMessage as exc:
-            self._malformed(str(exc))
-            return
+            self.malformed(str(exc))
+            return None
         except Exception as exc:  # a decoder bug must not take the writer down either
-            self._malformed(f"decoder failed: {exc.__class__.__name__}: {exc}")
-            return
+            self.malformed(f"decoder failed: {exc.__class__.__name__}: {exc}")
+            return None
         self.counters["messages"] += 1
         gap = self._gaps.observe(msg.env["epoch"], msg.topic, msg.env["seq"])
         self.counters["seq_regressions"] = self._gaps.regressions
@@ -177,8 +189,10 @@ class Subscriber:
         except Exception as exc:
             self.counters["handler_errors"] += 1
             self._log("handler_error", f"{msg.topic!r}: {exc.__class__.__name__}: {exc}")
+        return msg
 
-    def _malformed(self, reason: str) -> None:
+    def malformed(self, reason: str) -> None:
+        """Count and log a message that could not be decoded."""
         self.counters["malformed"] += 1
         self._log("malformed", f"dropped a malformed message: {reason}")
 
@@ -207,6 +221,17 @@ class Subscriber:
             "ts": time.time_ns(),
         }
         self._index.append_or_count(record, self.counters, self._log, "gap record")
+
+    def expected(self, epoch: int, topic: bytes) -> int | None:
+        """The next seq of ``(epoch, topic)`` that would be no gap; None before its first."""
+        last = self._gaps.last(epoch, topic)
+        return None if last is None else last + 1
+
+    def resume(self, last_seq: dict[str, int]) -> None:
+        """Count gaps from ``last_seq`` (GapTracker's state): a remote writer's acknowledged
+        position, which is where the stream delivers again after a restart."""
+        self._gaps = GapTracker()
+        self._gaps.restore(last_seq)
 
     # -- housekeeping ------------------------------------------------------------------------
 

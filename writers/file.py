@@ -85,8 +85,17 @@ class FileWriter(Writer):
         clock: Callable[[], float] = time.monotonic,
         log: RateLimitedLog | None = None,
         budget: DiskBudget | None = None,
+        replay: bool = False,
     ) -> None:
         super().__init__(budget)
+        #: Fed from JetStream (``writers.nats_source``): whatever has no index line is
+        #: delivered again after a restart, so a killed predecessor's artifacts are not
+        #: interrupted (their rest comes again), and bytes of a stream already in the file
+        #: are not appended twice.
+        self._replay = replay
+        #: Per artifact with no index line yet, the lowest bus seq per "epoch:topic" of the
+        #: messages it took (``unindexed``); kept only when ``replay``.
+        self._held: dict[_Key, dict[str, int]] = {}
         self.directions = tuple(directions)
         unknown = set(self.directions) - DIRECTIONS.keys()
         if unknown or not self.directions:
@@ -132,6 +141,7 @@ class FileWriter(Writer):
                     "tails_missing",
                     "journal_errors",
                     "journal_bad_lines",
+                    "replayed_bytes_skipped",
                 ),
                 0,
             )
@@ -232,6 +242,7 @@ class FileWriter(Writer):
             if len(self._released_ends) > RELEASED_ENDS:
                 self._released_ends.popitem(last=False)
         self._unsynced.pop(key, None)
+        self._held.pop(key, None)
         self.counters["released"] += 1
 
     def _artifact(
@@ -283,7 +294,9 @@ class FileWriter(Writer):
                 self._log("journal_error", f"{path!r}: state not usable: {exc}")
                 continue
             key = (subdir, name)
-            if not art.append:
+            if self._replay:
+                self._resume(key, art)
+            elif not art.append:
                 # bytes may be on disk past the last state: not known written, so missing
                 try:
                     art.reach(os.fstat(self._fd(key, art)).st_size)
@@ -296,6 +309,41 @@ class FileWriter(Writer):
             self._log("reconciled", f"{path}: left open by a killed writer; reported incomplete")
         self.counters["journal_bad_lines"] += self._journal.bad_lines
         self._compact()
+
+    def _resume(self, key: _Key, art: FileArtifact) -> None:
+        """A killed predecessor's artifact whose messages the stream delivers again: not
+        interrupted; what is not known written stays missing until they come (``uncertain``).
+        A stream's file is cut back to what the journal knows written, so that the bytes
+        appended after its last state are appended once more, not twice."""
+        art.interrupted = False
+        if art.append:
+            try:
+                os.ftruncate(self._fd(key, art), art.extent)
+            except OSError as exc:
+                self._log("journal_error", f"{art.path}: not cut back to {art.extent}: {exc}")
+                art.interrupted = True
+        else:
+            try:
+                art.reach(os.fstat(self._fd(key, art)).st_size)
+            except OSError as exc:
+                self._log("journal_error", f"{art.path}: size unknown: {exc}")
+
+    def unindexed(self) -> dict[str, int]:
+        floors: dict[str, int] = {}
+        for held in self._held.values():
+            for stream, seq in held.items():
+                if seq < floors.get(stream, seq + 1):
+                    floors[stream] = seq
+        return floors
+
+    def make_durable(self) -> None:
+        for key in list(self._dirty):
+            self._flush(key, retry=True)
+
+    def _hold(self, key: _Key, msg: bus.Message) -> None:
+        if self._replay:
+            stream = f"{msg.env['epoch']}:{msg.topic.decode('ascii', 'backslashreplace')}"
+            self._held.setdefault(key, {}).setdefault(stream, msg.env["seq"])
 
     def _journal_state(self, key: _Key, art: FileArtifact) -> None:
         """Write ``art``'s state to the journal; called before bytes it does not cover land."""
@@ -345,6 +393,7 @@ class FileWriter(Writer):
             return
         now = self._clock()
         key, art = self._artifact(subdir, name, direction, env, now)
+        self._hold(key, msg)
         self._touch(key, art, env, now)
         if lost:
             for start, end in lost:
@@ -352,7 +401,14 @@ class FileWriter(Writer):
             accounted = sum(end - start for start, end in lost)
         else:
             accounted = len(payload)
-            if payload:
+            if (
+                payload
+                and self._replay
+                and art.append
+                and art.written.covers(env["off"], env["off"] + len(payload))
+            ):
+                self.counters["replayed_bytes_skipped"] += len(payload)
+            elif payload:
                 at = art.extent if art.append else env["off"]  # where it lands in the artifact
                 done = self._write(key, art, env["off"], payload)
                 if source == bus.SOURCE_READBACK and done:

@@ -55,6 +55,10 @@ class GapTracker:
             if sep and epoch.isdecimal() and type(seq) is int and seq >= 0:
                 self._last[(int(epoch), topic.encode("ascii", "replace"))] = seq
 
+    def last(self, epoch: int, topic: bytes) -> int | None:
+        """The last seq seen of ``(epoch, topic)``, None if none is remembered."""
+        return self._last.get((epoch, topic))
+
     def observe(self, epoch: int, topic: bytes, seq: int) -> Gap | None:
         key = (epoch, topic)
         last = self._last.get(key)

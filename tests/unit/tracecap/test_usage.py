@@ -257,7 +257,8 @@ def test_completion_of_commands_flags_and_values(script: Path, tmp_path: Path):
         "tracecap st": "status",
         "tracecap help wr": "writer",
         "tracecap run --ring": "--ring-mb",
-        "tracecap status -": "--run-dir --help -h",
+        "tracecap status -": "--run-dir --nats --creds --nkey --tlscert --tlskey --tlsca --stream "
+        "--help -h",
         "tracecap writer ": " ".join((*cli.kinds.BY_NAME, cli.SHIP)),
         "tracecap writer file --conn": "--connect",
         "tracecap run --capture exe": "exec",
