@@ -58,6 +58,10 @@ POSITIVE = [
     (f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{PODMAN}.scope", PODMAN),
     (f"/machine.slice/libpod-{PODMAN}.scope/container", PODMAN),  # crun's split subgroup
     (f"/libpod_parent/libpod-{PODMAN}", PODMAN),
+    # Docker --cgroup-parent /a/b (cgroupfs driver)
+    (f"/a/b/{DOCKER}", DOCKER),
+    # a Podman pod (cgroupfs driver): /libpod_parent/<pod id>/libpod-<id>
+    (f"/libpod_parent/{OUTER}/libpod-{PODMAN}", PODMAN),
     # plain containerd: /<namespace>/<id>
     (f"/default/{CTRD}", CTRD),
     (f"/k8s.io/{CTRD}", CTRD),
@@ -111,7 +115,8 @@ NEGATIVE = [
     f"/{DOCKER}",
     f"/system.slice/{DOCKER}",
     f"/user.slice/user-1000.slice/{DOCKER}",
-    f"/a/b/{DOCKER}",
+    # a Podman pod's cgroup holds its containers' cgroups, it is not one
+    f"/libpod_parent/{OUTER}",
 ]
 
 
