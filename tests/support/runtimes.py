@@ -111,6 +111,19 @@ class Runtime:
             network: str = "host", extra: Sequence[str] = ()) -> Container:  # fmt: skip
         raise NotImplementedError
 
+    def create(self, cmd: Sequence[str], *, network: str = "host",
+               extra: Sequence[str] = ()) -> str:  # fmt: skip
+        """A container made but not started (its id is known before its cgroup exists)."""
+        raise NotImplementedError
+
+    def start(self, cid: str) -> str:
+        """Start a created container and wait for it to exit; its output."""
+        raise NotImplementedError
+
+    def bind(self, path: Path) -> list[str]:
+        """The options that mount host directory ``path`` at the same path inside."""
+        return ["--volume", f"{path}:{path}"]
+
     def host_pid(self, cid: str) -> int:
         """The host pid of a running container's first process."""
         raise NotImplementedError
@@ -159,6 +172,18 @@ class Podman(Runtime):
         cidfile.unlink()
         self.made.append(cid)
         return Container(self.name, cid, proc.stdout)
+
+    def create(self, cmd: Sequence[str], *, network: str = "host",
+               extra: Sequence[str] = ()) -> str:  # fmt: skip
+        cidfile = self.state / f"cid-{new_id()[:16]}"
+        self.podman("create", "--cidfile", str(cidfile), "--network", network, *extra, IMAGE, *cmd)
+        cid = cidfile.read_text().strip()
+        cidfile.unlink()
+        self.made.append(cid)
+        return cid
+
+    def start(self, cid: str) -> str:
+        return self.podman("start", "--attach", cid).stdout
 
     def pod_create(self) -> str:
         """A pod (its id) whose infra container runs our image (the default is a registry's)."""
@@ -252,6 +277,18 @@ class Docker(Runtime):
         self.made.append(cid)
         return Container(self.name, cid, proc.stdout)
 
+    def create(self, cmd: Sequence[str], *, network: str = "host",
+               extra: Sequence[str] = ()) -> str:  # fmt: skip
+        cidfile = self.state / f"cid-{new_id()[:16]}"
+        self.docker("create", "--cidfile", str(cidfile), "--network", network, *extra, IMAGE, *cmd)
+        cid = cidfile.read_text().strip()
+        cidfile.unlink()
+        self.made.append(cid)
+        return cid
+
+    def start(self, cid: str) -> str:
+        return self.docker("start", "--attach", cid).stdout
+
     def host_pid(self, cid: str) -> int:
         return int(self.docker("inspect", "-f", "{{.State.Pid}}", cid).stdout.strip())
 
@@ -272,6 +309,7 @@ class Containerd(Runtime):
     def __init__(self, state: Path, rootfs: Path) -> None:
         super().__init__("containerd", state)
         self.rootfs = rootfs
+        self._created: dict[str, tuple[list[str], str, list[str]]] = {}
         sock = state / "containerd.sock"
         config = state / "config.toml"
         config.write_text(
@@ -300,8 +338,9 @@ class Containerd(Runtime):
         return _run([*self.base, *args], check=check)
 
     def run(self, cmd: Sequence[str], *, rm: bool = True, detach: bool = False,
-            network: str = "host", extra: Sequence[str] = ()) -> Container:  # fmt: skip
-        cid = new_id()
+            network: str = "host", extra: Sequence[str] = (),
+            cid: str = "") -> Container:  # fmt: skip
+        cid = cid or new_id()
         args = ["run", "--env", "PATH=/bin", *extra]
         args += ["--net-host"] if network == "host" else []
         args += ["--rm"] if rm else []
@@ -310,6 +349,21 @@ class Containerd(Runtime):
         # --rootfs is a switch: the first argument is then the directory, the second the id
         proc = self.ctr(*args, "--rootfs", str(self.rootfs), cid, *cmd)
         return Container(self.name, cid, proc.stdout)
+
+    def create(self, cmd: Sequence[str], *, network: str = "host",
+               extra: Sequence[str] = ()) -> str:  # fmt: skip
+        """With ctr the caller names the container, so its id is known before anything is
+        made: ``start`` runs it (``ctr run``) under that id."""
+        cid = new_id()
+        self._created[cid] = (list(cmd), network, list(extra))
+        return cid
+
+    def start(self, cid: str) -> str:
+        cmd, network, extra = self._created.pop(cid)
+        return self.run(cmd, network=network, extra=extra, cid=cid).stdout
+
+    def bind(self, path: Path) -> list[str]:
+        return ["--mount", f"type=bind,src={path},dst={path},options=rbind:rw"]
 
     def host_pid(self, cid: str) -> int:
         out = self.ctr("task", "ls").stdout
