@@ -214,8 +214,6 @@ class CgroupResolver:
         self._lock = threading.Lock()
         #: cgroup id -> (path relative to the root, container id or "")
         self._cache: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        #: container cgroups seen by the last scan (what exists now, unlike the cache)
-        self._live_containers: dict[int, str] = {}
         self._last_scan: float | None = None
         #: counters for the collector's stats: scans made, scans refused by the rate limit,
         #: lookups that stayed unknown, scans cut short by the bounds, ids the kernel resolved
@@ -238,15 +236,6 @@ class CgroupResolver:
         """The cgroup's path relative to the cgroup2 root (``/`` for the root), or None."""
         hit = self._lookup(cgroup_id)
         return hit[0] if hit is not None and hit[0] else None
-
-    def container_cgroups(self) -> dict[int, str]:
-        """Every cgroup id that belongs to a container now (after a fresh scan), with its id.
-
-        Reflects the tree as it is, not the cache, which also remembers cgroups already removed.
-        """
-        self.rescan()
-        with self._lock:
-            return dict(self._live_containers)
 
     def states(self) -> list[tuple[int, CgroupState]]:
         """Every cgroup of the tree now (a fresh walk) with its state by the rules: what the
@@ -302,21 +291,17 @@ class CgroupResolver:
         recently used, so that a tree larger than the cache cannot evict it in the same scan."""
         self._last_scan = self._clock()
         self.scans += 1
-        live: dict[int, str] = {}
         found: tuple[str, str] | None = None
         for ino, path in self._walk():
             entry = (path, classify_path(path, self.rules).container_id)
             self._cache[ino] = entry
             self._cache.move_to_end(ino)
-            if entry[1]:
-                live[ino] = entry[1]
             if ino == want:
                 found = entry
         if found is not None and want is not None:
             self._cache[want] = found
             self._cache.move_to_end(want)
         self._evict_locked()
-        self._live_containers = live
         return found
 
     def _evict_locked(self) -> None:
