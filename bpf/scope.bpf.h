@@ -47,7 +47,8 @@ struct {
     __type(value, __u8);
 } scope_uid SEC(".maps");
 
-/* Cgroups of containers (or of the selected containers), kept current by the collector. */
+/* Cgroups of containers (or of the selected containers): those that exist at start from the
+ * collector, those made later from cgroup_mkdir (containers.bpf.h). */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 65536);

@@ -15,6 +15,7 @@
 char LICENSE[] SEC("license") = "GPL";
 
 #include "scope.bpf.h"
+#include "containers.bpf.h"
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
 #include "objects.bpf.h"
@@ -37,3 +38,6 @@ struct tc_drop_key _tc_abi_drop_key __attribute__((unused));
 struct tc_drop_val _tc_abi_drop_val __attribute__((unused));
 struct tc_packet _tc_abi_packet __attribute__((unused));
 struct tc_sock_owner _tc_abi_sock_owner __attribute__((unused));
+struct tc_cgroup_rule _tc_abi_cgroup_rule __attribute__((unused));
+struct tc_cgroup_state _tc_abi_cgroup_state __attribute__((unused));
+struct tc_cid_prefix _tc_abi_cid_prefix __attribute__((unused));

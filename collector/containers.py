@@ -7,9 +7,13 @@ the directory after the container. So attribution is two steps, both here:
 
 1. :class:`CgroupResolver` walks the cgroup2 tree and remembers inode -> path (relative to the
    cgroup2 root, as ``/proc/<pid>/cgroup`` prints it);
-2. :func:`container_id_from_path` reads the container id out of that path, knowing how Docker,
-   containerd (plain and under Kubernetes), CRI-O and Podman name their cgroups with either the
-   cgroupfs or the systemd driver.
+2. :func:`container_id_from_path` reads the container id out of that path by the naming rules
+   of collector/cgroup_rules.py (how Docker, containerd, CRI-O and Podman name their cgroups
+   with either driver).
+
+The kernel classifies every cgroup made after start by the same rules, when it is made
+(bpf/containers.bpf.h), and keeps the result after the cgroup is gone: the resolver asks it
+first (``kernel``), so a container's events are attributed even when read after its removal.
 
 No runtime API is asked: the collector must work with no engine reachable (and none runs in CI),
 and a cgroup name cannot be spoofed by an unprivileged process the way a runtime's label could.
@@ -26,48 +30,30 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from collector.cgroup_rules import (
+    USER_RULES_PATH,
+    CgroupState,
+    Rule,
+    classify_path,
+    load_rules,
+)
+
+#: The built-in naming rules (collector/cgroup_rules.py DEFAULT_RULES).
+DEFAULT = load_rules()
+
 __all__ = [
     "CgroupResolver",
     "cgroup2_root",
     "container_id_from_path",
     "path_by_handle",
+    "read_rules",
     "unified_path_from_proc",
 ]
 
-#: A container id as every runtime here makes it: 64 lowercase hex digits. Uppercase or shorter
-#: strings are not ids any runtime produces, so they are not taken as one (a directory a user
-#: named to look like a container must not move host activity out of ``host/``).
-_HEX64 = r"[0-9a-f]{64}"
 
-#: A cgroup directory that *is* a container, named by its runtime:
-#: ``docker-<id>.scope`` (Docker, systemd driver; also kubelet+dockershim/cri-dockerd),
-#: ``cri-containerd-<id>.scope`` (containerd CRI, systemd driver),
-#: ``crio-<id>.scope`` / ``crio-<id>`` (CRI-O, systemd / cgroupfs driver),
-#: ``libpod-<id>.scope`` / ``libpod-<id>`` (Podman, systemd / cgroupfs driver).
-#: ``crio-conmon-<id>`` and ``libpod-conmon-<id>`` hold the runtime's monitor process, which is a
-#: host process: they do not match because ``conmon-`` is not hex.
-_RUNTIME_UNIT = re.compile(rf"(?:docker|cri-containerd|crio|libpod)-({_HEX64})(?:\.scope)?")
-
-#: A bare id component, as the cgroupfs drivers name containers: ``/docker/<id>``,
-#: ``/kubepods/<qos>/pod<uid>/<id>``, ``/<containerd namespace>/<id>``.
-_BARE = re.compile(_HEX64)
-
-#: Ancestors under which a bare id is a container (cgroupfs drivers). ``kubepods`` also covers the
-#: systemd driver's ``kubepods.slice`` and ``kubepods-*.slice`` (a bare id there is unusual but
-#: harmless: it can only have been made by the runtime that owns the slice).
-_BARE_PARENTS = ("docker", "libpod_parent")
-_KUBEPODS = re.compile(r"kubepods(?:[.-].*)?")
-
-#: containerd without Kubernetes puts a container at ``/<namespace>/<id>`` (``ctr run`` in the
-#: ``default`` namespace, ``moby``, ``buildkit``, ``k8s.io``...). Any namespace name is possible,
-#: so this form is accepted only at depth two, and never under a systemd unit (``x.slice``,
-#: ``x.scope``, ``x.service``), which no containerd namespace is named like.
-_CONTAINERD_NAMESPACE = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*")
-_SYSTEMD_UNIT_SUFFIXES = (".slice", ".scope", ".service", ".socket", ".mount", ".swap")
-
-
-def container_id_from_path(cgroup_path: str) -> str | None:
-    """The full (64-hex) container id of the innermost container in ``cgroup_path``, or None.
+def container_id_from_path(cgroup_path: str, rules: tuple[Rule, ...] = DEFAULT) -> str | None:
+    """The full (64-hex) container id of the innermost container in ``cgroup_path``, or None,
+    by the naming rules of collector/cgroup_rules.py (the kernel applies the same ones).
 
     The innermost (last) id wins so that a container nested in another (Docker in Docker, a
     Kubernetes node in a container) is attributed to the container that actually runs the process.
@@ -77,28 +63,18 @@ def container_id_from_path(cgroup_path: str) -> str | None:
     """
     if not isinstance(cgroup_path, str):
         return None
-    parts = [p for p in cgroup_path.split("/") if p]
-    found: str | None = None
-    bare_allowed = False
-    for depth, part in enumerate(parts):
-        unit = _RUNTIME_UNIT.fullmatch(part)
-        if unit:
-            found = unit.group(1)
-        elif _BARE.fullmatch(part) and (
-            bare_allowed or _is_containerd_namespace_child(parts, depth)
-        ):
-            found = part
-        if part in _BARE_PARENTS or _KUBEPODS.fullmatch(part):
-            bare_allowed = True
-    return found
+    return classify_path(cgroup_path, rules).container_id or None
 
 
-def _is_containerd_namespace_child(parts: list[str], depth: int) -> bool:
-    """``/<namespace>/<id>``: plain containerd's cgroupfs layout."""
-    if depth != 1:
-        return False
-    ns = parts[0]
-    return bool(_CONTAINERD_NAMESPACE.fullmatch(ns)) and not ns.endswith(_SYSTEMD_UNIT_SUFFIXES)
+def read_rules(path: str = USER_RULES_PATH) -> tuple[Rule, ...]:
+    """The built-in naming rules and the administrator's (``path``, if it exists). A rule that
+    cannot be used is a clear error (:class:`RuleError`) at start, not a silent miss."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return DEFAULT
+    return load_rules(text)
 
 
 def unified_path_from_proc(text: str) -> str | None:
@@ -222,8 +198,13 @@ class CgroupResolver:
         min_rescan_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         by_handle: bool = True,
+        rules: tuple[Rule, ...] = DEFAULT,
     ) -> None:
         self.root = root if root is not None else _default_root()
+        self.rules = rules
+        #: the kernel's record of a cgroup (bpf/containers.bpf.h): its container id, "" for the
+        #: host, None when the kernel has none; set by the collector once the maps exist
+        self.kernel: Callable[[int], str | None] | None = None
         self.cache_size = cache_size
         self.max_depth = max_depth
         self.max_entries = max_entries
@@ -233,8 +214,6 @@ class CgroupResolver:
         self._lock = threading.Lock()
         #: cgroup id -> (path relative to the root, container id or "")
         self._cache: OrderedDict[int, tuple[str, str]] = OrderedDict()
-        #: container cgroups seen by the last scan (what exists now, unlike the cache)
-        self._live_containers: dict[int, str] = {}
         self._last_scan: float | None = None
         #: counters for the collector's stats: scans made, scans refused by the rate limit,
         #: lookups that stayed unknown, scans cut short by the bounds, ids the kernel resolved
@@ -243,6 +222,7 @@ class CgroupResolver:
         self.unknown = 0
         self.truncated = 0
         self.by_handle_hits = 0
+        self.kernel_hits = 0
         self.rescan()
 
     # -- queries ------------------------------------------------------------------------------
@@ -255,17 +235,14 @@ class CgroupResolver:
     def path_of(self, cgroup_id: int) -> str | None:
         """The cgroup's path relative to the cgroup2 root (``/`` for the root), or None."""
         hit = self._lookup(cgroup_id)
-        return hit[0] if hit is not None else None
+        return hit[0] if hit is not None and hit[0] else None
 
-    def container_cgroups(self) -> dict[int, str]:
-        """Every cgroup id that belongs to a container now (after a fresh scan), with its id.
-
-        Meant for filling a kernel map (``--scope container``), so it reflects the tree as it is,
-        not the cache, which also remembers cgroups already removed.
-        """
-        self.rescan()
+    def states(self) -> list[tuple[int, CgroupState]]:
+        """Every cgroup of the tree now (a fresh walk) with its state by the rules: what the
+        kernel is given at start, for the cgroups it did not see made."""
         with self._lock:
-            return dict(self._live_containers)
+            walked = self._walk()
+        return [(ino, classify_path(path, self.rules)) for ino, path in walked]
 
     def rescan(self) -> None:
         """Walk the tree now (not rate-limited: explicit calls are the caller's decision)."""
@@ -280,11 +257,21 @@ class CgroupResolver:
             if hit is not None:
                 self._cache.move_to_end(cgroup_id)
                 return hit
+            if self.kernel is not None:
+                cid = self.kernel(cgroup_id)
+                if cid is not None:
+                    path = path_by_handle(self.root, cgroup_id) if self.root else None
+                    rel = _relative(self.root, path) if self.root and path else None
+                    hit = (rel or "", cid)
+                    self._cache[cgroup_id] = hit
+                    self._evict_locked()
+                    self.kernel_hits += 1
+                    return hit
             if self.by_handle and self.root:
                 absolute = path_by_handle(self.root, cgroup_id)
                 rel = _relative(self.root, absolute) if absolute is not None else None
                 if rel is not None:
-                    hit = (rel, container_id_from_path(rel) or "")
+                    hit = (rel, classify_path(rel, self.rules).container_id)
                     self._cache[cgroup_id] = hit
                     self._evict_locked()
                     self.by_handle_hits += 1
@@ -304,21 +291,17 @@ class CgroupResolver:
         recently used, so that a tree larger than the cache cannot evict it in the same scan."""
         self._last_scan = self._clock()
         self.scans += 1
-        live: dict[int, str] = {}
         found: tuple[str, str] | None = None
         for ino, path in self._walk():
-            entry = (path, container_id_from_path(path) or "")
+            entry = (path, classify_path(path, self.rules).container_id)
             self._cache[ino] = entry
             self._cache.move_to_end(ino)
-            if entry[1]:
-                live[ino] = entry[1]
             if ino == want:
                 found = entry
         if found is not None and want is not None:
             self._cache[want] = found
             self._cache.move_to_end(want)
         self._evict_locked()
-        self._live_containers = live
         return found
 
     def _evict_locked(self) -> None:

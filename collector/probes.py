@@ -15,6 +15,14 @@ from enum import StrEnum
 from importlib import resources
 
 from bpf import records
+from collector.cgroup_rules import (
+    STATE_SIZE,
+    CgroupState,
+    Rule,
+    decode_state,
+    encode_rules,
+    encode_state,
+)
 from collector.containers import cgroup2_root
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
@@ -36,6 +44,9 @@ class BpfMap(StrEnum):
     SCOPE_PID = "scope_pid"
     SCOPE_UID = "scope_uid"
     SCOPE_CGROUPS = "scope_cgroups"
+    SCOPE_CIDS = "scope_cids"
+    CGROUP_RULES = "cgroup_rules"
+    CGROUP_STATES = "cgroup_states"
     COUNTERS = "counters"
     FILE_DROPS = "file_drops"
     MEM_PROCS = "mem_procs"
@@ -47,7 +58,7 @@ def _syscall_programs(syscalls: tuple[str, ...]) -> frozenset[str]:
 
 
 #: The object's programs by what they capture; a configuration loads only those it needs.
-_ALWAYS = frozenset({"tc_fork", "tc_proc_exit"})
+_ALWAYS = frozenset({"tc_fork", "tc_proc_exit", "tc_cgroup_mkdir", "tc_cgroup_rmdir"})
 _MODULE_TP = frozenset(
     {"tc_init_module_enter", "tc_init_module_exit", "tc_finit_module_enter", "tc_finit_module_exit"}
 )
@@ -118,6 +129,8 @@ UNUSED_RING_BYTES = 4096
 MEM_EVENTS_PER_S = 64
 MEM_BYTES_PER_S = 4 << 20
 TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
+#: bpf/containers.bpf.h struct tc_cid_prefix: length, id prefix[64], padding
+_CID_PREFIX = struct.Struct("<B64s7x")
 
 
 def module_programs(tracefs_syscalls: str = TRACEFS_SYSCALLS) -> set[str]:
@@ -227,7 +240,6 @@ class KernelProbes:
                 raise ProbeError("network capture needs cgroup2 mounted (none in /proc/mounts)")
             cgroup_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self._cgroup_fd = cgroup_fd
-        self._scope_cgroups: set[int] = set()
         self._obj = BpfObject(object_path())
         try:
             self._programs = programs_for(config)
@@ -275,13 +287,30 @@ class KernelProbes:
         for uid in config.scope.uid:
             self._obj.update(BpfMap.SCOPE_UID, u32.pack(uid), b"\x01")
 
-    def set_scope_cgroups(self, wanted: set[int]) -> None:
-        """Make the kernel's container cgroup set equal ``wanted`` (added and removed)."""
-        for cgroup_id in wanted - self._scope_cgroups:
-            self._obj.update(BpfMap.SCOPE_CGROUPS, struct.pack("<Q", cgroup_id), b"\x01")
-        for cgroup_id in self._scope_cgroups - wanted:
-            self._obj.delete(BpfMap.SCOPE_CGROUPS, struct.pack("<Q", cgroup_id))
-        self._scope_cgroups = set(wanted)
+    def set_cgroup_rules(self, rules: tuple[Rule, ...], scope_ids: tuple[str, ...]) -> None:
+        """The naming rules the kernel classifies new cgroups by, and the container id
+        prefixes of ``container=ID`` (none: every container is in the scope set)."""
+        for idx, raw in enumerate(encode_rules(rules)):
+            self._obj.update(BpfMap.CGROUP_RULES, struct.pack("<I", idx), raw)
+        for idx, prefix in enumerate(scope_ids):
+            raw = _CID_PREFIX.pack(len(prefix), prefix.encode())
+            self._obj.update(BpfMap.SCOPE_CIDS, struct.pack("<I", idx), raw)
+
+    def put_cgroup_states(
+        self, states: Iterable[tuple[int, CgroupState]], in_scope: Callable[[str], bool] | None
+    ) -> None:
+        """Cgroups that existed before the kernel saw them made: their states, and those of
+        containers ``in_scope`` accepts into the scope set (None: no container scope)."""
+        for cgroup_id, state in states:
+            key = struct.pack("<Q", cgroup_id)
+            self._obj.update(BpfMap.CGROUP_STATES, key, encode_state(state))
+            if in_scope is not None and state.container_id and in_scope(state.container_id):
+                self._obj.update(BpfMap.SCOPE_CGROUPS, key, b"\x01")
+
+    def cgroup_container(self, cgroup_id: int) -> str | None:
+        """The container id the kernel gave cgroup ``cgroup_id`` ("" = host; None = unknown)."""
+        raw = self._obj.lookup(BpfMap.CGROUP_STATES, struct.pack("<Q", cgroup_id), STATE_SIZE)
+        return decode_state(raw).container_id if raw else None
 
     def exclude(self, tgid: int) -> None:
         self._obj.update(BpfMap.EXCLUDED, struct.pack("<I", tgid), b"\x01")

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from bpf import records
-from collector.containers import CgroupResolver
+from collector.cgroup_rules import RuleError
+from collector.containers import CgroupResolver, read_rules
 from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
@@ -117,7 +118,9 @@ class Collector:
         # bound once: the per-record path reads it for every record
         self._monotonic_ns = clock.monotonic_ns
         self._boot_to_epoch = clock.boot_to_epoch_ns()
-        self._containers = containers if containers is not None else CgroupResolver()
+        self._containers = (
+            containers if containers is not None else CgroupResolver(rules=read_rules())
+        )
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
@@ -153,26 +156,34 @@ class Collector:
         self._probes = self._make_probes(
             self._config, excluded, NO_UID if uid is None else uid, self._ring_bytes
         )
-        self._sync_scope_cgroups()
-
-    def _sync_scope_cgroups(self) -> None:
-        """Keep the kernel's set of in-scope (or, with `host`, out-of-scope) container cgroups
-        current: containers start and stop while tracecap runs."""
         scope = self._config.scope
-        if scope.container is None or self._probes is None:
-            return
-        cgroups = self._containers.container_cgroups()
-        wanted = {
-            cgroup_id
-            for cgroup_id, cid in cgroups.items()
-            if not scope.container_ids or any(cid.startswith(p) for p in scope.container_ids)
-        }
-        self._probes.set_scope_cgroups(wanted)
+        self._probes.set_cgroup_rules(
+            self._containers.rules, scope.container_ids if scope.container else ()
+        )
+        self._put_cgroups()
+        self._containers.kernel = self._probes.cgroup_container
+
+    def _put_cgroups(self) -> None:
+        """Give the kernel the cgroups that exist (it classifies those made after attach
+        itself, bpf/containers.bpf.h), and the scope set those of them in ``--scope
+        container``/``container=ID``/``host`` (for `host`, the set it leaves out)."""
+        assert self._probes is not None
+        scope = self._config.scope
+        in_scope = None
+        if scope.container is not None:
+            ids = scope.container_ids
+
+            def in_scope(cid: str) -> bool:
+                return not ids or any(cid.startswith(p) for p in ids)
+
+        self._probes.put_cgroup_states(self._containers.states(), in_scope)
 
     def attach(self) -> None:
         assert self._probes is not None
         self._ring = self._probes.rings(self._on_record)  # fails before any probe is attached
         self._probes.attach()
+        # the cgroups made between the walk at load and the attach of cgroup_mkdir
+        self._put_cgroups()
         self.state = "ready"
 
     def _on_record(self, raw: bytes | memoryview) -> None:
@@ -457,7 +468,6 @@ class Collector:
                 self._pub.maintain()
                 now = monotonic_ns()
                 if now >= next_stats:
-                    self._sync_scope_cgroups()
                     self._send_dropped()
                     self._send(self._assembler.expire(monotonic_ns()))
                     self._send(self._objects.expire(monotonic_ns()))
@@ -559,12 +569,12 @@ def run_collector(
             f"tracecap collector: bus on {pub.endpoint}, waiting for {dict(wait_for)}",
             file=sys.stderr,
         )
-        service = collector(config, pub, ring_bytes)
         try:
+            service = collector(config, pub, ring_bytes)  # reads the container naming rules
             service.load()  # the verifier runs while the writers are still starting
             pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
             service.attach()
-        except (ProbeError, BpfError, RingReaderError, BusError, OSError) as exc:
+        except (ProbeError, BpfError, RingReaderError, BusError, RuleError, OSError) as exc:
             print(f"tracecap collector: error: {exc}", file=sys.stderr)
             return 1
         print(

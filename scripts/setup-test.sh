@@ -9,6 +9,9 @@
 #   man-db, bash-completion: the man page and the completion script are read as users get them;
 #   swift-*: OpenStack Swift with its s3api, the real S3-compatible store `tracecap writer ship`
 #     is tested and benchmarked against (tests/support/swift.py starts it; never a service);
+#   podman, conmon, runc, docker.io, containerd, busybox-static: real container runtimes and a
+#   static busybox from which the tests build their image (no registry is reachable); no engine
+#   is started here, tests/support/runtimes.py starts dockerd and containerd for its tests;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -22,6 +25,7 @@ fi
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
     dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server
 install_debs setup-test swift swift-proxy swift-object swift-container swift-account
+install_debs setup-test podman conmon runc docker.io containerd busybox-static
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the
 # current bookworm kernel package (Debian 12 ships them as plain .ko), kept across runs in

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collector.cgroup_rules import CgroupState
 from collector.containers import (
     CgroupResolver,
     cgroup2_root,
@@ -58,6 +59,10 @@ POSITIVE = [
     (f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{PODMAN}.scope", PODMAN),
     (f"/machine.slice/libpod-{PODMAN}.scope/container", PODMAN),  # crun's split subgroup
     (f"/libpod_parent/libpod-{PODMAN}", PODMAN),
+    # Docker --cgroup-parent /a/b (cgroupfs driver)
+    (f"/a/b/{DOCKER}", DOCKER),
+    # a Podman pod (cgroupfs driver): /libpod_parent/<pod id>/libpod-<id>
+    (f"/libpod_parent/{OUTER}/libpod-{PODMAN}", PODMAN),
     # plain containerd: /<namespace>/<id>
     (f"/default/{CTRD}", CTRD),
     (f"/k8s.io/{CTRD}", CTRD),
@@ -111,7 +116,8 @@ NEGATIVE = [
     f"/{DOCKER}",
     f"/system.slice/{DOCKER}",
     f"/user.slice/user-1000.slice/{DOCKER}",
-    f"/a/b/{DOCKER}",
+    # a Podman pod's cgroup holds its containers' cgroups, it is not one
+    f"/libpod_parent/{OUTER}",
 ]
 
 
@@ -215,15 +221,21 @@ def test_resolver_maps_inodes_to_containers(tmp_path: Path, clock: Clock) -> Non
     assert r.scans == 1
 
 
-def test_container_cgroups_lists_every_container_cgroup_now(tmp_path: Path, clock: Clock) -> None:
+def test_states_lists_every_cgroup_now_with_its_container(tmp_path: Path, clock: Clock) -> None:
     docker = make(tmp_path, f"/docker/{DOCKER}")
     init = make(tmp_path, f"/docker/{DOCKER}/init.scope")
-    make(tmp_path, "/system.slice/cron.service")
+    cron = make(tmp_path, "/system.slice/cron.service")
     r = CgroupResolver(str(tmp_path), clock=clock)
-    assert r.container_cgroups() == {docker: DOCKER, init: DOCKER}
+    r.container_of(init)  # cached
+    states = dict(r.states())
+    assert states[docker] == CgroupState(DOCKER, True)
+    assert states[init] == CgroupState(DOCKER, False)  # init.scope is a systemd unit
+    assert states[cron] == CgroupState("", False)
+    assert states[os.stat(tmp_path).st_ino] == CgroupState(root=True)
     podman = make(tmp_path, f"/machine.slice/libpod-{PODMAN}.scope")
     (tmp_path / "docker" / DOCKER / "init.scope").rmdir()
-    assert r.container_cgroups() == {docker: DOCKER, podman: PODMAN}
+    states = dict(r.states())
+    assert init not in states and states[podman].container_id == PODMAN
     # the removed cgroup is still known to the cache: its last events may be in flight
     assert r.container_of(init) == DOCKER
 
@@ -312,7 +324,7 @@ def test_files_in_the_tree_are_not_cgroups(tmp_path: Path, clock: Clock) -> None
 def test_missing_root_means_every_process_is_on_the_host(tmp_path: Path, clock: Clock) -> None:
     r = CgroupResolver(str(tmp_path / "absent"), clock=clock)
     assert r.container_of(12345) == ""
-    assert r.container_cgroups() == {}
+    assert r.states() == []
     r = CgroupResolver("", clock=clock)
     assert r.container_of(1) == ""
 
@@ -371,3 +383,24 @@ def test_relative_paths_stay_under_the_root(root: str, absolute: str, rel: str |
     from collector.containers import _relative
 
     assert _relative(root, absolute) == rel
+
+
+def test_the_kernels_record_comes_first_and_outlives_the_cgroup(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """A cgroup the kernel classified at cgroup_mkdir and that is gone before its events are
+    read: no walk or handle can find it, the kernel's record still names its container."""
+    kernel = {4242: DOCKER, 4343: ""}
+    asked: list[int] = []
+
+    def lookup(cgroup_id: int) -> str | None:
+        asked.append(cgroup_id)
+        return kernel.get(cgroup_id)
+
+    r = CgroupResolver(str(tmp_path), clock=clock, by_handle=False)
+    r.kernel = lookup
+    assert r.container_of(4242) == DOCKER
+    assert r.container_of(4343) == ""
+    assert r.container_of(4242) == DOCKER  # cached: the kernel is asked once
+    assert asked == [4242, 4343] and r.kernel_hits == 2
+    assert r.container_of(99) == "" and r.unknown == 1  # unknown to the kernel: a scan, then host

@@ -21,6 +21,8 @@ import pytest
 
 from bpf import records
 from collector import service
+from collector.cgroup_rules import CgroupState
+from collector.containers import DEFAULT
 from collector.host import Clock
 from collector.module_images import PAGE_SIZE, WRITTEN_PRIVATE
 from collector.object_files import MESSAGE_BYTES, FileIdentity
@@ -166,6 +168,9 @@ class FakeProbes:
         self.skipped: list[records.MemSkipped] = []
         self.program_names = ["tc_fork", "tc_proc_exit"]
         self.scope_cgroups: set[int] | None = None
+        self.states: dict[int, CgroupState] = {}
+        self.rules: Any = None
+        self.puts: list[str] = []
         log.append("probes.new")
 
     def rings(self, callback: Any) -> FakeRing:
@@ -176,8 +181,21 @@ class FakeProbes:
     def attach(self) -> None:
         self.log.append("attach")
 
-    def set_scope_cgroups(self, wanted: set[int]) -> None:
-        self.scope_cgroups = set(wanted)
+    def set_cgroup_rules(self, rules: Any, scope_ids: tuple[str, ...]) -> None:
+        self.rules = (rules, scope_ids)
+
+    def put_cgroup_states(self, states: Any, in_scope: Any) -> None:
+        self.puts.append("after attach" if "attach" in self.log else "before attach")
+        states = list(states)
+        self.states.update(states)
+        if in_scope is not None:
+            self.scope_cgroups = {
+                i for i, st in states if st.container_id and in_scope(st.container_id)
+            }
+
+    def cgroup_container(self, cgroup_id: int) -> str | None:
+        st = self.states.get(cgroup_id)
+        return st.container_id if st is not None else None
 
     def dropped_ios(self) -> list[records.DroppedIo]:
         drops, self.drops = self.drops, []
@@ -306,8 +324,11 @@ class FakeContainers:
     def container_of(self, cgroup_id: int) -> str:
         return self.containers.get(cgroup_id, "")
 
-    def container_cgroups(self) -> dict[int, str]:
-        return dict(self.containers)
+    rules = DEFAULT
+    kernel = None
+
+    def states(self) -> list[tuple[int, CgroupState]]:
+        return [(i, CgroupState(cid, False)) for i, cid in self.containers.items()]
 
 
 class FakeTime:
@@ -1003,6 +1024,21 @@ def test_load_sets_the_scope_containers():
     rig.containers = FakeContainers({10: "0123456789ab" * 5 + "cdef", 11: "cd" * 32})
     rig.collector().load()
     assert rig.probes is not None and rig.probes.scope_cgroups == {10}
+    assert rig.probes.rules == (DEFAULT, ("0123456789ab",))
+    # the kernel's record of a cgroup is what attribution asks first
+    assert rig.containers.kernel == rig.probes.cgroup_container
+    assert rig.probes.cgroup_container(11) == "cd" * 32
+
+
+def test_the_cgroups_made_before_attach_are_given_to_the_kernel_again_at_attach():
+    rig = Rig(config("write", scope=("host",)))
+    rig.containers = FakeContainers({10: "ab" * 32})
+    service = rig.collector()
+    service.load()
+    rig.containers.containers[12] = "ef" * 32
+    service.attach()
+    assert rig.probes is not None and rig.probes.scope_cgroups == {10, 12}
+    assert rig.probes.puts == ["before attach", "after attach"]
 
 
 def test_run_collector_loads_waits_attaches_runs_and_closes():
