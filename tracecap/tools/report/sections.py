@@ -293,29 +293,34 @@ def process_summary(p: Process) -> str:
     return " ".join(part for part in parts if part)
 
 
-def process_body(p: Process, base: str, flows_of: dict[int, list[str]]) -> str:
-    items = [
-        f"<li>{esc(text(r, 'kind'))}: {_link_html(r, base)}</li>"
+def process_body(p: Process, base: str, flows_of: dict[int, list[str]]) -> list[list[Cell]]:
+    """What a process's item lists when opened, as ``[prefix, cell]`` pairs (see ``Cell``):
+    its execs, artifacts (linked) and flows. Data, not markup: the page's script builds the
+    list when the item is first opened, so that thousands of processes cost one JSON object
+    instead of a document to lay out."""
+    items: list[list[Cell]] = [
+        [f"exec {when(integer(e, 'ts'))}: ", text(e, "source_path")] for e in p.execs[:TREE_ITEMS]
+    ]
+    items += [
+        [f"{text(r, 'kind')}: ", _artifact_cell(r, base)]
         for r in p.artifacts[:TREE_ITEMS]
         if text(r, "kind") in ARTIFACT_KINDS or r.get("kind") == "mem_alert"
     ]
     if len(p.artifacts) > TREE_ITEMS:
-        items.append(f"<li>{len(p.artifacts) - TREE_ITEMS} more in the tables</li>")
-    items += [f'<li class="flow">{esc(f)}</li>' for f in flows_of.get(p.pid, [])[:TREE_ITEMS]]
-    execs = [
-        f"<li>exec {esc(when(integer(e, 'ts')))}: {esc(text(e, 'source_path'))}</li>"
-        for e in p.execs[:TREE_ITEMS]
-    ]
-    return f"<ul>{''.join(execs + items)}</ul>" if execs or items else ""
+        items.append(["", f"{len(p.artifacts) - TREE_ITEMS} more in the tables"])
+    items += [["flow: ", f] for f in flows_of.get(p.pid, [])[:TREE_ITEMS]]
+    return items
 
 
 def process_tree(
     procs: dict[int, Process], roots: Sequence[int], base: str, flows_of: dict[int, list[str]]
 ) -> str:
     """Nested lists, a child inside its parent's item; each process a ``<details>`` whose
-    summary names it and whose body lists its execs, artifacts and flows. Iterative, so a deep
-    tree cannot exhaust the stack; each pid is shown once even if parents form a cycle."""
+    summary names it and whose body (``process_body``, in the ``proc-data`` JSON) lists its
+    execs, artifacts and flows. Iterative, so a deep tree cannot exhaust the stack; each pid is
+    shown once even if parents form a cycle."""
     shown: set[int] = set()
+    bodies: dict[str, list[list[Cell]]] = {}
     out: list[str] = ['<section id="processes"><h2>Process tree</h2><ul class="tree">']
     stack: list[int | str] = list(reversed(roots))
     while stack:
@@ -327,10 +332,11 @@ def process_tree(
             continue
         shown.add(item)
         p = procs[item]
+        bodies[str(p.pid)] = process_body(p, base, flows_of)
         out.append(
             f'<li class="proc" id="proc-{p.pid}" data-pid="{p.pid}" data-ppid="{esc(p.ppid)}">'
-            f"<details><summary>{process_summary(p)}</summary>"
-            f"{process_body(p, base, flows_of)}</details>"
+            f'<details data-pid="{p.pid}"><summary>{process_summary(p)}</summary>'
+            "<ul></ul></details>"
         )
         children = sorted(
             (c for c in p.children if c not in shown), key=lambda c: (procs[c].start or 0, c)
@@ -340,7 +346,9 @@ def process_tree(
             stack.append("</ul>")
             stack.extend(reversed(children))
             stack.append('<ul class="children">')
-    out.append("</ul></section>")
+    out.append('</ul><script type="application/json" id="proc-data">')
+    out.append(json_for_script(bodies))
+    out.append("</script></section>")
     return "".join(out)
 
 

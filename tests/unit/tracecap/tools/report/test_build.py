@@ -64,8 +64,8 @@ def test_links_are_relative_to_where_the_page_goes(tmp_path: Path) -> None:
     assert build.link_base(str(out), str(out / "r.html")) == ""
     build.write_report(str(out), str(elsewhere))
     text = elsewhere.read_text()
-    assert 'href="../out/host/bpf.p"' in text  # the process tree
-    assert ',"../out/host/mem.m"]' in text  # the table data
+    assert ',"../out/host/bpf.p"]' in text  # the process tree's and the tables' data
+    assert ',"../out/host/mem.m"]' in text
 
 
 def test_a_missing_directory_is_a_clear_error(tmp_path: Path, capsys) -> None:

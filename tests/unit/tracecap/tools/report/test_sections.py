@@ -70,8 +70,10 @@ def test_capture_strings_are_text_never_markup() -> None:
     parsed = parse(html)
     assert {tag for tag, _ in parsed.tags} <= {
         "section", "h2", "p", "ul", "li", "table", "thead", "tbody", "tr", "th", "td", "a",
-        "svg", "rect", "title", "text", "details", "summary", "span", "button", "code",
+        "svg", "rect", "title", "text", "details", "summary", "span", "button", "code", "script",
     }  # fmt: skip
+    scripts = [attrs for tag, attrs in parsed.tags if tag == "script"]
+    assert scripts == [{"type": "application/json", "id": "proc-data"}]  # data, never run
     assert HOSTILE in "".join(parsed.text) and QUOTED in "".join(parsed.text)
     for _, attrs in parsed.tags:
         assert not any(name.startswith("on") for name in attrs)
@@ -114,9 +116,18 @@ def test_process_tree_nests_children_in_their_parent() -> None:
     child = html.index('id="proc-11"')
     children_list = html.index('<ul class="children">', parent)
     assert parent < children_list < child
-    assert html.count('class="proc"') == 2
-    assert "udp a → b 1 packets" in html and "&lt;script&gt;" in html
-    assert '<a href="host/write.dev-1.inode-2">' in html
+    assert html.count('class="proc"') == 2 and "&lt;script&gt;alert(1)" in html
+    data = html.split('<script type="application/json" id="proc-data">', 1)[1]
+    bodies = json.loads(data.split("</script>", 1)[0])
+    assert bodies["10"] == [[f"exec {sections.when(T0 - 5)}: ", ""]]
+    assert bodies["11"] == [
+        [f"exec {sections.when(T0 - 1)}: ", ""],
+        ["write: ", [QUOTED, "host/write.dev-1.inode-2"]],
+        ["exec: ", ["/memfd:x (deleted)", "host/exec.1.x"]],
+        ["bpf: ", ["(none) (duplicate)", "host/bpf.name-p.pid-1." + "c" * 64]],
+        ["mem: ", "javascript:alert(1)"],  # not a name a writer gives: text, not a link
+        ["flow: ", "udp a → b 1 packets"],
+    ]
 
 
 def test_timeline_has_a_mark_per_event_in_lanes() -> None:
