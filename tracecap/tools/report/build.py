@@ -154,6 +154,7 @@ def render(out_dir: str, base: str) -> tuple[str, int, int]:
                 sections.mem_table(artifacts, base, extras),
                 sections.module_table(artifacts, base, extras),
                 sections.bpf_table(artifacts, base, extras),
+                sections.pcap_table(artifacts, base),
                 sections.flows_table(artifacts, base, extras),
             )
         ),

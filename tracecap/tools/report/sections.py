@@ -617,6 +617,26 @@ def bpf_table(records: Iterable[Record], base: str, extras: Extras) -> Table:
     return Table("t-bpf", "BPF programs", columns, rows)
 
 
+def pcap_table(records: Iterable[Record], base: str) -> Table:
+    rows = [
+        [
+            _artifact_cell(r, base),
+            text(r, "split"),
+            str(integer(r, "packets") or 0),
+            str(integer(r, "size") or 0),
+            text(r, "sha256"),
+            _complete(r),
+            *_who(r),
+            when(timestamp(r)),
+        ]
+        for r in records
+        if r.get("kind") == "pcap"
+    ]
+    columns = ("pcap file", "split", "packets", "size", "sha256", "complete", "pid", "comm",
+               "container", "first packet")  # fmt: skip
+    return Table("t-pcap", "pcap files", columns, rows)
+
+
 def flow_rows(records: Iterable[Record], base: str, extras: Extras) -> list[list[Cell]]:
     rows = []
     for r in records:

@@ -176,6 +176,9 @@ def test_flows_table_and_the_tree_lines() -> None:
     assert rows == [[["pcap/processes/host/curl_11_1.pcap"] * 2, "process", "11", "curl",
                      "host", "udp 10.0.0.1:5 → 10.0.0.2:53", "2", "120", {"pre": "? a.test A"},
                      {"pre": ""}]]  # fmt: skip
+    [row] = sections.pcap_table([dict(pcap, sha256="e" * 64, packets=2)], "").rows
+    assert row[:6] == [["pcap/processes/host/curl_11_1.pcap"] * 2, "process", "2", "0",
+                       "e" * 64, "false"]  # fmt: skip
     assert sections.process_flows([pcap], extras) == {
         11: ["udp 10.0.0.1:5 → 10.0.0.2:53 2 packets 120 bytes (? a.test A)"]
     }
