@@ -127,9 +127,17 @@ def _packet(flows: dict[tuple, Flow], ts: float, raw: bytes) -> None:
     payload = bytes(l4.data) if isinstance(l4, (dpkt.tcp.TCP, dpkt.udp.UDP)) else b""
     if not payload:
         return
-    if 53 in (sport, dport):
+    if _is_dns(proto, sport, dport, payload):
         body = payload[2:] if proto == "tcp" else payload
         for text in dns_notes(body):
             _note(flow.dns, text)
     elif payload.startswith(protocols.HTTP_STARTS):
         _note(flow.http, http_note(payload))
+
+
+def _is_dns(proto: str, sport: int, dport: int, payload: bytes) -> bool:
+    """Port 53, or a message on another port that ``tracecap.dns``'s content rule takes for
+    DNS (a resolver such as dnsmasq on a port of its own), as the collector classifies it."""
+    if 53 in (sport, dport):
+        return True
+    return dns.is_dns_udp(payload) if proto == "udp" else dns.is_dns_tcp(payload)

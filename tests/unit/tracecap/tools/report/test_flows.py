@@ -65,3 +65,9 @@ def test_a_cut_file_keeps_what_was_read_and_says_why() -> None:
     assert parsed.packets == 1 and len(parsed.flows) == 1
     assert parsed.error is not None
     assert read_flows(b"garbage!").error is not None
+
+
+def test_dns_on_another_port_is_read_by_its_content() -> None:
+    data = pcapng([udp(A, B, 40000, 5353, dns_query(False)), udp(A, B, 40001, 5353, b"x" * 20)])
+    first, second = read_flows(data).flows
+    assert first.dns == ["? evil.test A"] and second.dns == []
