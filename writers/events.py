@@ -16,6 +16,7 @@ budget: records are small, and the report needs them most when artifacts were re
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,7 @@ class EventsWriter(Writer):
         *,
         budget: DiskBudget | None = None,
         clock: Callable[[], int] = time.time_ns,
+        host: Callable[[], str] = socket.gethostname,
     ) -> None:
         super().__init__(budget)
         self._events = Index(out, EVENTS_NAME)
@@ -116,7 +118,7 @@ class EventsWriter(Writer):
         self._started: set[int] = set()
         self._last_stats: dict[str, Any] | None = None
         self.counters.update(events_written=0, events_errors=0)
-        self._append({"event": "writer_start", "ts": clock()})
+        self._append({"event": "writer_start", "ts": clock(), "host": host()})
 
     def _append(self, record: dict[str, Any]) -> None:
         try:

@@ -79,13 +79,13 @@ def test_a_collector_that_never_said_stop_leaves_its_last_stats(tmp_path: Path) 
 
 def test_a_restarted_writer_appends_and_says_so(tmp_path: Path) -> None:
     with OutputTree(tmp_path) as tree:
-        EventsWriter(tree.out, tree.index, clock=lambda: 1).close()
-        EventsWriter(tree.out, tree.index, clock=lambda: 2).close()
-        assert [(r["event"], r["ts"]) for r in events(tree)] == [
-            ("writer_start", 1),
-            ("writer_stop", 1),
-            ("writer_start", 2),
-            ("writer_stop", 2),
+        EventsWriter(tree.out, tree.index, clock=lambda: 1, host=lambda: "h1").close()
+        EventsWriter(tree.out, tree.index, clock=lambda: 2, host=lambda: "h1").close()
+        assert [(r["event"], r["ts"], r.get("host")) for r in events(tree)] == [
+            ("writer_start", 1, "h1"),
+            ("writer_stop", 1, None),
+            ("writer_start", 2, "h1"),
+            ("writer_stop", 2, None),
         ]
 
 

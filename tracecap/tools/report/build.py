@@ -140,7 +140,7 @@ def render(out_dir: str, base: str) -> tuple[str, int, int]:
     window = sections.capture_window(events, artifacts)
     bad = {INDEX: bad_index, EVENTS: bad_events}
     body = [
-        sections.overview(out_dir, window, artifacts, procs),
+        sections.overview(out_dir, window, events, artifacts, procs),
         sections.loss_panel(events, artifacts, bad, base),
         sections.process_tree(
             procs, model.roots(procs), base, sections.process_flows(artifacts, extras)

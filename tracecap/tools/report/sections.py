@@ -125,15 +125,21 @@ def capture_window(events: Sequence[Record], artifacts: Sequence[Record]) -> Win
 
 
 def overview(
-    out_dir: str, window: Window, artifacts: Sequence[Record], procs: dict[int, Process]
+    out_dir: str,
+    window: Window,
+    events: Sequence[Record],
+    artifacts: Sequence[Record],
+    procs: dict[int, Process],
 ) -> str:
     """The capture window, where it ran (host, containers) and counts per kind."""
     kinds = Counter(text(r, "kind") for r in artifacts)
     containers = Counter(text(r, "container_id") for r in artifacts)
     for p in procs.values():
         containers.setdefault(p.container_id, 0)
+    hosts = sorted({text(e, "host") for e in events if e.get("event") == "writer_start"} - {""})
     rows = [
         ("output directory", out_dir),
+        ("hosts", ", ".join(hosts) or "unknown (no events.jsonl)"),
         ("capture window", f"{when(window.start)} {DASH} {when(window.end)} UTC"),
         ("processes", str(len(procs))),
         (

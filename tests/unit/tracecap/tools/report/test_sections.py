@@ -195,6 +195,8 @@ def test_table_html_embeds_data_safely() -> None:
 def test_overview_counts_and_window() -> None:
     window = sections.capture_window(EVENTS, ARTIFACTS)
     assert (window.start, window.end) == (T0 - 10**9, T0 + 10**9)
-    html = sections.overview("/out", window, ARTIFACTS, model.processes(ARTIFACTS, EVENTS))
+    events = [{"event": "writer_start", "host": "<b>h1</b>"}, *EVENTS]
+    html = sections.overview("/out", window, events, ARTIFACTS, model.processes(ARTIFACTS, EVENTS))
+    assert "<th>hosts</th><td>&lt;b&gt;h1&lt;/b&gt;</td>" in html
     assert "2023-11-14 22:13:19.000 \N{EN DASH} 2023-11-14 22:13:21.000 UTC" in html
     assert "<th>written files</th><td>1</td>" in html and "<th>processes</th><td>2</td>" in html
