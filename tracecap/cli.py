@@ -522,7 +522,8 @@ PAGE = usage.Page(
             (
                 ("0", "Success (run: stopped by Ctrl-C or SIGTERM, every program well)."),
                 ("1", "run: a program of the capture stopped or never got ready (the message "
-                 "says which); tap, status: no collector publishing on the bus."),
+                 "says which); tap, status: no collector publishing on the bus; report: OUT_DIR "
+                 "could not be read or the page written (the message says why)."),
                 ("2", "Refused before anything was attached: a bad command line (the message "
                  "names the token and what it accepts), or for run, not root or an output or "
                  "run directory it may not use."),
