@@ -470,8 +470,8 @@ def _artifact_cell(record: Record, base: str) -> Cell:
     if target is not None:
         return [label, target]
     dup = href(record.get("duplicate_of"), base)
-    if dup is not None:
-        return [f"{label} (duplicate)", dup]
+    if dup is not None:  # a load of bytes stored once: its record names the artifact that has them
+        return [f"same bytes as {record['duplicate_of']}", dup]
     return label
 
 

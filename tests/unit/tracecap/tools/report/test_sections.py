@@ -11,6 +11,7 @@ from tracecap.tools.report import flows, model, sections
 HOSTILE = "<script>alert(1)</script>"
 QUOTED = '/tmp/it\'s "quoted" & <b>bold</b>.txt'
 T0 = 1_700_000_000_000_000_000
+DUP = "host/bpf.name-p.pid-1." + "c" * 64
 
 
 def record(**fields: object) -> dict:
@@ -124,7 +125,7 @@ def test_process_tree_nests_children_in_their_parent() -> None:
         [f"exec {sections.when(T0 - 1)}: ", ""],
         ["write: ", [QUOTED, "host/write.dev-1.inode-2"]],
         ["exec: ", ["/memfd:x (deleted)", "host/exec.1.x"]],
-        ["bpf: ", ["(none) (duplicate)", "host/bpf.name-p.pid-1." + "c" * 64]],
+        ["bpf: ", [f"same bytes as {DUP}", DUP]],
         ["mem: ", "javascript:alert(1)"],  # not a name a writer gives: text, not a link
         ["flow: ", "udp a → b 1 packets"],
     ]
@@ -160,7 +161,7 @@ def test_tables_hold_every_artifact_with_its_sha256() -> None:
     assert exe[1] == f"x {HOSTILE}" and exe[2] == "b" * 64
     assert exe[3] == "memfd, deleted" and exe[4] == "ELF64 EXEC x86-64 (LE)"
     bpf = sections.bpf_table(ARTIFACTS, "", {}).rows[0]
-    assert bpf[0] == ["(none) (duplicate)", "host/bpf.name-p.pid-1." + "c" * 64]
+    assert bpf[0] == [f"same bytes as {DUP}", DUP]
     assert bpf[2] == "socket_filter"
     mem = sections.mem_table(ARTIFACTS, "", {}).rows[0]
     assert mem[0] == "javascript:alert(1)" and mem[1] == "0x1000"  # text, not a link
