@@ -25,6 +25,7 @@ bench: setup-test
 	/opt/tracecap/venv/bin/python scripts/bench_mem.py
 	/opt/tracecap/venv/bin/python scripts/bench_ship.py
 	/opt/tracecap/venv/bin/python scripts/bench_fleet.py
+	/opt/tracecap/venv/bin/python scripts/bench_report.py
 
 lint:
 	/opt/tracecap/venv/bin/ruff check . && /opt/tracecap/venv/bin/ruff format --check .

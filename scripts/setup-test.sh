@@ -12,6 +12,7 @@
 #   podman, conmon, runc, docker.io, containerd, busybox-static: real container runtimes and a
 #   static busybox from which the tests build their image (no registry is reachable); no engine
 #   is started here, tests/support/runtimes.py starts dockerd and containerd for its tests;
+#   chromium: `tracecap report`'s page is opened headless by its end-to-end test;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server
+    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server chromium
 install_debs setup-test swift swift-proxy swift-object swift-container swift-account
 install_debs setup-test podman conmon runc docker.io containerd busybox-static
 

@@ -397,6 +397,17 @@ def _exporter(found: dict[str, list[str]], rest: list[str]) -> int:
     return run_exporter(config, run_dir_of(found))
 
 
+def _report(found: dict[str, list[str]], rest: list[str]) -> int:
+    if len(rest) != 1 or rest[0].startswith("-"):
+        raise UsageError("report needs one OUT_DIR (and optionally -o FILE.html)")
+    from tracecap.tools.report.build import main as report_main
+
+    output = found.get("-o", []) + found.get("--output-file", [])
+    if len(output) > 1:
+        raise UsageError("-o given twice")
+    return report_main(rest[0], output[0] if output else None)
+
+
 # --- the usage table ---------------------------------------------------------------------------
 
 _TOPICS = tuple(topic.decode() for topic in bus.TOPICS)
@@ -546,6 +557,21 @@ TOPIC = Flag(
     words=_TOPICS,
 )
 
+REPORT_DIR = Flag(
+    (),
+    "OUT_DIR",
+    "The capture's output directory (holding index.jsonl), or its dir: (holding out/).",
+    required=True,
+    complete="dir",
+)
+REPORT_FILE = Flag(
+    ("-o", "--output-file"),
+    "FILE.html",
+    "Where the page is written (default OUT_DIR/report.html); its links to artifacts are "
+    "relative, so copy it with the directory.",
+    complete="file",
+)
+
 COMMANDS: dict[str, Command] = {
     command.name: command
     for command in (
@@ -661,6 +687,19 @@ COMMANDS: dict[str, Command] = {
             options=True,
             handler=_exporter,
         ),
+        Command(
+            "report",
+            "one self-contained HTML page of a capture: processes, timeline, artifacts, losses",
+            "Read OUT_DIR's index.jsonl, events.jsonl and pcap files and write one HTML page "
+            "that needs nothing else: an overview with the losses and their causes, the "
+            "process tree, a timeline to zoom in, and tables of the files, binaries, memory "
+            "regions, modules, BPF programs and network flows, each linked to its artifact. "
+            "Every capture string is escaped and the page's Content-Security-Policy forbids "
+            "network access. Needs only read access to OUT_DIR.",
+            (REPORT_FILE,),
+            operand=REPORT_DIR,
+            handler=_report,
+        ),
     )
 }
 
@@ -714,7 +753,8 @@ PAGE = usage.Page(
             (
                 ("0", "Success (run: stopped by Ctrl-C or SIGTERM, every program well)."),
                 ("1", "run: a program of the capture stopped or never got ready (the message "
-                 "says which); tap, status: no collector publishing on the bus."),
+                 "says which); tap, status: no collector publishing on the bus; report: OUT_DIR "
+                 "could not be read or the page written (the message says why)."),
                 ("2", "Refused before anything was attached: a bad command line (the message "
                  "names the token and what it accepts), or for run, not root or an output or "
                  "run directory it may not use."),

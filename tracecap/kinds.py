@@ -58,6 +58,10 @@ class Kind:
     sources: tuple[Source, ...]
     #: Keyword options of the writer class that ``run_writer(options=...)`` may pass.
     writer_options: tuple[str, ...] = ()
+    #: Topics the writer takes besides its sources' (the events writer: ``proc.``, ``stats.``).
+    own_topics: tuple[bytes, ...] = ()
+    #: Runs whatever ``--capture`` says (the events writer, which the report reads).
+    always: bool = False
 
     @property
     def program(self) -> str:
@@ -67,7 +71,7 @@ class Kind:
     @property
     def topics(self) -> tuple[bytes, ...]:
         """Topics the writer subscribes to."""
-        return tuple(source.topic for source in self.sources)
+        return tuple(source.topic for source in self.sources) + self.own_topics
 
     @property
     def events(self) -> tuple[str, ...]:
@@ -152,6 +156,14 @@ KINDS: tuple[Kind, ...] = (
         ),
         writer_options=("split", "rotation"),
     ),
+    # events.jsonl: every exec, the capture's start and stop with its losses (writers/events.py)
+    Kind(
+        name="events",
+        writer="writers.events:EventsWriter",
+        sources=(),
+        own_topics=(bus.TOPIC_PROC, bus.TOPIC_STATS),
+        always=True,
+    ),
 )
 
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
@@ -164,6 +176,9 @@ EVENT_NAMES: tuple[str, ...] = tuple(event for source in SOURCES for event in so
 
 
 def enabled(tokens: tuple[str, ...]) -> tuple[Kind, ...]:
-    """The kinds with a writer to run when the capture kinds ``tokens`` are on."""
+    """The kinds with a writer to run when the capture kinds ``tokens`` are on (and those that
+    always run)."""
     on = set(tokens)
-    return tuple(kind for kind in KINDS if any(source.token in on for source in kind.sources))
+    return tuple(
+        kind for kind in KINDS if kind.always or any(source.token in on for source in kind.sources)
+    )

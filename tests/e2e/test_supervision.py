@@ -128,12 +128,13 @@ def test_status_shows_collector_and_every_writer_running(tracecap, workdir: Path
     states = status(run)
     assert states == {
         "collector": "RUNNING",
+        "writer-events": "RUNNING",  # events.jsonl, whatever is captured
         "writer-exec": "RUNNING",
         "writer-file": "RUNNING",
     }, result.stdout
     pids = {name: pid_of(run, name) for name in states}
     assert all(pid > 0 and os.path.exists(f"/proc/{pid}") for pid in pids.values()), pids
-    assert len(set(pids.values())) == 3, pids
+    assert len(set(pids.values())) == 4, pids
     run.stop()
     assert run.returncode == 0, run.stderr
 
@@ -284,6 +285,7 @@ def test_collector_restart_starts_a_new_epoch_without_a_false_gap(tracecap, work
         wait_until("stats of a second epoch", lambda: len(tap.epochs()) >= 2, 30)
         assert status(run) == {
             "collector": "RUNNING",
+            "writer-events": "RUNNING",
             "writer-exec": "RUNNING",
             "writer-file": "RUNNING",
         }

@@ -46,6 +46,9 @@ def printer_topics(config: Config) -> tuple[bytes, ...]:
 def wait_for_topics(config: Config) -> Counter[bytes]:
     """Subscriptions the collector must see before attaching: writers' and our own."""
     wanted: Counter[bytes] = Counter(config.topics())  # one writer per topic
+    for kind in kinds.KINDS:
+        if kind.always:  # the events writer: proc. and stats., whatever --capture says
+            wanted.update(kind.own_topics)
     wanted.update(printer_topics(config))
     wanted[bus.TOPIC_STATS] += 1
     return wanted

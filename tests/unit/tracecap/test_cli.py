@@ -317,3 +317,22 @@ def test_config_file_keeps_non_utf8_bytes_as_argv_does(tmp_path):
     config = options.parse_args(argv)
     assert config.scope.comm == (b"\xff\xfe",)
     assert config.write.paths == (b"/tmp/\xe9",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["report"], "report needs one OUT_DIR"),
+        (["report", "a", "b"], "report needs one OUT_DIR"),
+        (["report", "a", "-o", "x.html", "--output-file", "y.html"], "-o given twice"),
+    ],
+)
+def test_report_refuses_a_bad_command_line(capsys, argv, fragment):
+    check_refused(capsys, argv, fragment)
+
+
+def test_report_writes_the_page_where_o_says(tmp_path, capsys):
+    (tmp_path / "index.jsonl").write_text('{"kind": "write", "path": "host/w", "pid": 1}\n')
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert "tracecap report: wrote" in capsys.readouterr().err

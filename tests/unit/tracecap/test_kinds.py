@@ -43,8 +43,14 @@ def test_every_capture_word_turns_on_its_kind_and_topic(word, token):
         assert config.kinds() == (token,)
         assert config.topics() == (kinds.BY_TOKEN[token].topic,)
         assert [k.name for k in kinds.enabled(config.kinds())] == [
-            k.name for k in kinds.KINDS if token in [s.token for s in k.sources]
+            k.name for k in kinds.KINDS if k.always or token in [s.token for s in k.sources]
         ]
+
+
+def test_only_the_events_writer_runs_whatever_is_captured():
+    assert [k.name for k in kinds.KINDS if k.always] == ["events"]
+    assert [k.name for k in kinds.enabled(())] == ["events"]
+    assert kinds.BY_NAME["events"].topics == (bus.TOPIC_PROC, bus.TOPIC_STATS)
 
 
 def test_every_event_is_accepted_by_events_and_belongs_to_one_source():

@@ -37,7 +37,7 @@ def test_each_row_names_the_registry_facts() -> None:
         assert words(capture) == [w for s in kind.sources for w in s.words], kind.name
         assert words(topics) == [t.decode() for t in kind.topics], kind.name
         assert words(writer) == [kind.writer], kind.name
-        listed = [e.strip() for e in events.split("(")[0].split(",")]
+        listed = [e.strip() for e in events.split("(")[0].split(",") if e.strip()]
         assert listed == list(kind.events), kind.name
         event_topics = {s.event_topic.decode() for s in kind.sources if s.event_topic}
         for topic in event_topics:

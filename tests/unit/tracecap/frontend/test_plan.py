@@ -21,9 +21,9 @@ def config(*argv: str) -> options.Config:
 
 def test_writer_starts_before_the_collector_and_gets_only_safe_arguments():
     progs = programs(config("--capture", "write=/tmp/a b #1;*"), "/run/tc")
-    assert [p.name for p in progs] == ["writer-file", "collector"]
-    assert progs[0].user == "tracecap" and progs[1].user == "root"
-    assert progs[0].priority < progs[1].priority
+    assert [p.name for p in progs] == ["writer-file", "writer-events", "collector"]
+    assert progs[0].user == progs[1].user == "tracecap" and progs[2].user == "root"
+    assert progs[0].priority == progs[1].priority < progs[2].priority
     for p in progs:
         assert "--config" in p.command and "/run/tc/options.conf" in p.command
         assert not any("#" in arg or " " in arg for arg in p.command)
@@ -32,11 +32,13 @@ def test_writer_starts_before_the_collector_and_gets_only_safe_arguments():
 def test_collector_waits_for_the_writer_the_printer_and_stats():
     assert wait_for_topics(config("--capture", "write", "--output", "json")) == {
         bus.TOPIC_FILE_WRITE: 2,
-        bus.TOPIC_STATS: 1,
+        bus.TOPIC_PROC: 1,  # the events writer
+        bus.TOPIC_STATS: 2,  # the front end and the events writer
     }
     assert wait_for_topics(config("--capture", "read")) == {
         bus.TOPIC_FILE_READ: 1,
-        bus.TOPIC_STATS: 1,
+        bus.TOPIC_PROC: 1,
+        bus.TOPIC_STATS: 2,
     }
 
 
@@ -54,10 +56,11 @@ def test_every_kind_runs_its_writer_in_the_registrys_order():
     every = config(*[a for k in options.KINDS for a in ("--capture", k)])
     assert [p.name for p in programs(every, "/run/tc")] == [
         "writer-file", "writer-exec", "writer-mem", "writer-module", "writer-bpf", "writer-pcap",
-        "collector",
+        "writer-events", "collector",
     ]  # fmt: skip
     assert [p.name for p in programs(config("--capture", "read"), "/run/tc")] == [
         "writer-file",
+        "writer-events",
         "collector",
     ]
 
@@ -81,7 +84,7 @@ def test_events_are_read_where_they_travel_and_packets_only_when_named():
 def test_a_plan_holds_the_files_its_programs_read():
     argv = ["--capture", "write", "--capture", "dir:/srv/case #1"]
     plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap")
-    assert [p.name for p in plan.programs] == ["writer-file", "collector"]
+    assert [p.name for p in plan.programs] == ["writer-file", "writer-events", "collector"]
     assert plan.conf_path == "/run/tc/supervisord.conf"
     assert "[program:writer-file]" in plan.supervisord_conf
     assert "command=/venv/bin/tracecap writer file --run-dir /run/tc --config " in (
@@ -91,14 +94,18 @@ def test_a_plan_holds_the_files_its_programs_read():
     assert plan.options_path == "/run/tc/options.conf"
     assert plan.stats_dir == "/run/tc/stats"
     assert plan.bus_endpoint == "ipc:///run/tc/bus.sock"
-    assert plan.log_paths == ["/run/tc/writer-file.log", "/run/tc/collector.log"]
+    assert plan.log_paths == [
+        "/run/tc/writer-file.log",
+        "/run/tc/writer-events.log",
+        "/run/tc/collector.log",
+    ]
 
 
 def test_server_adds_an_unprivileged_exporter_that_the_collector_does_not_wait_for():
     argv = ["--capture", "write", "--server", "metrics", "--server", "http-address=:9000"]
     plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap")
     by_name = {p.name: p for p in plan.programs}
-    assert list(by_name) == ["writer-file", "exporter", "collector"]
+    assert list(by_name) == ["writer-file", "writer-events", "exporter", "collector"]
     exporter = by_name["exporter"]
     assert exporter.user == "tracecap"
     assert exporter.autorestart == "true"

@@ -35,7 +35,12 @@ class Clock:
 
 
 def fake_rss(pid: int) -> int | None:
-    sizes = {COLLECTOR_PID: 40 << 20, WRITER_PID: 30 << 20, os.getpid(): 20 << 20}
+    sizes = {
+        COLLECTOR_PID: 40 << 20,
+        WRITER_PID: 30 << 20,
+        WRITER_PID + 1: 25 << 20,  # the events writer
+        os.getpid(): 20 << 20,
+    }
     return sizes.get(pid)
 
 
@@ -56,6 +61,22 @@ def write_writer_stats(tmp_path: Path, updated: int = NOW) -> None:
             "updated_ns": updated,
             "counters": {"artifacts": 3, "gap_messages": 2, "messages": 10, "bytes": 999},
             "last_seq": {"7:file.write.": 9},
+        }
+    )
+    stats.close()
+
+
+def write_events_writer_stats(tmp_path: Path) -> None:
+    """The events writer, which runs whatever is captured (kinds.Kind.always)."""
+    stats = StatsFile(str(tmp_path / "stats"), "events")
+    stats.write(
+        {
+            "name": "events",
+            "pid": WRITER_PID + 1,
+            "topics": ["proc.", "stats."],
+            "updated_ns": NOW,
+            "counters": {"messages": 1},
+            "last_seq": {},
         }
     )
     stats.close()
@@ -117,9 +138,11 @@ def test_healthz_follows_the_collector_and_the_writer(tmp_path):
     status, _, body = get(exporter, "/healthz")
     assert (status, body) == (
         "503 Service Unavailable",
-        "collector: no stats yet (not attached)\nwriter-file: no stats file (not started)\n",
+        "collector: no stats yet (not attached)\nwriter-file: no stats file (not started)\n"
+        "writer-events: no stats file (not started)\n",
     )
     write_writer_stats(tmp_path)
+    write_events_writer_stats(tmp_path)
     exporter.on_frames(stats_frames())
     exporter.refresh()
     assert get(exporter, "/healthz")[::2] == ("200 OK", "ok\n")

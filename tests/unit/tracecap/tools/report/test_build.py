@@ -1,0 +1,73 @@
+"""The whole page from an output directory: one script (ours, by hash), no network, links
+relative to where the page is written, artifacts read without following links."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from tracecap.tools.report import build, page
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def capture(root: Path) -> Path:
+    out = root / "out"
+    (out / "host").mkdir(parents=True)
+    (out / "host" / "bpf.p").write_bytes(bytes.fromhex("b7000000000000009500000000000000"))
+    (out / "host" / "mem.m").write_bytes(b"\x90" * 100)
+    os.symlink("/etc/passwd", out / "host" / "exec.link")
+    records = [
+        {"kind": "bpf", "path": "host/bpf.p", "prog_name": HOSTILE, "prog_type": 1,
+         "insn_cnt": 2, "ret": 5, "sha256": "a" * 64, "complete": True, "pid": 5, "ts": 1},
+        {"kind": "mem", "path": "host/mem.m", "sha256": "b" * 64, "complete": True, "pid": 5,
+         "ts": 2, "address": 4096},
+        {"kind": "exec", "path": "host/exec.link", "sha256": "c" * 64, "complete": True,
+         "pid": 5, "ts": 3, "comm": HOSTILE},
+    ]  # fmt: skip
+    (out / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    events = [{"event": "exec", "pid": 5, "ppid": 1, "comm": HOSTILE, "ts": 0, "argv": ["'\""]}]
+    (out / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    return out
+
+
+def test_one_script_allowed_by_hash_and_nothing_from_anywhere(tmp_path: Path) -> None:
+    out = capture(tmp_path)
+    result = build.write_report(str(tmp_path))  # the dir: holding out/ is accepted
+    assert result.path == str(out / "report.html") and result.artifacts == 3
+    html = Path(result.path).read_text()
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    runnable = [body for attrs, body in scripts if 'type="application/json"' not in attrs]
+    assert runnable == [page.SCRIPT]
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html).group(1)
+    assert f"script-src {page.csp_hash(page.SCRIPT)};" in csp.replace("&#x27;", "'")
+    assert "default-src &#x27;none&#x27;" in csp and "connect-src &#x27;none&#x27;" in csp
+    assert HOSTILE not in html.replace(page.SCRIPT, "")
+    assert not re.search(r"(src|href)=\"(https?:)?//", html)  # nothing fetched
+
+
+def test_artifacts_are_described_and_links_are_not_followed(tmp_path: Path) -> None:
+    out = capture(tmp_path)
+    html, _, _ = build.render(str(out), "")
+    assert "r0 = 0" in html and "exit" in html  # the BPF disassembly
+    assert "00000000  90 90 90" in html  # the memory preview
+    assert "root:" not in html and "not ELF" not in html  # the symlink was not read
+
+
+def test_links_are_relative_to_where_the_page_goes(tmp_path: Path) -> None:
+    out = capture(tmp_path)
+    elsewhere = tmp_path / "reports" / "case.html"
+    elsewhere.parent.mkdir()
+    assert build.link_base(str(out), str(elsewhere)) == "../out/"
+    assert build.link_base(str(out), str(out / "r.html")) == ""
+    build.write_report(str(out), str(elsewhere))
+    text = elsewhere.read_text()
+    assert ',"../out/host/bpf.p"]' in text  # the process tree's and the tables' data
+    assert ',"../out/host/mem.m"]' in text
+
+
+def test_a_missing_directory_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    assert build.main(str(tmp_path / "nope"), None) == 1
+    assert "nope: no such directory" in capsys.readouterr().err
