@@ -19,6 +19,7 @@ from typing import Any
 
 from bpf import records
 from collector.containers import CgroupResolver
+from collector.enricher import ContainerEnricher
 from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
@@ -92,8 +93,10 @@ class Collector:
     stats; at a stop, drain what is left before detaching.
 
     Everything it asks of the machine comes in through the constructor, the real thing by
-    default: ``probes`` builds the kernel side, ``containers`` names cgroups, ``host`` reads
-    /proc and opens files, ``clock`` tells the time, ``publisher`` is the bus. Unit tests pass
+    default: ``probes`` builds the kernel side, ``containers`` names cgroups, ``enricher`` asks
+    the container runtimes for names and images (its thread is started by
+    :meth:`start_lookups`), ``host`` reads /proc and opens files, ``clock`` tells the time,
+    ``publisher`` is the bus. Unit tests pass
     fakes of each, as supervisor's tests pass DummyOptions to its process code.
     """
 
@@ -105,6 +108,7 @@ class Collector:
         *,
         probes: ProbesFactory = KernelProbes,
         containers: CgroupResolver | None = None,
+        enricher: ContainerEnricher | None = None,
         host: Host = _HOST,
         clock: Clock = _CLOCK,
     ) -> None:
@@ -118,6 +122,7 @@ class Collector:
         self._monotonic_ns = clock.monotonic_ns
         self._boot_to_epoch = clock.boot_to_epoch_ns()
         self._containers = containers if containers is not None else CgroupResolver()
+        self._enricher = enricher if enricher is not None else ContainerEnricher()
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
@@ -168,6 +173,10 @@ class Collector:
             if not scope.container_ids or any(cid.startswith(p) for p in scope.container_ids)
         }
         self._probes.set_scope_cgroups(wanted)
+
+    def start_lookups(self) -> None:
+        """Start asking the container runtimes (a thread; the loop never waits for it)."""
+        self._enricher.start()
 
     def attach(self) -> None:
         assert self._probes is not None
@@ -380,7 +389,13 @@ class Collector:
         self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
 
     def _send(self, out: list[Outgoing]) -> None:
+        """Publish, with what the runtime said of the message's container (name, image, pod:
+        collector/enricher.py) added to its envelope."""
+        known = self._enricher.keys
         for msg in out:
+            container_id = msg.env.get("container_id")
+            if container_id:
+                msg.env.update(known(container_id))
             self._pub.publish(msg.topic, msg.env, msg.payload)
 
     def stats_env(self) -> dict[str, Any]:
@@ -429,7 +444,9 @@ class Collector:
                 "bus_dropped_bytes": self._pub.dropped_bytes,
                 "bus_backlog_bytes": self._pub.backlog_bytes(),
                 **self._pub.peer_stats(),
+                **self._enricher.stats(),
             },
+            "container_lookup_errors": dict(self._enricher.errors),
             "published": self._pub.published(),
             "programs": self._probes.program_names if self._probes else [],
             "subscriptions": {
@@ -483,6 +500,7 @@ class Collector:
     def close(self) -> None:
         """Publish the last stats (state "stopped"), then detach: rings first, then programs."""
         self.state = "stopped"
+        self._enricher.stop()
         try:
             self._pub.publish(bus.TOPIC_STATS, self.stats_env())
         finally:
@@ -558,6 +576,7 @@ def run_collector(
         service = collector(config, pub, ring_bytes)
         try:
             service.load()  # the verifier runs while the writers are still starting
+            service.start_lookups()
             pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
             service.attach()
         except (ProbeError, BpfError, RingReaderError, BusError, OSError) as exc:
