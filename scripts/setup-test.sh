@@ -6,6 +6,9 @@
 #   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started);
 #   prometheus: the real server that scrapes `tracecap exporter` (started by its test only);
 #   man-db, bash-completion: the man page and the completion script are read as users get them;
+#   podman, conmon, runc, docker.io, containerd, busybox-static: real container runtimes and a
+#   static busybox from which the tests build their image (no registry is reachable); no engine
+#   is started here, tests/support/runtimes.py starts dockerd and containerd for its tests;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,6 +21,7 @@ fi
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
     dnsmasq dnsutils curl nginx prometheus man-db bash-completion
+install_debs setup-test podman conmon runc docker.io containerd busybox-static
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the
 # current bookworm kernel package (Debian 12 ships them as plain .ko), kept across runs in

@@ -144,7 +144,8 @@ class ObjectAssembly:
             **{k: meta[k] for k in _COMMON},
             **text_fields("comm", meta["comm"]),
             "container_id": meta["container_id"],
-            **container_fields(meta),
+            # the last message may know the container's names when the first did not
+            **container_fields({**self.late, **meta}),
             "ts": self.first_ts,
             "last_ts": self.last_ts,
             "epoch": self.key[0],

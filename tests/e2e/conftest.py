@@ -16,6 +16,13 @@ import pytest
 
 from collector.containers import cgroup2_root
 from tests.support.pipeline import READY_TIMEOUT_S, Run
+from tests.support.runtimes import (  # noqa: F401  (fixtures: real container runtimes)
+    busybox_rootfs,
+    containerd,
+    docker,
+    podman,
+    runtime,
+)
 
 
 def _require_ebpf() -> None:

@@ -38,6 +38,26 @@ _TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 _HOSTNAME = socket.gethostname()
 
 
+def _container(env: dict[str, Any]) -> dict[str, str]:
+    """trace.Container: its members are omitempty, so an empty one is ``{}`` as Tracee prints."""
+    members = (
+        ("id", env.get("container_id", "")),
+        ("name", env.get("container_name", "")),
+        ("image", env.get("container_image", "")),
+        ("imageDigest", env.get("container_image_digest", "")),
+    )
+    return {key: value for key, value in members if value}
+
+
+def _kubernetes(env: dict[str, Any]) -> dict[str, str]:
+    members = (
+        ("podName", env.get("pod_name", "")),
+        ("podNamespace", env.get("pod_namespace", "")),
+        ("podUID", env.get("pod_uid", "")),
+    )
+    return {key: value for key, value in members if value}
+
+
 def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "timestamp": env["ts"],
@@ -53,6 +73,8 @@ def _context(env: dict[str, Any], name: str) -> dict[str, Any]:
         "hostName": _HOSTNAME,
         "cgroupId": env["cgroup_id"],
         "containerId": env["container_id"],
+        "container": _container(env),
+        "kubernetes": _kubernetes(env),
         "eventName": name,
     }
 

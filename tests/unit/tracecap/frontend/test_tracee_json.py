@@ -42,6 +42,8 @@ def test_file_event_fields_are_tracees():
         "hostName": tracee_json._HOSTNAME,
         "cgroupId": 8888,
         "containerId": "abc123",
+        "container": {"id": "abc123"},
+        "kubernetes": {},
         "eventName": "vfs_write",
         "syscall": "write",
         "returnValue": 4096,
@@ -56,6 +58,18 @@ def test_file_event_fields_are_tracees():
         ],
     }
     assert json.loads(json.dumps(event)) == event
+
+
+def test_what_the_runtime_said_fills_container_and_kubernetes():
+    named = file_env(
+        container_name="web", container_image="nginx:1", container_image_digest="sha256:11",
+        pod_name="web-0", pod_namespace="shop", pod_uid="u-1",
+    )  # fmt: skip
+    event = file_event(named)
+    assert event["container"] == {
+        "id": "abc123", "name": "web", "image": "nginx:1", "imageDigest": "sha256:11",
+    }  # fmt: skip
+    assert event["kubernetes"] == {"podName": "web-0", "podNamespace": "shop", "podUID": "u-1"}
 
 
 def test_a_merged_run_of_syscalls_is_one_event_that_says_how_many():
