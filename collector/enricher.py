@@ -3,10 +3,12 @@
 The collector's loop drains ring buffers; a runtime's API answers in milliseconds, or never
 (a hung daemon). So the loop only reads a cache (:meth:`ContainerEnricher.keys`, a dict
 lookup) and queues ids it has not seen; one thread asks the runtimes (collector/runtimes.py)
-with timeouts and fills the cache. At start that thread also asks for the containers already
-running, so their events carry names from the first. A container created later is asked at
-its first event: that event and the ones in the next few milliseconds (the lookup's time,
-about 5 ms measured with Docker) go out with its id only.
+with timeouts and fills the cache. At start that thread asks for the containers already
+running, and a thread per runtime follows its event stream and queues each container as it
+is created (before its first process starts), so events carry names from the first. A
+container the stream did not announce (the stream was broken, the runtime restarted) is
+asked at its first event: that event and those of the next few milliseconds go out with
+its id only.
 
 The cache is bounded (entries past ``cache_size`` are evicted oldest first, then asked again
 when seen again); an id no runtime knows is asked again at most every ``retry_s``, so a
@@ -31,6 +33,8 @@ __all__ = ["ContainerEnricher", "default_clients"]
 CACHE_SIZE = 4096
 QUEUE_SIZE = 1024
 RETRY_S = 10.0
+#: How often a runtime's event stream is tried again while it cannot be followed.
+FOLLOW_RETRY_S = 5.0
 _EMPTY: dict[str, str] = {}
 _STOP = ""
 
@@ -70,6 +74,8 @@ class ContainerEnricher:
         self._retry_s = retry_s
         self._clock = clock
         self._thread: threading.Thread | None = None
+        self._followers: list[threading.Thread] = []
+        self._stopping = threading.Event()
         #: lookups (ids asked), found, not_found (no runtime knew it), errors, queue_full,
         #: evicted; errors per reason in ``errors``
         self.counters: Counter[str] = Counter()
@@ -103,18 +109,56 @@ class ContainerEnricher:
         """Start the lookup thread; it first learns the containers running now."""
         if self._thread is not None or not self._clients:
             return
+        self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="container-lookups", daemon=True)
         self._thread.start()
+        for client in self._clients:
+            follower = threading.Thread(
+                target=self._follow, args=(client,), name=f"{client.runtime}-events", daemon=True
+            )
+            follower.start()
+            self._followers.append(follower)
 
     def stop(self, timeout: float = 1.0) -> None:
         """Ask the thread to end (a lookup in progress ends by its timeout at the latest; the
         thread is a daemon, so a hung runtime never holds the collector's exit)."""
         if self._thread is None:
             return
+        self._stopping.set()
+        for client in self._clients:
+            client.stop_following()
         with contextlib.suppress(queue.Full):
             self._queue.put_nowait(_STOP)
         self._thread.join(timeout)
         self._thread = None
+        self._followers.clear()
+
+    def _follow(self, client: RuntimeClient) -> None:
+        """Learn containers as the runtime creates them (its event stream), so that even their
+        first process's events carry names; reconnect every FOLLOW_RETRY_S while the socket is
+        missing or the stream breaks (the runtime restarted)."""
+        while not self._stopping.is_set():
+            why = client.available()
+            if why is None:
+                try:
+                    client.created(self._ask, self._stopping.is_set)
+                except LookupFailed as exc:
+                    if not self._stopping.is_set():
+                        self._failed(exc)
+            elif why:
+                self._failed(LookupFailed("untrusted_socket", why))
+            self._stopping.wait(FOLLOW_RETRY_S)
+
+    def _ask(self, container_id: str) -> None:
+        """Queue a lookup from a follower thread (as ``keys`` does for the loop)."""
+        if container_id in self._pending:
+            return
+        self._pending.add(container_id)
+        try:
+            self._queue.put_nowait(container_id)
+        except queue.Full:
+            self._pending.discard(container_id)
+            self.counters["queue_full"] += 1
 
     def _run(self) -> None:
         self.prefetch()

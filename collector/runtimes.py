@@ -24,12 +24,14 @@ unit-tested against responses recorded from this machine's Docker and Podman.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
 import socket
 import stat
 import struct
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -213,6 +215,8 @@ class _UnixConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
+        #: the socket, kept after http.client lets go of it (a response read to its close)
+        self.unix_sock: socket.socket | None = None
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -225,7 +229,7 @@ class _UnixConnection(http.client.HTTPConnection):
         except BaseException:
             sock.close()
             raise
-        self.sock = sock
+        self.sock = self.unix_sock = sock
 
 
 class RuntimeClient:
@@ -244,6 +248,7 @@ class RuntimeClient:
         self.path = path
         self.timeout = timeout
         self._untrusted = untrusted
+        self._events_conn: _UnixConnection | None = None
 
     def available(self) -> str | None:
         """None when the socket is there and trusted; else why not (not there: "")."""
@@ -309,3 +314,70 @@ class RuntimeClient:
             raise LookupFailed("bad_response", "the container list is not a list")
         ids = [c.get("Id") for c in doc if isinstance(c, dict)]
         return [i for i in ids if isinstance(i, str) and len(i) == 64]
+
+    def created(self, on_id: Callable[[str], None], stop: Callable[[], bool]) -> None:
+        """Follow the runtime's event stream (``GET /events``, containers created) and hand
+        each new container's id to ``on_id`` as the runtime creates it, before its first
+        process runs; returns when the stream ends or ``stop()`` is true after an event.
+        LookupFailed when the socket is not to be asked, or the stream breaks."""
+        why = self._untrusted(self.path)
+        if why is not None:
+            raise LookupFailed("untrusted_socket", why)
+        conn = _UnixConnection(self.path, self.timeout)
+        self._events_conn = conn
+        try:
+            conn.request("GET", EVENTS_URL, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            if resp.status != 200:
+                raise LookupFailed("http_status", f"{self.runtime}: events: HTTP {resp.status}")
+            assert conn.unix_sock is not None
+            conn.unix_sock.settimeout(None)  # events come when containers are made
+            while not stop():
+                line = resp.readline(MAX_EVENT_BYTES + 1)
+                if not line:
+                    return
+                if len(line) > MAX_EVENT_BYTES:
+                    raise LookupFailed("too_large", f"{self.runtime}: an event over the bound")
+                container_id = created_id(line)
+                if container_id:
+                    on_id(container_id)
+        except TimeoutError:
+            raise LookupFailed("timeout", f"{self.runtime}: events") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise LookupFailed("connect", f"{self.runtime}: events: {exc}") from None
+        finally:
+            conn.close()
+
+    def stop_following(self) -> None:
+        """End a ``created`` stream from another thread (it blocks reading)."""
+        conn = self._events_conn
+        sock = conn.unix_sock if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+#: Docker's and Podman's event stream, containers being created only (one JSON object a line).
+EVENTS_URL = "/events?filters=" + urllib.parse.quote(
+    json.dumps({"type": ["container"], "event": ["create"]})
+)
+#: An event names the container's labels too; past this a line is refused.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+def created_id(line: bytes) -> str | None:
+    """The id of the container a ``create`` event is about (``Actor.ID``; ``id`` in Docker's
+    older form), or None for any other line."""
+    try:
+        event = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(event, dict) or event.get("Action", event.get("status")) != "create":
+        return None
+    if event.get("Type", "container") != "container":
+        return None
+    actor = event.get("Actor")
+    cid = actor.get("ID") if isinstance(actor, dict) else event.get("id")
+    if isinstance(cid, str) and len(cid) == 64 and all(c in "0123456789abcdef" for c in cid):
+        return cid
+    return None

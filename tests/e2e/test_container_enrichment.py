@@ -135,10 +135,10 @@ def _capture(tracecap, tag: str):
     )  # fmt: skip
 
 
-#: The workload in a container: a file, a binary executed, ICMP on its loopback. The
-#: collector asks the runtime at the container's first event it sees (the first write here:
-#: with --scope container the execs at its start may come before the kernel's scope map has
-#: its cgroup), so that event carries the id only; what follows it by 0.5 s carries names.
+#: The workload in a container: files, a binary executed, ICMP on its loopback. The collector
+#: learns the container from the runtime's event stream when it is created, so its first
+#: event seen (the first write: with --scope container the execs at its start may come
+#: before the kernel's scope map has its cgroup) is named already.
 def _workload(tag: str) -> list[str]:
     script = (
         f"sleep 1; echo FIRST > /tmp/{tag}-first.txt; sleep 0.5; "
@@ -160,6 +160,8 @@ def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str]) 
     (write,) = [r for r in run.records("write") if r["source_path"] == f"/tmp/{tag}.txt"]
     assert write["container_id"] == cid
     assert {k: write.get(k) for k in want} == want, write
+    (first,) = [r for r in run.records("write") if r["source_path"] == f"/tmp/{tag}-first.txt"]
+    assert {k: first.get(k) for k in want} == want, first  # a single write: one message
     assert write["container_image_digest"].startswith(("sha256:", "localhost/")), write
     for label, key in (
         ("io.kubernetes.pod.name", "pod_name"),

@@ -33,6 +33,7 @@ class FakeClient:
         self.fail = fail
         self.digest = digest
         self.ids = running or []
+        self.creates: list[str] = []
         self.asked: list[str] = []
 
     def available(self) -> str | None:
@@ -49,6 +50,16 @@ class FakeClient:
 
     def running(self) -> list[str]:
         return self.ids
+
+    def created(self, on_id, stop) -> None:  # type: ignore[no-untyped-def]
+        """The event stream: ``creates`` once, then it breaks as a restarted runtime's does."""
+        for container_id in self.creates:
+            on_id(container_id)
+        self.creates = []
+        raise LookupFailed("connect", "events: the stream ended")
+
+    def stop_following(self) -> None:
+        pass
 
 
 class Clock:
@@ -165,3 +176,19 @@ def test_without_runtimes_no_thread_is_started():
     assert enricher._thread is None
     assert enricher.keys(A) == {}
     enricher.stop()
+
+
+def test_containers_are_learned_as_the_runtime_creates_them():
+    docker = FakeClient(known={C: WEB})
+    docker.creates = [C]
+    enricher = ContainerEnricher([docker])
+    enricher.start()
+    try:
+        deadline = time.monotonic() + 5
+        while C not in enricher._cache and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # named before any event of it reached the loop
+        assert enricher._cache[C].keys["container_name"] == "web"
+        assert enricher.errors["connect"] >= 1  # the stream's end is counted
+    finally:
+        enricher.stop()

@@ -25,11 +25,14 @@ from types import SimpleNamespace
 import pytest
 
 from collector.runtimes import (
+    EVENTS_URL,
+    MAX_EVENT_BYTES,
     MAX_RESPONSE_BYTES,
     ContainerInfo,
     LookupFailed,
     RuntimeClient,
     bus_keys,
+    created_id,
     parse_container,
     parse_image_digest,
     untrusted_reason,
@@ -352,3 +355,50 @@ def test_a_server_that_is_not_roots_is_refused():
         os.kill(child, 9)
         os.waitpid(child, 0)
         shutil.rmtree(where)
+
+
+# --- the event stream: containers as they are created -----------------------------------------
+
+
+def test_created_ids_from_recorded_events():
+    # recorded with curl on /events?filters={"type":["container"],"event":["create"]} while
+    # `docker run` / `podman run` made a container
+    docker = recorded("docker_events.jsonl").splitlines()
+    podman = recorded("podman_events.jsonl").splitlines()
+    assert [created_id(line) for line in docker] == [
+        "90a0c2ef99432445f2802970c73b70d2605d66617a9318ca99df71148cec2905"
+    ]
+    assert [created_id(line) for line in podman] == [
+        "5790af761e3652f70e5296185105b35fcaab02ddb9a70773bcb620d253c42b63"
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"", b"{", b"[]", b'{"Action": "start", "Actor": {"ID": "' + b"a" * 64 + b'"}}',
+     b'{"Action": "create", "Type": "image", "Actor": {"ID": "' + b"a" * 64 + b'"}}',
+     b'{"Action": "create", "Actor": {"ID": "' + b"A" * 64 + b'"}}',
+     b'{"Action": "create", "Actor": {"ID": "../x"}}'],
+)  # fmt: skip
+def test_lines_that_name_no_created_container(line):
+    assert created_id(line) is None
+
+
+def test_following_the_stream(api):
+    path, routes = api
+    lines = recorded("docker_events.jsonl") + b"junk\n" + recorded("podman_events.jsonl")
+    routes[EVENTS_URL] = (200, lines, {"Connection": "close"})
+    seen: list[str] = []
+    client(path).created(seen.append, lambda: False)  # returns when the stream ends
+    assert seen == [
+        "90a0c2ef99432445f2802970c73b70d2605d66617a9318ca99df71148cec2905",
+        "5790af761e3652f70e5296185105b35fcaab02ddb9a70773bcb620d253c42b63",
+    ]
+    routes[EVENTS_URL] = (200, b"x" * (MAX_EVENT_BYTES + 10) + b"\n", {"Connection": "close"})
+    with pytest.raises(LookupFailed) as info:
+        client(path).created(seen.append, lambda: False)
+    assert info.value.reason == "too_large"
+    routes[EVENTS_URL] = (500, b"{}", {})
+    with pytest.raises(LookupFailed) as info:
+        client(path).created(seen.append, lambda: False)
+    assert info.value.reason == "http_status"
