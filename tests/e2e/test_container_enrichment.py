@@ -119,6 +119,10 @@ def _events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def _arg(event: dict, name: str) -> list:
+    return next((a["value"] for a in event["args"] if a["name"] == name), None) or []
+
+
 def _comments(pcap: Path) -> list[str]:
     out = subprocess.run(
         ["tshark", "-r", str(pcap), "-T", "fields", "-e", "frame.comment"],
@@ -180,7 +184,8 @@ def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str]) 
     assert vfs["container"]["id"] == cid
     assert vfs["kubernetes"] == kube
     execs = [e for e in events if e["eventName"] == "sched_process_exec"]
-    ping = [e for e in execs if e["processName"] == "ping"]
+    # sh runs its last command in place: the event's processName is sh's, argv is ping's
+    ping = [e for e in execs if _arg(e, "argv")[:1] == ["ping"]]
     assert ping and ping[0]["container"]["name"] == name, execs
 
     pcap = run.out_dir / "pcap" / "containers" / f"{cid[:11]}.pcap"
