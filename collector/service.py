@@ -20,6 +20,7 @@ from typing import Any
 from bpf import records
 from collector.cgroup_rules import RuleError
 from collector.containers import CgroupResolver, read_rules
+from collector.enricher import ContainerEnricher
 from collector.envelopes import Outgoing, context_env
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
@@ -93,8 +94,10 @@ class Collector:
     stats; at a stop, drain what is left before detaching.
 
     Everything it asks of the machine comes in through the constructor, the real thing by
-    default: ``probes`` builds the kernel side, ``containers`` names cgroups, ``host`` reads
-    /proc and opens files, ``clock`` tells the time, ``publisher`` is the bus. Unit tests pass
+    default: ``probes`` builds the kernel side, ``containers`` names cgroups, ``enricher`` asks
+    the container runtimes for names and images (its thread is started by
+    :meth:`start_lookups`), ``host`` reads /proc and opens files, ``clock`` tells the time,
+    ``publisher`` is the bus. Unit tests pass
     fakes of each, as supervisor's tests pass DummyOptions to its process code.
     """
 
@@ -106,6 +109,7 @@ class Collector:
         *,
         probes: ProbesFactory = KernelProbes,
         containers: CgroupResolver | None = None,
+        enricher: ContainerEnricher | None = None,
         host: Host = _HOST,
         clock: Clock = _CLOCK,
     ) -> None:
@@ -121,6 +125,7 @@ class Collector:
         self._containers = (
             containers if containers is not None else CgroupResolver(rules=read_rules())
         )
+        self._enricher = enricher if enricher is not None else ContainerEnricher()
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
@@ -177,6 +182,10 @@ class Collector:
                 return not ids or any(cid.startswith(p) for p in ids)
 
         self._probes.put_cgroup_states(self._containers.states(), in_scope)
+
+    def start_lookups(self) -> None:
+        """Start asking the container runtimes (a thread; the loop never waits for it)."""
+        self._enricher.start()
 
     def attach(self) -> None:
         assert self._probes is not None
@@ -395,7 +404,13 @@ class Collector:
         self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
 
     def _send(self, out: list[Outgoing]) -> None:
+        """Publish, with what the runtime said of the message's container (name, image, pod:
+        collector/enricher.py) added to its envelope."""
+        known = self._enricher.keys
         for msg in out:
+            container_id = msg.env.get("container_id")
+            if container_id:
+                msg.env.update(known(container_id))
             self._pub.publish(msg.topic, msg.env, msg.payload)
 
     def stats_env(self) -> dict[str, Any]:
@@ -444,7 +459,9 @@ class Collector:
                 "bus_dropped_bytes": self._pub.dropped_bytes,
                 "bus_backlog_bytes": self._pub.backlog_bytes(),
                 **self._pub.peer_stats(),
+                **self._enricher.stats(),
             },
+            "container_lookup_errors": dict(self._enricher.errors),
             "published": self._pub.published(),
             "programs": self._probes.program_names if self._probes else [],
             "subscriptions": {
@@ -497,6 +514,7 @@ class Collector:
     def close(self) -> None:
         """Publish the last stats (state "stopped"), then detach: rings first, then programs."""
         self.state = "stopped"
+        self._enricher.stop()
         try:
             self._pub.publish(bus.TOPIC_STATS, self.stats_env())
         finally:
@@ -572,6 +590,7 @@ def run_collector(
         try:
             service = collector(config, pub, ring_bytes)  # reads the container naming rules
             service.load()  # the verifier runs while the writers are still starting
+            service.start_lookups()
             pub.wait_for(wait_for, SUBSCRIBER_TIMEOUT_S, stop.is_set)
             service.attach()
         except (ProbeError, BpfError, RingReaderError, BusError, RuleError, OSError) as exc:

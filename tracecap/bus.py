@@ -57,6 +57,33 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
     "container_id": (str,),
 }
 
+#: Optional keys of a message whose ``container_id`` is not "": what the container's runtime
+#: (Docker, Podman) says of it, when the collector could ask (see the README's Containers):
+#: its name, its image as the user named it, the image's registry digest (``name@sha256:..``)
+#: or else its id (``sha256:...``), and Kubernetes' pod labels. Strings; absent when unknown.
+CONTAINER_KEYS = (
+    "container_name",
+    "container_image",
+    "container_image_digest",
+    "pod_name",
+    "pod_namespace",
+    "pod_uid",
+)
+#: Longer values are not taken by ``container_fields`` (the collector sends at most 512).
+MAX_CONTAINER_VALUE_CHARS = 1024
+
+
+def container_fields(env: dict[str, Any]) -> dict[str, str]:
+    """The CONTAINER_KEYS an envelope carries with a usable value (a non-empty string within
+    MAX_CONTAINER_VALUE_CHARS); anything else is ignored, as unknown keys are."""
+    out = {}
+    for key in CONTAINER_KEYS:
+        value = env.get(key)
+        if isinstance(value, str) and 0 < len(value) <= MAX_CONTAINER_VALUE_CHARS:
+            out[key] = value
+    return out
+
+
 #: Events from processes also carry ``ns_pid``, ``ns_tid`` and ``ns_ppid``: the same ids as the
 #: process's own pid namespace numbers them (equal to the host's outside containers).
 

@@ -10,6 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracecap.bus import container_fields
 from tracecap.text import is_utf8, text_field
 from writers.ranges import RangeSet
 from writers.recent import RecentKeys
@@ -62,6 +63,9 @@ class FileArtifact:
         self.first = {k: env[k] for k in ("pid", "tid", "ppid", "uid", "cgroup_id")}
         self.comm: bytes = env["comm"]
         self.container_id: str = env["container_id"]
+        #: what the runtime said of the container (name, image, pod); taken from a later
+        #: message when the first ones went out before the collector knew it
+        self.container: dict[str, str] = container_fields(env)
         self.source_path: bytes = env["path"]
         self.dev: int = env["dev"]
         self.inode: int = env["inode"]
@@ -102,6 +106,8 @@ class FileArtifact:
         """Note who touched the file and when, whatever the message carries."""
         self.first_ts = min(self.first_ts, env["ts"])
         self.last_ts = max(self.last_ts, env["ts"])
+        if not self.container and env["container_id"] == self.container_id:
+            self.container = container_fields(env)
         if len(self.pids) < MAX_PIDS:
             self.pids.add(env["pid"])
         elif env["pid"] not in self.pids:
@@ -197,6 +203,7 @@ class FileArtifact:
             **self.first,
             "comm": text_field(self.comm),
             "container_id": self.container_id,
+            **self.container,
             "first_ts": self.first_ts,
             "last_ts": self.last_ts,
             "source_path": text_field(self.source_path),
@@ -246,6 +253,7 @@ class FileArtifact:
             env["comm"] = _bytes_field(rec, "comm")
             env["path"] = _bytes_field(rec, "source_path")
             env["container_id"] = rec["container_id"]
+            env.update(container_fields(rec))
             env["ts"] = rec["first_ts"]
             env["generation"] = rec.get("generation")
             kind, append, path = rec["kind"], rec["append"], rec["path"]

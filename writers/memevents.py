@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from tracecap.bus import container_fields
 from tracecap.text import prot_string, text_fields
 
 #: Occurrence times kept per record; the count and ``last_ts`` go on past it.
@@ -88,6 +89,7 @@ def dedup_key(meta: Meta, sha256: str) -> tuple[Any, ...]:
 def _context(env: Meta) -> dict[str, Any]:
     return {
         **{k: env[k] for k in _CONTEXT},
+        **container_fields(env),
         **text_fields("comm", env["comm"]),
         "epoch": env["epoch"],
     }

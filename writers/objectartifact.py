@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
+from tracecap.bus import container_fields
 from tracecap.text import text_fields
 from writers.index import MAX_LINE, parse_line
 from writers.ranges import RangeSet
@@ -143,6 +144,8 @@ class ObjectAssembly:
             **{k: meta[k] for k in _COMMON},
             **text_fields("comm", meta["comm"]),
             "container_id": meta["container_id"],
+            # the last message may know the container's names when the first did not
+            **container_fields({**self.late, **meta}),
             "ts": self.first_ts,
             "last_ts": self.last_ts,
             "epoch": self.key[0],

@@ -155,6 +155,8 @@ class Packet:
     orig_len: int
     start_time: int
     data: bytes
+    #: what the runtime said of the container (tracecap/bus.py CONTAINER_KEYS), maybe nothing
+    container: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kernel(self) -> bool:
@@ -208,6 +210,7 @@ def parse_packet(env: Mapping[str, Any], payload: bytes) -> Packet:
         orig_len=orig_len,
         start_time=_uint(env, "start_time"),
         data=data,
+        container=bus.container_fields(env) if container_id else {},
     )
 
 
@@ -215,11 +218,20 @@ def _container_label(container_id: str) -> str:
     return "host" if container_id in ("", "host") else container_id
 
 
+#: The container's keys a packet comment names (the digest and pod uid are in the index).
+_COMMENT_KEYS = ("container_name", "container_image", "pod_namespace", "pod_name")
+
+
 def packet_comment(pkt: Packet) -> str:
     """The per-packet comment: who sent or received it, one printable line of key=value."""
+    named = "".join(
+        f" {key}={comment_text(pkt.container[key].encode())}"
+        for key in _COMMENT_KEYS
+        if key in pkt.container
+    )
     return (
         f"pid={pkt.pid} tid={pkt.tid} comm={comment_text(pkt.comm[:COMM_MAX])} "
-        f"container={_container_label(pkt.container_id)} direction={pkt.direction}"
+        f"container={_container_label(pkt.container_id)}{named} direction={pkt.direction}"
     )
 
 
@@ -259,10 +271,26 @@ def packet_targets(pkt: Packet, splits: Iterable[str]) -> list[Target]:
     return targets
 
 
+#: Tracee's ``kubernetes`` fields, from the bus keys.
+_POD_FIELDS = (("pod_name", "podName"), ("pod_namespace", "podNamespace"), ("pod_uid", "podUID"))
+
+
 def _container_context(pkt: Packet) -> dict[str, Any]:
     # hostName: Tracee's is the task's UTS name, which the envelope does not carry (yet)
     cid = "" if pkt.container_id in ("", "host") else pkt.container_id
-    return {"container": {"id": cid}, "hostName": ""}
+    known = pkt.container
+    ctx: dict[str, Any] = {"container": {"id": cid}, "hostName": ""}
+    for key, name in (
+        ("container_name", "name"),
+        ("container_image", "image"),
+        ("container_image_digest", "imageDigest"),
+    ):
+        if key in known:
+            ctx["container"][name] = known[key]
+    pod = {name: known[key] for key, name in _POD_FIELDS if key in known}
+    if pod:
+        ctx["kubernetes"] = pod
+    return ctx
 
 
 def file_context(split: str, pkt: Packet) -> dict[str, Any]:
@@ -300,7 +328,7 @@ def index_context(split: str, pkt: Packet) -> dict[str, Any]:
     """What the index record says about whose packets a file holds (nothing for ``single``)."""
     if split == "single":
         return {}
-    ctx: dict[str, Any] = {"container_id": pkt.container_id}
+    ctx: dict[str, Any] = {"container_id": pkt.container_id, **pkt.container}
     if split == "container":
         return ctx
     ctx.update(text_fields("comm", pkt.comm))
@@ -315,6 +343,13 @@ def index_context(split: str, pkt: Packet) -> dict[str, Any]:
         start_time=pkt.start_time,
     )
     return ctx
+
+
+def learn_container(context: dict[str, Any], pkt: Packet) -> None:
+    """Add what the runtime said of the container to a file's index context that lacks it
+    (the file's first packets went out before the collector knew the container)."""
+    if "container_name" not in context and context.get("container_id") == pkt.container_id:
+        context.update(pkt.container)
 
 
 @dataclass
@@ -482,7 +517,11 @@ class PcapWriter(Writer):
         files = []
         for target in targets:
             f = self._files.get(target.path)
-            files.append(f if f is not None else self._new_file(target, pkt))
+            if f is None:
+                f = self._new_file(target, pkt)
+            elif pkt.container and target.split != "single":
+                learn_container(f.context, pkt)
+            files.append(f)
         env = msg.env
         held = (pkt.ts, tuple(files), block, pkt.orig_len, len(data), cut,
                 env.get("epoch"), msg.topic, env.get("seq"))  # fmt: skip

@@ -23,6 +23,7 @@ from bpf import records
 from collector import service
 from collector.cgroup_rules import CgroupState
 from collector.containers import DEFAULT
+from collector.enricher import ContainerEnricher
 from collector.host import Clock
 from collector.module_images import PAGE_SIZE, WRITTEN_PRIVATE
 from collector.object_files import MESSAGE_BYTES, FileIdentity
@@ -361,6 +362,8 @@ class Rig:
     host: FakeHost = field(default_factory=FakeHost)
     containers: FakeContainers = field(default_factory=FakeContainers)
     time: FakeTime = field(default_factory=FakeTime)
+    #: no runtime to ask unless a test gives one (the machine's own sockets are never asked)
+    enricher: ContainerEnricher = field(default_factory=lambda: ContainerEnricher([]))
     probes: FakeProbes | None = None
 
     def __post_init__(self) -> None:
@@ -373,7 +376,8 @@ class Rig:
     def collector(self, ring_bytes: int = 1 << 20) -> Collector:
         return Collector(
             self.config, self.pub, ring_bytes, probes=self.make_probes,
-            containers=self.containers, host=self.host, clock=self.time.clock(),
+            containers=self.containers, enricher=self.enricher, host=self.host,
+            clock=self.time.clock(),
         )  # fmt: skip
 
     def started(self) -> Collector:
@@ -1075,8 +1079,8 @@ def test_run_collector_reports_a_failed_load_and_still_closes(capsys):
 
 def _collector_of(rig: Rig) -> Any:
     return functools.partial(
-        Collector, probes=rig.make_probes, containers=rig.containers, host=rig.host,
-        clock=rig.time.clock(),
+        Collector, probes=rig.make_probes, containers=rig.containers, enricher=rig.enricher,
+        host=rig.host, clock=rig.time.clock(),
     )  # fmt: skip
 
 
@@ -1125,3 +1129,49 @@ def test_mem_counters_are_in_the_stats_and_skips_left_are_reported_at_a_stop():
     assert (env["skipped_events"], env["skipped_dumps"], env["skipped_bytes"]) == (5, 6, 7 << 16)
     assert (env["obj_len"], env["last"], env["dump"], env["alert"]) == (0, True, "none", "")
     bus.decode(bus.encode(bus.TOPIC_MEM, dict(env, v=bus.VERSION, epoch=1, seq=0)))
+
+
+# --- container names --------------------------------------------------------------------------
+
+
+class _Runtime:
+    """A runtime that knows one container (see tests/unit/collector/test_enricher.py)."""
+
+    def __init__(self, container_id: str) -> None:
+        self.container_id = container_id
+
+    def available(self) -> str | None:
+        return None
+
+    def inspect(self, container_id: str) -> Any:
+        from collector.runtimes import ContainerInfo
+
+        if container_id != self.container_id:
+            return None
+        return ContainerInfo("docker", "web", "nginx:1", "sha256:11", pod_name="web-0")
+
+    def image_digest(self, image_id: str) -> str:
+        return ""
+
+
+def test_what_the_runtime_said_goes_on_the_envelope_of_the_containers_messages(tmp_path):
+    cid = "ab" * 32
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.containers.containers[CGROUP] = cid
+    rig.enricher._clients = [_Runtime(cid)]
+    rig.feed(exec_event())  # before the runtime was asked: the id only
+    rig.enricher.lookup(cid)
+    rig.feed(exec_event(pid=PID + 1), exec_event(pid=PID + 2, cgroup_id=CGROUP + 1))
+    stop(collector)
+    first, second, host = rig.sent(bus.TOPIC_PROC)
+    assert "container_name" not in first.env and first.env["container_id"] == cid
+    assert {k: second.env[k] for k in bus.CONTAINER_KEYS if k in second.env} == {
+        "container_name": "web",
+        "container_image": "nginx:1",
+        "container_image_digest": "sha256:11",
+        "pod_name": "web-0",
+    }
+    assert host.env["container_id"] == "" and "container_name" not in host.env
+    stats = rig.sent(bus.TOPIC_STATS)[-1].env
+    assert stats["collector"]["container_found"] == 1
+    assert stats["container_lookup_errors"] == {}

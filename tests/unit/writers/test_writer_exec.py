@@ -190,3 +190,11 @@ def test_malformed_argv_still_gives_a_record(h: Harness) -> None:
     h.run(argv=[b"x", 3, {"k": 1}])
     (rec,) = h.records()
     assert rec["argv"] == ["x", "", ""] and rec["argv_malformed"] is True
+
+
+def test_the_containers_names_are_in_the_index(h: Harness) -> None:
+    named = {"container_name": "web", "container_image": "nginx:1", "pod_name": "web-0"}
+    h.run(container_id="ab" * 32, **named)
+    (rec,) = h.records()
+    assert {k: rec.get(k) for k in named} == named
+    assert "pod_uid" not in rec

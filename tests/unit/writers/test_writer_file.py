@@ -688,3 +688,27 @@ def test_the_budget_refusing_read_back_bytes_lists_them_missing_not_read_back(
         assert rec["missing"] == [[0, 3]] and "readback" not in rec
     finally:
         h.close()
+
+
+NAMED = {
+    "container_name": "web",
+    "container_image": "nginx:1",
+    "container_image_digest": "sha256:11",
+    "pod_name": "web-0",
+    "pod_namespace": "shop",
+    "pod_uid": "u-1",
+}
+
+
+def test_container_names_reach_the_index_from_a_later_message(h: Harness) -> None:
+    cid = "ab" * 32
+    h.io(b"hello", off=0, io_id=1, container_id=cid)  # before the collector knew the names
+    h.io(b"world", off=5, io_id=2, container_id=cid, **NAMED)
+    h.idle()
+    rec = h.latest(f"{cid}/write.dev-2049.inode-77")
+    assert {k: rec.get(k) for k in NAMED} == NAMED
+    # an index line read back (the artifact written again later) keeps them
+    from writers.fileartifact import FileArtifact
+
+    again = FileArtifact.from_record(rec, 0.0).record(10, None)
+    assert {k: again.get(k) for k in NAMED} == NAMED

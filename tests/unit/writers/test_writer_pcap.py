@@ -1046,3 +1046,56 @@ def test_the_collectors_owner_wait_fits_in_the_window(tmp_path: Path) -> None:
     got = timestamps(h.root / "pcap/single.pcap")
     assert got == [T0 + ms * MS for ms in range(1500)]
     assert single["out_of_order"] == 0 and h.writer.counters["late_packets"] == 0
+
+
+# -- container names -----------------------------------------------------------------------------
+
+NAMED = {
+    "container_name": "web",
+    "container_image": "nginx:1",
+    "container_image_digest": "sha256:11",
+    "pod_name": "web 0",  # a label may hold anything: escaped in the comment
+    "pod_namespace": "shop",
+    "pod_uid": "u-1",
+}
+
+
+def test_container_names_in_comments_descriptions_and_the_index(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    h.feed(udp(), pid=300, tid=301, comm=b"dig", container_id=CID, start_time=55)
+    h.feed(udp(), pid=300, tid=301, comm=b"dig", container_id=CID, start_time=55, **NAMED)
+    h.feed(udp(), pid=300, tid=301, comm=b"dig", container_id="", start_time=55, **NAMED)
+    first, second, host = (c for *_, c in packets(h.root / "pcap/single.pcap"))
+    assert first == f"pid=300 tid=301 comm=dig container={CID} direction=egress"
+    assert second == (
+        f"pid=300 tid=301 comm=dig container={CID} container_name=web "
+        "container_image=nginx:1 pod_namespace=shop pod_name=web\\x200 direction=egress"
+    )
+    assert host == "pid=300 tid=301 comm=dig container=host direction=egress"
+    records = {r["path"]: r for r in h.close()}
+    # the files were opened at the first packet, before the names were known: the index
+    # learns them from a later one
+    for split in ("containers", "commands", "processes"):
+        (path,) = [p for p in records if p.startswith(f"pcap/{split}/{CID11}")]
+        assert {k: records[path].get(k) for k in NAMED} == NAMED
+    assert "container_name" not in records["pcap/single.pcap"]
+    h2 = Harness(tmp_path / "h2", split=("container",))
+    h2.feed(udp(), container_id=CID, **NAMED)
+    assert descriptions(h2.root / f"pcap/containers/{CID11}.pcap") == [
+        {
+            "container": {"id": CID, "name": "web", "image": "nginx:1", "imageDigest": "sha256:11"},
+            "kubernetes": {"podName": "web 0", "podNamespace": "shop", "podUID": "u-1"},
+            "hostName": "",
+        }
+    ]
+    h2.close()
+
+
+def test_container_values_that_are_no_strings_are_ignored(tmp_path: Path) -> None:
+    h = Harness(tmp_path, split=("container",))
+    h.feed(udp(), container_id=CID, container_name=5, container_image="x" * 2000)
+    (c,) = (c for *_, c in packets(h.root / f"pcap/containers/{CID11}.pcap"))
+    assert c == f"pid=100 tid=100 comm=ping container={CID} direction=egress"
+    assert h.writer.counters["rejected"] == 0
+    (rec,) = h.close()
+    assert "container_name" not in rec and "container_image" not in rec
