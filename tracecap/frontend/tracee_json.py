@@ -43,6 +43,8 @@ _EVENT_NAMES = {
     "io_uring_sendmsg": "vfs_writev",
     "io_uring_recv": "vfs_read",
     "io_uring_recvmsg": "vfs_readv",
+    "sendmmsg": "vfs_writev",
+    "recvmmsg": "vfs_readv",
 }
 _TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 _HOSTNAME = socket.gethostname()
