@@ -576,6 +576,76 @@ static __always_inline int tc_msg_enter(struct trace_event_raw_sys_enter *ctx, _
 TC_MSG_PROBES(sendmsg, TC_SYS_SENDMSG, TC_DIR_WRITE)
 TC_MSG_PROBES(recvmsg, TC_SYS_RECVMSG, TC_DIR_READ)
 
+/* sendmmsg/recvmmsg (fd, struct mmsghdr *vec, vlen, flags): at exit the syscall returns how
+ * many messages moved and each message's msg_len says its bytes; each message is one
+ * transfer of its own iovec array. At enter `a` keeps the vector in buf and vlen in count. */
+/* UIO_MAXIOV: the kernel moves at most this many messages in one call */
+#define TC_MMSG_MAX 1024
+
+struct tc_mmsg_walk {
+    struct tc_io_args a;
+    __u64 vec;
+    struct file *f;
+    __u32 n;
+    __u32 tid;
+};
+
+static long tc_mmsg_one(__u32 i, struct tc_mmsg_walk *w)
+{
+    if (i >= w->n)
+        return 1;
+    struct mmsghdr m = {};
+    if (bpf_probe_read_user(&m, sizeof(m), (void *)(w->vec + (__u64)i * sizeof(m)))) {
+        /* the kernel just wrote msg_len there: unreadable only if unmapped since */
+        tc_count(w->a.direction * TC_CNT_PER_KIND + TC_CNT_EVENT_DROPS, 1);
+        return 0;
+    }
+    struct tc_io_args a = w->a;
+    a.buf = (__u64)m.msg_hdr.msg_iov;
+    a.count = m.msg_hdr.msg_iovlen;
+    a.is_vec = 1;
+    if (m.msg_len)
+        tc_io_done(&a, w->f, m.msg_len, w->tid);
+    return 0;
+}
+
+static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
+    if (!ap)
+        return 0;
+    struct tc_mmsg_walk w = { .a = *ap, .tid = tid };
+    bpf_map_delete_elem(&io_pending, &tid);
+    long ret = ctx->ret;
+    if (ret <= 0)
+        return 0;
+    w.f = tc_fd_file(w.a.fd);
+    if (!w.f)
+        return 0;
+    w.vec = w.a.buf;
+    w.n = ret;
+    bpf_loop(TC_MMSG_MAX, tc_mmsg_one, &w, 0);
+    return 0;
+}
+
+#define TC_MMSG_PROBES(name, sc, dir, flagarg)                                        \
+    SEC("tp/syscalls/sys_enter_" #name)                                                \
+    int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
+    {                                                                                  \
+        if (dir == TC_DIR_READ && (ctx->args[flagarg] & TC_MSG_PEEK))                  \
+            return 0;                                                                  \
+        return tc_io_enter(ctx, sc, dir, 1, -1);                                       \
+    }                                                                                  \
+    SEC("tp/syscalls/sys_exit_" #name)                                                 \
+    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
+    {                                                                                  \
+        return tc_mmsg_exit(ctx);                                                      \
+    }
+
+TC_MMSG_PROBES(sendmmsg, TC_SYS_SENDMMSG, TC_DIR_WRITE, 3)
+TC_MMSG_PROBES(recvmmsg, TC_SYS_RECVMMSG, TC_DIR_READ, 3)
+
 /* ---- io_uring: read and write requests, at the posting of their completion ----------------
  *
  * A request's data passes a user buffer as a syscall's does, but no syscall of the process

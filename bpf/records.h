@@ -91,7 +91,7 @@ enum tc_syscall {
     /* socket calls with a user buffer (sendto/recvfrom) or a msghdr's iovec array */
     TC_SYS_SENDTO, TC_SYS_SENDMSG, TC_SYS_RECVFROM, TC_SYS_RECVMSG,
     TC_SYS_IO_URING_SEND, TC_SYS_IO_URING_SENDMSG, TC_SYS_IO_URING_RECV,
-    TC_SYS_IO_URING_RECVMSG,
+    TC_SYS_IO_URING_RECVMSG, TC_SYS_SENDMMSG, TC_SYS_RECVMMSG,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };

@@ -98,6 +98,8 @@ SYSCALLS = (
     "io_uring_sendmsg",
     "io_uring_recv",
     "io_uring_recvmsg",
+    "sendmmsg",
+    "recvmmsg",
 )
 DIR_WRITE, DIR_READ = 0, 1
 

@@ -76,12 +76,12 @@ _URING = frozenset({"tc_uring_complete"})
 #: ``module_programs``) and the ring its records arrive on.
 CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "write": _syscall_programs(
-        ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg")
+        ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg")
     )
     | _XFER
     | _URING,
     "read": _syscall_programs(
-        ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg")
+        ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg")
     )
     | _XFER
     | _URING,

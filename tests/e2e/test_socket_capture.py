@@ -1,11 +1,13 @@
 """Bytes sent and received with the socket calls (sendto/recvfrom, which send(2) and recv(2)
-are, and sendmsg/recvmsg), captured end to end with real programs: curl fetching a file from
-Python's http.server (send and recv on a TCP stream), and dnsmasq answering dig (recvmsg and
-sendmsg on a UDP socket), compared with what curl received and with tcpdump's packets."""
+are, sendmsg/recvmsg and sendmmsg), captured end to end with real programs: curl fetching a
+file from Python's http.server (send and recv on a TCP stream), and dnsmasq answering dig
+(dig sends with sendmmsg and reads with recvmsg; dnsmasq reads with recvmsg and answers with
+sendmsg, on UDP), compared with what curl received and with tcpdump's packets."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -94,8 +96,8 @@ def _port_is_free(port: int) -> bool:
         return True
 
 
-def _udp_payloads(dump: Path, port: int) -> tuple[bytes, bytes]:
-    """The UDP payloads tcpdump saw to ``port`` and from it, each side concatenated."""
+def _udp_payloads(dump: Path, port: int) -> tuple[list[bytes], list[bytes]]:
+    """The UDP payloads tcpdump saw to ``port`` and from it, in order."""
     to, back = [], []
     with open(dump, "rb") as f:
         for _ts, frame in dpkt.pcap.Reader(f):
@@ -105,7 +107,7 @@ def _udp_payloads(dump: Path, port: int) -> tuple[bytes, bytes]:
                     to.append(bytes(ip.data.data))
                 elif ip.data.sport == port:
                     back.append(bytes(ip.data.data))
-    return b"".join(to), b"".join(back)
+    return to, back
 
 
 def test_dnsmasq_recvmsg_and_sendmsg_match_the_packets(tracecap, workdir: Path) -> None:
@@ -114,11 +116,15 @@ def test_dnsmasq_recvmsg_and_sendmsg_match_the_packets(tracecap, workdir: Path) 
     port = _free_udp_port()
     conf = workdir / "dnsmasq.conf"
     conf.write_text("\n".join([
-        "keep-in-foreground", "no-resolv", "no-hosts", "bind-interfaces", "user=root",
+        "keep-in-foreground", "no-resolv", "no-hosts", "bind-interfaces", "user=nobody",
+        "group=nogroup",
         "pid-file=", "listen-address=127.0.0.1", f"port={port}",
         "address=/a.tc.test/10.9.8.7", 'txt-record=t.tc.test,"captured by sendmsg"', "",
     ]))  # fmt: skip
-    run = tracecap("--scope", "comm=dnsmasq", "--capture", "write:type=socket",
+    # dig does its I/O on threads named isc-net-*, and dnsmasq drops to nobody once bound:
+    # nobody's processes are the scope, dig runs as nobody too
+    nobody = pwd.getpwnam("nobody").pw_uid
+    run = tracecap("--scope", f"uid={nobody}", "--capture", "write:type=socket",
                    "--capture", "read:type=socket")  # fmt: skip
     dnsmasq = subprocess.Popen(["dnsmasq", f"--conf-file={conf}"], stdin=subprocess.DEVNULL)
     dump = workdir / "dns.pcap"
@@ -134,14 +140,19 @@ def test_dnsmasq_recvmsg_and_sendmsg_match_the_packets(tracecap, workdir: Path) 
             stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert "listening on lo" in tcpdump.stderr.readline()
-        answers = [
-            subprocess.run(
-                ["dig", "@127.0.0.1", "-p", str(port), "+time=5", "+tries=1", "+short",
+        asked = [("a.tc.test", "A"), ("t.tc.test", "TXT"), ("a.tc.test", "A")]
+        digs = []
+        for name, qtype in asked:  # one at a time: the i-th query on the wire is dig i's
+            dig = subprocess.Popen(
+                ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+                 "dig", "@127.0.0.1", "-p", str(port), "+time=5", "+tries=1", "+short",
                  name, qtype],
-                capture_output=True, text=True, timeout=30, check=True,
-            ).stdout.strip()
-            for name, qtype in [("a.tc.test", "A"), ("t.tc.test", "TXT"), ("a.tc.test", "A")]
-        ]  # fmt: skip
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            out, _ = dig.communicate(timeout=30)
+            assert dig.returncode == 0
+            digs.append((dig.pid, out.strip()))
+        answers = [answer for _, answer in digs]
         assert answers == ["10.9.8.7", '"captured by sendmsg"', "10.9.8.7"], answers
     finally:
         dnsmasq.terminate()
@@ -153,12 +164,16 @@ def test_dnsmasq_recvmsg_and_sendmsg_match_the_packets(tracecap, workdir: Path) 
     run.stop()
     assert run.returncode == 0, run.stderr
     queries, replies = _udp_payloads(dump, port)
-    assert queries and replies
+    assert len(queries) == len(replies) == len(digs)
     # dnsmasq also talks to the kernel over netlink with recvmsg: its UDP socket is the one
     # artifact holding the queries
     reads = [_one(run, "read", dnsmasq.pid, "recvmsg", rec) for rec in
              _sockets(run, "read", dnsmasq.pid, "recvmsg")]  # fmt: skip
     writes = [_one(run, "write", dnsmasq.pid, "sendmsg", rec) for rec in
               _sockets(run, "write", dnsmasq.pid, "sendmsg")]  # fmt: skip
-    assert [data for _, data in reads].count(queries) == 1, [len(d) for _, d in reads]
-    assert [data for _, data in writes].count(replies) == 1, [len(d) for _, d in writes]
+    assert [data for _, data in reads].count(b"".join(queries)) == 1, [len(d) for _, d in reads]
+    assert [data for _, data in writes].count(b"".join(replies)) == 1, [len(d) for _, d in writes]
+    # dig sends its query with sendmmsg (one message) and reads the answer with recvmsg
+    for (pid, _), query, reply in zip(digs, queries, replies, strict=True):
+        assert _one(run, "write", pid, "sendmmsg")[1] == query
+        assert _one(run, "read", pid, "recvmsg")[1] == reply

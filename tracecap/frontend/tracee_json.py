@@ -56,6 +56,8 @@ _EVENT_NAMES = {
     "io_uring_sendmsg": "vfs_writev",
     "io_uring_recv": "vfs_read",
     "io_uring_recvmsg": "vfs_readv",
+    "sendmmsg": "vfs_writev",
+    "recvmmsg": "vfs_readv",
 }
 _TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
 #: Tracee's ``syscall`` is the system call the task was in: io_uring requests run inside
