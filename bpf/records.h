@@ -353,6 +353,30 @@ struct tc_sock_owner {
     __u32 _pad;
 };
 
+/* A socket that existed before the capture, for net.bpf.h's tc_sock_adopt, which the collector
+ * runs (BPF_PROG_TEST_RUN) once per socket it finds in /proc/PID/fd at start. In: `pid` (the
+ * process holding it) and `cookie` (read by the collector with SO_COOKIE). Out: `result`
+ * (TC_ADOPT_*) and, when TC_ADOPT_OWNED, the owner recorded: the process's main thread. */
+struct tc_sock_adopt {
+    __u64 cookie;
+    __u64 start_time;        /* boot ns */
+    __u64 cgroup_id;
+    __u32 pid;
+    __u32 ppid;
+    __u32 uid;
+    __u32 in_scope;
+    __u32 result;
+    __u32 _pad;
+    char comm[TC_COMM_LEN];
+};
+
+enum tc_adopt_result {
+    TC_ADOPT_OWNED = 0,      /* owner recorded in sock_owner */
+    TC_ADOPT_KNOWN,          /* the kernel knew an owner already: kept */
+    TC_ADOPT_NO_TASK,        /* the process is gone */
+    TC_ADOPT_FULL,           /* sock_owner could not take it */
+};
+
 /* Key and value of the `file_drops` map: syscalls whose event could not be sent (ring buffer
  * full), so that the collector can still tell which artifact lost which bytes. */
 struct tc_drop_key {

@@ -36,6 +36,8 @@ REC_SOCK_OWNER = 9
 REC_FILE_CONT = 10
 REC_FILE_XFER = 11
 PKT_DIRECTIONS = ("egress", "ingress")
+#: tc_sock_adopt's results (enum tc_adopt_result), in order.
+ADOPT_RESULTS = ("owned", "known", "no_task", "full")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap", "munmap", "exit")
 #: enum tc_mem_alert in value order: (name, the alert text Tracee prints for it; types/trace
@@ -239,6 +241,10 @@ TC_PACKET = CStruct("tc_packet", (
 TC_SOCK_OWNER = CStruct("tc_sock_owner", (
     ("h", TC_HDR), ("cookie", "Q"), ("start_time", "Q"), ("in_scope", "I"), ("_pad", "I"),
 ))  # fmt: skip
+TC_SOCK_ADOPT = CStruct("tc_sock_adopt", (
+    ("cookie", "Q"), ("start_time", "Q"), ("cgroup_id", "Q"), ("pid", "I"), ("ppid", "I"),
+    ("uid", "I"), ("in_scope", "I"), ("result", "I"), ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
+))  # fmt: skip
 TC_DROP_KEY = CStruct("tc_drop_key", (
     ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "I"),
 ))  # fmt: skip
@@ -260,8 +266,8 @@ TC_CONFIG = CStruct("tc_config", (
 STRUCTS = (
     TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_XFER_FILE, TC_XFER, TC_FILE_XFER,
     TC_EXEC_EVENT, TC_MEM_EVENT, TC_MEM_PROC,
-    TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_DROP_KEY, TC_DROP_VAL,
-    TC_FILE_FILTER, TC_CONFIG,
+    TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_SOCK_ADOPT, TC_DROP_KEY,
+    TC_DROP_VAL, TC_FILE_FILTER, TC_CONFIG,
 )  # fmt: skip
 
 HDR = TC_HDR.struct
@@ -759,6 +765,34 @@ def decode_sock_owner(raw: bytes) -> SockOwner:
     _need(raw, TC_SOCK_OWNER, "socket owner")
     f = TC_SOCK_OWNER.unpack(raw)
     return SockOwner(_header(f), f.cookie, f.start_time, bool(f.in_scope))
+
+
+class Adopted(NamedTuple):
+    """What tc_sock_adopt did with a socket that existed before the capture: ``result`` (one
+    of ADOPT_RESULTS) and, when "owned", the owner it recorded (the process's main thread)."""
+
+    result: str
+    cookie: int
+    start_time: int
+    cgroup_id: int
+    pid: int
+    ppid: int
+    uid: int
+    in_scope: bool
+    comm: bytes
+
+
+def encode_sock_adopt(pid: int, cookie: int) -> bytes:
+    return TC_SOCK_ADOPT.struct.pack(cookie, 0, 0, pid, 0, 0, 0, 0, 0, b"")
+
+
+def decode_sock_adopt(raw: bytes) -> Adopted:
+    _need(raw, TC_SOCK_ADOPT, "socket adoption")
+    f = TC_SOCK_ADOPT.unpack(raw)
+    if f.result >= len(ADOPT_RESULTS):
+        raise RecordError(f"socket adoption with unknown result {f.result}")
+    return Adopted(ADOPT_RESULTS[f.result], f.cookie, f.start_time, f.cgroup_id, f.pid, f.ppid,
+                   f.uid, bool(f.in_scope), _cstr(f.comm))  # fmt: skip
 
 
 def encode_file_filter(

@@ -37,3 +37,4 @@ struct tc_drop_key _tc_abi_drop_key __attribute__((unused));
 struct tc_drop_val _tc_abi_drop_val __attribute__((unused));
 struct tc_packet _tc_abi_packet __attribute__((unused));
 struct tc_sock_owner _tc_abi_sock_owner __attribute__((unused));
+struct tc_sock_adopt _tc_abi_sock_adopt __attribute__((unused));

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bpf import records
 from collector.object_files import FileIdentity, exe_link, open_unchanged, open_verified
+from collector.preexisting_sockets import socket_cookies
 from collector.process_tree import read_proc_file
 from collector.readback import open_end
 
@@ -41,6 +42,10 @@ class Host:
         """An fd of the first candidate that is the file ``identity`` names, unchanged since
         the kernel saw it (module files); no path is followed through a symbolic link."""
         return open_unchanged(candidates, identity)
+
+    def socket_cookies(self) -> Iterator[tuple[int, int]]:
+        """(pid, cookie) of every socket open now (collector/preexisting_sockets.py)."""
+        return socket_cookies()
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size

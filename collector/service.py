@@ -173,7 +173,20 @@ class Collector:
         assert self._probes is not None
         self._ring = self._probes.rings(self._on_record)  # fails before any probe is attached
         self._probes.attach()
+        if self._config.pcap.enabled:
+            self._adopt_sockets()
         self.state = "ready"
+
+    def _adopt_sockets(self) -> None:
+        """Owners for the sockets open before the capture (collector/preexisting_sockets.py),
+        taken after attach so that a socket opened meanwhile is known to the kernel either way
+        (the kernel's own owner wins)."""
+        assert self._probes is not None
+        for pid, cookie in self._host.socket_cookies():
+            adopted = self._probes.adopt_socket(pid, cookie)
+            self.counters[f"sockets_{adopted.result}"] += 1
+            if adopted.result == "owned":
+                self._send(self._packets.on_adopted(adopted))
 
     def _on_record(self, raw: bytes | memoryview) -> None:
         """One ring-buffer record. ``raw`` may be a view of ring memory, valid only during this
@@ -423,6 +436,7 @@ class Collector:
                 **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,
                 "packets_owner_unknown": self._packets.waited_in_vain,
+                "sockets_adopted": self.counters["sockets_owned"],
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
                 "bus_dropped_messages": self._pub.dropped_messages,

@@ -309,6 +309,13 @@ def test_module_syscall_enum_names_the_python_syscalls():
     assert names == records.MODULE_SYSCALLS
 
 
+def test_adopt_result_enum():
+    members = _enum("tc_adopt_result")
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_ADOPT_").lower() for ident, _ in members)
+    assert names == records.ADOPT_RESULTS
+
+
 #: Every enum of records.h and the test that checks it against bpf/records.py.
 CHECKED_ENUMS = {
     "tc_record_kind": test_record_kind_enum,
@@ -322,6 +329,7 @@ CHECKED_ENUMS = {
     "tc_syscall": test_syscall_enum_order,
     "tc_direction": test_direction_enum,
     "tc_counter": test_counter_enum_order,
+    "tc_adopt_result": test_adopt_result_enum,
 }
 
 

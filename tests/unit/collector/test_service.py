@@ -176,6 +176,13 @@ class FakeProbes:
     def attach(self) -> None:
         self.log.append("attach")
 
+    def adopt_socket(self, pid: int, cookie: int) -> records.Adopted:
+        """The kernel's answer: cookies below 100 it knew already, others it records."""
+        self.log.append(f"adopt {pid} {cookie}")
+        if cookie < 100:
+            return records.Adopted("known", cookie, 0, 0, 0, 0, 0, False, b"")
+        return records.Adopted("owned", cookie, 77, CGROUP, pid, 1, 0, True, b"nginx")
+
     def set_scope_cgroups(self, wanted: set[int]) -> None:
         self.scope_cgroups = set(wanted)
 
@@ -257,6 +264,7 @@ class FakeHost:
         self.opened: list[list[str]] = []
         self.identities: list[FileIdentity] = []
         self.changed = ""
+        self.sockets: list[tuple[int, int]] = []
 
     def read_proc(self, pid: int, name: str) -> bytes:
         try:
@@ -287,6 +295,9 @@ class FakeHost:
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
+
+    def socket_cookies(self) -> list[tuple[int, int]]:
+        return list(self.sockets)
 
     def open_transfer_end(self, candidates: list[str], end: Any) -> tuple[int | None, str]:
         self.opened.append(list(candidates))
@@ -538,6 +549,28 @@ DISPATCH = {
         "network", [packet(b"\x05\x06", cookie=55), sock_owner(55, pid=901)], _check_sock_owner, 0,
     ),
 }  # fmt: skip
+
+
+def test_sockets_open_before_the_capture_get_their_owner_after_attach():
+    """A listener's handshake carries its cookie; once adopted, its packets name the owner
+    (the process's main thread), and the kernel's own owner wins."""
+    rig = Rig(config("network"))
+    rig.host.sockets = [(4000, 500), (4001, 55)]
+    collector = rig.started()
+    assert steps(rig.log)[-3:] == ["attach", "adopt 4000 500", "adopt 4001 55"]
+    rig.feed(packet(b"\x16", cookie=500))
+    msg = _one(rig.sent(bus.TOPIC_NET_PACKET))
+    assert (msg.env["pid"], msg.env["tid"], msg.env["comm"]) == (4000, 4000, b"nginx")
+    assert msg.env["start_time"] == 77 + rig.time.clock().boot_to_epoch_ns()
+    assert (collector.counters["sockets_owned"], collector.counters["sockets_known"]) == (1, 1)
+    stop(collector)
+
+
+def test_without_network_capture_no_socket_is_adopted():
+    rig = Rig(config("write"))
+    rig.host.sockets = [(4000, 500)]
+    stop(rig.started())
+    assert not any(str(s).startswith("adopt") for s in steps(rig.log))
 
 
 def test_every_record_kind_has_a_dispatch_case():
