@@ -128,6 +128,17 @@ enum tc_counter {
 /* exec_event.flags */
 #define TC_EXEC_ARGV_TRUNCATED 1
 #define TC_EXEC_FILENAME_TRUNCATED 2
+#define TC_EXEC_MEMFD 4              /* the executed file is a memfd (memfd_create) */
+#define TC_EXEC_DELETED 8            /* the executed file had no name left (i_nlink 0) */
+#define TC_EXEC_COPIED 16            /* its bytes follow as chunks of obj_id, from the page cache */
+#define TC_EXEC_SCRIPT 32            /* run through a #! line: interp names the interpreter */
+#define TC_EXEC_SCRIPT_FILE 64       /* the script file was found: script_* are set */
+#define TC_EXEC_SCRIPT_MEMFD 128
+#define TC_EXEC_SCRIPT_DELETED 256
+#define TC_EXEC_SCRIPT_COPIED 512    /* the script's bytes follow as chunks of script_obj_id */
+#define TC_EXEC_SCRIPT_PATH_TRUNCATED 1024
+#define TC_EXEC_INTERP_TRUNCATED 2048
+#define TC_EXEC_PATH_TRUNCATED 4096
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -236,8 +247,25 @@ struct tc_exec_event {
     __u32 filename_len;
     __u32 argv_len;
     __u32 flags;             /* TC_EXEC_* */
-    __u32 _pad;
-    char filename[TC_FILENAME_BUF];
+    __u32 interp_len;
+    __u64 size;              /* the executed file's size at exec */
+    __u64 obj_id;            /* TC_EXEC_COPIED: the id of the chunks of its first `captured` */
+    __u64 captured;          /*   bytes, read by the kernel from its page cache */
+    __u64 script_inode;      /* TC_EXEC_SCRIPT_FILE: the script file the #! line was read from */
+    __u64 script_ctime;
+    __u64 script_size;
+    __u64 script_obj_id;     /* TC_EXEC_SCRIPT_COPIED: as obj_id, for the script */
+    __u64 script_captured;
+    __u32 script_dev;
+    __u32 script_path_len;
+    __u32 path_len;
+    __u32 script_mode;
+    char path[TC_PATH_BUF];          /* the executed file's path (d_path): the interpreter's for
+                                      * a #! execution, "/memfd:NAME" for a memfd */
+    char filename[TC_FILENAME_BUF];  /* as executed: the script's name for a #! execution */
+    char interp[TC_FILENAME_BUF];    /* bprm->interp: the interpreter a #! line named, else
+                                      * the filename again */
+    char script_path[TC_PATH_BUF];   /* the script file's path (d_path) */
     char argv[TC_ARGV_BUF];
 };
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 COMM_LEN = 16
 PATH_BUF = 512
@@ -70,6 +70,17 @@ MOD_MAP_SHARED = 4
 MOD_MAP_WRITTEN = 8
 EXEC_ARGV_TRUNCATED = 1
 EXEC_FILENAME_TRUNCATED = 2
+EXEC_MEMFD = 4
+EXEC_DELETED = 8
+EXEC_COPIED = 16
+EXEC_SCRIPT = 32
+EXEC_SCRIPT_FILE = 64
+EXEC_SCRIPT_MEMFD = 128
+EXEC_SCRIPT_DELETED = 256
+EXEC_SCRIPT_COPIED = 512
+EXEC_SCRIPT_PATH_TRUNCATED = 1024
+EXEC_INTERP_TRUNCATED = 2048
+EXEC_PATH_TRUNCATED = 4096
 
 SYSCALLS = (
     "write",
@@ -207,8 +218,13 @@ TC_XFER = CStruct("tc_xfer", (
 TC_FILE_XFER = CStruct("tc_file_xfer", (("ev", TC_FILE_EVENT), ("x", TC_XFER)), prefix_nested=True)
 TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
-    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("_pad", "I"),
-    ("filename", f"{FILENAME_BUF}s"), ("argv", f"{ARGV_BUF}s"),
+    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("interp_len", "I"),
+    ("size", "Q"), ("obj_id", "Q"), ("captured", "Q"), ("script_inode", "Q"),
+    ("script_ctime", "Q"), ("script_size", "Q"), ("script_obj_id", "Q"),
+    ("script_captured", "Q"), ("script_dev", "I"), ("script_path_len", "I"),
+    ("path_len", "I"), ("script_mode", "I"), ("path", f"{PATH_BUF}s"),
+    ("filename", f"{FILENAME_BUF}s"), ("interp", f"{FILENAME_BUF}s"),
+    ("script_path", f"{PATH_BUF}s"), ("argv", f"{ARGV_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
@@ -388,6 +404,31 @@ class FileXfer(NamedTuple):
     other_path: bytes
 
 
+class ExecCopy(NamedTuple):
+    """Bytes of an executed file the kernel read from its page cache at the exec (a memfd or
+    deleted file, gone with its process): the first ``captured`` of its ``size`` follow as
+    object chunks of ``obj_id``."""
+
+    obj_id: int
+    captured: int
+
+
+class ScriptFile(NamedTuple):
+    """The script of a #! execution, as the kernel had it open: identity, size, path (d_path,
+    cut when ``path_truncated``), and its bytes when ``copy`` (memfd or deleted)."""
+
+    dev: int
+    inode: int
+    ctime: int
+    mode: int
+    size: int
+    path: bytes
+    path_truncated: bool
+    memfd: bool
+    deleted: bool
+    copy: ExecCopy | None
+
+
 class ExecEvent(NamedTuple):
     """A program executed (sched_process_exec): the binary (dev, inode and ``ctime``, which
     together tell one version of it from another), the name it was run as and its argv, cut
@@ -402,6 +443,18 @@ class ExecEvent(NamedTuple):
     filename: bytes
     argv: tuple[bytes, ...]
     argv_truncated: bool
+    size: int = 0
+    #: The executed file's path (d_path; the interpreter's for a #! execution, "/memfd:NAME"
+    #: for a memfd), cut when ``path_truncated``.
+    path: bytes = b""
+    path_truncated: bool = False
+    memfd: bool = False
+    deleted: bool = False
+    copy: ExecCopy | None = None
+    #: For a #! execution: the interpreter the #! line named (the executed file is then that
+    #: interpreter, ``filename`` the script as it was run) and the script file if found.
+    interp: bytes | None = None
+    script: ScriptFile | None = None
 
 
 class MemEvent(NamedTuple):
@@ -628,7 +681,27 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
         f.filename[: min(f.filename_len, FILENAME_BUF)],
         argv_items,
         bool(f.flags & EXEC_ARGV_TRUNCATED),
+        f.size,
+        f.path[: min(f.path_len, PATH_BUF)],
+        bool(f.flags & EXEC_PATH_TRUNCATED),
+        bool(f.flags & EXEC_MEMFD),
+        bool(f.flags & EXEC_DELETED),
+        ExecCopy(f.obj_id, f.captured) if f.flags & EXEC_COPIED else None,
+        f.interp[: min(f.interp_len, FILENAME_BUF)] if f.flags & EXEC_SCRIPT else None,
+        _script_file(f) if f.flags & EXEC_SCRIPT_FILE else None,
     )
+
+
+def _script_file(f: Any) -> ScriptFile:
+    copy = None
+    if f.flags & EXEC_SCRIPT_COPIED:
+        copy = ExecCopy(f.script_obj_id, f.script_captured)
+    return ScriptFile(
+        f.script_dev, f.script_inode, f.script_ctime, f.script_mode, f.script_size,
+        f.script_path[: min(f.script_path_len, PATH_BUF)],
+        bool(f.flags & EXEC_SCRIPT_PATH_TRUNCATED), bool(f.flags & EXEC_SCRIPT_MEMFD),
+        bool(f.flags & EXEC_SCRIPT_DELETED), copy,
+    )  # fmt: skip
 
 
 def decode_mem_event(raw: bytes) -> MemEvent:

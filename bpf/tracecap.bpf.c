@@ -17,8 +17,9 @@ char LICENSE[] SEC("license") = "GPL";
 #include "scope.bpf.h"
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
-#include "objects.bpf.h"
 #include "pagewalk.bpf.h"
+#include "pagecache.bpf.h"
+#include "objects.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bpf import records
-from collector.object_files import FileIdentity, exe_link, open_unchanged, open_verified
+from collector.object_files import FileIdentity, open_unchanged, open_verified
 from collector.preexisting_sockets import socket_cookies
 from collector.process_tree import read_proc_file
 from collector.readback import open_end
@@ -27,10 +27,6 @@ class Host:
     def read_proc(self, pid: int, name: str) -> bytes:
         """The bytes of /proc/PID/NAME (OSError when the process is gone)."""
         return read_proc_file(pid, name)
-
-    def exe_link(self, pid: int) -> bytes:
-        """Where /proc/PID/exe points, or b"" once the process is gone."""
-        return exe_link(pid)
 
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""

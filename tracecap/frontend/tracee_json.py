@@ -93,13 +93,28 @@ def _event(env: dict[str, Any], name: str, args: list[dict[str, Any]], **extra: 
 
 
 def exec_event(env: dict[str, Any]) -> dict[str, Any]:
+    """Tracee's sched_process_exec. ``pathname`` and its identity are the executed file (the
+    interpreter of a #! script, as Tracee has it), ``cmdpath`` the name it was run by (the
+    script), ``interp`` what the #! line named (else the name again, as the kernel's
+    bprm->interp). ``interpreter_*`` name the #! interpreter when there is one and are empty
+    otherwise: Tracee fills them with the ELF program interpreter (ld.so), which tracecap does
+    not record."""
+    path = env["path"]
+    cmdpath = env.get("cmdpath", path)
+    script = env.get("interp") is not None
     return _event(env, "sched_process_exec", [
-        _arg("pathname", "const char*", text_field(env["path"])),
+        _arg("cmdpath", "const char*", text_field(cmdpath)),
+        _arg("pathname", "const char*", text_field(path)),
         _arg("dev", "dev_t", env["dev"]),
         _arg("inode", "unsigned long", env["inode"]),
         _arg("ctime", "unsigned long", env["ctime"]),
         _arg("inode_mode", "umode_t", env["mode"]),
+        _arg("interpreter_pathname", "const char*", text_field(path) if script else ""),
+        _arg("interpreter_dev", "dev_t", env["dev"] if script else 0),
+        _arg("interpreter_inode", "unsigned long", env["inode"] if script else 0),
+        _arg("interpreter_ctime", "unsigned long", env["ctime"] if script else 0),
         _arg("argv", "const char**", [text_field(a) for a in env["argv"]]),
+        _arg("interp", "const char*", text_field(env.get("interp") or cmdpath)),
     ])  # fmt: skip
 
 

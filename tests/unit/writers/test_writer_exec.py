@@ -190,3 +190,26 @@ def test_malformed_argv_still_gives_a_record(h: Harness) -> None:
     h.run(argv=[b"x", 3, {"k": 1}])
     (rec,) = h.records()
     assert rec["argv"] == ["x", "", ""] and rec["argv_malformed"] is True
+
+
+def test_a_script_and_its_interpreter_are_two_artifacts_each_named_after_itself(
+    h: Harness,
+) -> None:
+    relation = {"cmdpath": b"./run.sh", "interp": b"/bin/sh",
+                "interpreter_path": b"/usr/bin/dash", "script_path": b"/home/u/run.sh"}  # fmt: skip
+    script = b"#!/bin/sh\necho hi\n"
+    h.run(path=b"/usr/bin/dash", role="interpreter", source="file", deleted=False, **relation)
+    h.run(script, obj_id=2, path=b"/home/u/run.sh", inode=78, role="script",
+          source="page_cache", deleted=True, **relation)  # fmt: skip
+    dash, run = h.records()
+    assert (dash["path"], run["path"]) == ("host/exec.1000.dash", "host/exec.1000.run.sh")
+    assert (h.root / run["path"]).read_bytes() == script
+    assert (dash["role"], run["role"], run["source"], run["deleted"]) == (
+        "interpreter",
+        "script",
+        "page_cache",
+        True,
+    )
+    for rec in (dash, run):
+        assert (rec["cmdpath"], rec["interp"]) == ("./run.sh", "/bin/sh")
+        assert (rec["interpreter_path"], rec["script_path"]) == ("/usr/bin/dash", "/home/u/run.sh")
