@@ -151,6 +151,7 @@ static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
         s->cont.prev_io_id = c->cont_prev;
         s->cont.io_len = c->total;
         s->cont.pos = c->cont_pos;
+        s->cont.req = c->iovcnt;
         if (tc_output(c->ring, &s->cont,
                       sizeof(s->cont) + sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK)))
             return 1;            /* the caller accounts for the whole syscall */

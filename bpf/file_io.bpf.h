@@ -424,6 +424,7 @@ static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *
     ev->path_len = 0;
     ev->path[0] = 0;
     ev->io_len = ret;
+    ev->req = a.count;
     ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
     ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
     ev->mode = BPF_CORE_READ(f, f_inode, i_mode);
@@ -513,6 +514,67 @@ TC_IO_PROBES(pread64, TC_SYS_PREAD64, TC_DIR_READ, 0, (__s64)ctx->args[3])
 TC_IO_PROBES(readv, TC_SYS_READV, TC_DIR_READ, 1, -1)
 TC_IO_PROBES(preadv, TC_SYS_PREADV, TC_DIR_READ, 1, (__s64)ctx->args[3])
 TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
+/* send(2) and recv(2) are these two with no address: (fd, buf, len, flags, addr, addrlen).
+ * A receive with MSG_PEEK leaves the bytes queued for the next one (dnsmasq peeks at each
+ * datagram's size first): only the receive that consumes them is captured. */
+#define TC_MSG_PEEK 2
+TC_IO_PROBES(sendto, TC_SYS_SENDTO, TC_DIR_WRITE, 0, -1)
+
+SEC("tp/syscalls/sys_enter_recvfrom")
+int tc_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+    if (ctx->args[3] & TC_MSG_PEEK)
+        return 0;
+    return tc_io_enter(ctx, TC_SYS_RECVFROM, TC_DIR_READ, 0, -1);
+}
+
+SEC("tp/syscalls/sys_exit_recvfrom")
+int tc_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
+{
+    return tc_io_exit(ctx);
+}
+
+/* The iovec array of a user msghdr (sendmsg/recvmsg, io_uring's SENDMSG/RECVMSG), into `a`.
+ * A msghdr that cannot be read gives no iovec: a syscall then fails with EFAULT and moves
+ * nothing; a completed request's bytes are sent as missing (tc_io_chunks counts them). */
+static __always_inline void tc_msg_iov(struct tc_io_args *a, const void *umsg)
+{
+    struct user_msghdr m = {};
+    bpf_probe_read_user(&m, sizeof(m), umsg);
+    a->buf = (__u64)m.msg_iov;
+    a->count = m.msg_iovlen;
+    a->is_vec = 1;
+}
+
+static __always_inline int tc_msg_enter(struct trace_event_raw_sys_enter *ctx, __u16 sc,
+                                        __u8 dir)
+{
+    if ((dir == TC_DIR_READ && (ctx->args[2] & TC_MSG_PEEK)) || !tc_in_scope())
+        return 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct tc_io_args a = {
+        .pos = -1, .fd = (__s32)ctx->args[0], .syscall = sc, .direction = dir,
+    };
+    tc_msg_iov(&a, (void *)ctx->args[1]);
+    if (bpf_map_update_elem(&io_pending, &tid, &a, BPF_ANY))
+        tc_count(dir * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
+    return 0;
+}
+
+#define TC_MSG_PROBES(name, sc, dir)                                                   \
+    SEC("tp/syscalls/sys_enter_" #name)                                                \
+    int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
+    {                                                                                  \
+        return tc_msg_enter(ctx, sc, dir);                                             \
+    }                                                                                  \
+    SEC("tp/syscalls/sys_exit_" #name)                                                 \
+    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
+    {                                                                                  \
+        return tc_io_exit(ctx);                                                        \
+    }
+
+TC_MSG_PROBES(sendmsg, TC_SYS_SENDMSG, TC_DIR_WRITE)
+TC_MSG_PROBES(recvmsg, TC_SYS_RECVMSG, TC_DIR_READ)
 
 /* ---- io_uring: read and write requests, at the posting of their completion ----------------
  *
@@ -524,10 +586,13 @@ TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
  * file by an fd of the submitter or an index in the ring's fixed files. */
 
 /* IORING_OP_* (UAPI: stable numbers) -> what it does, for the requests captured. */
+enum { TC_URING_RW = 0, TC_URING_SR, TC_URING_SR_MSG };
+
 struct tc_uring_op {
     __u16 syscall;
     __u8 direction;
     __u8 is_vec;
+    __u8 layout;                 /* the request's command: io_rw, io_sr_msg with buf or msghdr */
 };
 
 static __always_inline bool tc_uring_op(__u8 opcode, struct tc_uring_op *op)
@@ -551,6 +616,18 @@ static __always_inline bool tc_uring_op(__u8 opcode, struct tc_uring_op *op)
     case 4: /* IORING_OP_READ_FIXED */
         *op = (struct tc_uring_op){ TC_SYS_IO_URING_READ_FIXED, TC_DIR_READ, 0 };
         return true;
+    case 26: /* IORING_OP_SEND */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_SEND, TC_DIR_WRITE, 0, TC_URING_SR };
+        return true;
+    case 9: /* IORING_OP_SENDMSG */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_SENDMSG, TC_DIR_WRITE, 1, TC_URING_SR_MSG };
+        return true;
+    case 27: /* IORING_OP_RECV */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_RECV, TC_DIR_READ, 0, TC_URING_SR };
+        return true;
+    case 10: /* IORING_OP_RECVMSG */
+        *op = (struct tc_uring_op){ TC_SYS_IO_URING_RECVMSG, TC_DIR_READ, 1, TC_URING_SR_MSG };
+        return true;
     }
     return false;
 }
@@ -565,16 +642,34 @@ int BPF_PROG(tc_uring_complete, struct io_ring_ctx *ring, void *reqp, struct io_
         return 0;
     if (!cfg.filters[op.direction & 1].enabled || !tc_in_scope())
         return 0;
-    struct io_rw *rw = (void *)&req->cmd;
-    struct file *f = BPF_CORE_READ(rw, kiocb.ki_filp);
-    __s64 end = BPF_CORE_READ(rw, kiocb.ki_pos);
+    struct tc_io_args a = {
+        .fd = -1, .syscall = op.syscall, .direction = op.direction, .is_vec = op.is_vec,
+    };
+    struct file *f;
+    if (op.layout == TC_URING_RW) {
+        struct io_rw *rw = (void *)&req->cmd;
+        __s64 end = BPF_CORE_READ(rw, kiocb.ki_pos);
+        f = BPF_CORE_READ(rw, kiocb.ki_filp);
+        a.buf = BPF_CORE_READ(rw, addr);
+        a.count = BPF_CORE_READ(rw, len);
+        a.pos = end >= res ? end - res : 0;
+    } else {
+        /* a socket: a stream, so no position; the buffer (or the user's msghdr, read now
+         * from the submitter's memory, which the completing task shares) is the request's */
+        struct io_sr_msg *sr = (void *)&req->cmd;
+        if (op.direction == TC_DIR_READ && (BPF_CORE_READ(sr, msg_flags) & TC_MSG_PEEK))
+            return 0;
+        f = BPF_CORE_READ(sr, file);
+        a.pos = -1;
+        if (op.layout == TC_URING_SR_MSG) {
+            tc_msg_iov(&a, BPF_CORE_READ(sr, umsg));
+        } else {
+            a.buf = (__u64)BPF_CORE_READ(sr, buf);
+            a.count = BPF_CORE_READ(sr, len);
+        }
+    }
     if (!f)
         return 0;
-    struct tc_io_args a = {
-        .buf = BPF_CORE_READ(rw, addr), .count = BPF_CORE_READ(rw, len),
-        .pos = end >= res ? end - res : 0, .fd = -1, .syscall = op.syscall,
-        .direction = op.direction, .is_vec = op.is_vec,
-    };
     return tc_io_done(&a, f, res, (__u32)bpf_get_current_pid_tgid());
 }
 
@@ -713,6 +808,7 @@ static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struc
     tc_fill_hdr(&ev->h, TC_REC_FILE_XFER);
     ev->io_id = __sync_fetch_and_add(&io_seq, 1);
     ev->io_len = ret;
+    ev->req = ret;
     ev->pos = end->pos;
     ev->inode = end->inode;
     ev->dev = end->dev;

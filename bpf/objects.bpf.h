@@ -147,13 +147,13 @@ static __always_inline __u32 tc_exec_file_flags(struct file *f, __u32 memfd, __u
     return flags;
 }
 
-/* `f`'s path (d_path, as file events build it) into `dst` (TC_PATH_BUF); its length, with
- * TC_EV_PATH_TRUNCATED in *cut when it was cut. */
+/* `f`'s path (d_path, as file events build it) into `dst` (TC_PATH_BUF bytes, NUL-terminated);
+ * its length, with TC_EV_PATH_TRUNCATED in *cut when it was cut. */
 static __always_inline __u32 tc_exec_path(char *dst, struct file *f, __u32 *cut)
 {
     __u32 zero = 0;
     struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
-    if (!ps)
+    if (!ps || !f)
         return 0;
     ps->ev.flags = 0;
     tc_build_path(ps, f);
@@ -161,6 +161,7 @@ static __always_inline __u32 tc_exec_path(char *dst, struct file *f, __u32 *cut)
     if (n > TC_PATH_BUF - 1)
         n = TC_PATH_BUF - 1;
     bpf_probe_read_kernel(dst, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
+    dst[tc_bound(n, TC_PATH_MASK)] = 0;
     *cut = ps->ev.flags & TC_EV_PATH_TRUNCATED;
     return n;
 }
@@ -201,6 +202,15 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
     ev->mode = inode->i_mode;
     ev->ctime = tc_inode_ctime(inode);
     ev->flags = 0;
+    struct file *in = tc_fd_file(0);
+    ev->stdin_mode = in ? BPF_CORE_READ(in, f_inode, i_mode) & S_IFMT : 0;
+    ev->stdin_path_len = 0;
+    ev->stdin_path[0] = 0;
+    __u32 cut = 0;  /* stdin_path has no truncation flag: it is cut at TC_PATH_BUF - 1 */
+    if (in && ev->stdin_mode != S_IFIFO && ev->stdin_mode != S_IFSOCK)
+        ev->stdin_path_len = tc_exec_path(ev->stdin_path, in, &cut);
+    if (BPF_CORE_READ(p, real_parent, flags) & 0x00200000 /* PF_KTHREAD */)
+        ev->flags |= TC_EXEC_FROM_KERNEL;
     long r = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), bprm->filename);
     ev->filename_len = r > 0 ? r - 1 : 0;
     if (ev->filename_len == TC_FILENAME_BUF - 1)
@@ -223,7 +233,7 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
      * are read now, from the page cache (pagecache.bpf.h). The same for a script. */
     struct file *file = bprm->file;
     ev->flags |= tc_exec_file_flags(file, TC_EXEC_MEMFD, TC_EXEC_DELETED);
-    __u32 cut = 0;
+    cut = 0;
     ev->path_len = tc_exec_path(ev->path, file, &cut);
     if (cut)
         ev->flags |= TC_EXEC_PATH_TRUNCATED;
@@ -366,6 +376,8 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     ev->ctime = 0;
     ev->mtime = 0;
     ev->size = 0;
+    ev->load_flags = 0;
+    ev->_pad = 0;
     __u64 uargs;
     if (nr == NR_INIT_MODULE) {
         ev->syscall = TC_MOD_INIT;
@@ -384,6 +396,7 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     } else {
         ev->syscall = TC_MOD_FINIT;
         ev->fd = (__s32)a.a0;
+        ev->load_flags = (__u32)a.a2;
         uargs = a.a1;
         struct file *f = tc_fd_file(ev->fd);
         if (f)
@@ -497,6 +510,14 @@ int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
     ev.insn_cnt = attr.insn_cnt;
     ev.prog_type = attr.prog_type;
     __builtin_memcpy(ev.prog_name, attr.prog_name, TC_PROG_NAME_LEN);
+    if (ctx->ret >= 0) {
+        /* the new fd's file holds the program (its private_data) */
+        struct file *f = tc_fd_file((__s32)ctx->ret);
+        if (f) {
+            struct bpf_prog *prog = (struct bpf_prog *)BPF_CORE_READ(f, private_data);
+            ev.prog_id = BPF_CORE_READ(prog, aux, id);
+        }
+    }
     __u64 bytes = (__u64)attr.insn_cnt * 8;
     ev.captured = bytes > TC_OBJ_MAX ? TC_OBJ_MAX : bytes;
     if (!tc_emit_event(TC_KIND_BPF, &ev, sizeof(ev)))

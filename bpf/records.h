@@ -88,6 +88,10 @@ enum tc_syscall {
     /* io_uring requests (IORING_OP_*), captured at their completion */
     TC_SYS_IO_URING_WRITE, TC_SYS_IO_URING_WRITEV, TC_SYS_IO_URING_WRITE_FIXED,
     TC_SYS_IO_URING_READ, TC_SYS_IO_URING_READV, TC_SYS_IO_URING_READ_FIXED,
+    /* socket calls with a user buffer (sendto/recvfrom) or a msghdr's iovec array */
+    TC_SYS_SENDTO, TC_SYS_SENDMSG, TC_SYS_RECVFROM, TC_SYS_RECVMSG,
+    TC_SYS_IO_URING_SEND, TC_SYS_IO_URING_SENDMSG, TC_SYS_IO_URING_RECV,
+    TC_SYS_IO_URING_RECVMSG,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };
@@ -139,6 +143,7 @@ enum tc_counter {
 #define TC_EXEC_SCRIPT_PATH_TRUNCATED 1024
 #define TC_EXEC_INTERP_TRUNCATED 2048
 #define TC_EXEC_PATH_TRUNCATED 4096
+#define TC_EXEC_FROM_KERNEL 8192     /* the parent is a kernel thread (invoked_from_kernel) */
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -157,6 +162,9 @@ struct tc_hdr {
     __u32 ns_pid;            /* the same, as the process's own pid namespace numbers them */
     __u32 ns_tid;
     __u32 ns_ppid;
+    __u32 mnt_ns;            /* mount namespace inode number (Tracee's mountNamespace) */
+    __u64 thread_start;      /* the thread's start, CLOCK_BOOTTIME ns (threadStartTime) */
+    __u32 pid_ns;            /* pid namespace inode number, the thread's own (pidNamespace) */
     __u32 _pad;
     char comm[TC_COMM_LEN];
 };
@@ -176,6 +184,8 @@ struct tc_file_event {
     __u32 path_len;
     __u32 generation;        /* i_generation: tells a new file from an old one whose inode
                               * number it reuses */
+    __u64 req;               /* what the syscall asked for: bytes (read, write), iovecs (readv,
+                              * writev: Tracee's vlen); transfers without a buffer: io_len */
     char path[TC_PATH_BUF + TC_NAME_SLACK];
 };
 
@@ -194,6 +204,7 @@ struct tc_file_cont {
     __u64 prev_io_id;        /* the syscall this one continues */
     __u64 io_len;
     __u64 pos;
+    __u64 req;               /* as tc_file_event's */
 };
 
 /* ---- transfers without a user buffer (copy_file_range, sendfile, splice) ---- */
@@ -260,13 +271,17 @@ struct tc_exec_event {
     __u32 script_path_len;
     __u32 path_len;
     __u32 script_mode;
-    char path[TC_PATH_BUF];          /* the executed file's path (d_path): the interpreter's for
-                                      * a #! execution, "/memfd:NAME" for a memfd */
+    __u32 stdin_mode;        /* i_mode & S_IFMT of the new program's fd 0; 0 when it has none */
+    __u32 stdin_path_len;    /* fd 0's path; none for pipes and sockets */
+    char path[TC_PATH_BUF];          /* the executed file's path (d_path; Tracee's pathname): the
+                                      * interpreter's for a #! execution, "/memfd:NAME" for a
+                                      * memfd */
     char filename[TC_FILENAME_BUF];  /* as executed: the script's name for a #! execution */
     char interp[TC_FILENAME_BUF];    /* bprm->interp: the interpreter a #! line named, else
                                       * the filename again */
     char script_path[TC_PATH_BUF];   /* the script file's path (d_path) */
     char argv[TC_ARGV_BUF];
+    char stdin_path[TC_PATH_BUF];    /* fd 0's path (d_path), cut at TC_PATH_BUF - 1 */
 };
 
 /* A protection change Tracee alerts on, or the dump of a writable-and-executable region when
@@ -339,6 +354,8 @@ struct tc_module_event {
     __u64 ctime;             /* the file's inode change time, ns */
     __u64 mtime;             /* its modification time, ns */
     __u64 size;              /* its size */
+    __u32 load_flags;        /* finit_module's flags argument (0 for init_module) */
+    __u32 _pad;
     char params[TC_PARAMS_BUF];
     char path[TC_PATH_BUF];
 };
@@ -351,6 +368,8 @@ struct tc_bpf_event {
     __u32 insn_cnt;
     __u32 prog_type;
     char prog_name[TC_PROG_NAME_LEN];
+    __u32 prog_id;           /* the loaded program's id (bpftool's), 0 when the load failed */
+    __u32 _pad;
 };
 
 /* A packet from the IP header on (cgroup_skb sees no link layer), cut to the snap length. */

@@ -81,6 +81,7 @@ EXEC_SCRIPT_COPIED = 512
 EXEC_SCRIPT_PATH_TRUNCATED = 1024
 EXEC_INTERP_TRUNCATED = 2048
 EXEC_PATH_TRUNCATED = 4096
+EXEC_FROM_KERNEL = 8192
 
 SYSCALLS = (
     "write",
@@ -102,6 +103,14 @@ SYSCALLS = (
     "io_uring_read",
     "io_uring_readv",
     "io_uring_read_fixed",
+    "sendto",
+    "sendmsg",
+    "recvfrom",
+    "recvmsg",
+    "io_uring_send",
+    "io_uring_sendmsg",
+    "io_uring_recv",
+    "io_uring_recvmsg",
 )
 DIR_WRITE, DIR_READ = 0, 1
 
@@ -193,16 +202,17 @@ def _is_pad(name: str) -> bool:
 TC_HDR = CStruct("tc_hdr", (
     ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("pid", "I"), ("tid", "I"), ("ppid", "I"),
     ("uid", "I"), ("cgroup_id", "Q"), ("ns_pid", "I"), ("ns_tid", "I"), ("ns_ppid", "I"),
-    ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
+    ("mnt_ns", "I"), ("thread_start", "Q"), ("pid_ns", "I"), ("_pad", "I"),
+    ("comm", f"{COMM_LEN}s"),
 ))  # fmt: skip
 TC_FILE_EVENT = CStruct("tc_file_event", (
     ("h", TC_HDR), ("io_id", "Q"), ("io_len", "Q"), ("pos", "Q"), ("inode", "Q"), ("dev", "I"),
     ("mode", "I"), ("fd", "i"), ("syscall", "H"), ("direction", "B"), ("flags", "B"),
-    ("path_len", "I"), ("generation", "I"), ("path", f"{PATH_BUF + NAME_SLACK}s"),
+    ("path_len", "I"), ("generation", "I"), ("req", "Q"), ("path", f"{PATH_BUF + NAME_SLACK}s"),
 ))  # fmt: skip
 TC_FILE_CONT = CStruct("tc_file_cont", (
     ("kind", "I"), ("cpu", "I"), ("ts", "Q"), ("io_id", "Q"), ("prev_io_id", "Q"),
-    ("io_len", "Q"), ("pos", "Q"),
+    ("io_len", "Q"), ("pos", "Q"), ("req", "Q"),
 ))  # fmt: skip
 TC_FILE_DATA = CStruct("tc_file_data", (
     ("kind", "I"), ("len", "I"), ("io_id", "Q"), ("io_off", "Q"), ("want", "I"), ("flags", "I"),
@@ -222,9 +232,10 @@ TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("size", "Q"), ("obj_id", "Q"), ("captured", "Q"), ("script_inode", "Q"),
     ("script_ctime", "Q"), ("script_size", "Q"), ("script_obj_id", "Q"),
     ("script_captured", "Q"), ("script_dev", "I"), ("script_path_len", "I"),
-    ("path_len", "I"), ("script_mode", "I"), ("path", f"{PATH_BUF}s"),
+    ("path_len", "I"), ("script_mode", "I"), ("stdin_mode", "I"),
+    ("stdin_path_len", "I"), ("path", f"{PATH_BUF}s"),
     ("filename", f"{FILENAME_BUF}s"), ("interp", f"{FILENAME_BUF}s"),
-    ("script_path", f"{PATH_BUF}s"), ("argv", f"{ARGV_BUF}s"),
+    ("script_path", f"{PATH_BUF}s"), ("argv", f"{ARGV_BUF}s"), ("stdin_path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
@@ -241,12 +252,12 @@ TC_MODULE_EVENT = CStruct("tc_module_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("len", "Q"), ("captured", "Q"),
     ("inode", "Q"), ("dev", "I"), ("fd", "i"), ("syscall", "I"), ("params_len", "I"),
     ("path_len", "I"), ("flags", "I"), ("addr", "Q"), ("map_start", "Q"), ("map_end", "Q"),
-    ("map_pgoff", "Q"), ("ctime", "Q"), ("mtime", "Q"), ("size", "Q"),
-    ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
+    ("map_pgoff", "Q"), ("ctime", "Q"), ("mtime", "Q"), ("size", "Q"), ("load_flags", "I"),
+    ("_pad", "I"), ("params", f"{PARAMS_BUF}s"), ("path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_BPF_EVENT = CStruct("tc_bpf_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("ret", "q"), ("captured", "Q"), ("insn_cnt", "I"),
-    ("prog_type", "I"), ("prog_name", f"{PROG_NAME_LEN}s"),
+    ("prog_type", "I"), ("prog_name", f"{PROG_NAME_LEN}s"), ("prog_id", "I"), ("_pad", "I"),
 ))  # fmt: skip
 TC_PACKET = CStruct("tc_packet", (
     ("kind", "I"), ("len", "I"), ("ts", "Q"), ("cookie", "Q"), ("cgroup_id", "Q"),
@@ -326,6 +337,10 @@ class Header(NamedTuple):
     ns_pid: int = 0
     ns_tid: int = 0
     ns_ppid: int = 0
+    #: mount and pid namespace inode numbers, the thread's start (CLOCK_BOOTTIME ns)
+    mnt_ns: int = 0
+    pid_ns: int = 0
+    thread_start: int = 0
 
 
 class FileEvent(NamedTuple):
@@ -346,6 +361,8 @@ class FileEvent(NamedTuple):
     flags: int
     path: bytes
     generation: int = 0
+    #: what the syscall asked for: bytes, or iovecs for the vectored calls
+    req: int = 0
 
     @property
     def append(self) -> bool:
@@ -375,6 +392,7 @@ class FileCont(NamedTuple):
     io_len: int
     pos: int
     first: FileData
+    req: int = 0
 
 
 class XferEnd(NamedTuple):
@@ -455,6 +473,12 @@ class ExecEvent(NamedTuple):
     #: interpreter, ``filename`` the script as it was run) and the script file if found.
     interp: bytes | None = None
     script: ScriptFile | None = None
+    #: the file type bits (S_IFMT) of the program's fd 0 at exec, 0 when it has none
+    stdin_mode: int = 0
+    #: its parent is a kernel thread (a usermode helper)
+    from_kernel: bool = False
+    #: fd 0's path; empty for pipes, sockets and none
+    stdin_path: bytes = b""
 
 
 class MemEvent(NamedTuple):
@@ -528,6 +552,8 @@ class ModuleEvent(NamedTuple):
     mtime: int = 0
     size: int = 0
     mapping: ModuleMapping | None = None
+    #: finit_module's flags argument
+    load_flags: int = 0
 
 
 class BpfEvent(NamedTuple):
@@ -542,6 +568,8 @@ class BpfEvent(NamedTuple):
     insn_cnt: int
     prog_type: int
     prog_name: bytes
+    #: the loaded program's id, 0 when the load failed
+    prog_id: int = 0
 
 
 _KIND = struct.Struct("<I")
@@ -562,9 +590,8 @@ def decode_file_event(raw: bytes) -> FileEvent:
         raise RecordError(f"file event of {len(raw)} bytes, expected {FILE_EVENT.size}")
     f = FILE_EVENT.unpack_from(raw)
     hdr = _header(f)
-    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, generation, path) = (
-        f[_HF:]
-    )
+    (io_id, io_len, pos, inode, dev, mode, fd, sc, direction, flags, path_len, generation, req,
+     path) = f[_HF:]  # fmt: skip
     if sc >= len(SYSCALLS):
         raise RecordError(f"file event with unknown syscall {sc}")
     return FileEvent(
@@ -581,6 +608,7 @@ def decode_file_event(raw: bytes) -> FileEvent:
         flags,
         _cstr(path[: min(path_len, PATH_BUF)]),
         generation,
+        req,
     )
 
 
@@ -620,8 +648,8 @@ def decode_file_cont(raw: bytes | memoryview) -> FileCont:
             f"file continuation of {len(raw)} bytes, expected at least {FILE_CONT_AND_DATA.size}"
         )
     fields = FILE_CONT_AND_DATA.unpack_from(raw)
-    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos = fields[:7]
-    _data_kind, length, data_io_id, io_off, want, flags = fields[7:]
+    _kind, _cpu, ts, io_id, prev_io_id, io_len, pos, req = fields[:8]
+    _data_kind, length, data_io_id, io_off, want, flags = fields[8:]
     if data_io_id != io_id:
         raise RecordError(f"file continuation {io_id} carries data of {data_io_id}")
     # A view, not a copy: the collector copies these bytes once, into the run they join.
@@ -629,21 +657,20 @@ def decode_file_cont(raw: bytes | memoryview) -> FileCont:
     if len(data) != length:
         raise RecordError(f"file data says {length} bytes, record holds {len(data)}")
     first = FileData(io_id, io_off, want, bool(flags & DATA_UNREADABLE), data)
-    return FileCont(ts, io_id, prev_io_id, io_len, pos, first)
+    return FileCont(ts, io_id, prev_io_id, io_len, pos, first, req)
 
 
 def whole_file_cont(
     raw: bytes | memoryview,
-) -> tuple[int, int, int, int, bytes | memoryview] | None:
-    """(ts, io_id, prev_io_id, pos, data) of a continuation whose first chunk is its syscall's
+) -> tuple[int, int, int, int, int, bytes | memoryview] | None:
+    """(ts, io_id, prev_io_id, pos, req, data) of a continuation whose first chunk is its syscall's
     every byte, all readable; None for any other (or malformed) one, which
     ``decode_file_cont`` then handles. The collector's hot path: no record objects, and
     ``data`` is a slice of ``raw`` (a view of the ring when ``raw`` is one)."""
     if len(raw) < FILE_CONT_AND_DATA.size:
         return None
-    (_k, _c, ts, io_id, prev_io_id, io_len, pos, _dk, length, data_io_id, io_off, want, flags) = (
-        FILE_CONT_AND_DATA.unpack_from(raw)
-    )
+    (_k, _c, ts, io_id, prev_io_id, io_len, pos, req, _dk, length, data_io_id, io_off, want,
+     flags) = FILE_CONT_AND_DATA.unpack_from(raw)  # fmt: skip
     if (
         length != io_len
         or want != length
@@ -654,7 +681,7 @@ def whole_file_cont(
     ):
         return None
     start = FILE_CONT_AND_DATA.size
-    return ts, io_id, prev_io_id, pos, raw[start : start + length]
+    return ts, io_id, prev_io_id, pos, req, raw[start : start + length]
 
 
 def _need(raw: bytes, layout: CStruct, what: str) -> None:
@@ -663,8 +690,8 @@ def _need(raw: bytes, layout: CStruct, what: str) -> None:
 
 
 def _header(fields: tuple) -> Header:
-    ns_pid, ns_tid, ns_ppid, _pad, comm = fields[8:_HF]
-    return Header(*fields[:8], _cstr(comm), ns_pid, ns_tid, ns_ppid)
+    ns_pid, ns_tid, ns_ppid, mnt_ns, thread_start, pid_ns, _pad, comm = fields[8:_HF]
+    return Header(*fields[:8], _cstr(comm), ns_pid, ns_tid, ns_ppid, mnt_ns, pid_ns, thread_start)
 
 
 def decode_exec_event(raw: bytes) -> ExecEvent:
@@ -689,6 +716,9 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
         ExecCopy(f.obj_id, f.captured) if f.flags & EXEC_COPIED else None,
         f.interp[: min(f.interp_len, FILENAME_BUF)] if f.flags & EXEC_SCRIPT else None,
         _script_file(f) if f.flags & EXEC_SCRIPT_FILE else None,
+        f.stdin_mode,
+        bool(f.flags & EXEC_FROM_KERNEL),
+        f.stdin_path[: min(f.stdin_path_len, PATH_BUF - 1)],
     )
 
 
@@ -756,6 +786,7 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
         f.mtime,
         f.size,
         mapping,
+        f.load_flags,
     )
 
 
@@ -763,7 +794,14 @@ def decode_bpf_event(raw: bytes) -> BpfEvent:
     _need(raw, TC_BPF_EVENT, "bpf event")
     f = TC_BPF_EVENT.unpack(raw)
     return BpfEvent(
-        _header(f), f.obj_id, f.ret, f.captured, f.insn_cnt, f.prog_type, _cstr(f.prog_name)
+        _header(f),
+        f.obj_id,
+        f.ret,
+        f.captured,
+        f.insn_cnt,
+        f.prog_type,
+        _cstr(f.prog_name),
+        f.prog_id,
     )
 
 

@@ -157,6 +157,16 @@ static __always_inline __u32 tc_ns_id(struct pid *p)
     return up.nr;
 }
 
+/* The inode number of the pid namespace that numbers `p` last (the task's own), as Tracee's
+ * get_task_pid_ns_id reads it. */
+static __always_inline __u32 tc_pid_ns(struct pid *p)
+{
+    unsigned int level = BPF_CORE_READ(p, level);
+    struct upid up = {};
+    bpf_core_read(&up, sizeof(up), &p->numbers[level & 31]);
+    return BPF_CORE_READ(up.ns, ns.inum);
+}
+
 static __always_inline void tc_fill_hdr(struct tc_hdr *h, __u32 kind)
 {
     __u64 pt = bpf_get_current_pid_tgid();
@@ -172,6 +182,9 @@ static __always_inline void tc_fill_hdr(struct tc_hdr *h, __u32 kind)
     h->ns_tid = tc_ns_id(BPF_CORE_READ(t, thread_pid));
     h->ns_pid = tc_ns_id(BPF_CORE_READ(t, group_leader, thread_pid));
     h->ns_ppid = tc_ns_id(BPF_CORE_READ(t, real_parent, group_leader, thread_pid));
+    h->mnt_ns = BPF_CORE_READ(t, nsproxy, mnt_ns, ns.inum);
+    h->thread_start = BPF_CORE_READ(t, start_boottime);
+    h->pid_ns = tc_pid_ns(BPF_CORE_READ(t, thread_pid));
     h->_pad = 0;
     bpf_get_current_comm(h->comm, sizeof(h->comm));
 }

@@ -23,6 +23,7 @@ def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dic
     """The common envelope keys for an event's process (host ids, namespace ids, cgroup)."""
     return {
         "ts": h.ts + boot_to_epoch,
+        "cpu": h.cpu,
         "pid": h.pid,
         "tid": h.tid,
         "ppid": h.ppid,
@@ -33,4 +34,7 @@ def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dic
         "comm": h.comm,
         "cgroup_id": h.cgroup_id,
         "container_id": container_id,
+        "mnt_ns": h.mnt_ns,
+        "pid_ns": h.pid_ns,
+        "thread_start": h.thread_start + boot_to_epoch if h.thread_start else 0,
     }

@@ -72,6 +72,10 @@ def exec_plan(ev: records.ExecEvent, base: dict[str, Any]) -> tuple[dict[str, An
         "memfd": ev.memfd,
         "deleted": ev.deleted,
         "cmdpath": ev.filename,
+        "exe_path": exe,
+        "stdin_mode": ev.stdin_mode,
+        "stdin_path": ev.stdin_path,
+        "from_kernel": ev.from_kernel,
     }
     if ev.interp is None:
         # the name it was run by, unless that names no file of its own (a memfd; fexecve's

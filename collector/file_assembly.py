@@ -27,6 +27,10 @@ from tracecap import bus
 
 #: Bytes gathered before they are published as one message.
 MAX_MESSAGE_PAYLOAD = 256 * 1024
+#: Syscalls gathered into one message at most: a run lists each in ``ios`` (about 20 bytes of
+#: envelope each), so that tiny writes keep the envelope under bus.MAX_ENVELOPE_BYTES
+#: (1024 of them: about 20 KiB, beside a path of up to 4 KiB).
+MAX_RUN_IOS = 1024
 #: An io whose bytes have not all arrived after this long is closed with the rest marked lost.
 IO_TIMEOUT_NS = 1_000_000_000
 #: A stream not continued for this long is forgotten (the kernel sends a full event at least
@@ -74,6 +78,7 @@ class _PendingIo:
     buf: bytearray = field(default_factory=bytearray)
     buf_off: int = 0  # io-relative offset of buf[0]
     whole: bool = True  # nothing flushed or lost yet: it may join a run
+    req: int = 0  # what the syscall asked for (bytes, or iovecs)
 
 
 @dataclass
@@ -85,9 +90,15 @@ class _Run:
     end: int  # file offset after the last syscall
     ts_last: int
     io_count: int = 1
+    #: [ts, bytes, asked] of each syscall once a second joins, so that consumers can tell
+    #: them apart (Tracee prints one event per syscall)
+    ios: list[list[int]] | None = None
 
-    def join(self, data: bytes | memoryview, ts: int) -> None:
+    def join(self, data: bytes | memoryview, ts: int, req: int) -> None:
         """Append the next whole syscall of the stream."""
+        if self.ios is None:
+            self.ios = [[self.first.ts, len(self.buf), self.first.req]]
+        self.ios.append([ts, len(data), req])
         self.buf += data
         self.end += len(data)
         self.ts_last = ts
@@ -207,7 +218,9 @@ class FileAssembler:
         out = self._replace_stream(h.tid, stream)
         self._remember(ev.io_id, stream)
         ts = h.ts + self._boot_to_epoch
-        self._pending[ev.io_id] = _PendingIo(stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns)
+        self._pending[ev.io_id] = _PendingIo(
+            stream, ts, ev.io_id, ev.io_len, ev.pos, now_ns, req=ev.req
+        )
         return out
 
     def on_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
@@ -216,7 +229,9 @@ class FileAssembler:
         if (
             first.io_off == 0
             and len(first.data) == cont.io_len
-            and self._join_whole(cont.ts, cont.io_id, cont.prev_io_id, cont.pos, first.data, now_ns)
+            and self._join_whole(
+                cont.ts, cont.io_id, cont.prev_io_id, cont.pos, cont.req, first.data, now_ns
+            )
         ):
             return []
         return self._start_cont(cont, now_ns)
@@ -232,7 +247,14 @@ class FileAssembler:
         return self._start_cont(records.decode_file_cont(raw), now_ns)
 
     def _join_whole(
-        self, ts: int, io_id: int, prev_io_id: int, pos: int, data: bytes | memoryview, now_ns: int
+        self,
+        ts: int,
+        io_id: int,
+        prev_io_id: int,
+        pos: int,
+        req: int,
+        data: bytes | memoryview,
+        now_ns: int,
     ) -> bool:
         """The common case under load: a syscall whose bytes all came with its continuation
         joins its stream's open run, when no syscall waits for bytes (so none is left to
@@ -248,7 +270,7 @@ class FileAssembler:
         del self._streams[prev_io_id]
         stream.seen_ns = now_ns
         self._remember(io_id, stream)
-        run.join(data, ts + self._boot_to_epoch)
+        run.join(data, ts + self._boot_to_epoch, req)
         return True
 
     def _start_cont(self, cont: records.FileCont, now_ns: int) -> list[Outgoing]:
@@ -267,7 +289,7 @@ class FileAssembler:
         out = [] if prev is None else self._close(prev)  # see _replace_stream
         ts = cont.ts + self._boot_to_epoch
         self._pending[cont.io_id] = _PendingIo(
-            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns
+            stream, ts, cont.io_id, cont.io_len, cont.pos, now_ns, req=cont.req
         )
         return out + self.on_data(cont.first, now_ns)
 
@@ -374,7 +396,7 @@ class FileAssembler:
         previous run if it belongs to another stream, or is not followed by this one)."""
         run = self._joinable_run(io.stream, io.pos, io.io_len)
         if run is not None:
-            run.join(io.buf, io.ts)
+            run.join(io.buf, io.ts, io.req)
             return []
         out = self._take_run(io)
         self._runs[io.stream.key] = _Run(io, io.buf, io.pos + io.io_len, io.ts)
@@ -388,6 +410,7 @@ class FileAssembler:
             and run.first.stream is stream
             and (stream.append or run.end == pos)
             and len(run.buf) + size <= MAX_MESSAGE_PAYLOAD
+            and run.io_count < MAX_RUN_IOS
         ):
             return run
         return None
@@ -404,6 +427,10 @@ class FileAssembler:
             io_off=0,
             off=self._file_off(first, 0),
         )
+        if run.ios is not None:
+            env["ios"] = run.ios
+        else:
+            env["io_req"] = first.req
         self._extents.note(first.stream.topic, first.stream.env, run.end, run.ts_last)
         return Outgoing(first.stream.topic, env, run.buf)  # handed over, never changed again
 
@@ -421,6 +448,7 @@ class FileAssembler:
             io_count=1,
             io_off=io_off,
             off=self._file_off(io, io_off),
+            io_req=io.req,
         )
 
     @staticmethod

@@ -49,7 +49,7 @@ def object_env(
             "inode": ev.inode if finit else 0,
             "path": ev.path if finit else b"",
         }
-        env |= {"fd": ev.fd} if finit else {"addr": ev.addr}
+        env |= {"fd": ev.fd, "load_flags": ev.load_flags} if finit else {"addr": ev.addr}
         if ev.mapping is not None:
             env["mapping"] = mapping_env(ev)
         return bus.TOPIC_MODULE, env, ev.length
@@ -58,6 +58,7 @@ def object_env(
         "prog_type": ev.prog_type,
         "insn_cnt": ev.insn_cnt,
         "ret": ev.ret,
+        "prog_id": ev.prog_id,
     }
     return bus.TOPIC_BPF, env, ev.insn_cnt * 8
 

@@ -67,10 +67,16 @@ _URING = frozenset({"tc_uring_complete"})
 #: ``--capture`` word): the programs to load (module's depend on the kernel, see
 #: ``module_programs``) and the ring its records arrive on.
 CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
-    "write": _syscall_programs(("write", "pwrite64", "writev", "pwritev", "pwritev2"))
+    "write": _syscall_programs(
+        ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg")
+    )
     | _XFER
     | _URING,
-    "read": _syscall_programs(("read", "pread64", "readv", "preadv", "preadv2")) | _XFER | _URING,
+    "read": _syscall_programs(
+        ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg")
+    )
+    | _XFER
+    | _URING,
     "exec": frozenset({"tc_exec"}),
     "mem": frozenset(
         {

@@ -25,7 +25,7 @@ from typing import Any
 from bpf import records
 from collector.envelopes import Outgoing
 from collector.file_assembly import MAX_MESSAGE_PAYLOAD as MESSAGE_BYTES
-from collector.object_files import FileIdentity, open_unchanged
+from collector.object_files import FileIdentity, identity_changes, open_unchanged
 from tracecap import bus
 
 Opener = Callable[[list[str], records.XferEnd], tuple[int | None, str]]
@@ -38,14 +38,12 @@ def open_end(candidates: list[str], end: records.XferEnd) -> tuple[int | None, s
     Without times from the kernel, a change could not be seen: nothing is read then."""
     if end.mtime == 0 and end.ctime == 0:
         return None, "the kernel gave no times to tell whether it changed"
-    identity = FileIdentity(end.dev, end.inode, end.ctime, end.mtime, end.size)
-    return open_unchanged(candidates, identity, follow=False)
+    return open_unchanged(candidates, identity_of(end), follow=False)
 
 
-def _state(fd: int) -> tuple[int, int, int, int, int]:
-    """What tells a file and its version: (dev, inode, size, mtime, ctime)."""
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+def identity_of(end: records.XferEnd) -> FileIdentity:
+    """The file at ``end`` as the kernel saw it at the syscall's exit."""
+    return FileIdentity(end.dev, end.inode, end.ctime, end.mtime, end.size)
 
 
 def candidates(xfer: records.FileXfer) -> list[tuple[list[str], records.XferEnd]]:
@@ -81,7 +79,7 @@ class ReadbackJob:
     env: dict[str, Any]  # the artifact's keys, with ts, io_id, io_len, io_count
     base: int  # the artifact offset of the transfer's first byte (0 for streams)
     length: int
-    opened: tuple[int, int, int, int, int]  # the file as opened (see _state)
+    identity: FileIdentity  # the file as opened; any change since loses the rest
     done: int = 0
 
 
@@ -115,13 +113,17 @@ class Readback:
         for tries, end in candidates(xfer):
             fd, why = self._open(tries, end)
             if fd is not None:
-                opened = _state(fd)
-                self._jobs.append(ReadbackJob(fd, end.pos, topic, env, base, ev.io_len, opened))
+                # as opened, which the opener checked is the kernel's view of it
+                st = os.fstat(fd)
+                identity = identity_of(end)._replace(
+                    ctime=st.st_ctime_ns, mtime=st.st_mtime_ns, size=st.st_size
+                )
+                self._jobs.append(ReadbackJob(fd, end.pos, topic, env, base, ev.io_len, identity))
                 return []
             reasons.append(why)
         self.unreadable += 1
         why = "; ".join(reasons) or "neither end is a regular file"
-        job = ReadbackJob(-1, 0, topic, env, base, ev.io_len, (0, 0, 0, 0, 0))
+        job = ReadbackJob(-1, 0, topic, env, base, ev.io_len, FileIdentity(0, 0, 0, 0, 0))
         return [self._lost(job, why)]
 
     def pump(self, budget: int) -> list[Outgoing]:
@@ -132,7 +134,8 @@ class Readback:
             want = min(MESSAGE_BYTES, budget, job.length - job.done)
             try:
                 data = os.pread(job.fd, want, job.start + job.done)
-                why = "" if _state(job.fd) == job.opened else "changed since the transfer"
+                changed = identity_changes(job.identity, os.fstat(job.fd))
+                why = f"changed since the transfer: {changed}" if changed else ""
             except OSError as exc:
                 data, why = b"", exc.strerror or "read error"
             if not why and len(data) < want:

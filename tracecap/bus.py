@@ -68,10 +68,12 @@ COMMON_KEYS: dict[str, tuple[type, ...]] = {
 #: kernel could not deliver (then there is no payload). ``io_count`` (optional, 1 when absent)
 #: says how many consecutive syscalls of one thread on one open file the transfer ``io_id``
 #: stands for: the collector merges them, ``io_id`` and ``ts`` being the first's and
-#: ``ts_last`` the last's, ``io_len`` their total. ``source`` (optional) says how the bytes were
-#: obtained when not from the syscall's user buffer: ``"readback"``, read by the collector from
-#: the file that held them (copy_file_range, sendfile, splice); then ``readback_error`` says why
-#: a ``lost`` range could not be read back.
+#: ``ts_last`` the last's, ``io_len`` their total; such a run lists ``ios``, ``[ts, bytes,
+#: asked]`` per syscall (``asked``: the size requested, iovecs for the vectored calls), and a
+#: single syscall's request is ``io_req`` (both optional). ``source`` (optional) says how the
+#: bytes were obtained when not from the syscall's user buffer: ``"readback"``, read by the
+#: collector from the file that held them (copy_file_range, sendfile, splice); then
+#: ``readback_error`` says why a ``lost`` range could not be read back.
 FILE_KEYS: dict[str, tuple[type, ...]] = {
     "syscall": (str,),
     "fd": (int,),

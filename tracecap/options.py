@@ -12,6 +12,7 @@ Nothing here touches the file system: the caller reads ``--config`` files and cl
 directories, which keeps the parser testable and safe to run as an unprivileged user.
 """
 
+import difflib
 import ipaddress
 import os
 import re
@@ -77,6 +78,9 @@ SNAPLEN_NAMES = {"default": DEFAULT_SNAPLEN, "headers": 0, "max": -1}
 #: ``--output`` values that choose the format, and Tracee's that change nothing here.
 OUTPUT_FORMATS = {"json": "json", "none": "none", "format:json": "json"}
 OUTPUT_NOOPS = ("option:parse-arguments", "option:detect-syscall")
+#: ``--output`` options of tracecap's own: file I/O printed as the bus carries it, one event per
+#: run of consecutive syscalls on one open file (count and returnValue its byte total).
+OUTPUT_MERGED_IO = "option:merged-io"
 #: Capture kinds in the order their topics are listed; the name is what users type.
 KINDS = CAPTURE_TOKENS
 #: Capture kinds with filters of their own (``write=/p*``, ``read:type=pipe``).
@@ -106,10 +110,11 @@ SCOPE_FORMS = (
     "comm=NAME[,NAME], comm!=NAME[,NAME], pid=N[,N], uid=N[,N], container, container=ID[,ID], "
     "host, follow"
 )
-OUTPUT_FORMS = ", ".join((*OUTPUT_FORMATS, *OUTPUT_NOOPS))
+OUTPUT_FORMS = ", ".join((*OUTPUT_FORMATS, *OUTPUT_NOOPS, OUTPUT_MERGED_IO))
 ARG_FORMS = (
     "--capture/-c OPT, --scope/-s EXPR, --trace/-t EXPR, --events/-e NAME[,NAME], "
-    "--output/-o VALUE, --server VALUE (each also as --long=VALUE or -xVALUE)"
+    "--output/-o VALUE, --server VALUE (each also as --long=VALUE or -xVALUE, and the long "
+    "names with one dash as Go's flag package takes them: -trace VALUE, -trace=VALUE)"
 )
 #: Tracee's default (``--server http-address``), on loopback only: the counters say what is
 #: captured and lost, which is not for every host on the network unless asked for.
@@ -243,6 +248,8 @@ class Config:
     events: tuple[str, ...]
     output: str
     server: Server = Server()
+    #: ``--output option:merged-io``: one event per merged run of file I/O, not per syscall.
+    merged_io: bool = False
 
     def kinds(self) -> tuple[str, ...]:
         """Enabled capture kinds, in ``KINDS`` order, named as users type them."""
@@ -623,16 +630,49 @@ def _container_id(text: str) -> str | None:
 _ARG_DESTS = {
     "--capture": "capture",
     "-c": "capture",
+    "-capture": "capture",
     "--scope": "scope",
     "-s": "scope",
+    "-scope": "scope",
     "--trace": "trace",
     "-t": "trace",
+    "-trace": "trace",
     "--events": "events",
     "-e": "events",
+    "-events": "events",
     "--output": "output",
     "-o": "output",
+    "-output": "output",
     "--server": "server",
+    "-server": "server",
 }
+#: Long names with one dash, as Go's flag package reads them (``-trace comm=ping``).
+_SINGLE_DASH_LONG = tuple(name for name in _ARG_DESTS if name[1] != "-" and len(name) > 2)
+
+
+def _split_arg(arg: str) -> tuple[str, str | None]:
+    """(option name, attached value or None) of one command-line word.
+
+    ``--name=value``; Go's ``-name value`` and ``-name=value`` for the long names; a short
+    option with its value attached (``-tcomm=bash``). A single-dash word that reads as a
+    misspelt long name (``-tracee``) is an unknown option named as typed, not ``-t`` with the
+    value ``racee``."""
+    if arg.startswith("--"):
+        name, sep, value = arg.partition("=")
+        return name, value if sep else None
+    if not arg.startswith("-") or len(arg) <= 2:
+        return arg, None
+    name, sep, value = arg.partition("=")
+    if name in _SINGLE_DASH_LONG:
+        return name, value if sep else None
+    word = re.match(r"-([a-z-]+)", name)
+    if word is not None and difflib.get_close_matches(
+        word[1], [n[1:] for n in _SINGLE_DASH_LONG], n=1, cutoff=0.75
+    ):
+        return name, None  # unknown: reported with the token
+    if arg[:2] in _ARG_DESTS:
+        return arg[:2], arg[2:]
+    return arg, None
 
 
 def _group_argv(argv: Sequence[str]) -> dict[str, list[str]]:
@@ -641,16 +681,13 @@ def _group_argv(argv: Sequence[str]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {dest: [] for dest in _ARG_DESTS.values()}
     args = iter(argv)
     for arg in args:
-        value: str | None = None
-        if arg.startswith("--") and "=" in arg:
-            name, _, value = arg.partition("=")
-        elif not arg.startswith("--") and arg[:2] in _ARG_DESTS and len(arg) > 2:
-            name, value = arg[:2], arg[2:]
-        else:
-            name = arg
+        name, value = _split_arg(arg)
         dest = _ARG_DESTS.get(name)
         if dest is None:
             hint = " (config files cannot include others)" if name == "--config" else ""
+            close = difflib.get_close_matches(name, list(_ARG_DESTS), n=1, cutoff=0.75)
+            if close and not hint:
+                hint = f" (did you mean {close[0]}?)"
             raise OptionError(f"unknown option {arg!r}{hint} (accepted: {ARG_FORMS})")
         if value is None:
             value = next(args, None)
@@ -666,7 +703,7 @@ def _output(values: Sequence[str]) -> str:
     for value in values:
         if value in OUTPUT_FORMATS:
             chosen.set(OUTPUT_FORMATS[value], value)
-        elif value not in OUTPUT_NOOPS:
+        elif value not in (*OUTPUT_NOOPS, OUTPUT_MERGED_IO):
             raise OptionError(f"invalid --output value: {value!r} (accepted: {OUTPUT_FORMS})")
     return chosen.value
 
@@ -747,6 +784,7 @@ def parse_args(argv: Sequence[str]) -> Config:
         events=_dedup(events),
         output=_output(groups["output"]),
         server=parse_server(groups["server"]),
+        merged_io=OUTPUT_MERGED_IO in groups["output"],
     )
 
 
@@ -909,11 +947,13 @@ OPTIONS: tuple[Flag, ...] = (
     Flag(
         _arg_names("output"),
         "FORMAT",
-        "json: one JSON object per event on stdout, with Tracee's field names; none (the "
-        "default): no events. Tracee's format:json, option:parse-arguments and "
-        "option:detect-syscall are accepted.",
+        "json: one JSON object per event on stdout, as Tracee v0.17 prints it (its fields, "
+        "event ids and arguments; file I/O one event per syscall); none (the default): no "
+        "events. Tracee's format:json, option:parse-arguments and option:detect-syscall are "
+        f"accepted. {OUTPUT_MERGED_IO}: one file I/O event per run of consecutive syscalls on "
+        "one open file, as the bus carries it (count and returnValue its byte total).",
         repeatable=True,
-        words=(*OUTPUT_FORMATS, *OUTPUT_NOOPS),
+        words=(*OUTPUT_FORMATS, *OUTPUT_NOOPS, OUTPUT_MERGED_IO),
     ),
     Flag(
         _arg_names("server"),

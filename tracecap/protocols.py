@@ -9,6 +9,7 @@ output prints the summaries. Both must read a packet the same way, so the parsin
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 import dpkt
@@ -68,15 +69,47 @@ def classify(data: bytes) -> list[str]:
     return out
 
 
-def http_summary(l4: dpkt.Packet) -> dict[str, Any]:
-    """Method and path of a request, or the status line of a response, from its first line."""
-    first = bytes(l4.data).split(b"\r\n", 1)[0].decode("latin-1")
+def _canonical(name: str) -> str:
+    """Go's textproto.CanonicalMIMEHeaderKey: ``content-type`` -> ``Content-Type``."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def proto_http(l4: dpkt.Packet) -> dict[str, Any]:
+    """Tracee's ProtoHTTP of a packet that starts a request or a response, read as Go's
+    http.ReadRequest/ReadResponse would from the packet alone: the first line, the headers
+    present (canonical names; a request's Host moves to ``host``), ``content_length`` from
+    Content-Length, else 0 for a request and -1 (unknown) for a response."""
+    head = bytes(l4.data).split(b"\r\n\r\n", 1)[0].decode("latin-1")
+    first, *lines = head.split("\r\n")
     parts = first.split(" ", 2)
+    headers: dict[str, list[str]] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name and name == name.strip():
+            headers.setdefault(_canonical(name), []).append(value.strip())
+    proto: dict[str, Any] = {
+        "direction": "", "method": "", "protocol": "", "host": "", "uri_path": "", "status": "",
+        "status_code": 0, "headers": headers, "content_length": 0,
+    }  # fmt: skip
+    length = headers.get("Content-Length", [""])[0]
+    known = length.isdigit() and "Transfer-Encoding" not in headers
     if first.startswith("HTTP/"):
-        return {"direction": "response", "protocol": parts[0], "status": " ".join(parts[1:])}
-    return {
+        code = parts[1] if len(parts) > 1 else ""
+        proto |= {
+            "direction": "response",
+            "protocol": parts[0],
+            "status": " ".join(parts[1:]),
+            "status_code": int(code) if code.isdigit() else 0,
+            "content_length": int(length) if known else -1,
+        }
+        return proto
+    target = parts[1] if len(parts) > 1 else ""
+    proto |= {
         "direction": "request",
         "method": parts[0],
-        "uri_path": parts[1] if len(parts) > 1 else "",
         "protocol": parts[2] if len(parts) > 2 else "",
+        "host": headers.pop("Host", [""])[0],
+        "uri_path": urllib.parse.urlsplit(target).path,
+        "content_length": int(length) if known else 0,
     }
+    return proto

@@ -293,12 +293,15 @@ def dns_events(stdout: str) -> list[dict]:
 
 
 def meta(event: dict) -> dict:
-    return event["args"][0]["value"]
+    """Tracee's net_packet_dns addresses and ports (src, dst, src_port, dst_port)."""
+    args = {a["name"]: a["value"] for a in event["args"]}
+    return {"src": args["src"], "dst": args["dst"], "srcPort": args["src_port"],
+            "dstPort": args["dst_port"]}  # fmt: skip
 
 
 def proto(event: dict) -> dict:
-    assert event["args"][1]["name"] == "proto_dns"
-    return event["args"][1]["value"]
+    assert event["args"][4]["name"] == "proto_dns"
+    return event["args"][4]["value"]
 
 
 def test_every_record_type_over_udp_and_tcp_on_port_53_and_another(
@@ -341,8 +344,7 @@ def test_every_record_type_over_udp_and_tcp_on_port_53_and_another(
         sent = [e for e in by_id[a.query.id] if proto(e)["QR"] == 0]
         got = [e for e in by_id[a.query.id] if proto(e)["QR"] == 1]
         # on loopback each packet is seen leaving and arriving: two events per message
-        assert sorted(meta(e)["direction"] for e in sent) == ["egress", "ingress"], a
-        assert sorted(meta(e)["direction"] for e in got) == ["egress", "ingress"], a
+        assert (len(sent), len(got)) == (2, 2), a
         for e in sent:
             assert (meta(e)["dst"], meta(e)["dstPort"]) == where
             check_message(proto(e), a.query, a.unknown_form)

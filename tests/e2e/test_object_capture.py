@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import tracee_decode
 from tests.support.workloads import python
 
 pytestmark = pytest.mark.ebpf
@@ -188,7 +188,8 @@ def test_a_script_is_captured_as_script_and_interpreter(tracecap, workdir: Path)
     if all_dash:  # captured in this run: named after itself, its own bytes
         assert Path(all_dash[0]["path"]).name.endswith("." + dash.name)
         assert (run.out_dir / all_dash[0]["path"]).read_bytes() == dash.read_bytes()
-    events = [json.loads(line) for line in run.stdout.splitlines()]
+    # every printed line decoded strictly against Tracee v0.17's schema (tracecap/schemas.py)
+    events = [tracee_decode.decode(line) for line in run.stdout.splitlines()]
     ours = [{a["name"]: a["value"] for a in e["args"]} for e in events
             if e["eventName"] == "sched_process_exec"]  # fmt: skip
     ours = [a for a in ours if a["cmdpath"] in {f"./{s.name}" for s in scripts}]
@@ -196,7 +197,9 @@ def test_a_script_is_captured_as_script_and_interpreter(tracecap, workdir: Path)
     for args in ours:
         assert (args["pathname"], args["interp"]) == (str(dash), "/bin/sh")
         assert args["interpreter_pathname"] == str(dash)
-        assert args["interpreter_inode"] == dash.stat().st_ino
+        assert (args["interpreter_dev"], args["interpreter_inode"], args["interpreter_ctime"]) == (
+            args["dev"], dash.stat().st_ino, dash.stat().st_ctime_ns
+        )  # fmt: skip
         assert args["argv"] == ["/bin/sh", args["cmdpath"], "arg"]
 
 

@@ -2,6 +2,9 @@
  * way a database or runtime writes: the first third with IORING_OP_WRITE, the second with
  * IORING_OP_WRITEV (two iovecs), the rest with IORING_OP_WRITE_FIXED from a registered buffer;
  * then OUT is read back whole with IORING_OP_READ and compared. IN is read with read(2).
+ * uring_copy -s IN: send IN through a unix stream socket pair in 64 KiB pieces, alternately
+ * with IORING_OP_SEND and IORING_OP_SENDMSG, and receive each piece on the other end with
+ * IORING_OP_RECV and IORING_OP_RECVMSG in turn; compared with IN.
  * Exit status 0 when every request moved all its bytes and the read-back matched. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -11,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -86,10 +90,56 @@ static void expect(int res, size_t want, const char *what)
     }
 }
 
+#define PIECE (64 * 1024)
+
+/* `data` (n bytes) through a socket pair: each piece sent whole, then received in turns. */
+static int through_socket(const char *data, size_t n)
+{
+    int sv[2];
+    char *back = malloc(n ? n : 1);
+    if (!back || socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+        die("socketpair");
+    unsigned turn = 0;
+    for (size_t at = 0; at < n; at += PIECE) {
+        size_t len = n - at < PIECE ? n - at : PIECE;
+        struct iovec out = {(void *)(data + at), len};
+        struct msghdr sent = {.msg_iov = &out, .msg_iovlen = 1};
+        if (at / PIECE % 2)
+            expect(run(IORING_OP_SENDMSG, sv[0], &sent, 1, 0, 0), len, "sendmsg");
+        else
+            expect(run(IORING_OP_SEND, sv[0], (void *)(data + at), len, 0, 0), len, "send");
+        for (size_t got = 0; got < len; turn++) {
+            struct iovec in = {back + at + got, len - got};
+            struct msghdr recvd = {.msg_iov = &in, .msg_iovlen = 1};
+            int res = turn % 2 ? run(IORING_OP_RECVMSG, sv[1], &recvd, 1, 0, 0)
+                               : run(IORING_OP_RECV, sv[1], back + at + got, len - got, 0, 0);
+            if (res <= 0)
+                die("recv");
+            got += res;
+        }
+    }
+    if (memcmp(back, data, n)) {
+        fprintf(stderr, "received bytes differ\n");
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 3 && !strcmp(argv[1], "-s")) {
+        int in = open(argv[2], O_RDONLY);
+        struct stat st;
+        if (in < 0 || fstat(in, &st))
+            die(argv[2]);
+        char *data = malloc(st.st_size ? st.st_size : 1);
+        if (!data || read(in, data, st.st_size) != st.st_size)
+            die("read");
+        setup();
+        return through_socket(data, st.st_size);
+    }
     if (argc != 3) {
-        fprintf(stderr, "usage: uring_copy IN OUT\n");
+        fprintf(stderr, "usage: uring_copy IN OUT | uring_copy -s IN\n");
         return 2;
     }
     int in = open(argv[1], O_RDONLY);

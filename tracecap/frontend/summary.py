@@ -70,6 +70,10 @@ def summary_line(
             f"({kernel.get('mem.skipped_dumps', 0)} dumps, "
             f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
         )
+    # not a loss: packets that reached the pcap writer after their place in time was written
+    late = ""
+    if any("late_packets" in w.get("counters", {}) for w in writers.values()):
+        late = f", pcap packets written out of time order {writer_sum('late_packets')}"
     return (
         f"tracecap: summary: {events} events ({packets} packets), {captured} bytes "
         f"captured, {writer_sum('artifacts')} artifacts; losses: kernel ring buffer "
@@ -83,7 +87,7 @@ def summary_line(
         f"{writer_sum('index_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{mem}"
+        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{mem}{late}"
     )
 
 

@@ -293,7 +293,7 @@ class Frontend:
         self.ready_timeout = ready_timeout
         self.last_stats: dict[str, Any] = {}
         self.stats_by_epoch: dict[int, dict[str, Any]] = {}
-        self.printer = tracee_json.EventPrinter()
+        self.printer = tracee_json.EventPrinter(merged=config.merged_io)
         self.ready = False
         self.stopping = False
         self.live = sys.stderr.isatty()

@@ -37,8 +37,8 @@ def raw_event(**values) -> bytes:
 
 
 def test_struct_sizes():
-    assert HDR.size == 72
-    assert FILE_EVENT.size == 72 + 56 + PATH_BUF + records.NAME_SLACK
+    assert HDR.size == 88
+    assert FILE_EVENT.size == 88 + 64 + PATH_BUF + records.NAME_SLACK
     assert FILE_DATA.size == 32
     assert FILE_FILTER.size == 32 + MAX_PREFIXES * PREFIX_LEN
     assert CONFIG.size == 8 + 2 * FILE_FILTER.size + 8 + 16
@@ -175,7 +175,7 @@ def test_decode_file_cont_round_trip_with_its_first_chunk(io_id, prev, io_len, p
 
 @pytest.mark.parametrize("size", [0, 4, records.FILE_CONT.size, records.FILE_CONT.size + 31])
 def test_short_file_cont_raises(size):
-    with pytest.raises(RecordError, match="expected at least 80"):
+    with pytest.raises(RecordError, match="expected at least 88"):
         records.decode_file_cont(raw_cont(1, 0, 3, 0, b"xyz")[:size])
 
 
@@ -280,7 +280,7 @@ def test_decode_counters_no_cpus():
 @given(io_id=U64, prev=U64, pos=U64, data=st.binary(min_size=1, max_size=200))
 def test_a_whole_continuation_gives_its_fields_and_its_bytes_in_place(io_id, prev, pos, data):
     raw = memoryview(raw_cont(io_id, prev, len(data), pos, data))
-    ts, got_id, got_prev, got_pos, got = records.whole_file_cont(raw)
+    ts, got_id, got_prev, got_pos, _req, got = records.whole_file_cont(raw)
     assert (ts, got_id, got_prev, got_pos, bytes(got)) == (9, io_id, prev, pos, data)
     assert isinstance(got, memoryview) and got.obj is raw.obj  # not a copy
 

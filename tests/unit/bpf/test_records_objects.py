@@ -12,14 +12,15 @@ from tests.support import records as build
 HDR = {
     "cpu": 3, "ts": 1_000_001, "pid": 4001, "tid": 4002, "ppid": 4003, "uid": 4004,
     "cgroup_id": 1_000_005, "ns_pid": 4006, "ns_tid": 4007, "ns_ppid": 4008,
-    "comm": b"sshd\0junk",
+    "comm": b"sshd\0junk", "mnt_ns": 4026531840, "pid_ns": 4026531836, "thread_start": 77_000,
 }  # fmt: skip
 
 
 def header(kind: int) -> records.Header:
     return records.Header(
-        kind, 3, 1_000_001, 4001, 4002, 4003, 4004, 1_000_005, b"sshd", 4006, 4007, 4008
-    )
+        kind, 3, 1_000_001, 4001, 4002, 4003, 4004, 1_000_005, b"sshd", 4006, 4007, 4008,
+        4026531840, 4026531836, 77_000,
+    )  # fmt: skip
 
 
 def test_exec_event():
@@ -31,6 +32,16 @@ def test_exec_event():
         header(records.REC_EXEC_EVENT), 11, 12, 13, 0o100755, b"/usr/bin/env", (b"env", b"-i"),
         True,
     )  # fmt: skip
+
+
+def test_exec_event_says_stdins_type_and_a_kernel_parent():
+    raw = build.exec_event(
+        **HDR, stdin_mode=0o020000, flags=records.EXEC_FROM_KERNEL, path=b"/usr/bin/dd\0x",
+        path_len=11, stdin_path=b"/dev/null", stdin_path_len=9,
+    )  # fmt: skip
+    ev = records.decode_exec_event(raw)
+    assert (ev.stdin_mode, ev.from_kernel, ev.argv_truncated) == (0o020000, True, False)
+    assert (ev.path, ev.stdin_path) == (b"/usr/bin/dd", b"/dev/null")
 
 
 def test_exec_event_is_cut_at_its_lengths():
@@ -97,11 +108,11 @@ def test_module_event_keeps_signs_and_cuts_at_lengths():
     raw = build.module_event(
         **HDR, obj_id=31, ret=-17, len=32, captured=33, inode=34, dev=35, fd=-100,
         syscall=records.MODULE_SYSCALLS.index("finit_module"), params=b"debug=1",
-        path=b"/lib/modules/x.ko",
+        path=b"/lib/modules/x.ko", load_flags=2,
     )  # fmt: skip
     assert records.decode_module_event(raw) == records.ModuleEvent(
         header(records.REC_MODULE_EVENT), 31, -17, 32, 33, 34, 35, -100, "finit_module",
-        b"debug=1", b"/lib/modules/x.ko",
+        b"debug=1", b"/lib/modules/x.ko", load_flags=2,
     )  # fmt: skip
 
 
@@ -130,10 +141,17 @@ def test_init_module_event_names_the_mapping_that_holds_the_image(flags, mapping
 
 def test_bpf_event():
     raw = build.bpf_event(
-        **HDR, obj_id=41, ret=-1, captured=43, insn_cnt=44, prog_type=45, prog_name=b"probe\0x"
+        **HDR,
+        obj_id=41,
+        ret=3,
+        captured=43,
+        insn_cnt=44,
+        prog_type=45,
+        prog_name=b"probe\0x",
+        prog_id=46,
     )
     assert records.decode_bpf_event(raw) == records.BpfEvent(
-        header(records.REC_BPF_EVENT), 41, -1, 43, 44, 45, b"probe"
+        header(records.REC_BPF_EVENT), 41, 3, 43, 44, 45, b"probe", 46
     )
 
 

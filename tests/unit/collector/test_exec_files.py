@@ -64,3 +64,14 @@ def test_a_relative_script_is_looked_for_in_the_processs_directory():
     assert (script.env["role"], script.key) == ("script", (9, 1, 5, 6))
     assert script.candidates == ["/proc/50/cwd/./s.sh"]  # a cut path is never opened
     assert proc["script_inode"] == 5 and proc["interp"] == b"/bin/sh"
+
+
+def test_the_proc_event_carries_the_kernels_path_stdin_and_parent():
+    ev = event(filename=b"./dd", path=b"/usr/bin/dd", stdin_mode=0o020000, stdin_path_len=9,
+               stdin_path=b"/dev/null", flags=records.EXEC_FROM_KERNEL)  # fmt: skip
+    proc, [f] = exec_files.exec_plan(ev, BASE)
+    assert (proc["path"], proc["exe_path"], proc["cmdpath"]) == (b"./dd", b"/usr/bin/dd", b"./dd")
+    assert (proc["stdin_mode"], proc["stdin_path"], proc["from_kernel"]) == (
+        0o020000, b"/dev/null", True
+    )  # fmt: skip
+    assert f.env["exe_path"] == b"/usr/bin/dd"

@@ -104,6 +104,11 @@ def test_single_chunk_io_gives_one_message_with_full_envelope():
     assert msg.payload == PATTERN[:10]
     assert msg.env == {
         "ts": 5_000 + BOOT_TO_EPOCH,
+        "cpu": 3,
+        "io_req": 0,
+        "mnt_ns": 0,
+        "pid_ns": 0,
+        "thread_start": 0,
         "pid": 100,
         "tid": 101,
         "ppid": 50,
@@ -439,11 +444,17 @@ def test_a_dropped_stream_write_is_a_loss_of_its_byte_count():
 
 
 def cont(
-    io_id: int, prev: int, io_len: int, pos: int, data: bytes = b"", ts: int = 6_000
+    io_id: int,
+    prev: int,
+    io_len: int,
+    pos: int,
+    data: bytes = b"",
+    ts: int = 6_000,
+    req: int = 0,
 ) -> records.FileCont:
     """A continuation, carrying its first chunk (`data`, at io offset 0)."""
     first = records.FileData(io_id, 0, len(data), False, data)
-    return records.FileCont(ts, io_id, prev, io_len, pos, first)
+    return records.FileCont(ts, io_id, prev, io_len, pos, first, req)
 
 
 def ring_view(c: records.FileCont) -> memoryview:
@@ -452,7 +463,9 @@ def ring_view(c: records.FileCont) -> memoryview:
     f = c.first
     flags = records.DATA_UNREADABLE if f.unreadable else 0
     raw = bytearray(
-        file_cont(ts=c.ts, io_id=c.io_id, prev_io_id=c.prev_io_id, io_len=c.io_len, pos=c.pos)
+        file_cont(
+            ts=c.ts, io_id=c.io_id, prev_io_id=c.prev_io_id, io_len=c.io_len, pos=c.pos, req=c.req
+        )
         + file_data(f.io_id, f.io_off, f.data, want=f.want, flags=flags)
     )
     RING_MEMORY.append(raw)
@@ -496,6 +509,38 @@ def test_consecutive_syscalls_of_a_stream_are_one_message():
     assert env["ts"] == 5_000 + BOOT_TO_EPOCH and env["ts_last"] == 6_002 + BOOT_TO_EPOCH
     assert env["path"] == b"/tmp/out.bin" and env["pid"] == 100
     bus.decode(bus.encode(msg.topic, dict(env, v=bus.VERSION, epoch=1, seq=1), msg.payload))
+
+
+@pytest.mark.parametrize("from_ring", [False, True])
+def test_a_run_lists_each_syscalls_time_size_and_request(from_ring):
+    """Tracee prints one event per syscall with the size it asked for: a run says each."""
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    out = asm.on_event(event(4096, io_id=7, pos=0)._replace(req=65536), 0)
+    out += asm.on_data(records.FileData(7, 0, 4096, False, PATTERN[:4096]), 1)
+    second = cont(8, 7, 100, 4096, PATTERN[4096:4196], ts=6_000, req=131072)
+    out += asm.on_cont_record(ring_view(second), 1) if from_ring else asm.on_cont(second, 1)
+    (msg,) = out + asm.flush_runs()
+    assert msg.env["ios"] == [
+        [5_000 + BOOT_TO_EPOCH, 4096, 65536],
+        [6_000 + BOOT_TO_EPOCH, 100, 131072],
+    ]
+    assert "io_req" not in msg.env
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    out = asm.on_event(event(10, io_id=7, pos=0)._replace(req=4), 0)
+    out += asm.on_data(records.FileData(7, 0, 10, False, PATTERN[:10]), 1)
+    (single,) = out + asm.flush_runs()
+    assert (single.env["io_req"], "ios" in single.env) == (4, False)
+
+
+def test_a_run_of_tiny_writes_is_cut_at_max_run_ios_so_its_envelope_stays_small():
+    from collector.file_assembly import MAX_RUN_IOS
+
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    out = stream_of(asm, [1] * (MAX_RUN_IOS + 10))
+    assert [m.env["io_count"] for m in out] == [MAX_RUN_IOS, 10]
+    for m in out:
+        env = dict(m.env, v=bus.VERSION, epoch=1, seq=1, path=b"/" * 4096)
+        assert len(bus.encode(m.topic, env, m.payload)[1]) < bus.MAX_ENVELOPE_BYTES
 
 
 def test_a_run_is_cut_at_the_message_size_and_the_pieces_tile_the_file():

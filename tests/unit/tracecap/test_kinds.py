@@ -56,7 +56,7 @@ def test_every_event_is_accepted_by_events_and_belongs_to_one_source():
 
 def test_file_events_are_declared_on_the_direction_that_prints_them():
     for syscall, event in tracee_json._EVENT_NAMES.items():
-        direction = "read" if "read" in syscall else "write"
+        direction = "read" if "read" in syscall or "recv" in syscall else "write"
         assert event in kinds.BY_TOKEN[direction].events, syscall
 
 

@@ -588,6 +588,35 @@ def test_argv_forms():
     assert config.kinds() == ("exec", "mem", "module", "bpf")
 
 
+def test_single_dash_long_flags_as_gos_flag_package_reads_them():
+    config = parse_args(["-trace", "comm=ping", "-capture", "exec", "-capture=mem",
+                         "-scope=uid=0", "-events", "vfs_write", "-output=json",
+                         "-server", "metrics"])  # fmt: skip
+    assert config.scope.comm == (b"ping",) and config.scope.uid == (0,)
+    assert config.kinds() == ("exec", "mem")
+    assert (config.events, config.output, config.server.metrics) == (("vfs_write",), "json", True)
+    # the short forms with a value attached still work
+    assert parse_args(["-tcomm=bash"]).scope.comm == (b"bash",)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-tracee", "comm=ping"], "unknown option '-tracee' (did you mean -trace?)"),
+        (["-outpt", "json"], "unknown option '-outpt' (did you mean -output?)"),
+        (["-capture"], "option '-capture' needs a value"),
+    ],
+)
+def test_a_misspelt_single_dash_flag_is_named_as_typed(argv: list[str], message: str):
+    with raises(message):
+        parse_args(argv)
+
+
+def test_output_merged_io():
+    assert parse_args(["-o", "json", "-o", "option:merged-io"]).merged_io
+    assert not parse_args(["-o", "json"]).merged_io
+
+
 # --- --config files ---
 
 

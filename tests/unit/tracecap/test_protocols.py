@@ -6,6 +6,7 @@ import dpkt
 import pytest
 
 from tests.support.dnsmsg import NON_DNS, big_response, framed, query, response, tcp, udp
+from tracecap import protocols
 from tracecap.protocols import classify
 
 
@@ -52,3 +53,24 @@ def test_other_protocols_on_other_ports_are_not_dns(name):
 
 def test_http_is_still_http():
     assert classify(tcp(NON_DNS["http request"], dport=8080)) == ["ipv4", "tcp", "http"]
+
+
+def test_proto_http_of_a_request_and_a_response_as_go_reads_them():
+    request = dpkt.tcp.TCP(
+        data=b"GET /a/b?x=1 HTTP/1.1\r\nHost: h.test\r\nuser-agent: curl\r\nAccept: */*\r\n\r\n"
+    )
+    assert protocols.proto_http(request) == {
+        "direction": "request", "method": "GET", "protocol": "HTTP/1.1", "host": "h.test",
+        "uri_path": "/a/b", "status": "", "status_code": 0,
+        "headers": {"User-Agent": ["curl"], "Accept": ["*/*"]}, "content_length": 0,
+    }  # fmt: skip
+    response = dpkt.tcp.TCP(data=b"HTTP/1.0 404 Not Found\r\nContent-Length: 12\r\n\r\nnot found\n")
+    got = protocols.proto_http(response)
+    assert (got["direction"], got["status"], got["status_code"]) == (
+        "response",
+        "404 Not Found",
+        404,
+    )
+    assert (got["content_length"], got["headers"]) == (12, {"Content-Length": ["12"]})
+    chunked = dpkt.tcp.TCP(data=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert protocols.proto_http(chunked)["content_length"] == -1

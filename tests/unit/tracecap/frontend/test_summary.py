@@ -89,3 +89,10 @@ def test_messages_dropped_at_the_very_end_are_counted_from_the_collectors_tally(
     stats = {7: {"published": {"file.write.": 100, "stats.": 50}}, 8: {"published": {}}}
     writers = {"writer-file": {"last_seq": {"7:file.write.": 89, "9:file.write.": 3}}}
     assert unseen_tail(stats, writers) == 10  # seq 90..99 never arrived
+
+
+def test_summary_says_how_many_packets_were_written_out_of_time_order():
+    pcap = {"counters": {"late_packets": 3, "reorder_forced": 1, "artifacts": 1}}
+    line = summary_line({"kernel": {}, "collector": {}}, {"pcap": pcap})
+    assert line.endswith(", pcap packets written out of time order 3")
+    assert "time order" not in summary_line({"kernel": {}, "collector": {}}, {"file": {}})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import dpkt
 
+from tests.support import tracee_decode
 from tests.support.dnsmsg import big_response, framed, query, response, tcp, udp
 from tests.support.envelopes import message, packet_env
 from tracecap import bus
@@ -23,18 +26,22 @@ def packet(
 
 
 def proto_dns(event: dict) -> dict:
+    event = tracee_decode.decode(json.dumps(event))
     assert event["eventName"] == "net_packet_dns"
-    assert [a["name"] for a in event["args"]] == ["metadata", "proto_dns"]
-    arg = event["args"][1]
+    arg = event["args"][4]
     assert arg["type"] == "trace.ProtoDNS"
     return arg["value"]
+
+
+def arg(event: dict, name: str):
+    return next(a["value"] for a in event["args"] if a["name"] == name)
 
 
 def test_a_udp_query_and_its_answer_are_one_event_each():
     printer = EventPrinter()
     (q,) = printer.events_for(packet(udp(query())), DNS_ONLY)
     assert proto_dns(q)["questions"] == [{"name": "host.tc.test", "type": "A", "class": "IN"}]
-    assert q["args"][0]["value"]["dstPort"] == 53
+    assert arg(q, "dst_port") == 53
     answer = dpkt.dns.DNS.RR(name="host.tc.test", type=dpkt.dns.DNS_A, rdata=b"\x0a\x09\x08\x07")
     (r,) = printer.events_for(packet(udp(response(answer), sport=53, dport=40000)), DNS_ONLY)
     assert proto_dns(r)["answers"][0]["IP"] == "10.9.8.7"
@@ -60,7 +67,7 @@ def test_a_tcp_message_split_on_another_port_is_one_event_when_it_is_whole():
     (event,) = printer.events_for(later, DNS_ONLY)
     got = proto_dns(event)
     assert len(got["answers"]) == 8 and "error" not in got
-    assert event["args"][0]["value"]["srcPort"] == 5300
+    assert arg(event, "src_port") == 5300
 
 
 def test_each_direction_of_a_loopback_segment_is_its_own_event():
@@ -94,6 +101,6 @@ def test_a_message_dropped_to_bound_memory_is_printed_with_its_own_packet():
     assert printer.events_for(first, DNS_ONLY) == []
     other = packet(tcp(stream[:700], sport=53, dport=40002, seq=1))
     (event,) = printer.events_for(other, DNS_ONLY)
-    assert event["args"][0]["value"]["dstPort"] == 40001
+    assert arg(event, "dst_port") == 40001
     assert event["timestamp"] == 1_700_000_000_000_000_001 != other.env["ts"]
     assert proto_dns(event)["error"].startswith("dropped to bound memory (1 connections")
