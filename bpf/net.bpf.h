@@ -92,6 +92,92 @@ int BPF_PROG(tc_sock_recv, struct sock *sk, int ret, int flags)
     return 0;
 }
 
+/* ---- sockets that existed before the capture ------------------------------------------- */
+
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
+extern void bpf_task_release(struct task_struct *p) __ksym;
+
+/* tc_in_scope's rules (scope.bpf.h) for a task other than the current one: its tgid, real
+ * uid, comm and cgroup stand where tc_in_scope reads the current task's. Follow does not add
+ * the task (only a fork after the start does). */
+static __always_inline bool tc_task_in_scope(struct task_struct *t)
+{
+    __u32 tgid = t->tgid;
+    __u32 uid = t->cred->uid.val;
+    if (uid == cfg.excluded_uid || bpf_map_lookup_elem(&excluded, &tgid))
+        return false;
+    __u32 flags = cfg.scope_flags;
+    if (!(flags & ~TC_SCOPE_FOLLOW))
+        return true;
+    if ((flags & TC_SCOPE_FOLLOW) && bpf_map_lookup_elem(&followed, &tgid))
+        return true;
+    if (flags & (TC_SCOPE_COMM | TC_SCOPE_COMM_NOT)) {
+        struct tc_comm_key key = {};
+        bpf_probe_read_kernel(key.comm, sizeof(key.comm), t->comm);
+        __u8 *v = bpf_map_lookup_elem(&scope_comm, &key);
+        if ((flags & TC_SCOPE_COMM) && !(v && *v == 1))
+            return false;
+        if ((flags & TC_SCOPE_COMM_NOT) && v && *v == 2)
+            return false;
+    }
+    if ((flags & TC_SCOPE_PID) && !bpf_map_lookup_elem(&scope_pid, &tgid))
+        return false;
+    if ((flags & TC_SCOPE_UID) && !bpf_map_lookup_elem(&scope_uid, &uid))
+        return false;
+    if (flags & (TC_SCOPE_CONTAINER | TC_SCOPE_HOST)) {
+        __u64 cgid = t->cgroups->dfl_cgrp->kn->id;
+        bool contained = bpf_map_lookup_elem(&scope_cgroups, &cgid) != NULL;
+        if ((flags & TC_SCOPE_CONTAINER) && !contained)
+            return false;
+        if ((flags & TC_SCOPE_HOST) && contained)
+            return false;
+    }
+    return true;
+}
+
+/* The owner of a socket that was open before the capture started: a listening socket never
+ * sends or receives, so its handshakes (SYN in, SYN-ACK out, ACK in, all carrying the
+ * listener's cookie) would have no owner. The collector finds such sockets in /proc/PID/fd
+ * and runs this program for each (BPF_PROG_TEST_RUN; see struct tc_sock_adopt). The process's
+ * main thread becomes the owner unless the kernel already learnt one. */
+SEC("syscall")
+int tc_sock_adopt(struct tc_sock_adopt *a)
+{
+    __u64 cookie = a->cookie;
+    if (bpf_map_lookup_elem(&sock_owner, &cookie)) {
+        a->result = TC_ADOPT_KNOWN;
+        return 0;
+    }
+    struct task_struct *t = bpf_task_from_pid(a->pid);
+    if (!t) {
+        a->result = TC_ADOPT_NO_TASK;
+        return 0;
+    }
+    struct tc_owner n = {
+        .start_time = t->start_boottime,
+        .cgroup_id = t->cgroups->dfl_cgrp->kn->id,
+        .pid = t->tgid, .tid = t->pid,
+        .ppid = t->real_parent->tgid,
+        .uid = t->cred->uid.val,
+        .in_scope = tc_task_in_scope(t),
+    };
+    bpf_probe_read_kernel(n.comm, sizeof(n.comm), t->comm);
+    bpf_task_release(t);
+    if (bpf_map_update_elem(&sock_owner, &cookie, &n, BPF_NOEXIST)) {
+        a->result = bpf_map_lookup_elem(&sock_owner, &cookie) ? TC_ADOPT_KNOWN : TC_ADOPT_FULL;
+        return 0;
+    }
+    a->start_time = n.start_time;
+    a->cgroup_id = n.cgroup_id;
+    a->pid = n.pid;
+    a->ppid = n.ppid;
+    a->uid = n.uid;
+    a->in_scope = n.in_scope;
+    __builtin_memcpy(a->comm, n.comm, TC_COMM_LEN);
+    a->result = TC_ADOPT_OWNED;
+    return 0;
+}
+
 /* Bytes up to the end of the L4 header (IPv4/IPv6; TCP, UDP, ICMP, ICMPv6). */
 static __always_inline __u32 tc_headers_len(struct __sk_buff *skb)
 {

@@ -93,9 +93,63 @@ static __always_inline __u64 tc_inode_ctime(struct inode *inode)
     return 0;
 }
 
-/* `f`'s path into `dst` (TC_PATH_BUF bytes, NUL-terminated), walked in the file events'
- * scratch as module files are; its length. */
-static __always_inline __u32 tc_exec_path(struct file *f, char *dst)
+#define TC_FMODE_EXEC_FLAG 0x20   /* __FMODE_EXEC: open_exec sets it in f_flags */
+#define TC_TASK_WORKS_MAX 256
+#define TC_EXEC_COPY_MAX TC_OBJ_MAX
+
+extern const void ____fput __ksym;
+
+/* The script of a #! execution. The kernel read its #! line, opened the interpreter and put
+ * the script's file (exec_binprm: fput), but a task's last fput is deferred to its return to
+ * user space (a task_work running ____fput), so at sched_process_exec the script's struct file
+ * is still on the exec'ing task's task_works list. The list is empty when execve starts (task
+ * works run before any return to user space) and is pushed at its head: the deepest entry
+ * opened for execution (__FMODE_EXEC in f_flags) is the script; later ones are the old program's
+ * executable, put when its memory went. */
+struct tc_task_works_walk {
+    __u64 cb;
+    __u64 found;
+};
+
+static long tc_task_works_step(__u32 i, struct tc_task_works_walk *w)
+{
+    if (!w->cb)
+        return 1;
+    struct callback_head *h = (void *)w->cb;
+    __u64 func = 0, next = 0;
+    if (bpf_probe_read_kernel(&func, sizeof(func), &h->func) ||
+        bpf_probe_read_kernel(&next, sizeof(next), &h->next))
+        return 1;
+    if (func == (__u64)&____fput) {
+        struct file *f = (void *)(w->cb - bpf_core_field_offset(struct file, f_task_work));
+        if (BPF_CORE_READ(f, f_flags) & TC_FMODE_EXEC_FLAG)
+            w->found = (__u64)f;
+    }
+    w->cb = next;
+    return 0;
+}
+
+static __always_inline struct file *tc_exec_script_file(struct task_struct *p)
+{
+    struct tc_task_works_walk w = { .cb = (__u64)BPF_CORE_READ(p, task_works) };
+    bpf_loop(TC_TASK_WORKS_MAX, tc_task_works_step, &w, 0);
+    return (struct file *)w.found;
+}
+
+/* memfd / deleted flags of an executed file, and whether its bytes are copied now. */
+static __always_inline __u32 tc_exec_file_flags(struct file *f, __u32 memfd, __u32 deleted)
+{
+    __u32 flags = 0;
+    if (tc_is_memfd(f))
+        flags |= memfd;
+    if (!BPF_CORE_READ(f, f_inode, __i_nlink))
+        flags |= deleted;
+    return flags;
+}
+
+/* `f`'s path (d_path, as file events build it) into `dst` (TC_PATH_BUF bytes, NUL-terminated);
+ * its length, with TC_EV_PATH_TRUNCATED in *cut when it was cut. */
+static __always_inline __u32 tc_exec_path(char *dst, struct file *f, __u32 *cut)
 {
     __u32 zero = 0;
     struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
@@ -108,7 +162,27 @@ static __always_inline __u32 tc_exec_path(struct file *f, char *dst)
         n = TC_PATH_BUF - 1;
     bpf_probe_read_kernel(dst, tc_bound(n, TC_PATH_MASK) + 1, ps->ev.path);
     dst[tc_bound(n, TC_PATH_MASK)] = 0;
+    *cut = ps->ev.flags & TC_EV_PATH_TRUNCATED;
     return n;
+}
+
+static __always_inline void tc_exec_script(struct tc_exec_event *ev, struct task_struct *p)
+{
+    struct file *f = tc_exec_script_file(p);
+    if (!f)
+        return;
+    struct inode *inode = BPF_CORE_READ(f, f_inode);
+    ev->flags |= TC_EXEC_SCRIPT_FILE |
+                 tc_exec_file_flags(f, TC_EXEC_SCRIPT_MEMFD, TC_EXEC_SCRIPT_DELETED);
+    ev->script_inode = BPF_CORE_READ(inode, i_ino);
+    ev->script_dev = BPF_CORE_READ(inode, i_sb, s_dev);
+    ev->script_ctime = tc_inode_ctime(inode);
+    ev->script_size = BPF_CORE_READ(inode, i_size);
+    ev->script_mode = BPF_CORE_READ(inode, i_mode);
+    __u32 cut = 0;
+    ev->script_path_len = tc_exec_path(ev->script_path, f, &cut);
+    if (cut)
+        ev->flags |= TC_EXEC_SCRIPT_PATH_TRUNCATED;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -130,11 +204,11 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
     ev->flags = 0;
     struct file *in = tc_fd_file(0);
     ev->stdin_mode = in ? BPF_CORE_READ(in, f_inode, i_mode) & S_IFMT : 0;
-    ev->exe_path_len = tc_exec_path(bprm->file, ev->exe_path);
     ev->stdin_path_len = 0;
     ev->stdin_path[0] = 0;
+    __u32 cut = 0;  /* stdin_path has no truncation flag: it is cut at TC_PATH_BUF - 1 */
     if (in && ev->stdin_mode != S_IFIFO && ev->stdin_mode != S_IFSOCK)
-        ev->stdin_path_len = tc_exec_path(in, ev->stdin_path);
+        ev->stdin_path_len = tc_exec_path(ev->stdin_path, in, &cut);
     if (BPF_CORE_READ(p, real_parent, flags) & 0x00200000 /* PF_KTHREAD */)
         ev->flags |= TC_EXEC_FROM_KERNEL;
     long r = bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename), bprm->filename);
@@ -154,7 +228,51 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
     ev->argv_len = 0;
     if (len && !bpf_probe_read_user(ev->argv, len, (void *)start))
         ev->argv_len = len;
-    tc_emit_event(TC_KIND_EXEC, ev, sizeof(*ev));
+
+    /* A memfd or deleted binary is gone with its process, which may exit at once: its bytes
+     * are read now, from the page cache (pagecache.bpf.h). The same for a script. */
+    struct file *file = bprm->file;
+    ev->flags |= tc_exec_file_flags(file, TC_EXEC_MEMFD, TC_EXEC_DELETED);
+    cut = 0;
+    ev->path_len = tc_exec_path(ev->path, file, &cut);
+    if (cut)
+        ev->flags |= TC_EXEC_PATH_TRUNCATED;
+    ev->size = inode->i_size;
+    ev->obj_id = 0;
+    ev->captured = 0;
+    if ((ev->flags & (TC_EXEC_MEMFD | TC_EXEC_DELETED)) && (ev->mode & S_IFMT) == S_IFREG) {
+        ev->flags |= TC_EXEC_COPIED;
+        ev->obj_id = __sync_fetch_and_add(&io_seq, 1);
+        ev->captured = ev->size < TC_EXEC_COPY_MAX ? ev->size : TC_EXEC_COPY_MAX;
+    }
+    ev->interp_len = 0;
+    ev->script_inode = ev->script_ctime = ev->script_size = 0;
+    ev->script_obj_id = ev->script_captured = 0;
+    ev->script_dev = ev->script_path_len = ev->script_mode = 0;
+    struct file *script = NULL;
+    if (bprm->interp != bprm->filename) {
+        ev->flags |= TC_EXEC_SCRIPT;
+        r = bpf_probe_read_kernel_str(ev->interp, sizeof(ev->interp), bprm->interp);
+        ev->interp_len = r > 0 ? r - 1 : 0;
+        if (ev->interp_len == TC_FILENAME_BUF - 1)
+            ev->flags |= TC_EXEC_INTERP_TRUNCATED;
+        tc_exec_script(ev, p);
+        if ((ev->flags & TC_EXEC_SCRIPT_FILE) &&
+            (ev->flags & (TC_EXEC_SCRIPT_MEMFD | TC_EXEC_SCRIPT_DELETED))) {
+            script = tc_exec_script_file(p);
+            ev->flags |= TC_EXEC_SCRIPT_COPIED;
+            ev->script_obj_id = __sync_fetch_and_add(&io_seq, 1);
+            ev->script_captured = ev->script_size < TC_EXEC_COPY_MAX ? ev->script_size
+                                                                    : TC_EXEC_COPY_MAX;
+        }
+    }
+    if (!tc_emit_event(TC_KIND_EXEC, ev, sizeof(*ev)))
+        return 0;
+    __u64 pgd = (__u64)BPF_CORE_READ(mm, pgd);
+    if (ev->captured)
+        tc_send_file_pages(ev->obj_id, file, ev->captured, pgd, TC_KIND_EXEC);
+    if (script && ev->script_captured)
+        tc_send_file_pages(ev->script_obj_id, script, ev->script_captured, pgd, TC_KIND_EXEC);
     return 0;
 }
 

@@ -132,7 +132,18 @@ enum tc_counter {
 /* exec_event.flags */
 #define TC_EXEC_ARGV_TRUNCATED 1
 #define TC_EXEC_FILENAME_TRUNCATED 2
-#define TC_EXEC_FROM_KERNEL 4        /* the parent is a kernel thread (Tracee's invoked_from_kernel) */
+#define TC_EXEC_MEMFD 4              /* the executed file is a memfd (memfd_create) */
+#define TC_EXEC_DELETED 8            /* the executed file had no name left (i_nlink 0) */
+#define TC_EXEC_COPIED 16            /* its bytes follow as chunks of obj_id, from the page cache */
+#define TC_EXEC_SCRIPT 32            /* run through a #! line: interp names the interpreter */
+#define TC_EXEC_SCRIPT_FILE 64       /* the script file was found: script_* are set */
+#define TC_EXEC_SCRIPT_MEMFD 128
+#define TC_EXEC_SCRIPT_DELETED 256
+#define TC_EXEC_SCRIPT_COPIED 512    /* the script's bytes follow as chunks of script_obj_id */
+#define TC_EXEC_SCRIPT_PATH_TRUNCATED 1024
+#define TC_EXEC_INTERP_TRUNCATED 2048
+#define TC_EXEC_PATH_TRUNCATED 4096
+#define TC_EXEC_FROM_KERNEL 8192     /* the parent is a kernel thread (invoked_from_kernel) */
 
 /* file_data.flags */
 #define TC_DATA_UNREADABLE 1     /* user memory could not be read: `want` bytes are missing */
@@ -247,14 +258,30 @@ struct tc_exec_event {
     __u32 filename_len;
     __u32 argv_len;
     __u32 flags;             /* TC_EXEC_* */
+    __u32 interp_len;
+    __u64 size;              /* the executed file's size at exec */
+    __u64 obj_id;            /* TC_EXEC_COPIED: the id of the chunks of its first `captured` */
+    __u64 captured;          /*   bytes, read by the kernel from its page cache */
+    __u64 script_inode;      /* TC_EXEC_SCRIPT_FILE: the script file the #! line was read from */
+    __u64 script_ctime;
+    __u64 script_size;
+    __u64 script_obj_id;     /* TC_EXEC_SCRIPT_COPIED: as obj_id, for the script */
+    __u64 script_captured;
+    __u32 script_dev;
+    __u32 script_path_len;
+    __u32 path_len;
+    __u32 script_mode;
     __u32 stdin_mode;        /* i_mode & S_IFMT of the new program's fd 0; 0 when it has none */
-    __u32 exe_path_len;      /* the executed file's path (Tracee's pathname), cut at
-                              * TC_PATH_BUF - 1 */
     __u32 stdin_path_len;    /* fd 0's path; none for pipes and sockets */
-    char filename[TC_FILENAME_BUF];
+    char path[TC_PATH_BUF];          /* the executed file's path (d_path; Tracee's pathname): the
+                                      * interpreter's for a #! execution, "/memfd:NAME" for a
+                                      * memfd */
+    char filename[TC_FILENAME_BUF];  /* as executed: the script's name for a #! execution */
+    char interp[TC_FILENAME_BUF];    /* bprm->interp: the interpreter a #! line named, else
+                                      * the filename again */
+    char script_path[TC_PATH_BUF];   /* the script file's path (d_path) */
     char argv[TC_ARGV_BUF];
-    char exe_path[TC_PATH_BUF];
-    char stdin_path[TC_PATH_BUF];
+    char stdin_path[TC_PATH_BUF];    /* fd 0's path (d_path), cut at TC_PATH_BUF - 1 */
 };
 
 /* A protection change Tracee alerts on, or the dump of a writable-and-executable region when
@@ -371,6 +398,30 @@ struct tc_sock_owner {
     __u64 start_time;        /* the thread's start, boot ns */
     __u32 in_scope;
     __u32 _pad;
+};
+
+/* A socket that existed before the capture, for net.bpf.h's tc_sock_adopt, which the collector
+ * runs (BPF_PROG_TEST_RUN) once per socket it finds in /proc/PID/fd at start. In: `pid` (the
+ * process holding it) and `cookie` (read by the collector with SO_COOKIE). Out: `result`
+ * (TC_ADOPT_*) and, when TC_ADOPT_OWNED, the owner recorded: the process's main thread. */
+struct tc_sock_adopt {
+    __u64 cookie;
+    __u64 start_time;        /* boot ns */
+    __u64 cgroup_id;
+    __u32 pid;
+    __u32 ppid;
+    __u32 uid;
+    __u32 in_scope;
+    __u32 result;
+    __u32 _pad;
+    char comm[TC_COMM_LEN];
+};
+
+enum tc_adopt_result {
+    TC_ADOPT_OWNED = 0,      /* owner recorded in sock_owner */
+    TC_ADOPT_KNOWN,          /* the kernel knew an owner already: kept */
+    TC_ADOPT_NO_TASK,        /* the process is gone */
+    TC_ADOPT_FULL,           /* sock_owner could not take it */
 };
 
 /* Key and value of the `file_drops` map: syscalls whose event could not be sent (ring buffer

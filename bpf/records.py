@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections import namedtuple
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 COMM_LEN = 16
 PATH_BUF = 512
@@ -36,6 +36,8 @@ REC_SOCK_OWNER = 9
 REC_FILE_CONT = 10
 REC_FILE_XFER = 11
 PKT_DIRECTIONS = ("egress", "ingress")
+#: tc_sock_adopt's results (enum tc_adopt_result), in order.
+ADOPT_RESULTS = ("owned", "known", "no_task", "full")
 
 MEM_SYSCALLS = ("mprotect", "pkey_mprotect", "mmap", "munmap", "exit")
 #: enum tc_mem_alert in value order: (name, the alert text Tracee prints for it; types/trace
@@ -68,7 +70,18 @@ MOD_MAP_SHARED = 4
 MOD_MAP_WRITTEN = 8
 EXEC_ARGV_TRUNCATED = 1
 EXEC_FILENAME_TRUNCATED = 2
-EXEC_FROM_KERNEL = 4
+EXEC_MEMFD = 4
+EXEC_DELETED = 8
+EXEC_COPIED = 16
+EXEC_SCRIPT = 32
+EXEC_SCRIPT_FILE = 64
+EXEC_SCRIPT_MEMFD = 128
+EXEC_SCRIPT_DELETED = 256
+EXEC_SCRIPT_COPIED = 512
+EXEC_SCRIPT_PATH_TRUNCATED = 1024
+EXEC_INTERP_TRUNCATED = 2048
+EXEC_PATH_TRUNCATED = 4096
+EXEC_FROM_KERNEL = 8192
 
 SYSCALLS = (
     "write",
@@ -217,9 +230,14 @@ TC_XFER = CStruct("tc_xfer", (
 TC_FILE_XFER = CStruct("tc_file_xfer", (("ev", TC_FILE_EVENT), ("x", TC_XFER)), prefix_nested=True)
 TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("h", TC_HDR), ("inode", "Q"), ("ctime", "Q"), ("dev", "I"), ("mode", "I"),
-    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("stdin_mode", "I"),
-    ("exe_path_len", "I"), ("stdin_path_len", "I"), ("filename", f"{FILENAME_BUF}s"),
-    ("argv", f"{ARGV_BUF}s"), ("exe_path", f"{PATH_BUF}s"), ("stdin_path", f"{PATH_BUF}s"),
+    ("filename_len", "I"), ("argv_len", "I"), ("flags", "I"), ("interp_len", "I"),
+    ("size", "Q"), ("obj_id", "Q"), ("captured", "Q"), ("script_inode", "Q"),
+    ("script_ctime", "Q"), ("script_size", "Q"), ("script_obj_id", "Q"),
+    ("script_captured", "Q"), ("script_dev", "I"), ("script_path_len", "I"),
+    ("path_len", "I"), ("script_mode", "I"), ("stdin_mode", "I"),
+    ("stdin_path_len", "I"), ("path", f"{PATH_BUF}s"),
+    ("filename", f"{FILENAME_BUF}s"), ("interp", f"{FILENAME_BUF}s"),
+    ("script_path", f"{PATH_BUF}s"), ("argv", f"{ARGV_BUF}s"), ("stdin_path", f"{PATH_BUF}s"),
 ))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
@@ -252,6 +270,10 @@ TC_PACKET = CStruct("tc_packet", (
 TC_SOCK_OWNER = CStruct("tc_sock_owner", (
     ("h", TC_HDR), ("cookie", "Q"), ("start_time", "Q"), ("in_scope", "I"), ("_pad", "I"),
 ))  # fmt: skip
+TC_SOCK_ADOPT = CStruct("tc_sock_adopt", (
+    ("cookie", "Q"), ("start_time", "Q"), ("cgroup_id", "Q"), ("pid", "I"), ("ppid", "I"),
+    ("uid", "I"), ("in_scope", "I"), ("result", "I"), ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
+))  # fmt: skip
 TC_DROP_KEY = CStruct("tc_drop_key", (
     ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "I"),
 ))  # fmt: skip
@@ -273,8 +295,8 @@ TC_CONFIG = CStruct("tc_config", (
 STRUCTS = (
     TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_XFER_FILE, TC_XFER, TC_FILE_XFER,
     TC_EXEC_EVENT, TC_MEM_EVENT, TC_MEM_PROC,
-    TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_DROP_KEY, TC_DROP_VAL,
-    TC_FILE_FILTER, TC_CONFIG,
+    TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_SOCK_ADOPT, TC_DROP_KEY,
+    TC_DROP_VAL, TC_FILE_FILTER, TC_CONFIG,
 )  # fmt: skip
 
 HDR = TC_HDR.struct
@@ -402,6 +424,31 @@ class FileXfer(NamedTuple):
     other_path: bytes
 
 
+class ExecCopy(NamedTuple):
+    """Bytes of an executed file the kernel read from its page cache at the exec (a memfd or
+    deleted file, gone with its process): the first ``captured`` of its ``size`` follow as
+    object chunks of ``obj_id``."""
+
+    obj_id: int
+    captured: int
+
+
+class ScriptFile(NamedTuple):
+    """The script of a #! execution, as the kernel had it open: identity, size, path (d_path,
+    cut when ``path_truncated``), and its bytes when ``copy`` (memfd or deleted)."""
+
+    dev: int
+    inode: int
+    ctime: int
+    mode: int
+    size: int
+    path: bytes
+    path_truncated: bool
+    memfd: bool
+    deleted: bool
+    copy: ExecCopy | None
+
+
 class ExecEvent(NamedTuple):
     """A program executed (sched_process_exec): the binary (dev, inode and ``ctime``, which
     together tell one version of it from another), the name it was run as and its argv, cut
@@ -416,12 +463,22 @@ class ExecEvent(NamedTuple):
     filename: bytes
     argv: tuple[bytes, ...]
     argv_truncated: bool
+    size: int = 0
+    #: The executed file's path (d_path; the interpreter's for a #! execution, "/memfd:NAME"
+    #: for a memfd), cut when ``path_truncated``.
+    path: bytes = b""
+    path_truncated: bool = False
+    memfd: bool = False
+    deleted: bool = False
+    copy: ExecCopy | None = None
+    #: For a #! execution: the interpreter the #! line named (the executed file is then that
+    #: interpreter, ``filename`` the script as it was run) and the script file if found.
+    interp: bytes | None = None
+    script: ScriptFile | None = None
     #: the file type bits (S_IFMT) of the program's fd 0 at exec, 0 when it has none
     stdin_mode: int = 0
     #: its parent is a kernel thread (a usermode helper)
     from_kernel: bool = False
-    #: the executed file's path (the interpreter for a script), cut at PATH_BUF - 1
-    exe_path: bytes = b""
     #: fd 0's path; empty for pipes, sockets and none
     stdin_path: bytes = b""
 
@@ -653,11 +710,30 @@ def decode_exec_event(raw: bytes) -> ExecEvent:
         f.filename[: min(f.filename_len, FILENAME_BUF)],
         argv_items,
         bool(f.flags & EXEC_ARGV_TRUNCATED),
+        f.size,
+        f.path[: min(f.path_len, PATH_BUF)],
+        bool(f.flags & EXEC_PATH_TRUNCATED),
+        bool(f.flags & EXEC_MEMFD),
+        bool(f.flags & EXEC_DELETED),
+        ExecCopy(f.obj_id, f.captured) if f.flags & EXEC_COPIED else None,
+        f.interp[: min(f.interp_len, FILENAME_BUF)] if f.flags & EXEC_SCRIPT else None,
+        _script_file(f) if f.flags & EXEC_SCRIPT_FILE else None,
         f.stdin_mode,
         bool(f.flags & EXEC_FROM_KERNEL),
-        f.exe_path[: min(f.exe_path_len, PATH_BUF - 1)],
         f.stdin_path[: min(f.stdin_path_len, PATH_BUF - 1)],
     )
+
+
+def _script_file(f: Any) -> ScriptFile:
+    copy = None
+    if f.flags & EXEC_SCRIPT_COPIED:
+        copy = ExecCopy(f.script_obj_id, f.script_captured)
+    return ScriptFile(
+        f.script_dev, f.script_inode, f.script_ctime, f.script_mode, f.script_size,
+        f.script_path[: min(f.script_path_len, PATH_BUF)],
+        bool(f.flags & EXEC_SCRIPT_PATH_TRUNCATED), bool(f.flags & EXEC_SCRIPT_MEMFD),
+        bool(f.flags & EXEC_SCRIPT_DELETED), copy,
+    )  # fmt: skip
 
 
 def decode_mem_event(raw: bytes) -> MemEvent:
@@ -802,6 +878,34 @@ def decode_sock_owner(raw: bytes) -> SockOwner:
     _need(raw, TC_SOCK_OWNER, "socket owner")
     f = TC_SOCK_OWNER.unpack(raw)
     return SockOwner(_header(f), f.cookie, f.start_time, bool(f.in_scope))
+
+
+class Adopted(NamedTuple):
+    """What tc_sock_adopt did with a socket that existed before the capture: ``result`` (one
+    of ADOPT_RESULTS) and, when "owned", the owner it recorded (the process's main thread)."""
+
+    result: str
+    cookie: int
+    start_time: int
+    cgroup_id: int
+    pid: int
+    ppid: int
+    uid: int
+    in_scope: bool
+    comm: bytes
+
+
+def encode_sock_adopt(pid: int, cookie: int) -> bytes:
+    return TC_SOCK_ADOPT.struct.pack(cookie, 0, 0, pid, 0, 0, 0, 0, 0, b"")
+
+
+def decode_sock_adopt(raw: bytes) -> Adopted:
+    _need(raw, TC_SOCK_ADOPT, "socket adoption")
+    f = TC_SOCK_ADOPT.unpack(raw)
+    if f.result >= len(ADOPT_RESULTS):
+        raise RecordError(f"socket adoption with unknown result {f.result}")
+    return Adopted(ADOPT_RESULTS[f.result], f.cookie, f.start_time, f.cgroup_id, f.pid, f.ppid,
+                   f.uid, bool(f.in_scope), _cstr(f.comm))  # fmt: skip
 
 
 def encode_file_filter(

@@ -18,8 +18,9 @@ char LICENSE[] SEC("license") = "GPL";
 #include "containers.bpf.h"
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
-#include "objects.bpf.h"
 #include "pagewalk.bpf.h"
+#include "pagecache.bpf.h"
+#include "objects.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"
 
@@ -41,3 +42,4 @@ struct tc_sock_owner _tc_abi_sock_owner __attribute__((unused));
 struct tc_cgroup_rule _tc_abi_cgroup_rule __attribute__((unused));
 struct tc_cgroup_state _tc_abi_cgroup_state __attribute__((unused));
 struct tc_cid_prefix _tc_abi_cid_prefix __attribute__((unused));
+struct tc_sock_adopt _tc_abi_sock_adopt __attribute__((unused));

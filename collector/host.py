@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import pwd
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from bpf import records
-from collector.object_files import FileIdentity, exe_link, open_unchanged, open_verified
+from collector.object_files import FileIdentity, open_unchanged, open_verified
+from collector.preexisting_sockets import socket_cookies
 from collector.process_tree import read_proc_file
 from collector.readback import open_end
 
@@ -27,10 +28,6 @@ class Host:
         """The bytes of /proc/PID/NAME (OSError when the process is gone)."""
         return read_proc_file(pid, name)
 
-    def exe_link(self, pid: int) -> bytes:
-        """Where /proc/PID/exe points, or b"" once the process is gone."""
-        return exe_link(pid)
-
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""
         return open_verified(candidates, dev, inode)
@@ -41,6 +38,10 @@ class Host:
         """An fd of the first candidate that is the file ``identity`` names, unchanged since
         the kernel saw it (module files); no path is followed through a symbolic link."""
         return open_unchanged(candidates, identity)
+
+    def socket_cookies(self) -> Iterator[tuple[int, int]]:
+        """(pid, cookie) of every socket open now (collector/preexisting_sockets.py)."""
+        return socket_cookies()
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size

@@ -41,7 +41,22 @@ _PROTOTYPES = [
     ("bpf_map_lookup_elem", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_get_next_key", ct.c_int, [ct.c_int, _vp, _vp]),
     ("bpf_map_delete_elem", ct.c_int, [ct.c_int, _vp]),
+    ("bpf_program__fd", ct.c_int, [_vp]),
+    ("bpf_prog_test_run_opts", ct.c_int, [ct.c_int, _vp]),
 ]
+
+
+class _TestRunOpts(ct.Structure):
+    """libbpf's struct bpf_test_run_opts (its `sz` field tells libbpf which version)."""
+
+    _fields_ = (
+        ("sz", ct.c_size_t), ("data_in", _vp), ("data_out", _vp), ("data_size_in", ct.c_uint),
+        ("data_size_out", ct.c_uint), ("ctx_in", _vp), ("ctx_out", _vp),
+        ("ctx_size_in", ct.c_uint), ("ctx_size_out", ct.c_uint), ("retval", ct.c_uint),
+        ("repeat", ct.c_int), ("duration", ct.c_uint), ("flags", ct.c_uint), ("cpu", ct.c_uint),
+        ("batch_size", ct.c_uint),
+    )  # fmt: skip
+
 
 _log: list[str] = []
 
@@ -150,6 +165,17 @@ class BpfObject:
         if not link or self._lib.libbpf_get_error(link):
             raise _error(f"cannot attach {name} to the cgroup")
         self._links.append(link)
+
+    def run(self, name: str, ctx: bytes) -> bytes:
+        """Run a loaded ``syscall`` program once on ``ctx`` (BPF_PROG_TEST_RUN) and return the
+        context as the program left it: such programs read and write the caller's memory."""
+        buf = ct.create_string_buffer(ctx, len(ctx))
+        opts = _TestRunOpts(sz=ct.sizeof(_TestRunOpts), ctx_in=ct.addressof(buf),
+                            ctx_size_in=len(ctx))  # fmt: skip
+        fd = self._lib.bpf_program__fd(self.programs[name])
+        if self._lib.bpf_prog_test_run_opts(fd, ct.byref(opts)):
+            raise _error(f"cannot run {name}")
+        return buf.raw
 
     def map_fd(self, name: str) -> int:
         return self._lib.bpf_map__fd(self.maps[name])

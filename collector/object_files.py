@@ -136,17 +136,6 @@ def exec_candidates(pid: int, filename: bytes) -> list[str]:
     return paths
 
 
-def exe_link(pid: int) -> bytes:
-    try:
-        return os.readlink(f"/proc/{pid}/exe".encode())
-    except OSError:
-        return b""
-
-
-def is_memfd(link: bytes) -> bool:
-    return link.startswith(b"/memfd:")
-
-
 class Job(Protocol):
     """A file being read for the writers: ``step`` reads at most ``budget`` bytes and returns
     the messages made of them, the bytes read and whether the job is over; ``failed`` says a

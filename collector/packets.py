@@ -63,19 +63,27 @@ class PacketAssembler:
 
     def on_owner(self, ev: records.SockOwner, now_ns: int) -> list[Outgoing]:
         h = ev.hdr
-        self._owners[ev.cookie] = Owner(
-            h.pid, h.tid, h.ppid, h.uid, h.comm, ev.start_time, ev.in_scope
-        )
-        self._owners.move_to_end(ev.cookie)
+        owner = Owner(h.pid, h.tid, h.ppid, h.uid, h.comm, ev.start_time, ev.in_scope)
+        return self._learn(ev.cookie, owner)
+
+    def on_adopted(self, a: records.Adopted) -> list[Outgoing]:
+        """The owner the kernel recorded for a socket that existed before the capture: the
+        process's main thread (collector/preexisting_sockets.py)."""
+        return self._learn(a.cookie, Owner(a.pid, a.pid, a.ppid, a.uid, a.comm, a.start_time,
+                                           a.in_scope))  # fmt: skip
+
+    def _learn(self, cookie: int, owner: Owner) -> list[Outgoing]:
+        self._owners[cookie] = owner
+        self._owners.move_to_end(cookie)
         if len(self._owners) > MAX_OWNERS:
             self._owners.popitem(last=False)
-        if not any(pkt.cookie == ev.cookie for _, pkt in self._waiting):
+        if not any(pkt.cookie == cookie for _, pkt in self._waiting):
             return []
         still: deque[tuple[int, records.Packet]] = deque()
         out: list[Outgoing] = []
         for since, pkt in self._waiting:
-            if pkt.cookie == ev.cookie:
-                out += self._emit(pkt, self._owners[ev.cookie])
+            if pkt.cookie == cookie:
+                out += self._emit(pkt, owner)
             else:
                 still.append((since, pkt))
         self._waiting = still

@@ -67,6 +67,9 @@ _MODULE_TP = frozenset(
 _MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
 #: Attached to the cgroup2 root rather than to a tracepoint.
 _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
+#: Run by the collector (BPF_PROG_TEST_RUN), never attached: owners of sockets that existed
+#: before the capture (net.bpf.h).
+_RUN_ONLY = frozenset({"tc_sock_adopt"})
 #: Transfers that pass no user buffer (file_io.bpf.h): one pair serves write and read.
 _XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice"))
 #: io_uring read and write requests, at their completion: one program for both directions.
@@ -98,7 +101,7 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     ),
     "module": _MODULE_TP | _MODULE_RAW,
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
-    "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP,
+    "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP | _RUN_ONLY,
 }
 CAPTURE_RING: dict[str, BpfMap] = {
     "write": BpfMap.FILE_RB,
@@ -262,6 +265,8 @@ class KernelProbes:
         time) happens in the constructor, so it can overlap the writers' start."""
         try:
             for name in sorted(self._programs):
+                if name in _RUN_ONLY:
+                    continue
                 if name in _NET_CGROUP:
                     self._obj.attach_cgroup(name, self._cgroup_fd)
                 else:
@@ -311,6 +316,12 @@ class KernelProbes:
         """The container id the kernel gave cgroup ``cgroup_id`` ("" = host; None = unknown)."""
         raw = self._obj.lookup(BpfMap.CGROUP_STATES, struct.pack("<Q", cgroup_id), STATE_SIZE)
         return decode_state(raw).container_id if raw else None
+
+    def adopt_socket(self, pid: int, cookie: int) -> records.Adopted:
+        """Record the owner of a socket that existed before the capture (``pid`` holds it),
+        unless the kernel knows one already (bpf/net.bpf.h tc_sock_adopt)."""
+        raw = self._obj.run("tc_sock_adopt", records.encode_sock_adopt(pid, cookie))
+        return records.decode_sock_adopt(raw)
 
     def exclude(self, tgid: int) -> None:
         self._obj.update(BpfMap.EXCLUDED, struct.pack("<I", tgid), b"\x01")

@@ -22,6 +22,7 @@ from collector.cgroup_rules import RuleError
 from collector.containers import CgroupResolver, read_rules
 from collector.enricher import ContainerEnricher
 from collector.envelopes import Outgoing, context_env
+from collector.exec_files import ExecFile, exec_plan
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
@@ -33,8 +34,6 @@ from collector.object_files import (
     FileJob,
     FileStreamer,
     FillJob,
-    exec_candidates,
-    is_memfd,
 )
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
@@ -193,7 +192,20 @@ class Collector:
         self._probes.attach()
         # the cgroups made between the walk at load and the attach of cgroup_mkdir
         self._put_cgroups()
+        if self._config.pcap.enabled:
+            self._adopt_sockets()
         self.state = "ready"
+
+    def _adopt_sockets(self) -> None:
+        """Owners for the sockets open before the capture (collector/preexisting_sockets.py),
+        taken after attach so that a socket opened meanwhile is known to the kernel either way
+        (the kernel's own owner wins)."""
+        assert self._probes is not None
+        for pid, cookie in self._host.socket_cookies():
+            adopted = self._probes.adopt_socket(pid, cookie)
+            self.counters[f"sockets_{adopted.result}"] += 1
+            if adopted.result == "owned":
+                self._send(self._packets.on_adopted(adopted))
 
     def _on_record(self, raw: bytes | memoryview) -> None:
         """One ring-buffer record. ``raw`` may be a view of ring memory, valid only during this
@@ -230,7 +242,7 @@ class Collector:
             return self._objects.on_data(records.decode_file_data(raw), now)
         if kind == records.REC_EXEC_EVENT:
             self.counters["events"] += 1
-            return self._on_exec(records.decode_exec_event(raw))
+            return self._on_exec(records.decode_exec_event(raw), now)
         if kind in _OBJECT_DECODERS:
             self.counters["events"] += 1
             return self._on_object(_OBJECT_DECODERS[kind](raw), now)
@@ -240,46 +252,44 @@ class Collector:
         self._next_obj_id += 1
         return self._next_obj_id
 
-    def _on_exec(self, ev: records.ExecEvent) -> list[Outgoing]:
-        """Publish the exec event; open the binary now (the process may be gone soon)."""
-        link = self._host.exe_link(ev.hdr.pid)
-        memfd = is_memfd(link)
+    def _on_exec(self, ev: records.ExecEvent, now: int) -> list[Outgoing]:
+        """Publish the exec event and capture its files (collector/exec_files.py): from the
+        kernel's copy when it sent one, else opened now (the process may be gone soon)."""
         container = self._containers.container_of(ev.hdr.cgroup_id)
-        env = context_env(ev.hdr, self._boot_to_epoch, container) | {
-            "path": link if memfd else ev.filename,
-            "exe_path": ev.exe_path or link,
-            "stdin_mode": ev.stdin_mode,
-            "stdin_path": ev.stdin_path,
-            "from_kernel": ev.from_kernel,
-            "argv": list(ev.argv),
-            "argv_truncated": ev.argv_truncated,
-            "dev": ev.dev,
-            "inode": ev.inode,
-            "ctime": ev.ctime,
-            "mode": ev.mode,
-            "memfd": memfd,
-        }
-        out = [Outgoing(bus.TOPIC_PROC, dict(env, event="exec"), None)]
+        proc, files = exec_plan(ev, context_env(ev.hdr, self._boot_to_epoch, container))
+        out = [Outgoing(bus.TOPIC_PROC, dict(proc, event="exec"), None)]
         if not self._config.exec:
             return out
-        key = (ev.hdr.cgroup_id, ev.dev, ev.inode, ev.ctime)
-        if key in self._exec_seen:
-            return out
-        self._exec_seen[key] = None
-        if len(self._exec_seen) > EXEC_SEEN_MAX:
-            del self._exec_seen[next(iter(self._exec_seen))]
-        env |= {"obj_id": self._new_obj_id(), "obj_off": 0}
-        fd, why = self._host.open_verified(
-            exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode
-        )
+        for f in files:
+            out += self._capture_exec_file(f, now)
+        return out
+
+    def _capture_exec_file(self, f: ExecFile, now: int) -> list[Outgoing]:
+        if f.copy is not None:
+            # every copy is published (the kernel sent it): the writer deduplicates
+            env = f.env | {"obj_off": 0, "source": "page_cache"}
+            return self._objects.on_event(f.copy.obj_id, bus.TOPIC_EXEC, env, f.size,
+                                          f.copy.captured, now)  # fmt: skip
+        if not f.error:
+            if f.key in self._exec_seen:
+                return []
+            self._exec_seen[f.key] = None
+            if len(self._exec_seen) > EXEC_SEEN_MAX:
+                del self._exec_seen[next(iter(self._exec_seen))]
+        env = f.env | {"obj_id": self._new_obj_id(), "obj_off": 0, "source": "file"}
+        if f.error:
+            self.counters["exec_unreadable"] += 1
+            return [Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
+                                                    "error": f.error}, None)]  # fmt: skip
+        _cgroup, dev, inode, _ctime = f.key
+        fd, why = self._host.open_verified(f.candidates, dev, inode)
         if fd is None:
             self.counters["exec_unreadable"] += 1
-            out.append(Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
-                                                       "error": why}, None))  # fmt: skip
-            return out
+            return [Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
+                                                    "error": why}, None)]  # fmt: skip
         size = self._host.file_size(fd)
         self._files.add(FileJob(fd, bus.TOPIC_EXEC, env | {"obj_len": size}, size))
-        return out
+        return []
 
     def _on_object(
         self, ev: records.MemEvent | records.ModuleEvent | records.BpfEvent, now: int
@@ -453,6 +463,7 @@ class Collector:
                 **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,
                 "packets_owner_unknown": self._packets.waited_in_vain,
+                "sockets_adopted": self.counters["sockets_owned"],
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
                 "bus_dropped_messages": self._pub.dropped_messages,

@@ -44,6 +44,25 @@ def argv_fields(argv: list[Any]) -> dict[str, Any]:
     return fields
 
 
+#: Optional keys of an exec message (collector/exec_files.py), as index fields: the file's role
+#: ("program", or "interpreter" and "script" for a #! execution), how it was executed
+#: (``cmdpath``, ``interp``), the other file of a #! execution, whether it was deleted, and
+#: where its bytes came from ("page_cache": read by the kernel at the exec; "file").
+_RELATION_TEXT = ("cmdpath", "interp", "interpreter_path", "script_path")
+_RELATION_PLAIN = ("role", "deleted", "source")
+
+
+def relation_fields(meta: Meta) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key in _RELATION_PLAIN:
+        if isinstance(meta.get(key), str | bool):
+            fields[key] = meta[key]
+    for key in _RELATION_TEXT:
+        if isinstance(meta.get(key), bytes):
+            fields |= text_fields(key, meta[key])
+    return fields
+
+
 def _int(record: dict[str, Any], key: str) -> int:
     value = record[key]
     if type(value) is not int:
@@ -75,7 +94,7 @@ class ExecWriter(ObjectWriter):
         )
 
     def index_fields(self, meta: Meta) -> dict[str, Any]:
-        return {
+        fields = {
             **text_fields("source_path", meta["path"]),
             **argv_fields(meta["argv"]),
             "dev": meta["dev"],
@@ -84,3 +103,4 @@ class ExecWriter(ObjectWriter):
             "mode": meta["mode"],
             "memfd": meta["memfd"],
         }
+        return fields | relation_fields(meta)

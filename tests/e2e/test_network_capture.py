@@ -446,3 +446,72 @@ def test_a_killed_pcap_writer_counts_what_it_held_as_lost(tracecap, workdir: Pat
     lost = int(re.search(r"kernel ring buffer (\d+) records", run.stderr).group(1))
     assert captured < 2 * n  # the kill did lose packets...
     assert captured + gaps + lost >= 2 * n, (captured, gaps, lost)  # ...and they are counted
+
+
+def handshake(reference: list[tuple[int, bytes]], port: int) -> list[bytes]:
+    """The server side of the first TCP handshake to ``port`` in tcpdump's packets: the SYN in,
+    the SYN-ACK out and the ACK that completes it."""
+    segments = [(data, dpkt.ip.IP(data).data) for _, data in reference]
+    segments = [(d, t) for d, t in segments if isinstance(t, dpkt.tcp.TCP)]
+    syn = next(d for d, t in segments if t.dport == port and t.flags == dpkt.tcp.TH_SYN)
+    client = dpkt.ip.IP(syn).data.sport
+    synack = next(d for d, t in segments if t.sport == port and t.dport == client and
+                  t.flags == dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK)  # fmt: skip
+    ack = next(d for d, t in segments if t.dport == port and t.sport == client and
+               t.flags == dpkt.tcp.TH_ACK and not t.data)  # fmt: skip
+    return [syn, synack, ack]
+
+
+@pytest.mark.parametrize("scoped", [False, True], ids=["everything", "scope-pid"])
+def test_a_server_listening_before_the_capture_owns_its_handshakes(
+    tracecap, workdir: Path, scoped: bool
+):
+    """A real HTTP server started before the capture: its listening socket never sends or
+    receives, so only the collector's walk of /proc at start can name its owner. The server
+    side of curl's handshake (SYN in, SYN-ACK out, ACK in, as tcpdump saw them, byte for byte)
+    is in the server's own per-process and per-command pcaps, attributed to it, in time order.
+    With ``--scope pid=SERVER`` the kernel decides the adopted owner is in scope (and curl's
+    own copies of the packets are not)."""
+    a, b, c = secrets.randbelow(180) + 64, secrets.randbelow(254) + 1, secrets.randbelow(252) + 2
+    addr = f"127.{a}.{b}.{c}"
+    www = workdir / "www"
+    www.mkdir()
+    (www / "page.bin").write_bytes(secrets.token_bytes(5000))
+    server, port = start_http_server(addr, www)
+    try:
+        scope = ["--scope", f"pid={server.pid}"] if scoped else []
+        run = tracecap("--capture", "network", "--capture", "pcap:single,process,command",
+                       "--capture", "pcap-snaplen:max", *scope)  # fmt: skip
+        dump = workdir / "tcpdump.pcap"
+        tcpdump = start_tcpdump(dump, addr)
+        got = workdir / "got"
+        subprocess.run(["curl", "-sS", "--max-time", "20", "-o", str(got),
+                        f"http://{addr}:{port}/page.bin"], check=True, timeout=30)  # fmt: skip
+        assert got.read_bytes() == (www / "page.bin").read_bytes()
+        time.sleep(0.5)
+        tcpdump.terminate()
+        tcpdump.communicate(timeout=10)
+        run.stop()
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert run.returncode == 0, run.stderr
+
+    wanted = handshake(tcpdump_packets(dump), port)
+    directions = ["ingress", "egress", "ingress"]
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()  # the server runs this python
+    mine = list((run.out_dir / "pcap" / "processes" / "host").glob(f"*_{server.pid}_*.pcap"))
+    assert len(mine) == 1, mine  # the main thread: the listener's owner, one start time
+    for path in (mine[0], run.out_dir / "pcap" / "commands" / "host" / f"{comm}.pcap"):
+        assert capinfos_strict_order(path), path
+        packets = [(data, comment) for _, data, _, comment in read_pcap(path)]
+        got_hs = [(data, comment) for data, comment in packets if data in wanted]
+        assert [data for data, _ in got_hs] == wanted, path
+        for (_, comment), direction in zip(got_hs, directions, strict=True):
+            assert comment.startswith(f"pid={server.pid} "), comment
+            assert comment.endswith(f"direction={direction}"), comment
+    single = [(data, comment) for _, data, _, comment in read_pcap(run.out_dir / "pcap" /
+              "single.pcap") if data in wanted]  # fmt: skip
+    assert not [c for _, c in single if c.startswith("pid=0 ")], single
+    if scoped:
+        assert {c.split(" ", 1)[0] for _, c in single} == {f"pid={server.pid}"}, single

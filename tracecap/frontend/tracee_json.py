@@ -185,10 +185,15 @@ def file_events(
 
 
 def exec_event(env: dict[str, Any]) -> dict[str, Any]:
-    """sched_process_exec: ``cmdpath`` is the path execve was given, ``pathname`` the file that
-    runs, as the kernel resolved it at the exec (else the given path)."""
-    cmdpath = text_field(env["path"])
+    """sched_process_exec: ``cmdpath`` is the path execve was given (a #! script's name),
+    ``pathname`` and its identity the file that runs, as the kernel resolved it at the exec (the
+    interpreter of a #! script, as Tracee has it), ``interp`` what the #! line named (else the
+    given path, as the kernel's bprm->interp). ``interpreter_*`` name the #! interpreter when
+    there is one and are zero values otherwise: Tracee fills them with the ELF program
+    interpreter (ld.so), which tracecap does not record (README)."""
+    cmdpath = text_field(env.get("cmdpath", env["path"]))
     pathname = text_field(env.get("exe_path") or env["path"])
+    script = env.get("interp") is not None
     args = _args(
         "sched_process_exec",
         cmdpath,
@@ -197,12 +202,12 @@ def exec_event(env: dict[str, Any]) -> dict[str, Any]:
         env["inode"],
         env["ctime"],
         env["mode"],
-        "",  # interpreter_pathname: not collected (README)
-        0,
-        0,
-        0,
+        pathname if script else "",  # interpreter_pathname
+        env["dev"] if script else 0,
+        env["inode"] if script else 0,
+        env["ctime"] if script else 0,
         [text_field(a) for a in env["argv"]],
-        cmdpath,  # interp: bprm->interp, the given path unless a script's interpreter ran
+        text_field(env["interp"]) if script else cmdpath,  # interp: bprm->interp
         inode_type(env.get("stdin_mode", 0)),
         text_field(env.get("stdin_path", b"")),
         int(env.get("from_kernel", False)),

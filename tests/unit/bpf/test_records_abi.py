@@ -192,6 +192,17 @@ DEFINES = [
     ("TC_PROG_NAME_LEN", records.PROG_NAME_LEN),
     ("TC_EXEC_ARGV_TRUNCATED", records.EXEC_ARGV_TRUNCATED),
     ("TC_EXEC_FILENAME_TRUNCATED", records.EXEC_FILENAME_TRUNCATED),
+    ("TC_EXEC_MEMFD", records.EXEC_MEMFD),
+    ("TC_EXEC_DELETED", records.EXEC_DELETED),
+    ("TC_EXEC_COPIED", records.EXEC_COPIED),
+    ("TC_EXEC_SCRIPT", records.EXEC_SCRIPT),
+    ("TC_EXEC_SCRIPT_FILE", records.EXEC_SCRIPT_FILE),
+    ("TC_EXEC_SCRIPT_MEMFD", records.EXEC_SCRIPT_MEMFD),
+    ("TC_EXEC_SCRIPT_DELETED", records.EXEC_SCRIPT_DELETED),
+    ("TC_EXEC_SCRIPT_COPIED", records.EXEC_SCRIPT_COPIED),
+    ("TC_EXEC_SCRIPT_PATH_TRUNCATED", records.EXEC_SCRIPT_PATH_TRUNCATED),
+    ("TC_EXEC_INTERP_TRUNCATED", records.EXEC_INTERP_TRUNCATED),
+    ("TC_EXEC_PATH_TRUNCATED", records.EXEC_PATH_TRUNCATED),
     ("TC_EXEC_FROM_KERNEL", records.EXEC_FROM_KERNEL),
     ("TC_MOD_MAPPED", records.MOD_MAPPED),
     ("TC_MOD_MAP_SHARED", records.MOD_MAP_SHARED),
@@ -310,6 +321,13 @@ def test_module_syscall_enum_names_the_python_syscalls():
     assert names == records.MODULE_SYSCALLS
 
 
+def test_adopt_result_enum():
+    members = _enum("tc_adopt_result")
+    assert [value for _, value in members] == list(range(len(members)))
+    names = tuple(ident.removeprefix("TC_ADOPT_").lower() for ident, _ in members)
+    assert names == records.ADOPT_RESULTS
+
+
 #: Every enum of records.h and the test that checks it against bpf/records.py.
 CHECKED_ENUMS = {
     "tc_record_kind": test_record_kind_enum,
@@ -323,6 +341,7 @@ CHECKED_ENUMS = {
     "tc_syscall": test_syscall_enum_order,
     "tc_direction": test_direction_enum,
     "tc_counter": test_counter_enum_order,
+    "tc_adopt_result": test_adopt_result_enum,
 }
 
 

@@ -36,12 +36,12 @@ def test_exec_event():
 
 def test_exec_event_says_stdins_type_and_a_kernel_parent():
     raw = build.exec_event(
-        **HDR, stdin_mode=0o020000, flags=records.EXEC_FROM_KERNEL, exe_path=b"/usr/bin/dd\0x",
-        exe_path_len=11, stdin_path=b"/dev/null", stdin_path_len=9,
+        **HDR, stdin_mode=0o020000, flags=records.EXEC_FROM_KERNEL, path=b"/usr/bin/dd\0x",
+        path_len=11, stdin_path=b"/dev/null", stdin_path_len=9,
     )  # fmt: skip
     ev = records.decode_exec_event(raw)
     assert (ev.stdin_mode, ev.from_kernel, ev.argv_truncated) == (0o020000, True, False)
-    assert (ev.exe_path, ev.stdin_path) == (b"/usr/bin/dd", b"/dev/null")
+    assert (ev.path, ev.stdin_path) == (b"/usr/bin/dd", b"/dev/null")
 
 
 def test_exec_event_is_cut_at_its_lengths():

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bpf import records
-from collector import service
+from collector import exec_files, service
 from collector.cgroup_rules import CgroupState
 from collector.containers import DEFAULT
 from collector.enricher import ContainerEnricher
@@ -79,13 +79,18 @@ def obj_data(obj_id: int, data: bytes) -> bytes:
     return build.file_data(obj_id, 0, data, kind=records.REC_OBJ_DATA)
 
 
+def obj_data_at(obj_id: int, off: int, data: bytes, **values: Any) -> bytes:
+    return build.file_data(obj_id, off, data, kind=records.REC_OBJ_DATA, **values)
+
+
 def exec_event(
     *, pid: int = PID, cgroup_id: int = CGROUP, inode: int = INODE, ctime: int = CTIME,
-    filename: bytes = b"/usr/bin/app",
+    filename: bytes = b"/usr/bin/app", path: bytes = b"/usr/bin/app", **values: Any,
 ) -> bytes:  # fmt: skip
     return build.exec_event(
         **(HEADER | {"pid": pid, "cgroup_id": cgroup_id}), inode=inode, ctime=ctime, dev=DEV,
-        mode=0o100755, filename=filename, argv=b"app\0-v\0",
+        mode=0o100755, filename=filename, argv=b"app\0-v\0", path=path, path_len=len(path),
+        **values,
     )  # fmt: skip
 
 
@@ -198,6 +203,13 @@ class FakeProbes:
         st = self.states.get(cgroup_id)
         return st.container_id if st is not None else None
 
+    def adopt_socket(self, pid: int, cookie: int) -> records.Adopted:
+        """The kernel's answer: cookies below 100 it knew already, others it records."""
+        self.log.append(f"adopt {pid} {cookie}")
+        if cookie < 100:
+            return records.Adopted("known", cookie, 0, 0, 0, 0, 0, False, b"")
+        return records.Adopted("owned", cookie, 77, CGROUP, pid, 1, 0, True, b"nginx")
+
     def dropped_ios(self) -> list[records.DroppedIo]:
         drops, self.drops = self.drops, []
         return drops
@@ -270,21 +282,18 @@ class FakeHost:
 
     def __init__(self) -> None:
         self.proc: dict[tuple[int, str], bytes] = {}
-        self.links: dict[int, bytes] = {}
         self.files: dict[str, Path] = {}
         self.users: dict[str, int] = {}
         self.opened: list[list[str]] = []
         self.identities: list[FileIdentity] = []
         self.changed = ""
+        self.sockets: list[tuple[int, int]] = []
 
     def read_proc(self, pid: int, name: str) -> bytes:
         try:
             return self.proc[pid, name]
         except KeyError:
             raise FileNotFoundError(f"/proc/{pid}/{name}") from None
-
-    def exe_link(self, pid: int) -> bytes:
-        return self.links.get(pid, b"")
 
     def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
         self.opened.append(list(candidates))
@@ -306,6 +315,9 @@ class FakeHost:
 
     def file_size(self, fd: int) -> int:
         return os.fstat(fd).st_size
+
+    def socket_cookies(self) -> list[tuple[int, int]]:
+        return list(self.sockets)
 
     def open_transfer_end(self, candidates: list[str], end: Any) -> tuple[int | None, str]:
         self.opened.append(list(candidates))
@@ -565,6 +577,28 @@ DISPATCH = {
 }  # fmt: skip
 
 
+def test_sockets_open_before_the_capture_get_their_owner_after_attach():
+    """A listener's handshake carries its cookie; once adopted, its packets name the owner
+    (the process's main thread), and the kernel's own owner wins."""
+    rig = Rig(config("network"))
+    rig.host.sockets = [(4000, 500), (4001, 55)]
+    collector = rig.started()
+    assert steps(rig.log)[-3:] == ["attach", "adopt 4000 500", "adopt 4001 55"]
+    rig.feed(packet(b"\x16", cookie=500))
+    msg = _one(rig.sent(bus.TOPIC_NET_PACKET))
+    assert (msg.env["pid"], msg.env["tid"], msg.env["comm"]) == (4000, 4000, b"nginx")
+    assert msg.env["start_time"] == 77 + rig.time.clock().boot_to_epoch_ns()
+    assert (collector.counters["sockets_owned"], collector.counters["sockets_known"]) == (1, 1)
+    stop(collector)
+
+
+def test_without_network_capture_no_socket_is_adopted():
+    rig = Rig(config("write"))
+    rig.host.sockets = [(4000, 500)]
+    stop(rig.started())
+    assert not any(str(s).startswith("adopt") for s in steps(rig.log))
+
+
 def test_every_record_kind_has_a_dispatch_case():
     kinds = {value for name, value in vars(records).items() if name.startswith("REC_")}
     assert set(DISPATCH) == kinds
@@ -659,14 +693,93 @@ def test_an_unreadable_binary_is_reported_and_not_retried(tmp_path):
     assert len(rig.host.opened) == 1
 
 
-def test_a_memfd_binary_is_named_by_its_link_and_opened_only_through_proc(tmp_path):
+MEMFD = records.EXEC_MEMFD | records.EXEC_DELETED
+
+
+def test_a_memfd_binary_is_named_by_the_kernels_path_and_opened_only_through_proc(tmp_path):
     rig, collector = exec_rig(tmp_path, "exec")
-    rig.host.links[PID] = b"/memfd:payload (deleted)"
-    rig.feed(exec_event(filename=b"/dev/fd/3"))
+    rig.feed(exec_event(filename=b"/dev/fd/3", path=b"memfd:payload", flags=MEMFD))
     stop(collector)
     [proc] = rig.sent(bus.TOPIC_PROC)
-    assert (proc.env["path"], proc.env["memfd"]) == (b"/memfd:payload (deleted)", True)
+    assert (proc.env["path"], proc.env["memfd"]) == (b"/memfd:payload", True)
+    assert (proc.env["deleted"], proc.env["cmdpath"]) == (True, b"/dev/fd/3")
     assert rig.host.opened == [["/proc/4242/exe"]]
+
+
+def test_a_memfd_copied_by_the_kernel_is_published_from_its_chunks_not_opened(tmp_path):
+    """The process may be gone: the kernel read the memfd's pages at the exec."""
+    rig, collector = exec_rig(tmp_path, "exec")
+    binary = b"\x7fELF" + bytes(range(200)) * 30
+    flags = MEMFD | records.EXEC_COPIED
+    event = exec_event(filename=b"/dev/fd/3", path=b"memfd:x", flags=flags, size=len(binary),
+                       obj_id=900, captured=len(binary))  # fmt: skip
+    rig.feed(
+        event,
+        obj_data(900, binary[:4096]),
+        obj_data_at(900, 4096, b"", flags=records.DATA_UNREADABLE, want=1000),
+        obj_data_at(900, 5096, binary[5096:]),
+    )
+    stop(collector)
+    assert rig.host.opened == []
+    messages = rig.sent(bus.TOPIC_EXEC)
+    got = bytearray(len(binary))
+    for m in messages:
+        if m.payload:
+            got[m.env["obj_off"] : m.env["obj_off"] + len(m.payload)] = m.payload
+    assert got[:4096] == binary[:4096] and got[5096:] == binary[5096:]
+    last = messages[-1].env
+    assert (last["last"], last["lost"], last["source"]) == (True, [[4096, 5096]], "page_cache")
+    assert (last["obj_id"], last["obj_len"], last["memfd"]) == (900, len(binary), True)
+
+
+def script_event(**values: Any) -> bytes:
+    """./run.sh started by its #! line (/bin/sh), the kernel running /usr/bin/dash."""
+    fields = {
+        "filename": b"./run.sh", "path": b"/usr/bin/dash", "interp": b"/bin/sh", "interp_len": 7,
+        "script_inode": 77, "script_dev": DEV, "script_ctime": 88, "script_mode": 0o100755,
+        "script_size": 30, "script_path": b"/home/u/run.sh", "script_path_len": 14,
+        "flags": records.EXEC_SCRIPT | records.EXEC_SCRIPT_FILE,
+    }  # fmt: skip
+    return exec_event(**(fields | values))
+
+
+def test_a_script_is_captured_as_interpreter_and_script_each_under_its_own_name(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    (tmp_path / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    rig.host.files["/home/u/run.sh"] = tmp_path / "run.sh"
+    rig.host.files["/proc/4242/exe"] = tmp_path / "app"
+    rig.feed(script_event(), script_event(script_inode=78, pid=PID + 1))
+    stop(collector)
+    [proc, _] = rig.sent(bus.TOPIC_PROC)
+    assert (proc.env["path"], proc.env["cmdpath"], proc.env["interp"]) == (
+        b"/usr/bin/dash",
+        b"./run.sh",
+        b"/bin/sh",
+    )
+    assert (proc.env["script_path"], proc.env["script_inode"]) == (b"/home/u/run.sh", 77)
+    firsts = [m.env for m in rig.sent(bus.TOPIC_EXEC) if m.env["obj_off"] == 0]
+    roles = [(e["role"], e["path"], e["inode"]) for e in firsts]
+    # the interpreter once; each script (another inode: another script) on its own
+    assert roles == [("interpreter", b"/usr/bin/dash", INODE), ("script", b"/home/u/run.sh", 77),
+                     ("script", b"/home/u/run.sh", 78)]  # fmt: skip
+    assert rig.host.opened == [["/proc/4242/exe", "/usr/bin/dash"],
+                               ["/home/u/run.sh", "/proc/4242/cwd/./run.sh"],
+                               ["/home/u/run.sh", "/proc/4243/cwd/./run.sh"]]  # fmt: skip
+    for e in firsts:
+        assert (e["interpreter_path"], e["script_path"]) == (b"/usr/bin/dash", b"/home/u/run.sh")
+
+
+def test_a_script_whose_file_the_kernel_did_not_find_says_so(tmp_path):
+    rig, collector = exec_rig(tmp_path, "exec")
+    rig.host.files["/proc/4242/exe"] = tmp_path / "app"
+    rig.feed(script_event(flags=records.EXEC_SCRIPT))
+    stop(collector)
+    [failed] = [m.env for m in rig.sent(bus.TOPIC_EXEC) if m.env["role"] == "script"]
+    assert (failed["ok"], failed["path"], failed["error"]) == (
+        False,
+        b"./run.sh",
+        exec_files.SCRIPT_NOT_FOUND,
+    )
 
 
 def test_exec_dedup_forgets_the_oldest_past_its_bound(tmp_path, monkeypatch):

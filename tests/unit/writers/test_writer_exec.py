@@ -198,3 +198,26 @@ def test_the_containers_names_are_in_the_index(h: Harness) -> None:
     (rec,) = h.records()
     assert {k: rec.get(k) for k in named} == named
     assert "pod_uid" not in rec
+
+
+def test_a_script_and_its_interpreter_are_two_artifacts_each_named_after_itself(
+    h: Harness,
+) -> None:
+    relation = {"cmdpath": b"./run.sh", "interp": b"/bin/sh",
+                "interpreter_path": b"/usr/bin/dash", "script_path": b"/home/u/run.sh"}  # fmt: skip
+    script = b"#!/bin/sh\necho hi\n"
+    h.run(path=b"/usr/bin/dash", role="interpreter", source="file", deleted=False, **relation)
+    h.run(script, obj_id=2, path=b"/home/u/run.sh", inode=78, role="script",
+          source="page_cache", deleted=True, **relation)  # fmt: skip
+    dash, run = h.records()
+    assert (dash["path"], run["path"]) == ("host/exec.1000.dash", "host/exec.1000.run.sh")
+    assert (h.root / run["path"]).read_bytes() == script
+    assert (dash["role"], run["role"], run["source"], run["deleted"]) == (
+        "interpreter",
+        "script",
+        "page_cache",
+        True,
+    )
+    for rec in (dash, run):
+        assert (rec["cmdpath"], rec["interp"]) == ("./run.sh", "/bin/sh")
+        assert (rec["interpreter_path"], rec["script_path"]) == ("/usr/bin/dash", "/home/u/run.sh")

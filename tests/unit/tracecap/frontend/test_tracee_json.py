@@ -281,3 +281,40 @@ def test_a_mem_message_without_alert_prints_nothing():
                                             (4, "PROT_EXEC")])  # fmt: skip
 def test_tracee_prot(prot, text):
     assert tracee_json.tracee_prot(prot) == text
+
+
+def _args(event: dict) -> dict:
+    return {a["name"]: a["value"] for a in checked(event)["args"]}
+
+
+def test_a_script_exec_names_script_interpreter_and_interp_as_tracee_does():
+    env = proc_env(path=b"/usr/bin/dash", exe_path=b"/usr/bin/dash", cmdpath=b"./run.sh",
+                   interp=b"/bin/sh", dev=7, inode=8, ctime=9, cpu=0,
+                   argv=[b"/bin/sh", b"./run.sh", b"x"])  # fmt: skip
+    (event,) = events_for(bus.Message(bus.TOPIC_PROC, env, b""), ("sched_process_exec",))
+    args = _args(event)
+    assert (args["cmdpath"], args["pathname"], args["interp"]) == (
+        "./run.sh",
+        "/usr/bin/dash",
+        "/bin/sh",
+    )
+    assert (args["interpreter_pathname"], args["interpreter_dev"], args["interpreter_inode"],
+            args["interpreter_ctime"]) == ("/usr/bin/dash", 7, 8, 9)  # fmt: skip
+    assert args["argv"] == ["/bin/sh", "./run.sh", "x"]
+
+
+def test_a_plain_exec_has_no_interpreter_and_interp_is_its_name():
+    env = proc_env(path=b"/usr/bin/true", exe_path=b"/usr/bin/true", cmdpath=b"/usr/bin/true",
+                   cpu=0)  # fmt: skip
+    (event,) = events_for(bus.Message(bus.TOPIC_PROC, env, b""), ())
+    args = _args(event)
+    assert (args["cmdpath"], args["interp"], args["interpreter_pathname"]) == (
+        "/usr/bin/true",
+        "/usr/bin/true",
+        "",
+    )
+    assert (args["interpreter_dev"], args["interpreter_inode"], args["interpreter_ctime"]) == (
+        0,
+        0,
+        0,
+    )
