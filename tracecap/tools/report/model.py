@@ -89,6 +89,8 @@ class Process:
     argv: list[str] = field(default_factory=list)
     uid: int | None = None
     container_id: str = ""
+    #: the runtime's name of the container (index ``container_name``), "" when not known
+    container_name: str = ""
     start: int | None = None
     end: int | None = None
     execs: list[Record] = field(default_factory=list)
@@ -109,6 +111,8 @@ class Process:
             self.comm = text(record, "comm")
         if not self.container_id:
             self.container_id = text(record, "container_id")
+        if not self.container_name:
+            self.container_name = text(record, "container_name")
 
 
 def processes(artifacts: Iterable[Record], events: Iterable[Record]) -> dict[int, Process]:

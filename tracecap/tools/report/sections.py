@@ -80,8 +80,11 @@ def when(ns: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + f".{rest // 1_000_000:03d}"
 
 
-def container_label(container_id: str) -> str:
-    return container_id[:12] if container_id else "host"
+def container_label(container_id: str, name: str = "") -> str:
+    """The short id ("host" outside containers), after the runtime's name when known."""
+    if not container_id:
+        return "host"
+    return f"{name} ({container_id[:12]})" if name else container_id[:12]
 
 
 def missing_bytes(record: Record) -> int:
@@ -283,7 +286,7 @@ def process_summary(p: Process) -> str:
         f'<span class="comm">{esc(p.comm)}</span>',
         f'<span class="argv">{esc(argv)}</span>' if argv else "",
         f"uid {esc(p.uid)}" if p.uid is not None else "",
-        f'<span class="ctr">{esc(container_label(p.container_id))}</span>',
+        f'<span class="ctr">{esc(container_label(p.container_id, p.container_name))}</span>',
         f"{esc(when(p.start))} {DASH} {esc(when(p.end))}",
     ]
     return " ".join(part for part in parts if part)

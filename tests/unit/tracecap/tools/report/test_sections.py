@@ -201,3 +201,11 @@ def test_overview_counts_and_window() -> None:
     assert "<th>hosts</th><td>&lt;b&gt;h1&lt;/b&gt;</td>" in html
     assert "2023-11-14 22:13:19.000 \N{EN DASH} 2023-11-14 22:13:21.000 UTC" in html
     assert "<th>written files</th><td>1</td>" in html and "<th>processes</th><td>2</td>" in html
+
+
+def test_a_process_in_a_named_container_shows_the_name_and_the_short_id() -> None:
+    cid = "ab" * 32
+    p = model.Process(pid=5, comm="nginx", container_id=cid)
+    p.seen({"ts": T0, "container_id": cid, "container_name": "<web>"})
+    assert '<span class="ctr">&lt;web&gt; (abababababab)</span>' in sections.process_summary(p)
+    assert sections.container_label("", "ignored") == "host"
