@@ -8,7 +8,10 @@ source of truth for the bridge, the remote writers and ``tracecap status --nats`
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import ssl
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,3 +116,22 @@ async def connect(
     if tls is not None:
         kwargs["tls"] = tls
     return await nats.connect(**kwargs)
+
+
+def run_until_signalled(
+    body: Callable[[asyncio.Event], Awaitable[int]], stop: threading.Event | None = None
+) -> int:
+    """Run ``body(done)`` in a new event loop; ``done`` is set by SIGTERM/SIGINT (when called
+    from the main thread, where asyncio can take signals) or once ``stop`` is set (tests)."""
+
+    async def main() -> int:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, done.set)
+        if stop is not None:
+            loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
+        return await body(done)
+
+    return asyncio.run(main())

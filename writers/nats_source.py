@@ -29,7 +29,6 @@ import contextlib
 import inspect
 import json
 import os
-import signal
 import socket
 import sys
 import threading
@@ -41,7 +40,7 @@ from typing import Any
 import msgpack
 
 from tracecap import fleet, kinds
-from tracecap.natsconn import NatsOptions, connect
+from tracecap.natsconn import NatsOptions, connect, run_until_signalled
 from tracecap.privileges import drop_privileges
 from writers.acks import AckLedger, Delivery
 from writers.base import Subscriber
@@ -396,14 +395,4 @@ def run_nats_writer(
     if drop_to is not None:
         drop_privileges(drop_to)
 
-    async def main() -> int:
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, done.set)
-        if stop is not None:
-            loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
-        return await NatsSource(config, log=log).run(done)
-
-    return asyncio.run(main())
+    return run_until_signalled(lambda done: NatsSource(config, log=log).run(done), stop)

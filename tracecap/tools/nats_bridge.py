@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import signal
 import socket
 import sys
 import threading
@@ -36,7 +35,7 @@ import zmq.asyncio
 
 from tracecap import bus, fleet
 from tracecap.link import MAX_FRAME_BYTES
-from tracecap.natsconn import NatsOptions, connect
+from tracecap.natsconn import NatsOptions, connect, run_until_signalled
 from tracecap.privileges import drop_privileges
 from tracecap.tools.spool import Entry, Spool
 
@@ -324,17 +323,7 @@ def run_nats_bridge(
     if drop_to is not None:
         drop_privileges(drop_to)
 
-    async def main() -> int:
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, done.set)
-        if stop is not None:
-            loop.run_in_executor(None, lambda: (stop.wait(), loop.call_soon_threadsafe(done.set)))
-        return await NatsBridge(config, log=log).run(done)
-
-    return asyncio.run(main())
+    return run_until_signalled(lambda done: NatsBridge(config, log=log).run(done), stop)
 
 
 def host_name(given: str | None) -> str:
