@@ -65,9 +65,9 @@ def tracecap_user() -> pwd.struct_passwd:
 
 def test_only_the_collector_runs_as_root(tracecap, workdir: Path, tracecap_user) -> None:
     run = tracecap("--capture", f"write={workdir}/*", "--capture", "exec")
-    programs = {
-        name: running_pid(run, name) for name in ("collector", "writer-file", "writer-exec")
-    }
+    # writer-events (events.jsonl) runs in every deployment
+    writers = ("writer-file", "writer-exec", "writer-events")
+    programs = {name: running_pid(run, name) for name in ("collector", *writers)}
     supervisord = int((run.run_dir / "supervisord.pid").read_text())
     # Nothing else runs under supervisord than the programs it reports.
     assert children_of(supervisord) == set(programs.values()), programs
@@ -79,7 +79,7 @@ def test_only_the_collector_runs_as_root(tracecap, workdir: Path, tracecap_user)
     collector = proc_status(f"/proc/{programs['collector']}/status")
     assert ids(collector["Uid"]) == [0, 0, 0, 0], collector["Uid"]
 
-    for name in ("writer-file", "writer-exec"):
+    for name in writers:
         tasks = task_statuses(programs[name])
         assert len(tasks) >= 1
         for tid, st in tasks.items():
