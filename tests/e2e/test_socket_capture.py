@@ -33,14 +33,17 @@ def _sockets(run, kind: str, pid: int, syscall: str) -> list[dict]:
     ]  # fmt: skip
 
 
-def _one(run, kind: str, pid: int, syscall: str, rec: dict | None = None) -> tuple[dict, bytes]:
-    """The one socket artifact of ``pid`` written with ``syscall`` (or ``rec``), complete."""
-    if rec is None:
-        found = _sockets(run, kind, pid, syscall)
-        assert len(found) == 1, (kind, pid, syscall, run.records(kind))
-        rec = found[0]
+def _whole(run, rec: dict) -> bytes:
+    """The bytes of the artifact ``rec`` indexes, which must be complete."""
     assert rec["complete"] is True and rec["missing"] == [], rec
-    return rec, (run.out_dir / rec["path"]).read_bytes()
+    return (run.out_dir / rec["path"]).read_bytes()
+
+
+def _one(run, kind: str, pid: int, syscall: str) -> bytes:
+    """The bytes of the one socket artifact of ``pid`` moved with ``syscall``, complete."""
+    found = _sockets(run, kind, pid, syscall)
+    assert len(found) == 1, (kind, pid, syscall, run.records(kind))
+    return _whole(run, found[0])
 
 
 def test_curl_and_http_server_send_and_recv(tracecap, workdir: Path) -> None:
@@ -71,13 +74,13 @@ def test_curl_and_http_server_send_and_recv(tracecap, workdir: Path) -> None:
     got = curl.stdout
     assert got.endswith(body)
     curl_pid = int(next(r["pid"] for r in run.records("read") if r["comm"] == "curl"))
-    _, response = _one(run, "write", server.pid, "sendto")
+    response = _one(run, "write", server.pid, "sendto")
     assert response == got, (len(response), len(got), response[:200], got[:200])
-    _, received = _one(run, "read", curl_pid, "recvfrom")
+    received = _one(run, "read", curl_pid, "recvfrom")
     assert received == got
-    _, request = _one(run, "write", curl_pid, "sendto")
+    request = _one(run, "write", curl_pid, "sendto")
     assert request.startswith(b"GET /f.bin HTTP/1.1\r\n") and request.endswith(b"\r\n\r\n")
-    _, request_read = _one(run, "read", server.pid, "recvfrom")
+    request_read = _one(run, "read", server.pid, "recvfrom")
     assert request_read == request
 
 
@@ -167,13 +170,11 @@ def test_dnsmasq_recvmsg_and_sendmsg_match_the_packets(tracecap, workdir: Path) 
     assert len(queries) == len(replies) == len(digs)
     # dnsmasq also talks to the kernel over netlink with recvmsg: its UDP socket is the one
     # artifact holding the queries
-    reads = [_one(run, "read", dnsmasq.pid, "recvmsg", rec) for rec in
-             _sockets(run, "read", dnsmasq.pid, "recvmsg")]  # fmt: skip
-    writes = [_one(run, "write", dnsmasq.pid, "sendmsg", rec) for rec in
-              _sockets(run, "write", dnsmasq.pid, "sendmsg")]  # fmt: skip
-    assert [data for _, data in reads].count(b"".join(queries)) == 1, [len(d) for _, d in reads]
-    assert [data for _, data in writes].count(b"".join(replies)) == 1, [len(d) for _, d in writes]
+    reads = [_whole(run, rec) for rec in _sockets(run, "read", dnsmasq.pid, "recvmsg")]
+    writes = [_whole(run, rec) for rec in _sockets(run, "write", dnsmasq.pid, "sendmsg")]
+    assert reads.count(b"".join(queries)) == 1, [len(d) for d in reads]
+    assert writes.count(b"".join(replies)) == 1, [len(d) for d in writes]
     # dig sends its query with sendmmsg (one message) and reads the answer with recvmsg
     for (pid, _), query, reply in zip(digs, queries, replies, strict=True):
-        assert _one(run, "write", pid, "sendmmsg")[1] == query
-        assert _one(run, "read", pid, "recvmsg")[1] == reply
+        assert _one(run, "write", pid, "sendmmsg") == query
+        assert _one(run, "read", pid, "recvmsg") == reply
