@@ -518,12 +518,19 @@ TC_IO_PROBES(preadv2, TC_SYS_PREADV2, TC_DIR_READ, 1, (__s64)ctx->args[3])
  * A receive with MSG_PEEK leaves the bytes queued for the next one (dnsmasq peeks at each
  * datagram's size first): only the receive that consumes them is captured. */
 #define TC_MSG_PEEK 2
+
+/* A receive that leaves its bytes queued: it moves nothing, and is not captured. */
+static __always_inline bool tc_peeks(__u8 dir, __u64 flags)
+{
+    return dir == TC_DIR_READ && (flags & TC_MSG_PEEK);
+}
+
 TC_IO_PROBES(sendto, TC_SYS_SENDTO, TC_DIR_WRITE, 0, -1)
 
 SEC("tp/syscalls/sys_enter_recvfrom")
 int tc_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
 {
-    if (ctx->args[3] & TC_MSG_PEEK)
+    if (tc_peeks(TC_DIR_READ, ctx->args[3]))
         return 0;
     return tc_io_enter(ctx, TC_SYS_RECVFROM, TC_DIR_READ, 0, -1);
 }
@@ -549,7 +556,7 @@ static __always_inline void tc_msg_iov(struct tc_io_args *a, const void *umsg)
 static __always_inline int tc_msg_enter(struct trace_event_raw_sys_enter *ctx, __u16 sc,
                                         __u8 dir)
 {
-    if ((dir == TC_DIR_READ && (ctx->args[2] & TC_MSG_PEEK)) || !tc_in_scope())
+    if (tc_peeks(dir, ctx->args[2]) || !tc_in_scope())
         return 0;
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     struct tc_io_args a = {
@@ -633,7 +640,7 @@ static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
     SEC("tp/syscalls/sys_enter_" #name)                                                \
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
     {                                                                                  \
-        if (dir == TC_DIR_READ && (ctx->args[flagarg] & TC_MSG_PEEK))                  \
+        if (tc_peeks(dir, ctx->args[flagarg]))                                         \
             return 0;                                                                  \
         return tc_io_enter(ctx, sc, dir, 1, -1);                                       \
     }                                                                                  \
@@ -727,7 +734,7 @@ int BPF_PROG(tc_uring_complete, struct io_ring_ctx *ring, void *reqp, struct io_
         /* a socket: a stream, so no position; the buffer (or the user's msghdr, read now
          * from the submitter's memory, which the completing task shares) is the request's */
         struct io_sr_msg *sr = (void *)&req->cmd;
-        if (op.direction == TC_DIR_READ && (BPF_CORE_READ(sr, msg_flags) & TC_MSG_PEEK))
+        if (tc_peeks(op.direction, BPF_CORE_READ(sr, msg_flags)))
             return 0;
         f = BPF_CORE_READ(sr, file);
         a.pos = -1;
