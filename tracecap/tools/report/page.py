@@ -124,8 +124,8 @@ SCRIPT = """
 
   var procData = document.getElementById("proc-data");
   var bodies = procData ? JSON.parse(procData.textContent) : {};
-  document.addEventListener("toggle", function (e) {
-    var details = e.target, list = details.querySelector("ul");
+  function openProcess(details) {
+    var list = details.querySelector("ul");
     if (!details.open || details.getAttribute("data-filled")) return;
     details.setAttribute("data-filled", "1");
     (bodies[details.getAttribute("data-pid")] || []).forEach(function (item) {
@@ -136,7 +136,10 @@ SCRIPT = """
       li.appendChild(span);
       list.appendChild(li);
     });
-  }, true);
+  }
+  document.addEventListener("toggle", function (e) { openProcess(e.target); }, true);
+  // a page saved with items open: their toggle events are queued tasks, not yet run here
+  document.querySelectorAll("details[open][data-pid]").forEach(openProcess);
 
   var svg = document.getElementById("timeline-svg");
   if (!svg) return;
