@@ -31,9 +31,12 @@ class Host:
         """Where /proc/PID/exe points, or b"" once the process is gone."""
         return exe_link(pid)
 
-    def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
-        """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""
-        return open_verified(candidates, dev, inode)
+    def open_verified(
+        self, candidates: list[str], dev: int, inode: int, ctime: int
+    ) -> tuple[int | None, str]:
+        """An fd of the first candidate that is the file (dev, inode, ctime), or (None, why
+        not)."""
+        return open_verified(candidates, dev, inode, ctime)
 
     def open_unchanged(
         self, candidates: list[str], identity: FileIdentity

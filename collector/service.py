@@ -246,7 +246,7 @@ class Collector:
             del self._exec_seen[next(iter(self._exec_seen))]
         env |= {"obj_id": self._new_obj_id(), "obj_off": 0}
         fd, why = self._host.open_verified(
-            exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode
+            exec_candidates(ev.hdr.pid, ev.filename), ev.dev, ev.inode, ev.ctime
         )
         if fd is None:
             self.counters["exec_unreadable"] += 1
