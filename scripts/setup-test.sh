@@ -6,6 +6,8 @@
 #   dnsmasq, dnsutils (dig), curl, nginx: real servers and clients (no service is started);
 #   prometheus: the real server that scrapes `tracecap exporter` (started by its test only);
 #   man-db, bash-completion: the man page and the completion script are read as users get them;
+#   btrfs-progs: a btrfs image (a file system whose stat reports another device than its
+#   superblock's) to execute binaries from;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx prometheus man-db bash-completion
+    dnsmasq dnsutils curl nginx prometheus man-db bash-completion btrfs-progs
 
 # Real kernel modules for the module capture tests: two small ones without dependencies from the
 # current bookworm kernel package (Debian 12 ships them as plain .ko), kept across runs in
