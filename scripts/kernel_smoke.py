@@ -165,6 +165,7 @@ def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tc-smoke-"))
+    work.chmod(0o711)  # the writers run as the tracecap user and must pass through
     verdicts, ready = _run(work, list(KINDS))
     if all(v.startswith("refused") for v in verdicts.values()):
         for kind in KINDS:

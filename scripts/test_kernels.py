@@ -23,7 +23,7 @@ PYTHON = PREFIX / "venv" / "bin" / "python"
 SMOKE = Path(__file__).with_name("kernel_smoke.py").resolve()
 KVM = os.environ.get("TRACECAP_KVM") == "1"
 FACTOR = 1 if KVM else 8
-BOOT_TIMEOUT_S = 40 * 60
+BOOT_TIMEOUT_S = float(os.environ.get("TRACECAP_KERNEL_TIMEOUT", 40 * 60))
 
 
 def _guest(name: str, out: Path) -> dict:
@@ -39,7 +39,8 @@ def _guest(name: str, out: Path) -> dict:
     if not KVM:
         argv.append("--disable-kvm")
     argv += ["--", "sh", str(script)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S)
+    env = dict(os.environ, PATH=f"{argv[0].rsplit('/', 1)[0]}:{os.environ['PATH']}")
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S, env=env)
     result = out / "result.json"
     if not result.exists():
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
