@@ -136,8 +136,14 @@ KINDS = {
 }
 
 
+def _say(what: str) -> None:
+    """Progress on stderr (a guest's log), so that a kernel that stops midway shows where."""
+    print(f"kernel_smoke: {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
 def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
     """One `tracecap run` with ``kinds``: their verdicts and the seconds until ready."""
+    _say(f"starting tracecap with {', '.join(kinds)}")
     root = work / "cap"
     err_path = work / "stderr"
     argv = ["tracecap", "run", "--capture", f"dir:{root}", "--capture", "clear-dir"]
@@ -154,7 +160,9 @@ def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
             return {k: "refused: " + lines[-1][:200] for k in kinds}, time.monotonic() - started
         time.sleep(0.2)
     ready = time.monotonic() - started
+    _say(f"ready after {ready:.0f} s; running the workloads")
     checks = _workloads(work)
+    _say("workloads done; stopping")
     time.sleep(2 * FACTOR)
     proc.send_signal(signal.SIGINT)
     proc.wait(120 * FACTOR)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,10 +41,18 @@ def _guest(name: str, out: Path) -> dict:
         argv.append("--disable-kvm")
     argv += ["--", "sh", str(script)]
     env = dict(os.environ, PATH=f"{argv[0].rsplit('/', 1)[0]}:{os.environ['PATH']}")
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=BOOT_TIMEOUT_S, env=env)
+    # vng runs QEMU as its child: on a timeout the whole session goes, QEMU included
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=BOOT_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return {"kernel": version, "error": f"no result within {BOOT_TIMEOUT_S:.0f} s"}
     result = out / "result.json"
     if not result.exists():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        tail = (stderr or stdout).strip().splitlines()[-3:]
         log = out / "smoke.log"
         if log.exists():
             tail = log.read_text(errors="replace").strip().splitlines()[-3:]
