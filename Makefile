@@ -1,5 +1,5 @@
 # tracecap: the two commands that matter are `make run` and `make test` (both set up first).
-.PHONY: setup setup-test run test unit bench lint clean
+.PHONY: setup setup-test setup-kernels run test test-kernels unit bench lint clean
 
 setup:
 	@sh scripts/setup.sh
@@ -7,6 +7,13 @@ setup:
 # what only the tests and the benchmarks need (real programs to capture, pcap readers)
 setup-test: setup
 	@sh scripts/setup-test.sh
+
+# the kernel matrix (not part of `make test`): QEMU, virtme-ng and Debian's kernels, unpacked
+setup-kernels: setup-test
+	@sh scripts/setup-kernels.sh
+
+test-kernels: setup-kernels
+	/opt/tracecap/venv/bin/python scripts/test_kernels.py $(KERNELS)
 
 run: setup
 	tracecap run --config conf/tracecap.conf

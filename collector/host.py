@@ -28,9 +28,12 @@ class Host:
         """The bytes of /proc/PID/NAME (OSError when the process is gone)."""
         return read_proc_file(pid, name)
 
-    def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
-        """An fd of the first candidate that is the file (dev, inode), or (None, why not)."""
-        return open_verified(candidates, dev, inode)
+    def open_verified(
+        self, candidates: list[str], dev: int, inode: int, ctime: int
+    ) -> tuple[int | None, str]:
+        """An fd of the first candidate that is the file (dev, inode, ctime), or (None, why
+        not)."""
+        return open_verified(candidates, dev, inode, ctime)
 
     def open_unchanged(
         self, candidates: list[str], identity: FileIdentity

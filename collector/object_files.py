@@ -44,6 +44,26 @@ def st_dev_of(kernel_dev: int) -> int:
     return os.makedev(kernel_dev >> 20, kernel_dev & 0xFFFFF)
 
 
+def is_same_file(st: os.stat_result, dev: int, inode: int, ctime: int) -> bool:
+    """Whether ``st`` is the file the kernel named by its superblock's ``dev``, ``inode`` and
+    ``ctime`` (ns).
+
+    The inode number must match. The device number is what stat and the kernel disagree on
+    where a file system's getattr reports another device than its superblock's s_dev: btrfs
+    reports each subvolume's anonymous device (the top level's too), 9p reported dev 42 where
+    the kernel's s_dev was 40 (Debian 6.1 guest, root over 9p). So a device that differs is
+    accepted when the ctime agrees to the nanosecond as well: no user can set a ctime, so
+    another file with that inode number and that ctime is one that was not changed since it
+    was made as a copy of this one by the file system itself (an unmodified btrfs snapshot:
+    same bytes), or one on a file system whose times are fixed at build (two squashfs or erofs
+    images mounted at once, with the same inode numbers and build time): that pair the rule
+    cannot tell apart. A ``ctime`` of 0 (the kernel could not read it) never stands in for
+    the device."""
+    if st.st_ino != inode:
+        return False
+    return st.st_dev == st_dev_of(dev) or (ctime != 0 and st.st_ctime_ns == ctime)
+
+
 def _path_fd(path: str, follow: bool) -> int:
     """An O_PATH descriptor of ``path``. Our own /proc links are always followed (that is what
     they are for); other paths follow symbolic links only with ``follow``."""
@@ -59,10 +79,10 @@ def _path_fd(path: str, follow: bool) -> int:
 
 
 def open_verified(
-    candidates: list[str], dev: int, inode: int, follow: bool = True
+    candidates: list[str], dev: int, inode: int, ctime: int, follow: bool = True
 ) -> tuple[int | None, str]:
-    """Open for reading the first candidate that is the regular file the kernel named (same
-    dev and inode).
+    """Open for reading the first candidate that is the regular file the kernel named
+    (``is_same_file``).
 
     Returns (fd, "") or (None, why not). The check matters for the fallback paths: by the time
     the process is gone, its path may name another file. With ``follow`` false, a path that
@@ -78,8 +98,11 @@ def open_verified(
             continue
         try:
             st = os.fstat(pfd)
-            if st.st_ino != inode or st.st_dev != st_dev_of(dev):
-                reasons.append(f"{path}: another file now (dev {st.st_dev}, inode {st.st_ino})")
+            if not is_same_file(st, dev, inode, ctime):
+                reasons.append(
+                    f"{path}: another file now (dev {st.st_dev}, inode {st.st_ino},"
+                    f" ctime {st.st_ctime_ns})"
+                )
             elif not stat.S_ISREG(st.st_mode):
                 reasons.append(f"{path}: not a regular file")
             else:
@@ -118,7 +141,7 @@ def open_unchanged(
     candidates: list[str], identity: FileIdentity, follow: bool = False
 ) -> tuple[int | None, str]:
     """``open_verified``, and the file must also be unchanged since the kernel saw it."""
-    fd, why = open_verified(candidates, identity.dev, identity.inode, follow)
+    fd, why = open_verified(candidates, identity.dev, identity.inode, identity.ctime, follow)
     if fd is None:
         return None, why
     changed = identity_changes(identity, os.fstat(fd))

@@ -281,8 +281,8 @@ class Collector:
             self.counters["exec_unreadable"] += 1
             return [Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,
                                                     "error": f.error}, None)]  # fmt: skip
-        _cgroup, dev, inode, _ctime = f.key
-        fd, why = self._host.open_verified(f.candidates, dev, inode)
+        _cgroup, dev, inode, ctime = f.key
+        fd, why = self._host.open_verified(f.candidates, dev, inode, ctime)
         if fd is None:
             self.counters["exec_unreadable"] += 1
             return [Outgoing(bus.TOPIC_EXEC, env | {"obj_len": 0, "last": True, "ok": False,

@@ -13,6 +13,8 @@
 #   static busybox from which the tests build their image (no registry is reachable); no engine
 #   is started here, tests/support/runtimes.py starts dockerd and containerd for its tests;
 #   chromium: `tracecap report`'s page is opened headless by its end-to-end test;
+#   btrfs-progs: a btrfs image (a file system whose stat reports another device than its
+#   superblock's) to execute binaries from;
 #   real kernel modules (.ko) from Debian's kernel package, in /var/cache/tracecap-test/modules.
 set -eu
 cd "$(dirname "$0")/.."
@@ -24,7 +26,7 @@ fi
 
 . scripts/debs.sh
 install_debs setup-test tshark tcpdump iputils-ping binutils-bpf kmod bpftrace luajit nodejs \
-    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server chromium
+    dnsmasq dnsutils curl nginx prometheus man-db bash-completion nats-server chromium btrfs-progs
 install_debs setup-test swift swift-proxy swift-object swift-container swift-account
 install_debs setup-test podman conmon runc docker.io containerd busybox-static
 

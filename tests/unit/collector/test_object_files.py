@@ -13,6 +13,7 @@ from collector.object_files import (
     FileIdentity,
     FileStreamer,
     FillJob,
+    is_same_file,
     open_unchanged,
     open_verified,
 )
@@ -23,6 +24,13 @@ def kernel_dev(path: Path) -> int:
     """The file's st_dev as the kernel's s_dev (MAJOR << 20 | MINOR)."""
     st = path.stat()
     return os.major(st.st_dev) << 20 | os.minor(st.st_dev)
+
+
+def kernel_view(path: Path) -> tuple[int, int, int]:
+    """The file's (dev, inode, ctime) as the kernel reports them where stat's device is the
+    superblock's."""
+    st = path.stat()
+    return kernel_dev(path), st.st_ino, st.st_ctime_ns
 
 
 def identity(path: Path) -> FileIdentity:
@@ -49,30 +57,70 @@ def ko(tmp_path: Path) -> Path:
 
 
 def test_the_named_file_is_opened_for_reading(ko: Path) -> None:
-    fd, why = open_verified([str(ko)], kernel_dev(ko), ko.stat().st_ino)
+    fd, why = open_verified([str(ko)], *kernel_view(ko))
     assert (read_fd(fd), why) == (b"\x7fELF module", "")
+
+
+def stat_with(path: Path, **fields: int) -> os.stat_result:
+    """``path``'s stat with some fields replaced (st_dev, st_ino, st_ctime_ns)."""
+    st = path.stat()
+    values = list(st[:10])
+    for name, value in fields.items():
+        if name != "st_ctime_ns":
+            values[["st_mode", "st_ino", "st_dev"].index(name)] = value
+    ctime = fields.get("st_ctime_ns", st.st_ctime_ns)
+    return os.stat_result(values, {"st_ctime_ns": ctime})
+
+
+def test_the_same_device_and_inode_are_the_same_file(ko: Path) -> None:
+    dev, inode, ctime = kernel_view(ko)
+    assert is_same_file(ko.stat(), dev, inode, ctime + 1)
+
+
+def test_another_device_is_the_same_file_when_inode_and_ctime_agree(ko: Path) -> None:
+    """btrfs (a subvolume's anonymous device) and 9p (dev 42 against s_dev 40, measured)."""
+    _, inode, ctime = kernel_view(ko)
+    assert is_same_file(stat_with(ko, st_dev=os.makedev(0, 42)), 40, inode, ctime)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"st_dev": os.makedev(0, 42), "st_ctime_ns": 7},  # another device, another ctime
+        {"st_ino": 12345},  # another inode, same device
+        {"st_dev": os.makedev(0, 42), "st_ino": 12345},  # another inode, same ctime
+    ],
+)
+def test_another_file_is_not_the_same(ko: Path, fields: dict[str, int]) -> None:
+    dev, inode, ctime = kernel_view(ko)
+    assert not is_same_file(stat_with(ko, **fields), dev, inode, ctime)
+
+
+def test_an_unread_ctime_never_stands_in_for_the_device(ko: Path) -> None:
+    _, inode, _ = kernel_view(ko)
+    assert not is_same_file(stat_with(ko, st_dev=os.makedev(0, 42), st_ctime_ns=0), 40, inode, 0)
 
 
 def test_another_file_at_the_path_is_refused(ko: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     other.write_bytes(b"x")
-    fd, why = open_verified([str(other)], kernel_dev(ko), ko.stat().st_ino)
+    fd, why = open_verified([str(other)], *kernel_view(ko))
     assert fd is None and why.startswith(f"{other}: another file now")
 
 
 def test_a_symlink_is_followed_only_when_asked(ko: Path, tmp_path: Path) -> None:
     (tmp_path / "dir").symlink_to(tmp_path)
     via_link = str(tmp_path / "dir" / "m.ko")
-    dev, inode = kernel_dev(ko), ko.stat().st_ino
-    assert read_fd(open_verified([via_link], dev, inode, follow=True)[0]) == b"\x7fELF module"
-    fd, why = open_verified([via_link], dev, inode, follow=False)
+    seen = kernel_view(ko)
+    assert read_fd(open_verified([via_link], *seen, follow=True)[0]) == b"\x7fELF module"
+    fd, why = open_verified([via_link], *seen, follow=False)
     assert fd is None and "Too many levels of symbolic links" in why
 
 
 def test_our_proc_links_are_followed_even_so(ko: Path) -> None:
     with open(ko, "rb") as f:
         link = f"/proc/{os.getpid()}/fd/{f.fileno()}"
-        fd, _ = open_verified([link], kernel_dev(ko), ko.stat().st_ino, follow=False)
+        fd, _ = open_verified([link], *kernel_view(ko), follow=False)
         assert read_fd(fd) == b"\x7fELF module"
 
 
@@ -80,12 +128,12 @@ def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
     """O_PATH opens nothing: a FIFO with no writer would block a real open forever."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    fd, why = open_verified([str(fifo)], kernel_dev(fifo), fifo.stat().st_ino)
+    fd, why = open_verified([str(fifo)], *kernel_view(fifo))
     assert fd is None and why == f"{fifo}: not a regular file"
 
 
 def test_the_next_candidate_is_tried(ko: Path, tmp_path: Path) -> None:
-    fd, _ = open_verified([str(tmp_path / "gone"), str(ko)], kernel_dev(ko), ko.stat().st_ino)
+    fd, _ = open_verified([str(tmp_path / "gone"), str(ko)], *kernel_view(ko))
     assert read_fd(fd) == b"\x7fELF module"
 
 

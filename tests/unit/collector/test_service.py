@@ -295,7 +295,9 @@ class FakeHost:
         except KeyError:
             raise FileNotFoundError(f"/proc/{pid}/{name}") from None
 
-    def open_verified(self, candidates: list[str], dev: int, inode: int) -> tuple[int | None, str]:
+    def open_verified(
+        self, candidates: list[str], dev: int, inode: int, ctime: int
+    ) -> tuple[int | None, str]:
         self.opened.append(list(candidates))
         for path in candidates:
             if path in self.files:
@@ -307,7 +309,7 @@ class FakeHost:
     ) -> tuple[int | None, str]:
         """As the real one, but a file is unchanged unless ``changed`` says how it is not."""
         self.identities.append(identity)
-        fd, why = self.open_verified(candidates, identity.dev, identity.inode)
+        fd, why = self.open_verified(candidates, identity.dev, identity.inode, identity.ctime)
         if fd is not None and self.changed:
             os.close(fd)
             return None, self.changed
