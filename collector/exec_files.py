@@ -44,6 +44,12 @@ def executed_path(ev: records.ExecEvent) -> bytes:
     return ev.path if ev.path.startswith(b"/") else b"/" + ev.path
 
 
+def _usable(ev: records.ExecEvent) -> bool:
+    """Whether the kernel's path of the executed file can name it for the collector: not cut,
+    not a memfd's pseudo path, not a deleted file's (d_path appends " (deleted)")."""
+    return not (ev.path_truncated or ev.memfd or ev.deleted)
+
+
 def _script_candidates(pid: int, script: records.ScriptFile | None, filename: bytes) -> list[str]:
     paths = []
     if script is not None and script.path.startswith(b"/") and not script.path_truncated:
@@ -85,7 +91,7 @@ def exec_plan(ev: records.ExecEvent, base: dict[str, Any]) -> tuple[dict[str, An
         env = base | own | {"path": path, "role": "program"}
         program = ExecFile(
             env, (cgroup, ev.dev, ev.inode, ev.ctime), ev.copy,
-            exec_candidates(pid, ev.filename), ev.size,
+            exec_candidates(pid, exe, _usable(ev)), ev.size,
         )  # fmt: skip
         return dict(env), [program]
 
@@ -93,11 +99,8 @@ def exec_plan(ev: records.ExecEvent, base: dict[str, Any]) -> tuple[dict[str, An
     script_path = script.path if script is not None else ev.filename
     relation = {"interp": ev.interp, "interpreter_path": exe, "script_path": script_path}
     env = base | own | relation | {"path": exe, "role": "interpreter"}
-    interpreter_candidates = [f"/proc/{pid}/exe"]
-    if exe.startswith(b"/") and not ev.memfd and not ev.path_truncated:
-        interpreter_candidates.append(os.fsdecode(exe))
     interpreter = ExecFile(env, (cgroup, ev.dev, ev.inode, ev.ctime), ev.copy,
-                           interpreter_candidates, ev.size)  # fmt: skip
+                           exec_candidates(pid, exe, _usable(ev)), ev.size)  # fmt: skip
     proc = dict(env)
     candidates = _script_candidates(pid, script, ev.filename)
     if script is None:

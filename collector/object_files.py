@@ -64,13 +64,10 @@ def is_same_file(st: os.stat_result, dev: int, inode: int, ctime: int) -> bool:
     return st.st_dev == st_dev_of(dev) or (ctime != 0 and st.st_ctime_ns == ctime)
 
 
-def _path_fd(path: str, follow: bool) -> int:
-    """An O_PATH descriptor of ``path``. Our own /proc links are always followed (that is what
-    they are for); other paths follow symbolic links only with ``follow``."""
-    if follow or path.startswith("/proc/"):
-        return os.open(path, _PATH_FLAGS)
+def _openat2(dirfd: int, path: str) -> int:
+    """An O_PATH descriptor of ``path`` (relative to ``dirfd``) through no symbolic link."""
     how = _OpenHow(_PATH_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
-    fd = _libc.syscall(_SYS_OPENAT2, _AT_FDCWD, os.fsencode(path), ctypes.byref(how),
+    fd = _libc.syscall(_SYS_OPENAT2, dirfd, os.fsencode(path), ctypes.byref(how),
                        ctypes.sizeof(how))  # fmt: skip
     if fd < 0:
         err = ctypes.get_errno()
@@ -78,21 +75,40 @@ def _path_fd(path: str, follow: bool) -> int:
     return fd
 
 
+def _path_fd(path: str) -> int:
+    """An O_PATH descriptor of ``path``, following no symbolic link a user could have put
+    there. ``/proc/PID/LINK`` (exe, cwd, fd/N) is the kernel's own link to the process's file
+    and is followed; what comes after it (``/proc/PID/cwd/./run.sh``) is resolved from there
+    with no symbolic link either."""
+    if not path.startswith("/proc/"):
+        return _openat2(_AT_FDCWD, path)
+    parts = path.split("/")  # "", "proc", PID, LINK[, N], REST...
+    depth = 5 if len(parts) > 4 and parts[3] == "fd" else 4
+    base = os.open("/".join(parts[:depth]), _PATH_FLAGS)
+    rest = "/".join(parts[depth:])
+    if not rest:
+        return base
+    try:
+        return _openat2(base, rest)
+    finally:
+        os.close(base)
+
+
 def open_verified(
-    candidates: list[str], dev: int, inode: int, ctime: int, follow: bool = True
+    candidates: list[str], dev: int, inode: int, ctime: int
 ) -> tuple[int | None, str]:
     """Open for reading the first candidate that is the regular file the kernel named
     (``is_same_file``).
 
     Returns (fd, "") or (None, why not). The check matters for the fallback paths: by the time
-    the process is gone, its path may name another file. With ``follow`` false, a path that
-    passes through a symbolic link is refused: paths the kernel built from dentries have none,
-    so one there was put by someone since.
+    the process is gone, its path may name another file. A path that passes through a symbolic
+    link is refused (``_path_fd``): paths the kernel built from dentries have none, so one there
+    was put by someone since, and the name a program was run by is never a candidate.
     """
     reasons = []
     for path in candidates:
         try:
-            pfd = _path_fd(path, follow)
+            pfd = _path_fd(path)
         except OSError as exc:
             reasons.append(f"{path}: {exc.strerror}")
             continue
@@ -137,11 +153,9 @@ def identity_changes(expected: FileIdentity, st: os.stat_result) -> str:
     )
 
 
-def open_unchanged(
-    candidates: list[str], identity: FileIdentity, follow: bool = False
-) -> tuple[int | None, str]:
+def open_unchanged(candidates: list[str], identity: FileIdentity) -> tuple[int | None, str]:
     """``open_verified``, and the file must also be unchanged since the kernel saw it."""
-    fd, why = open_verified(candidates, identity.dev, identity.inode, identity.ctime, follow)
+    fd, why = open_verified(candidates, identity.dev, identity.inode, identity.ctime)
     if fd is None:
         return None, why
     changed = identity_changes(identity, os.fstat(fd))
@@ -151,11 +165,12 @@ def open_unchanged(
     return fd, ""
 
 
-def exec_candidates(pid: int, filename: bytes) -> list[str]:
+def exec_candidates(pid: int, kernel_path: bytes, usable: bool) -> list[str]:
+    """Where an executed file can be opened: the process's own link to it while it lives, then
+    the path the kernel built from dentries (``usable``: absolute, not cut, not a memfd)."""
     paths = [f"/proc/{pid}/exe"]
-    name = os.fsdecode(filename)
-    if name.startswith("/") and not name.startswith(("/dev/fd/", "/proc/")):
-        paths.append(name)
+    if usable and kernel_path.startswith(b"/"):
+        paths.append(os.fsdecode(kernel_path))
     return paths
 
 

@@ -38,7 +38,7 @@ def open_end(candidates: list[str], end: records.XferEnd) -> tuple[int | None, s
     Without times from the kernel, a change could not be seen: nothing is read then."""
     if end.mtime == 0 and end.ctime == 0:
         return None, "the kernel gave no times to tell whether it changed"
-    return open_unchanged(candidates, identity_of(end), follow=False)
+    return open_unchanged(candidates, identity_of(end))
 
 
 def identity_of(end: records.XferEnd) -> FileIdentity:

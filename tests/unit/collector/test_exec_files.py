@@ -27,6 +27,17 @@ def test_a_program_is_named_as_run_and_opened_through_proc_then_its_path():
     assert proc["path"] == b"/usr/bin/app" and "interp" not in proc
 
 
+def test_a_program_run_through_a_symlink_is_opened_by_the_kernels_path_only():
+    """The name it was run by may pass through a link its owner can repoint; the kernel's
+    d_path cannot, and a cut or deleted one names no file to open."""
+    ev = event(filename=b"/home/u/bin/py", path=b"/usr/bin/python3.11")
+    _, [f] = exec_files.exec_plan(ev, BASE)
+    assert f.candidates == ["/proc/50/exe", "/usr/bin/python3.11"]
+    for flag in (records.EXEC_PATH_TRUNCATED, records.EXEC_DELETED):
+        _, [f] = exec_files.exec_plan(event(filename=b"/x", path=b"/usr/bin/x", flags=flag), BASE)
+        assert f.candidates == ["/proc/50/exe"]
+
+
 def test_a_file_run_by_its_fd_is_named_by_the_kernels_path():
     flags = records.EXEC_DELETED | records.EXEC_COPIED
     ev = event(filename=b"/dev/fd/3", path=b"/tmp/gone", flags=flags, obj_id=7, captured=10,

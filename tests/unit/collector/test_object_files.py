@@ -108,20 +108,31 @@ def test_another_file_at_the_path_is_refused(ko: Path, tmp_path: Path) -> None:
     assert fd is None and why.startswith(f"{other}: another file now")
 
 
-def test_a_symlink_is_followed_only_when_asked(ko: Path, tmp_path: Path) -> None:
+def test_a_symlink_on_the_way_is_refused(ko: Path, tmp_path: Path) -> None:
     (tmp_path / "dir").symlink_to(tmp_path)
-    via_link = str(tmp_path / "dir" / "m.ko")
-    seen = kernel_view(ko)
-    assert read_fd(open_verified([via_link], *seen, follow=True)[0]) == b"\x7fELF module"
-    fd, why = open_verified([via_link], *seen, follow=False)
+    fd, why = open_verified([str(tmp_path / "dir" / "m.ko")], *kernel_view(ko))
     assert fd is None and "Too many levels of symbolic links" in why
 
 
 def test_our_proc_links_are_followed_even_so(ko: Path) -> None:
     with open(ko, "rb") as f:
         link = f"/proc/{os.getpid()}/fd/{f.fileno()}"
-        fd, _ = open_verified([link], *kernel_view(ko), follow=False)
+        fd, _ = open_verified([link], *kernel_view(ko))
         assert read_fd(fd) == b"\x7fELF module"
+
+
+def test_after_a_proc_link_no_symlink_is_followed(ko: Path, tmp_path: Path) -> None:
+    """``/proc/PID/cwd/NAME``: the kernel's link to the directory, then NAME as it is there."""
+    (tmp_path / "alias.ko").symlink_to(ko)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        here = f"/proc/{os.getpid()}/cwd"
+        assert read_fd(open_verified([f"{here}/./m.ko"], *kernel_view(ko))[0]) == b"\x7fELF module"
+        fd, why = open_verified([f"{here}/alias.ko"], *kernel_view(ko))
+    finally:
+        os.chdir(cwd)
+    assert fd is None and "Too many levels of symbolic links" in why
 
 
 def test_a_fifo_is_never_opened(tmp_path: Path) -> None:
