@@ -30,6 +30,8 @@ _SYS_OPENAT2 = 437
 _RESOLVE_NO_SYMLINKS = 0x04
 _AT_FDCWD = -100
 _PATH_FLAGS = os.O_PATH | os.O_CLOEXEC
+#: The /proc/PID directories whose entries are the kernel's links (fd/3, map_files/A-B).
+_PROC_LINK_DIRS = frozenset({"fd", "map_files"})
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -77,13 +79,13 @@ def _openat2(dirfd: int, path: str) -> int:
 
 def _path_fd(path: str) -> int:
     """An O_PATH descriptor of ``path``, following no symbolic link a user could have put
-    there. ``/proc/PID/LINK`` (exe, cwd, fd/N) is the kernel's own link to the process's file
-    and is followed; what comes after it (``/proc/PID/cwd/./run.sh``) is resolved from there
-    with no symbolic link either."""
+    there. ``/proc/PID/LINK`` (exe, cwd, fd/N, map_files/A-B) is the kernel's own link to the
+    process's file and is followed; what comes after it (``/proc/PID/cwd/./run.sh``) is
+    resolved from there with no symbolic link either."""
     if not path.startswith("/proc/"):
         return _openat2(_AT_FDCWD, path)
-    parts = path.split("/")  # "", "proc", PID, LINK[, N], REST...
-    depth = 5 if len(parts) > 4 and parts[3] == "fd" else 4
+    parts = path.split("/")  # "", "proc", PID, LINK or DIR/LINK, REST...
+    depth = 5 if len(parts) > 4 and parts[3] in _PROC_LINK_DIRS else 4
     base = os.open("/".join(parts[:depth]), _PATH_FLAGS)
     rest = "/".join(parts[depth:])
     if not rest:

@@ -3,6 +3,7 @@ that fill an init_module image from the file it was mapped from."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -119,6 +120,15 @@ def test_our_proc_links_are_followed_even_so(ko: Path) -> None:
         link = f"/proc/{os.getpid()}/fd/{f.fileno()}"
         fd, _ = open_verified([link], *kernel_view(ko))
         assert read_fd(fd) == b"\x7fELF module"
+
+
+def test_a_mapped_file_is_opened_through_map_files(ko: Path) -> None:
+    with open(ko, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+        [line] = [m for m in Path("/proc/self/maps").read_text().splitlines() if str(ko) in m]
+        link = f"/proc/{os.getpid()}/map_files/{line.split()[0]}"
+        fd, why = open_verified([link], *kernel_view(ko))
+        assert read_fd(fd) == b"\x7fELF module", why
+        assert mapped[:4] == b"\x7fELF"
 
 
 def test_after_a_proc_link_no_symlink_is_followed(ko: Path, tmp_path: Path) -> None:
