@@ -17,6 +17,8 @@ WEB = ContainerInfo("docker", "web", "nginx:1", "sha256:11", pod_name="web-0")
 class FakeClient:
     """A runtime: ``known`` containers, an optional failure, a record of what it was asked."""
 
+    follows = True
+
     def __init__(
         self,
         runtime: str = "docker",
