@@ -20,6 +20,7 @@ thread.
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -63,7 +64,7 @@ def default_clients() -> list[Client]:
 @dataclass(frozen=True)
 class _Entry:
     keys: dict[str, str]
-    #: monotonic time after which an id no runtime knew is asked again (never for a hit)
+    #: monotonic time after which an id no runtime knew is asked again (inf for a hit)
     retry_at: float
 
 
@@ -104,7 +105,7 @@ class ContainerEnricher:
     def keys(self, container_id: str) -> dict[str, str]:
         """The envelope keys known for ``container_id`` now (maybe none); never blocks."""
         entry = self._cache.get(container_id)
-        if entry is not None and (entry.keys or self._clock() < entry.retry_at):
+        if entry is not None and self._clock() < entry.retry_at:
             return entry.keys
         if container_id not in self._pending and self._thread is not None:
             self._pending.add(container_id)
@@ -228,7 +229,9 @@ class ContainerEnricher:
             except LookupFailed as exc:  # the container's answer still stands
                 self._failed(exc)
             self.counters["found"] += 1
-            self._store(container_id, _Entry(bus_keys(info), 0.0))
+            # a container its runtime knows is not asked again, even when it names nothing
+            # (a `ctr run` container without labels): its spec and labels do not change
+            self._store(container_id, _Entry(bus_keys(info), math.inf))
             return
         self.counters["not_found"] += 1
         self._store(container_id, _Entry(_EMPTY, self._clock() + self._retry_s))

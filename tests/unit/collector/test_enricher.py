@@ -222,3 +222,16 @@ def test_the_default_runtimes():
         ("containerd", "ContainerdBundles"),
     ]
     assert [c.follows for c in clients] == [True, True, False, False]
+
+
+def test_a_container_its_runtime_knows_but_names_nothing_is_not_asked_again():
+    """A `ctr run` container without labels: its spec is found and says nothing. Asking at
+    every event would re-read it for as long as the container runs."""
+    clock = Clock()
+    bundles = FakeClient("containerd", {A: ContainerInfo("containerd", "", "", "")})
+    enricher = ContainerEnricher([bundles], clock=clock)
+    enricher._thread = threading.current_thread()
+    enricher.lookup(A)
+    assert enricher.stats()["container_found"] == 1
+    clock.now += 3600
+    assert enricher.keys(A) == {} and enricher._queue.qsize() == 0
