@@ -2,23 +2,25 @@
 
 The collector's loop drains ring buffers; a runtime's API answers in milliseconds, or never
 (a hung daemon). So the loop only reads a cache (:meth:`ContainerEnricher.keys`, a dict
-lookup) and queues ids it has not seen; one thread asks the runtimes (collector/runtimes.py)
-with timeouts and fills the cache. At start that thread asks for the containers already
-running, and a thread per runtime follows its event stream and queues each container as it
-is created (before its first process starts), so events carry names from the first. A
-container the stream did not announce (the stream was broken, the runtime restarted) is
-asked at its first event: that event and those of the next few milliseconds go out with
-its id only.
+lookup) and queues ids it has not seen; one thread asks the runtimes (collector/runtimes.py;
+containerd's task bundles, collector/containerd_bundles.py) with timeouts and fills the
+cache. At start that thread asks for the containers already running, and a thread per
+runtime with an event stream (Docker, Podman) follows it and queues each container as it is
+created (before its first process starts), so events carry names from the first. A
+container no stream announced (containerd's, or the stream was broken, the runtime
+restarted) is asked at its first event: that event and those of the next few milliseconds
+go out with its id only.
 
 The cache is bounded (entries past ``cache_size`` are evicted oldest first, then asked again
 when seen again); an id no runtime knows is asked again at most every ``retry_s``, so a
-runtime that is not asked (containerd without Docker, CRI-O) costs one lookup per container
-per ``retry_s``, in the thread.
+runtime that is not asked (CRI-O) costs one lookup per container per ``retry_s``, in the
+thread.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import queue
 import threading
 import time
@@ -26,7 +28,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from collector.runtimes import RUNTIME_SOCKETS, LookupFailed, RuntimeClient, bus_keys
+from collector.containerd_bundles import CONTAINERD_STATE_DIRS, ContainerdBundles
+from collector.runtimes import (
+    RUNTIME_SOCKETS,
+    LookupFailed,
+    PodmanClient,
+    RuntimeClient,
+    bus_keys,
+)
 
 __all__ = ["ContainerEnricher", "default_clients"]
 
@@ -39,14 +48,23 @@ _EMPTY: dict[str, str] = {}
 _STOP = ""
 
 
-def default_clients() -> list[RuntimeClient]:
-    return [RuntimeClient(runtime, path) for runtime, path in RUNTIME_SOCKETS]
+#: Who is asked: a runtime's API socket, or containerd's bundles (the same methods).
+Client = RuntimeClient | ContainerdBundles
+#: The client for each runtime's socket (Podman's also asks its own API for pods).
+_CLIENTS = {"podman": PodmanClient}
+
+
+def default_clients() -> list[Client]:
+    """Docker's and Podman's sockets, then containerd's bundles (a Docker container is in
+    containerd too, when dockerd uses the system's containerd: Docker names it better)."""
+    sockets = [_CLIENTS.get(rt, RuntimeClient)(rt, path) for rt, path in RUNTIME_SOCKETS]
+    return [*sockets, *(ContainerdBundles(d) for d in CONTAINERD_STATE_DIRS)]
 
 
 @dataclass(frozen=True)
 class _Entry:
     keys: dict[str, str]
-    #: monotonic time after which an id no runtime knew is asked again (never for a hit)
+    #: monotonic time after which an id no runtime knew is asked again (inf for a hit)
     retry_at: float
 
 
@@ -59,7 +77,7 @@ class ContainerEnricher:
 
     def __init__(
         self,
-        clients: Sequence[RuntimeClient] | None = None,
+        clients: Sequence[Client] | None = None,
         *,
         cache_size: int = CACHE_SIZE,
         queue_size: int = QUEUE_SIZE,
@@ -87,7 +105,7 @@ class ContainerEnricher:
     def keys(self, container_id: str) -> dict[str, str]:
         """The envelope keys known for ``container_id`` now (maybe none); never blocks."""
         entry = self._cache.get(container_id)
-        if entry is not None and (entry.keys or self._clock() < entry.retry_at):
+        if entry is not None and self._clock() < entry.retry_at:
             return entry.keys
         if container_id not in self._pending and self._thread is not None:
             self._pending.add(container_id)
@@ -113,6 +131,8 @@ class ContainerEnricher:
         self._thread = threading.Thread(target=self._run, name="container-lookups", daemon=True)
         self._thread.start()
         for client in self._clients:
+            if not client.follows:
+                continue
             follower = threading.Thread(
                 target=self._follow, args=(client,), name=f"{client.runtime}-events", daemon=True
             )
@@ -133,7 +153,7 @@ class ContainerEnricher:
         self._thread = None
         self._followers.clear()
 
-    def _follow(self, client: RuntimeClient) -> None:
+    def _follow(self, client: Client) -> None:
         """Learn containers as the runtime creates them (its event stream), so that even their
         first process's events carry names; reconnect every FOLLOW_RETRY_S while the socket is
         missing or the stream breaks (the runtime restarted)."""
@@ -203,11 +223,15 @@ class ContainerEnricher:
                 self._failed(exc)
                 continue
             try:
-                info = replace(info, image_digest=client.image_digest(info.image_id))
+                digest = client.image_digest(info.image_id)
+                if digest:
+                    info = replace(info, image_digest=digest)
             except LookupFailed as exc:  # the container's answer still stands
                 self._failed(exc)
             self.counters["found"] += 1
-            self._store(container_id, _Entry(bus_keys(info), 0.0))
+            # a container its runtime knows is not asked again, even when it names nothing
+            # (a `ctr run` container without labels): its spec and labels do not change
+            self._store(container_id, _Entry(bus_keys(info), math.inf))
             return
         self.counters["not_found"] += 1
         self._store(container_id, _Entry(_EMPTY, self._clock() + self._retry_s))

@@ -33,18 +33,23 @@ import stat
 import struct
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 __all__ = [
     "RUNTIME_SOCKETS",
     "ContainerInfo",
     "LookupFailed",
+    "PodmanClient",
     "RuntimeClient",
     "bus_keys",
+    "checked_str",
     "parse_container",
     "parse_image_digest",
+    "parse_libpod_pod_name",
+    "parse_libpod_pod_ref",
     "untrusted_reason",
+    "with_podman_pod",
 ]
 
 #: The runtimes asked, in order, and where their API socket is when they run as root. A
@@ -71,6 +76,12 @@ POD_LABELS = (
     ("io.kubernetes.pod.namespace", "pod_namespace"),
     ("io.kubernetes.pod.uid", "pod_uid"),
 )
+#: The namespace of a Podman pod (``podman kube play``, ``podman pod create``) that has no
+#: Kubernetes labels: Podman keeps no namespace (``kube play`` ignores ``metadata.namespace``,
+#: ``kube generate`` writes none), and a Kubernetes object without one is in "default".
+PODMAN_POD_NAMESPACE = "default"
+#: Podman serves its own (libpod) API under any version prefix; 4.0.0 is Podman 4's.
+LIBPOD_PREFIX = "/v4.0.0/libpod"
 
 
 class LookupFailed(Exception):
@@ -95,7 +106,9 @@ class ContainerInfo:
     pod_uid: str = ""
 
 
-def _str(value: Any, limit: int, what: str) -> str:
+def checked_str(value: Any, limit: int, what: str) -> str:
+    """``value`` if it is a string of at most ``limit`` characters ("" for None), else
+    LookupFailed: what a runtime says is checked before it goes on the bus."""
     if value is None:
         return ""
     if not isinstance(value, str):
@@ -124,12 +137,12 @@ def parse_container(runtime: str, body: bytes) -> ContainerInfo:
     labels = config.get("Labels") or {}
     if not isinstance(labels, dict):
         raise LookupFailed("bad_response", "Config.Labels is not an object")
-    pod = {key: _str(labels.get(label), MAX_NAME_CHARS, label) for label, key in POD_LABELS}
+    pod = {key: checked_str(labels.get(label), MAX_NAME_CHARS, label) for label, key in POD_LABELS}
     return ContainerInfo(
         runtime=runtime,
-        name=_str(doc.get("Name"), MAX_NAME_CHARS + 1, "Name").removeprefix("/"),
-        image=_str(config.get("Image"), MAX_IMAGE_CHARS, "Config.Image"),
-        image_id=_str(doc.get("Image"), MAX_IMAGE_CHARS, "Image"),
+        name=checked_str(doc.get("Name"), MAX_NAME_CHARS + 1, "Name").removeprefix("/"),
+        image=checked_str(config.get("Image"), MAX_IMAGE_CHARS, "Config.Image"),
+        image_id=checked_str(doc.get("Image"), MAX_IMAGE_CHARS, "Image"),
         **pod,
     )
 
@@ -147,7 +160,49 @@ def parse_image_digest(body: bytes) -> str:
     digests = doc.get("RepoDigests") or []
     if not isinstance(digests, list):
         raise LookupFailed("bad_response", "RepoDigests is not a list")
-    return _str(digests[0], MAX_IMAGE_CHARS, "RepoDigests[0]") if digests else ""
+    return checked_str(digests[0], MAX_IMAGE_CHARS, "RepoDigests[0]") if digests else ""
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise LookupFailed("bad_response", f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise LookupFailed("bad_response", f"a JSON {type(doc).__name__}, not an object")
+    return doc
+
+
+def parse_libpod_pod_ref(body: bytes) -> tuple[str, str]:
+    """(pod id, libpod namespace) of a Podman container, from its libpod API answer
+    (``/libpod/containers/<id>/json``, what ``podman inspect`` prints): ``Pod`` is "" outside a
+    pod; ``Namespace`` is "" unless the container was made with ``podman --namespace``."""
+    doc = _json_object(body)
+    pod = checked_str(doc.get("Pod"), MAX_NAME_CHARS, "Pod")
+    if pod and not _is_hex64(pod):
+        raise LookupFailed("bad_response", "Pod is not a 64-hex pod id")
+    return pod, checked_str(doc.get("Namespace"), MAX_NAME_CHARS, "Namespace")
+
+
+def parse_libpod_pod_name(body: bytes) -> str:
+    """A pod's name, from ``/libpod/pods/<id>/json`` (what ``podman pod ps`` shows)."""
+    return checked_str(_json_object(body).get("Name"), MAX_NAME_CHARS, "Name")
+
+
+def with_podman_pod(
+    info: ContainerInfo, pod_id: str, pod_name: str, namespace: str
+) -> ContainerInfo:
+    """A Podman pod's container, named as Podman names its pod, unless Kubernetes' labels on the
+    container named it already. Podman has no pod namespaces: a pod's namespace is the libpod
+    namespace when one was given, else PODMAN_POD_NAMESPACE."""
+    if info.pod_name or info.pod_uid or not pod_id:
+        return info
+    return replace(
+        info,
+        pod_name=pod_name,
+        pod_namespace=info.pod_namespace or namespace or PODMAN_POD_NAMESPACE,
+        pod_uid=pod_id,
+    )
 
 
 def bus_keys(info: ContainerInfo) -> dict[str, str]:
@@ -236,6 +291,9 @@ class RuntimeClient:
     """One runtime's API socket. Each request opens its own connection (the daemon may have
     restarted in between, and lookups are rare: once per container). ``untrusted`` is the
     path check (:func:`untrusted_reason`; tests serve from a temporary directory)."""
+
+    #: It has an event stream (``created``) to learn containers as they are made.
+    follows = True
 
     def __init__(
         self,
@@ -357,6 +415,30 @@ class RuntimeClient:
                 sock.shutdown(socket.SHUT_RDWR)
 
 
+class PodmanClient(RuntimeClient):
+    """Podman's socket: the Docker-compatible answer, and for a container in a pod that has no
+    Kubernetes labels (``podman kube play`` sets none), the pod as Podman's own API names it:
+    two more requests, once per such container."""
+
+    def inspect(self, container_id: str) -> ContainerInfo | None:
+        info = super().inspect(container_id)
+        if info is None or info.pod_name or info.pod_uid:
+            return info
+        pod_id, namespace = parse_libpod_pod_ref(
+            self._ok(f"{LIBPOD_PREFIX}/containers/{container_id}/json", "libpod container")
+        )
+        if not pod_id:
+            return info
+        name = parse_libpod_pod_name(self._ok(f"{LIBPOD_PREFIX}/pods/{pod_id}/json", "pod"))
+        return with_podman_pod(info, pod_id, name, namespace)
+
+    def _ok(self, url: str, what: str) -> bytes:
+        status, body = self.get(url)
+        if status != 200:
+            raise LookupFailed("http_status", f"{self.runtime}: {what}: HTTP {status}")
+        return body
+
+
 #: Docker's and Podman's event stream, containers being created only (one JSON object a line).
 EVENTS_URL = "/events?filters=" + urllib.parse.quote(
     json.dumps({"type": ["container"], "event": ["create"]})
@@ -378,6 +460,8 @@ def created_id(line: bytes) -> str | None:
         return None
     actor = event.get("Actor")
     cid = actor.get("ID") if isinstance(actor, dict) else event.get("id")
-    if isinstance(cid, str) and len(cid) == 64 and all(c in "0123456789abcdef" for c in cid):
-        return cid
-    return None
+    return cid if isinstance(cid, str) and _is_hex64(cid) else None
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)

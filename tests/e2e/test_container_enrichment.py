@@ -1,15 +1,19 @@
-"""Container names, images and pods from the real runtimes' APIs, through the whole pipeline:
-index records, Tracee JSON events and pcap comments (collector/enricher.py).
+"""Container names, images and pods from the real runtimes, through the whole pipeline: index
+records, Tracee JSON events and pcap comments (collector/enricher.py).
 
 dockerd is started on Docker's default socket, /run/docker.sock, and Podman's API service
 (``podman system service``) on Podman's, /run/podman/podman.sock, because those are the
 sockets the collector asks (a socket elsewhere, in /var/tmp where tests/support/runtimes.py
-keeps its state, is refused: /var/tmp is world-writable)."""
+keeps its state, is refused: /var/tmp is world-writable). containerd is started with its
+default state directory, /run/containerd, where the collector reads its task bundles
+(collector/containerd_bundles.py); its metadata stays in the fixture's directory."""
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,14 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from collector.runtimes import RUNTIME_SOCKETS, untrusted_reason
+from collector.containerd_bundles import CONTAINERD_STATE_DIRS, ContainerdBundles
+from collector.runtimes import PODMAN_POD_NAMESPACE, RUNTIME_SOCKETS, untrusted_reason
 from tests.support.runtimes import (
     IMAGE,
+    Containerd,
     Docker,
     Podman,
     Runtime,
     _need,
     _stop,
+    _unmount_under,
     _wait_socket,
 )
 
@@ -32,6 +39,7 @@ pytestmark = pytest.mark.ebpf
 
 DOCKER_SOCK = Path(dict(RUNTIME_SOCKETS)["docker"])
 PODMAN_SOCK = Path(dict(RUNTIME_SOCKETS)["podman"])
+CONTAINERD_STATE = Path(CONTAINERD_STATE_DIRS[0])
 #: Kubernetes' labels as kubelet puts them on a pod's containers.
 POD = {
     "io.kubernetes.pod.name": "checkout-7d9f",
@@ -111,6 +119,30 @@ def podman_api(podman: Podman) -> Iterator[Podman]:
         PODMAN_SOCK.unlink(missing_ok=True)
 
 
+@pytest.fixture(scope="module")
+def containerd_run(busybox_rootfs: Path, tmp_path_factory) -> Iterator[Containerd]:
+    """containerd with its state in /run/containerd (its default); what it adds there is
+    removed afterwards, what was there before (runc's and the shims' directories, which other
+    containerds share) is left."""
+    _free(CONTAINERD_STATE / "containerd.sock")
+    CONTAINERD_STATE.mkdir(mode=0o711, exist_ok=True)
+    before = set(os.listdir(CONTAINERD_STATE))
+    state = Path(tmp_path_factory.mktemp("containerd-run", numbered=True))
+    rt = Containerd(state, busybox_rootfs, run_dir=CONTAINERD_STATE)
+    try:
+        yield rt
+    finally:
+        rt.close()
+        for name in set(os.listdir(CONTAINERD_STATE)) - before:
+            _unmount_under(CONTAINERD_STATE / name)
+            path = CONTAINERD_STATE / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        _unmount_under(state)
+
+
 def _labels(labels: dict[str, str]) -> list[str]:
     return [arg for k, v in labels.items() for arg in ("--label", f"{k}={v}")]
 
@@ -151,9 +183,11 @@ def _workload(tag: str) -> list[str]:
     return ["sh", "-c", script]
 
 
-def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str]) -> None:
+def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str],
+           digest: bool = True) -> None:  # fmt: skip
     """Names everywhere the container's later activity shows: the write's and the exec's
-    index records, their Tracee events, the container's pcap and each packet's comment."""
+    index records, their Tracee events, the container's pcap and each packet's comment.
+    ``digest``: the runtime knows the image's digest or id (containerd's spec has neither)."""
     want = {"container_name": name, "container_image": image}
     kube = {
         "podName": pod.get("io.kubernetes.pod.name", ""),
@@ -166,7 +200,10 @@ def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str]) 
     assert {k: write.get(k) for k in want} == want, write
     (first,) = [r for r in run.records("write") if r["source_path"] == f"/tmp/{tag}-first.txt"]
     assert {k: first.get(k) for k in want} == want, first  # a single write: one message
-    assert write["container_image_digest"].startswith(("sha256:", "localhost/")), write
+    if digest:
+        assert write["container_image_digest"].startswith(("sha256:", "localhost/")), write
+    else:
+        assert "container_image_digest" not in write, write
     for label, key in (
         ("io.kubernetes.pod.name", "pod_name"),
         ("io.kubernetes.pod.namespace", "pod_namespace"),
@@ -198,8 +235,8 @@ def _check(run, cid: str, tag: str, name: str, image: str, pod: dict[str, str]) 
     named = [c for c in comments if f"container_name={name} container_image={image}" in c]
     assert named == comments, comments  # ping ran 1 s after the container's first event
     if pod:
-        assert all(f"pod_namespace=shop pod_name={pod['io.kubernetes.pod.name']}" in c
-                   for c in comments)  # fmt: skip
+        namespace, pod_name = pod["io.kubernetes.pod.namespace"], pod["io.kubernetes.pod.name"]
+        assert all(f"pod_namespace={namespace} pod_name={pod_name}" in c for c in comments)
 
 
 def test_docker_containers_carry_their_names_images_and_pods(tracecap, docker_api) -> None:
@@ -233,6 +270,79 @@ def test_a_podman_pods_container_carries_kubernetes(tracecap, podman_api) -> Non
     run.stop()
     assert run.returncode == 0, run.stderr
     _check(run, c.id, "tce-p", name, "localhost/tctest-busybox:latest", POD)
+
+
+def test_a_pod_played_from_kubernetes_yaml_carries_podmans_pod(tracecap, podman_api) -> None:
+    """``podman kube play``: Podman sets no Kubernetes labels; the pod is Podman's (its name,
+    its id as the uid, the "default" namespace: Podman keeps none, it ignores the YAML's)."""
+    pod_name = f"tce-kube-{secrets.token_hex(3)}"
+    script = _workload("tce-k")[2]
+    play = f"""\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {pod_name}
+  namespace: shop
+  labels:
+    app: tce
+spec:
+  restartPolicy: Never
+  containers:
+  - name: worker
+    image: {IMAGE}
+    command: ["/bin/sh", "-c", {json.dumps(script)}]
+    env:
+    - name: PATH
+      value: /bin
+"""
+    run = _capture(tracecap, "tce-k")
+    pod_id = podman_api.kube_play(play, "--network", "none")
+    listed = podman_api.podman(
+        "ps", "-a", "--no-trunc", "--filter", f"pod={pod_id}", "--format", "{{.ID}} {{.Names}}"
+    ).stdout.split("\n")
+    ((cid, name),) = [line.split() for line in listed if line.endswith("-worker")]
+    assert name == f"{pod_name}-worker"  # as `podman ps` shows it
+    podman_api.podman("wait", cid)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    pod = {
+        "io.kubernetes.pod.name": pod_name,
+        "io.kubernetes.pod.namespace": PODMAN_POD_NAMESPACE,
+        "io.kubernetes.pod.uid": pod_id,
+    }
+    _check(run, cid, "tce-k", name, IMAGE, pod)
+
+
+#: The annotations containerd's CRI plugin writes into a Kubernetes container's OCI spec,
+#: here given by `ctr run --annotation` (no kubelet, no CRI client on this machine).
+CRI_POD = {
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.sandbox-name": POD["io.kubernetes.pod.name"],
+    "io.kubernetes.cri.sandbox-namespace": POD["io.kubernetes.pod.namespace"],
+    "io.kubernetes.cri.sandbox-uid": POD["io.kubernetes.pod.uid"],
+}
+
+
+def test_containerd_containers_carry_their_specs_names(tracecap, containerd_run) -> None:
+    assert ContainerdBundles(str(CONTAINERD_STATE)).available() is None
+    assert untrusted_reason(str(CONTAINERD_STATE / "containerd.sock")) is None
+    run = _capture(tracecap, "tce-c")
+    name = f"tce-ctr-{secrets.token_hex(3)}"
+    cri = {**CRI_POD, "io.kubernetes.cri.container-name": name,
+           "io.kubernetes.cri.image-name": IMAGE}  # fmt: skip
+    annotations = [arg for k, v in cri.items() for arg in ("--annotation", f"{k}={v}")]
+    c = containerd_run.run(_workload("tce-c"), extra=annotations)
+    # nerdctl's way: its labels, `nerdctl/name` among them, copied into the spec
+    nerd_name = f"tce-nerd-{secrets.token_hex(3)}"
+    nerd = containerd_run.run(["sh", "-c", "sleep 1; echo N > /tmp/tce-cn.txt"],
+                              extra=["--label", f"nerdctl/name={nerd_name}"])  # fmt: skip
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    _check(run, c.id, "tce-c", name, IMAGE, POD, digest=False)
+    (rec,) = [r for r in run.records("write") if r["source_path"] == "/tmp/tce-cn.txt"]
+    assert rec["container_id"] == nerd.id
+    assert rec["container_name"] == nerd_name and "container_image" not in rec, rec
+    assert "pod_name" not in rec
 
 
 def test_a_container_no_runtime_answers_for_keeps_its_id_only(tracecap, workdir, make_cgroup):

@@ -44,6 +44,16 @@ import pytest
 
 BUSYBOX = "/bin/busybox"
 IMAGE = "localhost/tctest-busybox:latest"
+#: A pod's infra container for ``podman kube play``: the busybox tree, sleeping.
+PAUSE_IMAGE = "localhost/tctest-pause:latest"
+#: Podman's containers.conf here ([engine] last: kube_play adds to it).
+PODMAN_CONF = (
+    "[containers]\n"
+    'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
+    "[engine]\n"
+    'cgroup_manager = "cgroupfs"\n'
+    'runtime = "runc"\n'
+)
 TIMEOUT = 120
 
 
@@ -141,14 +151,9 @@ class Podman(Runtime):
     def __init__(self, state: Path, rootfs: Path) -> None:
         super().__init__("podman", state)
         self.pods: list[str] = []
+        self.rootfs = rootfs
         conf = state / "containers.conf"
-        conf.write_text(
-            "[containers]\n"
-            'default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]\n'
-            "[engine]\n"
-            'cgroup_manager = "cgroupfs"\n'
-            'runtime = "runc"\n'
-        )
+        conf.write_text(PODMAN_CONF)
         self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
         self.base = [
             _need("/usr/bin/podman"),
@@ -190,6 +195,24 @@ class Podman(Runtime):
         pod = self.podman(
             "pod", "create", "--infra-image", IMAGE, "--infra-command", "sleep 100000"
         ).stdout.strip()
+        self.pods.append(pod)
+        return pod
+
+    def kube_play(self, yaml_text: str, *args: str) -> str:
+        """``podman kube play`` of a Kubernetes YAML (its pod's id). Its infra container runs
+        PAUSE_IMAGE (imported here: the default is a registry's, and ``kube play`` has no
+        ``--infra-image`` in 4.3, only containers.conf's ``infra_image``)."""
+        if self.podman("image", "exists", PAUSE_IMAGE, check=False).returncode != 0:
+            change = 'ENTRYPOINT ["/bin/sleep", "100000"]'
+            self.podman("import", "--change", change, f"{self.rootfs}.tar", PAUSE_IMAGE)
+        conf = self.state / "kube-containers.conf"
+        conf.write_text(PODMAN_CONF + f'infra_image = "{PAUSE_IMAGE}"\n')
+        play = self.state / f"kube-{new_id()[:16]}.yaml"
+        play.write_text(yaml_text)
+        env = {**self.env, "CONTAINERS_CONF": str(conf)}
+        out = _run([*self.base, "kube", "play", *args, str(play)], env=env).stdout
+        lines = out.splitlines()
+        pod = lines[lines.index("Pod:") + 1].strip()
         self.pods.append(pod)
         return pod
 
@@ -306,16 +329,17 @@ class Containerd(Runtime):
 
     NAMESPACE = "tctest"
 
-    def __init__(self, state: Path, rootfs: Path) -> None:
+    def __init__(self, state: Path, rootfs: Path, run_dir: Path | None = None) -> None:
+        """``run_dir``: containerd's ``state`` and socket there (else in ``state``)."""
         super().__init__("containerd", state)
         self.rootfs = rootfs
         self._created: dict[str, tuple[list[str], str, list[str]]] = {}
-        sock = state / "containerd.sock"
+        sock = (run_dir or state) / "containerd.sock"
         config = state / "config.toml"
         config.write_text(
             "version = 2\n"
             f'root = "{state / "root"}"\n'
-            f'state = "{state / "state"}"\n'
+            f'state = "{run_dir or state / "state"}"\n'
             f'[grpc]\n  address = "{sock}"\n'
             f'[ttrpc]\n  address = "{sock}.ttrpc"\n'
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from collector.enricher import ContainerEnricher
+from collector.enricher import ContainerEnricher, default_clients
 from collector.runtimes import ContainerInfo, LookupFailed
 
 A = "a" * 64
@@ -16,6 +16,8 @@ WEB = ContainerInfo("docker", "web", "nginx:1", "sha256:11", pod_name="web-0")
 
 class FakeClient:
     """A runtime: ``known`` containers, an optional failure, a record of what it was asked."""
+
+    follows = True
 
     def __init__(
         self,
@@ -192,3 +194,44 @@ def test_containers_are_learned_as_the_runtime_creates_them():
         assert enricher.errors["connect"] >= 1  # the stream's end is counted
     finally:
         enricher.stop()
+
+
+def test_a_runtime_without_a_stream_gets_no_follower_and_keeps_its_own_digest():
+    pinned = "docker.io/library/nginx@sha256:" + "0" * 64
+    spec = ContainerInfo("containerd", "web", pinned, "", image_digest=pinned)
+    bundles = FakeClient("containerd", {A: spec})
+    bundles.follows = False
+    bundles.creates = [B]  # would be announced, were it followed
+    enricher = ContainerEnricher([bundles])
+    enricher.start()
+    try:
+        assert enricher._followers == []
+    finally:
+        enricher.stop()
+    assert B not in enricher._cache
+    enricher.lookup(A)  # image_digest("") answers "": the spec's digest stands
+    assert enricher.keys(A)["container_image_digest"] == pinned
+
+
+def test_the_default_runtimes():
+    clients = default_clients()
+    assert [(c.runtime, type(c).__name__) for c in clients] == [
+        ("docker", "RuntimeClient"),
+        ("podman", "PodmanClient"),
+        ("containerd", "ContainerdBundles"),
+        ("containerd", "ContainerdBundles"),
+    ]
+    assert [c.follows for c in clients] == [True, True, False, False]
+
+
+def test_a_container_its_runtime_knows_but_names_nothing_is_not_asked_again():
+    """A `ctr run` container without labels: its spec is found and says nothing. Asking at
+    every event would re-read it for as long as the container runs."""
+    clock = Clock()
+    bundles = FakeClient("containerd", {A: ContainerInfo("containerd", "", "", "")})
+    enricher = ContainerEnricher([bundles], clock=clock)
+    enricher._thread = threading.current_thread()
+    enricher.lookup(A)
+    assert enricher.stats()["container_found"] == 1
+    clock.now += 3600
+    assert enricher.keys(A) == {} and enricher._queue.qsize() == 0

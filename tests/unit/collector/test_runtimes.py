@@ -4,7 +4,9 @@ and the HTTP client against a server on a unix socket.
 data/*.json were recorded on the development machine (Debian 12) with curl on the runtimes'
 sockets: Docker 20.10.24 (``docker import`` of a busybox-static tree, ``docker run --label
 io.kubernetes.pod.*``) and Podman 4.3.1's compat API (``podman system service``; a container
-in a ``podman pod`` with the same labels)."""
+in a ``podman pod`` with the same labels); ``podman_kube_*.json``: a container of a pod that
+``podman kube play`` made (no Kubernetes labels), its compat and libpod answers and its pod's
+(``/v4.0.0/libpod/pods/<id>/json``)."""
 
 from __future__ import annotations
 
@@ -28,14 +30,19 @@ from collector.runtimes import (
     EVENTS_URL,
     MAX_EVENT_BYTES,
     MAX_RESPONSE_BYTES,
+    PODMAN_POD_NAMESPACE,
     ContainerInfo,
     LookupFailed,
+    PodmanClient,
     RuntimeClient,
     bus_keys,
     created_id,
     parse_container,
     parse_image_digest,
+    parse_libpod_pod_name,
+    parse_libpod_pod_ref,
     untrusted_reason,
+    with_podman_pod,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -402,3 +409,66 @@ def test_following_the_stream(api):
     with pytest.raises(LookupFailed) as info:
         client(path).created(seen.append, lambda: False)
     assert info.value.reason == "http_status"
+
+
+# --- Podman's pods (podman kube play) ---------------------------------------------------------
+
+KUBE_ID = "7c8dbe788ce32144d5adf8147aa1941a6e2d0ed8e9e0d23d6ca7a30a727ab07e"
+KUBE_POD = "a9353a4fd3f3c7c67d0f0001bafb2dbae2a44f87f80fa0db63b7ff843e655acc"
+
+
+def test_a_kube_played_containers_pod_from_podmans_own_api():
+    compat = parse_container("podman", recorded("podman_kube_container.json"))
+    assert (compat.name, compat.pod_name, compat.pod_uid) == ("kp-web-worker", "", "")
+    pod_id, namespace = parse_libpod_pod_ref(recorded("podman_kube_libpod_container.json"))
+    assert (pod_id, namespace) == (KUBE_POD, "")
+    name = parse_libpod_pod_name(recorded("podman_kube_pod.json"))
+    assert name == "kp-web"
+    info = with_podman_pod(compat, pod_id, name, namespace)
+    assert bus_keys(info) == {
+        "container_name": "kp-web-worker",
+        "container_image": "localhost/tctest-busybox:latest",
+        "container_image_digest": compat.image_id,
+        "pod_name": "kp-web",
+        "pod_namespace": PODMAN_POD_NAMESPACE,
+        "pod_uid": KUBE_POD,
+    }
+    assert with_podman_pod(compat, pod_id, name, "team").pod_namespace == "team"
+    assert with_podman_pod(compat, "", "", "") == compat  # not in a pod
+
+
+def test_kubernetes_labels_win_over_podmans_pod():
+    labelled = parse_container("podman", recorded("podman_container.json"))
+    assert labelled.pod_name
+    assert with_podman_pod(labelled, KUBE_POD, "kp-web", "") == labelled
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b"{", json.dumps({"Pod": 5}).encode(), json.dumps({"Pod": "../x"}).encode(),
+     json.dumps({"Pod": KUBE_POD, "Namespace": ["x"]}).encode()],
+)  # fmt: skip
+def test_libpod_answers_we_refuse(body):
+    with pytest.raises(LookupFailed) as info:
+        parse_libpod_pod_ref(body)
+    assert info.value.reason == "bad_response"
+
+
+def test_podman_client_asks_for_the_pod_only_when_the_labels_do_not_name_one(api):
+    path, routes = api
+    routes[f"/containers/{KUBE_ID}/json"] = (200, recorded("podman_kube_container.json"), {})
+    routes[f"/v4.0.0/libpod/containers/{KUBE_ID}/json"] = (
+        200, recorded("podman_kube_libpod_container.json"), {},
+    )  # fmt: skip
+    routes[f"/v4.0.0/libpod/pods/{KUBE_POD}/json"] = (200, recorded("podman_kube_pod.json"), {})
+    routes[f"/containers/{PODMAN_ID}/json"] = (200, recorded("podman_container.json"), {})
+    c = PodmanClient("podman", path, 2.0, untrusted=lambda p: None)
+    info = c.inspect(KUBE_ID)
+    assert info is not None
+    assert (info.pod_name, info.pod_namespace, info.pod_uid) == ("kp-web", "default", KUBE_POD)
+    labelled = c.inspect(PODMAN_ID)  # no libpod route: asking it would fail the lookup
+    assert labelled == parse_container("podman", recorded("podman_container.json"))
+    del routes[f"/v4.0.0/libpod/pods/{KUBE_POD}/json"]
+    with pytest.raises(LookupFailed) as failed:
+        c.inspect(KUBE_ID)
+    assert failed.value.reason == "http_status"
