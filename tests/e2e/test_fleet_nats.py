@@ -322,3 +322,69 @@ def test_a_three_node_cluster_loses_a_node_mid_stream(
         cluster.close()
     check_exact(side, "alpha", target, data)
     assert "dropped 0 (0 bytes)" in relay.stderr()
+
+
+#: A burst the local writer keeps whole on this 2-CPU machine: 64 MiB in 64 KiB writes at
+#: 200 MB/s. Run as an ordinary subscriber, the bridge was disconnected at such rates (a bus
+#: seq gap in the stream, scripts/bench_fleet.py).
+BURST = 64 << 20
+BURST_RATE = 200e6
+
+
+def stored_messages(urls: str, subject: str) -> list:
+    """Every message the stream holds on ``subject``, in stream order."""
+
+    async def fetch(jet) -> list:
+        info = await jet.stream_info("TRACECAP", subjects_filter=subject)
+        want = (info.state.subjects or {}).get(subject, 0)
+        sub = await jet.pull_subscribe(subject, stream="TRACECAP")
+        got: list = []
+        while len(got) < want:
+            for msg in await sub.fetch(min(64, want - len(got)), timeout=10):
+                await msg.ack()
+                got.append(msg)
+        await sub.unsubscribe()
+        return got
+
+    return js(urls, fetch)  # type: ignore[return-value]
+
+
+def test_the_bridge_tracecap_run_starts_keeps_up_with_a_burst(
+    tracecap, workdir: Path, side: Path, nats_dir: Path
+) -> None:
+    """`tracecap run --nats`: the bridge runs as the writers do (the tracecap user, under the
+    run's supervisord), so the collector never disconnects it for being slow: every message of
+    a burst the local writer keeps whole is in the stream, seq without a hole, none lost."""
+    from tracecap import bus, fleet
+
+    server = Nats(nats_dir, 1)
+    try:
+        run = tracecap("--capture", f"write={workdir}/*", "--nats", server.urls, "--host", "alpha")
+        wait_until("the bridge publishing", lambda: "publishing" in run.logs(), 30)
+        target = workdir / "burst.bin"
+        data = os.urandom(BURST)
+        source = side / "burst-source.bin"
+        source.write_bytes(data)
+        pause = str(CHUNK / BURST_RATE)
+        subprocess.run([sys.executable, "-c", WORKLOAD, str(source), str(target), pause],
+                       timeout=60, check=True)  # fmt: skip
+        time.sleep(2.0)  # the idle flush indexes the local copy
+        status = subprocess.run(
+            ["tracecap", "status", "--nats", server.urls], capture_output=True, text=True
+        )
+        run.stop()
+        messages = stored_messages(server.urls, fleet.subject("alpha", bus.TOPIC_FILE_WRITE))
+    finally:
+        server.close()
+    local = run.records("write")
+    assert len(local) == 1 and local[0]["complete"], "the local writer lost part of the burst"
+    assert run.artifact(local[0]["path"].removeprefix("host/")) == data
+    envs = [bus.decode(fleet.frames(bus.TOPIC_FILE_WRITE, m.headers, m.data)).env for m in messages]
+    seqs = [env["seq"] for env in envs]
+    assert seqs == list(range(len(seqs))), "a hole in the stream's seq: the bridge missed some"
+    assert not [env for env in envs if "lost" in env]
+    hosts = {h["host"]: h for h in json.loads(status.stdout)["hosts"]}
+    assert not hosts["alpha"]["collector"].get("collector", {}).get("bus_peers_dropped")
+    assert hosts["alpha"]["bridge"]["dropped_messages"] == 0
+    bridge_log = (run.run_dir / "bridge-nats.log").read_text()
+    assert "dropped 0 (0 bytes)" in bridge_log, bridge_log[-2000:]
