@@ -352,8 +352,7 @@ def test_the_report_reads_every_segment_of_a_rotated_index(tracecap, workdir: Pa
     """With index-rotate:1kb,compress the index is renamed into many (gzip) segments during the
     capture: every artifact is in the report, with the sha256 of its file."""
     files = workdir / "rot"
-    run = tracecap("--capture", "write", "--capture", f"write={files}/*",
-                   "--capture", "index-rotate:1kb,compress")  # fmt: skip
+    run = tracecap("--capture", f"write={files}/*", "--capture", "index-rotate:1kb,compress")
     subprocess.run(
         [sys.executable, "-c", ROTATING_WRITER, str(files), str(ROTATED_FILES)],
         timeout=WORKLOAD_TIMEOUT_S, check=True,
