@@ -495,3 +495,46 @@ def test_a_segment_removed_before_a_restart_read_it_is_counted_lost(tree: Tree) 
     assert again.counters["ship_index_segments_lost"] == 1
     assert "p/box1/host/exec.2.a" in store.objects
     assert again.journal.state.number == 2
+
+
+def test_the_index_rotated_by_its_writers_is_shipped_line_for_line(tmp_path: Path) -> None:
+    """The real index (writers/index.py, index-rotate:1kb,compress) appended to between the
+    shipper's rounds, a restart halfway: every artifact once, every line of every segment once,
+    in order per file."""
+    from tracecap.rotation import Rotation
+    from writers.index import Index
+    from writers.outdir import OutputDir
+
+    out = OutputDir(str(tmp_path / "out"))
+    os.mkdir(tmp_path / "out" / "host")
+    index = Index(out, rotation=Rotation(1024, compress=True))
+    store = FakeStore()
+    shipper = Shipper(out.root_fd, store, "box1", "p", clock=Clock())
+    for i in range(60):
+        data = os.urandom(50 + i)
+        path = f"host/exec.{i}.x"
+        (tmp_path / "out" / path).write_bytes(data)
+        index.append({"path": path, "kind": "exec", "sha256": hashlib.sha256(data).hexdigest(),
+                      "size": len(data), "complete": True, "missing": []})  # fmt: skip
+        if i % 7 == 0:
+            shipper.step()
+        if i == 30:
+            shipper.close()  # a kill: the next one starts from the journal
+            shipper = Shipper(out.root_fd, store, "box1", "p", clock=Clock())
+    shipper.step()
+    index.close()
+    names = os.listdir(tmp_path / "out")
+    assert len([n for n in names if n.endswith(".jsonl.gz")]) >= 10, names
+    assert {k.removeprefix("p/box1/") for k in store.objects if "/index/" not in k} == {
+        f"host/exec.{i}.x" for i in range(60)
+    }
+    assert all(n == 1 for n in store.puts.values()), store.puts
+    from tracecap import segments
+
+    every = [line for _, line in segments.iter_lines(out.root_fd, "index.jsonl")]
+    keys = sorted((k for k in store.objects if "/index/" in k), key=lambda k: (
+        int(k.split("/index/")[1].split(".")[0].partition("-")[2] or 1), k.rsplit(".", 2)[1]
+    ))  # fmt: skip
+    assert b"".join(store.objects[k][0] for k in keys) == b"".join(every)
+    shipper.close()
+    out.close()
