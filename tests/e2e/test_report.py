@@ -369,4 +369,5 @@ def test_the_report_reads_every_segment_of_a_rotated_index(tracecap, workdir: Pa
         name = f"host/{artifact_name('write', source)}"
         sha = hashlib.sha256(source.read_bytes()).hexdigest()
         assert hashlib.sha256((run.out_dir / name).read_bytes()).hexdigest() == sha, name
-        assert f'"{name}"' in html and sha in html, f"{name} is not in the report"
+        # linked relative to where the page is (tmp_path): ``"<way to out/>/host/..."``
+        assert f'/{name}"' in html and sha in html, f"{name} is not in the report"
