@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark of the fleet path: bus -> `tracecap bridge --nats` -> JetStream -> remote writer.
 
-Prints figures, checks nothing (it is not a test). One `tracecap run` (collector and local file
-writer) on 127.0.0.1 with a real nats-server (JetStream, file storage, max_payload 8MB), one
-bridge and one remote file writer. Each round writes a file of SIZE bytes in 64 KiB writes
-(scripts/bench.py's workload, unpaced or at a rate) and times, from the workload's start, when
-the last byte is on disk locally and at the remote writer (artifact sizes polled every 5 ms),
-then checks after the index lines that both copies are complete and equal to each other
-(sha256): zero loss, or the round says it lost. Figures: MB/s and bus messages (events)/s to
+Prints figures, checks nothing (it is not a test). One `tracecap run --nats` (collector, local
+file writer and the bridge, as deployed) on 127.0.0.1 with a real nats-server (JetStream, file
+storage, max_payload 8MB), and one remote file writer. Each round writes a file of SIZE bytes in
+64 KiB writes (scripts/bench.py's workload, unpaced or at a rate) and times, from the workload's
+start, when the last byte is on disk locally and at the remote writer (artifact sizes polled
+every 5 ms), then checks after the index lines that both copies are complete and equal to each
+other (sha256): zero loss, or the round says it lost. Figures: MB/s and bus messages (events)/s to
 the remote writer, against the local lossless write-capture rate of the same round.
 
 Run as root after `make setup-test`: ``scripts/bench_fleet.py [--mib 256] [--rounds 3]``.
@@ -161,6 +161,7 @@ def main() -> int:
     base = Path(tempfile.mkdtemp(prefix="tcbf-", dir="/tmp"))
     base.chmod(0o755)
     run_dir = Path(tempfile.mkdtemp(prefix="tcbf-", dir="/run"))
+    bridge_log = run_dir / "bridge-nats.log"  # `tracecap run --nats` starts the bridge
     procs: list[subprocess.Popen] = []
     results = []
     try:
@@ -180,6 +181,7 @@ def main() -> int:
                 [
                     "tracecap", "run", "--run-dir", str(run_dir), "--capture",
                     f"dir:{base}/cap", "--capture", f"write={work}/*",
+                    "--nats", url, "--host", "bench",
                 ],
                 run_log,
             )
@@ -192,9 +194,7 @@ def main() -> int:
         (wrun / "stats").mkdir(parents=True)
         shutil.chown(wrun, "tracecap", "tracecap")
         shutil.chown(wrun / "stats", "tracecap", "tracecap")
-        bridge_log, writer_log = base / "bridge.log", base / "writer.log"
-        bridge_argv = ["tracecap", "bridge", "--nats", url, "--host", "bench"]
-        procs.append(start([*bridge_argv, "--run-dir", str(run_dir)], bridge_log))
+        writer_log = base / "writer.log"
         wait_text(bridge_log, "publishing")
         procs.append(
             start(
@@ -217,30 +217,38 @@ def main() -> int:
     finally:
         for proc in reversed(procs):
             stop(proc, signal.SIGINT if proc is procs[1] else signal.SIGTERM)
-        print((base / "bridge.log").read_text()[-600:], file=sys.stderr)
-        print((base / "writer.log").read_text()[-600:], file=sys.stderr)
+        for log in (bridge_log, base / "writer.log"):
+            if log.exists():
+                print(log.read_text()[-600:], file=sys.stderr)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"\nFleet: bus -> bridge -> JetStream -> remote file writer, {args.mib} MiB a file")
-    print("  rate (MB/s)  local lossless  remote lossless  local MB/s  remote MB/s  events/s")
+    print("  median (min-max) of the rounds; remote/local: per round, both lossless")
+    print("  rate (MB/s)  local ok  remote ok  local MB/s          remote MB/s         "
+          "remote/local        events/s")  # fmt: skip
     for rate in RATES:
         mine = [r for r in results if r["rate"] == rate]
         ok_local = sum(r["local_complete"] for r in mine)
         ok_remote = sum(r["lossless"] for r in mine)
         local = [size / r["local_s"] / MB for r in mine if r["local_complete"] and r["local_s"]]
-        good = [r for r in mine if r["lossless"] and r["remote_s"]]
+        good = [r for r in mine if r["lossless"] and r["remote_s"] and r["local_s"]]
         remote_mbps = [size / r["remote_s"] / MB for r in good]
+        ratios = [r["local_s"] / r["remote_s"] for r in good]
         events = [r["messages"] / r["remote_s"] for r in good]
         print(
-            f"  {rate / MB if rate else 'unpaced':>11}  {ok_local}/{len(mine):<13} "
-            f"{ok_remote}/{len(mine):<14} {_med(local):>10}  {_med(remote_mbps):>11}  "
-            f"{_med(events, '.0f'):>8}"
+            f"  {rate / MB if rate else 'unpaced':>11}  {ok_local}/{len(mine):<6}  "
+            f"{ok_remote}/{len(mine):<7}  {_spread(local):<18}  {_spread(remote_mbps):<18}  "
+            f"{_spread(ratios, '.2f'):<18}  {_spread(events, '.0f')}"
         )
     return 0
 
 
-def _med(values: list[float], fmt: str = ".1f") -> str:
-    return format(statistics.median(values), fmt) if values else "-"
+def _spread(values: list[float], fmt: str = ".1f") -> str:
+    """``median (min-max)``, or ``-`` without values."""
+    if not values:
+        return "-"
+    median, low, high = statistics.median(values), min(values), max(values)
+    return f"{median:{fmt}} ({low:{fmt}}-{high:{fmt}})"
 
 
 if __name__ == "__main__":

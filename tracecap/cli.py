@@ -21,11 +21,15 @@ import socket
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tracecap import __version__, bus, kinds, options, usage
 from tracecap.frontend import supervisor_conf
 from tracecap.natsconn import NatsOptions
 from tracecap.usage import Command, Flag
+
+if TYPE_CHECKING:
+    from tracecap.tools.nats_bridge import NatsBridgeConfig
 
 WRITER_KINDS = ", ".join(kinds.BY_NAME)
 #: ``tracecap writer ship``: not a bus writer, the shipper of what the writers stored.
@@ -164,9 +168,33 @@ def _run(found: dict[str, list[str]], rest: list[str]) -> int:
     config = _config(argv)
     run_dir, ring_mb = run_dir_of(found), ring_mb_of(found)
     check_interfaces(config)
+    bridge = _run_bridge_argv(found)
     from tracecap.frontend.supervise import run
 
-    return run(config, argv, run_dir, ring_mb)
+    return run(config, argv, run_dir, ring_mb, bridge)
+
+
+#: `tracecap run`'s flags that go to the NATS bridge it then starts (README Fleet).
+_RUN_BRIDGE_FLAGS = ("--nats", "--creds", "--nkey", "--tlscert", "--tlskey", "--tlsca",
+                     "--stream", "--host", "--replicas")  # fmt: skip
+
+
+def _run_bridge_argv(found: dict[str, list[str]]) -> list[str]:
+    """The flags of the bridge `tracecap run --nats` starts, checked as `tracecap bridge` checks
+    them (a bad one is a usage error before anything starts); none without --nats."""
+    given = [flag for flag in _RUN_BRIDGE_FLAGS if flag in found]
+    if "--nats" not in found:
+        if given:
+            raise UsageError(f"{given[0]} goes with --nats")
+        return []
+    _nats_bridge_config(found)
+    argv: list[str] = []
+    for flag in given:
+        try:
+            argv += [flag, supervisor_conf.check_safe(found[flag][0], flag)]
+        except supervisor_conf.UnsafeValue as exc:
+            raise UsageError(str(exc)) from None
+    return argv
 
 
 def _collector(found: dict[str, list[str]], rest: list[str]) -> int:
@@ -336,7 +364,13 @@ def _bridge(found: dict[str, list[str]], rest: list[str]) -> int:
 
 
 def _nats_bridge(found: dict[str, list[str]]) -> int:
-    from tracecap.tools.nats_bridge import NatsBridgeConfig, host_name, run_nats_bridge
+    from tracecap.tools.nats_bridge import run_nats_bridge
+
+    return run_nats_bridge(_nats_bridge_config(found))
+
+
+def _nats_bridge_config(found: dict[str, list[str]]) -> NatsBridgeConfig:
+    from tracecap.tools.nats_bridge import NatsBridgeConfig, host_name
 
     if "--server-key" in found or "--allow" in found:
         raise UsageError("--server-key and --allow are for --listen")
@@ -347,14 +381,13 @@ def _nats_bridge(found: dict[str, list[str]]) -> int:
         host = host_name(found.get("--host", [None])[0])
     except ValueError as exc:
         raise UsageError(f"--host: {exc}") from None
-    bridge_config = NatsBridgeConfig(
+    return NatsBridgeConfig(
         nats=_nats_options(found, found["--nats"][0]),
         upstream=f"ipc://{run_dir_of(found)}/bus.sock",
         host=host,
         stream=_stream_of(found),
         replicas=int(replicas),
     )
-    return run_nats_bridge(bridge_config)
 
 
 def _keys(found: dict[str, list[str]], rest: list[str]) -> int:
@@ -489,6 +522,14 @@ NATS = Flag(
     "listening on tcp (README Fleet).",
     words=("nats://", "tls://"),
 )
+RUN_NATS = Flag(
+    ("--nats",),
+    "nats://HOST:PORT[,...]",
+    "Also start tracecap bridge --nats under the run's supervisord (as the tracecap user, "
+    "like the writers: the collector never disconnects it for being slow); with it --creds, "
+    "--nkey, --tls*, --stream, --host and --replicas go to the bridge (README Fleet).",
+    words=("nats://", "tls://"),
+)
 STATUS_NATS = Flag(
     ("--nats",),
     "nats://HOST:PORT[,...]",
@@ -583,7 +624,20 @@ COMMANDS: dict[str, Command] = {
             "every probe is attached and every writer subscribed, events on stdout with "
             "--output json, and on Ctrl-C or SIGTERM stop everything, flush and print a "
             "summary of what was captured and lost. Runs as root.",
-            (CONFIG, RUN_DIR, RING_MB),
+            (
+                CONFIG,
+                RUN_DIR,
+                RING_MB,
+                RUN_NATS,
+                CREDS,
+                NKEY,
+                TLSCERT,
+                TLSKEY,
+                TLSCA,
+                STREAM,
+                BRIDGE_HOST,
+                REPLICAS,
+            ),
             options=True,
             handler=_run,
         ),

@@ -115,6 +115,18 @@ def ordered_segments(base: str, names: Iterable[str]) -> list[str]:
     return [*ordered, base] if base in names else ordered
 
 
+def live_number(base: str, first: object) -> int:
+    """The number the live file ``base`` gets once closed, from its first record: one past the
+    segment its rotation record names; 1 for a file that starts otherwise (the first file, or
+    one begun again from nothing)."""
+    if not isinstance(first, dict) or first.get("kind") != "rotation":
+        return 1
+    segment = first.get("segment")
+    if first.get("file") != base or type(segment) is not int or segment < 1:
+        return 1
+    return segment + 1
+
+
 def next_number(base: str, names: Iterable[str]) -> int:
     """The number the next closed segment gets: one past the highest there (numbers are never
     reused, even after the oldest segments were removed)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import json
 import os
 import shutil
 import stat
@@ -60,6 +61,31 @@ def open_segment(dir_fd: int, name: str) -> BinaryIO:
     if not name.endswith(rotation.GZIP_SUFFIX):
         return raw
     return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+
+
+def first_line(fd: int, limit: int = 1 << 16) -> bytes:
+    """The file's first line (without its newline), at most ``limit`` bytes: a rotation record
+    is far shorter; b"" for an empty file or a first line still being written."""
+    head = os.pread(fd, limit, 0)
+    end = head.find(b"\n")
+    return head[:end] if end >= 0 else b""
+
+
+def live_number(fd: int, base: str) -> int:
+    """The number the live file ``base`` open on ``fd`` gets once closed (rotation.live_number
+    of its first line)."""
+    line = first_line(fd)
+    try:
+        first = json.loads(line) if line else None
+    except (ValueError, RecursionError):
+        first = None
+    return rotation.live_number(base, first)
+
+
+def lowest_number(dir_fd: int, base: str, live: int) -> int:
+    """The oldest file of ``base`` still there: its lowest closed segment, else the live one
+    (numbered ``live``)."""
+    return min(rotation.closed_segments(base, os.listdir(dir_fd)), default=live)
 
 
 def segments(dir_fd: int, base: str) -> list[str]:

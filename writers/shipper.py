@@ -6,7 +6,10 @@ state journal (writers/shipstate.py). One loop, once per POLL_S:
 
 1. read the index lines appended since last time (whole lines only: a torn tail is left for
    later); each artifact's latest line is what ships, an earlier one still waiting is
-   superseded;
+   superseded. A rotated index (``index-rotate:``) is read file by file in order: the oldest
+   closed segment there at the first start, then each next one (compressed or not), then the
+   live file; the file followed is left for the next only once it is closed (the live name is
+   a file whose rotation record says so), read to its end and its lines are up;
 2. put the lines read as one index object (writers/shipkeys.py names it by its byte range);
 3. put each waiting artifact whose bytes are what its line says (sha256 checked before a file
    that can still change is sent, and of the bytes actually sent, always);
@@ -32,11 +35,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tracecap import rotation, segments
 from tracecap.fsutil import DIR_FLAGS, default_opener
 from writers.index import INDEX_NAME, parse_line
 from writers.s3store import ObjectRefused, Store, StoreError
 from writers.shipkeys import BadRecord, artifact_path, index_chunk_key, metadata, object_key
-from writers.shipstate import StateJournal
+from writers.shipstate import StateJournal, position, split_position
 
 POLL_S = 0.5
 BACKOFF_FIRST_S = 0.5
@@ -65,6 +69,7 @@ COUNTERS = (
     "ship_deleted",
     "ship_delete_errors",
     "ship_budget_refused_bytes",
+    "ship_index_segments_lost",
     "ship_pending",
     "ship_pending_bytes",
 )
@@ -167,6 +172,36 @@ def unlink_beneath(root_fd: int, path: str) -> None:
             os.close(dir_fd)
 
 
+@dataclass
+class IndexFile:
+    """One file of the index being read: the live file or a plain closed segment through its fd,
+    or a compressed segment's content (closed: it never changes)."""
+
+    number: int
+    ino: int
+    live: bool
+    fd: int = -1
+    data: bytes | None = None
+
+    @property
+    def id(self) -> str:
+        """Names its index objects: its inode, with its number past the first file."""
+        return str(self.ino) if self.number == 1 else f"{self.ino}-{self.number:06d}"
+
+    def pread(self, length: int, offset: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset : offset + length]
+        return os.pread(self.fd, length, offset)
+
+    def size(self) -> int:
+        return len(self.data) if self.data is not None else os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
 def file_sha256(fd: int) -> tuple[str, int]:
     sha = hashlib.sha256()
     size = 0
@@ -204,48 +239,139 @@ class Shipper:
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
         self.waiting: OrderedDict[str, Waiting] = OrderedDict()
         self._to_delete: dict[str, Stored] = {}
-        self._index_fd = -1
-        self._index_ino: int | None = None
-        self.read_offset = self.journal.state.resolved
+        #: The index file being read, and where: its number and the byte after the last whole
+        #: line taken. A restart reads from the journal's ``resolved`` (which may lie in a file
+        #: before the one the journal follows: those are read again, their index objects are up).
+        self._file: IndexFile | None = None
+        self._read_number, self.read_offset = split_position(self.journal.state.resolved)
         self._failures = 0
         self._retry_at = float("-inf")
         self.store_down = False
 
     # -- the index ----------------------------------------------------------------------------
 
-    def _follow_index(self) -> bool:
-        """Have the index open; a new one (another inode) starts over at byte 0."""
+    def _open_live(self) -> IndexFile | None:
+        """The live index file (None while the name is missing, or not a regular file)."""
+        try:
+            fd = open_beneath(self._root_fd, INDEX_NAME)
+        except OSError:
+            return None
+        number = segments.live_number(fd, INDEX_NAME)
+        return IndexFile(number, os.fstat(fd).st_ino, True, fd)
+
+    def _open_closed(self, number: int) -> IndexFile | None:
+        """Closed segment ``number``: the plain file while it is there, else its ``.gz`` read
+        whole; None when neither is (removed to keep the count)."""
+        plain = rotation.segment_name(INDEX_NAME, number)
+        try:
+            fd = segments.open_segment_fd(self._root_fd, plain)
+            return IndexFile(number, os.fstat(fd).st_ino, False, fd)
+        except FileNotFoundError:
+            pass
+        try:
+            with segments.open_segment(self._root_fd, plain + rotation.GZIP_SUFFIX) as stream:
+                ino = os.fstat(stream.fileno()).st_ino
+                return IndexFile(number, ino, False, data=stream.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, EOFError) as exc:  # not gzip, or cut short: its lines cannot be read
+            self._log("index", f"{plain}{rotation.GZIP_SUFFIX} not readable: {exc}")
+            return None
+
+    def _open_reading(self) -> bool:
+        """Open the file to read next (``_read_number``), starting over from the oldest file
+        there when the index was begun again; False when there is none yet."""
+        live = self._open_live()
+        if live is None:
+            return False
+        state = self.journal.state
+        replaced = (
+            state.index_id is None
+            or state.number > live.number
+            or (state.number == live.number and state.index_id != live.id)
+        )
+        if replaced:
+            if state.index_id is not None:
+                self._log("index", f"{INDEX_NAME} was replaced: following it from its start")
+            self.waiting.clear()
+            self._read_number = segments.lowest_number(self._root_fd, INDEX_NAME, live.number)
+            self.read_offset = 0
+        while self._read_number < live.number:
+            found = self._open_closed(self._read_number)
+            if found is not None:
+                live.close()
+                return self._reading(found, replaced)
+            self.counters["ship_index_segments_lost"] += 1
+            self._log("index", f"index segment {self._read_number} gone before it was read")
+            self._read_number += 1
+            self.read_offset = 0
+        return self._reading(live, replaced)
+
+    def _reading(self, found: IndexFile, replaced: bool) -> bool:
+        self._file = found
+        if replaced:
+            self.journal.record({"index": found.id, "number": found.number})
+        elif found.number > self.journal.state.number:
+            self.journal.record({"follow": found.number, "id": found.id})
+        return True
+
+    def _closed(self) -> bool:
+        """Whether the file being read will get no more lines: a closed segment, or the live
+        file once the name holds a later one (its writers append to that one from then on)."""
+        assert self._file is not None
+        if not self._file.live:
+            return True
         try:
             st = os.stat(INDEX_NAME, dir_fd=self._root_fd, follow_symlinks=False)
         except FileNotFoundError:
-            return self._index_fd >= 0
-        if st.st_ino == self._index_ino:
-            return True
-        if not stat.S_ISREG(st.st_mode):
+            return False  # mid-rotation: the new file takes the name next
+        if st.st_ino == self._file.ino:
             return False
-        fd = open_beneath(self._root_fd, INDEX_NAME)
-        if self._index_fd >= 0:
-            os.close(self._index_fd)
-        self._index_fd, self._index_ino = fd, os.fstat(fd).st_ino
-        index_id = str(self._index_ino)
-        if self.journal.state.index_id != index_id:
-            if self.journal.state.index_id is not None:
-                self._log(
-                    "index", f"{INDEX_NAME} was replaced: following the new one from its start"
-                )
-            self.journal.record({"index": index_id})
-            self.waiting.clear()
+        live = self._open_live()
+        if live is None:
+            return False
+        live.close()
+        if live.number > self._file.number:
+            return True
+        self._file.close()  # begun again (clear-dir): _open_reading starts over
+        self._file = None
+        return False
+
+    def _read_index(self) -> bool:
+        """Take the lines appended since last time; True when it moved on to a later file (whose
+        lines then go up as index objects before it can move on again)."""
+        moved = False
+        while True:
+            if self._file is None and not self._open_reading():
+                return moved
+            assert self._file is not None
+            closed = self._closed()  # before reading: every line of a closed file is then read
+            if self._file is None:
+                continue
+            for offset, line in self._read_lines():
+                self._take(position(self._file.number, offset), line)
+            if not closed:
+                return moved
+            state = self.journal.state
+            if self._file.number == state.number and (
+                state.chunk_open is not None or state.chunk_done < self.read_offset
+            ):
+                return moved  # its lines go up as index objects first
+            if self.read_offset < self._file.size():  # a tail torn by a crash, never ended
+                self.counters["ship_bad_records"] += 1
+            self._file.close()
+            self._file = None
+            self._read_number += 1
             self.read_offset = 0
-        return True
+            moved = True
 
     def _read_lines(self) -> list[tuple[int, bytes]]:
         """The whole lines appended since ``read_offset``, with their offsets."""
-        size = os.fstat(self._index_fd).st_size
+        assert self._file is not None
+        size = self._file.size()
         out: list[tuple[int, bytes]] = []
         while self.read_offset < size:
-            data = os.pread(
-                self._index_fd, min(size - self.read_offset, MAX_CHUNK_BYTES), self.read_offset
-            )
+            data = self._file.pread(min(size - self.read_offset, MAX_CHUNK_BYTES), self.read_offset)
             end = data.rfind(b"\n")
             if end < 0:
                 break  # a torn tail, or a line longer than a chunk: waits for its newline
@@ -271,7 +397,10 @@ class Shipper:
                 object_key(self.prefix, self.host, path)
         except BadRecord as exc:
             self.counters["ship_bad_records"] += 1
-            self._log("bad_record", f"index line at byte {offset} not shipped: {exc}")
+            number, byte = split_position(offset)
+            self._log(
+                "bad_record", f"index line at byte {byte} of file {number} not shipped: {exc}"
+            )
             return
         if path is None:
             return
@@ -287,15 +416,19 @@ class Shipper:
 
     # -- the store ----------------------------------------------------------------------------
 
-    def _ship_index(self, end: int) -> None:
-        """Put the index lines in ``[chunk_done, end)`` (or a chunk begun before a crash)."""
+    def _ship_index(self) -> None:
+        """Put the lines of the file the journal follows in ``[chunk_done, read)`` (or a chunk
+        begun before a crash) as index objects; none while an earlier file is read again."""
         state = self.journal.state
+        index = self._file
+        if index is None or index.number != state.number:
+            return
         while True:
             if state.chunk_open is not None:
                 start, stop = state.chunk_open
-            elif state.chunk_done < end:
+            elif state.chunk_done < self.read_offset:
                 start = state.chunk_done
-                data = os.pread(self._index_fd, min(end - start, MAX_CHUNK_BYTES), start)
+                data = index.pread(min(self.read_offset - start, MAX_CHUNK_BYTES), start)
                 cut = data.rfind(b"\n")
                 if cut < 0:
                     return
@@ -303,7 +436,7 @@ class Shipper:
                 self.journal.record({"chunk": [start, stop]})
             else:
                 return
-            data = os.pread(self._index_fd, stop - start, start)
+            data = index.pread(stop - start, start)
             key = index_chunk_key(self.prefix, self.host, state.index_id or "0", start, stop)
             meta = {"sha256": hashlib.sha256(data).hexdigest(), "kind": "index"}
             self._store.put_bytes(key, data, meta)
@@ -410,7 +543,7 @@ class Shipper:
     def _resolved(self) -> int:
         pending = [item.offset for item in self.waiting.values()]
         pending += [stored.offset for stored in self._to_delete.values()]
-        return min(pending, default=self.read_offset)
+        return min(pending, default=position(self._read_number, self.read_offset))
 
     def _gauges(self) -> None:
         self.counters["ship_pending"] = len(self.waiting)
@@ -422,13 +555,13 @@ class Shipper:
 
     def step(self) -> None:
         """One round: read the index, then (unless backing off) put what waits."""
-        if self._follow_index():
-            for offset, line in self._read_lines():
-                self._take(offset, line)
+        self._read_index()
         now = self._clock()
-        if now >= self._retry_at and self._index_fd >= 0:
+        if now >= self._retry_at and self._file is not None:
             try:
-                self._ship_index(self.read_offset)
+                self._ship_index()
+                while self._read_index():  # a rotated file whose lines are all up: the next
+                    self._ship_index()
                 self._ship_waiting()
             except StoreError as exc:
                 self.counters["ship_store_errors"] += 1
@@ -459,9 +592,9 @@ class Shipper:
         on_round()
 
     def close(self) -> None:
-        if self._index_fd >= 0:
-            os.close(self._index_fd)
-            self._index_fd = -1
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         with contextlib.suppress(OSError):
             self.journal.close()
 

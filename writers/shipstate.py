@@ -2,17 +2,21 @@
 
 An append-only journal of JSON lines, replayed at start:
 
-- ``{"index": ID}``: the index being followed (its inode); another one starts over from byte 0
-  (``clear-dir`` replaced it), keeping what was shipped.
+- ``{"index": ID, "number": N}``: following the index from its file N (a rotated index's
+  oldest segment, or the live file; 1 when absent) from its start; ID is that file's inode. A
+  later one starts over (``clear-dir`` replaced the index), keeping what was shipped.
+- ``{"follow": N, "id": ID}``: file N-1 was read and its lines all went up as index objects;
+  following file N (ID: its inode, with ``-NNNNNN`` for N > 1, names its index objects).
 - ``{"shipped": PATH, "sha256": S}``: that content of that artifact is in the store; shipping
   it again would be a duplicate.
 - ``{"deleted": PATH}``: its local copy was removed once stored (``--delete-after-upload``);
   a later version of it is a new artifact and goes up under another key.
-- ``{"resolved": N}``: every index line before byte N is dealt with (shipped, superseded,
-  gone or refused), so a restart reads the index from N.
-- ``{"chunk": [A, B]}`` then ``{"chunk_done": B}``: the index lines in bytes ``[A, B)`` are
-  going up as one object, then are up. A chunk begun and not done is sent again with the same
-  bounds (the same key), so no index line is ever stored twice.
+- ``{"resolved": P}``: every index line before position P is dealt with (shipped, superseded,
+  gone or refused), so a restart reads the index from P. A position is ``(N - 1) << 40 | byte``
+  (``position``): byte offsets of file 1 as they are, and later files after every earlier one.
+- ``{"chunk": [A, B]}`` then ``{"chunk_done": B}``: the index lines in bytes ``[A, B)`` of the
+  file followed are going up as one object, then are up. A chunk begun and not done is sent
+  again with the same bounds (the same key), so no index line is ever stored twice.
 
 A torn last line (a crash mid-append) is ignored. Past ``COMPACT_BYTES`` the journal is rewritten
 as the state it describes (a new file renamed over the old one).
@@ -30,6 +34,8 @@ from writers.index import parse_line
 from writers.outdir import FILE_MODE, open_regular
 
 STATE_NAME = ".ship-state.jsonl"
+#: A position's byte offset within its index file takes the low bits (a segment of 1 TiB).
+OFFSET_BITS = 40
 #: Rewrite the journal when it grows past this (a compact state line per artifact shipped).
 COMPACT_BYTES = 4 << 20
 #: Longest journal read at start.
@@ -41,6 +47,8 @@ class ShipState:
     """The replayed journal."""
 
     index_id: str | None = None
+    #: The index file followed: its segment number once closed (README "Rotation").
+    number: int = 1
     resolved: int = 0
     chunk_done: int = 0
     #: A chunk begun and not known to be stored: (start, end).
@@ -53,10 +61,16 @@ class ShipState:
     def apply(self, entry: dict[str, Any]) -> None:
         """One journal entry; an entry of unknown shape is ignored (counted by ``replay``)."""
         if "index" in entry:
-            if entry["index"] != self.index_id:
-                self.index_id = str(entry["index"])
-                self.resolved = self.chunk_done = 0
+            number = int(entry.get("number", 1))
+            if (entry["index"], number) != (self.index_id, self.number):
+                self.index_id, self.number = str(entry["index"]), number
+                self.resolved = position(number, 0)
+                self.chunk_done = 0
                 self.chunk_open = None
+        elif "follow" in entry:
+            self.number, self.index_id = int(entry["follow"]), str(entry["id"])
+            self.chunk_done = 0
+            self.chunk_open = None
         elif "shipped" in entry:
             sha = entry.get("sha256")
             if sha is None:  # what went up was not what its line said, and was removed
@@ -81,13 +95,23 @@ class ShipState:
         """The journal lines that rebuild this state (for compaction)."""
         out: list[dict[str, Any]] = []
         if self.index_id is not None:
-            out.append({"index": self.index_id})
+            out.append({"index": self.index_id, "number": self.number})
         out += [{"shipped": path, "sha256": sha} for path, sha in sorted(self.shipped.items())]
         out += [{"deleted": path} for path in sorted(self.deleted)]
         out += [{"resolved": self.resolved}, {"chunk_done": self.chunk_done}]
         if self.chunk_open is not None:
             out.append({"chunk": list(self.chunk_open)})
         return out
+
+
+def position(number: int, offset: int) -> int:
+    """Where byte ``offset`` of index file ``number`` is in the journal's order."""
+    return (number - 1) << OFFSET_BITS | offset
+
+
+def split_position(pos: int) -> tuple[int, int]:
+    """(number, offset) of a position."""
+    return (pos >> OFFSET_BITS) + 1, pos & ((1 << OFFSET_BITS) - 1)
 
 
 def replay(data: bytes) -> ShipState:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_remote_writer import Proc, free_port, index, side, tracecap_owned
-from tests.support.pipeline import artifact_name, wait_until
+from tests.support.pipeline import artifact_name, pid_of, wait_until
 
 pytestmark = pytest.mark.ebpf
 __all__ = ["side"]  # the fixture, imported for this module's tests
@@ -322,3 +322,101 @@ def test_a_three_node_cluster_loses_a_node_mid_stream(
         cluster.close()
     check_exact(side, "alpha", target, data)
     assert "dropped 0 (0 bytes)" in relay.stderr()
+
+
+#: The burst: 48 MiB in 64 KiB writes at 32 MB/s, during which both bridges stop for
+#: STALL_S. What piles up meanwhile (about 13 MB) is past the collector's pressure mark (4 MiB:
+#: an ordinary subscriber that takes nothing for 20 ms is then disconnected) and within its
+#: payload budget (16 MiB: the local writer loses nothing).
+BURST = 48 << 20
+BURST_RATE = 32e6
+STALL_AT_S = 0.5
+STALL_S = 0.4
+
+
+def stored_messages(urls: str, subject: str) -> list:
+    """Every message the stream holds on ``subject``, in stream order."""
+
+    async def fetch(jet) -> list:
+        info = await jet.stream_info("TRACECAP", subjects_filter=subject)
+        want = (info.state.subjects or {}).get(subject, 0)
+        sub = await jet.pull_subscribe(subject, stream="TRACECAP")
+        got: list = []
+        while len(got) < want:
+            for msg in await sub.fetch(min(64, want - len(got)), timeout=10):
+                await msg.ack()
+                got.append(msg)
+        await sub.unsubscribe()
+        return got
+
+    return js(urls, fetch)  # type: ignore[return-value]
+
+
+def seqs_of(urls: str, host: str) -> tuple[list[int], int]:
+    """The bus seq of every file.write. message the stream holds for ``host`` (a message
+    standing for lost bytes, a loss notice, counts as missing), and their payload bytes."""
+    from tracecap import bus, fleet
+
+    messages = stored_messages(urls, fleet.subject(host, bus.TOPIC_FILE_WRITE))
+    seqs, payload = [], 0
+    for m in messages:
+        frames = fleet.frames(bus.TOPIC_FILE_WRITE, m.headers, m.data)
+        env = bus.decode(frames).env
+        if "lost" not in env:
+            seqs.append(env["seq"])
+            payload += len(frames[2]) if len(frames) > 2 else 0
+    return seqs, payload
+
+
+def test_the_bridge_tracecap_run_starts_is_never_disconnected_for_a_stall(
+    tracecap, workdir: Path, side: Path, nats_dir: Path
+) -> None:
+    """`tracecap run --nats` runs the bridge as the writers run (the tracecap user, under the
+    run's supervisord), so the collector never disconnects it for being slow: both it and a
+    `tracecap bridge --nats` started by hand stop reading for STALL_S mid-burst; the hand-started
+    one is disconnected and its stream has a hole in seq, the run's has every message, and the
+    local writer keeps the whole burst."""
+    server = Nats(nats_dir, 1)
+    procs: list[Proc] = []
+    try:
+        run = tracecap("--capture", f"write={workdir}/*", "--nats", server.urls, "--host", "alpha")
+        wait_until("the run's bridge publishing", lambda: "publishing" in run.logs(), 30)
+        procs.append(by_hand := bridge(run, server.urls, "beta", side))
+        time.sleep(1.0)  # its subscription reaches the collector
+        relay = pid_of(run, "bridge-nats")
+        assert relay > 0
+        target = workdir / "burst.bin"
+        data = os.urandom(BURST)
+        source = side / "burst-source.bin"
+        source.write_bytes(data)
+        pause = str(CHUNK / BURST_RATE)
+        work = subprocess.Popen([sys.executable, "-c", WORKLOAD, str(source), str(target), pause])
+        time.sleep(STALL_AT_S)
+        for pid in (relay, by_hand.proc.pid):
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(STALL_S)
+        for pid in (relay, by_hand.proc.pid):
+            os.kill(pid, signal.SIGCONT)
+        assert work.wait(60) == 0
+        time.sleep(2.0)  # the idle flush indexes the local copy; the bridges catch up
+        status = subprocess.run(
+            ["tracecap", "status", "--nats", server.urls], capture_output=True, text=True
+        )
+        run.stop()
+        by_hand.stop()
+        alpha_seqs, beta_seqs = seqs_of(server.urls, "alpha"), seqs_of(server.urls, "beta")
+    finally:
+        finish(procs)
+        server.close()
+    local = run.records("write")
+    assert len(local) == 1 and local[0]["complete"], "the local writer lost part of the burst"
+    assert run.artifact(local[0]["path"].removeprefix("host/")) == data
+    hosts = {h["host"]: h for h in json.loads(status.stdout)["hosts"]}
+    dropped = hosts["alpha"]["collector"]["collector"].get("bus_peers_dropped") or {}
+    assert dropped.get("stalled", 0) >= 1, dropped  # the hand-started bridge
+    (alpha, alpha_bytes), (beta, _) = alpha_seqs, beta_seqs
+    assert alpha == list(range(len(alpha))) and alpha_bytes == BURST
+    assert beta != list(range(len(beta))), "the control: the hand-started one missed nothing"
+    assert hosts["alpha"]["bridge"]["dropped_messages"] == 0
+    bridge_log = (run.run_dir / "bridge-nats.log").read_text()
+    assert "dropped 0 (0 bytes)" in bridge_log, bridge_log[-2000:]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import Run
+from tests.support.pipeline import Run, artifact_name
 from tests.support.workloads import WORKLOAD_TIMEOUT_S
 
 CHROMIUM = shutil.which("chromium")
@@ -335,3 +335,39 @@ def test_hostile_names_stay_text_in_chromium(tracecap, workdir: Path, tmp_path):
     tampered.write_text(html.replace(escaped, "<img src=x onerror=alert(5)>", 1))
     blocked = console(chromium(tampered, "--dump-dom"))
     assert blocked and all("Content Security Policy" in line for line in blocked), blocked
+
+
+#: Files written by a real process while the index rotates every kilobyte (about 3 lines).
+ROTATED_FILES = 40
+ROTATING_WRITER = """
+import os, sys
+os.makedirs(sys.argv[1], exist_ok=True)
+for i in range(int(sys.argv[2])):
+    with open(os.path.join(sys.argv[1], f"f{i}.bin"), "wb") as f:
+        f.write(os.urandom(1000 + 37 * i))
+"""
+
+
+def test_the_report_reads_every_segment_of_a_rotated_index(tracecap, workdir: Path, tmp_path):
+    """With index-rotate:1kb,compress the index is renamed into many (gzip) segments during the
+    capture: every artifact is in the report, with the sha256 of its file."""
+    files = workdir / "rot"
+    run = tracecap("--capture", f"write={files}/*", "--capture", "index-rotate:1kb,compress")
+    subprocess.run(
+        [sys.executable, "-c", ROTATING_WRITER, str(files), str(ROTATED_FILES)],
+        timeout=WORKLOAD_TIMEOUT_S, check=True,
+    )  # fmt: skip
+    time.sleep(1.5)
+    run.stop()
+    closed = sorted(p.name for p in run.out_dir.glob("index.*.jsonl.gz"))
+    assert len(closed) >= 5, closed  # rotated several times during the capture
+    page = tmp_path / "rotated.html"
+    report(run, page)
+    html = page.read_text()
+    for i in range(ROTATED_FILES):
+        source = files / f"f{i}.bin"
+        name = f"host/{artifact_name('write', source)}"
+        sha = hashlib.sha256(source.read_bytes()).hexdigest()
+        assert hashlib.sha256((run.out_dir / name).read_bytes()).hexdigest() == sha, name
+        # linked relative to where the page is (tmp_path): ``"<way to out/>/host/..."``
+        assert f'/{name}"' in html and sha in html, f"{name} is not in the report"

@@ -26,6 +26,7 @@ import pytest
 
 from tests.support.pipeline import Run, wait_until
 from tests.support.swift import Swift
+from tracecap import segments
 
 pytestmark = pytest.mark.ebpf
 
@@ -94,11 +95,20 @@ def listing(client) -> dict[str, dict[str, Any]]:
     return out
 
 
+def index_lines(run: Run) -> list[bytes]:
+    """Every line of the index: its rotated segments in order (gzip or not), then the live file
+    (tracecap.segments, as the product reads it)."""
+    fd = os.open(run.out_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return [line for _, line in segments.iter_lines(fd, "index.jsonl")]
+    finally:
+        os.close(fd)
+
+
 def current(run: Run) -> dict[str, dict[str, Any]]:
     """The last index line of each artifact that stores bytes, by path."""
-    lines = (run.out_dir / "index.jsonl").read_bytes().splitlines()
     out: dict[str, dict[str, Any]] = {}
-    for line in lines:
+    for line in index_lines(run):
         record = json.loads(line)
         if record.get("path") and "duplicate_of" not in record:
             out[record["path"]] = record
@@ -111,7 +121,7 @@ def key_of(path: str) -> str:
 
 def all_shipped(run: Run, client) -> bool:
     keys = listing(client)
-    index_done = index_bytes(client, keys) == (run.out_dir / "index.jsonl").read_bytes()
+    index_done = index_bytes(client, keys) == b"".join(index_lines(run))
     return index_done and all(key_of(path) in keys for path in current(run))
 
 
@@ -131,8 +141,16 @@ def wait_shipped(run: Run, client, shipper: Shipper, what: str = "every artifact
         time.sleep(0.1)
 
 
+def file_order(key: str) -> tuple[int, str]:
+    """Index objects in the index's order: by file (``<inode>`` for the first,
+    ``<inode>-<NNNNNN>`` for file N), then by byte range."""
+    name = key.rsplit("/", 1)[1]
+    file_id, _, byte_range = name.partition(".")
+    return int(file_id.partition("-")[2] or 1), byte_range
+
+
 def index_bytes(client, keys: dict[str, Any]) -> bytes:
-    chunks = sorted(k for k in keys if k.startswith(f"{PREFIX}/{HOST}/index/"))
+    chunks = sorted((k for k in keys if k.startswith(f"{PREFIX}/{HOST}/index/")), key=file_order)
     return b"".join(client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in chunks)
 
 
@@ -141,7 +159,7 @@ def check_store(run: Run, client, local: dict[str, bytes] | None = None) -> dict
     (and equal to the local file, or to ``local[path]`` for copies already deleted), with the
     line's facts as metadata; the index objects are index.jsonl exactly."""
     keys = listing(client)
-    assert index_bytes(client, keys) == (run.out_dir / "index.jsonl").read_bytes()
+    assert index_bytes(client, keys) == b"".join(index_lines(run))
     records = current(run)
     for path, record in records.items():
         obj = client.get_object(Bucket=BUCKET, Key=key_of(path))
@@ -281,7 +299,7 @@ def test_store_down_artifacts_wait_within_the_budget_then_ship(tracecap, workdir
     assert stats and shipper.stats()["ship_store_errors"] >= 1
     pending = shipper.stats()
     assert pending["ship_pending"] >= 10 and pending["ship_pending_bytes"] >= 10 << 20, pending
-    index = [json.loads(x) for x in (run.out_dir / "index.jsonl").read_bytes().splitlines()]
+    index = [json.loads(x) for x in index_lines(run)]
     assert any(r.get("kind") == "budget" and r.get("state") == "refusing" for r in index)
     swift.start()
     wait_shipped(run, client, shipper)
@@ -293,3 +311,49 @@ def test_store_down_artifacts_wait_within_the_budget_then_ship(tracecap, workdir
     refused = [r for r in records.values() if not r["complete"]]
     assert refused, "the budget refused data while the store was down"
     assert "store unreachable" in log and "store reachable again" in log, log
+
+
+def test_a_rotated_index_is_shipped_whole_across_rotations_and_a_kill(
+    tracecap, workdir: Path, swift
+):
+    """index-rotate:2kb,compress renames the index into gzip segments every few lines while the
+    shipper runs, is killed and restarted: every artifact of every segment is in the store,
+    equal to its file, and the index objects are every segment's lines, each once."""
+    run = tracecap("--capture", f"write={workdir}/*", "--capture", "index-rotate:2kb,compress",
+                   "--scope", "comm=head")  # fmt: skip
+    client = swift.client()
+    first = Shipper(run, swift)
+
+    def write(names: range) -> None:
+        for i in names:
+            subprocess.run(["head", "-c", str(3000 + 101 * i), "/dev/urandom"],
+                           stdout=(workdir / f"r{i}").open("wb"), check=True)  # fmt: skip
+            time.sleep(0.05)
+
+    write(range(40))
+
+    def some_shipped() -> bool:
+        return len([k for k in listing(client) if "/index/" not in k]) >= 10
+
+    wait_until("some artifacts in the store", some_shipped, SHIP_TIMEOUT_S)
+    first.kill()
+    write(range(40, 80))
+    time.sleep(1.5)  # indexed after a second idle
+    second = Shipper(run, swift)
+    wait_shipped(run, client, second)
+    run.stop()
+    wait_shipped(run, client, second, "after the stop")
+    second.stop()
+    closed = sorted(p.name for p in run.out_dir.glob("index.*.jsonl.gz"))
+    assert len(closed) >= 10, closed  # the index rotated many times, under both shippers
+    records = check_store(run, client)
+    written = {r["source_path"]: r for r in records.values() if r["kind"] == "write"}
+    assert len(written) == 80
+    for i in range(80):
+        source = workdir / f"r{i}"
+        record = written[str(source)]
+        assert record["sha256"] == sha(source.read_bytes())
+        body = client.get_object(Bucket=BUCKET, Key=key_of(record["path"]))["Body"].read()
+        assert sha(body) == record["sha256"]
+    lines = index_bytes(client, listing(client)).splitlines()
+    assert len(lines) == len(set(lines)) == len(index_lines(run))  # none missing, none twice

@@ -12,6 +12,7 @@ import os
 import shlex
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tracecap import bus, kinds
@@ -43,9 +44,12 @@ def printer_topics(config: Config) -> tuple[bytes, ...]:
     )
 
 
-def wait_for_topics(config: Config) -> Counter[bytes]:
-    """Subscriptions the collector must see before attaching: writers' and our own."""
+def wait_for_topics(config: Config, bridged: bool = False) -> Counter[bytes]:
+    """Subscriptions the collector must see before attaching: writers' and our own, and with
+    ``bridged`` the NATS bridge's (one subscription to everything: one more for every topic)."""
     wanted: Counter[bytes] = Counter(config.topics())  # one writer per topic
+    if bridged:
+        wanted.update(bus.TOPICS)
     for kind in kinds.KINDS:
         if kind.always:  # the events writer: proc. and stats., whatever --capture says
             wanted.update(kind.own_topics)
@@ -66,9 +70,21 @@ def options_text(argv: list[str]) -> str:
     return "# written by `tracecap run` for the programs it starts\n" + shlex.join(argv) + "\n"
 
 
+#: The program ``tracecap run --nats`` adds: ``tracecap bridge --nats``, as the tracecap user
+#: under the run's supervisord like the writers, which is what exempts it, as them, from being
+#: disconnected for reading too slowly (tracecap/subscribers.py): at full speed an ordinary
+#: subscriber is cut off and what it missed is a gap in the stream.
+BRIDGE_PROGRAM = "bridge-nats"
+
+
 def programs(
-    config: Config, run_dir: str, ring_mb: int = DEFAULT_RING_MB, exe: str | None = None
+    config: Config,
+    run_dir: str,
+    ring_mb: int = DEFAULT_RING_MB,
+    exe: str | None = None,
+    bridge: Sequence[str] = (),
 ) -> list[supervisor_conf.Program]:
+    """The run's programs; ``bridge``: the NATS bridge's flags (``--nats URLS`` ...), if any."""
     exe = exe or tracecap_exe()
     common = ["--run-dir", run_dir, "--config", options_path(run_dir)]
     progs = [
@@ -92,7 +108,18 @@ def programs(
                 startsecs=supervisor_conf.EXPORTER_STARTSECS,
             )
         )
-    wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wait_for_topics(config).items())]
+    if bridge:
+        progs.append(
+            supervisor_conf.Program(
+                BRIDGE_PROGRAM,
+                [exe, "bridge", *bridge, "--run-dir", run_dir],
+                "tracecap",
+                supervisor_conf.WRITER_PRIORITY,
+                "true",
+            )
+        )
+    wanted = wait_for_topics(config, bridged=bool(bridge))
+    wait = [f"--wait-for={t.decode()}={n}" for t, n in sorted(wanted.items())]
     progs.append(
         supervisor_conf.Program(
             "collector",
@@ -146,9 +173,10 @@ def make_plan(
     run_dir: str,
     ring_mb: int = DEFAULT_RING_MB,
     exe: str | None = None,
+    bridge: Sequence[str] = (),
 ) -> Plan:
     """The plan of a run; supervisor_conf.UnsafeValue if a program's argv cannot be written."""
-    progs = tuple(programs(config, run_dir, ring_mb, exe))
+    progs = tuple(programs(config, run_dir, ring_mb, exe, bridge))
     return Plan(
         run_dir=run_dir,
         programs=progs,

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TextIO
 
 import zmq
@@ -434,7 +434,13 @@ class Frontend:
         return problem
 
 
-def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = DEFAULT_RING_MB) -> int:
+def run(
+    config: Config,
+    argv: list[str],
+    run_dir: str,
+    ring_mb: int = DEFAULT_RING_MB,
+    bridge: Sequence[str] = (),
+) -> int:
     if os.geteuid() != 0:
         print(
             "tracecap: error: `tracecap run` must be started as root (it loads eBPF programs)",
@@ -454,7 +460,7 @@ def run(config: Config, argv: list[str], run_dir: str, ring_mb: int = DEFAULT_RI
     except (OutDirError, OSError) as exc:
         print(f"tracecap: error: {exc}", file=sys.stderr)
         return 2
-    plan = make_plan(config, argv, run_dir, ring_mb)
+    plan = make_plan(config, argv, run_dir, ring_mb, bridge=bridge)
     events_file = None
     if config.output_file is not None:
         try:

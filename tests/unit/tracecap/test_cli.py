@@ -301,8 +301,25 @@ def test_run_with_loopback_interface_reaches_the_front_end(monkeypatch):
     started: list[tuple] = []
     monkeypatch.setattr(tracecap.frontend.supervise, "run", lambda *args: started.append(args))
     main(["run", "--capture", "net=lo", "--ring-mb", "2048"])
-    [(config, _argv, run_dir, ring_mb)] = started
-    assert (config.pcap.iface, run_dir, ring_mb) == ("lo", cli.DEFAULT_RUN_DIR, 2048)
+    [(config, _argv, run_dir, ring_mb, bridge)] = started
+    assert (config.pcap.iface, run_dir, ring_mb, bridge) == ("lo", cli.DEFAULT_RUN_DIR, 2048, [])
+
+
+def test_run_with_nats_starts_the_bridge_with_its_flags(monkeypatch):
+    started: list[tuple] = []
+    monkeypatch.setattr(tracecap.frontend.supervise, "run", lambda *args: started.append(args))
+    main(["run", "--nats", "nats://127.0.0.1:4222", "--host", "web1", "--replicas", "3"])
+    [(_config, _argv, _run_dir, _ring_mb, bridge)] = started
+    assert bridge == ["--nats", "nats://127.0.0.1:4222", "--host", "web1", "--replicas", "3"]
+
+
+def test_run_refuses_bridge_flags_that_the_bridge_would_refuse(capsys):
+    check_refused(capsys, ["run", "--host", "web1"], "--host goes with --nats")
+    check_refused(capsys, ["run", "--nats", "nats://h:1", "--replicas", "9"], "--replicas '9'")
+    check_refused(capsys, ["run", "--nats", "nats://h:1", "--host", "a.b"], "--host")
+    check_refused(
+        capsys, ["run", "--nats", "nats://h:1", "--creds", "/x y"], "--creds '/x y' cannot"
+    )
 
 
 def test_config_file_keeps_non_utf8_bytes_as_argv_does(tmp_path):

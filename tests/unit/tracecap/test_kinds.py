@@ -88,8 +88,13 @@ def test_the_static_deployment_has_a_writer_program_for_every_kind():
         assert argv[1:3] == ["writer", kind.name]
         assert program["user"] == "tracecap"
         assert int(program["priority"]) < collector_priority  # started first, stopped last
-    # and the exporter (/metrics, /healthz), which is no writer
-    assert set(programs) == {"collector", "exporter", *(kind.program for kind in kinds.KINDS)}
+    # and the exporter (/metrics, /healthz) and the NATS bridge (off: autostart=false), which
+    # are no writers
+    others = {"collector", "exporter", "bridge-nats"}
+    assert set(programs) == {*others, *(kind.program for kind in kinds.KINDS)}
+    bridge = programs["bridge-nats"]
+    assert bridge["user"] == "tracecap" and bridge["autostart"] == "false"
+    assert shlex.split(bridge["command"])[1:3] == ["bridge", "--nats"]
 
 
 def test_the_static_collector_waits_for_exactly_the_writers_started_with_it():

@@ -230,3 +230,14 @@ def test_a_failed_rotation_keeps_writing_to_the_live_file(tmp_path: Path, monkey
     assert (tmp_path / "e.json").read_bytes() == b"".join(lines)
     assert f.rotations == 0 and f.failed_rotations > 50
     assert len(problems) == f.failed_rotations.bit_length()  # 1, 2, 4, ...: not every write
+
+
+def test_the_live_file_number_comes_from_its_rotation_record():
+    record = rotation.rotation_record("index.jsonl", "index.000004.jsonl", 4, [], 1)
+    assert rotation.live_number("index.jsonl", record) == 5
+    assert rotation.live_number("index.jsonl", {"kind": "write", "path": "a"}) == 1
+    assert rotation.live_number("index.jsonl", None) == 1
+    # another file's rotation (a pcap's record in the index), or a malformed one
+    assert rotation.live_number("index.jsonl", dict(record, file="pcap/single.pcap")) == 1
+    for segment in ("4", True, 0, -2, None):
+        assert rotation.live_number("index.jsonl", dict(record, segment=segment)) == 1

@@ -346,3 +346,195 @@ def test_state_compaction_keeps_the_state(tree: Tree) -> None:
     journal.close()
     again = StateJournal(tree.fd)
     assert again.state == before and "host/a3" not in again.state.shipped
+
+
+def rotate(tree: Tree, number: int, compress: bool = False) -> None:
+    """What the writer that rotates the index does (writers/index.py): the live file becomes
+    segment ``number`` (then its .gz), a new one starting with the rotation record takes the
+    name."""
+    import gzip
+
+    from tracecap import rotation
+
+    closed = rotation.segment_name("index.jsonl", number)
+    staging = tree.root / ".index.jsonl.rotating"
+    record = rotation.rotation_record("index.jsonl", closed, number, [], 1)
+    staging.write_text(json.dumps(record) + "\n")
+    os.rename(tree.root / "index.jsonl", tree.root / closed)
+    os.rename(staging, tree.root / "index.jsonl")
+    if compress:
+        plain = tree.root / closed
+        (tree.root / f"{closed}.gz").write_bytes(gzip.compress(plain.read_bytes()))
+        plain.unlink()
+
+
+def all_index_bytes(tree: Tree) -> list[bytes]:
+    from tracecap import segments
+
+    return [line.rstrip(b"\n") for _, line in segments.iter_lines(tree.fd, "index.jsonl")]
+
+
+def test_a_rotated_index_is_shipped_from_its_oldest_segment_in_order(tree: Tree) -> None:
+    """Started after three rotations (one segment compressed): every segment, then the live
+    file; each file's lines go up as objects of their own, in file order."""
+    store = FakeStore()
+    for n in range(1, 4):
+        tree.artifact(f"host/exec.{n}.a", bytes([n]) * 10)
+        tree.artifact(f"host/exec.{n}.b", bytes([n]) * 20)
+        rotate(tree, n, compress=n == 2)
+    tree.artifact("host/exec.4.a", b"live")
+    shipper = tree.shipper(store)
+    shipper.step()
+    shipped = sorted(k.removeprefix("p/box1/") for k in store.objects if "/index/" not in k)
+    assert shipped == sorted(
+        [f"host/exec.{n}.{x}" for n in range(1, 4) for x in "ab"] + ["host/exec.4.a"]
+    )
+    assert all(n == 1 for n in store.puts.values())
+    # index objects: keyed by file (inode, and number past the first), in file order each
+    ids = {k.split("/index/")[1].split(".")[0]: k for k in store.objects if "/index/" in k}
+    numbers = sorted(int(i.partition("-")[2] or 1) for i in ids)
+    assert numbers == [1, 2, 3, 4]
+    by_number = sorted(ids, key=lambda i: int(i.partition("-")[2] or 1))
+    lines = [line for i in by_number for line in store.objects[ids[i]][0].splitlines()]
+    assert lines == all_index_bytes(tree)
+    assert shipper.journal.state.number == 4
+
+
+def test_the_index_is_followed_across_a_rotation_while_shipping(tree: Tree) -> None:
+    """A line appended just before the rotation (after the last round) is not skipped, the
+    live file's lines are not shipped twice, the journal then follows the new file."""
+    store = FakeStore()
+    tree.artifact("host/exec.1.a", b"a")
+    shipper = tree.shipper(store)
+    shipper.step()
+    tree.artifact("host/exec.1.late", b"late")  # after the round, before the rotation
+    rotate(tree, 1, compress=True)  # and compressed at once: our fd still reads it
+    tree.artifact("host/exec.2.a", b"b")
+    shipper.step()
+    shipper.step()
+    assert {k.removeprefix("p/box1/") for k in store.objects if "/index/" not in k} == {
+        "host/exec.1.a", "host/exec.1.late", "host/exec.2.a"
+    }  # fmt: skip
+    assert all(n == 1 for n in store.puts.values())
+    lines = [
+        line for k in store.objects if "/index/" in k for line in store.objects[k][0].splitlines()
+    ]
+    assert sorted(lines) == sorted(all_index_bytes(tree)) and len(lines) == len(set(lines)) == 4
+    state = shipper.journal.state
+    assert (
+        state.number == 2
+        and state.resolved == (1 << 40) + (tree.root / "index.jsonl").stat().st_size
+    )
+    shipper.close()
+    # a restart ships nothing again
+    again = tree.shipper(store)
+    again.step()
+    assert all(n == 1 for n in store.puts.values())
+
+
+def test_a_restart_after_rotations_goes_back_to_a_line_still_waiting(tree: Tree) -> None:
+    """A changed artifact waits in file 1 while the index rotates twice and the shipper is
+    killed: the restart reads file 1 again from that line (its index object is not put
+    again), ships the artifact once it matches, and nothing else twice."""
+    store = FakeStore()
+    rec = tree.artifact("host/exec.1.w", b"first", kind="write")
+    (tree.root / "host/exec.1.w").write_bytes(b"changed")  # its line no longer describes it
+    tree.artifact("host/exec.1.x", b"x")
+    first = tree.shipper(store)
+    first.step()
+    assert "p/box1/host/exec.1.w" not in store.objects and first.counters["ship_changed"] == 1
+    rotate(tree, 1)
+    tree.artifact("host/exec.2.y", b"y")
+    first.step()
+    rotate(tree, 2, compress=True)
+    tree.artifact("host/exec.3.z", b"z")
+    first.step()
+    first.close()  # killed: its waiting line is in segment 1
+    assert first.journal.state.resolved < 1 << 40
+    (tree.root / "host/exec.1.w").write_bytes(b"first")  # back to what its line says
+    again = tree.shipper(store)
+    again.step()
+    assert store.objects["p/box1/host/exec.1.w"][0] == b"first" and rec["sha256"]
+    assert {k.removeprefix("p/box1/") for k in store.objects if "/index/" not in k} == {
+        "host/exec.1.w", "host/exec.1.x", "host/exec.2.y", "host/exec.3.z"
+    }  # fmt: skip
+    assert all(n == 1 for n in store.puts.values()), store.puts
+    lines = [
+        line for k in store.objects if "/index/" in k for line in store.objects[k][0].splitlines()
+    ]
+    assert sorted(lines) == sorted(all_index_bytes(tree))
+
+
+def test_a_segment_removed_before_it_was_read_is_counted(tree: Tree) -> None:
+    store = FakeStore()
+    tree.artifact("host/exec.1.a", b"a")
+    rotate(tree, 1)
+    tree.artifact("host/exec.2.a", b"b")
+    rotate(tree, 2)
+    (tree.root / "index.000001.jsonl").unlink()  # rotate-count: only one segment kept
+    tree.artifact("host/exec.3.a", b"c")
+    shipper = tree.shipper(store)
+    shipper.step()
+    assert shipper.counters["ship_index_segments_lost"] == 0  # the oldest there is segment 2
+    assert "p/box1/host/exec.2.a" in store.objects and "p/box1/host/exec.3.a" in store.objects
+
+
+def test_a_segment_removed_before_a_restart_read_it_is_counted_lost(tree: Tree) -> None:
+    store = FakeStore()
+    store.down = True
+    tree.artifact("host/exec.1.a", b"a")
+    first = tree.shipper(store)
+    first.step()  # read, not stored
+    first.close()
+    rotate(tree, 1)
+    tree.artifact("host/exec.2.a", b"b")
+    (tree.root / "index.000001.jsonl").unlink()
+    store.down = False
+    again = tree.shipper(store)
+    again.step()
+    assert again.counters["ship_index_segments_lost"] == 1
+    assert "p/box1/host/exec.2.a" in store.objects
+    assert again.journal.state.number == 2
+
+
+def test_the_index_rotated_by_its_writers_is_shipped_line_for_line(tmp_path: Path) -> None:
+    """The real index (writers/index.py, index-rotate:1kb,compress) appended to between the
+    shipper's rounds, a restart halfway: every artifact once, every line of every segment once,
+    in order per file."""
+    from tracecap.rotation import Rotation
+    from writers.index import Index
+    from writers.outdir import OutputDir
+
+    out = OutputDir(str(tmp_path / "out"))
+    os.mkdir(tmp_path / "out" / "host")
+    index = Index(out, rotation=Rotation(1024, compress=True))
+    store = FakeStore()
+    shipper = Shipper(out.root_fd, store, "box1", "p", clock=Clock())
+    for i in range(60):
+        data = os.urandom(50 + i)
+        path = f"host/exec.{i}.x"
+        (tmp_path / "out" / path).write_bytes(data)
+        index.append({"path": path, "kind": "exec", "sha256": hashlib.sha256(data).hexdigest(),
+                      "size": len(data), "complete": True, "missing": []})  # fmt: skip
+        if i % 7 == 0:
+            shipper.step()
+        if i == 30:
+            shipper.close()  # a kill: the next one starts from the journal
+            shipper = Shipper(out.root_fd, store, "box1", "p", clock=Clock())
+    shipper.step()
+    index.close()
+    names = os.listdir(tmp_path / "out")
+    assert len([n for n in names if n.endswith(".jsonl.gz")]) >= 10, names
+    assert {k.removeprefix("p/box1/") for k in store.objects if "/index/" not in k} == {
+        f"host/exec.{i}.x" for i in range(60)
+    }
+    assert all(n == 1 for n in store.puts.values()), store.puts
+    from tracecap import segments
+
+    every = [line for _, line in segments.iter_lines(out.root_fd, "index.jsonl")]
+    keys = sorted((k for k in store.objects if "/index/" in k), key=lambda k: (
+        int(k.split("/index/")[1].split(".")[0].partition("-")[2] or 1), k.rsplit(".", 2)[1]
+    ))  # fmt: skip
+    assert b"".join(store.objects[k][0] for k in keys) == b"".join(every)
+    shipper.close()
+    out.close()

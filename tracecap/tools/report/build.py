@@ -1,7 +1,8 @@
 """`tracecap report OUT_DIR [-o FILE.html]`: the I/O around the pure sections.
 
-Reads ``index.jsonl``, ``events.jsonl``, the first bytes of executables, memory regions and
-BPF programs, whole module images and pcap files (each bounded below), and writes one HTML file
+Reads ``index.jsonl`` (its rotated segments first), ``events.jsonl``, the first bytes of
+executables, memory regions and BPF programs, whole module images and pcap files (each bounded
+below), and writes one HTML file
 (default ``OUT_DIR/report.html``) through a temporary file renamed into place. Artifacts are
 opened without following a symlink and only when regular, so a planted link or FIFO in a copied
 directory is skipped, not followed or waited on.
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tracecap import segments
 from tracecap.tools.report import binary, flows, model, page, sections
 
 INDEX = "index.jsonl"
@@ -49,12 +51,17 @@ def resolve_out_dir(path: str) -> str:
     return path
 
 
-def read_lines(path: str) -> tuple[list[model.Record], int]:
+def read_lines(out_dir: str, name: str) -> tuple[list[model.Record], int]:
+    """The records of ``name`` in ``out_dir``: its closed segments (``index-rotate:``) in order,
+    then the live file (tracecap.segments.iter_lines); none when there is no such file."""
     try:
-        with open(path, "rb") as f:
-            return model.parse_lines(f)
+        dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return [], 0
+    try:
+        return model.parse_lines(line for _, line in segments.iter_lines(dir_fd, name))
+    finally:
+        os.close(dir_fd)
 
 
 def read_artifact(out_dir: str, path: object, limit: int) -> bytes | None:
@@ -132,8 +139,8 @@ def link_base(out_dir: str, output: str) -> str:
 
 def render(out_dir: str, base: str) -> tuple[str, int, int]:
     """The page for the capture in ``out_dir``, with its artifact and event counts."""
-    records, bad_index = read_lines(os.path.join(out_dir, INDEX))
-    events, bad_events = read_lines(os.path.join(out_dir, EVENTS))
+    records, bad_index = read_lines(out_dir, INDEX)
+    events, bad_events = read_lines(out_dir, EVENTS)
     artifacts = model.current(records)
     procs = model.processes(artifacts, events)
     extras = read_extras(out_dir, artifacts)

@@ -125,3 +125,21 @@ def test_server_adds_an_unprivileged_exporter_that_the_collector_does_not_wait_f
 def test_no_exporter_without_server():
     names = [p.name for p in programs(config("--capture", "write"), "/run/tc")]
     assert "exporter" not in names
+
+
+def test_nats_adds_the_bridge_as_a_writer_is_run_and_waited_for():
+    """As the tracecap user under the run's supervisord (what exempts the writers from the
+    subscriber bounds), started before the collector, which waits for its subscription."""
+    argv = ["--capture", "write"]
+    bridge = ["--nats", "nats://127.0.0.1:4222", "--host", "web1"]
+    plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap", bridge=bridge)
+    by_name = {p.name: p for p in plan.programs}
+    relay = by_name["bridge-nats"]
+    assert relay.user == "tracecap" and relay.autorestart == "true"
+    assert relay.priority == by_name["writer-file"].priority < by_name["collector"].priority
+    assert relay.command == ["/venv/bin/tracecap", "bridge", *bridge, "--run-dir", "/run/tc"]
+    plain = wait_for_topics(config(*argv))
+    bridged = wait_for_topics(config(*argv), bridged=True)
+    assert bridged - plain == {topic: 1 for topic in bus.TOPICS}
+    assert "--wait-for=file.write.=2" in by_name["collector"].command
+    assert "bridge-nats" not in {p.name for p in programs(config(*argv), "/run/tc")}

@@ -71,3 +71,23 @@ def test_links_are_relative_to_where_the_page_goes(tmp_path: Path) -> None:
 def test_a_missing_directory_is_a_clear_error(tmp_path: Path, capsys) -> None:
     assert build.main(str(tmp_path / "nope"), None) == 1
     assert "nope: no such directory" in capsys.readouterr().err
+
+
+def test_a_rotated_index_is_read_segment_by_segment_in_order(tmp_path: Path) -> None:
+    """index-rotate: closed segments (plain and gzip) by number, then the live file."""
+    import gzip
+
+    out = capture(tmp_path)
+    lines = (out / "index.jsonl").read_text().splitlines(keepends=True)
+    (out / "index.000001.jsonl.gz").write_bytes(gzip.compress(lines[0].encode()))
+    (out / "index.000002.jsonl").write_text(lines[1])
+    rotation = {"kind": "rotation", "file": "index.jsonl", "previous": "index.000002.jsonl"}
+    (out / "index.jsonl").write_text(json.dumps(rotation) + "\n" + lines[2])
+    records, bad = build.read_lines(str(out), build.INDEX)
+    assert bad == 0
+    assert [r.get("path") for r in records] == [
+        "host/bpf.p", "host/mem.m", None, "host/exec.link"
+    ]  # fmt: skip
+    html, n_records, _ = build.render(str(out), "")
+    assert n_records == 4  # the rotation record stands for itself, as a gap record does
+    assert all(f'"host/{name}"]' in html for name in ("bpf.p", "mem.m", "exec.link"))
