@@ -1,6 +1,7 @@
 """`tracecap report OUT_DIR [-o FILE.html]`: the I/O around the pure sections.
 
-Reads ``index.jsonl``, ``events.jsonl``, the first bytes of executables, memory regions and
+Reads ``index.jsonl``, ``events.jsonl`` (its rotated segments in order, then the live file),
+the first bytes of executables, memory regions and
 BPF programs, whole module images and pcap files (each bounded below), and writes one HTML file
 (default ``OUT_DIR/report.html``) through a temporary file renamed into place. Artifacts are
 opened without following a symlink and only when regular, so a planted link or FIFO in a copied
@@ -9,6 +10,7 @@ directory is skipped, not followed or waited on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tracecap import segments
 from tracecap.tools.report import binary, flows, model, page, sections
 
 INDEX = "index.jsonl"
@@ -55,6 +58,24 @@ def read_lines(path: str) -> tuple[list[model.Record], int]:
             return model.parse_lines(f)
     except FileNotFoundError:
         return [], 0
+
+
+def read_segmented(out_dir: str, base: str) -> tuple[list[model.Record], int]:
+    """The lines of ``base`` rotated by ``index-rotate:``: its closed segments in order (gzip
+    or not), then the live file (``tracecap.segments.iter_lines``); none when there is none. A
+    segment removed while it is read ends the list there (the rotation records say what the
+    count removed)."""
+    try:
+        fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return [], 0
+    try:
+        lines: list[bytes] = []
+        with contextlib.suppress(FileNotFoundError):
+            lines.extend(line for _name, line in segments.iter_lines(fd, base))
+        return model.parse_lines(lines)
+    finally:
+        os.close(fd)
 
 
 def read_artifact(out_dir: str, path: object, limit: int) -> bytes | None:
@@ -133,7 +154,7 @@ def link_base(out_dir: str, output: str) -> str:
 def render(out_dir: str, base: str) -> tuple[str, int, int]:
     """The page for the capture in ``out_dir``, with its artifact and event counts."""
     records, bad_index = read_lines(os.path.join(out_dir, INDEX))
-    events, bad_events = read_lines(os.path.join(out_dir, EVENTS))
+    events, bad_events = read_segmented(out_dir, EVENTS)
     artifacts = model.current(records)
     procs = model.processes(artifacts, events)
     extras = read_extras(out_dir, artifacts)
