@@ -286,7 +286,7 @@ class Config:
     #: ``--output json:/path``: where events go instead of stdout, and how that file rotates.
     output_file: str | None = None
     output_rotation: Rotation | None = None
-    #: ``--capture index-rotate:``: how index.jsonl rotates (None: never).
+    #: ``--capture index-rotate:``: how index.jsonl and events.jsonl rotate (None: never).
     index_rotation: Rotation | None = None
 
     def kinds(self) -> tuple[str, ...]:
@@ -1035,8 +1035,9 @@ CAPTURE_HELP: tuple[tuple[str, str], ...] = (
     ),
     (
         "index-rotate:SIZE[,COUNT][,compress]",
-        "Rotate index.jsonl by size: it is closed as index.<NNNNNN>.jsonl, and the new one starts "
-        "with a rotation record naming it; COUNT closed segments are kept (default: all).",
+        "Rotate index.jsonl and events.jsonl by size, each on its own: it is closed as "
+        "index.<NNNNNN>.jsonl (events.<NNNNNN>.jsonl), and the new one starts with a rotation "
+        "record naming it; COUNT closed segments of each are kept (default: all).",
     ),
     ("artifact:KIND", "Accepted before every kind (artifact:write, artifact:exec, ...)."),
 )

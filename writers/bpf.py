@@ -14,17 +14,16 @@ from typing import Any
 
 from tracecap import bus
 from tracecap.text import text_fields
+from writers.loads import LoadWriter
 from writers.naming import bpf_artifact_name, bpf_partial_name
 from writers.objectartifact import DedupKey, Meta, content_key, content_key_from_record
-from writers.objects import ObjectWriter
 
 
-class BpfWriter(ObjectWriter):
+class BpfWriter(LoadWriter):
     """BPF programs; see the module docstring."""
 
     name = kind = "bpf"
     topic = bus.TOPIC_BPF
-    records_duplicates = True
 
     def final_name(self, meta: Meta, sha256: str) -> str:
         return bpf_artifact_name(meta["prog_name"], meta["pid"], sha256)

@@ -5,13 +5,20 @@ between them: every exec (not only the first of each binary), when the capture s
 stopped, what it lost, and when this writer itself was (re)started. The collector publishes
 every exec on ``proc.`` (whatever ``--capture`` says) and its counters on ``stats.`` once a
 second; this writer keeps the first stats of each epoch (the start) and the last (the stop, with
-the loss summary), not every second's. Module and BPF load attempts are in the index already,
-one record per attempt (duplicates included), so they are not repeated here.
+the loss summary), not every second's.
+
+Module and BPF load attempts (``LOAD_ATTEMPTS``) are written by the module and BPF writers
+(``writers.loads``), not by this one: only the writer that stores an image knows whether an
+attempt stored it (its ``path``) or found it stored already (``duplicate_of``), so each of its
+index records of an attempt is also an event here, appended at the same moment.
 
 ``events.jsonl`` is appended exactly as the index is (``writers.index.Index``: one line per
-record, whole or not at all, under the file's own lock; control and non-ASCII characters
-escaped, so no capture string can split a line). Like the index it is not charged to the disk
-budget: records are small, and the report needs them most when artifacts were refused.
+record, whole or not at all, under the file's own lock, shared by every process that appends;
+control and non-ASCII characters escaped, so no capture string can split a line), and rotated
+with it (``--capture index-rotate:``: segments ``events.<NNNNNN>.jsonl[.gz]``, the live file
+starting with a ``rotation`` record). Like the index it is measured by the disk budget's walk of
+the tree but never refused: records are small, and the report needs them most when artifacts
+were refused.
 """
 
 from __future__ import annotations
@@ -22,12 +29,14 @@ from collections.abc import Callable
 from typing import Any
 
 from tracecap import bus
+from tracecap.bus import CONTAINER_KEYS
 from tracecap.text import text_fields
 from writers.base import Writer
 from writers.budget import DiskBudget
 from writers.exec import argv_fields
 from writers.index import Index
 from writers.outdir import OutputDir
+from writers.ratelog import RateLimitedLog
 
 EVENTS_NAME = "events.jsonl"
 
@@ -66,6 +75,41 @@ def exec_record(env: dict[str, Any]) -> dict[str, Any]:
         if key in env:
             record[key] = env[key]
     return record
+
+
+#: The ``proc.`` events kept, by their ``event``: the record each becomes (one entry per kind).
+PROC_EVENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"exec": exec_record}
+
+#: Index kinds of which every record is one load attempt, failed or not (the writers of
+#: ``writers.loads``): the attempt's ``event`` here and the kind's own index fields it keeps.
+LOAD_ATTEMPTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "module": ("module_load", ("syscall", "ret", "params", "params_hex", "fd", "addr", "dev",
+                               "inode", "source_path", "source_path_hex")),
+    "bpf": ("bpf_load", ("prog_name", "prog_name_hex", "prog_type", "insn_cnt", "ret")),
+}  # fmt: skip
+#: What every attempt keeps of its index record: who, in which container, when, and the
+#: artifact (``path`` and ``sha256`` of the image it stored; ``path`` null with
+#: ``duplicate_of`` when the image was stored already; ``sha256`` null when nothing was read).
+ATTEMPT_FIELDS = (
+    "ts", "epoch", "obj_id", "pid", "tid", "ppid", "uid", "comm", "comm_hex", "cgroup_id",
+    "container_id", *CONTAINER_KEYS, "path", "duplicate_of", "sha256", "size", "complete",
+    "error",
+)  # fmt: skip
+
+
+def attempt_record(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``events.jsonl`` line of a load attempt, from its index record; None for a record
+    of another kind."""
+    entry = LOAD_ATTEMPTS.get(record.get("kind"))
+    if entry is None:
+        return None
+    event, own = entry
+    return {"event": event} | {k: record[k] for k in (*ATTEMPT_FIELDS, *own) if k in record}
+
+
+def events_file(out: OutputDir, index: Index) -> Index:
+    """``events.jsonl`` of ``out``, rotated as the index is."""
+    return Index(out, EVENTS_NAME, rotation=index.rotation)
 
 
 def loss_summary(env: dict[str, Any]) -> dict[str, Any]:
@@ -112,27 +156,26 @@ class EventsWriter(Writer):
         host: Callable[[], str] = socket.gethostname,
     ) -> None:
         super().__init__(budget)
-        self._events = Index(out, EVENTS_NAME)
+        self._events = events_file(out, index)
         self._clock = clock
+        self._log = RateLimitedLog(f"tracecap-writer[{self.name}]")
         #: Epochs whose start is recorded; the last stats of the current one, if not written.
         self._started: set[int] = set()
         self._last_stats: dict[str, Any] | None = None
-        self.counters.update(events_written=0, events_errors=0)
+        self.counters.update(events_written=0, events_errors=0, rotation_errors=0)
         self._append({"event": "writer_start", "ts": clock(), "host": host()})
 
     def _append(self, record: dict[str, Any]) -> None:
-        try:
-            self._events.append(record)
-        except (OSError, ValueError):
-            self.counters["events_errors"] += 1
-            return
-        self.counters["events_written"] += 1
+        what = f"{record['event']} event"
+        if self._events.append_or_count(record, self.counters, self._log, what, "events_errors"):
+            self.counters["events_written"] += 1
 
     def handle(self, msg: bus.Message) -> None:
         env = msg.env
         if msg.topic == bus.TOPIC_PROC:
-            if env["event"] == "exec":
-                self._append(exec_record(env))
+            build = PROC_EVENTS.get(env["event"])
+            if build is not None:
+                self._append(build(env))
             return
         epoch = env["epoch"]
         if epoch not in self._started:

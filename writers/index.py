@@ -147,6 +147,11 @@ class Index:
         #: What went wrong compressing or removing segments (the writer logs and counts them).
         self.rotation_problems: list[str] = []
 
+    @property
+    def rotation(self) -> Rotation | None:
+        """How this file rotates (None: never); ``events.jsonl`` rotates as the index does."""
+        return self._rotation
+
     def _open(self) -> int:
         # read-write: find_last reads back through the same fd (pread ignores O_APPEND)
         return open_regular(self._name, os.O_RDWR | os.O_APPEND, self._root_fd)
@@ -299,19 +304,21 @@ class Index:
         counters: dict[str, int],
         log: Callable[[str, str], None],
         what: str,
+        errors: str = "index_errors",
     ) -> bool:
-        """Append one line; a failure is counted (``index_errors``) and logged as ``what`` not
-        written, never raised: the writer goes on, and a later line may describe the same."""
+        """Append one line; a failure is counted (``errors``: ``index_errors`` for the index,
+        ``events_errors`` for ``events.jsonl``) and logged as ``what`` not written, never raised:
+        the writer goes on, and a later line may describe the same."""
         try:
             self.append(record)
         except (OSError, ValueError) as exc:
-            counters["index_errors"] = counters.get("index_errors", 0) + 1
-            log("index_error", f"{what} not written: {exc}")
+            counters[errors] = counters.get(errors, 0) + 1
+            log(errors.removesuffix("s"), f"{what} not written: {exc}")
             return False
         finally:
             while self.rotation_problems:
                 counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
-                log("rotation_error", f"index rotation: {self.rotation_problems.pop(0)}")
+                log("rotation_error", f"{self._name} rotation: {self.rotation_problems.pop(0)}")
         return True
 
     def find_last(

@@ -17,6 +17,7 @@ from typing import Any
 
 from tracecap import bus
 from tracecap.text import text_fields
+from writers.loads import LoadWriter
 from writers.naming import module_artifact_name, module_partial_name
 from writers.objectartifact import (
     DedupKey,
@@ -25,7 +26,6 @@ from writers.objectartifact import (
     content_key_from_record,
     error_text,
 )
-from writers.objects import ObjectWriter
 
 MAX_SYSCALL_CHARS = 64
 #: The ``mapping`` envelope key's numbers and flags (its ``path`` is bytes).
@@ -71,12 +71,11 @@ _OPTIONAL: dict[str, Callable[[object], Any]] = {
 }
 
 
-class ModuleWriter(ObjectWriter):
+class ModuleWriter(LoadWriter):
     """Kernel module images; see the module docstring."""
 
     name = kind = "module"
     topic = bus.TOPIC_MODULE
-    records_duplicates = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -7,12 +7,14 @@ opened with `chromium --headless --dump-dom` (the DOM after the page's script ra
 `--screenshot` (kept in the test's temporary directory); Chromium's console, logged on stderr
 with `--enable-logging=stderr`, must be silent. A capture of hostile names shows that nothing
 from the capture becomes markup or script in the browser, and a tampered copy of that report
-shows that the console check sees an injection when there is one.
+shows that the console check sees an injection when there is one. The timeline's brush is
+driven with real mouse events through the DevTools protocol (tests/support/cdp.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -27,8 +29,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cdp import Chromium
 from tests.support.pipeline import Run, artifact_name
-from tests.support.workloads import WORKLOAD_TIMEOUT_S
+from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 
 CHROMIUM = shutil.which("chromium")
 CAPTURE = ("--capture", "write", "--capture", "exec", "--capture", "mem", "--capture", "bpf",
@@ -371,3 +374,93 @@ def test_the_report_reads_every_segment_of_a_rotated_index(tracecap, workdir: Pa
         assert hashlib.sha256((run.out_dir / name).read_bytes()).hexdigest() == sha, name
         # linked relative to where the page is (tmp_path): ``"<way to out/>/host/..."``
         assert f'/{name}"' in html and sha in html, f"{name} is not in the report"
+
+
+#: Eight executions a quarter of a second apart, children of tc-brush (the capture's scope).
+BRUSH_WORKLOAD = """
+import subprocess, time
+open("/proc/self/comm", "w").write("tc-brush")
+for i in range(8):
+    subprocess.run(["/bin/true"], check=True)
+    time.sleep(0.25)
+"""
+SCROLL = 'document.getElementById("timeline-svg").scrollIntoView({block: "center"})'
+#: The timeline as the page shows it now: where the SVG is, its plot, labels, brush and marks.
+TIMELINE = """(() => {
+  const svg = document.getElementById("timeline-svg"), r = svg.getBoundingClientRect();
+  const reset = document.getElementById("zoom-reset").getBoundingClientRect();
+  return {left: r.left, top: r.top, plotLeft: +svg.getAttribute("data-left"),
+          plot: +svg.getAttribute("data-plot"), span: +svg.getAttribute("data-span-ms"),
+          start: document.getElementById("t-start").textContent,
+          end: document.getElementById("t-end").textContent,
+          brush: +document.getElementById("brush").getAttribute("width"),
+          reset: [reset.left + reset.width / 2, reset.top + reset.height / 2],
+          marks: [...svg.querySelectorAll("rect.mark")].map(m => ({
+            t: +m.getAttribute("data-t"), x: +m.getAttribute("x"),
+            shown: m.getAttribute("display") !== "none"}))};
+})()"""
+
+
+def test_the_timeline_brush_zooms_with_real_mouse_events(tracecap, workdir: Path, tmp_path):
+    """A drag across the timeline (mouse pressed, moved, released, sent by Chromium's input
+    pipeline) zooms it to that window: the marks outside are hidden, those inside shown and
+    spread over the plot, the start and end labels say the window; a click on "whole capture"
+    shows everything again. The page's console stays silent."""
+    run = tracecap("--capture", "exec", "--scope", "comm=tc-brush", "--scope", "follow")
+    python(BRUSH_WORKLOAD)
+    time.sleep(1.5)
+    run.stop()
+    page = tmp_path / "brush.html"
+    report(run, page)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    with Chromium(CHROMIUM, profile) as browser:
+        browser.open(page.as_uri())
+        browser.evaluate(SCROLL)
+        before = browser.evaluate(TIMELINE)
+        origin = before["left"] + before["plotLeft"]
+        ms_per_px = before["span"] / before["plot"]
+        marks = before["marks"]
+        assert len(marks) >= 10 and all(m["shown"] for m in marks), marks  # 8 execs, start, stop
+        # brush from between the first two exec clusters to between the last two: no mark
+        # lies within 5 px of an edge
+        xs = sorted({origin + m["t"] / ms_per_px for m in marks})
+        gaps = [(a + b) / 2 for a, b in itertools.pairwise(xs) if b - a > 10]
+        assert len(gaps) >= 4, xs
+        x0, x1, y = gaps[1], gaps[-2], before["top"] + 10
+        browser.mouse("mouseMoved", x0, y)
+        browser.mouse("mousePressed", x0, y, pressed=True)
+        browser.mouse("mouseMoved", (x0 + x1) / 2, y, pressed=True)
+        browser.mouse("mouseMoved", x1, y, pressed=True)
+        dragging = browser.evaluate(TIMELINE)
+        browser.mouse("mouseReleased", x1, y)
+        after = browser.evaluate(TIMELINE)
+        browser.mouse("mouseMoved", *after["reset"])
+        browser.mouse("mousePressed", *after["reset"], pressed=True)
+        browser.mouse("mouseReleased", *after["reset"])
+        reset = browser.evaluate(TIMELINE)
+        assert browser.console == []
+
+    assert dragging["brush"] == pytest.approx(x1 - x0, abs=2) and after["brush"] == 0
+    t0, t1 = (x0 - origin) * ms_per_px, (x1 - origin) * ms_per_px
+    inside = [m for m in after["marks"] if t0 <= m["t"] <= t1]
+    before_window = [m for m in after["marks"] if m["t"] < t0]
+    after_window = [m for m in after["marks"] if m["t"] > t1]
+    assert len(inside) >= 5 and len(before_window) >= 2 and len(after_window) >= 2
+    assert all(m["shown"] for m in inside)
+    assert not any(m["shown"] for m in before_window + after_window)
+    # the window now fills the plot: its marks spread wider than before, within the plot
+    xs_in = [m["x"] for m in inside]
+    assert before["plotLeft"] <= min(xs_in) and max(xs_in) <= before["plotLeft"] + before["plot"]
+    assert max(xs_in) - min(xs_in) > (max(m["t"] for m in inside) - min(m["t"] for m in inside)) \
+        / ms_per_px * 1.5  # fmt: skip
+    # the labels: the capture's start plus the window's start, and the window's end, in ms
+    start = re.fullmatch(re.escape(before["start"]) + r" \+([0-9.]+) ms", after["start"])
+    end = re.fullmatch(r"\+([0-9.]+) ms", after["end"])
+    assert start and end, (before["start"], after["start"], after["end"])
+    assert float(start[1]) == pytest.approx(t0, abs=ms_per_px + 0.1)
+    assert float(end[1]) == pytest.approx(t1, abs=ms_per_px + 0.1)
+    # "whole capture" (a real click) shows every mark where it was
+    assert all(m["shown"] for m in reset["marks"])
+    assert [m["x"] for m in reset["marks"]] == pytest.approx([m["x"] for m in marks], abs=0.01)
+    assert reset["end"] == f"+{before['span']:.1f} ms" and reset["start"] == before["start"]

@@ -49,7 +49,8 @@ def summary_line(
 ) -> str:
     """One line that says what was captured and every place something was lost. Index records
     lost (``index_errors``: a full disk, an I/O error) are among the writer errors and also
-    shown alone, because they are artifacts an analyst will not find in ``index.jsonl``."""
+    shown alone, because they are artifacts an analyst will not find in ``index.jsonl``; so are
+    ``events.jsonl`` lines lost (``events_errors``), execs and load attempts of the timeline."""
     kernel = collector.get("kernel", {})
     coll = collector.get("collector", {})
 
@@ -83,8 +84,9 @@ def summary_line(
         f"{coll.get('decode_errors', 0)}, bus gaps {writer_sum('gap_messages') + tail} "
         "messages, "
         f"malformed messages {writer_sum('malformed')}, writer errors "
-        f"{writer_sum('write_errors', 'handler_errors', 'index_errors')} (index records lost "
-        f"{writer_sum('index_errors')}), disk budget "
+        f"{writer_sum('write_errors', 'handler_errors', 'index_errors', 'events_errors')} "
+        f"(index records lost {writer_sum('index_errors')}, events lost "
+        f"{writer_sum('events_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
         f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{mem}{late}"

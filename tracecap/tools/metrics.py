@@ -71,7 +71,7 @@ DROPS = Metric(
     "Losses per kind and cause: kernel ring records (kernel_ring), syscalls whose entry did not "
     "fit (syscall_table), loss spans not recorded (drop_table), bus messages (decode_error, "
     "bus_backlog, bus_gap, malformed), refused writes (budget), errors (write_error, "
-    "index_error, handler_error).",
+    "index_error, events_error, handler_error).",
     ("kind", "cause"),
 )
 DROPPED_BYTES = Metric(
@@ -196,6 +196,7 @@ WRITER_COUNTERS: dict[str, Target] = {
     "budget_refused_bytes": (DROPPED_BYTES, ("{kind}", "budget")),
     "write_errors": (DROPS, ("{kind}", "write_error")),
     "index_errors": (DROPS, ("{kind}", "index_error")),
+    "events_errors": (DROPS, ("{kind}", "events_error")),
     "handler_errors": (DROPS, ("{kind}", "handler_error")),
     "messages": (BUS_MESSAGES, ("{program}",)),
     "bytes": (BUS_BYTES, ("{program}",)),

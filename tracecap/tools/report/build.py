@@ -1,15 +1,15 @@
 """`tracecap report OUT_DIR [-o FILE.html]`: the I/O around the pure sections.
 
-Reads ``index.jsonl`` (its rotated segments first), ``events.jsonl``, the first bytes of
-executables, memory regions and BPF programs, whole module images and pcap files (each bounded
-below), and writes one HTML file
-(default ``OUT_DIR/report.html``) through a temporary file renamed into place. Artifacts are
-opened without following a symlink and only when regular, so a planted link or FIFO in a copied
-directory is skipped, not followed or waited on.
+Reads ``index.jsonl`` and ``events.jsonl`` (each its rotated segments first), the first bytes
+of executables, memory regions and BPF programs, whole module images and pcap files (each
+bounded below), and writes one HTML file (default ``OUT_DIR/report.html``) through a temporary
+file renamed into place. Artifacts are opened without following a symlink and only when
+regular, so a planted link or FIFO in a copied directory is skipped, not followed or waited on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -53,13 +53,18 @@ def resolve_out_dir(path: str) -> str:
 
 def read_lines(out_dir: str, name: str) -> tuple[list[model.Record], int]:
     """The records of ``name`` in ``out_dir``: its closed segments (``index-rotate:``) in order,
-    then the live file (tracecap.segments.iter_lines); none when there is no such file."""
+    gzip or not, then the live file (tracecap.segments.iter_lines); none when there is none."""
     try:
         dir_fd = os.open(out_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
         return [], 0
     try:
-        return model.parse_lines(line for _, line in segments.iter_lines(dir_fd, name))
+        lines: list[bytes] = []
+        # a segment removed while it is read ends the list there (the rotation records say
+        # what the count removed)
+        with contextlib.suppress(FileNotFoundError):
+            lines.extend(line for _, line in segments.iter_lines(dir_fd, name))
+        return model.parse_lines(lines)
     finally:
         os.close(dir_fd)
 

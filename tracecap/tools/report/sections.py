@@ -189,6 +189,13 @@ def loss_reasons(
     )
     if mem_skipped:
         out.append(f"memory allowance: {mem_skipped} region dumps skipped")
+    removed = sum(
+        len(e["removed"])
+        for e in events
+        if e.get("kind") == "rotation" and isinstance(e.get("removed"), list)
+    )
+    if removed:
+        out.append(f"rotation: {removed} closed segments of events.jsonl removed (rotation count)")
     starts = Counter(e.get("event") for e in events)["writer_start"]
     if starts > 1:
         out.append(f"the events writer started {starts} times (restarted, or several captures)")

@@ -34,14 +34,15 @@ def test_summary_counts_every_loss():
                 "handler_errors": 1,
                 "index_errors": 1,
             }
-        }
+        },
+        "writer-events": {"counters": {"events_errors": 2}},
     }
     assert summary_line(collector, writers) == (
         "tracecap: summary: 4 events (0 packets), 1105 bytes captured, 2 artifacts; losses: "
         "kernel ring buffer 3 records (50 bytes), syscall table full 4, collector decode errors "
-        "6, bus gaps 7 messages, malformed messages 8, writer errors 3 (index records lost 1), "
-        "disk budget 0 bytes refused, bus backlog full 2 messages (9 bytes), not read back 10 "
-        "bytes"
+        "6, bus gaps 7 messages, malformed messages 8, writer errors 5 (index records lost 1, "
+        "events lost 2), disk budget 0 bytes refused, bus backlog full 2 messages (9 bytes), "
+        "not read back 10 bytes"
     )
 
 

@@ -3,6 +3,7 @@ relative to where the page is written, artifacts read without following links.""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -75,8 +76,6 @@ def test_a_missing_directory_is_a_clear_error(tmp_path: Path, capsys) -> None:
 
 def test_a_rotated_index_is_read_segment_by_segment_in_order(tmp_path: Path) -> None:
     """index-rotate: closed segments (plain and gzip) by number, then the live file."""
-    import gzip
-
     out = capture(tmp_path)
     lines = (out / "index.jsonl").read_text().splitlines(keepends=True)
     (out / "index.000001.jsonl.gz").write_bytes(gzip.compress(lines[0].encode()))
@@ -91,3 +90,24 @@ def test_a_rotated_index_is_read_segment_by_segment_in_order(tmp_path: Path) -> 
     html, n_records, _ = build.render(str(out), "")
     assert n_records == 4  # the rotation record stands for itself, as a gap record does
     assert all(f'"host/{name}"]' in html for name in ("bpf.p", "mem.m", "exec.link"))
+
+
+def test_events_are_read_from_their_segments_in_order_then_the_live_file(tmp_path: Path) -> None:
+    """events.jsonl rotated (``index-rotate:``): a gzip segment, a plain one, the live file;
+    every exec is in the process tree and the timeline, and a removed segment is a loss."""
+    out = capture(tmp_path)
+    lines = [
+        {"event": "exec", "pid": 10 + i, "ppid": 5, "comm": f"seg{i}", "ts": 10 + i}
+        for i in range(3)
+    ]
+    note = {"kind": "rotation", "file": "events.jsonl", "previous": "events.000002.jsonl",
+            "segment": 2, "removed": ["events.000000.jsonl"], "ts": 11}  # fmt: skip
+    (out / "events.000001.jsonl.gz").write_bytes(gzip.compress(json.dumps(lines[0]).encode()))
+    (out / "events.000002.jsonl").write_text(json.dumps(lines[1]) + "\n")
+    (out / "events.jsonl").write_text(json.dumps(note) + "\n" + json.dumps(lines[2]) + "\n")
+    events, bad = build.read_lines(str(out), build.EVENTS)
+    assert bad == 0 and [e.get("comm") for e in events] == ["seg0", "seg1", None, "seg2"]
+    html, _, n_events = build.render(str(out), "")
+    assert n_events == 4 and all(f'data-pid="{10 + i}"' in html for i in range(3))
+    assert html.count('data-kind="exec"') == 3
+    assert "1 closed segments of events.jsonl removed" in html
