@@ -1,9 +1,10 @@
 """The events writer: ``events.jsonl``, the capture's timeline of process events.
 
 The index holds artifacts, once per binary, image or program; a report also needs what happened
-between them: every exec (not only the first of each binary), when the capture started and
-stopped, what it lost, and when this writer itself was (re)started. The collector publishes
-every exec on ``proc.`` (whatever ``--capture`` says) and its counters on ``stats.`` once a
+between them: every exec (not only the first of each binary), every fork and process exit (the
+process tree's parents, starts, ends and exit codes), when the capture started and stopped, what
+it lost, and when this writer itself was (re)started. The collector publishes every exec (with
+``--capture exec``), fork and exit on ``proc.`` and its counters on ``stats.`` once a
 second; this writer keeps the first stats of each epoch (the start) and the last (the stop, with
 the loss summary), not every second's. Module and BPF load attempts are in the index already,
 one record per attempt (duplicates included), so they are not repeated here.
@@ -66,6 +67,33 @@ def exec_record(env: dict[str, Any]) -> dict[str, Any]:
         if key in env:
             record[key] = env[key]
     return record
+
+
+def fork_record(env: dict[str, Any]) -> dict[str, Any]:
+    """One fork: the parent (the process fields) and the new process (``child_pid``, and its
+    start, ``child_start``: ns since the epoch)."""
+    record = {"event": "fork", "epoch": env["epoch"], **process_fields(env)}
+    for key in ("child_pid", "child_ns_pid", "child_start"):
+        if type(env.get(key)) is int:
+            record[key] = env[key]
+    return record
+
+
+def exit_record(env: dict[str, Any]) -> dict[str, Any]:
+    """One process exit (its last thread): ``exit_code`` and ``signal`` from the wait status."""
+    record = {"event": "exit", "epoch": env["epoch"], **process_fields(env)}
+    for key in ("exit_code", "signal", "wait_status"):
+        if type(env.get(key)) is int:
+            record[key] = env[key]
+    return record
+
+
+#: The events.jsonl record of each ``proc.`` event.
+PROC_RECORDS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "exec": exec_record,
+    "fork": fork_record,
+    "exit": exit_record,
+}
 
 
 def loss_summary(env: dict[str, Any]) -> dict[str, Any]:
@@ -131,8 +159,9 @@ class EventsWriter(Writer):
     def handle(self, msg: bus.Message) -> None:
         env = msg.env
         if msg.topic == bus.TOPIC_PROC:
-            if env["event"] == "exec":
-                self._append(exec_record(env))
+            make = PROC_RECORDS.get(env["event"])
+            if make is not None:
+                self._append(make(env))
             return
         epoch = env["epoch"]
         if epoch not in self._started:

@@ -216,6 +216,37 @@ def exec_event(env: dict[str, Any]) -> dict[str, Any]:
     return _envelope(env, "sched_process_exec", args, 0, env.get("exec_syscall", "execve"))
 
 
+def fork_event(env: dict[str, Any]) -> dict[str, Any]:
+    """sched_process_fork: the event's process is the parent (the thread that forked), the
+    arguments name both; tracecap sends forks of processes only, so the child's tid is its pid.
+    ``syscall`` is "": which of fork, vfork, clone or clone3 made the child is not recorded."""
+    parent = (
+        env["tid"],
+        env.get("ns_tid") or env["tid"],
+        env["pid"],
+        env.get("ns_pid") or env["pid"],
+    )
+    child_ns = env["child_ns_pid"] or env["child_pid"]
+    child = (env["child_pid"], child_ns, env["child_pid"], child_ns)
+    args = _args("sched_process_fork", *parent, *child, env["child_start"])
+    return _envelope(env, "sched_process_fork", args, 0, "")
+
+
+def exit_event(env: dict[str, Any]) -> dict[str, Any]:
+    """sched_process_exit of a process's last thread: ``exit_code`` is the wait status, as
+    Tracee reads task->exit_code; ``process_group_exit`` is true (threads' exits are not sent)."""
+    args = _args("sched_process_exit", env["wait_status"], True)
+    return _envelope(env, "sched_process_exit", args, 0, "")
+
+
+#: The Tracee event of each ``proc.`` event.
+_PROC_EVENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "exec": exec_event,
+    "fork": fork_event,
+    "exit": exit_event,
+}
+
+
 #: libbpfgo's ParseInodeMode names of file types (S_IFMT), which Tracee parses stdin_type with.
 _INODE_TYPES = {
     stat.S_IFSOCK: "S_IFSOCK", stat.S_IFLNK: "S_IFLNK", stat.S_IFREG: "S_IFREG",
@@ -469,8 +500,8 @@ def events_for(
     need EventPrinter, which remembers which objects it printed."""
     if msg.topic in (bus.TOPIC_FILE_WRITE, bus.TOPIC_FILE_READ):
         events = file_events(msg.env, msg.topic, merged)
-    elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") == "exec":
-        events = [exec_event(msg.env)]
+    elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") in _PROC_EVENTS:
+        events = [_PROC_EVENTS[msg.env["event"]](msg.env)]
     else:
         return []
     return [event for event in events if not wanted or event["eventName"] in wanted]
