@@ -21,6 +21,7 @@ import dpkt
 from tracecap import bus, protocols
 from tracecap.bpf_helpers import helpers_used
 from tracecap.dns_streams import DnsReader
+from tracecap.kinds import PROCESS_EVENTS
 from tracecap.schemas import SCHEMAS
 from tracecap.text import text_field
 
@@ -239,11 +240,11 @@ def exit_event(env: dict[str, Any]) -> dict[str, Any]:
     return _envelope(env, "sched_process_exit", args, 0, "")
 
 
-#: The Tracee event of each ``proc.`` event.
-_PROC_EVENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "exec": exec_event,
-    "fork": fork_event,
-    "exit": exit_event,
+#: The Tracee event of each ``proc.`` event, and how it is built.
+_PROC_EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "exec": ("sched_process_exec", exec_event),
+    "fork": ("sched_process_fork", fork_event),
+    "exit": ("sched_process_exit", exit_event),
 }
 
 
@@ -496,12 +497,17 @@ _OBJECT_EVENTS: dict[bytes, Callable[[dict[str, Any], bytes], dict[str, Any] | N
 def events_for(
     msg: bus.Message, wanted: tuple[str, ...], merged: bool = False
 ) -> list[dict[str, Any]]:
-    """The Tracee events of a file or process message (none when not selected). Object messages
-    need EventPrinter, which remembers which objects it printed."""
+    """The Tracee events of a file or process message (none when not selected: with no
+    ``wanted``, every event but forks and exits). Object messages need EventPrinter, which
+    remembers which objects it printed."""
     if msg.topic in (bus.TOPIC_FILE_WRITE, bus.TOPIC_FILE_READ):
         events = file_events(msg.env, msg.topic, merged)
     elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") in _PROC_EVENTS:
-        events = [_PROC_EVENTS[msg.env["event"]](msg.env)]
+        name, make = _PROC_EVENTS[msg.env["event"]]
+        # forks and exits only when named (kinds.PROCESS_EVENTS), as in Tracee
+        if name not in wanted and (wanted or name in PROCESS_EVENTS):
+            return []
+        events = [make(msg.env)]
     else:
         return []
     return [event for event in events if not wanted or event["eventName"] in wanted]

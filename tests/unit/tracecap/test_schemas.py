@@ -86,8 +86,8 @@ def _printed() -> list[dict]:
         env = file_env(syscall=syscall, io_len=10)
         out += printer.events_for(bus.Message(topic, env, b"x" * 10), ())
     out += printer.events_for(bus.Message(bus.TOPIC_PROC, proc_env(), b""), ())
-    for env in (fork_env(), exit_env()):
-        out += printer.events_for(bus.Message(bus.TOPIC_PROC, env, b""), ())
+    for env in (fork_env(), exit_env()):  # printed only when named
+        out += printer.events_for(bus.Message(bus.TOPIC_PROC, env, b""), EVENT_NAMES)
     out += printer.events_for(bus.Message(bus.TOPIC_MEM, mem_env(), b""), ())
     # obj_id is unique per epoch across object kinds
     out += printer.events_for(bus.Message(bus.TOPIC_MODULE, module_env(obj_id=3), b""), ())
