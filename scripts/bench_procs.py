@@ -5,9 +5,10 @@ A process that forks children which exit at once (Python's os.fork() and os._exi
 parent reaping each) and a shell that runs /bin/true in a loop (a fork, an exec and an exit
 each), untraced and under `tracecap run --capture write` (the fork and exit programs are on
 whatever is captured; write is the cheapest common capture beside them), in pairs. Reported:
-the slowdown (traced / untraced wall time), forks per second, and the accounting: every fork
-and exit of the workload is in events.jsonl, and the kernel's ``proc.`` counters say how many
-records were sent and dropped (target 0).
+the slowdown (traced / untraced wall time; and of the workload's own CPU time, where the
+kernel's work in its fork and exit hooks is counted), forks per second, and the accounting:
+every fork and exit of the workload is in events.jsonl, and the kernel's ``proc.`` counters
+say how many records were sent and dropped (target 0).
 
 Run as root after `make setup-test` (`make bench` runs it after the other benchmarks).
 """
@@ -53,12 +54,14 @@ WORKLOADS = {
 }
 
 
-def run(argv: list[str]) -> tuple[float, int]:
-    """Wall seconds of one run and its pid."""
+def run(argv: list[str]) -> tuple[float, float, int]:
+    """Wall seconds of one run, the CPU seconds (user and system) of it and its children (the
+    kernel's work in its fork and exit hooks is counted there) and its pid."""
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    proc.wait()
-    return time.monotonic() - start, proc.pid
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, proc.pid
 
 
 def kernel_proc_counters(run_dir: Path) -> dict[str, int]:
@@ -85,13 +88,13 @@ def traced_trial(workdir: Path, argv: list[str]) -> dict[str, Any]:
     tc = Tracecap(workdir, "--capture", "write")
     try:
         time.sleep(SETTLE_S)
-        seconds, pid = run(argv)
+        seconds, cpu, pid = run(argv)
         time.sleep(1.5)  # the last records reach the events writer
         kernel = kernel_proc_counters(tc.run_dir)
     finally:
         summary = tc.stop()
     figures = events_of(tc.out, pid)
-    figures.update(seconds=seconds, kernel=kernel, ring_losses=kernel_losses(summary))
+    figures.update(seconds=seconds, cpu=cpu, kernel=kernel, ring_losses=kernel_losses(summary))
     shutil.rmtree(tc.root, ignore_errors=True)
     return figures
 
@@ -113,25 +116,28 @@ def main() -> int:
             argv = make_argv(n)
             print(f"\nprocs: {name}, {n:,} iterations, untraced / --capture write, "
                   f"{pairs} pairs")  # fmt: skip
-            ratios, rates, trials = [], [], []
+            ratios, cpu_ratios, rates, trials = [], [], [], []
             for i in range(pairs):
                 # alternating which goes first cancels the machine's drift
                 if i % 2:
                     trial = traced_trial(workdir, argv)
-                plain, _pid = run(argv)
+                plain, plain_cpu, _pid = run(argv)
                 if not i % 2:
                     trial = traced_trial(workdir, argv)
                 ratios.append(trial["seconds"] / plain)
+                cpu_ratios.append(trial["cpu"] / plain_cpu)
                 rates.append(n * per_iteration / trial["seconds"])
                 trials.append(trial)
                 k = trial["kernel"]
                 print(f"  untraced {plain:.2f} s, traced {trial['seconds']:.2f} s "
-                      f"({trial['seconds'] / plain:.2f}x); in events.jsonl {trial['forks']:,} "
+                      f"({trial['seconds'] / plain:.2f}x, CPU {trial['cpu'] / plain_cpu:.2f}x); "
+                      f"in events.jsonl {trial['forks']:,} "
                       f"forks, {trial['exits']:,} exits of {n * per_iteration:,}; kernel "
                       f"proc.events {k.get('proc.events', 0):,}, proc.event_drops "
                       f"{k.get('proc.event_drops', 0)}; ring losses "
                       f"{trial['ring_losses']}")  # fmt: skip
-            print(f"  slowdown: {fmt(ratios, 'x')}; traced: {fmt(rates, 'forks/s')}")
+            print(f"  slowdown: {fmt(ratios, 'x')}; the workload's CPU time: "
+                  f"{fmt(cpu_ratios, 'x')}; traced: {fmt(rates, 'forks/s')}")  # fmt: skip
             drops = sum(t["kernel"].get("proc.event_drops", 0) for t in trials)
             print(f"  accounted for: {sum(t['forks'] for t in trials):,} forks and "
                   f"{sum(t['exits'] for t in trials):,} exits of {pairs * n * per_iteration:,} "
