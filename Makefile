@@ -30,6 +30,7 @@ bench: setup-test
 	/opt/tracecap/venv/bin/python scripts/bench_state.py
 	/opt/tracecap/venv/bin/python scripts/bench_protocols.py
 	/opt/tracecap/venv/bin/python scripts/bench_mem.py
+	/opt/tracecap/venv/bin/python scripts/bench_procs.py
 	/opt/tracecap/venv/bin/python scripts/bench_ship.py
 	/opt/tracecap/venv/bin/python scripts/bench_fleet.py
 	/opt/tracecap/venv/bin/python scripts/bench_report.py

@@ -33,6 +33,8 @@ enum tc_record_kind {
                               * file: what a tc_file_event would repeat is left out */
     TC_REC_FILE_XFER = 11,   /* a transfer between two files that passes no user buffer
                               * (copy_file_range, sendfile, splice): a tc_file_xfer */
+    TC_REC_FORK = 12,        /* a process forked a process (not a thread): a tc_proc_event */
+    TC_REC_EXIT = 13,        /* a process's last thread exited: a tc_proc_event */
 };
 
 enum tc_pkt_direction { TC_PKT_EGRESS = 0, TC_PKT_INGRESS = 1 };
@@ -78,7 +80,7 @@ enum tc_module_syscall { TC_MOD_INIT = 0, TC_MOD_FINIT };
 /* Which counters block: the file directions first, then one per object kind. */
 enum tc_counter_kind {
     TC_KIND_WRITE = 0, TC_KIND_READ, TC_KIND_EXEC, TC_KIND_MEM, TC_KIND_MODULE, TC_KIND_BPF,
-    TC_KIND_NET, TC_NUM_KINDS,
+    TC_KIND_NET, TC_KIND_PROC, TC_NUM_KINDS,
 };
 
 enum tc_syscall {
@@ -282,6 +284,18 @@ struct tc_exec_event {
     char script_path[TC_PATH_BUF];   /* the script file's path (d_path) */
     char argv[TC_ARGV_BUF];
     char stdin_path[TC_PATH_BUF];    /* fd 0's path (d_path), cut at TC_PATH_BUF - 1 */
+};
+
+/* A fork (TC_REC_FORK: the header is the parent thread's, which called fork) or a process exit
+ * (TC_REC_EXIT: the header is the last thread's to exit). Sent for processes in scope, from every
+ * capture: the process tree of events.jsonl needs them whatever --capture says. */
+struct tc_proc_event {
+    struct tc_hdr h;
+    __u64 child_start;       /* fork: the child's start_boottime, ns */
+    __u32 child_pid;         /* fork: the child's host pid (its tgid: threads are not sent) */
+    __u32 child_ns_pid;      /* fork: the same, as the child's pid namespace numbers it */
+    __s32 exit_code;         /* exit: the wait status (exit code << 8 | terminating signal) */
+    __u32 _pad;
 };
 
 /* A protection change Tracee alerts on, or the dump of a writable-and-executable region when

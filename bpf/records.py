@@ -35,6 +35,8 @@ REC_PACKET = 8
 REC_SOCK_OWNER = 9
 REC_FILE_CONT = 10
 REC_FILE_XFER = 11
+REC_FORK = 12
+REC_EXIT = 13
 PKT_DIRECTIONS = ("egress", "ingress")
 #: tc_sock_adopt's results (enum tc_adopt_result), in order.
 ADOPT_RESULTS = ("owned", "known", "no_task", "full")
@@ -126,8 +128,9 @@ COUNTERS = (
     "pending_full",
     "drop_table_full",
 )
-#: Counter blocks, in enum tc_counter_kind order.
-COUNTER_KINDS = ("write", "read", "exec", "mem", "module", "bpf", "net")
+#: Counter blocks, in enum tc_counter_kind order: one per capture source (tracecap/kinds.py),
+#: then ``proc``, the fork and exit records every capture sends.
+COUNTER_KINDS = ("write", "read", "exec", "mem", "module", "bpf", "net", "proc")
 NUM_COUNTERS = len(COUNTER_KINDS) * len(COUNTERS)
 
 TYPE_BITS = {"regular": 1, "pipe": 2, "socket": 4, "elf": 8}
@@ -239,6 +242,10 @@ TC_EXEC_EVENT = CStruct("tc_exec_event", (
     ("filename", f"{FILENAME_BUF}s"), ("interp", f"{FILENAME_BUF}s"),
     ("script_path", f"{PATH_BUF}s"), ("argv", f"{ARGV_BUF}s"), ("stdin_path", f"{PATH_BUF}s"),
 ))  # fmt: skip
+TC_PROC_EVENT = CStruct("tc_proc_event", (
+    ("h", TC_HDR), ("child_start", "Q"), ("child_pid", "I"), ("child_ns_pid", "I"),
+    ("exit_code", "i"), ("_pad", "I"),
+))  # fmt: skip
 TC_MEM_EVENT = CStruct("tc_mem_event", (
     ("h", TC_HDR), ("obj_id", "Q"), ("addr", "Q"), ("len", "Q"), ("size", "Q"),
     ("captured", "Q"), ("same_as", "Q"), ("skipped_events", "Q"), ("skipped_dumps", "Q"),
@@ -294,7 +301,7 @@ TC_CONFIG = CStruct("tc_config", (
 #: Every struct of records.h.
 STRUCTS = (
     TC_HDR, TC_FILE_EVENT, TC_FILE_CONT, TC_FILE_DATA, TC_XFER_FILE, TC_XFER, TC_FILE_XFER,
-    TC_EXEC_EVENT, TC_MEM_EVENT, TC_MEM_PROC,
+    TC_EXEC_EVENT, TC_PROC_EVENT, TC_MEM_EVENT, TC_MEM_PROC,
     TC_MODULE_EVENT, TC_BPF_EVENT, TC_PACKET, TC_SOCK_OWNER, TC_SOCK_ADOPT, TC_DROP_KEY,
     TC_DROP_VAL, TC_FILE_FILTER, TC_CONFIG,
 )  # fmt: skip
@@ -481,6 +488,19 @@ class ExecEvent(NamedTuple):
     from_kernel: bool = False
     #: fd 0's path; empty for pipes, sockets and none
     stdin_path: bytes = b""
+
+
+class ProcEvent(NamedTuple):
+    """A fork (``event`` "fork": ``hdr`` is the parent thread, ``child_*`` the new process; its
+    start is CLOCK_BOOTTIME ns) or a process exit (``event`` "exit": ``hdr`` is its last
+    thread, ``exit_code`` the wait status, as the kernel's task->exit_code holds it)."""
+
+    hdr: Header
+    event: str
+    child_pid: int = 0
+    child_ns_pid: int = 0
+    child_start: int = 0
+    exit_code: int = 0
 
 
 class MemEvent(NamedTuple):
@@ -734,6 +754,21 @@ def _script_file(f: Any) -> ScriptFile:
         bool(f.flags & EXEC_SCRIPT_PATH_TRUNCATED), bool(f.flags & EXEC_SCRIPT_MEMFD),
         bool(f.flags & EXEC_SCRIPT_DELETED), copy,
     )  # fmt: skip
+
+
+#: The record kinds a tc_proc_event comes as, and the event each is.
+PROC_EVENTS = {REC_FORK: "fork", REC_EXIT: "exit"}
+
+
+def decode_proc_event(raw: bytes) -> ProcEvent:
+    _need(raw, TC_PROC_EVENT, "process event")
+    f = TC_PROC_EVENT.unpack(raw)
+    event = PROC_EVENTS.get(f.kind)
+    if event is None:
+        raise RecordError(f"process event of record kind {f.kind}")
+    if event == "fork":
+        return ProcEvent(_header(f), event, f.child_pid, f.child_ns_pid, f.child_start)
+    return ProcEvent(_header(f), event, exit_code=f.exit_code)
 
 
 def decode_mem_event(raw: bytes) -> MemEvent:

@@ -117,36 +117,38 @@ static __always_inline bool tc_in_scope(void)
     return true;
 }
 
-/* Children inherit exclusion (a restarted writer) and, with follow, being in scope. */
-SEC("tp_btf/sched_process_fork")
-int BPF_PROG(tc_fork, struct task_struct *parent, struct task_struct *child)
+/* A fork's effect on scope: the child inherits exclusion (a restarted writer) and, with
+ * follow, being in scope. Runs in the parent's context. True when the fork is in scope (to be
+ * reported, bpf/procs.bpf.h); a new thread (same tgid) is never reported. */
+static __always_inline bool tc_scope_fork(struct task_struct *parent, struct task_struct *child)
 {
     __u32 ptgid = parent->tgid, ctgid = child->tgid;
     __u8 one = 1;
     if (ptgid == ctgid)
-        return 0;   /* a new thread: same tgid, nothing to inherit */
+        return false;   /* a new thread: same tgid, nothing to inherit */
     if (bpf_map_lookup_elem(&excluded, &ptgid)) {
         bpf_map_update_elem(&excluded, &ctgid, &one, BPF_ANY);
-        return 0;
+        return false;
     }
-    if (!(cfg.scope_flags & TC_SCOPE_FOLLOW))
-        return 0;
     /* the fork hook runs in the parent's context, so the filters see the parent */
-    if (bpf_map_lookup_elem(&followed, &ptgid) ||
-        tc_matches_filters(ptgid, (__u32)bpf_get_current_uid_gid()))
+    bool in = tc_in_scope();
+    if (in && (cfg.scope_flags & TC_SCOPE_FOLLOW))
         bpf_map_update_elem(&followed, &ctgid, &one, BPF_ANY);
-    return 0;
+    return in;
 }
 
-SEC("tp_btf/sched_process_exit")
-int BPF_PROG(tc_proc_exit, struct task_struct *p)
+/* A process's end: its last thread is exiting (signal->live has dropped to 0), so its tgid
+ * leaves the scope maps. Runs in the exiting thread's context. True when the exit is in scope
+ * (to be reported); false for every other thread's exit. */
+static __always_inline bool tc_scope_exit(struct task_struct *p)
 {
     __u32 tgid = p->tgid;
-    if (p->pid != p->tgid)
-        return 0;
+    if (BPF_CORE_READ(p, signal, live.counter))
+        return false;   /* not the process's last thread */
+    bool in = tc_in_scope();
     bpf_map_delete_elem(&followed, &tgid);
     bpf_map_delete_elem(&excluded, &tgid);
-    return 0;
+    return in;
 }
 
 /* A task's id as its own pid namespace numbers it (what `ps` in a container shows). */

@@ -21,6 +21,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
 #include "objects.bpf.h"
+#include "procs.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"
 
@@ -31,6 +32,7 @@ struct tc_file_data _tc_abi_data __attribute__((unused));
 struct tc_file_cont _tc_abi_cont __attribute__((unused));
 struct tc_file_xfer _tc_abi_xfer __attribute__((unused));
 struct tc_exec_event _tc_abi_exec __attribute__((unused));
+struct tc_proc_event _tc_abi_proc __attribute__((unused));
 struct tc_mem_event _tc_abi_mem __attribute__((unused));
 struct tc_mem_proc _tc_abi_mem_proc __attribute__((unused));
 struct tc_module_event _tc_abi_module __attribute__((unused));

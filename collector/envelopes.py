@@ -38,3 +38,17 @@ def context_env(h: records.Header, boot_to_epoch: int, container_id: str) -> dic
         "pid_ns": h.pid_ns,
         "thread_start": h.thread_start + boot_to_epoch if h.thread_start else 0,
     }
+
+
+def proc_env(ev: records.ProcEvent, boot_to_epoch: int, container_id: str) -> dict[str, Any]:
+    """The ``proc.`` envelope of a fork (the parent's context; ``child_*`` the new process,
+    ``child_start`` ns since the epoch) or of a process exit (its last thread's context;
+    ``exit_code`` and ``signal`` from the wait status, which ``wait_status`` keeps whole)."""
+    env = context_env(ev.hdr, boot_to_epoch, container_id) | {"event": ev.event}
+    if ev.event == "fork":
+        start = ev.child_start + boot_to_epoch if ev.child_start else 0
+        return env | {"child_pid": ev.child_pid, "child_ns_pid": ev.child_ns_pid,
+                      "child_start": start}  # fmt: skip
+    status = ev.exit_code
+    return env | {"wait_status": status, "exit_code": (status >> 8) & 0xFF,
+                  "signal": status & 0x7F}  # fmt: skip

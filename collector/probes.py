@@ -124,6 +124,10 @@ DEFAULT_RING_BYTES = DEFAULT_RING_MB << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
+#: The object ring also carries every capture's fork and exit records (bpf/procs.bpf.h, 112
+#: bytes and an 8-byte ring header each): with no object kind on it still holds 2,000 of them
+#: between two polls, for 256 KiB of resident memory.
+PROC_RING_BYTES = 256 << 10
 #: What one process's memory captures may cost per second (bpf/mem.bpf.h): events (alerts and
 #: dumps), and bytes of its memory hashed or dumped. LuaJIT compiling many small functions
 #: makes 44,000-51,000 changes to executable a second; with these it runs at 1.06x its
@@ -161,14 +165,16 @@ def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
 
 def ring_sizes(config: Config, file_ring_bytes: int) -> dict[BpfMap, int]:
     """Each ring's size: the capture kinds on decide which rings carry records; the others
-    get one page."""
+    get one page, but the object ring never less than PROC_RING_BYTES (forks and exits)."""
     used = {CAPTURE_RING[kind] for kind in config.kinds()}
     sizes = {
         BpfMap.FILE_RB: file_ring_bytes,
         BpfMap.OBJ_RB: OBJECT_RING_BYTES,
         BpfMap.PKT_RB: PACKET_RING_BYTES,
     }
-    return {ring: size if ring in used else UNUSED_RING_BYTES for ring, size in sizes.items()}
+    out = {ring: size if ring in used else UNUSED_RING_BYTES for ring, size in sizes.items()}
+    out[BpfMap.OBJ_RB] = max(out[BpfMap.OBJ_RB], PROC_RING_BYTES)
+    return out
 
 
 def net_settings(config: Config) -> tuple[int, int]:

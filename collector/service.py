@@ -21,7 +21,7 @@ from bpf import records
 from collector.cgroup_rules import RuleError
 from collector.containers import CgroupResolver, read_rules
 from collector.enricher import ContainerEnricher
-from collector.envelopes import Outgoing, context_env
+from collector.envelopes import Outgoing, context_env, proc_env
 from collector.exec_files import ExecFile, exec_plan
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
@@ -243,6 +243,9 @@ class Collector:
         if kind == records.REC_EXEC_EVENT:
             self.counters["events"] += 1
             return self._on_exec(records.decode_exec_event(raw), now)
+        if kind in records.PROC_EVENTS:
+            self.counters["events"] += 1
+            return [self._on_proc(records.decode_proc_event(raw))]
         if kind in _OBJECT_DECODERS:
             self.counters["events"] += 1
             return self._on_object(_OBJECT_DECODERS[kind](raw), now)
@@ -263,6 +266,11 @@ class Collector:
         for f in files:
             out += self._capture_exec_file(f, now)
         return out
+
+    def _on_proc(self, ev: records.ProcEvent) -> Outgoing:
+        """A fork or a process exit, published on ``proc.`` (collector/envelopes.py)."""
+        container = self._containers.container_of(ev.hdr.cgroup_id)
+        return Outgoing(bus.TOPIC_PROC, proc_env(ev, self._boot_to_epoch, container), None)
 
     def _capture_exec_file(self, f: ExecFile, now: int) -> list[Outgoing]:
         if f.copy is not None:

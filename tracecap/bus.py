@@ -217,7 +217,8 @@ KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_MODULE: {**OBJECT_KEYS, **MODULE_KEYS},
     TOPIC_BPF: {**OBJECT_KEYS, **BPF_KEYS},
     TOPIC_NET_PACKET: NET_KEYS,
-    # proc.: process events; ``event`` names which ("exec": then the EXEC_KEYS too)
+    # proc.: process events; ``event`` names which ("exec": then the EXEC_KEYS too; "fork":
+    # child_pid, child_ns_pid, child_start; "exit": exit_code, signal, wait_status)
     TOPIC_PROC: {"event": (str,)},
 }
 

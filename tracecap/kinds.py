@@ -171,8 +171,16 @@ BY_NAME: dict[str, Kind] = {kind.name: kind for kind in KINDS}
 SOURCES: tuple[Source, ...] = tuple(source for kind in KINDS for source in kind.sources)
 BY_TOKEN: dict[str, Source] = {source.token: source for source in SOURCES}
 CAPTURE_TOKENS: tuple[str, ...] = tuple(BY_TOKEN)
+#: Process life events, of no ``--capture`` kind: the collector sends every fork and exit in
+#: scope on ``proc.`` (the events writer keeps them for the report's process tree), and the
+#: front end prints them only when ``--events`` names them, as Tracee, whose default set has
+#: neither. Their kernel counters are ``proc.*``.
+PROCESS_EVENTS: tuple[str, ...] = ("sched_process_fork", "sched_process_exit")
+PROCESS_COUNTER = "proc"
 #: Every event name tracecap emits, which is what ``--events`` accepts.
-EVENT_NAMES: tuple[str, ...] = tuple(event for source in SOURCES for event in source.events)
+EVENT_NAMES: tuple[str, ...] = (
+    tuple(event for source in SOURCES for event in source.events) + PROCESS_EVENTS
+)
 
 
 def enabled(tokens: tuple[str, ...]) -> tuple[Kind, ...]:

@@ -90,6 +90,28 @@ SCHEMAS: dict[str, EventSchema] = {
                 ("env", "const char**"),
             ),
         ),
+        # parent (the event's process) and child; start_time: the child's start, printed as
+        # threadStartTime is (ns since the epoch)
+        EventSchema(
+            "sched_process_fork",
+            712,
+            _args(
+                ("parent_tid", "int"),
+                ("parent_ns_tid", "int"),
+                ("parent_pid", "int"),
+                ("parent_ns_pid", "int"),
+                ("child_tid", "int"),
+                ("child_ns_tid", "int"),
+                ("child_pid", "int"),
+                ("child_ns_pid", "int"),
+                ("start_time", "unsigned long"),
+            ),
+        ),
+        # exit_code: the wait status (task->exit_code); tracecap sends only the process's
+        # last thread's exit, so process_group_exit is always true
+        EventSchema(
+            "sched_process_exit", 714, _args(("exit_code", "long"), ("process_group_exit", "bool"))
+        ),
         EventSchema(
             "mem_prot_alert",
             722,

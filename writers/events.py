@@ -1,9 +1,10 @@
 """The events writer: ``events.jsonl``, the capture's timeline of process events.
 
 The index holds artifacts, once per binary, image or program; a report also needs what happened
-between them: every exec (not only the first of each binary), when the capture started and
-stopped, what it lost, and when this writer itself was (re)started. The collector publishes
-every exec on ``proc.`` (whatever ``--capture`` says) and its counters on ``stats.`` once a
+between them: every exec (not only the first of each binary), every fork and process exit (the
+process tree's parents, starts, ends and exit codes), when the capture started and stopped, what
+it lost, and when this writer itself was (re)started. The collector publishes every exec (with
+``--capture exec``), fork and exit on ``proc.`` and its counters on ``stats.`` once a
 second; this writer keeps the first stats of each epoch (the start) and the last (the stop, with
 the loss summary), not every second's.
 
@@ -77,8 +78,31 @@ def exec_record(env: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def fork_record(env: dict[str, Any]) -> dict[str, Any]:
+    """One fork: the parent (the process fields) and the new process (``child_pid``, and its
+    start, ``child_start``: ns since the epoch)."""
+    record = {"event": "fork", "epoch": env["epoch"], **process_fields(env)}
+    for key in ("child_pid", "child_ns_pid", "child_start"):
+        if type(env.get(key)) is int:
+            record[key] = env[key]
+    return record
+
+
+def exit_record(env: dict[str, Any]) -> dict[str, Any]:
+    """One process exit (its last thread): ``exit_code`` and ``signal`` from the wait status."""
+    record = {"event": "exit", "epoch": env["epoch"], **process_fields(env)}
+    for key in ("exit_code", "signal", "wait_status"):
+        if type(env.get(key)) is int:
+            record[key] = env[key]
+    return record
+
+
 #: The ``proc.`` events kept, by their ``event``: the record each becomes (one entry per kind).
-PROC_EVENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"exec": exec_record}
+PROC_EVENTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "exec": exec_record,
+    "fork": fork_record,
+    "exit": exit_record,
+}
 
 #: Index kinds of which every record is one load attempt, failed or not (the writers of
 #: ``writers.loads``): the attempt's ``event`` here and the kind's own index fields it keeps.

@@ -149,6 +149,19 @@ def proc_env(**overrides: Any) -> Env:
     )
 
 
+def fork_env(**overrides: Any) -> Env:
+    """``proc.`` fork: the parent's context, the child's pid and start."""
+    own = {"child_pid": 4243, "child_ns_pid": 43, "child_start": 1_700_000_000_000_000_123}
+    return _build({"comm": b"sh", "cgroup_id": 5, "container_id": "", "event": "fork", **own},
+                  overrides)  # fmt: skip
+
+
+def exit_env(**overrides: Any) -> Env:
+    """``proc.`` exit of a process that called exit(3)."""
+    own = {"event": "exit", "exit_code": 3, "signal": 0, "wait_status": 3 << 8}
+    return _build({"comm": b"sh", "cgroup_id": 5, "container_id": "", **own}, overrides)
+
+
 def stats_env(**overrides: Any) -> Env:
     """``stats.``: the collector's periodic counters, about the collector's own process."""
     return _build(

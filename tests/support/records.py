@@ -84,6 +84,11 @@ def exec_event(*, filename: bytes = b"", argv: bytes = b"", **values: Any) -> by
     )  # fmt: skip
 
 
+def proc_event(**values: Any) -> bytes:
+    """A tc_proc_event: a fork unless ``kind`` says REC_EXIT."""
+    return pack(records.TC_PROC_EVENT, **{"kind": records.REC_FORK, **values})
+
+
 def mem_event(**values: Any) -> bytes:
     return pack(records.TC_MEM_EVENT, kind=records.REC_MEM_EVENT, **values)
 

@@ -32,16 +32,19 @@ def writer_kinds(config: Config) -> list[str]:
 def printer_topics(config: Config) -> tuple[bytes, ...]:
     """What the front end reads to print events: a kind's events may travel apart from its
     artifacts (exec events come on proc., not with the binaries on exec.), and some are events
-    only when asked for by name (packets)."""
+    only when asked for by name (packets; forks and exits, on proc. whatever --capture says)."""
     if config.output != "json":
         return ()
     named = set(config.events)
     sources = [kinds.BY_TOKEN[token] for token in config.kinds()]
-    return tuple(
+    topics = [
         source.printed_from
         for source in sources
         if not source.events_when_named or named.intersection(source.events)
-    )
+    ]
+    if named.intersection(kinds.PROCESS_EVENTS):
+        topics.append(bus.TOPIC_PROC)
+    return tuple(dict.fromkeys(topics))  # the front end subscribes to each once
 
 
 def wait_for_topics(config: Config, bridged: bool = False) -> Counter[bytes]:

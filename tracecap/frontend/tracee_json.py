@@ -21,6 +21,7 @@ import dpkt
 from tracecap import bus, protocols
 from tracecap.bpf_helpers import helpers_used
 from tracecap.dns_streams import DnsReader
+from tracecap.kinds import PROCESS_EVENTS
 from tracecap.schemas import SCHEMAS
 from tracecap.text import text_field
 
@@ -214,6 +215,37 @@ def exec_event(env: dict[str, Any]) -> dict[str, Any]:
         [],  # env: Tracee prints it only with option:exec-env
     )
     return _envelope(env, "sched_process_exec", args, 0, env.get("exec_syscall", "execve"))
+
+
+def fork_event(env: dict[str, Any]) -> dict[str, Any]:
+    """sched_process_fork: the event's process is the parent (the thread that forked), the
+    arguments name both; tracecap sends forks of processes only, so the child's tid is its pid.
+    ``syscall`` is "": which of fork, vfork, clone or clone3 made the child is not recorded."""
+    parent = (
+        env["tid"],
+        env.get("ns_tid") or env["tid"],
+        env["pid"],
+        env.get("ns_pid") or env["pid"],
+    )
+    child_ns = env["child_ns_pid"] or env["child_pid"]
+    child = (env["child_pid"], child_ns, env["child_pid"], child_ns)
+    args = _args("sched_process_fork", *parent, *child, env["child_start"])
+    return _envelope(env, "sched_process_fork", args, 0, "")
+
+
+def exit_event(env: dict[str, Any]) -> dict[str, Any]:
+    """sched_process_exit of a process's last thread: ``exit_code`` is the wait status, as
+    Tracee reads task->exit_code; ``process_group_exit`` is true (threads' exits are not sent)."""
+    args = _args("sched_process_exit", env["wait_status"], True)
+    return _envelope(env, "sched_process_exit", args, 0, "")
+
+
+#: The Tracee event of each ``proc.`` event, and how it is built.
+_PROC_EVENTS: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "exec": ("sched_process_exec", exec_event),
+    "fork": ("sched_process_fork", fork_event),
+    "exit": ("sched_process_exit", exit_event),
+}
 
 
 #: libbpfgo's ParseInodeMode names of file types (S_IFMT), which Tracee parses stdin_type with.
@@ -465,12 +497,17 @@ _OBJECT_EVENTS: dict[bytes, Callable[[dict[str, Any], bytes], dict[str, Any] | N
 def events_for(
     msg: bus.Message, wanted: tuple[str, ...], merged: bool = False
 ) -> list[dict[str, Any]]:
-    """The Tracee events of a file or process message (none when not selected). Object messages
-    need EventPrinter, which remembers which objects it printed."""
+    """The Tracee events of a file or process message (none when not selected: with no
+    ``wanted``, every event but forks and exits). Object messages need EventPrinter, which
+    remembers which objects it printed."""
     if msg.topic in (bus.TOPIC_FILE_WRITE, bus.TOPIC_FILE_READ):
         events = file_events(msg.env, msg.topic, merged)
-    elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") == "exec":
-        events = [exec_event(msg.env)]
+    elif msg.topic == bus.TOPIC_PROC and msg.env.get("event") in _PROC_EVENTS:
+        name, make = _PROC_EVENTS[msg.env["event"]]
+        # forks and exits only when named (kinds.PROCESS_EVENTS), as in Tracee
+        if name not in wanted and (wanted or name in PROCESS_EVENTS):
+            return []
+        events = [make(msg.env)]
     else:
         return []
     return [event for event in events if not wanted or event["eventName"] in wanted]

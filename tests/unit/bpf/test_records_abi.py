@@ -305,6 +305,8 @@ def test_record_kind_enum():
         "TC_REC_SOCK_OWNER": records.REC_SOCK_OWNER,
         "TC_REC_FILE_CONT": records.REC_FILE_CONT,
         "TC_REC_FILE_XFER": records.REC_FILE_XFER,
+        "TC_REC_FORK": records.REC_FORK,
+        "TC_REC_EXIT": records.REC_EXIT,
     }
 
 

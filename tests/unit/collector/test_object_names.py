@@ -112,4 +112,5 @@ def test_ring_sizes_follow_the_kinds_on():
     assert sizes[probes.BpfMap.FILE_RB] == sizes[probes.BpfMap.PKT_RB] == probes.UNUSED_RING_BYTES
     writes = probes.ring_sizes(options.parse_args(["--capture", "write"]), 1 << 20)
     assert writes[probes.BpfMap.FILE_RB] == 1 << 20
-    assert writes[probes.BpfMap.OBJ_RB] == probes.UNUSED_RING_BYTES
+    # the object ring carries forks and exits whatever is captured
+    assert writes[probes.BpfMap.OBJ_RB] == probes.PROC_RING_BYTES

@@ -530,6 +530,25 @@ def _check_exec_event(sent: list[Sent], rig: Rig) -> None:
     assert (exe.topic, exe.env["ok"], exe.env["error"]) == (bus.TOPIC_EXEC, False, "gone")
 
 
+def _check_fork(sent: list[Sent], rig: Rig) -> None:
+    msg = _one(sent)
+    env = msg.env
+    assert (msg.topic, env["event"], env["pid"], env["comm"]) == (
+        bus.TOPIC_PROC,
+        "fork",
+        PID,
+        b"sh",
+    )
+    assert (env["child_pid"], env["child_ns_pid"]) == (PID + 1, 3)
+    assert env["child_start"] - env["ts"] == 900 - 1000  # both moved to the epoch alike
+
+
+def _check_exit(sent: list[Sent], rig: Rig) -> None:
+    env = _one(sent).env
+    assert (env["event"], env["pid"], env["wait_status"]) == ("exit", PID, (3 << 8))
+    assert (env["exit_code"], env["signal"]) == (3, 0)
+
+
 def _check_packet(sent: list[Sent], rig: Rig) -> None:
     msg = _one(sent)
     assert (msg.topic, msg.payload, msg.env["pid"]) == (bus.TOPIC_NET_PACKET, b"\x01\x02\x03", 900)
@@ -572,6 +591,17 @@ DISPATCH = {
         1,
     ),
     records.REC_EXEC_EVENT: ("exec", [exec_event()], _check_exec_event, 1),
+    # forks and exits come whatever is captured
+    records.REC_FORK: (
+        "write",
+        [build.proc_event(pid=PID, comm=b"sh", ts=1000, child_pid=PID + 1, child_ns_pid=3,
+                          child_start=900)],
+        _check_fork, 1,
+    ),
+    records.REC_EXIT: (
+        "write", [build.proc_event(kind=records.REC_EXIT, pid=PID, exit_code=3 << 8)],
+        _check_exit, 1,
+    ),
     records.REC_PACKET: ("network", [packet(b"\x01\x02\x03", owner_pid=900)], _check_packet, 0),
     records.REC_SOCK_OWNER: (
         "network", [packet(b"\x05\x06", cookie=55), sock_owner(55, pid=901)], _check_sock_owner, 0,

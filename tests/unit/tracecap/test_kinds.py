@@ -33,7 +33,8 @@ def test_names_tokens_and_topics_are_unique_and_known():
 
 
 def test_the_counter_kinds_are_the_kernels_in_its_order():
-    assert tuple(source.counter for source in kinds.SOURCES) == records.COUNTER_KINDS
+    counters = (*(source.counter for source in kinds.SOURCES), kinds.PROCESS_COUNTER)
+    assert counters == records.COUNTER_KINDS
 
 
 @pytest.mark.parametrize(("word", "token"), [(w, s.token) for s in kinds.SOURCES for w in s.words])
@@ -57,6 +58,7 @@ def test_every_event_is_accepted_by_events_and_belongs_to_one_source():
     config = options.parse_args(["--events", ",".join(kinds.EVENT_NAMES)])
     assert config.events == kinds.EVENT_NAMES
     owners = {event: s.token for s in kinds.SOURCES for event in s.events}
+    owners |= dict.fromkeys(kinds.PROCESS_EVENTS, "proc.")  # of no source: see kinds.py
     assert len(owners) == len(kinds.EVENT_NAMES)
 
 

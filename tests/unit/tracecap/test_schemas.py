@@ -13,7 +13,15 @@ import dpkt
 import pytest
 
 from tests.support import dnsmsg, tracee_decode
-from tests.support.envelopes import bpf_env, mem_env, module_env, packet_env, proc_env
+from tests.support.envelopes import (
+    bpf_env,
+    exit_env,
+    fork_env,
+    mem_env,
+    module_env,
+    packet_env,
+    proc_env,
+)
 from tests.support.tracee_decode import DecodeError
 from tracecap import bus, schemas
 from tracecap.frontend import tracee_json
@@ -34,7 +42,8 @@ def test_event_ids_are_tracee_v017s():
     ids = {name: s.id for name, s in schemas.SCHEMAS.items()}
     assert ids == {
         "vfs_write": 718, "vfs_writev": 719, "vfs_read": 720, "vfs_readv": 721,
-        "sched_process_exec": 713, "mem_prot_alert": 722, "init_module": 175,
+        "sched_process_fork": 712, "sched_process_exec": 713, "sched_process_exit": 714,
+        "mem_prot_alert": 722, "init_module": 175,
         "finit_module": 313, "security_bpf_prog": 776, "net_packet_ipv4": 2000,
         "net_packet_ipv6": 2001, "net_packet_tcp": 2002, "net_packet_udp": 2003,
         "net_packet_icmp": 2004, "net_packet_icmpv6": 2005, "net_packet_dns": 2006,
@@ -77,6 +86,8 @@ def _printed() -> list[dict]:
         env = file_env(syscall=syscall, io_len=10)
         out += printer.events_for(bus.Message(topic, env, b"x" * 10), ())
     out += printer.events_for(bus.Message(bus.TOPIC_PROC, proc_env(), b""), ())
+    for env in (fork_env(), exit_env()):  # printed only when named
+        out += printer.events_for(bus.Message(bus.TOPIC_PROC, env, b""), EVENT_NAMES)
     out += printer.events_for(bus.Message(bus.TOPIC_MEM, mem_env(), b""), ())
     # obj_id is unique per epoch across object kinds
     out += printer.events_for(bus.Message(bus.TOPIC_MODULE, module_env(obj_id=3), b""), ())

@@ -8,7 +8,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tests.support.envelopes import bpf_env, message, module_env, proc_env, stats_env
+from tests.support.envelopes import (
+    bpf_env,
+    exit_env,
+    fork_env,
+    message,
+    module_env,
+    proc_env,
+    stats_env,
+)
 from tests.support.writer_harness import OutputTree, read_index
 from tracecap import bus, rotation
 from tracecap.rotation import Rotation
@@ -44,6 +52,23 @@ def test_every_exec_is_recorded_even_of_the_same_binary(tmp_path: Path) -> None:
         assert first["comm"] == "ls\\xfe" and first["comm_hex"] == "6c73fe"
         assert first["source_path"] == "/tmp/payload" and first["memfd"] is False
         assert tree.records() == []  # the index is not touched
+
+
+def test_forks_and_exits_are_recorded_for_the_process_tree(tmp_path: Path) -> None:
+    with OutputTree(tmp_path) as tree:
+        writer = EventsWriter(tree.out, tree.index, clock=lambda: 5)
+        writer.handle(message(bus.TOPIC_PROC, fork_env(pid=300, ppid=1, child_pid=301)))
+        writer.handle(message(bus.TOPIC_PROC, exit_env(pid=301, signal=9, wait_status=9)))
+        writer.handle(message(bus.TOPIC_PROC, proc_env(event="clone3")))  # unknown: no record
+        writer.close()
+        got = events(tree)
+        assert [r["event"] for r in got] == ["writer_start", "fork", "exit", "writer_stop"]
+        fork, exit_ = got[1], got[2]
+        assert (fork["pid"], fork["ppid"], fork["child_pid"], fork["comm"]) == (300, 1, 301, "sh")
+        assert fork["child_start"] == 1_700_000_000_000_000_123 and fork["child_ns_pid"] == 43
+        assert (exit_["pid"], exit_["exit_code"], exit_["signal"], exit_["wait_status"]) == (
+            301, 3, 9, 9,
+        )  # fmt: skip
 
 
 def test_start_and_stop_of_each_epoch_with_the_loss_summary(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ wrong type reads as absent.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ def current(records: Iterable[Record]) -> list[Record]:
 
 @dataclass
 class Process:
-    """One pid: its execs (events.jsonl), and what the index says it produced."""
+    """One pid: its fork, execs and exit (events.jsonl), and what the index says it produced."""
 
     pid: int
     ppid: int | None = None
@@ -93,6 +93,13 @@ class Process:
     container_name: str = ""
     start: int | None = None
     end: int | None = None
+    #: from events.jsonl's fork and exit (None when the capture has none): the pid that forked
+    #: it, when it started and ended, and how (the exit code, or the signal that killed it)
+    forked_by: int | None = None
+    born: int | None = None
+    exited: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
     execs: list[Record] = field(default_factory=list)
     artifacts: list[Record] = field(default_factory=list)
     children: list[int] = field(default_factory=list)
@@ -116,10 +123,11 @@ class Process:
 
 
 def processes(artifacts: Iterable[Record], events: Iterable[Record]) -> dict[int, Process]:
-    """Every pid the capture saw, with its parent: from each exec (the last one names the
-    process: ``bash`` that executed ``curl`` is ``curl``) and from the artifacts' records. The
-    collector sends no fork or exit, so a process's start and end are the first and last
-    moments the capture saw it."""
+    """Every pid the capture saw, with its parent: from each fork (the parent and the child's
+    start), exit (the end and exit code) and exec (the last one names the process: ``bash``
+    that executed ``curl`` is ``curl``), and from the artifacts' records. A fork's parent wins
+    over an exec's ppid (which names a reaper once the parent has exited); without a fork or an
+    exit, a process's start and end are the first and last moments the capture saw it."""
     procs: dict[int, Process] = {}
 
     def proc(pid: int) -> Process:
@@ -129,16 +137,10 @@ def processes(artifacts: Iterable[Record], events: Iterable[Record]) -> dict[int
 
     for event in events:
         pid = integer(event, "pid")
-        if event.get("event") != "exec" or pid is None:
+        on = _EVENT_RULES.get(event.get("event"))
+        if on is None or pid is None or pid <= 0:
             continue
-        p = proc(pid)
-        p.execs.append(event)
-        p.seen(event)
-        p.ppid = integer(event, "ppid") if p.ppid is None else p.ppid
-        p.comm = text(event, "comm", p.comm)
-        argv = event.get("argv")
-        if isinstance(argv, list):
-            p.argv = [a for a in argv if isinstance(a, str)]
+        on(proc, pid, event)
     for record in artifacts:
         pid = integer(record, "pid")
         if pid is None or pid <= 0 or record.get("kind") in ("gap", "budget"):
@@ -147,9 +149,54 @@ def processes(artifacts: Iterable[Record], events: Iterable[Record]) -> dict[int
         p.artifacts.append(record)
         p.seen(record)
     for p in procs.values():
+        if p.forked_by is not None:
+            p.ppid = p.forked_by
+        p.start = p.born if p.born is not None else p.start
+        p.end = p.exited if p.exited is not None else p.end
+    for p in procs.values():
         if p.ppid is not None and p.ppid in procs and p.ppid != p.pid:
             procs[p.ppid].children.append(p.pid)
     return procs
+
+
+def _on_exec(proc: Callable[[int], Process], pid: int, event: Record) -> None:
+    p = proc(pid)
+    p.execs.append(event)
+    p.seen(event)
+    p.ppid = integer(event, "ppid") if p.ppid is None else p.ppid
+    p.comm = text(event, "comm", p.comm)
+    argv = event.get("argv")
+    if isinstance(argv, list):
+        p.argv = [a for a in argv if isinstance(a, str)]
+
+
+def _on_fork(proc: Callable[[int], Process], pid: int, event: Record) -> None:
+    """The parent was seen; the child starts with its parent's comm, uid and container."""
+    proc(pid).seen(event)
+    child = integer(event, "child_pid")
+    if child is None or child <= 0 or child == pid:
+        return
+    c = proc(child)
+    c.forked_by = pid
+    c.born = integer(event, "child_start") or timestamp(event)
+    inherited = {key: event[key] for key in ("comm", "uid", "container_id") if key in event}
+    c.seen(inherited)
+
+
+def _on_exit(proc: Callable[[int], Process], pid: int, event: Record) -> None:
+    p = proc(pid)
+    p.seen(event)
+    p.exited = timestamp(event)
+    p.exit_code = integer(event, "exit_code")
+    p.signal = integer(event, "signal")
+
+
+#: What each events.jsonl process event tells of the processes (others are not about one).
+_EVENT_RULES: dict[str, Callable[[Callable[[int], Process], int, Record], None]] = {
+    "exec": _on_exec,
+    "fork": _on_fork,
+    "exit": _on_exit,
+}
 
 
 def roots(procs: dict[int, Process]) -> list[int]:

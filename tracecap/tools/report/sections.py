@@ -295,8 +295,18 @@ def process_summary(p: Process) -> str:
         f"uid {esc(p.uid)}" if p.uid is not None else "",
         f'<span class="ctr">{esc(container_label(p.container_id, p.container_name))}</span>',
         f"{esc(when(p.start))} {DASH} {esc(when(p.end))}",
+        f'<span class="exit">{esc(exit_label(p))}</span>' if exit_label(p) else "",
     ]
     return " ".join(part for part in parts if part)
+
+
+def exit_label(p: Process) -> str:
+    """How the process ended, from its exit event: "" when the capture saw no exit."""
+    if p.exited is None:
+        return ""
+    if p.signal:
+        return f"killed by signal {p.signal}"
+    return f"exit {p.exit_code}" if p.exit_code is not None else "exited"
 
 
 def process_body(p: Process, base: str, flows_of: dict[int, list[str]]) -> list[list[Cell]]:

@@ -81,6 +81,19 @@ def test_events_are_read_where_they_travel_and_packets_only_when_named():
     ) == (bus.TOPIC_NET_PACKET,)
 
 
+def test_forks_and_exits_are_read_on_proc_once_when_named():
+    named = ("--output", "json", "--events", "sched_process_exit")
+    assert printer_topics(config("--capture", "write", *named)) == (
+        bus.TOPIC_FILE_WRITE,
+        bus.TOPIC_PROC,
+    )
+    # exec's events travel on proc. too: one subscription, which the collector waits for once
+    assert printer_topics(config("--capture", "exec", *named)) == (bus.TOPIC_PROC,)
+    assert printer_topics(config("--capture", "write", "--output", "json")) == (
+        bus.TOPIC_FILE_WRITE,
+    )
+
+
 def test_a_plan_holds_the_files_its_programs_read():
     argv = ["--capture", "write", "--capture", "dir:/srv/case #1"]
     plan = make_plan(config(*argv), argv, "/run/tc", exe="/venv/bin/tracecap")

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.support import tracee_decode
-from tests.support.envelopes import bpf_env, mem_env, module_env, proc_env
+from tests.support.envelopes import bpf_env, exit_env, fork_env, mem_env, module_env, proc_env
 from tracecap import bus
 from tracecap.frontend import tracee_json
 from tracecap.frontend.tracee_json import events_for, file_events
@@ -318,3 +318,22 @@ def test_a_plain_exec_has_no_interpreter_and_interp_is_its_name():
         0,
         0,
     )
+
+
+def test_forks_and_exits_are_printed_only_when_named():
+    fork, exit_ = (bus.Message(bus.TOPIC_PROC, env, b"") for env in (fork_env(), exit_env()))
+    assert events_for(fork, ()) == [] and events_for(exit_, ()) == []
+    assert events_for(fork, ("sched_process_exec",)) == []
+    assert [
+        e["eventName"] for e in events_for(bus.Message(bus.TOPIC_PROC, proc_env(), b""), ())
+    ] == ["sched_process_exec"]
+    (printed,) = events_for(fork, ("sched_process_fork",))
+    tracee_decode.decode(json.dumps(printed))
+    args = {a["name"]: a["value"] for a in printed["args"]}
+    assert (printed["hostProcessId"], args["parent_pid"], args["child_pid"]) == (
+        printed["hostProcessId"], printed["hostProcessId"], 4243,
+    )  # fmt: skip
+    assert (args["child_ns_pid"], args["start_time"]) == (43, 1_700_000_000_000_000_123)
+    (printed,) = events_for(exit_, ("sched_process_exit",))
+    assert [a["value"] for a in printed["args"]] == [3 << 8, True]
+    assert printed["syscall"] == "" and printed["eventId"] == "714"

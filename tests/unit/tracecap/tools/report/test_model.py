@@ -54,3 +54,33 @@ def test_roots_show_every_process_once_even_in_a_cycle() -> None:
     procs[2].children = [1]
     procs[1].children = [2]
     assert model.roots(procs) == [3, 4, 1]  # the cycle from its first pid seen
+
+
+def test_fork_and_exit_give_true_parents_starts_ends_and_exit_codes() -> None:
+    events = [
+        {"event": "exec", "pid": 10, "ppid": 1, "comm": "sh", "argv": ["sh"], "ts": 5},
+        # sh forks 11, which never executes anything (a subshell, python's os.fork())
+        {"event": "fork", "pid": 10, "ppid": 1, "comm": "sh", "uid": 7, "container_id": "c1",
+         "ts": 20, "child_pid": 11, "child_start": 19},
+        # sh forks 12, which outlives it: its exec names a reaper (1) as its parent
+        {"event": "fork", "pid": 10, "comm": "sh", "ts": 30, "child_pid": 12, "child_start": 30},
+        {"event": "exit", "pid": 10, "comm": "sh", "ts": 40, "exit_code": 3, "signal": 0},
+        {"event": "exec", "pid": 12, "ppid": 1, "comm": "sleep", "argv": ["sleep"], "ts": 45},
+        {"event": "exit", "pid": 11, "comm": "sh", "ts": 50, "exit_code": 0, "signal": 9},
+        {"event": "fork", "pid": 12, "ts": 46, "child_pid": "x"},  # altered: ignored child
+    ]  # fmt: skip
+    artifacts = [{"kind": "write", "pid": 11, "first_ts": 22, "last_ts": 60}]
+    procs = model.processes(artifacts, events)
+    assert sorted(procs) == [10, 11, 12]
+    sh, sub, sleep = procs[10], procs[11], procs[12]
+    assert (sub.ppid, sub.comm, sub.uid, sub.container_id) == (10, "sh", 7, "c1")
+    assert (sub.start, sub.end, sub.exit_code, sub.signal) == (19, 50, 0, 9)
+    assert sleep.ppid == 10 and sleep.start == 30 and sleep.exited is None
+    assert (sh.start, sh.end, sh.exit_code) == (5, 40, 3)
+    assert sh.children == [11, 12] and model.roots(procs) == [10]
+
+
+def test_without_fork_or_exit_the_window_is_what_was_seen() -> None:
+    events = [{"event": "exec", "pid": 10, "ppid": 1, "comm": "a", "ts": 5}]
+    p = model.processes([{"kind": "write", "pid": 10, "first_ts": 6, "last_ts": 9}], events)[10]
+    assert (p.start, p.end, p.exited, p.exit_code, p.forked_by) == (5, 9, None, None, None)

@@ -209,3 +209,14 @@ def test_a_process_in_a_named_container_shows_the_name_and_the_short_id() -> Non
     p.seen({"ts": T0, "container_id": cid, "container_name": "<web>"})
     assert '<span class="ctr">&lt;web&gt; (abababababab)</span>' in sections.process_summary(p)
     assert sections.container_label("", "ignored") == "host"
+
+
+def test_process_summary_says_how_a_process_ended() -> None:
+    ended = [
+        (model.Process(1, exited=5, exit_code=3, signal=0), "exit 3"),
+        (model.Process(2, exited=5, exit_code=0, signal=9), "killed by signal 9"),
+        (model.Process(3, exited=5), "exited"),
+    ]
+    for p, label in ended:
+        assert f'<span class="exit">{label}</span>' in sections.process_summary(p)
+    assert 'class="exit"' not in sections.process_summary(model.Process(4, end=9))
