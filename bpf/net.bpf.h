@@ -94,8 +94,11 @@ int BPF_PROG(tc_sock_recv, struct sock *sk, int ret, int flags)
 
 /* ---- sockets that existed before the capture ------------------------------------------- */
 
-extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym;
-extern void bpf_task_release(struct task_struct *p) __ksym;
+/* Weak: libbpf resolves every extern of the object, loaded or not, and fails on a kernel
+ * without these kfuncs (6.2); weak, the object loads there with network refused
+ * (collector/hooks.py), this program not loaded. */
+extern struct task_struct *bpf_task_from_pid(s32 pid) __ksym __weak;
+extern void bpf_task_release(struct task_struct *p) __ksym __weak;
 
 /* tc_in_scope's rules (scope.bpf.h) for a task other than the current one: its tgid, real
  * uid, comm and cgroup stand where tc_in_scope reads the current task's. Follow does not add

@@ -43,6 +43,14 @@ _PROTOTYPES = [
     ("bpf_map_delete_elem", ct.c_int, [ct.c_int, _vp]),
     ("bpf_program__fd", ct.c_int, [_vp]),
     ("bpf_prog_test_run_opts", ct.c_int, [ct.c_int, _vp]),
+    # feature probes (collector/kernel_features.py)
+    ("libbpf_probe_bpf_prog_type", ct.c_int, [ct.c_int, _vp]),
+    ("libbpf_probe_bpf_map_type", ct.c_int, [ct.c_int, _vp]),
+    ("libbpf_probe_bpf_helper", ct.c_int, [ct.c_int, ct.c_int, _vp]),
+    ("bpf_prog_load", ct.c_int, [ct.c_int, ct.c_char_p, ct.c_char_p, _vp, ct.c_size_t, _vp]),
+    ("btf__load_vmlinux_btf", _vp, []),
+    ("btf__find_by_name_kind", ct.c_int, [_vp, ct.c_char_p, ct.c_uint32]),
+    ("btf__free", None, [_vp]),
 ]
 
 
@@ -83,6 +91,11 @@ def _library() -> ct.CDLL:
         fn.argtypes = args
     lib.libbpf_set_print(_printer)
     return lib
+
+
+def library() -> ct.CDLL:
+    """libbpf with the prototypes above (for the feature probes)."""
+    return _library()
 
 
 class BpfError(RuntimeError):

@@ -24,6 +24,8 @@ from collector.cgroup_rules import (
     encode_state,
 )
 from collector.containers import cgroup2_root
+from collector.hooks import HOOKS, Choice, choose
+from collector.kernel_features import KernelFeatures, withheld
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
 from tracecap.options import DEFAULT_RING_MB, Config, FileCapture
@@ -103,6 +105,11 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
     "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP | _RUN_ONLY,
 }
+#: The programs of each hook of collector/hooks.py HOOKS, by (kind, hook): module's two hooks
+#: load different programs, every other kind's one hook its CAPTURE_PROGRAMS.
+HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
+    (kind, hook.name): CAPTURE_PROGRAMS[kind] for kind, hooks in HOOKS.items() for hook in hooks
+} | {("module", "syscall_tracepoints"): _MODULE_TP, ("module", "raw_syscalls"): _MODULE_RAW}
 CAPTURE_RING: dict[str, BpfMap] = {
     "write": BpfMap.FILE_RB,
     "read": BpfMap.FILE_RB,
@@ -135,15 +142,8 @@ PROC_RING_BYTES = 256 << 10
 #: machine-code areas hashed and sent.
 MEM_EVENTS_PER_S = 64
 MEM_BYTES_PER_S = 4 << 20
-TRACEFS_SYSCALLS = "/sys/kernel/tracing/events/syscalls"
 #: bpf/containers.bpf.h struct tc_cid_prefix: length, id prefix[64], padding
 _CID_PREFIX = struct.Struct("<B64s7x")
-
-
-def module_programs(tracefs_syscalls: str = TRACEFS_SYSCALLS) -> set[str]:
-    if os.path.isdir(os.path.join(tracefs_syscalls, "sys_enter_init_module")):
-        return set(_MODULE_TP)
-    return set(_MODULE_RAW)
 
 
 def object_path() -> str:
@@ -153,20 +153,36 @@ def object_path() -> str:
     return path
 
 
-def programs_for(config: Config, modules: set[str] | None = None) -> set[str]:
+def programs_for(choices: dict[str, Choice]) -> set[str]:
+    """The programs of the hooks chosen; a refused kind's are not loaded (autoload off), so
+    the object loads where they would not."""
     names = set(_ALWAYS)
-    for kind in config.kinds():
-        if kind == "module":
-            names |= modules if modules is not None else module_programs()
-        else:
-            names |= CAPTURE_PROGRAMS[kind]
+    for kind, choice in choices.items():
+        if choice.hook:
+            names |= HOOK_PROGRAMS[kind, choice.hook]
     return names
 
 
-def ring_sizes(config: Config, file_ring_bytes: int) -> dict[BpfMap, int]:
-    """Each ring's size: the capture kinds on decide which rings carry records; the others
-    get one page, but the object ring never less than PROC_RING_BYTES (forks and exits)."""
-    used = {CAPTURE_RING[kind] for kind in config.kinds()}
+def probe_features() -> frozenset[str]:
+    """What this kernel offers (collector/kernel_features.py), less what the collector's
+    environment withholds for a test."""
+    return KernelFeatures().offered() - withheld(os.environ)
+
+
+def choose_hooks(config: Config, offered: frozenset[str]) -> dict[str, Choice]:
+    """Per capture kind on, its hook; ProbeError when the kernel can run none of them."""
+    choices = choose(config.kinds(), offered)
+    if choices and not any(c.hook for c in choices.values()):
+        reasons = "; ".join(c.reason for c in choices.values())
+        raise ProbeError(f"no capture kind asked for can run on this kernel: {reasons}")
+    return choices
+
+
+def ring_sizes(kinds: Iterable[str], file_ring_bytes: int) -> dict[BpfMap, int]:
+    """Each ring's size: the capture kinds that run decide which rings carry records; the
+    others get one page, but the object ring never less than PROC_RING_BYTES (forks and
+    exits)."""
+    used = {CAPTURE_RING[kind] for kind in kinds}
     sizes = {
         BpfMap.FILE_RB: file_ring_bytes,
         BpfMap.OBJ_RB: OBJECT_RING_BYTES,
@@ -239,10 +255,15 @@ class KernelProbes:
         excluded_tgids: Iterable[int],
         excluded_uid: int,
         ring_bytes: int = DEFAULT_RING_BYTES,
+        *,
+        features: Callable[[], frozenset[str]] = probe_features,
     ) -> None:
+        self._features = features()
+        self.choices = choose_hooks(config, self._features)
+        running = [kind for kind, choice in self.choices.items() if choice.hook]
         ifindex, _snaplen = net_settings(config)
         cgroup_fd = -1
-        if config.pcap.enabled:
+        if "network" in running:
             with open("/proc/mounts") as f:
                 root = cgroup2_root(f.read())
             if root is None:
@@ -251,10 +272,10 @@ class KernelProbes:
         self._cgroup_fd = cgroup_fd
         self._obj = BpfObject(object_path())
         try:
-            self._programs = programs_for(config)
+            self._programs = programs_for(self.choices)
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
-            self._ring_sizes = ring_sizes(config, ring_bytes)
+            self._ring_sizes = ring_sizes(running, ring_bytes)
             for ring, size in self._ring_sizes.items():
                 self._obj.set_max_entries(ring, size)
             self._obj.set_max_entries(BpfMap.DATA_SCRATCH, possible_cpus())
@@ -373,6 +394,16 @@ class KernelProbes:
         """Files that lost syscalls with their events since the last call."""
         entries = self._obj.drain(BpfMap.FILE_DROPS, records.DROP_KEY.size, records.DROP_VAL.size)
         return [records.decode_dropped_io(k, v) for k, v in entries]
+
+    @property
+    def hooks(self) -> dict[str, dict[str, str]]:
+        """Per capture kind on, the hook it uses or why it was refused (``stats.`` hooks)."""
+        return {kind: choice.report() for kind, choice in self.choices.items()}
+
+    @property
+    def features(self) -> list[str]:
+        """What the probe found this kernel offers (collector/hooks.py NEEDS tokens)."""
+        return sorted(self._features)
 
     @property
     def program_names(self) -> list[str]:

@@ -160,6 +160,10 @@ class Collector:
         self._probes = self._make_probes(
             self._config, excluded, NO_UID if uid is None else uid, self._ring_bytes
         )
+        # before anything attaches: which kinds this kernel cannot run, and why
+        for entry in self._probes.hooks.values():
+            if "refused" in entry:
+                print(f"tracecap collector: not capturing {entry['refused']}", file=sys.stderr)
         scope = self._config.scope
         self._probes.set_cgroup_rules(
             self._containers.rules, scope.container_ids if scope.container else ()
@@ -483,6 +487,8 @@ class Collector:
             "container_lookup_errors": dict(self._enricher.errors),
             "published": self._pub.published(),
             "programs": self._probes.program_names if self._probes else [],
+            "hooks": self._probes.hooks if self._probes else {},
+            "kernel_features": self._probes.features if self._probes else [],
             "subscriptions": {
                 t.decode(errors="replace"): n for t, n in self._pub.subscriptions.items()
             },

@@ -3,9 +3,11 @@ inside each guest, and on the host as its row): one `tracecap run` with every ki
 workload per kind, and per kind a verdict written as JSON to the file given as argument.
 
 Verdicts: ``works`` (the workload's artifact arrived complete and byte-exact), ``incomplete``
-(it arrived, not whole: the record's error), ``missing`` (no record), ``refused`` (tracecap did
-not start with that kind: its last error line). When the run with every kind does not start,
-each kind is tried alone, so that one kind the kernel refuses does not hide the others.
+(it arrived, not whole: the record's error), ``missing`` (no record), ``refused`` (the
+collector's feature probe refused the kind, with its reason from ``stats.`` hooks, and ran the
+others; or tracecap did not start with that kind: its last error line). The hook each kind ran
+on goes into the result as ``hooks``. When the run with every kind does not start, each kind
+is tried alone, so that one kind the kernel refuses does not hide the others.
 
 The ready timeout is scaled by TRACECAP_TIME_FACTOR (the harness sets 8 under QEMU's TCG)."""
 
@@ -141,8 +143,22 @@ def _say(what: str) -> None:
     print(f"kernel_smoke: {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
 
 
-def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
-    """One `tracecap run` with ``kinds``: their verdicts and the seconds until ready."""
+#: The collector's name of each smoke kind where it differs (`stats.` hooks are keyed by it).
+COLLECTOR_KIND = {"net": "network"}
+
+
+def _hooks() -> dict[str, dict[str, str]]:
+    """Per kind, the hook the collector chose or its refusal (`tracecap status`)."""
+    done = subprocess.run(["tracecap", "status"], capture_output=True, text=True, timeout=60)
+    if done.returncode:
+        return {}
+    return json.loads(done.stdout)["collector"].get("hooks", {})
+
+
+def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float, dict]:
+    """One `tracecap run` with ``kinds``: their verdicts, the seconds until ready and the
+    hooks chosen; a kind the collector refused (it runs the others) is ``refused`` with its
+    reason."""
     _say(f"starting tracecap with {', '.join(kinds)}")
     root = work / "cap"
     err_path = work / "stderr"
@@ -157,9 +173,11 @@ def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
             proc.kill()
             proc.wait()
             lines = err_path.read_text(errors="replace").strip().splitlines() or ["no output"]
-            return {k: "refused: " + lines[-1][:200] for k in kinds}, time.monotonic() - started
+            verdicts = {k: "refused: " + lines[-1][:200] for k in kinds}
+            return verdicts, time.monotonic() - started, {}
         time.sleep(0.2)
     ready = time.monotonic() - started
+    hooks = _hooks()
     _say(f"ready after {ready:.0f} s; running the workloads")
     checks = _workloads(work)
     _say("workloads done; stopping")
@@ -168,17 +186,26 @@ def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float]:
     proc.wait(120 * FACTOR)
     index_path = root / "out" / "index.jsonl"
     index = [json.loads(line) for line in index_path.read_bytes().splitlines()]
-    return {k: checks[k](index) for k in kinds}, ready
+    verdicts = {}
+    for k in kinds:
+        refused = hooks.get(COLLECTOR_KIND.get(k, k), {}).get("refused")
+        verdicts[k] = f"refused: {refused}" if refused else checks[k](index)
+    return verdicts, ready, hooks
 
 
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="tc-smoke-"))
     work.chmod(0o711)  # the writers run as the tracecap user and must pass through
-    verdicts, ready = _run(work, list(KINDS))
+    verdicts, ready, hooks = _run(work, list(KINDS))
     if all(v.startswith("refused") for v in verdicts.values()):
         for kind in KINDS:
             verdicts[kind] = _run(work, [kind])[0][kind]
-    result = {"kernel": os.uname().release, "ready_s": round(ready, 1), "verdicts": verdicts}
+    result = {
+        "kernel": os.uname().release,
+        "ready_s": round(ready, 1),
+        "verdicts": verdicts,
+        "hooks": hooks,
+    }
     Path(sys.argv[1]).write_text(json.dumps(result) + "\n")
     print(json.dumps(result))
 

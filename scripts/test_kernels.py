@@ -92,6 +92,10 @@ def main() -> None:
                 print(f"  {r['name']} {kind}: {verdict}")
         if "error" in r:
             print(f"  {r['name']}: {r['error']}")
+        hooks = {k: h["hook"] for k, h in r.get("hooks", {}).items() if "hook" in h}
+        if hooks:
+            used = ", ".join(f"{kind} {hook}" for kind, hook in sorted(hooks.items()))
+            print(f"  {r['name']} hooks: {used}")
 
 
 if __name__ == "__main__":

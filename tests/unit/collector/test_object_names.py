@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from collector import probes
+from collector import hooks, probes
 from tests.support.bpf_object import OBJECT, ROOT, built_object, need
 from tracecap import kinds, options
 
@@ -70,15 +70,33 @@ def test_the_symbol_reading_finds_both_kinds(in_object):
     assert "cfg" not in in_object["maps"]  # a .rodata variable, not a map
 
 
-def test_programs_for_draws_only_on_the_table(tmp_path):
-    kinds = ("write", "read", "exec", "mem", "module", "bpf", "network")
-    everything = options.parse_args([arg for kind in kinds for arg in ("--capture", kind)])
-    raw = probes.module_programs(str(tmp_path))  # no module tracepoints here
-    (tmp_path / "sys_enter_init_module").mkdir()
-    tracepoints = probes.module_programs(str(tmp_path))
-    assert raw != tracepoints
-    for modules in (raw, tracepoints):
-        assert probes.programs_for(everything, modules) <= probes.PROGRAM_NAMES
+def test_programs_for_draws_only_on_the_table():
+    first = {
+        kind: hooks.Choice(kind, kind_hooks[0].name) for kind, kind_hooks in hooks.HOOKS.items()
+    }
+    chosen = [
+        probes.programs_for(first | {kind: hooks.Choice(kind, hook.name)})
+        for kind, kind_hooks in hooks.HOOKS.items()
+        for hook in kind_hooks
+    ]
+    assert all(names <= probes.PROGRAM_NAMES for names in chosen)
+    assert len({frozenset(names) for names in chosen}) == 2  # module's two hooks differ
+
+
+def test_a_refused_kind_loads_none_of_its_programs():
+    choices = {"write": hooks.Choice("write", "syscall_tracepoints"),
+               "mem": hooks.Choice("mem", None, "mem: needs bpf_find_vma")}  # fmt: skip
+    names = probes.programs_for(choices)
+    assert names & probes.CAPTURE_PROGRAMS["write"]
+    assert not names & probes.CAPTURE_PROGRAMS["mem"]
+
+
+def test_every_hook_has_its_programs():
+    """The hooks table (collector/hooks.py) and the programs of each hook name the same."""
+    assert set(probes.HOOK_PROGRAMS) == {
+        (kind, hook.name) for kind, kind_hooks in hooks.HOOKS.items() for hook in kind_hooks
+    }
+    assert set(hooks.HOOKS) == set(kinds.CAPTURE_TOKENS)
 
 
 def test_names_reach_the_object_only_through_the_tables():
@@ -107,10 +125,10 @@ def test_every_capture_kind_has_its_collector_facts():
 
 def test_ring_sizes_follow_the_kinds_on():
     only_exec = options.parse_args(["--capture", "exec"])
-    sizes = probes.ring_sizes(only_exec, 8 << 20)
+    sizes = probes.ring_sizes(only_exec.kinds(), 8 << 20)
     assert sizes[probes.BpfMap.OBJ_RB] == probes.OBJECT_RING_BYTES
     assert sizes[probes.BpfMap.FILE_RB] == sizes[probes.BpfMap.PKT_RB] == probes.UNUSED_RING_BYTES
-    writes = probes.ring_sizes(options.parse_args(["--capture", "write"]), 1 << 20)
+    writes = probes.ring_sizes(options.parse_args(["--capture", "write"]).kinds(), 1 << 20)
     assert writes[probes.BpfMap.FILE_RB] == 1 << 20
     # the object ring carries forks and exits whatever is captured
     assert writes[probes.BpfMap.OBJ_RB] == probes.PROC_RING_BYTES

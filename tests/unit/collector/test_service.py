@@ -173,6 +173,8 @@ class FakeProbes:
         self.mem: dict[str, int] = {}
         self.skipped: list[records.MemSkipped] = []
         self.program_names = ["tc_fork", "tc_proc_exit"]
+        self.hooks: dict[str, dict[str, str]] = {"write": {"hook": "syscall_tracepoints"}}
+        self.features = ["btf", "map:ringbuf"]
         self.scope_cgroups: set[int] | None = None
         self.states: dict[int, CgroupState] = {}
         self.rules: Any = None

@@ -1,0 +1,170 @@
+"""Which hook each capture kind uses on the running kernel, or why it cannot run there.
+
+A table from capture kind to the hooks it can use, in order of preference, each with what the
+kernel must offer; the chooser takes per kind the first hook whose needs the kernel's features
+meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
+features come in as the set of tokens the probe found, so tests pass any kernel they like.
+
+Today every kind has one implemented hook (module two: its syscalls' tracepoints, or the raw
+syscall tracepoints on a kernel built without module support); cheaper variants (fentry, BPF
+LSM) go in front of them here, with their needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Need:
+    """Something a hook needs of the kernel: what to call it in a refusal, and the oldest
+    Linux that offers it (from the feature's introduction upstream, not measured; "" when it
+    is a matter of configuration rather than version)."""
+
+    what: str
+    since: str = ""
+
+    def describe(self) -> str:
+        return f"{self.what} (Linux {self.since})" if self.since else self.what
+
+
+#: Every need, by the token collector/kernel_features.py reports when the kernel offers it.
+NEEDS: dict[str, Need] = {
+    "btf": Need("kernel BTF (/sys/kernel/btf/vmlinux)", "5.4"),
+    "map:ringbuf": Need("BPF ring buffers", "5.8"),
+    "prog:tracepoint": Need("tracepoint programs", "4.7"),
+    "prog:raw_tp": Need("raw tracepoint programs", "4.17"),
+    "prog:tp_btf": Need("BTF tracepoint programs (tp_btf)", "5.5"),
+    "prog:cgroup_skb": Need("cgroup_skb programs", "4.10"),
+    "prog:cgroup_sock": Need("cgroup/sock_create programs", "4.10"),
+    "prog:syscall": Need("syscall programs", "5.14"),
+    "prog:fentry": Need("fentry/fexit programs", "5.5"),
+    "prog:kprobe": Need("kprobes (perf kprobe PMU or tracefs kprobe_events)", "4.1"),
+    "prog:lsm": Need("BPF LSM programs", "5.7"),
+    "lsm:bpf": Need("the BPF LSM active (`bpf` in /sys/kernel/security/lsm)", "5.7"),
+    "helper:bpf_get_current_task_btf": Need("bpf_get_current_task_btf", "5.11"),
+    "helper:bpf_for_each_map_elem": Need("bpf_for_each_map_elem", "5.13"),
+    "helper:bpf_find_vma": Need("bpf_find_vma", "5.17"),
+    "helper:bpf_loop": Need("bpf_loop", "5.17"),
+    "kfunc:bpf_task_from_pid": Need("the kfunc bpf_task_from_pid", "6.2"),
+    "kfunc:bpf_task_release": Need("the kfunc bpf_task_release", "6.2"),
+    "btf_tp:sock_send_length": Need("the sock_send_length tracepoint", "6.3"),
+    "btf_tp:sock_recv_length": Need("the sock_recv_length tracepoint", "6.3"),
+    "tracefs:syscalls": Need("syscall tracepoints (tracefs mounted, CONFIG_FTRACE_SYSCALLS)"),
+    "tracefs:module_syscalls": Need("tracepoints of init_module/finit_module (CONFIG_MODULES)"),
+}
+
+
+@dataclass(frozen=True)
+class Hook:
+    """One way to capture a kind: its name (reported in ``stats.``) and what it needs."""
+
+    name: str
+    needs: tuple[str, ...]
+
+
+#: What the programs loaded for every kind need (process fork and exit, cgroup mkdir and rmdir,
+#: bpf/scope.bpf.h and bpf/containers.bpf.h: tp_btf, bpf_loop over the naming rules), and the
+#: object itself (BTF for CO-RE, ring buffer maps, created whatever the kinds).
+BASE_NEEDS = ("btf", "map:ringbuf", "prog:tp_btf", "helper:bpf_loop")
+#: Syscall tracepoints, and the chunk emitter every capture of bytes runs (bpf/chunks.bpf.h).
+_SYSCALL_TP = ("prog:tracepoint", "tracefs:syscalls", "helper:bpf_loop")
+#: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
+_MODULE = ("helper:bpf_find_vma", "helper:bpf_get_current_task_btf", "helper:bpf_loop")
+#: Each kind's hooks, best first, as read from bpf/*.h: which programs attach where, and the
+#: helpers newer than 5.8 that they call (collector/probes.py HOOK_PROGRAMS lists the programs).
+HOOKS: dict[str, tuple[Hook, ...]] = {
+    # syscall tracepoints, io_uring_complete (tp_btf), path walks and chunks by bpf_loop
+    "write": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
+    "read": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
+    # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
+    "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
+    # mprotect/mmap/munmap tracepoints; the vma by bpf_find_vma, page walks by bpf_loop, the
+    # task by bpf_get_current_task_btf, regions at exit by bpf_for_each_map_elem (tp_btf)
+    "mem": (
+        Hook(
+            "syscall_tracepoints",
+            (
+                *_SYSCALL_TP,
+                "prog:tp_btf",
+                "helper:bpf_find_vma",
+                "helper:bpf_get_current_task_btf",
+                "helper:bpf_for_each_map_elem",
+            ),
+        ),
+    ),
+    "module": (
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
+        # a kernel without module support: the raw syscall tracepoints see the attempt
+        Hook("raw_syscalls", ("prog:raw_tp", *_MODULE)),
+    ),
+    "bpf": (Hook("syscall_tracepoints", _SYSCALL_TP),),
+    # cgroup_skb and cgroup/sock_create on the cgroup2 root, the sockets' owners at
+    # sock_send_length/sock_recv_length (tp_btf), owners of older sockets by a syscall program
+    "network": (
+        Hook(
+            "cgroup_skb",
+            (
+                "prog:cgroup_skb",
+                "prog:cgroup_sock",
+                "prog:tp_btf",
+                "btf_tp:sock_send_length",
+                "btf_tp:sock_recv_length",
+                "prog:syscall",
+                "kfunc:bpf_task_from_pid",
+                "kfunc:bpf_task_release",
+            ),
+        ),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What one kind gets on this kernel: a hook, or none and the reason."""
+
+    kind: str
+    hook: str | None
+    reason: str = ""
+
+    def report(self) -> dict[str, str]:
+        """The kind's entry in ``stats.`` ``hooks``."""
+        return {"hook": self.hook} if self.hook else {"refused": self.reason}
+
+
+def _lacking(missing: list[str]) -> str:
+    needs = ", ".join(NEEDS[token].describe() for token in missing)
+    return f"needs {needs}; this kernel lacks {'it' if len(missing) == 1 else 'them'}"
+
+
+def choose_kind(kind: str, offered: frozenset[str]) -> Choice:
+    """The first hook of ``kind`` whose needs (and the base's) ``offered`` meets; else a
+    refusal naming what the nearest hook (fewest needs unmet; the later on a tie: the
+    fallback) lacks."""
+    best: list[str] | None = None
+    for hook in HOOKS[kind]:
+        missing = [t for t in dict.fromkeys((*BASE_NEEDS, *hook.needs)) if t not in offered]
+        if not missing:
+            return Choice(kind, hook.name)
+        if best is None or len(missing) <= len(best):
+            best = missing
+    assert best is not None
+    return Choice(kind, None, f"{kind}: {_lacking(best)}")
+
+
+def choose(kinds: Iterable[str], offered: frozenset[str]) -> dict[str, Choice]:
+    """Per requested kind, its hook or its refusal."""
+    return {kind: choose_kind(kind, offered) for kind in kinds}
+
+
+def oldest_kernel(kind: str) -> str:
+    """The oldest Linux whose features meet one of the kind's hooks, as implied by the needs'
+    introduction versions (not measured): for the README's table."""
+
+    def version(token: str) -> tuple[int, ...]:
+        since = NEEDS[token].since
+        return tuple(int(p) for p in since.split(".")) if since else (0,)
+
+    per_hook = [max(version(t) for t in (*BASE_NEEDS, *hook.needs)) for hook in HOOKS[kind]]
+    return ".".join(str(p) for p in min(per_hook))

@@ -1,0 +1,126 @@
+"""The choice of hook per capture kind (collector/hooks.py), on kernels described by what a
+feature probe would find on them (collector/kernel_features.py tokens)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from collector import hooks
+from collector.kernel_features import WITHHOLD_ENV, KernelFeatures, withheld
+from collector.probes import ProbeError, choose_hooks
+from tracecap import options
+
+ALL_KINDS = tuple(hooks.HOOKS)
+#: What collector/kernel_features.py found on this machine's 6.18 (kprobes, fentry and the BPF
+#: LSM do not work here, and there are no module syscalls: CONFIG_MODULES is unset).
+HOST_6_18 = frozenset(hooks.NEEDS) - {
+    "prog:fentry", "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
+}  # fmt: skip
+#: Debian 12's 6.1: modules, kprobes, fentry and the BPF LSM, but not what came in 6.2 and 6.3.
+DEBIAN_6_1 = frozenset(hooks.NEEDS) - {
+    "kfunc:bpf_task_from_pid", "kfunc:bpf_task_release",
+    "btf_tp:sock_send_length", "btf_tp:sock_recv_length",
+}  # fmt: skip
+#: Debian 11's 5.10: everything the needs date before 5.11.
+DEBIAN_5_10 = frozenset(
+    token
+    for token, need in hooks.NEEDS.items()
+    if not need.since or tuple(map(int, need.since.split("."))) <= (5, 10)
+)
+
+
+def _config(*kinds: str) -> options.Config:
+    return options.parse_args([arg for kind in kinds for arg in ("--capture", kind)])
+
+
+def test_this_host_runs_every_kind_module_through_the_raw_syscall_tracepoints():
+    choices = hooks.choose(ALL_KINDS, HOST_6_18)
+    assert {kind: c.hook for kind, c in choices.items()} == {
+        "write": "syscall_tracepoints",
+        "read": "syscall_tracepoints",
+        "exec": "tp_btf_sched_process_exec",
+        "mem": "syscall_tracepoints",
+        "module": "raw_syscalls",
+        "bpf": "syscall_tracepoints",
+        "network": "cgroup_skb",
+    }
+
+
+def test_a_kernel_with_module_support_uses_the_module_syscalls_tracepoints():
+    assert hooks.choose_kind("module", DEBIAN_6_1).hook == "syscall_tracepoints"
+
+
+def test_6_1_refuses_network_for_the_kfunc_and_tracepoints_it_lacks_and_runs_the_rest():
+    choices = choose_hooks(_config(*ALL_KINDS), DEBIAN_6_1)
+    refused = {kind: c.reason for kind, c in choices.items() if not c.hook}
+    assert refused == {
+        "network": "network: needs the sock_send_length tracepoint (Linux 6.3), the "
+        "sock_recv_length tracepoint (Linux 6.3), the kfunc bpf_task_from_pid (Linux 6.2), the "
+        "kfunc bpf_task_release (Linux 6.2); this kernel lacks them"
+    }
+
+
+def test_5_10_refuses_every_kind_for_bpf_loop_and_the_run_fails_with_the_reasons():
+    choices = hooks.choose(ALL_KINDS, DEBIAN_5_10)
+    assert all(c.hook is None for c in choices.values())
+    assert choices["bpf"].reason == "bpf: needs bpf_loop (Linux 5.17); this kernel lacks it"
+    assert choices["mem"].reason.startswith("mem: needs bpf_loop (Linux 5.17), bpf_find_vma")
+    with pytest.raises(ProbeError, match=r"no capture kind asked for can run.*exec: needs"):
+        choose_hooks(_config("exec", "write"), DEBIAN_5_10)
+
+
+def test_a_missing_helper_refuses_only_the_kinds_that_call_it():
+    kernel = HOST_6_18 - {"helper:bpf_find_vma"}
+    choices = choose_hooks(_config("write", "mem", "module", "exec"), kernel)
+    assert choices["mem"].reason == "mem: needs bpf_find_vma (Linux 5.17); this kernel lacks it"
+    assert choices["module"].report() == {
+        "refused": "module: needs bpf_find_vma (Linux 5.17); this kernel lacks it"
+    }
+    assert choices["write"].report() == {"hook": "syscall_tracepoints"}
+    assert choices["exec"].hook == "tp_btf_sched_process_exec"
+
+
+def test_without_btf_nothing_runs():
+    choices = hooks.choose(ALL_KINDS, HOST_6_18 - {"btf"})
+    assert {c.reason.split(": ", 1)[1] for c in choices.values()} == {
+        "needs kernel BTF (/sys/kernel/btf/vmlinux) (Linux 5.4); this kernel lacks it"
+    }
+
+
+def test_a_kind_without_any_hook_names_what_its_nearest_hook_lacks():
+    """Module's fallback needs only raw tracepoints beyond the base: that is what is named."""
+    kernel = HOST_6_18 - {"prog:raw_tp"}
+    assert hooks.choose_kind("module", kernel).reason == (
+        "module: needs raw tracepoint programs (Linux 4.17); this kernel lacks it"
+    )
+
+
+def test_no_kinds_asked_no_refusal():
+    assert choose_hooks(_config(), frozenset()) == {}
+
+
+def test_every_need_is_probed_and_every_hook_need_is_declared():
+    features = KernelFeatures.__new__(KernelFeatures)  # the table only: no libbpf call
+    features._lib = None
+    features._btf = None
+    assert set(features._probes()) == set(hooks.NEEDS)
+    used = {t for hs in hooks.HOOKS.values() for h in hs for t in h.needs} | set(hooks.BASE_NEEDS)
+    assert used <= set(hooks.NEEDS)
+
+
+def test_withheld_features_come_only_from_the_collectors_environment():
+    assert withheld({}) == frozenset()
+    assert withheld({WITHHOLD_ENV: "helper:bpf_find_vma,,prog:tp_btf"}) == {
+        "helper:bpf_find_vma",
+        "prog:tp_btf",
+    }
+
+
+def test_the_readme_states_the_oldest_kernel_each_kind_implies():
+    """The README's table is derived from the needs' versions; it must say what they say."""
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (\d+\.\d+) \|", readme, re.MULTILINE))
+    assert rows == {kind: hooks.oldest_kernel(kind) for kind in ALL_KINDS}
