@@ -872,7 +872,8 @@ static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struc
     ev->flags = 0;
     ev->path_len = 0;
     ev->path[0] = 0;
-    tc_build_path(s, other);
+    if (other)  /* NULL: an io_uring input among the ring's fixed files (pipes.bpf.h) */
+        tc_build_path(s, other);
     s->x.other_path_len = ev->path_len;
     s->x.other_flags = ev->flags;
     bpf_probe_read_kernel(s->x.other_path, sizeof(s->x.other_path), ev->path);

@@ -94,6 +94,8 @@ enum tc_syscall {
     TC_SYS_SENDTO, TC_SYS_SENDMSG, TC_SYS_RECVFROM, TC_SYS_RECVMSG,
     TC_SYS_IO_URING_SEND, TC_SYS_IO_URING_SENDMSG, TC_SYS_IO_URING_RECV,
     TC_SYS_IO_URING_RECVMSG, TC_SYS_SENDMMSG, TC_SYS_RECVMMSG,
+    /* pipes (pipes.bpf.h): vmsplice passes a user buffer; tee and the io_uring ones do not */
+    TC_SYS_VMSPLICE, TC_SYS_TEE, TC_SYS_IO_URING_SPLICE, TC_SYS_IO_URING_TEE,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };

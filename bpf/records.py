@@ -115,6 +115,10 @@ SYSCALLS = (
     "io_uring_recvmsg",
     "sendmmsg",
     "recvmmsg",
+    "vmsplice",
+    "tee",
+    "io_uring_splice",
+    "io_uring_tee",
 )
 DIR_WRITE, DIR_READ = 0, 1
 

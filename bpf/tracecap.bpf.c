@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "containers.bpf.h"
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
+#include "pipes.bpf.h"
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
 #include "objects.bpf.h"

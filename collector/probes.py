@@ -73,9 +73,12 @@ _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
 #: before the capture (net.bpf.h).
 _RUN_ONLY = frozenset({"tc_sock_adopt"})
 #: Transfers that pass no user buffer (file_io.bpf.h): one pair serves write and read.
-_XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice"))
-#: io_uring read and write requests, at their completion: one program for both directions.
-_URING = frozenset({"tc_uring_complete"})
+_XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice", "tee"))
+#: io_uring requests, at their completion: one program for both directions of the requests
+#: with a user buffer, one for SPLICE and TEE (pipes.bpf.h).
+_URING = frozenset({"tc_uring_complete", "tc_uring_xfer_complete"})
+#: vmsplice passes a user buffer into a pipe or out of one: the kernel tells the direction.
+_VMSPLICE = _syscall_programs(("vmsplice",))
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
 #: ``--capture`` word): the programs to load (module's depend on the kernel, see
 #: ``module_programs``) and the ring its records arrive on.
@@ -84,12 +87,14 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
         ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg")
     )
     | _XFER
-    | _URING,
+    | _URING
+    | _VMSPLICE,
     "read": _syscall_programs(
         ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg")
     )
     | _XFER
-    | _URING,
+    | _URING
+    | _VMSPLICE,
     "exec": frozenset({"tc_exec"}),
     "mem": frozenset(
         {

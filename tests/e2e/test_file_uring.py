@@ -3,7 +3,8 @@ captured end to end: a small program using the raw io_uring interface (as databa
 runtimes do, without liburing) writes a file with IORING_OP_WRITE, WRITEV and WRITE_FIXED and
 reads it back with IORING_OP_READ; both artifacts must equal the file, byte for byte. The same
 program sends a file through a socket pair with IORING_OP_SEND and SENDMSG and receives it with
-RECV and RECVMSG: the sending socket's and the receiving socket's artifacts are the file."""
+RECV and RECVMSG: the sending socket's and the receiving socket's artifacts are the file. And it
+copies a file through two pipes with SPLICE and TEE: the files' artifacts are read back."""
 
 from __future__ import annotations
 
@@ -72,3 +73,27 @@ def test_io_uring_send_sendmsg_recv_and_recvmsg(tracecap, workdir: Path) -> None
         assert (run.out_dir / rec["path"]).read_bytes() == data, kind
         assert rec["complete"] is True and rec["missing"] == [], rec
         assert rec["syscalls"] == syscalls and rec["append"] is True, rec
+
+
+def test_io_uring_splice_and_tee(tracecap, workdir: Path) -> None:
+    """IORING_OP_SPLICE from a file into a pipe (read back from the file), IORING_OP_TEE into a
+    second pipe, and IORING_OP_SPLICE from each pipe into a file (read back from that file)."""
+    exe = _build(workdir)
+    src, out = workdir / "src" / "in", workdir / "out"
+    src.parent.mkdir()
+    out.mkdir()
+    data = os.urandom(300_001)
+    src.write_bytes(data)
+    run = tracecap("--capture", f"write={out}/*", "--capture", f"read={src.parent}/*")
+    proc = subprocess.Popen([str(exe), "-p", str(src), str(out / "1"), str(out / "2")])
+    assert proc.wait(WORKLOAD_TIMEOUT_S) == 0
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    for kind, path in (("write", out / "1"), ("write", out / "2"), ("read", src)):
+        assert path.read_bytes() == data
+        name = artifact_name(kind, path)
+        [rec] = [r for r in run.records(kind) if r["path"].endswith("/" + name)]
+        assert run.artifact(name) == data, (kind, path)
+        assert rec["complete"] is True and rec["missing"] == [], rec
+        assert rec["syscalls"] == ["io_uring_splice"] and rec["pids"] == [proc.pid], rec
+        assert rec["readback"] == [[0, len(data)]], rec

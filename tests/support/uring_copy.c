@@ -5,6 +5,9 @@
  * uring_copy -s IN: send IN through a unix stream socket pair in 64 KiB pieces, alternately
  * with IORING_OP_SEND and IORING_OP_SENDMSG, and receive each piece on the other end with
  * IORING_OP_RECV and IORING_OP_RECVMSG in turn; compared with IN.
+ * uring_copy -p IN OUT1 OUT2: IN (at most 1 MiB) goes into pipe 1 with IORING_OP_SPLICE (from
+ * offset 0), is duplicated into pipe 2 with IORING_OP_TEE, then spliced from pipe 2 into OUT2
+ * (at the file position) and from pipe 1 into OUT1 (at offset 0), each with IORING_OP_SPLICE.
  * Exit status 0 when every request moved all its bytes and the read-back matched. */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -56,19 +59,19 @@ static void setup(void)
     cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 }
 
-/* Submit one request and wait for its completion; its result. */
-static int run(int opcode, int fd, void *addr, unsigned len, uint64_t off, int buf_index)
+/* The next submission queue entry, zeroed. */
+static struct io_uring_sqe *next_sqe(void)
 {
-    unsigned tail = *sq_tail, idx = tail & *sq_mask;
-    struct io_uring_sqe *sqe = &sqes[idx];
-    memset(sqe, 0, sizeof(*sqe));
-    sqe->opcode = opcode;
-    sqe->fd = fd;
-    sqe->addr = (uint64_t)(uintptr_t)addr;
-    sqe->len = len;
-    sqe->off = off;
-    sqe->buf_index = buf_index;
+    unsigned idx = *sq_tail & *sq_mask;
+    memset(&sqes[idx], 0, sizeof(sqes[idx]));
     sq_array[idx] = idx;
+    return &sqes[idx];
+}
+
+/* Submit the entry next_sqe gave and wait for its completion; its result. */
+static int submit(void)
+{
+    unsigned tail = *sq_tail;
     __atomic_store_n(sq_tail, tail + 1, __ATOMIC_RELEASE);
     if (syscall(__NR_io_uring_enter, ring_fd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
         die("io_uring_enter");
@@ -80,6 +83,33 @@ static int run(int opcode, int fd, void *addr, unsigned len, uint64_t off, int b
     int res = cqes[head & *cq_mask].res;
     __atomic_store_n(cq_head, head + 1, __ATOMIC_RELEASE);
     return res;
+}
+
+/* One request with a buffer; its result. */
+static int run(int opcode, int fd, void *addr, unsigned len, uint64_t off, int buf_index)
+{
+    struct io_uring_sqe *sqe = next_sqe();
+    sqe->opcode = opcode;
+    sqe->fd = fd;
+    sqe->addr = (uint64_t)(uintptr_t)addr;
+    sqe->len = len;
+    sqe->off = off;
+    sqe->buf_index = buf_index;
+    return submit();
+}
+
+/* IORING_OP_SPLICE or IORING_OP_TEE of len bytes (SPLICE: -1 for the file position or a
+ * pipe; TEE takes 0). */
+static int run_splice(int opcode, int in, int64_t off_in, int out, int64_t off_out, unsigned len)
+{
+    struct io_uring_sqe *sqe = next_sqe();
+    sqe->opcode = opcode;
+    sqe->splice_fd_in = in;
+    sqe->splice_off_in = (uint64_t)off_in;
+    sqe->fd = out;
+    sqe->off = (uint64_t)off_out;
+    sqe->len = len;
+    return submit();
 }
 
 static void expect(int res, size_t want, const char *what)
@@ -125,8 +155,31 @@ static int through_socket(const char *data, size_t n)
     return 0;
 }
 
+/* IN -> pipe 1 -> (tee) pipe 2 -> OUT2, pipe 1 -> OUT1, all through io_uring. */
+static int through_pipes(const char *in_path, const char *out1_path, const char *out2_path)
+{
+    int in = open(in_path, O_RDONLY), p1[2], p2[2];
+    int out1 = open(out1_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    int out2 = open(out2_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    struct stat st;
+    if (in < 0 || out1 < 0 || out2 < 0 || fstat(in, &st) || pipe(p1) || pipe(p2))
+        die("open");
+    if (fcntl(p1[1], F_SETPIPE_SZ, 1 << 20) < 0 || fcntl(p2[1], F_SETPIPE_SZ, 1 << 20) < 0)
+        die("F_SETPIPE_SZ");
+    size_t n = st.st_size;
+    expect(run_splice(IORING_OP_SPLICE, in, 0, p1[1], -1, n), n, "splice in");
+    expect(run_splice(IORING_OP_TEE, p1[0], 0, p2[1], 0, n), n, "tee"); /* no offsets */
+    expect(run_splice(IORING_OP_SPLICE, p2[0], -1, out2, -1, n), n, "splice out2");
+    expect(run_splice(IORING_OP_SPLICE, p1[0], -1, out1, 0, n), n, "splice out1");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && !strcmp(argv[1], "-p")) {
+        setup();
+        return through_pipes(argv[2], argv[3], argv[4]);
+    }
     if (argc == 3 && !strcmp(argv[1], "-s")) {
         int in = open(argv[2], O_RDONLY);
         struct stat st;
@@ -139,7 +192,7 @@ int main(int argc, char **argv)
         return through_socket(data, st.st_size);
     }
     if (argc != 3) {
-        fprintf(stderr, "usage: uring_copy IN OUT | uring_copy -s IN\n");
+        fprintf(stderr, "usage: uring_copy IN OUT | uring_copy -s IN | uring_copy -p IN OUT1 OUT2\n");
         return 2;
     }
     int in = open(argv[1], O_RDONLY);

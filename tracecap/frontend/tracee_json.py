@@ -37,7 +37,7 @@ _EVENT_NAMES = {
     "preadv": "vfs_readv",
     "preadv2": "vfs_readv",
     # transfers between files: a write of the destination (file.write.) and a read of the
-    # source (file.read., see _TRANSFERS), as Tracee's vfs_write and vfs_read would have it
+    # source (file.read., see _READ_NAMES), as Tracee's vfs_write and vfs_read would have it
     "copy_file_range": "vfs_write",
     "sendfile": "vfs_write",
     "splice": "vfs_write",
@@ -59,8 +59,17 @@ _EVENT_NAMES = {
     "io_uring_recvmsg": "vfs_readv",
     "sendmmsg": "vfs_writev",
     "recvmmsg": "vfs_readv",
+    # vmsplice: user memory into a pipe (or, on the read end, out of it)
+    "vmsplice": "vfs_writev",
+    "tee": "vfs_write",
+    "io_uring_splice": "vfs_write",
+    "io_uring_tee": "vfs_write",
 }
-_TRANSFERS = frozenset({"copy_file_range", "sendfile", "splice"})
+_TRANSFERS = frozenset(
+    {"copy_file_range", "sendfile", "splice", "tee", "io_uring_splice", "io_uring_tee"}
+)
+#: The event of a syscall's read direction where it is not the one of _EVENT_NAMES.
+_READ_NAMES = {**dict.fromkeys(_TRANSFERS, "vfs_read"), "vmsplice": "vfs_readv"}
 #: Tracee's ``syscall`` is the system call the task was in: io_uring requests run inside
 #: io_uring_enter (or an io-wq worker, which is in none; tracecap cannot tell them apart).
 _SYSCALL_OF = {name: "io_uring_enter" for name in _EVENT_NAMES if name.startswith("io_uring_")}
@@ -167,8 +176,8 @@ def file_events(
         return []
     syscall = env["syscall"]
     name = _EVENT_NAMES.get(syscall, syscall)
-    if topic == bus.TOPIC_FILE_READ and syscall in _TRANSFERS:
-        name = "vfs_read"
+    if topic == bus.TOPIC_FILE_READ:
+        name = _READ_NAMES.get(syscall, name)
     pathname = file_pathname(env)
     ios = env.get("ios") if not merged else None
     if not ios:
