@@ -29,7 +29,6 @@ what the container's creator wrote, reported as such (as a runtime's labels are)
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from collector.runtimes import (
     ContainerInfo,
     LookupFailed,
     checked_str,
+    json_object,
 )
 from tracecap.fsutil import Dir, UnsafePath, read_bounded, walk
 
@@ -76,12 +76,7 @@ _LIMITS = {"image": MAX_IMAGE_CHARS}
 
 def info_from_spec(body: bytes) -> ContainerInfo:
     """What an OCI spec's annotations say of its container (see the module docstring)."""
-    try:
-        spec = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LookupFailed("bad_response", f"{SPEC_NAME}: not JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise LookupFailed("bad_response", f"{SPEC_NAME}: not a JSON object")
+    spec = json_object(body, SPEC_NAME)
     annotations = spec.get("annotations") or {}
     if not isinstance(annotations, dict):
         raise LookupFailed("bad_response", f"{SPEC_NAME}: annotations is not an object")

@@ -125,12 +125,7 @@ def parse_container(runtime: str, body: bytes) -> ContainerInfo:
     print and neither does Tracee; ``Config.Image`` is the image as the user named it,
     ``Image`` its id. Labels: only Kubernetes' pod labels are taken.
     """
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LookupFailed("bad_response", f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise LookupFailed("bad_response", f"a JSON {type(doc).__name__}, not an object")
+    doc = json_object(body)
     config = doc.get("Config") or {}
     if not isinstance(config, dict):
         raise LookupFailed("bad_response", "Config is not an object")
@@ -151,25 +146,23 @@ def parse_image_digest(body: bytes) -> str:
     """The digest Tracee reports for an image: ``RepoDigests[0]`` of ``/images/<id>/json``
     (``name@sha256:...``, the registry's identity), or "" when it has none (a local build or
     import), where the caller falls back to the image id."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise LookupFailed("bad_response", f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise LookupFailed("bad_response", f"a JSON {type(doc).__name__}, not an object")
+    doc = json_object(body)
     digests = doc.get("RepoDigests") or []
     if not isinstance(digests, list):
         raise LookupFailed("bad_response", "RepoDigests is not a list")
     return checked_str(digests[0], MAX_IMAGE_CHARS, "RepoDigests[0]") if digests else ""
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
+def json_object(body: bytes, what: str = "") -> dict[str, Any]:
+    """``body`` parsed as a JSON object, or LookupFailed (``bad_response``) saying why not;
+    ``what`` names the source in the message."""
+    where = f"{what}: " if what else ""
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise LookupFailed("bad_response", f"not JSON: {exc}") from None
+        raise LookupFailed("bad_response", f"{where}not JSON: {exc}") from None
     if not isinstance(doc, dict):
-        raise LookupFailed("bad_response", f"a JSON {type(doc).__name__}, not an object")
+        raise LookupFailed("bad_response", f"{where}a JSON {type(doc).__name__}, not an object")
     return doc
 
 
@@ -177,7 +170,7 @@ def parse_libpod_pod_ref(body: bytes) -> tuple[str, str]:
     """(pod id, libpod namespace) of a Podman container, from its libpod API answer
     (``/libpod/containers/<id>/json``, what ``podman inspect`` prints): ``Pod`` is "" outside a
     pod; ``Namespace`` is "" unless the container was made with ``podman --namespace``."""
-    doc = _json_object(body)
+    doc = json_object(body)
     pod = checked_str(doc.get("Pod"), MAX_NAME_CHARS, "Pod")
     if pod and not _is_hex64(pod):
         raise LookupFailed("bad_response", "Pod is not a 64-hex pod id")
@@ -186,7 +179,7 @@ def parse_libpod_pod_ref(body: bytes) -> tuple[str, str]:
 
 def parse_libpod_pod_name(body: bytes) -> str:
     """A pod's name, from ``/libpod/pods/<id>/json`` (what ``podman pod ps`` shows)."""
-    return checked_str(_json_object(body).get("Name"), MAX_NAME_CHARS, "Name")
+    return checked_str(json_object(body).get("Name"), MAX_NAME_CHARS, "Name")
 
 
 def with_podman_pod(

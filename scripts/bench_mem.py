@@ -21,14 +21,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_net_exec import Tracecap, fmt, kernel_losses
+from bench_net_exec import Tracecap, fmt, kernel_counters, kernel_losses, timed_run
 
 #: The target of issue 14.
 TARGET_RATIO = 1.10
@@ -45,23 +44,6 @@ for i = 1, n do
 end
 io.write(total, "\\n")
 """
-
-
-def run_luajit(script: Path, n: int) -> tuple[float, float, int]:
-    """Wall seconds of one run, its CPU seconds (user and system) and its pid."""
-    start = time.monotonic()
-    proc = subprocess.Popen(["luajit", str(script), str(n)], stdout=subprocess.DEVNULL)
-    _pid, _status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, proc.pid
-
-
-def kernel_mem_counters(run_dir: Path) -> dict[str, int]:
-    """The collector's live mem counters (`tracecap status`)."""
-    out = subprocess.run(["tracecap", "status", "--run-dir", str(run_dir)], capture_output=True,
-                         text=True, timeout=60, check=True).stdout  # fmt: skip
-    kernel = json.loads(out)["collector"]["kernel"]
-    return {k: v for k, v in kernel.items() if k.startswith("mem.")}
 
 
 def index_figures(out: Path, pid: int) -> dict[str, Any]:
@@ -97,9 +79,9 @@ def traced_trial(workdir: Path, script: Path, n: int) -> dict[str, Any]:
     tc = Tracecap(workdir, "--capture", "mem", "--scope", "comm=luajit")
     try:
         time.sleep(SETTLE_S)
-        seconds, cpu, pid = run_luajit(script, n)
+        seconds, cpu, pid = timed_run(["luajit", str(script), str(n)])
         time.sleep(1.5)  # the last records reach the collector
-        kernel = kernel_mem_counters(tc.run_dir)
+        kernel = kernel_counters(tc.run_dir, "mem.")
     finally:
         summary = tc.stop()
     figures = index_figures(tc.out, pid)
@@ -131,7 +113,7 @@ def main() -> int:
             # alternating which goes first cancels the machine's drift
             if i % 2:
                 trial = traced_trial(workdir, script, n)
-            plain, plain_cpu, _pid = run_luajit(script, n)
+            plain, plain_cpu, _pid = timed_run(["luajit", str(script), str(n)])
             if not i % 2:
                 trial = traced_trial(workdir, script, n)
             ratios.append(trial["seconds"] / plain)

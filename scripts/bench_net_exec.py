@@ -104,6 +104,25 @@ def kernel_losses(summary: str) -> int:
     return int(match.group(1)) if match else -1
 
 
+def timed_run(argv: list[str]) -> tuple[float, float, int]:
+    """Wall seconds of one run of ``argv``, the CPU seconds (user and system) of it and its
+    children (the kernel's work in its hooks is counted there) and its pid."""
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    _pid, _status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, proc.pid
+
+
+def kernel_counters(run_dir: Path, prefix: str) -> dict[str, int]:
+    """The collector's live kernel counters whose names start with ``prefix``
+    (`tracecap status`)."""
+    out = subprocess.run(["tracecap", "status", "--run-dir", str(run_dir)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout  # fmt: skip
+    kernel = json.loads(out)["collector"]["kernel"]
+    return {k: v for k, v in kernel.items() if k.startswith(prefix)}
+
+
 def bus_gaps(summary: str) -> int:
     match = re.search(r"bus gaps (\d+) messages", summary)
     return int(match.group(1)) if match else -1

@@ -19,14 +19,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_net_exec import Tracecap, fmt, kernel_losses
+from bench_net_exec import Tracecap, fmt, kernel_counters, kernel_losses, timed_run
 
 PY = sys.executable
 #: After `ready`, the pipeline's start-up work ends before the traced run starts.
@@ -54,24 +53,6 @@ WORKLOADS = {
 }
 
 
-def run(argv: list[str]) -> tuple[float, float, int]:
-    """Wall seconds of one run, the CPU seconds (user and system) of it and its children (the
-    kernel's work in its fork and exit hooks is counted there) and its pid."""
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-    _pid, _status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
-    return time.monotonic() - start, usage.ru_utime + usage.ru_stime, proc.pid
-
-
-def kernel_proc_counters(run_dir: Path) -> dict[str, int]:
-    """The collector's live ``proc.`` counters (`tracecap status`)."""
-    out = subprocess.run(["tracecap", "status", "--run-dir", str(run_dir)], capture_output=True,
-                         text=True, timeout=60, check=True).stdout  # fmt: skip
-    kernel = json.loads(out)["collector"]["kernel"]
-    return {k: v for k, v in kernel.items() if k.startswith("proc.")}
-
-
 def events_of(out: Path, pid: int) -> dict[str, int]:
     """Forks made by ``pid`` and exits of its children, as events.jsonl has them."""
     forks, children = 0, set()
@@ -88,9 +69,9 @@ def traced_trial(workdir: Path, argv: list[str]) -> dict[str, Any]:
     tc = Tracecap(workdir, "--capture", "write")
     try:
         time.sleep(SETTLE_S)
-        seconds, cpu, pid = run(argv)
+        seconds, cpu, pid = timed_run(argv)
         time.sleep(1.5)  # the last records reach the events writer
-        kernel = kernel_proc_counters(tc.run_dir)
+        kernel = kernel_counters(tc.run_dir, "proc.")
     finally:
         summary = tc.stop()
     figures = events_of(tc.out, pid)
@@ -121,7 +102,7 @@ def main() -> int:
                 # alternating which goes first cancels the machine's drift
                 if i % 2:
                     trial = traced_trial(workdir, argv)
-                plain, plain_cpu, _pid = run(argv)
+                plain, plain_cpu, _pid = timed_run(argv)
                 if not i % 2:
                     trial = traced_trial(workdir, argv)
                 ratios.append(trial["seconds"] / plain)
