@@ -28,13 +28,17 @@ def pub(tmp_path: Path):
 
 
 def subscriber(pub: Publisher, topic: bytes, rcvhwm: int = 1000) -> zmq.Socket:
+    """A SUB of ``topic`` whose subscription the publisher has taken: one more than it had,
+    since another's wider prefix (``b""``) already counts for ``topic``, and a message sent
+    before the XPUB has the subscription never reaches it."""
+    before = pub.subscribers(topic)
     sock = zmq.Context.instance().socket(zmq.SUB)
     sock.setsockopt(zmq.RCVHWM, rcvhwm)
     sock.setsockopt(zmq.RCVBUF, 4096)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(pub.endpoint)
     sock.setsockopt(zmq.SUBSCRIBE, topic)
-    pub.wait_for({topic: 1}, timeout=10)
+    pub.wait_for({topic: before + 1}, timeout=10)
     return sock
 
 
