@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,8 +27,6 @@ from tests.support.runtimes import (
     Containerd,
     Docker,
     Podman,
-    Runtime,
-    _need,
     _stop,
     _unmount_under,
     _wait_socket,
@@ -57,34 +54,8 @@ class DockerOnItsSocket(Docker):
     """tests/support/runtimes.py's dockerd, but on /run/docker.sock."""
 
     def __init__(self, state: Path, rootfs: Path) -> None:
-        Runtime.__init__(self, "docker", state)
         _free(DOCKER_SOCK)
-        self.log = state / "dockerd.log"
-        argv = [
-            _need("/usr/sbin/dockerd"),
-            "--data-root", str(state / "data"),
-            "--exec-root", str(state / "exec"),
-            "--pidfile", str(state / "dockerd.pid"),
-            "--host", f"unix://{DOCKER_SOCK}",
-            "--exec-opt", "native.cgroupdriver=cgroupfs",
-            "--iptables=false", "--ip6tables=false", "--bridge=none",
-        ]  # fmt: skip
-        with open(self.log, "wb") as log:
-            self.daemon = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.base = [_need("/usr/bin/docker"), "--host", f"unix://{DOCKER_SOCK}"]
-        try:
-            _wait_socket(DOCKER_SOCK, self.daemon, self.log, "dockerd")
-            deadline = time.monotonic() + 60
-            while self.docker("version", check=False).returncode != 0:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"dockerd never answered: {self.log.read_text()[-2000:]}")
-                time.sleep(0.1)
-            self.docker("import", f"{rootfs}.tar", IMAGE)
-        except BaseException:
-            _stop(self.daemon)
-            raise
+        super().__init__(state, rootfs, DOCKER_SOCK)
 
 
 @pytest.fixture(scope="module")

@@ -252,9 +252,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 class Docker(Runtime):
     """dockerd started here (there is no systemd to start it), with everything of its own."""
 
-    def __init__(self, state: Path, rootfs: Path) -> None:
+    def __init__(self, state: Path, rootfs: Path, sock: Path | None = None) -> None:
+        """``sock``: where dockerd listens (default: in ``state``, its own)."""
         super().__init__("docker", state)
-        sock = state / "docker.sock"
+        sock = sock or state / "docker.sock"
         self.log = state / "dockerd.log"
         argv = [
             _need("/usr/sbin/dockerd"),
