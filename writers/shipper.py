@@ -31,7 +31,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,9 +134,10 @@ class HashingReader:
         self._file.close()
 
 
-def open_beneath(root_fd: int, path: str) -> int:
-    """Open ``path`` (relative, checked by shipkeys) read-only under ``root_fd``, one component
-    at a time, never following a symlink and never blocking on a FIFO; only a regular file."""
+@contextlib.contextmanager
+def _parent_beneath(root_fd: int, path: str) -> Iterator[tuple[int, str]]:
+    """The directory holding ``path`` (relative, checked by shipkeys) under ``root_fd``, opened
+    one component at a time with no symlink followed, and the file's name in it."""
     *dirs, name = path.split("/")
     opener = default_opener()
     fd = root_fd
@@ -145,10 +146,17 @@ def open_beneath(root_fd: int, path: str) -> int:
         for part in dirs:
             fd = opener.open(fd, part, DIR_FLAGS)
             owned.append(fd)
-        file_fd = opener.open(fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+        yield fd, name
     finally:
         for dir_fd in owned:
             os.close(dir_fd)
+
+
+def open_beneath(root_fd: int, path: str) -> int:
+    """Open ``path`` read-only under ``root_fd`` (``_parent_beneath``), never blocking on a
+    FIFO; only a regular file."""
+    with _parent_beneath(root_fd, path) as (fd, name):
+        file_fd = default_opener().open(fd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     if not stat.S_ISREG(os.fstat(file_fd).st_mode):
         os.close(file_fd)
         raise OSError(errno.EINVAL, f"{path} is not a regular file")
@@ -158,18 +166,8 @@ def open_beneath(root_fd: int, path: str) -> int:
 
 def unlink_beneath(root_fd: int, path: str) -> None:
     """Remove the file ``path`` under ``root_fd`` through directory fds (no symlink followed)."""
-    *dirs, name = path.split("/")
-    opener = default_opener()
-    fd = root_fd
-    owned: list[int] = []
-    try:
-        for part in dirs:
-            fd = opener.open(fd, part, DIR_FLAGS)
-            owned.append(fd)
+    with _parent_beneath(root_fd, path) as (fd, name):
         os.unlink(name, dir_fd=fd)
-    finally:
-        for dir_fd in owned:
-            os.close(dir_fd)
 
 
 @dataclass
