@@ -107,13 +107,8 @@ class ContainerEnricher:
         entry = self._cache.get(container_id)
         if entry is not None and self._clock() < entry.retry_at:
             return entry.keys
-        if container_id not in self._pending and self._thread is not None:
-            self._pending.add(container_id)
-            try:
-                self._queue.put_nowait(container_id)
-            except queue.Full:
-                self._pending.discard(container_id)
-                self.counters["queue_full"] += 1
+        if self._thread is not None:
+            self._ask(container_id)
         return entry.keys if entry is not None else _EMPTY
 
     def stats(self) -> dict[str, int]:
@@ -170,7 +165,8 @@ class ContainerEnricher:
             self._stopping.wait(FOLLOW_RETRY_S)
 
     def _ask(self, container_id: str) -> None:
-        """Queue a lookup from a follower thread (as ``keys`` does for the loop)."""
+        """Queue a lookup of ``container_id`` unless one is pending (from the loop's ``keys`` and
+        the follower threads)."""
         if container_id in self._pending:
             return
         self._pending.add(container_id)
