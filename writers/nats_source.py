@@ -30,10 +30,8 @@ import inspect
 import json
 import os
 import socket
-import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +40,7 @@ import msgpack
 from tracecap import fleet, kinds
 from tracecap.natsconn import NatsOptions, connect, run_until_signalled
 from tracecap.privileges import drop_privileges
+from tracecap.stderr_log import Log, stderr_log
 from writers.acks import AckLedger, Delivery
 from writers.base import Subscriber
 from writers.budget import DEFAULT_FLOOR_BYTES, DiskBudget
@@ -59,11 +58,7 @@ ACK_WAIT_S = 600
 HOUSEKEEPING_S = 0.2
 ACKED_STATE = ".nats-acked.{kind}.json"
 
-Log = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(f"tracecap-writer[nats]: {line}", file=sys.stderr, flush=True)
+_stderr = stderr_log("tracecap-writer[nats]")
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from zmq.utils.monitor import recv_monitor_message
 from tracecap import keys
 from tracecap.link import MAX_FRAME_BYTES
 from tracecap.privileges import drop_privileges
+from tracecap.stderr_log import Log, stderr_log
 from tracecap.subscribers import Subscribers, TcpSocketOps, frame_origin
 
 ZAP_DOMAIN = "tracecap"
@@ -77,11 +77,7 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
 
-Log = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(f"tracecap bridge: {line}", file=sys.stderr, flush=True)
+_stderr = stderr_log("tracecap bridge")
 
 
 @dataclass

@@ -23,10 +23,8 @@ import asyncio
 import contextlib
 import json
 import socket
-import sys
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +35,7 @@ from tracecap import bus, fleet
 from tracecap.link import MAX_FRAME_BYTES
 from tracecap.natsconn import NatsOptions, connect, run_until_signalled
 from tracecap.privileges import drop_privileges
+from tracecap.stderr_log import Log, stderr_log
 from tracecap.tools.spool import Entry, Spool
 
 #: Publishes awaiting their acknowledgement at once. 256 x 256 KiB file chunks is 64 MiB on
@@ -53,11 +52,7 @@ DUPLICATE_WINDOW_S = 120
 BRIDGE_HEADER = "Tracecap-Bridge"
 LOG_INTERVAL_S = 10.0
 
-Log = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(f"tracecap bridge: {line}", file=sys.stderr, flush=True)
+_stderr = stderr_log("tracecap bridge")
 
 
 @dataclass(frozen=True)
