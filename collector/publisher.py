@@ -60,6 +60,12 @@ MAX_INBOUND_BYTES = MAX_PREFIX_BYTES + 16
 MAX_FRAMES_PER_POLL = 4096
 
 
+#: The send flags as plain ints: ``send_multipart`` combines pyzmq's enum flags for every
+#: frame, which took a fifth of a packet's publishing (cProfile, 30,000 packet messages).
+_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
+_LAST = int(zmq.NOBLOCK)
+
+
 class BusError(RuntimeError):
     """The bus cannot be served: the run directory is unsafe, another collector holds its lock,
     or the writers did not subscribe in time (or the collector was stopped while waiting for
@@ -216,7 +222,10 @@ class Publisher:
             self._backlog.append((tracker, size))
             self._backlog_bytes += size
         else:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+            send = self._sock.send
+            for frame in frames[:-1]:
+                send(frame, _MORE)
+            send(frames[-1], _LAST)
         self.sent_messages += 1
         self.sent_bytes += size
 
