@@ -1,14 +1,17 @@
 """A packet's protocols: which net_packet_* events it is, and what its HTTP says (pure).
 
 The collector names a packet's events with ``classify`` for every packet, so it stays cheap:
-4-7 microseconds a packet, most of it dpkt's IP and transport parsing, 17-50 for DNS on a port
-other than 53, which the content rule decodes (scripts/bench_protocols.py). The Tracee JSON
-output prints the summaries. Both must read a packet the same way, so the parsing lives here once
-(dpkt); DNS decoding and the rule that recognises DNS by content are in ``tracecap.dns``.
+IPv4 TCP and UDP headers are read with struct (about 1 us), the rest with dpkt (4-7 us, most of
+it dpkt's IP and transport parsing), 17-50 for DNS on a port other than 53, which the content
+rule decodes (scripts/bench_protocols.py). The Tracee JSON output prints the summaries. Both
+must read a packet the same way, so the parsing lives here once (dpkt, and the struct reading
+that a property test holds to dpkt's answers); DNS decoding and the rule that recognises DNS by
+content are in ``tracecap.dns``.
 """
 
 from __future__ import annotations
 
+import struct
 import urllib.parse
 from typing import Any
 
@@ -40,9 +43,54 @@ def classify(data: bytes) -> list[str]:
     payload that is a DNS message by ``tracecap.dns``'s content rule (a resolver on another
     port); over TCP only a segment that starts a message can be told by content.
     """
-    out: list[str] = []
     if not data:
-        return out
+        return []
+    fast = _ipv4_tcp_udp(data) if data[0] >> 4 == 4 else None
+    return fast if fast is not None else _classify_parsed(data)
+
+
+_PORTS_AND_LENGTH = struct.Struct(">HHH")
+
+
+def _ipv4_tcp_udp(data: bytes) -> list[str] | None:
+    """``classify`` of an unfragmented IPv4 TCP or UDP packet whose headers are whole, read
+    with struct the way dpkt reads it (header length, total length, fragment offset, data
+    offset); None for every other packet, which dpkt parses. The collector classifies every
+    packet: measured on a 100-byte UDP datagram, 0.9 us here against 5 us through dpkt (31
+    against 1 under the CPU load of a flood's other processes)."""
+    if len(data) < 20:
+        return None
+    header = (data[0] & 0xF) << 2
+    proto = data[9]
+    if header < 20 or proto not in (6, 17) or data[6] & 0x1F or data[7]:
+        return None
+    total = data[2] << 8 | data[3]
+    body = data[header:total] if total else data[header:]
+    if proto == 17:
+        if len(body) < 8:
+            return None
+        sport, dport, ulen = _PORTS_AND_LENGTH.unpack_from(body)
+        if 53 in (sport, dport) or dns.is_dns_udp(body[8:], ulen - 8):
+            return ["ipv4", "udp", "dns"]
+        return ["ipv4", "udp"]
+    if len(body) < 20:
+        return None
+    offset = (body[12] >> 4) << 2
+    if offset < 20:
+        return None
+    sport, dport, _ = _PORTS_AND_LENGTH.unpack_from(body)
+    payload = body[offset:]
+    out = ["ipv4", "tcp"]
+    if 53 in (sport, dport) or dns.is_dns_tcp(payload):
+        out.append("dns")
+    if payload.startswith(HTTP_STARTS):
+        out.append("http")
+    return out
+
+
+def _classify_parsed(data: bytes) -> list[str]:
+    """``classify`` through dpkt's parsers: every packet the fast path does not read."""
+    out: list[str] = []
     version = data[0] >> 4
     if version == 4:
         out.append("ipv4")

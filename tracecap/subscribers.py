@@ -423,6 +423,14 @@ class Subscribers:
             ):
                 self._drop(peer, "stalled", now_ns)
 
+    def unread(self) -> int:
+        """Bytes sent to the peers that receive something that they have not read yet."""
+        total = 0
+        for peer in list(self._peers.values()):
+            if peer.receives:
+                total += self._ops.unread(peer.fd, peer.sock.ino) or 0
+        return total
+
     def sweep(self) -> None:
         """Forget the peers whose connection ended."""
         for peer in list(self._peers.values()):

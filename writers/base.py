@@ -170,7 +170,7 @@ class Subscriber:
     def process(self, frames: list[bytes]) -> bus.Message | None:
         """Decode, account and dispatch one multipart message; the message, None when it was
         malformed. Never raises."""
-        self.counters["bytes"] += sum(len(f) for f in frames)
+        self.counters["bytes"] += sum(map(len, frames))
         try:
             msg = bus.decode(frames)
         except bus.BadMessage as exc:

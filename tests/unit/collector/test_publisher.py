@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -291,3 +293,47 @@ def test_connections_that_never_subscribe_are_bounded_too(tmp_path: Path) -> Non
             sock.close()
         pub._sock.setsockopt(zmq.LINGER, 0)
         pub.close()
+
+
+_EXITING_PUBLISHER = """
+import sys
+from collections import Counter
+sys.path.insert(0, {root!r})
+from collector.publisher import Publisher
+from tracecap import bus
+pub = Publisher({run_dir!r}, epoch=5, exempt_uids=())
+pub.wait_for(Counter({{bus.TOPIC_PROC: 1}}), 30)
+for i in range({n}):
+    pub.publish(bus.TOPIC_PROC, {{"i": i}})
+print("sent", flush=True)
+pub.close()
+"""
+
+
+def test_what_a_slow_reader_was_sent_reaches_it_after_the_collector_exits(tmp_path: Path):
+    """The collector exits right after close: what ZeroMQ still holds for a writer that is
+    behind must reach it first (pyzmq does not terminate a context at exit, and an
+    unterminated context drops its queues whatever LINGER says)."""
+    n = 20_000
+    run_dir = str(tmp_path / "run")
+    root = str(Path(__file__).resolve().parents[3])
+    code = _EXITING_PUBLISHER.format(root=root, run_dir=run_dir, n=n)
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.RCVHWM, 1000)  # the rest waits on the publisher's side
+    sock.setsockopt(zmq.SUBSCRIBE, bus.TOPIC_PROC)
+    sock.connect(f"ipc://{run_dir}/bus.sock")
+    try:
+        assert child.stdout.readline().strip() == "sent"
+        got = 0
+        seen: list[int] = []
+        while sock.poll(5000):
+            seen.append(msgpack.unpackb(sock.recv_multipart()[1])["i"])
+            got += 1
+            if got == n:
+                break
+        assert child.wait(30) == 0
+        assert seen == list(range(n))
+    finally:
+        child.kill()
+        sock.close(linger=0)

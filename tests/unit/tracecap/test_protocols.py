@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dpkt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.support.dnsmsg import NON_DNS, big_response, framed, query, response, tcp, udp
 from tracecap import protocols
@@ -74,3 +76,36 @@ def test_proto_http_of_a_request_and_a_response_as_go_reads_them():
     assert (got["content_length"], got["headers"]) == (12, {"Content-Length": ["12"]})
     chunked = dpkt.tcp.TCP(data=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert protocols.proto_http(chunked)["content_length"] == -1
+
+
+_IPV4_HEADERS = st.builds(
+    lambda hl, total, frag, proto, rest: bytes([0x40 | hl, 0]) + total.to_bytes(2, "big")
+    + b"\0\0" + frag.to_bytes(2, "big") + bytes([64, proto]) + rest,
+    hl=st.just(5) | st.integers(0, 15),
+    total=st.just(0) | st.integers(0, 200),
+    frag=st.just(0) | st.sampled_from([0x4000, 0x2000, 1, 0x1FFF]),
+    proto=st.sampled_from([6, 17, 1, 58, 47]),
+    rest=st.binary(min_size=0, max_size=160),
+)  # fmt: skip
+
+
+@settings(max_examples=2000, deadline=None)
+@given(header=_IPV4_HEADERS, l4=st.binary(max_size=80), ports=st.sampled_from([0, 53, 5300]))
+def test_the_struct_reading_of_ipv4_answers_as_dpkt_does(header, l4, ports):
+    """Every IPv4 packet, whole, cut or malformed, gets the names dpkt's parsing gives it."""
+    data = header + ports.to_bytes(2, "big") + l4
+    assert classify(data) == protocols._classify_parsed(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        udp(query()),
+        udp(query(), dport=5300),
+        tcp(framed(query())),
+        tcp(flags=dpkt.tcp.TH_SYN, dport=5300),
+        udp(b"x" * 100, sport=40000, dport=41000),
+    ],
+)
+def test_the_fast_path_reads_real_packets_as_dpkt(data):
+    assert protocols._ipv4_tcp_udp(data) == protocols._classify_parsed(data)

@@ -22,6 +22,8 @@ from writers.pcapng import (
     TSRESOL_NS,
     file_header,
     packet_block,
+    packet_block_with,
+    packet_options,
     split_ts,
 )
 
@@ -191,6 +193,34 @@ def test_any_packet_round_trips(
     assert epb.opts[0].code == ng.PCAPNG_OPT_COMMENT
     assert epb.opts[0].data == comment.encode("utf-8", "backslashreplace")
     assert epb.opts[-1].code == ng.PCAPNG_OPT_ENDOFOPT
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    data=st.binary(max_size=300),
+    ts=st.integers(min_value=0, max_value=(1 << 64) - 1),
+    comment=st.text(max_size=200),
+    inbound=st.none() | st.booleans(),
+)
+def test_struct_packing_is_dpkts_layout(
+    data: bytes, ts: int, comment: str, inbound: bool | None
+) -> None:
+    """The per-packet path packs with struct; dpkt's own EPB packs the same bytes (dpkt sets
+    the original length to the captured one, so the two agree when nothing was cut)."""
+    opts = [ng.PcapngOptionLE(code=ng.PCAPNG_OPT_COMMENT, data=_utf8(comment))]
+    if inbound is not None:
+        opts.append(ng.PcapngOptionLE(code=2, data=struct.pack("<I", 1 if inbound else 2)))
+    opts.append(ng.PcapngOptionLE())
+    epb = ng.EnhancedPacketBlockLE(
+        ts_high=ts >> 32, ts_low=ts & 0xFFFFFFFF, pkt_data=data, opts=opts
+    )
+    assert packet_block(ts, data, len(data), comment, inbound=inbound) == bytes(epb)
+    block = packet_block_with(ts, data, len(data), packet_options(comment, inbound))
+    assert block == bytes(epb)
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "backslashreplace")
 
 
 @settings(max_examples=100, deadline=None)

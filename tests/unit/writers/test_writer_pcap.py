@@ -980,11 +980,13 @@ def test_a_full_disk_while_flushing_the_window_cuts_back_and_goes_on(
 
     def second_fails(fd: int, data: Any) -> int:
         calls["n"] += 1
-        if calls["n"] == 2:
-            return real_write(fd, bytes(data)[:10])  # part of the second block lands
-        if calls["n"] == 3:
+        if calls["n"] == 1:  # the release's one write: the header, block 1, part of block 2
+            data = bytes(data)
+            first = sum(struct.unpack_from("<I", data, at + 4)[0] for at in _starts(data, 3))
+            return real_write(fd, data[: first + 10])
+        if calls["n"] == 2:  # the rest of that write: block 2 is lost
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(fd, data)
+        return real_write(fd, data)  # block 3, tried alone
 
     monkeypatch.setattr(fileio.os, "write", second_fails)
     (rec,) = h.close()
@@ -993,6 +995,38 @@ def test_a_full_disk_while_flushing_the_window_cuts_back_and_goes_on(
     check_tools(path, 2)
     assert rec["packets"] == 2 and rec["write_errors"] == 1 and rec["complete"] is False
     assert rec["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert calls["n"] == 3
+
+
+def _starts(buf: bytes, count: int) -> list[int]:
+    """Where the first ``count`` blocks of ``buf`` start."""
+    out, pos = [], 0
+    for _ in range(count):
+        out.append(pos)
+        pos += struct.unpack_from("<I", buf, pos + 4)[0]
+    return out
+
+
+def test_a_release_is_one_write_per_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks the window releases together reach each file in one write, not a syscall a
+    packet, and read back whole and in order."""
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single", "process"))
+    for i in range(50):
+        h.feed(udp(bytes([i])), ts=T0 + i)
+    real_write = os.write
+    writes: list[int] = []
+
+    def counted(fd: int, data: Any) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(fileio.os, "write", counted)
+    recs = {r["path"]: r for r in h.close()}
+    assert len(writes) == 2
+    for path in ("pcap/single.pcap", "pcap/processes/host/ping_100_1699999999000000000.pcap"):
+        assert [d for _, d, _, _ in packets(h.root / path)] == [udp(bytes([i])) for i in range(50)]
+        assert recs[path]["packets"] == 50 and recs[path]["complete"] is True
 
 
 def test_lru_reopens_while_the_window_releases(tmp_path: Path) -> None:
