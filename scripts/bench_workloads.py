@@ -23,7 +23,9 @@ median and range of its rounds:
     ``complete: true``).
 
 Run as root: ``make bench`` runs it after scripts/bench.py; alone, ``scripts/bench_workloads.py``
-(about 4-6 minutes on 2 vCPUs; ``--quick``: one round of each, about 2) or ``--only a|b|c``.
+(``--quick``: one round of each; ``--only a|b|c``). Measured on 2 vCPUs beside a TCG guest, with
+tracecap taking 6-13 s to get ready: (a) 3 minutes, (b) 1 minute (3 minutes when it has to
+descend the whole ladder), (c) 2 minutes; 6 minutes in all.
 """
 
 from __future__ import annotations
@@ -210,6 +212,23 @@ def losses(summary: dict[str, int]) -> int:
     return sum(summary.get(k, 0) for k in LOSS_FIELDS)
 
 
+def nonzero_losses(summary: dict[str, int]) -> str:
+    """The loss counters that are not zero, by name: which stage lost what."""
+    return ", ".join(f"{k} {summary[k]:,}" for k in LOSS_FIELDS if summary.get(k)) or "none"
+
+
+def missing_by_path(index: Sequence[dict[str, Any]], top: int = 3) -> str:
+    """The source paths with the most missing bytes: whose data the losses were."""
+    per: dict[str, int] = {}
+    for rec in index:
+        gone = sum(int(b) - int(a) for a, b in rec.get("missing", []))
+        if gone:
+            path = str(rec.get("source_path", rec.get("path", "?")))
+            per[path] = per.get(path, 0) + gone
+    worst = sorted(per.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    return ", ".join(f"{p} {n:,} B" for p, n in worst) or "none"
+
+
 # --------------------------------------------------------------------------------------------
 # Runs
 
@@ -225,6 +244,7 @@ class Run:
     missing: int = 0  # the index's missing ranges, over every record (other processes too)
     missing_tree: int = 0  # of those, in records of the workload's own files
     artifacts: int = 0  # index records for the workload's files
+    worst: str = ""  # the paths with the most missing bytes
 
     def lost(self) -> str:
         if self.mode == "untraced":
@@ -232,9 +252,10 @@ class Run:
         s = self.summary
         return (
             f"ring {s.get('ring_records', '?')} rec/{s.get('ring_bytes', '?')} B, bus gaps "
-            f"{s.get('bus_gaps', '?')} msg, index missing {self.missing} B "
-            f"({self.missing_tree} B of the workload's files), all loss counters {losses(s)}, "
-            f"{self.artifacts} artifacts of the workload's files"
+            f"{s.get('bus_gaps', '?')} msg, index missing {self.missing:,} B "
+            f"({self.missing_tree:,} B of the workload's files; most: {self.worst}), "
+            f"loss counters: {nonzero_losses(s)}; {self.artifacts} artifacts of the workload's "
+            "files"
         )
 
 
@@ -290,6 +311,7 @@ class Bench:
                     summary=res.summary,
                     missing=missing_bytes(res.index),
                     missing_tree=missing_bytes(res.index, tree),
+                    worst=missing_by_path(res.index),
                     artifacts=sum(
                         1 for r in res.index if str(r.get("source_path", "")).startswith(tree)
                     ),
@@ -359,8 +381,7 @@ class Bench:
         s = stopped.summary
         log(
             f"(b) {target}: {achieved:,.0f} files/s, {res['files']} files -> "
-            f"{'ZERO-LOSS' if step.zero_loss else 'LOSSY'} (ring {s.get('ring_records', '?')} "
-            f"rec, bus gaps {s.get('bus_gaps', '?')}, all loss counters {losses(s)}"
+            f"{'ZERO-LOSS' if step.zero_loss else 'LOSSY'} (loss counters: {nonzero_losses(s)}"
             + (f"; {bad}" if bad else "")
             + ")"
         )
@@ -420,6 +441,9 @@ class Bench:
         digest = sha256_file(src)
         rounds = []
         try:
+            # warm-up, discarded: the first copy into new page-cache pages ran at 199 MB/s
+            # here, the next ones at 2.3-2.7 GB/s (memory the VM's host maps on first touch)
+            self.copy_once("untraced", src, digest)
             for i in range(self.rounds):
                 order = ["untraced", "traced"] if i % 2 == 0 else ["traced", "untraced"]
                 rounds.append({m: self.copy_once(m, src, digest) for m in order})
@@ -479,8 +503,8 @@ def verify_big(res: Stopped, dst: Path, out_dir: Path, digest: str) -> dict[str,
         problem(f"the 1 GB copy's index says complete=true but {artifact} differs from it")
     out["verdict"] = (
         f"complete={out['complete']}, sha256 {'matches' if out['exact'] else 'DIFFERS'}, "
-        f"{len(records)} record(s), index missing {out['missing']} B, all loss counters "
-        f"{out['losses']}, stop {res.stop_s:.1f} s"
+        f"{len(records)} record(s), index missing {out['missing']:,} B, loss counters: "
+        f"{nonzero_losses(res.summary)}, stop {res.stop_s:.1f} s"
     )
     return out
 

@@ -102,3 +102,24 @@ def test_missing_bytes_and_losses() -> None:
     assert summary["budget_refused"] == 7
     assert summary["not_read_back"] == 11
     assert bw.losses(summary) == 2 + 300 + 1 + 7 + 11
+
+
+def test_nonzero_losses_name_the_stage() -> None:
+    assert bw.nonzero_losses({"ring_records": 0, "bus_gaps": 0}) == "none"
+    assert (
+        bw.nonzero_losses({"ring_bytes": 4096, "not_read_back": 1_000_000, "events": 9})
+        == "ring_bytes 4,096, not_read_back 1,000,000"
+    )
+
+
+def test_missing_by_path_sums_per_path_largest_first() -> None:
+    index = [
+        {"source_path": "/dev/null", "missing": [[0, 100]]},
+        {"source_path": "/t/a", "missing": [[0, 300]]},
+        {"source_path": "/dev/null", "missing": [[500, 800]]},
+        {"path": "host/x", "missing": [[0, 5]]},
+        {"source_path": "/t/b", "missing": []},
+    ]
+    assert bw.missing_by_path(index) == "/dev/null 400 B, /t/a 300 B, host/x 5 B"
+    assert bw.missing_by_path(index, top=1) == "/dev/null 400 B"
+    assert bw.missing_by_path([]) == "none"
