@@ -26,6 +26,7 @@ unit:
 
 bench: setup-test
 	/opt/tracecap/venv/bin/python scripts/bench.py
+	/opt/tracecap/venv/bin/python scripts/bench_workloads.py
 	/opt/tracecap/venv/bin/python scripts/bench_net_exec.py
 	/opt/tracecap/venv/bin/python scripts/bench_state.py
 	/opt/tracecap/venv/bin/python scripts/bench_protocols.py

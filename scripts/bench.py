@@ -120,6 +120,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "malformed": r"malformed messages (\d+)",
     "writer_errors": r"writer errors (\d+)",
     "bus_backlog": r"bus backlog full (\d+) messages",
+    "budget_refused": r"disk budget (\d+) bytes refused",
+    "not_read_back": r"not read back (\d+) bytes",
 }
 LOSS_FIELDS = (
     "ring_records",
@@ -130,6 +132,8 @@ LOSS_FIELDS = (
     "malformed",
     "writer_errors",
     "bus_backlog",
+    "budget_refused",
+    "not_read_back",
 )
 
 PROBLEMS: dict[str, list[Any]] = {}  # kind -> [first evidence, occurrences]
@@ -943,7 +947,16 @@ def report(
         un: Trial = s["unpaced"]
         rows: list[tuple[str, str, str]] = []
         per_round = [r["best"].mbps if r["best"] is not None else 0.0 for r in rounds]
+        base = baselines[chunk]
+        base_mbps = statistics.median([t.mbps for t in base])
         rows.append(("ZERO-LOSS RATE, EACH ROUND", *med_range(per_round, fmt_mbps)))
+        # the figure that carries between machines: the same workload untraced, same run
+        rows.append(
+            (
+                "  zero-loss / untraced rate",
+                *med_range([v / base_mbps for v in per_round], fmt_ratio),
+            )
+        )
         rows.append(
             (
                 "  writes (events) per second",
@@ -1021,7 +1034,6 @@ def report(
                 f"{sm.get('bytes_captured', '?')} bytes captured",
             )
         )
-        base = baselines[chunk]
         rows.append(("untraced (no tracecap)", *med_range([t.mbps for t in base], fmt_mbps)))
         rows.append(("  untraced writes", *med_range([t.wps for t in base], fmt_wps)))
         if straced is None:
@@ -1029,10 +1041,9 @@ def report(
         else:
             st = straced[chunk]
             rows.append(("under strace -e write=all", *med_range([t.mbps for t in st], fmt_mbps)))
-            base_med = statistics.median([t.mbps for t in base])
             st_med = statistics.median([t.mbps for t in st])
             rows.append(
-                ("  strace / untraced", f"{st_med / base_med:.3f}x", f"{fmt_wps(st[0].wps)}")
+                ("  strace / untraced", f"{st_med / base_mbps:.3f}x", f"{fmt_wps(st[0].wps)}")
             )
             if any(per_round):
                 rows.append(
