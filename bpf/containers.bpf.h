@@ -75,6 +75,7 @@ struct tc_cgr_ctx {
     __u8 no_bare_ids;    /* a no-bare-ids rule matched */
     __u8 found;          /* a container rule matched: its id is in cid */
     char cid[TC_CGR_ID];
+    __u8 hexrun[TC_CGR_NAME];  /* how many hex digits start at each offset (max 255) */
 };
 
 struct {
@@ -84,12 +85,21 @@ struct {
     __type(value, struct tc_cgr_ctx);
 } cgr_scratch SEC(".maps");
 
-static __always_inline bool tc_cgr_is_hex(char c)
+/* 1 unless c is a lowercase hex digit, without a branch: a range [lo, hi] test is the sign of
+ * (c - lo) | (hi - c). Measured on 6.18 (log level 4): testing the 64 id bytes with branches
+ * inside the per-rule bpf_loop callback made the verifier process 758,965 instructions of the
+ * 1,000,000 allowed (6 s at every start, ~8x that under TCG); the run lengths below, computed
+ * once per name outside the callback, bring tc_cgroup_mkdir to 63,411. */
+static __always_inline __u64 tc_cgr_not_hex(char c)
 {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    __s64 v = (__u8)c;
+    __u64 not_digit = (__u64)((v - '0') | ('9' - v)) >> 63;
+    __u64 not_lower = (__u64)((v - 'a') | ('f' - v)) >> 63;
+    return not_digit & not_lower;
 }
 
-static __always_inline bool tc_cgr_match(const struct tc_cgroup_rule *r, const char *name, __u32 n)
+static __always_inline bool tc_cgr_match(const struct tc_cgroup_rule *r, const char *name, __u32 n,
+                                         const __u8 *hexrun)
 {
     __u32 pl = r->plen, sl = r->slen, fixed, i;
     if (pl >= TC_CGR_PREFIX || sl >= TC_CGR_SUFFIX)
@@ -110,9 +120,8 @@ static __always_inline bool tc_cgr_match(const struct tc_cgroup_rule *r, const c
             return false;
     }
     if (r->wildcard == TC_CGR_WILD_ID) {
-        for (i = 0; i < TC_CGR_ID; i++)
-            if (!tc_cgr_is_hex(name[(pl + i) & (TC_CGR_NAME - 1)]))
-                return false;
+        if (hexrun[pl & (TC_CGR_PREFIX - 1)] < TC_CGR_ID)
+            return false;
     }
     return true;
 }
@@ -127,7 +136,7 @@ static long tc_cgr_rule(__u32 idx, void *unused)
     struct tc_cgroup_rule *r = bpf_map_lookup_elem(&cgroup_rules, &idx);
     if (!c || !r || !r->kind)
         return 1;   /* end of the table */
-    if (!tc_cgr_match(r, c->name, c->len))
+    if (!tc_cgr_match(r, c->name, c->len, c->hexrun))
         return 0;
     switch (r->kind) {
     case TC_CGR_BARE:
@@ -205,6 +214,11 @@ int BPF_PROG(tc_cgroup_mkdir, struct cgroup *cgrp, const char *path)
     n = bpf_probe_read_kernel_str(c->name, TC_CGR_NAME, BPF_CORE_READ(cgrp, kn, name));
     if (n > 1 && n < TC_CGR_NAME) {
         c->len = n - 1;
+        __u64 run = 0;
+        for (int k = TC_CGR_NAME - 1; k >= 0; k--) {
+            run = (run + 1) * (1 - tc_cgr_not_hex(c->name[k]));
+            c->hexrun[k] = run > 255 ? 255 : run;
+        }
         bpf_loop(TC_CGR_MAX_RULES, tc_cgr_rule, NULL, 0);
         if (c->found)
             __builtin_memcpy(st.cid, c->cid, TC_CGR_ID);
