@@ -5,9 +5,10 @@ kernel must offer; the chooser takes per kind the first hook whose needs the ker
 meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
-Today every kind has one implemented hook (module two: its syscalls' tracepoints, or the raw
-syscall tracepoints on a kernel built without module support); cheaper variants (fentry, BPF
-LSM) go in front of them here, with their needs.
+Write and read prefer fentry/fexit on the syscalls' functions (out-of-scope processes then pay
+only on those syscalls, not on every one, as with syscall tracepoints attached); module falls
+back to the raw syscall tracepoints on a kernel built without module support; the other kinds
+have one hook each.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ NEEDS: dict[str, Need] = {
     "prog:cgroup_sock": Need("cgroup/sock_create programs", "4.10"),
     "prog:syscall": Need("syscall programs", "5.14"),
     "prog:fentry": Need("fentry/fexit programs", "5.5"),
+    "fentry:syscalls": Need("fentry/fexit on the x86-64 syscall functions (__x64_sys_*)", "5.5"),
     "prog:kprobe": Need("kprobes (perf kprobe PMU or tracefs kprobe_events)", "4.1"),
     "prog:lsm": Need("BPF LSM programs", "5.7"),
     "lsm:bpf": Need("the BPF LSM active (`bpf` in /sys/kernel/security/lsm)", "5.7"),
@@ -70,14 +72,33 @@ class Hook:
 BASE_NEEDS = ("btf", "map:ringbuf", "prog:tp_btf", "helper:bpf_loop")
 #: Syscall tracepoints, and the chunk emitter every capture of bytes runs (bpf/chunks.bpf.h).
 _SYSCALL_TP = ("prog:tracepoint", "tracefs:syscalls", "helper:bpf_loop")
+#: The syscalls whose bytes the write and read captures take ("both": transfers, whose two ends
+#: are both files, and vmsplice, whose direction the kernel tells), by their tracepoints'
+#: names: each has a pair of programs at its tracepoints (bpf/file_io.bpf.h, pipes.bpf.h) and
+#: one at fentry/fexit on __x64_sys_<name> (bpf/file_io_fentry.bpf.h).
+FILE_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "write": ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg",
+              "sendmmsg"),
+    "read": ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"),
+    "both": ("copy_file_range", "sendfile64", "splice", "tee", "vmsplice"),
+}  # fmt: skip
+#: fentry/fexit on every file syscall's function, io_uring_complete (tp_btf), bpf_loop as above
+_FILE_FENTRY = ("prog:fentry", "fentry:syscalls", "prog:tp_btf", "helper:bpf_loop")
 #: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
 _MODULE = ("helper:bpf_find_vma", "helper:bpf_get_current_task_btf", "helper:bpf_loop")
 #: Each kind's hooks, best first, as read from bpf/*.h: which programs attach where, and the
 #: helpers newer than 5.8 that they call (collector/probes.py HOOK_PROGRAMS lists the programs).
 HOOKS: dict[str, tuple[Hook, ...]] = {
-    # syscall tracepoints, io_uring_complete (tp_btf), path walks and chunks by bpf_loop
-    "write": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
-    "read": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
+    # fentry/fexit, else syscall tracepoints; io_uring_complete (tp_btf), path walks and
+    # chunks by bpf_loop
+    "write": (
+        Hook("fentry_syscalls", _FILE_FENTRY),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+    ),
+    "read": (
+        Hook("fentry_syscalls", _FILE_FENTRY),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+    ),
     # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
     "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
     # mprotect/mmap/munmap tracepoints; the vma by bpf_find_vma, page walks by bpf_loop, the

@@ -17,7 +17,8 @@ ALL_KINDS = tuple(hooks.HOOKS)
 #: What collector/kernel_features.py found on this machine's 6.18 (kprobes, fentry and the BPF
 #: LSM do not work here, and there are no module syscalls: CONFIG_MODULES is unset).
 HOST_6_18 = frozenset(hooks.NEEDS) - {
-    "prog:fentry", "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
+    "prog:fentry", "fentry:syscalls", "prog:kprobe", "prog:lsm", "lsm:bpf",
+    "tracefs:module_syscalls",
 }  # fmt: skip
 #: Debian 12's 6.1: modules, kprobes, fentry and the BPF LSM, but not what came in 6.2 and 6.3.
 DEBIAN_6_1 = frozenset(hooks.NEEDS) - {
@@ -51,6 +52,26 @@ def test_this_host_runs_every_kind_module_through_the_raw_syscall_tracepoints():
 
 def test_a_kernel_with_module_support_uses_the_module_syscalls_tracepoints():
     assert hooks.choose_kind("module", DEBIAN_6_1).hook == "syscall_tracepoints"
+
+
+@pytest.mark.parametrize("kind", ["write", "read"])
+def test_a_kernel_with_fentry_on_the_syscall_functions_takes_files_through_it(kind):
+    assert hooks.choose_kind(kind, DEBIAN_6_1).report() == {"hook": "fentry_syscalls"}
+
+
+@pytest.mark.parametrize("lacking", ["prog:fentry", "fentry:syscalls"])
+def test_without_fentry_or_the_syscall_functions_files_fall_back_to_tracepoints(lacking):
+    """This host (no fentry), another architecture (no __x64_sys_*), or withheld for a test."""
+    choices = hooks.choose(("write", "read"), DEBIAN_6_1 - {lacking})
+    assert {c.hook for c in choices.values()} == {"syscall_tracepoints"}
+
+
+def test_files_without_either_hook_name_what_the_fallback_lacks():
+    kernel = HOST_6_18 - {"tracefs:syscalls"}
+    assert hooks.choose_kind("write", kernel).reason == (
+        "write: needs syscall tracepoints (tracefs mounted, CONFIG_FTRACE_SYSCALLS); "
+        "this kernel lacks it"
+    )
 
 
 def test_6_1_refuses_network_for_the_kfunc_and_tracepoints_it_lacks_and_runs_the_rest():
