@@ -36,17 +36,21 @@ static __always_inline void tc_regs_args(const struct pt_regs *regs,
         }                                                                              \
     }
 
-#define TC_FEXIT(name, exit_fn)                                                        \
+/* `body` sees `ctx` as the sys_exit program does: the return value in ctx->ret. */
+#define TC_FEXIT(name, body)                                                           \
     SEC("fexit/__x64_sys_" #name)                                                      \
     int BPF_PROG(tc_fexit_##name, const struct pt_regs *regs, long ret)                \
     {                                                                                  \
         struct trace_event_raw_sys_exit tc_x = { .ret = ret };                         \
-        return exit_fn(&tc_x);                                                         \
+        {                                                                              \
+            struct trace_event_raw_sys_exit *ctx = &tc_x;                              \
+            return body;                                                               \
+        }                                                                              \
     }
 
 #define TC_IO_FENTRY(name, sc, dir, is_vec, posarg)                                    \
     TC_FENTRY(name, tc_io_enter(ctx, sc, dir, is_vec, posarg))                         \
-    TC_FEXIT(name, tc_io_exit)
+    TC_FEXIT(name, tc_io_exit(ctx))
 
 TC_IO_FENTRY(write, TC_SYS_WRITE, TC_DIR_WRITE, 0, -1)
 TC_IO_FENTRY(pwrite64, TC_SYS_PWRITE64, TC_DIR_WRITE, 0, (__s64)ctx->args[3])
@@ -62,33 +66,33 @@ TC_IO_FENTRY(sendto, TC_SYS_SENDTO, TC_DIR_WRITE, 0, -1)
 
 TC_FENTRY(recvfrom, tc_peeks(TC_DIR_READ, ctx->args[3])
                         ? 0 : tc_io_enter(ctx, TC_SYS_RECVFROM, TC_DIR_READ, 0, -1))
-TC_FEXIT(recvfrom, tc_io_exit)
+TC_FEXIT(recvfrom, tc_io_exit(ctx))
 
 TC_FENTRY(sendmsg, tc_msg_enter(ctx, TC_SYS_SENDMSG, TC_DIR_WRITE))
-TC_FEXIT(sendmsg, tc_io_exit)
+TC_FEXIT(sendmsg, tc_io_exit(ctx))
 TC_FENTRY(recvmsg, tc_msg_enter(ctx, TC_SYS_RECVMSG, TC_DIR_READ))
-TC_FEXIT(recvmsg, tc_io_exit)
+TC_FEXIT(recvmsg, tc_io_exit(ctx))
 
 TC_FENTRY(sendmmsg, tc_peeks(TC_DIR_WRITE, ctx->args[3])
                         ? 0 : tc_io_enter(ctx, TC_SYS_SENDMMSG, TC_DIR_WRITE, 1, -1))
-TC_FEXIT(sendmmsg, tc_mmsg_exit)
+TC_FEXIT(sendmmsg, tc_mmsg_exit(ctx))
 TC_FENTRY(recvmmsg, tc_peeks(TC_DIR_READ, ctx->args[3])
                         ? 0 : tc_io_enter(ctx, TC_SYS_RECVMMSG, TC_DIR_READ, 1, -1))
-TC_FEXIT(recvmmsg, tc_mmsg_exit)
+TC_FEXIT(recvmmsg, tc_mmsg_exit(ctx))
 
 TC_FENTRY(vmsplice, tc_vmsplice_enter(ctx))
-TC_FEXIT(vmsplice, tc_io_exit)
+TC_FEXIT(vmsplice, tc_io_exit(ctx))
 
 /* the argument orders as at the tracepoints of file_io.bpf.h and pipes.bpf.h */
 TC_FENTRY(copy_file_range, tc_xfer_enter(TC_SYS_COPY_FILE_RANGE, ctx->args[0], ctx->args[1],
                                          ctx->args[2], ctx->args[3]))
-TC_FEXIT(copy_file_range, tc_xfer_exit)
+TC_FEXIT(copy_file_range, tc_xfer_exit(ctx))
 TC_FENTRY(sendfile64, tc_xfer_enter(TC_SYS_SENDFILE, ctx->args[1], ctx->args[2], ctx->args[0], 0))
-TC_FEXIT(sendfile64, tc_xfer_exit)
+TC_FEXIT(sendfile64, tc_xfer_exit(ctx))
 TC_FENTRY(splice, tc_xfer_enter(TC_SYS_SPLICE, ctx->args[0], ctx->args[1], ctx->args[2],
                                 ctx->args[3]))
-TC_FEXIT(splice, tc_xfer_exit)
+TC_FEXIT(splice, tc_xfer_exit(ctx))
 TC_FENTRY(tee, tc_xfer_enter(TC_SYS_TEE, ctx->args[0], 0, ctx->args[1], 0))
-TC_FEXIT(tee, tc_xfer_exit)
+TC_FEXIT(tee, tc_xfer_exit(ctx))
 
 #endif

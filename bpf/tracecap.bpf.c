@@ -23,6 +23,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
 #include "objects.bpf.h"
+#include "objects_fentry.bpf.h"
 #include "procs.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"

@@ -5,10 +5,10 @@ kernel must offer; the chooser takes per kind the first hook whose needs the ker
 meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
-Write and read prefer fentry/fexit on the syscalls' functions (out-of-scope processes then pay
-only on those syscalls, not on every one, as with syscall tracepoints attached); module falls
-back to the raw syscall tracepoints on a kernel built without module support; the other kinds
-have one hook each.
+Write, read, module and bpf prefer fentry/fexit on their syscalls' functions (out-of-scope
+processes then pay only on those syscalls, not on every one, as with syscall tracepoints
+attached); module's last fallback is the raw syscall tracepoints, on a kernel built without
+module support; the other kinds have one hook each.
 """
 
 from __future__ import annotations
@@ -41,7 +41,9 @@ NEEDS: dict[str, Need] = {
     "prog:cgroup_sock": Need("cgroup/sock_create programs", "4.10"),
     "prog:syscall": Need("syscall programs", "5.14"),
     "prog:fentry": Need("fentry/fexit programs", "5.5"),
-    "fentry:syscalls": Need("fentry/fexit on the x86-64 syscall functions (__x64_sys_*)", "5.5"),
+    "fentry:syscalls": Need("fentry/fexit on the x86-64 file syscalls' functions", "5.5"),
+    "fentry:module_syscalls": Need("fentry/fexit on __x64_sys_init_module/finit_module", "5.5"),
+    "fentry:bpf_syscall": Need("fentry/fexit on __x64_sys_bpf", "5.5"),
     "prog:kprobe": Need("kprobes (perf kprobe PMU or tracefs kprobe_events)", "4.1"),
     "prog:lsm": Need("BPF LSM programs", "5.7"),
     "lsm:bpf": Need("the BPF LSM active (`bpf` in /sys/kernel/security/lsm)", "5.7"),
@@ -82,6 +84,14 @@ FILE_SYSCALLS: dict[str, tuple[str, ...]] = {
     "read": ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"),
     "both": ("copy_file_range", "sendfile64", "splice", "tee", "vmsplice"),
 }  # fmt: skip
+#: Per token of NEEDS, the syscalls whose __x64_sys_<name> functions its fentry programs attach
+#: to (bpf/file_io_fentry.bpf.h, objects_fentry.bpf.h): the probe loads fentry on the first and
+#: finds the others in vmlinux BTF.
+FENTRY_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "fentry:syscalls": tuple(sc for group in FILE_SYSCALLS.values() for sc in group),
+    "fentry:module_syscalls": ("init_module", "finit_module"),
+    "fentry:bpf_syscall": ("bpf",),
+}
 #: fentry/fexit on every file syscall's function, io_uring_complete (tp_btf), bpf_loop as above
 _FILE_FENTRY = ("prog:fentry", "fentry:syscalls", "prog:tp_btf", "helper:bpf_loop")
 #: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
@@ -116,11 +126,16 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
         ),
     ),
     "module": (
+        # fentry/fexit on the module syscalls' functions, else their tracepoints
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:module_syscalls", *_MODULE)),
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # a kernel without module support: the raw syscall tracepoints see the attempt
         Hook("raw_syscalls", ("prog:raw_tp", *_MODULE)),
     ),
-    "bpf": (Hook("syscall_tracepoints", _SYSCALL_TP),),
+    "bpf": (
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:bpf_syscall", "helper:bpf_loop")),
+        Hook("syscall_tracepoints", _SYSCALL_TP),
+    ),
     # cgroup_skb and cgroup/sock_create on the cgroup2 root, the sockets' owners at
     # sock_send_length/sock_recv_length (tp_btf), owners of older sockets by a syscall program
     "network": (

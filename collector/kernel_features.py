@@ -16,7 +16,7 @@ import ctypes as ct
 import os
 from collections.abc import Callable
 
-from collector.hooks import FILE_SYSCALLS, NEEDS
+from collector.hooks import FENTRY_SYSCALLS, NEEDS
 from collector.libbpf import library
 
 #: enum bpf_prog_type, bpf_attach_type, bpf_func_id, bpf_map_type (include/uapi/linux/bpf.h)
@@ -95,10 +95,10 @@ class KernelFeatures:
         os.close(fd)
         return True
 
-    def syscall_functions(self) -> bool:
-        """Whether fentry loads on the x86-64 syscall functions of every file syscall (they
-        are ``__<arch>_sys_*`` elsewhere: another architecture keeps the tracepoints)."""
-        names = [f"__x64_sys_{sc}" for group in FILE_SYSCALLS.values() for sc in group]
+    def syscall_functions(self, syscalls: tuple[str, ...]) -> bool:
+        """Whether fentry loads on the x86-64 functions of ``syscalls`` (they are
+        ``__<arch>_sys_*`` elsewhere: another architecture keeps the tracepoints)."""
+        names = [f"__x64_sys_{sc}" for sc in syscalls]
         return self.loads(_PROG_TRACING, _ATTACH_TRACE_FENTRY, names[0], _BTF_KIND_FUNC) and all(
             self._vmlinux_id(name, _BTF_KIND_FUNC) > 0 for name in names
         )
@@ -118,7 +118,6 @@ class KernelFeatures:
             "prog:syscall": lambda: self.prog_type(_PROG_SYSCALL),
             "prog:fentry": lambda: self.loads(_PROG_TRACING, _ATTACH_TRACE_FENTRY, "vfs_write",
                                               _BTF_KIND_FUNC),
-            "fentry:syscalls": self.syscall_functions,
             # the program type loads wherever BPF does; attaching needs one of these
             "prog:kprobe": lambda: self.prog_type(_PROG_KPROBE)
             and any(os.path.exists(p) for p in KPROBE_PATHS),
@@ -130,6 +129,8 @@ class KernelFeatures:
                 f"{events}/syscalls/sys_enter_init_module"
             ),
         }  # fmt: skip
+        for token, syscalls in FENTRY_SYSCALLS.items():
+            probes[token] = lambda s=syscalls: self.syscall_functions(s)  # type: ignore[misc]
         for name, helper_id in _HELPERS.items():
             probes[f"helper:{name}"] = lambda i=helper_id: self.helper(i)  # type: ignore[misc]
         for token in NEEDS:

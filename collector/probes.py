@@ -115,6 +115,8 @@ HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
     ("module", "raw_syscalls"): _MODULE_RAW,
     ("write", "fentry_syscalls"): _file_programs("write", _FENTRY),
     ("read", "fentry_syscalls"): _file_programs("read", _FENTRY),
+    ("module", "fentry_syscalls"): _syscall_programs(("init_module", "finit_module"), _FENTRY),
+    ("bpf", "fentry_syscalls"): _syscall_programs(("bpf",), _FENTRY),
 }
 CAPTURE_RING: dict[str, BpfMap] = {
     "write": BpfMap.FILE_RB,

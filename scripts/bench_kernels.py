@@ -1,11 +1,13 @@
 """`make bench-kernels` (not in CI): in a guest of the kernel matrix (6.1 by default), what the
-write capture's hooks cost processes out of scope, and that both hooks give the same artifacts.
+capture's hooks cost processes out of scope, and that both hooks give the same artifacts.
 
 Inside the guest, per hook (fentry/fexit on the syscall functions, then the syscall tracepoints
-forced by withholding ``fentry:syscalls``), one `tracecap run --capture write --capture read
---scope comm=tc-hooksmoke`: the hook `tracecap status` reports, a file written and one read by
-a process named tc-hooksmoke (the artifacts must be complete and byte-exact), then rounds of the
-out-of-scope loop (small writes to /dev/null, reads of /dev/zero, by a process of another name).
+forced by withholding the ``fentry:*`` features), one `tracecap run` capturing write, read, bpf
+and module with ``--scope comm=tc-hooksmoke``: the hooks `tracecap status` reports, then a
+process named tc-hooksmoke writes a file, reads one, loads a BPF socket filter and loads (and
+unloads) crc7.ko of the running kernel with init_module (the artifacts must be complete and
+byte-exact), then rounds of the out-of-scope loop (small writes to /dev/null, reads of
+/dev/zero, by a process of another name).
 The untraced rounds run before, between and after the two sessions (TCG takes about 100 s to
 ready the collector, so a session per round would not fit): each traced round's ratio is to the
 median untraced round. Ratios only: under TCG absolute times mean nothing.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import signal
 import statistics
@@ -26,10 +29,12 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_kernels
+from kernel_smoke import INSNS
 
 FACTOR = float(os.environ.get("TRACECAP_TIME_FACTOR", "1"))
 ROUNDS = int(os.environ.get("TRACECAP_BENCH_ROUNDS", "5"))
@@ -39,7 +44,9 @@ PAYLOAD = bytes(range(256)) * 37 + b"tracecap hooks\n"
 #: Each session: the hook the write capture should report, and the collector's environment.
 SESSIONS = {
     "fentry_syscalls": {},
-    "syscall_tracepoints": {"TRACECAP_WITHHOLD_FEATURES": "fentry:syscalls"},
+    "syscall_tracepoints": {
+        "TRACECAP_WITHHOLD_FEATURES": "fentry:syscalls,fentry:module_syscalls,fentry:bpf_syscall"
+    },
 }
 LOOP = textwrap.dedent(
     """
@@ -57,15 +64,28 @@ LOOP = textwrap.dedent(
     print(json.dumps(time.perf_counter() - t0))
     """
 )
-#: The in-scope workload: renamed before its first write, so its file I/O is in scope.
+#: The in-scope workload: renamed before its first write, so all it does is in scope. The module
+#: is loaded by init_module from memory (a process of another name, insmod, would be out of
+#: scope), then removed (delete_module, O_NONBLOCK).
 WORKLOAD = textwrap.dedent(
     """
     import ctypes, sys
-    ctypes.CDLL(None).prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, sys.argv[1].encode(), 0, 0, 0)  # PR_SET_NAME
     with open(sys.argv[2], "wb") as f:
         f.write(bytes.fromhex(sys.argv[4]))
     with open(sys.argv[3], "rb") as f:
         f.read()
+    sys.path.insert(0, sys.argv[5])
+    import kernel_smoke
+    kernel_smoke._bpf_load()
+    if sys.argv[6]:
+        image = open(sys.argv[6], "rb").read()
+        buf = ctypes.create_string_buffer(image, len(image))
+        libc.syscall.restype = ctypes.c_long
+        print("init_module", libc.syscall(175, buf, ctypes.c_ulong(len(image)), b""),
+              ctypes.get_errno(), file=sys.stderr)
+        libc.syscall(176, b"crc7", 0o4000)
     """
 )
 
@@ -84,12 +104,32 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _crc7(work: Path) -> Path | None:
+    """crc7.ko of the running kernel, decompressed: from its modules, or from the matrix's
+    unpacked kernel package (the guest's root is the host's)."""
+    release = os.uname().release
+    places = [Path("/lib/modules", release), test_kernels.KERNELS]
+    for place in places:
+        found = sorted(place.glob(f"**/{release}/kernel/lib/crc7.ko*")) + sorted(
+            place.glob("kernel/lib/crc7.ko*")
+        )
+        if found:
+            raw = found[0].read_bytes()
+            if found[0].suffix == ".xz":
+                raw = lzma.decompress(raw)
+            image = work / "crc7.ko"
+            image.write_bytes(raw)
+            return image
+    return None
+
+
 def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
     """One tracecap run: the hooks reported, the two artifacts' verdicts, the loop's rounds."""
     root = work / hook
     err_path = work / f"{hook}.stderr"
     argv = ["tracecap", "run", "--capture", f"dir:{root}", "--capture", "clear-dir",
-            "--capture", "write", "--capture", "read", "--scope", f"comm={COMM}"]  # fmt: skip
+            "--capture", "write", "--capture", "read", "--capture", "bpf", "--capture", "module",
+            "--scope", f"comm={COMM}"]  # fmt: skip
     started = time.monotonic()
     with open(err_path, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
@@ -104,8 +144,10 @@ def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
     hooks = json.loads(status.stdout)["collector"].get("hooks", {}) if not status.returncode else {}
     written, readable = work / f"{hook}-written.bin", work / f"{hook}-readable.bin"
     readable.write_bytes(PAYLOAD[::-1])
+    module = _crc7(work)
     subprocess.run([sys.executable, "-c", WORKLOAD, COMM, str(written), str(readable),
-                    PAYLOAD.hex()], check=True)  # fmt: skip
+                    PAYLOAD.hex(), str(Path(__file__).resolve().parent),
+                    str(module or "")], check=True)  # fmt: skip
     rounds = []
     for i in range(ROUNDS):
         rounds.append(_loop())
@@ -115,8 +157,8 @@ def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
     proc.wait(120 * FACTOR)
     index = [json.loads(line) for line in (root / "out" / "index.jsonl").read_bytes().splitlines()]
 
-    def verdict(kind: str, path: Path, data: bytes) -> str:
-        ours = [r for r in index if r.get("kind") == kind and r.get("source_path") == str(path)]
+    def verdict(kind: str, match: Callable[[dict], bool], data: bytes) -> str:
+        ours = [r for r in index if r.get("kind") == kind and match(r)]
         if not ours:
             return "missing"
         last = ours[-1]
@@ -127,8 +169,12 @@ def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
     out_of_scope = [r for r in index if r.get("comm") not in (None, COMM)]
     return {
         "hooks": {k: v.get("hook", v.get("refused")) for k, v in hooks.items()},
-        "write": verdict("write", written, PAYLOAD),
-        "read": verdict("read", readable, PAYLOAD[::-1]),
+        "write": verdict("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
+        "read": verdict("read", lambda r: r.get("source_path") == str(readable), PAYLOAD[::-1]),
+        "bpf": verdict("bpf", lambda r: r.get("prog_name") == "tc_smoke_prog", INSNS),
+        "module": verdict("module", lambda r: True, module.read_bytes())
+        if module
+        else "no crc7.ko for this kernel",
         "out_of_scope_records": len(out_of_scope),
         "rounds": rounds,
     }
@@ -161,7 +207,8 @@ def report(result: dict) -> None:
         ratios = [t / base for t in s["rounds"]]
         print(f"  {hook:<20} ratio median {statistics.median(ratios):.2f}x "
               f"(range {min(ratios):.2f}-{max(ratios):.2f}, {len(ratios)} rounds); hooks "
-              f"{s['hooks']}; write {s['write']}, read {s['read']}; "
+              f"{s['hooks']}; artifacts: write {s['write']}, read {s['read']}, bpf {s['bpf']}, "
+              f"module {s['module']}; "
               f"out-of-scope records {s['out_of_scope_records']}")  # fmt: skip
 
 

@@ -17,8 +17,8 @@ ALL_KINDS = tuple(hooks.HOOKS)
 #: What collector/kernel_features.py found on this machine's 6.18 (kprobes, fentry and the BPF
 #: LSM do not work here, and there are no module syscalls: CONFIG_MODULES is unset).
 HOST_6_18 = frozenset(hooks.NEEDS) - {
-    "prog:fentry", "fentry:syscalls", "prog:kprobe", "prog:lsm", "lsm:bpf",
-    "tracefs:module_syscalls",
+    "prog:fentry", "fentry:syscalls", "fentry:module_syscalls", "fentry:bpf_syscall",
+    "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
 }  # fmt: skip
 #: Debian 12's 6.1: modules, kprobes, fentry and the BPF LSM, but not what came in 6.2 and 6.3.
 DEBIAN_6_1 = frozenset(hooks.NEEDS) - {
@@ -50,8 +50,33 @@ def test_this_host_runs_every_kind_module_through_the_raw_syscall_tracepoints():
     }
 
 
-def test_a_kernel_with_module_support_uses_the_module_syscalls_tracepoints():
-    assert hooks.choose_kind("module", DEBIAN_6_1).hook == "syscall_tracepoints"
+def test_a_kernel_with_module_support_and_no_fentry_uses_the_module_syscalls_tracepoints():
+    kernel = DEBIAN_6_1 - {"prog:fentry"}
+    assert hooks.choose_kind("module", kernel).hook == "syscall_tracepoints"
+
+
+@pytest.mark.parametrize(
+    ("kind", "token"), [("module", "fentry:module_syscalls"), ("bpf", "fentry:bpf_syscall")]
+)
+def test_module_and_bpf_take_fentry_where_their_functions_are_else_tracepoints(kind, token):
+    assert hooks.choose_kind(kind, DEBIAN_6_1).hook == "fentry_syscalls"
+    assert hooks.choose_kind(kind, DEBIAN_6_1 - {token}).hook == "syscall_tracepoints"
+    assert hooks.choose_kind(kind, HOST_6_18).hook != "fentry_syscalls"
+
+
+def test_each_fentry_token_names_the_functions_of_its_programs():
+    """The probe checks exactly the functions the programs attach to (probes.HOOK_PROGRAMS)."""
+    from collector import probes
+
+    attached: dict[str, set[str]] = {}
+    for kind in ("write", "read", "module", "bpf"):
+        hook = hooks.HOOKS[kind][0]
+        (token,) = [t for t in hook.needs if t.startswith("fentry:")]
+        programs = probes.HOOK_PROGRAMS[kind, hook.name]
+        fns = {n.removeprefix("tc_fenter_") for n in programs if n.startswith("tc_fenter_")}
+        assert fns == {n.removeprefix("tc_fexit_") for n in programs if n.startswith("tc_fexit_")}
+        attached.setdefault(token, set()).update(fns)
+    assert attached == {token: set(names) for token, names in hooks.FENTRY_SYSCALLS.items()}
 
 
 @pytest.mark.parametrize("kind", ["write", "read"])

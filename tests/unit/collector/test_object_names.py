@@ -146,3 +146,11 @@ def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoi
     assert fentry == twins
     assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
     assert {n for n in fentry if n.startswith("tc_fenter_")}
+
+
+def test_module_and_bpf_fentry_hooks_pair_each_syscall_and_load_no_tracepoint():
+    assert probes.HOOK_PROGRAMS["module", "fentry_syscalls"] == {
+        "tc_fenter_init_module", "tc_fexit_init_module",
+        "tc_fenter_finit_module", "tc_fexit_finit_module",
+    }  # fmt: skip
+    assert probes.HOOK_PROGRAMS["bpf", "fentry_syscalls"] == {"tc_fenter_bpf", "tc_fexit_bpf"}
