@@ -123,7 +123,7 @@ def _crc7(work: Path) -> Path | None:
     return None
 
 
-def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
+def _session(work: Path, hook: str, env: dict[str, str], out: Path) -> dict:
     """One tracecap run: the hooks reported, the two artifacts' verdicts, the loop's rounds."""
     root = work / hook
     err_path = work / f"{hook}.stderr"
@@ -135,6 +135,7 @@ def _session(work: Path, hook: str, env: dict[str, str]) -> dict:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err,
                                 env=dict(os.environ, **env))  # fmt: skip
     while b"tracecap: ready" not in err_path.read_bytes():
+        (out / err_path.name).write_bytes(err_path.read_bytes())  # to follow from the host
         if proc.poll() is not None or time.monotonic() - started > 90 * FACTOR:
             proc.kill()
             return {"error": err_path.read_text(errors="replace")[-400:]}
@@ -185,10 +186,13 @@ def inside(out: Path) -> None:
     work.chmod(0o711)  # the writers run as the tracecap user and must pass through
     untraced: list[float] = []
     sessions = {}
+    only = os.environ.get("TRACECAP_BENCH_HOOKS", "").split(",")
     for hook, env in SESSIONS.items():
+        if only != [""] and hook not in only:
+            continue
         untraced += [_loop() for _ in range(ROUNDS)]
         _say(f"untraced rounds so far: {', '.join(f'{t:.2f}' for t in untraced)}")
-        sessions[hook] = _session(work, hook, env)
+        sessions[hook] = _session(work, hook, env, out)
     untraced += [_loop() for _ in range(ROUNDS)]
     result = {"kernel": os.uname().release, "calls": CALLS + CALLS // 2, "untraced": untraced,
               "sessions": sessions}  # fmt: skip
@@ -221,8 +225,9 @@ def main() -> None:
     out.chmod(0o777)
     version = (test_kernels.KERNELS / name / "version").read_text().strip()
     script = out / "bench.sh"
+    passed = " ".join(f"{k}={v}" for k, v in os.environ.items() if k.startswith("TRACECAP_BENCH_"))
     script.write_text(
-        f"export TRACECAP_TIME_FACTOR={test_kernels.FACTOR} "
+        f"export TRACECAP_TIME_FACTOR={test_kernels.FACTOR} {passed} "
         f"PATH={test_kernels.PYTHON.parent}:$PATH\n"
         f"{test_kernels.PYTHON} {Path(__file__).resolve()} --inside {out} > {out}/bench.log 2>&1\n"
     )
