@@ -438,12 +438,19 @@ int tc_module_raw_exit(struct bpf_raw_tracepoint_args *ctx)
     return 0;
 }
 
+/* init_module(image, len, params) and finit_module(fd, params, flags) at their entry: the
+ * tracepoints here, fentry on the syscall functions in objects_fentry.bpf.h. */
+static __always_inline int tc_module_enter(struct trace_event_raw_sys_enter *ctx, __u32 nr)
+{
+    if (tc_in_scope())
+        tc_obj_save(TC_KIND_MODULE, nr, ctx->args[0], ctx->args[1], ctx->args[2], 0);
+    return 0;
+}
+
 SEC("tp/syscalls/sys_enter_init_module")
 int tc_init_module_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    if (tc_in_scope())
-        tc_obj_save(TC_KIND_MODULE, NR_INIT_MODULE, ctx->args[0], ctx->args[1], ctx->args[2], 0);
-    return 0;
+    return tc_module_enter(ctx, NR_INIT_MODULE);
 }
 
 SEC("tp/syscalls/sys_exit_init_module")
@@ -456,9 +463,7 @@ int tc_init_module_exit(struct trace_event_raw_sys_exit *ctx)
 SEC("tp/syscalls/sys_enter_finit_module")
 int tc_finit_module_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    if (tc_in_scope())
-        tc_obj_save(TC_KIND_MODULE, NR_FINIT_MODULE, ctx->args[0], ctx->args[1], ctx->args[2], 0);
-    return 0;
+    return tc_module_enter(ctx, NR_FINIT_MODULE);
 }
 
 SEC("tp/syscalls/sys_exit_finit_module")
@@ -484,8 +489,9 @@ struct tc_prog_load_attr {
     char prog_name[TC_PROG_NAME_LEN];
 };
 
-SEC("tp/syscalls/sys_enter_bpf")
-int tc_bpf_enter(struct trace_event_raw_sys_enter *ctx)
+/* bpf(cmd, attr, size): BPF_PROG_LOAD at entry and exit, the tracepoints here, fentry on the
+ * syscall function in objects_fentry.bpf.h. */
+static __always_inline int tc_bpf_load_enter(struct trace_event_raw_sys_enter *ctx)
 {
     if (ctx->args[0] != BPF_PROG_LOAD_CMD || !tc_in_scope())
         return 0;
@@ -493,8 +499,7 @@ int tc_bpf_enter(struct trace_event_raw_sys_enter *ctx)
     return 0;
 }
 
-SEC("tp/syscalls/sys_exit_bpf")
-int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
+static __always_inline int tc_bpf_load_exit(struct trace_event_raw_sys_exit *ctx)
 {
     struct tc_obj_args a;
     if (!tc_obj_take(321, &a))
@@ -524,6 +529,18 @@ int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
         return 0;
     tc_send_user(ev.obj_id, attr.insns, ev.captured, TC_KIND_BPF, 0);
     return 0;
+}
+
+SEC("tp/syscalls/sys_enter_bpf")
+int tc_bpf_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_bpf_load_enter(ctx);
+}
+
+SEC("tp/syscalls/sys_exit_bpf")
+int tc_bpf_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    return tc_bpf_load_exit(ctx);
 }
 
 #endif

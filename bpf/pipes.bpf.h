@@ -17,8 +17,7 @@
 
 /* vmsplice(fd, iov, nr_segs, flags): into the pipe when fd is open for writing (the kernel's
  * own test, do_vmsplice), else out of it into user memory. */
-SEC("tp/syscalls/sys_enter_vmsplice")
-int tc_enter_vmsplice(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int tc_vmsplice_enter(struct trace_event_raw_sys_enter *ctx)
 {
     struct file *f = tc_fd_file((__s32)ctx->args[0]);
     if (!f)
@@ -27,6 +26,12 @@ int tc_enter_vmsplice(struct trace_event_raw_sys_enter *ctx)
     if (!cfg.filters[dir].enabled)
         return 0;
     return tc_io_enter(ctx, TC_SYS_VMSPLICE, dir, 1, -1);
+}
+
+SEC("tp/syscalls/sys_enter_vmsplice")
+int tc_enter_vmsplice(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_vmsplice_enter(ctx);
 }
 
 SEC("tp/syscalls/sys_exit_vmsplice")

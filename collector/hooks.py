@@ -5,9 +5,13 @@ kernel must offer; the chooser takes per kind the first hook whose needs the ker
 meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
-Today every kind has one implemented hook (module two: its syscalls' tracepoints, or the raw
-syscall tracepoints on a kernel built without module support); cheaper variants (fentry, BPF
-LSM) go in front of them here, with their needs.
+Write, read, module and bpf can also run on fentry/fexit on their syscalls' functions
+(out-of-scope processes then pay only on those syscalls, not on every one, as with syscall
+tracepoints attached). Until that row is verified on a kernel where fentry loads (NOTES.md,
+"Issue 19: fentry/LSM hooks") it comes after the syscall tracepoints: chosen only where they
+are missing, or withheld (TRACECAP_WITHHOLD_FEATURES=tracefs:syscalls, as make bench-kernels
+does). Module's last fallback is the raw syscall tracepoints, on a kernel built without module
+support; the other kinds have one hook each.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ NEEDS: dict[str, Need] = {
     "prog:cgroup_sock": Need("cgroup/sock_create programs", "4.10"),
     "prog:syscall": Need("syscall programs", "5.14"),
     "prog:fentry": Need("fentry/fexit programs", "5.5"),
+    "fentry:syscalls": Need("fentry/fexit on the x86-64 file syscalls' functions", "5.5"),
+    "fentry:module_syscalls": Need("fentry/fexit on __x64_sys_init_module/finit_module", "5.5"),
+    "fentry:bpf_syscall": Need("fentry/fexit on __x64_sys_bpf", "5.5"),
     "prog:kprobe": Need("kprobes (perf kprobe PMU or tracefs kprobe_events)", "4.1"),
     "prog:lsm": Need("BPF LSM programs", "5.7"),
     "lsm:bpf": Need("the BPF LSM active (`bpf` in /sys/kernel/security/lsm)", "5.7"),
@@ -70,14 +77,41 @@ class Hook:
 BASE_NEEDS = ("btf", "map:ringbuf", "prog:tp_btf", "helper:bpf_loop")
 #: Syscall tracepoints, and the chunk emitter every capture of bytes runs (bpf/chunks.bpf.h).
 _SYSCALL_TP = ("prog:tracepoint", "tracefs:syscalls", "helper:bpf_loop")
+#: The syscalls whose bytes the write and read captures take ("both": transfers, whose two ends
+#: are both files, and vmsplice, whose direction the kernel tells), by their tracepoints'
+#: names: each has a pair of programs at its tracepoints (bpf/file_io.bpf.h, pipes.bpf.h) and
+#: one at fentry/fexit on __x64_sys_<name> (bpf/file_io_fentry.bpf.h).
+FILE_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "write": ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg",
+              "sendmmsg"),
+    "read": ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg"),
+    "both": ("copy_file_range", "sendfile64", "splice", "tee", "vmsplice"),
+}  # fmt: skip
+#: Per token of NEEDS, the syscalls whose __x64_sys_<name> functions its fentry programs attach
+#: to (bpf/file_io_fentry.bpf.h, objects_fentry.bpf.h): the probe loads fentry on the first and
+#: finds the others in vmlinux BTF.
+FENTRY_SYSCALLS: dict[str, tuple[str, ...]] = {
+    "fentry:syscalls": tuple(sc for group in FILE_SYSCALLS.values() for sc in group),
+    "fentry:module_syscalls": ("init_module", "finit_module"),
+    "fentry:bpf_syscall": ("bpf",),
+}
+#: fentry/fexit on every file syscall's function, io_uring_complete (tp_btf), bpf_loop as above
+_FILE_FENTRY = ("prog:fentry", "fentry:syscalls", "prog:tp_btf", "helper:bpf_loop")
 #: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
 _MODULE = ("helper:bpf_find_vma", "helper:bpf_get_current_task_btf", "helper:bpf_loop")
 #: Each kind's hooks, best first, as read from bpf/*.h: which programs attach where, and the
 #: helpers newer than 5.8 that they call (collector/probes.py HOOK_PROGRAMS lists the programs).
 HOOKS: dict[str, tuple[Hook, ...]] = {
-    # syscall tracepoints, io_uring_complete (tp_btf), path walks and chunks by bpf_loop
-    "write": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
-    "read": (Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),),
+    # syscall tracepoints, else fentry/fexit (see above); io_uring_complete (tp_btf), path
+    # walks and chunks by bpf_loop
+    "write": (
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+        Hook("fentry_syscalls", _FILE_FENTRY),
+    ),
+    "read": (
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+        Hook("fentry_syscalls", _FILE_FENTRY),
+    ),
     # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
     "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
     # mprotect/mmap/munmap tracepoints; the vma by bpf_find_vma, page walks by bpf_loop, the
@@ -96,10 +130,15 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
     ),
     "module": (
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
+        # fentry/fexit on the module syscalls' functions (see above)
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:module_syscalls", *_MODULE)),
         # a kernel without module support: the raw syscall tracepoints see the attempt
         Hook("raw_syscalls", ("prog:raw_tp", *_MODULE)),
     ),
-    "bpf": (Hook("syscall_tracepoints", _SYSCALL_TP),),
+    "bpf": (
+        Hook("syscall_tracepoints", _SYSCALL_TP),
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:bpf_syscall", "helper:bpf_loop")),
+    ),
     # cgroup_skb and cgroup/sock_create on the cgroup2 root, the sockets' owners at
     # sock_send_length/sock_recv_length (tp_btf), owners of older sockets by a syscall program
     "network": (

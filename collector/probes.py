@@ -24,7 +24,7 @@ from collector.cgroup_rules import (
     encode_state,
 )
 from collector.containers import cgroup2_root
-from collector.hooks import HOOKS, Choice, choose
+from collector.hooks import FILE_SYSCALLS, HOOKS, Choice, choose
 from collector.kernel_features import KernelFeatures, withheld
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
@@ -55,10 +55,13 @@ class BpfMap(StrEnum):
     MEM_COUNTERS = "mem_counters"
 
 
-def _syscall_programs(syscalls: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(f"tc_{side}_{sc}" for sc in syscalls for side in ("enter", "exit"))
+def _syscall_programs(syscalls: Iterable[str], sides: tuple[str, str]) -> frozenset[str]:
+    return frozenset(f"tc_{side}_{sc}" for sc in syscalls for side in sides)
 
 
+#: A syscall's pair of programs at its tracepoints, or at fentry/fexit on its function
+#: (bpf/file_io_fentry.bpf.h: the same bodies).
+_TP, _FENTRY = ("enter", "exit"), ("fenter", "fexit")
 #: The object's programs by what they capture; a configuration loads only those it needs.
 _ALWAYS = frozenset({"tc_fork", "tc_proc_exit", "tc_cgroup_mkdir", "tc_cgroup_rmdir"})
 _MODULE_TP = frozenset(
@@ -72,29 +75,23 @@ _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
 #: Run by the collector (BPF_PROG_TEST_RUN), never attached: owners of sockets that existed
 #: before the capture (net.bpf.h).
 _RUN_ONLY = frozenset({"tc_sock_adopt"})
-#: Transfers that pass no user buffer (file_io.bpf.h): one pair serves write and read.
-_XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice", "tee"))
 #: io_uring requests, at their completion: one program for both directions of the requests
 #: with a user buffer, one for SPLICE and TEE (pipes.bpf.h).
 _URING = frozenset({"tc_uring_complete", "tc_uring_xfer_complete"})
-#: vmsplice passes a user buffer into a pipe or out of one: the kernel tells the direction.
-_VMSPLICE = _syscall_programs(("vmsplice",))
+
+
+def _file_programs(kind: str, sides: tuple[str, str]) -> frozenset[str]:
+    """The write or read capture's programs: its syscalls' pairs (transfers that pass no user
+    buffer, and vmsplice, whose direction the kernel tells, serve both) and io_uring's."""
+    return _syscall_programs(FILE_SYSCALLS[kind] + FILE_SYSCALLS["both"], sides) | _URING
+
+
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
-#: ``--capture`` word): the programs to load (module's depend on the kernel, see
-#: ``module_programs``) and the ring its records arrive on.
+#: ``--capture`` word): the programs of its first hook (module's and the file kinds' depend on
+#: the kernel, see HOOK_PROGRAMS) and the ring its records arrive on.
 CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
-    "write": _syscall_programs(
-        ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg", "sendmmsg")
-    )
-    | _XFER
-    | _URING
-    | _VMSPLICE,
-    "read": _syscall_programs(
-        ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg")
-    )
-    | _XFER
-    | _URING
-    | _VMSPLICE,
+    "write": _file_programs("write", _TP),
+    "read": _file_programs("read", _TP),
     "exec": frozenset({"tc_exec"}),
     "mem": frozenset(
         {
@@ -110,11 +107,17 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
     "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP | _RUN_ONLY,
 }
-#: The programs of each hook of collector/hooks.py HOOKS, by (kind, hook): module's two hooks
-#: load different programs, every other kind's one hook its CAPTURE_PROGRAMS.
+#: The programs of each hook of collector/hooks.py HOOKS, by (kind, hook).
 HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
     (kind, hook.name): CAPTURE_PROGRAMS[kind] for kind, hooks in HOOKS.items() for hook in hooks
-} | {("module", "syscall_tracepoints"): _MODULE_TP, ("module", "raw_syscalls"): _MODULE_RAW}
+} | {
+    ("module", "syscall_tracepoints"): _MODULE_TP,
+    ("module", "raw_syscalls"): _MODULE_RAW,
+    ("write", "fentry_syscalls"): _file_programs("write", _FENTRY),
+    ("read", "fentry_syscalls"): _file_programs("read", _FENTRY),
+    ("module", "fentry_syscalls"): _syscall_programs(("init_module", "finit_module"), _FENTRY),
+    ("bpf", "fentry_syscalls"): _syscall_programs(("bpf",), _FENTRY),
+}
 CAPTURE_RING: dict[str, BpfMap] = {
     "write": BpfMap.FILE_RB,
     "read": BpfMap.FILE_RB,
@@ -125,7 +128,7 @@ CAPTURE_RING: dict[str, BpfMap] = {
     "network": BpfMap.PKT_RB,
 }
 #: Every program the collector may enable (checked against the built object like BpfMap).
-PROGRAM_NAMES = frozenset().union(_ALWAYS, *CAPTURE_PROGRAMS.values())
+PROGRAM_NAMES = frozenset().union(_ALWAYS, *CAPTURE_PROGRAMS.values(), *HOOK_PROGRAMS.values())
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
 #: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the

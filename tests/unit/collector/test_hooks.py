@@ -17,7 +17,8 @@ ALL_KINDS = tuple(hooks.HOOKS)
 #: What collector/kernel_features.py found on this machine's 6.18 (kprobes, fentry and the BPF
 #: LSM do not work here, and there are no module syscalls: CONFIG_MODULES is unset).
 HOST_6_18 = frozenset(hooks.NEEDS) - {
-    "prog:fentry", "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
+    "prog:fentry", "fentry:syscalls", "fentry:module_syscalls", "fentry:bpf_syscall",
+    "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
 }  # fmt: skip
 #: Debian 12's 6.1: modules, kprobes, fentry and the BPF LSM, but not what came in 6.2 and 6.3.
 DEBIAN_6_1 = frozenset(hooks.NEEDS) - {
@@ -51,6 +52,55 @@ def test_this_host_runs_every_kind_module_through_the_raw_syscall_tracepoints():
 
 def test_a_kernel_with_module_support_uses_the_module_syscalls_tracepoints():
     assert hooks.choose_kind("module", DEBIAN_6_1).hook == "syscall_tracepoints"
+
+
+@pytest.mark.parametrize(
+    ("kind", "token"), [("module", "fentry:module_syscalls"), ("bpf", "fentry:bpf_syscall")]
+)
+def test_module_and_bpf_take_fentry_only_where_their_functions_are(kind, token):
+    no_tp = DEBIAN_6_1 - {"tracefs:syscalls"}
+    assert hooks.choose_kind(kind, no_tp).hook == "fentry_syscalls"
+    assert hooks.choose_kind(kind, no_tp - {token}).hook != "fentry_syscalls"
+    assert hooks.choose_kind(kind, HOST_6_18).hook != "fentry_syscalls"
+
+
+def test_each_fentry_token_names_the_functions_of_its_programs():
+    """The probe checks exactly the functions the programs attach to (probes.HOOK_PROGRAMS)."""
+    from collector import probes
+
+    attached: dict[str, set[str]] = {}
+    for kind in ("write", "read", "module", "bpf"):
+        (hook,) = [h for h in hooks.HOOKS[kind] if h.name == "fentry_syscalls"]
+        (token,) = [t for t in hook.needs if t.startswith("fentry:")]
+        programs = probes.HOOK_PROGRAMS[kind, hook.name]
+        fns = {n.removeprefix("tc_fenter_") for n in programs if n.startswith("tc_fenter_")}
+        assert fns == {n.removeprefix("tc_fexit_") for n in programs if n.startswith("tc_fexit_")}
+        attached.setdefault(token, set()).update(fns)
+    assert attached == {token: set(names) for token, names in hooks.FENTRY_SYSCALLS.items()}
+
+
+@pytest.mark.parametrize("kind", ["write", "read", "module", "bpf"])
+def test_fentry_runs_where_the_syscall_tracepoints_are_missing_or_withheld(kind):
+    """Until verified in a guest the fentry row comes second (collector/hooks.py)."""
+    assert hooks.choose_kind(kind, DEBIAN_6_1).hook == "syscall_tracepoints"
+    kernel = DEBIAN_6_1 - {"tracefs:syscalls"}
+    assert hooks.choose_kind(kind, kernel).report() == {"hook": "fentry_syscalls"}
+
+
+@pytest.mark.parametrize("lacking", ["prog:fentry", "fentry:syscalls"])
+def test_without_fentry_or_the_syscall_functions_files_have_no_second_hook(lacking):
+    """This host (no fentry), another architecture (no __x64_sys_*), or withheld for a test."""
+    kernel = DEBIAN_6_1 - {lacking, "tracefs:syscalls"}
+    choices = hooks.choose(("write", "read"), kernel)
+    assert {c.hook for c in choices.values()} == {None}
+
+
+def test_files_without_either_hook_name_what_the_fallback_lacks():
+    kernel = HOST_6_18 - {"tracefs:syscalls"}
+    assert hooks.choose_kind("write", kernel).reason == (
+        "write: needs syscall tracepoints (tracefs mounted, CONFIG_FTRACE_SYSCALLS); "
+        "this kernel lacks it"
+    )
 
 
 def test_6_1_refuses_network_for_the_kfunc_and_tracepoints_it_lacks_and_runs_the_rest():

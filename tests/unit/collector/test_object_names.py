@@ -80,7 +80,9 @@ def test_programs_for_draws_only_on_the_table():
         for hook in kind_hooks
     ]
     assert all(names <= probes.PROGRAM_NAMES for names in chosen)
-    assert len({frozenset(names) for names in chosen}) == 2  # module's two hooks differ
+    # every kind's hooks load different programs: one set per second hook, and the first's
+    alternatives = sum(len(kind_hooks) - 1 for kind_hooks in hooks.HOOKS.values())
+    assert len({frozenset(names) for names in chosen}) == 1 + alternatives
 
 
 def test_a_refused_kind_loads_none_of_its_programs():
@@ -132,3 +134,23 @@ def test_ring_sizes_follow_the_kinds_on():
     assert writes[probes.BpfMap.FILE_RB] == 1 << 20
     # the object ring carries forks and exits whatever is captured
     assert writes[probes.BpfMap.OBJ_RB] == probes.PROC_RING_BYTES
+
+
+@pytest.mark.parametrize("kind", ["write", "read"])
+def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoint(kind):
+    """bpf/file_io_fentry.bpf.h: tc_fenter_X/tc_fexit_X for each tc_enter_X/tc_exit_X; a single
+    syscall tracepoint left would make every syscall of every process pay again."""
+    tp = probes.HOOK_PROGRAMS[kind, "syscall_tracepoints"]
+    fentry = probes.HOOK_PROGRAMS[kind, "fentry_syscalls"]
+    twins = {n.replace("tc_enter_", "tc_fenter_").replace("tc_exit_", "tc_fexit_") for n in tp}
+    assert fentry == twins
+    assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
+    assert {n for n in fentry if n.startswith("tc_fenter_")}
+
+
+def test_module_and_bpf_fentry_hooks_pair_each_syscall_and_load_no_tracepoint():
+    assert probes.HOOK_PROGRAMS["module", "fentry_syscalls"] == {
+        "tc_fenter_init_module", "tc_fexit_init_module",
+        "tc_fenter_finit_module", "tc_fexit_finit_module",
+    }  # fmt: skip
+    assert probes.HOOK_PROGRAMS["bpf", "fentry_syscalls"] == {"tc_fenter_bpf", "tc_fexit_bpf"}
