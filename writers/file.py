@@ -13,6 +13,7 @@ mid-file is followed by one that reports them with what is not known written as 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -54,6 +55,9 @@ MAX_RESIDENT = 1024
 #: per artifact it wrote recently, at most its MAX_EXTENTS, 4096) are answered without reading
 #: the index back: about 250 bytes each.
 RELEASED_ENDS = 4096
+#: Index lines written in one append (the early flushes past MAX_RESIDENT take an eighth of
+#: it at a time): one lock and one write for many small files, and at most a few hundred KB.
+FLUSH_BATCH = 256
 
 _Key = tuple[str, str]  # (container directory, artifact name)
 
@@ -180,9 +184,10 @@ class FileWriter(Writer):
 
     # -- artifacts in and out of memory -------------------------------------------------------
 
-    def _lookup(self, key: _Key, now: float) -> FileArtifact | None:
+    def _lookup(self, key: _Key, now: float, append: bool) -> FileArtifact | None:
         """The artifact ``key`` as known: in memory, or rebuilt from its last index line when
-        its file exists (it was released, or is from an earlier run); None for a new one.
+        its file exists (it was released, or is from an earlier run); None for a new one,
+        whose file is then created here (opened ``append`` or not, held in the fd cache).
 
         An existing file with no usable index line (beyond the scan, never written) is noted
         in ``_unknown_sizes``: the new artifact made for it never presents those bytes as
@@ -191,6 +196,15 @@ class FileWriter(Writer):
         if art is not None:
             return art
         subdir, name = key
+        try:
+            # a new file is the common case (a burst of small files): made in one syscall,
+            # where a stat and opening it as maybe existing took five
+            self._fds.add(key, self._out.create_artifact(subdir, name, append))
+            return None
+        except FileExistsError:
+            pass  # released, from an earlier run, or planted: looked at below
+        except (OSError, ValueError):
+            return None  # unusable: opening it will fail and be counted
         try:
             st = os.stat(name, dir_fd=self._out.dir_fd(subdir), follow_symlinks=False)
         except (OSError, ValueError):
@@ -253,7 +267,8 @@ class FileWriter(Writer):
         writing over, or inheriting the tail of, the old one. Messages without a generation
         (loss notices) stay with the name's first owner."""
         key = (subdir, name)
-        art = self._lookup(key, now)
+        append = bool(env["append"])
+        art = self._lookup(key, now, append)
         generation = env.get("generation")
         if type(generation) is int and generation > 0 and art is not None:
             if art.generation is None:
@@ -262,7 +277,7 @@ class FileWriter(Writer):
                 if key not in self._dirty and key not in self._unsynced:
                     self._artifacts.pop(key, None)  # only looked at: not kept
                 key = (subdir, f"{name}.gen-{generation}")
-                art = self._lookup(key, now)
+                art = self._lookup(key, now, append)
         if art is None:
             art = self._new(key, direction, env, now)
         return key, art
@@ -337,8 +352,9 @@ class FileWriter(Writer):
         return floors
 
     def make_durable(self) -> None:
-        for key in list(self._dirty):
-            self._flush(key, retry=True)
+        keys = list(self._dirty)
+        for start in range(0, len(keys), FLUSH_BATCH):
+            self._flush_all(keys[start : start + FLUSH_BATCH], retry=True)
 
     def _hold(self, key: _Key, msg: bus.Message) -> None:
         if self._replay:
@@ -426,8 +442,9 @@ class FileWriter(Writer):
         self._dirty[key] = None
         self._dirty.move_to_end(key)
         if len(self._dirty) > self._max_resident:
-            self.counters["early_flushes"] += 1
-            self._flush(next(iter(self._dirty)), retry=True)
+            batch = list(itertools.islice(self._dirty, max(1, self._max_resident // 8)))
+            self.counters["early_flushes"] += len(batch)
+            self._flush_all(batch, retry=True)
 
     def _known_end(self, key: _Key, generation: Any) -> int | None:
         """How far the artifact ``key`` of inode generation ``generation`` is known to reach,
@@ -501,11 +518,13 @@ class FileWriter(Writer):
     def tick(self, now: float) -> None:
         """Flush artifacts idle for ``idle_seconds`` (oldest first, so stop at a busy one),
         then bring the journal up to date."""
-        while self._dirty:
-            key = next(iter(self._dirty))
+        idle = []
+        for key in self._dirty:
             if now - self._artifacts[key].last_activity < self._idle:
                 break
-            self._flush(key, retry=True)
+            idle.append(key)
+        for start in range(0, len(idle), FLUSH_BATCH):
+            self._flush_all(idle[start : start + FLUSH_BATCH], retry=True)
         self._checkpoint(now)
 
     def _digest(self, key: _Key, art: FileArtifact) -> tuple[int, str | None]:
@@ -520,29 +539,40 @@ class FileWriter(Writer):
             self.counters["hash_skipped"] += 1
         return size, sha256
 
-    def _flush(self, key: _Key, retry: bool = False) -> None:
-        """Write the artifact's index line; once it is written the artifact is closed in the
-        journal and released. A line that could not be written keeps the artifact in memory
-        and open in the journal, and (``retry``) is tried again after another idle period."""
-        self._dirty.pop(key, None)
-        art = self._artifacts[key]
-        art.settle()
-        size, sha256 = self._digest(key, art)
-        art.dirty = False
-        record = art.record(size, sha256)
-        if not self._index.append_or_count(record, self.counters, self._log, f"{art.path}: record"):
-            if retry:
-                art.last_activity = self._clock()
+    def _flush_all(self, keys: list[_Key], retry: bool = False) -> None:
+        """Write the artifacts' index lines, in one append (one lock, one write: per line that
+        was a third of a small file's cost); once they are written the artifacts are closed in
+        the journal, in one append too, and released. Lines that could not be written keep
+        their artifacts in memory and open in the journal, and (``retry``) are tried again
+        after another idle period."""
+        records = []
+        for key in keys:
+            self._dirty.pop(key, None)
+            art = self._artifacts[key]
+            art.settle()
+            size, sha256 = self._digest(key, art)
+            art.dirty = False
+            records.append(art.record(size, sha256))
+        what = f"{self._artifacts[keys[0]].path}: record" if len(keys) == 1 else "records"
+        written = self._index.append_all_or_count(records, self.counters, self._log, what)
+        done = [key for key, ok in zip(keys, written, strict=True) if ok]
+        for key, ok in zip(keys, written, strict=True):
+            if not ok and retry:
+                self._artifacts[key].last_activity = self._clock()
                 self._dirty[key] = None
+        if not done:
             return
-        self.counters["records"] += 1
-        if self._journal is not None and not self._journal.closed(art.path):
+        self.counters["records"] += len(done)
+        paths = [self._artifacts[key].path for key in done]
+        if self._journal is not None and not self._journal.closed(*paths):
             self.counters["journal_errors"] += 1
-        self._release(key)
+        for key in done:
+            self._release(key)
 
     def close(self) -> None:
-        while self._dirty:
-            self._flush(next(iter(self._dirty)))
+        keys = list(self._dirty)
+        for start in range(0, len(keys), FLUSH_BATCH):
+            self._flush_all(keys[start : start + FLUSH_BATCH])
         self._fds.close_all()
         if self._journal is not None:
             self._journal.close()

@@ -220,7 +220,10 @@ class Index:
     def append(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line, whole or not at all; OSError (or ValueError for a
         record that is not JSON) when it was not appended."""
-        data = encode_record(record)
+        self._append(encode_record(record))
+
+    def _append(self, data: bytes) -> None:
+        """Append whole lines in one write, all of them or none (OSError)."""
         locked = self._lock()
         try:
             if self._torn is not None:
@@ -320,6 +323,39 @@ class Index:
                 counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
                 log("rotation_error", f"{self._name} rotation: {self.rotation_problems.pop(0)}")
         return True
+
+    def append_all_or_count(
+        self,
+        records: list[dict[str, Any]],
+        counters: dict[str, int],
+        log: Callable[[str, str], None],
+        what: str,
+    ) -> list[bool]:
+        """Append ``records`` in one write (one lock, one ``write``), whole or not at all, and
+        say which are in the index: a record that is not JSON is left out (counted, logged) and
+        the others go; a failed write leaves them all out (counted once: one append failed)."""
+        lines: list[bytes | None] = []
+        for record in records:
+            try:
+                lines.append(encode_record(record))
+            except ValueError as exc:
+                counters["index_errors"] = counters.get("index_errors", 0) + 1
+                log("index_error", f"{what} not written: {exc}")
+                lines.append(None)
+        data = b"".join(line for line in lines if line is not None)
+        if not data:
+            return [False] * len(records)
+        try:
+            self._append(data)
+        except OSError as exc:
+            counters["index_errors"] = counters.get("index_errors", 0) + 1
+            log("index_error", f"{what} not written: {exc}")
+            return [False] * len(records)
+        finally:
+            while self.rotation_problems:
+                counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
+                log("rotation_error", f"{self._name} rotation: {self.rotation_problems.pop(0)}")
+        return [line is not None for line in lines]
 
     def find_last(
         self, needle: bytes, accept: Callable[[dict[str, Any]], bool]

@@ -148,9 +148,9 @@ class Journal:
         in ``state``, and again after writes so a successor knows they are there."""
         return self._append(encode_state(path, state))
 
-    def closed(self, path: str) -> bool:
-        """``path``'s index line is written."""
-        return self._append(encode_closed(path))
+    def closed(self, *paths: str) -> bool:
+        """The index lines of ``paths`` are written (one append for them all)."""
+        return self._append(b"".join(encode_closed(path) for path in paths))
 
     def wants_compaction(self) -> bool:
         return os.fstat(self._fd).st_size >= self._compact_bytes

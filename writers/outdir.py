@@ -41,6 +41,18 @@ FILE_MODE = 0o640
 
 # O_NONBLOCK so that a FIFO planted under an artifact name fails (ENXIO) instead of blocking.
 _FILE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# O_EXCL: the file is made by this call or the call fails (EEXIST), whatever is at the name
+# (a symlink is not followed), so what is opened is a new regular file of ours with one link.
+_NEW_FLAGS = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def process_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would, for every thread)."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Umask:"):
+                return int(line.split()[1], 8)
+    raise OSError(errno.ENOENT, "no Umask in /proc/self/status")
 
 
 def open_tree_dir(parent_fd: int, name: str, path: str) -> int:
@@ -85,6 +97,20 @@ def open_regular(name: str, flags: int, dir_fd: int) -> int:
     return fd
 
 
+def create_regular(name: str, flags: int, dir_fd: int, umask: int) -> int:
+    """Create ``name`` as a new regular file of mode FILE_MODE, or FileExistsError when
+    anything is at the name. One syscall where ``open_regular`` needs five: a new file needs
+    none of its checks, and its mode is fixed only when ``umask`` took bits of FILE_MODE."""
+    fd = os.open(name, flags | _NEW_FLAGS, FILE_MODE, dir_fd=dir_fd)
+    if umask & FILE_MODE:
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
 class OutputDir:
     """The root of the output tree, held as one fd for the writer's whole life.
 
@@ -103,6 +129,9 @@ class OutputDir:
             os.close(parent_fd)
         os.fchmod(self._fd, DIR_MODE)
         self._subdirs: dict[str, int] = {}
+        #: The umask files are created under, read at the first ``create_artifact`` (after any
+        #: privilege drop changed it).
+        self._umask: int | None = None
 
     @property
     def root_fd(self) -> int:
@@ -166,6 +195,16 @@ class OutputDir:
     def open_artifact(self, subdir: str, name: str, append: bool) -> int:
         """Open an artifact of a container directory (``open_file`` one level down)."""
         return self.open_file((subdir,), name, append)
+
+    def create_artifact(self, subdir: str, name: str, append: bool) -> int:
+        """Create a new artifact of a container directory, opened as ``open_artifact`` opens
+        one; FileExistsError when its name is taken (by an earlier artifact or anything else).
+        A burst of small files makes one artifact each: this is their path."""
+        check_component(name)
+        if self._umask is None:
+            self._umask = process_umask()
+        flags = os.O_RDWR | (os.O_APPEND if append else 0)
+        return create_regular(name, flags, self.dir_fd(subdir), self._umask)
 
     def close(self) -> None:
         for fd in self._subdirs.values():

@@ -87,6 +87,25 @@ def test_lost_records_are_counted_as_index_errors(out, tmp_path) -> None:
     assert (tmp_path / "out" / "index.jsonl").read_bytes() == b""
 
 
+def test_records_appended_together_go_whole_or_not_at_all(out, tmp_path) -> None:
+    """A batch is one write: a record that is not JSON is left out alone; a short write takes
+    none of them (one error: one append failed), and the next batch is whole."""
+    counters: dict[str, int] = {}
+    logged: list[str] = []
+
+    def log(kind: str, msg: str) -> None:
+        logged.append(kind)
+
+    index = Index(out)
+    batch = [{"n": 1}, {"n": float("nan")}, {"n": 3}]
+    assert index.append_all_or_count(batch, counters, log, "recs") == [True, False, True]
+    torn = Index(out, write=short_by(2))
+    assert torn.append_all_or_count([{"n": 4}, {"n": 5}], counters, log, "recs") == [False] * 2
+    assert index.append_all_or_count([{"n": 6}], counters, log, "recs") == [True]
+    assert lines(tmp_path) == [{"n": 1}, {"n": 3}, {"n": 6}]
+    assert counters == {"index_errors": 2} and logged == ["index_error"] * 2
+
+
 def test_several_processes_share_the_index(out, tmp_path) -> None:
     a, b = Index(out), Index(out, write=short_by(2))
     for n in range(20):

@@ -58,6 +58,29 @@ def test_existing_file_is_reopened_without_truncation(out: OutputDir, tmp_path: 
     assert (tmp_path / "out" / "host" / "f").read_bytes() == b"hello!"
 
 
+@pytest.mark.parametrize("umask", [0o077, 0o027, 0])
+def test_a_created_artifact_is_new_and_0640(out: OutputDir, tmp_path: Path, umask: int) -> None:
+    """create_artifact makes the file in one call, whatever the umask (read at the first
+    creation) leaves of 0640; anything already at the name, even a dangling symlink, is
+    EEXIST and left alone."""
+    old = os.umask(umask)
+    try:
+        fd = out.create_artifact("host", "new", append=True)
+    finally:
+        os.umask(old)
+    os.write(fd, b"ab")
+    os.write(fd, b"c")
+    os.close(fd)
+    path = tmp_path / "out" / "host" / "new"
+    assert path.read_bytes() == b"abc" and stat.S_IMODE(path.stat().st_mode) == 0o640
+    with pytest.raises(FileExistsError):
+        out.create_artifact("host", "new", append=False)
+    (tmp_path / "out" / "host" / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        out.create_artifact("host", "link", append=False)
+    assert not (tmp_path / "elsewhere").exists() and path.read_bytes() == b"abc"
+
+
 def test_planted_symlink_file_is_not_followed(out: OutputDir, tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")

@@ -408,8 +408,8 @@ def test_many_files_leave_no_state_behind(tmp_path: Path) -> None:
 
 
 def test_a_burst_of_files_is_bounded_in_memory(tmp_path: Path) -> None:
-    """Files arriving faster than they go idle: past ``max_resident`` the oldest is flushed
-    early, so no more than that many are ever held."""
+    """Files arriving faster than they go idle: past ``max_resident`` the oldest eighth is
+    flushed early (one index append for them), so no more than that many are ever held."""
     h = Harness(tmp_path, max_resident=100)
     try:
         peak = 0
@@ -418,7 +418,8 @@ def test_a_burst_of_files_is_bounded_in_memory(tmp_path: Path) -> None:
             peak = max(peak, len(h.writer._artifacts))
         h.idle()
         assert peak == 100 and h.writer._artifacts == {}
-        assert h.writer.counters["early_flushes"] == 2900
+        # 2,900 past the bound, and up to one batch (100 // 8) flushed ahead of need
+        assert 2900 <= h.writer.counters["early_flushes"] <= 2900 + 12
         records = h.records()
         assert len(records) == 3000 and all(r["complete"] for r in records)
     finally:
