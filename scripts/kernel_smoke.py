@@ -247,8 +247,10 @@ def _run(work: Path, logs: Path, kinds: list[str]) -> tuple[dict[str, str], floa
     for kind in kinds:
         argv += KINDS[kind]
     started = time.monotonic()
+    # tracecap run's own wait for readiness (60 s) scaled like ours
+    env = dict(os.environ, TRACECAP_READY_TIMEOUT=str(READY_S))
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
     while b"tracecap: ready" not in err_path.read_bytes():
         if proc.poll() is not None or time.monotonic() - started > READY_S:
             proc.kill()
