@@ -120,10 +120,15 @@ struct tc_task_works_walk {
     __u64 found;
 };
 
-/* Where a struct file's deferred-fput callback_head is: f_task_work since 6.7; before, the
- * f_u union's fu_rcuhead (a struct callback_head too; Debian 12's 6.1 failed to load without
- * this: "failed to resolve CO-RE relocation struct file.f_task_work"). */
-struct file___pre67 {
+/* Where a struct file's deferred-fput callback_head is: f_task_work since 6.7, f_rcuhead in an
+ * anonymous union before (Debian 12's 6.1.0-50 has that one), f_u.fu_rcuhead in older ones.
+ * Without these, tc_exec did not load on that 6.1 ("failed to resolve CO-RE relocation struct
+ * file.f_task_work"). */
+struct file___rcuhead {
+    struct callback_head f_rcuhead;
+} __attribute__((preserve_access_index));
+
+struct file___fu {
     union {
         struct llist_node fu_llist;
         struct callback_head fu_rcuhead;
@@ -134,7 +139,9 @@ static __always_inline __u64 tc_file_task_work_offset(void)
 {
     if (bpf_core_field_exists(struct file, f_task_work))
         return bpf_core_field_offset(struct file, f_task_work);
-    return bpf_core_field_offset(struct file___pre67, f_u.fu_rcuhead);
+    if (bpf_core_field_exists(struct file___rcuhead, f_rcuhead))
+        return bpf_core_field_offset(struct file___rcuhead, f_rcuhead);
+    return bpf_core_field_offset(struct file___fu, f_u.fu_rcuhead);
 }
 
 static long tc_task_works_step(__u32 i, struct tc_task_works_walk *w)
