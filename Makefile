@@ -8,12 +8,16 @@ setup:
 setup-test: setup
 	@sh scripts/setup-test.sh
 
-# the kernel matrix (not part of `make test`): QEMU, virtme-ng and Debian's kernels, unpacked
+# the installed copy the kernel matrix runs (scripts/setup.sh honours TRACECAP_PREFIX too)
+PREFIX = $(or $(TRACECAP_PREFIX),/opt/tracecap)
+
+# the kernel matrix (.ci/run runs a subset after `make test`): QEMU, virtme-ng and Debian's
+# kernels, unpacked; `make test-kernels KERNELS="host 6.1"` runs those rows only
 setup-kernels: setup-test
 	@sh scripts/setup-kernels.sh
 
 test-kernels: setup-kernels
-	/opt/tracecap/venv/bin/python scripts/test_kernels.py $(KERNELS)
+	$(PREFIX)/venv/bin/python scripts/test_kernels.py $(KERNELS)
 
 # not in CI: the write capture's hooks (fentry, syscall tracepoints) in the 6.1 guest, their
 # artifacts and what they cost processes out of scope (KERNEL=6.12 for another)

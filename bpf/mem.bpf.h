@@ -398,7 +398,10 @@ __noinline int tc_mem_report(struct tc_mem_req *r)
 {
     if (!r)
         return 0;
-    struct tc_mem_proc *p = bpf_map_lookup_elem(&mem_procs, &r->tgid);
+    /* a key on the stack: 6.1's verifier takes no map key from a global function's argument
+     * memory ("R2 type=mem expected=fp, ..."; tc_mem_exit did not load on Debian's 6.1) */
+    __u32 tgid = r->tgid;
+    struct tc_mem_proc *p = bpf_map_lookup_elem(&mem_procs, &tgid);
     __u64 size = tc_page_up(r->len);
     __u32 want = r->want;
     if (r->alert)

@@ -77,6 +77,11 @@ struct inode___pre611 {
     struct timespec64 __i_ctime;
 } __attribute__((preserve_access_index));
 
+/* Before 6.6 the change time is i_ctime (Debian 12's 6.1). */
+struct inode___pre66 {
+    struct timespec64 i_ctime;
+} __attribute__((preserve_access_index));
+
 /* Since 6.13 the top bits of i_ctime_nsec are flags (I_CTIME_QUERIED is set once someone has
  * looked at the time): nanoseconds fit in the low 30 bits. */
 #define TC_CTIME_NSEC_MASK ((1u << 30) - 1)
@@ -90,6 +95,10 @@ static __always_inline __u64 tc_inode_ctime(struct inode *inode)
     if (bpf_core_field_exists(old->__i_ctime))
         return BPF_CORE_READ(old, __i_ctime.tv_sec) * 1000000000ull +
                BPF_CORE_READ(old, __i_ctime.tv_nsec);
+    struct inode___pre66 *older = (void *)inode;
+    if (bpf_core_field_exists(older->i_ctime))
+        return BPF_CORE_READ(older, i_ctime.tv_sec) * 1000000000ull +
+               BPF_CORE_READ(older, i_ctime.tv_nsec);
     return 0;
 }
 
@@ -111,6 +120,30 @@ struct tc_task_works_walk {
     __u64 found;
 };
 
+/* Where a struct file's deferred-fput callback_head is: f_task_work since 6.7, f_rcuhead in an
+ * anonymous union before (Debian 12's 6.1.0-50 has that one), f_u.fu_rcuhead in older ones.
+ * Without these, tc_exec did not load on that 6.1 ("failed to resolve CO-RE relocation struct
+ * file.f_task_work"). */
+struct file___rcuhead {
+    struct callback_head f_rcuhead;
+} __attribute__((preserve_access_index));
+
+struct file___fu {
+    union {
+        struct llist_node fu_llist;
+        struct callback_head fu_rcuhead;
+    } f_u;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 tc_file_task_work_offset(void)
+{
+    if (bpf_core_field_exists(struct file, f_task_work))
+        return bpf_core_field_offset(struct file, f_task_work);
+    if (bpf_core_field_exists(struct file___rcuhead, f_rcuhead))
+        return bpf_core_field_offset(struct file___rcuhead, f_rcuhead);
+    return bpf_core_field_offset(struct file___fu, f_u.fu_rcuhead);
+}
+
 static long tc_task_works_step(__u32 i, struct tc_task_works_walk *w)
 {
     if (!w->cb)
@@ -121,7 +154,7 @@ static long tc_task_works_step(__u32 i, struct tc_task_works_walk *w)
         bpf_probe_read_kernel(&next, sizeof(next), &h->next))
         return 1;
     if (func == (__u64)&____fput) {
-        struct file *f = (void *)(w->cb - bpf_core_field_offset(struct file, f_task_work));
+        struct file *f = (void *)(w->cb - tc_file_task_work_offset());
         if (BPF_CORE_READ(f, f_flags) & TC_FMODE_EXEC_FLAG)
             w->found = (__u64)f;
     }

@@ -137,6 +137,21 @@ struct tc_pc_ctx {
 };
 
 /* Where page `index`'s bytes are in the direct map, or why they cannot be read. */
+/* folio->flags is a memdesc_flags_t (a struct of one unsigned long) on this machine's 6.18 and
+ * an unsigned long on 6.1 and 6.12, where the relocation of the former did not resolve (the
+ * exec programs did not load): the same word either way. */
+struct folio___ulong_flags {
+    unsigned long flags;
+} __attribute__((preserve_access_index));
+
+static __always_inline const void *tc_folio_flags(struct folio *folio)
+{
+    struct folio___ulong_flags *old = (void *)folio;
+    if (bpf_core_field_exists(old->flags))
+        return &old->flags;
+    return &folio->flags;
+}
+
 static __always_inline int tc_pc_locate(struct tc_pc_ctx *c, __u64 index, __u64 *addr)
 {
     if (!c->dmap)
@@ -153,7 +168,7 @@ static __always_inline int tc_pc_locate(struct tc_pc_ctx *c, __u64 index, __u64 
             return TC_PC_UNREADABLE;
     }
     __u64 flags = 0, first = 0;
-    bpf_probe_read_kernel(&flags, sizeof(flags), &folio->flags);
+    bpf_probe_read_kernel(&flags, sizeof(flags), tc_folio_flags(folio));
     if (!((flags >> c->uptodate_bit) & 1))
         return c->shmem ? TC_PC_HOLE : TC_PC_UNREADABLE;
     if (bpf_probe_read_kernel(&first, sizeof(first), &folio->index) || first > index)

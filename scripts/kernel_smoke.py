@@ -16,8 +16,10 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import lzma
 import mmap
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +28,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from collector.hooks import HOOKS
 
 FACTOR = float(os.environ.get("TRACECAP_TIME_FACTOR", "1"))
 READY_S = 90 * FACTOR
@@ -63,26 +67,90 @@ def _mem() -> bytes:
     return data
 
 
-def _module(work: Path) -> tuple[str, bytes] | None:
-    """insmod of a small module of the running kernel (crc7, no dependencies), then rmmod."""
-    for base in (Path("/lib/modules"), Path("/usr/lib/modules")):
-        found = list((base / os.uname().release).glob("kernel/lib/crc7.ko*"))
-        if found:
-            ko = work / "crc7.ko"
-            raw = found[0].read_bytes()
-            if found[0].suffix == ".xz":
-                import lzma
-
-                raw = lzma.decompress(raw)
-            ko.write_bytes(raw)
-            done = subprocess.run(["insmod", str(ko)], capture_output=True, text=True)
-            subprocess.run(["rmmod", "crc7"], capture_output=True)
-            return done.stderr.strip(), raw
-    return None
+#: Modules of the running kernel's package without dependencies: crc7 goes in by `insmod` of
+#: a copy (twice: the second load fails, EEXIST, and is an attempt without a second artifact),
+#: crc8 by `modprobe` from /lib/modules (vng links the kernel's cached tree there).
+INSMOD, MODPROBE = "crc7", "crc8"
+#: Where `make setup-test` caches modules of Debian's kernel for a host without module support
+#: (there the loads fail with ENOSYS and are captured as attempts: tests/e2e/test_module_capture).
+HOST_CACHE = Path("/var/cache/tracecap-test/modules")
+EEXIST, ENOSYS = -17, -38
 
 
-def _workloads(work: Path) -> dict[str, Callable[[list[dict]], str]]:
-    """Run every workload now; return per kind a check of the index: its verdict."""
+def _image(name: str) -> bytes | None:
+    """The module's image as the kernel receives it (a .ko.xz decompressed, as kmod does)."""
+    found = list(Path("/lib/modules", os.uname().release).glob(f"kernel/lib/{name}.ko*"))
+    if not found:
+        return None
+    raw = found[0].read_bytes()
+    return lzma.decompress(raw) if found[0].suffix == ".xz" else raw
+
+
+def _kmod(*argv: str) -> int:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120 * FACTOR)
+    _say(f"{' '.join(argv)}: exit {done.returncode} {done.stderr.strip()}")
+    return done.returncode
+
+
+def _modules(work: Path) -> Callable[[list[dict], list[dict]], str]:
+    """Load real modules and unload them; return the check of the index and events. Without
+    module support (no /proc/modules) the cached image's insmod fails with ENOSYS, which is
+    what must be captured there (the host's row)."""
+    if not Path("/proc/modules").exists():
+        ko = work / f"{INSMOD}.ko"
+        ko.write_bytes((HOST_CACHE / f"{INSMOD}.ko").read_bytes())
+        _kmod("insmod", str(ko))
+        # kmod answers finit_module's ENOSYS with init_module of its mapping of the file
+        return _module_check({INSMOD: ko.read_bytes()}, ENOSYS, {INSMOD: ENOSYS})
+    images = {name: _image(name) for name in (INSMOD, MODPROBE)}
+    if None in images.values():
+        missing = [n for n, data in images.items() if data is None]
+        return lambda index, events: f"missing: no {', '.join(missing)} in /lib/modules"
+    ko = work / f"{INSMOD}.ko"
+    ko.write_bytes(images[INSMOD] or b"")
+    _kmod("insmod", str(ko))
+    _kmod("insmod", str(ko))
+    _kmod("rmmod", INSMOD)
+    _kmod("modprobe", MODPROBE)
+    _kmod("modprobe", "-r", MODPROBE)
+    return _module_check(images, 0, {INSMOD: EEXIST})  # type: ignore[arg-type]
+
+
+def _module_check(
+    images: dict[str, bytes], ret: int, again: dict[str, int]
+) -> Callable[[list[dict], list[dict]], str]:
+    """Per image: its first attempt stored it whole under its sha256 with ``ret`` in the index
+    and in events.jsonl; the module in ``again`` was loaded a second time, failing with the
+    given return, which is recorded without a second artifact."""
+
+    def check(index: list[dict], events: list[dict]) -> str:
+        for name, data in images.items():
+            digest = _sha(data)
+            ours = [r for r in index if r.get("kind") == "module" and r.get("sha256") == digest]
+            lines = [e for e in events if e.get("event") == "module_load"
+                     and e.get("sha256") == digest]  # fmt: skip
+            if not ours:
+                return f"missing: no record of {name} ({digest[:12]})"
+            first, rest = ours[0], ours[1:]
+            if not first.get("complete") or first.get("path") is None:
+                return f"incomplete: {name}: {first.get('error') or first.get('missing')}"
+            if first.get("ret") != ret or [e.get("ret") for e in lines[:1]] != [ret]:
+                return f"incomplete: {name}: ret {first.get('ret')}, events {lines[:1]}"
+            want = [again[name]] if name in again else []
+            if [r.get("ret") for r in rest] != want or any(r.get("path") for r in rest):
+                rets = [(r.get("ret"), r.get("path")) for r in rest]
+                return f"incomplete: {name}: later attempts (ret, path) {rets}, wanted rets {want}"
+        return "works"
+
+    return check
+
+
+Check = Callable[[list[dict], list[dict]], str]
+
+
+def _workloads(work: Path) -> dict[str, Check]:
+    """Run every workload now; return per kind a check of the index and events: its
+    verdict."""
     written = work / "written.txt"
     written.write_bytes(PAYLOAD)
     readable = work / "readable.txt"
@@ -92,13 +160,13 @@ def _workloads(work: Path) -> dict[str, Callable[[list[dict]], str]]:
     shutil.copy("/bin/echo", binary)
     binary.chmod(0o755)
     subprocess.run([str(binary), "hi"], check=True, capture_output=True)
-    mem = _mem()
+    _mem()
     _bpf_load()
-    module = _module(work)
+    module = _modules(work)
     subprocess.run(["ping", "-c", "2", "-i", "0.2", "127.0.0.1"], capture_output=True)
 
-    def artifact(kind: str, match: Callable[[dict], bool], data: bytes | None):
-        def check(index: list[dict]) -> str:
+    def artifact(kind: str, match: Callable[[dict], bool], data: bytes | None) -> Check:
+        def check(index: list[dict], events: list[dict]) -> str:
             ours = [r for r in index if r.get("kind") == kind and match(r)]
             if not ours:
                 return "missing"
@@ -111,20 +179,15 @@ def _workloads(work: Path) -> dict[str, Callable[[list[dict]], str]]:
         return check
 
     inode = binary.stat().st_ino
-    checks = {
+    return {
         "write": artifact("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
         "read": artifact("read", lambda r: r.get("source_path") == str(readable), None),
         "exec": artifact("exec", lambda r: r.get("inode") == inode, binary.read_bytes()),
         "mem": artifact("mem", lambda r: True, None),
         "bpf": artifact("bpf", lambda r: r.get("prog_name") == "tc_smoke_prog", INSNS),
         "net": artifact("pcap", lambda r: True, None),
+        "module": module,
     }
-    if module is None:
-        checks["module"] = lambda index: "missing: no crc7.ko for this kernel"
-    else:
-        checks["module"] = artifact("module", lambda r: True, module[1])
-    del mem
-    return checks
 
 
 KINDS = {
@@ -145,68 +208,112 @@ def _say(what: str) -> None:
 
 #: The collector's name of each smoke kind where it differs (`stats.` hooks are keyed by it).
 COLLECTOR_KIND = {"net": "network"}
+#: Per collector kind its best hook (collector/hooks.py HOOKS' first): a kind that works on
+#: another one works through a fallback.
+PREFERRED = {kind: hooks[0].name for kind, hooks in HOOKS.items()}
 
 
-def _hooks() -> dict[str, dict[str, str]]:
+def _hooks(run_dir: Path) -> dict[str, dict[str, str]]:
     """Per kind, the hook the collector chose or its refusal (`tracecap status`)."""
-    done = subprocess.run(["tracecap", "status"], capture_output=True, text=True, timeout=60)
+    argv = ["tracecap", "status", "--run-dir", str(run_dir)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60 * FACTOR)
     if done.returncode:
         return {}
     return json.loads(done.stdout)["collector"].get("hooks", {})
 
 
-def _run(work: Path, kinds: list[str]) -> tuple[dict[str, str], float, dict]:
+#: The collector's refusal of every kind asked for (collector/probes.py choose_hooks): each
+#: reason is "<kind>: needs ...; this kernel lacks it|them" (collector/hooks.py).
+ALL_REFUSED = re.compile(r"(\w+): (needs .*?; this kernel lacks (?:it|them))")
+
+
+def _refusals(stderr: str) -> dict[str, str]:
+    """Per collector kind, the reason the collector gave for refusing it, from its log."""
+    return {kind: f"{kind}: {why}" for kind, why in ALL_REFUSED.findall(stderr)}
+
+
+def _run(work: Path, logs: Path, kinds: list[str]) -> tuple[dict[str, str], float, dict]:
     """One `tracecap run` with ``kinds``: their verdicts, the seconds until ready and the
     hooks chosen; a kind the collector refused (it runs the others) is ``refused`` with its
-    reason."""
+    reason. tracecap's stderr goes to ``logs`` (the guest's shared directory: the host can
+    follow it)."""
     _say(f"starting tracecap with {', '.join(kinds)}")
     root = work / "cap"
-    err_path = work / "stderr"
-    argv = ["tracecap", "run", "--capture", f"dir:{root}", "--capture", "clear-dir"]
+    err_path = logs / f"tracecap-{'-'.join(kinds)}.stderr"
+    # a run directory of its own: on the host another tracecap may be running
+    run_dir = work / "run"
+    argv = ["tracecap", "run", "--run-dir", str(run_dir), "--capture", f"dir:{root}",
+            "--capture", "clear-dir"]  # fmt: skip
     for kind in kinds:
         argv += KINDS[kind]
     started = time.monotonic()
+    # tracecap run's own wait for readiness (60 s) scaled like ours
+    env = dict(os.environ, TRACECAP_READY_TIMEOUT=str(READY_S))
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
     while b"tracecap: ready" not in err_path.read_bytes():
         if proc.poll() is not None or time.monotonic() - started > READY_S:
             proc.kill()
             proc.wait()
-            lines = err_path.read_text(errors="replace").strip().splitlines() or ["no output"]
-            verdicts = {k: "refused: " + lines[-1][:200] for k in kinds}
+            stderr = err_path.read_text(errors="replace")
+            lines = stderr.strip().splitlines() or ["no output"]
+            reasons = _refusals(stderr)
+            verdicts = {
+                k: "refused: " + reasons.get(COLLECTOR_KIND.get(k, k), lines[-1][:200])
+                for k in kinds
+            }
             return verdicts, time.monotonic() - started, {}
         time.sleep(0.2)
     ready = time.monotonic() - started
-    hooks = _hooks()
-    _say(f"ready after {ready:.0f} s; running the workloads")
+    hooks = _hooks(run_dir)
+    _say(f"ready after {ready:.0f} s; hooks {json.dumps(hooks)}; running the workloads")
     checks = _workloads(work)
     _say("workloads done; stopping")
     time.sleep(2 * FACTOR)
     proc.send_signal(signal.SIGINT)
     proc.wait(120 * FACTOR)
-    index_path = root / "out" / "index.jsonl"
-    index = [json.loads(line) for line in index_path.read_bytes().splitlines()]
+    index = _jsonl(root / "out" / "index.jsonl")
+    events = _jsonl(root / "out" / "events.jsonl")
     verdicts = {}
     for k in kinds:
-        refused = hooks.get(COLLECTOR_KIND.get(k, k), {}).get("refused")
-        verdicts[k] = f"refused: {refused}" if refused else checks[k](index)
+        hook = hooks.get(COLLECTOR_KIND.get(k, k), {})
+        if "refused" in hook:
+            verdicts[k] = f"refused: {hook['refused']}"
+            continue
+        verdict = checks[k](index, events)
+        fallback = hook.get("hook") != PREFERRED.get(COLLECTOR_KIND.get(k, k))
+        verdicts[k] = (
+            f"fallback: {hook.get('hook')}" if verdict == "works" and fallback else verdict
+        )
     return verdicts, ready, hooks
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
+
+
 def main() -> None:
+    result_path = Path(sys.argv[1])
     work = Path(tempfile.mkdtemp(prefix="tc-smoke-"))
     work.chmod(0o711)  # the writers run as the tracecap user and must pass through
-    verdicts, ready, hooks = _run(work, list(KINDS))
+    started = time.monotonic()
+    boot = float(Path("/proc/uptime").read_text().split()[0])
+    verdicts, ready, hooks = _run(work, result_path.parent, list(KINDS))
     if all(v.startswith("refused") for v in verdicts.values()):
+        # the collector names each refused kind with its reason; a kind it did not name
+        # (tracecap failed otherwise) is tried alone, so that one kind does not hide the others
         for kind in KINDS:
-            verdicts[kind] = _run(work, [kind])[0][kind]
+            if not ALL_REFUSED.match(verdicts[kind].removeprefix("refused: ")):
+                verdicts[kind] = _run(work, result_path.parent, [kind])[0][kind]
     result = {
         "kernel": os.uname().release,
+        "boot_s": round(boot, 1),
         "ready_s": round(ready, 1),
+        "smoke_s": round(time.monotonic() - started, 1),
         "verdicts": verdicts,
         "hooks": hooks,
     }
-    Path(sys.argv[1]).write_text(json.dumps(result) + "\n")
+    result_path.write_text(json.dumps(result) + "\n")
     print(json.dumps(result))
 
 

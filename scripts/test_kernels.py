@@ -66,7 +66,50 @@ def _host(out: Path) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
-def main() -> None:
+#: Verdicts that fail `make test-kernels`: the kind ran on a hook and did not capture
+#: (``refused`` is the product's documented answer on a kernel that lacks what a kind needs).
+FAILED = ("missing", "incomplete", "error")
+
+
+def _table(rows: list[dict]) -> list[str]:
+    """The matrix as printed: per kernel its times (boot and ready are the guest's; smoke is
+    the whole smoke in it; total what the harness waited) and per kind the verdict's class."""
+    kinds = sorted({k for r in rows for k in r.get("verdicts", {})})
+    head = f"{'kernel':<28}{'boot':>6}{'ready':>6}{'smoke':>6}{'total':>6}  "
+    lines = [head + "  ".join(f"{k:<9}" for k in kinds)]
+    for r in rows:
+        label = f"{r['name']} ({r['kernel']})"[:27]
+        times = "".join(
+            f"{r[key]:>5.0f}s" if isinstance(r.get(key), (int, float)) else f"{'-':>6}"
+            for key in ("boot_s", "ready_s", "smoke_s", "seconds")
+        )
+        verdicts = r.get("verdicts", {})
+        cells = "  ".join(f"{verdicts.get(k, 'error').split(':')[0]:<9}" for k in kinds)
+        lines.append(f"{label:<28}{times}  {cells}")
+    for r in rows:
+        for kind, verdict in sorted(r.get("verdicts", {}).items()):
+            if verdict != "works":
+                lines.append(f"  {r['name']} {kind}: {verdict}")
+        if "error" in r:
+            lines.append(f"  {r['name']}: {r['error']}")
+        hooks = {k: h["hook"] for k, h in r.get("hooks", {}).items() if "hook" in h}
+        if hooks:
+            used = ", ".join(f"{kind} {hook}" for kind, hook in sorted(hooks.items()))
+            lines.append(f"  {r['name']} hooks: {used}")
+    return lines
+
+
+def failures(rows: list[dict]) -> list[str]:
+    """What makes the run fail: a kernel without a result, a kind that ran and did not
+    capture."""
+    bad = [f"{r['name']}: {r['error']}" for r in rows if "error" in r]
+    for r in rows:
+        bad += [f"{r['name']} {kind}: {verdict}" for kind, verdict in r.get("verdicts", {}).items()
+                if verdict.startswith(FAILED)]  # fmt: skip
+    return bad
+
+
+def main() -> int:
     unpacked = (p.name for p in KERNELS.iterdir() if (p / "version").exists())
     by_version = sorted(unpacked, key=lambda n: tuple(int(x) for x in n.split(".")))
     names = sys.argv[1:] or ["host", *by_version]
@@ -74,29 +117,20 @@ def main() -> None:
     for name in names:
         out = Path(tempfile.mkdtemp(prefix=f"tc-kernel-{name}-"))
         out.chmod(0o777)
+        print(f"{name}: progress in {out}/smoke.log, tracecap's stderr beside it", flush=True)
         started = time.monotonic()
         row = _host(out) if name == "host" else _guest(name, out)
         row["name"], row["seconds"] = name, round(time.monotonic() - started)
+        if name == "host":
+            row.pop("boot_s", None)  # the host's uptime is no boot of the smoke's
         rows.append(row)
         print(json.dumps(row), flush=True)
-    kinds = sorted({k for r in rows for k in r.get("verdicts", {})})
-    print(f"\n{'kernel':<28}{'time':>6}  " + "  ".join(f"{k:<8}" for k in kinds))
-    for r in rows:
-        label = f"{r['name']} ({r['kernel']})"[:27]
-        verdicts = r.get("verdicts", {})
-        cells = "  ".join(f"{verdicts.get(k, 'error').split(':')[0]:<8}" for k in kinds)
-        print(f"{label:<28}{r['seconds']:>5}s  {cells}")
-    for r in rows:
-        for kind, verdict in sorted(r.get("verdicts", {}).items()):
-            if verdict != "works":
-                print(f"  {r['name']} {kind}: {verdict}")
-        if "error" in r:
-            print(f"  {r['name']}: {r['error']}")
-        hooks = {k: h["hook"] for k, h in r.get("hooks", {}).items() if "hook" in h}
-        if hooks:
-            used = ", ".join(f"{kind} {hook}" for kind, hook in sorted(hooks.items()))
-            print(f"  {r['name']} hooks: {used}")
+    print("\n" + "\n".join(_table(rows)))
+    bad = failures(rows)
+    for line in bad:
+        print(f"FAILED {line}")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import math
 import os
 import pwd
 import shlex
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 import xmlrpc.client
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
 import zmq
@@ -46,9 +47,10 @@ from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.segments import Rotated, SegmentedFile
 from tracecap.stats import read_writer_stats
 
-#: Scaled by TRACECAP_TIME_FACTOR where everything runs slower: the kernel matrix sets 8 under
-#: QEMU's TCG, where the collector took about 100 s to be ready (scripts/test_kernels.py).
-READY_TIMEOUT_S = 60.0 * float(os.environ.get("TRACECAP_TIME_FACTOR", "1"))
+READY_TIMEOUT_S = 60.0
+#: The environment's override of READY_TIMEOUT_S, in seconds, for a machine where loading takes
+#: longer: the kernel matrix's guests under QEMU's TCG (the collector alone took about 100 s).
+READY_TIMEOUT_ENV = "TRACECAP_READY_TIMEOUT"
 #: How often supervisord is asked how its programs are.
 CHECK_INTERVAL_S = 1.0
 
@@ -436,6 +438,21 @@ class Frontend:
         return problem
 
 
+def ready_timeout(environ: Mapping[str, str]) -> float:
+    """The seconds to wait for readiness: READY_TIMEOUT_ENV's, else READY_TIMEOUT_S; ValueError
+    when the variable is no finite number above 0."""
+    value = environ.get(READY_TIMEOUT_ENV)
+    if value is None:
+        return READY_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"{READY_TIMEOUT_ENV}={value!r}: wanted a number of seconds above 0")
+    return seconds
+
+
 def run(
     config: Config,
     argv: list[str],
@@ -458,6 +475,11 @@ def run(
         return 2
     print(f"tracecap: starting: {shlex.join(['tracecap', 'run', *argv])}", file=sys.stderr)
     try:
+        timeout = ready_timeout(os.environ)
+    except ValueError as exc:
+        print(f"tracecap: error: {exc}", file=sys.stderr)
+        return 2
+    try:
         prepare_out_dir(config)
     except (OutDirError, OSError) as exc:
         print(f"tracecap: error: {exc}", file=sys.stderr)
@@ -473,7 +495,9 @@ def run(
             print(f"tracecap: error: {exc}", file=sys.stderr)
             return 2
     try:
-        return Frontend(config, plan, sys.stdout, events_file=events_file).run()
+        return Frontend(
+            config, plan, sys.stdout, events_file=events_file, ready_timeout=timeout
+        ).run()
     finally:
         if events_file is not None:
             events_file.close()

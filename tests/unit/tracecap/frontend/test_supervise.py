@@ -19,7 +19,13 @@ from tests.support.envelopes import file_env
 from tracecap import bus, options, segments
 from tracecap.frontend.events_file import open_events_file
 from tracecap.frontend.plan import Plan, make_plan
-from tracecap.frontend.supervise import Frontend, stopped_program
+from tracecap.frontend.supervise import (
+    READY_TIMEOUT_ENV,
+    READY_TIMEOUT_S,
+    Frontend,
+    ready_timeout,
+    stopped_program,
+)
 from tracecap.privileges import RunDirError
 
 EXE = "/opt/tracecap/venv/bin/tracecap"
@@ -351,3 +357,12 @@ def _segment_lines(directory: Path, base: str) -> list[tuple[str, bytes]]:
         return list(segments.iter_lines(fd, base))
     finally:
         os.close(fd)
+
+
+def test_the_ready_timeout_is_the_environments_when_it_is_a_positive_number():
+    assert ready_timeout({}) == READY_TIMEOUT_S
+    assert ready_timeout({READY_TIMEOUT_ENV: "720"}) == 720.0
+    assert ready_timeout({READY_TIMEOUT_ENV: "0.5"}) == 0.5
+    for bad in ("", "0", "-3", "nan", "inf", "ten"):
+        with pytest.raises(ValueError, match=READY_TIMEOUT_ENV):
+            ready_timeout({READY_TIMEOUT_ENV: bad})
