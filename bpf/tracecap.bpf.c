@@ -21,6 +21,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "pipes.bpf.h"
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
+#include "mappings.bpf.h"
 #include "objects.bpf.h"
 #include "procs.bpf.h"
 #include "mem.bpf.h"

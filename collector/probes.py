@@ -79,6 +79,9 @@ _XFER = _syscall_programs(("copy_file_range", "sendfile64", "splice", "tee"))
 _URING = frozenset({"tc_uring_complete", "tc_uring_xfer_complete"})
 #: vmsplice passes a user buffer into a pipe or out of one: the kernel tells the direction.
 _VMSPLICE = _syscall_programs(("vmsplice",))
+#: Writes through shared file mappings: their dirty pages at msync, munmap and exit
+#: (mappings.bpf.h); mmap's exit remembers the mappings for the exit.
+_MAPPINGS = frozenset({"tc_map_msync", "tc_map_munmap", "tc_map_mmap_exit", "tc_map_exit"})
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
 #: ``--capture`` word): the programs to load (module's depend on the kernel, see
 #: ``module_programs``) and the ring its records arrive on.
@@ -88,7 +91,8 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     )
     | _XFER
     | _URING
-    | _VMSPLICE,
+    | _VMSPLICE
+    | _MAPPINGS,
     "read": _syscall_programs(
         ("read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg", "recvmmsg")
     )
