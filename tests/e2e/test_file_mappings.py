@@ -131,3 +131,32 @@ def test_pages_truncated_away_before_munmap_are_not_claimed(tracecap, workdir: P
     assert run.returncode == 0, run.stderr
     assert os.path.getsize(path) == PAGE
     _check(run, path, [[0, PAGE]], ["munmap"])
+
+
+def test_a_mapping_made_writable_by_mprotect(tracecap, workdir: Path) -> None:
+    """Mapped read-only from a descriptor open for writing, then made writable by mprotect
+    (libc's, through ctypes: the mmap module has none) and written: its page is captured."""
+    path = workdir / "mprotected"
+    run = tracecap("--capture", f"write={workdir}/*")
+    python(
+        f"""
+        import ctypes, mmap, os, random
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long)
+        libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o600)
+        os.ftruncate(fd, {SIZE})
+        addr = libc.mmap(None, {SIZE}, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+        assert libc.mprotect(addr, {SIZE}, mmap.PROT_READ | mmap.PROT_WRITE) == 0
+        data = random.Random(8).randbytes(700)
+        ctypes.memmove(addr + {PAGE} + 50, data, len(data))
+        assert libc.munmap(addr, {SIZE}) == 0
+        """
+    )
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    _check(run, path, [[PAGE, 2 * PAGE]], ["munmap"])
