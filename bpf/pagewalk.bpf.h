@@ -1,6 +1,7 @@
-/* Whether a user page that cannot be read was never touched: its page table entry, found by
- * walking the current process's page tables from BPF (x86-64). Used by the memory capture
- * (bpf/mem.bpf.h) to send such pages of anonymous mappings as the zeros they read as. */
+/* A user page's page table entry, found by walking the current process's page tables from BPF
+ * (x86-64). The memory capture (bpf/mem.bpf.h) sends pages of anonymous mappings that were
+ * never touched as the zeros they read as; the mapping capture (bpf/mappings.bpf.h) reads the
+ * dirty bit of a shared file mapping's pages. */
 #ifndef TRACECAP_PAGEWALK_BPF_H
 #define TRACECAP_PAGEWALK_BPF_H
 
@@ -26,9 +27,10 @@ enum { TC_WALK_NONE = 0, TC_WALK_PRESENT, TC_WALK_UNKNOWN };
 
 /* Follow `va` from `pgd` through `levels` levels of tables (read through the direct map at
  * `base`): NONE when an entry on the way is empty (nothing was ever mapped there), PRESENT with
- * the physical address, UNKNOWN for anything else (swapped out, a marker, an unreadable
- * table). Level 0 holds the PTEs; levels 1 and 2 may map 2 MiB and 1 GiB pages. */
-static __always_inline int tc_walk(__u64 base, __u64 pgd, __u64 va, __u32 levels, __u64 *phys)
+ * the leaf entry and its span's shift, UNKNOWN for anything else (swapped out, a marker, an
+ * unreadable table). Level 0 holds the PTEs; levels 1 and 2 may map 2 MiB and 1 GiB pages. */
+static __always_inline int tc_walk_leaf(__u64 base, __u64 pgd, __u64 va, __u32 levels,
+                                        __u64 *leaf, __u32 *leaf_shift)
 {
     __u64 table = pgd;
     for (int level = 4; level >= 0; level--) {
@@ -43,13 +45,26 @@ static __always_inline int tc_walk(__u64 base, __u64 pgd, __u64 va, __u32 levels
         if (!(e & TC_PTE_PRESENT))
             return TC_WALK_UNKNOWN;
         if (level == 0 || ((level == 1 || level == 2) && (e & TC_PTE_HUGE))) {
-            __u64 span = (1ull << shift) - 1;
-            *phys = (e & TC_PFN_MASK & ~span) + (va & span);
+            *leaf = e;
+            *leaf_shift = shift;
             return TC_WALK_PRESENT;
         }
         table = base + (e & TC_PFN_MASK);
     }
     return TC_WALK_UNKNOWN;
+}
+
+/* tc_walk_leaf's answer, with the physical address of `va` when PRESENT. */
+static __always_inline int tc_walk(__u64 base, __u64 pgd, __u64 va, __u32 levels, __u64 *phys)
+{
+    __u64 e = 0;
+    __u32 shift = 12;
+    int r = tc_walk_leaf(base, pgd, va, levels, &e, &shift);
+    if (r == TC_WALK_PRESENT) {
+        __u64 span = (1ull << shift) - 1;
+        *phys = (e & TC_PFN_MASK & ~span) + (va & span);
+    }
+    return r;
 }
 
 struct tc_dmap_search {

@@ -96,6 +96,8 @@ enum tc_syscall {
     TC_SYS_IO_URING_RECVMSG, TC_SYS_SENDMMSG, TC_SYS_RECVMMSG,
     /* pipes (pipes.bpf.h): vmsplice passes a user buffer; tee and the io_uring ones do not */
     TC_SYS_VMSPLICE, TC_SYS_TEE, TC_SYS_IO_URING_SPLICE, TC_SYS_IO_URING_TEE,
+    /* a shared file mapping's dirty pages (mappings.bpf.h), at what made them go out of sight */
+    TC_SYS_MSYNC, TC_SYS_MUNMAP, TC_SYS_EXIT,
 };
 
 enum tc_direction { TC_DIR_WRITE = 0, TC_DIR_READ = 1 };

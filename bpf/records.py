@@ -119,7 +119,12 @@ SYSCALLS = (
     "tee",
     "io_uring_splice",
     "io_uring_tee",
+    "msync",
+    "munmap",
+    "exit",
 )
+#: The syscalls whose bytes are a shared file mapping's dirty pages (bpf/mappings.bpf.h).
+MAPPING_SYSCALLS = frozenset({"msync", "munmap", "exit"})
 DIR_WRITE, DIR_READ = 0, 1
 
 COUNTERS = (

@@ -22,6 +22,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "file_io_fentry.bpf.h"
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
+#include "mappings.bpf.h"
 #include "objects.bpf.h"
 #include "objects_fentry.bpf.h"
 #include "procs.bpf.h"

@@ -131,6 +131,8 @@ def file_env(
         "mode": ev.mode,
         "append": ev.append,
     }
+    if ev.syscall in records.MAPPING_SYSCALLS:
+        env["source"] = bus.SOURCE_MAPPING
     topic = bus.TOPIC_FILE_WRITE if ev.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
     return topic, env
 

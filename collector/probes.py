@@ -78,12 +78,19 @@ _RUN_ONLY = frozenset({"tc_sock_adopt"})
 #: io_uring requests, at their completion: one program for both directions of the requests
 #: with a user buffer, one for SPLICE and TEE (pipes.bpf.h).
 _URING = frozenset({"tc_uring_complete", "tc_uring_xfer_complete"})
+#: Writes through shared file mappings: their dirty pages at msync, munmap and exit
+#: (mappings.bpf.h); mmap's exit remembers the mappings for the exit. Tracepoints whichever
+#: hook carries the syscalls' data.
+_MAPPINGS = frozenset({"tc_map_msync", "tc_map_munmap", "tc_map_mmap_exit", "tc_map_exit"})
+_ONE_DIRECTION = {"write": _MAPPINGS, "read": frozenset()}
 
 
 def _file_programs(kind: str, sides: tuple[str, str]) -> frozenset[str]:
     """The write or read capture's programs: its syscalls' pairs (transfers that pass no user
-    buffer, and vmsplice, whose direction the kernel tells, serve both) and io_uring's."""
-    return _syscall_programs(FILE_SYSCALLS[kind] + FILE_SYSCALLS["both"], sides) | _URING
+    buffer, and vmsplice, whose direction the kernel tells, serve both), io_uring's and, for
+    writes, the shared mappings'."""
+    both = FILE_SYSCALLS[kind] + FILE_SYSCALLS["both"]
+    return _syscall_programs(both, sides) | _URING | _ONE_DIRECTION[kind]
 
 
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its

@@ -382,8 +382,13 @@ def check_transfer(env: dict[str, Any], length: int) -> None:
 
 
 #: The values of a file message's ``source``.
+#: Read back by the collector from a file that still held them (copy_file_range, sendfile, splice,
+#: io_uring SPLICE: no user buffer carried them).
 SOURCE_READBACK = "readback"
-FILE_SOURCES = (SOURCE_READBACK,)
+#: A shared file mapping's dirty pages, copied from the mapping at msync, munmap or the process's
+#: exit (bpf/mappings.bpf.h): the page cache's bytes as the process left them.
+SOURCE_MAPPING = "mapping"
+FILE_SOURCES = (SOURCE_READBACK, SOURCE_MAPPING)
 
 
 def parse_source(env: dict[str, Any]) -> str | None:

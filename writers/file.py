@@ -427,8 +427,8 @@ class FileWriter(Writer):
             elif payload:
                 at = art.extent if art.append else env["off"]  # where it lands in the artifact
                 done = self._write(key, art, env["off"], payload)
-                if source == bus.SOURCE_READBACK and done:
-                    art.read_back(at, done)
+                if source is not None and done:
+                    art.obtained_by(source, at, done)
         art.account_io(
             env["io_id"], env["io_len"], env["io_off"], env["off"], accounted, syscalls(env)
         )

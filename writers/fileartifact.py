@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from tracecap.bus import container_fields
+from tracecap.bus import FILE_SOURCES, container_fields
 from tracecap.text import is_utf8, text_field
 from writers.ranges import RangeSet
 from writers.recent import RecentKeys
@@ -83,10 +83,12 @@ class FileArtifact:
         self.extent = 0
         #: Ranges known to be in the file, in the same coordinates as ``missing``.
         self.written = RangeSet()
-        #: Where in the artifact the bytes are that the collector read back from a file
-        #: (copy_file_range, sendfile, splice: they passed no user buffer). Artifact offsets,
-        #: also for append artifacts (where ``written`` and ``missing`` are stream offsets).
-        self.readback = RangeSet()
+        #: Where in the artifact the bytes are that no syscall's user buffer carried, by the
+        #: ``source`` that says how they were obtained (tracecap.bus.FILE_SOURCES: read back
+        #: from a file after copy_file_range, sendfile, splice; a shared mapping's dirty pages).
+        #: Artifact offsets, also for append artifacts (where ``written`` and ``missing`` are
+        #: stream offsets). Each is an index field named by its source.
+        self.obtained: dict[str, RangeSet] = {}
         #: How far the artifact's coordinates reach: every byte below is written, missing, or
         #: (unless ``uncertain``) a hole the workload never wrote.
         self.end = 0
@@ -127,9 +129,9 @@ class FileArtifact:
         self.written.add(start, start + length)
         self.end = max(self.end, start + length)
 
-    def read_back(self, start: int, length: int) -> None:
-        """``length`` bytes at ``start`` were obtained by read-back (see ``readback``)."""
-        self.readback.add(start, start + length)
+    def obtained_by(self, source: str, start: int, length: int) -> None:
+        """``length`` bytes at ``start`` were obtained as ``source`` says (see ``obtained``)."""
+        self.obtained.setdefault(source, RangeSet()).add(start, start + length)
 
     def add_missing(self, start: int, end: int) -> None:
         self.missing.add(start, end)
@@ -225,8 +227,8 @@ class FileArtifact:
             rec["generation"] = self.generation
         if self.interrupted:
             rec["interrupted"] = True
-        if self.readback:
-            rec["readback"] = [[s, e] for s, e in self.readback.ranges()]
+        for source, ranges in self.obtained.items():
+            rec[source] = [[s, e] for s, e in ranges.ranges()]
         return rec
 
     # -- leaving memory and coming back --------------------------------------------------------
@@ -286,7 +288,7 @@ class FileArtifact:
             # an incomplete line may have lost bytes it could not name: holes stay missing
             art.uncertain = rec.get("complete") is not True
             art.interrupted = rec.get("interrupted") is True
-            art.readback = RangeSet.of(rec.get("readback", []))
+            art.obtained = {s: RangeSet.of(rec[s]) for s in FILE_SOURCES if rec.get(s)}
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a file record: {exc.__class__.__name__}: {exc}") from None
         return art

@@ -64,6 +64,11 @@ _EVENT_NAMES = {
     "tee": "vfs_write",
     "io_uring_splice": "vfs_write",
     "io_uring_tee": "vfs_write",
+    # a shared file mapping's dirty pages, at what sent them (bpf/mappings.bpf.h): Tracee's
+    # vfs_* hooks never see these stores; the event that carries the same thing is a write
+    "msync": "vfs_write",
+    "munmap": "vfs_write",
+    "exit": "vfs_write",
 }
 _TRANSFERS = frozenset(
     {"copy_file_range", "sendfile", "splice", "tee", "io_uring_splice", "io_uring_tee"}

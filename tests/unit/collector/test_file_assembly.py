@@ -150,6 +150,25 @@ def test_message_envelope_passes_the_bus_decoder():
     assert decoded.payload == PATTERN[:10]
 
 
+@pytest.mark.parametrize("syscall", sorted(records.MAPPING_SYSCALLS))
+def test_a_mappings_dirty_pages_say_they_came_from_the_mapping(syscall: str):
+    """msync, munmap and exit records carry a shared mapping's dirty pages (mappings.bpf.h):
+    their messages say so, and pass the bus decoder with that source."""
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    asm.on_event(event(10, syscall=syscall), 0)
+    (msg,) = polled(asm, chunk(0, 10), 1)
+    assert msg.env["source"] == bus.SOURCE_MAPPING and msg.env["syscall"] == syscall
+    frames = bus.encode(msg.topic, dict(msg.env, v=bus.VERSION, epoch=1, seq=1), msg.payload)
+    assert bus.parse_source(bus.decode(frames).env) == bus.SOURCE_MAPPING
+
+
+def test_bytes_from_a_user_buffer_name_no_source():
+    asm = FileAssembler(BOOT_TO_EPOCH)
+    asm.on_event(event(10), 0)
+    (msg,) = polled(asm, chunk(0, 10), 1)
+    assert "source" not in msg.env
+
+
 def test_completed_io_is_forgotten_so_a_late_chunk_is_an_orphan():
     asm = FileAssembler(BOOT_TO_EPOCH)
     asm.on_event(event(10), 0)

@@ -671,6 +671,19 @@ def test_read_back_ranges_survive_the_release_of_the_artifact(h: Harness) -> Non
     assert h.latest(W)["readback"] == [[0, 3]]
 
 
+def test_a_mappings_pages_are_listed_apart_from_read_back_bytes(h: Harness) -> None:
+    """Each source names its own index field; both survive the artifact's release."""
+    h.io(b"page", off=0, io_id=1, source="mapping", syscall="msync")
+    h.io(b"copy", off=8, io_id=2, source="readback", syscall="copy_file_range")
+    h.idle()
+    h.io(b"w", off=12, io_id=3)
+    h.idle()
+    rec = h.latest(W)
+    assert rec["mapping"] == [[0, 4]] and rec["readback"] == [[8, 12]]
+    assert rec["syscalls"] == ["copy_file_range", "msync", "write"]
+    assert h.writer.counters["rebuilt"] == 1
+
+
 def test_the_budget_refusing_read_back_bytes_lists_them_missing_not_read_back(
     tmp_path: Path,
 ) -> None:
