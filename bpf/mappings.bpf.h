@@ -140,22 +140,44 @@ static __always_inline void tc_map_walk(const struct tc_map_vma *v, __u64 lo, __
     bpf_loop(TC_MAP_MAX_PAGES + 1, tc_map_page, &w, 0);
 }
 
+/* The mappings to look at, one a step of bpf_loop: tc_map_walk's callback (tc_io_done) is then
+ * verified once per program, not once per unrolled step (measured on 6.18 with the write
+ * filters on: the four mapping programs took 2.3-2.8 s of the collector's 4.1-4.6 s load when
+ * msync/munmap walked 4 mappings and the exit 8 in unrolled loops). */
+struct tc_map_each {
+    __u64 at;                /* msync/munmap: the next address; the exit: unused */
+    __u64 end;
+    __u64 pgd;
+    __u16 syscall;
+    struct tc_map_slots slots;   /* the exit's remembered mappings */
+};
+
+/* msync and munmap: the next mapping of [at, end); stop at a hole (munmap and msync would
+ * fail with ENOMEM) or the end. */
+static long tc_map_range_step(__u32 i, struct tc_map_each *e)
+{
+    struct tc_map_vma v = {};
+    if (e->at >= e->end)
+        return 1;
+    int found = tc_map_find(e->at, &v);
+    if (found < 0)
+        return 1;
+    if (found)
+        tc_map_walk(&v, e->at, e->end, e->syscall, e->pgd);
+    e->at = v.end;
+    return 0;
+}
+
 /* msync and munmap: the shared file mappings in [addr, addr + len), while they are mapped. */
 static __always_inline int tc_map_range(__u64 addr, __u64 len, __u16 syscall)
 {
     if (!cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
-    __u64 pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd);
-    __u64 at = addr, end = addr + len;
-    for (int i = 0; i < TC_MAP_VMAS && at < end; i++) {
-        struct tc_map_vma v = {};
-        int found = tc_map_find(at, &v);
-        if (found < 0)
-            return 0;   /* a hole: munmap and msync would fail with ENOMEM */
-        if (found)
-            tc_map_walk(&v, at, end, syscall, pgd);
-        at = v.end;
-    }
+    struct tc_map_each e = {
+        .at = addr, .end = addr + len, .syscall = syscall,
+        .pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd),
+    };
+    bpf_loop(TC_MAP_VMAS, tc_map_range_step, &e, 0);
     return 0;
 }
 
@@ -208,6 +230,16 @@ int tc_map_mmap_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
+/* The exit: remembered mapping `i`, if it is still a shared writable file mapping. */
+static long tc_map_exit_step(__u32 i, struct tc_map_each *e)
+{
+    struct tc_map_vma v = {};
+    __u64 addr = e->slots.addr[i & (TC_MAP_SLOTS - 1)];
+    if (addr && tc_map_find(addr, &v) == 1)
+        tc_map_walk(&v, v.start, v.end, e->syscall, e->pgd);
+    return 0;
+}
+
 /* The last thread of a process exits: its remembered mappings are still mapped here (the
  * tracepoint fires before exit_mm() on this kernel, see mem.bpf.h), and their dirty pages are
  * sent before the unmapping writes them back. */
@@ -220,16 +252,12 @@ int BPF_PROG(tc_map_exit, struct task_struct *task)
     struct tc_map_slots *sp = bpf_map_lookup_elem(&map_shared, &tgid);
     if (!sp)
         return 0;
-    struct tc_map_slots s = *sp;
+    struct tc_map_each e = { .slots = *sp, .syscall = TC_SYS_EXIT };
     bpf_map_delete_elem(&map_shared, &tgid);
     if (!task->mm)
         return 0;
-    __u64 pgd = (__u64)BPF_CORE_READ(task, mm, pgd);
-    for (int i = 0; i < TC_MAP_SLOTS; i++) {
-        struct tc_map_vma v = {};
-        if (s.addr[i] && tc_map_find(s.addr[i], &v) == 1)
-            tc_map_walk(&v, v.start, v.end, TC_SYS_EXIT, pgd);
-    }
+    e.pgd = (__u64)BPF_CORE_READ(task, mm, pgd);
+    bpf_loop(TC_MAP_SLOTS, tc_map_exit_step, &e, 0);
     return 0;
 }
 
