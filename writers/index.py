@@ -82,6 +82,23 @@ def last_line_matching(
     return None
 
 
+def chunk_lines(lines: list[bytes | None], limit: int | None) -> list[list[int]]:
+    """The indexes of ``lines`` (None: left out) grouped into appends of at most ``limit``
+    bytes each (a line longer than that alone; None: one append): an index rotates only
+    between appends, so a batch written whole would make a segment of any size."""
+    chunks: list[list[int]] = []
+    size = 0
+    for i, line in enumerate(lines):
+        if line is None:
+            continue
+        if not chunks or (limit is not None and size + len(line) > limit):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(i)
+        size += len(line)
+    return chunks
+
+
 def parse_line(line: bytes) -> dict[str, Any] | None:
     """One line of the index (or of a writer's journal) as a JSON object, or None when it is
     not one (torn by a crash, or tampered with)."""
@@ -331,9 +348,11 @@ class Index:
         log: Callable[[str, str], None],
         what: str,
     ) -> list[bool]:
-        """Append ``records`` in one write (one lock, one ``write``), whole or not at all, and
-        say which are in the index: a record that is not JSON is left out (counted, logged) and
-        the others go; a failed write leaves them all out (counted once: one append failed)."""
+        """Append ``records`` in as few writes as rotation allows (one lock, one ``write`` per
+        chunk of at most the rotation size, so segments keep to their size), each chunk whole or
+        not at all, and say which are in the index: a record that is not JSON is left out
+        (counted, logged) and the others go; a failed write leaves its chunk out (counted once
+        per failed append)."""
         lines: list[bytes | None] = []
         for record in records:
             try:
@@ -342,20 +361,23 @@ class Index:
                 counters["index_errors"] = counters.get("index_errors", 0) + 1
                 log("index_error", f"{what} not written: {exc}")
                 lines.append(None)
-        data = b"".join(line for line in lines if line is not None)
-        if not data:
-            return [False] * len(records)
+        done = [False] * len(records)
+        limit = self._rotation.size if self._rotation is not None else None
         try:
-            self._append(data)
-        except OSError as exc:
-            counters["index_errors"] = counters.get("index_errors", 0) + 1
-            log("index_error", f"{what} not written: {exc}")
-            return [False] * len(records)
+            for chunk in chunk_lines(lines, limit):
+                try:
+                    self._append(b"".join(lines[i] or b"" for i in chunk))
+                except OSError as exc:
+                    counters["index_errors"] = counters.get("index_errors", 0) + 1
+                    log("index_error", f"{what} not written: {exc}")
+                    continue
+                for i in chunk:
+                    done[i] = True
         finally:
             while self.rotation_problems:
                 counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
                 log("rotation_error", f"{self._name} rotation: {self.rotation_problems.pop(0)}")
-        return [line is not None for line in lines]
+        return done
 
     def find_last(
         self, needle: bytes, accept: Callable[[dict[str, Any]], bool]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import writers.index as index_mod
-from writers.index import Index, encode_record, last_line_matching
+from writers.index import Index, chunk_lines, encode_record, last_line_matching
 from writers.outdir import OutputDir
 
 
@@ -104,6 +104,15 @@ def test_records_appended_together_go_whole_or_not_at_all(out, tmp_path) -> None
     assert index.append_all_or_count([{"n": 6}], counters, log, "recs") == [True]
     assert lines(tmp_path) == [{"n": 1}, {"n": 3}, {"n": 6}]
     assert counters == {"index_errors": 2} and logged == ["index_error"] * 2
+
+
+def test_a_batch_is_cut_where_the_rotation_size_would_be_passed() -> None:
+    """Appends of at most the limit, so segments keep to their size; a line over the limit is
+    an append of its own; records left out (None) are in none; no limit: one append."""
+    lines = [b"a" * 400, None, b"b" * 400, b"c" * 400, b"d" * 1500, b"e" * 10]
+    assert chunk_lines(lines, 1024) == [[0, 2], [3], [4], [5]]
+    assert chunk_lines(lines, None) == [[0, 2, 3, 4, 5]]
+    assert chunk_lines([None, None], 1024) == []
 
 
 def test_several_processes_share_the_index(out, tmp_path) -> None:
