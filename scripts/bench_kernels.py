@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_kernels
+from bench import SYSCALL_WORKLOAD
 from kernel_smoke import INSNS
 
 FACTOR = float(os.environ.get("TRACECAP_TIME_FACTOR", "1"))
@@ -51,22 +52,6 @@ SESSIONS = {
     "fentry_syscalls": {"TRACECAP_WITHHOLD_FEATURES": "tracefs:syscalls"},
     "syscall_tracepoints": {},
 }
-LOOP = textwrap.dedent(
-    """
-    import json, os, sys, time
-    n = int(sys.argv[1])
-    wfd = os.open("/dev/null", os.O_WRONLY)
-    rfd = os.open("/dev/zero", os.O_RDONLY)
-    buf = b"x" * 64
-    write, read = os.write, os.read
-    t0 = time.perf_counter()
-    for _ in range(n):
-        write(wfd, buf)
-    for _ in range(n // 2):
-        read(rfd, 64)
-    print(json.dumps(time.perf_counter() - t0))
-    """
-)
 #: The in-scope workload: renamed before its first write, so all it does is in scope. The module
 #: is loaded by init_module from memory (a process of another name, insmod, would be out of
 #: scope), then removed (delete_module, O_NONBLOCK).
@@ -98,9 +83,9 @@ def _say(what: str) -> None:
 
 
 def _loop() -> float:
-    done = subprocess.run([sys.executable, "-c", LOOP, str(CALLS)], capture_output=True,
-                          text=True, check=True)  # fmt: skip
-    return float(done.stdout)
+    done = subprocess.run([sys.executable, "-c", SYSCALL_WORKLOAD, str(CALLS)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return float(json.loads(done.stdout)["elapsed"])
 
 
 def _sha(data: bytes) -> str:
