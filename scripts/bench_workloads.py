@@ -53,6 +53,7 @@ from bench import (
     Stopped,
     Tracecap,
     fmt_ratio,
+    fmt_s,
     log,
     med_range,
     preflight,
@@ -519,10 +520,6 @@ def fmt_fps(v: float) -> str:
 
 def fmt_mbps(v: float) -> str:
     return f"{v:,.0f} MB/s"
-
-
-def fmt_s(v: float) -> str:
-    return f"{v:.2f} s"
 
 
 def report_realistic(a: dict[str, Any], seconds: float) -> None:
