@@ -28,7 +28,7 @@ run: setup
 	tracecap run --config conf/tracecap.conf
 
 test: setup-test
-	/opt/tracecap/venv/bin/python -m pytest -ra tests
+	/opt/tracecap/venv/bin/python -m pytest -ra --durations=25 tests
 
 unit:
 	/opt/tracecap/venv/bin/python -m pytest -q tests/unit
