@@ -28,7 +28,7 @@ from collector.hooks import FILE_SYSCALLS, HOOKS, Choice, choose
 from collector.kernel_features import KernelFeatures, withheld
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
-from tracecap.options import DEFAULT_RING_MB, Config, FileCapture
+from tracecap.options import RING_FLOOR_MB, Config, FileCapture
 
 
 class BpfMap(StrEnum):
@@ -138,11 +138,10 @@ CAPTURE_RING: dict[str, BpfMap] = {
 PROGRAM_NAMES = frozenset().union(_ALWAYS, *CAPTURE_PROGRAMS.values(), *HOOK_PROGRAMS.values())
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
-#: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the
-#: collector to be scheduled in (the pipeline runs at a higher priority, see
-#: supervise.PIPELINE_NICE); 16 MiB lost no less in paced 4 KiB floods and would take the
-#: collector past 60 MB at its peak.
-DEFAULT_RING_BYTES = DEFAULT_RING_MB << 20
+#: gets a one-page ring. The file-contents ring is sized from the host's memory by the command
+#: line (tracecap/options.py RING_MEM_SHARE: a pipe burst of 100 MB in 0.2 s needs 64 MiB);
+#: this floor is the size for a collector started without one (tests).
+DEFAULT_RING_BYTES = RING_FLOOR_MB << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
