@@ -367,12 +367,16 @@ class KernelProbes:
     def exclude(self, tgid: int) -> None:
         self._obj.update(BpfMap.EXCLUDED, struct.pack("<I", tgid), b"\x01")
 
-    def rings(self, callback: Callable[[bytes], None]) -> RingReader:
-        """Every ring buffer (file contents, objects, packets), drained by one poll."""
+    def rings(
+        self, callback: Callable[[bytes], None], file_budget: Callable[[], int] | None = None
+    ) -> RingReader:
+        """Every ring buffer (file contents, objects, packets), drained by one poll; the
+        file-contents ring at most ``file_budget()`` bytes per drain (RingReader.add)."""
         reader = RingReader()
         try:
             for ring, size in self._ring_sizes.items():
-                reader.add(self._obj.map_fd(ring), size, callback)
+                budget = file_budget if ring is BpfMap.FILE_RB else None
+                reader.add(self._obj.map_fd(ring), size, callback, budget)
         except BaseException:
             reader.close()
             raise

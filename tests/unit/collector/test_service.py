@@ -155,9 +155,14 @@ class FakeRing:
         self.log.append(f"poll {timeout_ms}")
         self._deliver()
 
-    def consume(self) -> None:
-        self.log.append("consume")
+    def consume(self, bounded: bool = True) -> int:
+        self.log.append("consume" if bounded else "consume unbounded")
+        n = len(self.held)
         self._deliver()
+        return n
+
+    def pending(self) -> bool:
+        return bool(self.held)
 
     def close(self) -> None:
         self.log.append("ring.close")
@@ -181,9 +186,10 @@ class FakeProbes:
         self.puts: list[str] = []
         log.append("probes.new")
 
-    def rings(self, callback: Any) -> FakeRing:
+    def rings(self, callback: Any, file_budget: Any = None) -> FakeRing:
         self.log.append("rings")
         self.ring = FakeRing(self.log, callback)
+        self.file_budget = file_budget
         return self.ring
 
     def attach(self) -> None:
@@ -1106,6 +1112,16 @@ def test_the_loop_publishes_stats_once_a_second():
     assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
     # the subscribers are kept within their bounds at every turn, not once a second
     assert rig.pub.maintained >= polls
+
+
+def test_the_file_ring_is_drained_only_as_far_as_the_bus_has_room():
+    rig = Rig(config("write"))
+    rig.started()
+    assert rig.probes is not None and rig.probes.file_budget is not None
+    room = rig.pub.backlog_room()
+    assert rig.probes.file_budget() == room - service.RING_BUDGET_MARGIN
+    # a whole run and partial syscalls fit in the margin
+    assert service.RING_BUDGET_MARGIN >= 2 * service.MAX_MESSAGE_PAYLOAD
 
 
 def test_the_loop_returns_freed_heap_every_ten_seconds(monkeypatch):
