@@ -1124,6 +1124,32 @@ def test_the_file_ring_is_drained_only_as_far_as_the_bus_has_room():
     assert service.RING_BUDGET_MARGIN >= 2 * service.MAX_MESSAGE_PAYLOAD
 
 
+def test_a_stop_waits_for_room_for_the_file_ring_then_takes_the_rest_whole():
+    """Records left in the file ring for want of room on the bus are drained at the writers'
+    pace for RING_STOP_NS after a stop; then whatever is left at once (the publisher drops
+    and counts what its backlog has no room for)."""
+    rig = Rig(config("write"))
+    collector = rig.started()
+    ring = rig.probes.ring if rig.probes else None
+    assert ring is not None
+    ring.held.append(file_event(11, 5, 100))
+    drained: list[bool] = []
+
+    def consume(bounded: bool = True) -> int:
+        drained.append(bounded)
+        if bounded:  # the bus has no room: nothing is taken
+            return 0
+        ring.held.clear()
+        return 1
+
+    ring.consume = consume  # type: ignore[method-assign]
+    start = rig.time.now
+    stop(collector)
+    assert drained[0] and drained[-1] is False and drained.count(False) == 1
+    waited = rig.time.now - start
+    assert service.RING_STOP_NS <= waited < service.RING_STOP_NS + 10_000_000
+
+
 def test_the_loop_returns_freed_heap_every_ten_seconds(monkeypatch):
     rig = Rig(config("write"))
     collector = rig.started()
