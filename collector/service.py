@@ -23,7 +23,7 @@ from collector.containers import CgroupResolver, read_rules
 from collector.enricher import ContainerEnricher
 from collector.envelopes import Outgoing, context_env, proc_env
 from collector.exec_files import ExecFile, exec_plan
-from collector.file_assembly import MAX_MESSAGE_PAYLOAD, FileAssembler, file_env
+from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
 from collector.module_images import file_candidates, fill_plan, why_not_from_file
@@ -38,7 +38,7 @@ from collector.object_files import (
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import tracecap_ancestors
-from collector.publisher import BusError, Publisher
+from collector.publisher import BACKLOG_BYTES, BusError, Publisher
 from collector.readback import Readback
 from collector.ring_reader import RingReader, RingReaderError
 from tracecap import bus
@@ -54,9 +54,12 @@ POLL_MS = 10
 SUBSCRIBER_TIMEOUT_S = 60.0
 #: Bytes of executed binaries and module files read between two ring-buffer polls.
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
-#: Room kept in the bus's backlog beyond a file-ring drain's records: the messages a drain
-#: may add besides its records' bytes (runs gathered before it, partial syscalls flushed).
-RING_BUDGET_MARGIN = 4 * MAX_MESSAGE_PAYLOAD
+#: Room kept in the bus's backlog beyond a file-ring drain's records: for the messages a drain
+#: may add besides its records' bytes (runs gathered before it, partial syscalls of several
+#: streams flushed) and for the object ring's, which is not held back (memory dumps of up to
+#: 1 MiB a message). With one run's worth (1 MiB), a 64 KiB memory dump of another process was
+#: dropped from the backlog once in three rounds of scripts/bench_workloads.py (a).
+RING_BUDGET_MARGIN = BACKLOG_BYTES // 4
 #: At a stop, how long the file ring is drained as fast as the writers take it (the probes are
 #: still attached: under a steady flood it never empties); then what is left goes at once, and
 #: what the backlog has no room for is counted lost.
