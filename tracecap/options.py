@@ -35,12 +35,14 @@ DEFAULT_SNAPLEN = 96
 DEFAULT_FLOOR_BYTES = 64 << 20
 #: The file-contents ring buffer (``--ring-mb``) when it is not given: 1/RING_MEM_SHARE of the
 #: host's MemTotal, rounded down to a power of two, from RING_FLOOR_MB to RING_CAP_MB. The ring
-#: holds a write burst while the collector drains it: ``tar -cf - | cat > /dev/null`` of a
-#: 53 MB tree writes 107 MB (the pipe and /dev/null) in 0.1-0.2 s, and the collector drains
-#: file records at about 60-250 MB/s, so 8 MiB lost 87 MB of it and 64 MiB lost nothing
-#: (NOTES.md, issue 16). Its pages are resident (the kernel allocates the ring whole and the
-#: collector maps it), so it is a bounded share of memory: 128 MiB on a 24 GB host, the floor
-#: on hosts of 1 GB or less, the cap from 32 GB.
+#: holds what the writers have not yet taken of a write burst (the collector drains it at their
+#: pace, collector/service.py RING_BUDGET_MARGIN): ``tar -cf - | cat > /dev/null`` of a 53 MB
+#: tree writes 107 MB (the pipe and /dev/null) in 0.1-0.4 s, and the file writer took it in
+#: 2-6 s on a shared 2-core host. 8 MiB lost 44-87 MB of it; 16, 32 and 64 MiB lost 0, 49 and
+#: 11 MB in single runs; 128 MiB, which holds the whole burst, lost nothing (NOTES.md, issue
+#: 16). Its pages are resident (the kernel allocates the ring whole and the collector maps it),
+#: so it is a bounded share of memory: 128 MiB on a 24 GB host, the floor on hosts of 1 GB or
+#: less, the cap from 32 GB.
 RING_MEM_SHARE = 128
 #: The smallest automatic ring, and the size when MemTotal cannot be read: 16 MiB lost no less
 #: than 8 in a paced 4 KiB flood (NOTES.md).
