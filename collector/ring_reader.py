@@ -77,6 +77,8 @@ class Ring:
         self._upper = upper
         self._data_at = data_at
         self._callback = callback
+        #: the last drain stopped at its limit with records left
+        self.held_back = False
 
     @classmethod
     def map(cls, map_fd: int, size: int, callback: Callable[[bytes | memoryview], None]) -> Ring:
@@ -116,10 +118,12 @@ class Ring:
         cons = released = consumer_pos[0]
         stop_at = cons + max(limit, 0) if limit is not None else -1
         count = 0
+        self.held_back = False
         try:
             while (prod := producer_pos[0]) > cons:
                 while cons < prod:
                     if cons >= stop_at >= 0:
+                        self.held_back = True
                         return count
                     at = cons & mask
                     header = words[at >> 2]
@@ -198,6 +202,11 @@ class RingReader:
         """Whether any ring holds records not yet drained (left there by a budget, or arrived
         since the drain)."""
         return any(ring.pending() for ring, _ in self._rings)
+
+    def held_back(self) -> bool:
+        """Whether the last drain left records in a ring for want of budget: the loop then
+        polls again soon rather than wait for the next wakeup."""
+        return any(ring.held_back for ring, _ in self._rings)
 
     def close(self) -> None:
         for ring, _ in self._rings:

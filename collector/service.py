@@ -523,7 +523,7 @@ class Collector:
         next_trim = monotonic_ns() + TRIM_INTERVAL_NS
         try:
             while not stop.is_set():
-                waiting = self._streams_pending or ring.pending()
+                waiting = self._streams_pending or ring.held_back()
                 ring.poll(0 if self._can_stream() else 1 if waiting else POLL_MS)
                 self._send(self._assembler.flush_runs())
                 self._stream_files()

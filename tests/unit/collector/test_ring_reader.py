@@ -89,8 +89,8 @@ def test_a_limit_stops_the_drain_once_that_much_ring_space_is_taken():
     assert ring.drain(-5) == 0 and k.consumer_pos == 0  # no room is no room
     assert ring.drain(1) == 1  # a record is taken whole once any room is left
     assert ring.drain(224) == 2 and k.consumer_pos == 3 * 112  # the rest waits, not lost
-    assert ring.pending()
-    assert ring.drain(None) == 2 and not ring.pending()
+    assert ring.pending() and ring.held_back
+    assert ring.drain(None) == 2 and not ring.pending() and not ring.held_back
     assert k.seen == records
 
 
@@ -103,9 +103,13 @@ def test_the_reader_drains_a_ring_with_a_budget_within_it_unless_told_otherwise(
         for n in range(3):
             k.put(payload(8, n))  # 16 bytes of ring space each
     assert reader.consume() == 3 and bounded.seen == [] and reader.pending()
+    assert reader.held_back()
     room[0] = 16
     assert reader.consume() == 1 and len(bounded.seen) == 1
     assert reader.consume(bounded=False) == 2 and not reader.pending()
+    assert not reader.held_back()
+    free.put(b"arrived later")  # waiting, but for no budget: the next wakeup takes it
+    assert reader.pending() and not reader.held_back()
     reader.close()
 
 

@@ -164,6 +164,9 @@ class FakeRing:
     def pending(self) -> bool:
         return bool(self.held)
 
+    def held_back(self) -> bool:
+        return False
+
     def close(self) -> None:
         self.log.append("ring.close")
 
