@@ -28,7 +28,7 @@ from collector.hooks import FILE_SYSCALLS, HOOKS, Choice, choose
 from collector.kernel_features import KernelFeatures, withheld
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
-from tracecap.options import DEFAULT_RING_MB, Config, FileCapture
+from tracecap.options import RING_FLOOR_MB, Config, FileCapture
 
 
 class BpfMap(StrEnum):
@@ -138,11 +138,10 @@ CAPTURE_RING: dict[str, BpfMap] = {
 PROGRAM_NAMES = frozenset().union(_ALWAYS, *CAPTURE_PROGRAMS.values(), *HOOK_PROGRAMS.values())
 #: Ring sizes. Each ring's pages are resident in the collector (mapped once, see
 #: ring_reader.py), so a ring costs its size of resident memory; a kind that is not captured
-#: gets a one-page ring. At 400 MB/s, the file-contents ring's 8 MiB is 20 ms of writes for the
-#: collector to be scheduled in (the pipeline runs at a higher priority, see
-#: supervise.PIPELINE_NICE); 16 MiB lost no less in paced 4 KiB floods and would take the
-#: collector past 60 MB at its peak.
-DEFAULT_RING_BYTES = DEFAULT_RING_MB << 20
+#: gets a one-page ring. The file-contents ring is sized from the host's memory by the command
+#: line (tracecap/options.py RING_MEM_SHARE: a pipe burst of 100 MB in 0.2 s needs 64 MiB);
+#: this floor is the size for a collector started without one (tests).
+DEFAULT_RING_BYTES = RING_FLOOR_MB << 20
 OBJECT_RING_BYTES = 8 << 20
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
@@ -368,12 +367,16 @@ class KernelProbes:
     def exclude(self, tgid: int) -> None:
         self._obj.update(BpfMap.EXCLUDED, struct.pack("<I", tgid), b"\x01")
 
-    def rings(self, callback: Callable[[bytes], None]) -> RingReader:
-        """Every ring buffer (file contents, objects, packets), drained by one poll."""
+    def rings(
+        self, callback: Callable[[bytes], None], file_budget: Callable[[], int] | None = None
+    ) -> RingReader:
+        """Every ring buffer (file contents, objects, packets), drained by one poll; the
+        file-contents ring at most ``file_budget()`` bytes per drain (RingReader.add)."""
         reader = RingReader()
         try:
             for ring, size in self._ring_sizes.items():
-                reader.add(self._obj.map_fd(ring), size, callback)
+                budget = file_budget if ring is BpfMap.FILE_RB else None
+                reader.add(self._obj.map_fd(ring), size, callback, budget)
         except BaseException:
             reader.close()
             raise

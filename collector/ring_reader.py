@@ -77,6 +77,8 @@ class Ring:
         self._upper = upper
         self._data_at = data_at
         self._callback = callback
+        #: the last drain stopped at its limit with records left
+        self.held_back = False
 
     @classmethod
     def map(cls, map_fd: int, size: int, callback: Callable[[bytes | memoryview], None]) -> Ring:
@@ -93,8 +95,10 @@ class Ring:
             raise RingReaderError(f"cannot map ring buffer (fd {map_fd}): {exc}") from exc
         return cls(consumer, upper, page, size, callback)
 
-    def drain(self) -> int:
-        """Hand every complete record to the callback, in order; returns how many.
+    def drain(self, limit: int | None = None) -> int:
+        """Hand every complete record to the callback, in order; returns how many. With a
+        ``limit``, stop before the next record once records of that many bytes of ring space
+        have been taken: the rest waits in the ring (see RingReader.add's ``budget``).
 
         A record that lies in one piece is handed over as a read-only view of the ring, not a
         copy: copying memory another CPU has just written was about 15% of the collector in
@@ -112,10 +116,15 @@ class Ring:
         base, size, mask = self._data_at, self.size, self.size - 1
         callback = self._callback
         cons = released = consumer_pos[0]
+        stop_at = cons + max(limit, 0) if limit is not None else -1
         count = 0
+        self.held_back = False
         try:
             while (prod := producer_pos[0]) > cons:
                 while cons < prod:
+                    if cons >= stop_at >= 0:
+                        self.held_back = True
+                        return count
                     at = cons & mask
                     header = words[at >> 2]
                     if header & BUSY_BIT:
@@ -140,6 +149,10 @@ class Ring:
             if cons != released:
                 consumer_pos[0] = cons
 
+    def pending(self) -> bool:
+        """Whether records (complete or not) wait in the ring."""
+        return self._producer_pos[0] > self._consumer_pos[0]
+
     def close(self) -> None:
         for view in (self._consumer_pos, self._producer_pos, self._words, self._view):
             view.release()
@@ -159,22 +172,44 @@ class RingReader:
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._rings: list[Ring] = []
+        self._rings: list[tuple[Ring, Callable[[], int] | None]] = []
 
-    def add(self, map_fd: int, size: int, callback: Callable[[bytes | memoryview], None]) -> None:
+    def add(
+        self,
+        map_fd: int,
+        size: int,
+        callback: Callable[[bytes | memoryview], None],
+        budget: Callable[[], int] | None = None,
+    ) -> None:
+        """Drain the ring of ``map_fd`` into ``callback``; with ``budget``, at most budget()
+        bytes of ring space per drain: records the consumer has no room for stay in the ring,
+        which is the larger buffer, until it has (``pending`` tells that some wait)."""
         ring = Ring.map(map_fd, size, callback)
-        self._rings.append(ring)
+        self._rings.append((ring, budget))
         self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
 
     def poll(self, timeout_ms: int) -> int:
         self._epoll.poll(timeout_ms / 1000)
         return self.consume()
 
-    def consume(self) -> int:
-        return sum(ring.drain() for ring in self._rings)
+    def consume(self, bounded: bool = True) -> int:
+        """Drain every ring, within its budget unless ``bounded`` is False."""
+        return sum(
+            ring.drain(budget() if budget and bounded else None) for ring, budget in self._rings
+        )
+
+    def pending(self) -> bool:
+        """Whether any ring holds records not yet drained (left there by a budget, or arrived
+        since the drain)."""
+        return any(ring.pending() for ring, _ in self._rings)
+
+    def held_back(self) -> bool:
+        """Whether the last drain left records in a ring for want of budget: the loop then
+        polls again soon rather than wait for the next wakeup."""
+        return any(ring.held_back for ring, _ in self._rings)
 
     def close(self) -> None:
-        for ring in self._rings:
+        for ring, _ in self._rings:
             ring.close()
         self._rings.clear()
         if not self._epoll.closed:

@@ -38,7 +38,7 @@ from collector.object_files import (
 from collector.packets import PacketAssembler
 from collector.probes import DEFAULT_RING_BYTES, KernelProbes, ProbeError, scope_flags
 from collector.process_tree import tracecap_ancestors
-from collector.publisher import BusError, Publisher
+from collector.publisher import BACKLOG_BYTES, BusError, Publisher
 from collector.readback import Readback
 from collector.ring_reader import RingReader, RingReaderError
 from tracecap import bus
@@ -54,6 +54,16 @@ POLL_MS = 10
 SUBSCRIBER_TIMEOUT_S = 60.0
 #: Bytes of executed binaries and module files read between two ring-buffer polls.
 FILE_BUDGET_PER_POLL = 8 * 1024 * 1024
+#: Room kept in the bus's backlog beyond a file-ring drain's records: for the messages a drain
+#: may add besides its records' bytes (runs gathered before it, partial syscalls of several
+#: streams flushed) and for the object ring's, which is not held back (memory dumps of up to
+#: 1 MiB a message). With one run's worth (1 MiB), a 64 KiB memory dump of another process was
+#: dropped from the backlog once in three rounds of scripts/bench_workloads.py (a).
+RING_BUDGET_MARGIN = BACKLOG_BYTES // 4
+#: At a stop, how long the file ring is drained as fast as the writers take it (the probes are
+#: still attached: under a steady flood it never empties); then what is left goes at once, and
+#: what the backlog has no room for is counted lost.
+RING_STOP_NS = 5_000_000_000
 #: At a stop, how long files still being read may wait for room on the bus (supervisord kills
 #: the collector after 30 s); what is left then is closed unfinished, which the writer records.
 STOP_STREAMING_NS = 10_000_000_000
@@ -192,7 +202,8 @@ class Collector:
 
     def attach(self) -> None:
         assert self._probes is not None
-        self._ring = self._probes.rings(self._on_record)  # fails before any probe is attached
+        # fails before any probe is attached
+        self._ring = self._probes.rings(self._on_record, self._file_ring_budget)
         self._probes.attach()
         # the cgroups made between the walk at load and the attach of cgroup_mkdir
         self._put_cgroups()
@@ -404,6 +415,15 @@ class Collector:
             out.append(Outgoing(bus.TOPIC_MEM, env, None))
         return out
 
+    def _file_ring_budget(self) -> int:
+        """How much of the file-contents ring one drain may take: what the bus's backlog has
+        room for, less the runs and partial syscalls the assembler may add to it (one message
+        each at most). A burst the writers cannot take as fast waits in the kernel's ring,
+        sized for it (tracecap/options.py RING_MEM_SHARE), rather than being dropped from the
+        bus's smaller backlog (publisher.BACKLOG_BYTES): tar | cat of 107 MB lost 256-512 KiB
+        there per run once the ring held the whole burst."""
+        return self._pub.backlog_room() - RING_BUDGET_MARGIN
+
     def _can_stream(self) -> bool:
         return self._streams_pending > 0 and self._pub.backlog_room() >= MESSAGE_BYTES
 
@@ -503,7 +523,8 @@ class Collector:
         next_trim = monotonic_ns() + TRIM_INTERVAL_NS
         try:
             while not stop.is_set():
-                ring.poll(0 if self._can_stream() else 1 if self._streams_pending else POLL_MS)
+                waiting = self._streams_pending or ring.held_back()
+                ring.poll(0 if self._can_stream() else 1 if waiting else POLL_MS)
                 self._send(self._assembler.flush_runs())
                 self._stream_files()
                 self._send(self._packets.expire(monotonic_ns()))
@@ -518,8 +539,17 @@ class Collector:
                 if now >= next_trim:
                     release_free_heap()
                     next_trim = now + TRIM_INTERVAL_NS
-            # Drain what the kernel already holds, and the files already opened, before detaching.
+            # Drain what the kernel already holds, and the files already opened, before detaching:
+            # as fast as the writers take it, then whatever is left, whole or as counted losses.
             ring.consume()
+            deadline = monotonic_ns() + RING_STOP_NS
+            while ring.pending() and monotonic_ns() < deadline:
+                self._send(self._assembler.flush_runs())
+                self._pub.maintain()
+                if not ring.consume():
+                    self._clock.sleep(0.001)  # the writers are still taking what was sent
+            if ring.pending():
+                ring.consume(bounded=False)
             self._send_dropped()
             self._send(self._mem_skipped())
             self._send(self._assembler.expire(monotonic_ns(), force=True))

@@ -133,8 +133,22 @@ def run_dir_of(found: dict[str, list[str]]) -> str:
     return run_dir
 
 
-def ring_mb_of(found: dict[str, list[str]]) -> int:
-    return options.parse_ring_mb(found.get("--ring-mb", [str(options.DEFAULT_RING_MB)])[0])
+def host_mem_total_kib(path: str = "/proc/meminfo") -> int | None:
+    """This host's MemTotal, or None when /proc/meminfo cannot be read."""
+    try:
+        with open(path) as f:
+            return options.mem_total_kib(f.read())
+    except OSError:
+        return None
+
+
+def ring_mb_of(
+    found: dict[str, list[str]], mem_total: Callable[[], int | None] = host_mem_total_kib
+) -> int:
+    """``--ring-mb`` as given, or sized from the host's memory (options.RING_MEM_SHARE)."""
+    if "--ring-mb" in found:
+        return options.parse_ring_mb(found["--ring-mb"][0])
+    return options.ring_mb_for_memory(mem_total())
 
 
 def check_interfaces(
@@ -464,9 +478,10 @@ RUN_DIR = Flag(
 RING_MB = Flag(
     ("--ring-mb",),
     "N",
-    f"The file-contents ring buffer, {options.RING_MB_FORMS}; default "
-    f"{options.DEFAULT_RING_MB}. A larger ring absorbs longer write bursts without loss, and "
-    "costs its size in resident memory.",
+    f"The file-contents ring buffer, {options.RING_MB_FORMS}; default 1/"
+    f"{options.RING_MEM_SHARE} of MemTotal as a power of two, from {options.RING_FLOOR_MB} to "
+    f"{options.RING_CAP_MB}. A larger ring absorbs longer write bursts without loss, and costs "
+    "its size in resident memory.",
 )
 WAIT_FOR = Flag(
     ("--wait-for",),

@@ -33,9 +33,22 @@ DEFAULT_SNAPLEN = 96
 #: otherwise, whatever the limit: the traced system (and the index lines, which are never
 #: refused) must not hit ENOSPC because of the capture. conf/tracecap.conf sets a larger one.
 DEFAULT_FLOOR_BYTES = 64 << 20
-#: The file-contents ring buffer (``--ring-mb``), a power of two. 16 MiB lost no less than 8 in
-#: a 4 KiB flood and took the collector past its 60 MB target (measured, NOTES.md).
-DEFAULT_RING_MB = 8
+#: The file-contents ring buffer (``--ring-mb``) when it is not given: 1/RING_MEM_SHARE of the
+#: host's MemTotal, rounded down to a power of two, from RING_FLOOR_MB to RING_CAP_MB. The ring
+#: holds what the writers have not yet taken of a write burst (the collector drains it at their
+#: pace, collector/service.py RING_BUDGET_MARGIN): ``tar -cf - | cat > /dev/null`` of a 53 MB
+#: tree writes 107 MB (the pipe and /dev/null) in 0.1-0.4 s, and the file writer took it in
+#: 2-6 s on a shared 2-core host. 8 MiB lost 44-87 MB of it; 16, 32 and 64 MiB lost 0, 49 and
+#: 11 MB in single runs; 128 MiB, which holds the whole burst, lost nothing (NOTES.md, issue
+#: 16). Its pages are resident (the kernel allocates the ring whole and the collector maps it),
+#: so it is a bounded share of memory: 128 MiB on a 24 GB host, the floor on hosts of 1 GB or
+#: less, the cap from 32 GB.
+RING_MEM_SHARE = 128
+#: The smallest automatic ring, and the size when MemTotal cannot be read: 16 MiB lost no less
+#: than 8 in a paced 4 KiB flood (NOTES.md).
+RING_FLOOR_MB = 8
+#: The largest automatic ring: enough for a burst of 300-500 MB at the collector's drain rate.
+RING_CAP_MB = 256
 #: The largest ``--ring-mb``: the kernel takes a BPF ring buffer's size as ``max_entries``, a
 #: u32 that must be a power of two and a multiple of the page size (``ringbuf_map_alloc`` in
 #: kernel/bpf/ringbuf.c), so 2**31 bytes is the largest it can be; the kernel's own cap
@@ -474,6 +487,24 @@ def _out_dir(token: str, value: str) -> str:
             f"({PATH_MAX}): 'dir:{text[:60]}...' (accepted: {DIR_FORMS})"
         )
     return text
+
+
+def ring_mb_for_memory(mem_total_kib: int | None) -> int:
+    """The file-contents ring for a host of ``mem_total_kib`` (None: unknown), see
+    RING_MEM_SHARE."""
+    share_mb = (mem_total_kib or 0) // 1024 // RING_MEM_SHARE
+    power = 1 << (share_mb.bit_length() - 1) if share_mb else 0
+    return min(RING_CAP_MB, max(RING_FLOOR_MB, power))
+
+
+def mem_total_kib(meminfo: str) -> int | None:
+    """MemTotal from the text of /proc/meminfo (``MemTotal:  24684092 kB``), or None."""
+    for line in meminfo.splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if name == "MemTotal" and len(fields) == 2 and fields[1] == "kB" and fields[0].isdigit():
+            return int(fields[0])
+    return None
 
 
 def parse_ring_mb(value: str) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from tracecap import bus, kinds
 from tracecap.frontend import supervisor_conf
-from tracecap.options import DEFAULT_RING_MB, Config
+from tracecap.options import RING_FLOOR_MB, Config
 
 
 def tracecap_exe() -> str:
@@ -83,7 +83,7 @@ BRIDGE_PROGRAM = "bridge-nats"
 def programs(
     config: Config,
     run_dir: str,
-    ring_mb: int = DEFAULT_RING_MB,
+    ring_mb: int = RING_FLOOR_MB,
     exe: str | None = None,
     bridge: Sequence[str] = (),
 ) -> list[supervisor_conf.Program]:
@@ -174,7 +174,7 @@ def make_plan(
     config: Config,
     argv: list[str],
     run_dir: str,
-    ring_mb: int = DEFAULT_RING_MB,
+    ring_mb: int = RING_FLOOR_MB,
     exe: str | None = None,
     bridge: Sequence[str] = (),
 ) -> Plan:

@@ -42,7 +42,7 @@ from tracecap.frontend.rundir import (
     write_options,
 )
 from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
-from tracecap.options import DEFAULT_RING_MB, Config
+from tracecap.options import RING_FLOOR_MB, Config
 from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.segments import Rotated, SegmentedFile
 from tracecap.stats import read_writer_stats
@@ -457,7 +457,7 @@ def run(
     config: Config,
     argv: list[str],
     run_dir: str,
-    ring_mb: int = DEFAULT_RING_MB,
+    ring_mb: int = RING_FLOOR_MB,
     bridge: Sequence[str] = (),
 ) -> int:
     if os.geteuid() != 0:

@@ -12,6 +12,7 @@ from collector.ring_reader import (
     DISCARD_BIT,
     RELEASE_EVERY_BYTES,
     Ring,
+    RingReader,
     RingReaderError,
     record_bytes,
 )
@@ -76,6 +77,40 @@ def test_records_come_out_whole_and_in_order_and_their_space_is_handed_back():
     assert k.ring().drain() == len(records)
     assert k.seen == records
     assert k.consumer_pos == k.prod
+
+
+def test_a_limit_stops_the_drain_once_that_much_ring_space_is_taken():
+    k = FakeKernel(4096)
+    records = [payload(100, n) for n in range(5)]  # 112 bytes of ring space each
+    for r in records:
+        k.put(r)
+    ring = k.ring()
+    assert ring.drain(0) == 0 and ring.pending() and k.consumer_pos == 0
+    assert ring.drain(-5) == 0 and k.consumer_pos == 0  # no room is no room
+    assert ring.drain(1) == 1  # a record is taken whole once any room is left
+    assert ring.drain(224) == 2 and k.consumer_pos == 3 * 112  # the rest waits, not lost
+    assert ring.pending() and ring.held_back
+    assert ring.drain(None) == 2 and not ring.pending() and not ring.held_back
+    assert k.seen == records
+
+
+def test_the_reader_drains_a_ring_with_a_budget_within_it_unless_told_otherwise():
+    bounded, free = FakeKernel(4096), FakeKernel(4096)
+    room = [0]
+    reader = RingReader()
+    reader._rings += [(bounded.ring(), lambda: room[0]), (free.ring(), None)]
+    for k in (bounded, free):
+        for n in range(3):
+            k.put(payload(8, n))  # 16 bytes of ring space each
+    assert reader.consume() == 3 and bounded.seen == [] and reader.pending()
+    assert reader.held_back()
+    room[0] = 16
+    assert reader.consume() == 1 and len(bounded.seen) == 1
+    assert reader.consume(bounded=False) == 2 and not reader.pending()
+    assert not reader.held_back()
+    free.put(b"arrived later")  # waiting, but for no budget: the next wakeup takes it
+    assert reader.pending() and not reader.held_back()
+    reader.close()
 
 
 def test_a_discarded_record_is_skipped_but_consumed():

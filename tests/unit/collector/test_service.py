@@ -155,9 +155,17 @@ class FakeRing:
         self.log.append(f"poll {timeout_ms}")
         self._deliver()
 
-    def consume(self) -> None:
-        self.log.append("consume")
+    def consume(self, bounded: bool = True) -> int:
+        self.log.append("consume" if bounded else "consume unbounded")
+        n = len(self.held)
         self._deliver()
+        return n
+
+    def pending(self) -> bool:
+        return bool(self.held)
+
+    def held_back(self) -> bool:
+        return False
 
     def close(self) -> None:
         self.log.append("ring.close")
@@ -184,9 +192,10 @@ class FakeProbes:
         self.puts: list[str] = []
         log.append("probes.new")
 
-    def rings(self, callback: Any) -> FakeRing:
+    def rings(self, callback: Any, file_budget: Any = None) -> FakeRing:
         self.log.append("rings")
         self.ring = FakeRing(self.log, callback)
+        self.file_budget = file_budget
         return self.ring
 
     def attach(self) -> None:
@@ -1121,6 +1130,45 @@ def test_the_loop_publishes_stats_once_a_second():
     assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
     # the subscribers are kept within their bounds at every turn, not once a second
     assert rig.pub.maintained >= polls
+
+
+def test_the_file_ring_is_drained_only_as_far_as_the_bus_has_room():
+    rig = Rig(config("write"))
+    rig.started()
+    assert rig.probes is not None and rig.probes.file_budget is not None
+    room = rig.pub.backlog_room()
+    assert rig.probes.file_budget() == room - service.RING_BUDGET_MARGIN
+    # runs and partial syscalls of several streams, and a memory dump, fit in the margin
+    from collector import file_assembly, object_assembly
+
+    needed = 4 * file_assembly.MAX_MESSAGE_PAYLOAD + object_assembly.MAX_MESSAGE_PAYLOAD
+    assert needed <= service.RING_BUDGET_MARGIN
+
+
+def test_a_stop_waits_for_room_for_the_file_ring_then_takes_the_rest_whole():
+    """Records left in the file ring for want of room on the bus are drained at the writers'
+    pace for RING_STOP_NS after a stop; then whatever is left at once (the publisher drops
+    and counts what its backlog has no room for)."""
+    rig = Rig(config("write"))
+    collector = rig.started()
+    ring = rig.probes.ring if rig.probes else None
+    assert ring is not None
+    ring.held.append(file_event(11, 5, 100))
+    drained: list[bool] = []
+
+    def consume(bounded: bool = True) -> int:
+        drained.append(bounded)
+        if bounded:  # the bus has no room: nothing is taken
+            return 0
+        ring.held.clear()
+        return 1
+
+    ring.consume = consume  # type: ignore[method-assign]
+    start = rig.time.now
+    stop(collector)
+    assert drained[0] and drained[-1] is False and drained.count(False) == 1
+    waited = rig.time.now - start
+    assert service.RING_STOP_NS <= waited < service.RING_STOP_NS + 10_000_000
 
 
 def test_the_loop_returns_freed_heap_every_ten_seconds(monkeypatch):

@@ -6,6 +6,7 @@ starting a collector.
 """
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -198,7 +199,18 @@ def test_wait_for_superscript_digit_exits_2(capsys):
 def test_the_front_end_default_ring_is_the_collector_default():
     from collector import probes
 
-    assert options.DEFAULT_RING_MB << 20 == probes.DEFAULT_RING_BYTES
+    assert options.RING_FLOOR_MB << 20 == probes.DEFAULT_RING_BYTES
+
+
+def test_the_ring_is_sized_from_memory_unless_given():
+    assert cli.ring_mb_of({}, lambda: 24684092) == 128
+    assert cli.ring_mb_of({}, lambda: None) == options.RING_FLOOR_MB
+    assert cli.ring_mb_of({"--ring-mb": ["16"]}, lambda: 24684092) == 16
+
+
+def test_host_mem_total_reads_proc_meminfo(tmp_path):
+    assert cli.host_mem_total_kib() == options.mem_total_kib(Path("/proc/meminfo").read_text())
+    assert cli.host_mem_total_kib(str(tmp_path / "absent")) is None
 
 
 def test_the_usage_names_every_command_and_writer_kind(capsys):

@@ -842,6 +842,54 @@ def test_ring_mb_invalid(value: str):
         options.parse_ring_mb(value)
 
 
+GIB_KIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("mem_total_kib", "ring_mb"),
+    [
+        (None, options.RING_FLOOR_MB),  # /proc/meminfo unreadable
+        (0, options.RING_FLOOR_MB),
+        (512 << 10, options.RING_FLOOR_MB),  # 512 MiB: a 4 MiB share, the floor holds
+        (1 * GIB_KIB, 8),
+        (2 * GIB_KIB, 16),
+        (3 * GIB_KIB, 16),  # 24 MiB share, rounded down to a power of two
+        (4 * GIB_KIB, 32),
+        (24684092, 128),  # this development host (24 GB)
+        (32 * GIB_KIB, 256),
+        (1024 * GIB_KIB, options.RING_CAP_MB),  # the cap holds
+    ],
+)
+def test_ring_mb_for_memory(mem_total_kib: int | None, ring_mb: int):
+    assert options.ring_mb_for_memory(mem_total_kib) == ring_mb
+
+
+@pytest.mark.parametrize("kib", [None, 1, 777_777, 24684092, 1 << 40])
+def test_the_automatic_ring_is_one_that_parse_ring_mb_accepts(kib: int | None):
+    size = options.ring_mb_for_memory(kib)
+    assert options.parse_ring_mb(str(size)) == size
+    assert options.RING_FLOOR_MB <= size <= options.RING_CAP_MB
+
+
+MEMINFO = "MemTotal:       24684092 kB\nMemFree:         1234 kB\nMemAvailable:   99 kB\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "kib"),
+    [
+        (MEMINFO, 24684092),
+        ("MemFree: 5 kB\nMemTotal: 2048 kB\n", 2048),
+        ("MemFree: 5 kB\n", None),
+        ("MemTotal: many kB\n", None),
+        ("MemTotal: 2048\n", None),
+        ("MemTotal: 2048 MB\n", None),
+        ("", None),
+    ],
+)
+def test_mem_total_kib(text: str, kib: int | None):
+    assert options.mem_total_kib(text) == kib
+
+
 def test_ring_mb_max_is_the_largest_power_of_two_a_u32_holds():
     """max_entries of BPF_MAP_CREATE is a u32: the next power of two would not fit."""
     size = options.MAX_RING_MB << 20

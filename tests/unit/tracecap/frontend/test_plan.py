@@ -67,7 +67,7 @@ def test_every_kind_runs_its_writer_in_the_registrys_order():
 
 def test_the_collector_gets_the_default_ring_unless_told():
     collector = programs(config("--capture", "exec"), "/run/tc")[-1].command
-    assert f"--ring-mb={options.DEFAULT_RING_MB}" in collector
+    assert f"--ring-mb={options.RING_FLOOR_MB}" in collector
     assert "--ring-mb=64" in programs(config("--capture", "exec"), "/run/tc", 64)[-1].command
 
 
