@@ -378,11 +378,12 @@ def _rss_anon_kib(pid: int) -> int:
 
 def test_a_stalled_writer_costs_listed_bytes_not_collector_memory(tracecap, workdir: Path) -> None:
     """With the file writer stopped, a flood of 64 KiB writes fills the collector's bus
-    budget: payloads that do not fit become loss notices, so the index lists every byte the
-    artifact lacks, and the collector's memory stays bounded (it held it all before)."""
+    budget, and the collector then drains the kernel ring no faster than the budget has room
+    (collector/service.py): the rest waits in the ring until the kernel drops it, so the index
+    lists every byte the artifact lacks, and the collector's memory stays bounded."""
     target, source = workdir / "stalled.bin", workdir / "stalled.src"
     source.write_bytes(os.urandom(128 << 20))
-    # paced, with a large ring: the kernel loses nothing, so every loss is the bus budget's
+    # a ring smaller than the flood: what the stalled writer does not take is dropped there
     run = tracecap("--ring-mb", "64", "--capture", f"write={target}*")
     writer = _pid_of(f"writer file --run-dir {run.run_dir}")
     collector = _pid_of(f"collector .*--run-dir {run.run_dir}")
@@ -405,9 +406,7 @@ def test_a_stalled_writer_costs_listed_bytes_not_collector_memory(tracecap, work
         os.kill(writer, signal.SIGCONT)
     run.stop()
     assert run.returncode == 0, run.stderr
-    dropped = int(re.search(r"bus backlog full (\d+) messages", run.stderr).group(1))
-    assert dropped > 0, run.stderr
-    assert _kernel_losses(run.stderr) == 0, run.stderr
+    assert _kernel_losses(run.stderr) > 0, run.stderr
     assert anon_kib < 100 * 1024, f"collector holds {anon_kib} KiB"  # 128 MiB were sent
     (record,) = run.records("write")
     wrong = blocks_wrong_outside_missing(run.out_dir / record["path"], source, record)

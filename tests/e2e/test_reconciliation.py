@@ -161,11 +161,12 @@ def test_a_tail_sent_while_no_writer_listened_is_listed_at_stop(tracecap, workdi
 
 
 def test_a_stalled_writer_loses_bytes_the_index_lists(tracecap, workdir: Path) -> None:
-    """SIGSTOP the file writer while 96 MiB are written: the collector's backlog overflows and
-    replaces payloads by loss notices; after SIGCONT the line lists exactly what was lost."""
+    """SIGSTOP the file writer while 96 MiB are written: the collector's bus backlog fills, it
+    drains the kernel ring no faster than the backlog has room, and the 16 MiB ring overflows;
+    after SIGCONT the line lists exactly what was lost."""
     wdir = workdir / "w"
     wdir.mkdir(mode=0o755)
-    run = tracecap("--capture", f"write={wdir}/*")
+    run = tracecap("--ring-mb", "16", "--capture", f"write={wdir}/*")
     target, size = wdir / "stalled", 96 * MIB
     pid = pid_of(run, "writer-file")
     os.kill(pid, signal.SIGSTOP)
@@ -180,7 +181,7 @@ def test_a_stalled_writer_loses_bytes_the_index_lists(tracecap, workdir: Path) -
     run.stop()
     record, figures = check_equation(run, target, random.Random(14).randbytes(size))
     assert record["complete"] is False and figures["listed"] > 0, record
-    match = re.search(r"bus backlog full (\d+) messages", run.stderr)
+    match = re.search(r"kernel ring buffer (\d+) records", run.stderr)
     assert match and int(match.group(1)) > 0, run.stderr[-2000:]
 
 
