@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes as ct
 import functools
 import re
+import struct
 from dataclasses import dataclass
 
 from collector import libbpf
@@ -29,6 +30,9 @@ _BPF_JMP_CALL = 0x85  # BPF_JMP | BPF_CALL
 _BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW
 _PSEUDO_CALL = 1
 _PSEUDO_FUNC = 4
+_SHT_SYMTAB = 2
+_STT_FUNC = 2
+_SYM_SIZE = 24
 _DEPTHS = re.compile(r"stack depth ([0-9+]+)")
 
 
@@ -186,3 +190,65 @@ def deepest_chains(path: str, programs: set[str], rodata: bytes) -> dict[str, Ch
         return chains
     finally:
         obj.close()
+
+
+def _elf_functions(data: bytes) -> dict[str, bytes]:
+    """Each function symbol's instructions in a BPF ELF object (ELF64, little-endian)."""
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+    ]
+    symtab = next(s for s in sections if s[1] == _SHT_SYMTAB)
+    strtab = sections[symtab[6]]
+    out = {}
+    for off in range(symtab[4], symtab[4] + symtab[5], _SYM_SIZE):
+        name_off, info, _, shndx, value, size = struct.unpack_from("<IBBHQQ", data, off)
+        if info & 0xF != _STT_FUNC or not size:
+            continue
+        name_at = strtab[4] + name_off
+        name = data[name_at : data.index(b"\0", name_at)].decode()
+        start = sections[shndx][4] + value
+        out[name] = data[start : start + size]
+    return out
+
+
+def compiled_frame(code: bytes) -> int:
+    """The deepest stack offset a function's instructions touch: the compiler's frame, which is
+    what the verifier's depth for it is made of (plus 24 bytes where it inlines bpf_loop)."""
+    deepest_off, fp_regs, i = 0, {}, 0
+    while i < len(code):
+        op, regs, off, imm = struct.unpack_from("<BBhi", code, i)
+        dst, src = regs & 0xF, regs >> 4
+        i += 16 if op == _BPF_LD_IMM64 else 8
+        cls = op & 7
+        if (cls == 1 and src == 10) or (cls in (2, 3) and dst == 10):  # LDX; ST, STX
+            deepest_off = min(deepest_off, off)
+        elif op == 0xBF:  # rD = rS: a frame pointer when rS is one
+            if src == 10 or src in fp_regs:
+                fp_regs[dst] = fp_regs.get(src, 0)
+            else:
+                fp_regs.pop(dst, None)
+        elif op == 0x07 and dst in fp_regs:  # rD += imm on a frame pointer
+            fp_regs[dst] += imm
+            deepest_off = min(deepest_off, fp_regs[dst])
+        elif cls in (4, 7) or cls == 0 or op == 0x85:  # another write to rD (or a call)
+            fp_regs.pop(dst, None)
+            if op == 0x85:
+                fp_regs = {r: v for r, v in fp_regs.items() if r >= 6}
+    return -deepest_off
+
+
+def compiled_frames(path: str) -> dict[str, int]:
+    """compiled_frame for every function of the object at ``path``."""
+    with open(path, "rb") as f:
+        data = f.read()
+    return {name: compiled_frame(code) for name, code in _elf_functions(data).items()}
+
+
+def twin_chain(program: str, twin: Chain, frames: dict[str, int]) -> Chain:
+    """The chain of a program this kernel cannot load, from its loaded twin (the same body and
+    calls, bpf/file_io_fentry.bpf.h): the twin's chain with its own frame grown by what the
+    compiler gave the program more than the twin."""
+    depth = twin.frames[0][1] + frames[program] - frames[twin.program]
+    return Chain(program, ((program, depth), *twin.frames[1:]))

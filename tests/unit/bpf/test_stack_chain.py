@@ -5,9 +5,11 @@ from the verifier's level-4 line."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from tests.support.bpf_stack import Chain, deepest, frame_size, stack_depths
+from tests.support.bpf_stack import Chain, compiled_frame, deepest, frame_size, stack_depths
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,22 @@ def test_the_depths_come_from_the_last_stack_depth_line() -> None:
     assert stack_depths("stack depth 16\n") == [16]
     with pytest.raises(ValueError, match="stack depth"):
         stack_depths("processed 10 insns\n")
+
+
+def _insn(op: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> bytes:
+    return struct.pack("<BBhi", op, dst | src << 4, off, imm)
+
+
+def test_the_compiled_frame_is_the_deepest_offset_touched() -> None:
+    code = b"".join([
+        _insn(0x7B, dst=10, src=1, off=-16),        # *(u64 *)(r10 - 16) = r1
+        _insn(0x79, dst=2, src=10, off=-24),        # r2 = *(u64 *)(r10 - 24)
+        _insn(0xBF, dst=3, src=10),                 # r3 = r10
+        _insn(0x07, dst=3, imm=-40),                # r3 += -40: a helper's buffer
+        _insn(0x18, dst=1, src=1), _insn(0),        # r1 = map (16 bytes)
+        _insn(0x95),                                # exit
+    ])  # fmt: skip
+    assert compiled_frame(code) == 40
+    # a register that stopped being a frame pointer does not count
+    moved = _insn(0xBF, dst=3, src=10) + _insn(0xB7, dst=3, imm=7) + _insn(0x07, dst=3, imm=-400)
+    assert compiled_frame(moved) == 0
