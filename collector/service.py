@@ -196,7 +196,7 @@ class Collector:
         self._probes.attach()
         # the cgroups made between the walk at load and the attach of cgroup_mkdir
         self._put_cgroups()
-        if self._config.pcap.enabled:
+        if "hook" in self._probes.hooks.get("network", {}):  # not where the kernel refused it
             self._adopt_sockets()
         self.state = "ready"
 

@@ -173,7 +173,9 @@ class FakeProbes:
         self.mem: dict[str, int] = {}
         self.skipped: list[records.MemSkipped] = []
         self.program_names = ["tc_fork", "tc_proc_exit"]
-        self.hooks: dict[str, dict[str, str]] = {"write": {"hook": "syscall_tracepoints"}}
+        self.hooks: dict[str, dict[str, str]] = {
+            kind: {"hook": "syscall_tracepoints"} for kind in config.kinds()
+        }
         self.features = ["btf", "map:ringbuf"]
         self.scope_cgroups: set[int] | None = None
         self.states: dict[int, CgroupState] = {}
@@ -381,12 +383,16 @@ class Rig:
     #: no runtime to ask unless a test gives one (the machine's own sockets are never asked)
     enricher: ContainerEnricher = field(default_factory=lambda: ContainerEnricher([]))
     probes: FakeProbes | None = None
+    #: kinds the fake kernel refuses (the collector's probe would not load their programs)
+    refused: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.pub = FakePublisher(self.log)
 
     def make_probes(self, *args: Any) -> FakeProbes:
         self.probes = FakeProbes(self.log, *args)
+        for kind in self.refused:
+            self.probes.hooks[kind] = {"refused": f"{kind}: needs what this kernel lacks"}
         return self.probes
 
     def collector(self, ring_bytes: int = 1 << 20) -> Collector:
@@ -628,6 +634,16 @@ def test_sockets_open_before_the_capture_get_their_owner_after_attach():
 
 def test_without_network_capture_no_socket_is_adopted():
     rig = Rig(config("write"))
+    rig.host.sockets = [(4000, 500)]
+    stop(rig.started())
+    assert not any(str(s).startswith("adopt") for s in steps(rig.log))
+
+
+def test_where_the_kernel_refuses_network_no_socket_is_adopted():
+    """Debian's 6.1 refuses network (tc_sock_adopt's kfuncs are 6.2): its program is not
+    loaded, and running it stopped the collector ("cannot run tc_sock_adopt: Bad file
+    descriptor") after every other kind had loaded."""
+    rig = Rig(config("write", "network"), refused=("network",))
     rig.host.sockets = [(4000, 500)]
     stop(rig.started())
     assert not any(str(s).startswith("adopt") for s in steps(rig.log))
