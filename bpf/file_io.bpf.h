@@ -597,42 +597,61 @@ struct tc_mmsg_walk {
     __u32 tid;
 };
 
-static long tc_mmsg_one(__u32 i, struct tc_mmsg_walk *w)
+/* The walk's state, one per CPU, and bpf_loop gets no context: before 6.13 the verifier limits
+ * a call chain's stack to 512 bytes (frames rounded up to 32), and with the state and a whole
+ * mmsghdr on the stack tc_exit_sendmmsg -> tc_mmsg_one -> tc_emit_chunk took 576 (measured on
+ * 6.18 at log level 4); tc_io_done's frame alone is about 330. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tc_mmsg_walk);
+} mmsg_scratch SEC(".maps");
+
+static long tc_mmsg_one(__u32 i, void *unused)
 {
-    if (i >= w->n)
+    __u32 zero = 0;
+    struct tc_mmsg_walk *w = bpf_map_lookup_elem(&mmsg_scratch, &zero);
+    if (!w || i >= w->n)
         return 1;
-    struct mmsghdr m = {};
-    if (bpf_probe_read_user(&m, sizeof(m), (void *)(w->vec + (__u64)i * sizeof(m)))) {
+    struct mmsghdr *m = (struct mmsghdr *)(w->vec + (__u64)i * sizeof(*m));
+    __u64 iov = 0, iovlen = 0;
+    __u32 len = 0;
+    if (bpf_probe_read_user(&iov, sizeof(iov), &m->msg_hdr.msg_iov) ||
+        bpf_probe_read_user(&iovlen, sizeof(iovlen), &m->msg_hdr.msg_iovlen) ||
+        bpf_probe_read_user(&len, sizeof(len), &m->msg_len)) {
         /* the kernel just wrote msg_len there: unreadable only if unmapped since */
         tc_count(w->a.direction * TC_CNT_PER_KIND + TC_CNT_EVENT_DROPS, 1);
         return 0;
     }
     struct tc_io_args a = w->a;
-    a.buf = (__u64)m.msg_hdr.msg_iov;
-    a.count = m.msg_hdr.msg_iovlen;
+    a.buf = iov;
+    a.count = iovlen;
     a.is_vec = 1;
-    if (m.msg_len)
-        tc_io_done(&a, w->f, m.msg_len, w->tid);
+    if (len)
+        tc_io_done(&a, w->f, len, w->tid);
     return 0;
 }
 
 static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    __u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
     struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
-    if (!ap)
+    struct tc_mmsg_walk *w = bpf_map_lookup_elem(&mmsg_scratch, &zero);
+    if (!ap || !w)
         return 0;
-    struct tc_mmsg_walk w = { .a = *ap, .tid = tid };
+    w->a = *ap;
     bpf_map_delete_elem(&io_pending, &tid);
     long ret = ctx->ret;
     if (ret <= 0)
         return 0;
-    w.f = tc_fd_file(w.a.fd);
-    if (!w.f)
+    w->f = tc_fd_file(w->a.fd);
+    if (!w->f)
         return 0;
-    w.vec = w.a.buf;
-    w.n = ret;
-    bpf_loop(TC_MMSG_MAX, tc_mmsg_one, &w, 0);
+    w->vec = w->a.buf;
+    w->n = ret;
+    w->tid = tid;
+    bpf_loop(TC_MMSG_MAX, tc_mmsg_one, NULL, 0);
     return 0;
 }
 

@@ -85,8 +85,44 @@ struct tc_map_walk {
     __u16 syscall;
 };
 
-static __always_inline void tc_map_send(struct tc_map_walk *w, __u64 run_end)
+/* One msync, munmap or exit: the mapping being walked and where the next one is. One per CPU,
+ * and one bpf_loop whose step either starts the next mapping or looks at one page: before 6.13
+ * the verifier limits a call chain's stack to 512 bytes (frames rounded up to 32), and with a
+ * loop over mappings around a loop over pages, their contexts on the stack, the chain
+ * tc_map_exit -> tc_map_exit_step -> tc_map_page -> tc_emit_chunk took 704 (measured on 6.18 at
+ * log level 4; tc_io_done's frame alone is about 300). bpf_loop's context must be stack
+ * memory, so the step finds the state here instead. tc_io_done stays in a callback, verified
+ * once per program (unrolled loops over the mappings took 2.3-2.8 s of the collector's 4.1-4.6 s
+ * load on 6.18 with the write filters on). */
+struct tc_map_state {
+    struct tc_map_walk w;
+    struct tc_io_args a;     /* tc_map_send's request */
+    struct tc_map_slots slots;   /* the exit's remembered mappings */
+    __u64 at;                /* msync/munmap: the next address; the exit: the next slot */
+    __u64 end;
+    __u64 pgd;
+    __u32 mappings;          /* mappings looked at */
+    __u32 walking;           /* 1: `w` is a mapping not walked to its end yet */
+    __u16 syscall;
+    __u8 exit;               /* 1: the exit's slots, 0: msync/munmap's range [at, end) */
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tc_map_state);
+} map_scratch SEC(".maps");
+
+static __always_inline struct tc_map_state *tc_map_state(void)
 {
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&map_scratch, &zero);
+}
+
+static __always_inline void tc_map_send(struct tc_map_state *m, __u64 run_end)
+{
+    struct tc_map_walk *w = &m->w;
     struct file *f = (struct file *)w->file;
     __u64 pos = w->file_base + (w->run - w->vm_start);
     __s64 size = BPF_CORE_READ(f, f_inode, i_size);
@@ -95,15 +131,18 @@ static __always_inline void tc_map_send(struct tc_map_walk *w, __u64 run_end)
         return;
     if (pos + len > (__u64)size)
         len = size - pos;
-    struct tc_io_args a = {
+    m->a = (struct tc_io_args){
         .buf = w->run, .count = len, .pos = pos, .fd = -1, .syscall = w->syscall,
         .direction = TC_DIR_WRITE,
     };
-    tc_io_done(&a, f, len, w->tid);
+    tc_io_done(&m->a, f, len, w->tid);
 }
 
-static long tc_map_page(__u32 i, struct tc_map_walk *w)
+/* One page of the mapping being walked; a run of dirty ones is sent when it ends. True once
+ * the mapping is done. */
+static __always_inline bool tc_map_page(struct tc_map_state *m)
 {
+    struct tc_map_walk *w = &m->w;
     bool dirty = false;
     if (w->va < w->end) {
         __u64 e = 0;
@@ -115,69 +154,98 @@ static long tc_map_page(__u32 i, struct tc_map_walk *w)
     if (dirty && !w->run)
         w->run = w->va;
     if (!dirty && w->run) {
-        tc_map_send(w, w->va);
+        tc_map_send(m, w->va);
         w->run = 0;
     }
     if (w->va >= w->end)
-        return 1;
+        return true;
     w->va += TC_MAP_PAGE;
-    return 0;
+    return false;
 }
 
-/* Send the dirty pages of [lo, hi) in mapping `v`. */
-static __always_inline void tc_map_walk(const struct tc_map_vma *v, __u64 lo, __u64 hi,
-                                        __u16 syscall, __u64 pgd)
+/* Start walking [lo, hi) of mapping `v` (at most TC_MAP_MAX_PAGES of it); false if its page
+ * table cannot be read. */
+static __always_inline bool tc_map_start(struct tc_map_state *m, const struct tc_map_vma *v,
+                                         __u64 lo, __u64 hi)
 {
-    __u64 dmap = tc_dmap(pgd);
+    __u64 dmap = tc_dmap(m->pgd);
     if (!dmap)
-        return;
-    struct tc_map_walk w = {
-        .va = (lo > v->start ? lo : v->start) & ~(TC_MAP_PAGE - 1),
-        .end = hi < v->end ? hi : v->end,
-        .vm_start = v->start, .file_base = v->pgoff * TC_MAP_PAGE, .file = v->file,
-        .pgd = pgd, .dmap = dmap, .tid = (__u32)bpf_get_current_pid_tgid(), .syscall = syscall,
+        return false;
+    __u64 va = (lo > v->start ? lo : v->start) & ~(TC_MAP_PAGE - 1);
+    __u64 end = hi < v->end ? hi : v->end;
+    if (end > va && end - va > TC_MAP_MAX_PAGES * TC_MAP_PAGE)
+        end = va + TC_MAP_MAX_PAGES * TC_MAP_PAGE;
+    m->w = (struct tc_map_walk){
+        .va = va, .end = end, .vm_start = v->start, .file_base = v->pgoff * TC_MAP_PAGE,
+        .file = v->file, .pgd = m->pgd, .dmap = dmap, .tid = (__u32)bpf_get_current_pid_tgid(),
+        .syscall = m->syscall,
     };
-    bpf_loop(TC_MAP_MAX_PAGES + 1, tc_map_page, &w, 0);
+    return true;
 }
 
-/* The mappings to look at, one a step of bpf_loop: tc_map_walk's callback (tc_io_done) is then
- * verified once per program, not once per unrolled step (measured on 6.18 with the write
- * filters on: the four mapping programs took 2.3-2.8 s of the collector's 4.1-4.6 s load when
- * msync/munmap walked 4 mappings and the exit 8 in unrolled loops). */
-struct tc_map_each {
-    __u64 at;                /* msync/munmap: the next address; the exit: unused */
-    __u64 end;
-    __u64 pgd;
-    __u16 syscall;
-    struct tc_map_slots slots;   /* the exit's remembered mappings */
-};
-
-/* msync and munmap: the next mapping of [at, end); stop at a hole (munmap and msync would
- * fail with ENOMEM) or the end. */
-static long tc_map_range_step(__u32 i, struct tc_map_each *e)
+/* The next mapping to walk: msync and munmap take the mappings of [at, end) in order, stopping
+ * at a hole (the syscall would fail with ENOMEM) or the end; the exit its remembered ones that
+ * are still shared writable file mappings. False when there are no more. */
+static __always_inline bool tc_map_next(struct tc_map_state *m)
 {
     struct tc_map_vma v = {};
-    if (e->at >= e->end)
-        return 1;
-    int found = tc_map_find(e->at, &v);
+    if (m->exit) {
+        if (m->at >= TC_MAP_SLOTS)
+            return false;
+        __u64 addr = m->slots.addr[m->at & (TC_MAP_SLOTS - 1)];
+        m->at++;
+        if (addr && tc_map_find(addr, &v) == 1)
+            m->walking = tc_map_start(m, &v, v.start, v.end);
+        return true;
+    }
+    if (m->at >= m->end || m->mappings >= TC_MAP_VMAS)
+        return false;
+    m->mappings++;
+    int found = tc_map_find(m->at, &v);
     if (found < 0)
-        return 1;
+        return false;
     if (found)
-        tc_map_walk(&v, e->at, e->end, e->syscall, e->pgd);
-    e->at = v.end;
-    return 0;
+        m->walking = tc_map_start(m, &v, m->at, m->end);
+    m->at = v.end;
+    return true;
 }
+
+static long tc_map_step(__u32 i, void *unused)
+{
+    struct tc_map_state *m = tc_map_state();
+    if (!m)
+        return 1;
+    if (m->walking) {
+        if (tc_map_page(m))
+            m->walking = 0;
+        return 0;
+    }
+    return !tc_map_next(m);
+}
+
+/* Steps: per mapping one to find it and one per page plus one to send the last run. The exit's
+ * worst case (TC_MAP_SLOTS mappings of TC_MAP_MAX_PAGES) is 16 over bpf_loop's limit of 1 << 23:
+ * the last of 8 mappings of 4 GiB each would lose its last 16 pages. */
+#define TC_MAP_STEPS(mappings) \
+    ((mappings) * (TC_MAP_MAX_PAGES + 2) > (1u << 23) ? (1u << 23) \
+                                                      : (mappings) * (TC_MAP_MAX_PAGES + 2))
 
 /* msync and munmap: the shared file mappings in [addr, addr + len), while they are mapped. */
 static __always_inline int tc_map_range(__u64 addr, __u64 len, __u16 syscall)
 {
     if (!cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
-    struct tc_map_each e = {
-        .at = addr, .end = addr + len, .syscall = syscall,
-        .pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd),
-    };
-    bpf_loop(TC_MAP_VMAS, tc_map_range_step, &e, 0);
+    struct tc_map_state *m = tc_map_state();
+    if (!m)
+        return 0;
+    m->at = addr;
+    m->end = addr + len;
+    m->syscall = syscall;
+    m->pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd);
+    m->mappings = 0;
+    m->walking = 0;
+    m->exit = 0;
+    bpf_loop(TC_MAP_STEPS(TC_MAP_VMAS), tc_map_step, NULL, 0);
     return 0;
 }
 
@@ -230,16 +298,6 @@ int tc_map_mmap_exit(struct trace_event_raw_sys_exit *ctx)
     return 0;
 }
 
-/* The exit: remembered mapping `i`, if it is still a shared writable file mapping. */
-static long tc_map_exit_step(__u32 i, struct tc_map_each *e)
-{
-    struct tc_map_vma v = {};
-    __u64 addr = e->slots.addr[i & (TC_MAP_SLOTS - 1)];
-    if (addr && tc_map_find(addr, &v) == 1)
-        tc_map_walk(&v, v.start, v.end, e->syscall, e->pgd);
-    return 0;
-}
-
 /* The last thread of a process exits: its remembered mappings are still mapped here (the
  * tracepoint fires before exit_mm() on this kernel, see mem.bpf.h), and their dirty pages are
  * sent before the unmapping writes them back. */
@@ -252,12 +310,21 @@ int BPF_PROG(tc_map_exit, struct task_struct *task)
     struct tc_map_slots *sp = bpf_map_lookup_elem(&map_shared, &tgid);
     if (!sp)
         return 0;
-    struct tc_map_each e = { .slots = *sp, .syscall = TC_SYS_EXIT };
+    struct tc_map_state *m = tc_map_state();
+    if (!m) {
+        bpf_map_delete_elem(&map_shared, &tgid);
+        return 0;
+    }
+    m->slots = *sp;
     bpf_map_delete_elem(&map_shared, &tgid);
     if (!task->mm)
         return 0;
-    e.pgd = (__u64)BPF_CORE_READ(task, mm, pgd);
-    bpf_loop(TC_MAP_SLOTS, tc_map_exit_step, &e, 0);
+    m->at = 0;
+    m->syscall = TC_SYS_EXIT;
+    m->pgd = (__u64)BPF_CORE_READ(task, mm, pgd);
+    m->walking = 0;
+    m->exit = 1;
+    bpf_loop(TC_MAP_STEPS(TC_MAP_SLOTS), tc_map_step, NULL, 0);
     return 0;
 }
 

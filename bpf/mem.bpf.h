@@ -256,6 +256,51 @@ struct tc_mem_pass {
     __u32 failed;            /* chunks the ring had no room for */
 };
 
+/* How much to dump: 0 none, 1 the region, 2 the region if anything in it was written. */
+enum { TC_WANT_NONE = 0, TC_WANT_DUMP, TC_WANT_CONTENT };
+
+/* One event about [addr, addr + len): an alert, a dump, or both. */
+struct tc_mem_req {
+    __u64 addr;
+    __u64 len;
+    __u64 vma_end;
+    __u32 vma_anon;
+    __u32 tgid;
+    __u32 syscall;
+    __u32 alert;
+    __u32 before;
+    __u32 after;
+    __u32 want;              /* TC_WANT_* */
+    __u32 metered;           /* takes from the event allowance (an exit's dumps do not: there
+                              * are at most TC_EXIT_REGIONS) */
+};
+
+/* tc_mem_report's large locals and its request, one slot per CPU: before 6.13 the verifier
+ * limits a call chain's combined stack to 512 bytes (frames rounded up to 32), and with them
+ * on the stack the chain tc_mem_exit -> tc_mem_exit_region -> tc_mem_report -> tc_mem_page ->
+ * tc_mem_hash_page took 896 (measured at log level 4; Debian's 6.1 refused it). The pass is
+ * not bpf_loop's context (that must be stack memory): tc_mem_page finds it here. Only one
+ * tc_mem_report runs at a time on a CPU, and tc_mem_exit builds its own event here only after
+ * its regions are reported. */
+struct tc_mem_scratch {
+    struct tc_mem_req req;
+    struct tc_mem_event ev;
+    struct tc_mem_pass c;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct tc_mem_scratch);
+} mem_scratch SEC(".maps");
+
+static __always_inline struct tc_mem_scratch *tc_mem_scratch(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&mem_scratch, &zero);
+}
+
 static __always_inline bool tc_mem_zero_page(struct tc_mem_pass *c, __u64 va)
 {
     __u64 phys = 0;
@@ -287,8 +332,12 @@ __noinline int tc_mem_hash_page(struct tc_page_hash *ph, struct tc_page *pg)
     return 0;
 }
 
-static long tc_mem_page(__u32 i, struct tc_mem_pass *c)
+static long tc_mem_page(__u32 i, void *unused)
 {
+    struct tc_mem_scratch *m = tc_mem_scratch();
+    if (!m)
+        return 1;
+    struct tc_mem_pass *c = &m->c;
     if (c->done >= c->size)
         return 1;
     struct tc_data_scratch *s = bpf_map_lookup_elem(&data_scratch, &c->slot);
@@ -342,7 +391,7 @@ static __always_inline void tc_mem_run(struct tc_mem_pass *c, __u32 send)
     c->nonzero = tc_opaque_zero;
     c->unknown = tc_opaque_zero;
     c->failed = tc_opaque_zero;
-    bpf_loop(TC_MAX_STEPS, tc_mem_page, c, 0);
+    bpf_loop(TC_MAX_STEPS, tc_mem_page, NULL, 0);
 }
 
 /* What to do with the region's bytes: SENT (the caller sends them after the event), REPEAT
@@ -373,30 +422,12 @@ static __always_inline __u32 tc_mem_decide(struct tc_mem_pass *c, struct tc_mem_
     return TC_DUMP_SENT;
 }
 
-/* How much to dump: 0 none, 1 the region, 2 the region if anything in it was written. */
-enum { TC_WANT_NONE = 0, TC_WANT_DUMP, TC_WANT_CONTENT };
-
-/* One event about [addr, addr + len): an alert, a dump, or both. */
-struct tc_mem_req {
-    __u64 addr;
-    __u64 len;
-    __u64 vma_end;
-    __u32 vma_anon;
-    __u32 tgid;
-    __u32 syscall;
-    __u32 alert;
-    __u32 before;
-    __u32 after;
-    __u32 want;              /* TC_WANT_* */
-    __u32 metered;           /* takes from the event allowance (an exit's dumps do not: there
-                              * are at most TC_EXIT_REGIONS) */
-};
-
 /* A global function, checked once by the verifier (inlined at every caller, the hashing and
  * sending loops in it made the checks of tc_mem_exit run out of memory). */
 __noinline int tc_mem_report(struct tc_mem_req *r)
 {
-    if (!r)
+    struct tc_mem_scratch *s = tc_mem_scratch();
+    if (!r || !s)
         return 0;
     /* a key on the stack: 6.1's verifier takes no map key from a global function's argument
      * memory ("R2 type=mem expected=fp, ..."; tc_mem_exit did not load on Debian's 6.1) */
@@ -410,21 +441,23 @@ __noinline int tc_mem_report(struct tc_mem_req *r)
         tc_mem_skip(p, 1, want ? 1 : 0, want ? size : 0, 0);
         return 0;
     }
-    struct tc_mem_event ev = {};
+    struct tc_mem_event *ev = &s->ev;
+    struct tc_mem_pass *c = &s->c;
+    __builtin_memset(ev, 0, sizeof(*ev));
+    __builtin_memset(c, 0, sizeof(*c));
     __u32 dump = TC_DUMP_NONE;
-    struct tc_mem_pass c = {};
     bool hashed = false;
     if (want) {
-        c.addr = r->addr;
-        c.size = size > TC_OBJ_MAX ? TC_OBJ_MAX : size;
-        c.slot = bpf_get_smp_processor_id();
+        c->addr = r->addr;
+        c->size = size > TC_OBJ_MAX ? TC_OBJ_MAX : size;
+        c->slot = bpf_get_smp_processor_id();
         if (r->vma_anon) {
-            c.pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd);
-            c.dmap = tc_dmap(c.pgd);
-            c.anon_end = r->vma_end;
+            c->pgd = (__u64)BPF_CORE_READ(bpf_get_current_task_btf(), mm, pgd);
+            c->dmap = tc_dmap(c->pgd);
+            c->anon_end = r->vma_end;
         }
         struct tc_mem_seen_key key = { .tgid = r->tgid, .addr = r->addr, .size = size };
-        dump = tc_mem_decide(&c, p, &key, want == TC_WANT_CONTENT, &ev, &hashed);
+        dump = tc_mem_decide(c, p, &key, want == TC_WANT_CONTENT, ev, &hashed);
         if (dump == TC_DUMP_EMPTY) {
             tc_mem_count(TC_MEMC_RWX_EMPTY, 1);
             return 0;
@@ -434,26 +467,26 @@ __noinline int tc_mem_report(struct tc_mem_req *r)
         if (dump == TC_DUMP_REPEAT)
             tc_mem_count(TC_MEMC_REPEATS, 1);
     }
-    tc_fill_hdr(&ev.h, TC_REC_MEM_EVENT);
-    ev.obj_id = __sync_fetch_and_add(&io_seq, 1);
-    ev.addr = r->addr;
-    ev.len = r->len;
-    ev.size = size;
-    ev.captured = dump == TC_DUMP_SENT ? c.size : 0;
-    ev.prot_before = r->before;
-    ev.prot_after = r->after;
-    ev.syscall = r->syscall;
-    ev.alert = r->alert;
-    ev.dump = dump;
-    if (!tc_mem_send_event(&ev, p) || dump != TC_DUMP_SENT)
+    tc_fill_hdr(&ev->h, TC_REC_MEM_EVENT);
+    ev->obj_id = __sync_fetch_and_add(&io_seq, 1);
+    ev->addr = r->addr;
+    ev->len = r->len;
+    ev->size = size;
+    ev->captured = dump == TC_DUMP_SENT ? c->size : 0;
+    ev->prot_before = r->before;
+    ev->prot_after = r->after;
+    ev->syscall = r->syscall;
+    ev->alert = r->alert;
+    ev->dump = dump;
+    if (!tc_mem_send_event(ev, p) || dump != TC_DUMP_SENT)
         return 0;
-    __u64 first_hash = c.hash;
-    c.obj_id = ev.obj_id;
-    tc_mem_run(&c, 1);
+    __u64 first_hash = c->hash;
+    c->obj_id = ev->obj_id;
+    tc_mem_run(c, 1);
     struct tc_mem_seen_key key = { .tgid = r->tgid, .addr = r->addr, .size = size };
     /* Remembered only when every byte left whole and unchanged since the hashing pass. */
-    if (!c.failed && !c.unknown && size <= TC_OBJ_MAX && (!hashed || c.hash == first_hash)) {
-        struct tc_mem_seen seen = { .hash = c.hash, .obj_id = ev.obj_id };
+    if (!c->failed && !c->unknown && size <= TC_OBJ_MAX && (!hashed || c->hash == first_hash)) {
+        struct tc_mem_seen seen = { .hash = c->hash, .obj_id = ev->obj_id };
         bpf_map_update_elem(&mem_seen, &key, &seen, BPF_ANY);
     } else {
         bpf_map_delete_elem(&mem_seen, &key);
@@ -465,12 +498,15 @@ static __always_inline void tc_mem_event(__u32 tgid, __u64 addr, __u64 len,
                                          struct tc_mem_vma *vma, __u32 syscall, __u32 alert,
                                          __u32 before, __u32 after, __u32 want, bool metered)
 {
-    struct tc_mem_req r = {
+    struct tc_mem_scratch *s = tc_mem_scratch();
+    if (!s)
+        return;
+    s->req = (struct tc_mem_req){
         .addr = addr, .len = len, .vma_end = vma->end, .vma_anon = vma->anon, .tgid = tgid,
         .syscall = syscall, .alert = alert, .before = before, .after = after, .want = want,
         .metered = metered,
     };
-    tc_mem_report(&r);
+    tc_mem_report(&s->req);
 }
 
 static __always_inline bool tc_mem_writable_exec(__u64 flags)
@@ -729,12 +765,13 @@ int BPF_PROG(tc_mem_exit, struct task_struct *task)
         if (!p)
             return 0;
     }
-    if (p->skipped_events || p->skipped_dumps) {
-        struct tc_mem_event ev = {};
-        tc_fill_hdr(&ev.h, TC_REC_MEM_EVENT);
-        ev.obj_id = __sync_fetch_and_add(&io_seq, 1);
-        ev.syscall = TC_MEM_EXIT;
-        tc_mem_send_event(&ev, p);
+    struct tc_mem_scratch *s;
+    if ((p->skipped_events || p->skipped_dumps) && (s = tc_mem_scratch())) {
+        __builtin_memset(&s->ev, 0, sizeof(s->ev));
+        tc_fill_hdr(&s->ev.h, TC_REC_MEM_EVENT);
+        s->ev.obj_id = __sync_fetch_and_add(&io_seq, 1);
+        s->ev.syscall = TC_MEM_EXIT;
+        tc_mem_send_event(&s->ev, p);
     }
     bpf_map_delete_elem(&mem_procs, &tgid);
     return 0;
