@@ -306,6 +306,37 @@ def test_a_stop_signal_stops_supervisord(tmp_path, capsys, signum, when):
     assert "tracecap: summary: 4 events" in err
 
 
+def test_a_stopping_supervisord_is_woken_until_it_exits(tmp_path, capsys):
+    """supervisord notices its programs' exits only when its poll ends: requests on its socket
+    end it, so the front end asks after its programs at every turn of a stop, and only then."""
+    run = Scenario(tmp_path, batches=[[stats("ready")]], exits_after=200)
+    asked: list[bool] = []
+    stopped: list[bool] = []
+    infos = run.rpc.process_infos
+
+    def process_infos() -> list[dict[str, Any]] | None:
+        asked.append(bool(stopped))
+        if len(stopped) and asked.count(True) == 3:
+            run.sup.returncode = 0  # woken by the third request after the stop
+        return infos()
+
+    def send_signal(sig: int) -> None:  # supervisord stops its programs, then exits later
+        run.sup.signals.append((sig, run.clock.now))
+        stopped.append(True)
+
+    run.rpc.process_infos = process_infos  # type: ignore[method-assign]
+    run.sup.send_signal = send_signal  # type: ignore[method-assign]
+    run.sup.on_poll = lambda polls: os.kill(os.getpid(), signal.SIGTERM) if polls == 4 else None
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert run.run() == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
+    assert asked.count(True) == 3 and run.sup.polls < 10, "supervisord was not woken"
+    assert asked.count(False) <= 2  # before the stop, only the periodic check
+
+
 def test_the_front_end_subscribes_to_stats_and_printed_events_on_the_runs_bus(tmp_path):
     run = Scenario(tmp_path, exits_after=3)
     run.config = options.parse_args(["--capture", "exec", "--output", "json"])
