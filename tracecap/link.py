@@ -42,6 +42,9 @@ _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
 
+#: A connection is up (the rest of _ALIVE_EVENTS say libzmq is trying to make one).
+_CONNECTED_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
 _ALIVE_EVENTS = (
     zmq.EVENT_CONNECTED,
     zmq.EVENT_CONNECT_DELAYED,
@@ -69,11 +72,14 @@ class BusLink:
         #: Handshakes the peer refused (CURVE: our key is not on its allow-list, or wrong keys).
         self.handshake_failures = 0
         self._dead_since: float | None = None
+        #: A connection is up: CONNECTED or HANDSHAKE_SUCCEEDED seen since the last DISCONNECTED.
+        self._connected = False
         #: Times the socket was rebuilt after a disconnect libzmq would not repair.
         self.rebuilds = 0
         self._open()
 
     def _open(self) -> None:
+        self._connected = False
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
@@ -120,16 +126,29 @@ class BusLink:
         except zmq.Again:
             return None
 
-    def check(self, now: float) -> bool:
-        """Process connection events; rebuild a dead link. Returns True when it rebuilt."""
+    def _take_events(self, now: float) -> None:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 self._dead_since = now
+                self._connected = False
             elif event in _ALIVE_EVENTS:
                 self._dead_since = None
+                self._connected = self._connected or event in _CONNECTED_EVENTS
             elif event in _HANDSHAKE_FAILED:
                 self.handshake_failures += 1
+
+    def disconnected(self, now: float) -> bool:
+        """Whether no publisher is connected: none yet, or its end closed and none since
+        (libzmq retrying to connect every 100 ms does not change that). libzmq reports the
+        close once it has read the connection to its end, so nothing more can come but what
+        is already queued here."""
+        self._take_events(now)
+        return not self._connected
+
+    def check(self, now: float) -> bool:
+        """Process connection events; rebuild a dead link. Returns True when it rebuilt."""
+        self._take_events(now)
         if self._dead_since is not None and now - self._dead_since >= DEAD_LINK_SECONDS:
             self._dead_since = None
             self._close()

@@ -331,10 +331,17 @@ class Subscriber:
     def _drain_before_stop(self, link: BusLink) -> None:
         """Write what the collector already sent: supervisord stops the collector first, so a
         writer that is behind under load still has that data queued, and dropping it at the
-        stop would lose it with no record."""
+        stop would lose it with no record. Until the bus is quiet for DRAIN_QUIET_MS; or, once
+        the publisher's end is closed (the collector exits only after its subscribers read
+        their sockets empty), as soon as what is queued is written: nothing more can come."""
         deadline = time.monotonic() + DRAIN_LIMIT_S
         try:
-            while time.monotonic() < deadline and link.poll(DRAIN_QUIET_MS):
+            while time.monotonic() < deadline:
+                gone = link.disconnected(self._clock())
+                if not link.poll(0 if gone else DRAIN_QUIET_MS):
+                    if gone or not link.disconnected(self._clock()):
+                        return
+                    continue  # woken by the disconnect: what is queued, then stop
                 self._drain(link)
                 self.housekeeping(self._clock())
         except zmq.ContextTerminated:
