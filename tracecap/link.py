@@ -14,6 +14,8 @@ refused handshake is counted (``handshake_failures``) so the writer can say why 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 
 import zmq
@@ -63,8 +65,11 @@ class BusLink:
         topics: Sequence[bytes],
         curve: CurveClient | None = None,
         rcvhwm: int = RCVHWM,
+        wake_fd: int | None = None,
     ) -> None:
         self._context = context
+        #: The read end of a non-blocking pipe whose bytes end a ``poll`` early (a stop signal).
+        self._wake_fd = wake_fd
         self._endpoint = endpoint
         self._topics = tuple(topics)
         self._curve = curve
@@ -108,6 +113,8 @@ class BusLink:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        if self._wake_fd is not None:
+            self._poller.register(self._wake_fd, zmq.POLLIN)
 
     def _close(self) -> None:
         self._sock.disable_monitor()
@@ -115,8 +122,13 @@ class BusLink:
         self._sock.close(linger=0)
 
     def poll(self, timeout_ms: int) -> bool:
-        """Wait for data; True when a message may be ready."""
+        """Wait for data (or a byte on ``wake_fd``, which is taken); True when a message may be
+        ready."""
         ready = dict(self._poller.poll(timeout_ms))
+        if self._wake_fd is not None and self._wake_fd in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_fd, 64):
+                    pass
         return self._sock in ready
 
     def recv(self) -> list[bytes] | None:

@@ -118,8 +118,11 @@ class Subscriber:
         log: RateLimitedLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         curve: CurveClient | None = None,
+        wake_fd: int | None = None,
     ) -> None:
         self.writer = writer
+        #: A byte on this fd ends the wait for messages at once (the runner's stop signals).
+        self._wake_fd = wake_fd
         #: CURVE client keys for a tcp endpoint (a remote writer fed by `tracecap bridge`).
         self._curve = curve
         self._handshake_failures = 0
@@ -299,6 +302,7 @@ class Subscriber:
             self.writer.topics,
             curve=self._curve,
             rcvhwm=self.writer.queue_messages,
+            wake_fd=self._wake_fd,
         )
         self.ready.set()
         try:

@@ -194,19 +194,47 @@ def test_the_link_knows_the_publisher_left_while_libzmq_retries(tmp_path: Path) 
     and libzmq's reconnect attempts (every 100 ms) do not make it look connected again."""
     sockdir = tempfile.mkdtemp(prefix="tcbus")
     ctx = zmq.Context()
+    endpoint = f"ipc://{sockdir}/bus.sock"
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    link = BusLink(ctx, endpoint, [TOPIC])
     try:
-        endpoint = f"ipc://{sockdir}/bus.sock"
-        pub = ctx.socket(zmq.PUB)
-        pub.bind(endpoint)
-        link = BusLink(ctx, endpoint, [TOPIC])
-        assert link.disconnected(time.monotonic())  # not yet connected
         wait_until(lambda: not link.disconnected(time.monotonic()))
         pub.close(linger=0)
         wait_until(lambda: link.disconnected(time.monotonic()))
         time.sleep(0.35)  # several reconnect attempts
         assert link.disconnected(time.monotonic())
-        link.close()
     finally:
+        link.close()
+        pub.close(linger=0)
+        ctx.term()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_a_byte_on_the_wake_fd_ends_the_links_wait_and_is_taken(tmp_path: Path) -> None:
+    sockdir = tempfile.mkdtemp(prefix="tcbus")
+    ctx = zmq.Context()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pub = ctx.socket(zmq.PUB)  # connected and silent: only the wake byte can end the wait
+    pub.bind(f"ipc://{sockdir}/bus.sock")
+    link = BusLink(ctx, f"ipc://{sockdir}/bus.sock", [TOPIC], wake_fd=wake_r)
+    try:
+        wait_until(lambda: not link.disconnected(time.monotonic()))
+        time.sleep(0.1)
+        link.check(time.monotonic())  # the rest of the connection's events
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(link.poll(3_600_000)))
+        waiter.start()
+        os.write(wake_w, b"\0\0")
+        waiter.join(10)
+        assert waited == [False], "the wake byte did not end the wait"
+        with pytest.raises(BlockingIOError):
+            os.read(wake_r, 1)  # taken by the poll
+    finally:
+        link.close()
+        pub.close(linger=0)
+        os.close(wake_r)
+        os.close(wake_w)
         ctx.term()
         shutil.rmtree(sockdir, ignore_errors=True)
 
