@@ -82,27 +82,39 @@ struct {
     __type(value, struct tc_drop_val);
 } file_drops SEC(".maps");
 
-/* Remember what a syscall whose event was dropped did to its file. */
-static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 ret)
+/* `key`'s entry in file_drops, made if need be; NULL when the table is full (counted). */
+static __always_inline struct tc_drop_val *tc_drop_entry(const struct tc_drop_key *key,
+                                                         bool append)
+{
+    struct tc_drop_val *v = bpf_map_lookup_elem(&file_drops, key);
+    if (v)
+        return v;
+    struct tc_drop_val init = { .lo = ~0ull, .append = append };
+    if (bpf_map_update_elem(&file_drops, key, &init, BPF_NOEXIST) &&
+        bpf_map_update_elem(&file_drops, key, &init, BPF_EXIST)) {
+        tc_count(key->direction * TC_CNT_PER_KIND + TC_CNT_DROP_TABLE_FULL, 1);
+        return NULL;
+    }
+    return bpf_map_lookup_elem(&file_drops, key);
+}
+
+/* Remember what a syscall whose event was dropped did to its file: `ret` bytes at ev->pos,
+ * or with `unsized` a transfer whose byte count could not be read (only its file is known). */
+static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 ret, bool unsized)
 {
     struct tc_drop_key key = {
         .inode = ev->inode, .cgroup_id = ev->h.cgroup_id, .dev = ev->dev,
         .direction = ev->direction,
     };
-    struct tc_drop_val *v = bpf_map_lookup_elem(&file_drops, &key);
-    if (!v) {
-        struct tc_drop_val init = { .lo = ~0ull, .append = !!(ev->flags & TC_EV_APPEND) };
-        if (bpf_map_update_elem(&file_drops, &key, &init, BPF_NOEXIST) &&
-            bpf_map_update_elem(&file_drops, &key, &init, BPF_EXIST)) {
-            tc_count(ev->direction * TC_CNT_PER_KIND + TC_CNT_DROP_TABLE_FULL, 1);
-            return;
-        }
-        v = bpf_map_lookup_elem(&file_drops, &key);
-        if (!v)
-            return;
+    struct tc_drop_val *v = tc_drop_entry(&key, !!(ev->flags & TC_EV_APPEND));
+    if (!v)
+        return;
+    __sync_fetch_and_add(&v->ios, 1);
+    if (unsized) {
+        __sync_fetch_and_add(&v->unsized, 1);
+        return;
     }
     __sync_fetch_and_add(&v->bytes, ret);
-    __sync_fetch_and_add(&v->ios, 1);
     if (ev->pos < v->lo)
         v->lo = ev->pos;
     if (ev->pos + ret > v->hi)
@@ -395,7 +407,7 @@ static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct t
         ev->direction = a->direction;
         tc_count(base + TC_CNT_EVENT_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, ret);
-        tc_note_dropped_io(ev, ret);
+        tc_note_dropped_io(ev, ret, false);
         return false;
     }
     tc_count(base + TC_CNT_EVENTS, 1);
@@ -406,9 +418,11 @@ static __always_inline bool tc_continue_stream(struct tc_io_stream *st, struct t
     return true;
 }
 
-/* A transfer through a user buffer that has completed: `ret` bytes of `f` at `a`. */
-static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *f, long ret,
-                                      __u32 tid)
+/* A transfer through a user buffer that has completed: `ret` bytes of `f` at `a`; with
+ * `unsized`, one whose byte count could not be read: no event can place its bytes, so the file
+ * (if the filters take it) gets a loss of unknown size in file_drops. */
+static __always_inline int tc_io_transfer(const struct tc_io_args *ap, struct file *f, long ret,
+                                          __u32 tid, bool unsized)
 {
     struct tc_io_args a = *ap;
     const volatile struct tc_file_filter *ff = &cfg.filters[a.direction & 1];
@@ -443,7 +457,7 @@ static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *
         return 0;
     __u64 now = bpf_ktime_get_boot_ns();
     struct tc_io_stream *st = bpf_map_lookup_elem(&io_streams, &tid);
-    if (st && tc_continues(st, f, &a, ev, now)) {
+    if (!unsized && st && tc_continues(st, f, &a, ev, now)) {
         if (!tc_continue_stream(st, ev, &a, ret, now))
             bpf_map_delete_elem(&io_streams, &tid);  /* the next one needs a full event */
         return 0;
@@ -458,13 +472,19 @@ static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *
     ev->syscall = a.syscall;
     ev->direction = a.direction;
     __u32 base = a.direction * TC_CNT_PER_KIND;
+    if (unsized) {  /* not a ring buffer loss: the collector counts it (lost_unsized) */
+        tc_note_dropped_io(ev, 0, true);
+        if (st)
+            bpf_map_delete_elem(&io_streams, &tid);  /* the next one needs a full event */
+        return 0;
+    }
     __u64 flags = tc_wakeup_flag(&file_rb, sizeof(*ev));
     if (bpf_ringbuf_output(&file_rb, ev, sizeof(*ev), flags)) {
         /* without its event the data cannot be attributed: do not send it, but remember
          * which file lost which bytes */
         tc_count(base + TC_CNT_EVENT_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, ret);
-        tc_note_dropped_io(ev, ret);
+        tc_note_dropped_io(ev, ret, false);
         if (st)
             bpf_map_delete_elem(&io_streams, &tid);
         return 0;
@@ -473,6 +493,12 @@ static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *
     tc_start_stream(tid, f, &a, ev);
     tc_send_io(ev->io_id, &a, ret, ev->h.cpu);
     return 0;
+}
+
+static __always_inline int tc_io_done(const struct tc_io_args *ap, struct file *f, long ret,
+                                      __u32 tid)
+{
+    return tc_io_transfer(ap, f, ret, tid, false);
 }
 
 static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
@@ -617,19 +643,21 @@ static long tc_mmsg_one(__u32 i, void *unused)
     struct mmsghdr *m = (struct mmsghdr *)(w->vec + (__u64)i * sizeof(*m));
     __u64 iov = 0, iovlen = 0;
     __u32 len = 0;
+    /* The kernel just wrote msg_len there: unreadable only if unmapped since. msg_len alone
+     * may still be (an entry across a page end): then the iovec is unknown and the bytes go
+     * as missing, as a sendmsg whose msghdr is unreadable; if not, their number is unknown. */
     if (bpf_probe_read_user(&iov, sizeof(iov), &m->msg_hdr.msg_iov) ||
-        bpf_probe_read_user(&iovlen, sizeof(iovlen), &m->msg_hdr.msg_iovlen) ||
-        bpf_probe_read_user(&len, sizeof(len), &m->msg_len)) {
-        /* the kernel just wrote msg_len there: unreadable only if unmapped since */
-        tc_count(w->a.direction * TC_CNT_PER_KIND + TC_CNT_EVENT_DROPS, 1);
-        return 0;
+        bpf_probe_read_user(&iovlen, sizeof(iovlen), &m->msg_hdr.msg_iovlen)) {
+        iov = 0;
+        iovlen = 0;
     }
+    bool unsized = bpf_probe_read_user(&len, sizeof(len), &m->msg_len) != 0;
     struct tc_io_args a = w->a;
     a.buf = iov;
     a.count = iovlen;
     a.is_vec = 1;
-    if (len)
-        tc_io_done(&a, w->f, len, w->tid);
+    if (len || unsized)
+        tc_io_transfer(&a, w->f, len, w->tid, unsized);
     return 0;
 }
 
@@ -921,7 +949,7 @@ static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struc
     if (bpf_ringbuf_output(&file_rb, ev, size, tc_wakeup_flag(&file_rb, size))) {
         tc_count(base + TC_CNT_EVENT_DROPS, 1);
         tc_count(base + TC_CNT_DROPPED_BYTES, ret);
-        tc_note_dropped_io(ev, ret);
+        tc_note_dropped_io(ev, ret, false);
         return;
     }
     tc_count(base + TC_CNT_EVENTS, 1);

@@ -457,7 +457,7 @@ struct tc_drop_val {
     __u64 hi;                /* end of the highest range lost */
     __u64 ios;               /* syscalls lost */
     __u32 append;            /* a stream: offsets are meaningless */
-    __u32 _pad;
+    __u32 unsized;           /* of `ios`, transfers whose byte count could not be read */
 };
 
 struct tc_file_filter {

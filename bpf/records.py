@@ -294,7 +294,7 @@ TC_DROP_KEY = CStruct("tc_drop_key", (
     ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "I"),
 ))  # fmt: skip
 TC_DROP_VAL = CStruct("tc_drop_val", (
-    ("bytes", "Q"), ("lo", "Q"), ("hi", "Q"), ("ios", "Q"), ("append", "I"), ("_pad", "I"),
+    ("bytes", "Q"), ("lo", "Q"), ("hi", "Q"), ("ios", "Q"), ("append", "I"), ("unsized", "I"),
 ))  # fmt: skip
 TC_FILE_FILTER = CStruct("tc_file_filter", (
     ("enabled", "I"), ("types", "I"), ("fds", "I"), ("npaths", "I"),
@@ -863,12 +863,15 @@ class DroppedIo(NamedTuple):
     hi: int
     ios: int
     append: bool
+    #: Of ``ios``, transfers whose byte count could not be read (a sendmmsg/recvmmsg message
+    #: header unmapped by exit): lost bytes that ``bytes`` cannot include.
+    unsized: int = 0
 
 
 def decode_dropped_io(key: bytes, value: bytes) -> DroppedIo:
     k, v = TC_DROP_KEY.unpack(key), TC_DROP_VAL.unpack(value)
     return DroppedIo(k.inode, k.cgroup_id, k.dev, k.direction, v.bytes, v.lo, v.hi, v.ios,
-                     bool(v.append))  # fmt: skip
+                     bool(v.append), v.unsized)  # fmt: skip
 
 
 class Packet(NamedTuple):

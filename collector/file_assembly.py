@@ -170,6 +170,8 @@ class FileAssembler:
         self.orphan_chunks = 0
         self.orphan_ios = 0
         self.lost_bytes = 0
+        #: Transfers lost whose byte count could not be read (not in ``lost_bytes``).
+        self.lost_unsized = 0
         self.streams_evicted = 0
         self._threads_evicted = 0
         self._next_notice = NOTICE_IO_ID_BASE
@@ -180,10 +182,18 @@ class FileAssembler:
 
         Who did them is unknown; the file and the span of offsets they touched are known, so
         the artifact is marked incomplete over that span rather than silently holding zeros.
+        Transfers whose byte count could not be read (``drop.unsized``) cannot be a range: the
+        notice says how many (``lost_unsized``), and the writer marks the artifact incomplete.
         """
         self._next_notice += 1
         self.lost_bytes += drop.bytes
-        lo, hi = (0, drop.bytes) if drop.append else (drop.lo, max(drop.hi, drop.lo + 1))
+        self.lost_unsized += drop.unsized
+        if not drop.bytes:
+            lo = hi = 0  # unsized transfers only: no range to name
+        elif drop.append:
+            lo, hi = 0, drop.bytes
+        else:
+            lo, hi = drop.lo, max(drop.hi, drop.lo + 1)
         env = {
             "ts": now_ns,
             "pid": 0,
@@ -204,10 +214,12 @@ class FileAssembler:
             "io_off": 0,
             "off": lo,
             "append": drop.append,
-            "lost": [[lo, hi]],
+            "lost": [[lo, hi]] if hi > lo else [],
             "lost_bytes": drop.bytes,
             "lost_ios": drop.ios,
         }
+        if drop.unsized:
+            env["lost_unsized"] = drop.unsized
         topic = bus.TOPIC_FILE_WRITE if drop.direction == records.DIR_WRITE else bus.TOPIC_FILE_READ
         self._extents.note(topic, env, hi, now_ns)
         return Outgoing(topic, env, None)

@@ -490,6 +490,7 @@ class Collector:
                 "orphan_ios": self._assembler.orphan_ios,
                 "streams_evicted": self._assembler.streams_evicted,
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
+                "lost_unsized": self._assembler.lost_unsized,
                 "exec_unreadable": self.counters["exec_unreadable"],
                 "file_read_errors": self._files.read_errors,
                 **self._readback.stats(),

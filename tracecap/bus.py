@@ -100,7 +100,9 @@ def container_fields(env: dict[str, Any]) -> dict[str, str]:
 #: single syscall's request is ``io_req`` (both optional). ``source`` (optional) says how the
 #: bytes were obtained when not from the syscall's user buffer: ``"readback"``, read by the
 #: collector from the file that held them (copy_file_range, sendfile, splice); then
-#: ``readback_error`` says why a ``lost`` range could not be read back.
+#: ``readback_error`` says why a ``lost`` range could not be read back. ``lost_unsized``
+#: (optional) counts transfers lost whose byte count no one could read (a sendmmsg/recvmmsg
+#: message header unmapped by the syscall's exit): no range can name them.
 FILE_KEYS: dict[str, tuple[type, ...]] = {
     "syscall": (str,),
     "fd": (int,),
@@ -399,6 +401,10 @@ def parse_source(env: dict[str, Any]) -> str | None:
     return source
 
 
+#: The most ``lost_unsized`` one message may carry (the kernel counts them in 32 bits).
+MAX_LOST_UNSIZED = (1 << 32) - 1
+
+
 def parse_extent(env: dict[str, Any]) -> int | None:
     """A file message's ``extent``: None for a transfer; for the collector's announcement at
     stop, the file offset after the last byte of the artifact it published or reported lost
@@ -411,6 +417,14 @@ def parse_extent(env: dict[str, Any]) -> int | None:
     if env["io_len"] != 0:
         raise BadFileMessage(f"an extent announcement with io_len {env['io_len']}")
     return extent
+
+
+def parse_lost_unsized(env: dict[str, Any]) -> int:
+    """A file message's optional ``lost_unsized``: transfers lost whose size is unknown."""
+    count = env.get("lost_unsized", 0)
+    if type(count) is not int or not 0 <= count <= MAX_LOST_UNSIZED:
+        raise BadFileMessage(f"lost_unsized {count!r:.40} out of range")
+    return count
 
 
 def check_object(env: dict[str, Any]) -> list[tuple[int, int]]:

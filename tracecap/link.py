@@ -14,6 +14,8 @@ refused handshake is counted (``handshake_failures``) so the writer can say why 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Sequence
 
 import zmq
@@ -42,6 +44,9 @@ _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
 )
 
+#: A connection is up (the rest of _ALIVE_EVENTS say libzmq is trying to make one).
+_CONNECTED_EVENTS = (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED)
+
 _ALIVE_EVENTS = (
     zmq.EVENT_CONNECTED,
     zmq.EVENT_CONNECT_DELAYED,
@@ -60,8 +65,11 @@ class BusLink:
         topics: Sequence[bytes],
         curve: CurveClient | None = None,
         rcvhwm: int = RCVHWM,
+        wake_fd: int | None = None,
     ) -> None:
         self._context = context
+        #: The read end of a non-blocking pipe whose bytes end a ``poll`` early (a stop signal).
+        self._wake_fd = wake_fd
         self._endpoint = endpoint
         self._topics = tuple(topics)
         self._curve = curve
@@ -69,11 +77,14 @@ class BusLink:
         #: Handshakes the peer refused (CURVE: our key is not on its allow-list, or wrong keys).
         self.handshake_failures = 0
         self._dead_since: float | None = None
+        #: A connection is up: CONNECTED or HANDSHAKE_SUCCEEDED seen since the last DISCONNECTED.
+        self._connected = False
         #: Times the socket was rebuilt after a disconnect libzmq would not repair.
         self.rebuilds = 0
         self._open()
 
     def _open(self) -> None:
+        self._connected = False
         sock = self._context.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self._rcvhwm)
@@ -102,6 +113,8 @@ class BusLink:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
+        if self._wake_fd is not None:
+            self._poller.register(self._wake_fd, zmq.POLLIN)
 
     def _close(self) -> None:
         self._sock.disable_monitor()
@@ -109,8 +122,13 @@ class BusLink:
         self._sock.close(linger=0)
 
     def poll(self, timeout_ms: int) -> bool:
-        """Wait for data; True when a message may be ready."""
+        """Wait for data (or a byte on ``wake_fd``, which is taken); True when a message may be
+        ready."""
         ready = dict(self._poller.poll(timeout_ms))
+        if self._wake_fd is not None and self._wake_fd in ready:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_fd, 64):
+                    pass
         return self._sock in ready
 
     def recv(self) -> list[bytes] | None:
@@ -120,16 +138,29 @@ class BusLink:
         except zmq.Again:
             return None
 
-    def check(self, now: float) -> bool:
-        """Process connection events; rebuild a dead link. Returns True when it rebuilt."""
+    def _take_events(self, now: float) -> None:
         while self._monitor.poll(0):
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_DISCONNECTED:
                 self._dead_since = now
+                self._connected = False
             elif event in _ALIVE_EVENTS:
                 self._dead_since = None
+                self._connected = self._connected or event in _CONNECTED_EVENTS
             elif event in _HANDSHAKE_FAILED:
                 self.handshake_failures += 1
+
+    def disconnected(self, now: float) -> bool:
+        """Whether no publisher is connected: none yet, or its end closed and none since
+        (libzmq retrying to connect every 100 ms does not change that). libzmq reports the
+        close once it has read the connection to its end, so nothing more can come but what
+        is already queued here."""
+        self._take_events(now)
+        return not self._connected
+
+    def check(self, now: float) -> bool:
+        """Process connection events; rebuild a dead link. Returns True when it rebuilt."""
+        self._take_events(now)
         if self._dead_since is not None and now - self._dead_since >= DEAD_LINK_SECONDS:
             self._dead_since = None
             self._close()

@@ -118,8 +118,11 @@ class Subscriber:
         log: RateLimitedLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         curve: CurveClient | None = None,
+        wake_fd: int | None = None,
     ) -> None:
         self.writer = writer
+        #: A byte on this fd ends the wait for messages at once (the runner's stop signals).
+        self._wake_fd = wake_fd
         #: CURVE client keys for a tcp endpoint (a remote writer fed by `tracecap bridge`).
         self._curve = curve
         self._handshake_failures = 0
@@ -299,6 +302,7 @@ class Subscriber:
             self.writer.topics,
             curve=self._curve,
             rcvhwm=self.writer.queue_messages,
+            wake_fd=self._wake_fd,
         )
         self.ready.set()
         try:
@@ -331,10 +335,17 @@ class Subscriber:
     def _drain_before_stop(self, link: BusLink) -> None:
         """Write what the collector already sent: supervisord stops the collector first, so a
         writer that is behind under load still has that data queued, and dropping it at the
-        stop would lose it with no record."""
+        stop would lose it with no record. Until the bus is quiet for DRAIN_QUIET_MS; or, once
+        the publisher's end is closed (the collector exits only after its subscribers read
+        their sockets empty), as soon as what is queued is written: nothing more can come."""
         deadline = time.monotonic() + DRAIN_LIMIT_S
         try:
-            while time.monotonic() < deadline and link.poll(DRAIN_QUIET_MS):
+            while time.monotonic() < deadline:
+                gone = link.disconnected(self._clock())
+                if not link.poll(0 if gone else DRAIN_QUIET_MS):
+                    if gone or not link.disconnected(self._clock()):
+                        return
+                    continue  # woken by the disconnect: what is queued, then stop
                 self._drain(link)
                 self.housekeeping(self._clock())
         except zmq.ContextTerminated:

@@ -49,6 +49,7 @@ COLLECTOR_LOSS_KEYS = (
     "orphan_ios",
     "streams_evicted",
     "lost_bytes",
+    "lost_unsized",
     "exec_unreadable",
     "file_read_errors",
     "bus_dropped_messages",

@@ -394,6 +394,7 @@ class FileWriter(Writer):
         env, payload = msg.env, msg.payload
         try:
             lost = bus.parse_lost(env.get("lost"))
+            unsized = bus.parse_lost_unsized(env)
             extent = bus.parse_extent(env)
             source = bus.parse_source(env)
             bus.check_transfer(env, len(payload))
@@ -411,6 +412,7 @@ class FileWriter(Writer):
         key, art = self._artifact(subdir, name, direction, env, now)
         self._hold(key, msg)
         self._touch(key, art, env, now)
+        art.lost_unsized += unsized
         if lost:
             for start, end in lost:
                 art.add_missing(start, end)

@@ -99,6 +99,9 @@ class FileArtifact:
         #: A writer died with this artifact open: bytes sent while no writer was there may be
         #: lost beyond anything named, so it is never complete again.
         self.interrupted = False
+        #: Transfers lost whose byte count is unknown (bus ``lost_unsized``): no range names
+        #: them, so the artifact is incomplete by that many transfers beyond ``missing``.
+        self.lost_unsized = 0
         self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
         self._recent: RecentKeys[int] = RecentKeys(_RECENT_IOS)
         self.last_activity = now
@@ -199,7 +202,7 @@ class FileArtifact:
             "append": self.append,
             "size": size,
             "sha256": sha256,
-            "complete": not missing and not self.bus_gaps and not self.interrupted,
+            "complete": not (missing or self.bus_gaps or self.interrupted or self.lost_unsized),
             "missing": [[s, e] for s, e in missing.ranges()],
             "end": self.end,
             **self.first,
@@ -227,6 +230,8 @@ class FileArtifact:
             rec["generation"] = self.generation
         if self.interrupted:
             rec["interrupted"] = True
+        if self.lost_unsized:
+            rec["lost_unsized"] = self.lost_unsized
         for source, ranges in self.obtained.items():
             rec[source] = [[s, e] for s, e in ranges.ranges()]
         return rec
@@ -288,6 +293,10 @@ class FileArtifact:
             # an incomplete line may have lost bytes it could not name: holes stay missing
             art.uncertain = rec.get("complete") is not True
             art.interrupted = rec.get("interrupted") is True
+            unsized = rec.get("lost_unsized", 0)
+            if type(unsized) is not int or unsized < 0:
+                raise ValueError("lost_unsized must be a non-negative integer")
+            art.lost_unsized = unsized
             art.obtained = {s: RangeSet.of(rec[s]) for s in FILE_SOURCES if rec.get(s)}
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not a file record: {exc.__class__.__name__}: {exc}") from None

@@ -329,17 +329,7 @@ class Index:
         """Append one line; a failure is counted (``errors``: ``index_errors`` for the index,
         ``events_errors`` for ``events.jsonl``) and logged as ``what`` not written, never raised:
         the writer goes on, and a later line may describe the same."""
-        try:
-            self.append(record)
-        except (OSError, ValueError) as exc:
-            counters[errors] = counters.get(errors, 0) + 1
-            log(errors.removesuffix("s"), f"{what} not written: {exc}")
-            return False
-        finally:
-            while self.rotation_problems:
-                counters["rotation_errors"] = counters.get("rotation_errors", 0) + 1
-                log("rotation_error", f"{self._name} rotation: {self.rotation_problems.pop(0)}")
-        return True
+        return self.append_all_or_count([record], counters, log, what, errors)[0]
 
     def append_all_or_count(
         self,
@@ -347,19 +337,24 @@ class Index:
         counters: dict[str, int],
         log: Callable[[str, str], None],
         what: str,
+        errors: str = "index_errors",
     ) -> list[bool]:
         """Append ``records`` in as few writes as rotation allows (one lock, one ``write`` per
         chunk of at most the rotation size, so segments keep to their size), each chunk whole or
         not at all, and say which are in the index: a record that is not JSON is left out
-        (counted, logged) and the others go; a failed write leaves its chunk out (counted once
-        per failed append)."""
+        (counted in ``errors``, logged) and the others go; a failed append (OSError, or the
+        ValueError of an fd already closed) leaves its chunk out, counted once. Never raises."""
+
+        def lost(exc: Exception) -> None:
+            counters[errors] = counters.get(errors, 0) + 1
+            log(errors.removesuffix("s"), f"{what} not written: {exc}")
+
         lines: list[bytes | None] = []
         for record in records:
             try:
                 lines.append(encode_record(record))
             except ValueError as exc:
-                counters["index_errors"] = counters.get("index_errors", 0) + 1
-                log("index_error", f"{what} not written: {exc}")
+                lost(exc)
                 lines.append(None)
         done = [False] * len(records)
         limit = self._rotation.size if self._rotation is not None else None
@@ -367,9 +362,8 @@ class Index:
             for chunk in chunk_lines(lines, limit):
                 try:
                     self._append(b"".join(lines[i] or b"" for i in chunk))
-                except OSError as exc:
-                    counters["index_errors"] = counters.get("index_errors", 0) + 1
-                    log("index_error", f"{what} not written: {exc}")
+                except (OSError, ValueError) as exc:
+                    lost(exc)
                     continue
                 for i in chunk:
                     done[i] = True

@@ -71,6 +71,9 @@ def summary_line(
             f"({kernel.get('mem.skipped_dumps', 0)} dumps, "
             f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
         )
+    unsized = ""
+    if coll.get("lost_unsized"):
+        unsized = f", transfers lost of unknown size {coll['lost_unsized']}"
     # not a loss: packets that reached the pcap writer after their place in time was written
     late = ""
     if any("late_packets" in w.get("counters", {}) for w in writers.values()):
@@ -89,7 +92,7 @@ def summary_line(
         f"{writer_sum('events_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{mem}{late}"
+        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{unsized}{mem}{late}"
     )
 
 

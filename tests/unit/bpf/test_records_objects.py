@@ -183,10 +183,10 @@ def test_sock_owner():
 def test_dropped_io():
     key, value = build.dropped_io(
         inode=71, cgroup_id=72, dev=73, direction=records.DIR_READ, bytes=74, lo=75, hi=76,
-        ios=77, append=1,
+        ios=77, append=1, unsized=78,
     )  # fmt: skip
     assert records.decode_dropped_io(key, value) == records.DroppedIo(
-        71, 72, 73, records.DIR_READ, 74, 75, 76, 77, True
+        71, 72, 73, records.DIR_READ, 74, 75, 76, 77, True, 78
     )
 
 

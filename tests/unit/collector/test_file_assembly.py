@@ -459,6 +459,39 @@ def test_a_dropped_stream_write_is_a_loss_of_its_byte_count():
     assert out.topic == bus.TOPIC_FILE_READ and out.env["lost"] == [[0, 100]]
 
 
+@pytest.mark.parametrize(("nbytes", "lost"), [(0, []), (300, [[0, 300]])])
+def test_a_transfer_of_unknown_size_is_counted_not_given_a_range(nbytes: int, lost: list) -> None:
+    """A sendmmsg message whose header was unmapped by exit: its file is known, its byte count
+    is not. The notice names no range for it (a made-up one would break bytes written = bytes
+    present + bytes missing) and says how many such transfers were lost; with sized drops of
+    the same file beside it, their bytes are the range."""
+    asm = FileAssembler(boot_to_epoch_ns=0)
+    drop = records.DroppedIo(
+        inode=7, cgroup_id=1, dev=12, direction=records.DIR_WRITE, bytes=nbytes, lo=0, hi=0,
+        ios=2, append=True, unsized=1,
+    )  # fmt: skip
+    out = asm.on_dropped(drop, now_ns=5)
+    env = out.env
+    assert env["lost"] == lost and env["io_len"] == nbytes and env["lost_unsized"] == 1
+    assert (env["lost_bytes"], env["lost_ios"]) == (nbytes, 2)
+    assert (asm.lost_bytes, asm.lost_unsized) == (nbytes, 1)
+    decoded = bus.decode(bus.encode(out.topic, {**env, "v": 1, "epoch": 1, "seq": 0})).env
+    # what the file writer checks before taking it
+    assert bus.parse_lost(decoded.get("lost")) == [tuple(r) for r in lost]
+    assert bus.parse_lost_unsized(decoded) == 1
+    bus.check_transfer(decoded, 0)
+
+
+def test_a_sized_drop_carries_no_unsized_count() -> None:
+    asm = FileAssembler(boot_to_epoch_ns=0)
+    drop = records.DroppedIo(
+        inode=7, cgroup_id=1, dev=12, direction=records.DIR_READ, bytes=100, lo=0, hi=0,
+        ios=1, append=True,
+    )  # fmt: skip
+    assert "lost_unsized" not in asm.on_dropped(drop, now_ns=5).env
+    assert asm.lost_unsized == 0
+
+
 # --- continuations and runs ---
 
 

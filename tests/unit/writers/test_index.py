@@ -106,6 +106,43 @@ def test_records_appended_together_go_whole_or_not_at_all(out, tmp_path) -> None
     assert counters == {"index_errors": 2} and logged == ["index_error"] * 2
 
 
+@pytest.mark.parametrize("errors", ["index_errors", "events_errors"])
+def test_single_and_batch_appends_count_the_same_way(out, tmp_path, errors: str) -> None:
+    """One record goes through the batch path: its line is the batch's line, and a record that
+    is not JSON, a short write and a closed fd (ValueError from flock(-1)) are each counted
+    once under ``errors`` and logged, never raised, on either path."""
+    counters: dict[str, int] = {}
+    logged: list[tuple[str, str]] = []
+
+    def log(kind: str, msg: str) -> None:
+        logged.append((kind, msg))
+
+    index = Index(out)
+    assert index.append_or_count({"n": 1, "s": "\u00e9"}, counters, log, "one", errors)
+    assert index.append_all_or_count([{"n": 2}], counters, log, "many", errors) == [True]
+    assert (tmp_path / "out" / "index.jsonl").read_bytes() == (
+        b'{"n": 1, "s": "\\u00e9"}\n{"n": 2}\n'
+    )
+    assert counters == {} and logged == []
+    nan = {"n": float("nan")}
+    assert not index.append_or_count(nan, counters, log, "one", errors)
+    assert index.append_all_or_count([nan], counters, log, "many", errors) == [False]
+    torn = Index(out, write=short_by(1))
+    assert not torn.append_or_count({"n": 3}, counters, log, "one", errors)
+    assert torn.append_all_or_count([{"n": 4}], counters, log, "many", errors) == [False]
+    index.close()
+    assert not index.append_or_count({"n": 5}, counters, log, "one", errors)
+    assert index.append_all_or_count([{"n": 6}, {"n": 7}], counters, log, "many", errors) == [
+        False,
+        False,
+    ]
+    assert counters == {errors: 6}
+    assert [kind for kind, _ in logged] == [errors.removesuffix("s")] * 6
+    assert [msg.split(" not written: ")[0] for _, msg in logged] == ["one", "many"] * 3
+    assert "negative" in logged[-1][1]  # the closed fd's ValueError, not an OSError
+    assert lines(tmp_path) == [{"n": 1, "s": "\u00e9"}, {"n": 2}]
+
+
 def test_a_batch_is_cut_where_the_rotation_size_would_be_passed() -> None:
     """Appends of at most the limit, so segments keep to their size; a line over the limit is
     an append of its own; records left out (None) are in none; no limit: one append."""

@@ -116,6 +116,36 @@ def test_lost_ranges_make_the_artifact_incomplete(h: Harness) -> None:
     assert rec["size"] == 10
 
 
+def test_a_transfer_lost_of_unknown_size_makes_the_artifact_incomplete(h: Harness) -> None:
+    """The collector's notice for a socket message whose size could not be read: no range,
+    ``lost_unsized``. The artifact holds every byte that came (none listed missing, since no
+    offset is known for them) and is not complete, kept when rebuilt from its index line."""
+    path = "host/write.dev-2049.inode-1234"
+    stream = {"append": True, "path": b"socket:[1234]", "inode": 1234}
+    h.io(b"one ", off=0, io_id=1, **stream)
+    notice = file_env(off=0, io_id=1 << 62, io_len=0, lost=[], lost_unsized=2, **stream)
+    h.send(None, notice)
+    h.io(b"two", off=4, io_id=2, **stream)
+    h.idle()
+    rec = h.latest(path)
+    assert (rec["complete"], rec["missing"], rec["lost_unsized"]) == (False, [], 2)
+    assert rec["size"] == 7 and (h.root / path).read_bytes() == b"one two"
+    byte_equation(b"one two", (h.root / path).read_bytes(), rec["missing"])
+    assert h.writer._artifacts == {}  # released: the next message rebuilds it from the line
+    h.io(b"!", off=7, io_id=3, **stream)
+    h.idle()
+    rec = h.latest(path)
+    assert (rec["complete"], rec["lost_unsized"], rec["size"]) == (False, 2, 8)
+    assert h.writer.counters["rebuilt"] == 1
+
+
+def test_a_whole_stream_has_no_unsized_field(h: Harness) -> None:
+    h.io(b"x", off=0, io_id=1, append=True, path=b"socket:[9]", inode=9)
+    h.idle()
+    rec = h.latest("host/write.dev-2049.inode-9")
+    assert rec["complete"] is True and "lost_unsized" not in rec
+
+
 def test_an_incomplete_io_is_recorded_as_missing(h: Harness) -> None:
     env = file_env(off=1000, io_id=3, io_len=100, io_off=0)
     h.send(b"x" * 40, env)
@@ -222,6 +252,9 @@ def test_a_run_of_merged_syscalls_counts_each_of_them(h: Harness) -> None:
         {"io_count": -1},
         {"io_count": 10**9, "io_len": 4},
         {"source": "guess"},
+        {"lost_unsized": -1},
+        {"lost_unsized": "2"},
+        {"lost_unsized": 1 << 32},
     ],
 )
 def test_nonsense_is_rejected_and_counted(h: Harness, overrides: dict[str, Any]) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import pwd
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
+import writers.base as writers_base
 from tracecap import bus, kinds, privileges
 from tracecap.privileges import PrivilegeError, drop_privileges
 from writers.base import Writer
@@ -89,6 +92,34 @@ def test_run_writer_persists_and_stops_cleanly(tmp_path: Path) -> None:
     assert (out / "host" / "write.dev-1.inode-9").read_bytes() == b"hello"
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert records[-1]["kind"] == "write" and records[-1]["complete"] is True
+
+
+def test_a_stop_signal_ends_the_wait_for_messages_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (supervisord's stop) ends the writer's wait for messages when it comes, not at
+    the end of the wait (an hour here: SIGALRM fails the test long before)."""
+    monkeypatch.setattr(writers_base, "POLL_MS", 3_600_000)
+    sockdir = tempfile.mkdtemp(prefix="tcrun")
+
+    def watchdog(_signum: int, _frame: object) -> None:
+        raise TimeoutError("the stop signal did not end the wait for messages")
+
+    before_alarm = signal.signal(signal.SIGALRM, watchdog)
+    before_term = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    signal.alarm(30)
+    timer.start()
+    try:
+        endpoint = f"ipc://{sockdir}/bus.sock"  # no publisher: nothing to drain at the stop
+        assert run_writer("file", str(tmp_path / "out"), endpoint, None, drop_to=None) == 0
+    finally:
+        signal.alarm(0)
+        timer.cancel()
+        signal.signal(signal.SIGALRM, before_alarm)
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert signal.getsignal(signal.SIGTERM) is before_term
+    assert signal.set_wakeup_fd(-1) == -1  # the wakeup fd was given back
 
 
 @pytest.mark.parametrize("kind", kinds.KINDS, ids=lambda kind: kind.name)

@@ -16,10 +16,11 @@ import msgpack
 import pytest
 import zmq
 
+import writers.base as writers_base
 from tests.support.envelopes import file_env
 from tests.support.writer_harness import OutputTree
 from tracecap import bus
-from tracecap.link import MAX_FRAME_BYTES
+from tracecap.link import MAX_FRAME_BYTES, BusLink
 from writers.base import Subscriber
 from writers.file import FileWriter
 from writers.gaps import Gap, GapTracker
@@ -52,7 +53,7 @@ PROBE = [TOPIC, b"\xc1"]  # never valid msgpack: seen as one more malformed mess
 class Bus:
     """A PUB socket, and a Subscriber + FileWriter running in a thread."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, writer: type[FileWriter] = FileWriter) -> None:
         self.sockdir = tempfile.mkdtemp(prefix="tcbus")  # ipc paths must stay short
         self.endpoint = f"ipc://{self.sockdir}/bus.sock"
         self.ctx = zmq.Context()
@@ -63,7 +64,7 @@ class Bus:
         self.tree = OutputTree(tmp_path)
         self.root = self.tree.root
         self.stats_dir = tmp_path / "run"
-        self.writer = FileWriter(self.tree.out, self.tree.index)
+        self.writer = writer(self.tree.out, self.tree.index)
         self.sub = Subscriber(
             self.writer, self.endpoint, index=self.tree.index, stats_dir=str(self.stats_dir)
         )
@@ -100,7 +101,8 @@ class Bus:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-        self.pub.close(0)
+        if not self.pub.closed:
+            self.pub.close(0)
         self.ctx.term()
         self.tree.close()
         shutil.rmtree(self.sockdir, ignore_errors=True)
@@ -154,6 +156,115 @@ def test_malformed_messages_are_counted_and_dropped(zbus: Bus) -> None:
     assert (zbus.root / "host/write.dev-1.inode-2").read_bytes() == b"alpha-bravo-charlie"
     [record] = zbus.records("write")
     assert record["complete"] is True and record["size"] == 19
+
+
+def test_a_stop_after_the_publisher_closed_writes_what_is_queued_and_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector exits only once its subscribers read their sockets empty; supervisord
+    then stops the writers. What the writer has queued is all there is: it is written, and the
+    stop waits no quiet period for more (a minute here: the join would time out)."""
+    monkeypatch.setattr(writers_base, "DRAIN_QUIET_MS", 60_000)
+    gate = threading.Event()
+
+    class Gated(FileWriter):
+        def handle(self, msg: bus.Message) -> None:
+            gate.wait(10)  # behind: the rest of the messages stay queued in ZeroMQ
+            super().handle(msg)
+
+    zbus = Bus(tmp_path, Gated)
+    try:
+        chunks = [b"%03d," % n for n in range(50)]
+        for seq, chunk in enumerate(chunks):
+            zbus.send(write_frames(chunk, seq * 4, seq))
+        zbus.pub.close(linger=5_000)  # the publisher's end closes with everything sent
+        time.sleep(0.3)  # libzmq reads the connection to its end and reports the disconnect
+        zbus.stop.set()
+        gate.set()
+        zbus.thread.join(10)
+        assert not zbus.thread.is_alive(), "the stop waited for more after the publisher left"
+        assert zbus.delta("messages") == len(chunks) and zbus.delta("gap_messages") == 0
+        assert (zbus.root / "host/write.dev-1.inode-2").read_bytes() == b"".join(chunks)
+    finally:
+        zbus.close()
+
+
+def test_the_link_knows_the_publisher_left_while_libzmq_retries(tmp_path: Path) -> None:
+    """What the stop's drain relies on: once the publisher's end closed, the link says so,
+    and libzmq's reconnect attempts (every 100 ms) do not make it look connected again."""
+    sockdir = tempfile.mkdtemp(prefix="tcbus")
+    ctx = zmq.Context()
+    endpoint = f"ipc://{sockdir}/bus.sock"
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(endpoint)
+    link = BusLink(ctx, endpoint, [TOPIC])
+    try:
+        wait_until(lambda: not link.disconnected(time.monotonic()))
+        pub.close(linger=0)
+        wait_until(lambda: link.disconnected(time.monotonic()))
+        time.sleep(0.35)  # several reconnect attempts
+        assert link.disconnected(time.monotonic())
+    finally:
+        link.close()
+        pub.close(linger=0)
+        ctx.term()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+def test_a_byte_on_the_wake_fd_ends_the_links_wait_and_is_taken(tmp_path: Path) -> None:
+    sockdir = tempfile.mkdtemp(prefix="tcbus")
+    ctx = zmq.Context()
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    pub = ctx.socket(zmq.PUB)  # connected and silent: only the wake byte can end the wait
+    pub.bind(f"ipc://{sockdir}/bus.sock")
+    link = BusLink(ctx, f"ipc://{sockdir}/bus.sock", [TOPIC], wake_fd=wake_r)
+    try:
+        wait_until(lambda: not link.disconnected(time.monotonic()))
+        time.sleep(0.1)
+        link.check(time.monotonic())  # the rest of the connection's events
+        waited: list[bool] = []
+        waiter = threading.Thread(target=lambda: waited.append(link.poll(3_600_000)))
+        waiter.start()
+        os.write(wake_w, b"\0\0")
+        waiter.join(10)
+        assert waited == [False], "the wake byte did not end the wait"
+        with pytest.raises(BlockingIOError):
+            os.read(wake_r, 1)  # taken by the poll
+    finally:
+        link.close()
+        pub.close(linger=0)
+        os.close(wake_r)
+        os.close(wake_w)
+        ctx.term()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+class FakeLink:
+    """A link whose publisher left with ``queued`` messages still here."""
+
+    def __init__(self, queued: list[list[bytes]]) -> None:
+        self.queued = queued
+        self.timeouts: list[int] = []
+
+    def disconnected(self, now: float) -> bool:
+        return True
+
+    def poll(self, timeout_ms: int) -> bool:
+        self.timeouts.append(timeout_ms)
+        return bool(self.queued)
+
+    def recv(self) -> list[bytes] | None:
+        return self.queued.pop(0) if self.queued else None
+
+
+def test_the_stop_drain_takes_what_is_queued_and_waits_for_nothing(tmp_path: Path) -> None:
+    with OutputTree(tmp_path) as tree:
+        sub = Subscriber(FileWriter(tree.out, tree.index), "ipc:///nonexistent", index=tree.index)
+        link = FakeLink([write_frames(b"%d" % n, n, n) for n in range(5)])
+        sub._drain_before_stop(link)  # type: ignore[arg-type]
+        assert sub.counters["messages"] == 5 and link.queued == []
+        assert set(link.timeouts) == {0}, "the drain waited for a quiet period"
+        sub.writer.close()
 
 
 def test_a_frame_beyond_maxmsgsize_does_not_kill_the_writer(zbus: Bus) -> None:

@@ -68,6 +68,12 @@ def test_summary_says_what_the_mem_allowances_skipped():
     assert "mem budget" not in summary_line({"kernel": {"write.events": 1}, "collector": {}}, {})
 
 
+def test_summary_says_how_many_transfers_were_lost_of_unknown_size():
+    line = summary_line({"kernel": {}, "collector": {"lost_unsized": 3}}, {})
+    assert "not read back 0 bytes, transfers lost of unknown size 3" in line
+    assert "unknown size" not in summary_line({"kernel": {}, "collector": {"lost_unsized": 0}}, {})
+
+
 def test_status_line_rate_bytes_artifacts_losses():
     before = {"kernel": {"write.events": 100, "write.bytes": 0}}
     now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,

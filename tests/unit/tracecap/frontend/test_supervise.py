@@ -20,6 +20,7 @@ from tracecap import bus, options, segments
 from tracecap.frontend.events_file import open_events_file
 from tracecap.frontend.plan import Plan, make_plan
 from tracecap.frontend.supervise import (
+    LOOP_MS,
     READY_TIMEOUT_ENV,
     READY_TIMEOUT_S,
     Frontend,
@@ -122,12 +123,14 @@ class FakeFeed:
         self.batches = list(batches)
         self.subscribed: tuple[str, tuple[bytes, ...]] | None = None
         self.closed = False
+        self.timeouts: list[int] = []
 
     def __call__(self, endpoint: str, topics: tuple[bytes, ...]) -> FakeFeed:
         self.subscribed = (endpoint, topics)
         return self
 
     def receive(self, timeout_ms: int) -> list[list[bytes]]:
+        self.timeouts.append(timeout_ms)
         return self.batches.pop(0) if self.batches else []
 
     def close(self) -> None:
@@ -304,6 +307,40 @@ def test_a_stop_signal_stops_supervisord(tmp_path, capsys, signum, when):
     err = capsys.readouterr().err
     assert error_lines(err) == []
     assert "tracecap: summary: 4 events" in err
+
+
+def test_a_stopping_supervisord_is_woken_until_it_exits(tmp_path, capsys):
+    """supervisord notices its programs' exits only when its poll ends: requests on its socket
+    end it, so the front end asks after its programs at every turn of a stop, and only then."""
+    run = Scenario(tmp_path, batches=[[stats("ready")]], exits_after=200)
+    asked: list[bool] = []
+    stopped: list[bool] = []
+    infos = run.rpc.process_infos
+
+    def process_infos() -> list[dict[str, Any]] | None:
+        asked.append(bool(stopped))
+        if len(stopped) and asked.count(True) == 3:
+            run.sup.returncode = 0  # woken by the third request after the stop
+        return infos()
+
+    def send_signal(sig: int) -> None:  # supervisord stops its programs, then exits later
+        run.sup.signals.append((sig, run.clock.now))
+        stopped.append(True)
+
+    run.rpc.process_infos = process_infos  # type: ignore[method-assign]
+    run.sup.send_signal = send_signal  # type: ignore[method-assign]
+    run.sup.on_poll = lambda polls: os.kill(os.getpid(), signal.SIGTERM) if polls == 4 else None
+    before = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        assert run.run() == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert [sig for sig, _ in run.sup.signals] == [signal.SIGTERM]
+    assert asked.count(True) == 3 and run.sup.polls < 10, "supervisord was not woken"
+    assert asked.count(False) <= 2  # before the stop, only the periodic check
+    # a stop signal only sets a flag: the loop notices it after at most one wait on the bus
+    # (the last wait is the final stats' drain, once supervisord has exited)
+    assert max(run.feed.timeouts[:-1]) <= LOOP_MS
 
 
 def test_the_front_end_subscribes_to_stats_and_printed_events_on_the_runs_bus(tmp_path):
