@@ -12,7 +12,8 @@ setup-test: setup
 PREFIX = $(or $(TRACECAP_PREFIX),/opt/tracecap)
 
 # the kernel matrix (.ci/run runs a subset after `make test`): QEMU, virtme-ng and Debian's
-# kernels, unpacked; `make test-kernels KERNELS="host 6.1"` runs those rows only
+# kernels, unpacked; `make test-kernels KERNELS="host 6.1"` runs those rows only, and
+# TRACECAP_SMOKE_KINDS=module (comma-separated) only those capture kinds in each
 setup-kernels: setup-test
 	@sh scripts/setup-kernels.sh
 

@@ -52,13 +52,20 @@ def why_not_from_file(mapping: records.ModuleMapping) -> str:
     return WRITTEN_PRIVATE if mapping.written else ""
 
 
-def file_candidates(pid: int, mapping: records.ModuleMapping, path: bytes) -> list[str]:
+def file_candidates(
+    pid: int, mapping: records.ModuleMapping, path: bytes, finit_path: bytes = b""
+) -> list[str]:
     """Where to open the mapped file: the mapping itself while the process has it (the very
-    file, even renamed or deleted), then the path the kernel named."""
+    file, even renamed or deleted), then the path the kernel named, then ``finit_path``, the
+    file the same process's last finit_module named (kmod tries finit_module before it maps
+    the file). That last one matters on overlayfs: a mapping there is of the layer's own file,
+    whose path the kernel names inside overlayfs's private mount of the layer (``/m.ko``),
+    which no process can reach, while finit_module's file is the overlay's (measured on 6.18:
+    both paths had the same inode number; the identity check decides either way)."""
     candidates = [f"/proc/{pid}/map_files/{mapping.start:x}-{mapping.end:x}"]
-    name = os.fsdecode(path)
-    if name.startswith("/") and not name.startswith("/proc/"):
-        candidates.append(name)
+    for name in (os.fsdecode(path), os.fsdecode(finit_path)):
+        if name.startswith("/") and not name.startswith("/proc/") and name not in candidates:
+            candidates.append(name)
     return candidates
 
 

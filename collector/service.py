@@ -70,6 +70,8 @@ STOP_STREAMING_NS = 10_000_000_000
 #: Executed binaries remembered so that each is streamed once per collector run (the writer
 #: keeps the lasting, once-per-(container, dev, inode, ctime) record).
 EXEC_SEEN_MAX = 65536
+#: Processes whose last finit_module path is remembered, the oldest forgotten first.
+FINIT_PATHS_MAX = 1024
 #: Object ids made in user space live above the kernel's, so the two never collide.
 USER_OBJ_ID_BASE = 1 << 48
 #: The user the writers, the bridge and tap run as: the kernel side ignores its processes.
@@ -152,6 +154,8 @@ class Collector:
             scoped=scope_flags(config) != 0,
         )
         self._exec_seen: dict[tuple[int, int, int, int], None] = {}
+        #: Per process, the file its last finit_module named (module_images.file_candidates).
+        self._finit_paths: dict[int, bytes] = {}
         self._next_obj_id = USER_OBJ_ID_BASE
         self._probes: KernelProbes | None = None
         self._ring: RingReader | None = None
@@ -333,12 +337,17 @@ class Collector:
         could not read (see collector/module_images.py)."""
         identity = FileIdentity(ev.dev, ev.inode, ev.ctime, ev.mtime, ev.size)
         if ev.syscall == "finit_module":
+            self._finit_paths.pop(ev.hdr.pid, None)
+            self._finit_paths[ev.hdr.pid] = ev.path
+            if len(self._finit_paths) > FINIT_PATHS_MAX:
+                del self._finit_paths[next(iter(self._finit_paths))]
             return self._on_finit_module(ev, env, identity)
         finish = None
         if ev.mapping is not None:
             fd, why = None, why_not_from_file(ev.mapping)
             if not why:
-                candidates = file_candidates(ev.hdr.pid, ev.mapping, ev.path)
+                finit_path = self._finit_paths.get(ev.hdr.pid, b"")
+                candidates = file_candidates(ev.hdr.pid, ev.mapping, ev.path, finit_path)
                 fd, why = self._host.open_unchanged(candidates, identity)
             finish = functools.partial(self._finish_module, ev, identity, fd, why)
         return self._objects.on_event(

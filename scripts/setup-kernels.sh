@@ -75,4 +75,4 @@ for entry in $MATRIX; do
     echo "$version" > "$KERNELS/$name/version"
     echo "setup-kernels: $name is $pkg ($version)"
 done
-chmod -R go+rX "$KERNELS"
+grant_read "$KERNELS"

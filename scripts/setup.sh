@@ -90,7 +90,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find pyproject.toml collector writers tracecap b
     touch "$stamp"
     installed=1
 fi
-chmod -R go+rX "$PREFIX"
+grant_read "$PREFIX"
 
 # What the README tells root to type: tracecap, and the static deployment's supervisord and
 # supervisorctl (tracecap's own, in the venv). A program of that name that is not a link to

@@ -5,12 +5,14 @@ how long each kernel took.
 
 QEMU uses hardware KVM only where /dev/kvm boots a stock kernel: this machine's /dev/kvm is PVM,
 on which they hang, so TRACECAP_KVM=1 opts in and the default is TCG, about 8x slower, which
-TRACECAP_TIME_FACTOR passes on to the smoke's timeouts."""
+TRACECAP_TIME_FACTOR passes on to the smoke's timeouts. TRACECAP_SMOKE_KINDS (e.g. ``module`` or
+``write,module``) is passed on too: the smoke runs those kinds only."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,6 +27,8 @@ SMOKE = Path(__file__).with_name("kernel_smoke.py").resolve()
 KVM = os.environ.get("TRACECAP_KVM") == "1"
 FACTOR = 1 if KVM else 8
 BOOT_TIMEOUT_S = float(os.environ.get("TRACECAP_KERNEL_TIMEOUT", 40 * 60))
+#: The smoke's kinds (scripts/kernel_smoke.py), all when empty.
+SMOKE_KINDS = os.environ.get("TRACECAP_SMOKE_KINDS", "")
 
 
 def _guest(name: str, out: Path) -> dict:
@@ -32,7 +36,8 @@ def _guest(name: str, out: Path) -> dict:
     vmlinuz = KERNELS / name / "boot" / f"vmlinuz-{version}"
     script = out / "smoke.sh"
     script.write_text(
-        f"export TRACECAP_TIME_FACTOR={FACTOR} PATH={PYTHON.parent}:$PATH\n"
+        f"export TRACECAP_TIME_FACTOR={FACTOR} TRACECAP_SMOKE_KINDS={shlex.quote(SMOKE_KINDS)}"
+        f" PATH={PYTHON.parent}:$PATH\n"
         f"{PYTHON} {SMOKE} {out}/result.json > {out}/smoke.log 2>&1\n"
     )
     argv = [str(KERNELS / "venv" / "bin" / "vng"), "--run", str(vmlinuz), "--user", "root",

@@ -171,12 +171,13 @@ MEM_KEYS = {
 #: module.: a kernel module image. ``syscall`` is init_module or finit_module, ``ret`` its return
 #: value (a negative errno when the load failed), ``params`` the parameter string, and for
 #: finit_module the file's ``dev``, ``inode`` and ``path`` (0, 0, b"" for init_module).
-#: Optional: ``fd`` (finit_module's), ``addr`` (init_module's image); ``mapping`` when that image
-#: lies in a file mapping (a map: ``start``, ``end``, ``pgoff`` in pages, ``shared``,
-#: ``written``, and the file's ``dev``, ``inode``, ``ctime``, ``mtime``, ``size``, ``path`` as
-#: the kernel saw them); on the last message, ``from_file`` (the ``[start, end)`` ranges the
-#: collector read from that file because the kernel could not read them from memory) and
-#: ``fill_error`` (why ranges it could not read from the file are still ``lost``).
+#: Optional: ``fd`` and ``load_flags`` (finit_module's), ``addr`` (init_module's image);
+#: ``mapping`` when that image lies in a file mapping (a map: ``start``, ``end``, ``pgoff`` in
+#: pages, ``shared``, ``written``, and the file's ``dev``, ``inode``, ``ctime``, ``mtime``,
+#: ``size``, ``path`` as the kernel saw them); on the last message, ``from_file`` (the
+#: ``[start, end)`` ranges the collector read from that file because the kernel could not read
+#: them from memory) and ``fill_error`` (why ranges it could not read from the file are still
+#: ``lost``).
 MODULE_KEYS = {
     "syscall": (str,),
     "ret": (int,),

@@ -64,6 +64,7 @@ def _ranges(value: object) -> list[list[int]] | None:
 #: not what the bus contract says).
 _OPTIONAL: dict[str, Callable[[object], Any]] = {
     "fd": lambda v: v if type(v) is int else None,
+    "load_flags": lambda v: v if _uint(v) else None,
     "addr": lambda v: v if _uint(v) else None,
     "mapping": mapping_fields,
     "from_file": _ranges,
@@ -94,9 +95,9 @@ class ModuleWriter(LoadWriter):
         return content_key_from_record(record)
 
     def index_fields(self, meta: Meta) -> dict[str, Any]:
-        """The attempt (syscall, parameters, return value, fd or address), the file it loaded
-        or the file mapping its image lay in, and which bytes the collector read from that
-        file (``from_file``) or why it could not (``fill_error``). An optional key that is not
+        """The attempt (syscall, parameters, return value, fd and flags or address), the file it
+        loaded or the file mapping its image lay in, and which bytes the collector read from
+        that file (``from_file``) or why it could not (``fill_error``). An optional key that is not
         what the bus contract says is left out and counted (``bad_fields``)."""
         fields: dict[str, Any] = {
             "syscall": meta["syscall"][:MAX_SYSCALL_CHARS],

@@ -13,43 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import filesystems
+
 pytestmark = pytest.mark.ebpf
-
-#: mkfs.btrfs refuses devices under 109 MiB (its minimum with the default profiles).
-BTRFS_IMAGE_BYTES = 128 * 1024 * 1024
-
-
-def _mount(args: list[str], target: Path) -> Iterator[Path]:
-    target.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", *args, str(target)], check=True, capture_output=True)
-    try:
-        yield target
-    finally:
-        subprocess.run(["umount", "-l", str(target)], check=True, capture_output=True)
 
 
 @pytest.fixture
 def btrfs_subvolume(workdir: Path) -> Iterator[Path]:
-    """A subvolume of a btrfs file system in a loop-mounted image made here."""
-    image = workdir / "btrfs.img"
-    with open(image, "wb") as f:
-        f.truncate(BTRFS_IMAGE_BYTES)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
-    for top in _mount(["-o", "loop", str(image)], workdir / "btrfs"):
-        subprocess.run(["btrfs", "subvolume", "create", str(top / "sub")], check=True,
-                       capture_output=True)  # fmt: skip
-        yield top / "sub"
+    with filesystems.btrfs_subvolume(workdir) as sub:
+        yield sub
 
 
 @pytest.fixture
 def overlay(workdir: Path) -> Iterator[Path]:
-    """The merged directory of an overlayfs mount whose lower layer holds ``lower-echo``."""
-    lower, upper, work = (workdir / name for name in ("lower", "upper", "work"))
-    for d in (lower, upper, work):
-        d.mkdir()
-    _copy("/bin/echo", lower / "lower-echo")
-    options = f"lowerdir={lower},upperdir={upper},workdir={work}"
-    yield from _mount(["-t", "overlay", "overlay", "-o", options], workdir / "merged")
+    """An overlayfs mount whose lower layer holds ``lower-echo``."""
+    with filesystems.overlay(workdir, {"lower-echo": "/bin/echo"}) as merged:
+        yield merged
 
 
 def _copy(src: str, dst: Path) -> Path:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import filesystems
 from tests.support.pipeline import kernel_dev
 from tests.support.workloads import python
 
@@ -201,3 +202,44 @@ def test_an_image_that_cannot_be_read_whole_is_partial_by_name_and_index(
     assert stored[:PAGE] == data[:100] + b"PATCHED" + data[107:PAGE]
     assert stored[PAGE:] == bytes(len(data) - PAGE)  # missing, as the index says
     assert record["sha256"] == sha(stored) != sha(data)
+
+
+def check_loaded_from(run, ko: Path) -> None:
+    """kmod's two attempts for a .ko on a file system of its own: both complete, the image
+    stored once under its true sha256, init_module's unread mapping filled from the file."""
+    data = ko.read_bytes()
+    records = attempts(run, data)
+    check_stored_once(run, records, data)
+    by_syscall = {r["syscall"]: r for r in records}
+    assert sorted(by_syscall) == ["finit_module", "init_module"], run.records("module")
+    assert by_syscall["finit_module"]["source_path"] == str(ko)
+    assert by_syscall["init_module"]["from_file"] == [[0, len(data)]]
+
+
+def test_a_module_in_a_btrfs_subvolume_is_captured_whole(
+    tracecap, modules: dict[str, Path], workdir: Path
+):
+    """stat reports the subvolume's anonymous device where the kernel names the superblock's:
+    the file is recognised by inode and ctime (collector/object_files.is_same_file)."""
+    with filesystems.btrfs_subvolume(workdir) as sub:
+        ko = Path(shutil.copy(modules["crc7"], sub / "crc7.ko"))
+        run = tracecap("--capture", "module")
+        load("insmod", ko)
+        run.stop()
+        (finit,) = [r for r in run.records("module") if r["syscall"] == "finit_module"]
+        assert finit["dev"] != kernel_dev(ko.stat().st_dev)  # what makes btrfs the case
+        check_loaded_from(run, ko)
+
+
+def test_modules_on_overlayfs_are_captured_whole(tracecap, modules: dict[str, Path], workdir: Path):
+    """From the lower layer and from the upper one (a file made in the merged directory):
+    init_module's mapping is of the layer's own file, finit_module's file the overlay's."""
+    with filesystems.overlay(workdir, {"wp512.ko": modules["wp512"]}) as merged:
+        lower = merged / "wp512.ko"
+        upper = Path(shutil.copy(modules["crc7"], merged / "crc7.ko"))
+        run = tracecap("--capture", "module")
+        load("insmod", lower)
+        load("insmod", upper)
+        run.stop()
+        check_loaded_from(run, lower)
+        check_loaded_from(run, upper)

@@ -3,7 +3,9 @@ the collector's refusals, which rows fail `make test-kernels`, the printed matri
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import lzma
 from pathlib import Path
 from types import ModuleType
 
@@ -72,3 +74,56 @@ def test_the_printed_matrix_has_a_class_per_kind_and_the_times():
                                 "refused", "works"]  # fmt: skip
     assert "  6.1 net: refused: network: needs y" in lines
     assert "  6.1 hooks: write syscall_tracepoints" in lines
+
+
+def test_the_image_the_kernel_receives_follows_kmods_version_and_the_kernels_compression():
+    image = b"\x7fELF" + bytes(range(256)) * 4
+    xz = lzma.compress(image)
+    receives = smoke.kernel_receives
+    assert receives(image, None, 30, "xz") == image
+    # kmod 30 (Debian 12) decompresses itself; kmod 31+ hands the file to a kernel that can
+    assert receives(xz, "xz", 30, "xz") == image
+    assert receives(xz, "xz", 31, "xz") == xz
+    assert receives(xz, "xz", 31, "zstd") == image
+    assert receives(xz, "xz", 34, "") == image
+
+
+def test_the_smoke_runs_the_kinds_asked_for(monkeypatch):
+    monkeypatch.setenv("TRACECAP_SMOKE_KINDS", "module,write")
+    assert smoke._kinds() == ["module", "write"]
+    monkeypatch.setenv("TRACECAP_SMOKE_KINDS", "")
+    assert smoke._kinds() == list(smoke.KINDS)
+    monkeypatch.setenv("TRACECAP_SMOKE_KINDS", "modules")
+    try:
+        smoke._kinds()
+    except SystemExit as exc:
+        assert "unknown kinds ['modules']" in str(exc)
+    else:
+        raise AssertionError("an unknown kind was accepted")
+
+
+def _module_record(data: bytes, **fields) -> dict:
+    return {"kind": "module", "sha256": hashlib.sha256(data).hexdigest(), "complete": True,
+            "path": "host/m", "ret": 0, **fields}  # fmt: skip
+
+
+def test_the_module_check_wants_a_compressed_file_flagged_as_one():
+    data = b"xz file"
+    event = {"event": "module_load", "sha256": hashlib.sha256(data).hexdigest(), "ret": 0}
+    check = smoke._module_check({"crc8": data}, 0, {}, frozenset({"crc8"}))
+    flagged = _module_record(data, syscall="finit_module", load_flags=4)
+    assert check([flagged], [event]) == "works"
+    assert check([_module_record(data, syscall="finit_module", load_flags=0)], [event]) == (
+        "incomplete: crc8: load_flags 0"
+    )
+    plain = smoke._module_check({"crc8": data}, 0, {})
+    assert plain([flagged], [event]) == "incomplete: crc8: load_flags 4"
+
+
+def test_a_missing_module_says_what_was_recorded_instead():
+    check = smoke._module_check({"crc8": b"image"}, 0, {})
+    other = {"kind": "module", "sha256": None, "syscall": "finit_module", "ret": 0,
+             "source_path": "/lib/m.ko", "error": "gone"}  # fmt: skip
+    verdict = check([other], [])
+    assert verdict.startswith("missing: no record of crc8")
+    assert "('finit_module', 0, '/lib/m.ko', 'gone')" in verdict

@@ -55,3 +55,20 @@ def test_the_mapping_is_tried_before_the_path() -> None:
     ]
     assert file_candidates(7, MAPPING, b"m.ko") == ["/proc/7/map_files/10000-14000"]
     assert file_candidates(7, MAPPING, b"/proc/1/mem") == ["/proc/7/map_files/10000-14000"]
+
+
+def test_the_file_the_loaders_finit_module_named_comes_last() -> None:
+    """On overlayfs the mapping's own path is inside the layer's private mount (``/m.ko``)."""
+    assert file_candidates(7, MAPPING, b"/m.ko", b"/merged/m.ko") == [
+        "/proc/7/map_files/10000-14000",
+        "/m.ko",
+        "/merged/m.ko",
+    ]
+    assert file_candidates(7, MAPPING, b"/lib/m.ko", b"/lib/m.ko") == [
+        "/proc/7/map_files/10000-14000",
+        "/lib/m.ko",
+    ]
+    assert file_candidates(7, MAPPING, b"/m.ko", b"rel.ko") == [
+        "/proc/7/map_files/10000-14000",
+        "/m.ko",
+    ]

@@ -976,6 +976,27 @@ def test_what_the_kernel_could_not_read_of_a_mapped_image_is_read_from_the_file(
     assert (messages[0].env["dev"], messages[0].env["path"]) == (0, b"")  # finit's keys
 
 
+def test_a_mapped_image_is_also_looked_for_where_the_loaders_finit_module_found_it(tmp_path):
+    """kmod's finit_module, then init_module of its mapping whose own path no process can
+    reach (overlayfs): the finit path is the last candidate, for this process only."""
+    rig = Rig(config("module"))
+    rig.host.files["/merged/m.ko"] = tmp_path / "m.ko"
+    (tmp_path / "m.ko").write_bytes(FILE)
+    collector = rig.started()
+    rig.feed(module_event(800, "finit_module", length=0, fd=7, path=b"/merged/m.ko"))
+    other = HEADER | {"pid": PID + 1, "tid": PID + 2}
+    for header, obj_id in ((HEADER, 600), (other, 601)):
+        rig.feed(build.module_event(
+            **header, obj_id=obj_id, len=IMAGE_LEN, captured=0, inode=INODE, dev=DEV,
+            syscall=records.MODULE_SYSCALLS.index("init_module"), flags=records.MOD_MAPPED,
+            addr=MAP_START, map_start=MAP_START, map_end=MAP_START + 4 * PAGE_SIZE, path=b"/m.ko",
+        ))  # fmt: skip
+    stop(collector)
+    maps = [f"/proc/{p}/map_files/{MAP_START:x}-{MAP_START + 4 * PAGE_SIZE:x}" for p in
+            (PID, PID + 1)]  # fmt: skip
+    assert rig.host.opened[1:] == [[maps[0], "/m.ko", "/merged/m.ko"], [maps[1], "/m.ko"]]
+
+
 def test_a_mapped_image_read_whole_by_the_kernel_needs_nothing_from_the_file(tmp_path):
     rig, collector = init_from_mapping(tmp_path, readable=(True, True, True))
     stop(collector)

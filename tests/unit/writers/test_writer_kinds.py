@@ -77,6 +77,14 @@ def test_finit_module_is_named_by_its_file(module: Harness) -> None:
     assert rec["source_path"] == "/tmp/m.ko" and rec["params_hex"] == "ff"
 
 
+def test_finit_module_flags_say_the_kernel_decompressed_the_file(module: Harness) -> None:
+    """MODULE_INIT_COMPRESSED_FILE (4; kmod 31+ with a .ko.xz the kernel can decompress): the
+    artifact is the file's bytes as the kernel received them, and the index says so."""
+    module.send(IMAGE, module_env(syscall="finit_module", dev=1, inode=2, fd=3, load_flags=4))
+    (rec,) = module.records()
+    assert (rec["fd"], rec["load_flags"]) == (3, 4)
+
+
 def test_a_module_image_is_stored_once_and_every_attempt_indexed(module: Harness) -> None:
     module.send(IMAGE, module_env(obj_id=1))
     module.send(IMAGE, module_env(obj_id=2, pid=200, syscall="finit_module", dev=1, inode=2,
@@ -163,7 +171,7 @@ def test_why_the_file_could_not_give_the_missing_bytes_is_indexed(module: Harnes
 @pytest.mark.parametrize(
     ("key", "value"),
     [("mapping", {**MAPPING, "start": -1}), ("mapping", [1]), ("from_file", [[5, 1]]),
-     ("fill_error", 3), ("addr", "0x10")],
+     ("fill_error", 3), ("addr", "0x10"), ("load_flags", -1)],
 )  # fmt: skip
 def test_a_malformed_optional_key_is_left_out_and_counted(module: Harness, key, value) -> None:
     module.send(IMAGE, module_env(obj_id=1, **{key: value}))
