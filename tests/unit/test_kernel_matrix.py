@@ -127,3 +127,10 @@ def test_a_missing_module_says_what_was_recorded_instead():
     verdict = check([other], [])
     assert verdict.startswith("missing: no record of crc8")
     assert "('finit_module', 0, '/lib/m.ko', 'gone')" in verdict
+
+
+def test_guests_that_run_at_once_share_the_cpus():
+    assert matrix.guest_cpus(guests=3, jobs=2, cpus=2) == 1
+    assert matrix.guest_cpus(guests=1, jobs=2, cpus=2) == 2
+    assert matrix.guest_cpus(guests=2, jobs=1, cpus=8) == 8
+    assert matrix.guest_cpus(guests=4, jobs=4, cpus=2) == 1
