@@ -134,3 +134,7 @@ def test_guests_that_run_at_once_share_the_cpus():
     assert matrix.guest_cpus(guests=1, jobs=2, cpus=2) == 2
     assert matrix.guest_cpus(guests=2, jobs=1, cpus=8) == 8
     assert matrix.guest_cpus(guests=4, jobs=4, cpus=2) == 1
+
+
+def test_the_newest_kernels_start_first():
+    assert matrix.longest_first(["5.10", "6.1", "6.12"]) == ["6.12", "6.1", "5.10"]
