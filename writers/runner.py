@@ -140,17 +140,19 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WAKEUP = 0
 
 
-def _install_signals(stop: threading.Event, wake_fd: int) -> dict[int, object]:
+def _install_signals(stop: threading.Event, wake_fd: int | None = None) -> dict[int, object]:
     """Route SIGTERM/SIGINT to ``stop``; only possible (and only wanted) in the main thread.
-    The signal's arrival also writes a byte to ``wake_fd`` (``signal.set_wakeup_fd``, from the
-    C handler), which ends the wait for messages at once: the Python handler alone would run
-    only after it (pyzmq polls again after a signal, up to POLL_MS, measured 100-230 ms)."""
+    With ``wake_fd`` (the writers' bus link polls it), the signal's arrival also writes a byte
+    there (``signal.set_wakeup_fd``, from the C handler), which ends the wait for messages at
+    once: the Python handler alone would run only after it (pyzmq polls again after a signal,
+    up to POLL_MS, measured 100-230 ms). The shipper waits on ``stop`` itself: no fd."""
     if threading.current_thread() is not threading.main_thread():
         return {}
     previous: dict[int, object] = {}
     for signum in _SIGNALS:
         previous[signum] = signal.signal(signum, lambda _signum, _frame: stop.set())
-    previous[_WAKEUP] = signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
+    if wake_fd is not None:
+        previous[_WAKEUP] = signal.set_wakeup_fd(wake_fd, warn_on_full_buffer=False)
     return previous
 
 

@@ -21,7 +21,13 @@ from tracecap.privileges import PrivilegeError, drop_privileges
 from writers.base import Writer
 from writers.index import Index
 from writers.outdir import OutputDir
-from writers.runner import WRITER_KINDS, run_writer, writer_class
+from writers.runner import (
+    WRITER_KINDS,
+    _install_signals,
+    _restore_signals,
+    run_writer,
+    writer_class,
+)
 
 
 def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
@@ -168,3 +174,18 @@ def test_a_kind_takes_only_its_own_options(tmp_path: Path) -> None:
     finally:
         index.close()
         out.close()
+
+
+def test_the_shippers_signals_need_no_wakeup_fd() -> None:
+    """`tracecap writer ship` routes SIGTERM to its stop event without a wakeup fd (it waits on
+    the event, not on a bus link); the previous handler and wakeup fd come back after."""
+    before = signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+    previous = _install_signals(stop)
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.wait(5)
+        assert signal.set_wakeup_fd(-1) == -1  # none was installed
+    finally:
+        _restore_signals(previous)
+    assert signal.getsignal(signal.SIGTERM) is before
