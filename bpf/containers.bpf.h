@@ -78,12 +78,7 @@ struct tc_cgr_ctx {
     __u8 hexrun[TC_CGR_NAME];  /* how many hex digits start at each offset (max 255) */
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_cgr_ctx);
-} cgr_scratch SEC(".maps");
+TC_SLOT(cgr_scratch, struct tc_cgr_ctx)
 
 /* 1 unless c is a lowercase hex digit, without a branch: a range [lo, hi] test is the sign of
  * (c - lo) | (hi - c). Measured on 6.18 (log level 4): testing the 64 id bytes with branches
@@ -131,8 +126,7 @@ static __always_inline bool tc_cgr_match(const struct tc_cgroup_rule *r, const c
  * small for them). */
 static long tc_cgr_rule(__u32 idx, void *unused)
 {
-    __u32 zero = 0;
-    struct tc_cgr_ctx *c = bpf_map_lookup_elem(&cgr_scratch, &zero);
+    struct tc_cgr_ctx *c = cgr_scratch_slot();
     struct tc_cgroup_rule *r = bpf_map_lookup_elem(&cgroup_rules, &idx);
     if (!c || !r || !r->kind)
         return 1;   /* end of the table */
@@ -185,7 +179,6 @@ static __always_inline bool tc_cgr_wanted(const char *cid)
 SEC("tp_btf/cgroup_mkdir")
 int BPF_PROG(tc_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 {
-    __u32 zero = 0;
     struct tc_cgroup_state st = {};
     struct tc_cgr_ctx *c;
     struct cgroup *parent;
@@ -195,7 +188,7 @@ int BPF_PROG(tc_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 
     if (BPF_CORE_READ(cgrp, root, hierarchy_id) != 0)
         return 0;   /* a cgroup v1 hierarchy: its ids are not the ones events carry */
-    c = bpf_map_lookup_elem(&cgr_scratch, &zero);
+    c = cgr_scratch_slot();
     if (!c)
         return 0;
     __builtin_memset(c, 0, sizeof(*c));

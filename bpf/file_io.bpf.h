@@ -36,12 +36,7 @@ _Static_assert(__builtin_offsetof(struct tc_event_scratch, x) ==
                    __builtin_offsetof(struct tc_file_xfer, x),
                "a transfer is sent from the event scratch as one tc_file_xfer");
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_event_scratch);
-} event_scratch SEC(".maps");
+TC_SLOT(event_scratch, struct tc_event_scratch)
 
 struct tc_dev_ino { __u64 inode; __u32 dev; __u32 _pad; };
 
@@ -182,8 +177,7 @@ struct tc_walk_ctx {
 /* One step up the dentry tree; at a mount's root, continue from its mount point. */
 static long tc_walk_step(__u32 i, struct tc_walk_ctx *w)
 {
-    __u32 zero = 0;
-    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *s = event_scratch_slot();
     if (!s)
         return 1;
     struct mount *mnt = w->mnt;
@@ -218,8 +212,7 @@ struct tc_path_ctx {
 /* Append the i-th component from the top: "/" + name. */
 static long tc_path_step(__u32 i, struct tc_path_ctx *p)
 {
-    __u32 zero = 0;
-    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *s = event_scratch_slot();
     if (!s || i >= p->n)
         return 1;
     if (p->pos >= TC_PATH_BUF - 1) {
@@ -429,8 +422,7 @@ static __always_inline int tc_io_transfer(const struct tc_io_args *ap, struct fi
     if (ff->fds && !tc_is_std_fd(f, ff->fds))
         return 0;
 
-    __u32 zero = 0;
-    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *s = event_scratch_slot();
     if (!s)
         return 0;
     struct tc_file_event *ev = &s->ev;
@@ -627,17 +619,11 @@ struct tc_mmsg_walk {
  * a call chain's stack to 512 bytes (frames rounded up to 32), and with the state and a whole
  * mmsghdr on the stack tc_exit_sendmmsg -> tc_mmsg_one -> tc_emit_chunk took 576 (measured on
  * 6.18 at log level 4); tc_io_done's frame alone is about 330. */
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_mmsg_walk);
-} mmsg_scratch SEC(".maps");
+TC_SLOT(mmsg_scratch, struct tc_mmsg_walk)
 
 static long tc_mmsg_one(__u32 i, void *unused)
 {
-    __u32 zero = 0;
-    struct tc_mmsg_walk *w = bpf_map_lookup_elem(&mmsg_scratch, &zero);
+    struct tc_mmsg_walk *w = mmsg_scratch_slot();
     if (!w || i >= w->n)
         return 1;
     struct mmsghdr *m = (struct mmsghdr *)(w->vec + (__u64)i * sizeof(*m));
@@ -663,9 +649,9 @@ static long tc_mmsg_one(__u32 i, void *unused)
 
 static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
 {
-    __u32 tid = (__u32)bpf_get_current_pid_tgid(), zero = 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
     struct tc_io_args *ap = bpf_map_lookup_elem(&io_pending, &tid);
-    struct tc_mmsg_walk *w = bpf_map_lookup_elem(&mmsg_scratch, &zero);
+    struct tc_mmsg_walk *w = mmsg_scratch_slot();
     if (!ap || !w)
         return 0;
     w->a = *ap;
@@ -968,8 +954,7 @@ static __always_inline int tc_xfer_exit(struct trace_event_raw_sys_exit *ctx)
         return 0;
     struct file *fin = tc_fd_file(a.in_fd);
     struct file *fout = tc_fd_file(a.out_fd);
-    __u32 zero = 0;
-    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *s = event_scratch_slot();
     if (!fin || !fout || !s)
         return 0;
     tc_xfer_end(&s->x.src, fin, a.in_fd, a.in_pos);

@@ -107,18 +107,8 @@ struct tc_map_state {
     __u8 exit;               /* 1: the exit's slots, 0: msync/munmap's range [at, end) */
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_map_state);
-} map_scratch SEC(".maps");
+TC_SLOT(map_scratch, struct tc_map_state)
 
-static __always_inline struct tc_map_state *tc_map_state(void)
-{
-    __u32 zero = 0;
-    return bpf_map_lookup_elem(&map_scratch, &zero);
-}
 
 static __always_inline void tc_map_send(struct tc_map_state *m, __u64 run_end)
 {
@@ -212,7 +202,7 @@ static __always_inline bool tc_map_next(struct tc_map_state *m)
 
 static long tc_map_step(__u32 i, void *unused)
 {
-    struct tc_map_state *m = tc_map_state();
+    struct tc_map_state *m = map_scratch_slot();
     if (!m)
         return 1;
     if (m->walking) {
@@ -235,7 +225,7 @@ static __always_inline int tc_map_range(__u64 addr, __u64 len, __u16 syscall)
 {
     if (!cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
-    struct tc_map_state *m = tc_map_state();
+    struct tc_map_state *m = map_scratch_slot();
     if (!m)
         return 0;
     m->at = addr;
@@ -310,7 +300,7 @@ int BPF_PROG(tc_map_exit, struct task_struct *task)
     struct tc_map_slots *sp = bpf_map_lookup_elem(&map_shared, &tgid);
     if (!sp)
         return 0;
-    struct tc_map_state *m = tc_map_state();
+    struct tc_map_state *m = map_scratch_slot();
     if (!m) {
         bpf_map_delete_elem(&map_shared, &tgid);
         return 0;

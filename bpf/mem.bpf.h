@@ -88,22 +88,12 @@ struct tc_mem_counters {
     __u64 n[TC_MEM_NUM_COUNTERS];
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_mem_counters);
-} mem_counters SEC(".maps");
+TC_SLOT(mem_counters, struct tc_mem_counters)
 
-static __always_inline struct tc_mem_counters *tc_mem_counters(void)
-{
-    __u32 zero = 0;
-    return bpf_map_lookup_elem(&mem_counters, &zero);
-}
 
 static __always_inline void tc_mem_count(__u32 idx, __u64 n)
 {
-    struct tc_mem_counters *c = tc_mem_counters();
+    struct tc_mem_counters *c = mem_counters_slot();
     if (c && idx < TC_MEM_NUM_COUNTERS)
         c->n[idx] += n;
 }
@@ -181,7 +171,7 @@ static __always_inline bool tc_mem_take_bytes(struct tc_mem_proc *p, __u64 bytes
 static __always_inline void tc_mem_skip(struct tc_mem_proc *p, __u64 events, __u64 dumps,
                                         __u64 bytes, __u64 unexamined)
 {
-    struct tc_mem_counters *c = tc_mem_counters();
+    struct tc_mem_counters *c = mem_counters_slot();
     if (c) {
         c->n[TC_MEMC_UNEXAMINED] += unexamined;
         c->n[TC_MEMC_SKIPPED_EVENTS] += events;
@@ -288,18 +278,8 @@ struct tc_mem_scratch {
     struct tc_mem_pass c;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct tc_mem_scratch);
-} mem_scratch SEC(".maps");
+TC_SLOT(mem_scratch, struct tc_mem_scratch)
 
-static __always_inline struct tc_mem_scratch *tc_mem_scratch(void)
-{
-    __u32 zero = 0;
-    return bpf_map_lookup_elem(&mem_scratch, &zero);
-}
 
 static __always_inline bool tc_mem_zero_page(struct tc_mem_pass *c, __u64 va)
 {
@@ -334,7 +314,7 @@ __noinline int tc_mem_hash_page(struct tc_page_hash *ph, struct tc_page *pg)
 
 static long tc_mem_page(__u32 i, void *unused)
 {
-    struct tc_mem_scratch *m = tc_mem_scratch();
+    struct tc_mem_scratch *m = mem_scratch_slot();
     if (!m)
         return 1;
     struct tc_mem_pass *c = &m->c;
@@ -426,7 +406,7 @@ static __always_inline __u32 tc_mem_decide(struct tc_mem_pass *c, struct tc_mem_
  * sending loops in it made the checks of tc_mem_exit run out of memory). */
 __noinline int tc_mem_report(struct tc_mem_req *r)
 {
-    struct tc_mem_scratch *s = tc_mem_scratch();
+    struct tc_mem_scratch *s = mem_scratch_slot();
     if (!r || !s)
         return 0;
     /* a key on the stack: 6.1's verifier takes no map key from a global function's argument
@@ -498,7 +478,7 @@ static __always_inline void tc_mem_event(__u32 tgid, __u64 addr, __u64 len,
                                          struct tc_mem_vma *vma, __u32 syscall, __u32 alert,
                                          __u32 before, __u32 after, __u32 want, bool metered)
 {
-    struct tc_mem_scratch *s = tc_mem_scratch();
+    struct tc_mem_scratch *s = mem_scratch_slot();
     if (!s)
         return;
     s->req = (struct tc_mem_req){
@@ -766,7 +746,7 @@ int BPF_PROG(tc_mem_exit, struct task_struct *task)
             return 0;
     }
     struct tc_mem_scratch *s;
-    if ((p->skipped_events || p->skipped_dumps) && (s = tc_mem_scratch())) {
+    if ((p->skipped_events || p->skipped_dumps) && (s = mem_scratch_slot())) {
         __builtin_memset(&s->ev, 0, sizeof(s->ev));
         tc_fill_hdr(&s->ev.h, TC_REC_MEM_EVENT);
         s->ev.obj_id = __sync_fetch_and_add(&io_seq, 1);

@@ -20,12 +20,7 @@ union tc_obj_scratch {
     struct tc_module_event module;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, union tc_obj_scratch);
-} obj_scratch SEC(".maps");
+TC_SLOT(obj_scratch, union tc_obj_scratch)
 
 /* Arguments saved at syscall entry for the exit handlers (mmap, module, bpf). */
 struct tc_obj_args {
@@ -184,8 +179,7 @@ static __always_inline __u32 tc_exec_file_flags(struct file *f, __u32 memfd, __u
  * its length, with TC_EV_PATH_TRUNCATED in *cut when it was cut. */
 static __always_inline __u32 tc_exec_path(char *dst, struct file *f, __u32 *cut)
 {
-    __u32 zero = 0;
-    struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *ps = event_scratch_slot();
     if (!ps || !f)
         return 0;
     ps->ev.flags = 0;
@@ -223,8 +217,7 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 {
     if (!tc_in_scope())
         return 0;
-    __u32 zero = 0;
-    union tc_obj_scratch *s = bpf_map_lookup_elem(&obj_scratch, &zero);
+    union tc_obj_scratch *s = obj_scratch_slot();
     if (!s)
         return 0;
     struct tc_exec_event *ev = &s->exec;
@@ -340,8 +333,7 @@ static __always_inline void tc_module_file(struct tc_module_event *ev, struct fi
     ev->ctime = tc_inode_ctime(inode);
     ev->mtime = tc_inode_mtime(inode);
     ev->size = BPF_CORE_READ(inode, i_size);
-    __u32 zero = 0;
-    struct tc_event_scratch *ps = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *ps = event_scratch_slot();
     if (!ps)
         return;
     ps->ev.flags = 0;
@@ -387,8 +379,7 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     struct tc_obj_args a;
     if (!tc_obj_take(nr, &a))
         return;
-    __u32 zero = 0;
-    union tc_obj_scratch *s = bpf_map_lookup_elem(&obj_scratch, &zero);
+    union tc_obj_scratch *s = obj_scratch_slot();
     if (!s)
         return;
     struct tc_module_event *ev = &s->module;

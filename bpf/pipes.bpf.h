@@ -80,8 +80,7 @@ int BPF_PROG(tc_uring_xfer_complete, struct io_ring_ctx *ring, void *reqp,
     __s32 in_fd = BPF_CORE_READ(sp, splice_fd_in);
     bool fixed = BPF_CORE_READ(sp, flags) & TC_SPLICE_F_FD_IN_FIXED;
     struct file *fin = fixed ? NULL : tc_fd_file(in_fd);
-    __u32 zero = 0;
-    struct tc_event_scratch *s = bpf_map_lookup_elem(&event_scratch, &zero);
+    struct tc_event_scratch *s = event_scratch_slot();
     if (!fout || !s)
         return 0;
     struct tc_xfer_args a = { .in_fd = fixed ? -1 : in_fd, .out_fd = -1 };

@@ -14,6 +14,7 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+#include "slot.bpf.h"
 #include "scope.bpf.h"
 #include "containers.bpf.h"
 #include "chunks.bpf.h"
