@@ -204,7 +204,7 @@ class Publisher:
         env["v"] = bus.VERSION
         env["epoch"] = self.epoch
         env["seq"] = self._seq[topic]
-        self._seq[topic] += 1
+        self._seq[topic] += bus.seq_width(topic, env)
         size = len(payload) if payload is not None else 0
         if size >= ZERO_COPY_MIN:
             # one turn of the collector's loop may publish more than BACKLOG_BYTES: a subscriber

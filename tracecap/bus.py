@@ -222,7 +222,9 @@ NET_KEYS = {
 #: container's), and ``packets`` one array per packet, in the order the collector read them:
 #: ``[ts, context, ifindex, orig_len, cookie, caplen, protocols]`` (PACKET_ROW), ``context`` an
 #: index into ``contexts``, ``caplen`` the bytes it has in the payload, which holds every
-#: packet's captured bytes back to back. ``packet_rows`` and ``split_packets`` read it.
+#: packet's captured bytes back to back. ``packet_rows`` and ``split_packets`` read it. Its
+#: ``seq`` numbers packets, not batches: the next batch's is this one's plus its packet count
+#: (``seq_width``), so a gap counts the packets lost.
 NET_BATCH_KEYS = {
     "contexts": (list,),
     "packets": (list,),
@@ -376,15 +378,28 @@ def packet_rows(msg: Message) -> list[BatchPacket]:
     return out
 
 
+def seq_width(topic: bytes, env: dict[str, Any]) -> int:
+    """How far a message moves its topic's ``seq``: 1, but for a ``net.packets.`` batch the
+    number of its packets, so that its ``seq`` numbers packets (the batch's first) and a gap
+    says how many packets were lost, not how many batches."""
+    if topic == TOPIC_NET_PACKETS:
+        rows = env.get("packets")
+        return max(len(rows), 1) if isinstance(rows, list) else 1
+    return 1
+
+
 def split_packets(msg: Message) -> list[Message]:
     """A ``net.packets.`` batch as the ``net.packet.`` messages its packets would have been
-    (each with the batch's ``epoch`` and ``seq``); BadMessage as ``packet_rows``."""
-    common = {"v": msg.env["v"], "epoch": msg.env["epoch"], "seq": msg.env["seq"]}
+    (each with the batch's ``epoch``, and ``seq`` its number: the batch's ``seq`` plus its
+    place in the batch); BadMessage as ``packet_rows``."""
+    v, epoch, seq = msg.env["v"], msg.env["epoch"], msg.env["seq"]
     return [
         Message(
             TOPIC_NET_PACKET,
             {
-                **common,
+                "v": v,
+                "epoch": epoch,
+                "seq": seq + i,
                 **ctx,
                 "ts": row[ROW_TS],
                 "ifindex": row[ROW_IFINDEX],
@@ -394,7 +409,7 @@ def split_packets(msg: Message) -> list[Message]:
             },
             data,
         )
-        for ctx, row, data in packet_rows(msg)
+        for i, (ctx, row, data) in enumerate(packet_rows(msg))
     ]
 
 

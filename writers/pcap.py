@@ -534,10 +534,14 @@ class PcapWriter(Writer):
             self.counters["rejected"] += len(rows) if isinstance(rows, list) else 1
             self._log("rejected", f"packet batch refused: {exc}")
             return
-        origin = (msg.env.get("epoch"), msg.topic, msg.env.get("seq"))
+        epoch, topic, seq = msg.env.get("epoch"), msg.topic, msg.env.get("seq")
         now = self._clock()
         take = self._take
-        for ctx, row, data in batch:
+        if type(seq) is not int:  # decode checked it; a test's hand-made message may not be
+            seq = None
+        for i, (ctx, row, data) in enumerate(batch):
+            # each packet's own number (bus.seq_width): ``unwritten`` names the first held
+            origin = (epoch, topic, None if seq is None else seq + i)
             take(ctx, row[bus.ROW_TS], row[bus.ROW_ORIG_LEN], data, now, origin)
 
     def _take(

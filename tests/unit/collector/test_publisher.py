@@ -65,6 +65,16 @@ def test_messages_carry_version_epoch_and_a_seq_per_topic(pub: Publisher) -> Non
     sock.close()
 
 
+def test_a_packet_batch_moves_its_seq_by_its_packets(pub: Publisher) -> None:
+    """A ``net.packets.`` seq numbers packets: a lost batch is a gap of its packets."""
+    sock = subscriber(pub, bus.TOPIC_NET_PACKETS)
+    for count in (3, 1, 256):
+        pub.publish(bus.TOPIC_NET_PACKETS, {"ts": 1, "packets": [[0]] * count}, b"")
+    assert [env["seq"] for env, _ in drain(sock)] == [0, 3, 4]
+    assert pub.published() == {"net.packets.": 260}
+    sock.close()
+
+
 def test_large_payloads_behind_a_stalled_subscriber_become_loss_notices(pub: Publisher) -> None:
     sock = subscriber(pub, b"file.write.", rcvhwm=1)  # never reads until the end
     size = 1 << 20
