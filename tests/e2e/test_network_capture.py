@@ -613,24 +613,27 @@ def test_a_subscriber_of_the_single_packet_topic_still_gets_each_packet(tracecap
                 msg = bus.decode(sock.recv_multipart())
                 got[msg.topic].append(msg)
 
-    reader = threading.Thread(target=read)
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
 
     def subscribed() -> bool:
         out = subprocess.run(["tracecap", "status", "--run-dir", str(run.run_dir)],
                              capture_output=True, text=True, check=True).stdout  # fmt: skip
-        return json.loads(out).get("subscriptions", {}).get("net.packet.", 0) >= 1
+        stats = json.loads(out)["collector"]
+        return stats.get("subscriptions", {}).get("net.packet.", 0) >= 1
 
-    wait_until("the collector to see the net.packet. subscription", subscribed, 30)
-    time.sleep(0.2)  # the collector asks at its next batch whether anyone reads net.packet.
     marker = b"TC-LEGACY-" + secrets.token_hex(4).encode()
-    python(UDP_MARKED.format(count=200, marker=marker))
-    run.stop()
-    done.set()
-    reader.join(10)
-    for sock in socks.values():
-        sock.close()
-    ctx.term()
+    try:
+        wait_until("the collector to see the net.packet. subscription", subscribed, 30)
+        time.sleep(0.2)  # the collector asks at its next batch whether anyone reads net.packet.
+        python(UDP_MARKED.format(count=200, marker=marker))
+        run.stop()
+    finally:
+        done.set()
+        reader.join(10)
+        for sock in socks.values():
+            sock.close(linger=0)
+        ctx.term()
     assert run.returncode == 0, run.stderr
 
     def marked(msgs: list[bus.Message]) -> list[tuple[bytes, str, int, int]]:
