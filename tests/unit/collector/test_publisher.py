@@ -118,6 +118,28 @@ def test_small_payloads_are_not_held_against_the_budget(pub: Publisher) -> None:
     sock.close()
 
 
+def test_packet_batches_behind_a_stalled_writer_are_bounded_by_their_own_budget(
+    pub: Publisher,
+) -> None:
+    """Batches are copied-size, yet SEND_HWM of them would be gigabytes: they are charged to a
+    budget of their own, past which a batch is a seq gap of its packets, and the file data's
+    room is untouched (a stalled pcap writer must not starve the file writer)."""
+    sock = subscriber(pub, bus.TOPIC_NET_PACKETS, rcvhwm=1)  # never reads until the end
+    size, packets = 60 * 1024, 200
+    sent = 2 * BACKLOG_BYTES // size
+    for _ in range(sent):
+        pub.publish(bus.TOPIC_NET_PACKETS, {"packets": [[0]] * packets}, bytes(size))
+        assert pub.backlog_bytes() <= BACKLOG_BYTES
+    assert pub.dropped_messages > 0
+    assert pub.dropped_bytes == pub.dropped_messages * size
+    assert pub.backlog_room() == BACKLOG_BYTES
+    seqs = [env["seq"] for env, _ in drain(sock)]
+    assert len(seqs) == sent - pub.dropped_messages
+    assert seqs == [i * packets for i in range(len(seqs))]
+    assert pub.backlog_bytes() == 0
+    sock.close()
+
+
 @pytest.mark.parametrize(
     ("topic", "env", "lost"),
     [
