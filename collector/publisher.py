@@ -54,6 +54,11 @@ LINGER_S = 25.0
 QUIET_S = 0.1
 #: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
 ZERO_COPY_MIN = 65536
+#: Topics whose payloads are tracked and charged to a budget of their own whatever their size.
+#: A packet batch is copied-size (at most 60 KiB), but SEND_HWM of them behind a stalled pcap
+#: writer would be up to 12 GB. Its own budget, so that a stalled pcap writer (never
+#: disconnected) cannot take the file data's room and starve the file writer.
+OWN_BUDGET_TOPICS = frozenset({bus.TOPIC_NET_PACKETS})
 #: Past this much of BACKLOG_BYTES, a subscriber whose socket takes nothing more is what holds
 #: the payloads: it is disconnected after subscribers.STALL_NS rather than make every
 #: subscriber of the topic lose the next payloads (writers' uid excepted, see subscribers.py).
@@ -143,8 +148,8 @@ class Publisher:
         self.sent_bytes = 0
         self.dropped_messages = 0
         self.dropped_bytes = 0
-        self._backlog: deque[tuple[zmq.MessageTracker, int]] = deque()
-        self._backlog_bytes = 0
+        self._budgets = {topic: _Budget() for topic in OWN_BUDGET_TOPICS}
+        self._data_budget = _Budget()
 
     @property
     def subscriptions(self) -> Counter[bytes]:
@@ -175,7 +180,8 @@ class Publisher:
                 self.peers.on_accept(event["value"], now)
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.poll_subscriptions()
-        self.peers.sample(now, self.backlog_bytes() >= PRESSURE_BYTES)
+        piling_up = max(b.held() for b in (self._data_budget, *self._budgets.values()))
+        self.peers.sample(now, piling_up >= PRESSURE_BYTES)
 
     def subscribers(self, topic: bytes) -> int:
         """Subscriptions that receive ``topic`` (a prefix subscription covers it too)."""
@@ -204,31 +210,38 @@ class Publisher:
         env["v"] = bus.VERSION
         env["epoch"] = self.epoch
         env["seq"] = self._seq[topic]
-        self._seq[topic] += 1
+        self._seq[topic] += bus.seq_width(topic, env)
         size = len(payload) if payload is not None else 0
-        if size >= ZERO_COPY_MIN:
+        budget = self._budgets.get(topic)
+        if budget is None and size >= ZERO_COPY_MIN:
+            budget = self._data_budget
+        if budget is not None:
             # one turn of the collector's loop may publish more than BACKLOG_BYTES: a subscriber
             # that holds them must be found while they are sent, not after
             self.maintain()
-        if size >= ZERO_COPY_MIN and self.backlog_bytes() + size > BACKLOG_BYTES:
-            self.dropped_messages += 1
-            self.dropped_bytes += size
-            notice = bus.loss_notice(topic, env, size)
-            if notice is not None:
-                self._sock.send_multipart(bus.encode(topic, notice), flags=zmq.NOBLOCK)
-            return
+            if budget.held() + size > BACKLOG_BYTES:
+                self.dropped_messages += 1
+                self.dropped_bytes += size
+                notice = bus.loss_notice(topic, env, size)
+                if notice is not None:
+                    self._sock.send_multipart(bus.encode(topic, notice), flags=zmq.NOBLOCK)
+                return
         frames = bus.encode(topic, env, payload)
         # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the
         # subscriber sees as a gap in seq.
-        if size >= ZERO_COPY_MIN:
+        if budget is not None:
             # Only the payload goes without a copy: each such frame costs a round trip through
-            # pyzmq's garbage-collector thread when ZeroMQ lets go of it.
+            # pyzmq's garbage-collector thread when ZeroMQ lets go of it (measured, a frame sent
+            # and taken: 42 us of CPU at 4 KiB where a copy costs 6; a packet batch carries up
+            # to 256 packets, so this is at most 0.2 us a packet).
             topic_frame, env_frame, payload_frame = frames
             self._sock.send(topic_frame, zmq.NOBLOCK | zmq.SNDMORE)
             self._sock.send(env_frame, zmq.NOBLOCK | zmq.SNDMORE)
-            tracker = self._sock.send(payload_frame, zmq.NOBLOCK, copy=False, track=True)
-            self._backlog.append((tracker, size))
-            self._backlog_bytes += size
+            # an explicit Frame: send(copy=False) copies anything under zmq.COPY_THRESHOLD
+            # (64 KiB) and hands back a tracker that is already done
+            frame = zmq.Frame(payload_frame, track=True, copy=False)
+            tracker = self._sock.send(frame, zmq.NOBLOCK, copy=False, track=True)
+            budget.add(tracker, size)
         else:
             send = self._sock.send
             for frame in frames[:-1]:
@@ -238,16 +251,14 @@ class Publisher:
         self.sent_bytes += size
 
     def backlog_room(self) -> int:
-        """Payload bytes that can still be sent without a copy before the budget drops them:
-        what the collector reads from files on its own (binaries, module files) waits for it,
-        since unlike kernel records it can wait."""
-        return max(0, BACKLOG_BYTES - self.backlog_bytes())
+        """Payload bytes of file and object data that can still be sent without a copy before
+        the budget drops them: what the collector reads from files on its own (binaries, module
+        files) waits for it, since unlike kernel records it can wait."""
+        return max(0, BACKLOG_BYTES - self._data_budget.held())
 
     def backlog_bytes(self) -> int:
-        """Payload bytes ZeroMQ still holds (sent without a copy, not yet taken by everyone)."""
-        while self._backlog and self._backlog[0][0].done:
-            self._backlog_bytes -= self._backlog.popleft()[1]
-        return self._backlog_bytes
+        """Payload bytes ZeroMQ still holds in every budget (not yet taken by everyone)."""
+        return self._data_budget.held() + sum(b.held() for b in self._budgets.values())
 
     def published(self) -> dict[str, int]:
         """Messages published so far per topic (the next seq of each)."""
@@ -282,6 +293,24 @@ class Publisher:
             elif now - quiet_since >= QUIET_S:
                 return
             time.sleep(0.005)
+
+
+class _Budget:
+    """Tracked payloads ZeroMQ still holds, oldest first, and their bytes."""
+
+    def __init__(self) -> None:
+        self._held: deque[tuple[zmq.MessageTracker, int]] = deque()
+        self._bytes = 0
+
+    def add(self, tracker: zmq.MessageTracker, size: int) -> None:
+        self._held.append((tracker, size))
+        self._bytes += size
+
+    def held(self) -> int:
+        """Bytes not yet released (every matching connection took them)."""
+        while self._held and self._held[0][0].done:
+            self._bytes -= self._held.popleft()[1]
+        return self._bytes
 
 
 def _writers_uid() -> list[int]:

@@ -152,6 +152,9 @@ class Collector:
             container_of,
             filtered_protocols=filtered,
             scoped=scope_flags(config) != 0,
+            enrich=self._enricher.keys,
+            # the single-packet topic costs a send a packet: only while someone reads it
+            legacy=lambda: publisher.subscribers(bus.TOPIC_NET_PACKET) > 0,
         )
         self._exec_seen: dict[tuple[int, int, int, int], None] = {}
         #: Per process, the file its last finit_module named (module_images.file_candidates).
@@ -505,6 +508,7 @@ class Collector:
                 **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,
                 "packets_owner_unknown": self._packets.waited_in_vain,
+                "packets_batched": self._packets.batched,
                 "sockets_adopted": self.counters["sockets_owned"],
                 "messages": self._pub.sent_messages,
                 "bytes": self._pub.sent_bytes,
@@ -552,9 +556,11 @@ class Collector:
             # Drain what the kernel already holds, and the files already opened, before detaching:
             # as fast as the writers take it, then whatever is left, whole or as counted losses.
             ring.consume()
+            self._send(self._packets.flush())
             deadline = monotonic_ns() + RING_STOP_NS
             while ring.pending() and monotonic_ns() < deadline:
                 self._send(self._assembler.flush_runs())
+                self._send(self._packets.flush())
                 self._pub.maintain()
                 if not ring.consume():
                     self._clock.sleep(0.001)  # the writers are still taking what was sent

@@ -27,6 +27,7 @@ TOPIC_MEM = b"mem."
 TOPIC_MODULE = b"module."
 TOPIC_BPF = b"bpf."
 TOPIC_NET_PACKET = b"net.packet."
+TOPIC_NET_PACKETS = b"net.packets."
 TOPIC_PROC = b"proc."
 TOPIC_STATS = b"stats."
 
@@ -38,6 +39,7 @@ TOPICS = (
     TOPIC_MODULE,
     TOPIC_BPF,
     TOPIC_NET_PACKET,
+    TOPIC_NET_PACKETS,
     TOPIC_PROC,
     TOPIC_STATS,
 )
@@ -212,6 +214,22 @@ NET_KEYS = {
     "protocols": (list,),
 }
 
+#: net.packets.: packets in batches, what the writers read (one ``net.packet.`` message per packet
+#: cost the collector a ZeroMQ send each, a quarter of its time under a flood). The common keys
+#: are nobody's (pid 0, empty comm and container_id; ``ts`` the first packet's); ``contexts``
+#: lists the packets' owners, each a map of the keys a ``net.packet.`` envelope would carry
+#: besides its packet's own (CONTEXT_KEYS: the common ones, ``start_time``, ``direction``, the
+#: container's), and ``packets`` one array per packet, in the order the collector read them:
+#: ``[ts, context, ifindex, orig_len, cookie, caplen, protocols]`` (PACKET_ROW), ``context`` an
+#: index into ``contexts``, ``caplen`` the bytes it has in the payload, which holds every
+#: packet's captured bytes back to back. ``packet_rows`` and ``split_packets`` read it. Its
+#: ``seq`` numbers packets, not batches: the next batch's is this one's plus its packet count
+#: (``seq_width``), so a gap counts the packets lost.
+NET_BATCH_KEYS = {
+    "contexts": (list,),
+    "packets": (list,),
+}
+
 KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_FILE_WRITE: FILE_KEYS,
     TOPIC_FILE_READ: FILE_KEYS,
@@ -220,6 +238,7 @@ KIND_KEYS: dict[bytes, dict[str, tuple[type, ...]]] = {
     TOPIC_MODULE: {**OBJECT_KEYS, **MODULE_KEYS},
     TOPIC_BPF: {**OBJECT_KEYS, **BPF_KEYS},
     TOPIC_NET_PACKET: NET_KEYS,
+    TOPIC_NET_PACKETS: NET_BATCH_KEYS,
     # proc.: process events; ``event`` names which ("exec": then the EXEC_KEYS too; "fork":
     # child_pid, child_ns_pid, child_start; "exit": exit_code, signal, wait_status)
     TOPIC_PROC: {"event": (str,)},
@@ -302,6 +321,96 @@ def decode(frames: list[bytes]) -> Message:
         if not isinstance(value, types) or (type(value) is bool and not bool_ok):
             raise BadMessage(f"envelope key {key!r} has type {type(value).__name__}")
     return Message(topic, env, payload)
+
+
+#: A ``net.packets.`` row's fields, in order.
+PACKET_ROW = ("ts", "context", "ifindex", "orig_len", "cookie", "caplen", "protocols")
+ROW_TS, ROW_CONTEXT, ROW_IFINDEX, ROW_ORIG_LEN, ROW_COOKIE, ROW_CAPLEN, ROW_PROTOCOLS = range(7)
+#: The keys every context of a ``net.packets.`` batch carries (CONTAINER_KEYS are optional).
+CONTEXT_KEYS: dict[str, tuple[type, ...]] = {
+    **{key: COMMON_KEYS[key] for key in ("pid", "tid", "ppid", "uid", "comm", "cgroup_id")},
+    "container_id": (str,),
+    "start_time": (int,),
+    "direction": (str,),
+}
+_CONTEXT_CHECKS = tuple((key, types) for key, types in CONTEXT_KEYS.items())
+_ROW_INTS = (ROW_TS, ROW_CONTEXT, ROW_IFINDEX, ROW_ORIG_LEN, ROW_COOKIE, ROW_CAPLEN)
+
+#: One packet of a batch: its context (shared with the batch's other packets of that owner and
+#: direction: do not change it), its row and its captured bytes.
+BatchPacket = tuple[dict[str, Any], list[Any], bytes]
+
+
+def packet_rows(msg: Message) -> list[BatchPacket]:
+    """The packets of a decoded ``net.packets.`` message, in order; BadMessage when the batch
+    does not hold together (a row that is not PACKET_ROW's ints and list, a context index out of
+    range, a context without CONTEXT_KEYS' types, captured lengths that do not add up to the
+    payload): then none of it is taken, since its bytes can no longer be told apart. Values
+    (a direction, orig_len against caplen) are the consumer's to check, as for ``net.packet.``.
+    """
+    contexts, rows, payload = msg.env["contexts"], msg.env["packets"], msg.payload
+    for ctx in contexts:
+        if not isinstance(ctx, dict):
+            raise BadMessage(f"a packet context is a {type(ctx).__name__}, not a map")
+        for key, types in _CONTEXT_CHECKS:
+            value = ctx.get(key, _MISSING)
+            if not isinstance(value, types) or type(value) is bool:
+                raise BadMessage(f"packet context key {key!r} is {type(value).__name__}")
+    out: list[BatchPacket] = []
+    at, count = 0, len(contexts)
+    for row in rows:
+        if type(row) is not list or len(row) != len(PACKET_ROW):
+            raise BadMessage(f"packet row {row!r:.80} is not {len(PACKET_ROW)} fields")
+        for i in _ROW_INTS:
+            if type(row[i]) is not int:
+                raise BadMessage(f"packet row field {PACKET_ROW[i]!r} is {type(row[i]).__name__}")
+        if type(row[ROW_PROTOCOLS]) is not list:
+            raise BadMessage("packet row field 'protocols' is not a list")
+        ctx_index, caplen = row[ROW_CONTEXT], row[ROW_CAPLEN]
+        if not 0 <= ctx_index < count:
+            raise BadMessage(f"packet context {ctx_index} of {count}")
+        if caplen < 0 or at + caplen > len(payload):
+            raise BadMessage(f"packet of {caplen} bytes at {at}: payload of {len(payload)}")
+        out.append((contexts[ctx_index], row, payload[at : at + caplen]))
+        at += caplen
+    if at != len(payload):
+        raise BadMessage(f"{len(payload) - at} payload bytes belong to no packet")
+    return out
+
+
+def seq_width(topic: bytes, env: dict[str, Any]) -> int:
+    """How far a message moves its topic's ``seq``: 1, but for a ``net.packets.`` batch the
+    number of its packets, so that its ``seq`` numbers packets (the batch's first) and a gap
+    says how many packets were lost, not how many batches."""
+    if topic == TOPIC_NET_PACKETS:
+        rows = env.get("packets")
+        return max(len(rows), 1) if isinstance(rows, list) else 1
+    return 1
+
+
+def split_packets(msg: Message) -> list[Message]:
+    """A ``net.packets.`` batch as the ``net.packet.`` messages its packets would have been
+    (each with the batch's ``epoch``, and ``seq`` its number: the batch's ``seq`` plus its
+    place in the batch); BadMessage as ``packet_rows``."""
+    v, epoch, seq = msg.env["v"], msg.env["epoch"], msg.env["seq"]
+    return [
+        Message(
+            TOPIC_NET_PACKET,
+            {
+                "v": v,
+                "epoch": epoch,
+                "seq": seq + i,
+                **ctx,
+                "ts": row[ROW_TS],
+                "ifindex": row[ROW_IFINDEX],
+                "orig_len": row[ROW_ORIG_LEN],
+                "cookie": row[ROW_COOKIE],
+                "protocols": row[ROW_PROTOCOLS],
+            },
+            data,
+        )
+        for i, (ctx, row, data) in enumerate(packet_rows(msg))
+    ]
 
 
 _MISSING = object()

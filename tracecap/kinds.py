@@ -144,7 +144,7 @@ KINDS: tuple[Kind, ...] = (
             Source(
                 token="network",
                 aliases=("net", "pcap"),
-                topic=bus.TOPIC_NET_PACKET,
+                topic=bus.TOPIC_NET_PACKETS,
                 counter="net",
                 # one per protocol a packet matches (tracecap.protocols.classify)
                 events=tuple(

@@ -183,7 +183,8 @@ class Subscriber:
             self.malformed(f"decoder failed: {exc.__class__.__name__}: {exc}")
             return None
         self.counters["messages"] += 1
-        gap = self._gaps.observe(msg.env["epoch"], msg.topic, msg.env["seq"])
+        env = msg.env
+        gap = self._gaps.observe(env["epoch"], msg.topic, env["seq"], bus.seq_width(msg.topic, env))
         self.counters["seq_regressions"] = self._gaps.regressions
         if gap is not None:
             self._record_gap(gap)

@@ -59,10 +59,12 @@ class GapTracker:
         """The last seq seen of ``(epoch, topic)``, None if none is remembered."""
         return self._last.get((epoch, topic))
 
-    def observe(self, epoch: int, topic: bytes, seq: int) -> Gap | None:
+    def observe(self, epoch: int, topic: bytes, seq: int, width: int = 1) -> Gap | None:
+        """The gap before a message numbered ``seq``; it covers ``width`` numbers (a packet
+        batch: its packets, bus.seq_width), the last of which is remembered."""
         key = (epoch, topic)
         last = self._last.get(key)
-        self._last[key] = seq
+        self._last[key] = seq + width - 1
         self._last.move_to_end(key)
         if len(self._last) > self._max_keys:
             self._last.popitem(last=False)

@@ -450,7 +450,8 @@ class PcapWriter(Writer):
     """Writes every ``net.packet.`` message to the pcapng files of the chosen splits."""
 
     name = "pcap"
-    topics = (bus.TOPIC_NET_PACKET,)
+    #: batches (``net.packet.`` messages are taken too, from a stream made before batches)
+    topics = (bus.TOPIC_NET_PACKETS,)
 
     def __init__(
         self,
@@ -515,20 +516,53 @@ class PcapWriter(Writer):
     # -- messages ----------------------------------------------------------------------------
 
     def handle(self, msg: bus.Message) -> None:
-        if not msg.topic.startswith(bus.TOPIC_NET_PACKET):
-            return
-        env, payload = msg.env, msg.payload
+        topic = msg.topic
+        if topic == bus.TOPIC_NET_PACKETS:
+            self._handle_batch(msg)
+        elif topic.startswith(bus.TOPIC_NET_PACKET):
+            env = msg.env
+            self._take(env, env.get("ts"), env.get("orig_len"), msg.payload, self._clock(),
+                       (env.get("epoch"), topic, env.get("seq")))  # fmt: skip
+
+    def _handle_batch(self, msg: bus.Message) -> None:
+        """Every packet of a ``net.packets.`` batch, as if each had come alone; a batch that
+        does not hold together (bus.packet_rows) is refused whole, its packets counted."""
         try:
-            key: tuple | None = tuple(map(env.get, _CONTEXT_KEYS))
+            batch = bus.packet_rows(msg)
+        except bus.BadMessage as exc:
+            rows = msg.env.get("packets")
+            self.counters["rejected"] += len(rows) if isinstance(rows, list) else 1
+            self._log("rejected", f"packet batch refused: {exc}")
+            return
+        epoch, topic, seq = msg.env.get("epoch"), msg.topic, msg.env.get("seq")
+        now = self._clock()
+        take = self._take
+        if type(seq) is not int:  # decode checked it; a test's hand-made message may not be
+            seq = None
+        for i, (ctx, row, data) in enumerate(batch):
+            # each packet's own number (bus.seq_width): ``unwritten`` names the first held
+            origin = (epoch, topic, None if seq is None else seq + i)
+            take(ctx, row[bus.ROW_TS], row[bus.ROW_ORIG_LEN], data, now, origin)
+
+    def _take(
+        self, ctx: Mapping[str, Any], ts: Any, orig_len: Any, payload: Any, now: int,
+        origin: tuple[Any, bytes, Any],
+    ) -> None:  # fmt: skip
+        """One packet: ``ctx`` holds its context keys (its whole envelope, or its batch
+        context), ``origin`` its bus message's epoch, topic and seq."""
+        try:
+            key: tuple | None = tuple(map(ctx.get, _CONTEXT_KEYS))
             known = self._contexts.get(key)
         except TypeError:  # an unhashable value where a string belongs: parse_packet says what
             key, known = None, None
         try:
             if known is None:
-                known = self._learn(env, payload, key)
+                known = self._learn({**ctx, "ts": ts, "orig_len": orig_len}, payload, key)
             files, options = known
-            ts = _uint(env, "ts")
-            orig_len = _uint(env, "orig_len", 1 << 32)
+            if type(ts) is not int or not 0 <= ts < _U64:
+                raise BadPacket(f"ts is {ts!r:.80}, not an integer in [0, {_U64})")
+            if type(orig_len) is not int or not 0 <= orig_len < 1 << 32:
+                raise BadPacket(f"orig_len is {orig_len!r:.80}, not an integer in [0, 2**32)")
             if type(payload) is not bytes:
                 if not isinstance(payload, bytearray | memoryview):
                     raise BadPacket(f"payload is {type(payload).__name__}, not bytes")
@@ -544,9 +578,7 @@ class PcapWriter(Writer):
         self.counters["packets"] += 1
         cut = len(data) < len(payload)
         self.counters["cut_at_snaplen"] += cut
-        held = (ts, files, block, orig_len, len(data), cut,
-                env.get("epoch"), msg.topic, env.get("seq"))  # fmt: skip
-        now = self._clock()
+        held = (ts, files, block, orig_len, len(data), cut, *origin)
         if self._window.push(ts, held, len(block) + HELD_OVERHEAD, now):
             self._write_held(self._window.release(now))
 

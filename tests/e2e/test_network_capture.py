@@ -19,9 +19,11 @@ from pathlib import Path
 
 import dpkt
 import pytest
+import zmq
 
 from tests.support.pipeline import RESTART_TIMEOUT_S, pid_of, tracecap_program_ids, wait_until
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
+from tracecap import bus
 
 pytestmark = pytest.mark.ebpf
 
@@ -575,3 +577,80 @@ def test_a_server_listening_before_the_capture_owns_its_handshakes(
     assert not [c for _, c in single if c.startswith("pid=0 ")], single
     if scoped:
         assert {c.split(" ", 1)[0] for _, c in single} == {f"pid={server.pid}"}, single
+
+
+UDP_MARKED = """
+    import socket, sys
+    srv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    srv.bind(("127.0.0.1", 0))
+    cli = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range({count}):
+        cli.sendto(b"%s-%d" % ({marker!r}, i), srv.getsockname())
+        srv.recv(100)
+"""
+
+
+def test_a_subscriber_of_the_single_packet_topic_still_gets_each_packet(tracecap, workdir: Path):
+    """The writers read ``net.packets.`` batches; a consumer written for ``net.packet.`` still
+    gets every packet as its own message, the same packets as the batches and single.pcap."""
+    run = tracecap("--capture", "network", "--capture", "pcap-snaplen:max")
+    ctx = zmq.Context()
+    socks = {}
+    for topic in (bus.TOPIC_NET_PACKET, bus.TOPIC_NET_PACKETS):
+        sock = socks[topic] = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+        sock.connect(f"ipc://{run.run_dir}/bus.sock")
+    got: dict[bytes, list[bus.Message]] = {topic: [] for topic in socks}
+    done = threading.Event()
+
+    def read() -> None:
+        poller = zmq.Poller()
+        for sock in socks.values():
+            poller.register(sock, zmq.POLLIN)
+        while not done.is_set():
+            for sock, _ in poller.poll(100):
+                msg = bus.decode(sock.recv_multipart())
+                got[msg.topic].append(msg)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def subscribed() -> bool:
+        out = subprocess.run(["tracecap", "status", "--run-dir", str(run.run_dir)],
+                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        stats = json.loads(out)["collector"]
+        return stats.get("subscriptions", {}).get("net.packet.", 0) >= 1
+
+    marker = b"TC-LEGACY-" + secrets.token_hex(4).encode()
+    try:
+        wait_until("the collector to see the net.packet. subscription", subscribed, 30)
+        time.sleep(0.2)  # the collector asks at its next batch whether anyone reads net.packet.
+        python(UDP_MARKED.format(count=200, marker=marker))
+        run.stop()
+    finally:
+        done.set()
+        reader.join(10)
+        for sock in socks.values():
+            sock.close(linger=0)
+        ctx.term()
+    assert run.returncode == 0, run.stderr
+
+    def marked(msgs: list[bus.Message]) -> list[tuple[bytes, str, int, int]]:
+        out = []
+        for m in msgs:
+            data = bytes(dpkt.ip.IP(m.payload).data.data) if m.payload[:1] == b"\x45" else b""
+            if data.startswith(marker):
+                out.append((data, m.env["direction"], m.env["pid"], m.env["ts"]))
+        return out
+
+    alone = marked(got[bus.TOPIC_NET_PACKET])
+    batched = marked([one for b in got[bus.TOPIC_NET_PACKETS] for one in bus.split_packets(b)])
+    assert len(alone) == 400  # each datagram leaving and arriving
+    assert alone == batched
+    assert max(len(b.env["packets"]) for b in got[bus.TOPIC_NET_PACKETS]) > 1
+    seqs = [m.env["seq"] for m in got[bus.TOPIC_NET_PACKET]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap
+    in_pcap = [p for p in payloads(read_pcap(run.out_dir / "pcap" / "single.pcap"))
+               if p.startswith(marker)]  # fmt: skip
+    assert sorted(in_pcap) == sorted(data for data, *_ in alone)

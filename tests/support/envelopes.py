@@ -141,6 +141,18 @@ def packet_env(**overrides: Any) -> Env:
     )
 
 
+def packet_batch_env(**overrides: Any) -> Env:
+    """``net.packets.``: a batch with ``packet_env``'s owner as its one context and no packet
+    (a test gives ``packets`` rows and the payload that holds their bytes)."""
+    context = {key: packet_env()[key] for key in bus.CONTEXT_KEYS}
+    nobody = {"pid": 0, "tid": 0, "ppid": 0, "uid": 0, "comm": b"", "cgroup_id": 0}
+    return _build(
+        {"ts": 1_700_000_000_123_456_789, **nobody, "container_id": "", "contexts": [context],
+         "packets": []},
+        overrides,
+    )  # fmt: skip
+
+
 def proc_env(**overrides: Any) -> Env:
     """``proc.``: the exec event every execution publishes (the exec keys and ``event``)."""
     return _build(
@@ -188,6 +200,7 @@ ENVELOPES: dict[bytes, Callable[..., Env]] = {
     bus.TOPIC_MODULE: module_env,
     bus.TOPIC_BPF: bpf_env,
     bus.TOPIC_NET_PACKET: packet_env,
+    bus.TOPIC_NET_PACKETS: packet_batch_env,
     bus.TOPIC_PROC: proc_env,
     bus.TOPIC_STATS: stats_env,
 }

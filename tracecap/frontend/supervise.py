@@ -331,7 +331,11 @@ class Frontend:
                 self.ready = True
                 print("tracecap: ready", file=sys.stderr, flush=True)
             return
-        events = self.printer.events_for(msg, self.config.events)
+        try:
+            events = self.printer.events_for(msg, self.config.events)
+        except bus.BadMessage as exc:  # a packet batch whose parts do not add up
+            print(f"tracecap: dropped a malformed bus message: {exc}", file=sys.stderr)
+            return
         if not events:
             return
         text = "".join(json.dumps(event) + "\n" for event in events)

@@ -537,6 +537,12 @@ class EventPrinter:
         self.dns = DnsReader()
 
     def events_for(self, msg: bus.Message, wanted: tuple[str, ...]) -> list[dict[str, Any]]:
+        if msg.topic == bus.TOPIC_NET_PACKETS:  # BadMessage for a batch that does not add up
+            return [
+                event
+                for one in bus.split_packets(msg)
+                for event in packet_events(one.env, one.payload, wanted, self.dns)
+            ]
         if msg.topic == bus.TOPIC_NET_PACKET:
             return packet_events(msg.env, msg.payload, wanted, self.dns)
         make = _OBJECT_EVENTS.get(msg.topic)

@@ -65,6 +65,16 @@ def test_messages_carry_version_epoch_and_a_seq_per_topic(pub: Publisher) -> Non
     sock.close()
 
 
+def test_a_packet_batch_moves_its_seq_by_its_packets(pub: Publisher) -> None:
+    """A ``net.packets.`` seq numbers packets: a lost batch is a gap of its packets."""
+    sock = subscriber(pub, bus.TOPIC_NET_PACKETS)
+    for count in (3, 1, 256):
+        pub.publish(bus.TOPIC_NET_PACKETS, {"ts": 1, "packets": [[0]] * count}, b"")
+    assert [env["seq"] for env, _ in drain(sock)] == [0, 3, 4]
+    assert pub.published() == {"net.packets.": 260}
+    sock.close()
+
+
 def test_large_payloads_behind_a_stalled_subscriber_become_loss_notices(pub: Publisher) -> None:
     sock = subscriber(pub, b"file.write.", rcvhwm=1)  # never reads until the end
     size = 1 << 20
@@ -105,6 +115,28 @@ def test_small_payloads_are_not_held_against_the_budget(pub: Publisher) -> None:
         pub.publish(bus.TOPIC_FILE_WRITE, {"i": i}, b"x" * (ZERO_COPY_MIN - 1))
     assert pub.backlog_bytes() == 0 and pub.dropped_messages == 0
     assert len(drain(sock)) == 200
+    sock.close()
+
+
+def test_packet_batches_behind_a_stalled_writer_are_bounded_by_their_own_budget(
+    pub: Publisher,
+) -> None:
+    """Batches are copied-size, yet SEND_HWM of them would be gigabytes: they are charged to a
+    budget of their own, past which a batch is a seq gap of its packets, and the file data's
+    room is untouched (a stalled pcap writer must not starve the file writer)."""
+    sock = subscriber(pub, bus.TOPIC_NET_PACKETS, rcvhwm=1)  # never reads until the end
+    size, packets = 60 * 1024, 200
+    sent = 2 * BACKLOG_BYTES // size
+    for _ in range(sent):
+        pub.publish(bus.TOPIC_NET_PACKETS, {"packets": [[0]] * packets}, bytes(size))
+        assert pub.backlog_bytes() <= BACKLOG_BYTES
+    assert pub.dropped_messages > 0
+    assert pub.dropped_bytes == pub.dropped_messages * size
+    assert pub.backlog_room() == BACKLOG_BYTES
+    seqs = [env["seq"] for env, _ in drain(sock)]
+    assert len(seqs) == sent - pub.dropped_messages
+    assert seqs == [i * packets for i in range(len(seqs))]
+    assert pub.backlog_bytes() == 0
     sock.close()
 
 

@@ -268,6 +268,9 @@ class FakePublisher:
     def backlog_room(self) -> int:
         return self.room
 
+    def subscribers(self, topic: bytes) -> int:
+        return sum(n for prefix, n in self.subscriptions.items() if topic.startswith(prefix))
+
     def backlog_bytes(self) -> int:
         return 123
 
@@ -442,8 +445,8 @@ def steps(log: list) -> list[str]:
             name = entry.topic.decode().rstrip(".")
             if entry.topic == bus.TOPIC_STATS:
                 name += f" {entry.env['state']}"
-            elif entry.topic == bus.TOPIC_NET_PACKET:
-                name += f" of {entry.env['pid']}"
+            elif entry.topic == bus.TOPIC_NET_PACKETS:
+                name += " of " + ",".join(str(c["pid"]) for c in entry.env["contexts"])
             elif "lost_ios" in entry.env:
                 name += " drop notice"
             elif "extent" in entry.env:
@@ -566,14 +569,28 @@ def _check_exit(sent: list[Sent], rig: Rig) -> None:
     assert (env["exit_code"], env["signal"]) == (3, 0)
 
 
+def packets_in(sent: list[Sent]) -> list[bus.Message]:
+    """The packets of the ``net.packets.`` batches published, one message each."""
+    return [
+        one
+        for m in sent
+        if m.topic == bus.TOPIC_NET_PACKETS
+        for one in bus.split_packets(
+            bus.Message(m.topic, {**m.env, "v": bus.VERSION, "epoch": 1, "seq": 0}, m.payload)
+        )
+    ]
+
+
 def _check_packet(sent: list[Sent], rig: Rig) -> None:
-    msg = _one(sent)
-    assert (msg.topic, msg.payload, msg.env["pid"]) == (bus.TOPIC_NET_PACKET, b"\x01\x02\x03", 900)
+    assert _one(sent).topic == bus.TOPIC_NET_PACKETS
+    (msg,) = packets_in(sent)
+    assert (msg.payload, msg.env["pid"]) == (b"\x01\x02\x03", 900)
 
 
 def _check_sock_owner(sent: list[Sent], rig: Rig) -> None:
-    msg = _one(sent)  # the packet waited for its socket's owner, which came
-    assert (msg.topic, msg.payload, msg.env["pid"]) == (bus.TOPIC_NET_PACKET, b"\x05\x06", 901)
+    assert _one(sent).topic == bus.TOPIC_NET_PACKETS
+    (msg,) = packets_in(sent)  # the packet waited for its socket's owner, which came
+    assert (msg.payload, msg.env["pid"]) == (b"\x05\x06", 901)
 
 
 INSNS = bytes(range(16))
@@ -634,11 +651,11 @@ def test_sockets_open_before_the_capture_get_their_owner_after_attach():
     collector = rig.started()
     assert steps(rig.log)[-3:] == ["attach", "adopt 4000 500", "adopt 4001 55"]
     rig.feed(packet(b"\x16", cookie=500))
-    msg = _one(rig.sent(bus.TOPIC_NET_PACKET))
+    stop(collector)
+    (msg,) = packets_in(rig.sent())
     assert (msg.env["pid"], msg.env["tid"], msg.env["comm"]) == (4000, 4000, b"nginx")
     assert msg.env["start_time"] == 77 + rig.time.clock().boot_to_epoch_ns()
     assert (collector.counters["sockets_owned"], collector.counters["sockets_known"]) == (1, 1)
-    stop(collector)
 
 
 def test_without_network_capture_no_socket_is_adopted():
@@ -1046,10 +1063,10 @@ def test_a_stop_drains_in_order_then_detaches(tmp_path):
     rig.log.clear()
     stop(collector)
     assert steps(rig.log) == [
-        "consume", "net.packet of 900", "file.write drop notice", "file.write",
+        "consume", "net.packets of 900", "file.write drop notice", "file.write",
         # how far each file artifact reaches (the notice, without a generation, is its own)
         "file.write extent 7", "file.write extent 105",
-        "mem", "net.packet of 0", "exec", "exec", "stats stopped", "ring.close", "probes.close",
+        "mem", "net.packets of 0", "exec", "exec", "stats stopped", "ring.close", "probes.close",
     ]  # fmt: skip
 
 

@@ -109,7 +109,7 @@ def test_file_flag(kind: str):
 def test_network():
     config = cap("network")
     assert config.pcap == PcapCapture(enabled=True, split=frozenset({"single"}), snaplen=96)
-    assert config.topics() == (b"net.packet.",)
+    assert config.topics() == (b"net.packets.",)
 
 
 def test_network_with_all_splits():
@@ -156,7 +156,7 @@ def test_all_kinds():
         b"mem.",
         b"module.",
         b"bpf.",
-        b"net.packet.",
+        b"net.packets.",
     )
 
 

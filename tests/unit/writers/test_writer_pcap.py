@@ -765,7 +765,7 @@ def test_registered_with_its_split(tmp_path: Path) -> None:
     with OutputTree(tmp_path) as tree:
         writer = WRITER_KINDS["pcap"](tree.out, tree.index, split=frozenset({"process", "single"}))
         assert isinstance(writer, PcapWriter)
-        assert writer.name == "pcap" and writer.topics == (bus.TOPIC_NET_PACKET,)
+        assert writer.name == "pcap" and writer.topics == (bus.TOPIC_NET_PACKETS,)
         assert writer.split == ("single", "process")
         assert WRITER_KINDS["pcap"](tree.out, tree.index).split == ("single",)
 
@@ -1133,3 +1133,61 @@ def test_container_values_that_are_no_strings_are_ignored(tmp_path: Path) -> Non
     assert h.writer.counters["rejected"] == 0
     (rec,) = h.close()
     assert "container_name" not in rec and "container_image" not in rec
+
+
+# -- batches (net.packets.) ----------------------------------------------------------------------
+
+
+def as_batch(msgs: list[bus.Message], seq: int = 0) -> bus.Message:
+    """``msgs`` (net.packet.) as the one net.packets. batch the collector would send."""
+    contexts: list[dict[str, Any]] = []
+    rows = []
+    for m in msgs:
+        ctx = {k: v for k, v in m.env.items() if k in bus.CONTEXT_KEYS or k in bus.CONTAINER_KEYS}
+        if ctx not in contexts:
+            contexts.append(ctx)
+        rows.append([m.env["ts"], contexts.index(ctx), m.env["ifindex"], m.env["orig_len"],
+                     m.env["cookie"], len(m.payload), m.env["protocols"]])  # fmt: skip
+    env = envelopes.packet_batch_env(contexts=contexts, packets=rows, seq=seq)
+    return envelopes.message(bus.TOPIC_NET_PACKETS, env, b"".join(m.payload for m in msgs))
+
+
+def test_a_batch_writes_what_its_packets_alone_would(tmp_path: Path) -> None:
+    """Files, blocks, comments and index records are the same whether packets come one per
+    message or in a batch, several owners, directions and containers mixed."""
+    msgs = [
+        message(udp(bytes([i]) * i), pid=300 + i % 3, tid=301 + i % 3, ts=T0 + i,
+                direction=("egress", "ingress")[i % 2], container_id=("", CID)[i % 5 == 0],
+                **(NAMED if i % 5 == 0 else {}))
+        for i in range(40)
+    ]  # fmt: skip
+    alone, batched = Harness(tmp_path / "alone"), Harness(tmp_path / "batched")
+    for m in msgs:
+        alone.writer.handle(m)
+    batched.writer.handle(as_batch(msgs[:25], seq=0))
+    batched.writer.handle(as_batch(msgs[25:], seq=1))
+    assert alone.files() == batched.files() and len(alone.files()) > 4
+    for path in alone.files():
+        assert (alone.root / path).read_bytes() == (batched.root / path).read_bytes(), path
+    assert alone.close() == batched.close()
+    assert batched.writer.counters["packets"] == 40 and batched.writer.counters["rejected"] == 0
+
+
+def test_a_batch_that_does_not_add_up_is_refused_and_counted(tmp_path: Path) -> None:
+    h = Harness(tmp_path)
+    good = as_batch([message(udp(b"a")), message(udp(b"b"))])
+    h.writer.handle(bus.Message(good.topic, good.env, good.payload[:-1]))  # a byte short
+    assert h.writer.counters["rejected"] == 2 and h.writer.counters["packets"] == 0
+    # a packet the pcap cannot hold is refused alone, its batch's other packets are written
+    bad = as_batch([message(udp(b"c")), message(udp(b"d"), direction="sideways")])
+    h.writer.handle(bad)
+    assert (h.writer.counters["rejected"], h.writer.counters["packets"]) == (3, 1)
+    assert [d for _, d, _, _ in packets(h.root / "pcap/single.pcap")] == [udp(b"c")]
+
+
+def test_unwritten_names_the_lowest_batch_held(tmp_path: Path) -> None:
+    clock = Clock()
+    h = ordered(tmp_path, clock, split=("single",))
+    h.writer.handle(as_batch([message(udp(b"a"), ts=T0), message(udp(b"b"), ts=T0 + 1)], seq=4))
+    assert h.writer.unwritten() == {"7:net.packets.": 4}
+    h.close()

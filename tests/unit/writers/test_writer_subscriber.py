@@ -326,6 +326,17 @@ def test_gap_tracker_rules() -> None:
     assert Gap(1, TOPIC, 2, 3).count == 2
 
 
+def test_a_batch_covers_its_width_of_seq() -> None:
+    """A packet batch numbers its packets (bus.seq_width): the next batch follows its last."""
+    t, batches = GapTracker(), b"net.packets."
+    assert t.observe(1, batches, 0, 3) is None
+    assert t.observe(1, batches, 3, 256) is None and t.last(1, batches) == 258
+    assert t.observe(1, batches, 300, 2) == Gap(1, batches, 259, 299)  # 41 packets lost
+    assert t.observe(1, batches, 302) is None
+    assert bus.seq_width(batches, {"packets": [[0]] * 5}) == 5
+    assert bus.seq_width(b"file.write.", {"packets": [[0]] * 5}) == 1
+
+
 def test_gap_tracker_is_bounded() -> None:
     t = GapTracker(max_keys=4)
     for epoch in range(100):

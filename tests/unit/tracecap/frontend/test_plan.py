@@ -78,7 +78,7 @@ def test_events_are_read_where_they_travel_and_packets_only_when_named():
     ) == (bus.TOPIC_FILE_WRITE, bus.TOPIC_PROC)
     assert printer_topics(
         config("--capture", "net", "--output", "json", "--events", "net_packet_dns")
-    ) == (bus.TOPIC_NET_PACKET,)
+    ) == (bus.TOPIC_NET_PACKETS,)
 
 
 def test_forks_and_exits_are_read_on_proc_once_when_named():

@@ -104,3 +104,25 @@ def test_a_message_dropped_to_bound_memory_is_printed_with_its_own_packet():
     assert arg(event, "dst_port") == 40001
     assert event["timestamp"] == 1_700_000_000_000_000_001 != other.env["ts"]
     assert proto_dns(event)["error"].startswith("dropped to bound memory (1 connections")
+
+
+def test_a_batch_prints_the_events_of_its_packets_alone():
+    """A ``net.packets.`` batch gives the events its packets give one message each, in order
+    (a TCP DNS message split over two of its packets included)."""
+    from tests.support.envelopes import packet_batch_env
+
+    stream = framed(big_response())
+    datas = [udp(query()), tcp(stream[:100], sport=53, dport=40000),
+             tcp(stream[100:], sport=53, dport=40000, seq=1100)]  # fmt: skip
+    singles = [packet(d, direction="ingress") for d in datas]
+    wanted = ("net_packet_dns", "net_packet_udp", "net_packet_tcp")
+    one_by_one = EventPrinter()
+    alone = [e for m in singles for e in one_by_one.events_for(m, wanted)]
+    ctx = {k: singles[0].env[k] for k in bus.CONTEXT_KEYS}
+    rows = [[m.env["ts"], 0, m.env["ifindex"], m.env["orig_len"], m.env["cookie"], len(m.payload),
+             m.env["protocols"]] for m in singles]  # fmt: skip
+    batch = message(bus.TOPIC_NET_PACKETS, packet_batch_env(contexts=[ctx], packets=rows),
+                    b"".join(datas))  # fmt: skip
+    printer = EventPrinter()
+    assert printer.events_for(batch, wanted) == alone != []
+    assert [e["eventName"] for e in alone].count("net_packet_dns") == 2
