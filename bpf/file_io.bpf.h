@@ -510,16 +510,12 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     return tc_io_done(&a, f, ret, tid);
 }
 
+/* The exits are tc_exit_io (shared_exits.bpf.h). */
 #define TC_IO_PROBES(name, sc, dir, is_vec, posarg)                                   \
     SEC("tp/syscalls/sys_enter_" #name)                                                \
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
     {                                                                                  \
         return tc_io_enter(ctx, sc, dir, is_vec, posarg);                              \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_io_exit(ctx);                                                        \
     }
 
 TC_IO_PROBES(write, TC_SYS_WRITE, TC_DIR_WRITE, 0, -1)
@@ -551,12 +547,6 @@ int tc_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
     if (tc_peeks(TC_DIR_READ, ctx->args[3]))
         return 0;
     return tc_io_enter(ctx, TC_SYS_RECVFROM, TC_DIR_READ, 0, -1);
-}
-
-SEC("tp/syscalls/sys_exit_recvfrom")
-int tc_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-    return tc_io_exit(ctx);
 }
 
 /* The iovec array of a user msghdr (sendmsg/recvmsg, io_uring's SENDMSG/RECVMSG), into `a`.
@@ -591,11 +581,6 @@ static __always_inline int tc_msg_enter(struct trace_event_raw_sys_enter *ctx, _
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
     {                                                                                  \
         return tc_msg_enter(ctx, sc, dir);                                             \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_io_exit(ctx);                                                        \
     }
 
 TC_MSG_PROBES(sendmsg, TC_SYS_SENDMSG, TC_DIR_WRITE)
@@ -676,11 +661,6 @@ static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
         if (tc_peeks(dir, ctx->args[flagarg]))                                         \
             return 0;                                                                  \
         return tc_io_enter(ctx, sc, dir, 1, -1);                                       \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_mmsg_exit(ctx);                                                      \
     }
 
 TC_MMSG_PROBES(sendmmsg, TC_SYS_SENDMMSG, TC_DIR_WRITE, 3)
@@ -986,14 +966,5 @@ int tc_enter_splice(struct trace_event_raw_sys_enter *ctx)
     return tc_xfer_enter(TC_SYS_SPLICE, ctx->args[0], ctx->args[1], ctx->args[2],
                          ctx->args[3]);
 }
-
-SEC("tp/syscalls/sys_exit_copy_file_range")
-int tc_exit_copy_file_range(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
-
-SEC("tp/syscalls/sys_exit_sendfile64")
-int tc_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
-
-SEC("tp/syscalls/sys_exit_splice")
-int tc_exit_splice(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
 
 #endif
