@@ -297,31 +297,18 @@ struct tc_page_hash {
     __u64 nonzero;
 };
 
-struct tc_hash_ctx {
-    __u64 hash;
-    __u64 nonzero;
-    struct tc_page *pg;
-};
-
-/* One word into the hash (bpf_loop callback, in order). A loop over the 512 words was walked
- * word by word by the verifier: ~6,000 processed instructions in each mem program. */
-static long tc_mem_hash_word(__u32 i, struct tc_hash_ctx *c)
-{
-    __u64 w = c->pg->w[i & (TC_PAGE_WORDS - 1)];
-    c->hash = (c->hash ^ w) * TC_HASH_MUL;
-    c->nonzero |= w;
-    return 0;
-}
-
 /* A global function: the verifier checks it once, not at every place a page is hashed. */
 __noinline int tc_mem_hash_page(struct tc_page_hash *ph, struct tc_page *pg)
 {
     if (!ph || !pg)
         return 0;
-    struct tc_hash_ctx c = { .hash = ph->hash, .nonzero = ph->nonzero, .pg = pg };
-    bpf_loop(TC_PAGE_WORDS, tc_mem_hash_word, &c, 0);
-    ph->hash = c.hash;
-    ph->nonzero = c.nonzero;
+    __u64 h = ph->hash, nz = ph->nonzero;
+    for (int j = 0; j < TC_PAGE_WORDS; j++) {
+        h = (h ^ pg->w[j]) * TC_HASH_MUL;
+        nz |= pg->w[j];
+    }
+    ph->hash = h;
+    ph->nonzero = nz;
     return 0;
 }
 
