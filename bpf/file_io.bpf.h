@@ -31,6 +31,11 @@ struct tc_event_scratch {
     struct tc_file_event ev;
     struct tc_xfer x;            /* right after ev: a transfer's record is ev and x, sent as one */
     const unsigned char *names[TC_MAX_DEPTH];
+    /* names[] filled by tc_walk_step. Kept here rather than in the walk's context on the
+     * stack: a stack value indexing names[] is tracked exactly, so the verifier walked the
+     * callback once per depth (134 times, 10,000 of tc_exit_io's 44,107 processed
+     * instructions); read from a map value it is any number, and one pass proves the step. */
+    __u32 depth;
 };
 _Static_assert(__builtin_offsetof(struct tc_event_scratch, x) ==
                    __builtin_offsetof(struct tc_file_xfer, x),
@@ -171,7 +176,6 @@ static __always_inline bool tc_is_std_fd(struct file *f, __u32 fds)
 struct tc_walk_ctx {
     struct dentry *d;
     struct mount *mnt;
-    __u32 n;
 };
 
 /* One step up the dentry tree; at a mount's root, continue from its mount point. */
@@ -194,12 +198,13 @@ static long tc_walk_step(__u32 i, struct tc_walk_ctx *w)
     struct dentry *up = BPF_CORE_READ(d, d_parent);
     if (up == d)
         return 1;
-    if (w->n >= TC_MAX_DEPTH) {
+    __u32 n = s->depth;
+    if (n >= TC_MAX_DEPTH) {
         s->ev.flags |= TC_EV_PATH_TRUNCATED;
         return 1;
     }
-    s->names[tc_bound(w->n, TC_MAX_DEPTH - 1)] = BPF_CORE_READ(d, d_name.name);
-    w->n++;
+    s->names[tc_bound(n, TC_MAX_DEPTH - 1)] = BPF_CORE_READ(d, d_name.name);
+    s->depth = n + 1;
     w->d = up;
     return 0;
 }
@@ -239,15 +244,17 @@ static __always_inline void tc_build_path(struct tc_event_scratch *s, struct fil
         .d = BPF_CORE_READ(f, f_path.dentry),
         .mnt = container_of(vm, struct mount, mnt),
     };
+    s->depth = 0;
     bpf_loop(TC_MAX_DEPTH + 16, tc_walk_step, &w, 0);
-    if (w.n == 0) {
+    __u32 n = s->depth;
+    if (n == 0) {
         /* pseudo files (pipes, sockets) and the root itself: the dentry's own name */
         long r = bpf_probe_read_kernel_str(ev->path, TC_NAME_SLACK,
                                            BPF_CORE_READ(f, f_path.dentry, d_name.name));
         ev->path_len = r > 0 ? r - 1 : 0;
         return;
     }
-    struct tc_path_ctx p = { .n = w.n };
+    struct tc_path_ctx p = { .n = n };
     bpf_loop(TC_MAX_DEPTH, tc_path_step, &p, 0);
     if (p.pos > TC_PATH_BUF) {
         p.pos = TC_PATH_BUF;
@@ -256,28 +263,50 @@ static __always_inline void tc_build_path(struct tc_event_scratch *s, struct fil
     ev->path_len = p.pos;
 }
 
-static __always_inline bool tc_has_prefix(const struct tc_file_event *ev,
-                                          const volatile struct tc_file_filter *ff, int k)
+struct tc_prefix_ctx {
+    __u32 dir;                   /* whose filter: cfg.filters[dir] */
+    __u32 k;                     /* which of its prefixes */
+    __u32 differs;
+};
+
+/* Compare the i-th byte of the event's path with the prefix's. A callback rather than a loop:
+ * the exits serve both directions, so the verifier knows neither the filter nor its prefix
+ * lengths, and walked a loop's 64 bytes for each prefix on each path (386 times an
+ * instruction in tc_exit_io); the callback is proved once for any i. */
+static long tc_prefix_step(__u32 i, struct tc_prefix_ctx *p)
 {
+    struct tc_event_scratch *s = event_scratch_slot();
+    __u32 k = p->k;
+    if (!s || k >= TC_MAX_PREFIXES)
+        return 1;
+    const volatile struct tc_file_filter *ff = &cfg.filters[p->dir & 1];
+    __u32 at = tc_bound(i, TC_PREFIX_LEN - 1);
+    if (s->ev.path[at] != ff->paths[k][at]) {
+        p->differs = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* Does the event's path (in this CPU's event scratch) start with prefix k of dir's filter? */
+static __always_inline bool tc_has_prefix(const struct tc_file_event *ev, __u32 dir, int k)
+{
+    const volatile struct tc_file_filter *ff = &cfg.filters[dir & 1];
     __u32 len = ff->path_len[k];
     if (len == 0 || len > ev->path_len || len > TC_PREFIX_LEN)
         return false;
-    for (int i = 0; i < TC_PREFIX_LEN; i++) {
-        if ((__u32)i >= len)
-            return true;
-        if (ev->path[i] != ff->paths[k][i])
-            return false;
-    }
-    return true;
+    struct tc_prefix_ctx p = { .dir = dir, .k = k };
+    bpf_loop(len, tc_prefix_step, &p, 0);
+    return !p.differs;
 }
 
-static __always_inline bool tc_path_allowed(const struct tc_file_event *ev,
-                                            const volatile struct tc_file_filter *ff)
+static __always_inline bool tc_path_allowed(const struct tc_file_event *ev, __u32 dir)
 {
+    const volatile struct tc_file_filter *ff = &cfg.filters[dir & 1];
     if (ff->npaths == 0)
         return true;
     for (int k = 0; k < TC_MAX_PREFIXES; k++) {
-        if ((__u32)k < ff->npaths && tc_has_prefix(ev, ff, k))
+        if ((__u32)k < ff->npaths && tc_has_prefix(ev, dir, k))
             return true;
     }
     return false;
@@ -455,7 +484,7 @@ static __always_inline int tc_io_transfer(const struct tc_io_args *ap, struct fi
         return 0;
     }
     tc_build_path(s, f);
-    if (!tc_path_allowed(ev, ff))
+    if (!tc_path_allowed(ev, a.direction))
         return 0;
 
     tc_fill_hdr(&ev->h, TC_REC_FILE_EVENT);
@@ -510,16 +539,12 @@ static __always_inline int tc_io_exit(struct trace_event_raw_sys_exit *ctx)
     return tc_io_done(&a, f, ret, tid);
 }
 
+/* The exits are tc_exit_io (shared_exits.bpf.h). */
 #define TC_IO_PROBES(name, sc, dir, is_vec, posarg)                                   \
     SEC("tp/syscalls/sys_enter_" #name)                                                \
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
     {                                                                                  \
         return tc_io_enter(ctx, sc, dir, is_vec, posarg);                              \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_io_exit(ctx);                                                        \
     }
 
 TC_IO_PROBES(write, TC_SYS_WRITE, TC_DIR_WRITE, 0, -1)
@@ -551,12 +576,6 @@ int tc_enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
     if (tc_peeks(TC_DIR_READ, ctx->args[3]))
         return 0;
     return tc_io_enter(ctx, TC_SYS_RECVFROM, TC_DIR_READ, 0, -1);
-}
-
-SEC("tp/syscalls/sys_exit_recvfrom")
-int tc_exit_recvfrom(struct trace_event_raw_sys_exit *ctx)
-{
-    return tc_io_exit(ctx);
 }
 
 /* The iovec array of a user msghdr (sendmsg/recvmsg, io_uring's SENDMSG/RECVMSG), into `a`.
@@ -591,11 +610,6 @@ static __always_inline int tc_msg_enter(struct trace_event_raw_sys_enter *ctx, _
     int tc_enter_##name(struct trace_event_raw_sys_enter *ctx)                         \
     {                                                                                  \
         return tc_msg_enter(ctx, sc, dir);                                             \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_io_exit(ctx);                                                        \
     }
 
 TC_MSG_PROBES(sendmsg, TC_SYS_SENDMSG, TC_DIR_WRITE)
@@ -676,11 +690,6 @@ static __always_inline int tc_mmsg_exit(struct trace_event_raw_sys_exit *ctx)
         if (tc_peeks(dir, ctx->args[flagarg]))                                         \
             return 0;                                                                  \
         return tc_io_enter(ctx, sc, dir, 1, -1);                                       \
-    }                                                                                  \
-    SEC("tp/syscalls/sys_exit_" #name)                                                 \
-    int tc_exit_##name(struct trace_event_raw_sys_exit *ctx)                           \
-    {                                                                                  \
-        return tc_mmsg_exit(ctx);                                                      \
     }
 
 TC_MMSG_PROBES(sendmmsg, TC_SYS_SENDMMSG, TC_DIR_WRITE, 3)
@@ -914,7 +923,7 @@ static __always_inline void tc_xfer_emit(struct tc_event_scratch *s, const struc
     ev->path_len = 0;
     ev->path[0] = 0;
     tc_build_path(s, f);
-    if (!tc_path_allowed(ev, ff))
+    if (!tc_path_allowed(ev, dir))
         return;
     tc_fill_hdr(&ev->h, TC_REC_FILE_XFER);
     ev->io_id = __sync_fetch_and_add(&io_seq, 1);
@@ -986,14 +995,5 @@ int tc_enter_splice(struct trace_event_raw_sys_enter *ctx)
     return tc_xfer_enter(TC_SYS_SPLICE, ctx->args[0], ctx->args[1], ctx->args[2],
                          ctx->args[3]);
 }
-
-SEC("tp/syscalls/sys_exit_copy_file_range")
-int tc_exit_copy_file_range(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
-
-SEC("tp/syscalls/sys_exit_sendfile64")
-int tc_exit_sendfile64(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
-
-SEC("tp/syscalls/sys_exit_splice")
-int tc_exit_splice(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
 
 #endif

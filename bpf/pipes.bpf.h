@@ -34,21 +34,12 @@ int tc_enter_vmsplice(struct trace_event_raw_sys_enter *ctx)
     return tc_vmsplice_enter(ctx);
 }
 
-SEC("tp/syscalls/sys_exit_vmsplice")
-int tc_exit_vmsplice(struct trace_event_raw_sys_exit *ctx)
-{
-    return tc_io_exit(ctx);
-}
-
 /* tee(fd_in, fd_out, len, flags): two pipes, no offsets */
 SEC("tp/syscalls/sys_enter_tee")
 int tc_enter_tee(struct trace_event_raw_sys_enter *ctx)
 {
     return tc_xfer_enter(TC_SYS_TEE, ctx->args[0], 0, ctx->args[1], 0);
 }
-
-SEC("tp/syscalls/sys_exit_tee")
-int tc_exit_tee(struct trace_event_raw_sys_exit *ctx) { return tc_xfer_exit(ctx); }
 
 /* Where a completed request's end started: the offset the request named, which the kernel
  * advanced by the bytes moved, or (-1) the file position, which it advanced likewise. */

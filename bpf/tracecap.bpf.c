@@ -20,6 +20,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "chunks.bpf.h"
 #include "file_io.bpf.h"
 #include "pipes.bpf.h"
+#include "shared_exits.bpf.h"
 #include "file_io_fentry.bpf.h"
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"

@@ -32,6 +32,7 @@ _PROTOTYPES = [
     ("bpf_program__autoload", ct.c_bool, [_vp]),
     ("bpf_program__attach", _vp, [_vp]),
     ("bpf_program__attach_cgroup", _vp, [_vp, ct.c_int]),
+    ("bpf_program__attach_tracepoint", _vp, [_vp, ct.c_char_p, ct.c_char_p]),
     ("bpf_link__destroy", ct.c_int, [_vp]),
     ("bpf_map__name", ct.c_char_p, [_vp]),
     ("bpf_map__fd", ct.c_int, [_vp]),
@@ -67,10 +68,17 @@ class _TestRunOpts(ct.Structure):
 
 
 _log: list[str] = []
+#: libbpf_print_level: LIBBPF_WARN 0, LIBBPF_INFO 1, LIBBPF_DEBUG 2.
+_LIBBPF_DEBUG = 2
 
 
 @_PRINT_FN
 def _printer(level: int, fmt: bytes, va: int) -> int:
+    # Debug messages are libbpf tracing its own steps: 11,103 of them for the write capture's
+    # load, each given a zeroed 4 MiB buffer here, cost 0.5-1.1 s of open and more of load
+    # (31% of the collector's start in perf). Warnings and infos are what an error report needs.
+    if level >= _LIBBPF_DEBUG:
+        return 0
     # Verifier logs run past 4 KiB per message; keep the tail for error reports.
     buf = ct.create_string_buffer(1 << 22)
     _libc.vsnprintf(buf, len(buf), fmt, va)
@@ -169,6 +177,17 @@ class BpfObject:
         link = self._lib.bpf_program__attach(self.programs[name])
         if not link or self._lib.libbpf_get_error(link):
             raise _error(f"cannot attach {name}")
+        self._links.append(link)
+
+    def attach_tracepoint(self, name: str, category: str, tracepoint: str) -> None:
+        """Attach to a tracepoint named here rather than by the program's section: a program
+        may be attached to several (bpf/shared_exits.bpf.h)."""
+        _log.clear()
+        link = self._lib.bpf_program__attach_tracepoint(
+            self.programs[name], category.encode(), tracepoint.encode()
+        )
+        if not link or self._lib.libbpf_get_error(link):
+            raise _error(f"cannot attach {name} to {category}:{tracepoint}")
         self._links.append(link)
 
     def attach_cgroup(self, name: str, cgroup_fd: int) -> None:

@@ -85,12 +85,34 @@ _MAPPINGS = frozenset({"tc_map_msync", "tc_map_munmap", "tc_map_mmap_exit", "tc_
 _ONE_DIRECTION = {"write": _MAPPINGS, "read": frozenset()}
 
 
+#: The file syscalls' exit programs at their tracepoints, each one program attached to the
+#: sys_exit tracepoint of every syscall listed (bpf/shared_exits.bpf.h: the same body, so one
+#: verification instead of one per syscall).
+SHARED_EXITS: dict[str, tuple[str, ...]] = {
+    "tc_exit_io": ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg",
+                   "read", "pread64", "readv", "preadv", "preadv2", "recvfrom", "recvmsg",
+                   "vmsplice"),
+    "tc_exit_mmsg": ("sendmmsg", "recvmmsg"),
+    "tc_exit_xfer": ("copy_file_range", "sendfile64", "splice", "tee"),
+}  # fmt: skip
+_EXIT_OF = {sc: prog for prog, syscalls in SHARED_EXITS.items() for sc in syscalls}
+
+
+def _file_syscalls(kind: str) -> tuple[str, ...]:
+    """The write or read capture's syscalls; transfers that pass no user buffer, and vmsplice,
+    whose direction the kernel tells, serve both."""
+    return FILE_SYSCALLS[kind] + FILE_SYSCALLS["both"]
+
+
 def _file_programs(kind: str, sides: tuple[str, str]) -> frozenset[str]:
-    """The write or read capture's programs: its syscalls' pairs (transfers that pass no user
-    buffer, and vmsplice, whose direction the kernel tells, serve both), io_uring's and, for
-    writes, the shared mappings'."""
-    both = FILE_SYSCALLS[kind] + FILE_SYSCALLS["both"]
-    return _syscall_programs(both, sides) | _URING | _ONE_DIRECTION[kind]
+    """The write or read capture's programs: its syscalls' (at the tracepoints, each its enter
+    and a shared exit), io_uring's and, for writes, the shared mappings'."""
+    syscalls = _file_syscalls(kind)
+    if sides == _TP:
+        pairs = _syscall_programs(syscalls, ("enter",)) | {_EXIT_OF[sc] for sc in syscalls}
+    else:
+        pairs = _syscall_programs(syscalls, sides)
+    return pairs | _URING | _ONE_DIRECTION[kind]
 
 
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
@@ -175,6 +197,19 @@ def programs_for(choices: dict[str, Choice]) -> set[str]:
         if choice.hook:
             names |= HOOK_PROGRAMS[kind, choice.hook]
     return names
+
+
+def exit_tracepoints(choices: dict[str, Choice]) -> dict[str, tuple[str, ...]]:
+    """Per shared exit program loaded, the syscalls at whose sys_exit tracepoints it attaches:
+    those of the file kinds that run on the syscall tracepoints."""
+    syscalls = {
+        sc
+        for kind, choice in choices.items()
+        if kind in ("write", "read") and choice.hook == "syscall_tracepoints"
+        for sc in _file_syscalls(kind)
+    }
+    shared = {prog: tuple(sc for sc in scs if sc in syscalls) for prog, scs in SHARED_EXITS.items()}
+    return {prog: scs for prog, scs in shared.items() if scs}
 
 
 def probe_features() -> frozenset[str]:
@@ -287,6 +322,7 @@ class KernelProbes:
         self._obj = BpfObject(object_path())
         try:
             self._programs = programs_for(self.choices)
+            self._exits = exit_tracepoints(self.choices)
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
             self._ring_sizes = ring_sizes(running, ring_bytes)
@@ -310,6 +346,9 @@ class KernelProbes:
                     continue
                 if name in _NET_CGROUP:
                     self._obj.attach_cgroup(name, self._cgroup_fd)
+                elif name in SHARED_EXITS:
+                    for sc in self._exits[name]:
+                        self._obj.attach_tracepoint(name, "syscalls", f"sys_exit_{sc}")
                 else:
                     self._obj.attach(name)
         except BaseException:

@@ -41,13 +41,18 @@ EVERY_KIND = ("--capture", "write=/tmp/x*", "--capture", "read=/tmp/x*", "--capt
 UNLOADABLE = ("fentry/", "fexit/")
 
 
+#: A file syscall's exit at its tracepoint: the program shared by its group.
+SHARED_EXIT = {sc: prog for prog, syscalls in probes.SHARED_EXITS.items() for sc in syscalls}
+
+
 def twin(program: str, loaded: dict[str, Chain]) -> str:
-    """The tracepoint program an fentry/fexit one is the twin of (tc_fexit_write: tc_exit_write,
-    tc_fexit_bpf: tc_bpf_exit)."""
+    """The tracepoint program an fentry/fexit one is the twin of (tc_fexit_write: tc_exit_io,
+    tc_fenter_write: tc_enter_write, tc_fexit_bpf: tc_bpf_exit)."""
     for prefix, where in (("tc_fenter_", "enter"), ("tc_fexit_", "exit")):
         if program.startswith(prefix):
             rest = program.removeprefix(prefix)
-            for name in (f"tc_{where}_{rest}", f"tc_{rest}_{where}"):
+            shared = SHARED_EXIT.get(rest, "") if where == "exit" else ""
+            for name in (shared, f"tc_{where}_{rest}", f"tc_{rest}_{where}"):
                 if name in loaded:
                     return name
     raise AssertionError(f"{program}: no loaded twin")
@@ -89,18 +94,18 @@ def test_every_call_chain_fits_512_bytes_of_stack(chains: dict[str, Chain]) -> N
 
 def test_the_chains_are_seen(chains: dict[str, Chain]) -> None:
     """The figures are the verifier's: a chain through a bpf_loop callback is found (tc_mem_page
-    under tc_mem_report, tc_emit_chunk under a syscall's exit) and frames round up to 32."""
+    under tc_mem_report, tc_emit_chunk under the syscalls' shared exit); frames round up to 32."""
     names = [name for name, _ in chains["tc_mprotect_enter"].frames]
     assert names[:3] == ["tc_mprotect_enter", "tc_mem_report", "tc_mem_page"], names
-    assert [name for name, _ in chains["tc_exit_write"].frames][-1] == "tc_emit_chunk"
-    assert chains["tc_exit_write"].combined == sum(
-        frame_size(d) for _, d in chains["tc_exit_write"].frames
+    assert [name for name, _ in chains["tc_exit_io"].frames][-1] == "tc_emit_chunk"
+    assert chains["tc_exit_io"].combined == sum(
+        frame_size(d) for _, d in chains["tc_exit_io"].frames
     )
     assert (frame_size(0), frame_size(1), frame_size(32), frame_size(33)) == (32, 32, 32, 64)
 
 
 def test_an_fentry_chain_is_its_twins_with_its_own_frame(chains: dict[str, Chain]) -> None:
-    fexit, exit_ = chains["tc_fexit_write"], chains["tc_exit_write"]
+    fexit, exit_ = chains["tc_fexit_write"], chains["tc_exit_io"]
     assert fexit.frames[1:] == exit_.frames[1:]
     # the program's own copy of the tracepoint's arguments (struct trace_event_raw_sys_exit)
     assert 0 < fexit.frames[0][1] - exit_.frames[0][1] <= 32

@@ -22,7 +22,8 @@ from tracecap import kinds, options
 
 #: BpfObject's methods that take a map or program name as their first argument.
 NAME_TAKING = {
-    "set_max_entries", "attach", "attach_cgroup", "map_fd", "update", "delete", "lookup", "drain",
+    "set_max_entries", "attach", "attach_tracepoint", "attach_cgroup", "map_fd", "update",
+    "delete", "lookup", "drain",
 }  # fmt: skip
 
 
@@ -138,12 +139,15 @@ def test_ring_sizes_follow_the_kinds_on():
 
 @pytest.mark.parametrize("kind", ["write", "read"])
 def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoint(kind):
-    """bpf/file_io_fentry.bpf.h: tc_fenter_X/tc_fexit_X for each tc_enter_X/tc_exit_X; a single
-    syscall tracepoint left would make every syscall of every process pay again."""
+    """bpf/file_io_fentry.bpf.h: tc_fenter_X/tc_fexit_X for each tc_enter_X (whose exit is a
+    program shared by its group at the tracepoints); a single syscall tracepoint left would make
+    every syscall of every process pay again."""
     tp = probes.HOOK_PROGRAMS[kind, "syscall_tracepoints"]
     fentry = probes.HOOK_PROGRAMS[kind, "fentry_syscalls"]
-    twins = {n.replace("tc_enter_", "tc_fenter_").replace("tc_exit_", "tc_fexit_") for n in tp}
-    assert fentry == twins
+    enters = {n for n in tp if n.startswith("tc_enter_")}
+    syscalls = {n.removeprefix("tc_enter_") for n in enters}
+    twins = {f"tc_{side}_{sc}" for sc in syscalls for side in ("fenter", "fexit")}
+    assert fentry == twins | (tp - enters - probes.SHARED_EXITS.keys())
     assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
     assert {n for n in fentry if n.startswith("tc_fenter_")}
 
@@ -154,3 +158,21 @@ def test_module_and_bpf_fentry_hooks_pair_each_syscall_and_load_no_tracepoint():
         "tc_fenter_finit_module", "tc_fexit_finit_module",
     }  # fmt: skip
     assert probes.HOOK_PROGRAMS["bpf", "fentry_syscalls"] == {"tc_fenter_bpf", "tc_fexit_bpf"}
+
+
+@pytest.mark.parametrize("kinds_on", [("write",), ("read",), ("write", "read")])
+def test_each_syscall_tracepoint_captured_gets_one_shared_exit(kinds_on):
+    """bpf/shared_exits.bpf.h: every syscall whose enter is loaded has its exit attached to
+    exactly one shared program, and no other syscall's exit is."""
+    choices = {kind: hooks.Choice(kind, "syscall_tracepoints") for kind in kinds_on}
+    loaded = probes.programs_for(choices)
+    attached = probes.exit_tracepoints(choices)
+    syscalls = [sc for scs in attached.values() for sc in scs]
+    assert sorted(syscalls) == sorted(
+        n.removeprefix("tc_enter_") for n in loaded if n.startswith("tc_enter_")
+    )
+    assert attached.keys() == loaded & probes.SHARED_EXITS.keys()
+
+
+def test_no_shared_exit_is_attached_for_the_fentry_hook():
+    assert probes.exit_tracepoints({"write": hooks.Choice("write", "fentry_syscalls")}) == {}
