@@ -84,7 +84,7 @@ static __always_inline int tc_kread_image(__u32 nr, struct file *file, __u64 buf
         tc_module_file(ev, file);
     /* the exit names this image even if its event is dropped: the collector then has the
      * attempt and counts the image lost, rather than reading the file */
-    a->a3 = ev->obj_id;
+    a->a3 = ev->obj_id + 1;
     a->kread_len = size;
     if (!tc_emit_event(TC_KIND_MODULE, ev, sizeof(*ev)))
         return 0;

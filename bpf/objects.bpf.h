@@ -24,8 +24,8 @@ TC_SLOT(obj_scratch, union tc_obj_scratch)
 
 /* Arguments saved at syscall entry for the exit handlers (mmap, module, bpf). */
 struct tc_obj_args {
-    __u64 a0, a1, a2, a3;   /* module: a3 is the obj_id of the image the kernel's hook sent
-                             * (module_kread.bpf.h), 0 for none */
+    __u64 a0, a1, a2, a3;   /* module: a3 is 1 + the obj_id of the image the kernel's hook
+                             * sent (module_kread.bpf.h), 0 for none (obj_ids start at 0) */
     __u32 nr;
     __u32 kread_len;        /* and that image's length (the kernel reads at most INT_MAX) */
 };
@@ -417,7 +417,7 @@ static __always_inline void tc_module_start(struct tc_module_event *ev, __u32 nr
 }
 
 /* The attempt, at the syscall's exit. Where the kernel's hook sent the image already
- * (module_kread.bpf.h, a.a3 its obj_id), this event names it and sends no bytes; otherwise
+ * (module_kread.bpf.h, a.a3 - 1 its obj_id), this event names it and sends no bytes; otherwise
  * init_module's image is copied from the caller's memory here, and finit_module's file is
  * read by the collector. */
 static __always_inline void tc_module_exit(__u32 nr, long ret)
@@ -429,7 +429,7 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     if (!s)
         return;
     struct tc_module_event *ev = &s->module;
-    tc_module_start(ev, nr, &a, a.a3 ? a.a3 : __sync_fetch_and_add(&io_seq, 1));
+    tc_module_start(ev, nr, &a, a.a3 ? a.a3 - 1 : __sync_fetch_and_add(&io_seq, 1));
     ev->ret = ret;
     if (a.a3) {
         ev->flags = TC_MOD_KREAD;
