@@ -24,9 +24,10 @@ TC_SLOT(obj_scratch, union tc_obj_scratch)
 
 /* Arguments saved at syscall entry for the exit handlers (mmap, module, bpf). */
 struct tc_obj_args {
-    __u64 a0, a1, a2, a3;
+    __u64 a0, a1, a2, a3;   /* module: a3 is 1 + the obj_id of the image the kernel's hook
+                             * sent (module_kread.bpf.h), 0 for none (obj_ids start at 0) */
     __u32 nr;
-    __u32 _pad;
+    __u32 kread_len;        /* and that image's length (the kernel reads at most INT_MAX) */
 };
 
 struct {
@@ -374,18 +375,15 @@ static long tc_module_vma(struct task_struct *task, struct vm_area_struct *vma,
     return 0;
 }
 
-static __always_inline void tc_module_exit(__u32 nr, long ret)
+/* What a module event knows from the syscall's arguments (`a`, saved at its entry): which
+ * syscall, init_module's image address and length or finit_module's fd and flags, and the
+ * parameter string; everything else zero. */
+static __always_inline void tc_module_start(struct tc_module_event *ev, __u32 nr,
+                                            const struct tc_obj_args *a, __u64 obj_id)
 {
-    struct tc_obj_args a;
-    if (!tc_obj_take(nr, &a))
-        return;
-    union tc_obj_scratch *s = obj_scratch_slot();
-    if (!s)
-        return;
-    struct tc_module_event *ev = &s->module;
     tc_fill_hdr(&ev->h, TC_REC_MODULE_EVENT);
-    ev->obj_id = __sync_fetch_and_add(&io_seq, 1);
-    ev->ret = ret;
+    ev->obj_id = obj_id;
+    ev->ret = 0;
     ev->len = 0;
     ev->captured = 0;
     ev->inode = 0;
@@ -405,29 +403,56 @@ static __always_inline void tc_module_exit(__u32 nr, long ret)
     __u64 uargs;
     if (nr == NR_INIT_MODULE) {
         ev->syscall = TC_MOD_INIT;
-        ev->addr = a.a0;
-        ev->len = a.a1;
-        ev->captured = a.a1 > TC_OBJ_MAX ? TC_OBJ_MAX : a.a1;
-        uargs = a.a2;
-        struct tc_module_vma m = {};
-        if (!bpf_find_vma(bpf_get_current_task_btf(), a.a0, tc_module_vma, &m, 0) && m.file) {
-            ev->flags = TC_MOD_MAPPED | m.flags;
-            ev->map_start = m.start;
-            ev->map_end = m.end;
-            ev->map_pgoff = m.pgoff;
-            tc_module_file(ev, (struct file *)m.file);
-        }
+        ev->addr = a->a0;
+        ev->len = a->a1;
+        uargs = a->a2;
     } else {
         ev->syscall = TC_MOD_FINIT;
-        ev->fd = (__s32)a.a0;
-        ev->load_flags = (__u32)a.a2;
-        uargs = a.a1;
+        ev->fd = (__s32)a->a0;
+        ev->load_flags = (__u32)a->a2;
+        uargs = a->a1;
+    }
+    long r = bpf_probe_read_user_str(ev->params, sizeof(ev->params), (void *)uargs);
+    ev->params_len = r > 0 ? r - 1 : 0;
+}
+
+/* The attempt, at the syscall's exit. Where the kernel's hook sent the image already
+ * (module_kread.bpf.h, a.a3 - 1 its obj_id), this event names it and sends no bytes; otherwise
+ * init_module's image is copied from the caller's memory here, and finit_module's file is
+ * read by the collector. */
+static __always_inline void tc_module_exit(__u32 nr, long ret)
+{
+    struct tc_obj_args a;
+    if (!tc_obj_take(nr, &a))
+        return;
+    union tc_obj_scratch *s = obj_scratch_slot();
+    if (!s)
+        return;
+    struct tc_module_event *ev = &s->module;
+    tc_module_start(ev, nr, &a, a.a3 ? a.a3 - 1 : __sync_fetch_and_add(&io_seq, 1));
+    ev->ret = ret;
+    if (a.a3) {
+        ev->flags = TC_MOD_KREAD;
+        ev->len = a.kread_len;
+    }
+    if (nr == NR_INIT_MODULE) {
+        struct tc_module_vma m = {};
+        if (!a.a3) {
+            ev->captured = a.a1 > TC_OBJ_MAX ? TC_OBJ_MAX : a.a1;
+            if (!bpf_find_vma(bpf_get_current_task_btf(), a.a0, tc_module_vma, &m, 0) &&
+                m.file) {
+                ev->flags = TC_MOD_MAPPED | m.flags;
+                ev->map_start = m.start;
+                ev->map_end = m.end;
+                ev->map_pgoff = m.pgoff;
+                tc_module_file(ev, (struct file *)m.file);
+            }
+        }
+    } else {
         struct file *f = tc_fd_file(ev->fd);
         if (f)
             tc_module_file(ev, f);
     }
-    long r = bpf_probe_read_user_str(ev->params, sizeof(ev->params), (void *)uargs);
-    ev->params_len = r > 0 ? r - 1 : 0;
     if (!tc_emit_event(TC_KIND_MODULE, ev, sizeof(*ev)))
         return;
     /* page by page: a page that cannot be read loses only itself */

@@ -347,6 +347,11 @@ struct tc_mem_proc {
 #define TC_MOD_MAPPED 2          /* init_module: the image lies in a mapping of the file named */
 #define TC_MOD_MAP_SHARED 4      /* that mapping is MAP_SHARED */
 #define TC_MOD_MAP_WRITTEN 8     /* it is private and has anonymous (copied-on-write) pages */
+#define TC_MOD_KREAD_IMAGE 16    /* sent at the kernel's hook (module_kread.bpf.h): the image the
+                                  * kernel read or copied, its bytes follow; `ret` is unknown
+                                  * yet, the attempt's own event comes at the syscall's exit */
+#define TC_MOD_KREAD 32          /* the attempt whose image an earlier TC_MOD_KREAD_IMAGE event
+                                  * of the same obj_id sent (this event sends no bytes) */
 
 /* The file (dev, inode, ctime, mtime, size, path) is finit_module's fd, or for init_module the
  * file mapped where the image lies (TC_MOD_MAPPED; map_* name the mapping). Its times and size

@@ -70,6 +70,8 @@ MODULE_SYSCALLS = ("init_module", "finit_module")
 MOD_MAPPED = 2
 MOD_MAP_SHARED = 4
 MOD_MAP_WRITTEN = 8
+MOD_KREAD_IMAGE = 16
+MOD_KREAD = 32
 EXEC_ARGV_TRUNCATED = 1
 EXEC_FILENAME_TRUNCATED = 2
 EXEC_MEMFD = 4
@@ -585,6 +587,10 @@ class ModuleEvent(NamedTuple):
     mapping: ModuleMapping | None = None
     #: finit_module's flags argument
     load_flags: int = 0
+    #: How the kernel's own buffer was involved (bpf/module_kread.bpf.h): "image" for the event
+    #: sent at its hook with the image's bytes (``ret`` is not known yet), "attempt" for the
+    #: syscall's event whose image that one sent (``captured`` 0), "" for neither.
+    kread: str = ""
 
 
 class BpfEvent(NamedTuple):
@@ -809,6 +815,8 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
     f = TC_MODULE_EVENT.unpack(raw)
     if f.syscall >= len(MODULE_SYSCALLS):
         raise RecordError(f"module event with unknown syscall {f.syscall}")
+    if f.flags & MOD_KREAD_IMAGE and f.flags & MOD_KREAD:
+        raise RecordError("module event flagged both the kernel's image and its attempt")
     mapping = None
     if f.flags & MOD_MAPPED:
         mapping = ModuleMapping(
@@ -833,7 +841,12 @@ def decode_module_event(raw: bytes) -> ModuleEvent:
         f.size,
         mapping,
         f.load_flags,
+        _KREAD[f.flags & (MOD_KREAD_IMAGE | MOD_KREAD)],
     )
+
+
+#: ModuleEvent.kread by the event's flags; both at once is no event the kernel sends.
+_KREAD = {0: "", MOD_KREAD_IMAGE: "image", MOD_KREAD: "attempt"}
 
 
 def decode_bpf_event(raw: bytes) -> BpfEvent:

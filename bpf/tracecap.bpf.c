@@ -27,6 +27,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "mappings.bpf.h"
 #include "objects.bpf.h"
 #include "objects_fentry.bpf.h"
+#include "module_kread.bpf.h"
 #include "procs.bpf.h"
 #include "mem.bpf.h"
 #include "net.bpf.h"

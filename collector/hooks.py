@@ -5,6 +5,8 @@ kernel must offer; the chooser takes per kind the first hook whose needs the ker
 meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
+Module takes its images from the kernel's own buffer where fentry loads on the LSM's post-read
+hooks ("kernel_read_file", first), and from the syscalls' arguments otherwise.
 Write, read, module and bpf can also run on fentry/fexit on their syscalls' functions
 (out-of-scope processes then pay only on those syscalls, not on every one, as with syscall
 tracepoints attached). Until that row is verified on a kernel where fentry loads (NOTES.md,
@@ -47,6 +49,9 @@ NEEDS: dict[str, Need] = {
     "fentry:syscalls": Need("fentry/fexit on the x86-64 file syscalls' functions", "5.5"),
     "fentry:module_syscalls": Need("fentry/fexit on __x64_sys_init_module/finit_module", "5.5"),
     "fentry:bpf_syscall": Need("fentry/fexit on __x64_sys_bpf", "5.5"),
+    "fentry:kernel_read_file": Need(
+        "fentry on security_kernel_post_read_file and security_kernel_post_load_data", "5.10"
+    ),
     "prog:kprobe": Need("kprobes (perf kprobe PMU or tracefs kprobe_events)", "4.1"),
     "prog:lsm": Need("BPF LSM programs", "5.7"),
     "lsm:bpf": Need("the BPF LSM active (`bpf` in /sys/kernel/security/lsm)", "5.7"),
@@ -95,6 +100,14 @@ FENTRY_SYSCALLS: dict[str, tuple[str, ...]] = {
     "fentry:module_syscalls": ("init_module", "finit_module"),
     "fentry:bpf_syscall": ("bpf",),
 }
+#: Per token of NEEDS, the kernel functions (not syscalls) its fentry programs attach to: the
+#: probe loads fentry on the first and finds the others in vmlinux BTF. The LSM's post-read
+#: hooks see a module image in the kernel's buffer whichever syscall carried it
+#: (bpf/module_kread.bpf.h); their (file, buf, size, id) and (buf, size, id, description) are
+#: the same in the BTF of 5.10, 6.1, 6.12 and 6.18, and since 5.10 (post_load_data is new there).
+FENTRY_FUNCTIONS: dict[str, tuple[str, ...]] = {
+    "fentry:kernel_read_file": ("security_kernel_post_read_file", "security_kernel_post_load_data"),
+}
 #: fentry/fexit on every file syscall's function, io_uring_complete (tp_btf), bpf_loop as above
 _FILE_FENTRY = ("prog:fentry", "fentry:syscalls", "prog:tp_btf", "helper:bpf_loop")
 #: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
@@ -129,6 +142,18 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
         ),
     ),
     "module": (
+        # the image from the kernel's buffer (fentry on the LSM's post-read hooks), the attempt
+        # and its return value from the syscall tracepoints
+        Hook(
+            "kernel_read_file",
+            (
+                "prog:fentry",
+                "fentry:kernel_read_file",
+                *_SYSCALL_TP,
+                "tracefs:module_syscalls",
+                *_MODULE,
+            ),
+        ),
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # fentry/fexit on the module syscalls' functions (see above)
         Hook("fentry_syscalls", ("prog:fentry", "fentry:module_syscalls", *_MODULE)),

@@ -16,7 +16,7 @@ import ctypes as ct
 import os
 from collections.abc import Callable
 
-from collector.hooks import FENTRY_SYSCALLS, NEEDS
+from collector.hooks import FENTRY_FUNCTIONS, FENTRY_SYSCALLS, NEEDS
 from collector.libbpf import library
 
 #: enum bpf_prog_type, bpf_attach_type, bpf_func_id, bpf_map_type (include/uapi/linux/bpf.h)
@@ -95,13 +95,17 @@ class KernelFeatures:
         os.close(fd)
         return True
 
-    def syscall_functions(self, syscalls: tuple[str, ...]) -> bool:
-        """Whether fentry loads on the x86-64 functions of ``syscalls`` (they are
-        ``__<arch>_sys_*`` elsewhere: another architecture keeps the tracepoints)."""
-        names = [f"__x64_sys_{sc}" for sc in syscalls]
+    def functions(self, names: tuple[str, ...]) -> bool:
+        """Whether fentry loads on the first of the kernel functions ``names`` and vmlinux BTF
+        has all of them."""
         return self.loads(_PROG_TRACING, _ATTACH_TRACE_FENTRY, names[0], _BTF_KIND_FUNC) and all(
             self._vmlinux_id(name, _BTF_KIND_FUNC) > 0 for name in names
         )
+
+    def syscall_functions(self, syscalls: tuple[str, ...]) -> bool:
+        """Whether fentry loads on the x86-64 functions of ``syscalls`` (they are
+        ``__<arch>_sys_*`` elsewhere: another architecture keeps the tracepoints)."""
+        return self.functions(tuple(f"__x64_sys_{sc}" for sc in syscalls))
 
     def _probes(self) -> dict[str, Callable[[], bool]]:
         """Per token of hooks.NEEDS, how to tell whether this kernel offers it."""
@@ -131,6 +135,8 @@ class KernelFeatures:
         }  # fmt: skip
         for token, syscalls in FENTRY_SYSCALLS.items():
             probes[token] = lambda s=syscalls: self.syscall_functions(s)  # type: ignore[misc]
+        for token, functions in FENTRY_FUNCTIONS.items():
+            probes[token] = lambda f=functions: self.functions(f)  # type: ignore[misc]
         for name, helper_id in _HELPERS.items():
             probes[f"helper:{name}"] = lambda i=helper_id: self.helper(i)  # type: ignore[misc]
         for token in NEEDS:

@@ -10,11 +10,14 @@ may be a copied-on-write page that was swapped out, and the file is not its cont
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 from typing import Any
 
 from bpf import records
+from collector.envelopes import Outgoing
+from tracecap import bus
 
 #: vm_pgoff counts pages of this size.
 PAGE_SIZE = mmap.PAGESIZE
@@ -86,3 +89,74 @@ def mapping_env(ev: records.ModuleEvent) -> dict[str, Any]:
         "size": ev.size,
         "path": ev.path,
     }
+
+
+#: Images held at once waiting for their load's return value; one more lets the oldest go.
+HELD_MAX = 8
+#: ``ret`` of an image whose load had not returned (-EINPROGRESS), with ``error`` saying why.
+UNRETURNED_RET = -errno.EINPROGRESS
+STOPPED = "the load had not returned when the capture stopped"
+CROWDED = f"more than {HELD_MAX} loads were in progress at once: this one's return was not awaited"
+
+
+class HeldImages:
+    """Images the kernel sent from its own buffer (bpf/module_kread.bpf.h), held until the load
+    returns.
+
+    The kernel's hook runs inside init_module/finit_module, so the image's event and bytes come
+    before the syscall's return value, and the writer names and indexes an object by its first
+    message. So every message of a held image is kept here (``take``) until the syscall's own
+    event (``release``) gives the envelope its ``ret`` and the rest of the attempt; messages
+    that come after the release (bytes still arriving) pass with that envelope. Pure: the
+    collector passes every outgoing list through ``take``."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, list[Outgoing]] = {}
+        self._released: dict[int, dict[str, Any]] = {}
+
+    def hold(self, obj_id: int) -> list[Outgoing]:
+        """Hold the messages of ``obj_id`` from now on; what an oldest image over HELD_MAX
+        gives up."""
+        self._held[obj_id] = []
+        if len(self._held) <= HELD_MAX:
+            return []
+        return self._unreturned(next(iter(self._held)), CROWDED)
+
+    def take(self, out: list[Outgoing]) -> list[Outgoing]:
+        """``out`` less the held images' messages (kept), released ones' given their
+        envelope."""
+        if not self._held and not self._released:
+            return out
+        passed = []
+        for msg in out:
+            obj_id = msg.env.get("obj_id") if msg.topic == bus.TOPIC_MODULE else None
+            if obj_id in self._held:
+                self._held[obj_id].append(msg)
+                continue
+            fields = self._released.get(obj_id) if obj_id is not None else None
+            if fields is not None:
+                msg = Outgoing(msg.topic, msg.env | fields, msg.payload)
+                if msg.env.get("last"):
+                    del self._released[obj_id]
+            passed.append(msg)
+        return passed
+
+    def release(self, obj_id: int, fields: dict[str, Any]) -> list[Outgoing] | None:
+        """The held image's messages so far with ``fields`` (the attempt's envelope) over
+        theirs; None when ``obj_id`` is not held (its image's event never arrived)."""
+        msgs = self._held.pop(obj_id, None)
+        if msgs is None:
+            return None
+        if not any(m.env.get("last") for m in msgs):
+            self._released[obj_id] = fields
+        return [Outgoing(m.topic, m.env | fields, m.payload) for m in msgs]
+
+    def release_all(self) -> list[Outgoing]:
+        """At a stop: every image still held, its load's return value unknown."""
+        out = []
+        while self._held:
+            out += self._unreturned(next(iter(self._held)), STOPPED)
+        return out
+
+    def _unreturned(self, obj_id: int, why: str) -> list[Outgoing]:
+        return self.release(obj_id, {"ret": UNRETURNED_RET, "error": why}) or []

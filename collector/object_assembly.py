@@ -50,6 +50,7 @@ def object_env(
             "path": ev.path if finit else b"",
         }
         env |= {"fd": ev.fd, "load_flags": ev.load_flags} if finit else {"addr": ev.addr}
+        env["source"] = bus.MODULE_SOURCES[ev.syscall, bool(ev.kread)]
         if ev.mapping is not None:
             env["mapping"] = mapping_env(ev)
         return bus.TOPIC_MODULE, env, ev.length

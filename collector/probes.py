@@ -70,6 +70,9 @@ _MODULE_TP = frozenset(
 #: Without CONFIG_MODULES the module syscalls have no tracepoints; the raw syscall tracepoints
 #: still see the attempt, at a small cost on every syscall (only with --capture module).
 _MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
+#: The image in the kernel's buffer (bpf/module_kread.bpf.h), with the syscalls' tracepoints
+#: for the attempt.
+_MODULE_KREAD = frozenset({"tc_kread_file", "tc_kread_data"}) | _MODULE_TP
 #: Attached to the cgroup2 root rather than to a tracepoint.
 _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
 #: Run by the collector (BPF_PROG_TEST_RUN), never attached: owners of sockets that existed
@@ -132,7 +135,7 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
             "tc_mem_exit",
         }
     ),
-    "module": _MODULE_TP | _MODULE_RAW,
+    "module": _MODULE_KREAD | _MODULE_RAW,
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
     "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP | _RUN_ONLY,
 }
@@ -140,6 +143,7 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
 HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
     (kind, hook.name): CAPTURE_PROGRAMS[kind] for kind, hooks in HOOKS.items() for hook in hooks
 } | {
+    ("module", "kernel_read_file"): _MODULE_KREAD,
     ("module", "syscall_tracepoints"): _MODULE_TP,
     ("module", "raw_syscalls"): _MODULE_RAW,
     ("write", "fentry_syscalls"): _file_programs("write", _FENTRY),

@@ -26,7 +26,7 @@ from collector.exec_files import ExecFile, exec_plan
 from collector.file_assembly import FileAssembler, file_env
 from collector.host import Clock, Host
 from collector.libbpf import BpfError
-from collector.module_images import file_candidates, fill_plan, why_not_from_file
+from collector.module_images import HeldImages, file_candidates, fill_plan, why_not_from_file
 from collector.object_assembly import ObjectAssembler, mem_skipped_env, object_env
 from collector.object_files import (
     MESSAGE_BYTES,
@@ -140,6 +140,7 @@ class Collector:
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
         self._objects = ObjectAssembler()
+        self._held = HeldImages()
         self._files = FileStreamer()
         self._readback = Readback(host.open_transfer_end)
         filtered = None
@@ -338,12 +339,19 @@ class Collector:
         unchanged. init_module's image comes from the kernel; when it lies in a file mapping,
         the file is opened now, while the mapping may still exist, for the bytes the kernel
         could not read (see collector/module_images.py)."""
+        if ev.kread == "image":
+            return self._held.hold(ev.obj_id) + self._objects.on_event(
+                ev.obj_id, bus.TOPIC_MODULE, env, length, ev.captured, now
+            )
         identity = FileIdentity(ev.dev, ev.inode, ev.ctime, ev.mtime, ev.size)
         if ev.syscall == "finit_module":
             self._finit_paths.pop(ev.hdr.pid, None)
             self._finit_paths[ev.hdr.pid] = ev.path
             if len(self._finit_paths) > FINIT_PATHS_MAX:
                 del self._finit_paths[next(iter(self._finit_paths))]
+        if ev.kread == "attempt":
+            return self._on_kread_attempt(ev, env, length, now)
+        if ev.syscall == "finit_module":
             return self._on_finit_module(ev, env, identity)
         finish = None
         if ev.mapping is not None:
@@ -356,6 +364,18 @@ class Collector:
         return self._objects.on_event(
             ev.obj_id, bus.TOPIC_MODULE, env, length, ev.captured, now, finish
         )
+
+    def _on_kread_attempt(
+        self, ev: records.ModuleEvent, env: dict[str, Any], length: int, now: int
+    ) -> list[Outgoing]:
+        """The load whose image the kernel's hook sent: that image's messages, held until now,
+        go out with this attempt's envelope (its ``ret``). If the image's event was dropped,
+        the attempt is still recorded, its bytes all lost."""
+        released = self._held.release(ev.obj_id, env)
+        if released is not None:
+            return released
+        self.counters["module_images_unseen"] += 1
+        return self._objects.on_event(ev.obj_id, bus.TOPIC_MODULE, env, length, 0, now)
 
     def _finish_module(
         self,
@@ -461,7 +481,7 @@ class Collector:
         """Publish, with what the runtime said of the message's container (name, image, pod:
         collector/enricher.py) added to its envelope."""
         known = self._enricher.keys
-        for msg in out:
+        for msg in self._held.take(out):
             container_id = msg.env.get("container_id")
             if container_id:
                 msg.env.update(known(container_id))
@@ -571,6 +591,7 @@ class Collector:
             self._send(self._assembler.expire(monotonic_ns(), force=True))
             self._send(self._assembler.announce_extents())
             self._send(self._objects.expire(monotonic_ns(), force=True))
+            self._send(self._held.release_all())
             self._send(self._packets.expire(monotonic_ns(), force=True))
             deadline = monotonic_ns() + STOP_STREAMING_NS
             while self._streams_pending and monotonic_ns() < deadline:

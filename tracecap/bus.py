@@ -179,7 +179,21 @@ MEM_KEYS = {
 #: ``size``, ``path`` as the kernel saw them); on the last message, ``from_file`` (the
 #: ``[start, end)`` ranges the collector read from that file because the kernel could not read
 #: them from memory) and ``fill_error`` (why ranges it could not read from the file are still
-#: ``lost``).
+#: ``lost``); ``source`` (MODULE_SOURCES); ``error`` with ``ret`` -115 (EINPROGRESS) when the
+#: kernel sent the image but the load had not returned when the capture stopped.
+#:
+#: A module message's ``source``: where its image's bytes come from, by (syscall, whether the
+#: kernel's own buffer gave them): "kernel_read_file" (finit_module's file as the kernel read
+#: it, compressed if the file is) and "kernel_load_data" (init_module's image as the kernel
+#: copied it), where fentry runs on those hooks; else "file" (finit_module's file, read by
+#: the collector) and "memory" (init_module's image, read from the caller's memory at the
+#: syscall's exit, what could not be read there taken from its file mapping: ``from_file``).
+MODULE_SOURCES = {
+    ("finit_module", True): "kernel_read_file",
+    ("init_module", True): "kernel_load_data",
+    ("finit_module", False): "file",
+    ("init_module", False): "memory",
+}
 MODULE_KEYS = {
     "syscall": (str,),
     "ret": (int,),

@@ -31,6 +31,7 @@ MAX_SYSCALL_CHARS = 64
 #: The ``mapping`` envelope key's numbers and flags (its ``path`` is bytes).
 _MAPPING_INTS = ("start", "end", "pgoff", "dev", "inode", "ctime", "mtime", "size")
 _MAPPING_BOOLS = ("shared", "written")
+_SOURCES = frozenset(bus.MODULE_SOURCES.values())
 
 
 def _uint(value: object) -> bool:
@@ -69,6 +70,7 @@ _OPTIONAL: dict[str, Callable[[object], Any]] = {
     "mapping": mapping_fields,
     "from_file": _ranges,
     "fill_error": lambda v: error_text(v) if isinstance(v, str) else None,
+    "source": lambda v: v if v in _SOURCES else None,
 }
 
 

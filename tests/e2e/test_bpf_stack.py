@@ -39,6 +39,13 @@ EVERY_KIND = ("--capture", "write=/tmp/x*", "--capture", "read=/tmp/x*", "--capt
 
 #: Section prefixes of programs this kernel cannot load (no trampolines here).
 UNLOADABLE = ("fentry/", "fexit/")
+#: The fentry programs on kernel functions (bpf/module_kread.bpf.h) have no tracepoint twin:
+#: each is bounded by the module exit program whose calls include its own (tc_module_start, the
+#: file's path walk by tc_module_file: tc_kread_data has no file, so its bound is generous), or
+#: by its own chunk loop, tc_kread_chunk (a bpf_loop callback, its compiled frame), whichever
+#: is deeper.
+KREAD_TWINS = {"tc_kread_file": "tc_finit_module_exit", "tc_kread_data": "tc_init_module_exit"}
+KREAD_CHUNK = "tc_kread_chunk"
 
 
 #: A file syscall's exit at its tracepoint: the program shared by its group.
@@ -47,7 +54,9 @@ SHARED_EXIT = {sc: prog for prog, syscalls in probes.SHARED_EXITS.items() for sc
 
 def twin(program: str, loaded: dict[str, Chain]) -> str:
     """The tracepoint program an fentry/fexit one is the twin of (tc_fexit_write: tc_exit_io,
-    tc_fenter_write: tc_enter_write, tc_fexit_bpf: tc_bpf_exit)."""
+    tc_fenter_write: tc_enter_write, tc_fexit_bpf: tc_bpf_exit; KREAD_TWINS)."""
+    if program in KREAD_TWINS:
+        return KREAD_TWINS[program]
     for prefix, where in (("tc_fenter_", "enter"), ("tc_fexit_", "exit")):
         if program.startswith(prefix):
             rest = program.removeprefix(prefix)
@@ -80,6 +89,10 @@ def chains() -> dict[str, Chain]:
     loaded = deepest_chains(path, programs, rodata)
     frames = compiled_frames(path)
     twins = {p: twin_chain(p, loaded[twin(p, loaded)], frames) for p in everything - programs}
+    for p in KREAD_TWINS:
+        own = twins[p].frames[0]
+        chunked = Chain(p, (own, (KREAD_CHUNK, frames[KREAD_CHUNK])))
+        twins[p] = max(twins[p], chunked, key=lambda c: c.combined)
     return loaded | twins
 
 

@@ -207,6 +207,8 @@ DEFINES = [
     ("TC_MOD_MAPPED", records.MOD_MAPPED),
     ("TC_MOD_MAP_SHARED", records.MOD_MAP_SHARED),
     ("TC_MOD_MAP_WRITTEN", records.MOD_MAP_WRITTEN),
+    ("TC_MOD_KREAD_IMAGE", records.MOD_KREAD_IMAGE),
+    ("TC_MOD_KREAD", records.MOD_KREAD),
     ("TC_TYPE_REGULAR", records.TYPE_BITS["regular"]),
     ("TC_TYPE_PIPE", records.TYPE_BITS["pipe"]),
     ("TC_TYPE_SOCKET", records.TYPE_BITS["socket"]),

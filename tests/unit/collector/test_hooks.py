@@ -18,7 +18,7 @@ ALL_KINDS = tuple(hooks.HOOKS)
 #: LSM do not work here, and there are no module syscalls: CONFIG_MODULES is unset).
 HOST_6_18 = frozenset(hooks.NEEDS) - {
     "prog:fentry", "fentry:syscalls", "fentry:module_syscalls", "fentry:bpf_syscall",
-    "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
+    "fentry:kernel_read_file", "prog:kprobe", "prog:lsm", "lsm:bpf", "tracefs:module_syscalls",
 }  # fmt: skip
 #: Debian 12's 6.1: modules, kprobes, fentry and the BPF LSM, but not what came in 6.2 and 6.3.
 DEBIAN_6_1 = frozenset(hooks.NEEDS) - {
@@ -50,8 +50,36 @@ def test_this_host_runs_every_kind_module_through_the_raw_syscall_tracepoints():
     }
 
 
-def test_a_kernel_with_module_support_uses_the_module_syscalls_tracepoints():
-    assert hooks.choose_kind("module", DEBIAN_6_1).hook == "syscall_tracepoints"
+def test_a_kernel_with_fentry_and_modules_takes_the_image_from_the_kernels_buffer():
+    assert hooks.choose_kind("module", DEBIAN_6_1).report() == {"hook": "kernel_read_file"}
+
+
+@pytest.mark.parametrize("lacking", ["prog:fentry", "fentry:kernel_read_file"])
+def test_without_fentry_on_the_post_read_hooks_module_uses_the_syscall_tracepoints(lacking):
+    assert hooks.choose_kind("module", DEBIAN_6_1 - {lacking}).hook == "syscall_tracepoints"
+
+
+def test_the_kernel_read_file_row_needs_the_module_syscalls_tracepoints_for_the_attempt():
+    """Its ret comes from the syscall's exit: without those tracepoints (no CONFIG_MODULES,
+    or withheld) the kind falls back, to fentry on the syscalls or the raw tracepoints."""
+    kernel = DEBIAN_6_1 - {"tracefs:module_syscalls"}
+    assert hooks.choose_kind("module", kernel).hook == "fentry_syscalls"
+    assert (
+        hooks.choose_kind("module", HOST_6_18 | {"prog:fentry", "fentry:kernel_read_file"}).hook
+        == "raw_syscalls"
+    )
+
+
+def test_the_fentry_functions_token_names_the_functions_of_its_programs():
+    """The probe checks the functions bpf/module_kread.bpf.h's programs attach to."""
+    from collector import probes
+
+    source = (Path(__file__).parents[3] / "bpf" / "module_kread.bpf.h").read_text()
+    attached = re.findall(r'SEC\("fentry/(\w+)"\)\s*int BPF_PROG\((\w+)', source)
+    assert {fn for fn, _ in attached} == set(hooks.FENTRY_FUNCTIONS["fentry:kernel_read_file"])
+    programs = {prog for _, prog in attached}
+    assert programs <= probes.HOOK_PROGRAMS["module", "kernel_read_file"]
+    assert probes.HOOK_PROGRAMS["module", "kernel_read_file"] - programs == probes._MODULE_TP
 
 
 @pytest.mark.parametrize(
@@ -82,8 +110,9 @@ def test_each_fentry_token_names_the_functions_of_its_programs():
 @pytest.mark.parametrize("kind", ["write", "read", "module", "bpf"])
 def test_fentry_runs_where_the_syscall_tracepoints_are_missing_or_withheld(kind):
     """Until verified in a guest the fentry row comes second (collector/hooks.py)."""
-    assert hooks.choose_kind(kind, DEBIAN_6_1).hook == "syscall_tracepoints"
-    kernel = DEBIAN_6_1 - {"tracefs:syscalls"}
+    kernel = DEBIAN_6_1 - {"fentry:kernel_read_file"}
+    assert hooks.choose_kind(kind, kernel).hook == "syscall_tracepoints"
+    kernel -= {"tracefs:syscalls"}
     assert hooks.choose_kind(kind, kernel).report() == {"hook": "fentry_syscalls"}
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bpf import records
-from collector import exec_files, service
+from collector import exec_files, module_images, service
 from collector.cgroup_rules import CgroupState
 from collector.containers import DEFAULT
 from collector.enricher import ContainerEnricher
@@ -928,6 +928,68 @@ def test_finit_module_checks_the_file_is_as_the_kernel_saw_it(tmp_path):
     assert rig.host.identities == [FileIdentity(DEV, INODE, 1, 2, 9)]
     [failed] = rig.sent(bus.TOPIC_MODULE)
     assert (failed.env["ok"], failed.env["error"]) == (False, rig.host.changed)
+
+
+# --- the image from the kernel's buffer (bpf/module_kread.bpf.h) -------------------------------
+
+KBUF = bytes(i % 253 for i in range(70_000))
+
+
+def kread_event(syscall: str, flags: int, *, ret: int = 0, captured: int = 0, **more: Any) -> bytes:
+    return build.module_event(
+        **HEADER, obj_id=900, ret=ret, len=len(KBUF), captured=captured, inode=INODE, dev=DEV,
+        syscall=records.MODULE_SYSCALLS.index(syscall), flags=flags, params=b"debug=1", **more,
+    )  # fmt: skip
+
+
+def kread_image(rig: Rig, syscall: str) -> None:
+    """The hook's event and the image's chunks, as the kernel sends them inside the syscall."""
+    rig.feed(kread_event(syscall, records.MOD_KREAD_IMAGE, captured=len(KBUF), fd=7,
+                         path=b"/lib/m.ko"))  # fmt: skip
+    for off in range(0, len(KBUF), 32768):
+        chunk = KBUF[off : off + 32768]
+        rig.feed(build.file_data(900, off, chunk, want=len(chunk), kind=records.REC_OBJ_DATA))
+
+
+@pytest.mark.parametrize(
+    ("syscall", "source"),
+    [("finit_module", "kernel_read_file"), ("init_module", "kernel_load_data")],
+)
+def test_an_image_from_the_kernels_buffer_waits_for_its_loads_return_value(syscall, source):
+    rig = Rig(config("module"))
+    collector = rig.started()
+    kread_image(rig, syscall)
+    assert rig.sent(bus.TOPIC_MODULE) == []  # held: the writer names the object by its first
+    rig.feed(kread_event(syscall, records.MOD_KREAD, ret=-17, fd=7, path=b"/lib/m.ko"))
+    stop(collector)
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert b"".join(m.payload for m in messages if m.payload) == KBUF
+    assert {(m.env["obj_id"], m.env["ret"], m.env["source"]) for m in messages} == {
+        (900, -17, source)
+    }
+    assert messages[-1].env["last"] and "lost" not in messages[-1].env
+    assert rig.host.opened == []  # no file is read: the kernel's copy is the image
+
+
+def test_an_image_whose_load_had_not_returned_at_the_stop_says_so():
+    rig = Rig(config("module"))
+    collector = rig.started()
+    kread_image(rig, "finit_module")
+    stop(collector)
+    messages = rig.sent(bus.TOPIC_MODULE)
+    assert b"".join(m.payload for m in messages if m.payload) == KBUF
+    assert {(m.env["ret"], m.env["error"]) for m in messages} == {(-115, module_images.STOPPED)}
+
+
+def test_an_attempt_whose_image_event_was_dropped_is_recorded_with_its_bytes_lost():
+    rig = Rig(config("module"))
+    collector = rig.started()
+    rig.feed(kread_event("init_module", records.MOD_KREAD))
+    stop(collector)
+    [last] = rig.sent(bus.TOPIC_MODULE)
+    assert (last.env["ret"], last.env["last"], last.env["lost"]) == (0, True, [[0, len(KBUF)]])
+    assert collector.counters["module_images_unseen"] == 1
+    assert rig.host.opened == []
 
 
 # --- init_module: an image in a file mapping -----------------------------------------------------
