@@ -5,12 +5,13 @@ kernel must offer; the chooser takes per kind the first hook whose needs the ker
 meet (collector/kernel_features.py probes them), or refuses the kind with the reason. Pure: the
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
-Write, read, module and bpf run first on fentry/fexit on their syscalls' functions where the
-kernel offers them, then on the syscall tracepoints: measured in the 6.1 guest (NOTES.md,
-"Issue 19: what fentry saves"), a real program out of scope (compileall) ran at about its
-untraced time with the fentry hooks and about 2x with the tracepoints. Module's last fallback
-is the raw syscall tracepoints, on a kernel built without module support; the other kinds have
-one hook each.
+Write, read, module and bpf can also run on fentry/fexit on their syscalls' functions
+(out-of-scope processes then pay only on those syscalls, not on every one, as with syscall
+tracepoints attached). Until that row is verified on a kernel where fentry loads (NOTES.md,
+"Issue 19: fentry/LSM hooks") it comes after the syscall tracepoints: chosen only where they
+are missing, or withheld (TRACECAP_WITHHOLD_FEATURES=tracefs:syscalls, as make bench-kernels
+does). Module's last fallback is the raw syscall tracepoints, on a kernel built without module
+support; the other kinds have one hook each.
 """
 
 from __future__ import annotations
@@ -101,15 +102,15 @@ _MODULE = ("helper:bpf_find_vma", "helper:bpf_get_current_task_btf", "helper:bpf
 #: Each kind's hooks, best first, as read from bpf/*.h: which programs attach where, and the
 #: helpers newer than 5.8 that they call (collector/probes.py HOOK_PROGRAMS lists the programs).
 HOOKS: dict[str, tuple[Hook, ...]] = {
-    # fentry/fexit (see above), else syscall tracepoints; io_uring_complete (tp_btf), path
+    # syscall tracepoints, else fentry/fexit (see above); io_uring_complete (tp_btf), path
     # walks and chunks by bpf_loop
     "write": (
-        Hook("fentry_syscalls", _FILE_FENTRY),
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+        Hook("fentry_syscalls", _FILE_FENTRY),
     ),
     "read": (
-        Hook("fentry_syscalls", _FILE_FENTRY),
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
+        Hook("fentry_syscalls", _FILE_FENTRY),
     ),
     # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
     "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
@@ -128,15 +129,15 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
         ),
     ),
     "module": (
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # fentry/fexit on the module syscalls' functions (see above)
         Hook("fentry_syscalls", ("prog:fentry", "fentry:module_syscalls", *_MODULE)),
-        Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # a kernel without module support: the raw syscall tracepoints see the attempt
         Hook("raw_syscalls", ("prog:raw_tp", *_MODULE)),
     ),
     "bpf": (
-        Hook("fentry_syscalls", ("prog:fentry", "fentry:bpf_syscall", "helper:bpf_loop")),
         Hook("syscall_tracepoints", _SYSCALL_TP),
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:bpf_syscall", "helper:bpf_loop")),
     ),
     # cgroup_skb and cgroup/sock_create on the cgroup2 root, the sockets' owners at
     # sock_send_length/sock_recv_length (tp_btf), owners of older sockets by a syscall program
