@@ -73,6 +73,23 @@ static __always_inline __u64 tc_bound(__u64 v, const __u64 mask)
     return v;
 }
 
+/* Send the chunk record `hdr` (its `len` bytes of data after it) on `ring`, counting it under
+ * the kind's counters from `base`: `want` bytes asked, dropped when the ring is full or none
+ * could be read. */
+static __always_inline void tc_output_chunk(__u32 ring, struct tc_file_data *hdr, __u32 len,
+                                            __u64 want, __u32 base)
+{
+    if (tc_output(ring, hdr, sizeof(*hdr) + tc_bound(len, TC_CHUNK_MASK))) {
+        tc_count(base + TC_CNT_CHUNK_DROPS, 1);
+        tc_count(base + TC_CNT_DROPPED_BYTES, want);
+        return;
+    }
+    tc_count(base + TC_CNT_CHUNKS, 1);
+    tc_count(base + TC_CNT_BYTES, len);
+    if (!len)
+        tc_count(base + TC_CNT_DROPPED_BYTES, want);
+}
+
 struct tc_emit_ctx {
     __u64 id;
     __u64 total;                 /* bytes the syscall transferred */
@@ -160,14 +177,8 @@ static long tc_emit_chunk(__u32 i, struct tc_emit_ctx *c)
         tc_count(base + TC_CNT_BYTES, len);
         if (!len)
             tc_count(base + TC_CNT_DROPPED_BYTES, want);
-    } else if (tc_output(c->ring, &s->hdr, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK))) {
-        tc_count(base + TC_CNT_CHUNK_DROPS, 1);
-        tc_count(base + TC_CNT_DROPPED_BYTES, want);
     } else {
-        tc_count(base + TC_CNT_CHUNKS, 1);
-        tc_count(base + TC_CNT_BYTES, len);
-        if (!len)
-            tc_count(base + TC_CNT_DROPPED_BYTES, want);
+        tc_output_chunk(c->ring, &s->hdr, len, want, base);
     }
     c->done += want;
     c->iov_done += want;

@@ -52,15 +52,7 @@ static long tc_kread_chunk(__u32 i, struct tc_kread_ctx *c)
     }
     s->hdr.len = len;
     __u32 base = TC_KIND_MODULE * TC_CNT_PER_KIND;
-    if (tc_output(1, &s->hdr, sizeof(s->hdr) + tc_bound(len, TC_CHUNK_MASK))) {
-        tc_count(base + TC_CNT_CHUNK_DROPS, 1);
-        tc_count(base + TC_CNT_DROPPED_BYTES, want);
-    } else {
-        tc_count(base + TC_CNT_CHUNKS, 1);
-        tc_count(base + TC_CNT_BYTES, len);
-        if (!len)
-            tc_count(base + TC_CNT_DROPPED_BYTES, want);
-    }
+    tc_output_chunk(1, &s->hdr, len, want, base);
     c->done += want;
     return 0;
 }

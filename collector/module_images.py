@@ -93,6 +93,8 @@ def mapping_env(ev: records.ModuleEvent) -> dict[str, Any]:
 
 #: Images held at once waiting for their load's return value; one more lets the oldest go.
 HELD_MAX = 8
+#: Images let go unreturned whose return is still awaited, remembered (oldest forgotten first).
+LET_GO_MAX = 64
 #: ``ret`` of an image whose load had not returned (-EINPROGRESS), with ``error`` saying why.
 UNRETURNED_RET = -errno.EINPROGRESS
 STOPPED = "the load had not returned when the capture stopped"
@@ -113,6 +115,9 @@ class HeldImages:
     def __init__(self) -> None:
         self._held: dict[int, list[Outgoing]] = {}
         self._released: dict[int, dict[str, Any]] = {}
+        # images let go unreturned (CROWDED) whose load may still return: its return then
+        # finds its image published already, rather than nothing held (a second record)
+        self._let_go: dict[int, None] = {}
 
     def hold(self, obj_id: int) -> list[Outgoing]:
         """Hold the messages of ``obj_id`` from now on; what an oldest image over HELD_MAX
@@ -143,13 +148,21 @@ class HeldImages:
 
     def release(self, obj_id: int, fields: dict[str, Any]) -> list[Outgoing] | None:
         """The held image's messages so far with ``fields`` (the attempt's envelope) over
-        theirs; None when ``obj_id`` is not held (its image's event never arrived)."""
+        theirs; [] when the image went out before its load returned (``late``); None when
+        ``obj_id`` is neither (its image's event never arrived)."""
         msgs = self._held.pop(obj_id, None)
         if msgs is None:
+            if obj_id in self._let_go:
+                del self._let_go[obj_id]
+                return []
             return None
         if not any(m.env.get("last") for m in msgs):
             self._released[obj_id] = fields
         return [Outgoing(m.topic, m.env | fields, m.payload) for m in msgs]
+
+    def late(self, obj_id: int) -> bool:
+        """Whether ``obj_id``'s image went out unreturned because too many loads were held."""
+        return obj_id in self._let_go
 
     def release_all(self) -> list[Outgoing]:
         """At a stop: every image still held, its load's return value unknown."""
@@ -159,4 +172,9 @@ class HeldImages:
         return out
 
     def _unreturned(self, obj_id: int, why: str) -> list[Outgoing]:
-        return self.release(obj_id, {"ret": UNRETURNED_RET, "error": why}) or []
+        out = self.release(obj_id, {"ret": UNRETURNED_RET, "error": why}) or []
+        if why == CROWDED:
+            self._let_go[obj_id] = None
+            while len(self._let_go) > LET_GO_MAX:
+                del self._let_go[next(iter(self._let_go))]
+        return out

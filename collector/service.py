@@ -371,7 +371,11 @@ class Collector:
         """The load whose image the kernel's hook sent: that image's messages, held until now,
         go out with this attempt's envelope (its ``ret``). If the image's event was dropped,
         the attempt is still recorded, its bytes all lost."""
+        late = self._held.late(ev.obj_id)
         released = self._held.release(ev.obj_id, env)
+        if late:
+            # its image is published already, with ret -EINPROGRESS and CROWDED's error
+            self.counters["module_returns_late"] += 1
         if released is not None:
             return released
         self.counters["module_images_unseen"] += 1
@@ -524,6 +528,8 @@ class Collector:
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
                 "lost_unsized": self._assembler.lost_unsized,
                 "exec_unreadable": self.counters["exec_unreadable"],
+                "module_images_unseen": self.counters["module_images_unseen"],
+                "module_returns_late": self.counters["module_returns_late"],
                 "file_read_errors": self._files.read_errors,
                 **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,

@@ -132,6 +132,17 @@ def test_past_the_bound_the_oldest_goes_out_unreturned():
     assert UNRETURNED_RET == -115
 
 
+def test_the_return_of_an_image_let_go_adds_no_second_record():
+    held = HeldImages()
+    for obj_id in range(HELD_MAX + 1):
+        held.hold(obj_id)
+        held.take([_msg(obj_id, 0, True)])
+    assert held.late(0) and not held.late(1)
+    assert held.release(0, {"ret": 0}) == []
+    assert not held.late(0)
+    assert held.release(0, {"ret": 0}) is None
+
+
 def test_at_a_stop_every_held_image_goes_out_unreturned():
     held = HeldImages()
     held.hold(1)
