@@ -64,9 +64,9 @@ class Session:
     env: dict[str, str] = field(default_factory=dict)
 
 
-#: The write capture attaches its shared-mapping programs to syscall tracepoints (msync,
-#: munmap, mmap's exit) whichever hook carries its syscalls' data (collector/probes.py
-#: _MAPPINGS), so "fentry" still sets the TIF flag; "fentry-nowrite" is fentry alone.
+#: The write capture's shared-mapping programs (msync, munmap, mmap's exit) go on the hook of
+#: its syscalls (collector/probes.py _MAPPINGS), so "fentry" attaches no syscall tracepoint;
+#: "fentry-nowrite" was the only session without one before that, kept for comparison.
 SESSIONS: dict[str, Session] = {
     "tracepoints": Session(KINDS, _WITHHOLD_FENTRY),
     "fentry": Session(KINDS),
