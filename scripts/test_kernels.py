@@ -35,6 +35,9 @@ FACTOR = 1 if KVM else 8
 BOOT_TIMEOUT_S = float(os.environ.get("TRACECAP_KERNEL_TIMEOUT", 40 * 60))
 #: The smoke's kinds (scripts/kernel_smoke.py), all when empty.
 SMOKE_KINDS = os.environ.get("TRACECAP_SMOKE_KINDS", "")
+#: The smoke's wait for readiness in seconds (scripts/kernel_smoke.py READY_S), its default
+#: when empty.
+SMOKE_READY_S = os.environ.get("TRACECAP_SMOKE_READY_S", "")
 CPUS = os.cpu_count() or 1
 JOBS = max(1, int(os.environ.get("TRACECAP_KERNEL_JOBS", CPUS)))
 
@@ -57,6 +60,7 @@ def _guest(name: str, out: Path, cpus: int) -> dict:
     script = out / "smoke.sh"
     script.write_text(
         f"export TRACECAP_TIME_FACTOR={FACTOR} TRACECAP_SMOKE_KINDS={shlex.quote(SMOKE_KINDS)}"
+        f" TRACECAP_SMOKE_READY_S={shlex.quote(SMOKE_READY_S)}"
         f" PATH={PYTHON.parent}:$PATH\n"
         f"{PYTHON} {SMOKE} {out}/result.json > {out}/smoke.log 2>&1\n"
     )
