@@ -11,22 +11,37 @@
 #ifndef TRACECAP_FILE_IO_FENTRY_BPF_H
 #define TRACECAP_FILE_IO_FENTRY_BPF_H
 
-/* The syscall's arguments as sys_enter gives them (x86-64 syscall convention). */
+/* The syscall's argument `n` (a constant 0-5) as sys_enter gives it in args[n] (x86-64
+ * syscall convention). */
+static __always_inline __u64 tc_sysarg(const struct pt_regs *regs, int n)
+{
+    switch (n) {
+    case 0: return regs->di;
+    case 1: return regs->si;
+    case 2: return regs->dx;
+    case 3: return regs->r10;
+    case 4: return regs->r8;
+    default: return regs->r9;
+    }
+}
+
+/* The syscall's arguments as sys_enter gives them. */
 static __always_inline void tc_regs_args(const struct pt_regs *regs,
                                          struct trace_event_raw_sys_enter *e)
 {
-    e->args[0] = regs->di;
-    e->args[1] = regs->si;
-    e->args[2] = regs->dx;
-    e->args[3] = regs->r10;
-    e->args[4] = regs->r8;
-    e->args[5] = regs->r9;
+    e->args[0] = tc_sysarg(regs, 0);
+    e->args[1] = tc_sysarg(regs, 1);
+    e->args[2] = tc_sysarg(regs, 2);
+    e->args[3] = tc_sysarg(regs, 3);
+    e->args[4] = tc_sysarg(regs, 4);
+    e->args[5] = tc_sysarg(regs, 5);
 }
 
-/* `body` sees `ctx` as the tracepoint program does (a tracepoint-shaped copy on the stack). */
-#define TC_FENTRY(name, body)                                                          \
+/* Program `prog` at fentry on __x64_sys_`name`: `body` sees `ctx` as the tracepoint program
+ * does (a tracepoint-shaped copy on the stack). */
+#define TC_FENTRY_AS(prog, name, body)                                                 \
     SEC("fentry/__x64_sys_" #name)                                                     \
-    int BPF_PROG(tc_fenter_##name, const struct pt_regs *regs)                         \
+    int BPF_PROG(prog, const struct pt_regs *regs)                                     \
     {                                                                                  \
         struct trace_event_raw_sys_enter tc_e = {};                                    \
         tc_regs_args(regs, &tc_e);                                                     \
@@ -36,10 +51,11 @@ static __always_inline void tc_regs_args(const struct pt_regs *regs,
         }                                                                              \
     }
 
-/* `body` sees `ctx` as the sys_exit program does: the return value in ctx->ret. */
-#define TC_FEXIT(name, body)                                                           \
+/* Program `prog` at fexit: `body` sees `ctx` as the sys_exit program does, the return value
+ * in ctx->ret. */
+#define TC_FEXIT_AS(prog, name, body)                                                  \
     SEC("fexit/__x64_sys_" #name)                                                      \
-    int BPF_PROG(tc_fexit_##name, const struct pt_regs *regs, long ret)                \
+    int BPF_PROG(prog, const struct pt_regs *regs, long ret)                           \
     {                                                                                  \
         struct trace_event_raw_sys_exit tc_x = { .ret = ret };                         \
         {                                                                              \
@@ -47,6 +63,30 @@ static __always_inline void tc_regs_args(const struct pt_regs *regs,
             return body;                                                               \
         }                                                                              \
     }
+
+/* The same without the tracepoint-shaped copy, for bodies that take the arguments as values:
+ * `body` sees tc_sysarg(regs, n) and, at exit, `ret`. The copy stays in memory (its fields are
+ * CO-RE accesses, which the compiler does not split into registers): 64 bytes more of the
+ * program's frame at entry, more than mem's and the shared mappings' call chains have left
+ * under the 512 bytes kernels before 6.13 allow (tests/e2e/test_bpf_stack.py). */
+#define TC_FENTRY_ARGS(prog, name, body)                                               \
+    SEC("fentry/__x64_sys_" #name)                                                     \
+    int BPF_PROG(prog, const struct pt_regs *regs)                                     \
+    {                                                                                  \
+        return body;                                                                   \
+    }
+
+#define TC_FEXIT_RET(prog, name, body)                                                 \
+    SEC("fexit/__x64_sys_" #name)                                                      \
+    int BPF_PROG(prog, const struct pt_regs *regs, long ret)                           \
+    {                                                                                  \
+        return body;                                                                   \
+    }
+
+/* The twins of the syscall `name`'s enter and exit programs: tc_fenter_`name`, tc_fexit_`name`
+ * (collector/probes.py names them so). */
+#define TC_FENTRY(name, body) TC_FENTRY_AS(tc_fenter_##name, name, body)
+#define TC_FEXIT(name, body) TC_FEXIT_AS(tc_fexit_##name, name, body)
 
 #define TC_IO_FENTRY(name, sc, dir, is_vec, posarg)                                    \
     TC_FENTRY(name, tc_io_enter(ctx, sc, dir, is_vec, posarg))                         \

@@ -245,10 +245,9 @@ int tc_map_msync(struct trace_event_raw_sys_enter *ctx)
     return tc_map_range(ctx->args[0], ctx->args[1], TC_SYS_MSYNC);
 }
 
-SEC("tp/syscalls/sys_enter_munmap")
-int tc_map_munmap(struct trace_event_raw_sys_enter *ctx)
+/* munmap: the range's dirty pages, and the mappings remembered there forgotten. */
+static __always_inline int tc_map_unmap(__u64 addr, __u64 len)
 {
-    __u64 addr = ctx->args[0], len = ctx->args[1];
     tc_map_range(addr, len, TC_SYS_MUNMAP);
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct tc_map_slots *s = bpf_map_lookup_elem(&map_shared, &tgid);
@@ -260,11 +259,16 @@ int tc_map_munmap(struct trace_event_raw_sys_enter *ctx)
     return 0;
 }
 
-/* A new shared writable file mapping of a process in scope: remembered for its exit. */
-SEC("tp/syscalls/sys_exit_mmap")
-int tc_map_mmap_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("tp/syscalls/sys_enter_munmap")
+int tc_map_munmap(struct trace_event_raw_sys_enter *ctx)
 {
-    __u64 addr = ctx->ret;
+    return tc_map_unmap(ctx->args[0], ctx->args[1]);
+}
+
+/* A new shared writable file mapping of a process in scope: remembered for its exit. */
+static __always_inline int tc_map_mapped(long ret)
+{
+    __u64 addr = ret;
     if ((__s64)addr < 0 || !cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
     struct tc_map_vma v = {};
@@ -286,6 +290,12 @@ int tc_map_mmap_exit(struct trace_event_raw_sys_exit *ctx)
     }
     tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
     return 0;
+}
+
+SEC("tp/syscalls/sys_exit_mmap")
+int tc_map_mmap_exit(struct trace_event_raw_sys_exit *ctx)
+{
+    return tc_map_mapped(ctx->ret);
 }
 
 /* The last thread of a process exits: its remembered mappings are still mapped here (the

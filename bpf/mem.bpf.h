@@ -558,10 +558,9 @@ static __always_inline __u32 tc_mem_alert(__u32 before, __u32 after)
 /* At the syscall's entry, before the change: the region still holds what was written. The
  * previous protection comes from the VMA. A call that will fail with EINVAL (unaligned
  * address) changes nothing and is ignored. */
-static __always_inline int tc_mem_mprotect(struct trace_event_raw_sys_enter *ctx, __u32 syscall)
+static __always_inline int tc_mem_mprotect(__u64 addr, __u64 len, __u64 prot, __u32 syscall)
 {
-    __u64 addr = ctx->args[0], len = ctx->args[1];
-    __u32 after = ctx->args[2] & TC_PROT_MASK;
+    __u32 after = prot & TC_PROT_MASK;
     if ((addr & (TC_PAGE_SIZE - 1)) || len > TC_MAX_REGION)
         return 0;
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
@@ -628,54 +627,62 @@ static __always_inline int tc_mem_mprotect(struct trace_event_raw_sys_enter *ctx
 SEC("tp/syscalls/sys_enter_mprotect")
 int tc_mprotect_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    return tc_mem_mprotect(ctx, TC_MEM_MPROTECT);
+    return tc_mem_mprotect(ctx->args[0], ctx->args[1], ctx->args[2], TC_MEM_MPROTECT);
 }
 
 SEC("tp/syscalls/sys_enter_pkey_mprotect")
 int tc_pkey_mprotect_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    return tc_mem_mprotect(ctx, TC_MEM_PKEY_MPROTECT);
+    return tc_mem_mprotect(ctx->args[0], ctx->args[1], ctx->args[2], TC_MEM_PKEY_MPROTECT);
 }
 
 /* A mapping writable and executable at once: an alert now, its bytes once written. */
+static __always_inline int tc_mem_mmap(__u64 addr, __u64 len, __u64 prot)
+{
+    if (!tc_mem_writable_exec(prot) || !tc_in_scope())
+        return 0;
+    tc_obj_save(TC_KIND_MEM, NR_MMAP, addr, len, prot, 0);
+    return 0;
+}
+
+static __always_inline int tc_mem_mmap_done(long ret)
+{
+    struct tc_obj_args a;
+    if (!tc_obj_take(NR_MMAP, &a))
+        return 0;
+    if ((unsigned long)ret >= (unsigned long)-4095 || a.a1 > TC_MAX_REGION)
+        return 0;   /* failed */
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct tc_mem_proc *p = tc_mem_proc(tgid);
+    struct tc_mem_vma vma = {};
+    tc_mem_event(tgid, ret, a.a1, &vma, TC_MEM_MMAP, TC_ALERT_MMAP_W_X, 0,
+                 a.a2 & TC_PROT_MASK, TC_WANT_NONE, true);
+    struct tc_mem_region_key key = { .tgid = tgid, .addr = ret };
+    tc_mem_note(&key, a.a1, bpf_get_current_task_btf(), p);
+    return 0;
+}
+
 SEC("tp/syscalls/sys_enter_mmap")
 int tc_mmap_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    __u64 prot = ctx->args[2];
-    if (!tc_mem_writable_exec(prot) || !tc_in_scope())
-        return 0;
-    tc_obj_save(TC_KIND_MEM, NR_MMAP, ctx->args[0], ctx->args[1], prot, 0);
-    return 0;
+    return tc_mem_mmap(ctx->args[0], ctx->args[1], ctx->args[2]);
 }
 
 SEC("tp/syscalls/sys_exit_mmap")
 int tc_mmap_exit(struct trace_event_raw_sys_exit *ctx)
 {
-    struct tc_obj_args a;
-    if (!tc_obj_take(NR_MMAP, &a))
-        return 0;
-    if ((unsigned long)ctx->ret >= (unsigned long)-4095 || a.a1 > TC_MAX_REGION)
-        return 0;   /* failed */
-    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
-    struct tc_mem_proc *p = tc_mem_proc(tgid);
-    struct tc_mem_vma vma = {};
-    tc_mem_event(tgid, ctx->ret, a.a1, &vma, TC_MEM_MMAP, TC_ALERT_MMAP_W_X, 0,
-                 a.a2 & TC_PROT_MASK, TC_WANT_NONE, true);
-    struct tc_mem_region_key key = { .tgid = tgid, .addr = ctx->ret };
-    tc_mem_note(&key, a.a1, bpf_get_current_task_btf(), p);
-    return 0;
+    return tc_mem_mmap_done(ctx->ret);
 }
 
 /* Unmapping a noted region: its code, while it is still mapped. */
-SEC("tp/syscalls/sys_enter_munmap")
-int tc_munmap_enter(struct trace_event_raw_sys_enter *ctx)
+static __always_inline int tc_mem_munmap(__u64 addr)
 {
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct tc_mem_proc *q = bpf_map_lookup_elem(&mem_procs, &tgid);
     if (!q || !q->rwx_regions)
         return 0;
     struct task_struct *task = bpf_get_current_task_btf();
-    struct tc_mem_region_key key = { .tgid = tgid, .addr = ctx->args[0] };
+    struct tc_mem_region_key key = { .tgid = tgid, .addr = addr };
     struct tc_mem_proc *p = tc_mem_proc(tgid);
     struct tc_mem_region *noted = tc_mem_noted(&key, task, p);
     if (!noted)
@@ -687,6 +694,12 @@ int tc_munmap_enter(struct trace_event_raw_sys_enter *ctx)
                      vma.flags & TC_PROT_MASK, 0, TC_WANT_CONTENT, true);
     tc_mem_forget(&key, p);
     return 0;
+}
+
+SEC("tp/syscalls/sys_enter_munmap")
+int tc_munmap_enter(struct trace_event_raw_sys_enter *ctx)
+{
+    return tc_mem_munmap(ctx->args[0]);
 }
 
 struct tc_mem_exit {

@@ -25,11 +25,13 @@ char LICENSE[] SEC("license") = "GPL";
 #include "pagewalk.bpf.h"
 #include "pagecache.bpf.h"
 #include "mappings.bpf.h"
+#include "mappings_fentry.bpf.h"
 #include "objects.bpf.h"
 #include "objects_fentry.bpf.h"
 #include "module_kread.bpf.h"
 #include "procs.bpf.h"
 #include "mem.bpf.h"
+#include "mem_fentry.bpf.h"
 #include "net.bpf.h"
 
 /* Keep the record types in the object's BTF so that tests can check the Python decoders. */

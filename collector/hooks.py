@@ -6,14 +6,17 @@ meet (collector/kernel_features.py probes them), or refuses the kind with the re
 features come in as the set of tokens the probe found, so tests pass any kernel they like.
 
 Module takes its images from the kernel's own buffer where fentry loads on the LSM's post-read
-hooks ("kernel_read_file", first), and from the syscalls' arguments otherwise.
-Write, read, module and bpf can also run on fentry/fexit on their syscalls' functions
-(out-of-scope processes then pay only on those syscalls, not on every one, as with syscall
-tracepoints attached). Until that row is verified on a kernel where fentry loads (NOTES.md,
-"Issue 19: fentry/LSM hooks") it comes after the syscall tracepoints: chosen only where they
-are missing, or withheld (TRACECAP_WITHHOLD_FEATURES=tracefs:syscalls, as make bench-kernels
-does). Module's last fallback is the raw syscall tracepoints, on a kernel built without module
-support; the other kinds have one hook each.
+hooks ("kernel_read_file_fentry", "kernel_read_file": the attempt from fentry on the module
+syscalls or from their tracepoints), and from the syscalls' arguments otherwise.
+Write, read, module and bpf run on fentry/fexit on their syscalls' functions where the kernel
+offers them, before the syscall tracepoints: measured in the 6.1 guest (NOTES.md, "Issue 19:
+what fentry saves"), a real program out of scope (compileall) ran at 1.27x its untraced time
+with the fentry hooks and 2.06x with the tracepoints. Any program on a syscall tracepoint sets
+TIF_SYSCALL_TRACEPOINT on every task, so a kind on fentry attaches none (write's shared
+mappings follow its hook); mem's fentry row comes after its tracepoints until the kernel
+matrix has run it (NOTES.md "Issue 19: no syscall tracepoint left"). Module's last fallback
+is the raw syscall tracepoints, on a kernel built without module support; exec and network
+have one hook each.
 """
 
 from __future__ import annotations
@@ -47,6 +50,10 @@ NEEDS: dict[str, Need] = {
     "prog:syscall": Need("syscall programs", "5.14"),
     "prog:fentry": Need("fentry/fexit programs", "5.5"),
     "fentry:syscalls": Need("fentry/fexit on the x86-64 file syscalls' functions", "5.5"),
+    "fentry:mapping_syscalls": Need("fentry/fexit on __x64_sys_msync, munmap and mmap", "5.5"),
+    "fentry:mem_syscalls": Need(
+        "fentry/fexit on __x64_sys_mprotect, pkey_mprotect, mmap and munmap", "5.5"
+    ),
     "fentry:module_syscalls": Need("fentry/fexit on __x64_sys_init_module/finit_module", "5.5"),
     "fentry:bpf_syscall": Need("fentry/fexit on __x64_sys_bpf", "5.5"),
     "fentry:kernel_read_file": Need(
@@ -93,10 +100,15 @@ FILE_SYSCALLS: dict[str, tuple[str, ...]] = {
     "both": ("copy_file_range", "sendfile64", "splice", "tee", "vmsplice"),
 }  # fmt: skip
 #: Per token of NEEDS, the syscalls whose __x64_sys_<name> functions its fentry programs attach
-#: to (bpf/file_io_fentry.bpf.h, objects_fentry.bpf.h): the probe loads fentry on the first and
-#: finds the others in vmlinux BTF.
+#: to (bpf/file_io_fentry.bpf.h, mappings_fentry.bpf.h, mem_fentry.bpf.h, objects_fentry.bpf.h):
+#: the probe loads fentry on the first and finds the others in vmlinux BTF (all five of the
+#: mapping and mem tokens are in the BTF of Debian's 6.1.0-50 and 6.12.95 and this host's 6.18).
 FENTRY_SYSCALLS: dict[str, tuple[str, ...]] = {
     "fentry:syscalls": tuple(sc for group in FILE_SYSCALLS.values() for sc in group),
+    # write's shared mappings (bpf/mappings.bpf.h): their dirty pages at msync and munmap,
+    # mmap's exit remembers them
+    "fentry:mapping_syscalls": ("msync", "munmap", "mmap"),
+    "fentry:mem_syscalls": ("mprotect", "pkey_mprotect", "mmap", "munmap"),
     "fentry:module_syscalls": ("init_module", "finit_module"),
     "fentry:bpf_syscall": ("bpf",),
 }
@@ -110,40 +122,48 @@ FENTRY_FUNCTIONS: dict[str, tuple[str, ...]] = {
 }
 #: fentry/fexit on every file syscall's function, io_uring_complete (tp_btf), bpf_loop as above
 _FILE_FENTRY = ("prog:fentry", "fentry:syscalls", "prog:tp_btf", "helper:bpf_loop")
+#: mem's programs beyond their syscall hooks: the vma by bpf_find_vma, page walks by bpf_loop,
+#: the task by bpf_get_current_task_btf, regions at exit by bpf_for_each_map_elem (tp_btf)
+_MEM = (
+    "prog:tp_btf",
+    "helper:bpf_find_vma",
+    "helper:bpf_get_current_task_btf",
+    "helper:bpf_for_each_map_elem",
+    "helper:bpf_loop",
+)
 #: The module image: bpf_find_vma names its file mapping, the current task's mm (BTF) is read.
 _MODULE = ("helper:bpf_find_vma", "helper:bpf_get_current_task_btf", "helper:bpf_loop")
 #: Each kind's hooks, best first, as read from bpf/*.h: which programs attach where, and the
 #: helpers newer than 5.8 that they call (collector/probes.py HOOK_PROGRAMS lists the programs).
 HOOKS: dict[str, tuple[Hook, ...]] = {
-    # syscall tracepoints, else fentry/fexit (see above); io_uring_complete (tp_btf), path
+    # fentry/fexit (see above), else syscall tracepoints; io_uring_complete (tp_btf), path
     # walks and chunks by bpf_loop
+    # write's shared mappings on the same hook as its syscalls: msync, munmap, mmap's exit
     "write": (
+        Hook("fentry_syscalls", (*_FILE_FENTRY, "fentry:mapping_syscalls")),
         Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
-        Hook("fentry_syscalls", _FILE_FENTRY),
     ),
     "read": (
-        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
         Hook("fentry_syscalls", _FILE_FENTRY),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "prog:tp_btf")),
     ),
     # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
     "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
-    # mprotect/mmap/munmap tracepoints; the vma by bpf_find_vma, page walks by bpf_loop, the
-    # task by bpf_get_current_task_btf, regions at exit by bpf_for_each_map_elem (tp_btf)
+    # mprotect/pkey_mprotect/mmap/munmap tracepoints, else fentry/fexit on their functions
+    # (after the tracepoints until the kernel matrix has run mem on it: NOTES.md "Issue 19: no
+    # syscall tracepoint left")
     "mem": (
-        Hook(
-            "syscall_tracepoints",
-            (
-                *_SYSCALL_TP,
-                "prog:tp_btf",
-                "helper:bpf_find_vma",
-                "helper:bpf_get_current_task_btf",
-                "helper:bpf_for_each_map_elem",
-            ),
-        ),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, *_MEM)),
+        Hook("fentry_syscalls", ("prog:fentry", "fentry:mem_syscalls", *_MEM)),
     ),
     "module": (
         # the image from the kernel's buffer (fentry on the LSM's post-read hooks), the attempt
-        # and its return value from the syscall tracepoints
+        # and its return value from fentry/fexit on the module syscalls' functions
+        Hook(
+            "kernel_read_file_fentry",
+            ("prog:fentry", "fentry:kernel_read_file", "fentry:module_syscalls", *_MODULE),
+        ),
+        # the same, the attempt from the syscall tracepoints
         Hook(
             "kernel_read_file",
             (
@@ -154,15 +174,15 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
                 *_MODULE,
             ),
         ),
-        Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # fentry/fexit on the module syscalls' functions (see above)
         Hook("fentry_syscalls", ("prog:fentry", "fentry:module_syscalls", *_MODULE)),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, "tracefs:module_syscalls", *_MODULE)),
         # a kernel without module support: the raw syscall tracepoints see the attempt
         Hook("raw_syscalls", ("prog:raw_tp", *_MODULE)),
     ),
     "bpf": (
-        Hook("syscall_tracepoints", _SYSCALL_TP),
         Hook("fentry_syscalls", ("prog:fentry", "fentry:bpf_syscall", "helper:bpf_loop")),
+        Hook("syscall_tracepoints", _SYSCALL_TP),
     ),
     # cgroup_skb and cgroup/sock_create on the cgroup2 root, the sockets' owners at
     # sock_send_length/sock_recv_length (tp_btf), owners of older sockets by a syscall program

@@ -71,8 +71,10 @@ _MODULE_TP = frozenset(
 #: still see the attempt, at a small cost on every syscall (only with --capture module).
 _MODULE_RAW = frozenset({"tc_module_raw_enter", "tc_module_raw_exit"})
 #: The image in the kernel's buffer (bpf/module_kread.bpf.h), with the syscalls' tracepoints
-#: for the attempt.
-_MODULE_KREAD = frozenset({"tc_kread_file", "tc_kread_data"}) | _MODULE_TP
+#: for the attempt, or their fentry/fexit twins (bpf/objects_fentry.bpf.h).
+_KREAD = frozenset({"tc_kread_file", "tc_kread_data"})
+_MODULE_KREAD = _KREAD | _MODULE_TP
+_MODULE_FENTRY = _syscall_programs(("init_module", "finit_module"), _FENTRY)
 #: Attached to the cgroup2 root rather than to a tracepoint.
 _NET_CGROUP = frozenset({"tc_sock_create", "tc_skb_egress", "tc_skb_ingress"})
 #: Run by the collector (BPF_PROG_TEST_RUN), never attached: owners of sockets that existed
@@ -82,10 +84,15 @@ _RUN_ONLY = frozenset({"tc_sock_adopt"})
 #: with a user buffer, one for SPLICE and TEE (pipes.bpf.h).
 _URING = frozenset({"tc_uring_complete", "tc_uring_xfer_complete"})
 #: Writes through shared file mappings: their dirty pages at msync, munmap and exit
-#: (mappings.bpf.h); mmap's exit remembers the mappings for the exit. Tracepoints whichever
-#: hook carries the syscalls' data.
-_MAPPINGS = frozenset({"tc_map_msync", "tc_map_munmap", "tc_map_mmap_exit", "tc_map_exit"})
-_ONE_DIRECTION = {"write": _MAPPINGS, "read": frozenset()}
+#: (mappings.bpf.h); mmap's exit remembers the mappings for the exit. On the same hook as the
+#: write capture's syscalls (mappings_fentry.bpf.h the fentry twins), so that a capture on
+#: fentry attaches no syscall tracepoint; the exit is tp_btf either way.
+_MAPPINGS = {
+    _TP: frozenset({"tc_map_msync", "tc_map_munmap", "tc_map_mmap_exit", "tc_map_exit"}),
+    _FENTRY: frozenset(
+        {"tc_map_fenter_msync", "tc_map_fenter_munmap", "tc_map_fexit_mmap", "tc_map_exit"}
+    ),
+}
 
 
 #: The file syscalls' exit programs at their tracepoints, each one program attached to the
@@ -115,12 +122,12 @@ def _file_programs(kind: str, sides: tuple[str, str]) -> frozenset[str]:
         pairs = _syscall_programs(syscalls, ("enter",)) | {_EXIT_OF[sc] for sc in syscalls}
     else:
         pairs = _syscall_programs(syscalls, sides)
-    return pairs | _URING | _ONE_DIRECTION[kind]
+    return pairs | _URING | (_MAPPINGS[sides] if kind == "write" else frozenset())
 
 
 #: What the collector needs for each capture kind of tracecap/kinds.py (keyed by its
-#: ``--capture`` word): the programs of its first hook (module's and the file kinds' depend on
-#: the kernel, see HOOK_PROGRAMS) and the ring its records arrive on.
+#: ``--capture`` word): the programs of its syscall tracepoints or only hook (the others in
+#: HOOK_PROGRAMS) and the ring its records arrive on.
 CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "write": _file_programs("write", _TP),
     "read": _file_programs("read", _TP),
@@ -139,6 +146,18 @@ CAPTURE_PROGRAMS: dict[str, frozenset[str]] = {
     "bpf": frozenset({"tc_bpf_enter", "tc_bpf_exit"}),
     "network": frozenset({"tc_sock_send", "tc_sock_recv"}) | _NET_CGROUP | _RUN_ONLY,
 }
+#: mem on fentry/fexit (bpf/mem_fentry.bpf.h): the twins of its syscall tracepoint programs,
+#: its exit (tp_btf) the same.
+_MEM_FENTRY = frozenset(
+    {
+        "tc_fenter_mprotect",
+        "tc_fenter_pkey_mprotect",
+        "tc_fenter_mmap",
+        "tc_fexit_mmap",
+        "tc_fenter_munmap",
+        "tc_mem_exit",
+    }
+)
 #: The programs of each hook of collector/hooks.py HOOKS, by (kind, hook).
 HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
     (kind, hook.name): CAPTURE_PROGRAMS[kind] for kind, hooks in HOOKS.items() for hook in hooks
@@ -148,7 +167,9 @@ HOOK_PROGRAMS: dict[tuple[str, str], frozenset[str]] = {
     ("module", "raw_syscalls"): _MODULE_RAW,
     ("write", "fentry_syscalls"): _file_programs("write", _FENTRY),
     ("read", "fentry_syscalls"): _file_programs("read", _FENTRY),
-    ("module", "fentry_syscalls"): _syscall_programs(("init_module", "finit_module"), _FENTRY),
+    ("module", "kernel_read_file_fentry"): _KREAD | _MODULE_FENTRY,
+    ("module", "fentry_syscalls"): _MODULE_FENTRY,
+    ("mem", "fentry_syscalls"): _MEM_FENTRY,
     ("bpf", "fentry_syscalls"): _syscall_programs(("bpf",), _FENTRY),
 }
 CAPTURE_RING: dict[str, BpfMap] = {

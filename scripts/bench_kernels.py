@@ -1,8 +1,8 @@
 """`make bench-kernels` (not in CI): in a guest of the kernel matrix (6.1 by default), what the
 capture's hooks cost processes out of scope, and that each hook gives the same artifacts.
 
-Inside the guest, per session of SESSIONS (the syscall tracepoints; fentry/fexit on the syscall
-functions, chosen by withholding ``tracefs:syscalls``; the same without the write capture), one
+Inside the guest, per session of SESSIONS (the syscall tracepoints, chosen by withholding
+``prog:fentry``; fentry/fexit on the syscall functions; the same without the write capture), one
 `tracecap run` with ``--scope comm=tc-hooksmoke``: the hooks `tracecap status` reports, the
 syscall tracepoints the session attached (`bpftool perf`: any program on one sets
 TIF_SYSCALL_TRACEPOINT on every task, so every process pays the slow syscall path on every
@@ -52,25 +52,25 @@ READY_TIMEOUT_S = 900
 COMM = "tc-hooksmoke"
 PAYLOAD = bytes(range(256)) * 37 + b"tracecap hooks\n"
 KINDS = ("write", "read", "bpf", "module")
-_WITHHOLD_TP = {"TRACECAP_WITHHOLD_FEATURES": "tracefs:syscalls"}
+_WITHHOLD_FENTRY = {"TRACECAP_WITHHOLD_FEATURES": "prog:fentry"}
 
 
 @dataclass(frozen=True)
 class Session:
-    """One traced variant: the kinds it captures and the collector's environment (the
-    tracepoints come first in collector/hooks.py: withholding them gives the fentry rows)."""
+    """One traced variant: the kinds it captures and the collector's environment (fentry comes
+    first in collector/hooks.py: withholding it gives the tracepoints)."""
 
     kinds: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
 
 
-#: The write capture attaches its shared-mapping programs to syscall tracepoints (msync,
-#: munmap, mmap's exit) whichever hook carries its syscalls' data (collector/probes.py
-#: _MAPPINGS), so "fentry" still sets the TIF flag; "fentry-nowrite" is fentry alone.
+#: The write capture's shared-mapping programs (msync, munmap, mmap's exit) go on the hook of
+#: its syscalls (collector/probes.py _MAPPINGS), so "fentry" attaches no syscall tracepoint;
+#: "fentry-nowrite" was the only session without one before that, kept for comparison.
 SESSIONS: dict[str, Session] = {
-    "tracepoints": Session(KINDS),
-    "fentry": Session(KINDS, _WITHHOLD_TP),
-    "fentry-nowrite": Session(("read", "bpf", "module"), _WITHHOLD_TP),
+    "tracepoints": Session(KINDS, _WITHHOLD_FENTRY),
+    "fentry": Session(KINDS),
+    "fentry-nowrite": Session(("read", "bpf", "module")),
 }
 #: Syscalls no capture kind hooks, on an fd opened before (a file in the guest's tmpfs: on the
 #: 9p root each fstat is a round trip to the host, about 2 ms under TCG): with no syscall

@@ -35,6 +35,10 @@ FACTOR = 1 if KVM else 8
 BOOT_TIMEOUT_S = float(os.environ.get("TRACECAP_KERNEL_TIMEOUT", 40 * 60))
 #: The smoke's kinds (scripts/kernel_smoke.py), all when empty.
 SMOKE_KINDS = os.environ.get("TRACECAP_SMOKE_KINDS", "")
+#: Passed on into the guests when set: the smoke's wait for readiness in seconds
+#: (scripts/kernel_smoke.py READY_S), and the features the collector withholds
+#: (``tracefs:syscalls``: every kind on its fentry row where it has one).
+PASSED_ON = ("TRACECAP_SMOKE_READY_S", "TRACECAP_WITHHOLD_FEATURES")
 CPUS = os.cpu_count() or 1
 JOBS = max(1, int(os.environ.get("TRACECAP_KERNEL_JOBS", CPUS)))
 
@@ -57,7 +61,8 @@ def _guest(name: str, out: Path, cpus: int) -> dict:
     script = out / "smoke.sh"
     script.write_text(
         f"export TRACECAP_TIME_FACTOR={FACTOR} TRACECAP_SMOKE_KINDS={shlex.quote(SMOKE_KINDS)}"
-        f" PATH={PYTHON.parent}:$PATH\n"
+        + "".join(f" {k}={shlex.quote(os.environ[k])}" for k in PASSED_ON if os.environ.get(k))
+        + f" PATH={PYTHON.parent}:$PATH\n"
         f"{PYTHON} {SMOKE} {out}/result.json > {out}/smoke.log 2>&1\n"
     )
     argv = [str(KERNELS / "venv" / "bin" / "vng"), "--run", str(vmlinuz), "--user", "root",

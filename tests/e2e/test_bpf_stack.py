@@ -8,13 +8,15 @@ configured so that no configuration-gated path is pruned.
 
 An e2e test because it loads the whole object as root (a few seconds). The fentry/fexit
 programs, which this kernel cannot load, are the twins of tracepoint programs (the same bodies
-and calls, bpf/file_io_fentry.bpf.h): their chains are the twins' with the program's own frame
-grown by what the compiler gave it more (a tracepoint-shaped copy of the arguments).
+and calls, bpf/file_io_fentry.bpf.h, mappings_fentry.bpf.h, mem_fentry.bpf.h): their chains are
+the twins' with the program's own frame grown by what the compiler gave it more (a
+tracepoint-shaped copy of the arguments, where the twin has one).
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -52,18 +54,25 @@ KREAD_CHUNK = "tc_kread_chunk"
 SHARED_EXIT = {sc: prog for prog, syscalls in probes.SHARED_EXITS.items() for sc in syscalls}
 
 
+#: tc_<pre>f<enter|exit>_<syscall>: the fentry/fexit twins (bpf/*_fentry.bpf.h), <pre> the
+#: tracepoint program's own prefix ("map_" for the shared mappings').
+FENTRY_NAME = re.compile(r"tc_(\w*?)f(enter|exit)_(\w+)")
+
+
 def twin(program: str, loaded: dict[str, Chain]) -> str:
-    """The tracepoint program an fentry/fexit one is the twin of (tc_fexit_write: tc_exit_io,
-    tc_fenter_write: tc_enter_write, tc_fexit_bpf: tc_bpf_exit; KREAD_TWINS)."""
+    """The tracepoint program an fentry/fexit one is the twin of: tc_fexit_write: tc_exit_io
+    (the shared exit), tc_fenter_write: tc_enter_write, tc_fexit_bpf: tc_bpf_exit,
+    tc_fenter_mprotect: tc_mprotect_enter, tc_map_fenter_msync: tc_map_msync,
+    tc_map_fexit_mmap: tc_map_mmap_exit; KREAD_TWINS."""
     if program in KREAD_TWINS:
         return KREAD_TWINS[program]
-    for prefix, where in (("tc_fenter_", "enter"), ("tc_fexit_", "exit")):
-        if program.startswith(prefix):
-            rest = program.removeprefix(prefix)
-            shared = SHARED_EXIT.get(rest, "") if where == "exit" else ""
-            for name in (shared, f"tc_{where}_{rest}", f"tc_{rest}_{where}"):
-                if name in loaded:
-                    return name
+    if m := FENTRY_NAME.fullmatch(program):
+        pre, where, rest = m.groups()
+        shared = SHARED_EXIT.get(rest, "") if where == "exit" and not pre else ""
+        own = f"tc_{pre}{rest}" if pre else ""
+        for name in (shared, f"tc_{pre}{where}_{rest}", f"tc_{pre}{rest}_{where}", own):
+            if name in loaded:
+                return name
     raise AssertionError(f"{program}: no loaded twin")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -36,3 +37,34 @@ def built_object() -> Path:
                        timeout=600)  # fmt: skip
     assert OBJECT.exists(), f"make -C bpf did not produce {OBJECT}"
     return OBJECT
+
+
+_SHT_SYMTAB = 2
+_STT_FUNC, _STB_GLOBAL = 2, 1
+_SYM_SIZE = 24
+
+
+def program_sections(path: Path) -> dict[str, str]:
+    """Each program of the BPF object at ``path`` (a global function outside .text, as libbpf
+    finds them) and its ELF section, which says where libbpf attaches it ("tp/syscalls/...",
+    "fentry/__x64_sys_write", ...): what the macros of bpf/*.h expand to, read from the object
+    rather than the sources."""
+    data = path.read_bytes()
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    sections = [
+        struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)
+    ]
+
+    def name_at(strtab: tuple, off: int) -> str:
+        start = strtab[4] + off
+        return data[start : data.index(b"\0", start)].decode()
+
+    names = [name_at(sections[shstrndx], s[0]) for s in sections]
+    symtab = next(s for s in sections if s[1] == _SHT_SYMTAB)
+    out = {}
+    for off in range(symtab[4], symtab[4] + symtab[5], _SYM_SIZE):
+        name_off, info, _, shndx, _, _ = struct.unpack_from("<IBBHQQ", data, off)
+        if info & 0xF == _STT_FUNC and info >> 4 == _STB_GLOBAL and names[shndx] != ".text":
+            out[name_at(sections[symtab[6]], name_off)] = names[shndx]
+    return out

@@ -137,6 +137,15 @@ def test_ring_sizes_follow_the_kinds_on():
     assert writes[probes.BpfMap.OBJ_RB] == probes.PROC_RING_BYTES
 
 
+#: write's shared-mapping programs at the tracepoints and their fentry/fexit twins
+#: (bpf/mappings_fentry.bpf.h); the exit (tc_map_exit, tp_btf) is on both hooks.
+MAPPING_TWINS = {
+    "tc_map_msync": "tc_map_fenter_msync",
+    "tc_map_munmap": "tc_map_fenter_munmap",
+    "tc_map_mmap_exit": "tc_map_fexit_mmap",
+}
+
+
 @pytest.mark.parametrize("kind", ["write", "read"])
 def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoint(kind):
     """bpf/file_io_fentry.bpf.h: tc_fenter_X/tc_fexit_X for each tc_enter_X (whose exit is a
@@ -147,9 +156,22 @@ def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoi
     enters = {n for n in tp if n.startswith("tc_enter_")}
     syscalls = {n.removeprefix("tc_enter_") for n in enters}
     twins = {f"tc_{side}_{sc}" for sc in syscalls for side in ("fenter", "fexit")}
-    assert fentry == twins | (tp - enters - probes.SHARED_EXITS.keys())
+    others = {MAPPING_TWINS.get(n, n) for n in tp - enters - probes.SHARED_EXITS.keys()}
+    assert fentry == twins | others
     assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
     assert {n for n in fentry if n.startswith("tc_fenter_")}
+
+
+def test_the_mem_fentry_hook_loads_a_twin_of_each_tracepoint_program():
+    """bpf/mem_fentry.bpf.h: tc_fenter_X for tc_X_enter, tc_fexit_X for tc_X_exit; the exit
+    program (tp_btf) is on both hooks."""
+    tp = probes.HOOK_PROGRAMS["mem", "syscall_tracepoints"]
+    fentry = probes.HOOK_PROGRAMS["mem", "fentry_syscalls"]
+    syscalls = tp - {"tc_mem_exit"}
+    renamed = {
+        re.sub(r"^tc_(\w+)_(enter|exit)$", lambda m: f"tc_f{m[2]}_{m[1]}", n) for n in syscalls
+    }
+    assert fentry == renamed | {"tc_mem_exit"}
 
 
 def test_module_and_bpf_fentry_hooks_pair_each_syscall_and_load_no_tracepoint():
