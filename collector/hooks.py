@@ -8,13 +8,13 @@ features come in as the set of tokens the probe found, so tests pass any kernel 
 Module takes its images from the kernel's own buffer where fentry loads on the LSM's post-read
 hooks ("kernel_read_file_fentry", "kernel_read_file": the attempt from fentry on the module
 syscalls or from their tracepoints), and from the syscalls' arguments otherwise.
-Write, read, module and bpf run on fentry/fexit on their syscalls' functions where the kernel
-offers them, before the syscall tracepoints: measured in the 6.1 guest (NOTES.md, "Issue 19:
+Write, read, mem, module and bpf run on fentry/fexit on their syscalls' functions where the
+kernel offers them, before the syscall tracepoints: measured in the 6.1 guest (NOTES.md, "Issue 19:
 what fentry saves"), a real program out of scope (compileall) ran at 1.27x its untraced time
 with the fentry hooks and 2.06x with the tracepoints. Any program on a syscall tracepoint sets
 TIF_SYSCALL_TRACEPOINT on every task, so a kind on fentry attaches none (write's shared
-mappings follow its hook); mem's fentry row comes after its tracepoints until the kernel
-matrix has run it (NOTES.md "Issue 19: no syscall tracepoint left"). Module's last fallback
+mappings follow its hook), and a run on such a kernel attaches no syscall tracepoint at all
+(NOTES.md "Issue 19: no syscall tracepoint left"). Module's last fallback
 is the raw syscall tracepoints, on a kernel built without module support; exec and network
 have one hook each.
 """
@@ -149,12 +149,10 @@ HOOKS: dict[str, tuple[Hook, ...]] = {
     ),
     # sched_process_exec (tp_btf); page-cache copy, script lookup and chunks by bpf_loop
     "exec": (Hook("tp_btf_sched_process_exec", ("prog:tp_btf", "helper:bpf_loop")),),
-    # mprotect/pkey_mprotect/mmap/munmap tracepoints, else fentry/fexit on their functions
-    # (after the tracepoints until the kernel matrix has run mem on it: NOTES.md "Issue 19: no
-    # syscall tracepoint left")
+    # fentry/fexit on the mprotect/pkey_mprotect/mmap/munmap functions, else their tracepoints
     "mem": (
-        Hook("syscall_tracepoints", (*_SYSCALL_TP, *_MEM)),
         Hook("fentry_syscalls", ("prog:fentry", "fentry:mem_syscalls", *_MEM)),
+        Hook("syscall_tracepoints", (*_SYSCALL_TP, *_MEM)),
     ),
     "module": (
         # the image from the kernel's buffer (fentry on the LSM's post-read hooks), the attempt

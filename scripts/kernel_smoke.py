@@ -62,14 +62,15 @@ def _bpf_load() -> None:
 
 
 def _mem() -> bytes:
-    """A page written, then made executable (RW -> RX): the mem capture's case."""
+    """A page written, then made executable (RW -> RX): the mem capture's case. Returns the
+    page as it was when it became executable, which the artifact must equal."""
     libc = ctypes.CDLL(None, use_errno=True)
     region = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     data = b"\xc3" + b"smoke-mem" * 400
     region.write(data)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
     libc.mprotect(ctypes.c_void_p(addr), 4096, mmap.PROT_READ | 4)
-    return data
+    return region[:]
 
 
 #: Modules of the running kernel's package without dependencies: crc7 goes in by `insmod` of
@@ -212,7 +213,7 @@ def _workloads(work: Path) -> dict[str, Check]:
     shutil.copy("/bin/echo", binary)
     binary.chmod(0o755)
     subprocess.run([str(binary), "hi"], check=True, capture_output=True)
-    _mem()
+    page = _mem()
     _bpf_load()
     module = _modules(work)
     subprocess.run(["ping", "-c", "2", "-i", "0.2", "127.0.0.1"], capture_output=True)
@@ -235,7 +236,7 @@ def _workloads(work: Path) -> dict[str, Check]:
         "write": artifact("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
         "read": artifact("read", lambda r: r.get("source_path") == str(readable), None),
         "exec": artifact("exec", lambda r: r.get("inode") == inode, binary.read_bytes()),
-        "mem": artifact("mem", lambda r: True, None),
+        "mem": artifact("mem", lambda r: r.get("pid") == os.getpid(), page),
         "bpf": artifact("bpf", lambda r: r.get("prog_name") == "tc_smoke_prog", INSNS),
         "net": artifact("pcap", lambda r: True, None),
         "module": module,

@@ -154,12 +154,11 @@ def test_write_on_fentry_needs_fentry_on_its_shared_mappings_syscalls_too():
     assert hooks.choose_kind("read", kernel).hook == "fentry_syscalls"
 
 
-def test_mem_takes_fentry_where_its_syscall_tracepoints_are_missing_or_withheld():
-    """Second for now (collector/hooks.py): on 6.1 mem stays on the tracepoints."""
-    assert hooks.choose_kind("mem", DEBIAN_6_1).hook == "syscall_tracepoints"
-    kernel = DEBIAN_6_1 - {"tracefs:syscalls"}
-    assert hooks.choose_kind("mem", kernel).report() == {"hook": "fentry_syscalls"}
-    assert hooks.choose_kind("mem", kernel - {"fentry:mem_syscalls"}).hook is None
+def test_mem_takes_fentry_first_and_its_syscall_tracepoints_where_fentry_is_missing():
+    assert hooks.choose_kind("mem", DEBIAN_6_1).report() == {"hook": "fentry_syscalls"}
+    kernel = DEBIAN_6_1 - {"fentry:mem_syscalls"}
+    assert hooks.choose_kind("mem", kernel).hook == "syscall_tracepoints"
+    assert hooks.choose_kind("mem", kernel - {"tracefs:syscalls"}).hook is None
     assert hooks.choose_kind("mem", HOST_6_18).hook == "syscall_tracepoints"
 
 
@@ -182,19 +181,17 @@ def syscall_tracepoints(choices: dict[str, hooks.Choice], sections: dict[str, st
 
 
 @pytest.mark.parametrize("kernel", [DEBIAN_6_1, frozenset(hooks.NEEDS)], ids=["6.1", "all"])
-def test_a_kernel_with_fentry_gets_no_syscall_tracepoint_from_the_kinds_on_fentry(kernel, sections):
-    """Every kind but mem (whose fentry row is second for now) on a kernel offering fentry:
-    write's shared mappings, module's attempt and the files' exits included."""
-    choices = hooks.choose([k for k in ALL_KINDS if k != "mem"], kernel)
+def test_a_kernel_with_fentry_gets_no_syscall_tracepoint_at_all(kernel, sections):
+    """Every kind on a kernel offering fentry: write's shared mappings, mem's programs,
+    module's attempt and the files' exits included."""
+    choices = hooks.choose(ALL_KINDS, kernel)
     assert {c.hook for c in choices.values()} >= {"fentry_syscalls", "kernel_read_file_fentry"}
     assert syscall_tracepoints(choices, sections) == set()
 
 
-def test_mem_on_fentry_gets_no_syscall_tracepoint_and_on_its_tracepoints_only_its_own(sections):
-    every = hooks.choose(ALL_KINDS, DEBIAN_6_1 - {"tracefs:syscalls"})
-    assert every["mem"].hook == "fentry_syscalls"
-    assert syscall_tracepoints(every, sections) == set()
-    assert syscall_tracepoints(hooks.choose(ALL_KINDS, DEBIAN_6_1), sections) == {
+def test_mem_on_its_tracepoints_attaches_only_its_own(sections):
+    kernel = DEBIAN_6_1 - {"fentry:mem_syscalls"}
+    assert syscall_tracepoints(hooks.choose(ALL_KINDS, kernel), sections) == {
         "syscalls/sys_enter_mprotect", "syscalls/sys_enter_pkey_mprotect",
         "syscalls/sys_enter_mmap", "syscalls/sys_exit_mmap", "syscalls/sys_enter_munmap",
     }  # fmt: skip
