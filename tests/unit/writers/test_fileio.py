@@ -126,6 +126,24 @@ def test_hashing_reads_the_whole_file_in_blocks(fd_of, monkeypatch: pytest.Monke
     assert sha256_of_fd(fd_of(b"")) == (0, hashlib.sha256(b"").hexdigest())
 
 
+def test_hashing_a_known_size_reads_no_further(fd_of, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fileio, "BLOCK", 7)
+    data = bytes(range(256)) * 3
+    reads: list[int] = []
+    pread = os.pread
+
+    def counted(fd: int, n: int, off: int) -> bytes:
+        reads.append(n)
+        return pread(fd, n, off)
+
+    monkeypatch.setattr(fileio.os, "pread", counted)
+    assert digest_fd(fd_of(data), 1 << 20) == (len(data), hashlib.sha256(data).hexdigest())
+    assert sum(reads) == len(data) and len(reads) == -(-len(data) // 7)  # no read at the end
+    # a file shorter than the size asked for: what is there
+    assert sha256_of_fd(fd_of(data), len(data) + 5) == (len(data), hashlib.sha256(data).hexdigest())
+    assert sha256_of_fd(fd_of(data), 10) == (10, hashlib.sha256(data[:10]).hexdigest())
+
+
 def test_a_file_over_the_limit_is_not_hashed(fd_of, monkeypatch: pytest.MonkeyPatch) -> None:
     data = b"x" * 100
     assert digest_fd(fd_of(data), 100) == (100, hashlib.sha256(data).hexdigest())

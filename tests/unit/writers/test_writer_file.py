@@ -759,3 +759,53 @@ def test_container_names_reach_the_index_from_a_later_message(h: Harness) -> Non
 
     again = FileArtifact.from_record(rec, 0.0).record(10, None)
     assert {k: again.get(k) for k in NAMED} == NAMED
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"comm": b"\xffbad\n", "path": b"/tmp/\xfe\x00x", "generation": 9},
+        {"container_id": "ab" * 32, **NAMED, "append": True},
+    ],
+)
+def test_a_new_artifacts_journal_state_is_its_identity_and_replays_the_same(
+    overrides: dict[str, Any],
+) -> None:
+    """The state written before a new file's first byte names only who wrote which file (a
+    shorter line than the full record); read back it is the same artifact a full state gives."""
+    from writers.fileartifact import FileArtifact
+    from writers.journal import encode_state, replay
+
+    env = file_env(**overrides)
+    art = FileArtifact(W, "write", bool(env["append"]), env, 0.0)
+    short = art.state()
+    assert set(short) == {"new"}
+    full = {"record": art.record(0, None), "written": [], "extent": 0}
+    assert len(encode_state(W, short)) < len(encode_state(W, full))
+    (replayed,) = replay([encode_state(W, short)])[0].values()
+    assert FileArtifact.from_state(replayed, 1.0).record(0, None) == FileArtifact.from_state(
+        full, 1.0
+    ).record(0, None)
+    art.observe(env, 0.0)  # touched: from now on the full state
+    assert set(art.state()) == {"record", "written", "extent"}
+
+
+def test_a_writer_killed_after_a_new_files_first_state_reports_all_of_it_missing(
+    tmp_path: Path,
+) -> None:
+    """Killed after the journal's ``new`` state and the bytes, before any later state: the
+    successor reports the file with every byte listed missing, never as captured."""
+    h = Harness(tmp_path)
+    try:
+        h.io(b"A" * 100, off=0, io_id=1)
+        journal = (h.root / ".journal.file").read_bytes()
+        assert b'"new"' in journal and b'"record"' not in journal
+        h.kill()
+        h.idle()
+        (rec,) = h.records()
+        assert rec["complete"] is False and rec["interrupted"] is True
+        assert rec["missing"] == [[0, 100]] and rec["source_path"] == "/tmp/target", rec
+        byte_equation(b"A" * 100, (h.root / W).read_bytes(), rec["missing"])
+    finally:
+        h.close()
