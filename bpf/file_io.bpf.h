@@ -851,21 +851,6 @@ static __always_inline bool tc_is_stream(__u32 mode)
     return fmt == S_IFIFO || fmt == S_IFSOCK || fmt == S_IFCHR;
 }
 
-/* Modification and change times in ns (6.11+ inode layout; 0 elsewhere, which the collector
- * takes as "cannot tell whether the file changed" and reads nothing back). */
-static __always_inline void tc_xfer_times(struct tc_xfer_file *end, struct inode *inode)
-{
-    end->mtime = 0;
-    end->ctime = 0;
-    if (!bpf_core_field_exists(inode->i_mtime_sec))
-        return;
-    end->mtime = BPF_CORE_READ(inode, i_mtime_sec) * 1000000000ull +
-                 BPF_CORE_READ(inode, i_mtime_nsec);
-    /* since 6.13 the top bits of i_ctime_nsec are flags; nanoseconds fit in 30 bits */
-    end->ctime = BPF_CORE_READ(inode, i_ctime_sec) * 1000000000ull +
-                 (BPF_CORE_READ(inode, i_ctime_nsec) & ((1u << 30) - 1));
-}
-
 static __always_inline void tc_xfer_end(struct tc_xfer_file *end, struct file *f, __s32 fd,
                                         __s64 pos)
 {
@@ -877,7 +862,10 @@ static __always_inline void tc_xfer_end(struct tc_xfer_file *end, struct file *f
     end->size = BPF_CORE_READ(inode, i_size);
     end->fd = fd;
     end->pos = tc_is_stream(end->mode) || pos < 0 ? 0 : pos;
-    tc_xfer_times(end, inode);
+    /* 0 on an unknown inode layout: the collector then cannot tell whether the file changed
+     * and reads nothing back */
+    end->mtime = tc_inode_mtime(inode);
+    end->ctime = tc_inode_ctime(inode);
 }
 
 /* write:type= / read:type= for a transfer: by the file's type, and ELF only when the file is

@@ -69,35 +69,6 @@ static __always_inline bool tc_emit_event(__u32 kind, void *ev, __u64 size)
 
 /* ---- exec ---------------------------------------------------------------------------- */
 
-struct inode___pre611 {
-    struct timespec64 __i_ctime;
-} __attribute__((preserve_access_index));
-
-/* Before 6.6 the change time is i_ctime (Debian 12's 6.1). */
-struct inode___pre66 {
-    struct timespec64 i_ctime;
-} __attribute__((preserve_access_index));
-
-/* Since 6.13 the top bits of i_ctime_nsec are flags (I_CTIME_QUERIED is set once someone has
- * looked at the time): nanoseconds fit in the low 30 bits. */
-#define TC_CTIME_NSEC_MASK ((1u << 30) - 1)
-
-static __always_inline __u64 tc_inode_ctime(struct inode *inode)
-{
-    if (bpf_core_field_exists(inode->i_ctime_sec))
-        return BPF_CORE_READ(inode, i_ctime_sec) * 1000000000ull +
-               (BPF_CORE_READ(inode, i_ctime_nsec) & TC_CTIME_NSEC_MASK);
-    struct inode___pre611 *old = (void *)inode;
-    if (bpf_core_field_exists(old->__i_ctime))
-        return BPF_CORE_READ(old, __i_ctime.tv_sec) * 1000000000ull +
-               BPF_CORE_READ(old, __i_ctime.tv_nsec);
-    struct inode___pre66 *older = (void *)inode;
-    if (bpf_core_field_exists(older->i_ctime))
-        return BPF_CORE_READ(older, i_ctime.tv_sec) * 1000000000ull +
-               BPF_CORE_READ(older, i_ctime.tv_nsec);
-    return 0;
-}
-
 #define TC_FMODE_EXEC_FLAG 0x20   /* __FMODE_EXEC: open_exec sets it in f_flags */
 #define TC_TASK_WORKS_MAX 256
 #define TC_EXEC_COPY_MAX TC_OBJ_MAX
@@ -308,22 +279,6 @@ int BPF_PROG(tc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm 
 /* ---- module --------------------------------------------------------------------------- */
 
 #define VM_SHARED 0x8
-
-struct inode___pre607 {
-    struct timespec64 i_mtime;
-} __attribute__((preserve_access_index));
-
-static __always_inline __u64 tc_inode_mtime(struct inode *inode)
-{
-    if (bpf_core_field_exists(inode->i_mtime_sec))
-        return BPF_CORE_READ(inode, i_mtime_sec) * 1000000000ull +
-               BPF_CORE_READ(inode, i_mtime_nsec);
-    struct inode___pre607 *old = (void *)inode;
-    if (bpf_core_field_exists(old->i_mtime))
-        return BPF_CORE_READ(old, i_mtime.tv_sec) * 1000000000ull +
-               BPF_CORE_READ(old, i_mtime.tv_nsec);
-    return 0;
-}
 
 /* The file an image comes from: its identity as it is at the syscall, and its path. */
 static __always_inline void tc_module_file(struct tc_module_event *ev, struct file *f)

@@ -18,6 +18,7 @@ char LICENSE[] SEC("license") = "GPL";
 #include "scope.bpf.h"
 #include "containers.bpf.h"
 #include "chunks.bpf.h"
+#include "inode_times.bpf.h"
 #include "file_io.bpf.h"
 #include "pipes.bpf.h"
 #include "shared_exits.bpf.h"
