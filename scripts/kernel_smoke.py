@@ -206,6 +206,10 @@ def _workloads(work: Path) -> dict[str, Check]:
     verdict."""
     written = work / "written.txt"
     written.write_bytes(PAYLOAD)
+    # coreutils' cp moves the bytes with copy_file_range: no user buffer, read back by the
+    # collector after the kernel recorded both ends' identity and times
+    copied = work / "copied.txt"
+    subprocess.run(["cp", str(written), str(copied)], check=True, capture_output=True)
     readable = work / "readable.txt"
     readable.write_bytes(PAYLOAD[::-1])
     subprocess.run(["cat", str(readable)], check=True, capture_output=True)
@@ -218,22 +222,39 @@ def _workloads(work: Path) -> dict[str, Check]:
     module = _modules(work)
     subprocess.run(["ping", "-c", "2", "-i", "0.2", "127.0.0.1"], capture_output=True)
 
-    def artifact(kind: str, match: Callable[[dict], bool], data: bytes | None) -> Check:
+    def artifact(
+        kind: str, match: Callable[[dict], bool], data: bytes | None, what: str = ""
+    ) -> Check:
+        """The last record of ``kind`` that ``match``es is complete (and holds ``data``);
+        ``what`` names it in a verdict when a kind has several."""
+        tag = f": {what}" if what else ""
+
         def check(index: list[dict], events: list[dict]) -> str:
             ours = [r for r in index if r.get("kind") == kind and match(r)]
             if not ours:
-                return "missing"
+                return "missing" + tag
             if not ours[-1].get("complete"):
-                return "incomplete: " + str(ours[-1].get("error") or ours[-1].get("missing"))
+                why = ours[-1].get("error") or ours[-1].get("missing")
+                return f"incomplete{tag}: {why}"
             if data is not None and ours[-1].get("sha256") not in (None, _sha(data)):
-                return "incomplete: another sha256"
+                return f"incomplete{tag}: another sha256"
             return "works"
+
+        return check
+
+    def every(*checks: Check) -> Check:
+        def check(index: list[dict], events: list[dict]) -> str:
+            verdicts = (one(index, events) for one in checks)
+            return next((v for v in verdicts if v != "works"), "works")
 
         return check
 
     inode = binary.stat().st_ino
     return {
-        "write": artifact("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
+        "write": every(
+            artifact("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
+            artifact("write", lambda r: r.get("source_path") == str(copied), PAYLOAD, "cp"),
+        ),
         "read": artifact("read", lambda r: r.get("source_path") == str(readable), None),
         "exec": artifact("exec", lambda r: r.get("inode") == inode, binary.read_bytes()),
         "mem": artifact("mem", lambda r: r.get("pid") == os.getpid(), page),
