@@ -73,12 +73,10 @@ static __always_inline bool tc_emit_event(__u32 kind, void *ev, __u64 size)
 #define TC_TASK_WORKS_MAX 256
 #define TC_EXEC_COPY_MAX TC_OBJ_MAX
 
-extern const void ____fput __ksym;
-
 /* The script of a #! execution. The kernel read its #! line, opened the interpreter and put
  * the script's file (exec_binprm: fput), but a task's last fput is deferred to its return to
- * user space (a task_work running ____fput), so at sched_process_exec the script's struct file
- * is still on the exec'ing task's task_works list. The list is empty when execve starts (task
+ * user space (a task_work running ____fput, whose address user space puts in cfg.fput_addr), so
+ * at sched_process_exec the script's struct file is still on the exec'ing task's task_works list. The list is empty when execve starts (task
  * works run before any return to user space) and is pushed at its head: the deepest entry
  * opened for execution (__FMODE_EXEC in f_flags) is the script; later ones are the old program's
  * executable, put when its memory went. */
@@ -120,7 +118,7 @@ static long tc_task_works_step(__u32 i, struct tc_task_works_walk *w)
     if (bpf_probe_read_kernel(&func, sizeof(func), &h->func) ||
         bpf_probe_read_kernel(&next, sizeof(next), &h->next))
         return 1;
-    if (func == (__u64)&____fput) {
+    if (cfg.fput_addr && func == cfg.fput_addr) {
         struct file *f = (void *)(w->cb - tc_file_task_work_offset());
         if (BPF_CORE_READ(f, f_flags) & TC_FMODE_EXEC_FLAG)
             w->found = (__u64)f;

@@ -486,6 +486,8 @@ struct tc_config {
     __u32 mem_bytes_per_s;   /* mem: bytes of its memory a process may have hashed or dumped per
                               * second */
     __u64 mem_hash_seed;     /* mem: random per run, so that no program can aim at a content hash */
+    __u64 fput_addr;         /* exec: ____fput's address (/proc/kallsyms), the task work of a
+                              * deferred fput; 0 = unknown (no #! script files) */
 };
 
 #endif

@@ -306,7 +306,7 @@ TC_FILE_FILTER = CStruct("tc_file_filter", (
 TC_CONFIG = CStruct("tc_config", (
     ("excluded_uid", "I"), ("scope_flags", "I"), ("filters", f"{TC_FILE_FILTER.size * 2}s"),
     ("net_ifindex", "I"), ("snaplen", "i"), ("mem_events_per_s", "I"), ("mem_bytes_per_s", "I"),
-    ("mem_hash_seed", "Q"),
+    ("mem_hash_seed", "Q"), ("fput_addr", "Q"),
 ))  # fmt: skip
 
 #: Every struct of records.h.
@@ -991,10 +991,11 @@ def encode_config(
     snaplen: int = -1,
     mem_budget: tuple[int, int] = (0, 0),
     mem_hash_seed: int = 0,
+    fput_addr: int = 0,
 ) -> bytes:
     """The .rodata block; ``mem_budget`` is (events, bytes) a process may spend per second."""
     return CONFIG.pack(excluded_uid & 0xFFFFFFFF, scope_flags, write + read, net_ifindex, snaplen,
-                       *mem_budget, mem_hash_seed)  # fmt: skip
+                       *mem_budget, mem_hash_seed, fput_addr)  # fmt: skip
 
 
 def decode_counters(per_cpu_values: list[list[int]]) -> dict[str, int]:

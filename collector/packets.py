@@ -14,6 +14,7 @@ is still published, beside the batches, while anyone subscribes to it (``legacy`
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ import msgpack
 from bpf import records
 from collector.envelopes import Outgoing
 from tracecap import bus
-from tracecap.protocols import classify
 
 #: How long a packet of an unknown socket waits for its owner.
 OWNER_WAIT_NS = 300_000_000
@@ -170,9 +170,17 @@ class PacketAssembler:
         return self._emit(pkt, (owner.pid, owner.tid, owner.ppid, owner.uid, owner.comm,
                                 owner.start_time))  # fmt: skip
 
+    @functools.cached_property
+    def _classify(self) -> Callable[[bytes], list[str]]:
+        """tracecap.protocols.classify, imported at the first packet: it brings dpkt, 60 ms of
+        the collector's start (python -X importtime) that readiness does not wait for."""
+        from tracecap.protocols import classify
+
+        return classify
+
     def _emit(self, pkt: records.Packet, who: tuple[Any, ...]) -> list[Outgoing]:
         """Add ``pkt`` of owner ``who`` (pid, tid, ppid, uid, comm, start) to the batch."""
-        protocols = classify(pkt.data)
+        protocols = self._classify(pkt.data)
         if self._filtered is not None and not self._filtered.intersection(protocols):
             self.filtered_out += 1
             return []

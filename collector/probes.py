@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from importlib import resources
@@ -26,6 +27,7 @@ from collector.cgroup_rules import (
 from collector.containers import cgroup2_root
 from collector.hooks import FILE_SYSCALLS, HOOKS, Choice, choose
 from collector.kernel_features import KernelFeatures, withheld
+from collector.kernel_symbols import KernelSymbols
 from collector.libbpf import BpfObject, possible_cpus
 from collector.ring_reader import RingReader
 from tracecap.options import RING_FLOOR_MB, Config, FileCapture
@@ -299,7 +301,7 @@ def _filter(capture: FileCapture) -> bytes:
     return records.encode_file_filter(capture.enabled, capture.paths, capture.types, capture.fds)
 
 
-def rodata_for(config: Config, excluded_uid: int, ifindex: int = 0) -> bytes:
+def rodata_for(config: Config, excluded_uid: int, ifindex: int = 0, fput_addr: int = 0) -> bytes:
     return records.encode_config(
         excluded_uid,
         scope_flags(config),
@@ -310,11 +312,33 @@ def rodata_for(config: Config, excluded_uid: int, ifindex: int = 0) -> bytes:
         mem_budget=(MEM_EVENTS_PER_S, MEM_BYTES_PER_S),
         # a secret per run: no program can shape a second stage to hash like its first
         mem_hash_seed=int.from_bytes(os.urandom(8), "little"),
+        fput_addr=fput_addr,
     )
 
 
 def _comm_key(comm: bytes) -> bytes:
     return comm[: records.COMM_LEN - 1].ljust(records.COMM_LEN, b"\0")
+
+
+#: The deferred fput's task work function: how tc_exec finds a #! script's file.
+FPUT = "____fput"
+
+
+def _fput(lookup: KernelSymbols | None) -> int:
+    """____fput's address, or 0 (no #! script files, said on stderr) when kallsyms lacks it."""
+    if lookup is None:
+        return 0
+    try:
+        addr = lookup.get(FPUT)
+    except OSError as exc:
+        raise ProbeError(f"cannot read kernel symbols: {exc}") from exc
+    if not addr:
+        print(
+            f"tracecap collector: {FPUT} not in /proc/kallsyms (or hidden by kptr_restrict): "
+            "the files of #! scripts are not captured",
+            file=sys.stderr,
+        )
+    return addr
 
 
 class KernelProbes:
@@ -331,7 +355,11 @@ class KernelProbes:
         ring_bytes: int = DEFAULT_RING_BYTES,
         *,
         features: Callable[[], frozenset[str]] = probe_features,
+        symbols: Callable[[Iterable[str]], KernelSymbols] = KernelSymbols,
     ) -> None:
+        # exec's #! scripts need ____fput's address (bpf/objects.bpf.h); read from kallsyms on
+        # a thread while the features are probed and the object opened
+        lookup = symbols([FPUT]) if "exec" in config.kinds() else None
         self._features = features()
         self.choices = choose_hooks(config, self._features)
         running = [kind for kind, choice in self.choices.items() if choice.hook]
@@ -349,7 +377,7 @@ class KernelProbes:
             self._programs = programs_for(self.choices)
             self._exits = exit_tracepoints(self.choices)
             self._obj.enable_only(self._programs)
-            self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex))
+            self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex, _fput(lookup)))
             self._ring_sizes = ring_sizes(running, ring_bytes)
             for ring, size in self._ring_sizes.items():
                 self._obj.set_max_entries(ring, size)

@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
@@ -31,6 +30,7 @@ from tracecap.subscribers import (
     Subscribers,
     frame_origin,
 )
+from tracecap.zmq_monitor import recv_event
 
 #: Messages queued per subscriber before ZeroMQ drops for that subscriber alone (so a slow tap
 #: never costs a writer anything). A writer sees a drop as a seq gap, and `tracecap run`
@@ -175,9 +175,9 @@ class Publisher:
             return
         self._next_maintain = now + SAMPLE_NS
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)
-            if event["event"] == zmq.EVENT_ACCEPTED:
-                self.peers.on_accept(event["value"], now)
+            event, fd = recv_event(self._monitor)
+            if event == zmq.EVENT_ACCEPTED:
+                self.peers.on_accept(fd, now)
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.poll_subscriptions()
         piling_up = max(b.held() for b in (self._data_budget, *self._budgets.values()))

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from tracecap import __version__, bus, kinds, options, usage
 from tracecap.frontend import supervisor_conf
-from tracecap.natsconn import NatsOptions
 from tracecap.usage import Command, Flag
 
 if TYPE_CHECKING:
+    from tracecap.natsconn import NatsOptions
     from tracecap.tools.nats_bridge import NatsBridgeConfig
 
 WRITER_KINDS = ", ".join(kinds.BY_NAME)

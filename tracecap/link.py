@@ -19,10 +19,10 @@ import os
 from collections.abc import Sequence
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from tracecap import bus
 from tracecap.keys import CurveClient
+from tracecap.zmq_monitor import recv_event
 
 #: Queue depth on our side of the pipe, in messages, unless the writer asks for another (see
 #: Writer.queue_messages). Our queue and the collector's (SEND_HWM) together absorb a burst
@@ -140,7 +140,7 @@ class BusLink:
 
     def _take_events(self, now: float) -> None:
         while self._monitor.poll(0):
-            event = recv_monitor_message(self._monitor)["event"]
+            event, _value = recv_event(self._monitor)
             if event == zmq.EVENT_DISCONNECTED:
                 self._dead_since = now
                 self._connected = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import os
@@ -38,16 +39,30 @@ class WriterFactory:
     unlimited, as in unit tests of a kind).
 
     Its signature names exactly those, so a caller can check options before anything starts.
+
+    The class's module is imported on first use: a writer process runs one kind, and the
+    others' modules (the pcap writer's dpkt among them) cost 0.1-0.2 s of its start
+    (python -X importtime), which the collector's readiness waits for on a 2-core host.
     """
 
     def __init__(self, kind: kinds.Kind) -> None:
-        self.cls = writer_class(kind.writer)
+        self._kind = kind
+
+    @functools.cached_property
+    def cls(self) -> type[Writer]:
+        return writer_class(self._kind.writer)
+
+    @functools.cached_property
+    def __signature__(self) -> Signature:
         own = inspect.signature(self.cls).parameters
-        self.__signature__ = Signature(
+        return Signature(
             [
                 Parameter("out", Parameter.POSITIONAL_OR_KEYWORD),
                 Parameter("index", Parameter.POSITIONAL_OR_KEYWORD),
-                *(own[name].replace(kind=Parameter.KEYWORD_ONLY) for name in kind.writer_options),
+                *(
+                    own[name].replace(kind=Parameter.KEYWORD_ONLY)
+                    for name in self._kind.writer_options
+                ),
                 Parameter("budget", Parameter.KEYWORD_ONLY, default=None),
             ]
         )

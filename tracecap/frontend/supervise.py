@@ -14,7 +14,7 @@ the defaults.
 from __future__ import annotations
 
 import contextlib
-import http.client
+import functools
 import json
 import math
 import os
@@ -24,15 +24,10 @@ import signal
 import subprocess
 import sys
 import time
-import xmlrpc.client
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, TextIO
-
-import zmq
-from supervisor.xmlrpc import SupervisorTransport
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from tracecap import bus
-from tracecap.frontend import tracee_json
 from tracecap.frontend.events_file import EventsFileError, open_events_file
 from tracecap.frontend.plan import Plan, make_plan
 from tracecap.frontend.rundir import (
@@ -46,6 +41,11 @@ from tracecap.options import RING_FLOOR_MB, Config
 from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.segments import Rotated, SegmentedFile
 from tracecap.stats import read_writer_stats
+
+if TYPE_CHECKING:
+    import xmlrpc.client
+
+    from tracecap.frontend import tracee_json
 
 READY_TIMEOUT_S = 60.0
 #: The environment's override of READY_TIMEOUT_S, in seconds, for a machine where loading takes
@@ -119,24 +119,40 @@ class BusFeed(Protocol):
 
 
 class XmlRpcSupervisor:
-    """supervisord's XML-RPC interface on the run directory's unix socket."""
+    """supervisord's XML-RPC interface on the run directory's unix socket.
+
+    The modules behind it (xmlrpc.client, http.client, supervisor's transport), like zmq and
+    the event printer's dpkt, are imported once supervisord is being started rather than
+    before: they are 0.1 s of the front end's start (python -X importtime), and supervisord's
+    own start overlaps them.
+    """
 
     def __init__(self, run_dir: str) -> None:
         self._socket = f"unix://{run_dir}/supervisor.sock"
 
     def _proxy(self) -> xmlrpc.client.ServerProxy:
+        import xmlrpc.client
+
+        from supervisor.xmlrpc import SupervisorTransport
+
         # a fresh connection each time: a failed request leaves the old one unusable
         return xmlrpc.client.ServerProxy(
             "http://127.0.0.1", transport=SupervisorTransport(None, None, self._socket)
         )
 
     def process_infos(self) -> list[dict[str, Any]] | None:
+        import http.client
+        import xmlrpc.client
+
         try:
             return self._proxy().supervisor.getAllProcessInfo()
         except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
             return None
 
     def start_all(self) -> bool:
+        import http.client
+        import xmlrpc.client
+
         try:
             self._proxy().supervisor.startAllProcesses(False)
         except (OSError, xmlrpc.client.Fault, http.client.HTTPException):
@@ -211,6 +227,9 @@ class ZmqFeed:
     """A SUB socket on the bus: stats, and the topics whose events are printed."""
 
     def __init__(self, endpoint: str, topics: tuple[bytes, ...]) -> None:
+        import zmq
+
+        self._zmq = zmq
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.RCVHWM, 200_000)
         sock.setsockopt(zmq.LINGER, 0)
@@ -225,8 +244,8 @@ class ZmqFeed:
             return
         while True:
             try:
-                yield self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+                yield self._sock.recv_multipart(self._zmq.NOBLOCK)
+            except self._zmq.Again:
                 return
 
     def close(self) -> None:
@@ -312,10 +331,16 @@ class Frontend:
         self.ready_timeout = ready_timeout
         self.last_stats: dict[str, Any] = {}
         self.stats_by_epoch: dict[int, dict[str, Any]] = {}
-        self.printer = tracee_json.EventPrinter(merged=config.merged_io)
         self.ready = False
         self.stopping = False
         self.live = sys.stderr.isatty()
+
+    @functools.cached_property
+    def printer(self) -> tracee_json.EventPrinter:
+        """Built at the first event to print (it imports dpkt and the schemas)."""
+        from tracecap.frontend import tracee_json
+
+        return tracee_json.EventPrinter(merged=self.config.merged_io)
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -393,8 +418,12 @@ class Frontend:
             print(f"tracecap: error: {exc}", file=sys.stderr)
             return 2
         relay = LogRelay(self.plan.log_paths, sys.stderr)
-        feed = self.subscribe(self.plan.bus_endpoint, self.plan.printer_topics)
         sup = self.launcher.start(self.plan)
+        # Joined after supervisord's start (see XmlRpcSupervisor) and before the collector can
+        # publish: the collector binds the bus after its own start, and the first stats it
+        # publishes, the one that says ready, come after it has loaded the probes. A later
+        # stats message says ready too.
+        feed = self.subscribe(self.plan.bus_endpoint, self.plan.printer_topics)
         started = self.clock()
         status = 0
         next_check = started + CHECK_INTERVAL_S

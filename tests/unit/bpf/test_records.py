@@ -41,7 +41,7 @@ def test_struct_sizes():
     assert FILE_EVENT.size == 88 + 64 + PATH_BUF + records.NAME_SLACK
     assert FILE_DATA.size == 32
     assert FILE_FILTER.size == 32 + MAX_PREFIXES * PREFIX_LEN
-    assert CONFIG.size == 8 + 2 * FILE_FILTER.size + 8 + 16
+    assert CONFIG.size == 8 + 2 * FILE_FILTER.size + 8 + 24
     assert records.SIZES["tc_file_event"] == FILE_EVENT.size
 
 
@@ -242,11 +242,13 @@ def test_encode_config():
         -1, records.SCOPE_PID | records.SCOPE_FOLLOW, write, read, net_ifindex=3, snaplen=96
     )
     assert len(raw) == CONFIG.size
-    uid, scope, filters, ifindex, snaplen, mem_events, mem_bytes, seed = CONFIG.unpack(raw)
-    assert (ifindex, snaplen, mem_events, mem_bytes, seed) == (3, 96, 0, 0, 0)
+    uid, scope, filters, ifindex, snaplen, mem_events, mem_bytes, seed, fput = CONFIG.unpack(raw)
+    assert (ifindex, snaplen, mem_events, mem_bytes, seed, fput) == (3, 96, 0, 0, 0, 0)
     assert CONFIG.unpack(records.encode_config(0, 0, write, read))[3:5] == (0, -1)
     mem = records.encode_config(0, 0, write, read, mem_budget=(64, 1 << 22), mem_hash_seed=7)
-    assert CONFIG.unpack(mem)[5:] == (64, 1 << 22, 7)
+    assert CONFIG.unpack(mem)[5:] == (64, 1 << 22, 7, 0)
+    fput = records.encode_config(0, 0, write, read, fput_addr=0xFFFFFFFF8143A2F0)
+    assert CONFIG.unpack(fput)[-1] == 0xFFFFFFFF8143A2F0
     assert uid == 0xFFFFFFFF
     assert scope == 4 | 16
     assert filters[: FILE_FILTER.size] == write
