@@ -75,11 +75,12 @@ static __always_inline bool tc_emit_event(__u32 kind, void *ev, __u64 size)
 
 /* The script of a #! execution. The kernel read its #! line, opened the interpreter and put
  * the script's file (exec_binprm: fput), but a task's last fput is deferred to its return to
- * user space (a task_work running ____fput, whose address user space puts in cfg.fput_addr), so
- * at sched_process_exec the script's struct file is still on the exec'ing task's task_works list. The list is empty when execve starts (task
- * works run before any return to user space) and is pushed at its head: the deepest entry
- * opened for execution (__FMODE_EXEC in f_flags) is the script; later ones are the old program's
- * executable, put when its memory went. */
+ * user space (a task_work running ____fput, whose address user space puts in cfg.fput_addr),
+ * so at sched_process_exec the script's struct file is still on the exec'ing task's
+ * task_works list. The list is empty when execve starts (task works run before any return to
+ * user space) and is pushed at its head: the deepest entry opened for execution (__FMODE_EXEC
+ * in f_flags) is the script; later ones are the old program's executable, put when its memory
+ * went. */
 struct tc_task_works_walk {
     __u64 cb;
     __u64 found;
