@@ -159,6 +159,7 @@ class Publisher:
         # every message of these is tracked; the other payload topics share BACKLOG_BYTES
         self._own = {topic: Backlog(mark_bytes=0) for topic in OWN_BUDGET_TOPICS}
         self._data: dict[bytes, Backlog] = {}
+        self._data_upper = 0
 
     @property
     def subscriptions(self) -> Counter[bytes]:
@@ -233,11 +234,18 @@ class Publisher:
                 send(frame, _MORE)
             send(frames[-1], _LAST)
         else:
-            # one turn of the collector's loop may publish more than BACKLOG_BYTES: a subscriber
-            # that holds them must be found while they are sent, not after
-            self.maintain()
             charge = size + len(frames[1]) + MESSAGE_OVERHEAD
-            held = backlog.held() if topic in self._own else self._data_held()
+            marker = size >= ZERO_COPY_MIN or backlog.wants_marker(charge)
+            if marker:
+                # one turn of the collector's loop may publish more than BACKLOG_BYTES: a
+                # subscriber that holds them must be found while they are sent, not after
+                self.maintain()
+            own = topic in self._own
+            # the data count is refreshed (its markers checked) only when it matters: a
+            # message costs a few microseconds, summing every topic's count one more
+            held = backlog.held() if own else self._data_upper
+            if held + charge > BACKLOG_BYTES and not own:
+                held = self._data_held()
             if held + charge > BACKLOG_BYTES:
                 self.dropped_messages += 1
                 self.dropped_bytes += size
@@ -245,16 +253,18 @@ class Publisher:
                 if notice is not None:
                     self._sock.send_multipart(bus.encode(topic, notice), flags=zmq.NOBLOCK)
                 return
-            topic_frame, env_frame, payload_frame = frames
-            self._sock.send(topic_frame, _MORE)
-            self._sock.send(env_frame, _MORE)
-            if size >= ZERO_COPY_MIN or backlog.wants_marker(charge):
+            if not own:
+                self._data_upper = held + charge
+            send = self._sock.send
+            send(frames[0], _MORE)
+            send(frames[1], _MORE)
+            if marker:
                 # an explicit Frame: send(copy=False) copies anything under zmq.COPY_THRESHOLD
                 # (64 KiB) and hands back a tracker that is already done
-                frame = zmq.Frame(payload_frame, track=True, copy=False)
-                backlog.add_marker(self._sock.send(frame, _LAST, copy=False, track=True), charge)
+                frame = zmq.Frame(frames[2], track=True, copy=False)
+                backlog.add_marker(send(frame, _LAST, copy=False, track=True), charge)
             else:
-                self._sock.send(payload_frame, _LAST)
+                send(frames[2], _LAST)
                 backlog.add_copied(charge)
         self.sent_messages += 1
         self.sent_bytes += size
@@ -271,7 +281,10 @@ class Publisher:
         return self._data_held() + sum(b.held() for b in self._own.values())
 
     def _data_held(self) -> int:
-        return sum(b.held() for b in self._data.values())
+        """What the data topics hold, their markers checked; ``_data_upper`` is this, plus
+        what was charged since (an upper bound)."""
+        self._data_upper = sum(b.held() for b in self._data.values())
+        return self._data_upper
 
     def published(self) -> dict[str, int]:
         """Messages published so far per topic (the next seq of each)."""
