@@ -93,9 +93,9 @@ class BusError(RuntimeError):
 class Publisher:
     """The one XPUB socket of a run and the only thing that sends on the bus. It stamps every
     envelope with the bus version, the run's epoch and a per-topic seq (so a subscriber sees any
-    drop as a gap), never blocks on a send, and keeps the payload bytes ZeroMQ holds under
-    BACKLOG_BYTES. ``maintain`` keeps each subscriber within its bounds (Subscribers).
-    It holds ``collector.lock`` in the run directory until ``close``.
+    drop as a gap), never blocks on a send, and keeps the data messages ZeroMQ holds under
+    BACKLOG_BYTES (collector/backlog.py). ``maintain`` keeps each subscriber within its bounds
+    (Subscribers). It holds ``collector.lock`` in the run directory until ``close``.
 
     ``exempt_uids`` are never disconnected for being slow (default: the ``tracecap`` user's
     processes started by our parent, the supervisord that runs the writers); ``socket_ops`` is
@@ -270,8 +270,8 @@ class Publisher:
         self.sent_bytes += size
 
     def backlog_room(self) -> int:
-        """Payload bytes of file and object data that can still be sent without a copy before
-        the budget drops them: what the collector reads from files on its own (binaries, module
+        """Bytes of file and object data messages that can still be sent before the budget
+        drops them: what the collector reads from files on its own (binaries, module
         files) waits for it, since unlike kernel records it can wait."""
         return max(0, BACKLOG_BYTES - self._data_held())
 
