@@ -14,12 +14,13 @@ import os
 import pwd
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
 import zmq
 
+from collector.backlog import Backlog
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.subscribers import (
@@ -39,20 +40,27 @@ from tracecap.zmq_monitor import recv_event
 #: it hit, so the queue absorbs bursts rather than drop (4000 made a flood test lose bytes the
 #: index could not list). The price is memory when a writer stays behind (NOTES.md).
 SEND_HWM = 200_000
-#: Payload bytes (of frames sent without a copy, 64 KiB and up) that ZeroMQ may still hold for
-#: subscribers that are behind. SEND_HWM counts messages, and file data travels in messages of
-#: up to 256 KiB, so it alone would let a stalled writer grow the collector by gigabytes. Past
-#: this, a large payload message is replaced by its loss notice (the same envelope with the
-#: bytes as a ``lost`` range, see bus.loss_notice; packets are skipped and show as a seq gap),
-#: and counted (``bus_dropped_*`` in stats). Only subscribers of payload topics hold such
-#: frames, so a slow `proc.` tap costs nothing.
+#: Bytes that ZeroMQ may still hold for subscribers that are behind, per budget: the payload
+#: messages of file and object data (every topic that carries payload but those in
+#: OWN_BUDGET_TOPICS). SEND_HWM counts messages, and file data travels in messages of up to
+#: 256 KiB, so it alone would let a stalled writer grow the collector by gigabytes. Large
+#: payloads are tracked one by one, copied ones by markers (collector/backlog.py). Past this, a
+#: payload message is replaced by its loss notice (the same envelope with the bytes as a
+#: ``lost`` range, see bus.loss_notice; packets are skipped and show as a seq gap), and counted
+#: (``bus_dropped_*`` in stats). Only subscribers of payload topics hold such messages, so a
+#: slow `proc.` tap costs nothing.
 BACKLOG_BYTES = 16 * 1024 * 1024
+#: Charged per payload message besides its envelope and payload: libzmq's pipe holds each of
+#: the three frames in a 64-byte msg_t, and each frame over 33 bytes (the envelope, the
+#: payload) in a malloc'd block with a 40-byte header (content_t) and malloc's own 16.
+MESSAGE_OVERHEAD = 3 * 64 + 2 * (40 + 16)
 #: At a stop, how long the collector waits for its subscribers to take what was sent to them
 #: (supervisord stops the writers only after the collector has exited, and kills it after 30 s).
 LINGER_S = 25.0
 #: Subscribers' sockets empty this long: ZeroMQ has nothing more queued for them either.
 QUIET_S = 0.1
-#: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking them).
+#: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking each of them),
+#: and a marker among them is tracked (collector/backlog.py).
 ZERO_COPY_MIN = 65536
 #: Topics whose payloads are tracked and charged to a budget of their own whatever their size.
 #: A packet batch is copied-size (at most 60 KiB), but SEND_HWM of them behind a stalled pcap
@@ -85,9 +93,9 @@ class BusError(RuntimeError):
 class Publisher:
     """The one XPUB socket of a run and the only thing that sends on the bus. It stamps every
     envelope with the bus version, the run's epoch and a per-topic seq (so a subscriber sees any
-    drop as a gap), never blocks on a send, and keeps the payload bytes ZeroMQ holds under
-    BACKLOG_BYTES. ``maintain`` keeps each subscriber within its bounds (Subscribers).
-    It holds ``collector.lock`` in the run directory until ``close``.
+    drop as a gap), never blocks on a send, and keeps the data messages ZeroMQ holds under
+    BACKLOG_BYTES (collector/backlog.py). ``maintain`` keeps each subscriber within its bounds
+    (Subscribers). It holds ``collector.lock`` in the run directory until ``close``.
 
     ``exempt_uids`` are never disconnected for being slow (default: the ``tracecap`` user's
     processes started by our parent, the supervisord that runs the writers); ``socket_ops`` is
@@ -148,8 +156,10 @@ class Publisher:
         self.sent_bytes = 0
         self.dropped_messages = 0
         self.dropped_bytes = 0
-        self._budgets = {topic: _Budget() for topic in OWN_BUDGET_TOPICS}
-        self._data_budget = _Budget()
+        # every message of these is tracked; the other payload topics share BACKLOG_BYTES
+        self._own = {topic: Backlog(mark_bytes=0) for topic in OWN_BUDGET_TOPICS}
+        self._data: dict[bytes, Backlog] = {}
+        self._data_upper = 0
 
     @property
     def subscriptions(self) -> Counter[bytes]:
@@ -180,7 +190,7 @@ class Publisher:
                 self.peers.on_accept(fd, now)
         if self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             self.poll_subscriptions()
-        piling_up = max(b.held() for b in (self._data_budget, *self._budgets.values()))
+        piling_up = max(self._data_held(), *(b.held() for b in self._own.values()))
         self.peers.sample(now, piling_up >= PRESSURE_BYTES)
 
     def subscribers(self, topic: bytes) -> int:
@@ -212,53 +222,69 @@ class Publisher:
         env["seq"] = self._seq[topic]
         self._seq[topic] += bus.seq_width(topic, env)
         size = len(payload) if payload is not None else 0
-        budget = self._budgets.get(topic)
-        if budget is None and size >= ZERO_COPY_MIN:
-            budget = self._data_budget
-        if budget is not None:
-            # one turn of the collector's loop may publish more than BACKLOG_BYTES: a subscriber
-            # that holds them must be found while they are sent, not after
-            self.maintain()
-            if budget.held() + size > BACKLOG_BYTES:
+        backlog = self._own.get(topic)
+        if backlog is None and size:
+            backlog = self._data.get(topic) or self._data.setdefault(topic, Backlog())
+        frames = bus.encode(topic, env, payload)
+        # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the
+        # subscriber sees as a gap in seq.
+        if backlog is None:
+            send = self._sock.send
+            for frame in frames[:-1]:
+                send(frame, _MORE)
+            send(frames[-1], _LAST)
+        else:
+            charge = size + len(frames[1]) + MESSAGE_OVERHEAD
+            marker = size >= ZERO_COPY_MIN or backlog.wants_marker(charge)
+            if marker:
+                # one turn of the collector's loop may publish more than BACKLOG_BYTES: a
+                # subscriber that holds them must be found while they are sent, not after
+                self.maintain()
+            own = topic in self._own
+            # the data count is refreshed (its markers checked) only when it matters: a
+            # message costs a few microseconds, summing every topic's count one more
+            held = backlog.held() if own else self._data_upper
+            if held + charge > BACKLOG_BYTES and not own:
+                held = self._data_held()
+            if held + charge > BACKLOG_BYTES:
                 self.dropped_messages += 1
                 self.dropped_bytes += size
                 notice = bus.loss_notice(topic, env, size)
                 if notice is not None:
                     self._sock.send_multipart(bus.encode(topic, notice), flags=zmq.NOBLOCK)
                 return
-        frames = bus.encode(topic, env, payload)
-        # Never block the drain loop: past the HWM ZeroMQ drops per subscriber, which the
-        # subscriber sees as a gap in seq.
-        if budget is not None:
-            # Only the payload goes without a copy: each such frame costs a round trip through
-            # pyzmq's garbage-collector thread when ZeroMQ lets go of it (measured, a frame sent
-            # and taken: 42 us of CPU at 4 KiB where a copy costs 6; a packet batch carries up
-            # to 256 packets, so this is at most 0.2 us a packet).
-            topic_frame, env_frame, payload_frame = frames
-            self._sock.send(topic_frame, zmq.NOBLOCK | zmq.SNDMORE)
-            self._sock.send(env_frame, zmq.NOBLOCK | zmq.SNDMORE)
-            # an explicit Frame: send(copy=False) copies anything under zmq.COPY_THRESHOLD
-            # (64 KiB) and hands back a tracker that is already done
-            frame = zmq.Frame(payload_frame, track=True, copy=False)
-            tracker = self._sock.send(frame, zmq.NOBLOCK, copy=False, track=True)
-            budget.add(tracker, size)
-        else:
+            if not own:
+                self._data_upper = held + charge
             send = self._sock.send
-            for frame in frames[:-1]:
-                send(frame, _MORE)
-            send(frames[-1], _LAST)
+            send(frames[0], _MORE)
+            send(frames[1], _MORE)
+            if marker:
+                # an explicit Frame: send(copy=False) copies anything under zmq.COPY_THRESHOLD
+                # (64 KiB) and hands back a tracker that is already done
+                frame = zmq.Frame(frames[2], track=True, copy=False)
+                backlog.add_marker(send(frame, _LAST, copy=False, track=True), charge)
+            else:
+                send(frames[2], _LAST)
+                backlog.add_copied(charge)
         self.sent_messages += 1
         self.sent_bytes += size
 
     def backlog_room(self) -> int:
-        """Payload bytes of file and object data that can still be sent without a copy before
-        the budget drops them: what the collector reads from files on its own (binaries, module
+        """Bytes of file and object data messages that can still be sent before the budget
+        drops them: what the collector reads from files on its own (binaries, module
         files) waits for it, since unlike kernel records it can wait."""
-        return max(0, BACKLOG_BYTES - self._data_budget.held())
+        return max(0, BACKLOG_BYTES - self._data_held())
 
     def backlog_bytes(self) -> int:
-        """Payload bytes ZeroMQ still holds in every budget (not yet taken by everyone)."""
-        return self._data_budget.held() + sum(b.held() for b in self._budgets.values())
+        """Bytes charged to every budget that ZeroMQ may still hold (not yet taken by everyone;
+        an upper bound, see collector/backlog.py)."""
+        return self._data_held() + sum(b.held() for b in self._own.values())
+
+    def _data_held(self) -> int:
+        """What the data topics hold, their markers checked; ``_data_upper`` is this, plus
+        what was charged since (an upper bound)."""
+        self._data_upper = sum(b.held() for b in self._data.values())
+        return self._data_upper
 
     def published(self) -> dict[str, int]:
         """Messages published so far per topic (the next seq of each)."""
@@ -293,24 +319,6 @@ class Publisher:
             elif now - quiet_since >= QUIET_S:
                 return
             time.sleep(0.005)
-
-
-class _Budget:
-    """Tracked payloads ZeroMQ still holds, oldest first, and their bytes."""
-
-    def __init__(self) -> None:
-        self._held: deque[tuple[zmq.MessageTracker, int]] = deque()
-        self._bytes = 0
-
-    def add(self, tracker: zmq.MessageTracker, size: int) -> None:
-        self._held.append((tracker, size))
-        self._bytes += size
-
-    def held(self) -> int:
-        """Bytes not yet released (every matching connection took them)."""
-        while self._held and self._held[0][0].done:
-            self._bytes -= self._held.popleft()[1]
-        return self._bytes
 
 
 def _writers_uid() -> list[int]:

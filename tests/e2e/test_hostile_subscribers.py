@@ -5,12 +5,15 @@ bounded memory and the writers nothing (tracecap/subscribers.py)."""
 from __future__ import annotations
 
 import grp
+import io
 import os
 import pwd
+import random
 import re
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 import time
@@ -20,8 +23,9 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.support.pipeline import Run
-from tests.support.workloads import python
+from tests.support.pipeline import Run, artifact_name, pid_of
+from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
+from tests.support.writer_harness import byte_equation
 from tracecap import bus
 
 #: What the collector may grow by under attack. Before, the subscription flood grew it from
@@ -241,3 +245,111 @@ def test_a_stalled_subscriber_costs_the_writers_nothing(tracecap, workdir: Path,
     (record,) = run.records("write")
     assert record["complete"] is True and record["missing"] == [], record
     assert (run.out_dir / record["path"]).read_bytes() == source.read_bytes()
+
+
+def rss_anon_kib(pid: int) -> int:
+    """Anonymous resident memory: the heap and ZeroMQ's queues, not the ring buffers (mapped
+    from the kernel, they count in VmRSS as the collector reads them)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"RssAnon:\s+(\d+) kB", status).group(1))
+
+
+#: What the collector may grow by behind a stalled file writer that 50,000 small files are
+#: written for: the bus budget (publisher.BACKLOG_BYTES, 16 MiB, which now counts copied
+#: messages too: 12.6 MB were counted held at the end) and the collector's own state for the
+#: files (measured: 37 MiB of growth in all). Before, ZeroMQ held every 4 KiB message with its
+#: envelope: over 200 MiB for these 50,000.
+STALLED_WRITER_GROWTH_KIB = 64 * 1024
+
+
+def test_a_stalled_file_writer_behind_small_files_costs_bounded_memory(
+    tracecap, workdir: Path
+) -> None:
+    """The file writer is stopped (SIGSTOP) while tar extracts 50,000 files of 4 KiB, each
+    one small (copied) bus message: the collector's memory grows by the bus budget at most,
+    and after SIGCONT every file is its bytes exactly, or its line lists what is missing
+    (bytes written = present + listed), or it has no line and a counted loss covers it."""
+    count, size = 50_000, 4096
+    archive = workdir / "small.tar"
+    rng = random.Random(31)
+    with tarfile.open(archive, "w") as tar:
+        for i in range(count):
+            info = tarfile.TarInfo(f"f{i}")
+            info.size, info.mode = size, 0o644
+            tar.addfile(info, io.BytesIO(rng.randbytes(size)))
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    run = tracecap("--capture", f"write={wdir}/*")
+    collector, writer = collector_pid(run), pid_of(run, "writer-file")
+    feed = StatsFeed(run)
+    before = peak = rss_anon_kib(collector)
+    os.kill(writer, signal.SIGSTOP)
+    try:
+        tar_x = subprocess.Popen(["tar", "-xf", str(archive), "-C", str(wdir)])
+        deadline = time.monotonic() + WORKLOAD_TIMEOUT_S
+        while tar_x.poll() is None:
+            assert time.monotonic() < deadline, "tar did not finish"
+            peak = max(peak, rss_anon_kib(collector))
+            time.sleep(0.05)
+        assert tar_x.returncode == 0
+        for _ in range(40):  # what the collector still drains from its ring
+            peak = max(peak, rss_anon_kib(collector))
+            time.sleep(0.05)
+        stats = feed.next()
+    finally:
+        os.kill(writer, signal.SIGCONT)
+        feed.close()
+    index = run.out_dir / "index.jsonl"
+    last, since = -1, time.monotonic()
+    while time.monotonic() - since < 3.0:  # the writer catches up, then the index is quiet
+        size_now = index.stat().st_size if index.exists() else 0
+        if size_now != last:
+            last, since = size_now, time.monotonic()
+        time.sleep(0.2)
+    assert pid_of(run, "writer-file") == writer, "the writer was restarted"
+    run.stop()
+    assert run.returncode == 0, run.stderr[-2000:]
+    coll = stats["collector"]
+    print(f"stalled file writer: collector RssAnon {before} -> peak {peak} KiB; {coll}")
+    rng = random.Random(31)
+    by_path = {r["path"]: r for r in run.records("write")}
+    complete = listed = unrecorded = missing = 0
+    short: list[dict[str, Any]] = []  # lines that know of fewer bytes than were written
+    for i in range(count):
+        data, target = rng.randbytes(size), wdir / f"f{i}"
+        record = by_path.get(f"host/{artifact_name('write', target)}")
+        if record is None:
+            unrecorded += 1
+            continue
+        stored = run.out_dir / "host" / artifact_name("write", target)
+        artifact = stored.read_bytes() if stored.exists() else b""
+        try:
+            figures = byte_equation(data, artifact, record["missing"])
+        except AssertionError:
+            short.append(record)
+            continue
+        if record["complete"]:
+            assert artifact == data, record
+            complete += 1
+        else:
+            listed += 1
+            missing += figures["listed"]
+    counted = sum(
+        int(m.group(1))
+        for p in (r"kernel ring buffer (\d+) records", r"bus gaps (\d+) messages")
+        if (m := re.search(p, run.stderr))
+    )
+    print(f"{complete} complete, {listed} listed ({missing} bytes), {unrecorded} without a line")
+    summary = re.search(r"tracecap: summary: .*", run.stderr)
+    print(f"{len(short)} lines short of the bytes written: {short[:3]}; {summary and summary[0]}")
+    assert complete + listed + unrecorded + len(short) == count
+    # a line that knows of fewer bytes than were written lost a whole write's record in the
+    # kernel ring without a span that names it (NOTES.md, Issue 16 part 4: seen once in
+    # 50,000 files, `complete: true` at 512 of 4096 bytes): covered by a counted loss, as a
+    # file with no line at all
+    assert unrecorded + len(short) <= counted, run.stderr[-2000:]
+    # the writer held far more than the budget back: the budget, not the HWM, bounded it
+    assert listed + unrecorded > 0, coll
+    # what the collector replaced by loss notices is among what the lines list
+    assert missing >= coll["bus_dropped_bytes"], coll
+    assert peak - before < STALLED_WRITER_GROWTH_KIB, f"collector grew {before} -> {peak} KiB"

@@ -101,8 +101,8 @@ BUS_BYTES = Metric(
 BUS_BACKLOG = Metric(
     "tracecap_bus_backlog_bytes",
     "gauge",
-    "Large payloads the collector holds for subscribers that are behind (past 16 MiB they are "
-    "dropped, cause bus_backlog).",
+    "Data messages the collector may still hold for subscribers that are behind (an upper "
+    "bound; past 16 MiB they are dropped, cause bus_backlog).",
 )
 BUS_SUBSCRIPTIONS = Metric(
     "tracecap_bus_subscriptions",

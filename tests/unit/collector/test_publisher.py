@@ -14,6 +14,7 @@ import msgpack
 import pytest
 import zmq
 
+from collector.backlog import MARK_BYTES
 from collector.publisher import BACKLOG_BYTES, ZERO_COPY_MIN, Publisher
 from tracecap import bus
 from tracecap import subscribers as subs
@@ -109,12 +110,78 @@ def test_large_packets_that_do_not_fit_are_a_seq_gap(pub: Publisher) -> None:
     sock.close()
 
 
-def test_small_payloads_are_not_held_against_the_budget(pub: Publisher) -> None:
-    sock = subscriber(pub, b"file.write.", rcvhwm=1)
-    for i in range(200):
-        pub.publish(bus.TOPIC_FILE_WRITE, {"i": i}, b"x" * (ZERO_COPY_MIN - 1))
-    assert pub.backlog_bytes() == 0 and pub.dropped_messages == 0
-    assert len(drain(sock)) == 200
+def test_small_payloads_behind_a_stalled_subscriber_become_loss_notices(pub: Publisher) -> None:
+    """Copied payloads count against the budget too (collector/backlog.py): behind a writer
+    that stops reading, the collector's count never passes BACKLOG_BYTES, what did not fit
+    goes out as notices naming exactly its bytes, and bytes sent = present + listed."""
+    sock = subscriber(pub, b"file.write.", rcvhwm=1)  # never reads until the end
+    size = 4096
+    sent = 2 * BACKLOG_BYTES // size
+    for i in range(sent):
+        pub.publish(bus.TOPIC_FILE_WRITE, {"off": i * size}, bytes([i % 251]) * size)
+        assert pub.backlog_bytes() <= BACKLOG_BYTES
+    assert 0 < pub.dropped_messages < sent
+    assert pub.dropped_bytes == pub.dropped_messages * size
+    received = drain(sock)
+    assert [env["seq"] for env, _ in received] == list(range(sent))
+    present = missing = 0
+    for env, payload in received:
+        i = env["off"] // size
+        if payload is None:
+            assert env["lost"] == [[env["off"], env["off"] + size]]
+            missing += size
+        else:
+            assert "lost" not in env and payload == bytes([i % 251]) * size
+            present += size
+    assert missing == pub.dropped_bytes
+    assert present + missing == sent * size
+    # taken by the reader: all but the messages after the last marker are released
+    maintain_until(pub, lambda: pub.backlog_bytes() <= MARK_BYTES)
+    sock.close()
+
+
+def test_small_payloads_leave_the_count_once_taken(pub: Publisher) -> None:
+    """A reader that keeps up: nothing is dropped however much is sent, and a large payload
+    (tracked itself) releases the copied ones before it."""
+    sock = subscriber(pub, b"file.write.", rcvhwm=100_000)
+    got: list[int] = []
+
+    def read() -> None:
+        while sock.poll(2000):
+            frames = sock.recv_multipart()
+            got.append(len(frames[2]))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    sent = 3 * BACKLOG_BYTES // 4096
+    for i in range(sent):
+        pub.publish(bus.TOPIC_FILE_WRITE, {"off": i * 4096}, bytes(4096))
+        while pub.backlog_bytes() > BACKLOG_BYTES // 2:
+            time.sleep(0.001)  # as the collector's ring drain does (backlog_room)
+    pub.publish(bus.TOPIC_FILE_WRITE, {"off": sent * 4096}, bytes(ZERO_COPY_MIN))
+    thread.join(30)
+    assert pub.dropped_messages == 0
+    assert got == [4096] * sent + [ZERO_COPY_MIN]
+    maintain_until(pub, lambda: pub.backlog_bytes() == 0)
+    sock.close()
+
+
+def test_a_marker_held_by_a_subscriber_that_leaves_is_released(pub: Publisher) -> None:
+    """Its connection closed, ZeroMQ drops what it queued for it, markers included."""
+    sock = subscriber(pub, b"file.", rcvhwm=1)
+    for i in range(4 * MARK_BYTES // 4096):
+        pub.publish(bus.TOPIC_FILE_WRITE, {"off": i * 4096}, bytes(4096))
+    assert pub.backlog_bytes() > 2 * MARK_BYTES
+    sock.close()
+    maintain_until(pub, lambda: pub.backlog_bytes() <= MARK_BYTES)
+
+
+def test_a_stalled_subscriber_of_other_topics_holds_no_payload(pub: Publisher) -> None:
+    sock = subscriber(pub, b"proc.", rcvhwm=1)
+    for i in range(2 * BACKLOG_BYTES // 4096):
+        pub.publish(bus.TOPIC_FILE_WRITE, {"off": i * 4096}, bytes(4096))
+    assert pub.dropped_messages == 0
+    maintain_until(pub, lambda: pub.backlog_bytes() <= MARK_BYTES)
     sock.close()
 
 
