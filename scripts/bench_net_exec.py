@@ -212,6 +212,8 @@ def ratio_text(tc: Sequence[Trial], td: Sequence[Trial]) -> str:
     ratio = f"{tc_lo.reached / td_lo.reached:.2f}x"
     tc_hi, td_hi = lowest_lossy(tc), lowest_lossy(td)
     sender = "; tcpdump lost nothing: the sender bounds it" if td_hi is None else ""
+    if tc_hi is None and td_hi is None:
+        return f"{ratio} of the sender's rates (neither lost a packet: the sender bounds both)"
     if tc_hi is None:
         return f"at least {ratio} (tracecap lost nothing: the sender bounds it{sender})"
     return f"{ratio} (tracecap lossy at {tc_hi.reached / td_lo.reached:.2f}x{sender})"
@@ -254,10 +256,24 @@ def count_bench_packets(pcap: Path) -> int:
     return sum(1 for line in shown.stdout.splitlines() if "UDP, length 100" in line)
 
 
-def run_py(code: str, *args: str, cpus: set[int] | None = None) -> float:
+def run_py(code: str, *args: str) -> float:
     done = subprocess.run([PY, "-c", textwrap.dedent(code), *args], capture_output=True,
-                          text=True, check=True, timeout=600, preexec_fn=pinned(cpus))  # fmt: skip
+                          text=True, check=True, timeout=600)  # fmt: skip
     return float(done.stdout.strip().splitlines()[-1])
+
+
+def flood(n: int, rate: float | None, cpus: set[int] | None) -> tuple[float, float]:
+    """Send ``n`` datagrams at ``rate`` (None: unpaced): the wall seconds and the sender's CPU
+    seconds, user and system (its share of the kernel's per-packet work, BPF programs included,
+    is counted there: loopback delivers in the sender's context)."""
+    proc = subprocess.Popen([PY, "-c", textwrap.dedent(UDP_FLOOD), str(n), str(rate or 0)],
+                            stdout=subprocess.PIPE, text=True, preexec_fn=pinned(cpus))  # fmt: skip
+    out = proc.stdout.read() if proc.stdout else ""
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"the UDP sender failed ({proc.returncode})")
+    return float(out.split()[-1]), usage.ru_utime + usage.ru_stime
 
 
 def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
@@ -265,12 +281,12 @@ def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
     tc = Tracecap(workdir, "--capture", "network", "--capture", "pcap-snaplen:headers",
                   cpus=capture)  # fmt: skip
     try:
-        seconds = run_py(UDP_FLOOD, str(n), str(rate or 0), cpus=sender)
+        seconds, cpu = flood(n, rate, sender)
         time.sleep(1.0)
     finally:
         summary = tc.stop()
     seen = count_bench_packets(tc.out / "pcap" / "single.pcap")
-    r = {"sent": n, "seconds": seconds, "pps": n / seconds, "expected": 2 * n,
+    r = {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu, "expected": 2 * n,
          "captured": seen, "losses": kernel_losses(summary), "gaps": bus_gaps(summary)}  # fmt: skip
     r["lossless"] = r["losses"] == 0 and r["gaps"] == 0 and seen == 2 * n
     return r
@@ -288,7 +304,7 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict
     )
     time.sleep(1.5)
     try:
-        seconds = run_py(UDP_FLOOD, str(n), str(rate or 0), cpus=sender)
+        seconds, cpu = flood(n, rate, sender)
         time.sleep(1.0)
     finally:
         dump.send_signal(signal.SIGINT)
@@ -297,7 +313,7 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict
     dropped = int(found.group(1)) if found else -1
     seen = count_bench_packets(out)
     out.unlink(missing_ok=True)
-    return {"sent": n, "seconds": seconds, "pps": n / seconds, "captured": seen,
+    return {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu, "captured": seen,
             "dropped": dropped, "lossless": dropped == 0 and seen == n}  # fmt: skip
 
 
@@ -311,7 +327,8 @@ def packet_round(workdir: Path, n: int, pins: Pins) -> tuple[list[Trial], list[T
             lost = (f"dropped by kernel {r['dropped']}" if "dropped" in r
                     else f"kernel ring losses {r['losses']}, bus gaps {r['gaps']}")  # fmt: skip
             expected = r.get("expected", n)
-            print(f"    {name} {asked:>16}: reached {r['pps']:,.0f}/s, "
+            print(f"    {name} {asked:>16}: reached {r['pps']:,.0f}/s "
+                  f"({r['cpu'] / n * 1e6:.1f} us sender CPU a datagram), "
                   f"{r['captured']}/{expected} in pcap, {lost}"
                   f"{'  LOSSLESS' if r['lossless'] else ''}", flush=True)  # fmt: skip
             return Trial(rate, r["pps"], r["lossless"])

@@ -102,7 +102,8 @@ def test_ratio_texts() -> None:
     )
     td_lossy = [bn.Trial(None, 120_000, False), bn.Trial(60_000, 100_000, True)]
     assert bn.ratio_text(tc, td_lossy) == "0.50x (tracecap lossy at 0.75x)"
-    assert bn.ratio_text(td, td).startswith("at least 1.00x")
+    assert bn.ratio_text(td, td).startswith("1.00x of the sender's rates (neither lost")
+    assert bn.ratio_text(tc[1:2], td_lossy).startswith("at least 0.50x (tracecap lost nothing")
     assert bn.ratio_text([bn.Trial(None, 1_500, False)], td).startswith("not comparable")
 
 
