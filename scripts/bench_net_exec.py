@@ -31,6 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from collector.probes import PACKET_RING_BYTES
+from tracecap.options import mem_total_kib, ring_mb_for_memory
+
 PY = sys.executable
 #: The CPU the UDP sender is pinned to, and the CPUs of the capture under test (tcpdump or
 #: tracecap's processes, which inherit it): on the 2-core bench machine an unpinned sender
@@ -262,6 +265,29 @@ def run_py(code: str, *args: str) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user and system) so far of ``root`` and every live descendant of it
+    (tracecap's supervisor, collector and writers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        spent[pid] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, cpu in spent.items():
+        p = pid
+        while p > 1 and p != root:
+            p = parent.get(p, 0)
+        total += cpu if p == root else 0.0
+    return total
+
+
 def flood(n: int, rate: float | None, cpus: set[int] | None) -> tuple[float, float]:
     """Send ``n`` datagrams at ``rate`` (None: unpaced): the wall seconds and the sender's CPU
     seconds, user and system (its share of the kernel's per-packet work, BPF programs included,
@@ -281,22 +307,33 @@ def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
     tc = Tracecap(workdir, "--capture", "network", "--capture", "pcap-snaplen:headers",
                   cpus=capture)  # fmt: skip
     try:
+        before = tree_cpu(tc.proc.pid)
         seconds, cpu = flood(n, rate, sender)
         time.sleep(1.0)
+        capture_cpu = tree_cpu(tc.proc.pid) - before
     finally:
         summary = tc.stop()
     seen = count_bench_packets(tc.out / "pcap" / "single.pcap")
-    r = {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu, "expected": 2 * n,
+    r = {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu,
+         "capture_cpu": capture_cpu, "expected": 2 * n,
          "captured": seen, "losses": kernel_losses(summary), "gaps": bus_gaps(summary)}  # fmt: skip
     r["lossless"] = r["losses"] == 0 and r["gaps"] == 0 and seen == 2 * n
     return r
+
+
+def packet_ring_kib() -> int:
+    """The packet ring tracecap gets on this host (collector/probes.py ring_sizes, with
+    ``--ring-mb`` from the host's memory), which tcpdump gets as its buffer (``-B``): the
+    same room for a burst, so the search compares how fast each drains it."""
+    mem = mem_total_kib(Path("/proc/meminfo").read_text())
+    return max(PACKET_RING_BYTES, ring_mb_for_memory(mem) << 20) >> 10
 
 
 def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
     sender, capture = pins
     out = workdir / f"tcpdump-{time.monotonic_ns()}.pcap"
     dump = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-w", str(out), "-B", "16384", "udp"],
+        ["tcpdump", "-i", "lo", "-w", str(out), "-B", str(packet_ring_kib()), "udp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -304,8 +341,10 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict
     )
     time.sleep(1.5)
     try:
+        before = tree_cpu(dump.pid)
         seconds, cpu = flood(n, rate, sender)
         time.sleep(1.0)
+        capture_cpu = tree_cpu(dump.pid) - before
     finally:
         dump.send_signal(signal.SIGINT)
         _, err = dump.communicate(timeout=30)
@@ -313,7 +352,8 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict
     dropped = int(found.group(1)) if found else -1
     seen = count_bench_packets(out)
     out.unlink(missing_ok=True)
-    return {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu, "captured": seen,
+    return {"sent": n, "seconds": seconds, "pps": n / seconds, "cpu": cpu,
+            "capture_cpu": capture_cpu, "captured": seen,
             "dropped": dropped, "lossless": dropped == 0 and seen == n}  # fmt: skip
 
 
@@ -328,7 +368,8 @@ def packet_round(workdir: Path, n: int, pins: Pins) -> tuple[list[Trial], list[T
                     else f"kernel ring losses {r['losses']}, bus gaps {r['gaps']}")  # fmt: skip
             expected = r.get("expected", n)
             print(f"    {name} {asked:>16}: reached {r['pps']:,.0f}/s "
-                  f"({r['cpu'] / n * 1e6:.1f} us sender CPU a datagram), "
+                  f"(CPU a datagram: sender {r['cpu'] / n * 1e6:.1f} us, "
+                  f"capture {r['capture_cpu'] / n * 1e6:.1f} us), "
                   f"{r['captured']}/{expected} in pcap, {lost}"
                   f"{'  LOSSLESS' if r['lossless'] else ''}", flush=True)  # fmt: skip
             return Trial(rate, r["pps"], r["lossless"])
@@ -409,7 +450,8 @@ def main() -> int:
         pins = pinning()
         where = (f"sender on CPU {sorted(pins[0])}, capture on CPU {sorted(pins[1])}"
                  if pins[0] else "not pinned (fewer than 2 usable CPUs)")  # fmt: skip
-        print(f"\nnetwork: UDP, 100-byte payloads on loopback, {n:,} a flood, {where}; rates "
+        print(f"\nnetwork: UDP, 100-byte payloads on loopback, {n:,} a flood, {where}, "
+              f"tcpdump -B {packet_ring_kib()} (tracecap's packet ring); rates "
               "are datagrams sent a second, as the sender reached them (tracecap sees each "
               "twice, out and in; tcpdump -i lo once)")  # fmt: skip
         table = []
