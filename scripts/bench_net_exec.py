@@ -41,6 +41,9 @@ PY = sys.executable
 #: 110,979 beside tcpdump (NOTES.md, issue 16), so the ratio measured the sender.
 SENDER_CPUS = {1}
 CAPTURE_CPUS = {0}
+#: Ring space of one bench packet (collector/probes.py PACKET_RING_BYTES): an 88-byte
+#: record, 28 bytes of IPv4 and UDP headers, the ring's 8-byte header.
+RING_PACKET_BYTES = 128
 #: The bisection stops when the lowest lossy rate is within this fraction of the highest
 #: lossless one.
 WITHIN = 0.05
@@ -433,12 +436,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer and smaller runs")
     parser.add_argument("--rounds", type=int, help="packet rounds (default 3, with --quick 1)")
     parser.add_argument("--packets-only", action="store_true", help="only the packet rounds")
+    parser.add_argument("--datagrams", type=int, help="datagrams a flood (default 100,000, "
+                        "with --quick 20,000); more than the packet ring holds measures a "
+                        "sustained rate rather than a burst")  # fmt: skip
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     if os.geteuid() != 0 or not shutil.which("tracecap"):
         print("bench: run as root after `make setup`", file=sys.stderr)
         return 2
-    n = 20_000 if args.quick else 100_000
+    n = args.datagrams or (20_000 if args.quick else 100_000)
     workdir = Path(tempfile.mkdtemp(prefix="tcbench-"))
     workdir.chmod(0o755)  # the writers run as the tracecap user
     # `make bench` runs this right after the write benchmark: without this, the kernel would
@@ -454,6 +460,11 @@ def main() -> int:
               f"tcpdump -B {packet_ring_kib()} (tracecap's packet ring); rates "
               "are datagrams sent a second, as the sender reached them (tracecap sees each "
               "twice, out and in; tcpdump -i lo once)")  # fmt: skip
+        if 2 * n * RING_PACKET_BYTES <= packet_ring_kib() << 10:
+            print("  (a flood fits in tracecap's packet ring whole: this measures a burst; "
+                  "--datagrams above "
+                  f"{(packet_ring_kib() << 10) // (2 * RING_PACKET_BYTES):,} measures a "
+                  "sustained rate)")  # fmt: skip
         table = []
         for k in range(args.rounds):
             print(f"  round {k + 1}:", flush=True)
