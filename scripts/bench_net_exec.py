@@ -305,10 +305,10 @@ def flood(n: int, rate: float | None, cpus: set[int] | None) -> tuple[float, flo
     return float(out.split()[-1]), usage.ru_utime + usage.ru_stime
 
 
-def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
+def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb: int) -> dict:
     sender, capture = pins
     tc = Tracecap(workdir, "--capture", "network", "--capture", "pcap-snaplen:headers",
-                  cpus=capture)  # fmt: skip
+                  "--ring-mb", str(ring_mb), cpus=capture)  # fmt: skip
     try:
         before = tree_cpu(tc.proc.pid)
         seconds, cpu = flood(n, rate, sender)
@@ -324,19 +324,23 @@ def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
     return r
 
 
-def packet_ring_kib() -> int:
-    """The packet ring tracecap gets on this host (collector/probes.py ring_sizes, with
-    ``--ring-mb`` from the host's memory), which tcpdump gets as its buffer (``-B``): the
-    same room for a burst, so the search compares how fast each drains it."""
-    mem = mem_total_kib(Path("/proc/meminfo").read_text())
-    return max(PACKET_RING_BYTES, ring_mb_for_memory(mem) << 20) >> 10
+def host_ring_mb() -> int:
+    """The ``--ring-mb`` tracecap gives itself on this host (from its memory)."""
+    return ring_mb_for_memory(mem_total_kib(Path("/proc/meminfo").read_text()))
 
 
-def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict:
+def packet_ring_kib(ring_mb: int) -> int:
+    """The packet ring tracecap gets with ``--ring-mb`` (collector/probes.py ring_sizes),
+    which tcpdump gets as its buffer (``-B``): the same room for a burst, so the search
+    compares how fast each drains it."""
+    return max(PACKET_RING_BYTES, ring_mb << 20) >> 10
+
+
+def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb: int) -> dict:
     sender, capture = pins
     out = workdir / f"tcpdump-{time.monotonic_ns()}.pcap"
     dump = subprocess.Popen(
-        ["tcpdump", "-i", "lo", "-w", str(out), "-B", str(packet_ring_kib()), "udp"],
+        ["tcpdump", "-i", "lo", "-w", str(out), "-B", str(packet_ring_kib(ring_mb)), "udp"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -360,12 +364,14 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins) -> dict
             "dropped": dropped, "lossless": dropped == 0 and seen == n}  # fmt: skip
 
 
-def packet_round(workdir: Path, n: int, pins: Pins) -> tuple[list[Trial], list[Trial]]:
+def packet_round(
+    workdir: Path, n: int, pins: Pins, ring_mb: int
+) -> tuple[list[Trial], list[Trial]]:
     """One round: tcpdump's search, then tracecap's, each trial printed as it ends."""
 
     def traced(name: str, run: Callable[..., dict]) -> Callable[[float | None], Trial]:
         def trial(rate: float | None) -> Trial:
-            r = run(workdir, n, rate, pins)
+            r = run(workdir, n, rate, pins, ring_mb)
             asked = "unpaced" if rate is None else f"asked {rate:,.0f}/s"
             lost = (f"dropped by kernel {r['dropped']}" if "dropped" in r
                     else f"kernel ring losses {r['losses']}, bus gaps {r['gaps']}")  # fmt: skip
@@ -436,6 +442,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer and smaller runs")
     parser.add_argument("--rounds", type=int, help="packet rounds (default 3, with --quick 1)")
     parser.add_argument("--packets-only", action="store_true", help="only the packet rounds")
+    parser.add_argument("--ring-mb", type=int, help="tracecap's --ring-mb for the packet "
+                        "rounds, and tcpdump's -B to match (default: from the host's memory, "
+                        "as tracecap sizes it)")  # fmt: skip
     parser.add_argument("--datagrams", type=int, help="datagrams a flood (default 100,000, "
                         "with --quick 20,000); more than the packet ring holds measures a "
                         "sustained rate rather than a burst")  # fmt: skip
@@ -454,21 +463,24 @@ def main() -> int:
     try:
         print(f"machine: {os.cpu_count()} cpus, kernel {os.uname().release}")
         pins = pinning()
+        ring_mb = args.ring_mb or host_ring_mb()
+        ring_kib = packet_ring_kib(ring_mb)
         where = (f"sender on CPU {sorted(pins[0])}, capture on CPU {sorted(pins[1])}"
                  if pins[0] else "not pinned (fewer than 2 usable CPUs)")  # fmt: skip
         print(f"\nnetwork: UDP, 100-byte payloads on loopback, {n:,} a flood, {where}, "
-              f"tcpdump -B {packet_ring_kib()} (tracecap's packet ring); rates "
+              f"tracecap --ring-mb {ring_mb}, tcpdump -B {ring_kib} (tracecap's packet ring); "
+              "rates "
               "are datagrams sent a second, as the sender reached them (tracecap sees each "
               "twice, out and in; tcpdump -i lo once)")  # fmt: skip
-        if 2 * n * RING_PACKET_BYTES <= packet_ring_kib() << 10:
+        if 2 * n * RING_PACKET_BYTES <= ring_kib << 10:
             print("  (a flood fits in tracecap's packet ring whole: this measures a burst; "
                   "--datagrams above "
-                  f"{(packet_ring_kib() << 10) // (2 * RING_PACKET_BYTES):,} measures a "
+                  f"{(ring_kib << 10) // (2 * RING_PACKET_BYTES):,} measures a "
                   "sustained rate)")  # fmt: skip
         table = []
         for k in range(args.rounds):
             print(f"  round {k + 1}:", flush=True)
-            td, tc = packet_round(workdir, n, pins)
+            td, tc = packet_round(workdir, n, pins, ring_mb)
             table.append((td, tc))
             print(f"    tcpdump -w: {threshold_text(td)}")
             print(f"    tracecap:   {threshold_text(tc)}")

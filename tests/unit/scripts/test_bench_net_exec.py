@@ -113,3 +113,8 @@ def test_pinning_needs_both_cpus() -> None:
         assert (sender, cap) == (bn.SENDER_CPUS, bn.CAPTURE_CPUS)
     else:
         assert (sender, cap) == (None, None)
+
+
+def test_tcpdump_gets_tracecaps_packet_ring() -> None:
+    assert bn.packet_ring_kib(128) == 128 << 10
+    assert bn.packet_ring_kib(1) == bn.PACKET_RING_BYTES >> 10  # the packet ring's floor
