@@ -487,6 +487,8 @@ class PcapWriter(Writer):
         self._log = log or RateLimitedLog("tracecap-writer[pcap]")
         self._files: dict[str, PcapFile] = {}
         self._contexts: dict[tuple, tuple[tuple[PcapFile, ...], bytes]] = {}
+        #: the last context taken and its key (``_take``); holding the dict keeps its id unique
+        self._last_key: tuple[Mapping[str, Any] | None, tuple | None] = (None, None)
         self._fds: FdCache[str] = FdCache(max_open)
         self._window: ReorderWindow[Held] = ReorderWindow(reorder_window_ns, reorder_max_bytes)
         self._clock = clock
@@ -551,7 +553,12 @@ class PcapWriter(Writer):
         """One packet: ``ctx`` holds its context keys (its whole envelope, or its batch
         context), ``origin`` its bus message's epoch, topic and seq."""
         try:
-            key: tuple | None = tuple(map(ctx.get, _CONTEXT_KEYS))
+            # a batch's packets share their context's dict: its key is built once (building
+            # it was 20% of the writer's samples at 22,000 datagrams/s, NOTES.md issue 16)
+            last_ctx, key = self._last_key
+            if ctx is not last_ctx:
+                key = tuple(map(ctx.get, _CONTEXT_KEYS))
+                self._last_key = (ctx, key)
             known = self._contexts.get(key)
         except TypeError:  # an unhashable value where a string belongs: parse_packet says what
             key, known = None, None

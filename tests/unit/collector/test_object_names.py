@@ -137,6 +137,15 @@ def test_ring_sizes_follow_the_kinds_on():
     assert writes[probes.BpfMap.OBJ_RB] == probes.PROC_RING_BYTES
 
 
+def test_the_packet_ring_is_as_large_as_the_file_ring_and_never_below_its_floor():
+    net = options.parse_args(["--capture", "network"]).kinds()
+    assert probes.ring_sizes(net, 128 << 20)[probes.BpfMap.PKT_RB] == 128 << 20
+    assert probes.ring_sizes(net, 1 << 20)[probes.BpfMap.PKT_RB] == probes.PACKET_RING_BYTES
+    # not captured: one page whatever --ring-mb says
+    writes = options.parse_args(["--capture", "write"]).kinds()
+    assert probes.ring_sizes(writes, 128 << 20)[probes.BpfMap.PKT_RB] == probes.UNUSED_RING_BYTES
+
+
 #: write's shared-mapping programs at the tracepoints and their fentry/fexit twins
 #: (bpf/mappings_fentry.bpf.h); the exit (tc_map_exit, tp_btf) is on both hooks.
 MAPPING_TWINS = {
