@@ -215,8 +215,17 @@ class Publisher:
                 self.poll_subscriptions()
 
     def publish(
-        self, topic: bytes, env: dict[str, Any], payload: bytes | bytearray | None = None
+        self,
+        topic: bytes,
+        env: dict[str, Any],
+        payload: bytes | bytearray | None = None,
+        *,
+        waited: bool = False,
     ) -> None:
+        """Send one message. ``waited``: its sender waited for ``backlog_room`` first (the
+        collector's own reads of files), so it is charged but never dropped for the budget:
+        the room is counted in payload bytes, and a message's envelope and overhead
+        (MESSAGE_OVERHEAD) would otherwise push the last ones of a pump over it."""
         env["v"] = bus.VERSION
         env["epoch"] = self.epoch
         env["seq"] = self._seq[topic]
@@ -244,9 +253,9 @@ class Publisher:
             # the data count is refreshed (its markers checked) only when it matters: a
             # message costs a few microseconds, summing every topic's count one more
             held = backlog.held() if own else self._data_upper
-            if held + charge > BACKLOG_BYTES and not own:
+            if held + charge > BACKLOG_BYTES and not own and not waited:
                 held = self._data_held()
-            if held + charge > BACKLOG_BYTES:
+            if held + charge > BACKLOG_BYTES and not waited:
                 self.dropped_messages += 1
                 self.dropped_bytes += size
                 notice = bus.loss_notice(topic, env, size)

@@ -471,9 +471,9 @@ class Collector:
             return False
         budget = min(FILE_BUDGET_PER_POLL, self._pub.backlog_room())
         out = self._files.pump(budget)
-        self._send(out)
+        self._send(out, waited=True)
         used = sum(len(m.payload) for m in out if m.payload)
-        self._send(self._readback.pump(max(budget - used, 0)))
+        self._send(self._readback.pump(max(budget - used, 0)), waited=True)
         return True
 
     def _send_dropped(self) -> None:
@@ -481,15 +481,15 @@ class Collector:
         now = self._clock.time_ns()
         self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
 
-    def _send(self, out: list[Outgoing]) -> None:
+    def _send(self, out: list[Outgoing], waited: bool = False) -> None:
         """Publish, with what the runtime said of the message's container (name, image, pod:
-        collector/enricher.py) added to its envelope."""
+        collector/enricher.py) added to its envelope; ``waited`` as in Publisher.publish."""
         known = self._enricher.keys
         for msg in self._held.take(out):
             container_id = msg.env.get("container_id")
             if container_id:
                 msg.env.update(known(container_id))
-            self._pub.publish(msg.topic, msg.env, msg.payload)
+            self._pub.publish(msg.topic, msg.env, msg.payload, waited=waited)
 
     def stats_env(self) -> dict[str, Any]:
         """The stats message: the kernel's counters (summed, and drops per CPU), the

@@ -98,6 +98,26 @@ def test_large_payloads_behind_a_stalled_subscriber_become_loss_notices(pub: Pub
     sock.close()
 
 
+def test_what_waited_for_room_is_sent_though_its_overhead_passes_the_budget(
+    pub: Publisher,
+) -> None:
+    """The collector's own reads take as many payload bytes as ``backlog_room`` says; each
+    message also carries its envelope and MESSAGE_OVERHEAD, which must not drop the last."""
+    sock = subscriber(pub, b"exec.", rcvhwm=1)  # never reads until the end
+    size = 1 << 20
+    while (room := pub.backlog_room()) >= size:
+        pub.publish(bus.TOPIC_EXEC, {"obj_off": 0}, bytearray(size), waited=True)
+    assert pub.dropped_messages == 0 and 0 <= room < size
+    pub.publish(bus.TOPIC_EXEC, {"obj_off": 0}, bytearray(size), waited=True)
+    assert pub.dropped_messages == 0 and pub.backlog_room() == 0
+    assert pub.backlog_bytes() > BACKLOG_BYTES  # charged: nothing else gets in meanwhile
+    pub.publish(bus.TOPIC_EXEC, {"obj_off": 0}, bytearray(size))
+    assert pub.dropped_messages == 1
+    received = drain(sock)
+    assert [p is not None for _, p in received] == [True] * pub.sent_messages + [False]
+    sock.close()
+
+
 def test_large_packets_that_do_not_fit_are_a_seq_gap(pub: Publisher) -> None:
     sock = subscriber(pub, b"net.packet.", rcvhwm=1)
     size = 1 << 20

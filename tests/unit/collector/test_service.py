@@ -259,7 +259,9 @@ class FakePublisher:
         self.dropped_messages = self.dropped_bytes = 0
         self.maintained = 0
 
-    def publish(self, topic: bytes, env: dict[str, Any], payload: Any = None) -> None:
+    def publish(
+        self, topic: bytes, env: dict[str, Any], payload: Any = None, *, waited: bool = False
+    ) -> None:
         self.sent.append(Sent(topic, env, payload))
         self.log.append(self.sent[-1])
         self.sent_messages += 1
