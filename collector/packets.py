@@ -38,7 +38,7 @@ MAX_BATCH_PACKETS = 256
 #: Packed bytes of a batch's contexts (one per owner, cgroup and direction in it).
 MAX_CONTEXT_BYTES = 32 * 1024
 #: Captured bytes per batch: under publisher.ZERO_COPY_MIN, so that ZeroMQ copies a batch (its
-#: bytes still count against the batches' own budget, publisher.OWN_BUDGET_TOPICS). A packet
+#: bytes still count against the batches' own budget, publisher.OWN_BUDGETS). A packet
 #: bigger than this (pcap-snaplen:max) goes in a batch of its own.
 MAX_BATCH_PAYLOAD = 60 * 1024
 #: The common keys of a batch: the batch itself is nobody's (its packets name their owners).

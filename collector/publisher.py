@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from collector.backlog import Backlog
+from collector.backlog import MARK_BYTES, Backlog
 from tracecap import bus
 from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.subscribers import (
@@ -42,7 +42,7 @@ from tracecap.zmq_monitor import recv_event
 SEND_HWM = 200_000
 #: Bytes that ZeroMQ may still hold for subscribers that are behind, per budget: the payload
 #: messages of file and object data (every topic that carries payload but those in
-#: OWN_BUDGET_TOPICS). SEND_HWM counts messages, and file data travels in messages of up to
+#: OWN_BUDGETS). SEND_HWM counts messages, and file data travels in messages of up to
 #: 256 KiB, so it alone would let a stalled writer grow the collector by gigabytes. Large
 #: payloads are tracked one by one, copied ones by markers (collector/backlog.py). Past this, a
 #: payload message is replaced by its loss notice (the same envelope with the bytes as a
@@ -62,11 +62,13 @@ QUIET_S = 0.1
 #: Smaller payloads are copied into ZeroMQ's own messages (cheaper than tracking each of them),
 #: and a marker among them is tracked (collector/backlog.py).
 ZERO_COPY_MIN = 65536
-#: Topics whose payloads are tracked and charged to a budget of their own whatever their size.
-#: A packet batch is copied-size (at most 60 KiB), but SEND_HWM of them behind a stalled pcap
-#: writer would be up to 12 GB. Its own budget, so that a stalled pcap writer (never
-#: disconnected) cannot take the file data's room and starve the file writer.
-OWN_BUDGET_TOPICS = frozenset({bus.TOPIC_NET_PACKETS})
+#: Topics charged to a budget of their own (BACKLOG_BYTES each), with the bytes between two
+#: markers (collector/backlog.py; 0: every message tracked). A packet batch is copied-size (at
+#: most 60 KiB), but SEND_HWM of them behind a stalled pcap writer would be up to 12 GB; the
+#: single packets go only to third-party subscribers. Their own budgets, so that neither a
+#: stalled pcap writer (never disconnected) nor a stalled tap of packets takes the file data's
+#: room and starves the file writer.
+OWN_BUDGETS = {bus.TOPIC_NET_PACKETS: 0, bus.TOPIC_NET_PACKET: MARK_BYTES}
 #: Past this much of BACKLOG_BYTES, a subscriber whose socket takes nothing more is what holds
 #: the payloads: it is disconnected after subscribers.STALL_NS rather than make every
 #: subscriber of the topic lose the next payloads (writers' uid excepted, see subscribers.py).
@@ -156,8 +158,8 @@ class Publisher:
         self.sent_bytes = 0
         self.dropped_messages = 0
         self.dropped_bytes = 0
-        # every message of these is tracked; the other payload topics share BACKLOG_BYTES
-        self._own = {topic: Backlog(mark_bytes=0) for topic in OWN_BUDGET_TOPICS}
+        # budgets of their own (OWN_BUDGETS); the other payload topics share BACKLOG_BYTES
+        self._own = {topic: Backlog(mark) for topic, mark in OWN_BUDGETS.items()}
         self._data: dict[bytes, Backlog] = {}
         self._data_upper = 0
 

@@ -227,6 +227,21 @@ def test_packet_batches_behind_a_stalled_writer_are_bounded_by_their_own_budget(
     sock.close()
 
 
+def test_single_packets_behind_a_stalled_tap_are_bounded_by_their_own_budget(
+    pub: Publisher,
+) -> None:
+    """`net.packet.` goes only to third-party subscribers: a tap that stops reading is bounded
+    like anything else, on a budget of its own, so the file data's room is untouched."""
+    sock = subscriber(pub, bus.TOPIC_NET_PACKET, rcvhwm=1)  # never reads until the end
+    size = 1500
+    for _ in range(2 * BACKLOG_BYTES // size):
+        pub.publish(bus.TOPIC_NET_PACKET, {"ts": 0}, bytes(size))
+    assert pub.dropped_messages > 0
+    assert pub.backlog_bytes() <= BACKLOG_BYTES
+    assert pub.backlog_room() == BACKLOG_BYTES
+    sock.close()
+
+
 @pytest.mark.parametrize(
     ("topic", "env", "lost"),
     [
