@@ -9,14 +9,14 @@ Module takes its images from the kernel's own buffer where fentry loads on the L
 hooks ("kernel_read_file_fentry", "kernel_read_file": the attempt from fentry on the module
 syscalls or from their tracepoints), and from the syscalls' arguments otherwise.
 Write, read, mem, module and bpf run on fentry/fexit on their syscalls' functions where the
-kernel offers them, before the syscall tracepoints: measured in the 6.1 guest (NOTES.md, "Issue 19:
-what fentry saves"), a real program out of scope (compileall) ran at 1.27x its untraced time
-with the fentry hooks and 2.06x with the tracepoints. Any program on a syscall tracepoint sets
-TIF_SYSCALL_TRACEPOINT on every task, so a kind on fentry attaches none (write's shared
-mappings follow its hook), and a run on such a kernel attaches no syscall tracepoint at all
-(NOTES.md "Issue 19: no syscall tracepoint left"). Module's last fallback
-is the raw syscall tracepoints, on a kernel built without module support; exec and network
-have one hook each.
+kernel offers them, before the syscall tracepoints: measured in the 6.1 guest on a quiet host
+(NOTES.md, "State (session 12)"), 300,000 writes and reads out of scope ran at 1.97x their
+untraced time with the fentry hooks and 2.31x with the tracepoints. Any program on a syscall
+tracepoint sets TIF_SYSCALL_TRACEPOINT on every task, so a kind on fentry attaches none
+(write's shared mappings follow its hook), and a run on such a kernel attaches no syscall
+tracepoint at all (NOTES.md "Issue 19: no syscall tracepoint left"). Module's last fallback is
+the raw syscall tracepoints, on a kernel built without module support; exec and network have
+one hook each.
 """
 
 from __future__ import annotations
