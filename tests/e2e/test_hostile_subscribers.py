@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.support.pipeline import Run, artifact_name, pid_of
+from tests.support.pipeline import Run, pid_of, whole_messages_lost, written_files
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 from tests.support.writer_harness import byte_equation
 from tracecap import bus
@@ -311,18 +311,12 @@ def test_a_stalled_file_writer_behind_small_files_costs_bounded_memory(
     assert run.returncode == 0, run.stderr[-2000:]
     coll = stats["collector"]
     print(f"stalled file writer: collector RssAnon {before} -> peak {peak} KiB; {coll}")
-    rng = random.Random(31)
-    by_path = {r["path"]: r for r in run.records("write")}
     complete = listed = unrecorded = missing = 0
     short: list[dict[str, Any]] = []  # lines that know of fewer bytes than were written
-    for i in range(count):
-        data, target = rng.randbytes(size), wdir / f"f{i}"
-        record = by_path.get(f"host/{artifact_name('write', target)}")
+    for data, record, artifact in written_files(run, wdir, count, size, seed=31):
         if record is None:
             unrecorded += 1
             continue
-        stored = run.out_dir / "host" / artifact_name("write", target)
-        artifact = stored.read_bytes() if stored.exists() else b""
         try:
             figures = byte_equation(data, artifact, record["missing"])
         except AssertionError:
@@ -334,11 +328,7 @@ def test_a_stalled_file_writer_behind_small_files_costs_bounded_memory(
         else:
             listed += 1
             missing += figures["listed"]
-    counted = sum(
-        int(m.group(1))
-        for p in (r"kernel ring buffer (\d+) records", r"bus gaps (\d+) messages")
-        if (m := re.search(p, run.stderr))
-    )
+    counted = whole_messages_lost(run.stderr)
     print(f"{complete} complete, {listed} listed ({missing} bytes), {unrecorded} without a line")
     summary = re.search(r"tracecap: summary: .*", run.stderr)
     print(f"{len(short)} lines short of the bytes written: {short[:3]}; {summary and summary[0]}")

@@ -21,7 +21,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.pipeline import RESTART_TIMEOUT_S, Run, artifact_name, pid_of, wait_until
+from tests.support.pipeline import (
+    RESTART_TIMEOUT_S,
+    Run,
+    artifact_name,
+    pid_of,
+    wait_until,
+    whole_messages_lost,
+    written_files,
+)
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
 from tests.support.writer_harness import byte_equation
 
@@ -290,10 +298,6 @@ def test_many_small_files_do_not_grow_the_file_writer(tracecap, workdir: Path) -
     assert len(records) == 20_000 and all(r["complete"] for r in records)
 
 
-#: Losses the summary counts that can take a whole small file with them (its only message).
-_WHOLE_MESSAGE_LOSSES = (r"kernel ring buffer (\d+) records", r"bus gaps (\d+) messages")
-
-
 def test_a_burst_of_small_files_is_captured_or_its_loss_counted(tracecap, workdir: Path) -> None:
     """5,000 files of 4 KiB, each its own bytes, written by one process as fast as it can:
     every file's artifact is its bytes exactly, or its line lists what is missing (the byte
@@ -312,25 +316,18 @@ def test_a_burst_of_small_files_is_captured_or_its_loss_counted(tracecap, workdi
     settle(run)
     run.stop()
     assert run.returncode == 0, run.stderr[-2000:]
-    rng = random.Random(17)
-    by_path = {r["path"]: r for r in run.records("write")}
     complete = listed = unrecorded = 0
-    for i in range(count):
-        data, target = rng.randbytes(size), wdir / f"f{i}"
-        record = by_path.get(f"host/{artifact_name('write', target)}")
+    for data, record, artifact in written_files(run, wdir, count, size, seed=17):
         if record is None:
             unrecorded += 1
             continue
-        stored = run.out_dir / "host" / artifact_name("write", target)
-        figures = byte_equation(
-            data, stored.read_bytes() if stored.exists() else b"", record["missing"]
-        )
+        figures = byte_equation(data, artifact, record["missing"])
         if record["complete"]:
-            assert figures["present"] == size and stored.read_bytes() == data, record
+            assert figures["present"] == size and artifact == data, record
             complete += 1
         else:
             listed += 1
-    counted = sum(int(m.group(1)) for p in _WHOLE_MESSAGE_LOSSES if (m := re.search(p, run.stderr)))
+    counted = whole_messages_lost(run.stderr)
     print(
         f"{complete} complete, {listed} with losses listed, {unrecorded} without a line; "
         f"{counted} ring records and bus messages lost"

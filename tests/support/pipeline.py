@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -95,6 +97,34 @@ class Run:
             if r.get("kind") == kind:
                 current[r.get("path") or id(r)] = r
         return list(current.values())
+
+
+def written_files(
+    run: Run, wdir: Path, count: int, size: int, seed: int
+) -> Iterator[tuple[bytes, dict | None, bytes]]:
+    """What write capture made of ``wdir``/f0 ... f<count - 1>, written in turn with
+    ``size`` bytes of random.Random(``seed``).randbytes each (the small-file workloads): per
+    file its bytes, its current index record (None without one) and its artifact's bytes (b""
+    when there is none)."""
+    rng = random.Random(seed)
+    by_path = {r["path"]: r for r in run.records("write")}
+    for i in range(count):
+        data = rng.randbytes(size)
+        name = artifact_name("write", wdir / f"f{i}")
+        record = by_path.get(f"host/{name}")
+        stored = run.out_dir / "host" / name
+        artifact = stored.read_bytes() if record is not None and stored.exists() else b""
+        yield data, record, artifact
+
+
+#: The summary's counts of whole messages lost: a kernel ring record or a bus message may
+#: have been a file's only one, so such a file has no line at all.
+_WHOLE_MESSAGE_LOSSES = (r"kernel ring buffer (\d+) records", r"bus gaps (\d+) messages")
+
+
+def whole_messages_lost(stderr: str) -> int:
+    """Kernel ring records and bus messages lost, as `tracecap run`'s summary counts them."""
+    return sum(int(m.group(1)) for p in _WHOLE_MESSAGE_LOSSES if (m := re.search(p, stderr)))
 
 
 def hex64() -> str:
