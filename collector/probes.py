@@ -196,9 +196,10 @@ OBJECT_RING_BYTES = 8 << 20
 #: sized from the host's memory). A packet of pcap-snaplen:headers UDP takes 128 bytes of
 #: ring (an 88-byte record, 28 bytes of headers, the ring's 8-byte header), so 16 MiB holds
 #: 131,072 packets: 0.7 s of a 100,000 datagrams/s loopback flood (each seen twice). The
-#: collector and the pcap writer need 5.4 us of CPU a packet together (NOTES.md, issue 16),
-#: and on a shared CPU they are off it for longer than that: a 100,000-datagram flood at
-#: 34,000/s lost 40,275 packets in 16 MiB while the collector had 0.58 s of CPU in its 5 s.
+#: collector and the pcap writer need 12-13 us of CPU a packet together near their lossless
+#: rate (bench_net_exec on a quiet host, NOTES.md "State (session 12)"), and on a shared
+#: CPU they are off it for longer than that: a 100,000-datagram flood at 34,000/s lost 40,275
+#: packets in 16 MiB while the collector had 0.58 s of CPU in its 5 s.
 PACKET_RING_BYTES = 16 << 20
 UNUSED_RING_BYTES = 4096
 #: The object ring also carries every capture's fork and exit records (bpf/procs.bpf.h, 112
