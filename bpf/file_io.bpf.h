@@ -74,18 +74,29 @@ struct {
     __type(value, struct tc_io_stream);
 } io_streams SEC(".maps");
 
-/* Drained (read and deleted) by the collector every second. */
+/* Two halves of 16,384 entries (tc_drop_key.side): the collector drains, every second, the
+ * half that stopped taking losses a second before, then makes it the one that takes them. */
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
+    __uint(max_entries, 32768);
     __type(key, struct tc_drop_key);
     __type(value, struct tc_drop_val);
 } file_drops SEC(".maps");
 
+/* Which half of file_drops takes new losses (0 or 1), set by the collector. */
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} drop_side SEC(".maps");
+
 /* `key`'s entry in file_drops, made if need be; NULL when the table is full (counted). */
-static __always_inline struct tc_drop_val *tc_drop_entry(const struct tc_drop_key *key,
-                                                         bool append)
+static __always_inline struct tc_drop_val *tc_drop_entry(struct tc_drop_key *key, bool append)
 {
+    __u32 zero = 0;
+    __u32 *side = bpf_map_lookup_elem(&drop_side, &zero);
+    key->side = side ? *side & 1 : 0;
     struct tc_drop_val *v = bpf_map_lookup_elem(&file_drops, key);
     if (v)
         return v;

@@ -448,12 +448,16 @@ enum tc_adopt_result {
 };
 
 /* Key and value of the `file_drops` map: syscalls whose event could not be sent (ring buffer
- * full), so that the collector can still tell which artifact lost which bytes. */
+ * full), so that the collector can still tell which artifact lost which bytes. `side` is the
+ * half of the map the entry belongs to (the `drop_side` map says which half takes new losses):
+ * the collector drains only the half it switched away from a drain earlier, so no program is
+ * still adding to an entry it reads and deletes. */
 struct tc_drop_key {
     __u64 inode;
     __u64 cgroup_id;
     __u32 dev;
-    __u32 direction;
+    __u16 direction;
+    __u16 side;
 };
 
 struct tc_drop_val {

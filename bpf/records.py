@@ -293,7 +293,7 @@ TC_SOCK_ADOPT = CStruct("tc_sock_adopt", (
     ("uid", "I"), ("in_scope", "I"), ("result", "I"), ("_pad", "I"), ("comm", f"{COMM_LEN}s"),
 ))  # fmt: skip
 TC_DROP_KEY = CStruct("tc_drop_key", (
-    ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "I"),
+    ("inode", "Q"), ("cgroup_id", "Q"), ("dev", "I"), ("direction", "H"), ("side", "H"),
 ))  # fmt: skip
 TC_DROP_VAL = CStruct("tc_drop_val", (
     ("bytes", "Q"), ("lo", "Q"), ("hi", "Q"), ("ios", "Q"), ("append", "I"), ("unsized", "I"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as ct
 import functools
 import os
+from collections.abc import Callable
 
 _vp = ct.c_void_p
 _PRINT_FN = ct.CFUNCTYPE(ct.c_int, ct.c_int, ct.c_char_p, _vp)
@@ -228,22 +229,35 @@ class BpfObject:
             return None
         return v.raw
 
-    def drain(self, map_name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
-        """Read and delete every entry of a hash map (entries added meanwhile stay for later)."""
-        return self._entries(map_name, key_size, value_size, delete=True)
+    def drain(
+        self,
+        map_name: str,
+        key_size: int,
+        value_size: int,
+        select: Callable[[bytes], bool] | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Read and delete every entry of a hash map whose key ``select`` takes (all without
+        it; entries added meanwhile stay for later)."""
+        return self._entries(map_name, key_size, value_size, delete=True, select=select)
 
     def entries(self, map_name: str, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
         """Read every entry of a hash map."""
         return self._entries(map_name, key_size, value_size, delete=False)
 
     def _entries(
-        self, map_name: str, key_size: int, value_size: int, delete: bool
+        self,
+        map_name: str,
+        key_size: int,
+        value_size: int,
+        delete: bool,
+        select: Callable[[bytes], bool] | None = None,
     ) -> list[tuple[bytes, bytes]]:
         fd = self.map_fd(map_name)
         keys = []
         cur, nxt = None, ct.create_string_buffer(key_size)
         while self._lib.bpf_map_get_next_key(fd, cur, nxt) == 0:
-            keys.append(nxt.raw)
+            if select is None or select(nxt.raw):
+                keys.append(nxt.raw)
             cur = ct.create_string_buffer(nxt.raw, key_size)
         out = []
         for key in keys:

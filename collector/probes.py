@@ -11,6 +11,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 from importlib import resources
@@ -53,6 +54,7 @@ class BpfMap(StrEnum):
     CGROUP_STATES = "cgroup_states"
     COUNTERS = "counters"
     FILE_DROPS = "file_drops"
+    DROP_SIDE = "drop_side"
     MEM_PROCS = "mem_procs"
     MEM_COUNTERS = "mem_counters"
 
@@ -60,6 +62,12 @@ class BpfMap(StrEnum):
 def _syscall_programs(syscalls: Iterable[str], sides: tuple[str, str]) -> frozenset[str]:
     return frozenset(f"tc_{side}_{sc}" for sc in syscalls for side in sides)
 
+
+#: Where tc_drop_key.side lies in a key (little-endian: its low byte).
+_DROP_SIDE_AT = records.TC_DROP_KEY.offsets["side"]
+#: At stop, between switching file_drops' halves and draining the one just left: a program that
+#: read the old side finishes within microseconds.
+DROP_SIDE_SETTLE_S = 0.01
 
 #: A syscall's pair of programs at its tracepoints, or at fentry/fexit on its function
 #: (bpf/file_io_fentry.bpf.h: the same bodies).
@@ -397,6 +405,8 @@ class KernelProbes:
             self.close()
             raise
         self._ncpu = possible_cpus()
+        #: The half of file_drops taking losses (the drop_side map starts zeroed).
+        self._drop_side = 0
 
     def attach(self) -> None:
         """Attach every loaded program. Loading (the verifier's work, most of the start-up
@@ -508,9 +518,27 @@ class KernelProbes:
         found = (records.decode_mem_skipped(k, v) for k, v in entries)
         return [s for s in found if s.skipped_events or s.skipped_dumps]
 
-    def dropped_ios(self) -> list[records.DroppedIo]:
-        """Files that lost syscalls with their events since the last call."""
-        entries = self._obj.drain(BpfMap.FILE_DROPS, records.DROP_KEY.size, records.DROP_VAL.size)
+    def dropped_ios(self, final: bool = False) -> list[records.DroppedIo]:
+        """Files that lost syscalls with their events: the half of file_drops that stopped
+        taking losses at the previous call (so no program still adds to an entry that is read
+        and deleted), which then takes them again. A loss is reported one or two calls after
+        it happened. ``final``: both halves, the second after DROP_SIDE_SETTLE_S."""
+        drops = self._drain_idle_drops()
+        if final:
+            time.sleep(DROP_SIDE_SETTLE_S)
+            drops += self._drain_idle_drops()
+        return drops
+
+    def _drain_idle_drops(self) -> list[records.DroppedIo]:
+        idle = self._drop_side ^ 1
+        entries = self._obj.drain(
+            BpfMap.FILE_DROPS,
+            records.DROP_KEY.size,
+            records.DROP_VAL.size,
+            select=lambda key: key[_DROP_SIDE_AT] & 1 == idle,
+        )
+        self._obj.update(BpfMap.DROP_SIDE, struct.pack("<I", 0), struct.pack("<I", idle))
+        self._drop_side = idle
         return [records.decode_dropped_io(k, v) for k, v in entries]
 
     @property

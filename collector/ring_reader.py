@@ -153,6 +153,14 @@ class Ring:
         """Whether records (complete or not) wait in the ring."""
         return self._producer_pos[0] > self._consumer_pos[0]
 
+    def produced(self) -> int:
+        """The producer position: every record reserved so far lies below it."""
+        return int(self._producer_pos[0])
+
+    def consumed(self) -> int:
+        """The consumer position: every record below it has been handed to the callback."""
+        return int(self._consumer_pos[0])
+
     def close(self) -> None:
         for view in (self._consumer_pos, self._producer_pos, self._words, self._view):
             view.release()
@@ -202,6 +210,14 @@ class RingReader:
         """Whether any ring holds records not yet drained (left there by a budget, or arrived
         since the drain)."""
         return any(ring.pending() for ring, _ in self._rings)
+
+    def mark(self) -> tuple[int, ...]:
+        """Where each ring's producer is now: ``reached`` says when every record reserved
+        before this call has been handed over."""
+        return tuple(ring.produced() for ring, _ in self._rings)
+
+    def reached(self, mark: tuple[int, ...]) -> bool:
+        return all(ring.consumed() >= at for (ring, _), at in zip(self._rings, mark, strict=True))
 
     def held_back(self) -> bool:
         """Whether the last drain left records in a ring for want of budget: the loop then

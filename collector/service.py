@@ -20,6 +20,7 @@ from typing import Any
 from bpf import records
 from collector.cgroup_rules import RuleError
 from collector.containers import CgroupResolver, read_rules
+from collector.drop_notices import HeldDrops
 from collector.enricher import ContainerEnricher
 from collector.envelopes import Outgoing, context_env, proc_env
 from collector.exec_files import ExecFile, exec_plan
@@ -139,6 +140,7 @@ class Collector:
         self._enricher = enricher if enricher is not None else ContainerEnricher()
         container_of = self._containers.container_of
         self._assembler = FileAssembler(self._boot_to_epoch, container_of)
+        self._held_drops = HeldDrops()
         self._objects = ObjectAssembler()
         self._held = HeldImages()
         self._files = FileStreamer()
@@ -476,10 +478,20 @@ class Collector:
         self._send(self._readback.pump(max(budget - used, 0)), waited=True)
         return True
 
-    def _send_dropped(self) -> None:
-        assert self._probes is not None
-        now = self._clock.time_ns()
-        self._send([self._assembler.on_dropped(d, now) for d in self._probes.dropped_ios()])
+    def _send_dropped(self, final: bool = False) -> None:
+        """Drain the kernel's loss table; its notices wait for the records the rings held
+        before them (collector/drop_notices.py). ``final``: the rings are drained for good, so
+        both halves of the table are taken and every notice goes out."""
+        assert self._probes is not None and self._ring is not None
+        self._held_drops.add(self._probes.dropped_ios(final), self._ring.mark())
+        self._release_drops(force=final)
+
+    def _release_drops(self, force: bool = False) -> None:
+        assert self._ring is not None
+        drops = self._held_drops.release(self._ring.reached, force)
+        if drops:
+            now = self._clock.time_ns()
+            self._send([self._assembler.on_dropped(d, now) for d in drops])
 
     def _send(self, out: list[Outgoing], waited: bool = False) -> None:
         """Publish, with what the runtime said of the message's container (name, image, pod:
@@ -524,6 +536,7 @@ class Collector:
                 "decode_errors": self.counters["decode_errors"],
                 "orphan_chunks": self._assembler.orphan_chunks + self._objects.orphan_chunks,
                 "orphan_ios": self._assembler.orphan_ios,
+                "drop_notices_early": self._held_drops.early,
                 "streams_evicted": self._assembler.streams_evicted,
                 "lost_bytes": self._assembler.lost_bytes + self._objects.lost_bytes,
                 "lost_unsized": self._assembler.lost_unsized,
@@ -566,6 +579,8 @@ class Collector:
                 waiting = self._streams_pending or ring.held_back()
                 ring.poll(0 if self._can_stream() else 1 if waiting else POLL_MS)
                 self._send(self._assembler.flush_runs())
+                if self._held_drops:
+                    self._release_drops()
                 self._stream_files()
                 self._send(self._packets.expire(monotonic_ns()))
                 self._pub.maintain()
@@ -592,7 +607,7 @@ class Collector:
                     self._clock.sleep(0.001)  # the writers are still taking what was sent
             if ring.pending():
                 ring.consume(bounded=False)
-            self._send_dropped()
+            self._send_dropped(final=True)
             self._send(self._mem_skipped())
             self._send(self._assembler.expire(monotonic_ns(), force=True))
             self._send(self._assembler.announce_extents())

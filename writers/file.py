@@ -123,7 +123,8 @@ class FileWriter(Writer):
         self._next_checkpoint = 0.0
         #: The last bus gap per direction and when it was seen (GAP_WINDOW_SECONDS).
         self._last_gap: dict[str, tuple[list[int], float]] = {}
-        #: Existing files met without a usable index line, by key, until their first message.
+        #: Existing files met without a usable index line, by key, with their size (0 too),
+        #: until their first message.
         self._unknown_sizes: dict[_Key, int] = {}
         #: (end, generation) of the RELEASED_ENDS artifacts released last, newest last.
         self._released_ends: OrderedDict[_Key, tuple[int, int | None]] = OrderedDict()
@@ -191,7 +192,8 @@ class FileWriter(Writer):
 
         An existing file with no usable index line (beyond the scan, never written) is noted
         in ``_unknown_sizes``: the new artifact made for it never presents those bytes as
-        captured."""
+        captured, nor itself as complete (an earlier line may have listed bytes missing that
+        this one cannot repeat; an empty file is one whose every message was a loss)."""
         art = self._artifacts.get(key)
         if art is not None:
             return art
@@ -223,21 +225,22 @@ class FileWriter(Writer):
             art = None
         if art is None:
             self.counters["rebuild_misses"] += 1
-            if st.st_size:
-                self._unknown_sizes[key] = st.st_size
+            self._unknown_sizes[key] = st.st_size
             return None
         self.counters["rebuilt"] += 1
         self._artifacts[key] = art
         return art
 
     def _new(self, key: _Key, direction: str, env: dict[str, Any], now: float) -> FileArtifact:
-        """A new artifact; uncertain (see ``FileArtifact.mark_uncertain``) when its file held
-        bytes no index line describes, or when a bus gap of its direction was just seen."""
+        """A new artifact; uncertain (see ``FileArtifact.mark_uncertain``) when its file
+        existed with no index line found for it (then its history is unknown too), or when a
+        bus gap of its direction was just seen."""
         subdir, name = key
         art = FileArtifact(f"{subdir}/{name}", direction, bool(env["append"]), env, now)
-        size = self._unknown_sizes.pop(key, 0)
-        if size:
+        size = self._unknown_sizes.pop(key, None)
+        if size is not None:
             art.mark_uncertain()
+            art.history_unknown = True
             if not art.append:
                 art.reach(size)
         recent = self._last_gap.get(direction)

@@ -113,6 +113,10 @@ class FileArtifact:
         #: Transfers lost whose byte count is unknown (bus ``lost_unsized``): no range names
         #: them, so the artifact is incomplete by that many transfers beyond ``missing``.
         self.lost_unsized = 0
+        #: Its file existed with no index line found for it (beyond the index scan): what an
+        #: earlier line listed missing, possibly past ``end``, is not repeated here, so it is
+        #: never complete again.
+        self.history_unknown = False
         self._pending: OrderedDict[int, _PendingIo] = OrderedDict()
         self._recent: RecentKeys[int] = RecentKeys(_RECENT_IOS)
         self.last_activity = now
@@ -235,7 +239,13 @@ class FileArtifact:
         rec.update(
             size=size,
             sha256=sha256,
-            complete=not (missing or self.bus_gaps or self.interrupted or self.lost_unsized),
+            complete=not (
+                missing
+                or self.bus_gaps
+                or self.interrupted
+                or self.lost_unsized
+                or self.history_unknown
+            ),
             missing=[[s, e] for s, e in missing.ranges()],
             end=self.end,
             last_ts=self.last_ts,
@@ -251,6 +261,8 @@ class FileArtifact:
             rec["interrupted"] = True
         if self.lost_unsized:
             rec["lost_unsized"] = self.lost_unsized
+        if self.history_unknown:
+            rec["history_unknown"] = True
         for source, ranges in self.obtained.items():
             rec[source] = [[s, e] for s, e in ranges.ranges()]
         return rec
@@ -270,6 +282,7 @@ class FileArtifact:
             or self.uncertain
             or self.interrupted
             or self.lost_unsized
+            or self.history_unknown
             or self.obtained
             or self._pending
         ) and (self.last_ts == self.first_ts)
@@ -335,6 +348,7 @@ class FileArtifact:
             # an incomplete line may have lost bytes it could not name: holes stay missing
             art.uncertain = rec.get("complete") is not True
             art.interrupted = rec.get("interrupted") is True
+            art.history_unknown = rec.get("history_unknown") is True
             unsized = rec.get("lost_unsized", 0)
             if type(unsized) is not int or unsized < 0:
                 raise ValueError("lost_unsized must be a non-negative integer")

@@ -113,6 +113,30 @@ def test_the_reader_drains_a_ring_with_a_budget_within_it_unless_told_otherwise(
     reader.close()
 
 
+def test_a_mark_is_reached_once_every_record_reserved_before_it_is_handed_over():
+    """What a loss notice waits for (collector/drop_notices.py): the records every ring held
+    when the kernel's loss table was drained, a record still being written included."""
+    bounded, free = FakeKernel(4096), FakeKernel(4096)
+    room = [16]
+    reader = RingReader()
+    reader._rings += [(bounded.ring(), lambda: room[0]), (free.ring(), None)]
+    for n in range(2):
+        bounded.put(payload(8, n))
+    busy = free.put(payload(8, 9), flags=BUSY_BIT)
+    mark = reader.mark()
+    bounded.put(b"after the mark")
+    assert not reader.reached(mark)
+    reader.consume()  # one of the two within the budget; the busy one stops its ring
+    assert not reader.reached(mark)
+    room[0] = 4096
+    reader.consume()
+    assert not reader.reached(mark)  # still being written
+    free.commit(busy)
+    reader.consume()
+    assert reader.reached(mark) and bounded.seen[-1] == b"after the mark"
+    reader.close()
+
+
 def test_a_discarded_record_is_skipped_but_consumed():
     k = FakeKernel(4096)
     k.put(b"kept-1")

@@ -496,6 +496,30 @@ def test_an_existing_file_without_an_index_line_is_never_called_whole(h: Harness
     assert rec["complete"] is False and rec["missing"] == [[0, 100]]
 
 
+def test_a_file_known_only_by_a_loss_whose_line_is_out_of_reach_is_never_complete(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loss notice can reach the writer before the file's first bytes (the collector drains
+    the kernel's loss table while the bytes still wait in the ring): the notice's line lists
+    [512, 4096) missing and leaves an empty file. When the bytes come after that line is out
+    of the index scan's reach, the new line cannot repeat what it listed: it says so
+    (``history_unknown``) and is not complete, where it used to claim 512 of 4096 bytes whole."""
+    h.send(None, file_env(off=512, io_id=1 << 60, io_len=3584, lost=[[512, 4096]]))
+    h.idle()
+    assert h.latest(W)["missing"] == [[512, 4096]] and h.writer._artifacts == {}
+    monkeypatch.setattr(h.index, "find_last", lambda needle, accept: None)  # scrolled away
+    h.io(b"A" * 512, off=0, io_id=1)
+    h.idle()
+    rec = h.latest(W)
+    assert h.writer.counters["rebuild_misses"] == 1
+    assert (rec["complete"], rec["history_unknown"], rec["size"]) == (False, True, 512)
+    monkeypatch.undo()
+    h.io(b"B", off=4096, io_id=2)  # rebuilt from that line: still not complete
+    h.idle()
+    rec = h.latest(W)
+    assert (rec["complete"], rec.get("history_unknown")) == (False, True)
+
+
 def test_an_index_line_that_cannot_be_written_keeps_the_artifact_and_is_retried(
     tmp_path: Path,
 ) -> None:
