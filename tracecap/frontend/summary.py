@@ -74,6 +74,10 @@ def summary_line(
     unsized = ""
     if coll.get("lost_unsized"):
         unsized = f", transfers lost of unknown size {coll['lost_unsized']}"
+    # syscalls lost in the ring when the kernel's loss table was full: no artifact names them
+    unnamed = kernel_sum(".drop_table_full")
+    if unnamed:
+        unsized += f", syscalls lost naming no file (loss table full) {unnamed}"
     # not a loss: packets that reached the pcap writer after their place in time was written
     late = ""
     if any("late_packets" in w.get("counters", {}) for w in writers.values()):

@@ -74,6 +74,13 @@ def test_summary_says_how_many_transfers_were_lost_of_unknown_size():
     assert "unknown size" not in summary_line({"kernel": {}, "collector": {"lost_unsized": 0}}, {})
 
 
+def test_summary_says_how_many_lost_syscalls_no_file_was_named_for():
+    kernel = {"write.drop_table_full": 4, "read.drop_table_full": 1}
+    line = summary_line({"kernel": kernel, "collector": {}}, {})
+    assert line.endswith("not read back 0 bytes, syscalls lost naming no file (loss table full) 5")
+    assert "loss table" not in summary_line({"kernel": {"write.drop_table_full": 0}}, {})
+
+
 def test_status_line_rate_bytes_artifacts_losses():
     before = {"kernel": {"write.events": 100, "write.bytes": 0}}
     now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,
