@@ -587,7 +587,10 @@ class Collector:
                 now = monotonic_ns()
                 if now >= next_stats:
                     self._send_dropped()
-                    self._send(self._assembler.expire(monotonic_ns()))
+                    if not ring.held_back():
+                        # behind (the file ring's budget spent), a stream's continuations and
+                        # a syscall's chunks may still wait unread: not stale, not lost
+                        self._send(self._assembler.expire(monotonic_ns()))
                     self._send(self._objects.expire(monotonic_ns()))
                     self._pub.publish(bus.TOPIC_STATS, self.stats_env())
                     next_stats = now + STATS_INTERVAL_NS

@@ -176,7 +176,7 @@ class FakeRing:
         return bool(self.held)
 
     def held_back(self) -> bool:
-        return False
+        return self.paused and bool(self.held)
 
     def close(self) -> None:
         self.log.append("ring.close")
@@ -1186,6 +1186,30 @@ def test_a_loss_notice_waits_for_the_records_the_ring_held_before_it():
         (b"A" * 512, None),
         (None, [[512, 4096]]),
     ]
+
+
+def test_nothing_expires_while_the_file_ring_is_held_back():
+    """Behind a stalled writer the file ring's drain stops at its budget for as long as the
+    stall lasts. A syscall whose chunk waits there is not lost, and a stream whose continuation
+    waits there is not stale: closed on the collector's clock they became a false `lost` range
+    and an orphan continuation whose bytes no file was named for."""
+    rig = Rig(config("write"))
+    collector = rig.started()
+    assert rig.probes is not None and rig.probes.ring is not None
+    ring = rig.probes.ring
+    rig.feed(file_event(11, 4, 0))  # its chunk, and a continuation, still in the ring
+    ring.held += [build.file_data(11, 0, b"abcd"), file_cont(12, 11, 4, b"efgh")]
+    ring.paused = True
+
+    def turn(asked: int) -> None:
+        rig.time.now += 2_000_000_000  # 2 s a turn: 10 s behind in all
+        if asked == 5:
+            ring.paused = False
+
+    collector.run(StopAfter(7, turn))  # type: ignore[arg-type]
+    sent = [m for m in rig.sent(bus.TOPIC_FILE_WRITE) if "extent" not in m.env]
+    assert [(bytes(m.payload), m.env.get("lost")) for m in sent] == [(b"abcdefgh", None)]
+    assert collector.stats_env()["collector"]["orphan_ios"] == 0
 
 
 def test_a_stop_waits_a_bounded_time_for_room_on_the_bus(tmp_path):
