@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from enum import StrEnum
-from importlib import resources
 
 from bpf import records
 from collector.cgroup_rules import (
@@ -226,7 +225,9 @@ _CID_PREFIX = struct.Struct("<B64s7x")
 
 
 def object_path() -> str:
-    path = str(resources.files("bpf") / "tracecap.bpf.o")
+    """The built object, beside bpf/records.py (a regular package: importlib.resources
+    would cost 6-7 ms of imports to say the same)."""
+    path = os.path.join(os.path.dirname(records.__file__), "tracecap.bpf.o")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} is missing: run `make setup` to build the BPF objects")
     return path

@@ -25,16 +25,17 @@ unit-tested against responses recorded from this machine's Docker and Podman.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import socket
 import stat
-import struct
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collector.unix_http import UnixConnection
 
 __all__ = [
     "RUNTIME_SOCKETS",
@@ -247,39 +248,6 @@ def untrusted_reason(path: str, lstat: Any = os.lstat) -> str | None:
     return None
 
 
-_SO_PEERCRED_FORMAT = "3i"  # struct ucred: pid, uid, gid
-
-
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(
-        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT)
-    )
-    return struct.unpack(_SO_PEERCRED_FORMAT, creds)[1]
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """HTTP/1.1 over a unix socket, refusing a server that is not root's."""
-
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-        #: the socket, kept after http.client lets go of it (a response read to its close)
-        self.unix_sock: socket.socket | None = None
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-            uid = peer_uid(sock)
-            if uid != 0:
-                raise LookupFailed("untrusted_socket", f"{self._path}: served by uid {uid}")
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = self.unix_sock = sock
-
-
 class RuntimeClient:
     """One runtime's API socket. Each request opens its own connection (the daemon may have
     restarted in between, and lookups are rare: once per container). ``untrusted`` is the
@@ -299,7 +267,7 @@ class RuntimeClient:
         self.path = path
         self.timeout = timeout
         self._untrusted = untrusted
-        self._events_conn: _UnixConnection | None = None
+        self._events_conn: UnixConnection | None = None
 
     def available(self) -> str | None:
         """None when the socket is there and trusted; else why not (not there: "")."""
@@ -312,7 +280,9 @@ class RuntimeClient:
         why = self._untrusted(self.path)
         if why is not None:
             raise LookupFailed("untrusted_socket", why)
-        conn = _UnixConnection(self.path, self.timeout)
+        from collector import unix_http  # its own module: http.client is slow to import
+
+        conn = unix_http.UnixConnection(self.path, self.timeout)
         try:
             conn.request("GET", url, headers={"Accept": "application/json"})
             resp = conn.getresponse()
@@ -325,7 +295,7 @@ class RuntimeClient:
             return resp.status, body
         except TimeoutError:
             raise LookupFailed("timeout", f"{self.runtime}: {url}") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, unix_http.HTTPException) as exc:
             raise LookupFailed("connect", f"{self.runtime}: {url}: {exc}") from None
         finally:
             conn.close()
@@ -374,7 +344,9 @@ class RuntimeClient:
         why = self._untrusted(self.path)
         if why is not None:
             raise LookupFailed("untrusted_socket", why)
-        conn = _UnixConnection(self.path, self.timeout)
+        from collector import unix_http  # its own module: http.client is slow to import
+
+        conn = unix_http.UnixConnection(self.path, self.timeout)
         self._events_conn = conn
         try:
             conn.request("GET", EVENTS_URL, headers={"Accept": "application/json"})
@@ -394,7 +366,7 @@ class RuntimeClient:
                     on_id(container_id)
         except TimeoutError:
             raise LookupFailed("timeout", f"{self.runtime}: events") from None
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, unix_http.HTTPException) as exc:
             raise LookupFailed("connect", f"{self.runtime}: events: {exc}") from None
         finally:
             conn.close()
