@@ -11,6 +11,8 @@ loads a BPF socket filter and loads (and unloads) crc7.ko of the running kernel 
 init_module (the artifacts must be complete and byte-exact), then rounds of the LOOPS, each run
 by a process of another name (out of scope): the syscalls the kinds hook, syscalls no kind
 hooks, and a real program.
+After them, per FLOORS, the loops with bpftrace's empty programs on the hooked loop's write and
+read (fentry, or fexit): no capture can cost less with that kind of hook on this kernel.
 The untraced rounds run before, between and after the sessions (TCG takes minutes to ready the
 collector, so a session per round would not fit): each round's ratio is to the loop's median
 untraced round. Ratios only: under TCG absolute times mean nothing.
@@ -71,6 +73,13 @@ SESSIONS: dict[str, Session] = {
     "tracepoints": Session(KINDS, _WITHHOLD_FENTRY),
     "fentry": Session(KINDS),
     "fentry-nowrite": Session(("read", "bpf", "module")),
+}
+#: The floor under any hook of that type: bpftrace attaches an empty program to the two
+#: syscalls the hooked loop makes (no tracecap runs). What these cost is the trampoline's own
+#: price on this kernel and emulator, which no program body can go below.
+FLOORS: dict[str, str] = {
+    "floor-fexit": "kretfunc:__x64_sys_write {} kretfunc:__x64_sys_read {}",
+    "floor-fentry": "kfunc:__x64_sys_write {} kfunc:__x64_sys_read {}",
 }
 #: Syscalls no capture kind hooks, on an fd opened before (a file in the guest's tmpfs: on the
 #: 9p root each fstat is a round trip to the host, about 2 ms under TCG): with no syscall
@@ -286,6 +295,26 @@ def _session(work: Path, name: str, session: Session, out: Path) -> dict:
     }
 
 
+def _floor(work: Path, name: str, program: str) -> dict:
+    """The loops' rounds with bpftrace's empty ``program`` attached."""
+    bpftrace = shutil.which("bpftrace") or "/usr/bin/bpftrace"
+    proc = subprocess.Popen([bpftrace, "-e", program], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    said = proc.stdout.readline()  # "Attaching 2 probes..." once they are
+    if "Attaching" not in said:
+        proc.kill()
+        return {"error": said + proc.stdout.read()[-400:]}
+    time.sleep(1)
+    rounds: dict[str, list[float]] = {}
+    for i in range(ROUNDS):
+        _round(work, rounds)
+        _say(f"{name}: round {i + 1} " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rounds.items()))
+    proc.send_signal(signal.SIGINT)
+    proc.wait(120 * FACTOR)
+    return {"floor": program, "rounds": rounds}
+
+
 def inside(out: Path) -> None:
     work = Path(tempfile.mkdtemp(prefix="tc-bench-kernels-"))
     work.chmod(0o711)  # the writers run as the tracecap user and must pass through
@@ -303,6 +332,12 @@ def inside(out: Path) -> None:
             _round(work, untraced)
         _say(f"untraced rounds so far: {untraced}")
         sessions[name] = _session(work, name, session, out)
+    for name, program in FLOORS.items():
+        if only != [""] and name not in only:
+            continue
+        for _ in range(ROUNDS):
+            _round(work, untraced)
+        sessions[name] = _floor(work, name, program)
     for _ in range(ROUNDS):
         _round(work, untraced)
     result = {"kernel": os.uname().release, "loops": {k: v.what for k, v in LOOPS.items()},
@@ -336,6 +371,9 @@ def report(result: dict) -> list[str]:
     for name, s in sessions.items():
         if "error" in s:
             lines.append(f"  {name}: did not start: {s['error']}")
+            continue
+        if "floor" in s:
+            lines.append(f"  {name}: bpftrace -e '{s['floor']}' (empty programs, no tracecap)")
             continue
         lines.append(
             f"  {name}: kinds {', '.join(s['kinds'])}; hooks {s['hooks']}; "

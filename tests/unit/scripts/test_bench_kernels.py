@@ -86,6 +86,33 @@ def test_report_has_every_loop_and_variant_side_by_side() -> None:
     assert "1.05x (1.00-1.10)" in rows["program"]
 
 
+def test_a_floor_is_a_column_of_its_own_named_by_its_program() -> None:
+    loops = {"hooked": "h"}
+    floor = {"floor": "kretfunc:__x64_sys_write {}", "rounds": {"hooked": [3.0, 3.2]}}
+    result = {
+        "kernel": "6.1.0-50-amd64",
+        "loops": loops,
+        "untraced": {"hooked": [2.0, 2.0]},
+        "sessions": {"floor-fexit": floor},
+    }
+    lines = bk.report(result)
+    assert (
+        "  floor-fexit: bpftrace -e 'kretfunc:__x64_sys_write {}' (empty programs, no tracecap)"
+        in lines
+    )
+    row = next(line for line in lines if line.startswith("  hooked "))
+    assert row.split()[-2:] == ["1.55x", "(1.50-1.60)"]
+
+
+def test_floors_hook_the_hooked_loops_syscalls_with_empty_programs() -> None:
+    for program in bk.FLOORS.values():
+        probes = program.split(" {} ")
+        assert [p.strip(" {}").split(":")[1] for p in probes] == [
+            "__x64_sys_write",
+            "__x64_sys_read",
+        ]
+
+
 def test_every_session_captures_known_kinds_and_loops_are_out_of_scope() -> None:
     for session in bk.SESSIONS.values():
         assert set(session.kinds) <= set(bk.KINDS)
