@@ -76,7 +76,7 @@ _TP, _FENTRY = ("enter", "exit"), ("fenter", "fexit")
 #: checks the scope and reads the arguments at the exit (bpf/file_io_fentry.bpf.h TC_IO_FEXIT).
 FEXIT_ONLY = frozenset(
     {"write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto",
-     "read", "pread64", "readv", "preadv", "preadv2"}
+     "read", "pread64", "readv", "preadv", "preadv2", "recvfrom"}
 )  # fmt: skip
 #: The object's programs by what they capture; a configuration loads only those it needs.
 _ALWAYS = frozenset({"tc_fork", "tc_proc_exit", "tc_cgroup_mkdir", "tc_cgroup_rmdir"})
