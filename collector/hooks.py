@@ -92,7 +92,8 @@ _SYSCALL_TP = ("prog:tracepoint", "tracefs:syscalls", "helper:bpf_loop")
 #: The syscalls whose bytes the write and read captures take ("both": transfers, whose two ends
 #: are both files, and vmsplice, whose direction the kernel tells), by their tracepoints'
 #: names: each has a pair of programs at its tracepoints (bpf/file_io.bpf.h, pipes.bpf.h) and
-#: one at fentry/fexit on __x64_sys_<name> (bpf/file_io_fentry.bpf.h).
+#: one at fentry/fexit on __x64_sys_<name> (bpf/file_io_fentry.bpf.h; the plain reads and
+#: writes, collector/probes.py FEXIT_ONLY, an fexit program alone).
 FILE_SYSCALLS: dict[str, tuple[str, ...]] = {
     "write": ("write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto", "sendmsg",
               "sendmmsg"),

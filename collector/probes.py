@@ -58,7 +58,7 @@ class BpfMap(StrEnum):
     MEM_COUNTERS = "mem_counters"
 
 
-def _syscall_programs(syscalls: Iterable[str], sides: tuple[str, str]) -> frozenset[str]:
+def _syscall_programs(syscalls: Iterable[str], sides: tuple[str, ...]) -> frozenset[str]:
     return frozenset(f"tc_{side}_{sc}" for sc in syscalls for side in sides)
 
 
@@ -71,6 +71,12 @@ DROP_SIDE_SETTLE_S = 0.01
 #: A syscall's pair of programs at its tracepoints, or at fentry/fexit on its function
 #: (bpf/file_io_fentry.bpf.h: the same bodies).
 _TP, _FENTRY = ("enter", "exit"), ("fenter", "fexit")
+#: The plain reads and writes: on fentry_syscalls one program each, tc_fexit_<name>, which
+#: checks the scope and reads the arguments at the exit (bpf/file_io_fentry.bpf.h TC_IO_FEXIT).
+FEXIT_ONLY = frozenset(
+    {"write", "pwrite64", "writev", "pwritev", "pwritev2", "sendto",
+     "read", "pread64", "readv", "preadv", "preadv2", "recvfrom"}
+)  # fmt: skip
 #: The object's programs by what they capture; a configuration loads only those it needs.
 _ALWAYS = frozenset({"tc_fork", "tc_proc_exit", "tc_cgroup_mkdir", "tc_cgroup_rmdir"})
 _MODULE_TP = frozenset(
@@ -125,12 +131,16 @@ def _file_syscalls(kind: str) -> tuple[str, ...]:
 
 def _file_programs(kind: str, sides: tuple[str, str]) -> frozenset[str]:
     """The write or read capture's programs: its syscalls' (at the tracepoints, each its enter
-    and a shared exit), io_uring's and, for writes, the shared mappings'."""
+    and a shared exit; on fentry, an fexit alone for FEXIT_ONLY), io_uring's and, for writes,
+    the shared mappings'."""
     syscalls = _file_syscalls(kind)
     if sides == _TP:
         pairs = _syscall_programs(syscalls, ("enter",)) | {_EXIT_OF[sc] for sc in syscalls}
     else:
-        pairs = _syscall_programs(syscalls, sides)
+        fexit_only = [sc for sc in syscalls if sc in FEXIT_ONLY]
+        pairs = _syscall_programs(fexit_only, ("fexit",)) | _syscall_programs(
+            [sc for sc in syscalls if sc not in FEXIT_ONLY], sides
+        )
     return pairs | _URING | (_MAPPINGS[sides] if kind == "write" else frozenset())
 
 

@@ -61,6 +61,52 @@ def _bpf_load() -> None:
     libc.syscall(321, 5, buf, len(attr))
 
 
+#: x86-64 syscall numbers: glibc's preadv and pwritev are the *2 syscalls, which Python's os
+#: calls only with flags.
+_SYS_PREADV, _SYS_PWRITEV, _SYS_PREADV2, _SYS_PWRITEV2 = 295, 296, 327, 328
+
+
+def _vec_at(nr: int, fd: int, bufs: list[bytearray], pos: int) -> int:
+    """preadv/pwritev(2) of ``bufs`` at ``pos`` (-1: the file position, *2 only), flags 0."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    iov = (ctypes.c_uint64 * (2 * len(bufs)))()
+    arrays = [(ctypes.c_char * len(b)).from_buffer(b) for b in bufs]
+    for i, a in enumerate(arrays):
+        iov[2 * i], iov[2 * i + 1] = ctypes.addressof(a), len(bufs[i])
+    done = libc.syscall(nr, fd, iov, len(bufs), ctypes.c_long(pos), 0, 0)
+    if done < 0:
+        raise OSError(ctypes.get_errno(), f"syscall {nr}")
+    return done
+
+
+def _vectors(path: Path) -> None:
+    """PAYLOAD into ``path`` and back by the other plain reads and writes, each a part of it:
+    pwrite64, pwritev, pwritev2 at an offset, writev and pwritev2 at the file position; then
+    readv, preadv, preadv2 at an offset and at the file position (the fentry hook's fexit-only
+    programs, bpf/file_io_fentry.bpf.h, take their arguments from the registers at exit)."""
+    p = PAYLOAD
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.pwrite(fd, p[200:400], 200)
+        _vec_at(_SYS_PWRITEV, fd, [bytearray(p[400:500]), bytearray(p[500:600])], 400)
+        _vec_at(_SYS_PWRITEV2, fd, [bytearray(p[600:700]), bytearray(p[700:800])], 600)
+        os.writev(fd, [p[0:100], p[100:200]])
+        os.lseek(fd, 800, os.SEEK_SET)
+        _vec_at(_SYS_PWRITEV2, fd, [bytearray(p[800:])], -1)
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.readv(fd, [bytearray(100), bytearray(100)])
+        _vec_at(_SYS_PREADV, fd, [bytearray(300)], 200)
+        _vec_at(_SYS_PREADV2, fd, [bytearray(150), bytearray(150)], 500)
+        os.lseek(fd, 800, os.SEEK_SET)
+        _vec_at(_SYS_PREADV2, fd, [bytearray(len(p) - 800)], -1)
+    finally:
+        os.close(fd)
+
+
 def _mem() -> bytes:
     """A page written, then made executable (RW -> RX): the mem capture's case. Returns the
     page as it was when it became executable, which the artifact must equal."""
@@ -213,6 +259,8 @@ def _workloads(work: Path) -> dict[str, Check]:
     readable = work / "readable.txt"
     readable.write_bytes(PAYLOAD[::-1])
     subprocess.run(["cat", str(readable)], check=True, capture_output=True)
+    vectors = work / "vectors.txt"
+    _vectors(vectors)
     binary = work / "smoke-echo"
     shutil.copy("/bin/echo", binary)
     binary.chmod(0o755)
@@ -254,8 +302,12 @@ def _workloads(work: Path) -> dict[str, Check]:
         "write": every(
             artifact("write", lambda r: r.get("source_path") == str(written), PAYLOAD),
             artifact("write", lambda r: r.get("source_path") == str(copied), PAYLOAD, "cp"),
+            artifact("write", lambda r: r.get("source_path") == str(vectors), PAYLOAD, "vec"),
         ),
-        "read": artifact("read", lambda r: r.get("source_path") == str(readable), None),
+        "read": every(
+            artifact("read", lambda r: r.get("source_path") == str(readable), None),
+            artifact("read", lambda r: r.get("source_path") == str(vectors), PAYLOAD, "vec"),
+        ),
         "exec": artifact("exec", lambda r: r.get("inode") == inode, binary.read_bytes()),
         "mem": artifact("mem", lambda r: r.get("pid") == os.getpid(), page),
         "bpf": artifact("bpf", lambda r: r.get("prog_name") == "tc_smoke_prog", INSNS),

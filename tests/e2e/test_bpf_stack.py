@@ -98,6 +98,11 @@ def chains() -> dict[str, Chain]:
     loaded = deepest_chains(path, programs, rodata)
     frames = compiled_frames(path)
     twins = {p: twin_chain(p, loaded[twin(p, loaded)], frames) for p in everything - programs}
+    for sc in probes.FEXIT_ONLY:
+        # the enter's calls too (the scope check), each bound with the program's own frame
+        p = f"tc_fexit_{sc}"
+        enter = twin_chain(p, loaded[f"tc_enter_{sc}"], frames)
+        twins[p] = max(twins[p], enter, key=lambda c: c.combined)
     for p in KREAD_TWINS:
         own = twins[p].frames[0]
         chunked = Chain(p, (own, (KREAD_CHUNK, frames[KREAD_CHUNK])))
@@ -127,7 +132,18 @@ def test_the_chains_are_seen(chains: dict[str, Chain]) -> None:
 
 
 def test_an_fentry_chain_is_its_twins_with_its_own_frame(chains: dict[str, Chain]) -> None:
-    fexit, exit_ = chains["tc_fexit_write"], chains["tc_exit_io"]
+    fexit, exit_ = chains["tc_fexit_sendmsg"], chains["tc_exit_io"]
     assert fexit.frames[1:] == exit_.frames[1:]
     # the program's own copy of the tracepoint's arguments (struct trace_event_raw_sys_exit)
     assert 0 < fexit.frames[0][1] - exit_.frames[0][1] <= 32
+
+
+def test_a_fexit_only_chain_is_bound_by_both_twins(chains: dict[str, Chain]) -> None:
+    """tc_fexit_write (bpf/file_io_fentry.bpf.h TC_IO_FEXIT) checks the scope as tc_enter_write
+    does and sends as tc_exit_io does, with no tracepoint-shaped copy."""
+    fexit, exit_ = chains["tc_fexit_write"], chains["tc_exit_io"]
+    assert fexit.combined >= max(
+        fexit.frames[0][1] + sum(frame_size(d) for _, d in exit_.frames[1:]),
+        fexit.frames[0][1] + sum(frame_size(d) for _, d in chains["tc_enter_write"].frames[1:]),
+    )
+    assert fexit.frames[0][1] <= exit_.frames[0][1]

@@ -158,17 +158,29 @@ MAPPING_TWINS = {
 @pytest.mark.parametrize("kind", ["write", "read"])
 def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoint(kind):
     """bpf/file_io_fentry.bpf.h: tc_fenter_X/tc_fexit_X for each tc_enter_X (whose exit is a
-    program shared by its group at the tracepoints); a single syscall tracepoint left would make
-    every syscall of every process pay again."""
+    program shared by its group at the tracepoints), tc_fexit_X alone for the plain reads and
+    writes; a single syscall tracepoint left would make every syscall of every process pay
+    again."""
     tp = probes.HOOK_PROGRAMS[kind, "syscall_tracepoints"]
     fentry = probes.HOOK_PROGRAMS[kind, "fentry_syscalls"]
     enters = {n for n in tp if n.startswith("tc_enter_")}
     syscalls = {n.removeprefix("tc_enter_") for n in enters}
-    twins = {f"tc_{side}_{sc}" for sc in syscalls for side in ("fenter", "fexit")}
+    twins = {f"tc_fexit_{sc}" for sc in syscalls} | {
+        f"tc_fenter_{sc}" for sc in syscalls - probes.FEXIT_ONLY
+    }
     others = {MAPPING_TWINS.get(n, n) for n in tp - enters - probes.SHARED_EXITS.keys()}
     assert fentry == twins | others
     assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
     assert {n for n in fentry if n.startswith("tc_fenter_")}
+    assert f"tc_fexit_{kind}" in fentry and f"tc_fenter_{kind}" not in fentry
+
+
+def test_the_fexit_only_syscalls_have_no_fentry_program_in_the_object(in_object):
+    """One program a plain read or write on fentry_syscalls (bpf/file_io_fentry.bpf.h
+    TC_IO_FEXIT): an fentry left in the object would be a second program nothing loads."""
+    assert set(hooks.FILE_SYSCALLS["write"] + hooks.FILE_SYSCALLS["read"]) >= probes.FEXIT_ONLY
+    assert {f"tc_fexit_{sc}" for sc in probes.FEXIT_ONLY} <= in_object["programs"]
+    assert not {f"tc_fenter_{sc}" for sc in probes.FEXIT_ONLY} & in_object["programs"]
 
 
 def test_the_mem_fentry_hook_loads_a_twin_of_each_tracepoint_program():
