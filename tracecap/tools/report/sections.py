@@ -211,6 +211,10 @@ def loss_reasons(
     return out
 
 
+#: Index fields that say why an artifact is incomplete beyond its ``missing`` ranges.
+INCOMPLETE_FLAGS = ("interrupted", "bus_gaps", "lost_unsized", "history_unknown")
+
+
 def missing_bar(record: Record, width: int = 300) -> str:
     """An SVG bar the artifact's length wide: present bytes grey, missing ranges red."""
     size = max(integer(record, key) or 0 for key in ("end", "size", "obj_len"))
@@ -253,7 +257,7 @@ def loss_panel(
     rows = []
     for r in incomplete[:LOSS_BARS]:
         link = _link_html(r, base)
-        flags = ", ".join(k for k in ("interrupted", "bus_gaps") if r.get(k))
+        flags = ", ".join(k for k in INCOMPLETE_FLAGS if r.get(k))
         why = esc(text(r, "error") or flags)
         rows.append(
             f"<tr><td>{esc(text(r, 'kind'))}</td><td>{link}</td>"

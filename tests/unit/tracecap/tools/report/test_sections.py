@@ -105,6 +105,14 @@ def test_loss_panel_says_why_and_draws_the_missing_ranges() -> None:
     assert "<td>30</td>" in html  # missing bytes
 
 
+def test_an_incomplete_artifact_says_which_flags_make_it_so() -> None:
+    record = {"kind": "write", "path": "host/write.dev-1.inode-2", "complete": False,
+              "missing": [], "end": 512, "size": 512, "history_unknown": True,
+              "lost_unsized": 2}  # fmt: skip
+    html = sections.loss_panel([], [record], {}, "")
+    assert "<td>lost_unsized, history_unknown</td>" in html
+
+
 def test_a_complete_capture_says_so() -> None:
     html = sections.loss_panel([{"event": "capture_stop", "ts": 1}], [], {}, "")
     assert "Every artifact is complete." in html and "nothing was lost" in html
