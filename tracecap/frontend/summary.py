@@ -71,13 +71,14 @@ def summary_line(
             f"({kernel.get('mem.skipped_dumps', 0)} dumps, "
             f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
         )
-    unsized = ""
+    # losses no range of any artifact can name: shown only when they happened
+    unranged = ""
     if coll.get("lost_unsized"):
-        unsized = f", transfers lost of unknown size {coll['lost_unsized']}"
+        unranged = f", transfers lost of unknown size {coll['lost_unsized']}"
     # syscalls lost in the ring when the kernel's loss table was full: no artifact names them
     unnamed = kernel_sum(".drop_table_full")
     if unnamed:
-        unsized += f", syscalls lost naming no file (loss table full) {unnamed}"
+        unranged += f", syscalls lost naming no file (loss table full) {unnamed}"
     # not a loss: packets that reached the pcap writer after their place in time was written
     late = ""
     if any("late_packets" in w.get("counters", {}) for w in writers.values()):
@@ -96,7 +97,7 @@ def summary_line(
         f"{writer_sum('events_errors')}), disk budget "
         f"{writer_sum('budget_refused_bytes')} bytes refused, bus backlog full "
         f"{coll.get('bus_dropped_messages', 0)} messages ({coll.get('bus_dropped_bytes', 0)} "
-        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{unsized}{mem}{late}"
+        f"bytes), not read back {coll.get('readback_lost_bytes', 0)} bytes{unranged}{mem}{late}"
     )
 
 
