@@ -178,6 +178,15 @@ def _round(work: Path, into: dict[str, list[float]]) -> None:
         into.setdefault(name, []).append(_run_loop(loop, work))
 
 
+def _rounds(work: Path, name: str) -> dict[str, list[float]]:
+    """ROUNDS rounds of every loop under session ``name``, each said as it ends."""
+    rounds: dict[str, list[float]] = {}
+    for i in range(ROUNDS):
+        _round(work, rounds)
+        _say(f"{name}: round {i + 1} " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rounds.items()))
+    return rounds
+
+
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -265,10 +274,7 @@ def _session(work: Path, name: str, session: Session, out: Path) -> dict:
     subprocess.run([sys.executable, "-c", WORKLOAD, COMM, str(written), str(readable),
                     PAYLOAD.hex(), str(Path(__file__).resolve().parent),
                     str(module or "")], check=True)  # fmt: skip
-    rounds: dict[str, list[float]] = {}
-    for i in range(ROUNDS):
-        _round(work, rounds)
-        _say(f"{name}: round {i + 1} " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rounds.items()))
+    rounds = _rounds(work, name)
     time.sleep(2 * FACTOR)
     proc.send_signal(signal.SIGINT)
     proc.wait(120 * FACTOR)
@@ -306,10 +312,7 @@ def _floor(work: Path, name: str, program: str) -> dict:
         proc.kill()
         return {"error": said + proc.stdout.read()[-400:]}
     time.sleep(1)
-    rounds: dict[str, list[float]] = {}
-    for i in range(ROUNDS):
-        _round(work, rounds)
-        _say(f"{name}: round {i + 1} " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in rounds.items()))
+    rounds = _rounds(work, name)
     proc.send_signal(signal.SIGINT)
     proc.wait(120 * FACTOR)
     return {"floor": program, "rounds": rounds}
