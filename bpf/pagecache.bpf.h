@@ -168,7 +168,8 @@ static __always_inline int tc_pc_locate(struct tc_pc_ctx *c, __u64 index, __u64 
             return TC_PC_UNREADABLE;
     }
     __u64 flags = 0, first = 0;
-    bpf_probe_read_kernel(&flags, sizeof(flags), tc_folio_flags(folio));
+    if (bpf_probe_read_kernel(&flags, sizeof(flags), tc_folio_flags(folio)))
+        return TC_PC_UNREADABLE;   /* not a folio after all: never a hole of zeros */
     if (!((flags >> c->uptodate_bit) & 1))
         return c->shmem ? TC_PC_HOLE : TC_PC_UNREADABLE;
     if (bpf_probe_read_kernel(&first, sizeof(first), &folio->index) || first > index)

@@ -42,7 +42,7 @@ def _check(run, path: Path, ranges: list[list[int]], syscalls: list[str]) -> byt
     obtained from the mapping, complete; returns the artifact."""
     name = artifact_name("write", path)
     found = [r for r in run.records("write") if r["path"].endswith("/" + name)]
-    assert len(found) == 1, (name, run.records("write"))
+    assert len(found) == 1, (name, run.records("write"), run.logs())
     rec = found[0]
     art = run.artifact(name)
     final = path.read_bytes()

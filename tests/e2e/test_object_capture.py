@@ -94,7 +94,8 @@ def test_memfd_binary_is_captured(tracecap, workdir: Path):
     run.stop()
     memfd = [r for r in run.records("exec") if r.get("memfd")]
     assert memfd, run.records("exec")
-    assert (run.out_dir / memfd[0]["path"]).read_bytes() == Path("/bin/sleep").read_bytes()
+    art = (run.out_dir / memfd[0]["path"]).read_bytes()
+    assert art == Path("/bin/sleep").read_bytes(), (memfd[0], run.logs())
     assert "tcpayload" in memfd[0]["path"]
 
 
