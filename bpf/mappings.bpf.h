@@ -23,6 +23,7 @@
 #define TC_MAP_SLOTS 8              /* mappings remembered per process for its exit */
 #define TC_MAP_VMAS 4               /* mappings an msync or munmap range may span */
 #define TC_MAP_MAX_PAGES (1u << 20) /* pages looked at per mapping: 4 GiB */
+#define TC_ENOENT 2                 /* bpf_find_vma: no mapping there (a macro, not in BTF) */
 
 /* Per process in scope: the start of each shared writable file mapping it made, to find them
  * at its exit (0: a free slot). Deleted at the exit. */
@@ -56,13 +57,25 @@ static long tc_map_vma_cb(struct task_struct *task, struct vm_area_struct *vma,
     return 0;
 }
 
-/* The current process's mapping at `addr` in `v`: -1 if there is none, 1 if it is one whose
- * writes reach a regular file (shared, writable now or after an mprotect: VM_MAYWRITE), 0 for
- * any other. */
+/* A mapping whose dirty pages could not be looked at, so a write through it may go unsent:
+ * bpf_find_vma only trylocks the memory map (-EBUSY while another holds it for writing), or
+ * the page tables cannot be read (no direct map found). Counted, never silent. */
+static __always_inline void tc_map_unwalked(void)
+{
+    tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_MAP_UNWALKED, 1);
+}
+
+/* The current process's mapping at `addr` in `v`: -1 if there is none (or it could not be
+ * looked up: counted), 1 if it is one whose writes reach a regular file (shared, writable now
+ * or after an mprotect: VM_MAYWRITE), 0 for any other. */
 static __always_inline int tc_map_find(__u64 addr, struct tc_map_vma *v)
 {
-    if (bpf_find_vma(bpf_get_current_task_btf(), addr, tc_map_vma_cb, v, 0))
+    long err = bpf_find_vma(bpf_get_current_task_btf(), addr, tc_map_vma_cb, v, 0);
+    if (err) {
+        if (err != -TC_ENOENT)
+            tc_map_unwalked();
         return -1;
+    }
     if (!v->file ||
         (v->flags & (TC_VM_SHARED | TC_VM_MAYWRITE)) != (TC_VM_SHARED | TC_VM_MAYWRITE))
         return 0;
@@ -159,8 +172,10 @@ static __always_inline bool tc_map_start(struct tc_map_state *m, const struct tc
                                          __u64 lo, __u64 hi)
 {
     __u64 dmap = tc_dmap(m->pgd);
-    if (!dmap)
+    if (!dmap) {
+        tc_map_unwalked();
         return false;
+    }
     __u64 va = (lo > v->start ? lo : v->start) & ~(TC_MAP_PAGE - 1);
     __u64 end = hi < v->end ? hi : v->end;
     if (end > va && end - va > TC_MAP_MAX_PAGES * TC_MAP_PAGE)

@@ -112,6 +112,7 @@ enum tc_counter {
     TC_CNT_DROPPED_BYTES,    /* payload bytes lost (ring full, unreadable user memory, loop cap) */
     TC_CNT_PENDING_FULL,     /* syscalls missed because the enter->exit table was full */
     TC_CNT_DROP_TABLE_FULL,  /* dropped syscalls not even recorded in file_drops (table full) */
+    TC_CNT_MAP_UNWALKED,     /* write: shared mappings not looked at (mappings.bpf.h) */
     TC_CNT_PER_KIND,
 };
 #define TC_NUM_COUNTERS (TC_NUM_KINDS * TC_CNT_PER_KIND)

@@ -138,6 +138,7 @@ COUNTERS = (
     "dropped_bytes",
     "pending_full",
     "drop_table_full",
+    "map_unwalked",
 )
 #: Counter blocks, in enum tc_counter_kind order: one per capture source (tracecap/kinds.py),
 #: then ``proc``, the fork and exit records every capture sends.

@@ -79,6 +79,10 @@ def summary_line(
     unnamed = kernel_sum(".drop_table_full")
     if unnamed:
         unranged += f", syscalls lost naming no file (loss table full) {unnamed}"
+    # msync/munmap/exit moments whose mapping could not be looked at: a write may be unsent
+    unwalked = kernel_sum(".map_unwalked")
+    if unwalked:
+        unranged += f", shared mappings not looked at (memory map busy) {unwalked}"
     # not a loss: packets that reached the pcap writer after their place in time was written
     late = ""
     if any("late_packets" in w.get("counters", {}) for w in writers.values()):

@@ -177,6 +177,7 @@ KERNEL_COUNTERS: dict[str, Target] = {
     "dropped_bytes": (DROPPED_BYTES, ("{kind}", "kernel_ring")),
     "pending_full": (DROPS, ("{kind}", "syscall_table")),
     "drop_table_full": (DROPS, ("{kind}", "drop_table")),
+    "map_unwalked": (DROPS, ("{kind}", "mapping_unwalked")),
 }
 #: The collector's own counters, ``stats.`` ``collector``; none is split by kind.
 COLLECTOR_COUNTERS: dict[str, Target] = {

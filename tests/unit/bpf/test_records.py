@@ -270,7 +270,7 @@ def test_decode_counters_names_and_sums():
     assert out["read.events"] == n + 100 * (n + 1)
     assert out["read.dropped_bytes"] == (n + 5) + 100 * (n + 6)
     assert out["bpf.chunk_drops"] == (5 * n + 3) + 100 * (5 * n + 4)
-    assert records.NUM_COUNTERS == kinds * n == 64
+    assert records.NUM_COUNTERS == kinds * n == 72
 
 
 def test_decode_counters_no_cpus():

@@ -81,6 +81,12 @@ def test_summary_says_how_many_lost_syscalls_no_file_was_named_for():
     assert "loss table" not in summary_line({"kernel": {"write.drop_table_full": 0}}, {})
 
 
+def test_summary_says_how_many_shared_mappings_could_not_be_looked_at():
+    line = summary_line({"kernel": {"write.map_unwalked": 2}, "collector": {}}, {})
+    assert line.endswith("not read back 0 bytes, shared mappings not looked at (memory map busy) 2")
+    assert "mappings not" not in summary_line({"kernel": {"write.map_unwalked": 0}}, {})
+
+
 def test_status_line_rate_bytes_artifacts_losses():
     before = {"kernel": {"write.events": 100, "write.bytes": 0}}
     now = {"kernel": {"write.events": 300, "read.events": 100, "write.bytes": 2_500_000,

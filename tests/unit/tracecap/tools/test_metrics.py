@@ -32,7 +32,7 @@ EPOCH = 77
 def kernel(**values: int) -> dict[str, int]:
     """Every kernel counter of every kind at 0, with ``values`` (``write__events=3``)."""
     names = ("events", "event_drops", "chunks", "chunk_drops", "bytes", "dropped_bytes",
-             "pending_full", "drop_table_full")  # fmt: skip
+             "pending_full", "drop_table_full", "map_unwalked")  # fmt: skip
     out = {f"{k}.{n}": 0 for k in ("write", "read", "exec", "mem", "module", "bpf", "net")
            for n in names}  # fmt: skip
     out.update({key.replace("__", "."): v for key, v in values.items()})
