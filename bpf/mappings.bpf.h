@@ -65,23 +65,23 @@ static __always_inline void tc_map_unwalked(void)
     tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_MAP_UNWALKED, 1);
 }
 
-/* The current process's mapping at `addr` in `v`: -1 if there is none (or it could not be
- * looked up: counted), 1 if it is one whose writes reach a regular file (shared, writable now
- * or after an mprotect: VM_MAYWRITE), 0 for any other. */
+enum { TC_MAP_UNKNOWN = -2, TC_MAP_NONE = -1, TC_MAP_OTHER = 0, TC_MAP_FILE = 1 };
+
+/* The current process's mapping at `addr` in `v`: TC_MAP_FILE if it is one whose writes reach
+ * a regular file (shared, writable now or after an mprotect: VM_MAYWRITE), TC_MAP_OTHER for
+ * any other, TC_MAP_NONE if nothing is mapped there, TC_MAP_UNKNOWN if it could not be
+ * looked up (the caller counts it where a file mapping may have been missed). */
 static __always_inline int tc_map_find(__u64 addr, struct tc_map_vma *v)
 {
     long err = bpf_find_vma(bpf_get_current_task_btf(), addr, tc_map_vma_cb, v, 0);
-    if (err) {
-        if (err != -TC_ENOENT)
-            tc_map_unwalked();
-        return -1;
-    }
+    if (err)
+        return err == -TC_ENOENT ? TC_MAP_NONE : TC_MAP_UNKNOWN;
     if (!v->file ||
         (v->flags & (TC_VM_SHARED | TC_VM_MAYWRITE)) != (TC_VM_SHARED | TC_VM_MAYWRITE))
-        return 0;
+        return TC_MAP_OTHER;
     struct file *f = (struct file *)v->file;
     __u32 mode = BPF_CORE_READ(f, f_inode, i_mode);
-    return (mode & S_IFMT) == S_IFREG;
+    return (mode & S_IFMT) == S_IFREG ? TC_MAP_FILE : TC_MAP_OTHER;
 }
 
 /* One mapping's pages, one a step; a run of dirty ones is sent when it ends. */
@@ -199,17 +199,29 @@ static __always_inline bool tc_map_next(struct tc_map_state *m)
             return false;
         __u64 addr = m->slots.addr[m->at & (TC_MAP_SLOTS - 1)];
         m->at++;
-        if (addr && tc_map_find(addr, &v) == 1)
+        int found = addr ? tc_map_find(addr, &v) : TC_MAP_NONE;
+        if (found == TC_MAP_FILE)
             m->walking = tc_map_start(m, &v, v.start, v.end);
+        else if (found == TC_MAP_UNKNOWN)
+            tc_map_unwalked();   /* a mapping it made: may have held writes */
         return true;
     }
     if (m->at >= m->end || m->mappings >= TC_MAP_VMAS)
         return false;
     m->mappings++;
     int found = tc_map_find(m->at, &v);
-    if (found < 0)
+    if (found == TC_MAP_UNKNOWN) {
+        /* msync is only ever about file mappings; a munmap only when the process made a
+         * shared writable one while traced (else every busy anonymous munmap of a
+         * multithreaded program would count, and never a file write missed) */
+        __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+        if (m->syscall == TC_SYS_MSYNC || bpf_map_lookup_elem(&map_shared, &tgid))
+            tc_map_unwalked();
         return false;
-    if (found)
+    }
+    if (found == TC_MAP_NONE)
+        return false;
+    if (found == TC_MAP_FILE)
         m->walking = tc_map_start(m, &v, m->at, m->end);
     m->at = v.end;
     return true;
@@ -287,8 +299,8 @@ static __always_inline int tc_map_mapped(long ret)
     if ((__s64)addr < 0 || !cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
     struct tc_map_vma v = {};
-    if (tc_map_find(addr, &v) != 1)
-        return 0;
+    if (tc_map_find(addr, &v) != TC_MAP_FILE)
+        return 0;   /* not looked up: no way to tell a file mapping, so not counted */
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct tc_map_slots *s = bpf_map_lookup_elem(&map_shared, &tgid);
     if (!s) {

@@ -99,8 +99,9 @@ static __always_inline bool tc_is_memfd(struct file *f)
 enum { TC_PC_PAGE = 0, TC_PC_HOLE, TC_PC_UNREADABLE };
 
 /* The entry of page `index` in the xarray whose head is `entry`: a folio, NULL, or an entry
- * that is not a folio (a value: swap or shadow; a retry). Multi-index entries (large folios)
- * are followed from their sibling slots to the folio. */
+ * that is not a folio (a value: swap or shadow; a retry; 2 for a slot that could not be
+ * read). Multi-index entries (large folios) are followed from their sibling slots to the
+ * folio. */
 static __always_inline __u64 tc_xa_load(__u64 entry, __u64 index)
 {
     for (int level = 0; level < TC_XA_DEPTH; level++) {
@@ -113,12 +114,12 @@ static __always_inline __u64 tc_xa_load(__u64 entry, __u64 index)
         if (level == 0 && (index >> shift) > TC_XA_MASK)
             return 0;              /* past what the tree holds: nothing there */
         __u64 off = (index >> shift) & TC_XA_MASK;
-        entry = 0;
-        bpf_probe_read_kernel(&entry, sizeof(entry), &node->slots[off]);
+        if (bpf_probe_read_kernel(&entry, sizeof(entry), &node->slots[off]))
+            return 2;              /* unreadable: never taken for an empty slot (a hole) */
         if ((entry & 3) == 2 && entry < ((TC_XA_MASK << 2) | 2)) {   /* a sibling slot */
             off = (entry >> 2) & TC_XA_MASK;
-            entry = 0;
-            bpf_probe_read_kernel(&entry, sizeof(entry), &node->slots[off]);
+            if (bpf_probe_read_kernel(&entry, sizeof(entry), &node->slots[off]))
+                return 2;
         }
     }
     return 2;                      /* deeper than any index: not understood */
