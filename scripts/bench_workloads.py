@@ -52,6 +52,7 @@ from bench import (
     PROBLEMS,
     Stopped,
     Tracecap,
+    create_cost_us,
     fmt_ratio,
     fmt_s,
     log,
@@ -60,6 +61,7 @@ from bench import (
     problem,
     run_child,
     sha256_file,
+    spread_subdirectories,
     table,
 )
 from bench_net_exec import timed_run
@@ -426,7 +428,8 @@ class Bench:
             untraced = self.small_untraced()
             log(f"(b) round {i + 1}: untraced {untraced:,.0f} files/s")
             steps = ladder_search(untraced, self.small_trial, refine=0 if self.quick else 1)
-            rounds.append({"untraced": untraced, "steps": steps, "best": best_zero_loss(steps)})
+            rounds.append({"untraced": untraced, "steps": steps, "best": best_zero_loss(steps),
+                           "create_us": create_cost_us(self.workdir)})  # fmt: skip
         return rounds
 
     # (c) ----------------------------------------------------------------------------------
@@ -572,6 +575,10 @@ def report_small(rounds: list[dict[str, Any]], seconds: float) -> None:
         ("zero-loss / untraced rate", *med_range(ratios(best, untraced), fmt_ratio)),
         ("highest zero-loss rate", *med_range(best, fmt_fps)),
         ("untraced rate", *med_range(untraced, fmt_fps)),
+        (
+            "file system: a new file's CPU",
+            *med_range([r["create_us"] for r in rounds], lambda v: f"{v:.0f} us"),
+        ),
     ]
     table(
         f"(b) Small files ({seconds:.0f} s): 4 KiB each, one process, --capture write=<dir>/*, "
@@ -624,6 +631,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     workdir = Path(tempfile.mkdtemp(prefix="tcw-", dir="/tmp"))
     workdir.chmod(0o755)  # the unprivileged writers must reach <workdir>/capN
+    if not spread_subdirectories(workdir):
+        log("the work directory's file system cannot spread directories: later rounds may "
+            "measure its allocation of just-freed inodes")  # fmt: skip
     bench = Bench(workdir, args.quick)
     sections = args.only or ["a", "b", "c"]
     started = time.monotonic()
