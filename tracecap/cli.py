@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from tracecap import __version__, bus, kinds, options, usage
 from tracecap.frontend import supervisor_conf
+from tracecap.lifetime import follow_supervisor
 from tracecap.usage import Command, Flag
 
 if TYPE_CHECKING:
@@ -888,6 +889,7 @@ def _dispatch(cmd: str, rest: list[str]) -> int:
     for flag in command.flags:
         if flag.required and flag.names[0] not in found:
             raise UsageError(f"{cmd} needs {flag.names[0]}")
+    follow_supervisor()  # the collector, writers, bridge, exporter: none outlives supervisord
     return command.handler(found, rest)
 
 

@@ -32,6 +32,7 @@ from tests.support.pipeline import (
     wait_until,
 )
 from tests.support.workloads import WORKLOAD_TIMEOUT_S, python
+from tests.support.writer_harness import read_index
 from tracecap import bus
 
 pytestmark = pytest.mark.ebpf
@@ -420,3 +421,46 @@ def test_a_stop_during_start_up_stops_everything(workdir: Path) -> None:
             proc.kill()
         subprocess.run(["pkill", "-9", "-f", "--", str(run_dir)], check=False)
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_a_killed_supervisord_takes_the_collector_and_writers_with_it(
+    tracecap, workdir: Path
+) -> None:
+    """`tracecap run` and its supervisord SIGKILLed (as the OOM killer or a closed terminal's
+    SIGPIPE would end them): the root collector, probes attached, and the writers must not run
+    on as orphans. Each gets SIGTERM from the kernel when supervisord goes
+    (tracecap/lifetime.py) and stops as supervisord would have stopped it: the file writer
+    flushes, so a file written before the kill has its index line."""
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    run = tracecap("--capture", f"write={wdir}/*")
+    before = wdir / "before"
+    write_files([before])
+    art = run.out_dir / "host" / artifact_name("write", before)
+    # its bytes reached the writer; its index line waits for the idle flush (or the stop's)
+    wait_until(
+        "the artifact's bytes",
+        lambda: art.exists() and art.read_bytes() == str(before).encode(),
+        30,
+    )
+    pids = {name: pid_of(run, name) for name in ("collector", "writer-file", "writer-events")}
+    supervisord = int(ctl(run, "pid").stdout.strip())
+    assert all(pids.values()) and supervisord, (pids, supervisord)
+    run.proc.kill()
+    os.kill(supervisord, signal.SIGKILL)
+    run.proc.wait(10)
+    try:
+        left = wait_until(
+            "the collector and writers to exit",
+            lambda: not [n for n, pid in pids.items() if _state(pid) not in (None, "Z", "X")],
+            30,
+        )
+    finally:
+        for pid in pids.values():  # never leave them running for the next test
+            with contextlib.suppress(ProcessLookupError):
+                if _state(pid) not in (None, "Z", "X"):
+                    os.kill(pid, signal.SIGKILL)
+    assert left
+    run.returncode = run.proc.returncode
+    index = read_index(run.out_dir)
+    assert write_record(index, before) is not None, index
