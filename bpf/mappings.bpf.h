@@ -25,10 +25,20 @@
 #define TC_MAP_MAX_PAGES (1u << 20) /* pages looked at per mapping: 4 GiB */
 #define TC_ENOENT 2                 /* bpf_find_vma: no mapping there (a macro, not in BTF) */
 
-/* Per process in scope: the start of each shared writable file mapping it made, to find them
- * at its exit (0: a free slot). Deleted at the exit. */
+/* Per process in scope: each shared writable file mapping it made (start 0: a free slot), to
+ * find them at its exit and to name the file should its memory map be locked when an msync or
+ * munmap comes (tc_map_unwalked). Numbers only, no struct file pointer: a mapping replaced
+ * unseen names at worst its old file, never freed memory. Deleted at the exit. */
+struct tc_map_slot {
+    __u64 start;
+    __u64 end;
+    __u64 inode;
+    __u32 dev;
+    __u32 wanted;            /* a write to it passes the write filters (tc_map_wanted) */
+};
+
 struct tc_map_slots {
-    __u64 addr[TC_MAP_SLOTS];
+    struct tc_map_slot s[TC_MAP_SLOTS];
 };
 
 struct {
@@ -57,12 +67,69 @@ static long tc_map_vma_cb(struct task_struct *task, struct vm_area_struct *vma,
     return 0;
 }
 
-/* A mapping whose dirty pages could not be looked at, so a write through it may go unsent:
- * bpf_find_vma only trylocks the memory map (-EBUSY while another holds it for writing), or
- * the page tables cannot be read (no direct map found). Counted, never silent. */
-static __always_inline void tc_map_unwalked(void)
+/* A remembered mapping lost writes of unknown size: noted in file_drops for its file, if the
+ * write filters want it. */
+static __always_inline void tc_map_lost(const struct tc_map_slot *sl)
 {
-    tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_MAP_UNWALKED, 1);
+    if (!sl->wanted)
+        return;
+    struct tc_drop_key key = {
+        .inode = sl->inode, .cgroup_id = bpf_get_current_cgroup_id(), .dev = sl->dev,
+        .direction = TC_DIR_WRITE,
+    };
+    struct tc_drop_val *v = tc_drop_entry(&key, false);
+    if (v) {
+        __sync_fetch_and_add(&v->ios, 1);
+        __sync_fetch_and_add(&v->unsized, 1);
+    }
+}
+
+/* [lo, hi) of the current process could not be looked at, so writes through a mapping there
+ * may go unsent: bpf_find_vma only trylocks the memory map (-EBUSY while another thread holds
+ * it for writing), or the page tables cannot be read (no direct map found). Counted when a
+ * file mapping may have been missed (`count`, or the process made one while traced); each
+ * remembered mapping of a wanted file it overlaps is noted in file_drops as having lost
+ * writes of unknown size, so the collector's notice marks its artifact incomplete
+ * (`lost_unsized`) instead of letting it say complete. */
+static __always_inline void tc_map_unwalked(__u64 lo, __u64 hi, bool count)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct tc_map_slots *sp = bpf_map_lookup_elem(&map_shared, &tgid);
+    if (count || sp)
+        tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_MAP_UNWALKED, 1);
+    if (!sp)
+        return;
+    for (int i = 0; i < TC_MAP_SLOTS; i++) {
+        struct tc_map_slot *sl = &sp->s[i];
+        if (sl->start && sl->end > lo && sl->start < hi)
+            tc_map_lost(sl);
+    }
+}
+
+/* Whether a write through a mapping of `f` passes the write filters that tc_io_transfer
+ * applies, as far as they can be told without its bytes: a descriptor filter never (a mapping
+ * is written through none), a type filter when it takes regular files or knows `f` as ELF. */
+static __always_inline bool tc_map_wanted(struct file *f)
+{
+    const volatile struct tc_file_filter *ff = &cfg.filters[TC_DIR_WRITE];
+    if (ff->fds)
+        return false;
+    struct tc_event_scratch *s = event_scratch_slot();
+    if (!s)
+        return false;
+    struct tc_file_event *ev = &s->ev;
+    ev->flags = 0;
+    ev->path_len = 0;
+    ev->path[0] = 0;
+    ev->inode = BPF_CORE_READ(f, f_inode, i_ino);
+    ev->dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev);
+    if (ff->types && !(ff->types & TC_TYPE_REGULAR)) {
+        struct tc_dev_ino key = { .inode = ev->inode, .dev = ev->dev };
+        if (!(ff->types & TC_TYPE_ELF) || !bpf_map_lookup_elem(&elf_files, &key))
+            return false;
+    }
+    tc_build_path(s, f);
+    return tc_path_allowed(ev, TC_DIR_WRITE);
 }
 
 enum { TC_MAP_UNKNOWN = -2, TC_MAP_NONE = -1, TC_MAP_OTHER = 0, TC_MAP_FILE = 1 };
@@ -173,7 +240,7 @@ static __always_inline bool tc_map_start(struct tc_map_state *m, const struct tc
 {
     __u64 dmap = tc_dmap(m->pgd);
     if (!dmap) {
-        tc_map_unwalked();
+        tc_map_unwalked(lo, hi, true);
         return false;
     }
     __u64 va = (lo > v->start ? lo : v->start) & ~(TC_MAP_PAGE - 1);
@@ -197,13 +264,15 @@ static __always_inline bool tc_map_next(struct tc_map_state *m)
     if (m->exit) {
         if (m->at >= TC_MAP_SLOTS)
             return false;
-        __u64 addr = m->slots.addr[m->at & (TC_MAP_SLOTS - 1)];
+        struct tc_map_slot *sl = &m->slots.s[m->at & (TC_MAP_SLOTS - 1)];
         m->at++;
-        int found = addr ? tc_map_find(addr, &v) : TC_MAP_NONE;
+        int found = sl->start ? tc_map_find(sl->start, &v) : TC_MAP_NONE;
         if (found == TC_MAP_FILE)
             m->walking = tc_map_start(m, &v, v.start, v.end);
-        else if (found == TC_MAP_UNKNOWN)
-            tc_map_unwalked();   /* a mapping it made: may have held writes */
+        else if (found == TC_MAP_UNKNOWN) {   /* a mapping it made; its entry is gone already */
+            tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_MAP_UNWALKED, 1);
+            tc_map_lost(sl);
+        }
         return true;
     }
     if (m->at >= m->end || m->mappings >= TC_MAP_VMAS)
@@ -211,12 +280,10 @@ static __always_inline bool tc_map_next(struct tc_map_state *m)
     m->mappings++;
     int found = tc_map_find(m->at, &v);
     if (found == TC_MAP_UNKNOWN) {
-        /* msync is only ever about file mappings; a munmap only when the process made a
-         * shared writable one while traced (else every busy anonymous munmap of a
-         * multithreaded program would count, and never a file write missed) */
-        __u32 tgid = bpf_get_current_pid_tgid() >> 32;
-        if (m->syscall == TC_SYS_MSYNC || bpf_map_lookup_elem(&map_shared, &tgid))
-            tc_map_unwalked();
+        /* msync is only ever about file mappings; a munmap counts only when the process made
+         * a shared writable one while traced (else every busy anonymous munmap of a
+         * multithreaded program would, and never a file write missed) */
+        tc_map_unwalked(m->at, m->end, m->syscall == TC_SYS_MSYNC);
         return false;
     }
     if (found == TC_MAP_NONE)
@@ -281,8 +348,8 @@ static __always_inline int tc_map_unmap(__u64 addr, __u64 len)
     if (!s)
         return 0;
     for (int i = 0; i < TC_MAP_SLOTS; i++)
-        if (s->addr[i] >= addr && s->addr[i] < addr + len)
-            s->addr[i] = 0;
+        if (s->s[i].start >= addr && s->s[i].start < addr + len)
+            s->s[i].start = 0;
     return 0;
 }
 
@@ -292,26 +359,44 @@ int tc_map_munmap(struct trace_event_raw_sys_enter *ctx)
     return tc_map_unmap(ctx->args[0], ctx->args[1]);
 }
 
-/* A new shared writable file mapping of a process in scope: remembered for its exit. */
+/* A new mapping of a process in scope: remembered mappings it replaced (MAP_FIXED) are
+ * forgotten, and a shared writable file mapping is remembered. One that could not be looked up
+ * is neither (nothing tells whether it was a file mapping): not counted. */
 static __always_inline int tc_map_mapped(long ret)
 {
     __u64 addr = ret;
     if ((__s64)addr < 0 || !cfg.filters[TC_DIR_WRITE].enabled || !tc_in_scope())
         return 0;
     struct tc_map_vma v = {};
-    if (tc_map_find(addr, &v) != TC_MAP_FILE)
-        return 0;   /* not looked up: no way to tell a file mapping, so not counted */
+    int found = tc_map_find(addr, &v);
+    if (found < TC_MAP_OTHER)
+        return 0;
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct tc_map_slots *s = bpf_map_lookup_elem(&map_shared, &tgid);
+    if (s)
+        for (int i = 0; i < TC_MAP_SLOTS; i++)
+            if (s->s[i].start && s->s[i].start < v.end && s->s[i].end > v.start)
+                s->s[i].start = 0;
+    if (found != TC_MAP_FILE)
+        return 0;
+    struct file *f = (struct file *)v.file;
+    struct tc_map_slot slot = {
+        .start = v.start, .end = v.end, .inode = BPF_CORE_READ(f, f_inode, i_ino),
+        .dev = BPF_CORE_READ(f, f_inode, i_sb, s_dev), .wanted = tc_map_wanted(f),
+    };
     if (!s) {
-        struct tc_map_slots init = { .addr = { addr } };
-        if (bpf_map_update_elem(&map_shared, &tgid, &init, BPF_NOEXIST))
+        struct tc_map_state *m = map_scratch_slot();   /* the new entry, built off the stack */
+        if (!m)
+            return 0;
+        __builtin_memset(&m->slots, 0, sizeof(m->slots));
+        m->slots.s[0] = slot;
+        if (bpf_map_update_elem(&map_shared, &tgid, &m->slots, BPF_NOEXIST))
             tc_count(TC_DIR_WRITE * TC_CNT_PER_KIND + TC_CNT_PENDING_FULL, 1);
         return 0;
     }
     for (int i = 0; i < TC_MAP_SLOTS; i++) {
-        if (!s->addr[i] || s->addr[i] == addr) {
-            s->addr[i] = addr;
+        if (!s->s[i].start) {
+            s->s[i] = slot;
             return 0;
         }
     }

@@ -174,8 +174,8 @@ def test_every_flushed_page_is_captured_or_counted_while_another_thread_remaps(
     while another maps and unmaps anonymous memory in a loop, holding the memory map's lock
     for writing. bpf_find_vma only trylocks it, so some msyncs cannot be looked at (measured:
     1-9 of 2,000-4,000). Each such one must be counted (``write.map_unwalked``, named in the
-    summary): the pages captured plus that count are exactly the flushes, and every page
-    captured holds its byte."""
+    summary) and named on the file: its artifact says ``lost_unsized`` for each flush lost and
+    is not complete. Every page captured holds its byte."""
     path = workdir / "contended"
     run = tracecap("--capture", f"write={workdir}/*")
     python(
@@ -207,9 +207,12 @@ def test_every_flushed_page_is_captured_or_counted_while_another_thread_remaps(
     assert len(found) == 1, (name, run.logs())
     rec, art = found[0], run.artifact(name)
     pages = [p for start, end in rec["mapping"] for p in range(start // PAGE, end // PAGE)]
-    assert rec["syscalls"] == ["msync"], rec
     for p in pages:
         assert art[p * PAGE] == 1 + p % 250, p
+    lost = CONTENDED_PAGES - len(pages)
+    assert rec["syscalls"] == (["msync", "unknown"] if lost else ["msync"]), rec  # the notice's
+    assert rec.get("lost_unsized", 0) == lost, (lost, rec)
+    assert rec["complete"] is (lost == 0), rec
+    # the other thread's munmaps count too when they find the lock taken: at least the lost
     counted = re.search(r"shared mappings not looked at \(memory map busy\) (\d+)", run.stderr)
-    unwalked = int(counted.group(1)) if counted else 0
-    assert len(pages) + unwalked == CONTENDED_PAGES, (len(pages), unwalked, run.stderr)
+    assert (int(counted.group(1)) if counted else 0) >= lost, run.stderr
