@@ -28,7 +28,7 @@ from writers.budget import DiskBudget
 from writers.fileartifact import FileArtifact, syscalls
 from writers.fileio import FdCache, digest_fd, write_all
 from writers.gaps import Gap
-from writers.index import Index
+from writers.index import Index, encode_record
 from writers.journal import Journal
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import OutputDir, check_component
@@ -55,6 +55,10 @@ MAX_RESIDENT = 1024
 #: per artifact it wrote recently, at most its MAX_EXTENTS, 4096) are answered without reading
 #: the index back: about 250 bytes each.
 RELEASED_ENDS = 4096
+#: Index lines of the artifacts released last, newest last: an artifact written again soon
+#: after its release (a log, a pipe, a file written in phases, one of MAX_RESIDENT flushed
+#: early) is rebuilt from its line without reading the index back (up to 16 MiB each time).
+RELEASED_LINES = 256
 #: Index lines written in one append (the early flushes past MAX_RESIDENT take an eighth of
 #: it at a time): one lock and one write for many small files, and at most a few hundred KB.
 FLUSH_BATCH = 256
@@ -128,6 +132,8 @@ class FileWriter(Writer):
         self._unknown_sizes: dict[_Key, int] = {}
         #: (end, generation) of the RELEASED_ENDS artifacts released last, newest last.
         self._released_ends: OrderedDict[_Key, tuple[int, int | None]] = OrderedDict()
+        #: The last index line written of each of the RELEASED_LINES artifacts released last.
+        self._released_lines: OrderedDict[_Key, dict[str, Any]] = OrderedDict()
         self.counters.update(
             dict.fromkeys(
                 (
@@ -216,8 +222,14 @@ class FileWriter(Writer):
         path = f"{subdir}/{name}"
         needle = b'"path": ' + json.dumps(path).encode()
         try:
-            rec = self._index.find_last(
-                needle, lambda r: r.get("path") == path and r.get("kind") in DIRECTIONS
+            line = self._released_lines.pop(key, None)
+            # through JSON, as the index gives it back (lists, never tuples)
+            rec = (
+                json.loads(encode_record(line))
+                if line
+                else self._index.find_last(
+                    needle, lambda r: r.get("path") == path and r.get("kind") in DIRECTIONS
+                )
             )
             art = None if rec is None else FileArtifact.from_record(rec, now)
         except (OSError, ValueError) as exc:
@@ -571,6 +583,12 @@ class FileWriter(Writer):
         paths = [self._artifacts[key].path for key in done]
         if self._journal is not None and not self._journal.closed(*paths):
             self.counters["journal_errors"] += 1
+        for key, rec, ok in zip(keys, records, written, strict=True):
+            if ok:
+                self._released_lines[key] = rec
+                self._released_lines.move_to_end(key)
+        while len(self._released_lines) > RELEASED_LINES:
+            self._released_lines.popitem(last=False)
         for key in done:
             self._release(key)
 

@@ -508,6 +508,7 @@ def test_a_file_known_only_by_a_loss_whose_line_is_out_of_reach_is_never_complet
     h.idle()
     assert h.latest(W)["missing"] == [[512, 4096]] and h.writer._artifacts == {}
     monkeypatch.setattr(h.index, "find_last", lambda needle, accept: None)  # scrolled away
+    h.writer._released_lines.clear()  # and out of the recent lines (RELEASED_LINES)
     h.io(b"A" * 512, off=0, io_id=1)
     h.idle()
     rec = h.latest(W)
@@ -518,6 +519,38 @@ def test_a_file_known_only_by_a_loss_whose_line_is_out_of_reach_is_never_complet
     h.idle()
     rec = h.latest(W)
     assert (rec["complete"], rec.get("history_unknown")) == (False, True)
+
+
+@pytest.mark.parametrize("recent", [True, False])
+def test_an_artifact_written_again_soon_is_rebuilt_from_its_recent_line_not_the_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recent: bool
+) -> None:
+    """Released, then written again: its state comes from the line the writer just wrote
+    (RELEASED_LINES) without reading the index back, and is what the index scan gives."""
+    h = Harness(tmp_path)
+    try:
+        h.io(b"A" * 100, off=0, io_id=1)
+        h.send(None, file_env(off=200, io_id=2, io_len=50, lost=[[200, 250]]))
+        h.idle()
+        first = h.latest(W)
+        if recent:
+
+            def no_scan(needle: bytes, accept: object) -> None:
+                raise AssertionError("the index was read back")
+
+            monkeypatch.setattr(h.index, "find_last", no_scan)
+        else:
+            h.writer._released_lines.clear()
+        h.io(b"B" * 10, off=100, io_id=3)
+        h.idle()
+        rec = h.latest(W)
+        assert h.writer.counters["rebuilt"] == 1
+        assert rec["missing"] == first["missing"] == [[200, 250]]
+        assert (rec["size"], rec["end"], rec["complete"]) == (110, 250, False)
+        assert rec["ios"] == first["ios"] + 1
+        assert (h.root / W).read_bytes() == b"A" * 100 + b"B" * 10
+    finally:
+        h.close()
 
 
 def test_an_index_line_that_cannot_be_written_keeps_the_artifact_and_is_retried(
