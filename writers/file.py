@@ -28,7 +28,7 @@ from writers.budget import DiskBudget
 from writers.fileartifact import FileArtifact, syscalls
 from writers.fileio import FdCache, digest_fd, write_all
 from writers.gaps import Gap
-from writers.index import Index, encode_record
+from writers.index import Index
 from writers.journal import Journal
 from writers.naming import container_dir, file_artifact_name
 from writers.outdir import OutputDir, check_component
@@ -56,9 +56,12 @@ MAX_RESIDENT = 1024
 #: the index back: about 250 bytes each.
 RELEASED_ENDS = 4096
 #: Index lines of the artifacts released last, newest last: an artifact written again soon
-#: after its release (a log, a pipe, a file written in phases, one of MAX_RESIDENT flushed
-#: early) is rebuilt from its line without reading the index back (up to 16 MiB each time).
-RELEASED_LINES = 256
+#: after its release is rebuilt from its line without reading the index back (up to 16 MiB
+#: each time). Measured, the realistic workload (bench_workloads.py (a)): `cp -r` of 1,406
+#: files, each announced by copy_file_range, its bytes read back later, most released in
+#: between by the MAX_RESIDENT early flush: 1,825 rebuilds, 1,346 of them past 256 lines, and
+#: the scans were 30% of the writer. As bytes, about 650 each: 2.6 MB at most.
+RELEASED_LINES = 4096
 #: Index lines written in one append (the early flushes past MAX_RESIDENT take an eighth of
 #: it at a time): one lock and one write for many small files, and at most a few hundred KB.
 FLUSH_BATCH = 256
@@ -133,7 +136,7 @@ class FileWriter(Writer):
         #: (end, generation) of the RELEASED_ENDS artifacts released last, newest last.
         self._released_ends: OrderedDict[_Key, tuple[int, int | None]] = OrderedDict()
         #: The last index line written of each of the RELEASED_LINES artifacts released last.
-        self._released_lines: OrderedDict[_Key, dict[str, Any]] = OrderedDict()
+        self._released_lines: OrderedDict[_Key, bytes] = OrderedDict()
         self.counters.update(
             dict.fromkeys(
                 (
@@ -223,9 +226,8 @@ class FileWriter(Writer):
         needle = b'"path": ' + json.dumps(path).encode()
         try:
             line = self._released_lines.pop(key, None)
-            # through JSON, as the index gives it back (lists, never tuples)
             rec = (
-                json.loads(encode_record(line))
+                json.loads(line)
                 if line
                 else self._index.find_last(
                     needle, lambda r: r.get("path") == path and r.get("kind") in DIRECTIONS
@@ -571,7 +573,10 @@ class FileWriter(Writer):
             art.dirty = False
             records.append(art.record(size, sha256))
         what = f"{self._artifacts[keys[0]].path}: record" if len(keys) == 1 else "records"
-        written = self._index.append_all_or_count(records, self.counters, self._log, what)
+        lines: list[bytes | None] = []
+        written = self._index.append_all_or_count(
+            records, self.counters, self._log, what, lines=lines
+        )
         done = [key for key, ok in zip(keys, written, strict=True) if ok]
         for key, ok in zip(keys, written, strict=True):
             if not ok and retry:
@@ -583,9 +588,9 @@ class FileWriter(Writer):
         paths = [self._artifacts[key].path for key in done]
         if self._journal is not None and not self._journal.closed(*paths):
             self.counters["journal_errors"] += 1
-        for key, rec, ok in zip(keys, records, written, strict=True):
-            if ok:
-                self._released_lines[key] = rec
+        for key, line, ok in zip(keys, lines, written, strict=True):
+            if ok and line is not None:
+                self._released_lines[key] = line
                 self._released_lines.move_to_end(key)
         while len(self._released_lines) > RELEASED_LINES:
             self._released_lines.popitem(last=False)

@@ -342,18 +342,21 @@ class Index:
         log: Callable[[str, str], None],
         what: str,
         errors: str = "index_errors",
+        lines: list[bytes | None] | None = None,
     ) -> list[bool]:
         """Append ``records`` in as few writes as rotation allows (one lock, one ``write`` per
         chunk of at most the rotation size, so segments keep to their size), each chunk whole or
         not at all, and say which are in the index: a record that is not JSON is left out
         (counted in ``errors``, logged) and the others go; a failed append (OSError, or the
-        ValueError of an fd already closed) leaves its chunk out, counted once. Never raises."""
+        ValueError of an fd already closed) leaves its chunk out, counted once. Never raises.
+        ``lines``, if given, receives each record's line as written (None: not JSON)."""
 
         def lost(exc: Exception) -> None:
             counters[errors] = counters.get(errors, 0) + 1
             log(errors.removesuffix("s"), f"{what} not written: {exc}")
 
-        lines: list[bytes | None] = []
+        if lines is None:
+            lines = []
         for record in records:
             try:
                 lines.append(encode_record(record))
