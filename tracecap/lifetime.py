@@ -17,6 +17,7 @@ import signal
 from collections.abc import Callable, Mapping
 
 _PR_SET_PDEATHSIG = 1
+_PR_GET_PDEATHSIG = 2
 
 Prctl = Callable[[int, int], int]
 
@@ -28,6 +29,25 @@ def _prctl(option: int, arg: int) -> int:
     if libc.prctl(option, arg, 0, 0, 0) != 0:
         return ctypes.get_errno()
     return 0
+
+
+def parent_death_signal() -> int:
+    """The signal this process gets when its parent exits (0: none). A change of user id
+    clears it (prctl(2)): whoever drops privileges sets it again with
+    ``set_parent_death_signal``."""
+    import ctypes
+
+    value = ctypes.c_int(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0) != 0:
+        return 0
+    return value.value
+
+
+def set_parent_death_signal(signum: int) -> None:
+    err = _prctl(_PR_SET_PDEATHSIG, signum)
+    if err:
+        raise OSError(err, f"cannot ask for a signal when the parent exits: {os.strerror(err)}")
 
 
 def follow_supervisor(

@@ -9,6 +9,7 @@ import os
 import pwd
 
 from tracecap.fsutil import ancestor_problem, walk
+from tracecap.lifetime import parent_death_signal, set_parent_death_signal
 
 _PR_SET_NO_NEW_PRIVS = 38
 
@@ -40,9 +41,12 @@ def drop_privileges(user: str = "tracecap") -> None:
         raise PrivilegeError(f"{user} user missing: run `make setup`") from None
     if entry.pw_uid == 0:
         raise PrivilegeError(f"refusing to run writers as {user!r}: it is uid 0")
+    death = parent_death_signal()  # supervisord's (tracecap/lifetime.py); setuid clears it
     os.setgroups([])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
+    if death:
+        set_parent_death_signal(death)
     try:
         os.setuid(0)
     except PermissionError:

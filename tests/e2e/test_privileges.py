@@ -243,3 +243,20 @@ def test_artifacts_are_0640_in_a_0750_tree_owned_by_tracecap(
         st = os.lstat(path)
         assert stat.S_IMODE(st.st_mode) == 0o640, (path, oct(st.st_mode))
         assert (st.st_uid, st.st_gid) == owner, (path, st.st_uid, st.st_gid)
+
+
+def test_a_program_of_supervisord_that_drops_to_tracecap_still_stops_with_it(tracecap_user):
+    """setuid clears the parent-death signal (prctl(2)): a program supervisord starts as root
+    that then drops to ``tracecap`` itself (a writer without ``user=``) must still get SIGTERM
+    when supervisord dies (tracecap/lifetime.py)."""
+    out = python_as(
+        "import os\n"
+        "os.environ['SUPERVISOR_ENABLED'] = '1'\n"
+        "from tracecap.lifetime import follow_supervisor, parent_death_signal\n"
+        "from tracecap.privileges import drop_privileges\n"
+        "follow_supervisor()\n"
+        "before = parent_death_signal()\n"
+        "drop_privileges('tracecap')\n"
+        "print(before, parent_death_signal(), os.getuid())\n"
+    )
+    assert out == f"15 15 {tracecap_user.pw_uid}"
