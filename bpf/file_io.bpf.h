@@ -109,15 +109,12 @@ static __always_inline struct tc_drop_val *tc_drop_entry(struct tc_drop_key *key
     return bpf_map_lookup_elem(&file_drops, key);
 }
 
-/* Remember what a syscall whose event was dropped did to its file: `ret` bytes at ev->pos,
- * or with `unsized` a transfer whose byte count could not be read (only its file is known). */
-static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 ret, bool unsized)
+/* Remember that `key`'s file lost a syscall's bytes: `ret` bytes at `pos`, or with `unsized`
+ * a transfer whose byte count is unknown (only its file is known). */
+static __always_inline void tc_note_drop(struct tc_drop_key *key, bool append, __u64 pos,
+                                         __u64 ret, bool unsized)
 {
-    struct tc_drop_key key = {
-        .inode = ev->inode, .cgroup_id = ev->h.cgroup_id, .dev = ev->dev,
-        .direction = ev->direction,
-    };
-    struct tc_drop_val *v = tc_drop_entry(&key, !!(ev->flags & TC_EV_APPEND));
+    struct tc_drop_val *v = tc_drop_entry(key, append);
     if (!v)
         return;
     __sync_fetch_and_add(&v->ios, 1);
@@ -126,10 +123,21 @@ static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 r
         return;
     }
     __sync_fetch_and_add(&v->bytes, ret);
-    if (ev->pos < v->lo)
-        v->lo = ev->pos;
-    if (ev->pos + ret > v->hi)
-        v->hi = ev->pos + ret;
+    if (pos < v->lo)
+        v->lo = pos;
+    if (pos + ret > v->hi)
+        v->hi = pos + ret;
+}
+
+/* Remember what a syscall whose event was dropped did to its file: `ret` bytes at ev->pos,
+ * or with `unsized` a transfer whose byte count could not be read (only its file is known). */
+static __always_inline void tc_note_dropped_io(struct tc_file_event *ev, __u64 ret, bool unsized)
+{
+    struct tc_drop_key key = {
+        .inode = ev->inode, .cgroup_id = ev->h.cgroup_id, .dev = ev->dev,
+        .direction = ev->direction,
+    };
+    tc_note_drop(&key, !!(ev->flags & TC_EV_APPEND), ev->pos, ret, unsized);
 }
 
 /* Files whose content starts with an ELF header, for write:type=elf / read:type=elf. */

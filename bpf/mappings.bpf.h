@@ -77,11 +77,7 @@ static __always_inline void tc_map_lost(const struct tc_map_slot *sl)
         .inode = sl->inode, .cgroup_id = bpf_get_current_cgroup_id(), .dev = sl->dev,
         .direction = TC_DIR_WRITE,
     };
-    struct tc_drop_val *v = tc_drop_entry(&key, false);
-    if (v) {
-        __sync_fetch_and_add(&v->ios, 1);
-        __sync_fetch_and_add(&v->unsized, 1);
-    }
+    tc_note_drop(&key, false, 0, 0, true);
 }
 
 /* [lo, hi) of the current process could not be looked at, so writes through a mapping there
