@@ -51,14 +51,11 @@ GAP_WINDOW_SECONDS = 2.0
 #: of small files would otherwise hold them all until their idle flush, and the allocator keeps
 #: that peak: 18,000 files in 2 s left the writer 59 MB larger; 1024 bound it to a few MB.
 MAX_RESIDENT = 1024
-#: Ends of released artifacts remembered, so that the collector's announcements at stop (one
-#: per artifact it wrote recently, at most its MAX_EXTENTS, 4096) are answered without reading
-#: the index back: about 250 bytes each.
-RELEASED_ENDS = 4096
-#: Index lines of the artifacts released last, newest last: an artifact written again soon
-#: after its release is rebuilt from its line without reading the index back (up to 16 MiB
-#: each time). Measured, the realistic workload (bench_workloads.py (a)): `cp -r` of 1,406
-#: files, each announced by copy_file_range, its bytes read back later, most released in
+#: Index lines of the artifacts released last, newest last, so that neither an artifact
+#: written again soon after its release nor the collector's announcements at stop (one per
+#: artifact it wrote recently, at most its MAX_EXTENTS, 4096) read the index back (up to
+#: 16 MiB each time). Measured, the realistic workload (bench_workloads.py (a)): `cp -r` of
+#: 1,406 files, each announced by copy_file_range, its bytes read back later, most released in
 #: between by the MAX_RESIDENT early flush: 1,825 rebuilds, 1,346 of them past 256 lines, and
 #: the scans were 30% of the writer. As bytes, about 650 each: 2.6 MB at most.
 RELEASED_LINES = 4096
@@ -133,8 +130,6 @@ class FileWriter(Writer):
         #: Existing files met without a usable index line, by key, with their size (0 too),
         #: until their first message.
         self._unknown_sizes: dict[_Key, int] = {}
-        #: (end, generation) of the RELEASED_ENDS artifacts released last, newest last.
-        self._released_ends: OrderedDict[_Key, tuple[int, int | None]] = OrderedDict()
         #: The last index line written of each of the RELEASED_LINES artifacts released last.
         self._released_lines: OrderedDict[_Key, bytes] = OrderedDict()
         self.counters.update(
@@ -225,7 +220,7 @@ class FileWriter(Writer):
         path = f"{subdir}/{name}"
         needle = b'"path": ' + json.dumps(path).encode()
         try:
-            line = self._released_lines.pop(key, None)
+            line = self._released_lines.get(key)
             rec = (
                 json.loads(line)
                 if line
@@ -264,14 +259,14 @@ class FileWriter(Writer):
         self.counters["artifacts"] += 1
         return art
 
-    def _release(self, key: _Key) -> None:
-        """Forget an artifact whose index line is written (its fd stays in the LRU)."""
-        art = self._artifacts.pop(key, None)
-        if art is not None:
-            self._released_ends[key] = (art.end, art.generation)
-            self._released_ends.move_to_end(key)
-            if len(self._released_ends) > RELEASED_ENDS:
-                self._released_ends.popitem(last=False)
+    def _release(self, key: _Key, line: bytes) -> None:
+        """Forget an artifact whose index ``line`` is written, keeping the line (its fd stays
+        in the LRU)."""
+        self._artifacts.pop(key, None)
+        self._released_lines[key] = line
+        self._released_lines.move_to_end(key)
+        if len(self._released_lines) > RELEASED_LINES:
+            self._released_lines.popitem(last=False)
         self._unsynced.pop(key, None)
         self._held.pop(key, None)
         self.counters["released"] += 1
@@ -471,8 +466,9 @@ class FileWriter(Writer):
         art = self._artifacts.get(key)
         if art is not None:
             end, known = art.end, art.generation
-        elif key in self._released_ends:
-            end, known = self._released_ends[key]
+        elif key in self._released_lines:
+            rec = json.loads(self._released_lines[key])
+            end, known = rec["end"], rec.get("generation")
         else:
             return None
         return None if generation and known and known != generation else end
@@ -589,13 +585,8 @@ class FileWriter(Writer):
         if self._journal is not None and not self._journal.closed(*paths):
             self.counters["journal_errors"] += 1
         for key, line, ok in zip(keys, lines, written, strict=True):
-            if ok and line is not None:
-                self._released_lines[key] = line
-                self._released_lines.move_to_end(key)
-        while len(self._released_lines) > RELEASED_LINES:
-            self._released_lines.popitem(last=False)
-        for key in done:
-            self._release(key)
+            if ok and line is not None:  # written: a line that is not JSON never is
+                self._release(key, line)
 
     def close(self) -> None:
         keys = list(self._dirty)
