@@ -72,17 +72,17 @@ def summary_line(
             f"{kernel.get('mem.skipped_bytes', 0)} bytes)"
         )
     # losses no range of any artifact can name: shown only when they happened
-    unranged = ""
-    if coll.get("lost_unsized"):
-        unranged = f", transfers lost of unknown size {coll['lost_unsized']}"
-    # syscalls lost in the ring when the kernel's loss table was full: no artifact names them
-    unnamed = kernel_sum(".drop_table_full")
-    if unnamed:
-        unranged += f", syscalls lost naming no file (loss table full) {unnamed}"
-    # msync/munmap/exit moments whose mapping could not be looked at: a write may be unsent
-    unwalked = kernel_sum(".map_unwalked")
-    if unwalked:
-        unranged += f", shared mappings not looked at (memory map busy) {unwalked}"
+    unranged = "".join(
+        f", {label} {count}"
+        for label, count in (
+            ("transfers lost of unknown size", coll.get("lost_unsized", 0)),
+            # syscalls lost in the ring when the kernel's loss table was full
+            ("syscalls lost naming no file (loss table full)", kernel_sum(".drop_table_full")),
+            # msync/munmap/exit moments whose mapping could not be looked at
+            ("shared mappings not looked at (memory map busy)", kernel_sum(".map_unwalked")),
+        )
+        if count
+    )
     # not a loss: packets that reached the pcap writer after their place in time was written
     late = ""
     if any("late_packets" in w.get("counters", {}) for w in writers.values()):
