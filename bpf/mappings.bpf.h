@@ -24,6 +24,7 @@
 #define TC_MAP_VMAS 4               /* mappings an msync or munmap range may span */
 #define TC_MAP_MAX_PAGES (1u << 20) /* pages looked at per mapping: 4 GiB */
 #define TC_ENOENT 2                 /* bpf_find_vma: no mapping there (a macro, not in BTF) */
+#define NR_MUNMAP 11                /* x86-64 */
 
 /* Per process in scope: each shared writable file mapping it made (start 0: a free slot), to
  * find them at its exit and to name the file should its memory map be locked when an msync or
@@ -329,30 +330,30 @@ static __always_inline int tc_map_range(__u64 addr, __u64 len, __u16 syscall)
     return 0;
 }
 
-SEC("tp/syscalls/sys_enter_msync")
-int tc_map_msync(struct trace_event_raw_sys_enter *ctx)
+/* munmap: the mappings remembered in [addr, addr + len) are forgotten (after its dirty pages). */
+static __always_inline void tc_map_forget(__u64 addr, __u64 len)
 {
-    return tc_map_range(ctx->args[0], ctx->args[1], TC_SYS_MSYNC);
-}
-
-/* munmap: the range's dirty pages, and the mappings remembered there forgotten. */
-static __always_inline int tc_map_unmap(__u64 addr, __u64 len)
-{
-    tc_map_range(addr, len, TC_SYS_MUNMAP);
     __u32 tgid = bpf_get_current_pid_tgid() >> 32;
     struct tc_map_slots *s = bpf_map_lookup_elem(&map_shared, &tgid);
     if (!s)
-        return 0;
+        return;
     for (int i = 0; i < TC_MAP_SLOTS; i++)
         if (s->s[i].start >= addr && s->s[i].start < addr + len)
             s->s[i].start = 0;
-    return 0;
 }
 
-SEC("tp/syscalls/sys_enter_munmap")
-int tc_map_munmap(struct trace_event_raw_sys_enter *ctx)
+/* msync and munmap (the range's dirty pages, and for munmap its mappings forgotten): one
+ * program, which the collector attaches to both sys_enter tracepoints (collector/probes.py
+ * SHARED_ENTERS); the syscall number tells them apart, and the range walk is inlined once. A
+ * program each took 37 ms of verification each on 6.18. */
+SEC("tp")
+int tc_map_msync_munmap(struct trace_event_raw_sys_enter *ctx)
 {
-    return tc_map_unmap(ctx->args[0], ctx->args[1]);
+    bool unmap = (int)ctx->id == NR_MUNMAP;
+    tc_map_range(ctx->args[0], ctx->args[1], unmap ? TC_SYS_MUNMAP : TC_SYS_MSYNC);
+    if (unmap)
+        tc_map_forget(ctx->args[0], ctx->args[1]);
+    return 0;
 }
 
 /* A new mapping of a process in scope: remembered mappings it replaced (MAP_FIXED) are

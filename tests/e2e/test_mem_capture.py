@@ -37,6 +37,8 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
                       ctypes.c_int, ctypes.c_long]
 libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.syscall.argtypes = [ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
+                        ctypes.c_int]
 R, W, X = 1, 2, 4
 def region(size, prot):
     p = libc.mmap(None, size, prot, 0x22, -1, 0)
@@ -51,7 +53,8 @@ q = region(2 * 4096, R | W | X)  # writable and executable at mmap: zeros then
 e = region(2 * 4096, R | W | X)
 z = region(4096, 0)
 c = region(4096, R | X)
-out = {"unpacked": p, "rwx": q, "empty": e, "exit": z, "patched": c}
+k = region(4096, R | W)
+out = {"unpacked": p, "rwx": q, "empty": e, "exit": z, "patched": c, "pkey": k}
 # stage 1 in three pages of four (the fourth never touched), made executable five times
 ctypes.memmove(p, stage1, len(stage1))
 for _ in range(5):
@@ -69,6 +72,10 @@ protect(z, 4096, R | W | X)
 ctypes.memmove(z, code[::-1], len(code))
 # executable, then writable and executable again (a patch site never written)
 protect(c, 4096, R | W | X)
+# written, then made executable by the pkey_mprotect syscall (x86-64's 329; pkey -1: no key;
+# glibc's wrapper calls mprotect for -1)
+ctypes.memmove(k, code, len(code))
+assert libc.syscall(329, k, 4096, R | X, -1) == 0, ctypes.get_errno()
 print(json.dumps(out))
 """
 
@@ -132,6 +139,10 @@ def test_an_unpacker_is_dumped_exactly_alerted_as_tracee_and_repeats_counted(tra
     assert at_exit["syscall"] == "exit"
     assert run.artifact(at_exit["path"].split("/")[1]) == code[::-1] + bytes(PAGE - len(code))
     assert where["patched"] not in by_addr  # never written while writable
+    # pkey_mprotect, named as such (one program serves both syscalls' tracepoints)
+    (pkey,) = by_addr[where["pkey"]]
+    assert (pkey["alert"], pkey["syscall"]) == (W_TO_E, "pkey_mprotect")
+    assert run.artifact(pkey["path"].split("/")[1]) == code + bytes(PAGE - len(code))
 
     # every change Tracee alerts on, with its text, printed and indexed
     printed = alerts(run, pid)
@@ -142,8 +153,9 @@ def test_an_unpacker_is_dumped_exactly_alerted_as_tracee_and_repeats_counted(tra
         (where["rwx"], MMAP_WX, "PROT_NONE", "PROT_READ|PROT_WRITE|PROT_EXEC"),
         (where["exit"], TO_X, "PROT_NONE", "PROT_READ|PROT_WRITE|PROT_EXEC"),
         (where["patched"], E_TO_WE, "PROT_READ|PROT_EXEC", "PROT_READ|PROT_WRITE|PROT_EXEC"),
+        (where["pkey"], W_TO_E, "PROT_READ|PROT_WRITE", "PROT_READ|PROT_EXEC"),
     }
-    assert sum(arg(e, "alert") == W_TO_E for e in printed) == 6
+    assert sum(arg(e, "alert") == W_TO_E for e in printed) == 7
     indexed = ours(run.records("mem_alert"), pid)
     assert {(r["address"], r["alert"]) for r in indexed} >= {
         (where["rwx"], MMAP_WX), (where["empty"], MMAP_WX), (where["exit"], TO_X),

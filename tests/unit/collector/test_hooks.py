@@ -170,14 +170,19 @@ SYSCALL_TP_SECTIONS = ("tp/syscalls/", "raw_tp/sys_enter", "raw_tp/sys_exit")
 def syscall_tracepoints(choices: dict[str, hooks.Choice], sections: dict[str, str]) -> set[str]:
     """The syscall tracepoints KernelProbes.attach would put programs on for ``choices``: each
     loaded program's by its section, the shared exits (section "tp") at probes.exit_tracepoints'
-    syscalls."""
+    syscalls, the shared enters (section "tp") at their SHARED_ENTERS syscalls."""
     loaded = probes.programs_for(choices)
-    assert {p for p in loaded if sections[p] == "tp"} <= probes.SHARED_EXITS.keys()
+    enters = loaded & probes.SHARED_ENTERS.keys()
+    assert {p for p in loaded if sections[p] == "tp"} <= probes.SHARED_EXITS.keys() | enters
     by_section = {
         sections[p].split("/", 1)[1] for p in loaded if sections[p].startswith(SYSCALL_TP_SECTIONS)
     }
     shared = probes.exit_tracepoints(choices).values()
-    return by_section | {f"syscalls/sys_exit_{sc}" for scs in shared for sc in scs}
+    return (
+        by_section
+        | {f"syscalls/sys_exit_{sc}" for scs in shared for sc in scs}
+        | {f"syscalls/sys_enter_{sc}" for p in enters for sc in probes.SHARED_ENTERS[p]}
+    )
 
 
 @pytest.mark.parametrize("kernel", [DEBIAN_6_1, frozenset(hooks.NEEDS)], ids=["6.1", "all"])

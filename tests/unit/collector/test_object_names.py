@@ -147,11 +147,11 @@ def test_the_packet_ring_is_as_large_as_the_file_ring_and_never_below_its_floor(
 
 
 #: write's shared-mapping programs at the tracepoints and their fentry/fexit twins
-#: (bpf/mappings_fentry.bpf.h); the exit (tc_map_exit, tp_btf) is on both hooks.
+#: (bpf/mappings_fentry.bpf.h: a trampoline is per function, so msync and munmap, one program
+#: at the tracepoints, have one each); the exit (tc_map_exit, tp_btf) is on both hooks.
 MAPPING_TWINS = {
-    "tc_map_msync": "tc_map_fenter_msync",
-    "tc_map_munmap": "tc_map_fenter_munmap",
-    "tc_map_mmap_exit": "tc_map_fexit_mmap",
+    "tc_map_msync_munmap": {"tc_map_fenter_msync", "tc_map_fenter_munmap"},
+    "tc_map_mmap_exit": {"tc_map_fexit_mmap"},
 }
 
 
@@ -168,7 +168,9 @@ def test_the_fentry_hook_loads_a_twin_of_each_tracepoint_program_and_no_tracepoi
     twins = {f"tc_fexit_{sc}" for sc in syscalls} | {
         f"tc_fenter_{sc}" for sc in syscalls - probes.FEXIT_ONLY
     }
-    others = {MAPPING_TWINS.get(n, n) for n in tp - enters - probes.SHARED_EXITS.keys()}
+    others = set().union(
+        *(MAPPING_TWINS.get(n, {n}) for n in tp - enters - probes.SHARED_EXITS.keys())
+    )
     assert fentry == twins | others
     assert not {n for n in fentry if n.startswith(("tc_enter_", "tc_exit_"))}
     assert {n for n in fentry if n.startswith("tc_fenter_")}
@@ -184,15 +186,19 @@ def test_the_fexit_only_syscalls_have_no_fentry_program_in_the_object(in_object)
 
 
 def test_the_mem_fentry_hook_loads_a_twin_of_each_tracepoint_program():
-    """bpf/mem_fentry.bpf.h: tc_fenter_X for tc_X_enter, tc_fexit_X for tc_X_exit; the exit
-    program (tp_btf) is on both hooks."""
+    """bpf/mem_fentry.bpf.h: tc_fenter_X for tc_X_enter, tc_fexit_X for tc_X_exit, and for an
+    enter shared by syscalls (SHARED_ENTERS) tc_fenter_X of each; the exit program (tp_btf) is
+    on both hooks."""
     tp = probes.HOOK_PROGRAMS["mem", "syscall_tracepoints"]
     fentry = probes.HOOK_PROGRAMS["mem", "fentry_syscalls"]
-    syscalls = tp - {"tc_mem_exit"}
+    syscalls = tp - {"tc_mem_exit"} - probes.SHARED_ENTERS.keys()
     renamed = {
         re.sub(r"^tc_(\w+)_(enter|exit)$", lambda m: f"tc_f{m[2]}_{m[1]}", n) for n in syscalls
     }
-    assert fentry == renamed | {"tc_mem_exit"}
+    shared = {f"tc_fenter_{sc}" for p in tp & probes.SHARED_ENTERS.keys()
+              for sc in probes.SHARED_ENTERS[p]}  # fmt: skip
+    assert shared == {"tc_fenter_mprotect", "tc_fenter_pkey_mprotect"}
+    assert fentry == renamed | shared | {"tc_mem_exit"}
 
 
 def test_module_and_bpf_fentry_hooks_pair_each_syscall_and_load_no_tracepoint():
