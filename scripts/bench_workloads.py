@@ -14,7 +14,10 @@ median and range of its rounds:
     configuration (conf/tracecap.conf, as ``make run`` uses it) but scoped out
     (``--scope comm=nomatch-xyz``: the probes run, nothing is captured), and with the default
     configuration; modes alternate in each round. Per round: slowdown and bytes lost (kernel
-    ring drops, bus gaps, the index's missing ranges).
+    ring drops, bus gaps, the index's missing ranges), and the CPU tracecap's processes spent
+    on the work (until idle again) over the workload's own CPU in the same run: this VM's CPU
+    speed varies up to 2x between seconds (a fixed Python loop: 0.25-0.50 s), which the
+    slowdown, a ratio of two runs, carries and this ratio of one run does not.
 (b) small files: the highest rate of 4 KiB files (open, write, close; one process) that is
     captured with zero loss (``--capture write=<dir>/*``), searched down a ladder of paced
     rates from the unpaced run, beside the untraced rate of the same round.
@@ -23,9 +26,9 @@ median and range of its rounds:
     ``complete: true``).
 
 Run as root: ``make bench`` runs it after scripts/bench.py; alone, ``scripts/bench_workloads.py``
-(``--quick``: one round of each; ``--only a|b|c``). Measured on 2 vCPUs beside a TCG guest, with
-tracecap taking 6-13 s to get ready: (a) 3 minutes, (b) 1 minute (3 minutes when it has to
-descend the whole ladder), (c) 2 minutes; 6 minutes in all.
+(``--quick``: one round of each; ``--rounds N``; ``--only a|b|c``). Measured on 2 vCPUs beside
+a TCG guest, with tracecap taking 6-13 s to get ready: (a) 3 minutes, (b) 1 minute (3 minutes
+when it has to descend the whole ladder), (c) 2 minutes; 6 minutes in all.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ from bench import (
     spread_subdirectories,
     table,
 )
-from bench_net_exec import timed_run
+from bench_net_exec import timed_run, tree_cpu
 
 CONFIG = Path(__file__).resolve().parent.parent / "conf" / "tracecap.conf"
 SCOPED_OUT = ("--scope", "comm=nomatch-xyz")
@@ -134,6 +137,21 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[f
     """Pairwise ratios of figures measured back to back (round i against round i): the part of
     a result that does not depend on the machine's speed at that moment."""
     return [n / d for n, d in zip(numerators, denominators, strict=True) if d]
+
+
+def settled_cpu(root: int, quiet_s: float = 0.5, limit_s: float = 60.0) -> float:
+    """``tree_cpu(root)`` once the tree has spent under 2% of a CPU for ``quiet_s`` (or after
+    ``limit_s``): what tracecap's processes spent on work that has ended, their catching up
+    included."""
+    deadline = time.monotonic() + limit_s
+    last = tree_cpu(root)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = tree_cpu(root)
+        if now - last < 0.02 * quiet_s:
+            return now
+        last = now
+    return last
 
 
 def fmt_med_range(values: Sequence[float], fmt: Callable[[float], str]) -> str:
@@ -247,6 +265,7 @@ class Run:
     missing: int = 0  # the index's missing ranges, over every record (other processes too)
     missing_tree: int = 0  # of those, in records of the workload's own files
     artifacts: int = 0  # index records for the workload's files
+    tracecap_cpu: float = 0.0  # CPU seconds of tracecap's processes for this run's work
     worst: str = ""  # the paths with the most missing bytes
 
     def lost(self) -> str:
@@ -263,14 +282,15 @@ class Run:
 
 
 class Bench:
-    def __init__(self, workdir: Path, quick: bool) -> None:
+    def __init__(self, workdir: Path, quick: bool, rounds: int | None = None) -> None:
         self.workdir = workdir
         self.quick = quick
-        self.rounds = 1 if quick else 3
+        self.rounds = rounds or (1 if quick else 3)
         self.counter = 0
         self.config = workdir / "tracecap.conf"
         self.config.write_text(config_without_dir(CONFIG.read_text()))
         self.ready_s: list[float] = []
+        self.tracecap_cpu = 0.0
 
     def fresh(self, name: str) -> tuple[Path, Path]:
         """A new data directory and output root."""
@@ -280,10 +300,16 @@ class Bench:
         return data, self.workdir / f"cap{self.counter}"
 
     def traced(self, args: Sequence[str], out_root: Path, work: Callable[[], Any]) -> Stopped:
-        """``work`` under ``tracecap run args``; what tracecap reported once stopped."""
+        """``work`` under ``tracecap run args``; what tracecap reported once stopped.
+        ``self.tracecap_cpu`` is the CPU seconds tracecap's processes spent from the work's
+        start until they were idle again: the work's whole cost to them, catching up included.
+        """
         tc = Tracecap(args, out_root, self.workdir)
         with tc:
+            assert tc.proc is not None
+            before = tree_cpu(tc.proc.pid)
             work()
+            self.tracecap_cpu = settled_cpu(tc.proc.pid) - before
         self.ready_s.append(tc.ready_s)
         assert tc.result is not None
         return tc.result
@@ -318,6 +344,7 @@ class Bench:
                     artifacts=sum(
                         1 for r in res.index if str(r.get("source_path", "")).startswith(tree)
                     ),
+                    tracecap_cpu=self.tracecap_cpu,
                 )
                 if mode == "scoped out" and res.summary.get("events", 0):
                     problem(f"scoped-out run captured {res.summary['events']} events")
@@ -542,6 +569,12 @@ def report_realistic(a: dict[str, Any], seconds: float) -> None:
             )
         )
         rows.append((f"  {mode} time", *med_range(walls, fmt_s)))
+        rows.append(
+            (
+                f"  {mode}: tracecap CPU / workload CPU, same run",
+                *med_range([r[mode].tracecap_cpu / r[mode].cpu for r in rounds], fmt_ratio),
+            )
+        )
     rows.append(("untraced time", *med_range(plain, fmt_s)))
     default = [r["default"] for r in rounds]
     in_bytes, count = (lambda v: f"{v:,.0f} B"), (lambda v: f"{v:,.0f}")
@@ -620,6 +653,12 @@ def report_big(c: dict[str, Any], seconds: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one round of each section")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of each section (default 3, 1 with --quick): the realistic workload's own "
+        "CPU time varies by a third between rounds on a shared VM, more rounds narrow the median",
+    )
     parser.add_argument("--only", choices=("a", "b", "c"), action="append", help="sections")
     args = parser.parse_args(argv)
     preflight()
@@ -634,7 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not spread_subdirectories(workdir):
         log("the work directory's file system cannot spread directories: later rounds may "
             "measure its allocation of just-freed inodes")  # fmt: skip
-    bench = Bench(workdir, args.quick)
+    bench = Bench(workdir, args.quick, args.rounds)
     sections = args.only or ["a", "b", "c"]
     started = time.monotonic()
     failed = False
