@@ -11,7 +11,6 @@ make it readable by anyone else.
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import socket
@@ -19,7 +18,6 @@ import stat
 from dataclasses import dataclass
 
 import zmq
-import zmq.auth
 
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
@@ -71,6 +69,8 @@ def check_name(name: str) -> str:
 
 
 def _certificate(what: str, advice: str, public: bytes, secret: bytes | None) -> bytes:
+    import datetime  # here, as zmq.auth in _load: every writer imports this module
+
     now = datetime.datetime.now().isoformat(timespec="seconds")
     text = _BANNER.format(now=now, what=what, advice=advice) + "metadata\ncurve\n"
     text += f'    public-key = "{public.decode("ascii")}"\n'
@@ -128,6 +128,10 @@ def make_keypair(directory: str, name: str) -> tuple[str, str]:
 
 
 def _load(path: str) -> tuple[bytes, bytes | None]:
+    # imported here: zmq.auth brings logging, 7 ms of each writer's start (-X importtime),
+    # which readiness waits for; only CURVE clients and servers read keys
+    import zmq.auth
+
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
