@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes as ct
 import functools
 import os
+import threading
 from collections.abc import Callable
 
 _vp = ct.c_void_p
@@ -269,9 +270,25 @@ class BpfObject:
         return out
 
     def close(self) -> None:
-        for link in self._links:
-            self._lib.bpf_link__destroy(link)
-        self._links.clear()
+        """Destroy the links, each on a thread of its own, then the object.
+
+        Destroying a syscall tracepoint's link waits for the tracepoints' grace period, under
+        a lock of the kernel's (perf_trace_destroy): 60-84 ms each on 6.18, 2.4 s in all for
+        the default configuration's 47 links, one after the other, at every stop. Called at
+        once from threads (ctypes releases the GIL), the waits overlap in part: 1.3-1.7 s.
+        """
+        links, self._links = self._links, []
+        started = []
+        for link in links:
+            thread = threading.Thread(target=self._lib.bpf_link__destroy, args=(link,))
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: destroyed here, in turn
+                self._lib.bpf_link__destroy(link)
+                continue
+            started.append(thread)
+        for thread in started:
+            thread.join()
         if self._obj:
             self._lib.bpf_object__close(self._obj)
             self._obj = None

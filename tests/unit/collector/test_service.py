@@ -161,10 +161,12 @@ class FakeRing:
     def reached(self, mark: tuple[int, ...]) -> bool:
         return self.read >= mark[0]
 
-    def poll(self, timeout_ms: int) -> None:
+    def poll(self, timeout_ms: int) -> int:
         self.log.append(f"poll {timeout_ms}")
+        n = 0 if self.paused else len(self.held)
         if not self.paused:
             self._deliver()
+        return n
 
     def consume(self, bounded: bool = True) -> int:
         self.log.append("consume" if bounded else "consume unbounded")
@@ -1298,12 +1300,13 @@ def test_the_loop_publishes_stats_once_a_second():
     halt = threading.Event()
     polls = 0
 
-    def poll(timeout_ms: int) -> None:
+    def poll(timeout_ms: int) -> int:
         nonlocal polls
         polls += 1
         rig.time.now += timeout_ms * 1_000_000
         if polls == 250:
             halt.set()
+        return 1  # a record every turn: the loop keeps to POLL_MS
 
     rig.probes.ring.poll = poll  # type: ignore[method-assign]
     collector.run(halt)
@@ -1311,6 +1314,33 @@ def test_the_loop_publishes_stats_once_a_second():
     assert [m.env["uptime_s"] for m in stats] == [0.01, 1.01, 2.01]
     # the subscribers are kept within their bounds at every turn, not once a second
     assert rig.pub.maintained >= polls
+
+
+def test_the_loop_waits_longer_each_turn_without_records_and_not_after_one():
+    rig = Rig(config("write"))
+    collector = rig.started()
+    assert rig.probes is not None and rig.probes.ring is not None
+    halt = threading.Event()
+    waits: list[int] = []
+
+    def poll(timeout_ms: int) -> int:
+        waits.append(timeout_ms)
+        rig.time.now += timeout_ms * 1_000_000
+        if len(waits) == 9:
+            halt.set()
+        return 1 if len(waits) == 6 else 0
+
+    rig.probes.ring.poll = poll  # type: ignore[method-assign]
+    collector.run(halt)
+    assert waits == [10, 20, 40, 80, 80, 80, 10, 20, 40]
+
+
+@pytest.mark.parametrize(
+    ("wait", "took", "then"),
+    [(10, 0, 20), (40, 0, 80), (80, 0, 80), (80, 3, 10), (10, 1, 10)],
+)
+def test_next_wait(wait, took, then):
+    assert service.next_wait_ms(wait, took) == then
 
 
 def test_the_file_ring_is_drained_only_as_far_as_the_bus_has_room():
