@@ -344,8 +344,9 @@ static __always_inline void tc_map_forget(__u64 addr, __u64 len)
 
 /* msync and munmap (the range's dirty pages, and for munmap its mappings forgotten): one
  * program, which the collector attaches to both sys_enter tracepoints (collector/probes.py
- * SHARED_ENTERS); the syscall number tells them apart, and the range walk is inlined once. A
- * program each took 37 ms of verification each on 6.18. */
+ * SHARED_ENTERS); the syscall number tells them apart (as an int: see tc_mprotect_enter), and
+ * the range walk is inlined once. As two programs they took 37 ms of verification each on
+ * 6.18. */
 SEC("tp")
 int tc_map_msync_munmap(struct trace_event_raw_sys_enter *ctx)
 {

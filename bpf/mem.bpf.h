@@ -628,13 +628,13 @@ static __always_inline int tc_mem_mprotect(__u64 addr, __u64 len, __u64 prot, __
 /* mprotect and pkey_mprotect, whose first three arguments are the same: one program, which the
  * collector attaches to both sys_enter tracepoints (collector/probes.py SHARED_ENTERS); the
  * syscall number tells them apart: an int in the record (struct syscall_trace_enter), whose
- * other half of the `long id` BTF declares is padding, not zeroed. A program each took
+ * other half of the `long id` BTF declares is padding, not zeroed. As two programs they took
  * 50-52 ms of verification each on 6.18. */
 SEC("tp")
 int tc_mprotect_enter(struct trace_event_raw_sys_enter *ctx)
 {
-    return tc_mem_mprotect(ctx->args[0], ctx->args[1], ctx->args[2],
-                           (int)ctx->id == NR_PKEY_MPROTECT ? TC_MEM_PKEY_MPROTECT : TC_MEM_MPROTECT);
+    __u32 syscall = (int)ctx->id == NR_PKEY_MPROTECT ? TC_MEM_PKEY_MPROTECT : TC_MEM_MPROTECT;
+    return tc_mem_mprotect(ctx->args[0], ctx->args[1], ctx->args[2], syscall);
 }
 
 /* A mapping writable and executable at once: an alert now, its bytes once written. */
