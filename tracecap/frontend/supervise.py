@@ -266,6 +266,8 @@ class LogRelay:
     def pump(self) -> None:
         for path, offset in self._offsets.items():
             try:
+                if os.stat(path).st_size == offset:
+                    continue  # nothing new: one stat a turn, not an open, a read and a close
                 with open(path, "rb") as f:
                     if os.fstat(f.fileno()).st_size < offset:
                         offset = 0  # rotated
