@@ -299,17 +299,21 @@ class Bench:
         data.mkdir(mode=0o755)
         return data, self.workdir / f"cap{self.counter}"
 
-    def traced(self, args: Sequence[str], out_root: Path, work: Callable[[], Any]) -> Stopped:
-        """``work`` under ``tracecap run args``; what tracecap reported once stopped.
-        ``self.tracecap_cpu`` is the CPU seconds tracecap's processes spent from the work's
-        start until they were idle again: the work's whole cost to them, catching up included.
-        """
+    def traced(
+        self, args: Sequence[str], out_root: Path, work: Callable[[], Any], cpu: bool = False
+    ) -> Stopped:
+        """``work`` under ``tracecap run args``; what tracecap reported once stopped. With
+        ``cpu``, tracecap is stopped only once idle again, and ``self.tracecap_cpu`` is the CPU
+        seconds its processes spent from the work's start until then: the work's whole cost to
+        them, catching up included (without it, the stop follows the work at once, as the
+        other sections' loss and stop figures assume)."""
         tc = Tracecap(args, out_root, self.workdir)
         with tc:
             assert tc.proc is not None
-            before = tree_cpu(tc.proc.pid)
+            before = tree_cpu(tc.proc.pid) if cpu else 0.0
             work()
-            self.tracecap_cpu = settled_cpu(tc.proc.pid) - before
+            if cpu:
+                self.tracecap_cpu = settled_cpu(tc.proc.pid) - before
         self.ready_s.append(tc.ready_s)
         assert tc.result is not None
         return tc.result
@@ -332,7 +336,7 @@ class Bench:
                 run = Run(mode, *timed)
             else:
                 extra = SCOPED_OUT if mode == "scoped out" else ()
-                res = self.traced(["--config", str(self.config), *extra], out_root, work)
+                res = self.traced(["--config", str(self.config), *extra], out_root, work, cpu=True)
                 tree = f"{data}/"
                 run = Run(
                     mode,
@@ -656,8 +660,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds of each section (default 3, 1 with --quick): the realistic workload's own "
-        "CPU time varies by a third between rounds on a shared VM, more rounds narrow the median",
+        help="rounds of each section (default 3, 1 with --quick): a VM's CPU speed may vary "
+        "2x between seconds (measured here), and more rounds narrow the median",
     )
     parser.add_argument("--only", choices=("a", "b", "c"), action="append", help="sections")
     args = parser.parse_args(argv)
