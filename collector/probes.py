@@ -274,6 +274,23 @@ def exit_tracepoints(choices: dict[str, Choice]) -> dict[str, tuple[str, ...]]:
     return {prog: scs for prog, scs in shared.items() if scs}
 
 
+def shared_tracepoints(choices: dict[str, Choice]) -> dict[str, tuple[str, ...]]:
+    """Per loaded program that serves several syscalls (section "tp", no tracepoint of its
+    own), the syscall tracepoints it attaches to: a shared exit's at exit_tracepoints'
+    syscalls, a shared enter's at every syscall SHARED_ENTERS gives it."""
+    exits = {
+        prog: tuple(f"sys_exit_{sc}" for sc in scs)
+        for prog, scs in exit_tracepoints(choices).items()
+    }
+    loaded = programs_for(choices)
+    enters = {
+        prog: tuple(f"sys_enter_{sc}" for sc in scs)
+        for prog, scs in SHARED_ENTERS.items()
+        if prog in loaded
+    }
+    return exits | enters
+
+
 def probe_features() -> frozenset[str]:
     """What this kernel offers (collector/kernel_features.py), less what the collector's
     environment withholds for a test."""
@@ -410,7 +427,7 @@ class KernelProbes:
         self._obj = BpfObject(object_path())
         try:
             self._programs = programs_for(self.choices)
-            self._exits = exit_tracepoints(self.choices)
+            self._shared = shared_tracepoints(self.choices)
             self._obj.enable_only(self._programs)
             self._obj.set_rodata(rodata_for(config, excluded_uid, ifindex, _fput(lookup)))
             self._ring_sizes = ring_sizes(running, ring_bytes)
@@ -436,12 +453,9 @@ class KernelProbes:
                     continue
                 if name in _NET_CGROUP:
                     self._obj.attach_cgroup(name, self._cgroup_fd)
-                elif name in SHARED_EXITS:
-                    for sc in self._exits[name]:
-                        self._obj.attach_tracepoint(name, "syscalls", f"sys_exit_{sc}")
-                elif name in SHARED_ENTERS:
-                    for sc in SHARED_ENTERS[name]:
-                        self._obj.attach_tracepoint(name, "syscalls", f"sys_enter_{sc}")
+                elif name in self._shared:
+                    for tracepoint in self._shared[name]:
+                        self._obj.attach_tracepoint(name, "syscalls", tracepoint)
                 else:
                     self._obj.attach(name)
         except BaseException:

@@ -169,20 +169,15 @@ SYSCALL_TP_SECTIONS = ("tp/syscalls/", "raw_tp/sys_enter", "raw_tp/sys_exit")
 
 def syscall_tracepoints(choices: dict[str, hooks.Choice], sections: dict[str, str]) -> set[str]:
     """The syscall tracepoints KernelProbes.attach would put programs on for ``choices``: each
-    loaded program's by its section, the shared exits (section "tp") at probes.exit_tracepoints'
-    syscalls, the shared enters (section "tp") at their SHARED_ENTERS syscalls."""
+    loaded program's by its section, the shared ones (section "tp") at
+    probes.shared_tracepoints'."""
     loaded = probes.programs_for(choices)
-    enters = loaded & probes.SHARED_ENTERS.keys()
-    assert {p for p in loaded if sections[p] == "tp"} <= probes.SHARED_EXITS.keys() | enters
+    shared = probes.shared_tracepoints(choices)
+    assert {p for p in loaded if sections[p] == "tp"} <= shared.keys()
     by_section = {
         sections[p].split("/", 1)[1] for p in loaded if sections[p].startswith(SYSCALL_TP_SECTIONS)
     }
-    shared = probes.exit_tracepoints(choices).values()
-    return (
-        by_section
-        | {f"syscalls/sys_exit_{sc}" for scs in shared for sc in scs}
-        | {f"syscalls/sys_enter_{sc}" for p in enters for sc in probes.SHARED_ENTERS[p]}
-    )
+    return by_section | {f"syscalls/{tp}" for tps in shared.values() for tp in tps}
 
 
 @pytest.mark.parametrize("kernel", [DEBIAN_6_1, frozenset(hooks.NEEDS)], ids=["6.1", "all"])
