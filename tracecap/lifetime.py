@@ -22,7 +22,8 @@ _PR_GET_PDEATHSIG = 2
 Prctl = Callable[[int, int], int]
 
 
-def _prctl(option: int, arg: int) -> int:
+def _prctl(option: int, arg: object) -> int:
+    """prctl(2) with one argument, an int or a pointer (``ctypes.byref``); errno or 0."""
     import ctypes  # here: the front end goes through this module too, and never needs it
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -38,10 +39,7 @@ def parent_death_signal() -> int:
     import ctypes
 
     value = ctypes.c_int(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_GET_PDEATHSIG, ctypes.byref(value), 0, 0, 0) != 0:
-        return 0
-    return value.value
+    return 0 if _prctl(_PR_GET_PDEATHSIG, ctypes.byref(value)) else value.value
 
 
 def set_parent_death_signal(signum: int) -> None:
