@@ -290,7 +290,6 @@ class Bench:
         self.config = workdir / "tracecap.conf"
         self.config.write_text(config_without_dir(CONFIG.read_text()))
         self.ready_s: list[float] = []
-        self.tracecap_cpu = 0.0
 
     def fresh(self, name: str) -> tuple[Path, Path]:
         """A new data directory and output root."""
@@ -301,22 +300,23 @@ class Bench:
 
     def traced(
         self, args: Sequence[str], out_root: Path, work: Callable[[], Any], cpu: bool = False
-    ) -> Stopped:
-        """``work`` under ``tracecap run args``; what tracecap reported once stopped. With
-        ``cpu``, tracecap is stopped only once idle again, and ``self.tracecap_cpu`` is the CPU
-        seconds its processes spent from the work's start until then: the work's whole cost to
-        them, catching up included (without it, the stop follows the work at once, as the
-        other sections' loss and stop figures assume)."""
+    ) -> tuple[Stopped, float]:
+        """``work`` under ``tracecap run args``: what tracecap reported once stopped, and the
+        CPU seconds its processes spent from the work's start until idle again (0.0 without
+        ``cpu``): the work's whole cost to them, catching up included. Only with ``cpu`` is
+        tracecap stopped once idle; without, the stop follows the work at once, as the other
+        sections' loss and stop figures assume."""
         tc = Tracecap(args, out_root, self.workdir)
+        spent = 0.0
         with tc:
             assert tc.proc is not None
             before = tree_cpu(tc.proc.pid) if cpu else 0.0
             work()
             if cpu:
-                self.tracecap_cpu = settled_cpu(tc.proc.pid) - before
+                spent = settled_cpu(tc.proc.pid) - before
         self.ready_s.append(tc.ready_s)
         assert tc.result is not None
-        return tc.result
+        return tc.result, spent
 
     # (a) ----------------------------------------------------------------------------------
 
@@ -336,7 +336,9 @@ class Bench:
                 run = Run(mode, *timed)
             else:
                 extra = SCOPED_OUT if mode == "scoped out" else ()
-                res = self.traced(["--config", str(self.config), *extra], out_root, work, cpu=True)
+                res, spent = self.traced(
+                    ["--config", str(self.config), *extra], out_root, work, cpu=True
+                )
                 tree = f"{data}/"
                 run = Run(
                     mode,
@@ -348,7 +350,7 @@ class Bench:
                     artifacts=sum(
                         1 for r in res.index if str(r.get("source_path", "")).startswith(tree)
                     ),
-                    tracecap_cpu=self.tracecap_cpu,
+                    tracecap_cpu=spent,
                 )
                 if mode == "scoped out" and res.summary.get("events", 0):
                     problem(f"scoped-out run captured {res.summary['events']} events")
@@ -400,7 +402,7 @@ class Bench:
         res: dict[str, Any] = {}
         try:
             os.sync()
-            stopped = self.traced(
+            stopped, _ = self.traced(
                 ["--capture", f"write={data}/*"],
                 out_root,
                 lambda: res.update(run_child(self.small_argv(data, rate or 0.0))),
@@ -500,7 +502,7 @@ class Bench:
             if mode == "untraced":
                 work()
             else:
-                res = self.traced(["--capture", f"write={data}/*"], out_root, work)
+                res, _ = self.traced(["--capture", f"write={data}/*"], out_root, work)
                 out |= verify_big(res, dst, out_root / "out", digest)
             if dst.stat().st_size != BIG_FILE:
                 raise RuntimeError(f"cp wrote {dst.stat().st_size} bytes of {BIG_FILE}")

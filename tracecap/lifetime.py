@@ -16,20 +16,9 @@ import os
 import signal
 from collections.abc import Callable, Mapping
 
-_PR_SET_PDEATHSIG = 1
-_PR_GET_PDEATHSIG = 2
+from tracecap.prctl import PR_GET_PDEATHSIG, PR_SET_PDEATHSIG, prctl
 
 Prctl = Callable[[int, int], int]
-
-
-def _prctl(option: int, arg: object) -> int:
-    """prctl(2) with one argument, an int or a pointer (``ctypes.byref``); errno or 0."""
-    import ctypes  # here: the front end goes through this module too, and never needs it
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(option, arg, 0, 0, 0) != 0:
-        return ctypes.get_errno()
-    return 0
 
 
 def parent_death_signal() -> int:
@@ -39,18 +28,18 @@ def parent_death_signal() -> int:
     import ctypes
 
     value = ctypes.c_int(0)
-    return 0 if _prctl(_PR_GET_PDEATHSIG, ctypes.byref(value)) else value.value
+    return 0 if prctl(PR_GET_PDEATHSIG, ctypes.byref(value)) else value.value
 
 
 def set_parent_death_signal(signum: int) -> None:
-    err = _prctl(_PR_SET_PDEATHSIG, signum)
+    err = prctl(PR_SET_PDEATHSIG, signum)
     if err:
         raise OSError(err, f"cannot ask for a signal when the parent exits: {os.strerror(err)}")
 
 
 def follow_supervisor(
     environ: Mapping[str, str] = os.environ,
-    prctl: Prctl = _prctl,
+    set_signal: Prctl = prctl,
     getppid: Callable[[], int] = os.getppid,
     kill: Callable[[int, int], None] = os.kill,
 ) -> bool:
@@ -60,7 +49,7 @@ def follow_supervisor(
     if environ.get("SUPERVISOR_ENABLED") != "1":
         return False
     parent = getppid()
-    err = prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    err = set_signal(PR_SET_PDEATHSIG, signal.SIGTERM)
     if err:
         raise OSError(err, f"cannot ask for SIGTERM when supervisord exits: {os.strerror(err)}")
     if parent == 1 or getppid() != parent:

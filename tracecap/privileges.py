@@ -3,15 +3,13 @@ can shape), and the run directory whose group decides who reaches the bus."""
 
 from __future__ import annotations
 
-import ctypes
 import grp
 import os
 import pwd
 
 from tracecap.fsutil import ancestor_problem, walk
 from tracecap.lifetime import parent_death_signal, set_parent_death_signal
-
-_PR_SET_NO_NEW_PRIVS = 38
+from tracecap.prctl import PR_SET_NO_NEW_PRIVS, prctl
 
 
 class PrivilegeError(RuntimeError):
@@ -58,9 +56,8 @@ def drop_privileges(user: str = "tracecap") -> None:
 
 
 def set_no_new_privs() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        err = ctypes.get_errno()
+    err = prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if err:
         raise PrivilegeError(f"cannot set no_new_privs: {os.strerror(err)}")
 
 
