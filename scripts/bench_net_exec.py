@@ -291,6 +291,21 @@ def tree_cpu(root: int) -> float:
     return total
 
 
+def settled_cpu(root: int, quiet_s: float = 0.5, limit_s: float = 60.0) -> float:
+    """``tree_cpu(root)`` once the tree has spent under 2% of a CPU for ``quiet_s`` (or after
+    ``limit_s``): what tracecap's processes spent on work that has ended, their catching up
+    included."""
+    deadline = time.monotonic() + limit_s
+    last = tree_cpu(root)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = tree_cpu(root)
+        if now - last < 0.02 * quiet_s:
+            return now
+        last = now
+    return last
+
+
 def flood(n: int, rate: float | None, cpus: set[int] | None) -> tuple[float, float]:
     """Send ``n`` datagrams at ``rate`` (None: unpaced): the wall seconds and the sender's CPU
     seconds, user and system (its share of the kernel's per-packet work, BPF programs included,
@@ -312,8 +327,7 @@ def udp_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb: in
     try:
         before = tree_cpu(tc.proc.pid)
         seconds, cpu = flood(n, rate, sender)
-        time.sleep(1.0)
-        capture_cpu = tree_cpu(tc.proc.pid) - before
+        capture_cpu = settled_cpu(tc.proc.pid) - before
     finally:
         summary = tc.stop()
     seen = count_bench_packets(tc.out / "pcap" / "single.pcap")
@@ -350,8 +364,7 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb
     try:
         before = tree_cpu(dump.pid)
         seconds, cpu = flood(n, rate, sender)
-        time.sleep(1.0)
-        capture_cpu = tree_cpu(dump.pid) - before
+        capture_cpu = settled_cpu(dump.pid) - before
     finally:
         dump.send_signal(signal.SIGINT)
         _, err = dump.communicate(timeout=30)

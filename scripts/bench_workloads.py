@@ -67,7 +67,7 @@ from bench import (
     spread_subdirectories,
     table,
 )
-from bench_net_exec import timed_run, tree_cpu
+from bench_net_exec import settled_cpu, timed_run, tree_cpu
 
 CONFIG = Path(__file__).resolve().parent.parent / "conf" / "tracecap.conf"
 SCOPED_OUT = ("--scope", "comm=nomatch-xyz")
@@ -137,21 +137,6 @@ def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[f
     """Pairwise ratios of figures measured back to back (round i against round i): the part of
     a result that does not depend on the machine's speed at that moment."""
     return [n / d for n, d in zip(numerators, denominators, strict=True) if d]
-
-
-def settled_cpu(root: int, quiet_s: float = 0.5, limit_s: float = 60.0) -> float:
-    """``tree_cpu(root)`` once the tree has spent under 2% of a CPU for ``quiet_s`` (or after
-    ``limit_s``): what tracecap's processes spent on work that has ended, their catching up
-    included."""
-    deadline = time.monotonic() + limit_s
-    last = tree_cpu(root)
-    while time.monotonic() < deadline:
-        time.sleep(quiet_s)
-        now = tree_cpu(root)
-        if now - last < 0.02 * quiet_s:
-            return now
-        last = now
-    return last
 
 
 def fmt_med_range(values: Sequence[float], fmt: Callable[[float], str]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parents[3] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -118,3 +120,21 @@ def test_pinning_needs_both_cpus() -> None:
 def test_tcpdump_gets_tracecaps_packet_ring() -> None:
     assert bn.packet_ring_kib(128) == 128 << 10
     assert bn.packet_ring_kib(1) == bn.PACKET_RING_BYTES >> 10  # the packet ring's floor
+
+
+def test_settled_cpu_waits_until_the_tree_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catching up counts: the figure is taken once an interval adds under 2% of a CPU."""
+    spent = iter([1.0, 1.4, 1.6, 1.605, 9.0])
+    monkeypatch.setattr(bn, "tree_cpu", lambda root: next(spent))
+    monkeypatch.setattr(bn.time, "sleep", lambda s: None)
+    assert bn.settled_cpu(123, quiet_s=0.5) == 1.605
+
+
+def test_settled_cpu_gives_up_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tree that never goes idle: the last figure at the limit."""
+    spent = iter(range(0, 1000, 10))
+    monkeypatch.setattr(bn, "tree_cpu", lambda root: float(next(spent)))
+    monkeypatch.setattr(bn.time, "sleep", lambda s: None)
+    ticks = iter([0.0, 1.0, 2.0, 100.0])
+    monkeypatch.setattr(bn.time, "monotonic", lambda: next(ticks))
+    assert bn.settled_cpu(123, quiet_s=0.5, limit_s=60.0) == 20.0

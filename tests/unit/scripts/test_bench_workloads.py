@@ -123,21 +123,3 @@ def test_missing_by_path_sums_per_path_largest_first() -> None:
     assert bw.missing_by_path(index) == "/dev/null 400 B, /t/a 300 B, host/x 5 B"
     assert bw.missing_by_path(index, top=1) == "/dev/null 400 B"
     assert bw.missing_by_path([]) == "none"
-
-
-def test_settled_cpu_waits_until_the_tree_is_idle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Catching up counts: the figure is taken once an interval adds under 2% of a CPU."""
-    spent = iter([1.0, 1.4, 1.6, 1.605, 9.0])
-    monkeypatch.setattr(bw, "tree_cpu", lambda root: next(spent))
-    monkeypatch.setattr(bw.time, "sleep", lambda s: None)
-    assert bw.settled_cpu(123, quiet_s=0.5) == 1.605
-
-
-def test_settled_cpu_gives_up_at_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A tree that never goes idle: the last figure at the limit."""
-    spent = iter(range(0, 1000, 10))
-    monkeypatch.setattr(bw, "tree_cpu", lambda root: float(next(spent)))
-    monkeypatch.setattr(bw.time, "sleep", lambda s: None)
-    ticks = iter([0.0, 1.0, 2.0, 100.0])
-    monkeypatch.setattr(bw.time, "monotonic", lambda: next(ticks))
-    assert bw.settled_cpu(123, quiet_s=0.5, limit_s=60.0) == 20.0
