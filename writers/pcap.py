@@ -444,6 +444,8 @@ class PcapFile:
 #: its bus message's epoch, topic and seq (see ``PcapWriter.unwritten``). A plain tuple: a
 #: slotted dataclass took 0.26 us to build against the tuple's 0.07, on every packet.
 Held = tuple[int, tuple[PcapFile, ...], bytes, int, int, bool, Any, bytes, Any]
+#: A context's files and its packets' EPB options (``PcapWriter._learn``).
+Known = tuple[tuple[PcapFile, ...], bytes]
 
 
 class PcapWriter(Writer):
@@ -486,9 +488,7 @@ class PcapWriter(Writer):
         self._max_hash_bytes = max_hash_bytes
         self._log = log or RateLimitedLog("tracecap-writer[pcap]")
         self._files: dict[str, PcapFile] = {}
-        self._contexts: dict[tuple, tuple[tuple[PcapFile, ...], bytes]] = {}
-        #: the last context taken and its key (``_take``); holding the dict keeps its id unique
-        self._last_key: tuple[Mapping[str, Any] | None, tuple | None] = (None, None)
+        self._contexts: dict[tuple, Known] = {}
         self._fds: FdCache[str] = FdCache(max_open)
         self._window: ReorderWindow[Held] = ReorderWindow(reorder_window_ns, reorder_max_bytes)
         self._clock = clock
@@ -541,30 +541,37 @@ class PcapWriter(Writer):
         take = self._take
         if type(seq) is not int:  # decode checked it; a test's hand-made message may not be
             seq = None
+        # A batch's packets share their contexts' dicts: each context's files are found once
+        # per batch, by the dict's id (alive as long as the batch). Building the key and
+        # looking it up took 1.0 us a packet (timeit), against 0.1 for the id; a cache of the
+        # last context alone missed at every packet where two contexts alternate, as the two
+        # ends of a loopback flow do.
+        seen: dict[int, Known] = {}
         for i, (ctx, row, data) in enumerate(batch):
             # each packet's own number (bus.seq_width): ``unwritten`` names the first held
             origin = (epoch, topic, None if seq is None else seq + i)
-            take(ctx, row[bus.ROW_TS], row[bus.ROW_ORIG_LEN], data, now, origin)
+            take(ctx, row[bus.ROW_TS], row[bus.ROW_ORIG_LEN], data, now, origin, seen)
 
     def _take(
         self, ctx: Mapping[str, Any], ts: Any, orig_len: Any, payload: Any, now: int,
-        origin: tuple[Any, bytes, Any],
+        origin: tuple[Any, bytes, Any], seen: dict[int, Known] | None = None,
     ) -> None:  # fmt: skip
         """One packet: ``ctx`` holds its context keys (its whole envelope, or its batch
-        context), ``origin`` its bus message's epoch, topic and seq."""
-        try:
-            # a batch's packets share their context's dict: its key is built once (building
-            # it was 20% of the writer's samples at 22,000 datagrams/s, NOTES.md issue 16)
-            last_ctx, key = self._last_key
-            if ctx is not last_ctx:
+        context), ``origin`` its bus message's epoch, topic and seq; ``seen`` the files of
+        the contexts of its batch found so far, by the context dict's id."""
+        known = seen.get(id(ctx)) if seen is not None else None
+        key = None
+        if known is None:
+            try:
                 key = tuple(map(ctx.get, _CONTEXT_KEYS))
-                self._last_key = (ctx, key)
-            known = self._contexts.get(key)
-        except TypeError:  # an unhashable value where a string belongs: parse_packet says what
-            key, known = None, None
+                known = self._contexts.get(key)
+            except TypeError:  # an unhashable value where a string belongs: parse_packet says
+                key, known = None, None
         try:
             if known is None:
                 known = self._learn({**ctx, "ts": ts, "orig_len": orig_len}, payload, key)
+            if seen is not None:
+                seen[id(ctx)] = known
             files, options = known
             if type(ts) is not int or not 0 <= ts < _U64:
                 raise BadPacket(f"ts is {ts!r:.80}, not an integer in [0, {_U64})")
@@ -589,9 +596,7 @@ class PcapWriter(Writer):
         if self._window.push(ts, held, len(block) + HELD_OVERHEAD, now):
             self._write_held(self._window.release(now))
 
-    def _learn(
-        self, env: Mapping[str, Any], payload: Any, key: tuple | None
-    ) -> tuple[tuple[PcapFile, ...], bytes]:
+    def _learn(self, env: Mapping[str, Any], payload: Any, key: tuple | None) -> Known:
         """The files and packet options of a context not seen yet (checked in full by
         ``parse_packet``); remembered under ``key`` unless it is None."""
         pkt = parse_packet(env, payload)
