@@ -249,7 +249,7 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
     elif server_key is not None or client_key is not None:
         raise UsageError("--server-key and --client-key are for tcp:// endpoints only")
     from tracecap.keys import KeyFileError
-    from writers.runner import run_writer
+    from writers.runner import OutputDirRefused, run_writer
 
     writer_options = (
         {"split": tuple(sorted(config.pcap.split)), "rotation": config.pcap.rotation}
@@ -268,7 +268,7 @@ def _writer(found: dict[str, list[str]], rest: list[str]) -> int:
             floor_bytes=config.floor_bytes,
             index_rotation=config.index_rotation,
         )
-    except KeyFileError as exc:
+    except (KeyFileError, OutputDirRefused) as exc:
         raise UsageError(str(exc)) from None
 
 

@@ -38,6 +38,10 @@ __all__ = [
 
 DIR_MODE = 0o750
 FILE_MODE = 0o640
+#: The output root's parent is held only to open the root relative to it: O_PATH needs only
+#: the right to pass through it, so root's dir: may be 0711 (what the front end's refusal
+#: advises) and not readable by the writers' user.
+PARENT_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # O_NONBLOCK so that a FIFO planted under an artifact name fails (ENXIO) instead of blocking.
 _FILE_FLAGS = os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -122,7 +126,7 @@ class OutputDir:
         parent, name = os.path.split(os.path.abspath(out_dir))
         os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
         self._fd = -1
-        parent_fd = os.open(parent, DIR_FLAGS)
+        parent_fd = os.open(parent, PARENT_FLAGS)
         try:
             self._fd = open_tree_dir(parent_fd, name, out_dir)
         finally:

@@ -21,6 +21,10 @@ from writers.index import Index
 from writers.outdir import OutputDir
 
 
+class OutputDirRefused(ValueError):
+    """The output directory cannot be opened as the writer's user: a restart cannot fix it."""
+
+
 def writer_class(path: str) -> type[Writer]:
     """The class a registry entry names as ``module:Class``.
 
@@ -118,7 +122,13 @@ def run_writer(
         drop_privileges(drop_to)
     curve = keys.load_client(*curve_keys) if curve_keys is not None else None
     stop = stop or threading.Event()
-    out = OutputDir(out_dir)
+    try:
+        out = OutputDir(out_dir)
+    except OSError as exc:  # UnsafePath included: a planted link stays planted
+        raise OutputDirRefused(
+            f"the {kind} writer (uid {os.geteuid()}) cannot open the output directory "
+            f"{out_dir}: {exc.strerror or exc}"
+        ) from None
     try:
         index = Index(out, rotation=index_rotation)
         try:

@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import stat
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -243,6 +244,36 @@ def test_artifacts_are_0640_in_a_0750_tree_owned_by_tracecap(
         st = os.lstat(path)
         assert stat.S_IMODE(st.st_mode) == 0o640, (path, oct(st.st_mode))
         assert (st.st_uid, st.st_gid) == owner, (path, st.st_uid, st.st_gid)
+
+
+def test_a_dir_the_writers_may_only_pass_through_is_refused_then_works_as_advised(
+    tracecap, workdir: Path
+) -> None:
+    """root's dir: at 0700 is refused with advice (chmod o+x); once followed (0711: others may
+    pass, not list), the writers reach ``out`` and capture. Before, each writer died reading
+    dir: and supervisord restarted it until `tracecap run` gave up waiting for readiness."""
+    root = workdir / "private"
+    root.mkdir(mode=0o700)
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    refused = subprocess.run(
+        ["tracecap", "run", "--capture", f"dir:{root}", "--capture", f"write={wdir}/*"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert f"let others pass (chmod o+x {root})" in refused.stderr
+    root.chmod(0o711)
+    run = tracecap("--capture", f"write={wdir}/*", out_root=root)
+    target = wdir / "passed"
+    python(f"open({str(target)!r}, 'wb').write(b'through a 0711 dir:')")
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    assert run.artifact(artifact_name("write", target)) == b"through a 0711 dir:"
+    assert "Traceback" not in run.stderr
 
 
 def test_a_program_of_supervisord_that_drops_to_tracecap_still_stops_with_it(tracecap_user):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support import unit_sandbox
 from tracecap import cli, options
-from tracecap.frontend import supervisor_conf
+from tracecap.frontend import plan, supervisor_conf
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf" / "tracecap.conf"
@@ -91,10 +91,23 @@ def test_the_readme_lists_the_units_capabilities() -> None:
     assert f"`CapabilityBoundingSet={bounding}`" in readme_section("### As a systemd service")
 
 
+def test_the_static_deployment_restarts_writers_as_tracecap_run_does() -> None:
+    """Any exit restarts a writer but a refusal of its configuration, which would recur."""
+    static = configparser.RawConfigParser()
+    static.read(ROOT / "supervisord.conf")
+    planned = plan.programs(options.parse_args(["--capture", "write"]), "/run/x", exe="tracecap")
+    want = next(p for p in planned if p.name == "writer-file")
+    writers = [s for s in static.sections() if s.startswith("program:writer-")]
+    assert len(writers) >= 6
+    for section in writers:
+        got = (static[section]["autorestart"], static[section]["exitcodes"])
+        assert got == (want.autorestart, want.exitcodes), section
+
+
 def test_the_static_deployment_rotates_its_logs_as_tracecap_run_does() -> None:
     rendered = configparser.RawConfigParser()
     argv = ("tracecap", "writer", "file")
-    program = supervisor_conf.Program("writer-file", argv, "tracecap", 10, "true")
+    program = supervisor_conf.Program("writer-file", argv, "tracecap", 10, "unexpected")
     rendered.read_string(supervisor_conf.render("/run/x", [program]))
     static = configparser.RawConfigParser()
     static.read(ROOT / "supervisord.conf")

@@ -96,7 +96,8 @@ def programs(
             [exe, "writer", kind, *common],
             "tracecap",
             supervisor_conf.WRITER_PRIORITY,
-            "true",
+            "unexpected",
+            exitcodes=str(supervisor_conf.REFUSED_EXIT),
         )
         for kind in writer_kinds(config)
     ]

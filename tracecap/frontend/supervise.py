@@ -37,6 +37,7 @@ from tracecap.frontend.rundir import (
     write_options,
 )
 from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
+from tracecap.frontend.supervisor_conf import REFUSED_EXIT
 from tracecap.options import RING_FLOOR_MB, Config
 from tracecap.privileges import RunDirError, prepare_run_dir
 from tracecap.segments import Rotated, SegmentedFile
@@ -285,11 +286,13 @@ class LogRelay:
 
 
 def stopped_program(infos: list[dict[str, Any]], run_dir: str) -> str | None:
-    """Why the run cannot go on: a collector that stopped, or a writer supervisord gave up
-    restarting, ends it with its reason instead of a wait for a readiness that will not come."""
+    """Why the run cannot go on: a collector that stopped, a writer supervisord gave up
+    restarting, or one that refused its configuration (left EXITED with REFUSED_EXIT) ends it
+    with its reason instead of a wait for a readiness that will not come."""
     for info in infos:
         dead = ("EXITED", "FATAL", "BACKOFF") if info["name"] == "collector" else ("FATAL",)
-        if info["statename"] in dead:
+        refused = info["statename"] == "EXITED" and info["exitstatus"] == REFUSED_EXIT
+        if info["statename"] in dead or refused:
             return (
                 f"{info['name']} stopped ({info['statename']}, exit status "
                 f"{info['exitstatus']}); its messages are above and in "

@@ -22,6 +22,11 @@ EXPORTER_PRIORITY = WRITER_PRIORITY
 #: fails in 0.25 s when started alone was often counted as a running program that crashed
 #: (beside a loading collector, at nice -10) and restarted: 30 exits in 50 s before FATAL.
 EXPORTER_STARTSECS = 5
+#: A writer exits with this status when it refuses what it was given (options, keys, an output
+#: directory its user cannot open) and says why: a restart would refuse again, in a loop that
+#: left `tracecap run` waiting for readiness until its timeout. Its program stays EXITED and
+#: `tracecap run` ends with its message (supervise.stopped_program).
+REFUSED_EXIT = 2
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,14 @@ class Program:
     command: Sequence[str]
     user: str
     priority: int
-    autorestart: str  # "true" for writers (a killed writer comes back), "false" for the collector
+    #: "unexpected" for writers (a killed or crashed writer comes back; one that refused its
+    #: configuration, exit REFUSED_EXIT, does not), "false" for the collector
+    autorestart: str
     #: Seconds a program must run to count as started: 0 for the collector and writers, which
     #: are restarted whatever their exit; EXPORTER_STARTSECS for the exporter.
     startsecs: int = 0
+    #: The exits ``autorestart=unexpected`` leaves alone.
+    exitcodes: str = "0"
 
 
 #: What may appear in a value of the generated file. supervisord's parser treats " ;" and " #"
@@ -97,6 +106,7 @@ def render(run_dir: str, programs: Sequence[Program]) -> str:
             "autostart=true",
             f"autorestart={p.autorestart}",
             f"startsecs={p.startsecs}",
+            f"exitcodes={p.exitcodes}",
             "startretries=3",
             "stopsignal=TERM",
             "stopwaitsecs=30",

@@ -5,13 +5,18 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from writers.index import Index
 from writers.outdir import OutputDir, UnsafePath, clear_out_dir
+
+#: the unprivileged user a child process becomes (present on every Debian)
+NOBODY = 65534
 
 
 @pytest.fixture
@@ -274,3 +279,31 @@ def test_an_unsafe_output_root_is_refused(tmp_path: Path) -> None:
     (tmp_path / "out").chmod(0o2770)
     with pytest.raises(UnsafePath, match="not reused"):
         OutputDir(str(tmp_path / "out"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="acts as another user: needs root")
+def test_a_parent_the_writer_may_only_pass_through_is_enough() -> None:
+    """root's dir: at 0711 (what the front end's refusal advises) lets the writers' user reach
+    ``out`` without listing dir:; the root is opened with O_PATH, not for reading."""
+    top = Path(tempfile.mkdtemp(prefix="tcod-", dir="/tmp"))
+    try:
+        top.chmod(0o711)
+        out = top / "out"
+        out.mkdir(mode=0o750)
+        os.chown(out, NOBODY, NOBODY)
+        pid = os.fork()
+        if pid == 0:  # the child becomes the writer's user; it reports by its exit status only
+            status = 1
+            try:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                OutputDir(str(out)).open_file(["host"], "probe", append=True)
+                status = 0
+            finally:
+                os._exit(status)
+        _, wait_status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(wait_status) == 0
+        assert (out / "host" / "probe").stat().st_uid == NOBODY
+    finally:
+        shutil.rmtree(top)

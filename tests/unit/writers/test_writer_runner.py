@@ -23,6 +23,7 @@ from writers.index import Index
 from writers.outdir import OutputDir
 from writers.runner import (
     WRITER_KINDS,
+    OutputDirRefused,
     _install_signals,
     _restore_signals,
     run_writer,
@@ -34,6 +35,20 @@ def test_unknown_kind_lists_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="file"):
         run_writer("nope", str(tmp_path / "out"), "ipc:///x", None, drop_to=None)
     assert "file" in WRITER_KINDS
+
+
+def test_an_output_directory_that_cannot_be_opened_is_refused_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    """A refusal (exit 2, not restarted), not a traceback that supervisord restarts for ever."""
+    out_dir = tmp_path / "out"
+    out_dir.symlink_to(tmp_path)
+    with pytest.raises(OutputDirRefused) as refused:
+        run_writer("file", str(out_dir), "ipc:///x", None, drop_to=None)
+    assert str(refused.value) == (
+        f"the file writer (uid {os.geteuid()}) cannot open the output directory {out_dir}: "
+        f"{out_dir} is a symlink or not a directory"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,10 @@ def test_writer_starts_before_the_collector_and_gets_only_safe_arguments():
     assert [p.name for p in progs] == ["writer-file", "writer-events", "collector"]
     assert progs[0].user == progs[1].user == "tracecap" and progs[2].user == "root"
     assert progs[0].priority == progs[1].priority < progs[2].priority
+    # a writer that refused its configuration is left stopped; any other exit restarts it
+    for writer in progs[:2]:
+        assert (writer.autorestart, writer.exitcodes) == ("unexpected", "2")
+    assert supervisor_conf.REFUSED_EXIT == 2
     for p in progs:
         assert "--config" in p.command and "/run/tc/options.conf" in p.command
         assert not any("#" in arg or " " in arg for arg in p.command)

@@ -27,6 +27,7 @@ from tracecap.frontend.supervise import (
     ready_timeout,
     stopped_program,
 )
+from tracecap.frontend.supervisor_conf import REFUSED_EXIT
 from tracecap.privileges import RunDirError
 
 EXE = "/opt/tracecap/venv/bin/tracecap"
@@ -362,6 +363,13 @@ def test_stopped_program_names_the_first_dead_one():
         "/run/tc/writer-exec.log"
     )
     assert stopped_program(infos[:1] + infos[2:], "/run/tc") is None
+
+
+@pytest.mark.parametrize(("status", "stopped"), [(REFUSED_EXIT, True), (0, False), (1, False)])
+def test_a_writer_that_refused_its_configuration_ends_the_run(status, stopped):
+    """Left EXITED by ``autorestart=unexpected``: a restart would refuse again."""
+    infos = [{"name": "writer-file", "statename": "EXITED", "exitstatus": status}]
+    assert (stopped_program(infos, "/run/tc") is not None) == stopped
 
 
 def test_events_go_to_the_events_file_not_stdout(tmp_path, capsys):

@@ -24,7 +24,7 @@ def programs(*extra: str) -> list[Program]:
     common = ["--run-dir", RUN_DIR, "--capture", "write", *extra]
     return [
         Program("writer-file", [EXE, "writer", "file", *common], "tracecap", WRITER_PRIORITY,
-                "true"),
+                "unexpected", exitcodes="2"),
         Program("collector", [EXE, "collector", "--wait-for=file.write.=1", *common], "root",
                 COLLECTOR_PRIORITY, "false"),
     ]  # fmt: skip
@@ -61,8 +61,8 @@ def test_sections_and_program_settings():
     writer, collector = parser["program:writer-file"], parser["program:collector"]
     assert writer["user"] == "tracecap"
     assert collector["user"] == "root"
-    assert writer["autorestart"] == "true"
-    assert collector["autorestart"] == "false"
+    assert (writer["autorestart"], writer["exitcodes"]) == ("unexpected", "2")
+    assert (collector["autorestart"], collector["exitcodes"]) == ("false", "0")
     assert writer["stdout_logfile"] == f"{RUN_DIR}/writer-file.log"
     assert collector["stdout_logfile"] == f"{RUN_DIR}/collector.log"
     assert writer["environment"] == 'HOME="/nonexistent",USER="tracecap"'
