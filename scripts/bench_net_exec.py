@@ -350,6 +350,14 @@ def packet_ring_kib(ring_mb: int) -> int:
     return max(PACKET_RING_BYTES, ring_mb << 20) >> 10
 
 
+#: tcpdump's packet buffer timeout (its default, 1000 ms): the kernel hands libpcap a block of
+#: its ring (TPACKET_V3) when the block fills or this long after its first packet. tcpdump
+#: stopped before that loses the last block's packets without counting them as dropped:
+#: measured at 85,000 datagrams/s, 312 and 548 of 300,000 missing with "0 dropped by kernel"
+#: when stopped once its CPU settled, none when stopped 2.5 s later.
+TCPDUMP_TIMEOUT_S = 1.0
+
+
 def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb: int) -> dict:
     sender, capture = pins
     out = workdir / f"tcpdump-{time.monotonic_ns()}.pcap"
@@ -365,6 +373,7 @@ def tcpdump_trial(workdir: Path, n: int, rate: float | None, pins: Pins, ring_mb
         before = tree_cpu(dump.pid)
         seconds, cpu = flood(n, rate, sender)
         capture_cpu = settled_cpu(dump.pid) - before
+        time.sleep(2 * TCPDUMP_TIMEOUT_S)  # the last block handed over and written
     finally:
         dump.send_signal(signal.SIGINT)
         _, err = dump.communicate(timeout=30)
