@@ -312,6 +312,8 @@ class FileStreamer:
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
         self.read_errors = 0
+        #: bytes of the files read and sent so far
+        self.read_bytes = 0
 
     def add(self, job: Job) -> None:
         self._jobs.append(job)
@@ -327,6 +329,7 @@ class FileStreamer:
             messages, used, over = self._jobs[0].step(budget)
             out += messages
             budget -= used
+            self.read_bytes += used
             if over:
                 job = self._jobs.popleft()
                 self.read_errors += job.failed

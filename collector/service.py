@@ -555,6 +555,7 @@ class Collector:
                 "module_images_unseen": self.counters["module_images_unseen"],
                 "module_returns_late": self.counters["module_returns_late"],
                 "file_read_errors": self._files.read_errors,
+                "file_read_bytes": self._files.read_bytes,
                 **self._readback.stats(),
                 "packets_filtered_out": self._packets.filtered_out,
                 "packets_owner_unknown": self._packets.waited_in_vain,

@@ -44,6 +44,15 @@ def merge_epochs(last_by_epoch: dict[int, dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def captured_bytes(stats: dict[str, Any]) -> int:
+    """Bytes captured, by whoever read them: the kernel side (syscall buffers, memory, packets,
+    mapping pages), and the collector from files: copy_file_range/sendfile/splice transfers
+    read back, executed binaries and module files streamed whole."""
+    kernel, coll = stats.get("kernel", {}), stats.get("collector", {})
+    read = coll.get("readback_bytes", 0) + coll.get("file_read_bytes", 0)
+    return sum(v for k, v in kernel.items() if k.endswith(".bytes")) + read
+
+
 def summary_line(
     collector: dict[str, Any], writers: dict[str, dict[str, Any]], tail: int = 0
 ) -> str:
@@ -61,8 +70,7 @@ def summary_line(
         return sum(int(w.get("counters", {}).get(n, 0)) for w in writers.values() for n in names)
 
     events, packets = events_and_packets(kernel)
-    # bytes of copy_file_range/sendfile/splice are read back by the collector, not the kernel
-    captured = kernel_sum(".bytes") + coll.get("readback_bytes", 0)
+    captured = captured_bytes(collector)
     # memory capture's allowances: skipped by design, and counted (only when it ran)
     mem = ""
     if "mem.skipped_events" in kernel:
@@ -111,7 +119,7 @@ def status_line(now: dict[str, Any], before: dict[str, Any], seconds: float, art
     events, _ = events_and_packets(kernel)
     events_before, _ = events_and_packets(prev)
     rate = (events - events_before) / seconds if seconds > 0 else 0.0
-    captured = sum(v for k, v in kernel.items() if k.endswith(".bytes"))
+    captured = captured_bytes(now)
     lost = sum(v for k, v in kernel.items() if k.endswith(("event_drops", "chunk_drops")))
     return (
         f"tracecap: {rate:,.0f} events/s, {captured / 1e6:,.1f} MB captured, "

@@ -21,6 +21,7 @@ def test_summary_counts_every_loss():
             "bus_dropped_messages": 2,
             "bus_dropped_bytes": 9,
             "readback_bytes": 1000,
+            "file_read_bytes": 20000,
             "readback_lost_bytes": 10,
         },
     }
@@ -38,7 +39,7 @@ def test_summary_counts_every_loss():
         "writer-events": {"counters": {"events_errors": 2}},
     }
     assert summary_line(collector, writers) == (
-        "tracecap: summary: 4 events (0 packets), 1105 bytes captured, 2 artifacts; losses: "
+        "tracecap: summary: 4 events (0 packets), 21105 bytes captured, 2 artifacts; losses: "
         "kernel ring buffer 3 records (50 bytes), syscall table full 4, collector decode errors "
         "6, bus gaps 7 messages, malformed messages 8, writer errors 5 (index records lost 1, "
         "events lost 2), disk budget 0 bytes refused, bus backlog full 2 messages (9 bytes), "
@@ -94,6 +95,9 @@ def test_status_line_rate_bytes_artifacts_losses():
     assert status_line(now, before, 2.0, 7) == (
         "tracecap: 150 events/s, 2.5 MB captured, 7 artifacts, 3 records lost"
     )
+    # and what the collector read from files: transfers read back, binaries streamed
+    now["collector"] = {"readback_bytes": 400_000, "file_read_bytes": 1_100_000}
+    assert status_line(now, before, 2.0, 7).startswith("tracecap: 150 events/s, 4.0 MB captured")
 
 
 def test_a_restarted_collector_adds_to_the_totals():
