@@ -15,13 +15,16 @@ import pwd
 import secrets
 import select
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.pipeline import tracecap_program_ids
+from tests.support.pipeline import artifact_name, pid_of, tracecap_program_ids, wait_until
+from tests.support.workloads import python
 
 pytestmark = pytest.mark.ebpf
 
@@ -194,3 +197,51 @@ def test_tap_and_status_tell_a_user_outside_the_group_permission_denied(
         assert result.stderr.startswith(
             f"tracecap {command}: no collector publishing on ipc://{run_dir}/bus.sock ("
         ), result.stderr
+
+
+def test_a_second_run_on_a_live_captures_run_dir_is_refused_and_changes_nothing(
+    tracecap, workdir: Path
+) -> None:
+    """Before, the second run rewrote the live capture's options and deleted its logs before
+    its supervisord failed (its socket taken, in supervisord's words); the live capture's file
+    writer, restarted later, then wrote into the second run's dir:. With clear-dir and the same
+    dir: it would have emptied the live capture's output."""
+    wdir = workdir / "w"
+    wdir.mkdir(mode=0o755)
+    run = tracecap("--capture", f"write={wdir}/*")
+    python(f"open({str(wdir / 'before')!r}, 'wb').write(b'written before')")
+    options = (run.run_dir / "options.conf").read_bytes()
+    wait_until("the first artifact", lambda: any(run.out_dir.glob("host/write.*")), 10)
+    first_artifacts = sorted(run.out_dir.glob("host/write.*"))
+    second = subprocess.run(
+        [tracecap_exe(), "run", "--run-dir", str(run.run_dir), "--capture",
+         f"dir:{run.out_dir.parent}", "--capture", "clear-dir", "--capture", "write"],
+        capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL,
+        check=False,
+    )  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert f"another `tracecap run` is using the run directory {run.run_dir}" in second.stderr
+    assert "tracecap: ready" not in second.stderr
+    assert sorted(run.out_dir.glob("host/write.*")) == first_artifacts  # not cleared
+    assert (run.run_dir / "options.conf").read_bytes() == options
+    assert (run.run_dir / "writer-file.log").exists()
+    # the live capture's writer, restarted, still writes where its own options say
+    old = pid_of(run, "writer-file")
+    os.kill(old, signal.SIGKILL)
+    wait_until("the file writer's restart", lambda: pid_of(run, "writer-file") not in (0, old), 30)
+    written: list[Path] = []
+
+    def captured_after() -> bool:
+        """Write a file; whether any written so far is in the live capture's output (the
+        restarted writer subscribes a moment after it starts: earlier ones are gaps)."""
+        after = wdir / f"after-{len(written)}"
+        python(f"open({str(after)!r}, 'wb').write(b'written after')")
+        written.append(after)
+        time.sleep(0.3)
+        found = (run.out_dir / "host" / artifact_name("write", p) for p in written)
+        return any(f.is_file() and f.read_bytes() == b"written after" for f in found)
+
+    wait_until("a write captured by the restarted writer", captured_after, 30)
+    run.stop()
+    assert run.returncode == 0, run.stderr
+    assert run.artifact(artifact_name("write", wdir / "before")) == b"written before"

@@ -36,10 +36,11 @@ from tracecap.frontend.rundir import (
     prepare_stats_dir,
     write_options,
 )
+from tracecap.frontend.runlock import claim_run_dir
 from tracecap.frontend.summary import merge_epochs, status_line, summary_line, unseen_tail
 from tracecap.frontend.supervisor_conf import REFUSED_EXIT
 from tracecap.options import RING_FLOOR_MB, Config
-from tracecap.privileges import RunDirError, prepare_run_dir
+from tracecap.privileges import RunDirError
 from tracecap.segments import Rotated, SegmentedFile
 from tracecap.stats import read_writer_stats
 
@@ -194,14 +195,14 @@ def kick_start(
 
 
 class SupervisordLauncher:
-    """Prepares the run directory as root and starts supervisord in its own session, at
-    PIPELINE_NICE, with its output on our stderr."""
+    """Writes the run's files into its (claimed) run directory as root and starts supervisord
+    in its own session, at PIPELINE_NICE, with its output on our stderr."""
 
     def __init__(self, rpc: SupervisorRpc) -> None:
         self._rpc = rpc
 
     def prepare(self, plan: Plan) -> None:
-        prepare_run_dir(plan.run_dir)
+        """Write the run's files into its run directory, which ``run`` has claimed."""
         prepare_stats_dir(plan.stats_dir)
         write_options(plan.options_path, plan.options)
         # the run directory is root's all the way down (prepare_run_dir); O_NOFOLLOW anyway
@@ -527,6 +528,26 @@ def run(
     except ValueError as exc:
         print(f"tracecap: error: {exc}", file=sys.stderr)
         return 2
+    try:
+        # before anything is written, into the run directory or the output (clear-dir)
+        run_lock = claim_run_dir(run_dir)
+    except (RunDirError, OSError) as exc:
+        print(f"tracecap: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run_claimed(config, argv, run_dir, ring_mb, bridge, timeout)
+    finally:
+        os.close(run_lock)
+
+
+def _run_claimed(
+    config: Config,
+    argv: list[str],
+    run_dir: str,
+    ring_mb: int,
+    bridge: Sequence[str],
+    timeout: float,
+) -> int:
     try:
         prepare_out_dir(config)
     except (OutDirError, OSError) as exc:
