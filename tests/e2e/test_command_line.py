@@ -202,10 +202,10 @@ def test_tap_and_status_tell_a_user_outside_the_group_permission_denied(
 def test_a_second_run_on_a_live_captures_run_dir_is_refused_and_changes_nothing(
     tracecap, workdir: Path
 ) -> None:
-    """Before, the second run rewrote the live capture's options and deleted its logs before
-    its supervisord failed (its socket taken, in supervisord's words); the live capture's file
-    writer, restarted later, then wrote into the second run's dir:. With clear-dir and the same
-    dir: it would have emptied the live capture's output."""
+    """Refused before it writes anything: unclaimed, the second run rewrote the live capture's
+    options and deleted its logs before its supervisord failed (its socket taken), and the live
+    capture's file writer, restarted later, wrote into the second run's dir:. With clear-dir
+    and the same dir: it would empty the live capture's output."""
     wdir = workdir / "w"
     wdir.mkdir(mode=0o755)
     run = tracecap("--capture", f"write={wdir}/*")

@@ -1,13 +1,13 @@
 """One capture per run directory.
 
-A second `tracecap run` on the run directory of a live capture used to get as far as starting
-its own supervisord (which refused: its socket was taken) after it had already rewritten the
-live capture's options file, supervisord.conf and logs: a writer of the live capture that
-supervisord restarted afterwards read the new options and wrote its artifacts into the other
-run's output directory. With clear-dir and the same dir:, it would have emptied the live
-capture's output. So the run directory is claimed before anything is written: a lock held by
-`tracecap run` for its whole life (another `tracecap run`), and no answer on its sockets (the
-static deployment's supervisord, or a capture whose `tracecap run` was killed).
+Unclaimed, a second `tracecap run` on the run directory of a live capture rewrites the live
+capture's options file, supervisord.conf and logs before its own supervisord fails (its socket
+is taken): a writer of the live capture that supervisord restarts afterwards reads the new
+options and writes its artifacts into the other run's output directory (measured), and with
+clear-dir and the same dir: the live capture's output is emptied. So the run directory is
+claimed before anything is written: a lock held by `tracecap run` for its whole life (another
+`tracecap run`), and no answer on its sockets (the static deployment's supervisord, or a
+capture whose `tracecap run` was killed).
 """
 
 from __future__ import annotations
