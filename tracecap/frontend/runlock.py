@@ -14,25 +14,22 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 
 from tracecap.privileges import RunDirError, prepare_run_dir
+from tracecap.tools.reach import connect_unix
 
 LOCK_NAME = "run.lock"
 #: What a live capture listens on in its run directory: supervisord's control socket and the bus.
 LIVE_SOCKETS = ("supervisor.sock", "bus.sock")
-CONNECT_TIMEOUT_S = 1.0
 
 
 def answers(path: str) -> bool:
-    """Whether a process accepts connections on the unix socket at ``path`` (a socket file left
-    by a process that is gone refuses them)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(CONNECT_TIMEOUT_S)
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
+    """Whether a process listens on the unix socket at ``path`` (a socket file left by a
+    process that is gone refuses connections; a full backlog still means a listener)."""
+    try:
+        connect_unix(path)
+    except OSError:
+        return False
     return True
 
 
